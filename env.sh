@@ -1,0 +1,57 @@
+# Sourced by doall.sh, predict.sh and test.sh: make sure the project's virtual
+# environment exists with its requirements, then activate it.
+#   VENV               where the environment lives (default: .venv beside this file)
+#   REQUIREMENTS       which requirements file to install (default: requirements.txt)
+# The environment is (re)installed only when the requirements file changed since
+# the last successful install, so sourcing this is instant on later runs.
+
+PROJECT_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="${VENV:-$PROJECT_ROOT/.venv}"
+REQUIREMENTS="${REQUIREMENTS:-$PROJECT_ROOT/requirements.txt}"
+
+_find_python() {
+    local candidate
+    for candidate in "${PYTHON:-}" python3.13 python3.12 python3.11 python3; do
+        [ -n "$candidate" ] || continue
+        if command -v "$candidate" >/dev/null 2>&1 &&
+            "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+_requirements_stamp() {
+    # Hash of the requested file and every file it includes with -r.
+    cat "$REQUIREMENTS" "$PROJECT_ROOT"/requirements*.txt | sha256sum | cut -c1-16
+}
+
+if [ ! -x "$VENV/bin/python" ]; then
+    python_bin="$(_find_python)" || {
+        echo "error: Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)" >&2
+        return 1 2>/dev/null || exit 1
+    }
+    echo "Creating the virtual environment $VENV with $python_bin"
+    "$python_bin" -m venv "$VENV" || { return 1 2>/dev/null || exit 1; }
+fi
+
+stamp_file="$VENV/.requirements-$(basename "$REQUIREMENTS").stamp"
+if [ "$(cat "$stamp_file" 2>/dev/null)" != "$(_requirements_stamp)" ]; then
+    echo "Installing $(basename "$REQUIREMENTS") into $VENV (first run: a few minutes)"
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip &&
+        "$VENV/bin/python" -m pip install --quiet -r "$REQUIREMENTS" &&
+        _requirements_stamp >"$stamp_file" || {
+        echo "error: installing $REQUIREMENTS failed (see pip's message above)" >&2
+        return 1 2>/dev/null || exit 1
+    }
+fi
+
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+
+if ! command -v sox >/dev/null 2>&1; then
+    echo "note: SoX is not installed; resampling uses the pure-Python soxr fallback" \
+        "(wav input only). For SoX: sudo apt-get install sox libsox-fmt-all" >&2
+fi
