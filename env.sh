@@ -23,8 +23,8 @@ _find_python() {
 }
 
 _requirements_stamp() {
-    # Hash of the requested file and every file it includes with -r.
-    cat "$REQUIREMENTS" "$PROJECT_ROOT"/requirements*.txt | sha256sum | cut -c1-16
+    # Any change to any requirements file triggers a reinstall.
+    cat "$PROJECT_ROOT"/requirements*.txt | sha256sum | cut -c1-16
 }
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -45,6 +45,10 @@ if [ "$(cat "$stamp_file" 2>/dev/null)" != "$(_requirements_stamp)" ]; then
         echo "error: installing $REQUIREMENTS failed (see pip's message above)" >&2
         return 1 2>/dev/null || exit 1
     }
+    # A file included with "-r other.txt" is installed too: mark it so.
+    sed -n 's/^-r[[:space:]]*//p' "$REQUIREMENTS" | while read -r included; do
+        cp "$stamp_file" "$VENV/.requirements-$(basename "$included").stamp"
+    done
 fi
 
 # shellcheck disable=SC1091
