@@ -1,0 +1,384 @@
+"""The metadata table: which recordings there are, their labels, and the original's selections.
+
+Three sources give the same table of `Recording`s:
+- BirdCLEF XML folders (2014-2017): one `<Audio>` XML per recording. Training XMLs carry the
+  label (`ClassId`), test XMLs do not (class_id None); 2017 adds `Country` and drops
+  `BackgroundSpecies` and `Order`.
+- a CSV with columns `file,label`, optional `media_id`, optional `background` (secondary
+  labels separated by ';' or ','); other columns are kept in `fields`.
+- a folder per class: ROOT/<label>/**/<audio file>.
+`file` is always relative to the folder of resampled wavs, with the extension `.wav` (the
+resampling script writes `<name>.wav` for any input format). The MediaId comes from the XML,
+else the `media_id` column, else the file name without extension; duplicates are an error.
+
+    python preprocess/metadata.py --xml-dir DIR [--wav-dir DIR] [--top-n N] --out table.json
+
+parses, reports and saves the table (JSON, never pickle) to check metadata before the long
+preprocessing run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import re
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from xml.parsers.expat import ExpatError
+
+import xmltodict
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff", ".au"}
+TABLE_FORMAT = "birdclef-metadata"
+TABLE_VERSION = 1
+
+
+class MetadataError(ValueError):
+    """Metadata that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass
+class Recording:
+    media_id: str
+    file: str  # relative to the resampled wav folder, extension .wav
+    class_id: str | None = None  # the label; None when unlabelled (test data)
+    species: str | None = None  # scientific name "Genus species" (CSV/folders: the label)
+    background: list[str] = field(default_factory=list)  # background species' names
+    quality: int | None = None  # 0-5 in BirdCLEF XML
+    fields: dict[str, str | None] = field(default_factory=dict)  # every raw XML/CSV field
+
+
+# ---- parsing (pure) ----------------------------------------------------------------------
+
+
+def _text(value) -> str | None:
+    """xmltodict's value of a simple element as stripped text; None when empty."""
+    if isinstance(value, dict):  # an element with attributes: its text is under '#text'
+        value = value.get("#text")
+    elif isinstance(value, list):  # a repeated element: its values in order
+        value = ", ".join(filter(None, map(_text, value)))
+    if value is None:
+        return None
+    return str(value).strip() or None
+
+
+def split_names(text: str | None, separators: str = ",") -> list[str]:
+    """'Parus major, ,Sitta europaea ' -> ['Parus major', 'Sitta europaea']."""
+    if not text:
+        return []
+    return [name.strip() for name in re.split(f"[{re.escape(separators)}]", text) if name.strip()]
+
+
+def wav_name(file: str) -> str:
+    """The resampled file's relative path: 'a/b.MP3' -> 'a/b.wav'."""
+    return PurePosixPath(file.replace("\\", "/")).with_suffix(".wav").as_posix()
+
+
+def parse_birdclef_xml(xml: str | bytes, source: str = "<xml>") -> Recording:
+    """One BirdCLEF `<Audio>` document -> Recording. Raises MetadataError naming `source`."""
+    try:
+        document = xmltodict.parse(xml)
+    except ExpatError as error:
+        raise MetadataError(f"{source}: malformed XML ({error})") from error
+    root = next(iter(document))
+    if root != "Audio" or not isinstance(document[root], dict):
+        raise MetadataError(f"{source}: expected an <Audio> element with fields, got <{root}>")
+    fields = {name: _text(value) for name, value in document[root].items()}
+    missing = [name for name in ("MediaId", "FileName") if not fields.get(name)]
+    if missing:
+        raise MetadataError(f"{source}: required field {', '.join(missing)} missing or empty")
+    quality = fields.get("Quality")
+    if quality is not None:
+        try:
+            quality = int(quality)
+        except ValueError:
+            raise MetadataError(f"{source}: Quality {quality!r} is not a whole number") from None
+    genus, species = fields.get("Genus"), fields.get("Species")
+    return Recording(
+        media_id=fields["MediaId"],
+        file=wav_name(fields["FileName"]),
+        class_id=fields.get("ClassId"),
+        species=f"{genus} {species}" if genus and species else None,
+        background=split_names(fields.get("BackgroundSpecies")),
+        quality=quality,
+        fields=fields,
+    )
+
+
+def parse_csv_row(row: dict[str, str | None], source: str = "<csv>") -> Recording:
+    """One CSV row (as csv.DictReader gives it) -> Recording; the label is also the species.
+
+    An empty label gives an unlabelled recording (class_id None), as a test XML does.
+    """
+    if None in row:  # DictReader puts values beyond the header under the key None
+        raise MetadataError(f"{source}: more values than the header has columns")
+    file = (row.get("file") or "").strip()
+    if not file:
+        raise MetadataError(f"{source}: empty 'file'")
+    label = (row.get("label") or "").strip() or None
+    return Recording(
+        media_id=(row.get("media_id") or "").strip() or PurePosixPath(wav_name(file)).stem,
+        file=wav_name(file),
+        class_id=label,
+        species=label,
+        background=split_names(row.get("background"), separators=";,"),
+        fields=dict(row),
+    )
+
+
+def check_unique_media_ids(recordings: list[Recording], origins: list[str]) -> None:
+    """Raise MetadataError naming both origins (files, CSV lines) of a MediaId seen twice."""
+    origin_of: dict[str, str] = {}
+    for recording, origin in zip(recordings, origins, strict=True):
+        if recording.media_id in origin_of:
+            raise MetadataError(
+                f"MediaId {recording.media_id!r} appears twice: in {origin_of[recording.media_id]}"
+                f" and in {origin}"
+            )
+        origin_of[recording.media_id] = origin
+
+
+def top_classes(recordings: list[Recording], n: int) -> list[str]:
+    """The n most common class ids, most common first (ties: alphabetical); unlabelled ignored."""
+    counts = Counter(r.class_id for r in recordings if r.class_id is not None)
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    return [class_id for class_id, _ in ranked[:n]]
+
+
+def select(
+    recordings: list[Recording],
+    top_n: int | None = None,
+    min_quality: int | None = None,
+    max_quality: int | None = None,
+    no_background: bool = False,
+) -> list[Recording]:
+    """The 2016 selections, keeping the order: first the quality range (inclusive; recordings
+    without a quality go when a bound is given), then dropping recordings with background
+    species, then keeping the top_n most common classes among what is left (unlabelled
+    recordings go too)."""
+    kept = recordings
+    if min_quality is not None or max_quality is not None:
+        low = -sys.maxsize if min_quality is None else min_quality
+        high = sys.maxsize if max_quality is None else max_quality
+        kept = [r for r in kept if r.quality is not None and low <= r.quality <= high]
+    if no_background:
+        kept = [r for r in kept if not r.background]
+    if top_n is not None:
+        classes = set(top_classes(kept, top_n))
+        kept = [r for r in kept if r.class_id in classes]
+    return kept
+
+
+# ---- reading and writing (I/O) ---------------------------------------------------------
+
+
+def read_birdclef_xml_dir(xml_dir: str | Path) -> tuple[list[Recording], list[str]]:
+    """Every *.xml under xml_dir (sorted) -> (recordings, messages for the files skipped).
+
+    A malformed XML or one without MediaId/FileName is skipped and named; a MediaId in two
+    files raises MetadataError naming both.
+    """
+    xml_dir = Path(xml_dir)
+    if not xml_dir.is_dir():
+        raise MetadataError(f"{xml_dir}: XML folder not found")
+    paths = sorted(p for p in xml_dir.rglob("*") if p.suffix.lower() == ".xml" and p.is_file())
+    if not paths:
+        raise MetadataError(f"{xml_dir}: no .xml files")
+    recordings, origins, skipped = [], [], []
+    for path in paths:
+        try:
+            recordings.append(parse_birdclef_xml(path.read_bytes(), source=str(path)))
+            origins.append(str(path))
+        except MetadataError as error:
+            skipped.append(f"skipped {error}")
+        except OSError as error:
+            skipped.append(f"skipped {path}: cannot read ({error.strerror})")
+    check_unique_media_ids(recordings, origins)
+    if skipped:
+        log.warning("%s: skipped %d of %d XML files", xml_dir, len(skipped), len(paths))
+    return recordings, skipped
+
+
+def read_csv(csv_path: str | Path) -> list[Recording]:
+    """A CSV with columns file,label[,media_id][,background] -> recordings, in file order."""
+    csv_path = Path(csv_path)
+    try:
+        text = csv_path.read_text("utf-8-sig")  # a spreadsheet's byte-order mark is dropped
+    except (OSError, UnicodeDecodeError) as error:
+        raise MetadataError(f"{csv_path}: cannot read the CSV file ({error})") from error
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [name.strip() for name in reader.fieldnames or []]
+    reader.fieldnames = columns
+    for required in ("file", "label"):
+        if required not in columns:
+            raise MetadataError(
+                f"{csv_path}: missing column '{required}' (it has: {', '.join(columns)})"
+            )
+    recordings, origins = [], []
+    for row in reader:
+        origin = f"{csv_path} line {reader.line_num}"
+        recordings.append(parse_csv_row(row, source=origin))
+        origins.append(origin)
+    if not recordings:
+        raise MetadataError(f"{csv_path}: no recordings")
+    check_unique_media_ids(recordings, origins)
+    return recordings
+
+
+def read_class_folders(root: str | Path) -> list[Recording]:
+    """ROOT/<label>/**/<name>.<audio extension> -> recordings labelled with the folder name.
+
+    Audio files directly in ROOT have no class: they are named in a warning and left out.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise MetadataError(f"{root}: class folder root not found")
+    recordings, origins = [], []
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
+            continue
+        rel = path.relative_to(root).as_posix()
+        label = PurePosixPath(rel).parts[0]
+        if label == rel:
+            log.warning("%s: audio file outside a class folder; left out", path)
+            continue
+        recordings.append(
+            Recording(
+                media_id=path.stem,
+                file=wav_name(rel),
+                class_id=label,
+                species=label,
+                fields={"file": rel, "label": label},
+            )
+        )
+        origins.append(str(path))
+    if not recordings:
+        raise MetadataError(f"{root}: no audio files in class folders")
+    check_unique_media_ids(recordings, origins)
+    return recordings
+
+
+def match_audio(
+    recordings: list[Recording], wav_dir: str | Path
+) -> tuple[list[Recording], list[str]]:
+    """Keep the recordings whose wav exists under wav_dir; report both kinds of mismatch.
+
+    Returns (present, messages): one message per recording without its wav (left out) and per
+    wav without a recording (ignored). An extension in another case (x.WAV) still matches;
+    the returned recording then names the file as it is on disk.
+    """
+    wav_dir = Path(wav_dir)
+    if not wav_dir.is_dir():
+        raise MetadataError(f"{wav_dir}: wav folder not found")
+    on_disk = {  # the name the table uses -> the name on disk
+        wav_name(rel): rel
+        for rel in (p.relative_to(wav_dir).as_posix() for p in wav_dir.rglob("*"))
+        if PurePosixPath(rel).suffix.lower() == ".wav" and (wav_dir / rel).is_file()
+    }
+    present, messages = [], []
+    for recording in recordings:
+        if recording.file in on_disk:
+            present.append(replace(recording, file=on_disk[recording.file]))
+        else:
+            messages.append(
+                f"{wav_dir / recording.file}: no wav for MediaId {recording.media_id}; left out"
+            )
+    referenced = {recording.file for recording in recordings}
+    messages += [
+        f"{wav_dir / on_disk[name]}: wav without metadata; ignored"
+        for name in sorted(on_disk.keys() - referenced)
+    ]
+    return present, messages
+
+
+def save_table(recordings: list[Recording], path: str | Path) -> None:
+    """Write the table as JSON (UTF-8, one recording per list item)."""
+    table = {
+        "format": TABLE_FORMAT,
+        "version": TABLE_VERSION,
+        "recordings": [asdict(recording) for recording in recordings],
+    }
+    Path(path).write_text(json.dumps(table, ensure_ascii=False, indent=1) + "\n", "utf-8")
+
+
+def load_table(path: str | Path) -> list[Recording]:
+    """Read a table written by save_table; MetadataError when it is not one."""
+    try:
+        table = json.loads(Path(path).read_text("utf-8"))
+    except (OSError, ValueError) as error:
+        raise MetadataError(f"{path}: not a readable metadata table ({error})") from error
+    if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT:
+        raise MetadataError(f"{path}: not a metadata table (format is not {TABLE_FORMAT!r})")
+    if table.get("version") != TABLE_VERSION:
+        raise MetadataError(
+            f"{path}: metadata table version {table.get('version')}, this code reads "
+            f"{TABLE_VERSION}; parse the metadata again"
+        )
+    try:
+        return [Recording(**row) for row in table["recordings"]]
+    except (KeyError, TypeError) as error:
+        raise MetadataError(f"{path}: malformed recordings ({error})") from error
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Parse recording metadata (BirdCLEF XML folder, CSV or class folders), "
+        "apply the 2016 selections, report and save the table as JSON.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--xml-dir", type=Path, help="BirdCLEF folder of <Audio> XML files")
+    source.add_argument("--csv", type=Path, help="CSV with columns file,label[,media_id]")
+    source.add_argument("--class-folders", type=Path, help="root with one folder per class")
+    parser.add_argument("--wav-dir", type=Path, help="resampled wavs: keep recordings found")
+    parser.add_argument("--top-n", type=int, help="keep the N most common classes")
+    parser.add_argument("--min-quality", type=int, help="lowest Quality kept (XML 0-5)")
+    parser.add_argument("--max-quality", type=int, help="highest Quality kept (XML 0-5)")
+    parser.add_argument(
+        "--no-background", action="store_true", help="drop recordings with background species"
+    )
+    parser.add_argument("--out", type=Path, help="write the table here (JSON)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+
+    try:
+        messages = []
+        if args.xml_dir:
+            recordings, messages = read_birdclef_xml_dir(args.xml_dir)
+        elif args.csv:
+            recordings = read_csv(args.csv)
+        else:
+            recordings = read_class_folders(args.class_folders)
+        if args.wav_dir:
+            recordings, unmatched = match_audio(recordings, args.wav_dir)
+            messages += unmatched
+    except MetadataError as error:
+        log.error("%s", error)
+        return 1
+    for message in messages[:20]:
+        log.warning("%s", message)
+    if len(messages) > 20:
+        log.warning("... and %d more messages like these", len(messages) - 20)
+
+    selected = select(
+        recordings, args.top_n, args.min_quality, args.max_quality, args.no_background
+    )
+    classes = Counter(r.class_id for r in selected if r.class_id is not None)
+    print(
+        f"{len(selected)} of {len(recordings)} recordings selected: {len(classes)} classes, "
+        f"{sum(r.class_id is None for r in selected)} unlabelled, {len(messages)} messages"
+    )
+    if args.out:
+        save_table(selected, args.out)
+        print(f"table written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

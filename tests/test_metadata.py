@@ -1,0 +1,295 @@
+"""Metadata: BirdCLEF XML variants, CSV, class folders, selections, JSON table, matching wavs."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from preprocess.metadata import (
+    MetadataError,
+    Recording,
+    load_table,
+    main,
+    match_audio,
+    parse_birdclef_xml,
+    read_birdclef_xml_dir,
+    read_class_folders,
+    read_csv,
+    save_table,
+    select,
+    top_classes,
+)
+
+TRAIN_2014 = """<Audio><MediaId>100</MediaId>
+<FileName>LIFECLEF2014_BIRDAMAZON_XC_WAV_RN100.wav</FileName>
+<ClassId>fupfmw</ClassId><Quality>2</Quality>
+<BackgroundSpecies>Tyranneutes stolzmanni</BackgroundSpecies>
+<Order>Passeriformes</Order><Family>Thamnophilidae</Family><Genus>Hylophylax</Genus>
+<Species>punctulatus</Species><Sub-species /><VernacularNames>Dot-backed Antbird</VernacularNames>
+</Audio>"""
+
+TRAIN_2016 = """<?xml version="1.0" encoding="UTF-8"?>
+<Audio>
+  <MediaId>2016</MediaId>
+  <FileName>LIFECLEF2015_BIRDAMAZON_XC_WAV_RN2016.wav</FileName>
+  <ClassId>ilsnox</ClassId>
+  <Date>2009-05-03</Date><Time>07:30</Time><Locality>Tambopata, Peru</Locality>
+  <Latitude>-12.8</Latitude><Longitude>-69.7</Longitude><Elevation>250</Elevation>
+  <Author>Jérôme Fischer</Author><AuthorID>ABC</AuthorID>
+  <Content>song</Content><Comments />
+  <Quality>4</Quality><Year>BirdCLEF2016</Year>
+  <BackgroundSpecies>Pipra filicauda, Tyranneutes stolzmanni ,,
+    Ramphocelus carbo,</BackgroundSpecies>
+  <Order>Passeriformes</Order><Family>Tyrannidae</Family>
+  <Genus>Myiarchus</Genus><Species>tuberculifer</Species><Sub-species />
+  <VernacularNames>Dusky-capped Flycatcher</VernacularNames>
+</Audio>"""
+
+TEST_2016 = """<Audio><MediaId>9001</MediaId>
+<FileName>LIFECLEF2016_BIRD_XC_WAV_RN9001.wav</FileName>
+<Date>2012-01-01</Date><Time /><Locality>Manaus</Locality><Latitude>-3.1</Latitude>
+<Longitude>-60.0</Longitude><Elevation /><Author>A. Person</Author><AuthorID>P1</AuthorID>
+<Year>BirdCLEF2016</Year></Audio>"""
+
+TRAIN_2017 = """<Audio><MediaId>17</MediaId><FileName>LIFECLEF2017_BIRD_XC_WAV_RN17.mp3</FileName>
+<ClassId>abcdef</ClassId><Quality>1</Quality><Country>Brazil</Country>
+<Family>Pipridae</Family><Genus>Pipra</Genus><Species>filicauda</Species><Sub-species />
+</Audio>"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_2014_training_xml():
+    recording = parse_birdclef_xml(TRAIN_2014)
+    assert recording.media_id == "100"
+    assert recording.file == "LIFECLEF2014_BIRDAMAZON_XC_WAV_RN100.wav"
+    assert (recording.class_id, recording.species) == ("fupfmw", "Hylophylax punctulatus")
+    assert recording.background == ["Tyranneutes stolzmanni"]
+    assert recording.quality == 2
+    assert recording.fields["Sub-species"] is None
+    assert recording.fields["VernacularNames"] == "Dot-backed Antbird"
+
+
+def test_2016_training_xml_background_list_and_empty_fields():
+    recording = parse_birdclef_xml(TRAIN_2016.encode("utf-8"))
+    assert recording.background == [
+        "Pipra filicauda",
+        "Tyranneutes stolzmanni",
+        "Ramphocelus carbo",
+    ]
+    assert recording.quality == 4
+    assert recording.species == "Myiarchus tuberculifer"
+    assert recording.fields["Comments"] is None
+    assert recording.fields["Author"] == "Jérôme Fischer"
+
+
+def test_test_xml_has_no_label():
+    recording = parse_birdclef_xml(TEST_2016)
+    assert recording.class_id is None and recording.species is None
+    assert recording.background == [] and recording.quality is None
+    assert recording.fields["Locality"] == "Manaus"
+
+
+def test_2017_xml_with_country_and_no_background_field():
+    recording = parse_birdclef_xml(TRAIN_2017)
+    assert recording.fields["Country"] == "Brazil"
+    assert "BackgroundSpecies" not in recording.fields and recording.background == []
+    assert recording.file == "LIFECLEF2017_BIRD_XC_WAV_RN17.wav"  # the resampled wav
+
+
+@pytest.mark.parametrize(
+    ("xml", "message"),
+    [
+        ("<Audio><MediaId>1</MediaId><FileName>a.wav</Audio>", "malformed XML"),
+        ("<Audio><FileName>a.wav</FileName></Audio>", "MediaId missing"),
+        ("<Audio><MediaId>1</MediaId><FileName /></Audio>", "FileName missing"),
+        (
+            "<Audio><MediaId>1</MediaId><FileName>a</FileName><Quality>A</Quality></Audio>",
+            "Quality",
+        ),
+        ("<Recording><MediaId>1</MediaId></Recording>", "expected an <Audio>"),
+        ("", "malformed XML"),
+    ],
+)
+def test_bad_xml_is_an_error_naming_the_source(xml, message):
+    with pytest.raises(MetadataError, match=message) as error:
+        parse_birdclef_xml(xml, source="x/1.xml")
+    assert "x/1.xml" in str(error.value)
+
+
+def test_xml_folder_skips_and_names_bad_files(tmp_path):
+    for name, text in [("a.xml", TRAIN_2014), ("b.xml", TRAIN_2016), ("sub/c.XML", TEST_2016)]:
+        write(tmp_path / name, text)
+    write(tmp_path / "d.xml", TRAIN_2017)
+    write(tmp_path / "broken.xml", "<Audio><MediaId>5</MediaId>")
+    write(tmp_path / "nofile.xml", "<Audio><MediaId>6</MediaId></Audio>")
+    write(tmp_path / "readme.txt", "not metadata")
+
+    recordings, skipped = read_birdclef_xml_dir(tmp_path)
+
+    assert [r.media_id for r in recordings] == ["100", "2016", "17", "9001"]
+    assert len(skipped) == 2
+    assert "broken.xml" in skipped[0] and "malformed" in skipped[0]
+    assert "nofile.xml" in skipped[1] and "FileName" in skipped[1]
+
+
+def test_xml_folder_duplicate_media_id_names_both_files(tmp_path):
+    write(tmp_path / "one.xml", TRAIN_2014)
+    write(tmp_path / "two.xml", TRAIN_2014.replace("RN100", "RN101"))
+    with pytest.raises(MetadataError, match=r"MediaId '100' appears twice.*one\.xml.*two\.xml"):
+        read_birdclef_xml_dir(tmp_path)
+
+
+def test_xml_folder_missing_or_empty(tmp_path):
+    with pytest.raises(MetadataError, match="not found"):
+        read_birdclef_xml_dir(tmp_path / "nowhere")
+    with pytest.raises(MetadataError, match="no .xml files"):
+        read_birdclef_xml_dir(tmp_path)
+
+
+def test_csv_with_optional_columns(tmp_path):
+    path = write(
+        tmp_path / "meta.csv",
+        "\ufefffile,label,media_id,background,site\n"
+        "a/one.mp3,owl,m1,lark; crow ;,north\n"
+        "two.wav,lark,,,south\n"
+        "three.flac, ,,,\n",
+    )
+    one, two, three = read_csv(path)
+    assert (one.media_id, one.file, one.class_id, one.species) == ("m1", "a/one.wav", "owl", "owl")
+    assert one.background == ["lark", "crow"] and one.fields["site"] == "north"
+    assert (two.media_id, two.background) == ("two", [])
+    assert (three.file, three.class_id) == ("three.wav", None)  # empty label: unlabelled
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("path,label\na.wav,x\n", "missing column 'file'"),
+        ("file,species\na.wav,x\n", "missing column 'label'"),
+        ("", "missing column 'file'"),
+        ("file,label\n", "no recordings"),
+        ("file,label\na.wav,x\n,y\n", "line 3: empty 'file'"),
+        ("file,label\na.wav,x,extra\n", "line 2: more values"),
+        ("file,label\nd1/a.wav,x\nd2/a.wav,y\n", "'a' appears twice.*line 2.*line 3"),
+    ],
+)
+def test_bad_csv_is_an_error_naming_the_file(tmp_path, text, message):
+    path = write(tmp_path / "labels.csv", text)
+    with pytest.raises(MetadataError, match=message) as error:
+        read_csv(path)
+    assert "labels.csv" in str(error.value)
+
+
+def test_class_folders(tmp_path, caplog):
+    for name in ["owl/a.WAV", "owl/night/b.flac", "lark/c.mp3", "stray.wav", "lark/notes.txt"]:
+        write(tmp_path / name, "")
+
+    recordings = read_class_folders(tmp_path)
+
+    assert [(r.class_id, r.file, r.media_id) for r in recordings] == [
+        ("lark", "lark/c.wav", "c"),
+        ("owl", "owl/a.wav", "a"),
+        ("owl", "owl/night/b.wav", "b"),
+    ]
+    assert "stray.wav" in caplog.text
+
+
+def test_class_folders_duplicate_names_and_empty(tmp_path):
+    with pytest.raises(MetadataError, match="no audio files"):
+        read_class_folders(tmp_path)
+    write(tmp_path / "owl/a.wav", "")
+    write(tmp_path / "lark/a.wav", "")
+    with pytest.raises(MetadataError, match=r"'a' appears twice.*lark/a\.wav.*owl/a\.wav"):
+        read_class_folders(tmp_path)
+
+
+def recording(media_id, class_id, quality=None, background=()):
+    return Recording(media_id, f"{media_id}.wav", class_id, class_id, list(background), quality)
+
+
+def test_selections():
+    table = [
+        recording("1", "a", 1),
+        recording("2", "a", 3, ["Parus major"]),
+        recording("3", "b", 5),
+        recording("4", "b", None),
+        recording("5", "c", 2),
+        recording("6", None, 2),
+    ]
+    ids = lambda rows: [r.media_id for r in rows]  # noqa: E731
+    assert ids(select(table)) == ["1", "2", "3", "4", "5", "6"]
+    assert ids(select(table, min_quality=2, max_quality=4)) == ["2", "5", "6"]
+    assert ids(select(table, max_quality=1)) == ["1"]
+    assert ids(select(table, no_background=True)) == ["1", "3", "4", "5", "6"]
+    assert top_classes(table, 2) == ["a", "b"]  # ties: alphabetical; unlabelled never counts
+    assert ids(select(table, top_n=1)) == ["1", "2"]
+    # background first, then top-N: 'b' (2 left) beats 'a' (1 left)
+    assert ids(select(table, top_n=1, no_background=True)) == ["3", "4"]
+
+
+def test_json_round_trip(tmp_path):
+    recordings, _ = read_birdclef_xml_dir(write(tmp_path / "xml/a.xml", TRAIN_2016).parent)
+    recordings.append(recording("x", None))
+    save_table(recordings, tmp_path / "table.json")
+    assert load_table(tmp_path / "table.json") == recordings
+    assert "Jérôme" in (tmp_path / "table.json").read_text("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("not json", "not a readable metadata table"),
+        ('{"format": "other"}', "not a metadata table"),
+        ('{"format": "birdclef-metadata", "version": 99, "recordings": []}', "version 99"),
+        ('{"format": "birdclef-metadata", "version": 1, "recordings": [{"x": 1}]}', "malformed"),
+    ],
+)
+def test_load_table_rejects_other_files(tmp_path, text, message):
+    with pytest.raises(MetadataError, match=message):
+        load_table(write(tmp_path / "t.json", text))
+
+
+def test_match_audio_reports_both_directions(tmp_path):
+    for name in ["1.wav", "sub/2.WAV", "orphan.wav", "song.mp3"]:
+        write(tmp_path / name, "")
+    table = [recording("1", "a"), Recording("2", "sub/2.wav"), recording("3", "b")]
+
+    present, messages = match_audio(table, tmp_path)
+
+    assert [(r.media_id, r.file) for r in present] == [("1", "1.wav"), ("2", "sub/2.WAV")]
+    assert len(messages) == 2
+    assert "3.wav: no wav for MediaId 3" in messages[0]
+    assert "orphan.wav: wav without metadata" in messages[1]
+
+
+def test_command_line_writes_the_selected_table(tmp_path, capsys):
+    csv_path = write(tmp_path / "m.csv", "file,label\na.wav,x\nb.wav,x\nc.wav,y\n")
+    for name in ["a.wav", "b.wav", "c.wav"]:
+        write(tmp_path / "wav" / name, "")
+    out = tmp_path / "table.json"
+
+    args = ["--csv", str(csv_path), "--wav-dir", str(tmp_path / "wav"), "--top-n", "1"]
+    assert main([*args, "--out", str(out)]) == 0
+
+    assert [r.media_id for r in load_table(out)] == ["a", "b"]
+    assert "2 of 3 recordings selected: 1 classes" in capsys.readouterr().out
+    assert main(["--csv", str(tmp_path / "missing.csv")]) == 1
+
+
+def test_real_fsdd_metadata(shared_data):
+    fsdd = shared_data / "fsdd"
+    recordings = read_csv(fsdd / "metadata.csv")
+
+    assert len(recordings) == 3000
+    assert sorted({r.class_id for r in recordings}) == [str(digit) for digit in range(10)]
+    first = recordings[0]
+    assert (first.media_id, first.file) == ("0_george_0", "recordings/0_george_0.wav")
+    assert first.fields["speaker"] == "george" and first.fields["split"] == "test"
+    present, messages = match_audio(recordings, fsdd)
+    assert len(present) == 3000 and messages == []
+    assert json.loads(json.dumps([r.fields for r in recordings[:3]]))  # plain JSON types

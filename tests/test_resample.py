@@ -1,0 +1,258 @@
+"""Resampling to 16 kHz mono 16-bit: SoX script and soxr fallback, on generated and real files."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from preprocess import resample
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "preprocess" / "resample_wavs_to_16k.sh"
+ODD_NAME = 'it\'s "quoted" ü [1].WAV'  # quotes, unicode, a glob pattern, upper-case extension
+
+needs_sox = pytest.mark.skipif(shutil.which("sox") is None, reason="SoX is not installed")
+
+
+def sox(*args: object) -> None:
+    subprocess.run(["sox", *map(str, args)], check=True, capture_output=True)
+
+
+def synth(path: Path, seconds: float, rate: int, bits=16, channels=1, sound="sine 440") -> None:
+    """Write a generated sound with SoX; `sound` is the rest of the synth effect's arguments."""
+    sox("-n", "-r", rate, "-b", bits, "-c", channels, path, "synth", seconds, *sound.split())
+
+
+def run_script(in_dir: Path, out_dir: Path, *options: str, env=None):
+    return subprocess.run(
+        ["bash", str(SCRIPT), *options, "--", str(in_dir), str(out_dir)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+
+
+def read_16k(path: Path) -> np.ndarray:
+    """The samples of an output file, after checking that it is 16 kHz 16-bit mono."""
+    rate, data = wavfile.read(path)
+    assert (rate, data.dtype, data.ndim) == (16000, np.int16, 1), path
+    return data
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    """A folder of generated audio: good files in several formats, and two broken ones."""
+    in_dir = tmp_path / "in"
+    (in_dir / "sub dir").mkdir(parents=True)
+    # left channel a 0.5 full-scale tone, right silent: mixed down, the peak halves
+    stereo = "sine 1000 sine 1000 remix 1v0.5 2v0"
+    synth(in_dir / "stereo24.wav", 2, 44100, bits=24, channels=2, sound=stereo)
+    synth(in_dir / "sub dir" / "low8k.wav", 1.5, 8000)
+    synth(in_dir / "song.flac", 1, 22050)
+    synth(in_dir / ODD_NAME, 0.5, 16000)
+    synth(in_dir / "-dash\nnewline.wav", 0.25, 16000)
+    (in_dir / "corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk" + bytes(100))
+    (in_dir / "empty.wav").write_bytes(b"")
+    (in_dir / "notes.txt").write_text("not audio")
+    return in_dir
+
+
+EXPECTED_SAMPLES = {  # output file -> 16 kHz samples
+    "stereo24.wav": 32000,
+    "sub dir/low8k.wav": 24000,
+    "song.wav": 16000,
+    ODD_NAME[:-4] + ".wav": 8000,
+    "-dash\nnewline.wav": 4000,
+}
+
+
+@needs_sox
+def test_script_converts_every_readable_file_and_names_the_broken_ones(inputs, tmp_path):
+    out_dir = tmp_path / "out"
+    result = run_script(inputs, out_dir, "--jobs", "2")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    for name, n_samples in EXPECTED_SAMPLES.items():
+        assert len(read_16k(out_dir / name)) == n_samples, name
+    stereo = read_16k(out_dir / "stereo24.wav").astype(float)
+    assert np.abs(stereo).max() == pytest.approx(0.25 * 32768, rel=0.01)  # channels averaged
+    summary = result.stdout[result.stdout.index("summary:") :]
+    assert "5 converted, 0 already done, 2 failed" in summary
+    assert "corrupt.wav: sox FAIL" in summary and "empty.wav: sox FAIL" in summary
+    assert not (out_dir / "corrupt.wav").exists() and not (out_dir / "notes.wav").exists()
+    assert not list(out_dir.rglob("*.part"))
+
+
+@needs_sox
+def test_script_resumes_skips_done_files_and_ignores_a_stale_temp(inputs, tmp_path):
+    for broken in ("corrupt.wav", "empty.wav"):
+        (inputs / broken).unlink()
+    out_dir = tmp_path / "out"
+    assert run_script(inputs, out_dir).returncode == 0
+    first = {name: (out_dir / name).stat().st_mtime_ns for name in EXPECTED_SAMPLES}
+    # a killed run leaves a half-written temp file, and no finished output
+    (out_dir / "song.wav").unlink()
+    (out_dir / "song.wav.part").write_bytes(b"RIFF half written")
+    # an input edited after its conversion is converted again
+    edited = inputs / "sub dir" / "low8k.wav"
+    os.utime(edited, (edited.stat().st_atime, edited.stat().st_mtime + 3600))
+
+    result = run_script(inputs, out_dir, "--jobs", "1")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 converted, 3 already done, 0 failed" in result.stdout
+    assert len(read_16k(out_dir / "song.wav")) == 16000
+    assert not (out_dir / "song.wav.part").exists()
+    for name, mtime in first.items():
+        if name not in ("song.wav", "sub dir/low8k.wav"):
+            assert (out_dir / name).stat().st_mtime_ns == mtime, f"{name} was redone"
+
+
+@needs_sox
+def test_script_output_is_repeatable_to_the_bit(inputs, tmp_path):
+    run_script(inputs, tmp_path / "a")
+    run_script(inputs, tmp_path / "b")
+    for name in EXPECTED_SAMPLES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+@needs_sox
+@pytest.mark.parametrize("extension", ["mp3", "ogg"])
+def test_script_reads_compressed_formats(tmp_path, extension):
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    try:
+        synth(in_dir / f"Clip.{extension.upper()}", 2, 44100, channels=2)
+    except subprocess.CalledProcessError as error:
+        pytest.skip(f"this SoX cannot write {extension} (libsox-fmt-all): {error.stderr!r}")
+
+    result = run_script(in_dir, tmp_path / "out")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    samples = read_16k(tmp_path / "out" / "Clip.wav")
+    assert abs(len(samples) - 32000) < 0.1 * 16000  # codecs pad a little
+
+
+@pytest.mark.parametrize("out_name", [".", "inside", "inside/deeper", ".."])
+def test_script_refuses_an_output_folder_that_overlaps_the_input(inputs, out_name):
+    result = run_script(inputs, inputs / out_name)
+    assert result.returncode == 2
+    assert "must be separate" in result.stderr
+    assert not (inputs / "inside").exists()
+
+
+def test_script_rejects_bad_arguments(inputs, tmp_path):
+    assert run_script(inputs, tmp_path / "out", "--jobs", "0").returncode == 2
+    assert run_script(tmp_path / "missing", tmp_path / "out").returncode == 2
+
+
+@pytest.fixture
+def path_without_sox(tmp_path: Path) -> dict[str, str]:
+    """An environment whose PATH holds only the tools the script needs before it falls back."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "dirname", "nproc"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    return {**os.environ, "PATH": str(bin_dir), "PYTHON": sys.executable}
+
+
+@needs_sox  # SoX makes the inputs
+def test_script_without_sox_falls_back_to_soxr_for_wav(inputs, tmp_path, path_without_sox):
+    out_dir = tmp_path / "out"
+    result = run_script(inputs, out_dir, "--jobs", "2", env=path_without_sox)
+
+    assert "soxr fallback" in result.stderr
+    assert result.returncode == 1
+    for name, n_samples in EXPECTED_SAMPLES.items():
+        if name != "song.wav":  # flac needs SoX
+            assert len(read_16k(out_dir / name)) == n_samples, name
+    stereo = read_16k(out_dir / "stereo24.wav").astype(float)
+    assert np.abs(stereo).max() == pytest.approx(0.25 * 32768, rel=0.01)
+    summary = result.stdout[result.stdout.index("summary:") :]
+    assert "4 converted, 0 already done, 3 failed" in summary
+    assert "song.flac: not a wav file" in summary
+    assert "corrupt.wav:" in summary and "empty.wav: empty file" in summary
+
+
+@needs_sox
+def test_fallback_agrees_with_sox_within_a_few_lsb(tmp_path):
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    noise = "pinknoise pinknoise vol 0.3"
+    synth(in_dir / "noise.wav", 3, 44100, bits=24, channels=2, sound=noise)
+    assert run_script(in_dir, tmp_path / "sox").returncode == 0
+    assert resample.main(["--jobs", "1", str(in_dir), str(tmp_path / "soxr")]) == 0
+
+    by_sox = read_16k(tmp_path / "sox" / "noise.wav").astype(int)
+    by_soxr = read_16k(tmp_path / "soxr" / "noise.wav").astype(int)
+    assert len(by_sox) == len(by_soxr) == 48000
+    assert np.abs(by_sox - by_soxr).max() <= 8  # of a signal peaking near 10,000
+
+
+def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    tone = np.zeros(800, np.int16)
+    for name in ("a.WAV", "a.wav", "b.wav", "c.wav"):
+        wavfile.write(in_dir / name, 8000, tone)
+    (in_dir / "d.mp3").write_bytes(b"ID3")
+    out_dir.mkdir()
+    wavfile.write(out_dir / "c.wav", 16000, tone)  # newer than its input: done
+
+    todo, already_done, failed = resample.plan(in_dir, out_dir)
+
+    assert todo == ["a.WAV", "b.wav"]
+    assert already_done == 1
+    assert failed == [
+        ("a.wav", "would also become a.wav, made from a.WAV"),
+        ("d.mp3", "not a wav file: only SoX converts this format"),
+    ]
+
+
+def test_fallback_converts_rounds_and_clips(tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    full_scale = np.ones(4410, np.float32)  # float wav at +1.0 is 32768: clipped to 32767
+    wavfile.write(in_dir / "loud.wav", 44100, full_scale)
+    (out_dir / "sub").mkdir(parents=True)
+    (out_dir / "sub" / "stale.wav.part").write_bytes(b"half")
+
+    assert resample.main(["--jobs", "1", str(in_dir), str(out_dir)]) == 0
+
+    loud = read_16k(out_dir / "loud.wav")
+    assert len(loud) == 1600 and loud[800] == 32767
+    assert not list(out_dir.rglob("*.part"))
+    assert resample.to_int16(np.array([-40000.0, -1.5, 0.4, 2.5, 40000.0])).tolist() == [
+        -32768, -2, 0, 2, 32767,
+    ]  # fmt: skip
+
+
+@needs_sox
+def test_script_on_real_recordings(shared_data, tmp_path):
+    in_dir = tmp_path / "in"
+    chosen = [
+        "odd_formats/BM003.wav",  # 300 kHz
+        "odd_formats/WhiLbl0010_110411-DC-01.wav",  # stereo
+        "odd_formats/fruitfly-song-multichannel.wav",  # 3 channels
+        "birds/soundscape/audiomoth_dawn_20210502_040000.WAV",  # 48 kHz, upper-case extension
+        "birds/bengalese_finch/bl26lb16.wav",  # 32 kHz
+    ]
+    for name in chosen:
+        (in_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shared_data / name, in_dir / name)
+    out_dir = tmp_path / "out"
+
+    result = run_script(in_dir, out_dir)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 converted" in result.stdout
+    for name in chosen:
+        rate, original = wavfile.read(in_dir / name)
+        output = read_16k(out_dir / Path(name).with_suffix(".wav"))
+        assert abs(len(output) - len(original) * 16000 / rate) <= 1, name
+        assert np.abs(output).max() > 0, name
