@@ -1,0 +1,93 @@
+"""Reading wav files onto the int16 sample scale the 2016 filter thresholds assume.
+
+The 2016 scripts read 16-bit PCM with `scipy.io.wavfile`, which gives the raw integers
+(-32768..32767), and the noise filter's thresholds depend on that scale. Every other sample
+format is therefore brought to it here: wider integers are shifted down, 8-bit unsigned is
+centred and shifted up, float wavs ([-1, 1]) are multiplied by 32768. Several channels are
+averaged, as SoX does when it writes mono.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import soxr
+from scipy.io import wavfile
+
+INT16_FULL_SCALE = 32768.0
+
+
+class AudioError(ValueError):
+    """A file that is not usable audio; the message names the file and says why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """Read a wav file as mono float32 samples on the int16 scale.
+
+    Returns (samples (n,) float32, sample_rate). Several channels are averaged. The data is
+    memory-mapped where the format allows, so a long recording is converted without holding
+    its raw integers in memory as well. Raises `AudioError` for a missing, empty, truncated,
+    non-wav or zero-length file, or one with non-finite float samples.
+    """
+    try:
+        if os.path.getsize(path) == 0:
+            raise AudioError(path, "empty file")
+        try:
+            rate, data = wavfile.read(path, mmap=True)
+        except ValueError as error:
+            if "mmap=True not compatible" not in str(error):  # 24-bit cannot be mapped
+                raise
+            rate, data = wavfile.read(path)
+    except AudioError:
+        raise
+    except (OSError, ValueError, EOFError, struct.error) as error:
+        if "mmap length is greater than file size" in str(error):
+            raise AudioError(path, "truncated: less data than its header announces") from error
+        raise AudioError(path, f"not a readable wav file ({error})") from error
+
+    if data.size == 0:
+        raise AudioError(path, "contains no samples")
+    if rate <= 0:
+        raise AudioError(path, f"invalid sample rate {rate}")
+    offset, gain = _int16_scale(data.dtype)
+    samples = data.mean(axis=1, dtype=np.float32) if data.ndim == 2 else data.astype(np.float32)
+    if offset:
+        samples -= offset
+    if gain != 1:
+        samples *= gain
+    if data.dtype.kind == "f" and not np.isfinite(samples).all():
+        raise AudioError(path, "contains NaN or infinite samples")
+    return np.asarray(samples), int(rate)  # a plain array, not a memmap view
+
+
+def _int16_scale(dtype: np.dtype) -> tuple[float, np.float32]:
+    """(offset, gain) that bring wavfile's samples of this dtype onto the int16 scale."""
+    kind, bits = dtype.kind, 8 * dtype.itemsize
+    if kind == "u":  # 8-bit PCM is unsigned, centred on 128
+        return 128.0, np.float32(256.0)
+    if kind == "f":
+        return 0.0, np.float32(INT16_FULL_SCALE)
+    # signed PCM; 24-bit arrives left-aligned in int32, so one rule covers 16/24/32/64 bits
+    return 0.0, np.float32(2.0 ** (16 - bits))
+
+
+def to_sample_rate(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarray:
+    """Resample mono samples (n,) with soxr ('HQ'), the fallback when SoX is not installed.
+
+    Returns float32 (m,) on the same scale (not rounded to integers, unlike a 16-bit SoX
+    output file); the input itself when the rates already agree.
+    """
+    samples = np.asarray(samples, dtype=np.float32)
+    if samples.ndim != 1:
+        raise ValueError(f"expected mono samples (n,), got shape {samples.shape}")
+    if rate == target_rate:
+        return samples
+    return soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32, copy=False)

@@ -1,0 +1,132 @@
+"""read_wav: every sample format onto the int16 scale, channels averaged, bad files named."""
+
+import io
+import struct
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from preprocess.audio import AudioError, read_wav, to_sample_rate
+
+RAMP = np.array([-32768, -1000, 0, 1, 1000, 32767], dtype=np.int16)
+
+
+def write_pcm24(path, rate: int, values: np.ndarray) -> None:
+    """A 24-bit mono PCM wav (scipy cannot write one)."""
+    data = values.astype("<i4").view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, rate, rate * 3, 3, 24)
+    with open(path, "wb") as file:
+        file.write(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE")
+        file.write(b"fmt " + struct.pack("<I", len(fmt)) + fmt)
+        file.write(b"data" + struct.pack("<I", len(data)) + data)
+
+
+def test_int16_is_read_as_is(tmp_path):
+    path = tmp_path / "a.wav"
+    wavfile.write(path, 16000, RAMP)
+    samples, rate = read_wav(path)
+    assert rate == 16000
+    assert samples.dtype == np.float32 and type(samples) is np.ndarray
+    np.testing.assert_array_equal(samples, RAMP)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        RAMP.astype(np.int32) * 65536,  # 32-bit PCM
+        (RAMP.astype(np.int32) // 256 + 128).astype(np.uint8),  # 8-bit PCM, unsigned
+        RAMP.astype(np.float32) / 32768,  # float wav in [-1, 1]
+        RAMP.astype(np.float64) / 32768,
+    ],
+    ids=["int32", "uint8", "float32", "float64"],
+)
+def test_other_formats_come_onto_the_int16_scale(tmp_path, data):
+    path = tmp_path / "a.wav"
+    wavfile.write(path, 8000, data)
+    samples, _ = read_wav(path)
+    # 8-bit keeps only the top byte of each value
+    expected = (RAMP // 256) * 256 if data.dtype == np.uint8 else RAMP
+    np.testing.assert_array_equal(samples, expected)
+
+
+def test_24_bit(tmp_path):
+    path = tmp_path / "a.wav"
+    write_pcm24(path, 48000, RAMP.astype(np.int32) * 256 + 17)  # low byte below int16 resolution
+    samples, rate = read_wav(path)
+    assert rate == 48000
+    np.testing.assert_allclose(samples, RAMP + 17 / 256)
+
+
+def test_channels_are_averaged(tmp_path):
+    path = tmp_path / "a.wav"
+    channels = np.stack([RAMP, np.zeros_like(RAMP), RAMP // 2], axis=1)
+    wavfile.write(path, 16000, channels)
+    samples, _ = read_wav(path)
+    np.testing.assert_allclose(samples, (RAMP + RAMP // 2.0) / 3, rtol=1e-6)
+
+
+def wav_bytes(samples: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    wavfile.write(buffer, 16000, samples)
+    return buffer.getvalue()
+
+
+GOOD = wav_bytes(np.arange(1000, dtype=np.int16))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("empty.wav", b"", "empty file"),
+        ("text.wav", b"this is not audio at all\n" * 20, "not a readable wav"),
+        ("half_header.wav", GOOD[:30], "not a readable wav"),
+        ("cut_data.wav", GOOD[:-500], "truncated"),
+        ("no_samples.wav", wav_bytes(np.zeros(0, dtype=np.int16)), "no samples"),
+    ],
+)
+def test_bad_files_raise_audio_error_naming_the_file(tmp_path, name, content, reason):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(AudioError, match=reason) as caught:
+        read_wav(path)
+    assert name in str(caught.value)
+    assert caught.value.path == path
+    assert isinstance(caught.value, ValueError)
+
+
+def test_missing_and_non_finite_files(tmp_path):
+    with pytest.raises(AudioError, match="missing.wav"):
+        read_wav(tmp_path / "missing.wav")
+    path = tmp_path / "nan.wav"
+    wavfile.write(path, 16000, np.array([0.1, np.nan, 0.2], dtype=np.float32))
+    with pytest.raises(AudioError, match="nan.wav: contains NaN"):
+        read_wav(path)
+
+
+def test_real_files_of_every_shape(shared_data):
+    """300 kHz, stereo, 3 channels, 22.05-48 kHz: all mono float32 on the int16 scale."""
+    paths = sorted((shared_data / "odd_formats").glob("*.wav"))
+    paths += sorted((shared_data / "birds").rglob("*.wav"))
+    assert len(paths) >= 20
+    rates = set()
+    for path in paths:
+        samples, rate = read_wav(path)
+        rates.add(rate)
+        assert samples.ndim == 1 and samples.size > 0 and samples.dtype == np.float32
+        assert np.isfinite(samples).all() and np.abs(samples).max() <= 32768
+        assert np.abs(samples).max() > 100, f"{path} reads as near silence: wrong scale?"
+    assert {300000, 44100, 22050, 32000, 10000} <= rates
+
+
+def test_to_sample_rate_keeps_the_tone():
+    rate, seconds = 44100, 1.0
+    t = np.arange(int(rate * seconds)) / rate
+    tone = (10000 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    resampled = to_sample_rate(tone, rate, 16000)
+    assert resampled.dtype == np.float32
+    assert abs(len(resampled) - 16000) <= 1
+    spectrum = np.abs(np.fft.rfft(resampled[:16000]))
+    assert np.argmax(spectrum) == 440  # 1 Hz bins over one second
+    assert np.abs(resampled[1000:-1000]).max() == pytest.approx(10000, rel=0.01)
+    assert to_sample_rate(tone, rate, rate) is tone
