@@ -1,0 +1,526 @@
+"""The chunk dataset on disk: HDF5 written in crash-safe shards, merged, and read back.
+
+One row per 5 s chunk; a recording's chunks are consecutive and in time order.
+
+    X            float32 (N, n_bins, chunk_frames, 1)  one HDF5 chunk per row, compressed
+    y            uint8   (N, C)   one-hot foreground class (all zero when unlabelled)
+    label        int32   (N,)     class index, -1 when unlabelled
+    background   uint8   (N, C)   multi-hot background species among the classes
+    MediaId, ClassId, file  utf-8 (N,)  ('' ClassId when unlabelled; file relative to wav dir)
+    chunk_index  int32   (N,)     position of the chunk inside its recording
+    recordings/  one row per recording, same order: MediaId, ClassId, file, first_row int64,
+                 n_chunks int32, n_frames int32 (after the noise filter), duration_s float32,
+                 label int32, background uint8 (n_rec, C)
+
+Root attributes: format, format_version, params (SpectrogramParams JSON), classes (JSON list,
+the column order of y), class_names (JSON {class_id: name}), source (JSON), and from the
+writer here compression and inputs_digest (what the file was made from, to tell a rerun).
+
+HDF5 files are not crash-safe, so nothing is ever written into the final file in place.
+`ShardWriter` appends finished recordings to numbered shard files `part-NNNNN.h5` in a
+parts folder; each shard is written under a temporary name and renamed, so a shard that
+exists is complete, and a kill -9 loses at most the shard being filled. Every shard is a
+dataset in the format above. `merge_shards` then copies them into the final file: X's
+compressed chunks are copied raw (`read_direct_chunk` / `write_direct_chunk`), so merging
+costs a disk copy, not a decompression and recompression.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import NamedTuple
+
+import h5py
+import numpy as np
+
+from preprocess.params import FORMAT_VERSION, SpectrogramParams
+
+FORMAT = "birdclef-chunks"
+# h5py filter settings of X per --compression choice. "gzip" is HDF5's standard deflate
+# filter (with byte shuffling), which every HDF5 tool reads; its chunks are compressed here
+# with zlib's run-length strategy: on these spectrograms, mostly zeros where the noise
+# filter dropped cells, that is faster than deflate level 1 and compresses better (see
+# benchmarks/bench_hdf5.py). lzf is faster still but only h5py reads it.
+COMPRESSIONS = {
+    "gzip": {"compression": "gzip", "compression_opts": 1, "shuffle": True},
+    "lzf": {"compression": "lzf", "shuffle": True},
+    "none": {},
+}
+DEFAULT_COMPRESSION = "gzip"
+REQUIRED_ATTRS = ("format", "format_version", "params", "classes", "class_names", "source")
+ROW_DATASETS = ("X", "y", "label", "background", "MediaId", "ClassId", "file", "chunk_index")
+RECORDING_DATASETS = (
+    "MediaId",
+    "ClassId",
+    "file",
+    "first_row",
+    "n_chunks",
+    "n_frames",
+    "duration_s",
+    "label",
+    "background",
+)
+STRING = h5py.string_dtype("utf-8")
+SHARD_PATTERN = "part-*.h5"
+
+
+class DatasetError(Exception):
+    """A file that is not a usable chunk dataset; the message names the file and says why."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What every row of a dataset shares: the root attributes."""
+
+    params: SpectrogramParams
+    classes: list[str]
+    class_names: dict[str, str]
+    source: dict = field(default_factory=dict)
+    compression: str = DEFAULT_COMPRESSION
+    inputs_digest: str = ""  # identifies the inputs, to recognise a rerun of the same job
+
+
+class StoredChunk(NamedTuple):
+    """One row of X as HDF5 stores it: the filtered bytes and which filters were skipped."""
+
+    filter_mask: int
+    data: bytes
+
+
+@dataclass
+class RecordingChunks:
+    """One recording, extracted and ready to append: labels and its compressed chunks."""
+
+    media_id: str
+    class_id: str  # '' when unlabelled
+    file: str  # relative to the wav dir
+    label: int  # class index, -1 when unlabelled
+    background: np.ndarray  # (C,) uint8 multi-hot
+    n_frames: int  # frames after the noise filter
+    duration_s: float
+    chunks: list[StoredChunk]  # rows of X in time order, from `compress_chunks`
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class Dataset:
+    """An open chunk dataset. Use as a context manager, or call close().
+
+    `recordings` holds the whole `recordings/` group in memory (strings as str), which is
+    what splitting by recording needs; rows stay on disk behind the h5py handles. Read X a
+    row or a contiguous slice at a time: h5py's list indexing (X[[3, 9, 40]]) is several
+    times slower than a loop over rows (benchmarks/bench_hdf5.py).
+    """
+
+    path: Path
+    file: h5py.File
+    info: DatasetInfo
+    recordings: dict[str, np.ndarray]
+
+    @property
+    def params(self) -> SpectrogramParams:
+        return self.info.params
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    @property
+    def class_names(self) -> dict[str, str]:
+        return self.info.class_names
+
+    @property
+    def X(self) -> h5py.Dataset:
+        return self.file["X"]
+
+    @property
+    def y(self) -> h5py.Dataset:
+        return self.file["y"]
+
+    @property
+    def label(self) -> h5py.Dataset:
+        return self.file["label"]
+
+    def __len__(self) -> int:
+        return len(self.file["X"])
+
+    def __getitem__(self, name: str) -> h5py.Dataset:
+        return self.file[name]
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> Dataset:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_dataset(path: str | os.PathLike) -> Dataset:
+    """Open a chunk dataset read-only after checking it is one this code can read.
+
+    Raises `DatasetError` when the file is missing, not HDF5, lacks attributes or datasets,
+    comes from another format version, or its shapes disagree with its parameters.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as error:
+        raise DatasetError(f"{path}: not a readable HDF5 file ({error})") from error
+    try:
+        info = _read_info(h5, path)
+        missing = [name for name in ROW_DATASETS if name not in h5]
+        missing += [
+            f"recordings/{name}" for name in RECORDING_DATASETS if f"recordings/{name}" not in h5
+        ]
+        if missing:
+            raise DatasetError(f"{path}: incomplete dataset, missing {missing}")
+        recordings = read_recordings(h5)
+        _check_shapes(h5, info, recordings, path)
+    except BaseException:
+        h5.close()
+        raise
+    return Dataset(path, h5, info, recordings)
+
+
+def _read_info(h5: h5py.File, path: Path) -> DatasetInfo:
+    missing = [name for name in REQUIRED_ATTRS if name not in h5.attrs]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing attributes {missing}; not a dataset written by "
+            "preprocess/load_data.py"
+        )
+    attrs = {name: h5.attrs[name] for name in h5.attrs}
+    if attrs["format"] != FORMAT:
+        raise DatasetError(f"{path}: format {attrs['format']!r}, expected {FORMAT!r}")
+    if attrs["format_version"] != FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: written by preprocessing format version {attrs['format_version']}, this "
+            f"code reads version {FORMAT_VERSION}; rebuild it with preprocess/load_data.py"
+        )
+    try:
+        params = SpectrogramParams.from_json(attrs["params"])
+        classes = json.loads(attrs["classes"])
+        class_names = json.loads(attrs["class_names"])
+        source = json.loads(attrs["source"])
+    except (ValueError, TypeError) as error:
+        raise DatasetError(f"{path}: unreadable attributes: {error}") from error
+    return DatasetInfo(
+        params,
+        classes,
+        class_names,
+        source,
+        compression=attrs.get("compression", ""),
+        inputs_digest=attrs.get("inputs_digest", ""),
+    )
+
+
+def read_recordings(h5: h5py.File) -> dict[str, np.ndarray]:
+    """The `recordings/` group as {name: array}; strings as object arrays of str."""
+    group = h5["recordings"]
+    return {
+        name: group[name].asstr()[...] if group[name].dtype.kind == "O" else group[name][...]
+        for name in RECORDING_DATASETS
+    }
+
+
+def _check_shapes(h5: h5py.File, info: DatasetInfo, recordings: dict, path: Path) -> None:
+    params, n_classes = info.params, len(info.classes)
+    n_rows = len(h5["X"])
+    expected = {
+        "X": (n_rows, params.n_bins, params.chunk_frames, 1),
+        "y": (n_rows, n_classes),
+        "background": (n_rows, n_classes),
+        "recordings/background": (len(recordings["MediaId"]), n_classes),
+    }
+    for name, shape in expected.items():
+        if h5[name].shape != shape:
+            raise DatasetError(f"{path}: {name} has shape {h5[name].shape}, expected {shape}")
+    if recordings["n_chunks"].sum() != n_rows:
+        raise DatasetError(f"{path}: recordings/n_chunks does not add up to {n_rows} rows")
+
+
+def recording_rows(recordings: dict[str, np.ndarray], which: np.ndarray) -> np.ndarray:
+    """Row indices (sorted by recording order of `which`) of the chunks of recordings `which`.
+
+    which: indices into the recordings table (or a boolean mask over it). Returns int64 (n,).
+    """
+    which = np.asarray(which)
+    which = np.flatnonzero(which) if which.dtype == bool else which.astype(np.intp)
+    starts, counts = recordings["first_row"][which], recordings["n_chunks"][which]
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.repeat(starts, counts) + offsets
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def compress_chunks(chunks: np.ndarray, compression: str) -> list[StoredChunk]:
+    """Chunks (n, n_bins, chunk_frames) float32 -> the n rows of X as the file stores them.
+
+    Done by the workers, so compression runs in parallel and the writer only copies bytes.
+    """
+    chunks = np.ascontiguousarray(chunks, dtype="<f4")
+    if compression == "gzip":
+        return [StoredChunk(0, shuffle_deflate(chunk)) for chunk in chunks]
+    if compression == "none":
+        return [StoredChunk(0, chunk.tobytes()) for chunk in chunks]
+    return _through_hdf5_filters(chunks, COMPRESSIONS[compression])
+
+
+def shuffle_deflate(chunk: np.ndarray) -> bytes:
+    """What HDF5's shuffle + deflate filters would store for one chunk (any zlib stream
+    inflates the same): bytes regrouped by significance, then zlib with run-length coding."""
+    shuffled = chunk.view(np.uint8).reshape(-1, chunk.itemsize).T.tobytes()
+    packer = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+    return packer.compress(shuffled) + packer.flush()
+
+
+def _through_hdf5_filters(chunks: np.ndarray, filters: dict) -> list[StoredChunk]:
+    """Each chunk run through HDF5's own filter pipeline, in a one-row in-memory file."""
+    n_chunks, n_bins, n_frames = chunks.shape
+    name = f"compress-{os.getpid()}-{id(chunks)}"
+    with h5py.File(name, "w", driver="core", backing_store=False) as scratch:
+        row = scratch.create_dataset(
+            "X",
+            shape=(1, n_bins, n_frames, 1),
+            dtype="<f4",
+            chunks=(1, n_bins, n_frames, 1),
+            **filters,
+        )
+        stored = []
+        for chunk in chunks:
+            row.write_direct(chunk.reshape(row.shape))
+            stored.append(StoredChunk(*row.id.read_direct_chunk((0, 0, 0, 0))))
+    return stored
+
+
+class DatasetWriter:
+    """Writes one dataset file as recordings are appended: X rows go to disk at once, the
+    small per-row and per-recording datasets (kept in memory meanwhile) at close()."""
+
+    def __init__(self, path: str | os.PathLike, info: DatasetInfo):
+        self.info = info
+        self.recordings: list[RecordingChunks] = []  # without their chunks
+        self.n_chunks: list[int] = []
+        self.h5 = h5py.File(path, "w")
+        _create_root(self.h5, info, n_rows=0)
+
+    @property
+    def n_rows(self) -> int:
+        return sum(self.n_chunks)
+
+    def append(self, item: RecordingChunks) -> None:
+        x, start = self.h5["X"], self.n_rows
+        x.resize(start + len(item.chunks), axis=0)
+        for offset, stored in enumerate(item.chunks):
+            x.id.write_direct_chunk((start + offset, 0, 0, 0), stored.data, stored.filter_mask)
+        self.recordings.append(replace(item, chunks=[]))
+        self.n_chunks.append(len(item.chunks))
+
+    def close(self) -> None:
+        self.h5["X"].resize(self.n_rows, axis=0)  # drops rows of an append cut short
+        table = _recordings_table(self.recordings, self.n_chunks, len(self.info.classes))
+        _create_tables(self.h5, len(self.info.classes), self.n_rows, len(self.recordings))
+        _write_recordings(self.h5, table, row_start=0, recording_start=0)
+        self.h5.close()
+
+
+def write_dataset(path: str | os.PathLike, info: DatasetInfo, items: list[RecordingChunks]):
+    """Write recordings `items` (in order) as one complete dataset file at path."""
+    writer = DatasetWriter(path, info)
+    for item in items:
+        writer.append(item)
+    writer.close()
+
+
+def _recordings_table(
+    items: list[RecordingChunks], n_chunks: list[int], n_classes: int
+) -> dict[str, np.ndarray]:
+    n_chunks = np.array(n_chunks, dtype=np.int32)
+    return {
+        "MediaId": np.array([item.media_id for item in items], dtype=object),
+        "ClassId": np.array([item.class_id for item in items], dtype=object),
+        "file": np.array([item.file for item in items], dtype=object),
+        "first_row": (np.cumsum(n_chunks, dtype=np.int64) - n_chunks),
+        "n_chunks": n_chunks,
+        "n_frames": np.array([item.n_frames for item in items], dtype=np.int32),
+        "duration_s": np.array([item.duration_s for item in items], dtype=np.float32),
+        "label": np.array([item.label for item in items], dtype=np.int32),
+        "background": np.array([item.background for item in items], dtype=np.uint8).reshape(
+            len(items), n_classes
+        ),
+    }
+
+
+def _create_root(h5: h5py.File, info: DatasetInfo, n_rows: int) -> None:
+    """Root attributes and X (n_rows, empty, resizable)."""
+    params = info.params
+    h5.attrs.update(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "params": params.to_json(),
+            "classes": json.dumps(info.classes),
+            "class_names": json.dumps(info.class_names),
+            "source": json.dumps(info.source),
+            "compression": info.compression,
+            "inputs_digest": info.inputs_digest,
+        }
+    )
+    row_shape = (params.n_bins, params.chunk_frames, 1)
+    h5.create_dataset(
+        "X",
+        shape=(n_rows, *row_shape),
+        dtype="<f4",  # little-endian whatever the machine, as compress_chunks writes it
+        chunks=(1, *row_shape),
+        maxshape=(None, *row_shape),
+        **COMPRESSIONS[info.compression],
+    )
+
+
+def _create_tables(h5: h5py.File, n_classes: int, n_rows: int, n_recordings: int) -> None:
+    """Every dataset but X, at its final size, empty."""
+    for group, n, names in (
+        (h5, n_rows, ROW_DATASETS[1:]),
+        (h5.create_group("recordings"), n_recordings, RECORDING_DATASETS),
+    ):
+        for name in names:
+            shape = (n, n_classes) if name in ("y", "background") else (n,)
+            # label matrices are mostly zeros: compressed they cost next to nothing
+            packed = {"chunks": True, "compression": "gzip"} if 0 not in shape else {}
+            group.create_dataset(name, shape=shape, dtype=_DTYPES[name], **packed)
+
+
+_DTYPES = {
+    "y": np.uint8,
+    "label": np.int32,
+    "background": np.uint8,
+    "MediaId": STRING,
+    "ClassId": STRING,
+    "file": STRING,
+    "chunk_index": np.int32,
+    "first_row": np.int64,
+    "n_chunks": np.int32,
+    "n_frames": np.int32,
+    "duration_s": np.float32,
+}
+
+
+def _write_recordings(h5: h5py.File, table: dict, row_start: int, recording_start: int):
+    """Write a recordings table (first_row counted from 0) and the per-row datasets it implies.
+
+    Rows row_start.. and recordings recording_start.. of h5; X is written separately.
+    """
+    n_chunks = table["n_chunks"]
+    n_rows, n_recordings = int(n_chunks.sum()), len(n_chunks)
+    recordings = np.s_[recording_start : recording_start + n_recordings]
+    for name in RECORDING_DATASETS:
+        values = table[name] + row_start if name == "first_row" else table[name]
+        h5["recordings"][name][recordings] = values
+
+    recording_of_row = np.repeat(np.arange(n_recordings), n_chunks)
+    label = table["label"][recording_of_row]
+    y = np.zeros((n_rows, h5["y"].shape[1]), dtype=np.uint8)
+    labelled = np.flatnonzero(label >= 0)
+    y[labelled, label[labelled]] = 1
+    per_row = {
+        "y": y,
+        "label": label,
+        "background": table["background"][recording_of_row],
+        "MediaId": table["MediaId"][recording_of_row],
+        "ClassId": table["ClassId"][recording_of_row],
+        "file": table["file"][recording_of_row],
+        "chunk_index": np.arange(n_rows) - np.repeat(table["first_row"], n_chunks),
+    }
+    rows = np.s_[row_start : row_start + n_rows]
+    for name, values in per_row.items():
+        if n_rows:
+            h5[name][rows] = values
+
+
+class ShardWriter:
+    """Appends recordings, in order, to numbered shard files in parts_dir.
+
+    A shard is filled under a temporary name and renamed once it holds `shard_chunks`
+    chunks (or at `flush()`), so every `part-NNNNN.h5` is complete. Memory use does not
+    depend on the shard size: chunks go to disk as they come.
+    """
+
+    def __init__(
+        self, parts_dir: Path, info: DatasetInfo, *, first_number: int = 0, shard_chunks=2000
+    ):
+        self.parts_dir, self.info = Path(parts_dir), info
+        self.number, self.shard_chunks = first_number, shard_chunks
+        self.writer: DatasetWriter | None = None
+
+    def _path(self) -> Path:
+        return self.parts_dir / f"part-{self.number:05d}.h5"
+
+    def add(self, item: RecordingChunks) -> None:
+        if self.writer is None:
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+            self.writer = DatasetWriter(f"{self._path()}.tmp", self.info)
+        self.writer.append(item)
+        if self.writer.n_rows >= self.shard_chunks:
+            self.flush()
+
+    def flush(self) -> None:
+        """Complete the shard being filled, if any."""
+        if self.writer is None:
+            return
+        self.writer.close()
+        os.replace(f"{self._path()}.tmp", self._path())  # atomic: now the shard counts as done
+        self.number += 1
+        self.writer = None
+
+
+def complete_shards(parts_dir: Path) -> list[Path]:
+    """The shard files in parts_dir, in writing order (temporary files excluded)."""
+    return sorted(Path(parts_dir).glob(SHARD_PATTERN))
+
+
+def shard_number(path: Path) -> int:
+    return int(path.stem.removeprefix("part-"))
+
+
+def merge_shards(shards: list[Path], out_path: Path, info: DatasetInfo) -> None:
+    """Concatenate shards (datasets of this same `info`) into out_path, atomically.
+
+    Written to out_path + '.tmp' and renamed, so out_path is complete whenever it exists.
+    """
+    sizes = []
+    for shard in shards:
+        with h5py.File(shard, "r") as h5:
+            sizes.append((len(h5["X"]), len(h5["recordings/MediaId"])))
+    temporary = out_path.with_name(out_path.name + ".tmp")
+    with h5py.File(temporary, "w") as out:
+        n_rows, n_recordings = np.array(sizes, dtype=np.int64).reshape(-1, 2).sum(axis=0).tolist()
+        _create_root(out, info, n_rows)
+        _create_tables(out, len(info.classes), n_rows, n_recordings)
+        row = recording = 0
+        for shard, (shard_rows, shard_recordings) in zip(shards, sizes, strict=True):
+            with h5py.File(shard, "r") as h5:
+                _write_recordings(out, read_recordings(h5), row, recording)
+                source, target = h5["X"].id, out["X"].id
+                for index in range(shard_rows):
+                    filter_mask, data = source.read_direct_chunk((index, 0, 0, 0))
+                    target.write_direct_chunk((row + index, 0, 0, 0), data, filter_mask)
+            row, recording = row + shard_rows, recording + shard_recordings
+    os.replace(temporary, out_path)
+
+
+def remove_parts(parts_dir: Path) -> None:
+    shutil.rmtree(parts_dir, ignore_errors=True)

@@ -1,0 +1,539 @@
+"""Preprocessing command: wav files + labels -> chunk dataset (HDF5) for training or prediction.
+
+Reads the metadata (BirdCLEF XML folder, CSV, or one folder per class), applies the 2016
+selections, then for every recording: read the wav (16 kHz expected; other rates are
+resampled in-process), log spectrogram, noise filter, 5 s chunks (preprocess/spectrogram.py),
+compressed and appended to the dataset (preprocess/dataset.py, which documents the layout).
+
+Workers extract and compress recordings in parallel; the parent writes them in input order
+into shard files (OUT.parts/), merged into OUT when every recording is done. Killed at any
+moment (even kill -9), the same command run again skips the recordings already in shards.
+Bad inputs (missing, empty or corrupt wavs, unusable XML) are skipped, logged and counted in
+the final summary with exit status 0; fatal errors (unreadable metadata, no usable recording,
+an OUT made from other inputs without --overwrite) exit with 1 and one clear message.
+
+    python preprocess/load_data.py --wav-dir data/wav16k --xml-dir data/xml --out data/train.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing
+import signal
+import sys
+import time
+from collections import defaultdict, deque
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
+from preprocess import metadata  # noqa: E402
+from preprocess.audio import AudioError, read_wav, to_sample_rate  # noqa: E402
+from preprocess.dataset import (  # noqa: E402
+    COMPRESSIONS,
+    DEFAULT_COMPRESSION,
+    DatasetError,
+    DatasetInfo,
+    RecordingChunks,
+    ShardWriter,
+    StoredChunk,
+    complete_shards,
+    compress_chunks,
+    merge_shards,
+    open_dataset,
+    remove_parts,
+    shard_number,
+)
+from preprocess.params import FORMAT_VERSION, SpectrogramParams  # noqa: E402
+from preprocess.spectrogram import extract_chunks  # noqa: E402
+
+logger = logging.getLogger("load_data")
+
+BATCH = 4  # recordings per worker task: amortises inter-process overhead on short files
+IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: keeps workers busy, bounds memory
+
+
+class LoadDataError(Exception):
+    """A fatal problem with the command's inputs or output; printed without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction (runs in the workers)
+
+
+class Extracted(NamedTuple):
+    chunks: list[StoredChunk]  # empty when skipped
+    n_frames: int
+    duration_s: float
+    sample_rate: int  # of the wav file
+    error: str | None  # why the file was skipped, None when it was not
+
+
+def extract_recording(path: Path, params: SpectrogramParams, compression: str) -> Extracted:
+    """One wav file -> its compressed chunks; an unusable file gives `error` instead."""
+    try:
+        samples, rate = read_wav(path)
+    except AudioError as error:
+        return Extracted([], 0, 0.0, 0, error.reason)
+    duration_s = len(samples) / rate
+    if rate != params.sample_rate:
+        samples = to_sample_rate(samples, rate, params.sample_rate)
+        if len(samples) == 0:
+            return Extracted([], 0, duration_s, rate, f"too short to resample ({duration_s}s)")
+    chunks, n_frames = extract_chunks(samples, params)
+    return Extracted(compress_chunks(chunks, compression), n_frames, duration_s, rate, None)
+
+
+def _extract_batch(paths: list[Path], params: SpectrogramParams, compression: str):
+    results = []
+    for path in paths:
+        try:
+            results.append(extract_recording(path, params, compression))
+        except Exception as error:  # a bug or resource failure: say which file triggered it
+            raise RuntimeError(f"{path}: {type(error).__name__}: {error}") from None
+    return results
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def extract_all(
+    paths: list[Path], params: SpectrogramParams, compression: str, workers: int
+) -> Iterator[Extracted]:
+    """`extract_recording` of every path, yielded in input order.
+
+    With several workers, at most IN_FLIGHT_PER_WORKER batches per worker are queued or
+    waiting to be consumed (Pool.imap would buffer every finished result if the writer fell
+    behind), so memory does not depend on the number of recordings.
+    """
+    if workers == 1 or len(paths) <= BATCH:
+        for path in paths:
+            yield from _extract_batch([path], params, compression)
+        return
+    batches = [paths[start : start + BATCH] for start in range(0, len(paths), BATCH)]
+    workers = min(workers, len(batches))
+    with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
+        pending = deque()
+        for batch in batches:
+            pending.append(pool.apply_async(_extract_batch, (batch, params, compression)))
+            if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
+# ---------------------------------------------------------------------------------------------
+# Labels and the job's identity
+
+
+def class_table(
+    recordings: list[metadata.Recording], classes_from: Path | None
+) -> tuple[list[str], dict[str, str]]:
+    """(classes, {class_id: name}): from another dataset, else the sorted labels present."""
+    if classes_from is not None:
+        with open_dataset(classes_from) as other:
+            return other.classes, other.class_names
+    names: dict[str, str] = {}
+    for recording in recordings:
+        if recording.class_id is not None:
+            names.setdefault(recording.class_id, recording.species or recording.class_id)
+    classes = sorted(names)
+    return classes, {class_id: names[class_id] for class_id in classes}
+
+
+def class_index(classes: list[str], class_names: dict[str, str]) -> dict[str, int]:
+    """{class id or class name: column}: BirdCLEF XMLs name background species by their
+    scientific name, CSVs by their label."""
+    index = {
+        class_names[class_id]: i for i, class_id in enumerate(classes) if class_id in class_names
+    }
+    index.update({class_id: i for i, class_id in enumerate(classes)})
+    return index
+
+
+def label_vectors(
+    recording: metadata.Recording, index: dict[str, int], n_classes: int
+) -> tuple[int, np.ndarray]:
+    """(class index or -1 when unlabelled or not a class, background (n_classes,) uint8 with
+    the background species that are classes)."""
+    background = np.zeros(n_classes, dtype=np.uint8)
+    for name in recording.background:
+        if name in index:
+            background[index[name]] = 1
+    return index.get(recording.class_id, -1) if recording.class_id else -1, background
+
+
+def inputs_digest(info: DatasetInfo, recordings: list[metadata.Recording]) -> str:
+    """Hash of everything the dataset's content depends on except the wav bytes themselves."""
+    job = {
+        "format_version": FORMAT_VERSION,
+        "params": info.params.to_json(),
+        "classes": info.classes,
+        "class_names": info.class_names,
+        "compression": info.compression,
+        "source": info.source,
+        "recordings": [[r.media_id, r.file, r.class_id, r.background] for r in recordings],
+    }
+    return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclasses.dataclass
+class Summary:
+    recordings: int = 0
+    resumed: int = 0  # recordings found in shards of an interrupted run
+    chunks: int = 0
+    audio_s: float = 0.0  # audio extracted by this run
+    resampled: dict[int, int] = dataclasses.field(default_factory=dict)  # sample rate -> files
+    skipped: dict[str, list[str]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    seconds: float = 0.0
+
+    def skip(self, reason: str, name: str) -> None:
+        self.skipped[reason].append(name)
+
+    def report(self, out: Path) -> str:
+        processed = self.recordings - self.resumed
+        lines = [
+            f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {self.seconds:.1f} s",
+            f"  recordings  {self.recordings}"
+            + (f" ({self.resumed} from an interrupted run)" if self.resumed else ""),
+            f"  chunks      {self.chunks}",
+            f"  audio       {self.audio_s / 3600:.3g} h extracted by this run, "
+            f"{processed / max(self.seconds, 1e-9):.1f} files/s, "
+            f"{self.audio_s / max(self.seconds, 1e-9):.0f} audio s/s",
+        ]
+        if self.resampled:
+            rates = ", ".join(f"{n} at {rate} Hz" for rate, n in sorted(self.resampled.items()))
+            lines.append(f"  resampled   in-process: {rates}")
+        total = sum(len(names) for names in self.skipped.values())
+        lines.append(f"  skipped     {total} file(s)" + (":" if total else ""))
+        for reason, names in self.skipped.items():
+            shown = ", ".join(names[:5]) + (
+                f", ... ({len(names) - 5} more)" if len(names) > 5 else ""
+            )
+            lines.append(f"    {len(names):6d} {reason}: {shown}")
+        return "\n".join(lines)
+
+
+def read_metadata(args, summary: Summary) -> tuple[list[metadata.Recording], dict]:
+    """The selected recordings whose wav exists, and the `source` attribute describing them."""
+    messages: list[str] = []
+    if args.xml_dir:
+        recordings, messages = metadata.read_birdclef_xml_dir(args.xml_dir)
+        kind, where = "birdclef-xml", args.xml_dir
+    elif args.csv:
+        recordings, kind, where = metadata.read_csv(args.csv), "csv", args.csv
+    else:
+        recordings = metadata.read_class_folders(args.wav_dir)
+        kind, where = "class-folders", args.wav_dir
+    for message in messages:  # "skipped PATH: why"
+        summary.skip("unusable XML", message.removeprefix("skipped "))
+    present, unmatched = metadata.match_audio(recordings, args.wav_dir)
+    found = {r.media_id for r in present}
+    for recording in recordings:
+        if recording.media_id not in found:
+            reason = "XML without wav" if kind == "birdclef-xml" else "missing wav"
+            summary.skip(reason, str(args.wav_dir / recording.file))
+    for message in unmatched[len(recordings) - len(present) :]:  # after the missing ones
+        summary.skip("wav without metadata (not used)", message.split(": wav without")[0])
+
+    selections = {
+        "top_n": args.top_n,
+        "min_quality": args.min_quality,
+        "max_quality": args.max_quality,
+        "no_background": args.no_background,
+    }
+    selected = metadata.select(present, **selections)
+    source = {
+        "wav_dir": str(args.wav_dir.resolve()),
+        "metadata": kind,
+        "metadata_path": str(Path(where).resolve()),
+        "selections": selections,
+        "classes_from": str(args.classes_from.resolve()) if args.classes_from else None,
+    }
+    logger.info("%d recordings selected of %d in %s", len(selected), len(recordings), where)
+    return selected, source
+
+
+def resume(parts_dir: Path, digest: str) -> tuple[set[tuple[str, str]], int, int]:
+    """Recordings already in complete shards of this same job: (keys, next shard number,
+    their chunk count). Leftovers that cannot count (temporary files, unreadable shards,
+    shards of other inputs) are deleted."""
+    for temporary in parts_dir.glob("*.tmp"):
+        temporary.unlink()  # a shard or merge cut short: redone below
+    done, chunks, number = set(), 0, 0
+    for shard in complete_shards(parts_dir):
+        try:
+            with open_dataset(shard) as part:
+                same_job = part.info.inputs_digest == digest
+                keys = zip(part.recordings["MediaId"], part.recordings["file"], strict=True)
+                rows = len(part)
+        except DatasetError as error:
+            logger.warning("deleting unreadable shard (%s)", error)
+            shard.unlink()
+            continue
+        if not same_job:
+            logger.warning("%s: left by a run with other inputs or settings; deleted", parts_dir)
+            remove_parts(parts_dir)
+            return set(), 0, 0
+        done.update(keys)
+        chunks += rows
+        number = shard_number(shard) + 1
+    return done, number, chunks
+
+
+def extract_into_shards(
+    todo: list[metadata.Recording],
+    wav_dir: Path,
+    info: DatasetInfo,
+    workers: int,
+    writer: ShardWriter,
+    summary: Summary,
+) -> set[tuple[str, str]]:
+    """Extract the recordings in order into writer, with a progress bar; returns the
+    (MediaId, file) of those written. Unreadable files are logged and counted in summary."""
+    params, n_classes = info.params, len(info.classes)
+    index = class_index(info.classes, info.class_names)
+    written = set()
+    paths = [wav_dir / r.file for r in todo]
+    results = extract_all(paths, params, info.compression, workers)
+    progress = tqdm(total=len(todo), unit="file", desc="extracting", smoothing=0.05)
+    with logging_redirect_tqdm(), progress:
+        for recording, path, result in zip(todo, paths, results, strict=True):
+            progress.update()
+            if result.error is not None:
+                summary.skip("unreadable wav", f"{path} ({result.error})")
+                logger.warning("skipped %s: %s", path, result.error)
+                continue
+            if result.sample_rate != params.sample_rate:
+                if not summary.resampled:
+                    logger.warning(
+                        "%s is at %d Hz, not %d: resampling in-process with soxr (and any "
+                        "other such file). For exact reproduction resample first with "
+                        "preprocess/resample_wavs_to_16k.sh (SoX).",
+                        path,
+                        result.sample_rate,
+                        params.sample_rate,
+                    )
+                rate = result.sample_rate
+                summary.resampled[rate] = summary.resampled.get(rate, 0) + 1
+            label, background = label_vectors(recording, index, n_classes)
+            writer.add(
+                RecordingChunks(
+                    recording.media_id,
+                    recording.class_id or "",
+                    recording.file,
+                    label,
+                    background,
+                    result.n_frames,
+                    result.duration_s,
+                    result.chunks,
+                )
+            )
+            written.add((recording.media_id, recording.file))
+            summary.chunks += len(result.chunks)
+            summary.audio_s += result.duration_s
+            progress.set_postfix_str(f"{summary.audio_s / 3600:.2f} h audio", refresh=False)
+    return written
+
+
+def build(args) -> int:
+    started = time.perf_counter()
+    params = SpectrogramParams()
+    summary = Summary()
+    out: Path = args.out
+    parts_dir = out.with_name(out.name + ".parts")
+
+    recordings, source = read_metadata(args, summary)
+    classes, class_names = class_table(recordings, args.classes_from)
+    info = DatasetInfo(params, classes, class_names, source, args.compression)
+    info = dataclasses.replace(info, inputs_digest=inputs_digest(info, recordings))
+
+    if out.exists() and not args.overwrite:
+        try:
+            with open_dataset(out) as existing:
+                same = existing.info.inputs_digest == info.inputs_digest
+        except DatasetError as error:
+            raise LoadDataError(f"{error}; use --overwrite to replace it") from None
+        if not same:
+            raise LoadDataError(
+                f"{out} exists, built from other inputs or settings; use --overwrite to "
+                "rebuild it, or another --out"
+            )
+        remove_parts(parts_dir)  # a run killed between the final rename and this clean-up
+        print(
+            f"{out} already complete for these inputs and settings: nothing to do "
+            "(--overwrite rebuilds it)"
+        )
+        return 0
+    if args.overwrite:
+        remove_parts(parts_dir)  # the old OUT stays in place until the new one is complete
+    if not recordings:
+        raise LoadDataError("no recordings to process (see the skipped files above)")
+    if not classes:
+        logger.warning(
+            "no labelled recordings: every label is -1 (use --classes-from "
+            "TRAIN.h5 to give a test set the training classes)"
+        )
+
+    done, first_number, summary.chunks = resume(parts_dir, info.inputs_digest)
+    todo = [r for r in recordings if (r.media_id, r.file) not in done]
+    summary.resumed = len(recordings) - len(todo)
+    if summary.resumed:
+        logger.info("resuming: %d recordings already done in %s", summary.resumed, parts_dir)
+    unlabelled = sum(r.class_id not in classes for r in recordings)
+    if classes and unlabelled:
+        logger.info(
+            "%d recordings have no label among the %d classes: label -1", unlabelled, len(classes)
+        )
+
+    kept = {(r.media_id, r.file) for r in recordings} - {(r.media_id, r.file) for r in todo}
+    writer = ShardWriter(parts_dir, info, first_number=first_number, shard_chunks=args.shard_chunks)
+    try:
+        kept |= extract_into_shards(todo, args.wav_dir, info, args.workers, writer, summary)
+    except KeyboardInterrupt:
+        writer.flush()  # keep what is finished
+        logger.error(
+            "interrupted: finished recordings are kept in %s; run the same command again to resume",
+            parts_dir,
+        )
+        return 130
+    writer.flush()
+
+    shards = complete_shards(parts_dir)
+    if not shards:
+        raise LoadDataError("no recording could be read: nothing written")
+    kept_recordings = [r for r in recordings if (r.media_id, r.file) in kept]
+    metadata.save_table(kept_recordings, out.with_suffix(".metadata.json"))
+    merge_shards(shards, out, info)
+    remove_parts(parts_dir)
+    summary.recordings = len(kept_recordings)
+    summary.seconds = time.perf_counter() - started
+    print(summary.report(out))
+    return 0
+
+
+EPILOG = """\
+examples:
+  # BirdCLEF: wavs resampled to 16 kHz by preprocess/resample_wavs_to_16k.sh, one XML each
+  python preprocess/load_data.py --wav-dir data/wav16k --xml-dir data/TrainingSet/xml \\
+      --top-n 50 --out data/train.h5
+  # a test set without labels, with the training file's classes as columns
+  python preprocess/load_data.py --wav-dir data/test16k --xml-dir data/TestSet/xml \\
+      --classes-from data/train.h5 --out data/test.h5
+  # any audio task: a CSV with columns file,label[,media_id][,background]
+  python preprocess/load_data.py --wav-dir clips --csv clips/labels.csv --out clips.h5
+  # or one folder per class: clips/<label>/<name>.wav
+  python preprocess/load_data.py --wav-dir clips --class-folders --out clips.h5
+
+Interrupted (Ctrl-C, kill -9)? Run the same command again: the recordings finished in
+OUT.parts/ are kept. Beside OUT (data/train.h5) it writes the table of the recordings it
+holds (data/train.metadata.json). Unusable files are skipped and listed in the summary.
+"""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Turn wav files and their labels into the chunk dataset (HDF5) that "
+        "training and prediction read: 2016 log spectrogram, noise filter, 5 s chunks.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--wav-dir",
+        type=Path,
+        metavar="DIR",
+        required=True,
+        help="folder of 16 kHz wav files (other rates are resampled, slower)",
+    )
+    labels = parser.add_mutually_exclusive_group(required=True)
+    labels.add_argument(
+        "--xml-dir", type=Path, metavar="DIR", help="BirdCLEF folder, one <Audio> XML each"
+    )
+    labels.add_argument(
+        "--csv",
+        type=Path,
+        metavar="FILE",
+        help="CSV with columns file,label (file relative "
+        "to --wav-dir; optional media_id, background ';'-separated)",
+    )
+    labels.add_argument(
+        "--class-folders",
+        action="store_true",
+        help="--wav-dir holds one subfolder per class, named after it",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="FILE.h5", help="HDF5 file to write (.h5)"
+    )
+    parser.add_argument("--top-n", type=int, help="keep only the N most common classes")
+    parser.add_argument("--min-quality", type=int, help="lowest BirdCLEF Quality kept")
+    parser.add_argument("--max-quality", type=int, help="highest BirdCLEF Quality kept")
+    parser.add_argument(
+        "--no-background", action="store_true", help="drop recordings that list background species"
+    )
+    parser.add_argument(
+        "--classes-from",
+        type=Path,
+        metavar="OTHER.h5",
+        help="use the class list of another dataset (e.g. the training set)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=multiprocessing.cpu_count(),
+        help="parallel processes (default: all %(default)s cores; 1 runs in this process)",
+    )
+    parser.add_argument(
+        "--compression",
+        choices=list(COMPRESSIONS),
+        default=DEFAULT_COMPRESSION,
+        help="compression of X: gzip (default) is read by any HDF5 tool; lzf writes a "
+        "little faster but only h5py reads it; none is about 3x larger",
+    )
+    parser.add_argument(
+        "--shard-chunks",
+        type=int,
+        default=2000,
+        help="chunks per shard file, the most work a crash can lose (default %(default)s)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rebuild OUT even if it exists (kept until the new one is done)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging, tracebacks")
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.shard_chunks < 1:
+        parser.error("--workers and --shard-chunks must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
+    )
+    try:
+        return build(args)
+    except Exception as error:  # fatal: one clear line; the traceback only with --verbose
+        if args.verbose:
+            logger.exception("fatal")
+        logger.error("%s", error)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The HDF5 chunk dataset: schema, shards and their raw-chunk merge, and the checking reader."""
+
+import json
+import re
+
+import h5py
+import numpy as np
+import pytest
+
+from preprocess.dataset import (
+    COMPRESSIONS,
+    FORMAT,
+    DatasetError,
+    DatasetInfo,
+    RecordingChunks,
+    ShardWriter,
+    complete_shards,
+    compress_chunks,
+    merge_shards,
+    open_dataset,
+    recording_rows,
+    write_dataset,
+)
+from preprocess.params import FORMAT_VERSION, SpectrogramParams
+
+PARAMS = SpectrogramParams()
+CLASSES = ["aaa", "bbb", "ccc"]
+NAMES = {"aaa": "Genus a", "bbb": "Genus b", "ccc": "Genus c"}
+
+
+def make_chunks(n: int, seed: int) -> np.ndarray:
+    """(n, 200, 310) float32 like filtered spectrograms: log values with zeroed cells."""
+    rng = np.random.default_rng(seed)
+    chunks = rng.normal(2.0, 1.5, (n, PARAMS.n_bins, PARAMS.chunk_frames)).astype(np.float32)
+    chunks[:, :, rng.random(PARAMS.chunk_frames) < 0.6] = 0
+    return chunks
+
+
+def make_recordings(compression: str) -> tuple[list[RecordingChunks], list[np.ndarray]]:
+    """Four recordings of 3, 1, 2 and 1 chunks; the third unlabelled, the first with a
+    background class."""
+    specs = [
+        ("m1", "aaa", 0, [0, 0, 1]),
+        ("m2", "bbb", 1, [0, 0, 0]),
+        ("m3", "", -1, [1, 0, 0]),
+        ("m4", "ccc", 2, [0, 0, 0]),
+    ]
+    items, arrays = [], []
+    for seed, ((media_id, class_id, label, background), n) in enumerate(
+        zip(specs, [3, 1, 2, 1], strict=True)
+    ):
+        chunks = make_chunks(n, seed)
+        arrays.append(chunks)
+        items.append(
+            RecordingChunks(
+                media_id,
+                class_id,
+                f"sub/{media_id}.wav",
+                label,
+                np.array(background, np.uint8),
+                n_frames=n * 300,
+                duration_s=n * 4.9,
+                chunks=compress_chunks(chunks, compression),
+            )
+        )
+    return items, arrays
+
+
+def info(compression="gzip") -> DatasetInfo:
+    return DatasetInfo(PARAMS, CLASSES, NAMES, {"metadata": "test"}, compression, "digest")
+
+
+@pytest.fixture
+def dataset_path(tmp_path):
+    path = tmp_path / "data.h5"
+    write_dataset(path, info(), make_recordings("gzip")[0])
+    return path
+
+
+def test_schema(dataset_path):
+    with h5py.File(dataset_path) as h5:
+        n = 7
+        expected = {
+            "X": ((n, 200, 310, 1), np.float32),
+            "y": ((n, 3), np.uint8),
+            "label": ((n,), np.int32),
+            "background": ((n, 3), np.uint8),
+            "chunk_index": ((n,), np.int32),
+            "recordings/first_row": ((4,), np.int64),
+            "recordings/n_chunks": ((4,), np.int32),
+            "recordings/n_frames": ((4,), np.int32),
+            "recordings/duration_s": ((4,), np.float32),
+            "recordings/label": ((4,), np.int32),
+            "recordings/background": ((4, 3), np.uint8),
+        }
+        for name, (shape, dtype) in expected.items():
+            assert h5[name].shape == shape and h5[name].dtype == dtype, name
+        for name in (
+            "MediaId",
+            "ClassId",
+            "file",
+            *(f"recordings/{s}" for s in ("MediaId", "ClassId", "file")),
+        ):
+            assert h5py.check_string_dtype(h5[name].dtype).encoding == "utf-8", name
+        assert h5["X"].chunks == (1, 200, 310, 1)
+        assert h5["X"].compression == "gzip" and h5["X"].shuffle
+        assert h5.attrs["format"] == FORMAT and h5.attrs["format_version"] == FORMAT_VERSION
+        assert SpectrogramParams.from_json(h5.attrs["params"]) == PARAMS
+        assert json.loads(h5.attrs["classes"]) == CLASSES
+        assert json.loads(h5.attrs["class_names"]) == NAMES
+        assert json.loads(h5.attrs["source"]) == {"metadata": "test"}
+
+
+def test_rows_follow_recordings(dataset_path):
+    items, arrays = make_recordings("gzip")
+    with open_dataset(dataset_path) as dataset:
+        recordings = dataset.recordings
+        assert list(recordings["MediaId"]) == ["m1", "m2", "m3", "m4"]
+        assert list(recordings["first_row"]) == [0, 3, 4, 6]
+        assert list(dataset["chunk_index"][:]) == [0, 1, 2, 0, 0, 1, 0]
+        assert list(dataset["MediaId"].asstr()[:]) == ["m1"] * 3 + ["m2"] + ["m3"] * 2 + ["m4"]
+        assert list(dataset["file"].asstr()[:3]) == ["sub/m1.wav"] * 3
+        np.testing.assert_array_equal(dataset.X[:, :, :, 0], np.concatenate(arrays))
+        label = dataset.label[:]
+        assert list(label) == [0, 0, 0, 1, -1, -1, 2]
+        y = dataset.y[:]
+        np.testing.assert_array_equal(y[label >= 0].argmax(axis=1), label[label >= 0])
+        assert y.sum(axis=1).tolist() == [1, 1, 1, 1, 0, 0, 1]  # one-hot, none unlabelled
+        assert list(dataset["ClassId"].asstr()[:]) == ["aaa"] * 3 + ["bbb", "", "", "ccc"]
+        np.testing.assert_array_equal(
+            dataset["background"][:], recordings["background"][[0, 0, 0, 1, 2, 2, 3]]
+        )
+        assert recordings["background"][0].tolist() == [0, 0, 1]
+
+
+def test_recording_rows(dataset_path):
+    with open_dataset(dataset_path) as dataset:
+        assert recording_rows(dataset.recordings, [2, 0]).tolist() == [4, 5, 0, 1, 2]
+        mask = np.array([False, True, False, True])
+        assert recording_rows(dataset.recordings, mask).tolist() == [3, 6]
+        assert recording_rows(dataset.recordings, []).tolist() == []
+
+
+@pytest.mark.parametrize("compression", list(COMPRESSIONS))
+def test_shards_merge_to_the_same_rows(tmp_path, compression):
+    items, arrays = make_recordings(compression)
+    parts = tmp_path / "out.h5.parts"
+    writer = ShardWriter(parts, info(compression), shard_chunks=2)
+    for item in items:
+        writer.add(item)
+    writer.flush()
+    shards = complete_shards(parts)
+    assert [p.name for p in shards] == ["part-00000.h5", "part-00001.h5", "part-00002.h5"]
+    with open_dataset(shards[1]) as shard:  # every shard is a dataset by itself
+        assert list(shard.recordings["MediaId"]) == ["m2", "m3"]
+
+    merge_shards(shards, tmp_path / "out.h5", info(compression))
+    write_dataset(tmp_path / "direct.h5", info(compression), items)
+    with open_dataset(tmp_path / "out.h5") as merged, h5py.File(tmp_path / "direct.h5") as h5:
+        assert merged.X.compression == COMPRESSIONS[compression].get("compression")
+        np.testing.assert_array_equal(merged.X[:, :, :, 0], np.concatenate(arrays))
+        for name in (
+            "y",
+            "label",
+            "background",
+            "chunk_index",
+            "recordings/first_row",
+            "recordings/n_chunks",
+            "recordings/label",
+            "recordings/background",
+        ):
+            np.testing.assert_array_equal(merged[name][:], h5[name][:], err_msg=name)
+    assert not (tmp_path / "out.h5.tmp").exists()
+
+
+def test_compressed_bytes_are_what_hdf5_stores(tmp_path):
+    """The workers' compressed chunks must read back through HDF5's filters, including a
+    chunk of random bits that lzf cannot compress (HDF5 then stores it unfiltered)."""
+    chunks = make_chunks(2, seed=7)
+    bits = np.random.default_rng(8).integers(0, 2**30, chunks[1].shape, dtype=np.uint32)
+    chunks[1] = bits.view(np.float32)  # finite floats: exponent bits stay below 128
+    sizes = {}
+    for compression in COMPRESSIONS:
+        stored = compress_chunks(chunks, compression)
+        if compression == "lzf":
+            assert stored[1].filter_mask != 0  # the incompressible case is exercised
+        item = RecordingChunks("m", "aaa", "m.wav", 0, np.zeros(3, np.uint8), 600, 9.8, stored)
+        write_dataset(tmp_path / "one.h5", info(compression), [item])
+        merge_shards(
+            [tmp_path / "one.h5", tmp_path / "one.h5"], tmp_path / "two.h5", info(compression)
+        )
+        with h5py.File(tmp_path / "two.h5") as h5:
+            np.testing.assert_array_equal(h5["X"][:, :, :, 0], np.concatenate([chunks, chunks]))
+        sizes[compression] = (tmp_path / "one.h5").stat().st_size
+    assert sizes["gzip"] < sizes["none"] * 0.8
+
+
+def test_an_empty_dataset_is_valid(tmp_path):
+    write_dataset(tmp_path / "empty.h5", DatasetInfo(PARAMS, [], {}), [])
+    with open_dataset(tmp_path / "empty.h5") as dataset:
+        assert len(dataset) == 0 and dataset.y.shape == (0, 0)
+
+
+def rewrite_attr(path, name, value):
+    with h5py.File(path, "a") as h5:
+        if value is None:
+            del h5.attrs[name]
+        else:
+            h5.attrs[name] = value
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("format_version", FORMAT_VERSION + 1, "format version"),
+        ("format", "something-else", "format 'something-else'"),
+        ("classes", None, "missing attributes ['classes']"),
+        (
+            "params",
+            json.dumps({**json.loads(PARAMS.to_json()), "nfft": None, "new": 1}),
+            "do not match this version",
+        ),
+    ],
+)
+def test_open_dataset_rejects_other_files(dataset_path, name, value, message):
+    rewrite_attr(dataset_path, name, value)
+    with pytest.raises(DatasetError, match=re.escape(message)) as error:
+        open_dataset(dataset_path)
+    assert str(dataset_path) in str(error.value)
+
+
+def test_open_dataset_rejects_non_datasets(tmp_path, dataset_path):
+    (tmp_path / "notes.txt").write_text("not hdf5")
+    with pytest.raises(DatasetError, match="not a readable HDF5 file"):
+        open_dataset(tmp_path / "notes.txt")
+    with pytest.raises(DatasetError, match="no such file"):
+        open_dataset(tmp_path / "missing.h5")
+    with h5py.File(tmp_path / "plain.h5", "w") as h5:
+        h5["X"] = np.zeros(3)
+    with pytest.raises(DatasetError, match="missing attributes"):
+        open_dataset(tmp_path / "plain.h5")
+    with h5py.File(dataset_path, "a") as h5:
+        del h5["recordings/n_frames"]
+    with pytest.raises(DatasetError, match=r"missing \['recordings/n_frames'\]"):
+        open_dataset(dataset_path)

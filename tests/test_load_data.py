@@ -1,0 +1,299 @@
+"""preprocess/load_data.py: metadata layouts, bad inputs, reruns, kill -9 resumption."""
+
+import csv
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from preprocess.audio import read_wav, to_sample_rate
+from preprocess.dataset import complete_shards, open_dataset
+from preprocess.load_data import main
+from preprocess.metadata import load_table
+from preprocess.params import SpectrogramParams
+from preprocess.spectrogram import extract_chunks
+
+SCRIPT = Path(__file__).resolve().parents[1] / "preprocess" / "load_data.py"
+PARAMS = SpectrogramParams()
+RATE = 16000
+
+
+def tone_in_noise(seconds: float, seed: int) -> np.ndarray:
+    """int16 (n,): noise with a 2.5 kHz tone sounding half of every second."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    tone = 8000 * np.sin(2 * np.pi * 2500 * t) * ((t % 1.0) < 0.5)
+    return (rng.normal(0, 200, t.size) + tone).astype(np.int16)
+
+
+def make_wavs(folder: Path) -> dict[str, np.ndarray]:
+    """tone (3 s), short (0.1 s), silent (2 s of zeros), long (12 s) in folder."""
+    wavs = {
+        "tone.wav": tone_in_noise(3, 0),
+        "short.wav": tone_in_noise(0.1, 1),
+        "silent.wav": np.zeros(2 * RATE, np.int16),
+        "long.wav": tone_in_noise(12, 2),
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, samples in wavs.items():
+        wavfile.write(folder / name, RATE, samples)
+    return wavs
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def csv_job(tmp_path):
+    """(wav dir, CSV) of the four wavs; tone has a background class."""
+    wav_dir = tmp_path / "wav"
+    make_wavs(wav_dir)
+    rows = [
+        {"file": "tone.wav", "label": "aaa", "background": "bbb"},
+        {"file": "short.wav", "label": "bbb", "background": ""},
+        {"file": "silent.wav", "label": "aaa", "background": ""},
+        {"file": "long.wav", "label": "ccc", "background": ""},
+    ]
+    return wav_dir, write_csv(tmp_path / "labels.csv", rows)
+
+
+def load(wav_dir, labels: list[str], out, *options) -> int:
+    argv = ["--wav-dir", wav_dir, *labels, "--out", out, "--workers", 1, *options]
+    return main([str(arg) for arg in argv])
+
+
+def contents(path: Path) -> dict:
+    """Every dataset and root attribute of an HDF5 file, to compare two files."""
+    values = {}
+    with h5py.File(path) as h5:
+        h5.visititems(
+            lambda name, obj: (
+                values.update({name: obj[...]}) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
+        values.update({f"attr {name}": value for name, value in h5.attrs.items()})
+    return values
+
+
+def assert_same_file(path_a: Path, path_b: Path) -> None:
+    a, b = contents(path_a), contents(path_b)
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_csv_rows_are_the_recordings_chunks_in_order(csv_job, tmp_path, capsys):
+    wav_dir, labels = csv_job
+    out = tmp_path / "out.h5"
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    with open_dataset(out) as dataset:
+        recordings = dataset.recordings
+        assert list(recordings["MediaId"]) == ["tone", "short", "silent", "long"]
+        assert dataset.classes == ["aaa", "bbb", "ccc"]
+        assert list(recordings["label"]) == [0, 1, 0, 2]
+        assert recordings["background"].tolist() == [[0, 1, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]]
+        assert dataset.info.source["metadata"] == "csv"
+        for index, name in enumerate(recordings["file"]):
+            samples, _ = read_wav(wav_dir / name)
+            expected, n_frames = extract_chunks(samples, PARAMS)
+            first, n = recordings["first_row"][index], recordings["n_chunks"][index]
+            assert n == len(expected) and recordings["n_frames"][index] == n_frames
+            assert recordings["duration_s"][index] == pytest.approx(len(samples) / RATE)
+            np.testing.assert_array_equal(dataset.X[first : first + n, :, :, 0], expected)
+            assert list(dataset["chunk_index"][first : first + n]) == list(range(n))
+            assert set(dataset["MediaId"].asstr()[first : first + n]) == {name[:-4]}
+        assert recordings["n_chunks"][3] >= 2  # the 12 s recording spans several chunks
+        assert np.isfinite(dataset.X[:]).all()  # digital silence included
+    table = load_table(tmp_path / "out.metadata.json")  # saved beside the dataset
+    assert [r.media_id for r in table] == ["tone", "short", "silent", "long"]
+    report = capsys.readouterr().out
+    assert "recordings  4" in report and "skipped     0" in report
+
+
+def test_several_workers_write_the_same_file(csv_job, tmp_path):
+    wav_dir, labels = csv_job
+    rows = list(csv.DictReader(labels.read_text().splitlines()))
+    for index in range(12):  # enough files for several worker tasks
+        wavfile.write(wav_dir / f"extra{index}.wav", RATE, tone_in_noise(1 + index, index))
+        rows.append({"file": f"extra{index}.wav", "label": "bbb", "background": ""})
+    write_csv(labels, rows)
+    assert load(wav_dir, ["--csv", labels], tmp_path / "one.h5") == 0
+    argv = ["--wav-dir", str(wav_dir), "--csv", str(labels), "--out", str(tmp_path / "two.h5")]
+    assert main([*argv, "--workers", "2", "--shard-chunks", "5"]) == 0
+    assert_same_file(tmp_path / "one.h5", tmp_path / "two.h5")
+
+
+XML = "<Audio><MediaId>{id}</MediaId><FileName>{file}</FileName>{labels}</Audio>"
+LABELS = (
+    "<ClassId>{class_id}</ClassId><Quality>{quality}</Quality><Genus>{genus}</Genus>"
+    "<Species>{species}</Species><BackgroundSpecies>{background}</BackgroundSpecies>"
+)
+
+
+def write_xml(folder: Path, media_id: int, file: str, **labels) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = XML.format(id=media_id, file=file, labels=LABELS.format(**labels) if labels else "")
+    (folder / f"{file[:-4]}.xml").write_text(text)
+
+
+def test_birdclef_folders_with_bad_inputs(tmp_path, capsys):
+    wav_dir, xml_dir = tmp_path / "wav", tmp_path / "xml"
+    make_wavs(wav_dir)  # silent.wav gets no XML
+    (wav_dir / "corrupt.wav").write_bytes(b"RIFF\x00\x01garbage that is not a wav file")
+    (wav_dir / "empty.wav").write_bytes(b"")
+    alpha = {"genus": "Alpha", "species": "one", "class_id": "aaaaaa"}
+    beta = {"genus": "Beta", "species": "two", "class_id": "bbbbbb"}
+    write_xml(xml_dir, 1, "tone.wav", quality=1, background="Beta two, Unknown bird", **alpha)
+    write_xml(xml_dir, 2, "long.wav", quality=2, background="", **beta)
+    write_xml(xml_dir, 3, "short.wav", quality=4, background="", **alpha)
+    write_xml(xml_dir, 4, "ghost.wav", quality=1, background="", **beta)  # no wav
+    write_xml(xml_dir, 5, "corrupt.wav", quality=1, background="", **beta)
+    write_xml(xml_dir, 6, "empty.wav", quality=1, background="", **beta)
+    (xml_dir / "broken.xml").write_text("<Audio><MediaId>7</MediaId>")
+
+    out = tmp_path / "train.h5"
+    assert load(wav_dir, ["--xml-dir", xml_dir], out) == 0
+    with open_dataset(out) as dataset:
+        recordings = dataset.recordings
+        assert list(recordings["MediaId"]) == ["2", "3", "1"]  # XML files in name order
+        assert dataset.class_names == {"aaaaaa": "Alpha one", "bbbbbb": "Beta two"}
+        assert list(recordings["ClassId"]) == ["bbbbbb", "aaaaaa", "aaaaaa"]
+        assert recordings["background"].tolist() == [[0, 0], [0, 0], [0, 1]]
+        assert list(dataset.label[:][dataset["chunk_index"][:] == 0]) == [1, 0, 0]
+    report = capsys.readouterr().out
+    assert "skipped     5 file(s)" in report
+    for reason, name in [
+        ("XML without wav", "ghost.wav"),
+        ("unusable XML", "broken.xml"),
+        ("unreadable wav", "corrupt.wav"),
+        ("unreadable wav", "empty.wav"),
+        ("wav without metadata", "silent.wav"),
+    ]:
+        line = next(line for line in report.splitlines() if reason in line)
+        assert name in line, (reason, name, report)
+
+    # a quality selection; then a test set without labels, with the training classes
+    assert load(wav_dir, ["--xml-dir", xml_dir], tmp_path / "hq.h5", "--max-quality", 2) == 0
+    with open_dataset(tmp_path / "hq.h5") as dataset:
+        assert list(dataset.recordings["MediaId"]) == ["2", "1"]
+    test_xml = tmp_path / "test_xml"
+    for media_id, name in enumerate(["long.wav", "tone.wav"]):
+        write_xml(test_xml, media_id, name)
+    test_out = tmp_path / "test.h5"
+    assert load(wav_dir, ["--xml-dir", test_xml], test_out, "--classes-from", out) == 0
+    with open_dataset(test_out) as dataset:
+        assert dataset.classes == ["aaaaaa", "bbbbbb"]
+        assert (dataset.label[:] == -1).all() and not dataset.y[:].any()
+        assert set(dataset["ClassId"].asstr()[:]) == {""}
+
+
+def test_class_folders(tmp_path):
+    wav_dir = tmp_path / "wav"
+    wavs = make_wavs(tmp_path / "flat")
+    for label, name in [("owl", "tone.wav"), ("wren", "long.wav"), ("wren", "short.wav")]:
+        (wav_dir / label).mkdir(parents=True, exist_ok=True)
+        wavfile.write(wav_dir / label / name, RATE, wavs[name])
+    assert load(wav_dir, ["--class-folders"], tmp_path / "out.h5") == 0
+    with open_dataset(tmp_path / "out.h5") as dataset:
+        assert dataset.classes == ["owl", "wren"]
+        assert list(dataset.recordings["file"]) == [
+            "owl/tone.wav",
+            "wren/long.wav",
+            "wren/short.wav",
+        ]
+        assert list(dataset.recordings["label"]) == [0, 1, 1]
+
+
+def test_rerun_does_nothing_and_other_settings_need_overwrite(csv_job, tmp_path, capsys):
+    wav_dir, labels = csv_job
+    out = tmp_path / "out.h5"
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    written = out.stat().st_mtime_ns
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert out.stat().st_mtime_ns == written
+
+    assert load(wav_dir, ["--csv", labels], out, "--top-n", 1) == 1  # would change the file
+    assert out.stat().st_mtime_ns == written
+    assert load(wav_dir, ["--csv", labels], out, "--top-n", 1, "--overwrite") == 0
+    with open_dataset(out) as dataset:
+        assert dataset.classes == ["aaa"] and len(dataset.recordings["MediaId"]) == 2
+
+
+def test_fatal_errors_are_one_clear_line(tmp_path):
+    argv = ["--wav-dir", tmp_path / "nowhere", "--csv", tmp_path / "none.csv", "--out", "x.h5"]
+    command = [sys.executable, SCRIPT, *argv]
+    result = subprocess.run(
+        list(map(str, command)), capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert "none.csv" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_kill_9_then_rerun_gives_every_recording_once(tmp_path):
+    wav_dir = tmp_path / "wav"
+    wav_dir.mkdir()
+    rows = []
+    for index in range(48):
+        wavfile.write(wav_dir / f"r{index:02d}.wav", RATE, tone_in_noise(30, index))
+        rows.append({"file": f"r{index:02d}.wav", "label": f"class{index % 3}"})
+    labels = write_csv(tmp_path / "labels.csv", rows)
+    out = tmp_path / "out.h5"
+    parts = tmp_path / "out.h5.parts"
+    options = ["--shard-chunks", "1"]  # a shard per recording
+
+    argv = ["--wav-dir", wav_dir, "--csv", labels, "--out", out, "--workers", 2, *options]
+    command = [sys.executable, SCRIPT, *argv]
+    process = subprocess.Popen(
+        list(map(str, command)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while len(complete_shards(parts)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not out.exists(), "load_data finished before it could be killed"
+    done = len(complete_shards(parts))
+    assert 2 <= done < 48
+    (parts / "part-00999.h5.tmp").write_bytes(b"half a shard")  # as a kill mid-write leaves
+
+    assert load(wav_dir, ["--csv", labels], out, *options) == 0
+    assert not parts.exists()
+    with open_dataset(out) as dataset:
+        media_ids = list(dataset.recordings["MediaId"])
+    assert media_ids == [f"r{index:02d}" for index in range(48)]  # each once, in order
+    assert load(wav_dir, ["--csv", labels], tmp_path / "again.h5", *options) == 0
+    assert_same_file(out, tmp_path / "again.h5")
+
+
+def test_real_8khz_recordings_are_resampled_with_one_warning(shared_data, tmp_path, caplog):
+    fsdd = shared_data / "fsdd"
+    with open(fsdd / "metadata.csv") as stream:
+        rows = [{"file": row["file"], "label": row["label"]} for row in csv.DictReader(stream)]
+    labels = write_csv(tmp_path / "labels.csv", rows[::100])  # 30 files, every digit
+    caplog.set_level(logging.INFO)
+    assert load(fsdd, ["--csv", labels], tmp_path / "digits.h5") == 0
+    advice = [r for r in caplog.records if "resample_wavs_to_16k.sh" in r.getMessage()]
+    assert len(advice) == 1 and "8000 Hz" in advice[0].getMessage()
+    with open_dataset(tmp_path / "digits.h5") as dataset:
+        recordings = dataset.recordings
+        assert len(recordings["MediaId"]) == 30 and dataset.classes == list("0123456789")
+        assert (recordings["n_chunks"] == 1).all()  # clips under 2.3 s: one padded chunk
+        for first, file in zip(recordings["first_row"], recordings["file"], strict=True):
+            samples, rate = read_wav(fsdd / file)
+            expected = extract_chunks(to_sample_rate(samples, rate, RATE), PARAMS).chunks
+            np.testing.assert_array_equal(dataset.X[first, :, :, 0], expected[0])
