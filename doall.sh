@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# The whole job: data -> 16 kHz wavs -> chunk dataset (HDF5) -> trained CNN -> BirdCLEF run
+# file -> official MAP. Each stage is its own command (shown as it runs) and skips work
+# already done, so running this again after a crash continues where it stopped.
+#
+#   ./doall.sh                  the SYNTHETIC demo dataset (made-up species, generated here)
+#   ./doall.sh --tiny           the same, tiny and in two epochs (a smoke test, for CI;
+#                               or DOALL_TINY=1 ./doall.sh)
+#   ./doall.sh --train-dir BirdCLEF/TrainingSet [--test-dir BirdCLEF/TestSet --truth GT.csv]
+#   ./doall.sh --url https://.../birdclef.tar.gz [--sha256 HEX]    download, unpack, then as above
+#   ./doall.sh --csv labels.csv --audio-dir clips/      any audio task: CSV file,label[,...]
+#   ./doall.sh --class-folders clips/                   any audio task: one folder per class
+#
+# Data
+#   --train-dir DIR     BirdCLEF training folder with wav/ and xml/ (any audio format and rate)
+#   --test-dir DIR      test folder: wav/ + xml/ (MediaIds from the XMLs) or plain audio files
+#   --truth FILE|DIR    ground truth for the test folder: MediaId;ClassId;background1,... CSV
+#                       or a training-style XML folder (default for the demo: its ground truth)
+#   --csv FILE --audio-dir DIR   generic: CSV with columns file,label (files under DIR)
+#   --class-folders DIR          generic: DIR/<label>/<audio files>
+#   --url URL [--sha256 HEX]     download (resumable) into DATA_DIR/downloads and unpack;
+#                       without --train-dir, the unpacked folder named TrainingSet (and
+#                       TestSet) is used
+# Where things go (defaults inside this project)
+#   --name NAME         name of the dataset's work folder and run (default: demo, demo-tiny,
+#                       or the training folder's parent name)
+#   --data-dir DIR      demo data and downloads (default data/)
+#   --work-dir DIR      resampled wavs and HDF5 files (default work/NAME)
+#   --runs-dir DIR      training runs (default runs/); the run is RUNS_DIR/NAME
+# Stage options (passed through)
+#   --model FILE        model file (default train/model-BirdClef.py)
+#   --epochs N  --batch-size N  --patience N  --seed N  --top-n N  --top-k N  --workers N
+#   --load-args "..."  --train-args "..."  --predict-args "..."   anything else, per stage
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=env.sh
+source "$ROOT/env.sh"
+
+die() {
+    echo "error: $*" >&2
+    exit 2
+}
+
+stage() {
+    echo
+    echo "== $*"
+}
+
+run() { # show a stage's command, then run it
+    printf '+'
+    printf ' %q' "$@"
+    echo
+    "$@"
+}
+
+tiny=0 train_dir="" test_dir="" truth="" csv="" audio_dir="" class_folders="" url="" sha256=""
+name="" data_dir="$ROOT/data" work_dir="" runs_dir="$ROOT/runs"
+model="$ROOT/train/model-BirdClef.py" epochs="" batch_size="" patience="" seed="" top_n=""
+top_k="" workers="" load_args="" train_args="" predict_args=""
+while (($#)); do
+    case "$1" in
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    --tiny) tiny=1; shift ;;
+    --train-dir | --test-dir | --truth | --csv | --audio-dir | --class-folders | --url | \
+        --sha256 | --name | --data-dir | --work-dir | --runs-dir | --model | --epochs | \
+        --batch-size | --patience | --seed | --top-n | --top-k | --workers | --load-args | \
+        --train-args | --predict-args)
+        (($# >= 2)) || die "$1 needs a value"
+        option="${1#--}"
+        printf -v "${option//-/_}" '%s' "$2"
+        shift 2 ;;
+    *) die "unknown option '$1' (see ./doall.sh --help)" ;;
+    esac
+done
+[[ "${DOALL_TINY:-0}" == 1 ]] && tiny=1
+((tiny)) && epochs="${epochs:-2}"
+SECONDS=0
+
+# ---- 1. data ---------------------------------------------------------------------------------
+demo=0
+if [[ -n "$url" ]]; then
+    stage "download and unpack $url"
+    downloads="$data_dir/downloads"
+    archive="$downloads/$(basename "${url%%\?*}")"
+    unpacked="$data_dir/${name:-$(basename "${archive%%.*}")}"
+    mkdir -p "$downloads"
+    if [[ ! -f "$archive" ]]; then
+        if command -v curl >/dev/null; then
+            run curl --fail --location --progress-bar --continue-at - --output "$archive.part" "$url"
+        else
+            run wget --continue --output-document "$archive.part" "$url"
+        fi
+        if [[ -n "$sha256" ]]; then
+            echo "$sha256  $archive.part" | sha256sum --check --quiet ||
+                die "checksum of $archive.part differs from --sha256 (delete it to download again)"
+        fi
+        mv "$archive.part" "$archive" # only a whole (and checked) download gets the real name
+    fi
+    if [[ ! -f "$unpacked/.unpacked" ]]; then
+        mkdir -p "$unpacked"
+        case "$archive" in
+        *.zip) run unzip -q -o "$archive" -d "$unpacked" ;;
+        *.tar | *.tar.* | *.tgz) run tar -xf "$archive" -C "$unpacked" ;;
+        *) die "cannot unpack $archive (zip or tar archives only)" ;;
+        esac
+        touch "$unpacked/.unpacked"
+    fi
+    if [[ -z "$train_dir$csv$class_folders" ]]; then
+        train_dir="$(find "$unpacked" -type d -name TrainingSet -print -quit)"
+        [[ -n "$train_dir" ]] || die "no TrainingSet folder in $unpacked: give --train-dir"
+    fi
+    [[ -n "$test_dir" ]] || test_dir="$(find "$unpacked" -type d -name TestSet -print -quit)"
+fi
+if [[ -z "$train_dir$csv$class_folders" ]]; then
+    demo=1
+    if ((tiny)); then
+        name="${name:-demo-tiny}"
+        demo_args=(--recordings-per-species 4 --test-per-species 1)
+    else
+        name="${name:-demo}"
+        demo_args=()
+        epochs="${epochs:-20}"
+    fi
+    # Small batches: many optimizer steps per epoch, so BatchNormalization's moving averages
+    # (used at validation and prediction) settle within minutes on a CPU.
+    batch_size="${batch_size:-32}"
+    stage "demo dataset (SYNTHETIC: made-up bird-like species, not real recordings)"
+    run python "$ROOT/preprocess/make_demo_dataset.py" --out "$data_dir/$name" "${demo_args[@]}"
+    train_dir="$data_dir/$name/TrainingSet"
+    if [[ -z "$test_dir" ]]; then
+        test_dir="$data_dir/$name/TestSet"
+        truth="${truth:-$test_dir/ground_truth.csv}"
+    fi
+fi
+if [[ -n "$csv" ]]; then
+    [[ -n "$audio_dir" ]] || die "--csv needs --audio-dir (the folder its file column is relative to)"
+    [[ -f "$csv" ]] || die "$csv: no such file"
+    source_dir="$audio_dir"
+    name="${name:-$(basename "$(realpath "$audio_dir")")}"
+elif [[ -n "$class_folders" ]]; then
+    source_dir="$class_folders"
+    name="${name:-$(basename "$(realpath "$class_folders")")}"
+else
+    [[ -d "$train_dir/wav" && -d "$train_dir/xml" ]] ||
+        die "$train_dir must hold wav/ and xml/ (a BirdCLEF TrainingSet folder)"
+    source_dir="$train_dir/wav"
+    name="${name:-$(basename "$(dirname "$(realpath "$train_dir")")")}"
+fi
+[[ -d "$source_dir" ]] || die "$source_dir: no such folder"
+work_dir="${work_dir:-$ROOT/work/$name}"
+run_dir="$runs_dir/$name"
+mkdir -p "$work_dir" "$runs_dir"
+
+# ---- 2. resample to 16 kHz ------------------------------------------------------------------
+resample() { # exit 1 (some files failed, listed) is not fatal: those files are left out
+    local status=0
+    run bash "$ROOT/preprocess/resample_wavs_to_16k.sh" "$1" "$2" ${workers:+--jobs "$workers"} ||
+        status=$?
+    ((status <= 1)) || die "resampling $1 failed (status $status)"
+}
+stage "resample to 16 kHz"
+resample "$source_dir" "$work_dir/train_16k"
+test_audio=""
+if [[ -n "$test_dir" ]]; then
+    test_audio="$test_dir"
+    [[ -d "$test_dir/wav" ]] && test_audio="$test_dir/wav"
+    resample "$test_audio" "$work_dir/test_16k"
+fi
+
+# ---- 3. chunk dataset -----------------------------------------------------------------------
+stage "spectrogram chunks -> $work_dir/train.h5"
+if [[ -n "$csv" ]]; then
+    labels=(--csv "$csv")
+elif [[ -n "$class_folders" ]]; then
+    labels=(--class-folders)
+else
+    labels=(--xml-dir "$train_dir/xml")
+fi
+# shellcheck disable=SC2086  # the *_args options are word lists on purpose
+run python "$ROOT/preprocess/load_data.py" --wav-dir "$work_dir/train_16k" "${labels[@]}" \
+    --out "$work_dir/train.h5" ${top_n:+--top-n "$top_n"} ${workers:+--workers "$workers"} \
+    $load_args
+
+# ---- 4. train ---------------------------------------------------------------------------------
+stage "train $(basename "$model") -> $run_dir"
+if [[ -f "$run_dir/metrics.json" ]]; then
+    echo "training already complete in $run_dir (delete it to train again)"
+else
+    # --resume: continues a run killed mid-way, starts a new one in an empty folder
+    # shellcheck disable=SC2086
+    run python "$ROOT/train/train_model.py" --data "$work_dir/train.h5" --model "$model" \
+        --out "$run_dir" --resume ${epochs:+--epochs "$epochs"} \
+        ${batch_size:+--batch-size "$batch_size"} ${patience:+--patience "$patience"} \
+        ${seed:+--seed "$seed"} $train_args
+fi
+
+# ---- 5. predict and 6. evaluate ---------------------------------------------------------------
+if [[ -z "$test_dir" ]]; then
+    echo
+    echo "No --test-dir: the run's own held-out test recordings are scored in $run_dir/metrics.json."
+    echo "Predict other recordings with: ./predict.sh FOLDER --run $run_dir"
+    exit 0
+fi
+stage "predict $test_dir"
+run_file="$run_dir/predictions/$(basename "$(realpath "$test_dir")").csv"
+inputs=(--audio "$work_dir/test_16k")
+[[ -d "$test_dir/xml" ]] && inputs+=(--xml-dir "$test_dir/xml")
+# shellcheck disable=SC2086
+run python "$ROOT/predict/predict.py" --run "$run_dir" "${inputs[@]}" --out "$run_file" \
+    --human-csv "${run_file%.csv}.top5.csv" ${top_k:+--top-k "$top_k"} \
+    ${workers:+--workers "$workers"} $predict_args
+
+if [[ -z "$truth" ]]; then
+    echo
+    echo "Run file: $run_file (no --truth given, so not scored)"
+    exit 0
+fi
+stage "evaluate against $truth"
+run python "$ROOT/predict/evaluate.py" --run-file "$run_file" --truth "$truth" \
+    --classes "$run_dir/classes.json" --json "${run_file%.csv}.scores.json"
+echo
+echo "Run file: $run_file"
+python - "${run_file%.csv}.scores.json" <<'EOF'
+import json, sys
+scores = json.load(open(sys.argv[1]))
+print(f"MAP (foreground) {scores['map_foreground']:.4f}, with background "
+      f"{scores['map_with_background']:.4f}, top-1 accuracy {scores['top1_accuracy']:.4f} "
+      f"on {scores['recordings']} test recordings; chance level (random ranking of "
+      f"{scores['n_classes']} classes) {scores['chance_map_foreground']:.4f}")
+EOF
+echo "Finished in $((SECONDS / 60)) min $((SECONDS % 60)) s."
+if ((demo)); then
+    echo "Note: the demo data is SYNTHETIC (made-up bird-like species generated by"
+    echo "preprocess/make_demo_dataset.py); its MAP shows the pipeline works, not how it does on birds."
+fi

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Predict species with a trained run and write a BirdCLEF run file; prints where it went.
+#
+#   ./predict.sh                     the latest run under runs/, on the demo test folder
+#   ./predict.sh FOLDER              a BirdCLEF test folder (wav/ + xml/) or any audio folder
+#   ./predict.sh FILE.wav ...        audio files (MediaId = file name without extension)
+#   ./predict.sh FOLDER --run runs/demo --top-k 10 --soundscape ...
+#
+# Defaults: --run is the newest run folder under runs/ with a model; --out is
+# RUN/predictions/<input name>.csv, with a CSV for people (top-5 species) beside it.
+# Every other option goes to predict/predict.py (see python predict/predict.py --help).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=env.sh
+source "$ROOT/env.sh"
+
+case "${1:-}" in
+-h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+esac
+
+inputs=() run_dir="" out="" passed=()
+while (($#)); do
+    case "$1" in
+    --run) run_dir="${2?--run needs a folder}"; shift 2 ;;
+    --out) out="${2?--out needs a file}"; shift 2 ;;
+    --soundscape | --*=*) passed+=("$1"); shift ;;
+    -*) passed+=("$1" "${2?$1 needs a value}"); shift 2 ;; # predict.py's options with a value
+    *) inputs+=("$1"); shift ;;
+    esac
+done
+
+if [[ -z "$run_dir" ]]; then
+    # the newest run folder that holds a finished model
+    run_dir="$(ls -1td "$ROOT"/runs/*/ 2>/dev/null | while read -r dir; do
+        [[ -f "$dir/best_val_map.keras" && -f "$dir/classes.json" ]] && echo "${dir%/}" && break
+    done || true)"
+    [[ -n "$run_dir" ]] || {
+        echo "error: no trained run under $ROOT/runs/ (run ./doall.sh first, or give --run DIR)" >&2
+        exit 2
+    }
+fi
+((${#inputs[@]})) || inputs=("$ROOT/data/demo/TestSet")
+
+if ((${#inputs[@]} == 1)) && [[ -d "${inputs[0]}/xml" ]]; then # a BirdCLEF test folder
+    test_dir="${inputs[0]}"
+    audio=("$test_dir/wav")
+    [[ -d "$test_dir/wav" ]] || audio=("$test_dir")
+    args=(--xml-dir "$test_dir/xml" --audio "${audio[@]}")
+else
+    args=(--audio "${inputs[@]}")
+fi
+label="$(basename "$(realpath -m "${inputs[0]}")")"
+out="${out:-$run_dir/predictions/${label%.*}.csv}"
+
+echo "Predicting with $run_dir"
+python "$ROOT/predict/predict.py" --run "$run_dir" "${args[@]}" --out "$out" \
+    --human-csv "${out%.csv}.top5.csv" "${passed[@]}"
+echo "Run file: $out"

@@ -1,0 +1,273 @@
+"""Score a BirdCLEF run file against the ground truth with the official MAP.
+
+    python predict/evaluate.py --run-file RUN.csv --truth TRUTH
+
+TRUTH is either the official ground-truth file, one line per test recording
+
+    MediaId;ClassId;background1,background2
+
+(background entries are class ids, or scientific names that a training-style XML folder
+given with --names-xml-dir maps to class ids), or a BirdCLEF XML folder with labels
+(training-style XMLs: ClassId, and BackgroundSpecies as scientific names, mapped to class ids
+through the folder's own Genus + Species -> ClassId).
+
+The run file is first validated as the official evaluator did (see predict/runfile.py). Each
+recording's ranked list is then scored by average precision (train/metrics.py, the same code
+as the training callback): relevant are the foreground species (`MAP (foreground)`), or the
+foreground and background species (`MAP (with background)`); a relevant species the run did
+not return scores 0, and so does every recording of the truth missing from the run file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
+
+from predict.runfile import RunEntry, RunFileError, read_run_file  # noqa: E402
+from preprocess.metadata import Recording, read_birdclef_xml_dir  # noqa: E402
+from train.metrics import mean_average_precision, top1_accuracy  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+class TruthError(ValueError):
+    """A ground-truth file or folder that cannot be read; the message names it."""
+
+
+@dataclass
+class Truth:
+    """Labels per recording: foreground class id and background class ids."""
+
+    foreground: dict[str, str] = field(default_factory=dict)  # MediaId -> ClassId
+    background: dict[str, list[str]] = field(default_factory=dict)  # MediaId -> [ClassId]
+    unmapped_background: set[str] = field(default_factory=set)  # names without a class id
+
+
+def _name_to_class(recordings: list[Recording]) -> dict[str, str]:
+    """Scientific name 'Genus species' -> ClassId, from labelled recordings."""
+    return {r.species: r.class_id for r in recordings if r.species and r.class_id}
+
+
+def read_truth_csv(path: Path, name_to_class: dict[str, str] | None = None) -> Truth:
+    """The official format `MediaId;ClassId;background1,background2`, one line per recording.
+
+    A header line starting with "MediaId" is skipped. Background entries that are scientific
+    names in name_to_class become class ids; the rest are taken as class ids.
+    """
+    name_to_class = name_to_class or {}
+    truth = Truth()
+    with open(path, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            fields = [part.strip() for part in line.strip().split(";")]
+            if fields == [""] or (number == 1 and fields[0].lower() == "mediaid"):
+                continue
+            if len(fields) not in (2, 3) or not fields[0] or not fields[1]:
+                raise TruthError(
+                    f"{path} line {number}: expected MediaId;ClassId;background1,background2, "
+                    f"got {line.strip()!r}"
+                )
+            media_id, class_id = fields[0], fields[1]
+            if media_id in truth.foreground:
+                raise TruthError(f"{path} line {number}: MediaId {media_id} listed twice")
+            entries = fields[2].split(",") if len(fields) == 3 else []
+            truth.foreground[media_id] = class_id
+            truth.background[media_id] = [
+                name_to_class.get(entry.strip(), entry.strip())
+                for entry in entries
+                if entry.strip()
+            ]
+    return truth
+
+
+def read_truth_xml_dir(xml_dir: Path) -> Truth:
+    """Labels of a training-style BirdCLEF XML folder; background names mapped via the XMLs."""
+    recordings, skipped = read_birdclef_xml_dir(xml_dir)
+    for message in skipped:
+        logger.warning("skipped: %s", message)
+    name_to_class = _name_to_class(recordings)
+    truth = Truth()
+    for recording in recordings:
+        if not recording.class_id:
+            continue
+        truth.foreground[recording.media_id] = recording.class_id
+        truth.background[recording.media_id] = []
+        for name in recording.background:
+            if name in name_to_class:
+                truth.background[recording.media_id].append(name_to_class[name])
+            else:
+                truth.unmapped_background.add(name)
+    if not truth.foreground:
+        raise TruthError(f"{xml_dir}: no labelled recording (test-style XMLs have no ClassId)")
+    return truth
+
+
+def read_truth(path: Path, names_xml_dir: Path | None = None) -> Truth:
+    if path.is_dir():
+        return read_truth_xml_dir(path)
+    if not path.is_file():
+        raise TruthError(f"{path}: ground truth not found (a CSV file or an XML folder)")
+    name_to_class = None
+    if names_xml_dir:
+        name_to_class = _name_to_class(read_birdclef_xml_dir(names_xml_dir)[0])
+    truth = read_truth_csv(path, name_to_class)
+    if not truth.foreground:
+        raise TruthError(f"{path}: no recording in the ground truth")
+    return truth
+
+
+def chance_map(n_classes: int) -> float:
+    """Expected AP of a random ranking of n_classes with one relevant class: H(n) / n."""
+    return float(np.sum(1.0 / np.arange(1, n_classes + 1)) / n_classes)
+
+
+def score(entries: list[RunEntry], truth: Truth, model_classes: list[str] | None = None) -> dict:
+    """Official scores of a validated run against the truth, with counts and warnings.
+
+    The run's ranks become scores (-rank; -inf for a class not returned), so ties in written
+    probabilities cannot change the result: the official evaluator read the ranks too.
+    """
+    media_ids = sorted(truth.foreground)
+    run_ids = {entry.media_id for entry in entries}
+    run_classes = {entry.class_id for entry in entries}
+    truth_classes = set(truth.foreground.values()).union(*truth.background.values())
+    known = set(model_classes) if model_classes is not None else run_classes
+    if not run_ids & set(media_ids):
+        raise TruthError("the run file and the ground truth share no MediaId: wrong test set?")
+    if not known & truth_classes:
+        raise TruthError(
+            "the run's classes and the ground truth's share none: is the model from another "
+            "dataset?"
+        )
+
+    classes = sorted(run_classes | truth_classes | known)
+    column = {class_id: index for index, class_id in enumerate(classes)}
+    row = {media_id: index for index, media_id in enumerate(media_ids)}
+    scores = np.full((len(media_ids), len(classes)), -np.inf)
+    for entry in entries:
+        if entry.media_id in row:
+            scores[row[entry.media_id], column[entry.class_id]] = -entry.rank
+    foreground = np.zeros(scores.shape, dtype=bool)
+    with_background = np.zeros(scores.shape, dtype=bool)
+    labels = np.empty(len(media_ids), dtype=int)
+    for media_id, index in row.items():
+        labels[index] = column[truth.foreground[media_id]]
+        foreground[index, labels[index]] = True
+        with_background[index, labels[index]] = True
+        for class_id in truth.background[media_id]:
+            with_background[index, column[class_id]] = True
+
+    present = np.array([media_id in run_ids for media_id in media_ids])
+    # a recording missing from the run file counts as wrong, hence the share of present rows
+    accuracy = top1_accuracy(scores[present], labels[present]) * present.mean()
+    return {
+        "map_foreground": mean_average_precision(scores, foreground),
+        "map_with_background": mean_average_precision(scores, with_background),
+        "top1_accuracy": float(accuracy),
+        "recordings": len(media_ids),
+        "missing_from_run": sorted(set(media_ids) - run_ids),
+        "not_in_truth": sorted(run_ids - set(media_ids)),
+        "with_background": int(sum(bool(b) for b in truth.background.values())),
+        "unknown_classes": sorted(truth_classes - known),
+        "unmapped_background": sorted(truth.unmapped_background),
+        "chance_map_foreground": chance_map(len(known)),
+        "n_classes": len(known),
+    }
+
+
+def report(results: dict) -> str:
+    lines = [
+        f"MAP (foreground): {results['map_foreground']:.4f}",
+        f"MAP (with background): {results['map_with_background']:.4f}",
+        f"top-1 accuracy: {results['top1_accuracy']:.4f}",
+        f"recordings: {results['recordings']} in the truth "
+        f"({results['with_background']} with background species), "
+        f"{len(results['missing_from_run'])} missing from the run file (scored 0), "
+        f"{len(results['not_in_truth'])} in the run file but not in the truth (ignored)",
+        f"chance level (random ranking of {results['n_classes']} classes): "
+        f"MAP (foreground) {results['chance_map_foreground']:.4f}",
+    ]
+    return "\n".join(lines)
+
+
+def _warn(results: dict) -> None:
+    def some(items):
+        return ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
+
+    if results["missing_from_run"]:
+        logger.warning(
+            "recordings in the truth missing from the run file (scored 0): %s",
+            some(results["missing_from_run"]),
+        )
+    if results["not_in_truth"]:
+        logger.warning(
+            "recordings in the run file not in the truth (ignored): %s",
+            some(results["not_in_truth"]),
+        )
+    if results["unknown_classes"]:
+        logger.warning(
+            "classes in the truth that the run never returns or the model does not "
+            "know (scored as not returned): %s",
+            some(results["unknown_classes"]),
+        )
+    if results["unmapped_background"]:
+        logger.warning(
+            "background species with no class id in the XMLs (not scored): %s",
+            some(results["unmapped_background"]),
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Score a BirdCLEF run file (MediaId;ClassId;Probability;Rank) with the "
+        "official MAP, foreground only and with background species, and top-1 accuracy. "
+        "The run file is validated first; the first bad line is named."
+    )
+    parser.add_argument("--run-file", type=Path, required=True, help="the run file to score")
+    parser.add_argument(
+        "--truth",
+        type=Path,
+        required=True,
+        help="ground truth: a CSV MediaId;ClassId;background1,background2 or a "
+        "BirdCLEF XML folder with labels",
+    )
+    parser.add_argument(
+        "--classes",
+        type=Path,
+        help="the model's classes.json (from its run folder): names classes of "
+        "the truth the model does not know, and sets the chance level",
+    )
+    parser.add_argument(
+        "--names-xml-dir",
+        type=Path,
+        help="training-style XML folder mapping scientific names in the CSV's "
+        "background column to class ids",
+    )
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+
+    try:
+        entries = read_run_file(args.run_file)
+        truth = read_truth(args.truth, args.names_xml_dir)
+        model_classes = None
+        if args.classes:
+            model_classes = json.loads(args.classes.read_text())["classes"]
+        results = score(entries, truth, model_classes)
+    except (RunFileError, TruthError, OSError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(report(results))
+    _warn(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

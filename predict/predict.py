@@ -1,0 +1,505 @@
+"""Predict the species of recordings with a trained run folder; write a BirdCLEF run file.
+
+    python predict/predict.py --run RUN_DIR --audio DIR --out RUN.csv
+    python predict/predict.py --run RUN_DIR --xml-dir TestSet/xml --audio TestSet/wav --out RUN.csv
+
+The run folder gives the model and everything that must match training: the preprocessing
+parameters (params.json) and the class list (classes.json). Audio that is not already a
+16 kHz 16-bit mono wav is resampled as for training, by preprocess/resample_wavs_to_16k.sh,
+into a cache folder. Each recording becomes the training chunks (filtered log spectrogram,
+5 s chunks); chunks of many recordings share fixed-size batches through the model; the
+softmax of a recording's chunks is averaged and renormalised (train/metrics.py) and its top-k
+species are written as `MediaId;ClassId;Probability;Rank`. A long recording is fed in slices
+of one batch, so memory holds one recording's spectrogram, never its chunks all at once.
+
+With --soundscape, every 5 s window of a recording gets its own ranking instead
+(`MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability`): the noise mask is computed over the whole
+recording as in training, and each window's empty frames are removed within the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import logging
+import subprocess
+import sys
+import wave
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
+
+from predict.runfile import AtomicTextWriter, RunFileWriter, SoundscapeWriter, top_classes  # noqa: E402
+from preprocess.audio import AudioError, read_wav  # noqa: E402
+from preprocess.metadata import AUDIO_SUFFIXES, read_birdclef_xml_dir  # noqa: E402
+from preprocess.params import SpectrogramParams  # noqa: E402
+from preprocess.spectrogram import (  # noqa: E402
+    filter_noise,
+    log_spectrogram,
+    noise_mask,
+    split_chunks,
+)
+from train.metrics import recording_scores  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RESAMPLE_SCRIPT = PROJECT_ROOT / "preprocess" / "resample_wavs_to_16k.sh"
+DEFAULT_MODEL_FILE = "best_val_map.keras"
+SOUNDSCAPE_WINDOW_SECONDS = 5.0  # the BirdCLEF 2017 soundscape run-file window
+
+
+class PredictError(Exception):
+    """Input that prediction cannot work with; the message says which and why."""
+
+
+@dataclass
+class Run:
+    """A trained run folder, loaded."""
+
+    model: object  # keras.Model
+    params: SpectrogramParams
+    classes: list[str]
+    class_names: dict[str, str]
+
+
+@dataclass(frozen=True)
+class AudioItem:
+    media_id: str
+    path: Path  # the file as given
+    resampled: Path | None = None  # its 16 kHz wav in the cache, when it needed one
+
+    @property
+    def wav(self) -> Path:
+        """The 16 kHz wav to read."""
+        return self.resampled or self.path
+
+
+def load_run(run_dir: Path, model_file: str = DEFAULT_MODEL_FILE) -> Run:
+    """Model, preprocessing parameters and classes of a training run folder."""
+    if not run_dir.is_dir():
+        raise PredictError(
+            f"run folder {run_dir} not found (train one first: "
+            f"python train/train_model.py --out {run_dir} ...)"
+        )
+    needed = ("params.json", "classes.json", model_file)
+    missing = [name for name in needed if not (run_dir / name).is_file()]
+    if missing:
+        raise PredictError(
+            f"run folder {run_dir} has no {', '.join(missing)}: not a finished "
+            "training run (or choose another model with --model-file)"
+        )
+    try:
+        params = SpectrogramParams.from_json((run_dir / "params.json").read_text())
+        class_info = json.loads((run_dir / "classes.json").read_text())
+        classes = list(class_info["classes"])
+    except (ValueError, KeyError) as error:
+        raise PredictError(
+            f"run folder {run_dir}: unreadable params.json/classes.json ({error})"
+        ) from None
+
+    import keras  # TensorFlow takes seconds to load: only once the inputs are known good
+
+    model = keras.saving.load_model(run_dir / model_file, compile=False)
+    expected_input = (params.n_bins, params.chunk_frames, 1)
+    if tuple(model.input_shape[1:]) != expected_input or model.output_shape[-1] != len(classes):
+        raise PredictError(
+            f"{run_dir / model_file} takes {model.input_shape[1:]} and gives "
+            f"{model.output_shape[-1]} classes, but the run folder says {expected_input} and "
+            f"{len(classes)} classes: model and run folder do not belong together"
+        )
+    return Run(model, params, classes, dict(class_info.get("class_names", {})))
+
+
+def find_audio(paths: Iterable[Path]) -> list[AudioItem]:
+    """Audio files given directly or found (recursively) in folders; MediaId = file stem."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(
+                p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+            )
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise PredictError(f"{path}: no such file or folder")
+    items, seen = [], {}
+    for file in files:
+        if file.stem in seen:
+            raise PredictError(
+                f"two files give MediaId {file.stem!r}: {seen[file.stem]} and {file}; rename one"
+            )
+        seen[file.stem] = file
+        items.append(AudioItem(file.stem, file))
+    return items
+
+
+def xml_items(xml_dir: Path, audio_dir: Path) -> tuple[list[AudioItem], list[str]]:
+    """BirdCLEF test folder: MediaId and FileName from each XML, audio found under audio_dir.
+
+    The audio may have another extension than FileName says (e.g. resampled mp3 -> wav).
+    Returns (items, skip messages).
+    """
+    recordings, skipped = read_birdclef_xml_dir(xml_dir)
+    by_stem = {item.media_id: item.path for item in find_audio([audio_dir])}
+    items = []
+    for recording in recordings:
+        file_name = recording.fields.get("FileName") or recording.file
+        path = by_stem.get(Path(file_name).stem)
+        if path is None:
+            skipped.append(f"{file_name} (MediaId {recording.media_id}): no audio in {audio_dir}")
+        else:
+            items.append(AudioItem(recording.media_id, path))
+    return items, skipped
+
+
+def is_wav_at(path: Path, sample_rate: int) -> bool:
+    """True for a 16-bit PCM mono wav at sample_rate: what the resampler would write."""
+    try:
+        with wave.open(str(path)) as audio:
+            rate, channels, width = audio.getframerate(), audio.getnchannels(), audio.getsampwidth()
+    except (wave.Error, EOFError, OSError):
+        return False
+    return (rate, channels, width) == (sample_rate, 1, 2)
+
+
+def resample_items(
+    items: list[AudioItem], cache_dir: Path, sample_rate: int, workers: int | None = None
+) -> tuple[list[AudioItem], list[str]]:
+    """Bring every item to a 16-bit mono wav at sample_rate, as training did.
+
+    Items already in that form are used as they are; the others are linked into
+    cache_dir/source and resampled by preprocess/resample_wavs_to_16k.sh (resumable) into
+    cache_dir/resampled. Returns (items pointing at usable wavs, skip messages).
+    """
+    todo = {item.media_id for item in items if not is_wav_at(item.path, sample_rate)}
+    if not todo:
+        return items, []
+    source, target = cache_dir / "source", cache_dir / "resampled"
+    source.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        if item.media_id not in todo:
+            continue
+        link = source / f"{item.media_id}{item.path.suffix.lower()}"
+        if not link.is_symlink() or link.resolve() != item.path.resolve():
+            # another file under this MediaId than last time: its old result is stale
+            (target / f"{item.media_id}.wav").unlink(missing_ok=True)
+            link.unlink(missing_ok=True)
+            link.symlink_to(item.path.resolve())
+    logger.info("resampling %d file(s) to %d Hz into %s", len(todo), sample_rate, target)
+    command = ["bash", str(RESAMPLE_SCRIPT), str(source), str(target)]
+    if workers:
+        command += ["--jobs", str(workers)]
+    subprocess.run(command, check=False)  # failures are listed by the script and checked below
+    ready, skipped = [], []
+    for item in items:
+        if item.media_id in todo:
+            wav = target / f"{item.media_id}.wav"
+            if not wav.is_file():
+                skipped.append(f"{item.path}: could not be resampled (see the summary above)")
+                continue
+            item = dataclasses.replace(item, resampled=wav)
+        ready.append(item)
+    return ready, skipped
+
+
+def read_spectrogram(path: Path, params: SpectrogramParams) -> tuple[np.ndarray, float]:
+    """Log spectrogram (n_bins, frames) of a wav at params.sample_rate, and its seconds."""
+    samples, rate = read_wav(path)
+    if rate != params.sample_rate:
+        raise AudioError(path, f"sample rate {rate} Hz, expected {params.sample_rate} Hz")
+    return log_spectrogram(samples, params), len(samples) / rate
+
+
+def chunk_slices(
+    log_spec: np.ndarray, params: SpectrogramParams, max_chunks: int
+) -> Iterator[np.ndarray]:
+    """A recording's training chunks, at most max_chunks at a time.
+
+    log_spec (n_bins, frames) -> arrays (<= max_chunks, n_bins, chunk_frames) which,
+    concatenated, equal `extract_chunks` of the recording: the noise filter runs on the whole
+    recording, and the last slice starts early enough to end with the recording's last
+    chunk_frames frames, just as `split_chunks` cuts the whole.
+    """
+    filtered = filter_noise(log_spec, params)
+    del log_spec  # the caller let go of it too: one spectrogram in memory, not two
+    n_frames, step = filtered.shape[1], max_chunks * params.chunk_frames
+    for start in range(0, n_frames, step):
+        first = min(start, max(n_frames - params.chunk_frames, 0))
+        yield split_chunks(filtered[:, first : start + step], params)
+
+
+def window_chunks(
+    log_spec: np.ndarray,
+    params: SpectrogramParams,
+    window_seconds: float = SOUNDSCAPE_WINDOW_SECONDS,
+) -> Iterator[np.ndarray]:
+    """Chunks of each window_seconds window, in time order, for soundscape rankings.
+
+    The noise mask comes from the whole recording (as in training); inside each window the
+    frames the filter counts as empty are removed, and the rest is cut like a short recording
+    (one zero-padded chunk, or two when the window keeps more than chunk_frames frames).
+    """
+    masked = np.where(noise_mask(log_spec, params), log_spec, np.float32(0))
+    del log_spec
+    frames_per_window = window_seconds * params.sample_rate / params.hop
+    n_windows = max(1, int(np.ceil(masked.shape[1] / frames_per_window)))
+    for window in range(n_windows):
+        part = masked[
+            :, round(window * frames_per_window) : round((window + 1) * frames_per_window)
+        ]
+        empty = np.count_nonzero(part == 0, axis=0) / part.shape[0] > params.empty_frame_fraction
+        yield split_chunks(part if empty.all() else part[:, ~empty], params)
+
+
+def predict_pieces(
+    model, pieces: Iterable[tuple[object, np.ndarray]], batch_size: int
+) -> Iterator[tuple[object, np.ndarray]]:
+    """Softmax of chunks from many sources, run through the model in shared fixed-size batches.
+
+    pieces: (key, chunks (n, n_bins, frames)) in order. Yields (key, probs (n, classes)) for
+    each piece, in the same order, as soon as all its chunks went through the model. The
+    buffer has one fixed shape (the last batch zero-padded), so the model compiles once.
+    """
+    n_classes = model.output_shape[-1]
+    buffer: np.ndarray | None = None
+    routes: list[tuple[list, int]] = []  # per buffer row: its piece's entry, row in the piece
+    pending: deque[list] = deque()  # entries [key, probs, rows not yet predicted], in order
+
+    def run_batch() -> None:
+        outputs = np.asarray(model.predict_on_batch(buffer))
+        for (entry, row), output in zip(routes, outputs, strict=False):
+            entry[1][row] = output
+            entry[2] -= 1
+        routes.clear()
+
+    def finished() -> Iterator[tuple[object, np.ndarray]]:
+        while pending and pending[0][2] == 0:
+            key, probs, _ = pending.popleft()
+            yield key, probs
+
+    for key, chunks in pieces:
+        if buffer is None:
+            buffer = np.zeros((batch_size, *chunks.shape[1:], 1), dtype=np.float32)
+        entry = [key, np.empty((len(chunks), n_classes), dtype=np.float32), len(chunks)]
+        pending.append(entry)
+        for row, chunk in enumerate(chunks):
+            buffer[len(routes), ..., 0] = chunk
+            routes.append((entry, row))
+            if len(routes) == batch_size:
+                run_batch()
+        yield from finished()
+    if routes:
+        buffer[len(routes) :] = 0
+        run_batch()
+    yield from finished()
+
+
+def mean_probs(chunk_probs: np.ndarray) -> np.ndarray:
+    """(chunks, classes) softmax -> (classes,) averaged and renormalised, as for a recording."""
+    return recording_scores(chunk_probs, np.zeros(len(chunk_probs)))[1][0]
+
+
+def recording_pieces(
+    items: list[AudioItem],
+    params: SpectrogramParams,
+    batch_size: int,
+    soundscape: bool,
+    skipped: list[str],
+    progress: tqdm,
+):
+    """(key, chunks) pieces of every readable recording, for `predict_pieces`.
+
+    key = (item index, piece is the recording's last, recording seconds). A piece is one
+    window in soundscape mode, else at most batch_size chunks. Unreadable files are noted in
+    skipped and counted in progress.
+    """
+    for index, item in enumerate(items):
+        try:
+            log_spec, seconds = read_spectrogram(item.wav, params)
+        except (AudioError, ValueError) as error:
+            skipped.append(str(error))
+            progress.update()
+            continue
+        if soundscape:
+            pieces = window_chunks(log_spec, params)
+        else:
+            pieces = chunk_slices(log_spec, params, batch_size)
+        del log_spec  # the generator holds the only reference and frees it early
+        piece = next(pieces)
+        for following in pieces:
+            yield (index, False, seconds), piece
+            piece = following
+        yield (index, True, seconds), piece
+
+
+def write_human_csv(writer, item: AudioItem, probs: np.ndarray, run: Run, top: int) -> None:
+    row = [str(item.path), item.media_id]
+    for column in top_classes(probs, top):
+        class_id = run.classes[column]
+        row += [class_id, run.class_names.get(class_id, ""), f"{probs[column]:.4f}"]
+    writer.writerow(row)
+
+
+def predict(
+    run: Run,
+    items: list[AudioItem],
+    out: Path,
+    *,
+    top_k: int = 100,
+    batch_size: int = 32,
+    soundscape: bool = False,
+    human_csv: Path | None = None,
+    human_top: int = 5,
+) -> tuple[int, list[str]]:
+    """Write the run file (and the optional CSV for people) for items.
+
+    Returns (recordings written, skip messages). Both files appear only when complete.
+    """
+    skipped: list[str] = []
+    human_top = min(human_top, len(run.classes))
+    written = 0
+    with contextlib.ExitStack() as stack:
+        if soundscape:
+            run_file = SoundscapeWriter(out, run.classes, top_k, SOUNDSCAPE_WINDOW_SECONDS)
+        else:
+            run_file = RunFileWriter(out, run.classes, top_k)
+        stack.enter_context(run_file)
+        if human_csv:
+            human = csv.writer(stack.enter_context(AtomicTextWriter(human_csv)).file)
+            header = ["file", "MediaId"]
+            for rank in range(1, human_top + 1):
+                header += [f"class_id_{rank}", f"name_{rank}", f"probability_{rank}"]
+            human.writerow(header)
+        progress = stack.enter_context(tqdm(total=len(items), unit="rec", desc="predict"))
+        pieces = recording_pieces(items, run.params, batch_size, soundscape, skipped, progress)
+        parts: list[np.ndarray] = []  # chunk softmax of the recording being finished
+        for (index, last, seconds), probs in predict_pieces(run.model, pieces, batch_size):
+            parts.append(probs)
+            if not last:
+                continue
+            item, probs = items[index], mean_probs(np.concatenate(parts))
+            if soundscape:
+                run_file.write(item.media_id, np.stack([mean_probs(p) for p in parts]), seconds)
+            else:
+                run_file.write(item.media_id, probs)
+            if human_csv:
+                write_human_csv(human, item, probs, run, human_top)
+            parts = []
+            written += 1
+            progress.update()
+        if not written:
+            raise PredictError("no recording could be read: " + "; ".join(skipped[:5]))
+    return written, skipped
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Predict species with a trained run folder and write a BirdCLEF run file "
+        "(MediaId;ClassId;Probability;Rank, top-k per recording). Audio of any format and "
+        "rate is resampled to the run's rate as in training.",
+        epilog="examples:\n"
+        "  python predict/predict.py --run runs/demo --audio my_recordings/ --out run.csv\n"
+        "  python predict/predict.py --run runs/demo --xml-dir data/demo/TestSet/xml "
+        "--out run.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--run",
+        type=Path,
+        required=True,
+        help="training run folder (params.json, classes.json, model)",
+    )
+    parser.add_argument(
+        "--audio",
+        type=Path,
+        nargs="+",
+        help="audio files or folders (searched recursively); MediaId = file "
+        "name without extension. With --xml-dir: the folder of the test audio "
+        "(default: the xml folder's sibling wav/)",
+    )
+    parser.add_argument(
+        "--xml-dir", type=Path, help="BirdCLEF test XML folder: MediaId and FileName from the XMLs"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="run file to write")
+    parser.add_argument(
+        "--model-file",
+        default=DEFAULT_MODEL_FILE,
+        help=f"model in the run folder (default {DEFAULT_MODEL_FILE})",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=100,
+        help="species per recording (or window), 1-100 (default 100)",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="chunks per model call")
+    parser.add_argument(
+        "--soundscape",
+        action="store_true",
+        help="rank species per 5 s window: MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability",
+    )
+    parser.add_argument(
+        "--human-csv",
+        type=Path,
+        help="also write a CSV for people: file, top-5 species, probabilities",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, help="cache for resampled audio (default: .resampled beside --out)"
+    )
+    parser.add_argument("--workers", type=int, help="resampling processes (default: all cores)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if not args.audio and not args.xml_dir:
+        parser.error("give --audio and/or --xml-dir")
+    if not 1 <= args.top_k <= 100:
+        parser.error("--top-k must be between 1 and 100 (the official limit)")
+
+    try:
+        if args.xml_dir:
+            if args.audio and len(args.audio) > 1:
+                raise PredictError("with --xml-dir, --audio is one folder")
+            audio_dir = args.audio[0] if args.audio else args.xml_dir.parent / "wav"
+            items, skipped = xml_items(args.xml_dir, audio_dir)
+        else:
+            items, skipped = find_audio(args.audio), []
+        if not items:
+            where = args.xml_dir or ", ".join(map(str, args.audio))
+            raise PredictError(
+                f"no audio to predict in {where} (looked for {', '.join(sorted(AUDIO_SUFFIXES))})"
+            )
+        run = load_run(args.run, args.model_file)
+        work_dir = args.work_dir or args.out.resolve().parent / ".resampled"
+        items, failed = resample_items(items, work_dir, run.params.sample_rate, args.workers)
+        skipped += failed
+        written, failed = predict(
+            run,
+            items,
+            args.out,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            soundscape=args.soundscape,
+            human_csv=args.human_csv,
+        )
+        skipped += failed
+    except PredictError as error:
+        raise SystemExit(f"error: {error}") from None
+
+    if skipped:
+        logger.warning("%d file(s) skipped:\n  %s", len(skipped), "\n  ".join(skipped))
+    print(f"Run file with {written} recordings written to {args.out}")
+    if args.human_csv:
+        print(f"Top-5 species per file for people: {args.human_csv}")
+
+
+if __name__ == "__main__":
+    main()

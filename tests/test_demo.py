@@ -1,0 +1,96 @@
+"""The synthetic demo dataset: deterministic, laid out and labelled as BirdCLEF 2016 ships."""
+
+import hashlib
+
+import numpy as np
+import pytest
+from scipy.io import wavfile
+
+from predict.evaluate import read_truth
+from preprocess.make_demo_dataset import MAX_SECONDS, MIN_SECONDS, SPECIES, make_demo_dataset
+from preprocess.metadata import read_birdclef_xml_dir
+
+
+def digest(folder):
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert make_demo_dataset(out, recordings_per_species=2, test_per_species=1, seed=5, workers=2)
+    return out
+
+
+def test_same_seed_same_files_any_workers_other_seed_other_audio(demo, tmp_path):
+    make_demo_dataset(
+        tmp_path / "again", recordings_per_species=2, test_per_species=1, seed=5, workers=1
+    )
+    assert digest(tmp_path / "again") == digest(demo)
+    make_demo_dataset(tmp_path / "other", recordings_per_species=2, test_per_species=1, seed=6)
+    assert digest(tmp_path / "other") != digest(demo)
+
+
+def test_complete_dataset_is_skipped_and_other_sizes_rebuild(tmp_path):
+    out = tmp_path / "demo"
+    assert make_demo_dataset(out, recordings_per_species=1, test_per_species=1)
+    assert not make_demo_dataset(out, recordings_per_species=1, test_per_species=1)
+    assert make_demo_dataset(out, recordings_per_species=2, test_per_species=1)
+    assert len(list((out / "TrainingSet" / "wav").iterdir())) == 2 * len(SPECIES)
+
+
+def test_refuses_to_write_into_a_folder_of_other_files(tmp_path):
+    (tmp_path / "mine.txt").write_text("precious")
+    with pytest.raises(SystemExit, match="other files"):
+        make_demo_dataset(tmp_path, recordings_per_species=1, test_per_species=1)
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+def test_training_set_parses_as_birdclef_with_labels(demo):
+    recordings, skipped = read_birdclef_xml_dir(demo / "TrainingSet" / "xml")
+    assert skipped == []
+    assert len(recordings) == 2 * len(SPECIES)
+    assert {r.class_id for r in recordings} == {s.class_id for s in SPECIES}
+    names = {s.scientific_name for s in SPECIES}
+    for recording in recordings:
+        assert recording.species in names
+        assert set(recording.background) <= names - {recording.species}
+        assert (demo / "TrainingSet" / "wav" / recording.file).is_file()
+        assert recording.fields["Sub-species"] is None  # self-closing, as BirdCLEF's
+        assert "SYNTHETIC" in recording.fields["Comments"]
+
+
+def test_test_set_has_unlabelled_xmls_and_official_ground_truth(demo):
+    recordings, _ = read_birdclef_xml_dir(demo / "TestSet" / "xml")
+    assert all(r.class_id is None for r in recordings)
+    assert (
+        "ClassId" not in (demo / "TestSet" / "xml" / f"{recordings[0].file[:-4]}.xml").read_text()
+    )
+    truth = read_truth(demo / "TestSet" / "ground_truth.csv")
+    assert set(truth.foreground) == {r.media_id for r in recordings}
+    assert sorted(truth.foreground.values()) == sorted(s.class_id for s in SPECIES)
+    training_ids = {r.media_id for r in read_birdclef_xml_dir(demo / "TrainingSet" / "xml")[0]}
+    assert not training_ids & set(truth.foreground)
+
+
+def test_training_xml_folder_works_as_ground_truth(demo):
+    truth = read_truth(demo / "TrainingSet" / "xml")  # background names -> class ids
+    class_ids = {s.class_id for s in SPECIES}
+    assert all(set(bg) <= class_ids for bg in truth.background.values())
+    assert len(truth.foreground) == 2 * len(SPECIES)
+
+
+def test_wavs_are_44k_16bit_mono_of_varied_length_and_loudness(demo):
+    seconds, peaks = [], []
+    for path in (demo / "TrainingSet" / "wav").glob("*.wav"):
+        rate, samples = wavfile.read(path)
+        assert rate == 44100 and samples.dtype == np.int16 and samples.ndim == 1
+        seconds.append(len(samples) / rate)
+        peaks.append(np.abs(samples.astype(np.int32)).max())
+    assert all(MIN_SECONDS <= s <= MAX_SECONDS for s in seconds)
+    assert max(seconds) / min(seconds) > 1.5
+    assert max(peaks) / min(peaks) > 2

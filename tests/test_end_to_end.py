@@ -1,0 +1,66 @@
+"""The whole job on the tiny synthetic demo: every stage leaves its output, a valid run file."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from predict.runfile import read_run_file
+from preprocess.metadata import read_birdclef_xml_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def doall(tmp_path: Path) -> str:
+    command = [
+        str(ROOT / "doall.sh"),
+        "--tiny",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--work-dir",
+        str(tmp_path / "work"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("doall")
+    return tmp_path, doall(tmp_path)
+
+
+def test_every_stage_leaves_its_output(finished):
+    tmp_path, output = finished
+    demo, work, run = (
+        tmp_path / "data" / "demo-tiny",
+        tmp_path / "work",
+        tmp_path / "runs" / "demo-tiny",
+    )
+    n_train = len(list((demo / "TrainingSet" / "wav").glob("*.wav")))
+    n_test = len(list((demo / "TestSet" / "wav").glob("*.wav")))
+    assert n_train > 0 and n_test > 0
+    assert len(list((work / "train_16k").glob("*.wav"))) == n_train
+    assert len(list((work / "test_16k").glob("*.wav"))) == n_test
+    assert (work / "train.h5").is_file()
+    for name in ("best_val_map.keras", "history.csv", "params.json", "classes.json"):
+        assert (run / name).is_file(), name
+    run_file = run / "predictions" / "TestSet.csv"
+    entries = read_run_file(run_file)  # validates as the official evaluator did
+    test_ids = {r.media_id for r in read_birdclef_xml_dir(demo / "TestSet" / "xml")[0]}
+    assert {e.media_id for e in entries} == test_ids
+    scores = json.loads((run / "predictions" / "TestSet.scores.json").read_text())
+    assert 0.0 < scores["map_foreground"] <= 1.0
+    assert f"MAP (foreground): {scores['map_foreground']:.4f}" in output
+    assert "SYNTHETIC" in output
+
+
+def test_a_second_run_skips_finished_work(finished):
+    tmp_path, _ = finished
+    output = doall(tmp_path)
+    assert "already complete" in output  # demo data and training
+    assert "MAP (foreground):" in output

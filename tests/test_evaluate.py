@@ -1,0 +1,191 @@
+"""Run files and the official score: writer, validator and evaluator on hand-computed examples."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import label_ranking_average_precision_score
+
+from predict.evaluate import Truth, chance_map, main, read_truth, score
+from predict.runfile import (
+    MAX_RANK,
+    RunFileError,
+    RunFileWriter,
+    SoundscapeWriter,
+    read_run_file,
+)
+
+CLASSES = ["aaaaaa", "bbbbbb", "cccccc", "dddddd"]
+
+
+def write_run(path, rows: dict[str, list[float]], top_k=MAX_RANK, classes=CLASSES):
+    with RunFileWriter(path, classes, top_k) as run:
+        for media_id, probs in rows.items():
+            run.write(media_id, np.array(probs))
+    return path
+
+
+def test_writer_ranks_by_falling_probability_and_keeps_top_k(tmp_path):
+    path = write_run(tmp_path / "run.csv", {"7": [0.1, 0.6, 0.05, 0.25]}, top_k=3)
+    assert path.read_text().splitlines() == [
+        "7;bbbbbb;0.6;1",
+        "7;dddddd;0.25;2",
+        "7;aaaaaa;0.1;3",
+    ]
+    entries = read_run_file(path)
+    assert [(e.class_id, e.rank) for e in entries] == [("bbbbbb", 1), ("dddddd", 2), ("aaaaaa", 3)]
+
+
+def test_writer_refuses_a_second_row_for_one_recording_and_leaves_no_file(tmp_path):
+    path = tmp_path / "run.csv"
+    with pytest.raises(ValueError, match="written twice"), RunFileWriter(path, CLASSES) as run:
+        run.write("1", np.full(4, 0.25))
+        run.write("1", np.full(4, 0.25))
+    assert list(tmp_path.iterdir()) == []  # atomic: no half file, no temporary left
+
+
+def test_writer_rejects_top_k_over_the_official_limit(tmp_path):
+    with pytest.raises(ValueError, match="top_k"):
+        RunFileWriter(tmp_path / "run.csv", CLASSES, top_k=101)
+
+
+def test_soundscape_writer_names_each_5s_window(tmp_path):
+    path = tmp_path / "soundscape.csv"
+    with SoundscapeWriter(path, CLASSES, top_k=1) as run:
+        run.write("S1", np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]]), 7.5)
+    assert path.read_text().splitlines() == [
+        "S1;00:00:00-00:00:05;aaaaaa;0.7",
+        "S1;00:00:05-00:00:08;dddddd;0.7",
+    ]
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (["1;aaaaaa;0.5"], "line 1: 3 fields, expected 4"),
+        (["1;aaaaaa;0.5;1", "1;bbbbbb;0.4;3"], "line 2: rank 3 for MediaId 1, expected 2"),
+        (["1;aaaaaa;0.5;2"], "line 1: rank 2 for MediaId 1, expected 1"),
+        (["1;aaaaaa;1.5;1"], "line 1: probability 1.5 is outside"),
+        (["1;aaaaaa;-0.1;1"], "line 1: probability -0.1 is outside"),
+        (["1;aaaaaa;nan;1"], "line 1: probability nan is outside"),
+        (["1;aaaaaa;high;1"], "line 1: probability 'high' is not a number"),
+        (["1;aaaaaa;0.5;first"], "line 1: rank 'first' is not an integer"),
+        (["1;aaaaaa;0.5;1", "2;aaaaaa;0.5;1", "1;aaaaaa;0.4;2"], "line 3: duplicate pair"),
+        ([";aaaaaa;0.5;1"], "line 1: empty MediaId"),
+        ([f"1;c{rank};0.001;{rank}" for rank in range(1, 102)], "line 101: rank 101 .* over"),
+        ([], "empty run file"),
+    ],
+)
+def test_validator_names_the_first_bad_line(tmp_path, lines, message):
+    path = tmp_path / "run.csv"
+    path.write_text("".join(line + "\n" for line in lines))
+    with pytest.raises(RunFileError, match=message) as error:
+        read_run_file(path)
+    assert str(path) in str(error.value)
+
+
+def test_validator_accepts_interleaved_recordings_and_blank_lines(tmp_path):
+    path = tmp_path / "run.csv"
+    path.write_text("1;aaaaaa;0.5;1\n2;bbbbbb;0.9;1\n\n1;bbbbbb;0.3;2\n")
+    assert len(read_run_file(path)) == 3
+
+
+def truth_of(rows: dict[str, tuple[str, list[str]]]) -> Truth:
+    return Truth({m: fg for m, (fg, _) in rows.items()}, {m: bg for m, (_, bg) in rows.items()})
+
+
+def test_score_matches_hand_computed_average_precision(tmp_path):
+    # Recording 1: foreground ranked 2nd -> AP 1/2; with background bbbbbb ranked 1st -> AP 1.
+    # Recording 2: foreground 1st -> AP 1; background dddddd not returned (top 3) -> 0, so
+    #   with background AP = (1 + 0) / 2.
+    run = write_run(
+        tmp_path / "run.csv",
+        {
+            "1": [0.3, 0.4, 0.2, 0.1],
+            "2": [0.1, 0.6, 0.2, 0.1],
+        },
+        top_k=3,
+    )
+    truth = truth_of({"1": ("aaaaaa", ["bbbbbb"]), "2": ("bbbbbb", ["dddddd"])})
+    results = score(read_run_file(run), truth)
+    assert results["map_foreground"] == pytest.approx((0.5 + 1.0) / 2)
+    assert results["map_with_background"] == pytest.approx((1.0 + 0.5) / 2)
+    assert results["top1_accuracy"] == pytest.approx(0.5)
+
+
+def test_relevant_species_outside_the_top_100_scores_zero(tmp_path):
+    classes = [f"c{index:03d}" for index in range(150)]
+    probs = np.linspace(1.0, 0.01, 150)
+    probs /= probs.sum()  # c000 ranks first, c120 ranks 121st: not in the run file
+    run = write_run(tmp_path / "run.csv", {"1": probs, "2": probs}, classes=classes)
+    truth = truth_of({"1": ("c120", []), "2": ("c000", ["c120"])})
+    results = score(read_run_file(run), truth)
+    assert results["map_foreground"] == pytest.approx((0.0 + 1.0) / 2)
+    assert results["map_with_background"] == pytest.approx((0.0 + (1.0 + 0.0) / 2) / 2)
+
+
+def test_recording_missing_from_the_run_file_scores_zero_and_is_counted(tmp_path):
+    run = write_run(tmp_path / "run.csv", {"1": [0.7, 0.1, 0.1, 0.1]})
+    truth = truth_of({"1": ("aaaaaa", []), "2": ("aaaaaa", [])})
+    results = score(read_run_file(run), truth)
+    assert results["map_foreground"] == pytest.approx(0.5)
+    assert results["top1_accuracy"] == pytest.approx(0.5)
+    assert results["missing_from_run"] == ["2"]
+
+
+def test_score_equals_sklearn_on_full_rankings(tmp_path):
+    rng = np.random.default_rng(0)
+    classes = [f"s{index:02d}" for index in range(12)]
+    probs = rng.dirichlet(np.ones(12), size=40)
+    relevant = np.zeros((40, 12), dtype=bool)
+    relevant[np.arange(40), rng.integers(0, 12, 40)] = True
+    relevant |= rng.random((40, 12)) < 0.1  # background species
+    media_ids = [str(index) for index in range(40)]
+    run = write_run(tmp_path / "run.csv", dict(zip(media_ids, probs, strict=True)), classes=classes)
+    foreground = relevant.argmax(axis=1)
+    truth = Truth(
+        {m: classes[f] for m, f in zip(media_ids, foreground, strict=True)},
+        {
+            m: [classes[c] for c in np.flatnonzero(row) if c != f]
+            for m, f, row in zip(media_ids, foreground, relevant, strict=True)
+        },
+    )
+    results = score(read_run_file(run), truth)
+    # the writer rounds probabilities to 6 digits; the score reads ranks, as the official did
+    expected = label_ranking_average_precision_score(relevant, probs)
+    assert results["map_with_background"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_truth_csv_official_format_and_unknown_classes(tmp_path):
+    truth_path = tmp_path / "truth.csv"
+    truth_path.write_text("1;aaaaaa;bbbbbb,zzzzzz\n2;cccccc;\n3;yyyyyy\n")
+    truth = read_truth(truth_path)
+    assert truth.foreground == {"1": "aaaaaa", "2": "cccccc", "3": "yyyyyy"}
+    assert truth.background == {"1": ["bbbbbb", "zzzzzz"], "2": [], "3": []}
+    run = write_run(tmp_path / "run.csv", {m: [0.4, 0.3, 0.2, 0.1] for m in "123"})
+    results = score(read_run_file(run), truth)
+    assert results["unknown_classes"] == ["yyyyyy", "zzzzzz"]
+    assert results["map_foreground"] == pytest.approx((1.0 + 1 / 3 + 0.0) / 3)
+
+
+def test_cli_prints_foreground_map_first(tmp_path, capsys):
+    run = write_run(tmp_path / "run.csv", {"1": [0.1, 0.2, 0.3, 0.4], "2": [0.4, 0.3, 0.2, 0.1]})
+    truth_path = tmp_path / "truth.csv"
+    truth_path.write_text("1;dddddd;\n2;bbbbbb;cccccc\n")
+    main(["--run-file", str(run), "--truth", str(truth_path)])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "MAP (foreground): 0.7500"
+    assert lines[1] == "MAP (with background): 0.7917"  # (1 + (1/2 + 2/3) / 2) / 2
+    assert lines[2] == "top-1 accuracy: 0.5000"
+
+
+def test_cli_reports_a_bad_run_file_by_line(tmp_path):
+    run = tmp_path / "run.csv"
+    run.write_text("1;aaaaaa;0.5;1\n1;bbbbbb;0.4;1\n")
+    truth_path = tmp_path / "truth.csv"
+    truth_path.write_text("1;aaaaaa;\n")
+    with pytest.raises(SystemExit, match="line 2: rank 1"):
+        main(["--run-file", str(run), "--truth", str(truth_path)])
+
+
+def test_chance_level_of_a_random_ranking():
+    assert chance_map(1) == 1.0
+    assert chance_map(4) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
