@@ -1,0 +1,151 @@
+"""Benchmark of training: samples/s streaming batches from HDF5 vs model.fit on arrays in memory.
+
+    flock /tmp/bench.lock python benchmarks/bench_training.py [--models BirdClef AlexNet]
+        [--batch-size 32] [--chunks 480] [--epochs 2] [--rounds 3] [--data FILE.h5]
+
+Without --data, synthetic demo recordings (preprocess/make_demo_dataset.py's species, field
+noise and hiss) go through the real spectrogram, noise filter and chunking into a temporary
+HDF5 file (gzip, as load_data.py writes by default), so compression and read costs are those
+of real use. For each model, a warm-up epoch each way, then --rounds alternating rounds of
+--epochs epochs: in memory (model.fit on numpy arrays x, y) and streamed (train.data's
+ChunkBatches reading shuffled batches from the file, as train_model.py --in-memory no does).
+Prints the best round of each (the machine is shared) and streamed / in-memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # make the stages importable
+
+import keras  # noqa: E402
+
+from preprocess.audio import to_sample_rate  # noqa: E402
+from preprocess.dataset import (  # noqa: E402
+    DatasetInfo,
+    RecordingChunks,
+    compress_chunks,
+    open_dataset,
+    write_dataset,
+)
+from preprocess.make_demo_dataset import SAMPLE_RATE, SPECIES, make_recording  # noqa: E402
+from preprocess.params import SpectrogramParams  # noqa: E402
+from preprocess.spectrogram import extract_chunks  # noqa: E402
+from train.data import ChunkBatches, read_rows  # noqa: E402
+
+
+def synthetic_dataset(path: Path, n_chunks: int, seed: int = 0) -> None:
+    """Demo-species recordings through the real extraction into an HDF5 dataset of at least
+    n_chunks chunks."""
+    params, rng = SpectrogramParams(), np.random.default_rng(seed)
+    classes = [species.class_id for species in SPECIES]
+    items, total = [], 0
+    while total < n_chunks:
+        label = len(items) % len(SPECIES)
+        audio = make_recording(SPECIES[label], None, rng)
+        samples = to_sample_rate(audio.astype(np.float32), SAMPLE_RATE, params.sample_rate)
+        chunks, n_frames = extract_chunks(samples, params)
+        items.append(
+            RecordingChunks(
+                f"{len(items)}",
+                classes[label],
+                f"{len(items)}.wav",
+                label,
+                np.zeros(len(classes), np.uint8),
+                n_frames,
+                len(audio) / SAMPLE_RATE,
+                compress_chunks(chunks, "gzip"),
+            )
+        )
+        total += len(chunks)
+    info = DatasetInfo(params, classes, {c: c for c in classes}, {"kind": "benchmark"}, "gzip")
+    write_dataset(path, info, items)
+
+
+def build(model_name: str, input_shape: tuple, n_classes: int) -> keras.Model:
+    path = ROOT / "train" / f"model-{model_name}.py"
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.build_model(input_shape, n_classes)
+    model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def samples_per_second(model: keras.Model, data: dict, epochs: int, n: int) -> float:
+    start = time.perf_counter()
+    model.fit(**data, epochs=epochs, verbose=0)
+    return epochs * n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["BirdClef", "AlexNet"])
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--chunks", type=int, default=480, help="chunks of synthetic data")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per timed round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1, help="ChunkBatches reader threads")
+    parser.add_argument("--data", type=Path, help="an HDF5 chunk dataset instead")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as work:
+        path = args.data
+        if path is None:
+            path = Path(work) / "bench.h5"
+            start = time.perf_counter()
+            synthetic_dataset(path, args.chunks)
+            print(f"synthetic dataset: {time.perf_counter() - start:.1f} s")
+        with open_dataset(path) as dataset:
+            rows = np.flatnonzero(dataset.label[...] >= 0)
+            labels = dataset.label[...][rows]
+            n_classes = len(dataset.classes)
+            input_shape = dataset.X.shape[1:]
+            x = read_rows(dataset.X, rows)
+            size_mb = path.stat().st_size / 1e6
+        y = np.eye(n_classes, dtype=np.float32)[labels]
+        print(
+            f"{len(rows)} chunks {input_shape}, {n_classes} classes, {size_mb:.0f} MB on disk "
+            f"({size_mb * 1e6 / x.nbytes:.0%} of raw), batch {args.batch_size}, backend "
+            f"{keras.backend.backend()}, {', '.join(keras.distribution.list_devices())}"
+        )
+        streamed = ChunkBatches(
+            path, rows, labels, n_classes, args.batch_size, shuffle=True, workers=args.workers
+        )
+        start = time.perf_counter()
+        for index in range(len(streamed)):
+            streamed[index]
+        read_rate = len(rows) / (time.perf_counter() - start)
+        print(f"reading alone: {read_rate:.0f} chunks/s (shuffled batches, one thread)")
+
+        ways = {
+            "in memory": {"x": x, "y": y, "batch_size": args.batch_size, "shuffle": True},
+            "streamed": {"x": streamed},
+        }
+        for model_name in args.models:
+            keras.utils.set_random_seed(0)
+            model = build(model_name, input_shape, n_classes)
+            best = dict.fromkeys(ways, 0.0)
+            for data in ways.values():  # warm-up: tracing, compilation, caches
+                model.fit(**data, epochs=1, verbose=0)
+            for _ in range(args.rounds):
+                for way, data in ways.items():
+                    rate = samples_per_second(model, data, args.epochs, len(rows))
+                    best[way] = max(best[way], rate)
+            ratio = best["streamed"] / best["in memory"]
+            print(
+                f"{model_name:9s} in memory {best['in memory']:7.1f} samples/s   streamed "
+                f"{best['streamed']:7.1f} samples/s   streamed/in memory {ratio:.0%}"
+            )
+
+
+if __name__ == "__main__":
+    main()

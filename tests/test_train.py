@@ -1,0 +1,419 @@
+"""Training: the split by recording, the HDF5 batches, the MAP callback, a whole run on an
+easy problem, resuming after a kill, and clear messages for bad input."""
+
+import csv
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, label_ranking_average_precision_score
+
+from preprocess.dataset import DatasetInfo, RecordingChunks, compress_chunks, write_dataset
+from preprocess.params import SpectrogramParams
+from train import train_model
+from train.callbacks import MAPCallback, ResumableEarlyStopping
+from train.data import ChunkBatches, SplitError, read_rows, split_recordings
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = SpectrogramParams(n_bins=16, chunk_frames=20)  # tiny chunks: fast tests
+CLASSES = ["aaa", "bbb", "ccc", "ddd"]
+# a small CNN in a user's model file: conv, batch norm over channels, softmax
+TINY_MODEL = """
+import keras
+from keras import layers
+
+
+def build_model(input_shape, n_classes):
+    return keras.Sequential([
+        keras.Input(input_shape),
+        layers.Conv2D(4, 3, activation="relu"),
+        layers.BatchNormalization(),
+        layers.Flatten(),
+        layers.Dense(n_classes, activation="softmax"),
+    ])
+"""
+
+
+def write_easy_dataset(path: Path, per_class: int = 10, n_unlabelled: int = 2) -> None:
+    """Chunks whose class is which of 4 frequency bands holds extra energy, 1-3 chunks per
+    recording, every third recording with a background class; plus unlabelled recordings."""
+    rng = np.random.default_rng(0)
+    band = PARAMS.n_bins // len(CLASSES)
+    items = []
+    plan = [(c, r) for c in range(len(CLASSES)) for r in range(per_class)]
+    plan += [(-1, r) for r in range(n_unlabelled)]
+    for label, number in plan:
+        chunks = rng.normal(0, 1, (int(rng.integers(1, 4)), PARAMS.n_bins, PARAMS.chunk_frames))
+        background = np.zeros(len(CLASSES), np.uint8)
+        if label >= 0:
+            chunks[:, label * band : (label + 1) * band] += 2
+            background[(label + 1) % len(CLASSES)] = number % 3 == 0
+        class_id = CLASSES[label] if label >= 0 else ""
+        media_id = f"{class_id or 'none'}{number}"
+        items.append(
+            RecordingChunks(
+                media_id,
+                class_id,
+                f"{media_id}.wav",
+                label,
+                background,
+                n_frames=len(chunks) * PARAMS.chunk_frames,
+                duration_s=1.0,
+                chunks=compress_chunks(chunks.astype(np.float32), "gzip"),
+            )
+        )
+    info = DatasetInfo(PARAMS, CLASSES, {c: c.upper() for c in CLASSES}, {"kind": "test"}, "gzip")
+    write_dataset(path, info, items)
+
+
+@pytest.fixture(scope="module")
+def easy_data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "easy.h5"
+    write_easy_dataset(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "model-Tiny.py"
+    path.write_text(TINY_MODEL)
+    return path
+
+
+def train_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--model", str(model), "--out", str(out), "--batch-size", "8",
+            "--val-fraction", "0.25", "--test-fraction", "0.25", *extra]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Split by recording
+
+
+def test_split_is_by_recording_stratified_and_repeatable(caplog):
+    labels = np.repeat(np.arange(5), 20)
+    labels[:3] = -1  # unlabelled: left out
+    split = split_recordings(labels, 0.2, 0.2, seed=1)
+    every = np.concatenate([split[name] for name in ("train", "val", "test")])
+    assert len(every) == len(set(every.tolist())) == 97  # no recording on two sides
+    assert set(every.tolist()) == set(np.flatnonzero(labels >= 0).tolist())
+    for name in ("val", "test"):  # 20% of 97 -> 19: 3 or 4 of every class
+        counts = np.bincount(labels[split[name]], minlength=5)
+        assert counts.sum() == 19 and counts.min() >= 3 and counts.max() <= 4
+    again = split_recordings(labels, 0.2, 0.2, seed=1)
+    other = split_recordings(labels, 0.2, 0.2, seed=2)
+    assert all(np.array_equal(split[n], again[n]) for n in split)
+    assert not np.array_equal(split["val"], other["val"])
+    assert "3 unlabelled recordings left out" in caplog.text
+
+
+def test_split_sends_a_single_recording_to_training(caplog):
+    labels = np.array([0] * 10 + [1] * 10 + [2])
+    split = split_recordings(labels, 0.2, 0.2, seed=0, classes=["a", "b", "lonely"])
+    assert 20 in split["train"]
+    assert "single recording" in caplog.text and "lonely" in caplog.text
+
+
+def test_split_with_too_few_recordings():
+    with pytest.raises(SplitError, match="too few"):
+        split_recordings(np.array([0, 1]), 0.3, 0.3, seed=0)
+    with pytest.raises(SplitError, match="fraction"):
+        split_recordings(np.arange(10) % 2, 0.0, 0.1, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches from the HDF5 file
+
+
+def test_streamed_batches_equal_in_memory(easy_data):
+    with h5py.File(easy_data) as h5:
+        rows = np.flatnonzero(h5["label"][...] >= 0)[5:40]
+        labels = h5["label"][...][rows]
+        x = read_rows(h5["X"], rows)
+        np.testing.assert_array_equal(x, h5["X"][...][rows])
+    streamed = ChunkBatches(easy_data, rows, labels, len(CLASSES), batch_size=8)
+    in_memory = ChunkBatches(x, rows, labels, len(CLASSES), batch_size=8)
+    assert len(streamed) == 5  # 35 rows: last batch partial
+    for index in range(len(streamed)):
+        (xs, ys), (xm, ym) = streamed[index], in_memory[index]
+        np.testing.assert_array_equal(xs, xm)
+        np.testing.assert_array_equal(ys, ym)
+        np.testing.assert_array_equal(ys.argmax(axis=1), labels[index * 8 : index * 8 + 8])
+    pickle.loads(pickle.dumps(streamed))[0]  # a worker process reopens the file itself
+
+
+def test_shuffled_batches_cover_every_row_once_per_epoch(easy_data):
+    with h5py.File(easy_data) as h5:
+        x = h5["X"][...]
+    rows = np.arange(len(x))
+    batches = ChunkBatches(easy_data, rows, np.zeros(len(rows), int), 4, 8, shuffle=True)
+    orders = []
+    for _ in range(2):
+        seen = np.concatenate([batches[i][0] for i in range(len(batches))])
+        matches = [np.flatnonzero((x == chunk).all(axis=(1, 2, 3))) for chunk in seen]
+        orders.append([int(m[0]) for m in matches])
+        batches.on_epoch_end()
+    assert sorted(orders[0]) == sorted(orders[1]) == rows.tolist()
+    assert orders[0] != orders[1] != rows.tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# The MAP callback
+
+
+def test_map_callback_equals_an_independent_computation(tiny_model):
+    rng = np.random.default_rng(3)
+    n_classes, chunk_recording = 4, np.array([0, 0, 0, 1, 2, 2, 3, 4, 4, 4, 5])
+    labels = np.array([0, 1, 2, 3, 1, 0])  # class of each recording
+    background = np.zeros((6, n_classes), bool)
+    background[[0, 2, 4], [3, 0, 2]] = True
+    x = rng.normal(0, 1, (len(chunk_recording), 16, 20, 1)).astype(np.float32)
+    model = train_model.build_model_from_file(tiny_model, (16, 20, 1), n_classes)
+    batches = ChunkBatches(x, np.arange(len(x)), labels[chunk_recording], n_classes, 4)
+    callback = MAPCallback(batches, chunk_recording, labels, background)
+    callback.set_model(model)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+
+    probs = model.predict(x, verbose=0)
+    means = np.array([probs[chunk_recording == r].mean(axis=0) for r in range(6)])
+    foreground = np.eye(n_classes, dtype=bool)[labels]
+    assert logs["val_map"] == pytest.approx(
+        label_ranking_average_precision_score(foreground, means)
+    )
+    assert logs["val_map_bg"] == pytest.approx(
+        label_ranking_average_precision_score(foreground | background, means)
+    )
+    onehot = np.eye(n_classes)[labels[chunk_recording]]
+    assert logs["val_chunk_ap"] == pytest.approx(
+        average_precision_score(onehot, probs, average="micro")
+    )
+    assert 0 < logs["val_map"] < 1  # an untrained model: a score that can be wrong
+
+
+def test_early_stopping_patience_counts_epochs_before_resume(tiny_model):
+    stopping = ResumableEarlyStopping(np.array([1.0, 0.5, 0.6, 0.7]), monitor="val_loss",
+                                      mode="min", patience=3)  # fmt: skip
+    stopping.set_model(train_model.build_model_from_file(tiny_model, (16, 20, 1), 4))
+    stopping.on_train_begin()
+    assert (stopping.best, stopping.wait) == (0.5, 2)
+    stopping.on_epoch_end(4, {"val_loss": 0.55})
+    assert stopping.model.stop_training
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole runs
+
+
+@pytest.fixture(scope="module")
+def trained_run(easy_data, tiny_model, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "easy"
+    code = train_model.main(train_args(easy_data, tiny_model, run_dir, "--epochs", "8"))
+    assert code == 0
+    return run_dir
+
+
+def test_run_learns_the_easy_problem(trained_run):
+    with (trained_run / "history.csv").open() as file:
+        history = list(csv.DictReader(file))
+    assert [int(row["epoch"]) for row in history] == list(range(8))
+    assert {"val_map", "val_map_bg", "val_chunk_ap", "val_loss", "val_accuracy"} <= set(history[0])
+    assert float(history[-1]["val_map"]) > 0.9
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["test_recordings"] == 10
+    for name in ("best_val_loss", "best_val_accuracy", "best_val_map"):
+        assert metrics["models"][name]["map"] > 0.9
+        assert 0 < metrics["models"][name]["map_bg"] <= metrics["models"][name]["map"]
+
+
+def test_run_folder_holds_what_prediction_needs(trained_run, easy_data):
+    for name in ("best_val_loss.keras", "best_val_accuracy.keras", "best_val_map.keras",
+                 "config.json", "model.py", "loss.png", "accuracy.png", "map.png"):  # fmt: skip
+        assert (trained_run / name).is_file(), name
+    with h5py.File(easy_data) as h5:
+        assert (trained_run / "params.json").read_text().strip() == h5.attrs["params"]
+        media_ids = h5["recordings/MediaId"].asstr()[...]
+        labels = h5["recordings/label"][...]
+    classes = json.loads((trained_run / "classes.json").read_text())
+    assert classes == {"classes": CLASSES, "class_names": {c: c.upper() for c in CLASSES}}
+    split = json.loads((trained_run / "split.json").read_text())
+    sides = [set(split[name]) for name in ("train", "val", "test")]
+    assert sum(map(len, sides)) == len(set.union(*sides))  # no recording on two sides
+    assert set.union(*sides) == set(media_ids[labels >= 0])
+    assert not (trained_run / "backup").exists()  # removed once training ended
+
+    from predict.predict import load_run
+
+    run = load_run(trained_run)
+    assert run.classes == CLASSES and run.params == PARAMS
+
+
+def test_runs_table_row(trained_run):
+    with (trained_run.parent / "runs.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["run_dir"] == str(trained_run) and row["epochs"] == "8"
+    assert row["layer_00"].startswith("Conv2D(filters=4, kernel_size=(3, 3)")
+    assert float(row["test_map_best_val_map"]) > 0.9
+
+
+class Interrupted(Exception):
+    """Stands for a kill."""
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Raises during epoch `epoch`: after its second batch (a kill mid-epoch), or at its end
+    before the backup is saved (a kill after the epoch was logged)."""
+
+    def __init__(self, epoch: int, at_end: bool):
+        super().__init__()
+        self.epoch, self.at_end = epoch, at_end
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == 1 and not self.at_end:
+            raise Interrupted
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch and self.at_end:
+            raise Interrupted
+
+
+class Weights(keras.callbacks.Callback):
+    """Records the weights at the start and end of every epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.begin, self.end = {}, {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.begin[epoch] = [w.copy() for w in self.model.get_weights()]
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.end[epoch] = [w.copy() for w in self.model.get_weights()]
+
+
+@pytest.mark.parametrize("at_end", [False, True], ids=["mid-epoch", "before-backup"])
+def test_resume_continues_from_the_last_finished_epoch(
+    at_end, easy_data, tiny_model, tmp_path, monkeypatch
+):
+    run_dir = tmp_path / "run"
+    args = train_args(easy_data, tiny_model, run_dir, "--epochs", "5")
+    make_callbacks = train_model.training_callbacks
+    first, second = Weights(), Weights()
+
+    def interrupted(*arguments):
+        callbacks = make_callbacks(*arguments)
+        # the interruption runs before BackupAndRestore (the last callback)
+        return [first, *callbacks[:-1], Interrupt(2, at_end), callbacks[-1]]
+
+    monkeypatch.setattr(train_model, "training_callbacks", interrupted)
+    with pytest.raises(Interrupted):
+        train_model.main(args)
+    with (run_dir / "history.csv").open() as file:
+        before = list(csv.DictReader(file))
+    assert len(before) == (3 if at_end else 2)  # epoch 2 logged, but not backed up
+    assert not (run_dir / "metrics.json").exists()
+
+    monkeypatch.setattr(train_model, "training_callbacks", lambda *a: [second, *make_callbacks(*a)])
+    assert train_model.main(args + ["--resume"]) == 0
+    with (run_dir / "history.csv").open() as file:
+        after = list(csv.DictReader(file))
+    assert [int(row["epoch"]) for row in after] == [0, 1, 2, 3, 4]
+    assert after[:2] == before[:2]
+    assert sorted(second.begin) == [2, 3, 4]  # epochs 0 and 1 were not trained again
+    for resumed, saved in zip(second.begin[2], first.end[1], strict=True):
+        np.testing.assert_array_equal(resumed, saved)  # from the weights after epoch 1
+    assert (run_dir / "metrics.json").is_file()
+    # once finished, --resume only scores the best models again
+    assert train_model.main(args + ["--resume"]) == 0
+    assert sorted(second.begin) == [2, 3, 4]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("not hdf5", "not a readable HDF5 file"),
+        ("other format", "format 'other'"),
+        ("no build_model", "defines no build_model"),
+        ("wrong output", "outputs shape (None, 7), but the data has 4 classes"),
+        ("big batch", "batch size 1000 is larger than the"),
+        ("run exists", "already holds a training run: add --resume"),
+        ("few recordings", "too few"),
+    ],
+)
+def test_bad_input_gives_a_clear_message(
+    change, message, easy_data, tiny_model, trained_run, tmp_path, capsys
+):
+    data, model, out, extra = easy_data, tiny_model, tmp_path / "run", []
+    if change == "not hdf5":
+        data = tmp_path / "data.h5"
+        data.write_text("hello")
+    elif change == "other format":
+        data = tmp_path / "data.h5"
+        data.write_bytes(easy_data.read_bytes())
+        with h5py.File(data, "a") as h5:
+            h5.attrs["format"] = "other"
+    elif change in ("no build_model", "wrong output"):
+        model = tmp_path / "model-Bad.py"
+        size = "n_classes" if change == "no build_model" else "7"
+        name = "make_model" if change == "no build_model" else "build_model"
+        model.write_text(TINY_MODEL.replace("n_classes, activation", f"{size}, activation")
+                         .replace("build_model", name))  # fmt: skip
+    elif change == "big batch":
+        extra = ["--batch-size", "1000"]
+    elif change == "run exists":
+        out = trained_run
+    elif change == "few recordings":
+        data = tmp_path / "few.h5"
+        write_easy_dataset(data, per_class=1, n_unlabelled=0)
+    assert train_model.main(train_args(data, model, out, "--epochs", "1", *extra)) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and message in error
+    assert "Traceback" not in error
+
+
+def test_command_line_error_without_traceback(tmp_path, tiny_model):
+    data = tmp_path / "old.h5"
+    write_easy_dataset(data, per_class=2)
+    with h5py.File(data, "a") as h5:
+        h5.attrs["format_version"] = 0
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train" / "train_model.py"), "--data", str(data),
+         "--model", str(tiny_model), "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "error: " in result.stderr and "format version 0" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Images of the stored chunks
+
+
+def test_generate_images_writes_a_limited_folder_per_class(easy_data, tmp_path):
+    import matplotlib.pyplot as plt
+
+    from train.generate_images import chunks_per_class, generate_images
+
+    labels = np.array([2, 0, 2, -1, 2, 0, -1])
+    np.testing.assert_array_equal(chunks_per_class(labels, 2), [0, 1, 2, 3, 5, 6])
+    assert generate_images(easy_data, tmp_path, per_class=3) == 3 * (len(CLASSES) + 1)
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == sorted([*CLASSES, "unlabelled"])
+    image = plt.imread(next((tmp_path / "aaa").glob("aaa0_*.png")))
+    assert image.shape[:2] == (PARAMS.n_bins, PARAMS.chunk_frames)
+

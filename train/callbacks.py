@@ -1,0 +1,187 @@
+"""What runs after every epoch: the official MAP on the validation recordings, checkpoints,
+early stopping and logs, all able to continue a run killed midway (`--resume`).
+
+Keras calls callbacks in list order with one shared `logs` dict, so `MAPCallback` comes first:
+its `val_map` is then in the logs that ModelCheckpoint, EarlyStopping and CSVLogger read.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
+
+logger = logging.getLogger(__name__)
+
+# monitored value -> (checkpoint file, direction)
+BEST = {
+    "val_loss": ("best_val_loss.keras", "min"),
+    "val_accuracy": ("best_val_accuracy.keras", "max"),
+    "val_map": ("best_val_map.keras", "max"),
+}
+HISTORY = "history.csv"
+BACKUP = "backup"
+
+
+def score_predictions(
+    chunk_probs: np.ndarray,
+    chunk_recording: np.ndarray,
+    labels: np.ndarray,
+    background: np.ndarray,
+) -> dict[str, float]:
+    """BirdCLEF scores of chunk predictions.
+
+    chunk_probs: (chunks, C) softmax; chunk_recording: (chunks,) recording index of each
+    chunk; labels: (recordings,) class of each recording index; background: (recordings, C)
+    bool background classes of each recording index.
+    Returns map (official MAP, foreground species), map_bg (background species relevant
+    too), chunk_ap (the 2016 scripts' chunk micro AP), accuracy (per chunk) and
+    recording_accuracy (top class of the averaged recording scores).
+    """
+    ids, probs = recording_scores(chunk_probs, chunk_recording)
+    n_classes = chunk_probs.shape[1]
+    foreground = np.eye(n_classes, dtype=bool)[labels[ids]]
+    chunk_labels = labels[chunk_recording]
+    return {
+        "map": mean_average_precision(probs, foreground),
+        "map_bg": mean_average_precision(probs, foreground | background[ids].astype(bool)),
+        "chunk_ap": chunk_micro_ap(chunk_probs, np.eye(n_classes)[chunk_labels]),
+        "accuracy": top1_accuracy(chunk_probs, chunk_labels),
+        "recording_accuracy": top1_accuracy(probs, labels[ids]),
+    }
+
+
+class MAPCallback(keras.callbacks.Callback):
+    """Scores the validation recordings after each epoch: logs val_map (official MAP,
+    foreground species), val_map_bg (with background species) and val_chunk_ap (the 2016
+    scripts' chunk micro AP).
+
+    batches: unshuffled validation batches; the other arguments as in `score_predictions`.
+    """
+
+    def __init__(self, batches, chunk_recording, labels, background):
+        super().__init__()
+        self.batches, self.chunk_recording = batches, chunk_recording
+        self.labels, self.background = labels, background
+
+    def on_epoch_end(self, epoch, logs=None):
+        probs = self.model.predict(self.batches, verbose=0)
+        scores = score_predictions(probs, self.chunk_recording, self.labels, self.background)
+        logs.update(
+            val_map=scores["map"], val_map_bg=scores["map_bg"], val_chunk_ap=scores["chunk_ap"]
+        )
+
+
+class EpochTime(keras.callbacks.Callback):
+    """Logs epoch_seconds, the wall time of each epoch (validation and MAP included)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["epoch_seconds"] = time.perf_counter() - self.start
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping on a value to minimise (val_loss) whose patience counts the epochs of
+    the run before a --resume.
+
+    past: the monitored value of each epoch already done (empty for a new run).
+    """
+
+    def __init__(self, past: np.ndarray, **kwargs):
+        super().__init__(**kwargs)
+        self.past = np.asarray(past, dtype=float)
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        if np.isfinite(self.past).any():
+            best = int(np.nanargmin(self.past))
+            self.best, self.best_epoch = float(self.past[best]), best
+            self.wait = len(self.past) - 1 - best
+
+
+def training_callbacks(
+    run_dir: Path, map_callback: MAPCallback, patience: int, past: dict[str, np.ndarray]
+) -> list[keras.callbacks.Callback]:
+    """Callbacks of a training run in run_dir, in the order they must run.
+
+    past: history of the epochs done before a --resume ({} for a new run), so the best
+    checkpoints and early stopping carry on instead of starting over.
+    """
+
+    def best_so_far(name: str) -> float | None:
+        values = past.get(name, np.array([]))
+        values = values[~np.isnan(values)]
+        if not len(values):
+            return None
+        return float(values.min() if BEST[name][1] == "min" else values.max())
+
+    callbacks = [EpochTime(), map_callback]
+    for name, (filename, mode) in BEST.items():
+        callbacks.append(
+            keras.callbacks.ModelCheckpoint(
+                run_dir / filename,
+                monitor=name,
+                mode=mode,
+                save_best_only=True,
+                initial_value_threshold=best_so_far(name),
+            )
+        )
+    callbacks.append(
+        ResumableEarlyStopping(
+            past.get("val_loss", []), monitor="val_loss", mode="min", patience=patience, verbose=1
+        )
+    )
+    if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
+        callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs", write_graph=False))
+    else:
+        logger.info("no TensorBoard logs: they need tensorflow and tensorboard installed")
+    callbacks += [
+        keras.callbacks.CSVLogger(run_dir / HISTORY, append=True),
+        # last: an epoch counts as done once everything above has logged it
+        keras.callbacks.BackupAndRestore(run_dir / BACKUP, double_checkpoint=True),
+    ]
+    return callbacks
+
+
+def read_history(path: Path) -> dict[str, np.ndarray]:
+    """history.csv as {column: float array}; {} when absent or empty."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    if not rows:
+        return {}
+    return {
+        name: np.array([float(row[name]) if row[name] else np.nan for row in rows])
+        for name in rows[0]
+    }
+
+
+def epochs_backed_up(run_dir: Path) -> int:
+    """Epochs completed by the run whose BackupAndRestore state is in run_dir (0: none)."""
+    # BackupAndRestore's own record of the epoch it saved
+    metadata = run_dir / BACKUP / "training_metadata.json"
+    if not metadata.is_file():
+        return 0
+    return int(json.loads(metadata.read_text())["epoch"])
+
+
+def trim_history(path: Path, n_epochs: int) -> None:
+    """Keep the first n_epochs rows of history.csv: later ones were logged by an epoch whose
+    backup a kill prevented, and that epoch runs again."""
+    if not path.is_file():
+        return
+    with path.open(newline="") as file:
+        lines = file.readlines()
+    if len(lines) > n_epochs + 1:
+        path.write_text("".join(lines[: n_epochs + 1]))

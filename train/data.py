@@ -1,0 +1,194 @@
+"""Training data: the split by recording, and batches of chunks streamed from the HDF5 file.
+
+A recording's chunks are never on two sides of a split (chunks of one recording are nearly
+copies of each other, so a chunk split scores memory, not generalisation). `ChunkBatches`
+feeds `model.fit` and `model.predict` from the dataset of preprocess/dataset.py, reading only
+the rows of each batch, or from an array when the data was loaded into memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from preprocess.dataset import Dataset, open_dataset
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class SplitError(ValueError):
+    """The recordings cannot be split as asked; the message says why."""
+
+
+def split_recordings(
+    labels: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    classes: list[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Split recordings into train, val and test, stratified by class where counts allow.
+
+    labels: (recordings,) int class index per recording, -1 for unlabelled (left out).
+    The fractions are of the labelled recordings; a split asked for gets at least one
+    recording. A class with a single recording goes to train (with a warning). The same
+    labels and seed always give the same split.
+    Returns {"train", "val", "test"}: sorted int arrays of recording indices.
+    """
+    labels = np.asarray(labels)
+    labelled = np.flatnonzero(labels >= 0)
+    if len(labelled) < len(labels):
+        logger.warning("%d unlabelled recordings left out", len(labels) - len(labelled))
+    if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise SplitError(
+            f"validation fraction {val_fraction} and test fraction {test_fraction} must be "
+            "in (0, 1) and [0, 1) and add up to less than 1"
+        )
+    counts = np.bincount(labels[labelled], minlength=len(classes or []))
+    single = np.flatnonzero(counts == 1)
+    if len(single):
+        names = [classes[c] if classes else str(c) for c in single]
+        logger.warning(
+            "%d classes have a single recording, which goes to training (none to validate "
+            "or test them): %s",
+            len(single),
+            ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""),
+        )
+
+    def size(fraction: float) -> int:
+        return max(1, round(fraction * len(labelled))) if fraction > 0 else 0
+
+    rest, test = _draw(labelled, labels, size(test_fraction), seed)
+    train, val = _draw(rest, labels, size(val_fraction), seed)
+    return {"train": train, "val": val, "test": test}
+
+
+def _draw(
+    indices: np.ndarray, labels: np.ndarray, size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw `size` of `indices` (recordings), stratified by label when sklearn can.
+
+    Recordings that are the last of their class among `indices` stay undrawn.
+    Returns (kept, drawn), both sorted.
+    """
+    if size == 0:
+        return np.sort(indices), np.array([], dtype=indices.dtype)
+    counts = np.bincount(labels[indices])
+    spare = indices[counts[labels[indices]] >= 2]
+    pinned = indices[counts[labels[indices]] < 2]
+    if size >= len(spare):
+        raise SplitError(
+            f"{len(indices)} recordings ({len(spare)} of classes with two or more) are too "
+            f"few to draw a split of {size} recordings and keep some for training"
+        )
+    try:
+        kept, drawn = train_test_split(
+            spare, test_size=size, stratify=labels[spare], random_state=seed
+        )
+    except ValueError as reason:  # e.g. fewer recordings drawn than there are classes
+        logger.info("split of %d recordings not stratified: %s", size, reason)
+        kept, drawn = train_test_split(spare, test_size=size, random_state=seed)
+    return np.sort(np.concatenate([pinned, kept])), np.sort(drawn)
+
+
+def read_rows(x: h5py.Dataset | np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """x[rows] as float32 for sorted unique rows, read one contiguous run at a time.
+
+    h5py's fancy indexing (x[[3, 9, 40]]) is several times slower than slices.
+    Returns (len(rows), *x.shape[1:]).
+    """
+    if isinstance(x, np.ndarray):
+        return x[rows]
+    out = np.empty((len(rows), *x.shape[1:]), dtype=np.float32)
+    if not len(rows):
+        return out
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    for start, end in zip(
+        np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]]), strict=True
+    ):
+        x.read_direct(out, np.s_[rows[start] : rows[end - 1] + 1], np.s_[start:end])
+    return out
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free now (Linux), or None where the system does not say."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fits_in_memory(n_rows: int, row_shape: tuple, share: float = 0.5) -> bool:
+    """Whether n_rows float32 rows take less than `share` of the free memory."""
+    free = available_memory()
+    return free is not None and n_rows * int(np.prod(row_shape)) * 4 < share * free
+
+
+class ChunkBatches(keras.utils.PyDataset):
+    """Batches (x (b, n_bins, chunk_frames, 1) float32, y (b, classes) float32 one-hot).
+
+    source: the HDF5 dataset path (rows are read per batch through a handle opened lazily
+        in each worker process), or an array already holding x[rows] in order.
+    rows: (n,) sorted row indices of the chunks; labels: (n,) their class indices.
+    shuffle: new random batches every epoch (each batch's rows are read in sorted order).
+    kwargs: PyDataset's workers, use_multiprocessing, max_queue_size.
+    """
+
+    def __init__(
+        self,
+        source: str | Path | np.ndarray,
+        rows: np.ndarray,
+        labels: np.ndarray,
+        n_classes: int,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if len(rows) != len(labels):
+            raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
+        self.source = source if isinstance(source, np.ndarray) else Path(source)
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.labels = np.asarray(labels)
+        self.n_classes, self.batch_size, self.shuffle = n_classes, batch_size, shuffle
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(rows)) if shuffle else np.arange(len(rows))
+        self._dataset: Dataset | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return -(-len(self.rows) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        positions = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        if isinstance(self.source, np.ndarray):
+            x = self.source[positions]
+        else:
+            x = read_rows(self._hdf5().X, self.rows[positions])
+        y = np.zeros((len(positions), self.n_classes), dtype=np.float32)
+        y[np.arange(len(positions)), self.labels[positions]] = 1
+        return x, y
+
+    def on_epoch_end(self) -> None:
+        if self.shuffle:
+            self.order = self.rng.permutation(len(self.rows))
+
+    def _hdf5(self) -> Dataset:
+        # h5py handles do not survive fork: each worker process opens its own
+        if self._dataset is None or self._pid != os.getpid():
+            self._dataset, self._pid = open_dataset(self.source), os.getpid()
+        return self._dataset
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_dataset": None, "_pid": None}

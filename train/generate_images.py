@@ -1,0 +1,100 @@
+"""Write stored spectrogram chunks as PNG images, one folder per class, to look at the data.
+
+    python train/generate_images.py --data work/train.h5 --out images --per-class 20
+
+Each image is one chunk as the network sees it (frequency up, time right, darker = louder),
+named MediaId_chunkindex.png, in OUT/<ClassId>/ (OUT/unlabelled/ for unlabelled chunks). The
+first --per-class chunks of each class in file order are written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
+
+from preprocess.dataset import DatasetError, open_dataset  # noqa: E402
+
+logger = logging.getLogger("generate_images")
+
+
+def chunks_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Sorted rows: the first per_class rows of each label (-1, unlabelled, counts as one).
+
+    labels: (rows,) int. Returns int64 row indices.
+    """
+    order = np.argsort(labels, kind="stable")
+    sorted_labels = labels[order]
+    first_of_label = np.searchsorted(sorted_labels, sorted_labels)
+    rank_in_label = np.arange(len(labels)) - first_of_label
+    return np.sort(order[rank_in_label < per_class]).astype(np.int64)
+
+
+def save_chunk_image(chunk: np.ndarray, path: Path) -> None:
+    """chunk: (n_bins, frames) or (n_bins, frames, 1); low frequencies at the bottom."""
+    plt.imsave(
+        path, np.flipud(np.squeeze(chunk, axis=-1) if chunk.ndim == 3 else chunk), cmap="binary"
+    )
+
+
+def generate_images(data: Path, out: Path, per_class: int) -> int:
+    """Write the images; returns how many."""
+    with open_dataset(data) as dataset:
+        rows = chunks_per_class(dataset.label[...], per_class)
+        class_ids = dataset["ClassId"].asstr()
+        media_ids = dataset["MediaId"].asstr()
+        chunk_index = dataset["chunk_index"]
+        for row in rows:
+            folder = out / (class_ids[row] or "unlabelled")
+            folder.mkdir(parents=True, exist_ok=True)
+            save_chunk_image(dataset.X[row], folder / f"{media_ids[row]}_{chunk_index[row]}.png")
+    logger.info("%d images in %s", len(rows), out)
+    return len(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="FILE.h5",
+        help="chunk dataset written by preprocess/load_data.py",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="folder for the images (a subfolder per class)",
+    )
+    parser.add_argument(
+        "--per-class", type=int, default=10, help="most images per class (default 10)"
+    )
+    args = parser.parse_args(argv)
+    if args.per_class < 1:
+        parser.error("--per-class must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        generate_images(args.data, args.out, args.per_class)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Records of training runs: one row per run in a runs table, and plots of a run's curves.
+
+The runs table is a CSV (and an XLSX copy when openpyxl is installed) with, like the 2016
+scripts' log, the settings, the results and one column per layer of the model, so runs with
+different models and settings can be compared side by side. A new column added by a later
+run extends the table; earlier rows leave it empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import logging
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+
+matplotlib.use("Agg")  # files only, no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# layer config entries worth a column: what the paper's table of layers gives
+LAYER_KEYS = (
+    "filters",
+    "kernel_size",
+    "strides",
+    "padding",
+    "pool_size",
+    "units",
+    "activation",
+    "rate",
+    "axis",
+    "kernel_initializer",
+)
+PLOTS = {
+    "loss.png": ("loss", ["loss", "val_loss"]),
+    "accuracy.png": ("accuracy", ["accuracy", "val_accuracy"]),
+    "map.png": ("average precision", ["val_map", "val_map_bg", "val_chunk_ap"]),
+}
+
+
+def describe_layer(layer) -> str:
+    """'Conv2D(filters=128, kernel_size=(16, 16), ...) -> (None, 24, 37, 128)'."""
+    config = layer.get_config()
+    settings = []
+    for key in LAYER_KEYS:
+        if key in config:
+            value = config[key]
+            if isinstance(value, dict):  # a serialised initializer
+                value = value.get("class_name", value)
+            settings.append(f"{key}={value}")
+    shape = tuple(layer.output.shape) if hasattr(layer, "output") else "?"
+    return f"{type(layer).__name__}({', '.join(settings)}) -> {shape}"
+
+
+def model_columns(model) -> dict[str, str]:
+    """Columns describing a compiled model: parameters, optimizer, loss, one per layer."""
+    columns = {
+        "parameters": model.count_params(),
+        "optimizer": f"{type(model.optimizer).__name__} {model.optimizer.get_config()}",
+        "loss": str(model.loss),
+    }
+    for number, layer in enumerate(model.layers):
+        columns[f"layer_{number:02d}"] = describe_layer(layer)
+    return columns
+
+
+def history_columns(history: dict[str, np.ndarray]) -> dict[str, float]:
+    """Epochs run, and final, best and best epoch (1-based) of each logged curve."""
+    columns = {"epochs": len(history.get("epoch", []))}
+    for name, values in history.items():
+        if name in ("epoch", "epoch_seconds") or not np.isfinite(values).any():
+            continue
+        best = int(np.nanargmin(values) if name.endswith("loss") else np.nanargmax(values))
+        columns[f"final_{name}"] = float(values[-1])
+        columns[f"best_{name}"] = float(values[best])
+        columns[f"best_{name}_epoch"] = best + 1
+    if "epoch_seconds" in history:
+        columns["train_seconds"] = float(np.nansum(history["epoch_seconds"]))
+    return columns
+
+
+def append_run(table: Path, row: dict) -> None:
+    """Append row to the CSV runs table (created if new), extending its columns as needed,
+    and rewrite the XLSX copy beside it when openpyxl is installed."""
+    rows, columns = [], []
+    if table.is_file():
+        with table.open(newline="") as file:
+            reader = csv.DictReader(file)
+            columns, rows = list(reader.fieldnames or []), list(reader)
+    columns += [name for name in row if name not in columns]
+    rows.append({name: _cell(value) for name, value in row.items()})
+    table.parent.mkdir(parents=True, exist_ok=True)
+    temporary = table.with_name(table.name + ".tmp")
+    with temporary.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    temporary.replace(table)  # a kill never leaves a half-written table
+    logger.info("run added to %s", table)
+    if importlib.util.find_spec("openpyxl"):
+        _write_xlsx(table.with_suffix(".xlsx"), columns, rows)
+
+
+def _cell(value) -> str | int | float:
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value if isinstance(value, str | int | float) else str(value)
+
+
+def _write_xlsx(path: Path, columns: list[str], rows: list[dict]) -> None:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "runs"
+    sheet.append(columns)
+    for row in rows:
+        sheet.append([_number(row.get(name, "")) for name in columns])
+    book.save(path)
+    logger.info("runs table also in %s", path)
+
+
+def _number(text):
+    """CSV cells are text: give the spreadsheet numbers where they are numbers."""
+    try:
+        return float(text) if text not in ("", None) else ""
+    except (TypeError, ValueError):
+        return text
+
+
+def plot_history(history: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
+    """PNG plots of loss, accuracy and MAP per epoch in out_dir; returns their paths."""
+    paths = []
+    epochs = history.get("epoch", np.array([])) + 1
+    for filename, (ylabel, names) in PLOTS.items():
+        present = [name for name in names if name in history]
+        if not present or not len(epochs):
+            continue
+        figure, axes = plt.subplots(figsize=(7, 4))
+        for name in present:
+            axes.plot(epochs, history[name], label=name, marker="." if len(epochs) < 50 else "")
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        figure.savefig(out_dir / filename, dpi=100)
+        plt.close(figure)
+        paths.append(out_dir / filename)
+    return paths

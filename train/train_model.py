@@ -1,0 +1,571 @@
+"""Train a CNN on the chunk dataset; the run folder gets everything prediction needs.
+
+    python train/train_model.py --data work/train.h5 --model train/model-BirdClef.py \\
+        --epochs 200 --out runs/birdclef
+
+Recordings (never chunks) are split into train, validation and test, stratified by class.
+After every epoch the validation recordings get the official BirdCLEF MAP (`val_map`); the
+best models by validation loss, accuracy and MAP are kept, and at the end each is scored on
+the test recordings. Killed? Run the same command with --resume: training continues from the
+last finished epoch.
+
+The run folder (--out):
+    best_val_loss.keras, best_val_accuracy.keras, best_val_map.keras   the best models
+    history.csv        one row per epoch: loss, accuracy, val_map, val_map_bg, val_chunk_ap...
+    params.json        preprocessing parameters, verbatim from the data file
+    classes.json       {"classes": [...], "class_names": {...}}: the model's output columns
+    split.json         MediaIds of the train, val and test recordings
+    config.json        the training settings; model.py: a copy of the model file
+    metrics.json       test scores of each best model
+    loss.png, accuracy.png, map.png, logs/ (TensorBoard), backup/ (while training)
+and a row per run in the runs table (--runs-table, default runs.csv beside the run folder).
+
+Defaults are the 2016 scripts': RMSprop (learning rate 0.001), categorical cross-entropy,
+up to 20,000 epochs ended by early stopping on validation loss (patience 100). Their batch of
+1350 chunks suited a 12 GB GPU; the default here, 32, trains well on a CPU too (more, smaller
+steps per epoch). On a GPU use larger batches (e.g. --batch-size 256 or the original 1350) and
+--mixed-precision. GPU install: `pip install tensorflow[and-cuda]`; with several GPUs the
+batch is split across them (TensorFlow: MirroredStrategy; JAX: keras.distribution).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from preprocess.dataset import Dataset, DatasetError, open_dataset, recording_rows  # noqa: E402
+from train.callbacks import (  # noqa: E402
+    BEST,
+    HISTORY,
+    MAPCallback,
+    epochs_backed_up,
+    read_history,
+    score_predictions,
+    training_callbacks,
+    trim_history,
+)
+from train.data import (  # noqa: E402
+    SPLITS,
+    ChunkBatches,
+    SplitError,
+    fits_in_memory,
+    read_rows,
+    split_recordings,
+)
+from train.log import append_run, history_columns, model_columns, plot_history  # noqa: E402
+
+logger = logging.getLogger("train_model")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = (
+    "batch_size",
+    "learning_rate",
+    "patience",
+    "seed",
+    "val_fraction",
+    "test_fraction",
+    "mixed_precision",
+    "weights",
+    "in_memory",
+)  # columns of the runs table
+DONE = "training_done.json"  # written when fit() ends; training is then not resumed again
+
+
+class TrainError(Exception):
+    """Input or a run folder that training cannot work with; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The model file
+
+
+def build_model_from_file(path: Path, input_shape: tuple, n_classes: int) -> keras.Model:
+    """Run a model file's `build_model(input_shape, n_classes)` and check what it gives."""
+    if not path.is_file():
+        raise TrainError(f"{path}: no such model file")
+    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as error:  # the user's file: report whatever it raises
+        raise TrainError(
+            f"{path}: cannot load model file: {type(error).__name__}: {error}"
+        ) from error
+    if not callable(getattr(module, "build_model", None)):
+        raise TrainError(
+            f"{path} defines no build_model(input_shape, n_classes) function returning a "
+            "keras.Model (copy train/model-BirdClef.py and edit it)"
+        )
+    try:
+        model = module.build_model(tuple(input_shape), n_classes)
+    except Exception as error:
+        raise TrainError(
+            f"{path}: build_model({tuple(input_shape)}, {n_classes}) failed: "
+            f"{type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(model, keras.Model):
+        raise TrainError(f"{path}: build_model returned {type(model).__name__}, not a keras.Model")
+    if tuple(model.input_shape[1:]) != tuple(input_shape):
+        raise TrainError(
+            f"{path}: the model takes input {model.input_shape[1:]}, but the data's chunks "
+            f"are {tuple(input_shape)}"
+        )
+    if tuple(model.output_shape) != (None, n_classes):
+        raise TrainError(
+            f"{path}: the model outputs shape {model.output_shape}, but the data has "
+            f"{n_classes} classes: the last layer must be Dense({n_classes}, softmax), "
+            "i.e. output (None, n_classes)"
+        )
+    return model
+
+
+def data_parallel_scope():
+    """Spread each batch over the GPUs when there are several, with the backend's own
+    engine; a no-op with one device."""
+    gpus = keras.distribution.list_devices("gpu")
+    if len(gpus) < 2:
+        return contextlib.nullcontext()
+    backend = keras.backend.backend()
+    logger.info("%d GPUs: data parallel training (%s backend)", len(gpus), backend)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.distribute.MirroredStrategy().scope()
+    if backend == "jax":
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=gpus))
+    else:
+        logger.warning("no data parallel training with the %s backend: one GPU is used", backend)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder
+
+
+def start_run_dir(run_dir: Path, resume: bool) -> bool:
+    """Check run_dir can take this run; returns whether an earlier run is resumed."""
+    started = (run_dir / "config.json").is_file()
+    if started and not resume:
+        raise TrainError(
+            f"{run_dir} already holds a training run: add --resume to continue it, or "
+            "choose another --out"
+        )
+    if resume and not started:
+        logger.info("%s holds no run yet: starting a new one", run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return started
+
+
+def load_or_make_split(
+    run_dir: Path, dataset: Dataset, args: argparse.Namespace, resuming: bool
+) -> dict[str, np.ndarray]:
+    """Recording indices of each split: split.json's when resuming, else a new split
+    (saved to split.json)."""
+    recordings = dataset.recordings
+    media_ids = list(recordings["MediaId"])
+    if len(set(media_ids)) != len(media_ids):
+        raise TrainError(f"{dataset.path}: MediaIds are not unique; cannot split by recording")
+    path = run_dir / "split.json"
+    if resuming and path.is_file():
+        saved = json.loads(path.read_text())
+        index = {media_id: number for number, media_id in enumerate(media_ids)}
+        missing = [m for name in SPLITS for m in saved[name] if m not in index]
+        if missing:
+            raise TrainError(
+                f"{path} names {len(missing)} recordings missing from {dataset.path} (e.g. "
+                f"{missing[0]}): resume with the data file the run started with"
+            )
+        logger.info("split of %s (seed %s)", path, saved["seed"])
+        return {name: np.sort([index[m] for m in saved[name]]).astype(np.int64) for name in SPLITS}
+
+    split = split_recordings(
+        recordings["label"], args.val_fraction, args.test_fraction, args.seed, dataset.classes
+    )
+    saved = {
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "test_fraction": args.test_fraction,
+        **{name: [media_ids[i] for i in split[name]] for name in SPLITS},
+    }
+    path.write_text(json.dumps(saved, indent=1) + "\n")
+    return split
+
+
+def write_run_files(run_dir: Path, dataset: Dataset, args: argparse.Namespace, resuming: bool):
+    """params.json, classes.json, config.json and model.py; checks a resumed run's data and
+    model file are the ones it started with."""
+    classes = {"classes": dataset.classes, "class_names": dataset.class_names}
+    params = dataset.file.attrs["params"]  # verbatim: prediction rebuilds the same chunks
+    model_source = args.model.read_text()
+    if resuming:
+        if json.loads((run_dir / "classes.json").read_text()) != classes or (
+            (run_dir / "params.json").read_text() != params
+        ):
+            raise TrainError(
+                f"{dataset.path} has other classes or preprocessing parameters than the run "
+                f"in {run_dir}: resume with the data file the run started with"
+            )
+        if (run_dir / "model.py").read_text() != model_source:
+            raise TrainError(
+                f"{args.model} differs from the model the run in {run_dir} started with "
+                f"({run_dir / 'model.py'}): resume with that model file"
+            )
+    (run_dir / "params.json").write_text(params)
+    (run_dir / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
+    (run_dir / "model.py").write_text(model_source)
+    config = {
+        **{
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in vars(args).items()
+        },
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "devices": keras.distribution.list_devices(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+class SplitData:
+    """The chunks of one split: their rows in the file, recording and label, and batches.
+
+    which: sorted recording indices; the chunks are read into memory when in_memory.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        which: np.ndarray,
+        args: argparse.Namespace,
+        in_memory: bool,
+        shuffle: bool,
+    ):
+        recordings = dataset.recordings
+        self.recordings = which
+        self.rows = recording_rows(recordings, which)
+        self.chunk_recording = np.repeat(which, recordings["n_chunks"][which])
+        source = read_rows(dataset.X, self.rows) if in_memory else dataset.path
+        self.batches = ChunkBatches(
+            source,
+            self.rows,
+            recordings["label"][self.chunk_recording],
+            len(dataset.classes),
+            max(1, min(args.batch_size, len(self.rows))),
+            shuffle=shuffle,
+            seed=args.seed,
+            workers=args.workers,
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def load_splits(dataset: Dataset, split: dict, args: argparse.Namespace) -> dict[str, SplitData]:
+    """The chunks of each split, in memory (--in-memory yes, or auto and they fit) or
+    streamed from the file."""
+    n_chunks = {name: int(dataset.recordings["n_chunks"][split[name]].sum()) for name in SPLITS}
+    if args.batch_size > n_chunks["train"]:
+        raise TrainError(
+            f"batch size {args.batch_size} is larger than the {n_chunks['train']} training "
+            f"chunks: give --batch-size {n_chunks['train']} or less"
+        )
+    row_shape = dataset.X.shape[1:]
+    n_rows = sum(n_chunks.values())
+    in_memory = args.in_memory == "yes" or (
+        args.in_memory == "auto" and fits_in_memory(n_rows, row_shape)
+    )
+    start = time.perf_counter()
+    data = {
+        name: SplitData(dataset, split[name], args, in_memory, shuffle=name == "train")
+        for name in SPLITS
+    }
+    for name in SPLITS:
+        logger.info("%-5s %6d recordings %8d chunks", name, len(split[name]), n_chunks[name])
+    if in_memory:
+        logger.info(
+            "%d chunks (%.2f GB) read into memory in %.1f s",
+            n_rows,
+            n_rows * np.prod(row_shape) * 4 / 1e9,
+            time.perf_counter() - start,
+        )
+    else:
+        logger.info("chunks streamed from %s, batch by batch", dataset.path)
+    return data
+
+
+def fit(
+    model: keras.Model,
+    data: dict[str, SplitData],
+    dataset: Dataset,
+    run_dir: Path,
+    args: argparse.Namespace,
+) -> None:
+    """Train until --epochs or early stopping, continuing a run cut short if there is one."""
+    history_path = run_dir / HISTORY
+    trim_history(history_path, epochs_backed_up(run_dir))
+    past = read_history(history_path)
+    if past:
+        logger.info("resuming after epoch %d", len(past["epoch"]))
+    val = data["val"]
+    map_callback = MAPCallback(
+        val.batches,
+        val.chunk_recording,
+        dataset.recordings["label"],
+        dataset.recordings["background"].astype(bool),
+    )
+    callbacks = training_callbacks(run_dir, map_callback, args.patience, past)
+    model.fit(
+        data["train"].batches,
+        validation_data=val.batches,
+        epochs=args.epochs,
+        callbacks=callbacks,
+    )
+    stopped = [c.stopped_epoch for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
+    done = {
+        "epochs": len(read_history(history_path).get("epoch", [])),
+        "stopped_early": any(stopped),
+    }
+    (run_dir / DONE).write_text(json.dumps(done) + "\n")
+
+
+def score_best_models(
+    run_dir: Path, test: SplitData, dataset: Dataset, history: dict[str, np.ndarray]
+) -> dict:
+    """Test scores of each best model (see `score_predictions`), with the epoch it is from."""
+    scores = {"test_recordings": len(test.recordings), "test_chunks": len(test), "models": {}}
+    if not len(test):
+        logger.warning("no test recordings (--test-fraction 0): no test scores")
+        return scores
+    for monitor, (filename, mode) in BEST.items():
+        path = run_dir / filename
+        if not path.is_file():
+            logger.warning("%s missing: never saved (no finite %s)", path, monitor)
+            continue
+        model = keras.saving.load_model(path, compile=False)
+        probs = model.predict(test.batches, verbose=0)
+        values = history[monitor]
+        best = int(np.nanargmin(values) if mode == "min" else np.nanargmax(values))
+        scores["models"][path.stem] = {
+            "epoch": best + 1,
+            monitor: float(values[best]),
+            **score_predictions(
+                probs,
+                test.chunk_recording,
+                dataset.recordings["label"],
+                dataset.recordings["background"].astype(bool),
+            ),
+        }
+    return scores
+
+
+def train(args: argparse.Namespace) -> dict:
+    """Fill the run folder args.out; returns the test scores (metrics.json)."""
+    run_dir = args.out
+    resuming = start_run_dir(run_dir, args.resume)
+    with open_dataset(args.data) as dataset:
+        split = load_or_make_split(run_dir, dataset, args, resuming)
+        write_run_files(run_dir, dataset, args, resuming)
+        data = load_splits(dataset, split, args)
+        params, n_classes = dataset.params, len(dataset.classes)
+
+        keras.mixed_precision.set_global_policy(
+            "mixed_float16" if args.mixed_precision else "float32"
+        )
+        keras.utils.set_random_seed(args.seed)
+        logger.info("devices: %s", ", ".join(keras.distribution.list_devices()))
+        with data_parallel_scope():
+            model = build_model_from_file(
+                args.model, (params.n_bins, params.chunk_frames, 1), n_classes
+            )
+            model.compile(
+                optimizer=keras.optimizers.RMSprop(args.learning_rate),
+                loss="categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+            if args.weights:
+                try:
+                    model.load_weights(args.weights)
+                except (OSError, ValueError) as error:
+                    raise TrainError(
+                        f"{args.weights}: cannot load weights into {args.model}: {error}"
+                    ) from error
+                logger.info("starting from the weights of %s", args.weights)
+        model.summary()
+
+        if (run_dir / DONE).is_file():
+            logger.info("training already finished in %s: scoring the best models", run_dir)
+        else:
+            fit(model, data, dataset, run_dir, args)
+
+        history = read_history(run_dir / HISTORY)
+        metrics = score_best_models(run_dir, data["test"], dataset, history)
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        plot_history(history, run_dir)
+        append_run(
+            args.runs_table or run_dir.parent / "runs.csv",
+            {
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "run_dir": str(run_dir),
+                "data": str(args.data),
+                "model_file": str(args.model),
+                "classes": n_classes,
+                **{f"{name}_recordings": len(split[name]) for name in SPLITS},
+                **{f"{name}_chunks": len(data[name]) for name in SPLITS},
+                **{name: getattr(args, name) for name in SETTINGS},
+                "backend": keras.backend.backend(),
+                "devices": " ".join(keras.distribution.list_devices()),
+                **history_columns(history),
+                **{
+                    f"test_{score}_{model_name}": value
+                    for model_name, values in metrics["models"].items()
+                    for score, value in values.items()
+                },
+                **model_columns(model),
+            },
+        )
+    return metrics
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="FILE.h5",
+        help="chunk dataset written by preprocess/load_data.py",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=PROJECT_ROOT / "train" / "model-BirdClef.py",
+        metavar="FILE.py",
+        help="model file defining build_model(input_shape, "
+        "n_classes) (default: train/model-BirdClef.py)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="RUN_DIR",
+        help="run folder to fill (must not hold a run, unless --resume)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=20000,
+        help="most epochs; early stopping usually ends sooner (default 20000)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=100,
+        help="epochs without a lower validation loss before stopping (default 100)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="chunks per step (default 32, good on a CPU; the original used 1350 on a GPU)",
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=0.001, help="RMSprop's (default 0.001)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="split, initial weights and shuffling")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        help="share of the labelled recordings for validation (default 0.1)",
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.1,
+        help="share of the labelled recordings for the final test, 0 for none (default 0.1)",
+    )
+    parser.add_argument(
+        "--weights", type=Path, help="start from these weights (.keras or .weights.h5)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in RUN_DIR from its last finished epoch",
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="float16 compute, float32 weights (fast on recent GPUs, slow on CPUs)",
+    )
+    parser.add_argument(
+        "--in-memory",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="read all chunks into memory first (auto: when they take less than "
+        "half the free memory), or stream batches from the file",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="threads reading batches ahead of training (default 1)",
+    )
+    parser.add_argument(
+        "--runs-table",
+        type=Path,
+        metavar="FILE.csv",
+        help="runs table to add this run to (default: runs.csv beside RUN_DIR)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging, tracebacks")
+    args = parser.parse_args(argv)
+    for name in ("epochs", "batch_size", "workers"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.patience < 0 or args.learning_rate <= 0:
+        parser.error("--patience must be at least 0 and --learning-rate positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
+    )
+    try:
+        metrics = train(args)
+    except (TrainError, DatasetError, SplitError) as error:
+        if args.verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for name, scores in metrics["models"].items():
+        print(
+            f"test {name}.keras (epoch {scores['epoch']}): MAP {scores['map']:.4f} "
+            f"(with background species {scores['map_bg']:.4f}), accuracy "
+            f"{scores['accuracy']:.4f}, chunk AP {scores['chunk_ap']:.4f}"
+        )
+    print(f"run folder: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
