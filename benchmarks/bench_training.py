@@ -1,15 +1,19 @@
 """Benchmark of training: samples/s streaming batches from HDF5 vs model.fit on arrays in memory.
 
     flock /tmp/bench.lock python benchmarks/bench_training.py [--models BirdClef AlexNet]
-        [--batch-size 32] [--chunks 480] [--epochs 2] [--rounds 3] [--data FILE.h5]
+        [--batch-size 32] [--chunks 480] [--epochs 3] [--rounds 4] [--data FILE.h5]
 
 Without --data, synthetic demo recordings (preprocess/make_demo_dataset.py's species, field
 noise and hiss) go through the real spectrogram, noise filter and chunking into a temporary
 HDF5 file (gzip, as load_data.py writes by default), so compression and read costs are those
-of real use. For each model, a warm-up epoch each way, then --rounds alternating rounds of
---epochs epochs: in memory (model.fit on numpy arrays x, y) and streamed (train.data's
-ChunkBatches reading shuffled batches from the file, as train_model.py --in-memory no does).
-Prints the best round of each (the machine is shared) and streamed / in-memory.
+of real use. For each model and each way of feeding it, a model of its own (switching one
+model between input pipelines makes TensorFlow retrace its step function, which would be
+timed) gets a warm-up epoch; then --rounds alternating rounds of --epochs epochs each way:
+in memory (model.fit on numpy arrays x, y) and streamed (train.data's ChunkBatches reading
+shuffled batches from the file, as train_model.py --in-memory no does), with 1 and with 2
+reader threads. TensorFlow on a small CPU switches between fast and slow spells of tens of
+seconds (one core idle), so every epoch is timed and the best and the median epoch of each
+way are printed, with streamed / in memory for both.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from preprocess.make_demo_dataset import SAMPLE_RATE, SPECIES, make_recording  #
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import extract_chunks  # noqa: E402
 from train.data import ChunkBatches, read_rows  # noqa: E402
+from train.train_model import list_devices  # noqa: E402
 
 
 def synthetic_dataset(path: Path, n_chunks: int, seed: int = 0) -> None:
@@ -80,10 +85,18 @@ def build(model_name: str, input_shape: tuple, n_classes: int) -> keras.Model:
     return model
 
 
-def samples_per_second(model: keras.Model, data: dict, epochs: int, n: int) -> float:
-    start = time.perf_counter()
-    model.fit(**data, epochs=epochs, verbose=0)
-    return epochs * n / (time.perf_counter() - start)
+class EpochRates(keras.callbacks.Callback):
+    """Collects the samples/s of every epoch."""
+
+    def __init__(self, n_samples: int):
+        super().__init__()
+        self.n_samples, self.rates = n_samples, []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.rates.append(self.n_samples / (time.perf_counter() - self.start))
 
 
 def main() -> None:
@@ -91,9 +104,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["BirdClef", "AlexNet"])
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--chunks", type=int, default=480, help="chunks of synthetic data")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per timed round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=1, help="ChunkBatches reader threads")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per timed round")
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--data", type=Path, help="an HDF5 chunk dataset instead")
     args = parser.parse_args()
 
@@ -115,36 +127,44 @@ def main() -> None:
         print(
             f"{len(rows)} chunks {input_shape}, {n_classes} classes, {size_mb:.0f} MB on disk "
             f"({size_mb * 1e6 / x.nbytes:.0%} of raw), batch {args.batch_size}, backend "
-            f"{keras.backend.backend()}, {', '.join(keras.distribution.list_devices())}"
+            f"{keras.backend.backend()}, {', '.join(list_devices())}"
         )
-        streamed = ChunkBatches(
-            path, rows, labels, n_classes, args.batch_size, shuffle=True, workers=args.workers
-        )
+
+        def streamed(workers: int) -> ChunkBatches:
+            return ChunkBatches(
+                path, rows, labels, n_classes, args.batch_size, shuffle=True, workers=workers
+            )
+
         start = time.perf_counter()
-        for index in range(len(streamed)):
-            streamed[index]
+        batches = streamed(1)
+        for index in range(len(batches)):
+            batches[index]
         read_rate = len(rows) / (time.perf_counter() - start)
         print(f"reading alone: {read_rate:.0f} chunks/s (shuffled batches, one thread)")
 
         ways = {
             "in memory": {"x": x, "y": y, "batch_size": args.batch_size, "shuffle": True},
-            "streamed": {"x": streamed},
+            "streamed": {"x": streamed(1)},
+            "streamed, 2 readers": {"x": streamed(2)},
         }
         for model_name in args.models:
-            keras.utils.set_random_seed(0)
-            model = build(model_name, input_shape, n_classes)
-            best = dict.fromkeys(ways, 0.0)
-            for data in ways.values():  # warm-up: tracing, compilation, caches
-                model.fit(**data, epochs=1, verbose=0)
+            models, rates = {}, {way: EpochRates(len(rows)) for way in ways}
+            for way, data in ways.items():
+                keras.utils.set_random_seed(0)
+                models[way] = build(model_name, input_shape, n_classes)
+                models[way].fit(**data, epochs=1, verbose=0)  # tracing, compilation, caches
             for _ in range(args.rounds):
                 for way, data in ways.items():
-                    rate = samples_per_second(model, data, args.epochs, len(rows))
-                    best[way] = max(best[way], rate)
-            ratio = best["streamed"] / best["in memory"]
-            print(
-                f"{model_name:9s} in memory {best['in memory']:7.1f} samples/s   streamed "
-                f"{best['streamed']:7.1f} samples/s   streamed/in memory {ratio:.0%}"
-            )
+                    models[way].fit(**data, epochs=args.epochs, verbose=0, callbacks=[rates[way]])
+            best = {way: max(r.rates) for way, r in rates.items()}
+            median = {way: float(np.median(r.rates)) for way, r in rates.items()}
+            print(f"{model_name}: samples/s over {args.rounds * args.epochs} epochs each way")
+            for way in ways:
+                print(
+                    f"  {way:20s} best {best[way]:7.1f}  median {median[way]:7.1f}   vs in "
+                    f"memory: best {best[way] / best['in memory']:4.0%}  median "
+                    f"{median[way] / median['in memory']:4.0%}"
+                )
 
 
 if __name__ == "__main__":

@@ -130,10 +130,20 @@ def build_model_from_file(path: Path, input_shape: tuple, n_classes: int) -> ker
     return model
 
 
+def list_devices(kind: str | None = None) -> list[str]:
+    """The backend's devices of a kind ("gpu", "cpu"; None: all) as "gpu:0"..., or [] where
+    the backend cannot list them (torch has no keras.distribution; JAX raises when a kind is
+    absent)."""
+    try:
+        return keras.distribution.list_devices(kind)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return []
+
+
 def data_parallel_scope():
     """Spread each batch over the GPUs when there are several, with the backend's own
     engine; a no-op with one device."""
-    gpus = keras.distribution.list_devices("gpu")
+    gpus = list_devices("gpu")
     if len(gpus) < 2:
         return contextlib.nullcontext()
     backend = keras.backend.backend()
@@ -231,7 +241,7 @@ def write_run_files(run_dir: Path, dataset: Dataset, args: argparse.Namespace, r
         },
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
-        "devices": keras.distribution.list_devices(),
+        "devices": list_devices(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
@@ -334,6 +344,7 @@ def fit(
         validation_data=val.batches,
         epochs=args.epochs,
         callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, else a line
     )
     stopped = [c.stopped_epoch for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
     done = {
@@ -387,7 +398,7 @@ def train(args: argparse.Namespace) -> dict:
             "mixed_float16" if args.mixed_precision else "float32"
         )
         keras.utils.set_random_seed(args.seed)
-        logger.info("devices: %s", ", ".join(keras.distribution.list_devices()))
+        logger.info("devices: %s", ", ".join(list_devices()) or "(not listed by this backend)")
         with data_parallel_scope():
             model = build_model_from_file(
                 args.model, (params.n_bins, params.chunk_frames, 1), n_classes
@@ -428,7 +439,7 @@ def train(args: argparse.Namespace) -> dict:
                 **{f"{name}_chunks": len(data[name]) for name in SPLITS},
                 **{name: getattr(args, name) for name in SETTINGS},
                 "backend": keras.backend.backend(),
-                "devices": " ".join(keras.distribution.list_devices()),
+                "devices": " ".join(list_devices()),
                 **history_columns(history),
                 **{
                     f"test_{score}_{model_name}": value
@@ -550,6 +561,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
     )
+    # TensorFlow warns of retracing when each best model predicts its first batches
+    logging.getLogger("tensorflow").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
         metrics = train(args)
     except (TrainError, DatasetError, SplitError) as error:
