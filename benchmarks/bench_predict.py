@@ -1,11 +1,16 @@
-"""Prediction speed of the BirdClef CNN on the CPU: recordings/s and audio seconds/s.
+"""Prediction speed of the BirdClef CNN on the CPU, and peak memory on long recordings.
 
 Setup (untimed): synthetic demo test recordings (preprocess/make_demo_dataset.py), resampled
 to 16 kHz by preprocess/resample_wavs_to_16k.sh, and a run folder with an untrained BirdClef
 model (speed does not depend on the weights). Timed, after one warm-up recording:
   (a) the model alone: chunks/s of `predict_on_batch` on fixed batches,
   (b) `predict.predict()`: read, spectrogram, filter, chunks, shared batches, run file,
-and the share of (b)'s time the model takes. Run it alone:
+and the share of (b)'s time the model takes.
+  (c) peak memory (RSS) of `predict()` on one synthetic 1-hour and one 10-hour 16 kHz wav
+(noise and tone bursts), each in a fresh process with a NumPy stand-in for the model (its
+memory does not depend on the recording): streamed as predict does it, and 1 hour read whole
+as shorter recordings are, for comparison; beside a 10-second recording's peak (the imports).
+Run it alone:
 
     flock /tmp/bench.lock python benchmarks/bench_predict.py
 """
@@ -13,15 +18,18 @@ and the share of (b)'s time the model takes. Run it alone:
 import argparse
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import tempfile
 import time
+import wave
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
+import predict.predict as predict_module  # noqa: E402
 from predict.predict import Run, find_audio, predict  # noqa: E402
 from predict.runfile import read_run_file  # noqa: E402
 from preprocess.audio import read_wav  # noqa: E402
@@ -39,13 +47,81 @@ def build_model(model_file: Path, n_classes: int, params: SpectrogramParams):
     return module.build_model((params.n_bins, params.chunk_frames, 1), n_classes)
 
 
+class StandInModel:
+    """Uniform softmax for any batch: the pipeline's memory without TensorFlow's."""
+
+    output_shape = (None, 50)
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        return np.full((len(batch), self.output_shape[1]), 1 / self.output_shape[1], np.float32)
+
+
+def write_long_wav(path: Path, minutes: int, params: SpectrogramParams) -> None:
+    """A 16-bit mono wav of `minutes` copies of one minute of noise with 1 s tone bursts."""
+    rate = params.sample_rate
+    t = np.arange(60 * rate) / rate
+    minute = 300 * np.random.default_rng(0).standard_normal(t.size)
+    for start in range(0, 60, 4):
+        burst = (t >= start) & (t < start + 1)
+        minute[burst] += 5000 * np.sin(2 * np.pi * (1000 + 80 * start) * t[burst])
+    frames = minute.astype("<i2").tobytes()
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        for _ in range(minutes):
+            out.writeframes(frames)
+
+
+def print_peak_memory(wav: Path, whole: bool) -> None:
+    """Child process: predict wav with the stand-in model, print the peak RSS in MB."""
+    if whole:
+        predict_module.STREAM_SECONDS = math.inf
+    run = Run(StandInModel(), SpectrogramParams(), [f"c{i:03d}" for i in range(50)], {})
+    predict(run, find_audio([wav]), wav.with_suffix(".csv"))
+    # VmHWM, not getrusage's maxrss: that one keeps the forked parent's peak across exec
+    status = Path("/proc/self/status").read_text()
+    print(int(status.split("VmHWM:")[1].split()[0]) / 1024)  # kB -> MB
+
+
+def peak_memory(wav: Path, whole: bool = False) -> tuple[float, float]:
+    """(peak RSS in MB, seconds) of predicting wav in a fresh process."""
+    command = [sys.executable, __file__, "--peak-memory-of", str(wav)]
+    start = time.perf_counter()
+    done = subprocess.run(command + ["--whole"] * whole, check=True, capture_output=True)
+    return float(done.stdout.split()[-1]), time.perf_counter() - start
+
+
+def measure_memory(temp: Path, params: SpectrogramParams) -> dict[str, tuple[float, float]]:
+    """(c): {case: (peak RSS in MB, seconds)} for 10 s, 1 h (whole and streamed) and 10 h."""
+    wavs = {}
+    for name, minutes in [("1h", 60), ("10h", 600)]:
+        wavs[name] = temp / f"{name}.wav"
+        write_long_wav(wavs[name], minutes, params)
+    wavs["10s"] = temp / "10s.wav"
+    with wave.open(str(wavs["1h"])) as source, wave.open(str(wavs["10s"]), "wb") as out:
+        out.setparams(source.getparams())
+        out.writeframes(source.readframes(10 * params.sample_rate))
+    return {
+        "10 s": peak_memory(wavs["10s"]),
+        "1 h read whole": peak_memory(wavs["1h"], whole=True),
+        "1 h streamed": peak_memory(wavs["1h"]),
+        "10 h streamed": peak_memory(wavs["10h"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recordings", type=int, default=300, help="test recordings (3-40 s)")
     parser.add_argument("--classes", type=int, default=50, help="output classes (paper: 50)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model", type=Path, default=ROOT / "train" / "model-BirdClef.py")
+    parser.add_argument("--peak-memory-of", type=Path, help=argparse.SUPPRESS)  # (c)'s child
+    parser.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.peak_memory_of:
+        print_peak_memory(args.peak_memory_of, args.whole)
+        return
     params = SpectrogramParams()
 
     with tempfile.TemporaryDirectory() as temp:
@@ -85,6 +161,7 @@ def main() -> None:
         predict(run, items, temp / "run.csv", batch_size=args.batch_size)
         elapsed = time.perf_counter() - start
         n_recordings = len({e.media_id for e in read_run_file(temp / "run.csv")})
+        memory = measure_memory(temp, params)
 
     print(f"model {args.model.name}, {args.classes} classes, batch {args.batch_size}, CPU")
     print(f"(a) model alone: {model_rate:.0f} chunks/s")
@@ -96,6 +173,9 @@ def main() -> None:
         f"    {n_chunks / elapsed:.0f} chunks/s; the model's share of the time: "
         f"{n_chunks / model_rate / elapsed:.0%}"
     )
+    print("(c) peak memory (RSS) of predict() on one recording, NumPy stand-in model:")
+    for case, (mb, process_seconds) in memory.items():
+        print(f"    {case:>14}: {mb:5.0f} MB (process: {process_seconds:.1f} s)")
     print(
         json.dumps(
             {
@@ -103,6 +183,7 @@ def main() -> None:
                 "audio_seconds_per_s": seconds / elapsed,
                 "chunks_per_s": n_chunks / elapsed,
                 "model_chunks_per_s": model_rate,
+                **{f"peak_rss_mb {case}": mb for case, (mb, _) in memory.items()},
             }
         )
     )

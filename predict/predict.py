@@ -9,12 +9,16 @@ parameters (params.json) and the class list (classes.json). Audio that is not al
 into a cache folder. Each recording becomes the training chunks (filtered log spectrogram,
 5 s chunks); chunks of many recordings share fixed-size batches through the model; the
 softmax of a recording's chunks is averaged and renormalised (train/metrics.py) and its top-k
-species are written as `MediaId;ClassId;Probability;Rank`. A long recording is fed in slices
-of one batch, so memory holds one recording's spectrogram, never its chunks all at once.
+species are written as `MediaId;ClassId;Probability;Rank`. A recording's chunks go to the
+model in slices of one batch, never all at once. A recording of up to 10 minutes
+(STREAM_SECONDS) is read whole: memory holds its spectrogram, about 0.3 GB per audio hour. A
+longer one is streamed from its wav by `stream_chunks`, in blocks of a few MB whatever its
+length, for a second pass of the spectrogram.
 
 With --soundscape, every 5 s window of a recording gets its own ranking instead
 (`MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability`): the noise mask is computed over the whole
-recording as in training, and each window's empty frames are removed within the window.
+recording as in training, and each window's empty frames are removed within the window;
+every recording is read whole.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 
 from predict.runfile import AtomicTextWriter, RunFileWriter, SoundscapeWriter, top_classes  # noqa: E402
-from preprocess.audio import AudioError, read_wav  # noqa: E402
+from preprocess.audio import AudioError, pcm16_mono_header, read_wav, read_wav_blocks  # noqa: E402
 from preprocess.metadata import AUDIO_SUFFIXES, read_birdclef_xml_dir  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import (  # noqa: E402
@@ -47,6 +51,7 @@ from preprocess.spectrogram import (  # noqa: E402
     log_spectrogram,
     noise_mask,
     split_chunks,
+    stream_chunks,
 )
 from train.metrics import recording_scores  # noqa: E402
 
@@ -56,6 +61,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESAMPLE_SCRIPT = PROJECT_ROOT / "preprocess" / "resample_wavs_to_16k.sh"
 DEFAULT_MODEL_FILE = "best_val_map.keras"
 SOUNDSCAPE_WINDOW_SECONDS = 5.0  # the BirdCLEF 2017 soundscape run-file window
+# Longer recordings are streamed: memory bounded whatever their length, for twice the STFT work
+STREAM_SECONDS = 600.0
 
 
 class PredictError(Exception):
@@ -309,6 +316,28 @@ def mean_probs(chunk_probs: np.ndarray) -> np.ndarray:
     return recording_scores(chunk_probs, np.zeros(len(chunk_probs)))[1][0]
 
 
+def recording_chunks(
+    path: Path, params: SpectrogramParams, max_chunks: int, soundscape: bool
+) -> tuple[Iterator[np.ndarray], float]:
+    """(chunk pieces, seconds) of a 16 kHz wav: one piece per window in soundscape mode
+    (`window_chunks`), else pieces of at most max_chunks training chunks.
+
+    A 16-bit mono wav longer than STREAM_SECONDS is streamed by `stream_chunks`, which reads
+    it only when the pieces are asked for; any other file is read whole here.
+    """
+    try:
+        rate, n_samples = pcm16_mono_header(path)
+    except AudioError:  # another format, or broken: read_wav reads it or says what is wrong
+        rate, n_samples = None, 0
+    if not soundscape and rate == params.sample_rate and n_samples > STREAM_SECONDS * rate:
+        pieces = stream_chunks(lambda: read_wav_blocks(path), params, max_chunks)
+        return pieces, n_samples / rate
+    log_spec, seconds = read_spectrogram(path, params)
+    if soundscape:
+        return window_chunks(log_spec, params), seconds
+    return chunk_slices(log_spec, params, max_chunks), seconds  # the generator frees log_spec
+
+
 def recording_pieces(
     items: list[AudioItem],
     params: SpectrogramParams,
@@ -325,17 +354,12 @@ def recording_pieces(
     """
     for index, item in enumerate(items):
         try:
-            log_spec, seconds = read_spectrogram(item.wav, params)
+            pieces, seconds = recording_chunks(item.wav, params, batch_size, soundscape)
+            piece = next(pieces)  # a streamed file is read through here, bad data found
         except (AudioError, ValueError) as error:
             skipped.append(str(error))
             progress.update()
             continue
-        if soundscape:
-            pieces = window_chunks(log_spec, params)
-        else:
-            pieces = chunk_slices(log_spec, params, batch_size)
-        del log_spec  # the generator holds the only reference and frees it early
-        piece = next(pieces)
         for following in pieces:
             yield (index, False, seconds), piece
             piece = following

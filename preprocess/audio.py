@@ -4,13 +4,17 @@ The 2016 scripts read 16-bit PCM with `scipy.io.wavfile`, which gives the raw in
 (-32768..32767), and the noise filter's thresholds depend on that scale. Every other sample
 format is therefore brought to it here: wider integers are shifted down, 8-bit unsigned is
 centred and shifted up, float wavs ([-1, 1]) are multiplied by 32768. Several channels are
-averaged, as SoX does when it writes mono.
+averaged, as SoX does when it writes mono. A 16-bit PCM mono wav, what the resampler writes,
+can also be read in blocks (`read_wav_blocks`), so that a long recording is never whole in
+memory.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +70,45 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     if data.dtype.kind == "f" and not np.isfinite(samples).all():
         raise AudioError(path, "contains NaN or infinite samples")
     return np.asarray(samples), int(rate)  # a plain array, not a memmap view
+
+
+def pcm16_mono_header(path: str | os.PathLike) -> tuple[int, int]:
+    """(sample_rate, n_samples) from the header of a 16-bit PCM mono wav.
+
+    Raises `AudioError` for any other file, which `read_wav_blocks` cannot read (`read_wav`
+    reads every format, or says what is wrong with the file).
+    """
+    try:
+        with wave.open(os.fspath(path)) as audio:
+            channels, width = audio.getnchannels(), audio.getsampwidth()
+            rate, n_samples = audio.getframerate(), audio.getnframes()
+    except (wave.Error, EOFError, OSError) as error:
+        raise AudioError(path, f"not a 16-bit PCM mono wav ({error})") from error
+    if (channels, width) != (1, 2):
+        raise AudioError(path, f"{channels} channel(s) of {8 * width} bits, not 16-bit mono")
+    return rate, n_samples
+
+
+def read_wav_blocks(path: str | os.PathLike, block_samples: int = 2**19) -> Iterator[np.ndarray]:
+    """The samples of a 16-bit PCM mono wav in consecutive blocks of block_samples (the last
+    one shorter): float32 (n,) on the int16 scale, concatenating to `read_wav`'s samples.
+
+    Raises `AudioError` for any other file (see `pcm16_mono_header`), one without samples,
+    and, once the data runs out, one with less data than its header announces.
+    """
+    n_samples = pcm16_mono_header(path)[1]
+    if n_samples == 0:
+        raise AudioError(path, "contains no samples")
+    try:
+        with wave.open(os.fspath(path)) as audio:
+            for start in range(0, n_samples, block_samples):
+                count = min(block_samples, n_samples - start)
+                data = audio.readframes(count)
+                if len(data) < 2 * count:
+                    raise AudioError(path, "truncated: less data than its header announces")
+                yield np.frombuffer(data, dtype="<i2").astype(np.float32)
+    except (wave.Error, EOFError, OSError) as error:
+        raise AudioError(path, f"not a readable wav file ({error})") from error
 
 
 def _int16_scale(dtype: np.dtype) -> tuple[float, np.float32]:

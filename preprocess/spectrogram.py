@@ -10,11 +10,14 @@ of -inf (and the filter's band statistics stay finite).
 Everything here runs on one core (`workers=1`): the pipeline parallelises over files.
 Memory beyond the samples is the float32 spectrogram plus the chunks (about 0.35 GB per
 audio hour): the STFT runs in blocks of frames, and chunks are gathered straight from the
-spectrogram, never via a filtered copy.
+spectrogram, never via a filtered copy. `stream_chunks` gives the same chunks from audio read
+in pieces, in memory independent of its length, for a second STFT pass.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -25,6 +28,9 @@ from preprocess.params import SpectrogramParams
 # Frames per STFT block. Small enough that the float64 work arrays stay in cache and memory is
 # bounded whatever the recording's length; the output does not depend on it.
 BLOCK_FRAMES = 512
+# Filter cells per block of `stream_chunks`: 64 cells of 30 frames are 31 s of audio, a 1.5 MB
+# spectrogram block. The output does not depend on it.
+STREAM_BLOCK_CELLS = 64
 
 
 class Extraction(NamedTuple):
@@ -116,28 +122,76 @@ def _top_mean_reaches(values: np.ndarray, threshold: float, top_k: int) -> np.nd
     return reaches
 
 
-def _band_keep(band: np.ndarray, params: SpectrogramParams) -> np.ndarray:
-    """The 2016 rule on one band (rows, T): (ceil(T / cell_frames),) bool, True = keep cell.
+class _BandCells(NamedTuple):
+    """A band (rows, T) cut into its filter cells, with the sums its statistics need."""
 
-    A cell is dropped when its mean is below 0 or the mean of its top_k largest values is
-    below (band mean + band population std) * threshold_factor.
-    """
-    groups = _cell_values(band, params.cell_frames)
+    groups: list[np.ndarray]  # `_cell_values` of the band
+    sums: np.ndarray  # (cells,) float64: each cell's sum of values
+    square_sum: float  # float64 sum of the band's squared values
+
+
+def _band_cells(band: np.ndarray, cell_frames: int) -> _BandCells:
+    """`_BandCells` of a band (rows, T), cells from its first column on."""
+    groups = _cell_values(band, cell_frames)
     # float32 sums over a cell's few hundred values (einsum: many SIMD accumulators), float64
     # across cells: as exact as the float32 values themselves, and 3x faster than float64
-    cell_sums = np.concatenate([np.einsum("ij->i", values) for values in groups])
-    cell_sums = cell_sums.astype(np.float64)
+    sums = np.concatenate([np.einsum("ij->i", values) for values in groups])
     square_sum = sum(
         np.einsum("ij,ij->i", values, values).sum(dtype=np.float64) for values in groups
     )
-    cell_sizes = np.repeat([values.shape[1] for values in groups], [len(v) for v in groups])
+    return _BandCells(groups, sums.astype(np.float64), square_sum)
 
-    mean = cell_sums.sum() / band.size
+
+def _band_threshold(value_sum, square_sum, n_values, params: SpectrogramParams):
+    """(band mean + band population std) * threshold_factor, from the band's sum of values,
+    sum of squares and count: floats, or float64 arrays (bands,) for all bands at once."""
+    mean = value_sum / n_values
     # E[x^2] - mean^2: log10 values are O(10), so this loses no digits that matter
-    std = np.sqrt(max(square_sum / band.size - mean**2, 0.0))
-    threshold = (mean + std) * params.threshold_factor
+    std = np.sqrt(np.maximum(square_sum / n_values - mean**2, 0.0))
+    return (mean + std) * params.threshold_factor
+
+
+def _band_keep(cells: _BandCells, threshold: float, params: SpectrogramParams) -> np.ndarray:
+    """The 2016 rule on one band's cells: (cells,) bool, True = keep the cell.
+
+    A cell is dropped when its mean is below 0 or the mean of its top_k largest values is
+    below the band's threshold (`_band_threshold`).
+    """
+    groups = cells.groups
+    sizes = np.repeat([values.shape[1] for values in groups], [len(v) for v in groups])
     loud = [_top_mean_reaches(values, threshold, params.top_k) for values in groups]
-    return (cell_sums / cell_sizes >= 0) & np.concatenate(loud)
+    return (cells.sums / sizes >= 0) & np.concatenate(loud)
+
+
+def _loud_cells(
+    log_spec: np.ndarray, params: SpectrogramParams, thresholds: np.ndarray | None = None
+) -> np.ndarray:
+    """`_band_keep` of every band of log_spec (n_bins, T): (bands, cells) bool, not dilated.
+
+    thresholds: (bands,) of the whole recording when log_spec is a block of it, cut at a
+    cell border; None: the statistics of log_spec itself.
+    """
+    edges = band_edges(params)
+    keep = []
+    for band_index, (low, high) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+        band = log_spec[low:high]
+        cells = _band_cells(band, params.cell_frames)
+        if thresholds is None:
+            threshold = _band_threshold(cells.sums.sum(), cells.square_sum, band.size, params)
+        else:
+            threshold = thresholds[band_index]
+        keep.append(_band_keep(cells, threshold, params))
+    return np.stack(keep)
+
+
+def _dilate(keep: np.ndarray) -> np.ndarray:
+    """Cross-shaped dilation of a (bands, cells) mask: a True cell sets its four neighbours."""
+    grown = keep.copy()
+    grown[1:] |= keep[:-1]
+    grown[:-1] |= keep[1:]
+    grown[:, 1:] |= keep[:, :-1]
+    grown[:, :-1] |= keep[:, 1:]
+    return grown
 
 
 def cell_mask(log_spec: np.ndarray, params: SpectrogramParams) -> np.ndarray:
@@ -150,19 +204,7 @@ def cell_mask(log_spec: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     """
     if log_spec.shape[0] != params.n_bins:
         raise ValueError(f"expected ({params.n_bins}, frames), got shape {log_spec.shape}")
-    edges = band_edges(params)
-    keep = np.stack(
-        [
-            _band_keep(log_spec[low:high], params)
-            for low, high in zip(edges[:-1], edges[1:], strict=True)
-        ]
-    )
-    grown = keep.copy()
-    grown[1:] |= keep[:-1]
-    grown[:-1] |= keep[1:]
-    grown[:, 1:] |= keep[:, :-1]
-    grown[:, :-1] |= keep[:, 1:]
-    return grown
+    return _dilate(_loud_cells(log_spec, params))
 
 
 def _row_cells(cells: np.ndarray, params: SpectrogramParams) -> np.ndarray:
@@ -176,17 +218,17 @@ def noise_mask(log_spec: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     return _row_cells(cell_mask(log_spec, params), params)[:, frame_cells]
 
 
-def _filter_plan(log_spec: np.ndarray, params: SpectrogramParams) -> tuple[np.ndarray, np.ndarray]:
-    """What the filter keeps of log_spec (n_bins, T), without building the masked copy.
+def _nonempty_frames(
+    log_spec: np.ndarray, row_cells: np.ndarray, params: SpectrogramParams
+) -> np.ndarray:
+    """Indices of the frames of log_spec (n_bins, T) that the filter does not count as empty,
+    given `_row_cells` (n_bins, cells) of its cell mask; possibly none.
 
-    Returns (`_row_cells` of the cell mask (n_bins, cells), indices of the frames kept). A
-    frame is removed when more than `empty_frame_fraction` of its masked values are 0: the
+    A frame is empty when more than `empty_frame_fraction` of its masked values are 0: the
     rows of its dropped cells, plus values in kept cells that are 0 themselves (log10 PSD
-    exactly 0: practically never, but 2016 counted them). When that removes every frame,
-    all frames are kept.
+    exactly 0: practically never, but 2016 counted them).
     """
     n_bins, n_frames = log_spec.shape
-    row_cells = _row_cells(cell_mask(log_spec, params), params)
     frame_cells = np.arange(n_frames) // params.cell_frames
     zeros = np.count_nonzero(~row_cells, axis=0)[frame_cells]
     natural_zeros = log_spec == 0
@@ -194,8 +236,18 @@ def _filter_plan(log_spec: np.ndarray, params: SpectrogramParams) -> tuple[np.nd
         rows, frames = np.nonzero(natural_zeros)
         zero_is_kept = row_cells[rows, frame_cells[frames]]
         zeros += np.bincount(frames[zero_is_kept], minlength=n_frames)
-    kept = np.flatnonzero(zeros / n_bins <= params.empty_frame_fraction)
-    return row_cells, kept if kept.size else np.arange(n_frames)
+    return np.flatnonzero(zeros / n_bins <= params.empty_frame_fraction)
+
+
+def _filter_plan(log_spec: np.ndarray, params: SpectrogramParams) -> tuple[np.ndarray, np.ndarray]:
+    """What the filter keeps of log_spec (n_bins, T), without building the masked copy.
+
+    Returns (`_row_cells` of the cell mask (n_bins, cells), indices of the frames kept): the
+    `_nonempty_frames`, or every frame when none is left.
+    """
+    row_cells = _row_cells(cell_mask(log_spec, params), params)
+    kept = _nonempty_frames(log_spec, row_cells, params)
+    return row_cells, kept if kept.size else np.arange(log_spec.shape[1])
 
 
 def _masked_frames(
@@ -261,3 +313,135 @@ def extract_chunks(samples: np.ndarray, params: SpectrogramParams) -> Extraction
         frames = kept[start : start + params.chunk_frames]
         _masked_frames(log_spec, row_cells, frames, params.cell_frames, out=chunk[:, : frames.size])
     return Extraction(chunks, kept.size)
+
+
+def _spectrogram_blocks(
+    sample_blocks: Iterable[np.ndarray], params: SpectrogramParams, block_frames: int
+) -> Iterator[np.ndarray]:
+    """`log_spectrogram` of a signal given as consecutive pieces (any sizes), block_frames
+    frames at a time: (n_bins, block_frames) float32 blocks, the last one narrower.
+
+    Consecutive blocks share nfft - hop samples; the frames are those of the whole signal.
+    """
+    span = (block_frames - 1) * params.hop + params.nfft  # samples under block_frames frames
+    pending = [np.zeros(0, dtype=np.float32)]  # samples from the next block's first frame on
+    n_pending, any_block = 0, False
+    for samples in sample_blocks:
+        pending.append(samples)  # joined only once they fill a block: pieces may be tiny
+        n_pending += samples.size
+        if n_pending < span:
+            continue
+        rest = np.concatenate(pending)
+        while rest.size >= span:
+            yield log_spectrogram(rest[:span], params)
+            rest = rest[block_frames * params.hop :]
+            any_block = True
+        pending, n_pending = [rest], rest.size
+    rest = np.concatenate(pending)
+    # the rest holds frames if it spans a window; a signal shorter than one window is padded
+    if rest.size >= params.nfft or not any_block:
+        yield log_spectrogram(rest, params)
+
+
+def _filtered_blocks(
+    log_spec_blocks: Iterable[np.ndarray],
+    thresholds: np.ndarray,
+    params: SpectrogramParams,
+    *,
+    remove_empty: bool,
+) -> Iterator[np.ndarray]:
+    """The noise filter on a spectrogram given as blocks cut at cell borders (n_bins, frames):
+    yields each block's frames with the dropped cells set to 0, (n_bins, frames') float32,
+    without the empty frames (`_nonempty_frames`) when remove_empty.
+
+    thresholds: (bands,) of the whole spectrogram. The dilation reaches one cell into the
+    neighbouring blocks, so a block is finished once the next one's cells are known.
+    """
+    no_cells = np.zeros((len(thresholds), 1), dtype=bool)  # beyond either end
+    held, held_loud, before = None, None, no_cells  # a block, its cells, the column before it
+    for block in itertools.chain(log_spec_blocks, [None]):
+        loud = no_cells if block is None else _loud_cells(block, params, thresholds)
+        if held is not None:
+            grown = _dilate(np.concatenate([before, held_loud, loud[:, :1]], axis=1))[:, 1:-1]
+            row_cells = _row_cells(grown, params)
+            if remove_empty:
+                frames = _nonempty_frames(held, row_cells, params)
+            else:
+                frames = np.arange(held.shape[1])
+            yield _masked_frames(held, row_cells, frames, params.cell_frames)
+            before = held_loud[:, -1:]
+        held, held_loud = block, loud
+
+
+def _chunk_stream(
+    frame_blocks: Iterable[np.ndarray], params: SpectrogramParams, max_chunks: int
+) -> Iterator[np.ndarray]:
+    """`split_chunks` of the concatenated frame_blocks (n_bins, frames each), at most
+    max_chunks at a time: (<= max_chunks, n_bins, chunk_frames) float32; nothing without frames.
+
+    Holds at most max_chunks chunks and a block. A partial last window is completed from the
+    end of the last full chunk, kept for that, as `split_chunks` ends on the last frames.
+    """
+    width = params.chunk_frames
+    chunks: list[np.ndarray] = []  # (n_bins, width) each, not yielded yet
+    last_full = None
+    rest = np.zeros((params.n_bins, 0), dtype=np.float32)  # frames after the latest full chunk
+    for block in frame_blocks:
+        rest = np.concatenate([rest, block], axis=1)
+        while rest.shape[1] >= width:
+            last_full, rest = rest[:, :width], rest[:, width:]
+            chunks.append(last_full)
+            if len(chunks) == max_chunks:
+                yield np.stack(chunks)
+                chunks = []
+    if rest.shape[1] and last_full is None:  # fewer frames than one chunk: zero-padded
+        chunks.append(np.pad(rest, ((0, 0), (0, width - rest.shape[1]))))
+    elif rest.shape[1]:  # a partial last window: the last `width` frames instead
+        chunks.append(np.concatenate([last_full[:, rest.shape[1] :], rest], axis=1))
+    if chunks:
+        yield np.stack(chunks)
+
+
+def stream_chunks(
+    sample_blocks: Callable[[], Iterable[np.ndarray]],
+    params: SpectrogramParams,
+    max_chunks: int,
+    *,
+    block_cells: int = STREAM_BLOCK_CELLS,
+) -> Iterator[np.ndarray]:
+    """`extract_chunks` of a signal read in pieces, in memory independent of its length.
+
+    sample_blocks() gives the samples (n,) at params.sample_rate, int16 scale, as consecutive
+    1-D pieces of any size, afresh on each call. Yields arrays (<= max_chunks, n_bins,
+    chunk_frames) float32 that concatenate to extract_chunks(all samples).chunks.
+
+    The spectrogram is computed twice, block_cells filter cells at a time: the first pass
+    sums each band's values for the thresholds, the second filters and chunks. When the filter
+    removes every frame, a third pass gives the masked spectrogram whole, as `filter_noise`.
+    The band sums add the same float32 cell sums in float64 as `extract_chunks`, in another
+    order: that is exact (24-bit cell sums, 53-bit totals) unless some cell sums to almost 0,
+    and even then a cell decided differently would need its top-k mean within the last bit of
+    the threshold.
+    """
+    block_frames = block_cells * params.cell_frames
+
+    def log_spec_blocks() -> Iterator[np.ndarray]:
+        return _spectrogram_blocks(sample_blocks(), params, block_frames)
+
+    edges = band_edges(params)
+    sums = np.zeros((3, len(edges) - 1))  # per band: sum of values, of squares, value count
+    for block in log_spec_blocks():
+        for band_index, (low, high) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
+            band = block[low:high]
+            cells = _band_cells(band, params.cell_frames)
+            sums[:, band_index] += cells.sums.sum(), cells.square_sum, band.size
+    thresholds = _band_threshold(*sums, params)
+
+    any_frames = False
+    filtered = _filtered_blocks(log_spec_blocks(), thresholds, params, remove_empty=True)
+    for chunks in _chunk_stream(filtered, params, max_chunks):
+        any_frames = True
+        yield chunks
+    if not any_frames:  # every frame removed: keep them all, as `_filter_plan` does
+        filtered = _filtered_blocks(log_spec_blocks(), thresholds, params, remove_empty=False)
+        yield from _chunk_stream(filtered, params, max_chunks)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+import predict.predict as predict_module
 from predict.evaluate import read_truth, score
 from predict.predict import (
     PredictError,
@@ -19,10 +20,11 @@ from predict.predict import (
     window_chunks,
 )
 from predict.runfile import read_run_file
+from preprocess.audio import AudioError, pcm16_mono_header, read_wav, read_wav_blocks
 from preprocess.make_demo_dataset import SPECIES, make_demo_dataset
 from preprocess.metadata import read_birdclef_xml_dir
 from preprocess.params import SpectrogramParams
-from preprocess.spectrogram import extract_chunks, log_spectrogram
+from preprocess.spectrogram import extract_chunks, log_spectrogram, stream_chunks
 
 PARAMS = SpectrogramParams()
 
@@ -211,3 +213,45 @@ def test_clear_errors_for_missing_run_folder_model_and_audio(run_dir, tmp_path):
     with pytest.raises(SystemExit, match="no audio to predict"):
         predict_cli("--run", run_dir, "--audio", empty, "--out", tmp_path / "r.csv")
     assert find_audio([empty]) == []
+
+
+def test_wav_blocks_are_read_wav_in_pieces(tmp_path):
+    mono, stereo = tmp_path / "mono.wav", tmp_path / "stereo.wav"
+    samples = (song(3.0) + 0.5).astype(np.int16)
+    wavfile.write(mono, 16000, samples)
+    wavfile.write(stereo, 16000, np.stack([samples, samples], axis=1))
+    assert pcm16_mono_header(mono) == (16000, samples.size)
+    blocks = list(read_wav_blocks(mono, block_samples=10_000))
+    assert [len(block) for block in blocks] == [10_000] * 4 + [8_000]
+    np.testing.assert_array_equal(np.concatenate(blocks), read_wav(mono)[0])
+    with pytest.raises(AudioError, match="stereo.wav: 2 channel"):
+        pcm16_mono_header(stereo)
+
+
+def test_long_recordings_are_streamed_to_the_same_run_file(run_dir, tmp_path, monkeypatch, caplog):
+    """Over STREAM_SECONDS (lowered to 60 s here) a wav is streamed: same chunks, same batches,
+    the same run file, and a truncated one is skipped with the same message."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for name, seconds in [("long", 70), ("short", 4), ("cut", 70)]:
+        wavfile.write(audio / f"{name}.wav", 16000, song(seconds, seed=seconds).astype(np.int16))
+    cut = audio / "cut.wav"
+    cut.write_bytes(cut.read_bytes()[: 16000 * 2 * 50])  # 50 of 70 s left
+    whole, streamed = tmp_path / "whole.csv", tmp_path / "streamed.csv"
+    predict_cli("--run", run_dir, "--audio", audio, "--out", whole, "--batch-size", 4)
+    assert "cut.wav: truncated" in caplog.text
+    caplog.clear()
+
+    streamed_files = []
+
+    def stream_chunks_spy(sample_blocks, *args, **kwargs):
+        streamed_files.append(sample_blocks)
+        return stream_chunks(sample_blocks, *args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "STREAM_SECONDS", 60.0)
+    monkeypatch.setattr(predict_module, "stream_chunks", stream_chunks_spy)
+    predict_cli("--run", run_dir, "--audio", audio, "--out", streamed, "--batch-size", 4)
+    assert len(streamed_files) == 2  # long and cut
+    assert "cut.wav: truncated" in caplog.text
+    assert {e.media_id for e in read_run_file(streamed)} == {"long", "short"}
+    assert streamed.read_text() == whole.read_text()

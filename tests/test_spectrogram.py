@@ -22,6 +22,7 @@ from preprocess.spectrogram import (
     log_spectrogram,
     noise_mask,
     split_chunks,
+    stream_chunks,
 )
 from tests import reference_2016 as reference
 
@@ -215,6 +216,81 @@ def test_tone_extraction_matches_reference():
     assert_matches_reference(chunks, theirs)
 
 
+# ---------------------------------------------------------------- streaming
+
+
+def in_pieces(samples: np.ndarray, piece_samples: int):
+    """A `stream_chunks` source: the samples in consecutive pieces, afresh on each call."""
+    return lambda: (samples[i : i + piece_samples] for i in range(0, samples.size, piece_samples))
+
+
+def assert_streams_like_extract(samples: np.ndarray, block_cells=(1, 2, 3, 64)) -> None:
+    """stream_chunks == extract_chunks exactly, whatever the block, piece and slice sizes: with
+    blocks of 1 to 3 cells every cell border is a block border somewhere."""
+    expected = extract_chunks(samples, PARAMS).chunks
+    for cells in block_cells:
+        for piece_samples, max_chunks in [(1000, 1), (77_777, 2), (samples.size, 32)]:
+            source = in_pieces(samples, piece_samples)
+            pieces = list(stream_chunks(source, PARAMS, max_chunks, block_cells=cells))
+            assert all(1 <= len(piece) <= max_chunks for piece in pieces)
+            np.testing.assert_array_equal(np.concatenate(pieces), expected)
+
+
+@pytest.mark.parametrize("n_frames", [1, 309, 310, 311, 620, 621])
+def test_streaming_at_chunk_edges(n_frames):
+    """A tone throughout keeps every frame, so the chunks' edges fall as in the name."""
+    n_samples = PARAMS.nfft + PARAMS.hop * (n_frames - 1)
+    tone = 5000 * np.sin(2 * np.pi * TONE_HZ * np.arange(n_samples) / RATE)
+    samples = noise(n_samples / RATE, seed=n_frames) + tone.astype(np.float32)
+    assert extract_chunks(samples, PARAMS).n_frames == n_frames
+    assert_streams_like_extract(samples)
+
+
+def test_streaming_short_silent_and_tone():
+    assert_streams_like_extract(noise(200 / RATE, seed=8))  # shorter than one window
+    silence = np.zeros(10 * RATE, dtype=np.float32)  # every frame removed: kept whole
+    assert_streams_like_extract(silence)
+    assert_streams_like_extract(tone_in_noise()[0])
+
+
+def test_streaming_with_cells_kept_and_dropped_at_every_border():
+    """Loud bursts of random lengths and pitches: dilation and removed frames meet the
+    block borders in every way."""
+    rng = np.random.default_rng(9)
+    samples = noise(40, seed=9)
+    t = np.arange(samples.size) / RATE
+    for start in rng.uniform(0, 39, 25):
+        burst = (t >= start) & (t < start + rng.uniform(0.05, 1.5))
+        samples[burst] += 6000 * np.sin(2 * np.pi * rng.uniform(300, 6000) * t[burst])
+    kept = extract_chunks(samples, PARAMS).n_frames
+    assert 0.2 < kept / frame_count(samples.size, PARAMS) < 0.9
+    assert_streams_like_extract(samples)
+
+
+def test_streaming_memory_does_not_grow_with_the_recording():
+    """3 and 20 minutes of audio made on the fly: the same few MB, not 0.3 GB per hour (slices
+    of 4 chunks, as predict's of one batch, are 1 MB: both recordings fill them)."""
+
+    def peak_bytes(minutes: int) -> int:
+        def source():
+            rng = np.random.default_rng(10)
+            for _ in range(minutes * 2):  # 30 s pieces of noise with tone bursts
+                samples = rng.normal(0, 300, 30 * RATE).astype(np.float32)
+                samples[: 10 * RATE] += 5000 * np.sin(np.arange(10 * RATE) * 0.8)
+                yield samples
+
+        tracemalloc.start()
+        n_chunks = sum(len(chunks) for chunks in stream_chunks(source, PARAMS, 4))
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert n_chunks > minutes * 3
+        return peak
+
+    short, long = peak_bytes(3), peak_bytes(20)
+    assert long < 40 * 2**20  # the 20 min spectrogram alone is 90 MB
+    assert long < 1.2 * short
+
+
 # ---------------------------------------------------------------- real recordings
 
 
@@ -241,15 +317,16 @@ def real_16k(shared_data, tmp_path_factory):
     return recordings
 
 
-def assert_extraction_matches(samples: np.ndarray) -> int:
+def assert_extraction_matches(samples: np.ndarray, stream_block_cells=(2, 64)) -> int:
     """Ours against the reference given our PSD floor: real audio touches the floor (1e-10,
     five orders of magnitude below 16-bit quantisation noise) only in digital silence or by
-    a rare chance cancellation, where 2016 had -inf or a meaningless -11."""
+    a rare chance cancellation, where 2016 had -inf or a meaningless -11. Streamed too."""
     chunks, n_frames = extract_chunks(samples, PARAMS)
     theirs, their_frames = reference.extract_chunks(samples, log_floor=PARAMS.log_floor)
     assert n_frames == their_frames
     assert chunks.shape[0] == -(-n_frames // PARAMS.chunk_frames)
     assert_matches_reference(chunks, theirs)
+    assert_streams_like_extract(samples, stream_block_cells)
     return n_frames
 
 
@@ -299,4 +376,4 @@ def test_long_recording_matches_reference(real_16k):
     songs = np.concatenate([real_16k[name] for name in ("348.wav", "363.wav", "XC46092.wav")])
     repeats = -(-630 * RATE // songs.size)
     samples = np.tile(songs, repeats)[: 630 * RATE] + noise(630, std=50, seed=7)
-    assert_extraction_matches(samples)
+    assert_extraction_matches(samples, stream_block_cells=(64,))  # 20 block borders
