@@ -16,7 +16,6 @@ Run it alone:
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import subprocess
@@ -38,13 +37,6 @@ from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import extract_chunks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def build_model(model_file: Path, n_classes: int, params: SpectrogramParams):
-    spec = importlib.util.spec_from_file_location("model_file", model_file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_model((params.n_bins, params.chunk_frames, 1), n_classes)
 
 
 class StandInModel:
@@ -143,7 +135,12 @@ def main() -> None:
         n_chunks = sum(len(extract_chunks(read_wav(item.path)[0], params).chunks) for item in items)
 
         classes = [f"c{index:03d}" for index in range(args.classes)]
-        model = build_model(args.model, len(classes), params)
+        # imported here: (c)'s child processes must not load Keras, or it would be measured
+        from train.train_model import build_model_from_file
+
+        model = build_model_from_file(
+            args.model, (params.n_bins, params.chunk_frames, 1), len(classes)
+        )
         run = Run(model, params, classes, {})
         predict(run, items[:1], temp / "warmup.csv", batch_size=args.batch_size)
 

@@ -19,7 +19,6 @@ way are printed, with streamed / in memory for both.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 import time
@@ -44,7 +43,7 @@ from preprocess.make_demo_dataset import SAMPLE_RATE, SPECIES, make_recording  #
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import extract_chunks  # noqa: E402
 from train.data import ChunkBatches, read_rows  # noqa: E402
-from train.train_model import list_devices  # noqa: E402
+from train.train_model import build_model_from_file, list_devices  # noqa: E402
 
 
 def synthetic_dataset(path: Path, n_chunks: int, seed: int = 0) -> None:
@@ -76,11 +75,7 @@ def synthetic_dataset(path: Path, n_chunks: int, seed: int = 0) -> None:
 
 
 def build(model_name: str, input_shape: tuple, n_classes: int) -> keras.Model:
-    path = ROOT / "train" / f"model-{model_name}.py"
-    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = module.build_model(input_shape, n_classes)
+    model = build_model_from_file(ROOT / "train" / f"model-{model_name}.py", input_shape, n_classes)
     model.compile(optimizer="rmsprop", loss="categorical_crossentropy", metrics=["accuracy"])
     return model
 
