@@ -15,11 +15,17 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, label_ranking_average_precision_score
 
-from preprocess.dataset import DatasetInfo, RecordingChunks, compress_chunks, write_dataset
+from preprocess.dataset import (
+    DatasetInfo,
+    RecordingChunks,
+    compress_chunks,
+    read_rows,
+    write_dataset,
+)
 from preprocess.params import SpectrogramParams
 from train import train_model
 from train.callbacks import MAPCallback, ResumableEarlyStopping
-from train.data import ChunkBatches, SplitError, read_rows, split_recordings
+from train.data import ChunkBatches, SplitError, split_recordings
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = SpectrogramParams(n_bins=16, chunk_frames=20)  # tiny chunks: fast tests
@@ -439,4 +445,3 @@ def test_generate_images_writes_a_limited_folder_per_class(easy_data, tmp_path):
     assert folders == sorted([*CLASSES, "unlabelled"])
     image = plt.imread(next((tmp_path / "aaa").glob("aaa0_*.png")))
     assert image.shape[:2] == (PARAMS.n_bins, PARAMS.chunk_frames)
-

@@ -12,12 +12,11 @@ import logging
 import os
 from pathlib import Path
 
-import h5py
 import keras
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from preprocess.dataset import Dataset, open_dataset
+from preprocess.dataset import Dataset, open_dataset, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -97,25 +96,6 @@ def _draw(
         logger.info("split of %d recordings not stratified: %s", size, reason)
         kept, drawn = train_test_split(spare, test_size=size, random_state=seed)
     return np.sort(np.concatenate([pinned, kept])), np.sort(drawn)
-
-
-def read_rows(x: h5py.Dataset | np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """x[rows] as float32 for sorted unique rows, read one contiguous run at a time.
-
-    h5py's fancy indexing (x[[3, 9, 40]]) is several times slower than slices.
-    Returns (len(rows), *x.shape[1:]).
-    """
-    if isinstance(x, np.ndarray):
-        return x[rows]
-    out = np.empty((len(rows), *x.shape[1:]), dtype=np.float32)
-    if not len(rows):
-        return out
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    for start, end in zip(
-        np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]]), strict=True
-    ):
-        x.read_direct(out, np.s_[rows[start] : rows[end - 1] + 1], np.s_[start:end])
-    return out
 
 
 def available_memory() -> int | None:

@@ -44,7 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from preprocess.dataset import Dataset, DatasetError, open_dataset, recording_rows  # noqa: E402
+from preprocess.dataset import (  # noqa: E402
+    Dataset,
+    DatasetError,
+    open_dataset,
+    read_rows,
+    recording_rows,
+)
 from train.callbacks import (  # noqa: E402
     BEST,
     HISTORY,
@@ -60,7 +66,6 @@ from train.data import (  # noqa: E402
     ChunkBatches,
     SplitError,
     fits_in_memory,
-    read_rows,
     split_recordings,
 )
 from train.log import append_run, history_columns, model_columns, plot_history  # noqa: E402
