@@ -381,6 +381,7 @@ def test_resume_continues_from_the_last_finished_epoch(
         ("big batch", "batch size 1000 is larger than the"),
         ("run exists", "already holds a training run: add --resume"),
         ("few recordings", "too few"),
+        ("damaged row", "row 3 of X in"),
     ],
 )
 def test_bad_input_gives_a_clear_message(
@@ -408,6 +409,13 @@ def test_bad_input_gives_a_clear_message(
     elif change == "few recordings":
         data = tmp_path / "few.h5"
         write_easy_dataset(data, per_class=1, n_unlabelled=0)
+    elif change == "damaged row":  # met by a reader thread while streaming
+        data = tmp_path / "damaged.h5"
+        data.write_bytes(easy_data.read_bytes())
+        with h5py.File(data, "a") as h5:
+            stored = h5["X"].id.read_direct_chunk((3, 0, 0, 0))[1]
+            h5["X"].id.write_direct_chunk((3, 0, 0, 0), stored[: len(stored) // 2])
+        extra = ["--in-memory", "no", "--workers", "2"]
     assert train_model.main(train_args(data, model, out, "--epochs", "1", *extra)) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error

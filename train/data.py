@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import keras
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from preprocess.dataset import Dataset, open_dataset, read_rows
+from preprocess.dataset import Dataset, DatasetError, open_dataset, read_rows
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +146,7 @@ class ChunkBatches(keras.utils.PyDataset):
         self.order = self.rng.permutation(len(rows)) if shuffle else np.arange(len(rows))
         self._dataset: Dataset | None = None
         self._pid: int | None = None
+        self.read_error: DatasetError | None = None
 
     def __len__(self) -> int:
         return -(-len(self.rows) // self.batch_size)
@@ -155,7 +158,11 @@ class ChunkBatches(keras.utils.PyDataset):
         if isinstance(self.source, np.ndarray):
             x = self.source[positions]
         else:
-            x = read_rows(self._hdf5().X, self.rows[positions])
+            try:
+                x = read_rows(self._hdf5().X, self.rows[positions])
+            except DatasetError as error:
+                self.read_error = error  # for read_errors_reported
+                raise
         y = np.zeros((len(positions), self.n_classes), dtype=np.float32)
         y[np.arange(len(positions)), self.labels[positions]] = 1
         return x, y
@@ -172,3 +179,17 @@ class ChunkBatches(keras.utils.PyDataset):
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_dataset": None, "_pid": None}
+
+
+@contextmanager
+def read_errors_reported(*batches: ChunkBatches) -> Iterator[None]:
+    """Raise the DatasetError of a damaged row that one of `batches` met while fit or predict
+    ran, in place of what the backend made of it (TensorFlow: an UnknownError whose message
+    holds the reader thread's traceback)."""
+    try:
+        yield
+    except Exception:
+        for each in batches:
+            if each.read_error is not None:
+                raise each.read_error from None
+        raise

@@ -66,6 +66,7 @@ from train.data import (  # noqa: E402
     ChunkBatches,
     SplitError,
     fits_in_memory,
+    read_errors_reported,
     split_recordings,
 )
 from train.log import append_run, history_columns, model_columns, plot_history  # noqa: E402
@@ -344,13 +345,14 @@ def fit(
         dataset.recordings["background"].astype(bool),
     )
     callbacks = training_callbacks(run_dir, map_callback, args.patience, past)
-    model.fit(
-        data["train"].batches,
-        validation_data=val.batches,
-        epochs=args.epochs,
-        callbacks=callbacks,
-        verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, else a line
-    )
+    with read_errors_reported(data["train"].batches, val.batches):
+        model.fit(
+            data["train"].batches,
+            validation_data=val.batches,
+            epochs=args.epochs,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, else a line
+        )
     stopped = [c.stopped_epoch for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
     done = {
         "epochs": len(read_history(history_path).get("epoch", [])),
@@ -373,7 +375,8 @@ def score_best_models(
             logger.warning("%s missing: never saved (no finite %s)", path, monitor)
             continue
         model = keras.saving.load_model(path, compile=False)
-        probs = model.predict(test.batches, verbose=0)
+        with read_errors_reported(test.batches):
+            probs = model.predict(test.batches, verbose=0)
         values = history[monitor]
         best = int(np.nanargmin(values) if mode == "min" else np.nanargmax(values))
         scores["models"][path.stem] = {
