@@ -11,12 +11,15 @@
 2. load_data.py end to end on the same hour written as 60 wav files, with --workers 1 and 2:
    files/s, audio seconds per second, peak memory (largest process, and parent + workers).
 3. Peak memory with 20 and with 200 short recordings: it must not grow with their number.
+4. One 1 h and one 3 h recording, read whole and streamed (load_data.py streams recordings
+   over STREAM_SECONDS): wall time and peak memory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import subprocess
@@ -53,10 +56,12 @@ RECORDING_SECONDS = 60
 # include the benchmark's own memory, inherited through fork), its largest worker's, and the
 # CPU seconds of both (a shared machine slows the wall clock, not the CPU time).
 MEASURED_RUN = """
-import json, resource, sys
+import json, os, resource, sys
 sys.path.insert(0, sys.argv[1])
-from preprocess.load_data import main
-code = main(sys.argv[2:])
+from preprocess import load_data
+if "BENCH_STREAM_SECONDS" in os.environ:
+    load_data.STREAM_SECONDS = float(os.environ["BENCH_STREAM_SECONDS"])
+code = load_data.main(sys.argv[2:])
 with open("/proc/self/status") as status:
     parent = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 me, workers = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
@@ -178,14 +183,19 @@ def process_tree_rss_mb(pid: int) -> float:
     return total
 
 
-def run_load_data(argv: list[str]) -> dict:
-    """Run load_data.py as a child: wall seconds, peak MB (parent, largest worker, sum)."""
+def run_load_data(argv: list[str], stream_seconds: float | None = None) -> dict:
+    """Run load_data.py as a child: wall seconds, peak MB (parent, largest worker, sum).
+    stream_seconds: its STREAM_SECONDS instead of the default."""
     started = time.perf_counter()
+    env = {**os.environ}
+    if stream_seconds is not None:
+        env["BENCH_STREAM_SECONDS"] = str(stream_seconds)
     child = subprocess.Popen(
         [sys.executable, "-c", MEASURED_RUN, str(ROOT), *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=env,
     )
     peak_sum = 0.0
     while child.poll() is None:
@@ -257,6 +267,15 @@ def bench_end_to_end(hours: float, work: Path, repeat: int) -> None:
             f"{count:10d}  {run['seconds']:6.2f}  {run['parent']:15.0f} {run['worker']:14.0f}"
             f" {run['sum']:4.0f}"
         )
+
+    print("\n## one long recording (--workers 1): read whole, or streamed (over STREAM_SECONDS)")
+    print("hours  way       wall s  peak MB (parent)")
+    for hours_long in (1, 3):
+        csv = write_wavs(work / f"long{hours_long}", [hours_long * 3600.0], rng)
+        for way, stream_seconds in (("whole", math.inf), ("streamed", None)):
+            out = work / f"long{hours_long}-{way}.h5"
+            run = run_load_data(load_data_argv(csv, out, 1, DEFAULT_COMPRESSION), stream_seconds)
+            print(f"{hours_long:5d}  {way:8s}  {run['seconds']:6.1f}  {run['parent']:8.0f}")
 
 
 def main() -> None:

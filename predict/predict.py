@@ -47,6 +47,7 @@ from preprocess.audio import AudioError, pcm16_mono_header, read_wav, read_wav_b
 from preprocess.metadata import AUDIO_SUFFIXES, read_birdclef_xml_dir  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import (  # noqa: E402
+    STREAM_SECONDS,
     filter_noise,
     log_spectrogram,
     noise_mask,
@@ -61,8 +62,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESAMPLE_SCRIPT = PROJECT_ROOT / "preprocess" / "resample_wavs_to_16k.sh"
 DEFAULT_MODEL_FILE = "best_val_map.keras"
 SOUNDSCAPE_WINDOW_SECONDS = 5.0  # the BirdCLEF 2017 soundscape run-file window
-# Longer recordings are streamed: memory bounded whatever their length, for twice the STFT work
-STREAM_SECONDS = 600.0
 
 
 class PredictError(Exception):

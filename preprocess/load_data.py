@@ -4,6 +4,7 @@ Reads the metadata (BirdCLEF XML folder, CSV, or one folder per class), applies 
 selections, then for every recording: read the wav (16 kHz expected; other rates are
 resampled in-process), log spectrogram, noise filter, 5 s chunks (preprocess/spectrogram.py),
 compressed and appended to the dataset (preprocess/dataset.py, which documents the layout).
+A 16 kHz 16-bit mono wav over STREAM_SECONDS (10 minutes) is streamed instead of read whole.
 
 Workers extract and compress recordings in parallel; the parent writes them in input order
 into shard files (OUT.parts/), merged into OUT when every recording is done. Killed at any
@@ -37,7 +38,13 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 from preprocess import metadata  # noqa: E402
-from preprocess.audio import AudioError, read_wav, to_sample_rate  # noqa: E402
+from preprocess.audio import (  # noqa: E402
+    AudioError,
+    pcm16_mono_header,
+    read_wav,
+    read_wav_blocks,
+    to_sample_rate,
+)
 from preprocess.dataset import (  # noqa: E402
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
@@ -54,11 +61,12 @@ from preprocess.dataset import (  # noqa: E402
     shard_number,
 )
 from preprocess.params import FORMAT_VERSION, SpectrogramParams  # noqa: E402
-from preprocess.spectrogram import extract_chunks  # noqa: E402
+from preprocess.spectrogram import STREAM_SECONDS, extract_chunks, stream_chunks  # noqa: E402
 
 logger = logging.getLogger("load_data")
 
 BATCH = 4  # recordings per worker task: amortises inter-process overhead on short files
+STREAM_PIECE_CHUNKS = 64  # chunks extracted at a time from a streamed recording (16 MB)
 IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: keeps workers busy, bounds memory
 
 
@@ -79,7 +87,17 @@ class Extracted(NamedTuple):
 
 
 def extract_recording(path: Path, params: SpectrogramParams, compression: str) -> Extracted:
-    """One wav file -> its compressed chunks; an unusable file gives `error` instead."""
+    """One wav file -> its compressed chunks; an unusable file gives `error` instead.
+
+    A 16 kHz 16-bit mono wav longer than STREAM_SECONDS is streamed (`stream_chunks`), so
+    memory holds its compressed chunks only; any other file is read whole.
+    """
+    try:
+        rate, n_samples = pcm16_mono_header(path)
+    except AudioError:  # another format, or broken: read_wav reads it or says what is wrong
+        rate, n_samples = None, 0
+    if rate == params.sample_rate and n_samples > STREAM_SECONDS * rate:
+        return _extract_streamed(path, params, compression, n_samples / rate)
     try:
         samples, rate = read_wav(path)
     except AudioError as error:
@@ -91,6 +109,20 @@ def extract_recording(path: Path, params: SpectrogramParams, compression: str) -
             return Extracted([], 0, duration_s, rate, f"too short to resample ({duration_s}s)")
     chunks, n_frames = extract_chunks(samples, params)
     return Extracted(compress_chunks(chunks, compression), n_frames, duration_s, rate, None)
+
+
+def _extract_streamed(
+    path: Path, params: SpectrogramParams, compression: str, duration_s: float
+) -> Extracted:
+    pieces = stream_chunks(lambda: read_wav_blocks(path), params, STREAM_PIECE_CHUNKS)
+    stored: list[StoredChunk] = []
+    try:
+        while True:
+            stored += compress_chunks(next(pieces), compression)
+    except StopIteration as end:
+        return Extracted(stored, end.value, duration_s, params.sample_rate, None)
+    except AudioError as error:
+        return Extracted([], 0, 0.0, 0, error.reason)
 
 
 def _extract_batch(paths: list[Path], params: SpectrogramParams, compression: str):

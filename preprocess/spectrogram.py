@@ -17,7 +17,7 @@ in pieces, in memory independent of its length, for a second STFT pass.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -31,6 +31,10 @@ BLOCK_FRAMES = 512
 # Filter cells per block of `stream_chunks`: 64 cells of 30 frames are 31 s of audio, a 1.5 MB
 # spectrogram block. The output does not depend on it.
 STREAM_BLOCK_CELLS = 64
+# Recordings longer than this are streamed by `stream_chunks` (prediction and load_data):
+# memory bounded whatever their length, for twice the STFT work. Up to it, a recording is
+# read whole and its spectrogram held, about 0.35 GB per audio hour.
+STREAM_SECONDS = 600.0
 
 
 class Extraction(NamedTuple):
@@ -408,12 +412,13 @@ def stream_chunks(
     max_chunks: int,
     *,
     block_cells: int = STREAM_BLOCK_CELLS,
-) -> Iterator[np.ndarray]:
+) -> Generator[np.ndarray, None, int]:
     """`extract_chunks` of a signal read in pieces, in memory independent of its length.
 
     sample_blocks() gives the samples (n,) at params.sample_rate, int16 scale, as consecutive
     1-D pieces of any size, afresh on each call. Yields arrays (<= max_chunks, n_bins,
-    chunk_frames) float32 that concatenate to extract_chunks(all samples).chunks.
+    chunk_frames) float32 that concatenate to extract_chunks(all samples).chunks, then
+    returns (as StopIteration.value) extract_chunks' n_frames.
 
     The spectrogram is computed twice, block_cells filter cells at a time: the first pass
     sums each band's values for the thresholds, the second filters and chunks. When the filter
@@ -437,11 +442,17 @@ def stream_chunks(
             sums[:, band_index] += cells.sums.sum(), cells.square_sum, band.size
     thresholds = _band_threshold(*sums, params)
 
-    any_frames = False
+    n_frames = 0
+
+    def counted(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        nonlocal n_frames
+        for block in blocks:
+            n_frames += block.shape[1]
+            yield block
+
     filtered = _filtered_blocks(log_spec_blocks(), thresholds, params, remove_empty=True)
-    for chunks in _chunk_stream(filtered, params, max_chunks):
-        any_frames = True
-        yield chunks
-    if not any_frames:  # every frame removed: keep them all, as `_filter_plan` does
+    yield from _chunk_stream(counted(filtered), params, max_chunks)
+    if not n_frames:  # every frame removed: keep them all, as `_filter_plan` does
         filtered = _filtered_blocks(log_spec_blocks(), thresholds, params, remove_empty=False)
-        yield from _chunk_stream(filtered, params, max_chunks)
+        yield from _chunk_stream(counted(filtered), params, max_chunks)
+    return n_frames

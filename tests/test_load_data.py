@@ -14,12 +14,13 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from preprocess import load_data as load_data_module
 from preprocess.audio import read_wav, to_sample_rate
 from preprocess.dataset import complete_shards, open_dataset
 from preprocess.load_data import main
 from preprocess.metadata import load_table
 from preprocess.params import SpectrogramParams
-from preprocess.spectrogram import extract_chunks
+from preprocess.spectrogram import extract_chunks, stream_chunks
 
 SCRIPT = Path(__file__).resolve().parents[1] / "preprocess" / "load_data.py"
 PARAMS = SpectrogramParams()
@@ -147,6 +148,33 @@ def write_xml(folder: Path, media_id: int, file: str, **labels) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     text = XML.format(id=media_id, file=file, labels=LABELS.format(**labels) if labels else "")
     (folder / f"{file[:-4]}.xml").write_text(text)
+
+
+def test_long_recordings_are_streamed_into_the_same_file(csv_job, tmp_path, monkeypatch, capsys):
+    """Over STREAM_SECONDS (lowered to 1 s here) a wav is extracted in pieces: the file is
+    the same; a truncated one is skipped by name."""
+    wav_dir, labels = csv_job
+    assert load(wav_dir, ["--csv", labels], tmp_path / "whole.h5") == 0
+    streamed = []
+
+    def counted_stream_chunks(*args):
+        streamed.append(1)
+        return stream_chunks(*args)
+
+    monkeypatch.setattr(load_data_module, "STREAM_SECONDS", 1.0)
+    monkeypatch.setattr(load_data_module, "stream_chunks", counted_stream_chunks)
+    assert load(wav_dir, ["--csv", labels], tmp_path / "streamed.h5") == 0
+    assert len(streamed) == 3  # tone, silent and long; not short (0.1 s)
+    assert_same_file(tmp_path / "whole.h5", tmp_path / "streamed.h5")
+
+    data = (wav_dir / "long.wav").read_bytes()
+    (wav_dir / "long.wav").write_bytes(data[: len(data) - 1000])
+    capsys.readouterr()
+    assert load(wav_dir, ["--csv", labels], tmp_path / "cut.h5") == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "long.wav" in line)
+    assert "truncated" in line
+    with open_dataset(tmp_path / "cut.h5") as dataset:
+        assert list(dataset.recordings["file"]) == ["tone.wav", "short.wav", "silent.wav"]
 
 
 def test_birdclef_folders_with_bad_inputs(tmp_path, capsys):

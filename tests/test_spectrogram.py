@@ -227,13 +227,18 @@ def in_pieces(samples: np.ndarray, piece_samples: int):
 def assert_streams_like_extract(samples: np.ndarray, block_cells=(1, 2, 3, 64)) -> None:
     """stream_chunks == extract_chunks exactly, whatever the block, piece and slice sizes: with
     blocks of 1 to 3 cells every cell border is a block border somewhere."""
-    expected = extract_chunks(samples, PARAMS).chunks
+    expected = extract_chunks(samples, PARAMS)
     for cells in block_cells:
         for piece_samples, max_chunks in [(1000, 1), (77_777, 2), (samples.size, 32)]:
             source = in_pieces(samples, piece_samples)
-            pieces = list(stream_chunks(source, PARAMS, max_chunks, block_cells=cells))
+            stream = stream_chunks(source, PARAMS, max_chunks, block_cells=cells)
+            pieces = []
+            with pytest.raises(StopIteration) as end:
+                while True:
+                    pieces.append(next(stream))
             assert all(1 <= len(piece) <= max_chunks for piece in pieces)
-            np.testing.assert_array_equal(np.concatenate(pieces), expected)
+            np.testing.assert_array_equal(np.concatenate(pieces), expected.chunks)
+            assert end.value.value == expected.n_frames
 
 
 @pytest.mark.parametrize("n_frames", [1, 309, 310, 311, 620, 621])
