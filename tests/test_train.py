@@ -26,6 +26,7 @@ from preprocess.params import SpectrogramParams
 from train import train_model
 from train.callbacks import MAPCallback, ResumableEarlyStopping
 from train.data import ChunkBatches, SplitError, split_recordings
+from train.log import best_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = SpectrogramParams(n_bins=16, chunk_frames=20)  # tiny chunks: fast tests
@@ -268,6 +269,13 @@ def test_run_folder_holds_what_prediction_needs(trained_run, easy_data):
 
     run = load_run(trained_run)
     assert run.classes == CLASSES and run.params == PARAMS
+
+
+def test_best_epoch_skips_missing_values_and_keeps_the_first_of_ties():
+    assert best_epoch(np.array([np.nan, 0.5, 0.3, 0.3, np.inf]), "min") == 2
+    assert best_epoch(np.array([np.nan, 0.2, 0.9, 0.9, -np.inf]), "max") == 2
+    assert best_epoch(np.array([np.nan, np.inf]), "min") is None
+    assert best_epoch(np.array([]), "max") is None
 
 
 def test_runs_table_row(trained_run):

@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from train.log import best_epoch
 from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
 
 logger = logging.getLogger(__name__)
@@ -103,8 +104,8 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        if np.isfinite(self.past).any():
-            best = int(np.nanargmin(self.past))
+        best = best_epoch(self.past, "min")
+        if best is not None:
             self.best, self.best_epoch = float(self.past[best]), best
             self.wait = len(self.past) - 1 - best
 
@@ -119,11 +120,8 @@ def training_callbacks(
     """
 
     def best_so_far(name: str) -> float | None:
-        values = past.get(name, np.array([]))
-        values = values[~np.isnan(values)]
-        if not len(values):
-            return None
-        return float(values.min() if BEST[name][1] == "min" else values.max())
+        best = best_epoch(past.get(name, []), BEST[name][1])
+        return None if best is None else float(past[name][best])
 
     callbacks = [EpochTime(), map_callback]
     for name, (filename, mode) in BEST.items():

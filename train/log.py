@@ -67,13 +67,24 @@ def model_columns(model) -> dict[str, str]:
     return columns
 
 
+def best_epoch(values: np.ndarray, mode: str) -> int | None:
+    """Index of the best epoch of a history curve: its least ("min") or greatest ("max")
+    finite value, the first of ties, as Keras's checkpoints keep it; None when none is finite."""
+    values = np.asarray(values, dtype=float)
+    finite = np.isfinite(values)
+    if not finite.any():
+        return None
+    candidates = np.where(finite, values, np.inf if mode == "min" else -np.inf)
+    return int(np.argmin(candidates) if mode == "min" else np.argmax(candidates))
+
+
 def history_columns(history: dict[str, np.ndarray]) -> dict[str, float]:
     """Epochs run, and final, best and best epoch (1-based) of each logged curve."""
     columns = {"epochs": len(history.get("epoch", []))}
     for name, values in history.items():
-        if name in ("epoch", "epoch_seconds") or not np.isfinite(values).any():
+        best = best_epoch(values, "min" if name.endswith("loss") else "max")
+        if name in ("epoch", "epoch_seconds") or best is None:
             continue
-        best = int(np.nanargmin(values) if name.endswith("loss") else np.nanargmax(values))
         columns[f"final_{name}"] = float(values[-1])
         columns[f"best_{name}"] = float(values[best])
         columns[f"best_{name}_epoch"] = best + 1

@@ -69,7 +69,13 @@ from train.data import (  # noqa: E402
     read_errors_reported,
     split_recordings,
 )
-from train.log import append_run, history_columns, model_columns, plot_history  # noqa: E402
+from train.log import (  # noqa: E402
+    append_run,
+    best_epoch,
+    history_columns,
+    model_columns,
+    plot_history,
+)
 
 logger = logging.getLogger("train_model")
 
@@ -377,11 +383,10 @@ def score_best_models(
         model = keras.saving.load_model(path, compile=False)
         with read_errors_reported(test.batches):
             probs = model.predict(test.batches, verbose=0)
-        values = history[monitor]
-        best = int(np.nanargmin(values) if mode == "min" else np.nanargmax(values))
+        best = best_epoch(history[monitor], mode)
         scores["models"][path.stem] = {
             "epoch": best + 1,
-            monitor: float(values[best]),
+            monitor: float(history[monitor][best]),
             **score_predictions(
                 probs,
                 test.chunk_recording,
