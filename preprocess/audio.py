@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 import wave
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,9 +50,13 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
         except ValueError as error:
             if "mmap=True not compatible" not in str(error):  # 24-bit cannot be mapped
                 raise
-            rate, data = wavfile.read(path)
+            with warnings.catch_warnings():  # scipy only warns of a truncated 24-bit file
+                warnings.filterwarnings("error", "Reached EOF", wavfile.WavFileWarning)
+                rate, data = wavfile.read(path)
     except AudioError:
         raise
+    except wavfile.WavFileWarning as warning:
+        raise AudioError(path, "truncated: less data than its header announces") from warning
     except (OSError, ValueError, EOFError, struct.error) as error:
         if "mmap length is greater than file size" in str(error):
             raise AudioError(path, "truncated: less data than its header announces") from error

@@ -57,6 +57,10 @@ def test_24_bit(tmp_path):
     assert rate == 48000
     np.testing.assert_allclose(samples, RAMP + 17 / 256)
 
+    path.write_bytes(path.read_bytes()[:-6])  # scipy reads what is left, with a warning
+    with pytest.raises(AudioError, match="a.wav: truncated"):
+        read_wav(path)
+
 
 def test_channels_are_averaged(tmp_path):
     path = tmp_path / "a.wav"
