@@ -27,10 +27,13 @@ costs a disk copy, not a decompression and recompression.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -604,3 +607,36 @@ def merge_shards(shards: list[Path], out_path: Path, info: DatasetInfo) -> None:
 
 def remove_parts(parts_dir: Path) -> None:
     shutil.rmtree(parts_dir, ignore_errors=True)
+
+
+class RunLocked(Exception):
+    """Another process is writing the same output; the message says which."""
+
+
+@contextmanager
+def exclusive_run(lock_path: Path, output: str) -> Iterator[None]:
+    """Hold an exclusive lock on lock_path while this process writes `output`.
+
+    Two runs writing the same shards or run folder would corrupt each other, so the second
+    one raises RunLocked (naming the first one's pid) instead. The POSIX lock is released
+    when the process ends, even by kill -9, and worker processes do not inherit it. The lock
+    file is deleted when the run ends normally.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as lock:
+        try:
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise RunLocked(
+                f"{output} is being written by another process (pid {holder}, lock "
+                f"{lock_path}): wait for it to finish"
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield
+        finally:
+            lock_path.unlink(missing_ok=True)

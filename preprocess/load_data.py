@@ -55,6 +55,7 @@ from preprocess.dataset import (  # noqa: E402
     StoredChunk,
     complete_shards,
     compress_chunks,
+    exclusive_run,
     merge_shards,
     open_dataset,
     remove_parts,
@@ -559,7 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
     )
     try:
-        return build(args)
+        with exclusive_run(args.out.with_name(args.out.name + ".lock"), str(args.out)):
+            return build(args)
     except Exception as error:  # fatal: one clear line; the traceback only with --verbose
         if args.verbose:
             logger.exception("fatal")

@@ -1,5 +1,8 @@
-"""Shared fixtures: paths to the real recordings beside the checkout, skipped when absent."""
+"""Shared fixtures: paths to the real recordings beside the checkout (skipped when absent),
+and a lock held by another process."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,3 +18,35 @@ def shared_data() -> Path:
             f"real recordings not found at {SHARED_DATA} (present only beside a CI checkout)"
         )
     return SHARED_DATA
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+lock = open(sys.argv[1], "a+")
+fcntl.lockf(lock, fcntl.LOCK_EX)
+lock.write(f"{os.getpid()}\\n")
+lock.flush()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def lock_held_elsewhere():
+    """Call with a lock file path: another process holds the lock (as a running
+    load_data.py or train_model.py would) until the test ends. Returns its pid."""
+    holders = []
+
+    def hold(path: Path) -> int:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, str(path)], stdout=subprocess.PIPE, text=True
+        )
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "locked"
+        return holder.pid
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()

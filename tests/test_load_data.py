@@ -177,6 +177,17 @@ def test_long_recordings_are_streamed_into_the_same_file(csv_job, tmp_path, monk
         assert list(dataset.recordings["file"]) == ["tone.wav", "short.wav", "silent.wav"]
 
 
+def test_a_second_run_on_the_same_output_is_refused(csv_job, tmp_path, lock_held_elsewhere, caplog):
+    wav_dir, labels = csv_job
+    out = tmp_path / "train.h5"
+    pid = lock_held_elsewhere(tmp_path / "train.h5.lock")
+    assert load(wav_dir, ["--csv", labels], out) == 1
+    assert f"{out} is being written by another process (pid {pid}" in caplog.text
+    assert not out.exists() and not (tmp_path / "train.h5.parts").exists()
+    assert load(wav_dir, ["--csv", labels], tmp_path / "other.h5") == 0  # other outputs run
+    assert not (tmp_path / "other.h5.lock").exists()  # removed at the end
+
+
 def test_birdclef_folders_with_bad_inputs(tmp_path, capsys):
     wav_dir, xml_dir = tmp_path / "wav", tmp_path / "xml"
     make_wavs(wav_dir)  # silent.wav gets no XML

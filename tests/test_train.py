@@ -430,6 +430,17 @@ def test_bad_input_gives_a_clear_message(
     assert "Traceback" not in error
 
 
+def test_a_second_run_in_the_same_folder_is_refused(
+    easy_data, tiny_model, tmp_path, lock_held_elsewhere, capsys
+):
+    out = tmp_path / "run"
+    pid = lock_held_elsewhere(out / ".lock")
+    assert train_model.main(train_args(easy_data, tiny_model, out, "--epochs", "1")) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: the run folder {out} is being written by another process")
+    assert f"(pid {pid}" in error and not (out / "config.json").exists()
+
+
 def test_command_line_error_without_traceback(tmp_path, tiny_model):
     data = tmp_path / "old.h5"
     write_easy_dataset(data, per_class=2)

@@ -47,6 +47,8 @@ import numpy as np  # noqa: E402
 from preprocess.dataset import (  # noqa: E402
     Dataset,
     DatasetError,
+    RunLocked,
+    exclusive_run,
     open_dataset,
     read_rows,
     recording_rows,
@@ -577,8 +579,9 @@ def main(argv: list[str] | None = None) -> int:
     # TensorFlow warns of retracing when each best model predicts its first batches
     logging.getLogger("tensorflow").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
-        metrics = train(args)
-    except (TrainError, DatasetError, SplitError) as error:
+        with exclusive_run(args.out / ".lock", f"the run folder {args.out}"):
+            metrics = train(args)
+    except (TrainError, DatasetError, SplitError, RunLocked) as error:
         if args.verbose:
             raise
         print(f"error: {error}", file=sys.stderr)
