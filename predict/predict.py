@@ -43,7 +43,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 
 from predict.runfile import AtomicTextWriter, RunFileWriter, SoundscapeWriter, top_classes  # noqa: E402
-from preprocess.audio import AudioError, pcm16_mono_header, read_wav, read_wav_blocks  # noqa: E402
+from preprocess.audio import AudioError, read_wav, read_wav_blocks, streamable_seconds  # noqa: E402
 from preprocess.metadata import AUDIO_SUFFIXES, read_birdclef_xml_dir  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import (  # noqa: E402
@@ -324,13 +324,9 @@ def recording_chunks(
     A 16-bit mono wav longer than STREAM_SECONDS is streamed by `stream_chunks`, which reads
     it only when the pieces are asked for; any other file is read whole here.
     """
-    try:
-        rate, n_samples = pcm16_mono_header(path)
-    except AudioError:  # another format, or broken: read_wav reads it or says what is wrong
-        rate, n_samples = None, 0
-    if not soundscape and rate == params.sample_rate and n_samples > STREAM_SECONDS * rate:
-        pieces = stream_chunks(lambda: read_wav_blocks(path), params, max_chunks)
-        return pieces, n_samples / rate
+    seconds = streamable_seconds(path, params.sample_rate)
+    if not soundscape and seconds > STREAM_SECONDS:
+        return stream_chunks(lambda: read_wav_blocks(path), params, max_chunks), seconds
     log_spec, seconds = read_spectrogram(path, params)
     if soundscape:
         return window_chunks(log_spec, params), seconds

@@ -94,6 +94,16 @@ def pcm16_mono_header(path: str | os.PathLike) -> tuple[int, int]:
     return rate, n_samples
 
 
+def streamable_seconds(path: str | os.PathLike, sample_rate: int) -> float:
+    """Length in seconds of a 16-bit PCM mono wav at sample_rate, which `read_wav_blocks`
+    can stream; 0 for any other file, which `read_wav` reads whole (or says what is wrong)."""
+    try:
+        rate, n_samples = pcm16_mono_header(path)
+    except AudioError:
+        return 0.0
+    return n_samples / rate if rate == sample_rate else 0.0
+
+
 def read_wav_blocks(path: str | os.PathLike, block_samples: int = 2**19) -> Iterator[np.ndarray]:
     """The samples of a 16-bit PCM mono wav in consecutive blocks of block_samples (the last
     one shorter): float32 (n,) on the int16 scale, concatenating to `read_wav`'s samples.

@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages 
 from preprocess import metadata  # noqa: E402
 from preprocess.audio import (  # noqa: E402
     AudioError,
-    pcm16_mono_header,
     read_wav,
     read_wav_blocks,
+    streamable_seconds,
     to_sample_rate,
 )
 from preprocess.dataset import (  # noqa: E402
@@ -93,12 +93,9 @@ def extract_recording(path: Path, params: SpectrogramParams, compression: str) -
     A 16 kHz 16-bit mono wav longer than STREAM_SECONDS is streamed (`stream_chunks`), so
     memory holds its compressed chunks only; any other file is read whole.
     """
-    try:
-        rate, n_samples = pcm16_mono_header(path)
-    except AudioError:  # another format, or broken: read_wav reads it or says what is wrong
-        rate, n_samples = None, 0
-    if rate == params.sample_rate and n_samples > STREAM_SECONDS * rate:
-        return _extract_streamed(path, params, compression, n_samples / rate)
+    seconds = streamable_seconds(path, params.sample_rate)
+    if seconds > STREAM_SECONDS:
+        return _extract_streamed(path, params, compression, seconds)
     try:
         samples, rate = read_wav(path)
     except AudioError as error:

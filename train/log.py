@@ -82,8 +82,10 @@ def history_columns(history: dict[str, np.ndarray]) -> dict[str, float]:
     """Epochs run, and final, best and best epoch (1-based) of each logged curve."""
     columns = {"epochs": len(history.get("epoch", []))}
     for name, values in history.items():
+        if name in ("epoch", "epoch_seconds"):
+            continue
         best = best_epoch(values, "min" if name.endswith("loss") else "max")
-        if name in ("epoch", "epoch_seconds") or best is None:
+        if best is None:
             continue
         columns[f"final_{name}"] = float(values[-1])
         columns[f"best_{name}"] = float(values[best])
