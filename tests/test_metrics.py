@@ -67,3 +67,20 @@ def test_top1_accuracy_and_chunk_micro_ap():
     assert top1_accuracy(scores, np.array([0, 1, 1])) == pytest.approx(2 / 3)
     perfect = chunk_micro_ap(np.array([[0.9, 0.1], [0.2, 0.8]]), np.array([[1, 0], [0, 1]]))
     assert perfect == pytest.approx(1.0)
+
+
+def test_recording_pooling_max_and_power_mean_lie_around_the_mean():
+    probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.1, 0.9], [0.6, 0.4]])
+    ids = np.array([0, 0, 0, 1])
+    _, mean = recording_scores(probs, ids, "mean")
+    _, peak = recording_scores(probs, ids, "max")
+    _, power = recording_scores(probs, ids, "power", exponent=3.0)
+    np.testing.assert_allclose(mean[0], [1.1 / 3, 1.9 / 3])
+    np.testing.assert_allclose(peak[0], [0.5, 0.5])  # max 0.9 each, renormalised
+    cubes = np.array([0.9**3 + 2 * 0.1**3, 0.1**3 + 2 * 0.9**3]) / 3
+    np.testing.assert_allclose(power[0], cubes ** (1 / 3) / (cubes ** (1 / 3)).sum())
+    assert mean[0, 0] < power[0, 0] < peak[0, 0]  # the rare loud class gains with the exponent
+    for pooled in (mean, peak, power):  # a one-chunk recording is its chunk, whatever the pooling
+        np.testing.assert_allclose(pooled[1], [0.6, 0.4])
+    with pytest.raises(ValueError, match="pooling"):
+        recording_scores(probs, ids, "median")

@@ -56,15 +56,27 @@ def mean_average_precision(scores: np.ndarray, relevant: np.ndarray) -> float:
     return float(np.nanmean(average_precision))
 
 
+POOLINGS = ("mean", "max", "power")  # recording-level pooling of chunk scores; mean is 2016's
+POWER_EXPONENT = 3.0  # of the "power" mean: between the mean (1) and the max (infinity)
+
+
 def recording_scores(
-    chunk_probs: np.ndarray, recording_ids: np.ndarray
+    chunk_probs: np.ndarray,
+    recording_ids: np.ndarray,
+    pooling: str = "mean",
+    exponent: float = POWER_EXPONENT,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Average chunk softmax outputs per recording and renormalise each to sum 1.
+    """Pool chunk softmax outputs per recording and renormalise each to sum 1.
 
     chunk_probs: (chunks, classes); recording_ids: (chunks,) any hashable ids.
+    pooling: "mean" (the 2016 scripts' average), "max" (a species heard in one chunk counts
+        fully: long recordings whose bird sings rarely) or "power" ((mean p**exponent) **
+        (1 / exponent), in between).
     Returns (ids (recordings,), probs (recordings, classes)), recordings in order of first
     appearance.
     """
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
     chunk_probs = np.asarray(chunk_probs, dtype=np.float64)
     recording_ids = np.asarray(recording_ids)
     if len(chunk_probs) != len(recording_ids):
@@ -75,11 +87,17 @@ def recording_scores(
         recording_ids, return_index=True, return_inverse=True
     )
     order = np.argsort(first_index)
-    sums = np.zeros((len(unique_ids), chunk_probs.shape[1]))
-    np.add.at(sums, inverse, chunk_probs)
-    sums = sums[order]
-    totals = sums.sum(axis=1, keepdims=True)
-    probs = np.divide(sums, totals, out=np.zeros_like(sums), where=totals > 0)
+    pooled = np.zeros((len(unique_ids), chunk_probs.shape[1]))
+    if pooling == "max":
+        np.maximum.at(pooled, inverse, chunk_probs)
+    elif pooling == "power":
+        np.add.at(pooled, inverse, chunk_probs**exponent)
+        pooled = (pooled / np.bincount(inverse)[:, None]) ** (1 / exponent)
+    else:
+        np.add.at(pooled, inverse, chunk_probs)  # the sum: renormalising makes it the mean
+    pooled = pooled[order]
+    totals = pooled.sum(axis=1, keepdims=True)
+    probs = np.divide(pooled, totals, out=np.zeros_like(pooled), where=totals > 0)
     return unique_ids[order], probs
 
 
