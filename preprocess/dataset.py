@@ -27,7 +27,6 @@ costs a disk copy, not a decompression and recompression.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
 
+import filelock
 import h5py
 import numpy as np
 
@@ -618,25 +618,30 @@ def exclusive_run(lock_path: Path, output: str) -> Iterator[None]:
     """Hold an exclusive lock on lock_path while this process writes `output`.
 
     Two runs writing the same shards or run folder would corrupt each other, so the second
-    one raises RunLocked (naming the first one's pid) instead. The POSIX lock is released
-    when the process ends, even by kill -9, and worker processes do not inherit it. The lock
-    file is deleted when the run ends normally.
+    one raises RunLocked (naming the first one's pid) instead. `filelock` takes an flock on
+    the file, released when the process ends, even by kill -9, and dropped in forked worker
+    processes; it removes the file on release without the race of removing it by hand (a
+    later run locking the removed inode while a third locks a new one).
     """
     lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as lock:
+
+    def write_pid(fd: int) -> None:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    lock = filelock.FileLock(lock_path, timeout=0, on_acquired=write_pid)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
         try:
-            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            holder = lock_path.read_text().strip() or "?"
         except OSError:
-            lock.seek(0)
-            holder = lock.read().strip() or "?"
-            raise RunLocked(
-                f"{output} is being written by another process (pid {holder}, lock "
-                f"{lock_path}): wait for it to finish"
-            ) from None
-        lock.truncate(0)
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        try:
-            yield
-        finally:
-            lock_path.unlink(missing_ok=True)
+            holder = "?"
+        raise RunLocked(
+            f"{output} is being written by another process (pid {holder}, lock "
+            f"{lock_path}): wait for it to finish"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

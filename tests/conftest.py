@@ -23,7 +23,7 @@ def shared_data() -> Path:
 HOLD_LOCK = """
 import fcntl, os, sys, time
 lock = open(sys.argv[1], "a+")
-fcntl.lockf(lock, fcntl.LOCK_EX)
+fcntl.flock(lock, fcntl.LOCK_EX)  # as filelock takes it
 lock.write(f"{os.getpid()}\\n")
 lock.flush()
 print("locked", flush=True)

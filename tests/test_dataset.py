@@ -1,6 +1,7 @@
 """The HDF5 chunk dataset: schema, shards and their raw-chunk merge, and the checking reader."""
 
 import json
+import os
 import re
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +17,11 @@ from preprocess.dataset import (
     DatasetError,
     DatasetInfo,
     RecordingChunks,
+    RunLocked,
     ShardWriter,
     complete_shards,
     compress_chunks,
+    exclusive_run,
     merge_shards,
     open_dataset,
     read_rows,
@@ -297,3 +300,15 @@ def test_open_dataset_rejects_non_datasets(tmp_path, dataset_path):
         del h5["recordings/n_frames"]
     with pytest.raises(DatasetError, match=r"missing \['recordings/n_frames'\]"):
         open_dataset(dataset_path)
+
+
+def test_exclusive_run_refuses_a_second_holder_and_frees_the_lock_after(tmp_path):
+    lock = tmp_path / "out" / "train.h5.lock"
+    with exclusive_run(lock, "train.h5"):
+        assert lock.read_text().strip() == str(os.getpid())
+        refused = pytest.raises(RunLocked, match=rf"pid {os.getpid()}, lock {lock}")
+        with refused, exclusive_run(lock, "train.h5"):
+            pass
+    for _ in range(2):  # released, also after a refusal: later runs take it in turn
+        with exclusive_run(lock, "train.h5"):
+            pass
