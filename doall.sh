@@ -30,7 +30,8 @@
 # Stage options (passed through)
 #   --model FILE        model file (default train/model-BirdClef.py)
 #   --epochs N  --batch-size N  --patience N  --seed N  --top-n N  --top-k N  --workers N
-#   --load-args "..."  --train-args "..."  --predict-args "..."   anything else, per stage
+#   --load-args "..."  --train-args "..."  --predict-args "..."   anything else, per stage,
+#                       quoted as in a shell: --train-args "--runs-table 'my runs/t.csv'"
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -45,6 +46,14 @@ die() {
 stage() {
     echo
     echo "== $*"
+}
+
+words() { # words ARRAY "TEXT": split TEXT as a shell would (quotes, backslashes), expanding nothing
+    local -n into="$1"
+    python -c 'import shlex, sys; shlex.split(sys.argv[1])' "$2" 2>/dev/null ||
+        die "cannot split '$2' into words (unbalanced quotes?)"
+    mapfile -d '' -t into < <(python -c 'import shlex, sys
+sys.stdout.write("".join(word + "\0" for word in shlex.split(sys.argv[1])))' "$2")
 }
 
 run() { # show a stage's command, then run it
@@ -74,6 +83,9 @@ while (($#)); do
     esac
 done
 [[ "${DOALL_TINY:-0}" == 1 ]] && tiny=1
+words load_extra "$load_args"
+words train_extra "$train_args"
+words predict_extra "$predict_args"
 ((tiny)) && epochs="${epochs:-2}"
 SECONDS=0
 
@@ -177,10 +189,9 @@ elif [[ -n "$class_folders" ]]; then
 else
     labels=(--xml-dir "$train_dir/xml")
 fi
-# shellcheck disable=SC2086  # the *_args options are word lists on purpose
 run python "$ROOT/preprocess/load_data.py" --wav-dir "$work_dir/train_16k" "${labels[@]}" \
     --out "$work_dir/train.h5" ${top_n:+--top-n "$top_n"} ${workers:+--workers "$workers"} \
-    $load_args
+    "${load_extra[@]}"
 
 # ---- 4. train ---------------------------------------------------------------------------------
 stage "train $(basename "$model") -> $run_dir"
@@ -188,11 +199,10 @@ if [[ -f "$run_dir/metrics.json" ]]; then
     echo "training already complete in $run_dir (delete it to train again)"
 else
     # --resume: continues a run killed mid-way, starts a new one in an empty folder
-    # shellcheck disable=SC2086
     run python "$ROOT/train/train_model.py" --data "$work_dir/train.h5" --model "$model" \
         --out "$run_dir" --resume ${epochs:+--epochs "$epochs"} \
         ${batch_size:+--batch-size "$batch_size"} ${patience:+--patience "$patience"} \
-        ${seed:+--seed "$seed"} $train_args
+        ${seed:+--seed "$seed"} "${train_extra[@]}"
 fi
 
 # ---- 5. predict and 6. evaluate ---------------------------------------------------------------
@@ -206,10 +216,9 @@ stage "predict $test_dir"
 run_file="$run_dir/predictions/$(basename "$(realpath "$test_dir")").csv"
 inputs=(--audio "$work_dir/test_16k")
 [[ -d "$test_dir/xml" ]] && inputs+=(--xml-dir "$test_dir/xml")
-# shellcheck disable=SC2086
 run python "$ROOT/predict/predict.py" --run "$run_dir" "${inputs[@]}" --out "$run_file" \
     --human-csv "${run_file%.csv}.top5.csv" ${top_k:+--top-k "$top_k"} \
-    ${workers:+--workers "$workers"} $predict_args
+    ${workers:+--workers "$workers"} "${predict_extra[@]}"
 
 if [[ -z "$truth" ]]; then
     echo

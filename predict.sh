@@ -6,6 +6,7 @@
 #   ./predict.sh FILE.wav ...        audio files (MediaId = file name without extension)
 #   ./predict.sh FOLDER --run runs/demo --top-k 10 --soundscape ...
 #
+# The inputs come before the options.
 # Defaults: --run is the newest run folder under runs/ with a model; --out is
 # RUN/predictions/<input name>.csv, with a CSV for people (top-5 species) beside it.
 # Every other option goes to predict/predict.py (see python predict/predict.py --help).
@@ -19,14 +20,22 @@ case "${1:-}" in
 -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
 esac
 
+# Inputs come first; from the first option on, everything goes to predict.py as written
+# (its flags with and without values alike), --run and --out read here too for the defaults.
 inputs=() run_dir="" out="" passed=()
+while (($#)) && [[ "$1" != -* ]]; do
+    inputs+=("$1")
+    shift
+done
 while (($#)); do
     case "$1" in
-    --run) run_dir="${2?--run needs a folder}"; shift 2 ;;
-    --out) out="${2?--out needs a file}"; shift 2 ;;
-    --soundscape | --*=*) passed+=("$1"); shift ;;
-    -*) passed+=("$1" "${2?$1 needs a value}"); shift 2 ;; # predict.py's options with a value
-    *) inputs+=("$1"); shift ;;
+    --run | --out)
+        (($# >= 2)) || { echo "error: $1 needs a value" >&2; exit 2; }
+        [[ "$1" == --run ]] && run_dir="$2" || out="$2"
+        shift 2 ;;
+    --run=*) run_dir="${1#--run=}"; shift ;;
+    --out=*) out="${1#--out=}"; shift ;;
+    *) passed+=("$1"); shift ;;
     esac
 done
 

@@ -22,6 +22,8 @@ def doall(tmp_path: Path) -> str:
         str(tmp_path / "work"),
         "--runs-dir",
         str(tmp_path / "runs"),
+        "--train-args",  # a path with a space, kept whole through doall's quoting
+        f"--runs-table '{tmp_path / 'runs table' / 'all runs.csv'}'",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -49,6 +51,7 @@ def test_every_stage_leaves_its_output(finished):
     assert (work / "train.h5").is_file()
     for name in ("best_val_map.keras", "history.csv", "params.json", "classes.json"):
         assert (run / name).is_file(), name
+    assert (tmp_path / "runs table" / "all runs.csv").is_file()
     run_file = run / "predictions" / "TestSet.csv"
     entries = read_run_file(run_file)  # validates as the official evaluator did
     test_ids = {r.media_id for r in read_birdclef_xml_dir(demo / "TestSet" / "xml")[0]}
