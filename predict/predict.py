@@ -42,6 +42,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 
+from predict.detections import ChunkOutputs, top_frequency_hz  # noqa: E402
 from predict.runfile import AtomicTextWriter, RunFileWriter, SoundscapeWriter, top_classes  # noqa: E402
 from preprocess.audio import AudioError, read_wav, read_wav_blocks, streamable_seconds  # noqa: E402
 from preprocess.metadata import AUDIO_SUFFIXES, read_birdclef_xml_dir  # noqa: E402
@@ -55,6 +56,7 @@ from preprocess.spectrogram import (  # noqa: E402
     stream_chunks,
 )
 from train.metrics import recording_scores  # noqa: E402
+from train.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -379,8 +381,9 @@ def predict(
     soundscape: bool = False,
     human_csv: Path | None = None,
     human_top: int = 5,
+    outputs: ChunkOutputs | None = None,
 ) -> tuple[int, list[str]]:
-    """Write the run file (and the optional CSV for people) for items.
+    """Write the run file (and the optional CSV for people, tables and embeddings) for items.
 
     Returns (recordings written, skip messages). Both files appear only when complete.
     """
@@ -399,16 +402,22 @@ def predict(
             for rank in range(1, human_top + 1):
                 header += [f"class_id_{rank}", f"name_{rank}", f"probability_{rank}"]
             human.writerow(header)
+        model = stack.enter_context(outputs).wrap(run.model) if outputs else run.model
         progress = stack.enter_context(tqdm(total=len(items), unit="rec", desc="predict"))
         pieces = recording_pieces(items, run.params, batch_size, soundscape, skipped, progress)
         parts: list[np.ndarray] = []  # chunk softmax of the recording being finished
-        for (index, last, seconds), probs in predict_pieces(run.model, pieces, batch_size):
+        for (index, last, seconds), probs in predict_pieces(model, pieces, batch_size):
+            if outputs:
+                probs = outputs.piece(items[index].media_id, probs, seconds)
             parts.append(probs)
             if not last:
                 continue
             item, probs = items[index], mean_probs(np.concatenate(parts))
             if soundscape:
-                run_file.write(item.media_id, np.stack([mean_probs(p) for p in parts]), seconds)
+                window_probs = np.stack([mean_probs(p) for p in parts])
+                run_file.write(item.media_id, window_probs, seconds)
+                if outputs:
+                    outputs.recording(item.media_id, window_probs, seconds)
             else:
                 run_file.write(item.media_id, probs)
             if human_csv:
@@ -476,12 +485,14 @@ def main(argv: list[str] | None = None) -> None:
         "--work-dir", type=Path, help="cache for resampled audio (default: .resampled beside --out)"
     )
     parser.add_argument("--workers", type=int, help="resampling processes (default: all cores)")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     if not args.audio and not args.xml_dir:
         parser.error("give --audio and/or --xml-dir")
     if not 1 <= args.top_k <= 100:
         parser.error("--top-k must be between 1 and 100 (the official limit)")
+    check_output_arguments(parser, args)
 
     try:
         if args.xml_dir:
@@ -497,6 +508,7 @@ def main(argv: list[str] | None = None) -> None:
                 f"no audio to predict in {where} (looked for {', '.join(sorted(AUDIO_SUFFIXES))})"
             )
         run = load_run(args.run, args.model_file)
+        outputs = chunk_outputs(args, run, items)
         work_dir = args.work_dir or args.out.resolve().parent / ".resampled"
         items, failed = resample_items(items, work_dir, run.params.sample_rate, args.workers)
         skipped += failed
@@ -508,9 +520,10 @@ def main(argv: list[str] | None = None) -> None:
             batch_size=args.batch_size,
             soundscape=args.soundscape,
             human_csv=args.human_csv,
+            outputs=outputs,
         )
         skipped += failed
-    except PredictError as error:
+    except (PredictError, ThresholdsError) as error:
         raise SystemExit(f"error: {error}") from None
 
     if skipped:
@@ -518,6 +531,83 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Run file with {written} recordings written to {args.out}")
     if args.human_csv:
         print(f"Top-5 species per file for people: {args.human_csv}")
+
+
+# ---- tables other tools open, embeddings (predict/detections.py) ------------------------------
+DEFAULT_MIN_CONF = 0.1
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--raven",
+        type=Path,
+        metavar="DIR",
+        help="with --soundscape: a Raven Pro selection table per recording, "
+        "DIR/<MediaId>.selections.txt",
+    )
+    parser.add_argument(
+        "--audacity",
+        type=Path,
+        metavar="DIR",
+        help="with --soundscape: an Audacity label track per recording, DIR/<MediaId>.labels.txt",
+    )
+    parser.add_argument(
+        "--min-conf",
+        type=float,
+        help=f"tables keep detections (window, species) at or above this probability "
+        f"(default {DEFAULT_MIN_CONF})",
+    )
+    parser.add_argument(
+        "--thresholds",
+        metavar="run|FILE",
+        help="per-class thresholds instead of --min-conf: 'run' for the run folder's "
+        f"{THRESHOLDS_FILE} (chosen on the validation recordings), or a file like it",
+    )
+    parser.add_argument(
+        "--embeddings",
+        type=Path,
+        metavar="FILE.npz",
+        help="also write every chunk's penultimate-layer vector with its MediaId and time",
+    )
+
+
+def check_output_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if (args.raven or args.audacity) and not args.soundscape:
+        parser.error("--raven and --audacity need --soundscape (detections are 5 s windows)")
+    if args.min_conf is not None and args.thresholds:
+        parser.error("give --min-conf or --thresholds, not both")
+    if (args.min_conf is not None or args.thresholds) and not (args.raven or args.audacity):
+        parser.error("--min-conf and --thresholds select detections for --raven/--audacity")
+    if args.min_conf is not None and not 0 <= args.min_conf <= 1:
+        parser.error("--min-conf must be between 0 and 1")
+
+
+def chunk_outputs(args: argparse.Namespace, run: Run, items: list[AudioItem]):
+    """The ChunkOutputs the arguments ask for (None: only the run file)."""
+    if not (args.raven or args.audacity or args.embeddings):
+        return None
+    thresholds = np.full(
+        len(run.classes), DEFAULT_MIN_CONF if args.min_conf is None else args.min_conf
+    )
+    if args.thresholds:
+        path = args.run / THRESHOLDS_FILE if args.thresholds == "run" else Path(args.thresholds)
+        thresholds, chosen_for = read_thresholds(path, run.classes)
+        if chosen_for and chosen_for != args.model_file:
+            logger.warning(
+                "%s were chosen for %s, applied to %s", path, chosen_for, args.model_file
+            )
+    return ChunkOutputs(
+        [item.media_id for item in items],
+        run.classes,
+        run.class_names,
+        thresholds,
+        top_frequency_hz(run.params),
+        SOUNDSCAPE_WINDOW_SECONDS,
+        soundscape=args.soundscape,
+        raven_dir=args.raven,
+        audacity_dir=args.audacity,
+        embeddings_path=args.embeddings,
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,345 @@
+"""Prediction outputs that other tools open: Raven and Audacity tables, and chunk embeddings.
+
+    predict.py --soundscape --raven DIR       DIR/<MediaId>.selections.txt, one per recording
+    predict.py --soundscape --audacity DIR    DIR/<MediaId>.labels.txt, an Audacity label track
+    predict.py --embeddings FILE.npz          the penultimate-layer vector of every chunk
+
+A detection is a (5 s window, class) whose window probability (the window's chunk softmax,
+averaged and renormalised) is at least the class's threshold: one `--min-conf` for all classes,
+or the per-class thresholds chosen at training time (`--thresholds run`, train/thresholds.py).
+
+File names made from MediaIds (`safe_file_names`): each character that is a path separator
+('/' or '\\'), a control character (Unicode category C*) or one of `:*?"<>|` (refused by
+Windows) becomes '_'; leading dots and spaces and trailing dots and spaces are removed (so
+no '..', no hidden file); an empty result becomes '_'; names are cut to 150 characters.
+Two MediaIds that give the same name (ignoring case, as macOS and Windows do) are told apart
+by `~2`, `~3`... in the sorted order of the MediaIds, so the same inputs always give the same
+names; the first MediaId keeps the plain name. Every file is written inside the folder asked
+for, and atomically (complete or absent).
+
+Embeddings (`EmbeddingModel`): the input of the model's last Dense layer, found in Sequential
+and functional models alike; written with np.savez as plain arrays (no pickles):
+    embeddings  float32 (chunks, dims)   media_id  str (chunks,)   chunk_index int32 (chunks,)
+    start_s, end_s  float64 (chunks,)    layer  str ()  (the Dense layer's name)
+start_s/end_s are the 5 s window of the recording a chunk comes from (--soundscape). Without
+--soundscape the chunks are the training chunks, cut from the recording with its silent
+frames removed; they have no place on the recording's time line, and start_s/end_s are NaN.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from predict.runfile import AtomicTextWriter
+
+MAX_NAME_CHARS = 150
+UNSAFE_CHARACTERS = re.compile(r'[/\\:*?"<>|]')
+RAVEN_COLUMNS = (
+    "Selection",
+    "View",
+    "Channel",
+    "Begin Time (s)",
+    "End Time (s)",
+    "Low Freq (Hz)",
+    "High Freq (Hz)",
+    "Species",
+    "Common Name",
+    "Confidence",
+)
+
+
+# ---- file names ------------------------------------------------------------------------------
+
+
+def safe_name(media_id: str) -> str:
+    """A MediaId as a single, harmless file name component (the rule: module docstring)."""
+    name = "".join("_" if unicodedata.category(c).startswith("C") else c for c in str(media_id))
+    name = UNSAFE_CHARACTERS.sub("_", name).lstrip(". ").rstrip(". ")[:MAX_NAME_CHARS]
+    return name.rstrip(". ") or "_"
+
+
+def safe_file_names(media_ids: Sequence[str]) -> dict[str, str]:
+    """MediaId -> distinct safe file name; collisions numbered in sorted MediaId order."""
+    taken: set[str] = set()
+    names = {}
+    for media_id in sorted(set(media_ids)):
+        base = name = safe_name(media_id)
+        number = 1
+        while name.casefold() in taken:
+            number += 1
+            name = f"{base}~{number}"
+        taken.add(name.casefold())
+        names[media_id] = name
+    return names
+
+
+def inside(folder: Path, name: str) -> Path:
+    """folder/name, refusing any name that would leave folder (a second guard on safe names)."""
+    path = folder / name
+    if path.resolve().parent != folder.resolve():
+        raise ValueError(f"file name {name!r} would be written outside {folder}")
+    return path
+
+
+# ---- detections ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Detection:
+    begin_s: float
+    end_s: float
+    column: int  # class index
+    confidence: float
+
+
+def window_detections(
+    window_probs: np.ndarray, duration_s: float, thresholds: np.ndarray, window_seconds: float
+) -> list[Detection]:
+    """Detections of one recording: window_probs (windows, classes), thresholds (classes,).
+
+    Window w spans [w * window_seconds, min((w + 1) * window_seconds, duration_s)]. Ordered by
+    time, then by falling confidence.
+    """
+    window_probs = np.asarray(window_probs, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if window_probs.ndim != 2 or window_probs.shape[1] != thresholds.shape[0]:
+        raise ValueError(
+            f"window_probs {window_probs.shape} and thresholds {thresholds.shape} do not fit"
+        )
+    detections = []
+    for window, probs in enumerate(window_probs):
+        begin = window * window_seconds
+        end = min(begin + window_seconds, duration_s)
+        hits = np.flatnonzero(probs >= thresholds)
+        for column in hits[np.argsort(-probs[hits], kind="stable")]:
+            detections.append(Detection(begin, end, int(column), float(probs[column])))
+    return detections
+
+
+def write_raven_table(
+    path: Path,
+    detections: list[Detection],
+    classes: Sequence[str],
+    class_names: dict[str, str],
+    high_freq_hz: float,
+) -> None:
+    """A Raven Pro selection table: tab-separated, a header of RAVEN_COLUMNS, one row per
+    detection (View "Spectrogram 1", Channel 1, the band the model sees: 0..high_freq_hz)."""
+    with AtomicTextWriter(path) as table:
+        table.file.write("\t".join(RAVEN_COLUMNS) + "\n")
+        for number, found in enumerate(detections, 1):
+            class_id = classes[found.column]
+            row = [
+                str(number),
+                "Spectrogram 1",
+                "1",
+                f"{found.begin_s:.6f}",
+                f"{found.end_s:.6f}",
+                "0.0",
+                f"{high_freq_hz:.1f}",
+                class_id,
+                class_names.get(class_id, ""),
+                f"{found.confidence:.4f}",
+            ]
+            table.file.write("\t".join(cell.replace("\t", " ") for cell in row) + "\n")
+
+
+def top_frequency_hz(params) -> float:
+    """Upper edge of the band the model sees: n_bins FFT bins of sample_rate / nfft Hz."""
+    return params.n_bins * params.sample_rate / params.nfft
+
+
+def audacity_label(class_id: str, name: str, confidence: float) -> str:
+    return f"{class_id} {name} ({confidence:.3f})" if name else f"{class_id} ({confidence:.3f})"
+
+
+def write_audacity_labels(
+    path: Path, detections: list[Detection], classes: Sequence[str], class_names: dict[str, str]
+) -> None:
+    """An Audacity label track: `start<TAB>end<TAB>label` per detection, seconds."""
+    with AtomicTextWriter(path) as labels:
+        for found in detections:
+            class_id = classes[found.column]
+            label = audacity_label(class_id, class_names.get(class_id, ""), found.confidence)
+            labels.file.write(
+                f"{found.begin_s:.6f}\t{found.end_s:.6f}\t{' '.join(label.split())}\n"
+            )
+
+
+# ---- embeddings ------------------------------------------------------------------------------
+
+
+def last_dense_layer(model):
+    """The model's last Dense layer (top level, in layer order), or a ValueError."""
+    import keras
+
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    if not dense:
+        raise ValueError(f"model {model.name} has no Dense layer: no embedding to take")
+    return dense[-1]
+
+
+class EmbeddingModel:
+    """A model's softmax and the input of its last Dense layer, in one call per batch.
+
+    Stands in for the model in `predict.predict_pieces`: predict_on_batch(batch) returns
+    (batch, classes + dims), the softmax columns first; `split` separates them again.
+    """
+
+    def __init__(self, model):
+        import keras
+
+        dense = last_dense_layer(model)
+        self.layer_name = dense.name
+        self.n_classes = model.output_shape[-1]
+        self.dims = dense.input.shape[-1]
+        both = keras.layers.Concatenate(dtype="float32")(
+            [keras.ops.cast(model.outputs[0], "float32"), keras.ops.cast(dense.input, "float32")]
+        )
+        self.model = keras.Model(model.inputs, both)
+        self.output_shape = (None, self.n_classes + self.dims)
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_on_batch(batch))
+
+    def split(self, outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(chunks, classes + dims) -> softmax (chunks, classes), embeddings (chunks, dims)."""
+        return outputs[:, : self.n_classes], outputs[:, self.n_classes :]
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez into a temporary file beside path, moved into place when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(file, **arrays)
+        os.replace(temp_name, path)
+    except BaseException:
+        os.unlink(temp_name)
+        raise
+
+
+# ---- all of them, fed by predict.predict -----------------------------------------------------
+
+
+class ChunkOutputs:
+    """The optional outputs of a prediction run, fed piece by piece.
+
+    with ChunkOutputs(...) as outputs:
+        model = outputs.wrap(model)              # adds embedding columns when asked for
+        probs = outputs.piece(media_id, chunk_outputs, duration_s)   # each piece, in order
+        outputs.recording(media_id, window_probs, duration_s)   # each finished recording
+    Tables are written per recording; the embeddings file when the run ends without error.
+    In soundscape mode a piece is one window; otherwise windows have no time (NaN).
+    """
+
+    def __init__(
+        self,
+        media_ids: Sequence[str],
+        classes: Sequence[str],
+        class_names: dict[str, str],
+        thresholds: np.ndarray,
+        high_freq_hz: float,
+        window_seconds: float,
+        *,
+        soundscape: bool,
+        raven_dir: Path | None = None,
+        audacity_dir: Path | None = None,
+        embeddings_path: Path | None = None,
+    ):
+        if (raven_dir or audacity_dir) and not soundscape:
+            raise ValueError("Raven and Audacity tables need soundscape mode (5 s windows)")
+        self.classes, self.class_names = list(classes), dict(class_names)
+        self.thresholds = np.asarray(thresholds, dtype=np.float64)
+        self.high_freq_hz, self.window_seconds = high_freq_hz, window_seconds
+        self.soundscape = soundscape
+        self.raven_dir, self.audacity_dir = raven_dir, audacity_dir
+        self.embeddings_path = embeddings_path
+        self.file_names = safe_file_names(media_ids)
+        for folder in (raven_dir, audacity_dir):
+            if folder:
+                folder.mkdir(parents=True, exist_ok=True)
+        self.embedder: EmbeddingModel | None = None
+        self._pieces_seen: dict[str, int] = {}  # per recording: pieces so far (window number)
+        self._chunks_seen: dict[str, int] = {}
+        self._rows: dict[str, list] = {
+            "embeddings": [],
+            "media_id": [],
+            "chunk_index": [],
+            "start_s": [],
+            "end_s": [],
+        }
+
+    def __enter__(self) -> ChunkOutputs:
+        return self
+
+    def __exit__(self, error_type, error, traceback) -> None:
+        if error_type is None and self.embeddings_path:
+            self.write_embeddings()
+
+    def wrap(self, model):
+        if not self.embeddings_path:
+            return model
+        self.embedder = EmbeddingModel(model)
+        return self.embedder
+
+    def piece(self, media_id: str, outputs: np.ndarray, duration_s: float) -> np.ndarray:
+        """Chunk outputs of one piece of a recording of duration_s -> its softmax
+        (chunks, classes); keeps the embeddings."""
+        if not self.embedder:
+            return outputs
+        probs, embeddings = self.embedder.split(outputs)
+        window = self._pieces_seen.get(media_id, 0)
+        first_chunk = self._chunks_seen.get(media_id, 0)
+        self._pieces_seen[media_id] = window + 1
+        self._chunks_seen[media_id] = first_chunk + len(outputs)
+        start = window * self.window_seconds if self.soundscape else np.nan
+        rows = self._rows
+        rows["embeddings"].append(embeddings.astype(np.float32))
+        rows["media_id"] += [media_id] * len(outputs)
+        rows["chunk_index"].append(np.arange(first_chunk, first_chunk + len(outputs)))
+        rows["start_s"] += [start] * len(outputs)
+        rows["end_s"] += [min(start + self.window_seconds, duration_s)] * len(outputs)
+        return probs
+
+    def recording(self, media_id: str, window_probs: np.ndarray, duration_s: float) -> None:
+        """A finished recording: its tables, from window_probs (windows, classes)."""
+        if not (self.raven_dir or self.audacity_dir):
+            return
+        found = window_detections(window_probs, duration_s, self.thresholds, self.window_seconds)
+        name = self.file_names[media_id]
+        if self.raven_dir:
+            path = inside(self.raven_dir, f"{name}.selections.txt")
+            write_raven_table(path, found, self.classes, self.class_names, self.high_freq_hz)
+        if self.audacity_dir:
+            path = inside(self.audacity_dir, f"{name}.labels.txt")
+            write_audacity_labels(path, found, self.classes, self.class_names)
+
+    def write_embeddings(self) -> None:
+        rows = self._rows
+        dims = self.embedder.dims if self.embedder else 0
+        embeddings = rows["embeddings"]
+        write_npz(
+            self.embeddings_path,
+            {
+                "embeddings": np.concatenate(embeddings)
+                if embeddings
+                else np.zeros((0, dims), np.float32),
+                "media_id": np.array(rows["media_id"], dtype=str),
+                "chunk_index": np.concatenate(rows["chunk_index"]).astype(np.int32)
+                if embeddings
+                else np.zeros(0, np.int32),
+                "start_s": np.array(rows["start_s"], dtype=np.float64),
+                "end_s": np.array(rows["end_s"], dtype=np.float64),
+                "layer": np.array(self.embedder.layer_name if self.embedder else ""),
+            },
+        )
