@@ -17,6 +17,7 @@ The run folder (--out):
     split.json         MediaIds of the train, val and test recordings
     config.json        the training settings; model.py: a copy of the model file
     metrics.json       test scores of each best model
+    thresholds.json    per-class detection thresholds, chosen on the validation recordings
     loss.png, accuracy.png, map.png, logs/ (TensorBoard), backup/ (while training)
 and a row per run in the runs table (--runs-table, default runs.csv beside the run folder).
 
@@ -78,6 +79,7 @@ from train.log import (  # noqa: E402
     model_columns,
     plot_history,
 )
+from train.thresholds import THRESHOLDS_FILE, save_validation_thresholds  # noqa: E402
 
 logger = logging.getLogger("train_model")
 
@@ -441,6 +443,16 @@ def train(args: argparse.Namespace) -> dict:
         history = read_history(run_dir / HISTORY)
         metrics = score_best_models(run_dir, data["test"], dataset, history)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        with read_errors_reported(data["val"].batches):
+            if not save_validation_thresholds(
+                run_dir,
+                BEST["val_map"][0],
+                data["val"].batches,
+                data["val"].chunk_recording,
+                dataset.recordings["label"],
+                dataset.classes,
+            ):
+                logger.warning("no validation chunks or model: no %s", THRESHOLDS_FILE)
         plot_history(history, run_dir)
         append_run(
             args.runs_table or run_dir.parent / "runs.csv",
