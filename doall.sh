@@ -227,9 +227,11 @@ if [[ -z "$truth" ]]; then
 fi
 stage "evaluate against $truth"
 run python "$ROOT/predict/evaluate.py" --run-file "$run_file" --truth "$truth" \
-    --classes "$run_dir/classes.json" --json "${run_file%.csv}.scores.json"
+    --classes "$run_dir/classes.json" --json "${run_file%.csv}.scores.json" \
+    --report "${run_file%.csv}.report"
 echo
 echo "Run file: $run_file"
+echo "Report (per class, confusion matrix, weakest classes): ${run_file%.csv}.report/report.html"
 python - "${run_file%.csv}.scores.json" <<'EOF'
 import json, sys
 scores = json.load(open(sys.argv[1]))

@@ -31,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 
+from predict.report import write_report  # noqa: E402
 from predict.runfile import RunEntry, RunFileError, read_run_file  # noqa: E402
 from preprocess.metadata import Recording, read_birdclef_xml_dir  # noqa: E402
 from train.metrics import mean_average_precision, top1_accuracy  # noqa: E402
@@ -251,6 +252,13 @@ def main(argv: list[str] | None = None) -> None:
         "background column to class ids",
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="also write a report: per_class.csv, confusion matrix, precision-recall curves of "
+        "the weakest classes, report.html",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
 
@@ -267,6 +275,29 @@ def main(argv: list[str] | None = None) -> None:
     _warn(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    if args.report:
+        try:
+            path = write_report_for(args.report, entries, truth, results, model_classes)
+        except OSError as error:
+            raise SystemExit(f"error: cannot write the report: {error}") from None
+        print(f"report: {path}")
+
+
+def write_report_for(out_dir, entries, truth: Truth, results: dict, model_classes) -> Path:
+    """predict/report.py's files for these results; classes: the model's, else all seen."""
+    classes = model_classes or sorted(
+        {e.class_id for e in entries} | set(truth.foreground.values())
+    )
+    classes = [*classes, *sorted(set(truth.foreground.values()) - set(classes))]
+    summary = {
+        "MAP (foreground)": f"{results['map_foreground']:.4f}",
+        "MAP (with background)": f"{results['map_with_background']:.4f}",
+        "top-1 accuracy": f"{results['top1_accuracy']:.4f}",
+        "recordings in the truth": results["recordings"],
+        "missing from the run file": len(results["missing_from_run"]),
+        "chance MAP (foreground)": f"{results['chance_map_foreground']:.4f}",
+    }
+    return write_report(out_dir, entries, truth.foreground, classes, summary)
 
 
 if __name__ == "__main__":

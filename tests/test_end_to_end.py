@@ -1,5 +1,6 @@
 """The whole job on the tiny synthetic demo: every stage leaves its output, a valid run file."""
 
+import csv
 import json
 import subprocess
 from pathlib import Path
@@ -67,3 +68,16 @@ def test_a_second_run_skips_finished_work(finished):
     output = doall(tmp_path)
     assert "already complete" in output  # demo data and training
     assert "MAP (foreground):" in output
+
+
+def test_the_run_folder_holds_the_report_and_the_thresholds(finished):
+    tmp_path, output = finished
+    run = tmp_path / "runs" / "demo-tiny"
+    classes = json.loads((run / "classes.json").read_text())["classes"]
+    report = run / "predictions" / "TestSet.report"
+    with open(report / "per_class.csv", newline="", encoding="utf-8") as file:
+        assert [row["class"] for row in csv.DictReader(file)] == classes
+    for name in ("report.html", "confusion_matrix.png", "pr_curves.png"):
+        assert (report / name).is_file(), name
+    assert str(report / "report.html") in output
+    assert list(json.loads((run / "thresholds.json").read_text())["classes"]) == classes
