@@ -1,0 +1,81 @@
+"""train/export_model.py: the exported SavedModel, reloaded with TensorFlow alone, gives the
+Keras model's outputs on chunks of real bird song; the run's parameters travel with it."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from preprocess.audio import read_wav, to_sample_rate
+from preprocess.params import SpectrogramParams
+from preprocess.spectrogram import extract_chunks
+from train.export_model import main
+
+PARAMS = SpectrogramParams()
+CLASSES = ["aaa", "bbb", "ccc"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A run folder with a small functional model (batch norm: inference mode must be kept)."""
+    import keras
+
+    folder = tmp_path_factory.mktemp("run")
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((PARAMS.n_bins, PARAMS.chunk_frames, 1))
+    x = keras.layers.Conv2D(2, 5, strides=4, activation="relu")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Dense(6, activation="relu")(keras.layers.GlobalAveragePooling2D()(x))
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    batch_norm = model.layers[2]
+    batch_norm.set_weights([w + 0.5 for w in batch_norm.get_weights()])  # not the identity
+    model.save(folder / "best_val_map.keras")
+    (folder / "params.json").write_text(PARAMS.to_json())
+    (folder / "classes.json").write_text(json.dumps({"classes": CLASSES, "class_names": {}}))
+    (folder / "thresholds.json").write_text(json.dumps({"classes": {}}))
+    return folder
+
+
+def real_chunks(shared_data) -> np.ndarray:
+    """Training chunks (n, n_bins, chunk_frames, 1) of real great tit songs at 16 kHz."""
+    chunks = []
+    for wav in sorted((shared_data / "birds" / "great_tit").glob("*.wav"))[:3]:
+        samples, rate = read_wav(wav)
+        samples = to_sample_rate(samples, rate, PARAMS.sample_rate)
+        chunks.append(extract_chunks(samples, PARAMS).chunks)
+    return np.concatenate(chunks)[..., None].astype(np.float32)
+
+
+def test_saved_model_gives_the_keras_model_outputs_on_real_chunks(run_dir, shared_data, tmp_path):
+    import keras
+
+    if keras.backend.backend() != "tensorflow" or not importlib.util.find_spec("tensorflow"):
+        pytest.skip("the SavedModel export is checked under the TensorFlow backend")
+    import tensorflow as tf
+
+    out = tmp_path / "exported"
+    assert main(["--run", str(run_dir), "--out", str(out)]) == 0
+    for name in ("params.json", "classes.json", "thresholds.json"):
+        assert (out / name).read_bytes() == (run_dir / name).read_bytes()
+    assert not (tmp_path / "exported.part").exists()
+
+    chunks = real_chunks(shared_data)
+    assert len(chunks) >= 3 and np.ptp(chunks) > 0
+    exported = tf.saved_model.load(str(out))  # kept referenced: its variables live in it
+    served = exported.serve(tf.constant(chunks)).numpy()
+    model = keras.saving.load_model(run_dir / "best_val_map.keras", compile=False)
+    expected = model.predict(chunks, verbose=0)
+    assert served.shape == (len(chunks), len(CLASSES))
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+    assert np.ptp(expected, axis=0).max() > 1e-4  # the chunks give different outputs
+
+
+def test_export_refuses_an_existing_target_and_a_missing_run(run_dir, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    assert main(["--run", str(run_dir), "--out", str(tmp_path / "taken")]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert main(["--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "new")]) == 2
+    assert "not a finished training run" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()

@@ -1,0 +1,109 @@
+"""Export a run's best model for serving, with the parameters it needs, into one folder.
+
+    python train/export_model.py --run runs/demo --out exported/demo
+    python train/export_model.py --run runs/demo --out exported/demo-onnx --format onnx
+
+Uses Keras's `model.export`. The folder (--out) holds the model and, copied from the run
+folder, params.json (the preprocessing: chunks must be made exactly as in training),
+classes.json (the output columns) and thresholds.json when the run has one:
+
+    tf_saved_model (default)   the folder is itself a TensorFlow SavedModel; its serving
+                               endpoint `serve` maps float32 (batch, n_bins, chunk_frames, 1)
+                               chunks to (batch, classes) softmax. TensorFlow backend (also
+                               JAX, with TensorFlow installed).
+    onnx                       model.onnx (needs the `onnx`, `onnxruntime` and, under
+                               TensorFlow, `tf2onnx` packages)
+    litert                     model.tflite (TensorFlow backend)
+
+The folder is written as OUT.part and renamed when complete; an existing --out is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
+
+logger = logging.getLogger("export_model")
+
+DEFAULT_MODEL_FILE = "best_val_map.keras"
+MODEL_FILES = {"tf_saved_model": None, "onnx": "model.onnx", "litert": "model.tflite"}
+RUN_FILES = ("params.json", "classes.json", "thresholds.json")  # copied when present
+
+
+class ExportError(Exception):
+    """A run folder or target that export cannot work with; the message says why."""
+
+
+def export_run(
+    run_dir: Path, out: Path, model_file: str = DEFAULT_MODEL_FILE, fmt: str = "tf_saved_model"
+) -> Path:
+    """Export run_dir/model_file in format fmt into the new folder out; returns out."""
+    if fmt not in MODEL_FILES:
+        raise ExportError(f"unknown format {fmt!r}: one of {', '.join(MODEL_FILES)}")
+    for name in (model_file, "params.json", "classes.json"):
+        if not (run_dir / name).is_file():
+            raise ExportError(f"{run_dir} has no {name}: not a finished training run")
+    if out.exists():
+        raise ExportError(f"{out} exists: choose another --out, or delete it first")
+
+    import keras  # TensorFlow takes seconds to load: only once the inputs are known good
+
+    model = keras.saving.load_model(run_dir / model_file, compile=False)
+    partial = out.with_name(out.name + ".part")
+    shutil.rmtree(partial, ignore_errors=True)  # left by an export that was killed
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    target = partial if MODEL_FILES[fmt] is None else partial / MODEL_FILES[fmt]
+    if MODEL_FILES[fmt]:
+        partial.mkdir()
+    try:
+        model.export(str(target), format=fmt, verbose=False)
+    except Exception as error:  # a missing converter package, a backend without the format
+        shutil.rmtree(partial, ignore_errors=True)
+        raise ExportError(
+            f"exporting {run_dir / model_file} as {fmt} with the {keras.backend.backend()} "
+            f"backend failed: {type(error).__name__}: {error}"
+        ) from error
+    for name in RUN_FILES:
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, partial / name)
+    partial.rename(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog=__doc__.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--run", type=Path, required=True, help="training run folder")
+    parser.add_argument("--out", type=Path, required=True, help="folder to create")
+    parser.add_argument(
+        "--model-file",
+        default=DEFAULT_MODEL_FILE,
+        help=f"model in the run folder (default {DEFAULT_MODEL_FILE})",
+    )
+    parser.add_argument(
+        "--format", choices=tuple(MODEL_FILES), default="tf_saved_model", help="export format"
+    )
+    parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    try:
+        out = export_run(args.run, args.out, args.model_file, args.format)
+    except ExportError as error:
+        if args.verbose:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{args.run / args.model_file} exported as {args.format} to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
