@@ -56,6 +56,11 @@ RAVEN_COLUMNS = (
 )
 
 
+class OutputError(ValueError):
+    """An output that cannot be made (no Dense layer to take embeddings from, a file name
+    that would leave its folder); the message says which and why."""
+
+
 # ---- file names ------------------------------------------------------------------------------
 
 
@@ -85,7 +90,7 @@ def inside(folder: Path, name: str) -> Path:
     """folder/name, refusing any name that would leave folder (a second guard on safe names)."""
     path = folder / name
     if path.resolve().parent != folder.resolve():
-        raise ValueError(f"file name {name!r} would be written outside {folder}")
+        raise OutputError(f"file name {name!r} would be written outside {folder}")
     return path
 
 
@@ -178,12 +183,14 @@ def write_audacity_labels(
 
 
 def last_dense_layer(model):
-    """The model's last Dense layer (top level, in layer order), or a ValueError."""
+    """The model's last Dense layer (top level, in layer order), or an OutputError."""
     import keras
 
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     if not dense:
-        raise ValueError(f"model {model.name} has no Dense layer: no embedding to take")
+        raise OutputError(
+            f"model {model.name} has no Dense layer at its top level: no embeddings to take"
+        )
     return dense[-1]
 
 

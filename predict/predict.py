@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 
-from predict.detections import ChunkOutputs, top_frequency_hz  # noqa: E402
+from predict.detections import ChunkOutputs, OutputError, top_frequency_hz  # noqa: E402
 from predict.runfile import AtomicTextWriter, RunFileWriter, SoundscapeWriter, top_classes  # noqa: E402
 from preprocess.audio import AudioError, read_wav, read_wav_blocks, streamable_seconds  # noqa: E402
 from preprocess.metadata import AUDIO_SUFFIXES, read_birdclef_xml_dir  # noqa: E402
@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> None:
             outputs=outputs,
         )
         skipped += failed
-    except (PredictError, ThresholdsError) as error:
+    except (PredictError, ThresholdsError, OutputError) as error:
         raise SystemExit(f"error: {error}") from None
 
     if skipped:

@@ -11,6 +11,7 @@ from predict.detections import (
     RAVEN_COLUMNS,
     ChunkOutputs,
     EmbeddingModel,
+    OutputError,
     safe_file_names,
     safe_name,
     window_detections,
@@ -265,3 +266,13 @@ def test_embedding_model_works_for_sequential_models():
     probs, embeddings = embedder.split(embedder.predict_on_batch(batch))
     np.testing.assert_allclose(embeddings, batch.reshape(4, 30), rtol=1e-6)
     np.testing.assert_allclose(probs, model.predict_on_batch(batch), rtol=1e-5)
+
+
+def test_a_model_without_dense_layer_has_no_embeddings():
+    import keras
+
+    model = keras.Sequential(
+        [keras.Input((6, 5, 1)), keras.layers.Conv2D(3, (6, 5)), keras.layers.Flatten()]
+    )
+    with pytest.raises(OutputError, match="no Dense layer"):
+        EmbeddingModel(model)
