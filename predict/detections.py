@@ -274,7 +274,10 @@ class ChunkOutputs:
         self.file_names = safe_file_names(media_ids)
         for folder in (raven_dir, audacity_dir):
             if folder:
-                folder.mkdir(parents=True, exist_ok=True)
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as error:
+                    raise OutputError(f"cannot make the table folder {folder}: {error}") from None
         self.embedder: EmbeddingModel | None = None
         self._pieces_seen: dict[str, int] = {}  # per recording: pieces so far (window number)
         self._chunks_seen: dict[str, int] = {}

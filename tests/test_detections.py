@@ -206,6 +206,9 @@ def test_bad_output_arguments_are_refused(run_dir, test_wavs, tmp_path, capsys):
             predict_cli(*base, *extra)
         assert exit_info.value.code == 2
     assert "need --soundscape" in capsys.readouterr().err
+    (tmp_path / "a file").write_text("")
+    with pytest.raises(SystemExit, match="error: cannot make the table folder"):
+        predict_cli(*base, "--soundscape", "--raven", tmp_path / "a file")
 
 
 # ---- embeddings ------------------------------------------------------------------------------
