@@ -92,8 +92,8 @@ class EpochTime(keras.callbacks.Callback):
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping on a value to minimise (val_loss) whose patience counts the epochs of
-    the run before a --resume.
+    """EarlyStopping (mode "min" or "max", given) whose patience counts the epochs of the
+    run before a --resume.
 
     past: the monitored value of each epoch already done (empty for a new run).
     """
@@ -101,29 +101,37 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     def __init__(self, past: np.ndarray, **kwargs):
         super().__init__(**kwargs)
         self.past = np.asarray(past, dtype=float)
+        self.direction = kwargs["mode"]
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        best = best_epoch(self.past, "min")
+        best = best_epoch(self.past, self.direction)
         if best is not None:
             self.best, self.best_epoch = float(self.past[best]), best
             self.wait = len(self.past) - 1 - best
 
 
 def training_callbacks(
-    run_dir: Path, map_callback: MAPCallback, patience: int, past: dict[str, np.ndarray]
+    run_dir: Path,
+    map_callback: MAPCallback,
+    patience: int,
+    past: dict[str, np.ndarray],
+    monitor: str = "val_loss",
+    extra: list[keras.callbacks.Callback] = (),
 ) -> list[keras.callbacks.Callback]:
     """Callbacks of a training run in run_dir, in the order they must run.
 
     past: history of the epochs done before a --resume ({} for a new run), so the best
     checkpoints and early stopping carry on instead of starting over.
+    monitor: what early stopping watches, a key of BEST. extra: callbacks that run after
+    the MAP callback and before the checkpoints (e.g. a learning-rate schedule).
     """
 
     def best_so_far(name: str) -> float | None:
         best = best_epoch(past.get(name, []), BEST[name][1])
         return None if best is None else float(past[name][best])
 
-    callbacks = [EpochTime(), map_callback]
+    callbacks = [EpochTime(), map_callback, *extra]
     for name, (filename, mode) in BEST.items():
         callbacks.append(
             keras.callbacks.ModelCheckpoint(
@@ -136,7 +144,11 @@ def training_callbacks(
         )
     callbacks.append(
         ResumableEarlyStopping(
-            past.get("val_loss", []), monitor="val_loss", mode="min", patience=patience, verbose=1
+            past.get(monitor, []),
+            monitor=monitor,
+            mode=BEST[monitor][1],
+            patience=patience,
+            verbose=1,
         )
     )
     if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):

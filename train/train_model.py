@@ -54,6 +54,13 @@ from preprocess.dataset import (  # noqa: E402
     read_rows,
     recording_rows,
 )
+from train import recipe  # noqa: E402
+from train.augment import (  # noqa: E402
+    AUGMENTATIONS,
+    AugmentedBatches,
+    AugmentSettings,
+    quietest_chunks,
+)
 from train.callbacks import (  # noqa: E402
     BEST,
     HISTORY,
@@ -79,6 +86,7 @@ from train.log import (  # noqa: E402
     model_columns,
     plot_history,
 )
+from train.metrics import POOLINGS, mean_average_precision, recording_scores  # noqa: E402
 from train.thresholds import THRESHOLDS_FILE, save_validation_thresholds  # noqa: E402
 
 logger = logging.getLogger("train_model")
@@ -94,6 +102,17 @@ SETTINGS = (
     "mixed_precision",
     "weights",
     "in_memory",
+    "recipe",
+    "optimizer",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "normalize",
+    "augment",
+    "class_balance",
+    "early_stop_on",
+    "time_budget",
+    "pooling",
 )  # columns of the runs table
 DONE = "training_done.json"  # written when fit() ends; training is then not resumed again
 
@@ -106,8 +125,8 @@ class TrainError(Exception):
 # The model file
 
 
-def build_model_from_file(path: Path, input_shape: tuple, n_classes: int) -> keras.Model:
-    """Run a model file's `build_model(input_shape, n_classes)` and check what it gives."""
+def load_model_file(path: Path):
+    """The model file as a module (its build_model, and compile_args if it defines one)."""
     if not path.is_file():
         raise TrainError(f"{path}: no such model file")
     spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
@@ -118,6 +137,12 @@ def build_model_from_file(path: Path, input_shape: tuple, n_classes: int) -> ker
         raise TrainError(
             f"{path}: cannot load model file: {type(error).__name__}: {error}"
         ) from error
+    return module
+
+
+def build_model_from_file(path: Path, input_shape: tuple, n_classes: int) -> keras.Model:
+    """Run a model file's `build_model(input_shape, n_classes)` and check what it gives."""
+    module = load_model_file(path)
     if not callable(getattr(module, "build_model", None)):
         raise TrainError(
             f"{path} defines no build_model(input_shape, n_classes) function returning a "
@@ -301,6 +326,45 @@ class SplitData:
         return len(self.rows)
 
 
+def sample_chunks(batches: ChunkBatches, dataset: Dataset, most: int, seed: int) -> np.ndarray:
+    """Up to `most` random chunks (sorted rows) of batches, from memory or the file."""
+    rng = np.random.default_rng(seed)
+    positions = np.sort(rng.permutation(len(batches.rows))[:most])
+    if isinstance(batches.source, np.ndarray):
+        return batches.source[positions]
+    return read_rows(dataset.X, batches.rows[positions])
+
+
+def augmented_batches(
+    train: SplitData, dataset: Dataset, sample: np.ndarray, args: argparse.Namespace
+) -> AugmentedBatches:
+    """The training batches with --augment and --class-balance applied."""
+    plain = train.batches
+    recording = train.chunk_recording
+    same_next = np.append(recording[1:] == recording[:-1], False)
+    first = np.insert(recording[1:] != recording[:-1], 0, True)
+    use = tuple(name for name in args.augment.split(",") if name and name != "none")
+    weights = None
+    if args.class_balance == "weights":
+        weights = recipe.class_weights(plain.labels, plain.n_classes)
+        logger.info("class loss weights %s", np.round(weights, 2).tolist())
+    return AugmentedBatches(
+        plain.source,
+        plain.rows,
+        plain.labels,
+        plain.n_classes,
+        plain.batch_size,
+        shuffle=True,
+        seed=args.seed,
+        workers=args.workers,
+        settings=AugmentSettings(use=use),
+        next_positions=np.where(same_next, np.arange(len(recording)) + 1, -1),
+        first_of_recording=first,
+        noise=quietest_chunks(sample) if "noise" in use else None,
+        class_weights=weights,
+    )
+
+
 def load_splits(dataset: Dataset, split: dict, args: argparse.Namespace) -> dict[str, SplitData]:
     """The chunks of each split, in memory (--in-memory yes, or auto and they fit) or
     streamed from the file."""
@@ -354,7 +418,21 @@ def fit(
         dataset.recordings["label"],
         dataset.recordings["background"].astype(bool),
     )
-    callbacks = training_callbacks(run_dir, map_callback, args.patience, past)
+    extra = []
+    if args.optimizer != "rmsprop" or args.warmup_epochs or args.time_budget:
+        extra.append(
+            recipe.ScheduleAndBudget(
+                args.epochs,
+                len(data["train"].batches),
+                args.learning_rate,
+                args.warmup_epochs,
+                args.time_budget * 60,
+                schedule=args.optimizer != "rmsprop" or args.warmup_epochs > 0,
+            )
+        )
+    callbacks = training_callbacks(
+        run_dir, map_callback, args.patience, past, monitor=args.early_stop_on, extra=extra
+    )
     with read_errors_reported(data["train"].batches, val.batches):
         model.fit(
             data["train"].batches,
@@ -401,6 +479,35 @@ def score_best_models(
     return scores
 
 
+def write_inference(
+    run_dir: Path, data: dict[str, SplitData], dataset: Dataset, args: argparse.Namespace
+) -> dict:
+    """RUN/inference.json: best_val_map.keras and the recording pooling, --pooling or (auto)
+    the one with the best validation MAP, with its test MAP; returns what it wrote."""
+    model_file = BEST["val_map"][0]
+    labels = dataset.recordings["label"]
+    if not (run_dir / model_file).is_file():
+        logger.warning("%s missing: inference.json names it all the same", model_file)
+        return recipe.write_inference(run_dir, model_file, "mean", {})
+    model = keras.saving.load_model(run_dir / model_file, compile=False)
+    pooling, extra = args.pooling, {}
+    if args.pooling == "auto":
+        with read_errors_reported(data["val"].batches):
+            probs = model.predict(data["val"].batches, verbose=0)
+        pooling, val_maps = recipe.choose_pooling(probs, data["val"].chunk_recording, labels)
+        extra["val_map"] = val_maps
+        logger.info("recording pooling %s (validation MAP %s)", pooling, val_maps)
+    test = data["test"]
+    if len(test):
+        with read_errors_reported(test.batches):
+            probs = model.predict(test.batches, verbose=0)
+        ids, pooled = recording_scores(probs, test.chunk_recording, pooling)
+        extra["test_map"] = mean_average_precision(
+            pooled, np.eye(probs.shape[1], dtype=bool)[labels[ids]]
+        )
+    return recipe.write_inference(run_dir, model_file, pooling, extra)
+
+
 def train(args: argparse.Namespace) -> dict:
     """Fill the run folder args.out; returns the test scores (metrics.json)."""
     run_dir = args.out
@@ -409,7 +516,13 @@ def train(args: argparse.Namespace) -> dict:
         split = load_or_make_split(run_dir, dataset, args, resuming)
         write_run_files(run_dir, dataset, args, resuming)
         data = load_splits(dataset, split, args)
-        params, n_classes = dataset.params, len(dataset.classes)
+        n_classes = len(dataset.classes)
+        input_shape = tuple(dataset.X.shape[1:])  # (n_bins, chunk_frames, 1), any front end
+        sample = None
+        if args.normalize == "dataset" or args.augment != "none":
+            sample = sample_chunks(data["train"].batches, dataset, 4000, args.seed)
+        if args.augment != "none" or args.class_balance != "none":
+            data["train"].batches = augmented_batches(data["train"], dataset, sample, args)
 
         keras.mixed_precision.set_global_policy(
             "mixed_float16" if args.mixed_precision else "float32"
@@ -417,14 +530,18 @@ def train(args: argparse.Namespace) -> dict:
         keras.utils.set_random_seed(args.seed)
         logger.info("devices: %s", ", ".join(list_devices()) or "(not listed by this backend)")
         with data_parallel_scope():
-            model = build_model_from_file(
-                args.model, (params.n_bins, params.chunk_frames, 1), n_classes
-            )
-            model.compile(
-                optimizer=keras.optimizers.RMSprop(args.learning_rate),
-                loss="categorical_crossentropy",
-                metrics=["accuracy"],
-            )
+            model = build_model_from_file(args.model, input_shape, n_classes)
+            stats = None
+            if args.normalize == "dataset":
+                stats = recipe.band_statistics(sample, np.log10(dataset.params.log_floor))
+            model = recipe.normalized_model(model, args.normalize, stats)
+            try:
+                compiled = recipe.compile_args(args, load_model_file(args.model))
+            except Exception as error:  # the user's compile_args: report whatever it raises
+                raise TrainError(
+                    f"{args.model}: compile_args failed: {type(error).__name__}: {error}"
+                ) from error
+            model.compile(**compiled, metrics=["accuracy"])
             if args.weights:
                 try:
                     model.load_weights(args.weights)
@@ -442,6 +559,7 @@ def train(args: argparse.Namespace) -> dict:
 
         history = read_history(run_dir / HISTORY)
         metrics = score_best_models(run_dir, data["test"], dataset, history)
+        metrics["inference"] = write_inference(run_dir, data, dataset, args)
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         with read_errors_reported(data["val"].batches):
             if not save_validation_thresholds(
@@ -493,12 +611,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="chunk dataset written by preprocess/load_data.py",
     )
     parser.add_argument(
+        "--recipe",
+        choices=tuple(recipe.RECIPES),
+        default="2016",
+        help="defaults of the options below: 2016 (the paper's, default) or modern "
+        "(ResNet, normalisation, augmentation, AdamW with cosine decay, a time budget; "
+        "see train/recipe.py); options given explicitly win",
+    )
+    parser.add_argument(
         "--model",
         type=Path,
-        default=PROJECT_ROOT / "train" / "model-BirdClef.py",
         metavar="FILE.py",
-        help="model file defining build_model(input_shape, "
-        "n_classes) (default: train/model-BirdClef.py)",
+        help="model file defining build_model(input_shape, n_classes) (default: "
+        "train/model-BirdClef.py; modern: train/model-ResNet.py)",
     )
     parser.add_argument(
         "--out",
@@ -510,23 +635,75 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--epochs",
         type=int,
-        default=20000,
-        help="most epochs; early stopping usually ends sooner (default 20000)",
+        help="most epochs; early stopping usually ends sooner (default 20000; modern 60)",
     )
     parser.add_argument(
         "--patience",
         type=int,
-        default=100,
-        help="epochs without a lower validation loss before stopping (default 100)",
+        help="epochs without a better --early-stop-on value before stopping "
+        "(default 100; modern 20)",
     )
     parser.add_argument(
         "--batch-size",
         type=int,
-        default=32,
         help="chunks per step (default 32, good on a CPU; the original used 1350 on a GPU)",
     )
     parser.add_argument(
-        "--learning-rate", type=float, default=0.001, help="RMSprop's (default 0.001)"
+        "--learning-rate",
+        type=float,
+        help="RMSprop's (default 0.001); the peak of AdamW's schedule (modern 0.002)",
+    )
+    parser.add_argument(
+        "--optimizer", choices=recipe.OPTIMIZERS, help="rmsprop (default) or adamw (modern)"
+    )
+    parser.add_argument(
+        "--weight-decay", type=float, help="AdamW's decoupled weight decay (modern 0.01)"
+    )
+    parser.add_argument(
+        "--warmup-epochs",
+        type=int,
+        help="epochs of linear learning-rate warm-up before the cosine decay that adamw "
+        "uses (default 0; modern 2)",
+    )
+    parser.add_argument(
+        "--label-smoothing", type=float, help="of the cross-entropy (default 0; modern 0.1)"
+    )
+    parser.add_argument(
+        "--normalize",
+        choices=recipe.NORMALIZATIONS,
+        help="normalisation layer saved in front of the model: none (default), dataset "
+        "(per-band statistics of the training chunks; modern) or chunk (each chunk "
+        "standardised)",
+    )
+    parser.add_argument(
+        "--augment",
+        metavar="LIST",
+        help="augmentations of the training batches, comma-separated from "
+        f"{','.join(AUGMENTATIONS)}, or none (default none; modern all)",
+    )
+    parser.add_argument(
+        "--class-balance",
+        choices=recipe.CLASS_BALANCES,
+        help="loss weights against long-tailed classes (default none; modern weights)",
+    )
+    parser.add_argument(
+        "--early-stop-on",
+        choices=recipe.EARLY_STOP_ON,
+        help="what early stopping and --patience watch (default val_loss; modern val_map)",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="MINUTES",
+        help="end training when the next epoch would end past this many minutes; the "
+        "cosine decay fits the epochs the first epoch's time allows (0: none, default; "
+        "modern 12)",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=("auto", *POOLINGS),
+        help="recording pooling of chunk scores written to inference.json for prediction: "
+        "mean (default), max, power, or auto (modern): best on validation",
     )
     parser.add_argument("--seed", type=int, default=0, help="split, initial weights and shuffling")
     parser.add_argument(
@@ -575,6 +752,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--verbose", action="store_true", help="debug logging, tracebacks")
     args = parser.parse_args(argv)
+    recipe.apply_recipe(args)
+    unknown = set(args.augment.split(",")) - {*AUGMENTATIONS, "none"}
+    if unknown:
+        parser.error(
+            f"--augment: unknown {', '.join(sorted(unknown))} (choose from "
+            f"{', '.join(AUGMENTATIONS)}, or none)"
+        )
+    if args.time_budget < 0 or args.warmup_epochs < 0 or args.weight_decay < 0:
+        parser.error("--time-budget, --warmup-epochs and --weight-decay must be at least 0")
+    if not 0 <= args.label_smoothing < 1:
+        parser.error("--label-smoothing must be in [0, 1)")
     for name in ("epochs", "batch_size", "workers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")

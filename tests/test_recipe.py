@@ -1,0 +1,179 @@
+"""The training recipes: 2016 defaults unchanged, normalisation saved in the model, the model
+file's compile hook, the schedule and time budget, pooling chosen on validation, and a tiny
+modern run end to end."""
+
+import csv
+import json
+import types
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from test_train import TINY_MODEL, train_args, write_easy_dataset
+
+from train import recipe, train_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def easy_data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "easy.h5"
+    write_easy_dataset(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "model-Tiny.py"
+    path.write_text(TINY_MODEL)
+    return path
+
+
+def test_the_2016_recipe_is_the_default_and_keeps_the_old_defaults():
+    args = train_model.parse_args(["--data", "d.h5", "--out", "run"])
+    assert args.recipe == "2016"
+    assert args.model == ROOT / "train" / "model-BirdClef.py"
+    assert (args.epochs, args.patience, args.batch_size, args.learning_rate) == (
+        20000,
+        100,
+        32,
+        0.001,
+    )
+    assert (args.optimizer, args.normalize, args.augment, args.class_balance) == (
+        "rmsprop",
+        "none",
+        "none",
+        "none",
+    )
+    assert (args.early_stop_on, args.time_budget, args.pooling) == ("val_loss", 0.0, "mean")
+    compiled = recipe.compile_args(args)
+    assert isinstance(compiled["optimizer"], keras.optimizers.RMSprop)
+    assert compiled["loss"] == "categorical_crossentropy"
+
+
+def test_modern_recipe_defaults_and_explicit_options_win():
+    args = train_model.parse_args(
+        ["--data", "d.h5", "--out", "run", "--recipe", "modern", "--epochs", "7"]
+    )
+    assert args.epochs == 7 and args.model == ROOT / "train" / "model-ResNet.py"
+    assert args.optimizer == "adamw" and args.normalize == "dataset"
+    assert args.early_stop_on == "val_map" and args.pooling == "auto"
+    with pytest.raises(SystemExit):
+        train_model.parse_args(["--data", "d.h5", "--out", "r", "--augment", "crop,wobble"])
+
+
+@pytest.mark.parametrize("normalize", ["dataset", "chunk"])
+def test_normalisation_is_saved_in_and_restored_from_the_keras_file(
+    normalize, tiny_model, tmp_path
+):
+    rng = np.random.default_rng(0)
+    x = rng.normal(5, 3, (30, 16, 20, 1)).astype(np.float32)
+    x[:, :8] += 4  # bands with other levels
+    stats = recipe.band_statistics(x)
+    np.testing.assert_allclose(stats[0], x[..., 0].mean(axis=(0, 2)), rtol=1e-5)
+    model = recipe.normalized_model(
+        train_model.build_model_from_file(tiny_model, (16, 20, 1), 4), normalize, stats
+    )
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), 1e-5)
+    first = loaded.layers[1]
+    normalized = keras.Model(loaded.inputs, first.output).predict(x, verbose=0)
+    if normalize == "dataset":
+        assert isinstance(first, keras.layers.Normalization)
+        np.testing.assert_allclose(normalized.mean(axis=(0, 2, 3)), 0, atol=1e-4)
+        np.testing.assert_allclose(normalized.std(axis=(0, 2, 3)), 1, atol=1e-3)
+    else:
+        assert isinstance(first, keras.layers.LayerNormalization)
+        np.testing.assert_allclose(normalized.mean(axis=(1, 2, 3)), 0, atol=1e-4)
+
+
+def test_band_statistics_leave_out_the_floor():
+    x = np.full((4, 2, 10, 1), -10.0, dtype=np.float32)
+    x[:, 0, :5] = 2.0
+    x[:, 0, 5:] = 4.0
+    mean, variance = recipe.band_statistics(x, floor=-10.0)
+    assert mean[0] == pytest.approx(3.0) and variance[0] == pytest.approx(1.0)
+    assert mean[1] == pytest.approx(-10.0)  # all floor: used as it is
+
+
+def test_class_weights_favour_rare_classes_and_average_one():
+    labels = np.array([0] * 90 + [1] * 10)
+    weights = recipe.class_weights(labels, 3)
+    assert weights[1] > weights[0] > 0 and weights[2] == 0
+    assert weights[labels].mean() == pytest.approx(1.0)
+
+
+def test_model_file_compile_hook_is_used_when_present():
+    args = train_model.parse_args(["--data", "d.h5", "--out", "r", "--recipe", "modern"])
+    modern = recipe.compile_args(args)
+    assert isinstance(modern["optimizer"], keras.optimizers.AdamW)
+    assert modern["loss"].get_config()["label_smoothing"] == pytest.approx(0.1)
+
+    def compile_args(settings):
+        return {"optimizer": keras.optimizers.SGD(settings["learning_rate"]), "loss": "mse"}
+
+    chosen = recipe.compile_args(args, types.SimpleNamespace(compile_args=compile_args))
+    assert isinstance(chosen["optimizer"], keras.optimizers.SGD) and chosen["loss"] == "mse"
+    with pytest.raises(ValueError, match="loss"):
+        recipe.compile_args(args, types.SimpleNamespace(compile_args=lambda s: {"optimizer": 1}))
+
+
+def test_warmup_then_cosine_and_budget_epochs():
+    rates = [recipe.warmup_cosine(step, 100, 10, 1.0) for step in range(100)]
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False))
+    assert rates[-1] < 0.01
+    assert recipe.budget_epochs(30, 600, 100) == 20
+    assert recipe.budget_epochs(30, 600, 5) == 5 and recipe.budget_epochs(900, 600, 5) == 1
+    assert recipe.budget_epochs(30, 0, 7) == 7
+
+
+def test_pooling_is_chosen_on_validation_ties_go_to_the_mean():
+    # recording 0 (class 0) is long: class 0 in one chunk of five; the rest say class 1
+    probs = np.array([[0.9, 0.1]] + [[0.4, 0.6]] * 4 + [[0.2, 0.8]] * 2)
+    recordings = np.array([0, 0, 0, 0, 0, 1, 1])
+    labels = np.array([0, 1])
+    pooling, scores = recipe.choose_pooling(probs, recordings, labels)
+    assert pooling == "max" and scores["max"] > scores["mean"]
+    pooling, scores = recipe.choose_pooling(probs[5:], recordings[5:], labels)
+    assert pooling == "mean" and len(set(scores.values())) == 1
+
+
+def test_tiny_modern_run_end_to_end(easy_data, tmp_path):
+    run_dir = tmp_path / "modern"
+    model = ROOT / "train" / "model-ResNet.py"
+    argv = train_args(easy_data, model, run_dir, "--recipe", "modern", "--epochs", "3")
+    assert train_model.main(argv) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["recipe"] == "modern" and config["normalize"] == "dataset"
+    assert config["augment"] == "crop,mixup,specaugment,noise,gain"
+    inference = json.loads((run_dir / "inference.json").read_text())
+    assert inference["model_file"] == "best_val_map.keras"
+    assert inference["pooling"] in ("mean", "max", "power")
+    assert set(inference["val_map"]) == {"mean", "max", "power"}
+    saved = keras.saving.load_model(run_dir / inference["model_file"], compile=False)
+    assert saved.layers[1].name == "band_normalization"
+    with (run_dir / "history.csv").open() as file:
+        rates = [float(row["learning_rate"]) for row in csv.DictReader(file)]
+    assert len(rates) == 3 and rates[1] == pytest.approx(0.002, rel=0.05)  # warm-up peak
+    assert rates[2] < rates[1]  # cosine decay
+
+
+def test_time_budget_ends_training_and_compile_hook_from_the_model_file(easy_data, tmp_path):
+    model = tmp_path / "model-Hooked.py"
+    model.write_text(
+        TINY_MODEL
+        + "\n\ndef compile_args(settings):\n"
+        + "    return {'optimizer': keras.optimizers.SGD(0.01), 'loss': 'categorical_crossentropy'}\n"
+    )
+    run_dir = tmp_path / "budget"
+    argv = train_args(easy_data, model, run_dir, "--epochs", "50", "--time-budget", "0.0001")
+    assert train_model.main(argv) == 0
+    assert json.loads((run_dir / "training_done.json").read_text())["epochs"] == 1
+    saved = keras.saving.load_model(run_dir / "best_val_map.keras")
+    assert isinstance(saved.optimizer, keras.optimizers.SGD)
+    assert json.loads((run_dir / "inference.json").read_text())["pooling"] == "mean"

@@ -1,0 +1,213 @@
+"""Augmentation of training batches on the fly: pure functions on numpy batches, and the
+batches that apply them (the modern recipe's; the 2016 recipe has none).
+
+Features are the raw log10 powers of the HDF5 file (normalisation happens inside the model),
+so a gain is an additive offset and mixing in noise is log10(10**x + 10**noise). Every
+function takes its random numbers from the `rng` it is given: `AugmentedBatches` seeds one
+per (seed, epoch, batch), so a run is reproducible with --seed whatever order worker threads
+ask for the batches in.
+
+Shapes: x (batch, n_bins, frames, 1) float32; y (batch, classes) float32 rows summing to 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from preprocess.dataset import read_rows
+from train.data import ChunkBatches
+
+LN10 = np.log(10.0)
+AUGMENTATIONS = ("crop", "mixup", "specaugment", "noise", "gain")
+
+
+@dataclass(frozen=True)
+class AugmentSettings:
+    """How strongly each augmentation acts; `use` names those switched on."""
+
+    use: tuple[str, ...] = AUGMENTATIONS
+    mixup_alpha: float = 0.4  # Beta(alpha, alpha) weight of the first chunk
+    mixup_share: float = 0.5  # share of the chunks mixed with another
+    time_masks: int = 2  # SpecAugment masks per chunk, each up to an eighth of the frames
+    freq_masks: int = 2  # ... and of the bands
+    noise_share: float = 0.5  # share of the chunks that get background noise
+    noise_db: tuple[float, float] = (-10.0, 5.0)  # noise level offset range, in dB
+    gain_db: float = 6.0  # random gain in [-gain_db, +gain_db]
+
+
+def crop_across(first: np.ndarray, second: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """A chunk-long window starting `offsets[i]` frames into first[i] and running on into
+    second[i] (the next chunk of the same recording): a random crop inside the recording.
+
+    first, second: (b, bins, frames, 1); offsets: (b,) int in [0, frames].
+    """
+    frames = first.shape[2]
+    joined = np.concatenate([first, second], axis=2)
+    index = np.asarray(offsets)[:, None] + np.arange(frames)[None, :]  # (b, frames)
+    return np.take_along_axis(joined, index[:, None, :, None], axis=2)
+
+
+def roll_time(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+    """Each chunk rolled by shifts[i] frames along time (a single-chunk recording's shift).
+
+    x: (b, bins, frames, 1); shifts: (b,) int.
+    """
+    frames = x.shape[2]
+    index = (np.arange(frames)[None, :] - np.asarray(shifts)[:, None]) % frames
+    return np.take_along_axis(x, index[:, None, :, None], axis=2)
+
+
+def mixup(
+    x: np.ndarray, y: np.ndarray, rng: np.random.Generator, alpha: float, share: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mix a `share` of the chunks with other chunks of the batch (Zhang et al. 2018): features
+    and labels by the same weight lam ~ Beta(alpha, alpha), so mixed labels still sum to 1.
+
+    Returns new (x, y); the rest of the chunks are unchanged.
+    """
+    n = len(x)
+    lam = rng.beta(alpha, alpha, n).astype(np.float32)
+    lam = np.where(rng.random(n) < share, np.maximum(lam, 1 - lam), 1.0).astype(np.float32)
+    partner = rng.permutation(n)
+    x_mixed = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[partner]
+    y_mixed = lam[:, None] * y + (1 - lam[:, None]) * y[partner]
+    return x_mixed.astype(np.float32), y_mixed.astype(np.float32)
+
+
+def mask_spans(rng: np.random.Generator, n: int, size: int, count: int) -> np.ndarray:
+    """(n, size) bool: `count` random spans per row, each 0..size // 8 long, inside [0, size)."""
+    mask = np.zeros((n, size), dtype=bool)
+    widest = max(1, size // 8)
+    for _ in range(count):
+        widths = rng.integers(0, widest + 1, n)
+        starts = rng.integers(0, size - widths + 1)
+        positions = np.arange(size)[None, :]
+        mask |= (positions >= starts[:, None]) & (positions < (starts + widths)[:, None])
+    return mask
+
+
+def spec_augment(
+    x: np.ndarray, rng: np.random.Generator, time_masks: int, freq_masks: int
+) -> np.ndarray:
+    """SpecAugment (Park et al. 2019): time and frequency spans of each chunk set to the
+    chunk's mean, which the model's normalisation maps near zero."""
+    n, bins, frames = x.shape[:3]
+    masked = (
+        mask_spans(rng, n, bins, freq_masks)[:, :, None]
+        | mask_spans(rng, n, frames, time_masks)[:, None, :]
+    )
+    fill = x.mean(axis=(1, 2, 3), keepdims=True)
+    return np.where(masked[..., None], fill, x).astype(np.float32)
+
+
+def add_noise(
+    x: np.ndarray,
+    noise: np.ndarray,
+    rng: np.random.Generator,
+    share: float,
+    level_db: tuple[float, float],
+) -> np.ndarray:
+    """Background noise mixed into a `share` of the chunks in the power domain:
+    log10(10**x + 10**(noise + offset)), offset uniform in level_db (dB, as log10 power / 10).
+
+    noise: (k, bins, frames, 1) raw log chunks to draw from (e.g. the data's quietest).
+    """
+    n = len(x)
+    picked = noise[rng.integers(0, len(noise), n)]
+    offset = rng.uniform(*level_db, n).astype(np.float32) / 10
+    mixed = np.logaddexp(x * LN10, (picked + offset[:, None, None, None]) * LN10) / LN10
+    return np.where((rng.random(n) < share)[:, None, None, None], mixed, x).astype(np.float32)
+
+
+def random_gain(x: np.ndarray, rng: np.random.Generator, gain_db: float) -> np.ndarray:
+    """Each chunk louder or softer by a gain uniform in [-gain_db, gain_db] dB: an offset
+    of gain / 10 in log10 power."""
+    gain = rng.uniform(-gain_db, gain_db, len(x)).astype(np.float32) / 10
+    return (x + gain[:, None, None, None]).astype(np.float32)
+
+
+def quietest_chunks(x: np.ndarray, share: float = 0.1, most: int = 256) -> np.ndarray:
+    """The `share` (at most `most`, at least 1) of chunks x (n, bins, frames, 1) with the
+    lowest mean log power: the data's own background noise."""
+    count = int(min(most, max(1, round(share * len(x)))))
+    loudness = x.reshape(len(x), -1).mean(axis=1)
+    return x[np.sort(np.argsort(loudness, kind="stable")[:count])]
+
+
+class AugmentedBatches(ChunkBatches):
+    """Training batches with augmentation and, optionally, per-chunk loss weights.
+
+    next_positions: (n,) for each chunk the position (index into `rows`) of the next chunk of
+        its recording, -1 for a recording's last chunk; first_of_recording: (n,) bool. A chunk
+        is cropped across itself and the next; a single-chunk recording is rolled instead.
+    noise: (k, bins, frames, 1) raw chunks mixed in as background noise (needed for "noise").
+    class_weights: (classes,) loss weight of each class, or None; a batch then carries
+        sample weights y @ class_weights (mixed labels weigh by their mix).
+    Other arguments as ChunkBatches.
+    """
+
+    def __init__(
+        self,
+        *args,
+        settings: AugmentSettings,
+        next_positions: np.ndarray,
+        first_of_recording: np.ndarray,
+        noise: np.ndarray | None = None,
+        class_weights: np.ndarray | None = None,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        unknown = set(settings.use) - set(AUGMENTATIONS)
+        if unknown:
+            raise ValueError(f"unknown augmentations {sorted(unknown)}")
+        if "noise" in settings.use and (noise is None or not len(noise)):
+            raise ValueError("the noise augmentation needs noise chunks")
+        self.settings, self.noise, self.class_weights = settings, noise, class_weights
+        self.next_positions = np.asarray(next_positions, dtype=np.int64)
+        self.first_of_recording = np.asarray(first_of_recording, dtype=bool)
+        self.seed, self.epoch = int(kwargs.get("seed", 0)), 0
+
+    def __getitem__(self, index: int):
+        x, y = super().__getitem__(index)
+        positions = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        use, settings = self.settings.use, self.settings
+        if "crop" in use:
+            x = self._crop(x, positions, rng)
+        if "gain" in use:
+            x = random_gain(x, rng, settings.gain_db)
+        if "noise" in use:
+            x = add_noise(x, self.noise, rng, settings.noise_share, settings.noise_db)
+        if "mixup" in use:
+            x, y = mixup(x, y, rng, settings.mixup_alpha, settings.mixup_share)
+        if "specaugment" in use:
+            x = spec_augment(x, rng, settings.time_masks, settings.freq_masks)
+        if self.class_weights is None:
+            return x, y
+        return x, y, (y @ self.class_weights).astype(np.float32)
+
+    def _crop(self, x: np.ndarray, positions: np.ndarray, rng: np.random.Generator):
+        frames = x.shape[2]
+        following = self.next_positions[positions]
+        has_next = following >= 0
+        out = x.copy()
+        if has_next.any():
+            second = self._read(following[has_next])
+            offsets = rng.integers(0, frames + 1, int(has_next.sum()))
+            out[has_next] = crop_across(x[has_next], second, offsets)
+        alone = ~has_next & self.first_of_recording[positions]
+        if alone.any():
+            out[alone] = roll_time(x[alone], rng.integers(0, frames, int(alone.sum())))
+        return out
+
+    def _read(self, positions: np.ndarray) -> np.ndarray:
+        """x of the chunks at sorted positions (indices into `rows`)."""
+        if isinstance(self.source, np.ndarray):
+            return self.source[positions]
+        return read_rows(self._hdf5().X, self.rows[positions])
+
+    def on_epoch_end(self) -> None:
+        super().on_epoch_end()
+        self.epoch += 1

@@ -1,0 +1,295 @@
+"""The training recipes: the 2016 one (the default, unchanged) and the modern one, and the
+parts of the modern one that train_model.py puts together.
+
+`--recipe NAME` only chooses the defaults of the training options (RECIPES); an option
+given explicitly wins, and every value used is recorded in the run's config.json.
+
+The modern recipe's parts, each switchable by its own option:
+    --normalize dataset|chunk|none   a normalisation layer in front of the model, saved in it
+    --augment crop,mixup,...|none    augmentation of the training batches (train/augment.py)
+    --optimizer adamw, --warmup-epochs, --weight-decay, --label-smoothing
+                                     AdamW, linear warm-up then cosine decay to the last epoch
+    --class-balance weights          loss weights against long-tailed classes
+    --early-stop-on val_map          early stopping on the official MAP
+    --time-budget MINUTES            the epochs that fit the budget, measured on the first
+    --pooling auto                   recording pooling chosen on validation (inference.json)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from train.metrics import POOLINGS, POWER_EXPONENT, mean_average_precision, recording_scores
+
+logger = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# option -> default, per recipe; "2016" is exactly what train_model.py had before recipes
+RECIPES = {
+    "2016": {
+        "model": PROJECT_ROOT / "train" / "model-BirdClef.py",
+        "epochs": 20000,
+        "patience": 100,
+        "batch_size": 32,
+        "learning_rate": 0.001,
+        "optimizer": "rmsprop",
+        "weight_decay": 0.0,
+        "warmup_epochs": 0,
+        "label_smoothing": 0.0,
+        "normalize": "none",
+        "augment": "none",
+        "class_balance": "none",
+        "early_stop_on": "val_loss",
+        "time_budget": 0.0,
+        "pooling": "mean",
+    },
+    "modern": {
+        "model": PROJECT_ROOT / "train" / "model-ResNet.py",
+        "epochs": 60,
+        "patience": 20,
+        "batch_size": 32,
+        "learning_rate": 0.002,
+        "optimizer": "adamw",
+        "weight_decay": 0.01,
+        "warmup_epochs": 2,
+        "label_smoothing": 0.1,
+        "normalize": "dataset",
+        "augment": "crop,mixup,specaugment,noise,gain",
+        "class_balance": "weights",
+        "early_stop_on": "val_map",
+        "time_budget": 12.0,
+        "pooling": "auto",
+    },
+}
+NORMALIZATIONS = ("none", "dataset", "chunk")
+OPTIMIZERS = ("rmsprop", "adamw")
+CLASS_BALANCES = ("none", "weights")
+EARLY_STOP_ON = ("val_loss", "val_map")
+INFERENCE = "inference.json"
+
+
+def apply_recipe(args) -> None:
+    """Fill the options the user did not give (None) with the defaults of args.recipe."""
+    for name, value in RECIPES[args.recipe].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation inside the model
+
+
+def band_statistics(x: np.ndarray, floor: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and variance of chunks x (n, bins, frames, 1), float64 sums.
+
+    floor: values at or below it (padding, digital silence) are left out of the statistics
+    where a band has other values.
+    Returns (mean (bins,), variance (bins,)), variance at least 1e-6.
+    """
+    values = np.moveaxis(np.asarray(x, dtype=np.float64)[..., 0], 1, 0).reshape(x.shape[1], -1)
+    keep = values > floor if floor is not None else np.ones_like(values, dtype=bool)
+    keep[keep.sum(axis=1) == 0] = True  # a band that is all floor: use it as it is
+    count = keep.sum(axis=1)
+    mean = np.where(keep, values, 0).sum(axis=1) / count
+    variance = np.where(keep, (values - mean[:, None]) ** 2, 0).sum(axis=1) / count
+    return mean.astype(np.float32), np.maximum(variance, 1e-6).astype(np.float32)
+
+
+def normalized_model(
+    model: keras.Model, normalize: str, stats: tuple[np.ndarray, np.ndarray] | None = None
+) -> keras.Model:
+    """The model with a normalisation layer in front, so the saved model takes raw features.
+
+    normalize: "none" (the model itself), "dataset" (keras Normalization by per-band `stats`
+    (mean, variance) of the training chunks) or "chunk" (each chunk standardised over its
+    bands and frames).
+    """
+    if normalize == "none":
+        return model
+    inputs = keras.Input(model.input_shape[1:], name="features")
+    if normalize == "dataset":
+        mean, variance = stats
+        layer = keras.layers.Normalization(
+            axis=1, mean=mean, variance=variance, name="band_normalization"
+        )
+    elif normalize == "chunk":
+        layer = keras.layers.LayerNormalization(
+            axis=(1, 2), center=False, scale=False, name="chunk_normalization"
+        )
+    else:
+        raise ValueError(f"normalize {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
+    return keras.Model(inputs, model(layer(inputs)), name=f"{model.name}_normalized")
+
+
+# ---------------------------------------------------------------------------------------------
+# Class balance
+
+
+def class_weights(labels: np.ndarray, n_classes: int, power: float = 0.5) -> np.ndarray:
+    """Loss weight per class, (count / mean count) ** -power over the training chunks'
+    labels (n,): rare classes weigh more; power 0.5 softens inverse frequency, which overfits
+    a class of a few recordings. Scaled so the average chunk weighs 1; absent classes get 0.
+    """
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    weights = np.zeros(n_classes)
+    present = counts > 0
+    weights[present] = (counts[present] / counts[present].mean()) ** -power
+    weights /= (weights[labels]).mean()
+    return weights.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer, loss, schedule, budget
+
+
+def compile_args(args, model_module=None) -> dict:
+    """Keyword arguments of model.compile: the model file's `compile_args(settings)` when it
+    defines one (settings: {"optimizer", "learning_rate", "weight_decay",
+    "label_smoothing"}; it returns at least optimizer and loss), else the options'."""
+    settings = {
+        "optimizer": args.optimizer,
+        "learning_rate": args.learning_rate,
+        "weight_decay": args.weight_decay,
+        "label_smoothing": args.label_smoothing,
+    }
+    hook = getattr(model_module, "compile_args", None)
+    if callable(hook):
+        chosen = dict(hook(settings))
+        missing = {"optimizer", "loss"} - set(chosen)
+        if missing:
+            raise ValueError(f"the model file's compile_args returned no {sorted(missing)}")
+        return chosen
+    if args.optimizer == "adamw":
+        optimizer = keras.optimizers.AdamW(args.learning_rate, weight_decay=args.weight_decay)
+    else:
+        optimizer = keras.optimizers.RMSprop(args.learning_rate)
+    if args.label_smoothing:
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
+    else:
+        loss = "categorical_crossentropy"
+    return {"optimizer": optimizer, "loss": loss}
+
+
+def warmup_cosine(step: float, total_steps: float, warmup_steps: float, peak: float) -> float:
+    """Learning rate at `step`: linear from peak / warmup_steps up to peak over the warm-up,
+    then cosine down to 0 at total_steps."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1.0, total_steps - warmup_steps))
+    return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def budget_epochs(epoch_seconds: float, budget_seconds: float, most: int) -> int:
+    """Epochs that fit the budget at this epoch time (at least 1, at most `most`)."""
+    if budget_seconds <= 0:
+        return most
+    return int(max(1, min(most, budget_seconds // max(epoch_seconds, 1e-9))))
+
+
+class ScheduleAndBudget(keras.callbacks.Callback):
+    """Sets the optimizer's learning rate every step (warm-up, then cosine decay to the
+    planned last epoch) and ends training when the time budget would run out.
+
+    The plan is `epochs`, or with a budget the epochs that fit it at the first epoch's
+    time (tracing makes that epoch the slowest, so the plan errs short); training stops
+    earlier when the measured time says the next epoch would end past the budget.
+    budget_seconds: 0 for none. schedule: False keeps the optimizer's constant rate.
+    """
+
+    def __init__(
+        self,
+        epochs: int,
+        steps_per_epoch: int,
+        peak: float,
+        warmup_epochs: int,
+        budget_seconds: float,
+        schedule: bool,
+    ):
+        super().__init__()
+        self.epochs, self.steps_per_epoch, self.peak = epochs, steps_per_epoch, peak
+        self.warmup_epochs, self.budget_seconds, self.schedule = (
+            warmup_epochs,
+            budget_seconds,
+            schedule,
+        )
+        self.planned = epochs
+        self.planned_fixed = budget_seconds <= 0
+        self.epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.schedule:
+            step = self.epoch * self.steps_per_epoch + batch
+            rate = warmup_cosine(
+                step,
+                self.planned * self.steps_per_epoch,
+                self.warmup_epochs * self.steps_per_epoch,
+                self.peak,
+            )
+            self.model.optimizer.learning_rate.assign(rate)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
+        if self.budget_seconds <= 0:
+            return
+        elapsed = time.perf_counter() - self.start
+        if not self.planned_fixed:
+            self.planned = max(epoch + 1, budget_epochs(elapsed, self.budget_seconds, self.epochs))
+            self.planned_fixed = True
+            logger.info(
+                "first epoch took %.0f s: %d epochs fit the %.1f min budget",
+                elapsed,
+                self.planned,
+                self.budget_seconds / 60,
+            )
+        mean_epoch = elapsed / (epoch + 1)
+        if epoch + 1 >= self.planned or elapsed + mean_epoch > self.budget_seconds:
+            logger.info("time budget: training ends after epoch %d", epoch + 1)
+            self.model.stop_training = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Recording pooling chosen on validation; inference.json
+
+
+def choose_pooling(
+    chunk_probs: np.ndarray, chunk_recording: np.ndarray, labels: np.ndarray
+) -> tuple[str, dict[str, float]]:
+    """The recording pooling with the best validation MAP (ties: the first of POOLINGS,
+    mean). chunk_probs (chunks, C); chunk_recording (chunks,) recording index; labels
+    (recordings,) class of each recording index. Returns (pooling, {pooling: MAP})."""
+    scores = {}
+    for pooling in POOLINGS:
+        ids, probs = recording_scores(chunk_probs, chunk_recording, pooling, POWER_EXPONENT)
+        relevant = np.eye(chunk_probs.shape[1], dtype=bool)[labels[ids]]
+        scores[pooling] = mean_average_precision(probs, relevant)
+    best = max(POOLINGS, key=lambda name: np.nan_to_num(scores[name], nan=-1.0))
+    return best, scores
+
+
+def write_inference(run_dir: Path, model_file: str, pooling: str, extra: dict) -> dict:
+    """RUN/inference.json: the checkpoint and recording pooling predict.py uses by default."""
+    inference = {
+        "model_file": model_file,
+        "pooling": pooling,
+        "pooling_exponent": POWER_EXPONENT,
+        **extra,
+    }
+    (run_dir / INFERENCE).write_text(json.dumps(inference, indent=1) + "\n")
+    return inference
