@@ -168,7 +168,8 @@ def test_time_budget_ends_training_and_compile_hook_from_the_model_file(easy_dat
     model.write_text(
         TINY_MODEL
         + "\n\ndef compile_args(settings):\n"
-        + "    return {'optimizer': keras.optimizers.SGD(0.01), 'loss': 'categorical_crossentropy'}\n"
+        + "    return {'optimizer': keras.optimizers.SGD(0.01), "
+        + "'loss': 'categorical_crossentropy'}\n"
     )
     run_dir = tmp_path / "budget"
     argv = train_args(easy_data, model, run_dir, "--epochs", "50", "--time-budget", "0.0001")
