@@ -55,8 +55,10 @@ def test_mixup_labels_sum_to_one_and_follow_the_features():
 
 
 def test_masks_stay_inside_the_chunk_and_fill_with_its_mean():
-    spans = mask_spans(np.random.default_rng(0), 200, FRAMES, count=2)
-    assert spans.shape == (200, FRAMES) and spans.sum(axis=1).max() <= 2 * (FRAMES // 8)
+    starts, ends = mask_spans(np.random.default_rng(0), 200, FRAMES, count=2)
+    assert starts.shape == ends.shape == (200, 2)
+    assert (starts >= 0).all() and (ends <= FRAMES).all()
+    assert (ends - starts >= 0).all() and (ends - starts).max() == FRAMES // 8
     x = batch(50)
     masked = spec_augment(x, np.random.default_rng(0), time_masks=2, freq_masks=2)
     assert masked.shape == x.shape and masked.dtype == np.float32
@@ -65,6 +67,11 @@ def test_masks_stay_inside_the_chunk_and_fill_with_its_mean():
     means = x.mean(axis=(1, 2, 3))
     for chunk in range(len(x)):
         np.testing.assert_allclose(masked[chunk][changed[chunk]], means[chunk], rtol=1e-6)
+    band_means = np.arange(BINS, dtype=np.float32) - 20  # far from every value of x
+    filled = spec_augment(x, np.random.default_rng(0), 2, 2, fill=band_means)
+    bands = np.broadcast_to(band_means[None, :, None, None], x.shape)
+    np.testing.assert_array_equal(filled[changed], bands[changed])  # same masks, band fill
+    np.testing.assert_array_equal(filled[~changed], x[~changed])
 
 
 def test_noise_is_added_in_the_power_domain_and_gain_is_an_offset():

@@ -19,7 +19,6 @@ import numpy as np
 from preprocess.dataset import read_rows
 from train.data import ChunkBatches
 
-LN10 = np.log(10.0)
 AUGMENTATIONS = ("crop", "mixup", "specaugment", "noise", "gain")
 
 
@@ -44,9 +43,11 @@ def crop_across(first: np.ndarray, second: np.ndarray, offsets: np.ndarray) -> n
     first, second: (b, bins, frames, 1); offsets: (b,) int in [0, frames].
     """
     frames = first.shape[2]
-    joined = np.concatenate([first, second], axis=2)
-    index = np.asarray(offsets)[:, None] + np.arange(frames)[None, :]  # (b, frames)
-    return np.take_along_axis(joined, index[:, None, :, None], axis=2)
+    out = np.empty_like(first)
+    for i, offset in enumerate(np.asarray(offsets)):  # slices: far cheaper than fancy indexing
+        out[i, :, : frames - offset] = first[i, :, offset:]
+        out[i, :, frames - offset :] = second[i, :, :offset]
+    return out
 
 
 def roll_time(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:
@@ -54,9 +55,7 @@ def roll_time(x: np.ndarray, shifts: np.ndarray) -> np.ndarray:
 
     x: (b, bins, frames, 1); shifts: (b,) int.
     """
-    frames = x.shape[2]
-    index = (np.arange(frames)[None, :] - np.asarray(shifts)[:, None]) % frames
-    return np.take_along_axis(x, index[:, None, :, None], axis=2)
+    return np.stack([np.roll(chunk, shift, axis=1) for chunk, shift in zip(x, shifts, strict=True)])
 
 
 def mixup(
@@ -71,35 +70,49 @@ def mixup(
     lam = rng.beta(alpha, alpha, n).astype(np.float32)
     lam = np.where(rng.random(n) < share, np.maximum(lam, 1 - lam), 1.0).astype(np.float32)
     partner = rng.permutation(n)
-    x_mixed = lam[:, None, None, None] * x + (1 - lam[:, None, None, None]) * x[partner]
-    y_mixed = lam[:, None] * y + (1 - lam[:, None]) * y[partner]
-    return x_mixed.astype(np.float32), y_mixed.astype(np.float32)
+    mixed = np.flatnonzero(lam < 1)
+    x_mixed, y_mixed = x.copy(), y.astype(np.float32)
+    weight = lam[mixed, None, None, None]
+    x_mixed[mixed] = weight * x[mixed] + (1 - weight) * x[partner[mixed]]
+    y_mixed[mixed] = lam[mixed, None] * y[mixed] + (1 - lam[mixed, None]) * y[partner[mixed]]
+    return x_mixed, y_mixed
 
 
-def mask_spans(rng: np.random.Generator, n: int, size: int, count: int) -> np.ndarray:
-    """(n, size) bool: `count` random spans per row, each 0..size // 8 long, inside [0, size)."""
-    mask = np.zeros((n, size), dtype=bool)
-    widest = max(1, size // 8)
-    for _ in range(count):
-        widths = rng.integers(0, widest + 1, n)
-        starts = rng.integers(0, size - widths + 1)
-        positions = np.arange(size)[None, :]
-        mask |= (positions >= starts[:, None]) & (positions < (starts + widths)[:, None])
-    return mask
+def mask_spans(
+    rng: np.random.Generator, n: int, size: int, count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` random spans per row, each 0..size // 8 long, inside [0, size): (starts,
+    ends), each (n, count) int."""
+    widths = rng.integers(0, max(1, size // 8) + 1, (n, count))
+    starts = rng.integers(0, size - widths + 1)
+    return starts, starts + widths
 
 
 def spec_augment(
-    x: np.ndarray, rng: np.random.Generator, time_masks: int, freq_masks: int
+    x: np.ndarray,
+    rng: np.random.Generator,
+    time_masks: int,
+    freq_masks: int,
+    fill: np.ndarray | None = None,
 ) -> np.ndarray:
-    """SpecAugment (Park et al. 2019): time and frequency spans of each chunk set to the
-    chunk's mean, which the model's normalisation maps near zero."""
+    """SpecAugment (Park et al. 2019): time and frequency spans of each chunk set to `fill`
+    (bins,), the training data's per-band mean, which the model's normalisation maps to 0
+    (SpecAugment's zero); without it, to the chunk's mean."""
     n, bins, frames = x.shape[:3]
-    masked = (
-        mask_spans(rng, n, bins, freq_masks)[:, :, None]
-        | mask_spans(rng, n, frames, time_masks)[:, None, :]
-    )
-    fill = x.mean(axis=(1, 2, 3), keepdims=True)
-    return np.where(masked[..., None], fill, x).astype(np.float32)
+    band_starts, band_ends = mask_spans(rng, n, bins, freq_masks)
+    frame_starts, frame_ends = mask_spans(rng, n, frames, time_masks)
+    out = x.astype(np.float32, copy=True)
+    for i in range(n):  # slice assignments: far cheaper than a (batch, bins, frames) mask
+        value = (
+            np.full((bins, 1), x[i].mean(), np.float32)
+            if fill is None
+            else np.asarray(fill, dtype=np.float32)[:, None]
+        )
+        for start, end in zip(frame_starts[i], frame_ends[i], strict=True):
+            out[i, :, start:end, 0] = value
+        for start, end in zip(band_starts[i], band_ends[i], strict=True):
+            out[i, start:end, :, 0] = value[start:end]
+    return out
 
 
 def add_noise(
@@ -115,10 +128,16 @@ def add_noise(
     noise: (k, bins, frames, 1) raw log chunks to draw from (e.g. the data's quietest).
     """
     n = len(x)
-    picked = noise[rng.integers(0, len(noise), n)]
+    picked = rng.integers(0, len(noise), n)
     offset = rng.uniform(*level_db, n).astype(np.float32) / 10
-    mixed = np.logaddexp(x * LN10, (picked + offset[:, None, None, None]) * LN10) / LN10
-    return np.where((rng.random(n) < share)[:, None, None, None], mixed, x).astype(np.float32)
+    noisy = np.flatnonzero(rng.random(n) < share)
+    out = x.astype(np.float32, copy=True)
+    for i in noisy:  # log10(10**a + 10**b) = max + log10(1 + 10**-|a - b|), in float32
+        level = noise[picked[i]] + offset[i]
+        out[i] = np.maximum(x[i], level) + np.log10(
+            np.float32(1) + np.power(np.float32(10), -np.abs(x[i] - level))
+        )
+    return out
 
 
 def random_gain(x: np.ndarray, rng: np.random.Generator, gain_db: float) -> np.ndarray:
@@ -143,6 +162,7 @@ class AugmentedBatches(ChunkBatches):
         its recording, -1 for a recording's last chunk; first_of_recording: (n,) bool. A chunk
         is cropped across itself and the next; a single-chunk recording is rolled instead.
     noise: (k, bins, frames, 1) raw chunks mixed in as background noise (needed for "noise").
+    band_means: (bins,) the training data's per-band mean, SpecAugment's fill.
     class_weights: (classes,) loss weight of each class, or None; a batch then carries
         sample weights y @ class_weights (mixed labels weigh by their mix).
     Other arguments as ChunkBatches.
@@ -155,6 +175,7 @@ class AugmentedBatches(ChunkBatches):
         next_positions: np.ndarray,
         first_of_recording: np.ndarray,
         noise: np.ndarray | None = None,
+        band_means: np.ndarray | None = None,
         class_weights: np.ndarray | None = None,
         **kwargs,
     ):
@@ -165,6 +186,7 @@ class AugmentedBatches(ChunkBatches):
         if "noise" in settings.use and (noise is None or not len(noise)):
             raise ValueError("the noise augmentation needs noise chunks")
         self.settings, self.noise, self.class_weights = settings, noise, class_weights
+        self.band_means = band_means
         self.next_positions = np.asarray(next_positions, dtype=np.int64)
         self.first_of_recording = np.asarray(first_of_recording, dtype=bool)
         self.seed, self.epoch = int(kwargs.get("seed", 0)), 0
@@ -183,7 +205,7 @@ class AugmentedBatches(ChunkBatches):
         if "mixup" in use:
             x, y = mixup(x, y, rng, settings.mixup_alpha, settings.mixup_share)
         if "specaugment" in use:
-            x = spec_augment(x, rng, settings.time_masks, settings.freq_masks)
+            x = spec_augment(x, rng, settings.time_masks, settings.freq_masks, self.band_means)
         if self.class_weights is None:
             return x, y
         return x, y, (y @ self.class_weights).astype(np.float32)

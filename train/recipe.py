@@ -65,7 +65,7 @@ RECIPES = {
         "augment": "crop,mixup,specaugment,noise,gain",
         "class_balance": "weights",
         "early_stop_on": "val_map",
-        "time_budget": 12.0,
+        "time_budget": 10.0,
         "pooling": "auto",
     },
 }
@@ -198,9 +198,11 @@ class ScheduleAndBudget(keras.callbacks.Callback):
     """Sets the optimizer's learning rate every step (warm-up, then cosine decay to the
     planned last epoch) and ends training when the time budget would run out.
 
-    The plan is `epochs`, or with a budget the epochs that fit it at the first epoch's
-    time (tracing makes that epoch the slowest, so the plan errs short); training stops
-    earlier when the measured time says the next epoch would end past the budget.
+    The plan is `epochs`, or with a budget the epochs that fit it, planned at the end of the
+    warm-up (at least two epochs: the first one's time is mostly tracing) from the time of
+    the last epoch, so the decay that follows ends with the budget; training stops earlier
+    when the measured time says the next epoch would end past the budget, and mid-epoch
+    (after a step) once the budget is spent.
     budget_seconds: 0 for none. schedule: False keeps the optimizer's constant rate.
     """
 
@@ -228,7 +230,7 @@ class ScheduleAndBudget(keras.callbacks.Callback):
         self.start = time.perf_counter()
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
+        self.epoch, self.epoch_start = epoch, time.perf_counter()
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.schedule:
@@ -241,6 +243,11 @@ class ScheduleAndBudget(keras.callbacks.Callback):
             )
             self.model.optimizer.learning_rate.assign(rate)
 
+    def on_train_batch_end(self, batch, logs=None):
+        # an epoch longer than the whole budget ends early (Keras then still validates it)
+        if self.budget_seconds > 0 and time.perf_counter() - self.start > self.budget_seconds:
+            self.model.stop_training = True
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(
@@ -248,18 +255,21 @@ class ScheduleAndBudget(keras.callbacks.Callback):
             )
         if self.budget_seconds <= 0:
             return
-        elapsed = time.perf_counter() - self.start
-        if not self.planned_fixed:
-            self.planned = max(epoch + 1, budget_epochs(elapsed, self.budget_seconds, self.epochs))
+        now = time.perf_counter()
+        elapsed, last_epoch = now - self.start, now - self.epoch_start
+        if not self.planned_fixed and epoch + 1 >= max(2, self.warmup_epochs):
+            left = max(self.budget_seconds - elapsed, 1e-9)
+            more = budget_epochs(last_epoch, left, self.epochs)
+            self.planned = min(self.epochs, epoch + 1 + more)
             self.planned_fixed = True
             logger.info(
-                "first epoch took %.0f s: %d epochs fit the %.1f min budget",
-                elapsed,
+                "epoch %d took %.0f s: %d epochs fit the %.1f min budget",
+                epoch + 1,
+                last_epoch,
                 self.planned,
                 self.budget_seconds / 60,
             )
-        mean_epoch = elapsed / (epoch + 1)
-        if epoch + 1 >= self.planned or elapsed + mean_epoch > self.budget_seconds:
+        if epoch + 1 >= self.planned or elapsed + last_epoch > self.budget_seconds:
             logger.info("time budget: training ends after epoch %d", epoch + 1)
             self.model.stop_training = True
 

@@ -344,6 +344,7 @@ def augmented_batches(
     same_next = np.append(recording[1:] == recording[:-1], False)
     first = np.insert(recording[1:] != recording[:-1], 0, True)
     use = tuple(name for name in args.augment.split(",") if name and name != "none")
+    floor = np.log10(dataset.params.log_floor)
     weights = None
     if args.class_balance == "weights":
         weights = recipe.class_weights(plain.labels, plain.n_classes)
@@ -361,6 +362,7 @@ def augmented_batches(
         next_positions=np.where(same_next, np.arange(len(recording)) + 1, -1),
         first_of_recording=first,
         noise=quietest_chunks(sample) if "noise" in use else None,
+        band_means=recipe.band_statistics(sample, floor)[0] if sample is not None else None,
         class_weights=weights,
     )
 
@@ -404,8 +406,11 @@ def fit(
     dataset: Dataset,
     run_dir: Path,
     args: argparse.Namespace,
+    schedule: bool = True,
 ) -> None:
-    """Train until --epochs or early stopping, continuing a run cut short if there is one."""
+    """Train until --epochs, early stopping or the time budget, continuing a run cut short
+    if there is one. schedule: whether --optimizer adamw and --warmup-epochs set the learning
+    rate (not when the model file compiles its own optimizer)."""
     history_path = run_dir / HISTORY
     trim_history(history_path, epochs_backed_up(run_dir))
     past = read_history(history_path)
@@ -419,7 +424,8 @@ def fit(
         dataset.recordings["background"].astype(bool),
     )
     extra = []
-    if args.optimizer != "rmsprop" or args.warmup_epochs or args.time_budget:
+    schedule = schedule and (args.optimizer != "rmsprop" or args.warmup_epochs > 0)
+    if schedule or args.time_budget:
         extra.append(
             recipe.ScheduleAndBudget(
                 args.epochs,
@@ -427,7 +433,7 @@ def fit(
                 args.learning_rate,
                 args.warmup_epochs,
                 args.time_budget * 60,
-                schedule=args.optimizer != "rmsprop" or args.warmup_epochs > 0,
+                schedule=schedule,
             )
         )
     callbacks = training_callbacks(
@@ -535,8 +541,10 @@ def train(args: argparse.Namespace) -> dict:
             if args.normalize == "dataset":
                 stats = recipe.band_statistics(sample, np.log10(dataset.params.log_floor))
             model = recipe.normalized_model(model, args.normalize, stats)
+            model_module = load_model_file(args.model)
+            own_schedule = callable(getattr(model_module, "compile_args", None))
             try:
-                compiled = recipe.compile_args(args, load_model_file(args.model))
+                compiled = recipe.compile_args(args, model_module)
             except Exception as error:  # the user's compile_args: report whatever it raises
                 raise TrainError(
                     f"{args.model}: compile_args failed: {type(error).__name__}: {error}"
@@ -555,7 +563,7 @@ def train(args: argparse.Namespace) -> dict:
         if (run_dir / DONE).is_file():
             logger.info("training already finished in %s: scoring the best models", run_dir)
         else:
-            fit(model, data, dataset, run_dir, args)
+            fit(model, data, dataset, run_dir, args, schedule=not own_schedule)
 
         history = read_history(run_dir / HISTORY)
         metrics = score_best_models(run_dir, data["test"], dataset, history)
@@ -697,7 +705,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="MINUTES",
         help="end training when the next epoch would end past this many minutes; the "
         "cosine decay fits the epochs the first epoch's time allows (0: none, default; "
-        "modern 12)",
+        "modern 10)",
     )
     parser.add_argument(
         "--pooling",
