@@ -437,7 +437,7 @@ def fit(
             )
         )
     callbacks = training_callbacks(
-        run_dir, map_callback, args.patience, past, monitor=args.early_stop_on, extra=extra
+        run_dir, map_callback, args.patience, past, args.early_stop_on, extra
     )
     with read_errors_reported(data["train"].batches, val.batches):
         model.fit(
