@@ -53,7 +53,7 @@ RECIPES = {
     },
     "modern": {
         "model": PROJECT_ROOT / "train" / "model-ResNet.py",
-        "epochs": 60,
+        "epochs": 200,
         "patience": 20,
         "batch_size": 32,
         "learning_rate": 0.002,
