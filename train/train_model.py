@@ -643,7 +643,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--epochs",
         type=int,
-        help="most epochs; early stopping usually ends sooner (default 20000; modern 200, the time budget ends it sooner)",
+        help="most epochs; early stopping usually ends sooner (default 20000; modern 200, "
+        "which the time budget cuts)",
     )
     parser.add_argument(
         "--patience",
