@@ -26,6 +26,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from preprocess.audio import AudioError
+from preprocess.extract import recording_chunks
+from preprocess.params import SpectrogramParams
 from train.metrics import POOLINGS, POWER_EXPONENT, mean_average_precision, recording_scores
 
 logger = logging.getLogger(__name__)
@@ -127,6 +130,34 @@ def normalized_model(
     else:
         raise ValueError(f"normalize {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
     return keras.Model(inputs, model(layer(inputs)), name=f"{model.name}_normalized")
+
+
+def noise_chunks_from_dir(
+    directory: Path, params: SpectrogramParams, most: int = 256, per_file: int = 32
+) -> np.ndarray:
+    """Background noise for the "noise" augmentation from the wavs under `directory` (any
+    rate), through the data's own front end (`params`): up to per_file chunks of each file,
+    at most `most` in all. A file that cannot be read is logged by name and skipped.
+    Returns (k, n_bins, chunk_frames, 1) float32 raw log chunks; ValueError if none.
+    """
+    chunks = []
+    for path in sorted(Path(directory).rglob("*.wav")):
+        if sum(map(len, chunks)) >= most:
+            break
+        try:
+            source = recording_chunks(path, params, per_file, resample=True)
+            piece = next(source.pieces, np.empty((0,)))[:per_file]
+            source.pieces.close()
+        except AudioError as error:
+            logger.warning("noise file %s skipped: %s", path, error)
+            continue
+        if len(piece):
+            chunks.append(piece)
+        else:
+            logger.warning("noise file %s skipped: no chunks (the noise filter kept none)", path)
+    if not chunks:
+        raise ValueError(f"{directory}: no readable .wav files for --noise-dir")
+    return np.concatenate(chunks)[:most, ..., None].astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -335,6 +335,23 @@ def sample_chunks(batches: ChunkBatches, dataset: Dataset, most: int, seed: int)
     return read_rows(dataset.X, batches.rows[positions])
 
 
+def noise_chunks(dataset: Dataset, sample: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    """Background noise to mix in: --noise-dir's wavs through the data's front end, else the
+    quietest of the sampled training chunks."""
+    if args.noise_dir is None:
+        return quietest_chunks(sample)
+    try:
+        noise = recipe.noise_chunks_from_dir(args.noise_dir, dataset.params)
+    except ValueError as error:
+        raise TrainError(str(error)) from error
+    if noise.shape[1:] != sample.shape[1:]:
+        raise TrainError(
+            f"--noise-dir chunks {noise.shape[1:]} do not match the data's {sample.shape[1:]}"
+        )
+    logger.info("%d noise chunks from %s", len(noise), args.noise_dir)
+    return noise
+
+
 def augmented_batches(
     train: SplitData, dataset: Dataset, sample: np.ndarray, args: argparse.Namespace
 ) -> AugmentedBatches:
@@ -361,7 +378,7 @@ def augmented_batches(
         settings=AugmentSettings(use=use),
         next_positions=np.where(same_next, np.arange(len(recording)) + 1, -1),
         first_of_recording=first,
-        noise=quietest_chunks(sample) if "noise" in use else None,
+        noise=noise_chunks(dataset, sample, args) if "noise" in use else None,
         band_means=recipe.band_statistics(sample, floor)[0] if sample is not None else None,
         class_weights=weights,
     )
@@ -689,6 +706,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="LIST",
         help="augmentations of the training batches, comma-separated from "
         f"{','.join(AUGMENTATIONS)}, or none (default none; modern all)",
+    )
+    parser.add_argument(
+        "--noise-dir",
+        type=Path,
+        metavar="DIR",
+        help="wavs of background noise for the noise augmentation, through the data's front "
+        "end (default: the training data's own quietest chunks)",
     )
     parser.add_argument(
         "--class-balance",
