@@ -154,9 +154,14 @@ def test_tiny_modern_run_end_to_end(easy_data, tmp_path):
     assert config["recipe"] == "modern" and config["normalize"] == "dataset"
     assert config["augment"] == "crop,mixup,specaugment,noise,gain"
     inference = json.loads((run_dir / "inference.json").read_text())
-    assert inference["model_file"] == "best_val_map.keras"
+    assert inference["model_file"] in ("final.keras", "best_val_map.keras")
     assert inference["pooling"] in ("mean", "max", "power")
-    assert set(inference["val_map"]) == {"mean", "max", "power"}
+    validation = inference["validation_map"]
+    assert set(validation) == {"final.keras", "best_val_map.keras"}
+    assert all(set(maps) == {"mean", "max", "power"} for maps in validation.values())
+    chosen = validation[inference["model_file"]][inference["pooling"]]
+    assert chosen == max(max(maps.values()) for maps in validation.values())
+    assert "test_map" in inference
     saved = keras.saving.load_model(run_dir / inference["model_file"], compile=False)
     assert saved.layers[1].name == "band_normalization"
     with (run_dir / "history.csv").open() as file:
@@ -179,7 +184,9 @@ def test_time_budget_ends_training_and_compile_hook_from_the_model_file(easy_dat
     assert json.loads((run_dir / "training_done.json").read_text())["epochs"] == 1
     saved = keras.saving.load_model(run_dir / "best_val_map.keras")
     assert isinstance(saved.optimizer, keras.optimizers.SGD)
-    assert json.loads((run_dir / "inference.json").read_text())["pooling"] == "mean"
+    inference = json.loads((run_dir / "inference.json").read_text())
+    assert inference["pooling"] == "mean" and inference["model_file"] == "best_val_map.keras"
+    assert not (run_dir / "final.keras").exists()  # the 2016 recipe saves no final model
 
 
 def test_noise_dir_goes_through_the_data_front_end(easy_data, tiny_model, tmp_path, caplog):

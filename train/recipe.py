@@ -13,6 +13,7 @@ The modern recipe's parts, each switchable by its own option:
     --early-stop-on val_map          early stopping on the official MAP
     --time-budget MINUTES            the epochs that fit the budget, measured on the first
     --pooling auto                   recording pooling chosen on validation (inference.json)
+    --inference-model auto           final or best-val_map model, chosen on validation
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ RECIPES = {
         "early_stop_on": "val_loss",
         "time_budget": 0.0,
         "pooling": "mean",
+        "inference_model": "best_val_map",
     },
     "modern": {
         "model": PROJECT_ROOT / "train" / "model-ResNet.py",
@@ -70,6 +72,7 @@ RECIPES = {
         "early_stop_on": "val_map",
         "time_budget": 10.0,
         "pooling": "auto",
+        "inference_model": "auto",
     },
 }
 NORMALIZATIONS = ("none", "dataset", "chunk")

@@ -113,6 +113,7 @@ SETTINGS = (
     "early_stop_on",
     "time_budget",
     "pooling",
+    "inference_model",
 )  # columns of the runs table
 DONE = "training_done.json"  # written when fit() ends; training is then not resumed again
 
@@ -502,26 +503,46 @@ def score_best_models(
     return scores
 
 
+FINAL = "final.keras"  # the model as training left it (--inference-model final or auto)
+INFERENCE_CHOICES = {  # --inference-model -> candidate checkpoints, preferred first on ties
+    "best_val_map": (BEST["val_map"][0],),
+    "final": (FINAL,),
+    "auto": (FINAL, BEST["val_map"][0]),
+}
+
+
 def write_inference(
     run_dir: Path, data: dict[str, SplitData], dataset: Dataset, args: argparse.Namespace
 ) -> dict:
-    """RUN/inference.json: best_val_map.keras and the recording pooling, --pooling or (auto)
-    the one with the best validation MAP, with its test MAP; returns what it wrote."""
-    model_file = BEST["val_map"][0]
+    """RUN/inference.json: the checkpoint (--inference-model) and recording pooling
+    (--pooling) for prediction; under auto, the pair with the best validation MAP (ties: the
+    final model, then mean, max, power), with the test MAP of the pair. Returns what it
+    wrote."""
     labels = dataset.recordings["label"]
-    if not (run_dir / model_file).is_file():
+    candidates = [
+        name for name in INFERENCE_CHOICES[args.inference_model] if (run_dir / name).is_file()
+    ]
+    if not candidates:
+        model_file = INFERENCE_CHOICES[args.inference_model][0]
         logger.warning("%s missing: inference.json names it all the same", model_file)
         return recipe.write_inference(run_dir, model_file, "mean", {})
-    model = keras.saving.load_model(run_dir / model_file, compile=False)
-    pooling, extra = args.pooling, {}
-    if args.pooling == "auto":
-        with read_errors_reported(data["val"].batches):
-            probs = model.predict(data["val"].batches, verbose=0)
-        pooling, val_maps = recipe.choose_pooling(probs, data["val"].chunk_recording, labels)
-        extra["val_map"] = val_maps
-        logger.info("recording pooling %s (validation MAP %s)", pooling, val_maps)
+    model_file, pooling, extra = candidates[0], args.pooling, {}
+    if len(candidates) > 1 or args.pooling == "auto":
+        best, extra["validation_map"] = -1.0, {}
+        for name in candidates:
+            model = keras.saving.load_model(run_dir / name, compile=False)
+            with read_errors_reported(data["val"].batches):
+                probs = model.predict(data["val"].batches, verbose=0)
+            chosen, maps = recipe.choose_pooling(probs, data["val"].chunk_recording, labels)
+            if args.pooling != "auto":
+                chosen = args.pooling
+            extra["validation_map"][name] = maps
+            if np.nan_to_num(maps[chosen], nan=-1.0) > best:
+                best, model_file, pooling = np.nan_to_num(maps[chosen], nan=-1.0), name, chosen
+        logger.info("prediction: %s, %s pooling (validation MAP %s)", model_file, pooling, extra)
     test = data["test"]
     if len(test):
+        model = keras.saving.load_model(run_dir / model_file, compile=False)
         with read_errors_reported(test.batches):
             probs = model.predict(test.batches, verbose=0)
         ids, pooled = recording_scores(probs, test.chunk_recording, pooling)
@@ -581,6 +602,8 @@ def train(args: argparse.Namespace) -> dict:
             logger.info("training already finished in %s: scoring the best models", run_dir)
         else:
             fit(model, data, dataset, run_dir, args, schedule=not own_schedule)
+            if FINAL in INFERENCE_CHOICES[args.inference_model]:
+                model.save(run_dir / FINAL)
 
         history = read_history(run_dir / HISTORY)
         metrics = score_best_models(run_dir, data["test"], dataset, history)
@@ -706,6 +729,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="LIST",
         help="augmentations of the training batches, comma-separated from "
         f"{','.join(AUGMENTATIONS)}, or none (default none; modern all)",
+    )
+    parser.add_argument(
+        "--inference-model",
+        choices=tuple(INFERENCE_CHOICES),
+        help="the model prediction uses (inference.json): best_val_map.keras (default), "
+        "final.keras (as training ended), or auto (modern): the better of the two on "
+        "validation",
     )
     parser.add_argument(
         "--noise-dir",
