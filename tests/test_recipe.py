@@ -124,14 +124,15 @@ def test_model_file_compile_hook_is_used_when_present():
         recipe.compile_args(args, types.SimpleNamespace(compile_args=lambda s: {"optimizer": 1}))
 
 
-def test_warmup_then_cosine_and_budget_epochs():
+def test_warmup_then_cosine_ending_with_the_steps_or_the_time_budget():
     rates = [recipe.warmup_cosine(step, 100, 10, 1.0) for step in range(100)]
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(rates[10:], rates[11:], strict=False))
     assert rates[-1] < 0.01
-    assert recipe.budget_epochs(30, 600, 100) == 20
-    assert recipe.budget_epochs(30, 600, 5) == 5 and recipe.budget_epochs(900, 600, 5) == 1
-    assert recipe.budget_epochs(30, 0, 7) == 7
+    # the clock says half the budget after the warm-up has passed: the decay is half done
+    assert recipe.warmup_cosine(12, 1000, 10, 1.0, time_share=0.5) == pytest.approx(0.5)
+    assert recipe.warmup_cosine(12, 1000, 10, 1.0, time_share=1.5) == pytest.approx(0.0)
+    assert recipe.warmup_cosine(5, 1000, 10, 1.0, time_share=0.9) == pytest.approx(0.6)
 
 
 def test_pooling_is_chosen_on_validation_ties_go_to_the_mean():

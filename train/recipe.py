@@ -11,7 +11,7 @@ The modern recipe's parts, each switchable by its own option:
                                      AdamW, linear warm-up then cosine decay to the last epoch
     --class-balance weights          loss weights against long-tailed classes
     --early-stop-on val_map          early stopping on the official MAP
-    --time-budget MINUTES            the epochs that fit the budget, measured on the first
+    --time-budget MINUTES            training ends with the budget, the cosine decay too
     --pooling auto                   recording pooling chosen on validation (inference.json)
     --inference-model auto           final or best-val_map model, chosen on validation
 """
@@ -212,31 +212,28 @@ def compile_args(args, model_module=None) -> dict:
     return {"optimizer": optimizer, "loss": loss}
 
 
-def warmup_cosine(step: float, total_steps: float, warmup_steps: float, peak: float) -> float:
+def warmup_cosine(
+    step: float, total_steps: float, warmup_steps: float, peak: float, time_share: float = 0.0
+) -> float:
     """Learning rate at `step`: linear from peak / warmup_steps up to peak over the warm-up,
-    then cosine down to 0 at total_steps."""
+    then cosine down to 0 at total_steps, or sooner: at time_share 1 (the share of the time
+    budget left after the warm-up that has passed), whichever comes first."""
     if step < warmup_steps:
         return peak * (step + 1) / warmup_steps
     progress = min(1.0, (step - warmup_steps) / max(1.0, total_steps - warmup_steps))
+    progress = max(progress, min(1.0, time_share))
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def budget_epochs(epoch_seconds: float, budget_seconds: float, most: int) -> int:
-    """Epochs that fit the budget at this epoch time (at least 1, at most `most`)."""
-    if budget_seconds <= 0:
-        return most
-    return int(max(1, min(most, budget_seconds // max(epoch_seconds, 1e-9))))
-
-
 class ScheduleAndBudget(keras.callbacks.Callback):
-    """Sets the optimizer's learning rate every step (warm-up, then cosine decay to the
-    planned last epoch) and ends training when the time budget would run out.
+    """Sets the optimizer's learning rate every step (warm-up, then cosine decay) and ends
+    training when the time budget would run out.
 
-    The plan is `epochs`, or with a budget the epochs that fit it, planned at the end of the
-    warm-up (at least two epochs: the first one's time is mostly tracing) from the time of
-    the last epoch, so the decay that follows ends with the budget; training stops earlier
-    when the measured time says the next epoch would end past the budget, and mid-epoch
-    (after a step) once the budget is spent.
+    The decay ends with the last of `epochs`, or with the time budget if that comes first:
+    its progress is then measured on the clock from the end of the warm-up, so a machine
+    slower than expected (other work on the cores) still ends training at a low rate.
+    Training stops after the epoch whose length, once more, would pass the budget, and
+    mid-epoch (after a step) once the budget is spent; Keras still validates that epoch.
     budget_seconds: 0 for none. schedule: False keeps the optimizer's constant rate.
     """
 
@@ -251,14 +248,9 @@ class ScheduleAndBudget(keras.callbacks.Callback):
     ):
         super().__init__()
         self.epochs, self.steps_per_epoch, self.peak = epochs, steps_per_epoch, peak
-        self.warmup_epochs, self.budget_seconds, self.schedule = (
-            warmup_epochs,
-            budget_seconds,
-            schedule,
-        )
-        self.planned = epochs
-        self.planned_fixed = budget_seconds <= 0
-        self.epoch = 0
+        self.warmup_steps = warmup_epochs * steps_per_epoch
+        self.budget_seconds, self.schedule = budget_seconds, schedule
+        self.epoch, self.decay_start = 0, None
 
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()
@@ -267,18 +259,22 @@ class ScheduleAndBudget(keras.callbacks.Callback):
         self.epoch, self.epoch_start = epoch, time.perf_counter()
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.schedule:
-            step = self.epoch * self.steps_per_epoch + batch
-            rate = warmup_cosine(
-                step,
-                self.planned * self.steps_per_epoch,
-                self.warmup_epochs * self.steps_per_epoch,
-                self.peak,
-            )
-            self.model.optimizer.learning_rate.assign(rate)
+        if not self.schedule:
+            return
+        step = self.epoch * self.steps_per_epoch + batch
+        time_share = 0.0
+        if self.budget_seconds > 0 and step >= self.warmup_steps:
+            now = time.perf_counter()
+            if self.decay_start is None:
+                self.decay_start = now
+            left = self.start + self.budget_seconds - self.decay_start
+            time_share = (now - self.decay_start) / max(left, 1e-9)
+        rate = warmup_cosine(
+            step, self.epochs * self.steps_per_epoch, self.warmup_steps, self.peak, time_share
+        )
+        self.model.optimizer.learning_rate.assign(rate)
 
     def on_train_batch_end(self, batch, logs=None):
-        # an epoch longer than the whole budget ends early (Keras then still validates it)
         if self.budget_seconds > 0 and time.perf_counter() - self.start > self.budget_seconds:
             self.model.stop_training = True
 
@@ -290,21 +286,12 @@ class ScheduleAndBudget(keras.callbacks.Callback):
         if self.budget_seconds <= 0:
             return
         now = time.perf_counter()
-        elapsed, last_epoch = now - self.start, now - self.epoch_start
-        if not self.planned_fixed and epoch + 1 >= max(2, self.warmup_epochs):
-            left = max(self.budget_seconds - elapsed, 1e-9)
-            more = budget_epochs(last_epoch, left, self.epochs)
-            self.planned = min(self.epochs, epoch + 1 + more)
-            self.planned_fixed = True
+        if now - self.start + (now - self.epoch_start) > self.budget_seconds:
             logger.info(
-                "epoch %d took %.0f s: %d epochs fit the %.1f min budget",
-                epoch + 1,
-                last_epoch,
-                self.planned,
+                "time budget of %.1f min: training ends after epoch %d",
                 self.budget_seconds / 60,
+                epoch + 1,
             )
-        if epoch + 1 >= self.planned or elapsed + last_epoch > self.budget_seconds:
-            logger.info("time budget: training ends after epoch %d", epoch + 1)
             self.model.stop_training = True
 
 
