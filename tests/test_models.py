@@ -27,6 +27,16 @@ def test_paper_models(name, millions, batch_norms):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(128, 250, 1), (128, 50, 1), (200, 310, 1), (16, 20, 1)])
+def test_resnet_takes_any_chunk_shape(shape):
+    # the modern recipe's model: global pooling, so every front end's chunks fit
+    model = build_model_from_file(TRAIN / "model-ResNet.py", shape, 17)
+    assert model.output_shape == (None, 17)
+    assert 0.5 < model.count_params() / 1e6 < 1.5
+    probs = model.predict(np.zeros((2, *shape), np.float32), verbose=0)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
 def test_softmax_stays_float32_under_mixed_precision():
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
