@@ -59,7 +59,7 @@ RECIPES = {
     "modern": {
         "model": PROJECT_ROOT / "train" / "model-ResNet.py",
         "epochs": 200,
-        "patience": 20,
+        "patience": 50,
         "batch_size": 32,
         "learning_rate": 0.002,
         "optimizer": "adamw",

@@ -690,7 +690,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--patience",
         type=int,
         help="epochs without a better --early-stop-on value before stopping "
-        "(default 100; modern 20)",
+        "(default 100; modern 50)",
     )
     parser.add_argument(
         "--batch-size",
