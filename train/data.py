@@ -95,7 +95,12 @@ def _draw(
             spare, test_size=size, stratify=labels[spare], random_state=seed
         )
     except ValueError as reason:  # e.g. fewer recordings drawn than there are classes
-        logger.info("split of %d recordings not stratified: %s", size, reason)
+        logger.warning(
+            "the split of %d recordings is NOT stratified (%s): some classes may be missing "
+            "from validation or test",
+            size,
+            reason,
+        )
         kept, drawn = train_test_split(spare, test_size=size, random_state=seed)
     return np.sort(np.concatenate([pinned, kept])), np.sort(drawn)
 

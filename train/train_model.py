@@ -36,6 +36,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from preprocess.cli import at_least, between, run_command  # noqa: E402
 from preprocess.dataset import (  # noqa: E402
     Dataset,
     DatasetError,
@@ -55,10 +57,13 @@ from preprocess.dataset import (  # noqa: E402
     recording_rows,
 )
 from train.callbacks import (  # noqa: E402
+    BACKUP,
     BEST,
     HISTORY,
     MAPCallback,
+    ModelFileError,
     epochs_backed_up,
+    load_saved_model,
     read_history,
     score_predictions,
     training_callbacks,
@@ -73,8 +78,10 @@ from train.data import (  # noqa: E402
     split_recordings,
 )
 from train.log import (  # noqa: E402
+    RunsTableError,
     append_run,
     best_epoch,
+    check_runs_table,
     history_columns,
     model_columns,
     plot_history,
@@ -114,7 +121,7 @@ def build_model_from_file(path: Path, input_shape: tuple, n_classes: int) -> ker
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as error:  # the user's file: report whatever it raises
+    except (Exception, SystemExit) as error:  # the user's file: report whatever it raises
         raise TrainError(
             f"{path}: cannot load model file: {type(error).__name__}: {error}"
         ) from error
@@ -125,7 +132,7 @@ def build_model_from_file(path: Path, input_shape: tuple, n_classes: int) -> ker
         )
     try:
         model = module.build_model(tuple(input_shape), n_classes)
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise TrainError(
             f"{path}: build_model({tuple(input_shape)}, {n_classes}) failed: "
             f"{type(error).__name__}: {error}"
@@ -180,24 +187,56 @@ def data_parallel_scope():
 
 
 def start_run_dir(run_dir: Path, resume: bool) -> bool:
-    """Check run_dir can take this run; returns whether an earlier run is resumed."""
+    """Check run_dir can take this run (writing nothing); returns whether an earlier run is
+    resumed. A run that never finished an epoch (its start failed, or it was stopped during
+    its first epoch) has nothing to resume: it is started again, with or without --resume."""
     started = (run_dir / "config.json").is_file()
+    if started and not finished_an_epoch(run_dir):
+        logger.info("%s holds a run that never finished an epoch: starting it again", run_dir)
+        started = False
     if started and not resume:
         raise TrainError(
             f"{run_dir} already holds a training run: add --resume to continue it, or "
             "choose another --out"
         )
     if resume and not started:
-        logger.info("%s holds no run yet: starting a new one", run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        logger.info("%s holds no run to resume: starting a new one", run_dir)
     return started
+
+
+def finished_an_epoch(run_dir: Path) -> bool:
+    """Whether the run in run_dir got past its first epoch (or finished)."""
+    history = read_history(run_dir / HISTORY)
+    return (
+        (run_dir / DONE).is_file()
+        or epochs_backed_up(run_dir) > 0
+        or len(history.get("epoch", [])) > 0
+    )
+
+
+def check_labels(dataset: Dataset) -> None:
+    """Refuse data that cannot train a classifier: fewer than two classes with labelled
+    recordings (a single class gives a MAP of 1.0 that means nothing)."""
+    labels = dataset.recordings["label"]
+    if not (labels >= 0).any():
+        raise TrainError(
+            f"{dataset.path}: none of its {len(labels)} recordings is labelled (every label "
+            "is -1, as in a test set built with --classes-from): train on labelled data"
+        )
+    present = np.unique(labels[labels >= 0])
+    if len(present) < 2:
+        names = [dataset.classes[i] for i in present]
+        raise TrainError(
+            f"{dataset.path}: its labelled recordings are all of one class ({names[0]}); "
+            "training needs at least two classes"
+        )
 
 
 def load_or_make_split(
     run_dir: Path, dataset: Dataset, args: argparse.Namespace, resuming: bool
 ) -> dict[str, np.ndarray]:
     """Recording indices of each split: split.json's when resuming, else a new split
-    (saved to split.json)."""
+    (which write_run_files saves to split.json)."""
     recordings = dataset.recordings
     media_ids = list(recordings["MediaId"])
     if len(set(media_ids)) != len(media_ids):
@@ -215,38 +254,48 @@ def load_or_make_split(
         logger.info("split of %s (seed %s)", path, saved["seed"])
         return {name: np.sort([index[m] for m in saved[name]]).astype(np.int64) for name in SPLITS}
 
-    split = split_recordings(
+    return split_recordings(
         recordings["label"], args.val_fraction, args.test_fraction, args.seed, dataset.classes
     )
-    saved = {
-        "seed": args.seed,
-        "val_fraction": args.val_fraction,
-        "test_fraction": args.test_fraction,
-        **{name: [media_ids[i] for i in split[name]] for name in SPLITS},
-    }
-    path.write_text(json.dumps(saved, indent=1) + "\n")
-    return split
 
 
-def write_run_files(run_dir: Path, dataset: Dataset, args: argparse.Namespace, resuming: bool):
-    """params.json, classes.json, config.json and model.py; checks a resumed run's data and
-    model file are the ones it started with."""
+def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace) -> None:
+    """Check the data and model file of a resumed run are the ones it started with."""
+    classes = {"classes": dataset.classes, "class_names": dataset.class_names}
+    if json.loads((run_dir / "classes.json").read_text()) != classes or (
+        (run_dir / "params.json").read_text() != dataset.file.attrs["params"]
+    ):
+        raise TrainError(
+            f"{dataset.path} has other classes or preprocessing parameters than the run "
+            f"in {run_dir}: resume with the data file the run started with"
+        )
+    if (run_dir / "model.py").read_text() != args.model.read_text():
+        raise TrainError(
+            f"{args.model} differs from the model the run in {run_dir} started with "
+            f"({run_dir / 'model.py'}): resume with that model file"
+        )
+
+
+def write_run_files(
+    run_dir: Path, dataset: Dataset, args: argparse.Namespace, split: dict, resuming: bool
+):
+    """params.json, classes.json, config.json, model.py and (for a new run) split.json; a new
+    run first clears what a start that never finished an epoch left."""
     classes = {"classes": dataset.classes, "class_names": dataset.class_names}
     params = dataset.file.attrs["params"]  # verbatim: prediction rebuilds the same chunks
     model_source = args.model.read_text()
-    if resuming:
-        if json.loads((run_dir / "classes.json").read_text()) != classes or (
-            (run_dir / "params.json").read_text() != params
-        ):
-            raise TrainError(
-                f"{dataset.path} has other classes or preprocessing parameters than the run "
-                f"in {run_dir}: resume with the data file the run started with"
-            )
-        if (run_dir / "model.py").read_text() != model_source:
-            raise TrainError(
-                f"{args.model} differs from the model the run in {run_dir} started with "
-                f"({run_dir / 'model.py'}): resume with that model file"
-            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        (run_dir / HISTORY).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / BACKUP, ignore_errors=True)
+        media_ids = dataset.recordings["MediaId"]
+        saved = {
+            "seed": args.seed,
+            "val_fraction": args.val_fraction,
+            "test_fraction": args.test_fraction,
+            **{name: [str(media_ids[i]) for i in split[name]] for name in SPLITS},
+        }
+        (run_dir / "split.json").write_text(json.dumps(saved, indent=1) + "\n")
     (run_dir / "params.json").write_text(params)
     (run_dir / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
     (run_dir / "model.py").write_text(model_source)
@@ -301,15 +350,19 @@ class SplitData:
         return len(self.rows)
 
 
+def check_batch_size(dataset: Dataset, split: dict, batch_size: int) -> None:
+    training_chunks = int(dataset.recordings["n_chunks"][split["train"]].sum())
+    if batch_size > training_chunks:
+        raise TrainError(
+            f"batch size {batch_size} is larger than the {training_chunks} training "
+            f"chunks: give --batch-size {training_chunks} or less"
+        )
+
+
 def load_splits(dataset: Dataset, split: dict, args: argparse.Namespace) -> dict[str, SplitData]:
     """The chunks of each split, in memory (--in-memory yes, or auto and they fit) or
     streamed from the file."""
     n_chunks = {name: int(dataset.recordings["n_chunks"][split[name]].sum()) for name in SPLITS}
-    if args.batch_size > n_chunks["train"]:
-        raise TrainError(
-            f"batch size {args.batch_size} is larger than the {n_chunks['train']} training "
-            f"chunks: give --batch-size {n_chunks['train']} or less"
-        )
     row_shape = dataset.X.shape[1:]
     n_rows = sum(n_chunks.values())
     in_memory = args.in_memory == "yes" or (
@@ -384,7 +437,7 @@ def score_best_models(
         if not path.is_file():
             logger.warning("%s missing: never saved (no finite %s)", path, monitor)
             continue
-        model = keras.saving.load_model(path, compile=False)
+        model = load_saved_model(path)
         with read_errors_reported(test.batches):
             probs = model.predict(test.batches, verbose=0)
         best = best_epoch(history[monitor], mode)
@@ -404,11 +457,19 @@ def score_best_models(
 def train(args: argparse.Namespace) -> dict:
     """Fill the run folder args.out; returns the test scores (metrics.json)."""
     run_dir = args.out
+    if not args.model.is_file():
+        raise TrainError(f"{args.model}: no such model file (--model)")
     resuming = start_run_dir(run_dir, args.resume)
+    runs_table = args.runs_table or run_dir.parent / "runs.csv"
+    check_runs_table(runs_table)
+    # everything is checked before the run folder is written: a start that fails leaves it
+    # as it was
     with open_dataset(args.data) as dataset:
+        check_labels(dataset)
+        if resuming:
+            check_resumed_run(run_dir, dataset, args)
         split = load_or_make_split(run_dir, dataset, args, resuming)
-        write_run_files(run_dir, dataset, args, resuming)
-        data = load_splits(dataset, split, args)
+        check_batch_size(dataset, split, args.batch_size)
         params, n_classes = dataset.params, len(dataset.classes)
 
         keras.mixed_precision.set_global_policy(
@@ -428,11 +489,13 @@ def train(args: argparse.Namespace) -> dict:
             if args.weights:
                 try:
                     model.load_weights(args.weights)
-                except (OSError, ValueError) as error:
+                except Exception as error:  # Keras raises many kinds on a damaged file
                     raise TrainError(
                         f"{args.weights}: cannot load weights into {args.model}: {error}"
                     ) from error
                 logger.info("starting from the weights of %s", args.weights)
+        write_run_files(run_dir, dataset, args, split, resuming)
+        data = load_splits(dataset, split, args)
         model.summary()
 
         if (run_dir / DONE).is_file():
@@ -455,7 +518,7 @@ def train(args: argparse.Namespace) -> dict:
                 logger.warning("no validation chunks or model: no %s", THRESHOLDS_FILE)
         plot_history(history, run_dir)
         append_run(
-            args.runs_table or run_dir.parent / "runs.csv",
+            runs_table,
             {
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "run_dir": str(run_dir),
@@ -509,35 +572,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=at_least(1),
         default=20000,
         help="most epochs; early stopping usually ends sooner (default 20000)",
     )
     parser.add_argument(
         "--patience",
-        type=int,
+        type=at_least(0),
         default=100,
         help="epochs without a lower validation loss before stopping (default 100)",
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=at_least(1),
         default=32,
         help="chunks per step (default 32, good on a CPU; the original used 1350 on a GPU)",
     )
     parser.add_argument(
-        "--learning-rate", type=float, default=0.001, help="RMSprop's (default 0.001)"
+        "--learning-rate",
+        type=between(0, float("inf"), low_open=True, high_open=True),
+        default=0.001,
+        help="RMSprop's (default 0.001)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="split, initial weights and shuffling")
+    parser.add_argument(
+        "--seed",
+        type=at_least(0),
+        default=0,
+        help="split, initial weights and shuffling",
+    )
     parser.add_argument(
         "--val-fraction",
-        type=float,
+        type=between(0, 1, low_open=True, high_open=True),
         default=0.1,
         help="share of the labelled recordings for validation (default 0.1)",
     )
     parser.add_argument(
         "--test-fraction",
-        type=float,
+        type=between(0, 1, low_open=False, high_open=True),
         default=0.1,
         help="share of the labelled recordings for the final test, 0 for none (default 0.1)",
     )
@@ -563,7 +634,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=at_least(1),
         default=1,
         help="threads reading batches ahead of training (default 1)",
     )
@@ -575,11 +646,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--verbose", action="store_true", help="debug logging, tracebacks")
     args = parser.parse_args(argv)
-    for name in ("epochs", "batch_size", "workers"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.patience < 0 or args.learning_rate <= 0:
-        parser.error("--patience must be at least 0 and --learning-rate positive")
+    if args.val_fraction + args.test_fraction >= 1:
+        parser.error(
+            f"--val-fraction {args.val_fraction} and --test-fraction {args.test_fraction} "
+            "leave no recordings for training: together they must be below 1"
+        )
     return args
 
 
@@ -590,14 +661,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     # TensorFlow warns of retracing when each best model predicts its first batches
     logging.getLogger("tensorflow").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
-    try:
+    metrics = {}
+
+    def run() -> int:
+        if args.out.exists() and not args.out.is_dir():
+            raise TrainError(f"{args.out} is a file, not a run folder: choose another --out")
         with exclusive_run(args.out / ".lock", f"the run folder {args.out}"):
-            metrics = train(args)
-    except (TrainError, DatasetError, SplitError, RunLocked) as error:
-        if args.verbose:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+            metrics.update(train(args))
+        return 0
+
+    errors = (TrainError, DatasetError, SplitError, RunLocked, ModelFileError, RunsTableError)
+    status = run_command(run, args.verbose, errors)
+    if status:
+        return status
     for name, scores in metrics["models"].items():
         print(
             f"test {name}.keras (epoch {scores['epoch']}): MAP {scores['map']:.4f} "
