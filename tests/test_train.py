@@ -4,6 +4,7 @@ easy problem, resuming after a kill, and clear messages for bad input."""
 import csv
 import importlib.util
 import json
+import os
 import pickle
 import shutil
 import subprocess
@@ -408,6 +409,7 @@ def test_resume_continues_from_the_last_finished_epoch(
         ("no labels", "none of its 3 recordings is labelled"),
         ("data as runs table", "easy.h5 exists and is not a runs table"),
         ("out is a file", "is a file, not a run folder"),
+        ("damaged table", "recordings/first_row does not follow recordings/n_chunks"),
     ],
 )
 def test_bad_input_gives_a_clear_message(
@@ -459,6 +461,11 @@ def test_bad_input_gives_a_clear_message(
     elif change == "out is a file":
         out = tmp_path / "notes.txt"
         out.write_text("mine")
+    elif change == "damaged table":
+        data = tmp_path / "damaged.h5"
+        data.write_bytes(easy_data.read_bytes())
+        with h5py.File(data, "a") as h5:
+            h5["recordings/first_row"][1] = 0
     data_before = data.read_bytes() if data.is_file() else None
     assert train_model.main(train_args(data, model, out, "--epochs", "1", *extra)) == 2
     error = capsys.readouterr().err
@@ -596,6 +603,33 @@ def test_command_line_error_without_traceback(tmp_path, tiny_model):
     assert "Traceback" not in result.stderr
 
 
+def test_the_command_turns_a_model_files_exit_into_an_error_line(tmp_path, easy_data):
+    model = tmp_path / "model-Exits.py"
+    model.write_text("import sys\nsys.exit(3)\n")
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train" / "train_model.py"),
+               *train_args(easy_data, model, out, "--epochs", "1")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert f"error: {model}: cannot load model file: SystemExit: 3" in result.stderr
+    assert "Traceback" not in result.stderr and not (out / "config.json").exists()
+    verbose = subprocess.run([*command, "--verbose"], capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_an_error_line(tmp_path, easy_data, tiny_model, capsys):
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        args = train_args(easy_data, tiny_model, parent / "run", "--epochs", "1")
+        assert train_model.main(args) == 2
+    finally:
+        parent.chmod(0o755)
+    assert capsys.readouterr().err.startswith(f"error: {parent / 'run'}: Permission denied")
+
+
 # ---------------------------------------------------------------------------------------------
 # Images of the stored chunks
 
@@ -612,3 +646,37 @@ def test_generate_images_writes_a_limited_folder_per_class(easy_data, tmp_path):
     assert folders == sorted([*CLASSES, "unlabelled"])
     image = plt.imread(next((tmp_path / "aaa").glob("aaa0_*.png")))
     assert image.shape[:2] == (PARAMS.n_bins, PARAMS.chunk_frames)
+
+
+def test_generate_images_keeps_ids_from_the_data_inside_the_output(tmp_path, capsys):
+    from train.generate_images import main as images_main
+    from train.generate_images import safe_file_name
+
+    hostile = ["../../escape", "/etc/absolute", "line\nbreak", ".hidden"]
+    items = [
+        RecordingChunks(
+            media_id,
+            "../up",
+            f"{number}.wav",
+            0,
+            np.zeros(1, np.uint8),
+            n_frames=PARAMS.chunk_frames,
+            duration_s=1.0,
+            chunks=compress_chunks(np.ones((1, PARAMS.n_bins, PARAMS.chunk_frames), "f4"), "gzip"),
+        )
+        for number, media_id in enumerate(hostile)
+    ]
+    data = tmp_path / "hostile.h5"
+    write_dataset(data, DatasetInfo(PARAMS, ["../up"], {"../up": "x"}, {}, "gzip"), items)
+    out = tmp_path / "deep" / "images"
+    assert images_main(["--data", str(data), "--out", str(out)]) == 0
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.png"))
+    assert len(written) == len(hostile)
+    assert all(path.parts[:2] == ("deep", "images") for path in written)
+    assert len({safe_file_name(name) for name in hostile}) == len(hostile)
+    assert safe_file_name("XC1234") == "XC1234"  # ordinary ids are kept as they are
+
+    assert images_main(["--data", str(tmp_path / "none.h5"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    with pytest.raises(SystemExit):
+        images_main(["--data", str(data), "--out", str(out), "--per-class", "0"])

@@ -10,7 +10,9 @@ first --per-class chunks of each class in file order are written.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 
+from preprocess.cli import at_least, run_command  # noqa: E402
 from preprocess.dataset import DatasetError, open_dataset  # noqa: E402
 
 logger = logging.getLogger("generate_images")
@@ -39,6 +42,19 @@ def chunks_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
     return np.sort(order[rank_in_label < per_class]).astype(np.int64)
 
 
+def safe_file_name(text: str) -> str:
+    """A name from the data (ClassId, MediaId) usable as one file name inside the output
+    folder: characters other than letters, digits, '.', '-' and '_' (path separators, control
+    characters) become '_', and a changed name gets a hash of the original, so two ids
+    never share a name and '../x' can never leave the folder."""
+    safe = re.sub(r"[^\w.-]", "_", text)
+    if safe.startswith("."):
+        safe = "_" + safe
+    if safe == text:
+        return text
+    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+
+
 def save_chunk_image(chunk: np.ndarray, path: Path) -> None:
     """chunk: (n_bins, frames) or (n_bins, frames, 1); low frequencies at the bottom."""
     plt.imsave(
@@ -54,9 +70,10 @@ def generate_images(data: Path, out: Path, per_class: int) -> int:
         media_ids = dataset["MediaId"].asstr()
         chunk_index = dataset["chunk_index"]
         for row in rows:
-            folder = out / (class_ids[row] or "unlabelled")
+            folder = out / (safe_file_name(class_ids[row]) if class_ids[row] else "unlabelled")
             folder.mkdir(parents=True, exist_ok=True)
-            save_chunk_image(dataset.X[row], folder / f"{media_ids[row]}_{chunk_index[row]}.png")
+            name = f"{safe_file_name(media_ids[row])}_{chunk_index[row]}.png"
+            save_chunk_image(dataset.X[row], folder / name)
     logger.info("%d images in %s", len(rows), out)
     return len(rows)
 
@@ -82,18 +99,17 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for the images (a subfolder per class)",
     )
     parser.add_argument(
-        "--per-class", type=int, default=10, help="most images per class (default 10)"
+        "--per-class", type=at_least(1), default=10, help="most images per class (default 10)"
     )
+    parser.add_argument("--verbose", action="store_true", help="tracebacks of errors")
     args = parser.parse_args(argv)
-    if args.per_class < 1:
-        parser.error("--per-class must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
+
+    def run() -> int:
         generate_images(args.data, args.out, args.per_class)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command(run, args.verbose, (DatasetError,))
 
 
 if __name__ == "__main__":
