@@ -12,13 +12,14 @@ and exit status 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable
 
 
-def at_least(minimum: int) -> Callable[[str], int]:
-    """argparse type: a whole number >= minimum."""
+def at_least(minimum: int, at_most: int | None = None) -> Callable[[str], int]:
+    """argparse type: a whole number >= minimum (and <= at_most when given)."""
 
     def whole_number(text: str) -> int:
         try:
@@ -27,10 +28,18 @@ def at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most}, not {value}")
         return value
 
     whole_number.__name__ = f"whole number >= {minimum}"  # named so in argparse's messages
     return whole_number
+
+
+def most_workers() -> int:
+    """The most worker processes or threads a command accepts: 4 per core (more only adds
+    memory use; a typo like --workers 1000000 would otherwise start that many)."""
+    return 4 * (os.cpu_count() or 1)
 
 
 def between(low: float, high: float, *, low_open: bool, high_open: bool) -> Callable:

@@ -48,7 +48,7 @@ from preprocess.audio import (  # noqa: E402
     streamable_seconds,
     to_sample_rate,
 )
-from preprocess.cli import at_least, run_command  # noqa: E402
+from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
 from preprocess.dataset import (  # noqa: E402
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
@@ -462,6 +462,7 @@ def build(args) -> int:
         info, settings_digest=settings_digest(info), inputs_digest=inputs_digest(info, keys)
     )
 
+    out.with_name(out.name + ".tmp").unlink(missing_ok=True)  # a merge cut short
     earlier = []  # an OUT whose recordings that still apply are kept
     if out.exists() and not args.overwrite:
         try:
@@ -611,7 +612,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers",
-        type=at_least(1),
+        type=at_least(1, most_workers()),
         default=multiprocessing.cpu_count(),
         help="parallel processes (default: all %(default)s cores; 1 runs in this process)",
     )

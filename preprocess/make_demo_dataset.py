@@ -42,7 +42,7 @@ import scipy.fft
 from scipy.io import wavfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
-from preprocess.cli import at_least, run_command  # noqa: E402
+from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -503,7 +503,9 @@ def main(argv: list[str] | None = None) -> int:
         default=10,
         help="test recordings per species (default 10)",
     )
-    parser.add_argument("--workers", type=at_least(1), help="processes (default: all cores)")
+    parser.add_argument(
+        "--workers", type=at_least(1, most_workers()), help="processes (default: all cores)"
+    )
     parser.add_argument("--seed", type=at_least(0), default=2016)
     parser.add_argument("--verbose", action="store_true", help="tracebacks of errors")
     args = parser.parse_args(argv)

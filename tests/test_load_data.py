@@ -474,6 +474,7 @@ def test_an_xml_with_a_dtd_entity_is_skipped_by_name(tmp_path, capsys):
         ("--shard-chunks", "-5", "argument --shard-chunks: must be at least 1, not -5"),
         ("--min-quality", "-1", "argument --min-quality: must be at least 0, not -1"),
         ("--top-n", "lots", "argument --top-n: 'lots' is not a whole number"),
+        ("--workers", "1000000", "argument --workers: must be at most"),
     ],
 )
 def test_impossible_numbers_are_argument_errors(csv_job, tmp_path, capsys, option, value, message):

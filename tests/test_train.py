@@ -557,6 +557,7 @@ def test_a_damaged_best_model_is_named_when_scoring(trained_run, tmp_path, capsy
         ("--epochs", "0", "argument --epochs: must be at least 1, not 0"),
         ("--batch-size", "-3", "argument --batch-size: must be at least 1, not -3"),
         ("--workers", "0", "argument --workers: must be at least 1, not 0"),
+        ("--workers", "1000000", "argument --workers: must be at most"),
         ("--patience", "-1", "argument --patience: must be at least 0, not -1"),
         ("--seed", "-1", "argument --seed: must be at least 0, not -1"),
         ("--learning-rate", "0", "argument --learning-rate: must be in (0, inf), not 0"),

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from preprocess.cli import at_least, between, run_command  # noqa: E402
+from preprocess.cli import at_least, between, most_workers, run_command  # noqa: E402
 from preprocess.dataset import (  # noqa: E402
     Dataset,
     DatasetError,
@@ -634,7 +634,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers",
-        type=at_least(1),
+        type=at_least(1, most_workers()),
         default=1,
         help="threads reading batches ahead of training (default 1)",
     )
