@@ -651,7 +651,6 @@ def test_generate_images_writes_a_limited_folder_per_class(easy_data, tmp_path):
 
 def test_generate_images_keeps_ids_from_the_data_inside_the_output(tmp_path, capsys):
     from train.generate_images import main as images_main
-    from train.generate_images import safe_file_name
 
     hostile = ["../../escape", "/etc/absolute", "line\nbreak", ".hidden"]
     items = [
@@ -674,8 +673,6 @@ def test_generate_images_keeps_ids_from_the_data_inside_the_output(tmp_path, cap
     written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.png"))
     assert len(written) == len(hostile)
     assert all(path.parts[:2] == ("deep", "images") for path in written)
-    assert len({safe_file_name(name) for name in hostile}) == len(hostile)
-    assert safe_file_name("XC1234") == "XC1234"  # ordinary ids are kept as they are
 
     assert images_main(["--data", str(tmp_path / "none.h5"), "--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("error: ")

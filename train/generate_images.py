@@ -10,9 +10,7 @@ first --per-class chunks of each class in file order are written.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
-import re
 import sys
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 
+from predict.detections import OutputError, inside, safe_file_names  # noqa: E402
 from preprocess.cli import at_least, run_command  # noqa: E402
 from preprocess.dataset import DatasetError, open_dataset  # noqa: E402
 
@@ -42,19 +41,6 @@ def chunks_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
     return np.sort(order[rank_in_label < per_class]).astype(np.int64)
 
 
-def safe_file_name(text: str) -> str:
-    """A name from the data (ClassId, MediaId) usable as one file name inside the output
-    folder: characters other than letters, digits, '.', '-' and '_' (path separators, control
-    characters) become '_', and a changed name gets a hash of the original, so two ids
-    never share a name and '../x' can never leave the folder."""
-    safe = re.sub(r"[^\w.-]", "_", text)
-    if safe.startswith("."):
-        safe = "_" + safe
-    if safe == text:
-        return text
-    return f"{safe}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
-
-
 def save_chunk_image(chunk: np.ndarray, path: Path) -> None:
     """chunk: (n_bins, frames) or (n_bins, frames, 1); low frequencies at the bottom."""
     plt.imsave(
@@ -69,11 +55,14 @@ def generate_images(data: Path, out: Path, per_class: int) -> int:
         class_ids = dataset["ClassId"].asstr()
         media_ids = dataset["MediaId"].asstr()
         chunk_index = dataset["chunk_index"]
+        # ids from the data never reach a path as they are ('../x', '/etc', control characters)
+        folder_names = safe_file_names([class_ids[row] for row in rows])
+        file_names = safe_file_names([media_ids[row] for row in rows])
         for row in rows:
-            folder = out / (safe_file_name(class_ids[row]) if class_ids[row] else "unlabelled")
+            folder = out / (folder_names[class_ids[row]] if class_ids[row] else "unlabelled")
             folder.mkdir(parents=True, exist_ok=True)
-            name = f"{safe_file_name(media_ids[row])}_{chunk_index[row]}.png"
-            save_chunk_image(dataset.X[row], folder / name)
+            name = f"{file_names[media_ids[row]]}_{chunk_index[row]}.png"
+            save_chunk_image(dataset.X[row], inside(folder, name))
     logger.info("%d images in %s", len(rows), out)
     return len(rows)
 
@@ -109,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         generate_images(args.data, args.out, args.per_class)
         return 0
 
-    return run_command(run, args.verbose, (DatasetError,))
+    return run_command(run, args.verbose, (DatasetError, OutputError))
 
 
 if __name__ == "__main__":
