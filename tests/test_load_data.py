@@ -449,6 +449,15 @@ def test_a_merge_without_room_stops_before_writing_and_keeps_the_shards(
     assert extracted == [] and not parts.exists()
 
 
+def test_an_output_that_is_a_folder_is_refused(csv_job, tmp_path, capsys):
+    wav_dir, labels = csv_job
+    (tmp_path / "out.h5").mkdir()
+    for extra in ([], ["--overwrite"]):
+        assert load(wav_dir, ["--csv", labels], tmp_path / "out.h5", *extra) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {tmp_path / 'out.h5'} is a folder, not a dataset file")
+
+
 def test_an_xml_with_a_dtd_entity_is_skipped_by_name(tmp_path, capsys):
     wav_dir, xml_dir = tmp_path / "wav", tmp_path / "xml"
     make_wavs(wav_dir)

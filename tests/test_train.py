@@ -410,6 +410,8 @@ def test_resume_continues_from_the_last_finished_epoch(
         ("data as runs table", "easy.h5 exists and is not a runs table"),
         ("out is a file", "is a file, not a run folder"),
         ("damaged table", "recordings/first_row does not follow recordings/n_chunks"),
+        ("nan streamed", "row 5 of X in "),
+        ("nan in memory", "row 5 of X in "),
     ],
 )
 def test_bad_input_gives_a_clear_message(
@@ -461,6 +463,14 @@ def test_bad_input_gives_a_clear_message(
     elif change == "out is a file":
         out = tmp_path / "notes.txt"
         out.write_text("mine")
+    elif change in ("nan streamed", "nan in memory"):
+        data = tmp_path / "nan.h5"
+        data.write_bytes(easy_data.read_bytes())
+        with h5py.File(data, "a") as h5:
+            chunk = np.full((1, PARAMS.n_bins, PARAMS.chunk_frames), np.nan, np.float32)
+            h5["X"].id.write_direct_chunk((5, 0, 0, 0), compress_chunks(chunk, "gzip")[0].data)
+        extra = ["--in-memory", "no" if change == "nan streamed" else "yes"]
+        message += f"{data} holds NaN or infinite values"
     elif change == "damaged table":
         data = tmp_path / "damaged.h5"
         data.write_bytes(easy_data.read_bytes())
@@ -471,8 +481,10 @@ def test_bad_input_gives_a_clear_message(
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error
     assert "Traceback" not in error
-    if change not in ("run exists", "damaged row", "out is a file"):  # checked before writing
-        assert not out.exists() or not list(out.iterdir()), sorted(out.iterdir())
+    if change not in ("run exists", "damaged row", "nan streamed", "out is a file"):
+        # checked before writing: a failed start leaves the run folder as it was
+        left = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        assert left in ([], [".lock"]), left  # the run lock's file stays
     if data_before is not None:
         assert data.read_bytes() == data_before  # inputs untouched
     if change == "out is a file":

@@ -73,6 +73,7 @@ from train.data import (  # noqa: E402
     SPLITS,
     ChunkBatches,
     SplitError,
+    check_finite,
     fits_in_memory,
     read_errors_reported,
     split_recordings,
@@ -335,6 +336,8 @@ class SplitData:
         self.rows = recording_rows(recordings, which)
         self.chunk_recording = np.repeat(which, recordings["n_chunks"][which])
         source = read_rows(dataset.X, self.rows) if in_memory else dataset.path
+        if in_memory:
+            check_finite(source, self.rows, dataset.path)
         self.batches = ChunkBatches(
             source,
             self.rows,
@@ -494,8 +497,8 @@ def train(args: argparse.Namespace) -> dict:
                         f"{args.weights}: cannot load weights into {args.model}: {error}"
                     ) from error
                 logger.info("starting from the weights of %s", args.weights)
-        write_run_files(run_dir, dataset, args, split, resuming)
         data = load_splits(dataset, split, args)
+        write_run_files(run_dir, dataset, args, split, resuming)
         model.summary()
 
         if (run_dir / DONE).is_file():
