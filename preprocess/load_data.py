@@ -562,8 +562,9 @@ examples:
 Interrupted (Ctrl-C, kill -9)? Run the same command again: the recordings finished in
 OUT.parts/ are kept. Rerun after adding, changing or repairing wav files: the recordings
 already in OUT are kept and only those files are extracted. Other settings (--top-n,
---classes-from, --compression) need --overwrite. Beside OUT (data/train.h5) it writes the table of the recordings it
-holds (data/train.metadata.json). Unusable files are skipped and listed in the summary.
+--classes-from, --compression) need --overwrite. Beside OUT (data/train.h5) it writes the
+table of the recordings it holds (data/train.metadata.json). Unusable files are skipped and
+listed in the summary.
 """
 
 
