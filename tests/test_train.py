@@ -690,3 +690,32 @@ def test_generate_images_keeps_ids_from_the_data_inside_the_output(tmp_path, cap
     assert capsys.readouterr().err.startswith("error: ")
     with pytest.raises(SystemExit):
         images_main(["--data", str(data), "--out", str(out), "--per-class", "0"])
+
+
+def test_run_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from train.log import write_text_atomically
+
+    path = tmp_path / "classes.json"
+    write_text_atomically(path, '{"classes": ["a", "b"]}\n')
+    write_text = Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        write_text(self, text[:5])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_text_atomically(path, '{"classes": ["a", "b", "c"]}\n')
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"classes": ["a", "b"]}
+    assert [p.name for p in tmp_path.iterdir()] == ["classes.json"]  # nothing partial left
+
+
+def test_resuming_a_run_with_a_damaged_classes_file_is_an_error_line(trained_run, tmp_path, capsys):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained_run, run_dir)
+    (run_dir / "classes.json").write_text('{"classes": [')
+    config = json.loads((run_dir / "config.json").read_text())
+    args = train_args(Path(config["data"]), Path(config["model"]), run_dir, "--epochs", "8")
+    assert train_model.main([*args, "--resume"]) == 2
+    assert "classes.json or params.json is missing or damaged" in capsys.readouterr().err

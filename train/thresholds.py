@@ -104,8 +104,10 @@ def choose_thresholds(
 def write_thresholds(
     path: Path, chosen: dict[str, dict], model_file: str, fallback: float = FALLBACK_THRESHOLD
 ) -> None:
+    from train.log import write_text_atomically  # matplotlib: only when training writes
+
     document = {"model_file": model_file, "rule": RULE, "fallback": fallback, "classes": chosen}
-    path.write_text(json.dumps(document, indent=1) + "\n")
+    write_text_atomically(path, json.dumps(document, indent=1) + "\n")
 
 
 def read_thresholds(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, str]:

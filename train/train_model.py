@@ -86,6 +86,7 @@ from train.log import (  # noqa: E402
     history_columns,
     model_columns,
     plot_history,
+    write_text_atomically,
 )
 from train.thresholds import THRESHOLDS_FILE, save_validation_thresholds  # noqa: E402
 
@@ -263,9 +264,15 @@ def load_or_make_split(
 def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace) -> None:
     """Check the data and model file of a resumed run are the ones it started with."""
     classes = {"classes": dataset.classes, "class_names": dataset.class_names}
-    if json.loads((run_dir / "classes.json").read_text()) != classes or (
-        (run_dir / "params.json").read_text() != dataset.file.attrs["params"]
-    ):
+    try:
+        started_with = json.loads((run_dir / "classes.json").read_text())
+        params = (run_dir / "params.json").read_text()
+    except (OSError, ValueError) as error:
+        raise TrainError(
+            f"{run_dir} holds a run whose classes.json or params.json is missing or damaged "
+            f"({error}): start a new run in another --out"
+        ) from error
+    if started_with != classes or params != dataset.file.attrs["params"]:
         raise TrainError(
             f"{dataset.path} has other classes or preprocessing parameters than the run "
             f"in {run_dir}: resume with the data file the run started with"
@@ -296,10 +303,10 @@ def write_run_files(
             "test_fraction": args.test_fraction,
             **{name: [str(media_ids[i]) for i in split[name]] for name in SPLITS},
         }
-        (run_dir / "split.json").write_text(json.dumps(saved, indent=1) + "\n")
-    (run_dir / "params.json").write_text(params)
-    (run_dir / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
-    (run_dir / "model.py").write_text(model_source)
+        write_text_atomically(run_dir / "split.json", json.dumps(saved, indent=1) + "\n")
+    write_text_atomically(run_dir / "params.json", params)
+    write_text_atomically(run_dir / "classes.json", json.dumps(classes, indent=1) + "\n")
+    write_text_atomically(run_dir / "model.py", model_source)
     config = {
         **{
             name: str(value) if isinstance(value, Path) else value
@@ -310,7 +317,7 @@ def write_run_files(
         "devices": list_devices(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    (run_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    write_text_atomically(run_dir / "config.json", json.dumps(config, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +431,7 @@ def fit(
         "epochs": len(read_history(history_path).get("epoch", [])),
         "stopped_early": any(stopped),
     }
-    (run_dir / DONE).write_text(json.dumps(done) + "\n")
+    write_text_atomically(run_dir / DONE, json.dumps(done) + "\n")
 
 
 def score_best_models(
@@ -508,7 +515,7 @@ def train(args: argparse.Namespace) -> dict:
 
         history = read_history(run_dir / HISTORY)
         metrics = score_best_models(run_dir, data["test"], dataset, history)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         with read_errors_reported(data["val"].batches):
             if not save_validation_thresholds(
                 run_dir,
