@@ -368,6 +368,8 @@ def test_resume_continues_from_the_last_finished_epoch(
         before = list(csv.DictReader(file))
     assert len(before) == (3 if at_end else 2)  # epoch 2 logged, but not backed up
     assert not (run_dir / "metrics.json").exists()
+    with (run_dir / "history.csv").open("a") as file:
+        file.write("3,0.5")  # a line a kill cut short
 
     monkeypatch.setattr(train_model, "training_callbacks", lambda *a: [second, *make_callbacks(*a)])
     assert train_model.main(args + ["--resume"]) == 0
@@ -711,7 +713,9 @@ def test_run_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["classes.json"]  # nothing partial left
 
 
-def test_resuming_a_run_with_a_damaged_classes_file_is_an_error_line(trained_run, tmp_path, capsys):
+def test_resuming_a_run_with_a_damaged_classes_or_split_file_is_an_error_line(
+    trained_run, tmp_path, capsys
+):
     run_dir = tmp_path / "copy"
     shutil.copytree(trained_run, run_dir)
     (run_dir / "classes.json").write_text('{"classes": [')
@@ -719,3 +723,7 @@ def test_resuming_a_run_with_a_damaged_classes_file_is_an_error_line(trained_run
     args = train_args(Path(config["data"]), Path(config["model"]), run_dir, "--epochs", "8")
     assert train_model.main([*args, "--resume"]) == 2
     assert "classes.json or params.json is missing or damaged" in capsys.readouterr().err
+    shutil.copy(trained_run / "classes.json", run_dir / "classes.json")
+    (run_dir / "split.json").write_text('{"train": ')
+    assert train_model.main([*args, "--resume"]) == 2
+    assert f"error: {run_dir / 'split.json'} is damaged" in capsys.readouterr().err

@@ -207,13 +207,11 @@ def start_run_dir(run_dir: Path, resume: bool) -> bool:
 
 
 def finished_an_epoch(run_dir: Path) -> bool:
-    """Whether the run in run_dir got past its first epoch (or finished)."""
-    history = read_history(run_dir / HISTORY)
-    return (
-        (run_dir / DONE).is_file()
-        or epochs_backed_up(run_dir) > 0
-        or len(history.get("epoch", [])) > 0
-    )
+    """Whether the run in run_dir got past its first epoch (or finished). history.csv's lines
+    are counted, not parsed: a kill may have cut its last line short."""
+    history = run_dir / HISTORY
+    logged = history.is_file() and len(history.read_bytes().splitlines()) > 1  # header + rows
+    return (run_dir / DONE).is_file() or epochs_backed_up(run_dir) > 0 or logged
 
 
 def check_labels(dataset: Dataset) -> None:
@@ -245,9 +243,16 @@ def load_or_make_split(
         raise TrainError(f"{dataset.path}: MediaIds are not unique; cannot split by recording")
     path = run_dir / "split.json"
     if resuming and path.is_file():
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text())
+            named = [m for name in SPLITS for m in saved[name]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise TrainError(
+                f"{path} is damaged ({type(error).__name__}: {error}): the run cannot be "
+                "resumed; start a new run in another --out"
+            ) from error
         index = {media_id: number for number, media_id in enumerate(media_ids)}
-        missing = [m for name in SPLITS for m in saved[name] if m not in index]
+        missing = [m for m in named if m not in index]
         if missing:
             raise TrainError(
                 f"{path} names {len(missing)} recordings missing from {dataset.path} (e.g. "
