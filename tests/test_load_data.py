@@ -500,3 +500,35 @@ def test_quality_bounds_the_wrong_way_round(csv_job, tmp_path, capsys):
     with pytest.raises(SystemExit):
         load(wav_dir, ["--csv", labels], tmp_path / "o.h5", "--min-quality", 4, "--max-quality", 2)
     assert "--min-quality 4 is above --max-quality 2" in capsys.readouterr().err
+
+
+def test_an_update_killed_while_merging_leaves_the_old_output_and_finishes_later(
+    csv_job, tmp_path, monkeypatch
+):
+    wav_dir, labels = csv_job
+    out = tmp_path / "out.h5"
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    before = contents(out)
+    wavfile.write(wav_dir / "tone.wav", RATE, tone_in_noise(4, 5))  # changed: to extract again
+
+    def killed(shards, out_path, *args):
+        out_path.with_name(out_path.name + ".tmp").write_bytes(b"half a merge")
+        raise SystemExit(137)  # stands for kill -9: nothing of the program's runs after it
+
+    monkeypatch.setattr(load_data_module, "merge_shards", killed)
+    with pytest.raises(SystemExit):
+        load(wav_dir, ["--csv", labels], out)
+    after_kill = contents(out)
+    assert after_kill.keys() == before.keys()  # the old OUT is untouched
+    for name in before:
+        np.testing.assert_array_equal(after_kill[name], before[name])
+    monkeypatch.undo()
+    extracted = counting_extractions(monkeypatch)
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    assert extracted == []  # tone.wav was already extracted into a shard before the kill
+    assert not (tmp_path / "out.h5.tmp").exists() and not (tmp_path / "out.h5.parts").exists()
+    with open_dataset(out) as dataset:
+        assert sorted(dataset.recordings["file"]) == ["long.wav", "short.wav", "silent.wav",
+                                                      "tone.wav"]  # fmt: skip
+        tone = list(dataset.recordings["file"]).index("tone.wav")
+        assert dataset.recordings["duration_s"][tone] == pytest.approx(4.0)
