@@ -10,11 +10,13 @@ One row per 5 s chunk; a recording's chunks are consecutive and in time order.
     chunk_index  int32   (N,)     position of the chunk inside its recording
     recordings/  one row per recording, same order: MediaId, ClassId, file, first_row int64,
                  n_chunks int32, n_frames int32 (after the noise filter), duration_s float32,
-                 label int32, background uint8 (n_rec, C)
+                 label int32, background uint8 (n_rec, C), input_key utf-8 (what the
+                 recording was made from, see RecordingChunks; '' in older files)
 
 Root attributes: format, format_version, params (SpectrogramParams JSON), classes (JSON list,
 the column order of y), class_names (JSON {class_id: name}), source (JSON), and from the
-writer here compression and inputs_digest (what the file was made from, to tell a rerun).
+writer here compression, inputs_digest (what the file was made from, to tell a rerun) and
+settings_digest (the settings alone, to tell which stored recordings a rerun can keep).
 
 HDF5 files are not crash-safe, so nothing is ever written into the final file in place.
 `ShardWriter` appends finished recordings to numbered shard files `part-NNNNN.h5` in a
@@ -75,6 +77,8 @@ RECORDING_DATASETS = (
     "label",
     "background",
 )
+# written by this code, but absent from files of older versions: read as ''
+OPTIONAL_RECORDING_DATASETS = ("input_key",)
 STRING = h5py.string_dtype("utf-8")
 SHARD_PATTERN = "part-*.h5"
 
@@ -93,6 +97,7 @@ class DatasetInfo:
     source: dict = field(default_factory=dict)
     compression: str = DEFAULT_COMPRESSION
     inputs_digest: str = ""  # identifies the inputs, to recognise a rerun of the same job
+    settings_digest: str = ""  # identifies the settings alone (parameters, classes, ...)
 
 
 class StoredChunk(NamedTuple):
@@ -114,6 +119,8 @@ class RecordingChunks:
     n_frames: int  # frames after the noise filter
     duration_s: float
     chunks: list[StoredChunk]  # rows of X in time order, from `compress_chunks`
+    input_key: str = ""  # what the recording was made from (load_data: its labels and its
+    # file's size and modification time), so a rerun keeps it only while that is unchanged
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +278,15 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
             raise DatasetError(f"{path}: incomplete dataset, missing {missing}")
         recordings = read_recordings(h5)
         _check_shapes(h5, info, recordings, path)
+    except DatasetError:
+        h5.close()
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as error:  # what h5py raises on damage
+        h5.close()
+        raise DatasetError(
+            f"{path}: damaged, cannot read its tables ({type(error).__name__}: {error}); "
+            "rebuild it with preprocess/load_data.py"
+        ) from error
     except BaseException:
         h5.close()
         raise
@@ -306,16 +322,24 @@ def _read_info(h5: h5py.File, path: Path) -> DatasetInfo:
         source,
         compression=attrs.get("compression", ""),
         inputs_digest=attrs.get("inputs_digest", ""),
+        settings_digest=attrs.get("settings_digest", ""),
     )
 
 
 def read_recordings(h5: h5py.File) -> dict[str, np.ndarray]:
-    """The `recordings/` group as {name: array}; strings as object arrays of str."""
+    """The `recordings/` group as {name: array}; strings as object arrays of str. An optional
+    dataset absent from an older file reads as '' for every recording."""
     group = h5["recordings"]
-    return {
+    table = {
         name: group[name].asstr()[...] if group[name].dtype.kind == "O" else group[name][...]
         for name in RECORDING_DATASETS
     }
+    for name in OPTIONAL_RECORDING_DATASETS:
+        present = name in group
+        table[name] = (
+            group[name].asstr()[...] if present else np.full(len(group["MediaId"]), "", object)
+        )
+    return table
 
 
 def _check_shapes(h5: h5py.File, info: DatasetInfo, recordings: dict, path: Path) -> None:
@@ -330,8 +354,29 @@ def _check_shapes(h5: h5py.File, info: DatasetInfo, recordings: dict, path: Path
     for name, shape in expected.items():
         if h5[name].shape != shape:
             raise DatasetError(f"{path}: {name} has shape {h5[name].shape}, expected {shape}")
-    if recordings["n_chunks"].sum() != n_rows:
+    n_recordings = len(recordings["MediaId"])
+    for name, values in recordings.items():
+        if len(values) != n_recordings:
+            raise DatasetError(
+                f"{path}: recordings/{name} has {len(values)} rows, recordings/MediaId "
+                f"{n_recordings}"
+            )
+    for name in ("MediaId", "ClassId", "file", "input_key"):
+        if recordings[name].dtype != object:
+            raise DatasetError(
+                f"{path}: recordings/{name} holds {recordings[name].dtype}, not text"
+            )
+    n_chunks = recordings["n_chunks"].astype(np.int64)
+    if (n_chunks < 0).any() or n_chunks.sum() != n_rows:
         raise DatasetError(f"{path}: recordings/n_chunks does not add up to {n_rows} rows")
+    if not np.array_equal(recordings["first_row"], np.cumsum(n_chunks) - n_chunks):
+        raise DatasetError(f"{path}: recordings/first_row does not follow recordings/n_chunks")
+    labels = recordings["label"]
+    if len(labels) and (labels.min() < -1 or labels.max() >= n_classes):
+        raise DatasetError(
+            f"{path}: recordings/label holds {labels.min()}..{labels.max()}, not class "
+            f"indices of its {n_classes} classes (or -1)"
+        )
 
 
 def recording_rows(recordings: dict[str, np.ndarray], which: np.ndarray) -> np.ndarray:
@@ -445,6 +490,7 @@ def _recordings_table(
         "background": np.array([item.background for item in items], dtype=np.uint8).reshape(
             len(items), n_classes
         ),
+        "input_key": np.array([item.input_key for item in items], dtype=object),
     }
 
 
@@ -461,6 +507,7 @@ def _create_root(h5: h5py.File, info: DatasetInfo, n_rows: int) -> None:
             "source": json.dumps(info.source),
             "compression": info.compression,
             "inputs_digest": info.inputs_digest,
+            "settings_digest": info.settings_digest,
         }
     )
     row_shape = (params.n_bins, params.chunk_frames, 1)
@@ -478,7 +525,11 @@ def _create_tables(h5: h5py.File, n_classes: int, n_rows: int, n_recordings: int
     """Every dataset but X, at its final size, empty."""
     for group, n, names in (
         (h5, n_rows, ROW_DATASETS[1:]),
-        (h5.create_group("recordings"), n_recordings, RECORDING_DATASETS),
+        (
+            h5.create_group("recordings"),
+            n_recordings,
+            RECORDING_DATASETS + OPTIONAL_RECORDING_DATASETS,
+        ),
     ):
         for name in names:
             shape = (n, n_classes) if name in ("y", "background") else (n,)
@@ -494,6 +545,7 @@ _DTYPES = {
     "MediaId": STRING,
     "ClassId": STRING,
     "file": STRING,
+    "input_key": STRING,
     "chunk_index": np.int32,
     "first_row": np.int64,
     "n_chunks": np.int32,
@@ -510,7 +562,7 @@ def _write_recordings(h5: h5py.File, table: dict, row_start: int, recording_star
     n_chunks = table["n_chunks"]
     n_rows, n_recordings = int(n_chunks.sum()), len(n_chunks)
     recordings = np.s_[recording_start : recording_start + n_recordings]
-    for name in RECORDING_DATASETS:
+    for name in RECORDING_DATASETS + OPTIONAL_RECORDING_DATASETS:
         values = table[name] + row_start if name == "first_row" else table[name]
         h5["recordings"][name][recordings] = values
 
@@ -579,29 +631,43 @@ def shard_number(path: Path) -> int:
     return int(path.stem.removeprefix("part-"))
 
 
-def merge_shards(shards: list[Path], out_path: Path, info: DatasetInfo) -> None:
+def merge_shards(
+    shards: list[Path],
+    out_path: Path,
+    info: DatasetInfo,
+    keep: list[np.ndarray | None] | None = None,
+) -> None:
     """Concatenate shards (datasets of this same `info`) into out_path, atomically.
 
-    Written to out_path + '.tmp' and renamed, so out_path is complete whenever it exists.
+    keep: per shard, a bool mask over its recordings of those to copy (None: all of them).
+    A shard may be out_path itself (a rerun keeping part of it). Written to out_path + '.tmp'
+    and renamed, so out_path is complete whenever it exists.
     """
-    sizes = []
-    for shard in shards:
+    keep = keep or [None] * len(shards)
+    tables = []
+    for shard, mask in zip(shards, keep, strict=True):
         with h5py.File(shard, "r") as h5:
-            sizes.append((len(h5["X"]), len(h5["recordings/MediaId"])))
+            table = read_recordings(h5)
+        mask = np.ones(len(table["MediaId"]), bool) if mask is None else np.asarray(mask, bool)
+        rows = recording_rows(table, mask)
+        kept = {name: values[mask] for name, values in table.items()}
+        kept["first_row"] = np.cumsum(kept["n_chunks"], dtype=np.int64) - kept["n_chunks"]
+        tables.append((rows, kept))
     temporary = out_path.with_name(out_path.name + ".tmp")
     with h5py.File(temporary, "w") as out:
-        n_rows, n_recordings = np.array(sizes, dtype=np.int64).reshape(-1, 2).sum(axis=0).tolist()
+        n_rows = sum(len(rows) for rows, _ in tables)
+        n_recordings = sum(len(kept["MediaId"]) for _, kept in tables)
         _create_root(out, info, n_rows)
         _create_tables(out, len(info.classes), n_rows, n_recordings)
         row = recording = 0
-        for shard, (shard_rows, shard_recordings) in zip(shards, sizes, strict=True):
+        for shard, (rows, kept) in zip(shards, tables, strict=True):
             with h5py.File(shard, "r") as h5:
-                _write_recordings(out, read_recordings(h5), row, recording)
+                _write_recordings(out, kept, row, recording)
                 source, target = h5["X"].id, out["X"].id
-                for index in range(shard_rows):
-                    filter_mask, data = source.read_direct_chunk((index, 0, 0, 0))
+                for index, stored_row in enumerate(rows.tolist()):
+                    filter_mask, data = source.read_direct_chunk((stored_row, 0, 0, 0))
                     target.write_direct_chunk((row + index, 0, 0, 0), data, filter_mask)
-            row, recording = row + shard_rows, recording + shard_recordings
+            row, recording = row + len(rows), recording + len(kept["MediaId"])
     os.replace(temporary, out_path)
 
 

@@ -11,7 +11,9 @@ into shard files (OUT.parts/), merged into OUT when every recording is done. Kil
 moment (even kill -9), the same command run again skips the recordings already in shards.
 Bad inputs (missing, empty or corrupt wavs, unusable XML) are skipped, logged and counted in
 the final summary with exit status 0; fatal errors (unreadable metadata, no usable recording,
-an OUT made from other inputs without --overwrite) exit with 1 and one clear message.
+an OUT made with other settings without --overwrite) end with one line `error: ...` and exit
+status 2 (preprocess/cli.py). A rerun keeps what is already extracted, in OUT or in OUT.parts/,
+and extracts what is new, changed (size or modification time) or failed before.
 
     python preprocess/load_data.py --wav-dir data/wav16k --xml-dir data/xml --out data/train.h5
 """
@@ -24,6 +26,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import shutil
 import signal
 import sys
 import time
@@ -39,12 +42,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 from preprocess import metadata  # noqa: E402
 from preprocess.audio import AudioError, audio_seconds  # noqa: E402
+from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
 from preprocess.dataset import (  # noqa: E402
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     DatasetError,
     DatasetInfo,
     RecordingChunks,
+    RunLocked,
     ShardWriter,
     StoredChunk,
     complete_shards,
@@ -56,6 +61,7 @@ from preprocess.dataset import (  # noqa: E402
     shard_number,
 )
 from preprocess.extract import recording_chunks  # noqa: E402
+from preprocess.metadata import MetadataError  # noqa: E402
 from preprocess.params import (  # noqa: E402
     FORMAT_VERSION,
     FRONTENDS,
@@ -186,18 +192,41 @@ def label_vectors(
     return index.get(recording.class_id, -1) if recording.class_id else -1, background
 
 
-def inputs_digest(info: DatasetInfo, recordings: list[metadata.Recording]) -> str:
-    """Hash of everything the dataset's content depends on except the wav bytes themselves."""
-    job = {
-        "format_version": FORMAT_VERSION,
-        "params": info.params.to_json(),
-        "classes": info.classes,
-        "class_names": info.class_names,
-        "compression": info.compression,
-        "source": info.source,
-        "recordings": [[r.media_id, r.file, r.class_id, r.background] for r in recordings],
-    }
-    return hashlib.sha256(json.dumps(job, sort_keys=True).encode()).hexdigest()
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def recording_key(recording: metadata.Recording, path: Path) -> str:
+    """What one stored recording is made from besides the settings: its labels and its wav's
+    size and modification time, so a wav changed (or repaired) since gets a new key."""
+    try:
+        status = path.stat()
+        stamp = [status.st_size, status.st_mtime_ns]
+    except OSError:
+        stamp = None
+    return _digest([recording.media_id, recording.file, recording.class_id,
+                    recording.background, stamp])[:32]  # fmt: skip
+
+
+def settings_digest(info: DatasetInfo) -> str:
+    """Hash of what every stored recording depends on: recordings stored under the same
+    settings digest can be kept by a rerun, whatever else changed."""
+    return _digest(
+        {
+            "format_version": FORMAT_VERSION,
+            "params": info.params.to_json(),
+            "classes": info.classes,
+            "class_names": info.class_names,
+            "compression": info.compression,
+        }
+    )
+
+
+def inputs_digest(info: DatasetInfo, keys: list[str]) -> str:
+    """Hash of everything the dataset's content depends on: the settings, the source and
+    each selected recording's `recording_key` (wavs that failed included, so a repaired one
+    is noticed)."""
+    return _digest({"settings": settings_digest(info), "source": info.source, "keys": keys})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +251,7 @@ class Summary:
         lines = [
             f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {self.seconds:.1f} s",
             f"  recordings  {self.recordings}"
-            + (f" ({self.resumed} from an interrupted run)" if self.resumed else ""),
+            + (f" ({self.resumed} kept from an earlier run)" if self.resumed else ""),
             f"  chunks      {self.chunks}",
             f"  audio       {self.audio_s / 3600:.3g} h extracted by this run, "
             f"{processed / max(self.seconds, 1e-9):.1f} files/s, "
@@ -281,51 +310,90 @@ def read_metadata(args, summary: Summary) -> tuple[list[metadata.Recording], dic
     return selected, source
 
 
-def resume(parts_dir: Path, digest: str) -> tuple[set[tuple[str, str]], int, int]:
-    """Recordings already in complete shards of this same job: (keys, next shard number,
-    their chunk count). Leftovers that cannot count (temporary files, unreadable shards,
-    shards of other inputs) are deleted."""
+def resume(parts_dir: Path, settings: str) -> list[Path]:
+    """The complete shards an interrupted run left in parts_dir. Leftovers that cannot count
+    (temporary files, unreadable shards) are deleted; shards extracted with other settings
+    are not: LoadDataError says what --overwrite would discard."""
     for temporary in parts_dir.glob("*.tmp"):
         temporary.unlink()  # a shard or merge cut short: redone below
-    done, chunks, number = set(), 0, 0
+    shards, other_recordings, other_chunks = [], 0, 0
     for shard in complete_shards(parts_dir):
         try:
             with open_dataset(shard) as part:
-                same_job = part.info.inputs_digest == digest
-                keys = zip(part.recordings["MediaId"], part.recordings["file"], strict=True)
-                rows = len(part)
+                same = part.info.settings_digest == settings
+                n_recordings, n_chunks = len(part.recordings["MediaId"]), len(part)
         except DatasetError as error:
             logger.warning("deleting unreadable shard (%s)", error)
             shard.unlink()
             continue
-        if not same_job:
-            logger.warning("%s: left by a run with other inputs or settings; deleted", parts_dir)
-            remove_parts(parts_dir)
-            return set(), 0, 0
-        done.update(keys)
-        chunks += rows
-        number = shard_number(shard) + 1
-    return done, number, chunks
+        if same:
+            shards.append(shard)
+        else:
+            other_recordings, other_chunks = (
+                other_recordings + n_recordings,
+                other_chunks + n_chunks,
+            )
+    if other_recordings:
+        raise LoadDataError(
+            f"{parts_dir} holds {other_recordings} recordings ({other_chunks} chunks) extracted "
+            "by an interrupted run with other settings (classes, --top-n, --classes-from, "
+            "--compression or parameters). Run that command again to finish it, or add "
+            "--overwrite to discard them and start anew"
+        )
+    return shards
+
+
+def stored_to_keep(sources: list[Path], wanted: set[str]) -> tuple[list[np.ndarray], set[str]]:
+    """Which recordings of datasets `sources` (an earlier OUT, shards) a rerun keeps: those
+    whose input_key is still wanted, each once (the first source holding it wins).
+    Returns (a bool mask over each source's recordings, the keys kept)."""
+    masks, kept = [], set()
+    for source in sources:
+        with open_dataset(source) as dataset:
+            keys = dataset.recordings["input_key"]
+        mask = np.zeros(len(keys), bool)
+        for number, key in enumerate(keys):
+            if key in wanted and key not in kept:
+                mask[number] = True
+                kept.add(key)
+        masks.append(mask)
+    return masks, kept
+
+
+def check_free_space(sources: list[Path], masks: list[np.ndarray], out: Path) -> None:
+    """Raise LoadDataError before merging when OUT's folder lacks the room for the merged file
+    (about the size of what is kept of the sources)."""
+    needed = 0.0
+    for source, mask in zip(sources, masks, strict=True):
+        share = mask.mean() if len(mask) else 0.0
+        needed += source.stat().st_size * share
+    free = shutil.disk_usage(out.parent).free
+    if needed * 1.05 + 1e6 > free:
+        raise LoadDataError(
+            f"merging into {out} needs about {needed / 1e9:.2f} GB, but only {free / 1e9:.2f} "
+            f"GB are free in {out.parent}: make room and run the same command again (the "
+            "extracted recordings are kept)"
+        )
 
 
 def extract_into_shards(
     todo: list[metadata.Recording],
+    keys: list[str],
     wav_dir: Path,
     info: DatasetInfo,
     workers: int,
     writer: ShardWriter,
     summary: Summary,
 ) -> set[tuple[str, str]]:
-    """Extract the recordings in order into writer, with a progress bar; returns the
-    (MediaId, file) of those written. Unreadable files are logged and counted in summary."""
+    """Extract the recordings in order into writer, with a progress bar; keys: their
+    `recording_key`s. Unreadable files are logged and counted in summary."""
     params, n_classes = info.params, len(info.classes)
     index = class_index(info.classes, info.class_names)
-    written = set()
     paths = [wav_dir / r.file for r in todo]
     results = extract_all(paths, params, info.compression, workers)
     progress = tqdm(total=len(todo), unit="file", desc="extracting", smoothing=0.05)
     with logging_redirect_tqdm(), progress:
-        for recording, path, result in zip(todo, paths, results, strict=True):
+        for recording, key, path, result in zip(todo, keys, paths, results, strict=True):
             progress.update()
             if result.error is not None:
                 summary.skip("unreadable wav", f"{path} ({result.error})")
@@ -354,13 +422,12 @@ def extract_into_shards(
                     result.n_frames,
                     result.duration_s,
                     result.chunks,
+                    key,
                 )
             )
-            written.add((recording.media_id, recording.file))
             summary.chunks += len(result.chunks)
             summary.audio_s += result.duration_s
             progress.set_postfix_str(f"{summary.audio_s / 3600:.2f} h audio", refresh=False)
-    return written
 
 
 FRONT_END_OPTIONS = ("frontend", "n_mels", "fmin", "fmax", "nfft", "hop", "noise_filter", "padding")
@@ -438,26 +505,41 @@ def build(args) -> int:
     recordings, source = read_metadata(args, summary)
     params = job_params(args, recordings)
     classes, class_names = class_table(recordings, args.classes_from)
+    keys = [recording_key(r, args.wav_dir / r.file) for r in recordings]
     info = DatasetInfo(params, classes, class_names, source, args.compression)
-    info = dataclasses.replace(info, inputs_digest=inputs_digest(info, recordings))
+    info = dataclasses.replace(
+        info, settings_digest=settings_digest(info), inputs_digest=inputs_digest(info, keys)
+    )
 
+    if out.exists() and not out.is_file():
+        raise LoadDataError(f"{out} is a folder, not a dataset file: choose another --out")
+    out.with_name(out.name + ".tmp").unlink(missing_ok=True)  # a merge cut short
+    earlier = []  # an OUT whose recordings that still apply are kept
     if out.exists() and not args.overwrite:
         try:
             with open_dataset(out) as existing:
-                same = existing.info.inputs_digest == info.inputs_digest
+                built_from = existing.info
         except DatasetError as error:
             raise LoadDataError(f"{error}; use --overwrite to replace it") from None
-        if not same:
+        if built_from.inputs_digest == info.inputs_digest:
+            remove_parts(parts_dir)  # a run killed between the final rename and this clean-up
+            print(
+                f"{out} already complete for these inputs and settings: nothing to do "
+                "(--overwrite rebuilds it)"
+            )
+            return 0
+        if built_from.settings_digest != info.settings_digest:
             raise LoadDataError(
-                f"{out} exists, built from other inputs or settings; use --overwrite to "
+                f"{out} exists, built with other settings (classes, --top-n, --classes-from, "
+                "--compression or parameters) or by an older version; use --overwrite to "
                 "rebuild it, or another --out"
             )
-        remove_parts(parts_dir)  # a run killed between the final rename and this clean-up
-        print(
-            f"{out} already complete for these inputs and settings: nothing to do "
-            "(--overwrite rebuilds it)"
+        logger.info(
+            "%s exists: keeping its recordings whose wav and labels are unchanged; new, "
+            "changed and failed files are (re)tried",
+            out,
         )
-        return 0
+        earlier = [out]
     if args.overwrite:
         remove_parts(parts_dir)  # the old OUT stays in place until the new one is complete
     if not recordings:
@@ -468,21 +550,25 @@ def build(args) -> int:
             "TRAIN.h5 to give a test set the training classes)"
         )
 
-    done, first_number, summary.chunks = resume(parts_dir, info.inputs_digest)
-    todo = [r for r in recordings if (r.media_id, r.file) not in done]
+    shards = resume(parts_dir, info.settings_digest)
+    _, done = stored_to_keep(earlier + shards, set(keys))
+    todo = [(r, key) for r, key in zip(recordings, keys, strict=True) if key not in done]
     summary.resumed = len(recordings) - len(todo)
     if summary.resumed:
-        logger.info("resuming: %d recordings already done in %s", summary.resumed, parts_dir)
+        logger.info("%d recordings already extracted by an earlier run", summary.resumed)
     unlabelled = sum(r.class_id not in classes for r in recordings)
     if classes and unlabelled:
         logger.info(
             "%d recordings have no label among the %d classes: label -1", unlabelled, len(classes)
         )
 
-    kept = {(r.media_id, r.file) for r in recordings} - {(r.media_id, r.file) for r in todo}
+    first_number = shard_number(shards[-1]) + 1 if shards else 0
     writer = ShardWriter(parts_dir, info, first_number=first_number, shard_chunks=args.shard_chunks)
     try:
-        kept |= extract_into_shards(todo, args.wav_dir, info, args.workers, writer, summary)
+        extract_into_shards(
+            [r for r, _ in todo], [key for _, key in todo], args.wav_dir, info, args.workers,
+            writer, summary,
+        )  # fmt: skip
     except KeyboardInterrupt:
         writer.flush()  # keep what is finished
         logger.error(
@@ -492,14 +578,18 @@ def build(args) -> int:
         return 130
     writer.flush()
 
-    shards = complete_shards(parts_dir)
-    if not shards:
+    sources = earlier + complete_shards(parts_dir)
+    masks, kept = stored_to_keep(sources, set(keys))
+    if not kept:
         raise LoadDataError("no recording could be read: nothing written")
-    kept_recordings = [r for r in recordings if (r.media_id, r.file) in kept]
+    check_free_space(sources, masks, out)
+    kept_recordings = [r for r, key in zip(recordings, keys, strict=True) if key in kept]
     metadata.save_table(kept_recordings, out.with_suffix(".metadata.json"))
-    merge_shards(shards, out, info)
+    merge_shards(sources, out, info, masks)
     remove_parts(parts_dir)
     summary.recordings = len(kept_recordings)
+    with open_dataset(out) as written:
+        summary.chunks = len(written)
     summary.seconds = time.perf_counter() - started
     print(summary.report(out))
     return 0
@@ -519,8 +609,11 @@ examples:
   python preprocess/load_data.py --wav-dir clips --class-folders --out clips.h5
 
 Interrupted (Ctrl-C, kill -9)? Run the same command again: the recordings finished in
-OUT.parts/ are kept. Beside OUT (data/train.h5) it writes the table of the recordings it
-holds (data/train.metadata.json). Unusable files are skipped and listed in the summary.
+OUT.parts/ are kept. Rerun after adding, changing or repairing wav files: the recordings
+already in OUT are kept and only those files are extracted. Other settings (--top-n,
+--classes-from, --compression) need --overwrite. Beside OUT (data/train.h5) it writes the
+table of the recordings it holds (data/train.metadata.json). Unusable files are skipped and
+listed in the summary.
 """
 
 
@@ -572,9 +665,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out", type=Path, required=True, metavar="FILE.h5", help="HDF5 file to write (.h5)"
     )
-    parser.add_argument("--top-n", type=int, help="keep only the N most common classes")
-    parser.add_argument("--min-quality", type=int, help="lowest BirdCLEF Quality kept")
-    parser.add_argument("--max-quality", type=int, help="highest BirdCLEF Quality kept")
+    parser.add_argument(
+        "--top-n", type=at_least(1), metavar="N", help="keep only the N most common classes"
+    )
+    parser.add_argument("--min-quality", type=at_least(0), help="lowest BirdCLEF Quality kept")
+    parser.add_argument("--max-quality", type=at_least(0), help="highest BirdCLEF Quality kept")
     parser.add_argument(
         "--no-background", action="store_true", help="drop recordings that list background species"
     )
@@ -624,7 +719,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=at_least(1, most_workers()),
         default=multiprocessing.cpu_count(),
         help="parallel processes (default: all %(default)s cores; 1 runs in this process)",
     )
@@ -637,7 +732,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--shard-chunks",
-        type=int,
+        type=at_least(1),
         default=2000,
         help="chunks per shard file, the most work a crash can lose (default %(default)s)",
     )
@@ -648,8 +743,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--verbose", action="store_true", help="debug logging, tracebacks")
     args = parser.parse_args(argv)
-    if args.workers < 1 or args.shard_chunks < 1:
-        parser.error("--workers and --shard-chunks must be at least 1")
+    if None not in (args.min_quality, args.max_quality) and args.min_quality > args.max_quality:
+        parser.error(f"--min-quality {args.min_quality} is above --max-quality {args.max_quality}")
     return args
 
 
@@ -658,14 +753,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
     )
-    try:
+
+    def run() -> int:
         with exclusive_run(args.out.with_name(args.out.name + ".lock"), str(args.out)):
             return build(args)
-    except Exception as error:  # fatal: one clear line; the traceback only with --verbose
-        if args.verbose:
-            logger.exception("fatal")
-        logger.error("%s", error)
-        return 1
+
+    return run_command(run, args.verbose, (LoadDataError, MetadataError, DatasetError, RunLocked))
 
 
 if __name__ == "__main__":

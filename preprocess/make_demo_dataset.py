@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -40,6 +41,9 @@ import numpy as np
 import scipy.fft
 from scipy.io import wavfile
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
+from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 44100  # Hz, as BirdCLEF 2016 ships its wavs
@@ -49,6 +53,12 @@ SILENCE_SHARE = 0.25  # recordings with a stretch of digital silence
 DISTRACTOR_SHARE = 0.4  # recordings with insect buzz or stray chirps of no species
 HISS = (60.0, 200.0)  # range of the microphone hiss RMS, int16 scale
 COMPLETE_MARKER = ".demo_complete.json"
+
+
+class DemoError(Exception):
+    """An output folder the demo dataset cannot be written to; the message says why."""
+
+
 FILE_PATTERN = "SYNTHETIC_DEMO_WAV_RN{media_id}"
 
 TRAINING_FIELDS = (
@@ -439,8 +449,8 @@ def make_demo_dataset(
     if out.exists() and any(out.iterdir()) and not marker.is_file():
         leftovers = {p.name for p in out.iterdir()} - {"TrainingSet", "TestSet", "README.txt"}
         if leftovers:
-            raise SystemExit(
-                f"error: {out} holds other files ({sorted(leftovers)[:3]}...); "
+            raise DemoError(
+                f"{out} holds other files ({sorted(leftovers)[:3]}...); "
                 "choose an empty folder for the demo dataset"
             )
     marker.unlink(missing_ok=True)
@@ -473,7 +483,7 @@ def make_demo_dataset(
     return True
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Write the SYNTHETIC demo dataset (made-up bird-like species, not real "
         "recordings) in BirdCLEF 2016 layout: TrainingSet/{wav,xml}, TestSet/{wav,xml}, "
@@ -482,24 +492,33 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("data/demo"), help="output folder")
     parser.add_argument(
         "--recordings-per-species",
-        type=int,
+        type=at_least(1),
         default=100,
         help="training recordings per species (default 100: enough for the BirdClef CNN to "
         "generalise in a few minutes of CPU training)",
     )
     parser.add_argument(
-        "--test-per-species", type=int, default=10, help="test recordings per species (default 10)"
+        "--test-per-species",
+        type=at_least(1),
+        default=10,
+        help="test recordings per species (default 10)",
     )
-    parser.add_argument("--workers", type=int, help="processes (default: all cores)")
-    parser.add_argument("--seed", type=int, default=2016)
+    parser.add_argument(
+        "--workers", type=at_least(1, most_workers()), help="processes (default: all cores)"
+    )
+    parser.add_argument("--seed", type=at_least(0), default=2016)
+    parser.add_argument("--verbose", action="store_true", help="tracebacks of errors")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.recordings_per_species < 1 or args.test_per_species < 1:
-        parser.error("--recordings-per-species and --test-per-species must be at least 1")
-    make_demo_dataset(
-        args.out, args.recordings_per_species, args.test_per_species, args.seed, args.workers
-    )
+
+    def run() -> int:
+        make_demo_dataset(
+            args.out, args.recordings_per_species, args.test_per_species, args.seed, args.workers
+        )
+        return 0
+
+    return run_command(run, args.verbose, (DemoError,))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -33,6 +33,10 @@ from xml.parsers.expat import ExpatError
 
 import xmltodict
 
+if __package__ in (None, ""):  # run as a script: make the stages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from preprocess.cli import at_least, describe  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff", ".au"}
@@ -85,7 +89,7 @@ def parse_birdclef_xml(xml: str | bytes, source: str = "<xml>") -> Recording:
     """One BirdCLEF `<Audio>` document -> Recording. Raises MetadataError naming `source`."""
     try:
         document = xmltodict.parse(xml)
-    except ExpatError as error:
+    except (ExpatError, ValueError) as error:  # ValueError: a DTD entity (they are disabled)
         raise MetadataError(f"{source}: malformed XML ({error})") from error
     root = next(iter(document))
     if root != "Audio" or not isinstance(document[root], dict):
@@ -337,9 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--csv", type=Path, help="CSV with columns file,label[,media_id]")
     source.add_argument("--class-folders", type=Path, help="root with one folder per class")
     parser.add_argument("--wav-dir", type=Path, help="resampled wavs: keep recordings found")
-    parser.add_argument("--top-n", type=int, help="keep the N most common classes")
-    parser.add_argument("--min-quality", type=int, help="lowest Quality kept (XML 0-5)")
-    parser.add_argument("--max-quality", type=int, help="highest Quality kept (XML 0-5)")
+    parser.add_argument("--top-n", type=at_least(1), help="keep the N most common classes")
+    parser.add_argument("--min-quality", type=at_least(0), help="lowest Quality kept (XML 0-5)")
+    parser.add_argument("--max-quality", type=at_least(0), help="highest Quality kept (XML 0-5)")
     parser.add_argument(
         "--no-background", action="store_true", help="drop recordings with background species"
     )
@@ -358,9 +362,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.wav_dir:
             recordings, unmatched = match_audio(recordings, args.wav_dir)
             messages += unmatched
-    except MetadataError as error:
-        log.error("%s", error)
-        return 1
+    except (MetadataError, OSError) as error:
+        print(f"error: {describe(error)}", file=sys.stderr)
+        return 2
     for message in messages[:20]:
         log.warning("%s", message)
     if len(messages) > 20:

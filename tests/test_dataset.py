@@ -312,3 +312,35 @@ def test_exclusive_run_refuses_a_second_holder_and_frees_the_lock_after(tmp_path
     for _ in range(2):  # released, also after a refusal: later runs take it in turn
         with exclusive_run(lock, "train.h5"):
             pass
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("first_row", "recordings/first_row does not follow recordings/n_chunks"),
+        ("label", "recordings/label holds -1..7, not class indices of its 3 classes"),
+        ("short table", "recordings/ClassId has 1 rows, recordings/MediaId"),
+        ("numbers for names", "recordings/MediaId holds int64, not text"),
+        ("bytes", "damaged, cannot read its tables"),
+    ],
+)
+def test_open_dataset_names_a_damaged_recordings_table(dataset_path, damage, message):
+    with h5py.File(dataset_path, "a") as h5:
+        table = h5["recordings"]
+        if damage == "first_row":
+            table["first_row"][0] = 5
+        elif damage == "label":
+            table["label"][-1] = 7
+        elif damage in ("short table", "numbers for names"):
+            name = "ClassId" if damage == "short table" else "MediaId"
+            del table[name]
+            n = len(table["n_chunks"])
+            table[name] = np.array(["x"], dtype=object) if damage == "short table" else range(n)
+        offset = table["MediaId"].id.get_chunk_info(0).byte_offset if damage == "bytes" else 0
+    if damage == "bytes":  # the table's bytes on disk overwritten: HDF5 reads garbage or fails
+        table_bytes = bytearray(dataset_path.read_bytes())
+        table_bytes[offset : offset + 64] = b"\xff" * 64
+        dataset_path.write_bytes(bytes(table_bytes))
+    with pytest.raises(DatasetError, match=re.escape(message)) as error:
+        open_dataset(dataset_path)
+    assert str(dataset_path) in str(error.value)

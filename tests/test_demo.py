@@ -7,7 +7,14 @@ import pytest
 from scipy.io import wavfile
 
 from predict.evaluate import read_truth
-from preprocess.make_demo_dataset import MAX_SECONDS, MIN_SECONDS, SPECIES, make_demo_dataset
+from preprocess.make_demo_dataset import (
+    MAX_SECONDS,
+    MIN_SECONDS,
+    SPECIES,
+    DemoError,
+    make_demo_dataset,
+)
+from preprocess.make_demo_dataset import main as demo_main
 from preprocess.metadata import read_birdclef_xml_dir
 
 
@@ -45,8 +52,23 @@ def test_complete_dataset_is_skipped_and_other_sizes_rebuild(tmp_path):
 
 def test_refuses_to_write_into_a_folder_of_other_files(tmp_path):
     (tmp_path / "mine.txt").write_text("precious")
-    with pytest.raises(SystemExit, match="other files"):
+    with pytest.raises(DemoError, match="other files"):
         make_demo_dataset(tmp_path, recordings_per_species=1, test_per_species=1)
+    assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+def test_command_errors_are_one_line_with_status_2(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("precious")
+    assert demo_main(["--out", str(tmp_path), "--recordings-per-species", "1"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path} holds other files")
+    (tmp_path / "a file").write_text("")
+    assert demo_main(["--out", str(tmp_path / "a file"), "--recordings-per-species", "1"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'a file'}: Not a directory")
+    for option, value in [("--workers", "-2"), ("--seed", "-1"), ("--test-per-species", "0")]:
+        with pytest.raises(SystemExit) as exit_status:
+            demo_main(["--out", str(tmp_path / "new"), option, value])
+        assert exit_status.value.code == 2
+        assert f"argument {option}: must be at least" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "precious"
 
 

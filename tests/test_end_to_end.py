@@ -5,6 +5,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from predict.runfile import read_run_file
@@ -58,16 +59,33 @@ def test_every_stage_leaves_its_output(finished):
     test_ids = {r.media_id for r in read_birdclef_xml_dir(demo / "TestSet" / "xml")[0]}
     assert {e.media_id for e in entries} == test_ids
     scores = json.loads((run / "predictions" / "TestSet.scores.json").read_text())
-    assert 0.0 < scores["map_foreground"] <= 1.0
+    # Two epochs on 24 recordings do not reliably beat chance (the README's full demo does:
+    # 0.93 against 0.41), so the figures are checked exactly instead: with one species per
+    # recording the official AP is 1 / (rank of the true species), 0 when not returned.
+    truth = dict(line.split(";")[:2] for line in (demo / "TestSet" / "ground_truth.csv")
+                 .read_text().splitlines())  # fmt: skip
+    rank = {(e.media_id, e.class_id): e.rank for e in entries}
+    reciprocal = [1 / rank[m, c] if (m, c) in rank else 0.0 for m, c in truth.items()]
+    assert scores["map_foreground"] == pytest.approx(np.mean(reciprocal), abs=1e-12)
+    assert scores["top1_accuracy"] == pytest.approx(np.mean(np.equal(reciprocal, 1.0)))
+    n_classes = len(json.loads((run / "classes.json").read_text())["classes"])
+    assert scores["n_classes"] == n_classes == 6
+    chance = sum(1 / k for k in range(1, n_classes + 1)) / n_classes  # random ranking's MAP
+    assert scores["chance_map_foreground"] == pytest.approx(chance)
     assert f"MAP (foreground): {scores['map_foreground']:.4f}" in output
     assert "SYNTHETIC" in output
 
 
+def map_line(output: str) -> str:
+    return next(line for line in output.splitlines() if line.startswith("MAP (foreground):"))
+
+
 def test_a_second_run_skips_finished_work(finished):
-    tmp_path, _ = finished
+    tmp_path, first_output = finished
     output = doall(tmp_path)
     assert "already complete" in output  # demo data and training
-    assert "MAP (foreground):" in output
+    # prediction from the same model is deterministic: the very same scores
+    assert map_line(output) == map_line(first_output)
 
 
 def test_the_run_folder_holds_the_report_and_the_thresholds(finished):

@@ -15,6 +15,7 @@ import pytest
 from scipy.io import wavfile
 
 from preprocess import extract as extract_module
+from preprocess import load_data as load_data_module
 from preprocess.audio import read_wav, to_sample_rate
 from preprocess.dataset import complete_shards, exclusive_run, open_dataset
 from preprocess.load_data import main
@@ -177,12 +178,13 @@ def test_long_recordings_are_streamed_into_the_same_file(csv_job, tmp_path, monk
         assert list(dataset.recordings["file"]) == ["tone.wav", "short.wav", "silent.wav"]
 
 
-def test_a_second_run_on_the_same_output_is_refused(csv_job, tmp_path, lock_held_elsewhere, caplog):
+def test_a_second_run_on_the_same_output_is_refused(csv_job, tmp_path, lock_held_elsewhere, capsys):
     wav_dir, labels = csv_job
     out = tmp_path / "train.h5"
     pid = lock_held_elsewhere(tmp_path / "train.h5.lock")
-    assert load(wav_dir, ["--csv", labels], out) == 1
-    assert f"{out} is being written by another process (pid {pid}" in caplog.text
+    assert load(wav_dir, ["--csv", labels], out) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {out} is being written by another process (pid {pid}")
     assert not out.exists() and not (tmp_path / "train.h5.parts").exists()
     assert load(wav_dir, ["--csv", labels], tmp_path / "other.h5") == 0  # other outputs run
     with exclusive_run(tmp_path / "other.h5.lock", "other.h5"):  # released at the end
@@ -266,7 +268,7 @@ def test_rerun_does_nothing_and_other_settings_need_overwrite(csv_job, tmp_path,
     assert "already complete" in capsys.readouterr().out
     assert out.stat().st_mtime_ns == written
 
-    assert load(wav_dir, ["--csv", labels], out, "--top-n", 1) == 1  # would change the file
+    assert load(wav_dir, ["--csv", labels], out, "--top-n", 1) == 2  # would change the file
     assert out.stat().st_mtime_ns == written
     assert load(wav_dir, ["--csv", labels], out, "--top-n", 1, "--overwrite") == 0
     with open_dataset(out) as dataset:
@@ -279,8 +281,9 @@ def test_fatal_errors_are_one_clear_line(tmp_path):
     result = subprocess.run(
         list(map(str, command)), capture_output=True, text=True, timeout=60, cwd=tmp_path
     )
-    assert result.returncode == 1
-    assert "none.csv" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and "none.csv" in result.stderr
+    assert "Traceback" not in result.stderr
     assert not (tmp_path / "x.h5").exists()
 
 
@@ -337,3 +340,196 @@ def test_real_8khz_recordings_are_resampled_with_one_warning(shared_data, tmp_pa
             samples, rate = read_wav(fsdd / file)
             expected = extract_chunks(to_sample_rate(samples, rate, RATE), PARAMS).chunks
             np.testing.assert_array_equal(dataset.X[first, :, :, 0], expected[0])
+
+
+def counting_extractions(monkeypatch) -> list[str]:
+    """The file names load_data extracts from now on (with --workers 1, in this process)."""
+    extracted = []
+
+    def counted(path, *args):
+        extracted.append(Path(path).name)
+        return extract_recording(path, *args)
+
+    extract_recording = load_data_module.extract_recording
+    monkeypatch.setattr(load_data_module, "extract_recording", counted)
+    return extracted
+
+
+def test_a_repaired_or_changed_wav_is_extracted_again_and_the_rest_kept(
+    csv_job, tmp_path, monkeypatch, capsys
+):
+    wav_dir, labels = csv_job
+    whole = (wav_dir / "long.wav").read_bytes()
+    (wav_dir / "long.wav").write_bytes(b"RIFF broken")
+    out = tmp_path / "out.h5"
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    with open_dataset(out) as dataset:
+        assert list(dataset.recordings["file"]) == ["tone.wav", "short.wav", "silent.wav"]
+    extracted = counting_extractions(monkeypatch)
+    assert load(wav_dir, ["--csv", labels], out) == 0  # unchanged: the broken file stays out
+    assert extracted == [] and "already complete" in capsys.readouterr().out
+
+    (wav_dir / "long.wav").write_bytes(whole)  # repaired: tried again, the others kept
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    assert extracted == ["long.wav"]
+    assert "recordings  4 (3 kept from an earlier run)" in capsys.readouterr().out
+    assert load(wav_dir, ["--csv", labels], tmp_path / "fresh.h5") == 0
+    assert_same_file(out, tmp_path / "fresh.h5")
+    assert load_table(tmp_path / "out.metadata.json")[3].file == "long.wav"
+
+    extracted.clear()  # a changed wav (same name, other sound) replaces its old chunks
+    wavfile.write(wav_dir / "short.wav", RATE, tone_in_noise(7, 9))
+    os.utime(wav_dir / "short.wav", ns=(1, 1))  # whatever the clock: a new modification time
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    assert extracted == ["short.wav"]
+    with open_dataset(out) as dataset:
+        assert sorted(dataset.recordings["file"]) == sorted(["tone.wav", "short.wav",
+                                                             "silent.wav", "long.wav"])  # fmt: skip
+        short = list(dataset.recordings["file"]).index("short.wav")
+        assert dataset.recordings["n_chunks"][short] == 2  # 7 s now, 0.1 s before
+
+
+def interrupted_run(wav_dir, labels, out, monkeypatch, after: int, *options) -> None:
+    """load_data stopped by Ctrl-C after extracting `after` recordings (a shard each)."""
+    extract_recording = load_data_module.extract_recording
+    calls = []
+
+    def interrupted(*args):
+        if len(calls) == after:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return extract_recording(*args)
+
+    monkeypatch.setattr(load_data_module, "extract_recording", interrupted)
+    assert load(wav_dir, ["--csv", labels], out, "--shard-chunks", 1, *options) == 130
+    monkeypatch.setattr(load_data_module, "extract_recording", extract_recording)
+
+
+def test_other_settings_never_delete_an_interrupted_runs_shards(
+    csv_job, tmp_path, monkeypatch, capsys
+):
+    wav_dir, labels = csv_job
+    out, parts = tmp_path / "out.h5", tmp_path / "out.h5.parts"
+    interrupted_run(wav_dir, labels, out, monkeypatch, 2)
+    shards = complete_shards(parts)
+    assert len(shards) == 2
+    capsys.readouterr()
+    assert load(wav_dir, ["--csv", labels], out, "--top-n", 1) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {parts} holds 2 recordings (")
+    assert "--overwrite" in error and complete_shards(parts) == shards  # nothing lost
+
+    extracted = counting_extractions(monkeypatch)  # the same settings finish the run
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    assert extracted == ["silent.wav", "long.wav"] and not parts.exists()
+    assert load(wav_dir, ["--csv", labels], tmp_path / "fresh.h5") == 0
+    assert_same_file(out, tmp_path / "fresh.h5")
+
+    interrupted_run(wav_dir, labels, tmp_path / "b.h5", monkeypatch, 1)  # --overwrite discards
+    assert load(wav_dir, ["--csv", labels], tmp_path / "b.h5", "--top-n", 1, "--overwrite") == 0
+    with open_dataset(tmp_path / "b.h5") as dataset:
+        assert dataset.classes == ["aaa"]
+
+
+def test_a_merge_without_room_stops_before_writing_and_keeps_the_shards(
+    csv_job, tmp_path, monkeypatch, capsys
+):
+    wav_dir, labels = csv_job
+    out, parts = tmp_path / "out.h5", tmp_path / "out.h5.parts"
+    real_usage = load_data_module.shutil.disk_usage
+    monkeypatch.setattr(
+        load_data_module.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1000)
+    )
+    assert load(wav_dir, ["--csv", labels], out) == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert error.startswith(f"error: merging into {out} needs about ") and "GB are free" in error
+    assert not out.exists() and len(complete_shards(parts)) == 1
+    monkeypatch.undo()
+    extracted = counting_extractions(monkeypatch)
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    assert extracted == [] and not parts.exists()
+
+
+def test_an_output_that_is_a_folder_is_refused(csv_job, tmp_path, capsys):
+    wav_dir, labels = csv_job
+    (tmp_path / "out.h5").mkdir()
+    for extra in ([], ["--overwrite"]):
+        assert load(wav_dir, ["--csv", labels], tmp_path / "out.h5", *extra) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {tmp_path / 'out.h5'} is a folder, not a dataset file")
+
+
+def test_an_xml_with_a_dtd_entity_is_skipped_by_name(tmp_path, capsys):
+    wav_dir, xml_dir = tmp_path / "wav", tmp_path / "xml"
+    make_wavs(wav_dir)
+    alpha = {"genus": "Alpha", "species": "one", "class_id": "aaaaaa", "background": ""}
+    write_xml(xml_dir, 1, "tone.wav", quality=1, **alpha)
+    write_xml(xml_dir, 2, "long.wav", quality=1, **alpha)
+    (xml_dir / "short.xml").write_text(
+        '<?xml version="1.0"?><!DOCTYPE Audio [<!ENTITY lol "lol">]>'
+        "<Audio><MediaId>&lol;</MediaId><FileName>short.wav</FileName></Audio>"
+    )
+    assert load(wav_dir, ["--xml-dir", xml_dir], tmp_path / "out.h5") == 0
+    report = capsys.readouterr().out
+    line = next(line for line in report.splitlines() if "unusable XML" in line)
+    assert "short.xml" in line and "entities are disabled" in line
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--top-n", "-1", "argument --top-n: must be at least 1, not -1"),
+        ("--top-n", "0", "argument --top-n: must be at least 1, not 0"),
+        ("--workers", "0", "argument --workers: must be at least 1, not 0"),
+        ("--shard-chunks", "-5", "argument --shard-chunks: must be at least 1, not -5"),
+        ("--min-quality", "-1", "argument --min-quality: must be at least 0, not -1"),
+        ("--top-n", "lots", "argument --top-n: 'lots' is not a whole number"),
+        ("--workers", "1000000", "argument --workers: must be at most"),
+    ],
+)
+def test_impossible_numbers_are_argument_errors(csv_job, tmp_path, capsys, option, value, message):
+    wav_dir, labels = csv_job
+    with pytest.raises(SystemExit) as exit_status:
+        load(wav_dir, ["--csv", labels], tmp_path / "out.h5", option, value)
+    assert exit_status.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out.h5").exists()
+
+
+def test_quality_bounds_the_wrong_way_round(csv_job, tmp_path, capsys):
+    wav_dir, labels = csv_job
+    with pytest.raises(SystemExit):
+        load(wav_dir, ["--csv", labels], tmp_path / "o.h5", "--min-quality", 4, "--max-quality", 2)
+    assert "--min-quality 4 is above --max-quality 2" in capsys.readouterr().err
+
+
+def test_an_update_killed_while_merging_leaves_the_old_output_and_finishes_later(
+    csv_job, tmp_path, monkeypatch
+):
+    wav_dir, labels = csv_job
+    out = tmp_path / "out.h5"
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    before = contents(out)
+    wavfile.write(wav_dir / "tone.wav", RATE, tone_in_noise(4, 5))  # changed: to extract again
+
+    def killed(shards, out_path, *args):
+        out_path.with_name(out_path.name + ".tmp").write_bytes(b"half a merge")
+        raise SystemExit(137)  # stands for kill -9: nothing of the program's runs after it
+
+    monkeypatch.setattr(load_data_module, "merge_shards", killed)
+    with pytest.raises(SystemExit):
+        load(wav_dir, ["--csv", labels], out)
+    after_kill = contents(out)
+    assert after_kill.keys() == before.keys()  # the old OUT is untouched
+    for name in before:
+        np.testing.assert_array_equal(after_kill[name], before[name])
+    monkeypatch.undo()
+    extracted = counting_extractions(monkeypatch)
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    assert extracted == []  # tone.wav was already extracted into a shard before the kill
+    assert not (tmp_path / "out.h5.tmp").exists() and not (tmp_path / "out.h5.parts").exists()
+    with open_dataset(out) as dataset:
+        assert sorted(dataset.recordings["file"]) == ["long.wav", "short.wav", "silent.wav",
+                                                      "tone.wav"]  # fmt: skip
+        tone = list(dataset.recordings["file"]).index("tone.wav")
+        assert dataset.recordings["duration_s"][tone] == pytest.approx(4.0)

@@ -278,7 +278,7 @@ def test_command_line_writes_the_selected_table(tmp_path, capsys):
 
     assert [r.media_id for r in load_table(out)] == ["a", "b"]
     assert "2 of 3 recordings selected: 1 classes" in capsys.readouterr().out
-    assert main(["--csv", str(tmp_path / "missing.csv")]) == 1
+    assert main(["--csv", str(tmp_path / "missing.csv")]) == 2
 
 
 def test_real_fsdd_metadata(shared_data):

@@ -4,7 +4,9 @@ easy problem, resuming after a kill, and clear messages for bad input."""
 import csv
 import importlib.util
 import json
+import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +130,13 @@ def test_split_sends_a_single_recording_to_training(caplog):
     split = split_recordings(labels, 0.2, 0.2, seed=0, classes=["a", "b", "lonely"])
     assert 20 in split["train"]
     assert "single recording" in caplog.text and "lonely" in caplog.text
+
+
+def test_an_unstratified_split_is_a_warning(caplog):
+    labels = np.array([0, 1, 2, 3] * 3)  # 2 validation recordings cannot cover 4 classes
+    split_recordings(labels, 0.2, 0.01, seed=0)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert any("NOT stratified" in r.getMessage() for r in warnings), caplog.text
 
 
 def test_split_with_too_few_recordings():
@@ -300,8 +309,8 @@ def test_two_classes_train_a_two_column_softmax(tiny_model, tmp_path):
     assert metrics["models"]["best_val_map"]["map"] > 0.9
 
 
-class Interrupted(Exception):
-    """Stands for a kill."""
+class Interrupted(BaseException):
+    """Stands for a kill: no handler of the program's may catch it."""
 
 
 class Interrupt(keras.callbacks.Callback):
@@ -359,6 +368,8 @@ def test_resume_continues_from_the_last_finished_epoch(
         before = list(csv.DictReader(file))
     assert len(before) == (3 if at_end else 2)  # epoch 2 logged, but not backed up
     assert not (run_dir / "metrics.json").exists()
+    with (run_dir / "history.csv").open("a") as file:
+        file.write("3,0.5")  # a line a kill cut short
 
     monkeypatch.setattr(train_model, "training_callbacks", lambda *a: [second, *make_callbacks(*a)])
     assert train_model.main(args + ["--resume"]) == 0
@@ -370,9 +381,11 @@ def test_resume_continues_from_the_last_finished_epoch(
     for resumed, saved in zip(second.begin[2], first.end[1], strict=True):
         np.testing.assert_array_equal(resumed, saved)  # from the weights after epoch 1
     assert (run_dir / "metrics.json").is_file()
-    # once finished, --resume only scores the best models again
+    # once finished, --resume only scores the best models again, replacing the run's row
     assert train_model.main(args + ["--resume"]) == 0
     assert sorted(second.begin) == [2, 3, 4]
+    with (tmp_path / "runs.csv").open() as file:
+        assert [row["run_dir"] for row in csv.DictReader(file)] == [str(run_dir)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,6 +403,17 @@ def test_resume_continues_from_the_last_finished_epoch(
         ("run exists", "already holds a training run: add --resume"),
         ("few recordings", "too few"),
         ("damaged row", "row 3 of X in"),
+        ("syntax error", "cannot load model file: SyntaxError"),
+        ("sys.exit", "cannot load model file: SystemExit: 3"),
+        ("missing model", "no such model file"),
+        ("bad weights", "cannot load weights into"),
+        ("one class", "all of one class (aaa); training needs at least two classes"),
+        ("no labels", "none of its 3 recordings is labelled"),
+        ("data as runs table", "easy.h5 exists and is not a runs table"),
+        ("out is a file", "is a file, not a run folder"),
+        ("damaged table", "recordings/first_row does not follow recordings/n_chunks"),
+        ("nan streamed", "row 5 of X in "),
+        ("nan in memory", "row 5 of X in "),
     ],
 )
 def test_bad_input_gives_a_clear_message(
@@ -424,10 +448,148 @@ def test_bad_input_gives_a_clear_message(
             stored = h5["X"].id.read_direct_chunk((3, 0, 0, 0))[1]
             h5["X"].id.write_direct_chunk((3, 0, 0, 0), stored[: len(stored) // 2])
         extra = ["--in-memory", "no", "--workers", "2"]
+    elif change in ("syntax error", "sys.exit"):
+        model = tmp_path / "model-Bad.py"
+        model.write_text(TINY_MODEL + ("def (\n" if change == "syntax error" else "exit(3)\n"))
+    elif change == "missing model":
+        model = tmp_path / "model-Missing.py"
+    elif change == "bad weights":
+        (tmp_path / "bad.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
+        extra = ["--weights", str(tmp_path / "bad.weights.h5")]
+    elif change in ("one class", "no labels"):
+        data = tmp_path / "one.h5"
+        per_class, unlabelled = (6, 0) if change == "one class" else (0, 3)
+        write_easy_dataset(data, per_class=per_class, n_unlabelled=unlabelled, classes=["aaa"])
+    elif change == "data as runs table":
+        extra = ["--runs-table", str(easy_data)]
+    elif change == "out is a file":
+        out = tmp_path / "notes.txt"
+        out.write_text("mine")
+    elif change in ("nan streamed", "nan in memory"):
+        data = tmp_path / "nan.h5"
+        data.write_bytes(easy_data.read_bytes())
+        with h5py.File(data, "a") as h5:
+            chunk = np.full((1, PARAMS.n_bins, PARAMS.chunk_frames), np.nan, np.float32)
+            h5["X"].id.write_direct_chunk((5, 0, 0, 0), compress_chunks(chunk, "gzip")[0].data)
+        extra = ["--in-memory", "no" if change == "nan streamed" else "yes"]
+        message += f"{data} holds NaN or infinite values"
+    elif change == "damaged table":
+        data = tmp_path / "damaged.h5"
+        data.write_bytes(easy_data.read_bytes())
+        with h5py.File(data, "a") as h5:
+            h5["recordings/first_row"][1] = 0
+    data_before = data.read_bytes() if data.is_file() else None
     assert train_model.main(train_args(data, model, out, "--epochs", "1", *extra)) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and message in error
     assert "Traceback" not in error
+    if change not in ("run exists", "damaged row", "nan streamed", "out is a file"):
+        # checked before writing: a failed start leaves the run folder as it was
+        left = sorted(p.name for p in out.iterdir()) if out.exists() else []
+        assert left in ([], [".lock"]), left  # the run lock's file stays
+    if data_before is not None:
+        assert data.read_bytes() == data_before  # inputs untouched
+    if change == "out is a file":
+        assert out.read_text() == "mine"
+
+
+def test_a_run_that_never_finished_an_epoch_starts_again(
+    easy_data, tiny_model, tmp_path, monkeypatch
+):
+    """A run stopped in its first epoch, or with a model that failed, holds config.json but
+    nothing to resume: the same command (with --resume or not, other model or not) starts it
+    again."""
+    run_dir = tmp_path / "run"
+    args = train_args(easy_data, tiny_model, run_dir, "--epochs", "2")
+    make_callbacks = train_model.training_callbacks
+    monkeypatch.setattr(
+        train_model,
+        "training_callbacks",
+        lambda *a: [*make_callbacks(*a)[:-1], Interrupt(0, at_end=False), make_callbacks(*a)[-1]],
+    )
+    with pytest.raises(Interrupted):
+        train_model.main(args)
+    assert (run_dir / "config.json").is_file() and not (run_dir / "best_val_loss.keras").exists()
+    monkeypatch.setattr(train_model, "training_callbacks", make_callbacks)
+    other_model = tmp_path / "model-Other.py"
+    other_model.write_text(TINY_MODEL.replace("Conv2D(4", "Conv2D(3"))
+    again = train_args(easy_data, other_model, run_dir, "--epochs", "2", "--resume")
+    assert train_model.main(again) == 0
+    with (run_dir / "history.csv").open() as file:
+        assert [row["epoch"] for row in csv.DictReader(file)] == ["0", "1"]
+    assert (run_dir / "model.py").read_text() == other_model.read_text()
+
+
+def test_checkpoints_are_written_whole_or_not_at_all(tiny_model, tmp_path, monkeypatch):
+    from train.callbacks import BestCheckpoint, ModelFileError, load_saved_model
+
+    model = train_model.build_model_from_file(
+        tiny_model, (PARAMS.n_bins, PARAMS.chunk_frames, 1), 4
+    )
+    best = tmp_path / "best_val_loss.keras"
+    checkpoint = BestCheckpoint(best, "val_loss", "min")
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"val_loss": 1.0})
+    saved = best.read_bytes()
+    checkpoint.on_epoch_end(1, {"val_loss": 2.0})  # not better: not saved
+    checkpoint.on_epoch_end(2, {"val_loss": float("nan")})
+    assert best.read_bytes() == saved
+
+    def full_disk(path, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.on_epoch_end(3, {"val_loss": 0.5})
+    assert best.read_bytes() == saved  # the last best is whole
+    assert [p.name for p in tmp_path.iterdir()] == [best.name]  # no partial file left
+    assert load_saved_model(best).output_shape == (None, 4)
+
+    best.write_bytes(saved[: len(saved) // 2])  # as a full disk left it before this fix
+    with pytest.raises(ModelFileError, match=r"best_val_loss.keras: damaged model file"):
+        load_saved_model(best)
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load_saved_model(tmp_path / "none.keras")
+
+
+def test_a_damaged_best_model_is_named_when_scoring(trained_run, tmp_path, capsys):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained_run, run_dir)
+    model = run_dir / "best_val_accuracy.keras"
+    model.write_bytes(model.read_bytes()[:1000])
+    config = json.loads((run_dir / "config.json").read_text())
+    args = train_args(Path(config["data"]), Path(config["model"]), run_dir, "--epochs", "8")
+    assert train_model.main([*args, "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {model}: damaged model file")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--epochs", "0", "argument --epochs: must be at least 1, not 0"),
+        ("--batch-size", "-3", "argument --batch-size: must be at least 1, not -3"),
+        ("--workers", "0", "argument --workers: must be at least 1, not 0"),
+        ("--workers", "1000000", "argument --workers: must be at most"),
+        ("--patience", "-1", "argument --patience: must be at least 0, not -1"),
+        ("--seed", "-1", "argument --seed: must be at least 0, not -1"),
+        ("--learning-rate", "0", "argument --learning-rate: must be in (0, inf), not 0"),
+        ("--val-fraction", "1.5", "argument --val-fraction: must be in (0, 1), not 1.5"),
+        ("--test-fraction", "-0.1", "argument --test-fraction: must be in [0, 1), not -0.1"),
+        ("--val-fraction", "0.6", "leave no recordings for training"),
+        ("--epochs", "1e9", "argument --epochs: '1e9' is not a whole number"),
+    ],
+)
+def test_impossible_numbers_are_argument_errors(
+    easy_data, tiny_model, tmp_path, capsys, option, value, message
+):
+    args = train_args(easy_data, tiny_model, tmp_path / "run", option, value)
+    with pytest.raises(SystemExit) as exit_status:
+        train_model.main([*args, "--test-fraction", "0.5"] if "no recordings" in message else args)
+    assert exit_status.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_second_run_in_the_same_folder_is_refused(
@@ -456,6 +618,33 @@ def test_command_line_error_without_traceback(tmp_path, tiny_model):
     assert "Traceback" not in result.stderr
 
 
+def test_the_command_turns_a_model_files_exit_into_an_error_line(tmp_path, easy_data):
+    model = tmp_path / "model-Exits.py"
+    model.write_text("import sys\nsys.exit(3)\n")
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "train" / "train_model.py"),
+               *train_args(easy_data, model, out, "--epochs", "1")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert f"error: {model}: cannot load model file: SystemExit: 3" in result.stderr
+    assert "Traceback" not in result.stderr and not (out / "config.json").exists()
+    verbose = subprocess.run([*command, "--verbose"], capture_output=True, text=True, timeout=300)
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_an_error_line(tmp_path, easy_data, tiny_model, capsys):
+    parent = tmp_path / "read-only"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        args = train_args(easy_data, tiny_model, parent / "run", "--epochs", "1")
+        assert train_model.main(args) == 2
+    finally:
+        parent.chmod(0o755)
+    assert capsys.readouterr().err.startswith(f"error: {parent / 'run'}: Permission denied")
+
+
 # ---------------------------------------------------------------------------------------------
 # Images of the stored chunks
 
@@ -472,3 +661,69 @@ def test_generate_images_writes_a_limited_folder_per_class(easy_data, tmp_path):
     assert folders == sorted([*CLASSES, "unlabelled"])
     image = plt.imread(next((tmp_path / "aaa").glob("aaa0_*.png")))
     assert image.shape[:2] == (PARAMS.n_bins, PARAMS.chunk_frames)
+
+
+def test_generate_images_keeps_ids_from_the_data_inside_the_output(tmp_path, capsys):
+    from train.generate_images import main as images_main
+
+    hostile = ["../../escape", "/etc/absolute", "line\nbreak", ".hidden"]
+    items = [
+        RecordingChunks(
+            media_id,
+            "../up",
+            f"{number}.wav",
+            0,
+            np.zeros(1, np.uint8),
+            n_frames=PARAMS.chunk_frames,
+            duration_s=1.0,
+            chunks=compress_chunks(np.ones((1, PARAMS.n_bins, PARAMS.chunk_frames), "f4"), "gzip"),
+        )
+        for number, media_id in enumerate(hostile)
+    ]
+    data = tmp_path / "hostile.h5"
+    write_dataset(data, DatasetInfo(PARAMS, ["../up"], {"../up": "x"}, {}, "gzip"), items)
+    out = tmp_path / "deep" / "images"
+    assert images_main(["--data", str(data), "--out", str(out)]) == 0
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.png"))
+    assert len(written) == len(hostile)
+    assert all(path.parts[:2] == ("deep", "images") for path in written)
+
+    assert images_main(["--data", str(tmp_path / "none.h5"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    with pytest.raises(SystemExit):
+        images_main(["--data", str(data), "--out", str(out), "--per-class", "0"])
+
+
+def test_run_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    from train.log import write_text_atomically
+
+    path = tmp_path / "classes.json"
+    write_text_atomically(path, '{"classes": ["a", "b"]}\n')
+    write_text = Path.write_text
+
+    def full_disk(self, text, *args, **kwargs):
+        write_text(self, text[:5])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        write_text_atomically(path, '{"classes": ["a", "b", "c"]}\n')
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"classes": ["a", "b"]}
+    assert [p.name for p in tmp_path.iterdir()] == ["classes.json"]  # nothing partial left
+
+
+def test_resuming_a_run_with_a_damaged_classes_or_split_file_is_an_error_line(
+    trained_run, tmp_path, capsys
+):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained_run, run_dir)
+    (run_dir / "classes.json").write_text('{"classes": [')
+    config = json.loads((run_dir / "config.json").read_text())
+    args = train_args(Path(config["data"]), Path(config["model"]), run_dir, "--epochs", "8")
+    assert train_model.main([*args, "--resume"]) == 2
+    assert "classes.json or params.json is missing or damaged" in capsys.readouterr().err
+    shutil.copy(trained_run / "classes.json", run_dir / "classes.json")
+    (run_dir / "split.json").write_text('{"train": ')
+    assert train_model.main([*args, "--resume"]) == 2
+    assert f"error: {run_dir / 'split.json'} is damaged" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 early stopping and logs, all able to continue a run killed midway (`--resume`).
 
 Keras calls callbacks in list order with one shared `logs` dict, so `MAPCallback` comes first:
-its `val_map` is then in the logs that ModelCheckpoint, EarlyStopping and CSVLogger read.
+its `val_map` is then in the logs that the checkpoints, EarlyStopping and CSVLogger read.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import csv
 import importlib.util
 import json
 import logging
+import os
 import time
+import zipfile
 from pathlib import Path
 
 import keras
@@ -81,6 +83,72 @@ class MAPCallback(keras.callbacks.Callback):
         )
 
 
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the model to `path` (.keras) after every epoch whose `monitor` beats the best so
+    far (strictly, as keras.callbacks.ModelCheckpoint with save_best_only), atomically: the
+    model is written under a temporary name, flushed to disk and renamed, so a kill or a full
+    disk leaves the previous best model whole.
+
+    initial_value_threshold: the best value of the epochs before a --resume (None: none).
+    """
+
+    def __init__(self, path: Path, monitor: str, mode: str, initial_value_threshold=None):
+        super().__init__()
+        self.path, self.monitor, self.mode = Path(path), monitor, mode
+        self.partial = self.path.with_name(f".{self.path.stem}.partial.keras")
+        self.best = initial_value_threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None or not np.isfinite(current):
+            return
+        better = self.best is None or (
+            current < self.best if self.mode == "min" else current > self.best
+        )
+        if better:
+            self.best = float(current)
+            save_model_atomically(self.model, self.path, self.partial)
+
+
+def save_model_atomically(model: keras.Model, path: Path, partial: Path) -> None:
+    """model.save(path), written as `partial` (a .keras name) and renamed once on disk."""
+    try:
+        model.save(partial, overwrite=True)
+        with open(partial, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # a full disk gets its space back
+        raise
+
+
+class ModelFileError(ValueError):
+    """A saved model that cannot be loaded; the message names the file and says why."""
+
+
+def load_saved_model(path: Path, compile: bool = False) -> keras.Model:
+    """keras.saving.load_model of a .keras file, or ModelFileError saying the file is missing
+    or damaged (Keras itself reports a truncated file as "File not found")."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        with zipfile.ZipFile(path) as archive:  # a .keras file is a zip archive
+            bad_member = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ModelFileError(
+            f"{path}: damaged model file (truncated or not a .keras file: {error})"
+        ) from error
+    if bad_member is not None:
+        raise ModelFileError(f"{path}: damaged model file ({bad_member} fails its checksum)")
+    try:
+        return keras.saving.load_model(path, compile=compile)
+    except Exception as error:  # Keras raises many kinds on a damaged or foreign file
+        raise ModelFileError(
+            f"{path}: damaged model file, Keras cannot load it ({type(error).__name__}: {error})"
+        ) from error
+
+
 class EpochTime(keras.callbacks.Callback):
     """Logs epoch_seconds, the wall time of each epoch (validation and MAP included)."""
 
@@ -133,15 +201,7 @@ def training_callbacks(
 
     callbacks = [EpochTime(), map_callback, *extra]
     for name, (filename, mode) in BEST.items():
-        callbacks.append(
-            keras.callbacks.ModelCheckpoint(
-                run_dir / filename,
-                monitor=name,
-                mode=mode,
-                save_best_only=True,
-                initial_value_threshold=best_so_far(name),
-            )
-        )
+        callbacks.append(BestCheckpoint(run_dir / filename, name, mode, best_so_far(name)))
     callbacks.append(
         ResumableEarlyStopping(
             past.get(monitor, []),

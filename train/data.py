@@ -95,7 +95,12 @@ def _draw(
             spare, test_size=size, stratify=labels[spare], random_state=seed
         )
     except ValueError as reason:  # e.g. fewer recordings drawn than there are classes
-        logger.info("split of %d recordings not stratified: %s", size, reason)
+        logger.warning(
+            "the split of %d recordings is NOT stratified (%s): some classes may be missing "
+            "from validation or test",
+            size,
+            reason,
+        )
         kept, drawn = train_test_split(spare, test_size=size, random_state=seed)
     return np.sort(np.concatenate([pinned, kept])), np.sort(drawn)
 
@@ -160,6 +165,7 @@ class ChunkBatches(keras.utils.PyDataset):
         else:
             try:
                 x = read_rows(self._hdf5().X, self.rows[positions])
+                check_finite(x, self.rows[positions], self.source)
             except DatasetError as error:
                 self.read_error = error  # for read_errors_reported
                 raise
@@ -179,6 +185,18 @@ class ChunkBatches(keras.utils.PyDataset):
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_dataset": None, "_pid": None}
+
+
+def check_finite(x: np.ndarray, rows: np.ndarray, path: Path) -> None:
+    """Raise DatasetError naming the first of `rows` (of X in path) whose chunk x holds NaN
+    or infinity, which preprocess/load_data.py never writes (training would go on silently
+    with a useless model)."""
+    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    if not finite.all():
+        raise DatasetError(
+            f"row {rows[np.argmin(finite)]} of X in {path} holds NaN or infinite values, "
+            "which preprocess/load_data.py never writes: rebuild the file with it"
+        )
 
 
 @contextmanager

@@ -53,7 +53,12 @@ def export_run(
 
     import keras  # TensorFlow takes seconds to load: only once the inputs are known good
 
-    model = keras.saving.load_model(run_dir / model_file, compile=False)
+    from train.callbacks import ModelFileError, load_saved_model
+
+    try:
+        model = load_saved_model(run_dir / model_file)
+    except ModelFileError as error:
+        raise ExportError(str(error)) from error
     partial = out.with_name(out.name + ".part")
     shutil.rmtree(partial, ignore_errors=True)  # left by an export that was killed
     partial.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 
+from predict.detections import OutputError, inside, safe_file_names  # noqa: E402
+from preprocess.cli import at_least, run_command  # noqa: E402
 from preprocess.dataset import DatasetError, open_dataset  # noqa: E402
 
 logger = logging.getLogger("generate_images")
@@ -53,10 +55,14 @@ def generate_images(data: Path, out: Path, per_class: int) -> int:
         class_ids = dataset["ClassId"].asstr()
         media_ids = dataset["MediaId"].asstr()
         chunk_index = dataset["chunk_index"]
+        # ids from the data never reach a path as they are ('../x', '/etc', control characters)
+        folder_names = safe_file_names([class_ids[row] for row in rows])
+        file_names = safe_file_names([media_ids[row] for row in rows])
         for row in rows:
-            folder = out / (class_ids[row] or "unlabelled")
+            folder = out / (folder_names[class_ids[row]] if class_ids[row] else "unlabelled")
             folder.mkdir(parents=True, exist_ok=True)
-            save_chunk_image(dataset.X[row], folder / f"{media_ids[row]}_{chunk_index[row]}.png")
+            name = f"{file_names[media_ids[row]]}_{chunk_index[row]}.png"
+            save_chunk_image(dataset.X[row], inside(folder, name))
     logger.info("%d images in %s", len(rows), out)
     return len(rows)
 
@@ -82,18 +88,17 @@ def main(argv: list[str] | None = None) -> int:
         help="folder for the images (a subfolder per class)",
     )
     parser.add_argument(
-        "--per-class", type=int, default=10, help="most images per class (default 10)"
+        "--per-class", type=at_least(1), default=10, help="most images per class (default 10)"
     )
+    parser.add_argument("--verbose", action="store_true", help="tracebacks of errors")
     args = parser.parse_args(argv)
-    if args.per_class < 1:
-        parser.error("--per-class must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
+
+    def run() -> int:
         generate_images(args.data, args.out, args.per_class)
-    except DatasetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_command(run, args.verbose, (DatasetError, OutputError))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 import matplotlib
@@ -95,15 +96,54 @@ def history_columns(history: dict[str, np.ndarray]) -> dict[str, float]:
     return columns
 
 
+def write_text_atomically(path: Path, text: str) -> None:
+    """path.write_text(text), whole or not at all: written beside it under a temporary name
+    (with the umask's mode, like any file) and renamed, so a kill or a full disk never leaves
+    a truncated run file."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+class RunsTableError(ValueError):
+    """A --runs-table path that holds something other than a runs table."""
+
+
+def check_runs_table(table: Path) -> None:
+    """Raise RunsTableError when `table` exists but is not a runs table (append_run would
+    replace the file)."""
+    if not table.exists():
+        return
+    try:
+        with table.open(newline="", encoding="utf-8") as file:
+            header = next(csv.reader(file), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise RunsTableError(
+            f"{table} exists and is not a runs table ({error}): choose another --runs-table"
+        ) from error
+    if "run_dir" not in header:
+        raise RunsTableError(
+            f"{table} exists and is not a runs table (no run_dir column): choose another "
+            "--runs-table"
+        )
+
+
 def append_run(table: Path, row: dict) -> None:
-    """Append row to the CSV runs table (created if new), extending its columns as needed,
-    and rewrite the XLSX copy beside it when openpyxl is installed."""
+    """Add row to the CSV runs table (created if new), extending its columns as needed,
+    and rewrite the XLSX copy beside it when openpyxl is installed. A row of the same
+    run_dir (the run scored again, e.g. resumed once finished) is replaced, not repeated."""
     rows, columns = [], []
+    check_runs_table(table)
     if table.is_file():
         with table.open(newline="") as file:
             reader = csv.DictReader(file)
             columns, rows = list(reader.fieldnames or []), list(reader)
     columns += [name for name in row if name not in columns]
+    rows = [old for old in rows if old.get("run_dir") != str(row.get("run_dir"))]
     rows.append({name: _cell(value) for name, value in row.items()})
     table.parent.mkdir(parents=True, exist_ok=True)
     temporary = table.with_name(table.name + ".tmp")

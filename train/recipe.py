@@ -30,6 +30,7 @@ import numpy as np
 from preprocess.audio import AudioError
 from preprocess.extract import recording_chunks
 from preprocess.params import SpectrogramParams
+from train.log import write_text_atomically
 from train.metrics import POOLINGS, POWER_EXPONENT, mean_average_precision, recording_scores
 
 logger = logging.getLogger(__name__)
@@ -322,5 +323,5 @@ def write_inference(run_dir: Path, model_file: str, pooling: str, extra: dict) -
         "pooling_exponent": POWER_EXPONENT,
         **extra,
     }
-    (run_dir / INFERENCE).write_text(json.dumps(inference, indent=1) + "\n")
+    write_text_atomically(run_dir / INFERENCE, json.dumps(inference, indent=1) + "\n")
     return inference

@@ -104,8 +104,10 @@ def choose_thresholds(
 def write_thresholds(
     path: Path, chosen: dict[str, dict], model_file: str, fallback: float = FALLBACK_THRESHOLD
 ) -> None:
+    from train.log import write_text_atomically  # matplotlib: only when training writes
+
     document = {"model_file": model_file, "rule": RULE, "fallback": fallback, "classes": chosen}
-    path.write_text(json.dumps(document, indent=1) + "\n")
+    write_text_atomically(path, json.dumps(document, indent=1) + "\n")
 
 
 def read_thresholds(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, str]:
@@ -141,14 +143,13 @@ def save_validation_thresholds(
     foreground class index. Returns the chosen thresholds, or None (with nothing written)
     when the model file or validation chunks are missing.
     """
-    import keras  # TensorFlow takes seconds to load: only when training uses it anyway
-
+    from train.callbacks import load_saved_model  # imports Keras: only when training does
     from train.metrics import recording_scores
 
     model_path = run_dir / model_file
     if not model_path.is_file() or len(chunk_recording) == 0:
         return None
-    model = keras.saving.load_model(model_path, compile=False)
+    model = load_saved_model(model_path)
     ids, probs = recording_scores(model.predict(batches, verbose=0), chunk_recording)
     chosen = choose_thresholds(probs, np.asarray(recording_labels)[ids.astype(int)], classes)
     write_thresholds(run_dir / THRESHOLDS_FILE, chosen, model_file)

@@ -36,6 +36,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from preprocess.cli import at_least, between, most_workers, run_command  # noqa: E402
 from preprocess.dataset import (  # noqa: E402
     Dataset,
     DatasetError,
@@ -62,10 +64,13 @@ from train.augment import (  # noqa: E402
     quietest_chunks,
 )
 from train.callbacks import (  # noqa: E402
+    BACKUP,
     BEST,
     HISTORY,
     MAPCallback,
+    ModelFileError,
     epochs_backed_up,
+    load_saved_model,
     read_history,
     score_predictions,
     training_callbacks,
@@ -75,16 +80,20 @@ from train.data import (  # noqa: E402
     SPLITS,
     ChunkBatches,
     SplitError,
+    check_finite,
     fits_in_memory,
     read_errors_reported,
     split_recordings,
 )
 from train.log import (  # noqa: E402
+    RunsTableError,
     append_run,
     best_epoch,
+    check_runs_table,
     history_columns,
     model_columns,
     plot_history,
+    write_text_atomically,
 )
 from train.metrics import POOLINGS, mean_average_precision, recording_scores  # noqa: E402
 from train.thresholds import THRESHOLDS_FILE, save_validation_thresholds  # noqa: E402
@@ -134,7 +143,7 @@ def load_model_file(path: Path):
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as error:  # the user's file: report whatever it raises
+    except (Exception, SystemExit) as error:  # the user's file: report whatever it raises
         raise TrainError(
             f"{path}: cannot load model file: {type(error).__name__}: {error}"
         ) from error
@@ -151,7 +160,7 @@ def build_model_from_file(path: Path, input_shape: tuple, n_classes: int) -> ker
         )
     try:
         model = module.build_model(tuple(input_shape), n_classes)
-    except Exception as error:
+    except (Exception, SystemExit) as error:
         raise TrainError(
             f"{path}: build_model({tuple(input_shape)}, {n_classes}) failed: "
             f"{type(error).__name__}: {error}"
@@ -206,33 +215,70 @@ def data_parallel_scope():
 
 
 def start_run_dir(run_dir: Path, resume: bool) -> bool:
-    """Check run_dir can take this run; returns whether an earlier run is resumed."""
+    """Check run_dir can take this run (writing nothing); returns whether an earlier run is
+    resumed. A run that never finished an epoch (its start failed, or it was stopped during
+    its first epoch) has nothing to resume: it is started again, with or without --resume."""
     started = (run_dir / "config.json").is_file()
+    if started and not finished_an_epoch(run_dir):
+        logger.info("%s holds a run that never finished an epoch: starting it again", run_dir)
+        started = False
     if started and not resume:
         raise TrainError(
             f"{run_dir} already holds a training run: add --resume to continue it, or "
             "choose another --out"
         )
     if resume and not started:
-        logger.info("%s holds no run yet: starting a new one", run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        logger.info("%s holds no run to resume: starting a new one", run_dir)
     return started
+
+
+def finished_an_epoch(run_dir: Path) -> bool:
+    """Whether the run in run_dir got past its first epoch (or finished). history.csv's lines
+    are counted, not parsed: a kill may have cut its last line short."""
+    history = run_dir / HISTORY
+    logged = history.is_file() and len(history.read_bytes().splitlines()) > 1  # header + rows
+    return (run_dir / DONE).is_file() or epochs_backed_up(run_dir) > 0 or logged
+
+
+def check_labels(dataset: Dataset) -> None:
+    """Refuse data that cannot train a classifier: fewer than two classes with labelled
+    recordings (a single class gives a MAP of 1.0 that means nothing)."""
+    labels = dataset.recordings["label"]
+    if not (labels >= 0).any():
+        raise TrainError(
+            f"{dataset.path}: none of its {len(labels)} recordings is labelled (every label "
+            "is -1, as in a test set built with --classes-from): train on labelled data"
+        )
+    present = np.unique(labels[labels >= 0])
+    if len(present) < 2:
+        names = [dataset.classes[i] for i in present]
+        raise TrainError(
+            f"{dataset.path}: its labelled recordings are all of one class ({names[0]}); "
+            "training needs at least two classes"
+        )
 
 
 def load_or_make_split(
     run_dir: Path, dataset: Dataset, args: argparse.Namespace, resuming: bool
 ) -> dict[str, np.ndarray]:
     """Recording indices of each split: split.json's when resuming, else a new split
-    (saved to split.json)."""
+    (which write_run_files saves to split.json)."""
     recordings = dataset.recordings
     media_ids = list(recordings["MediaId"])
     if len(set(media_ids)) != len(media_ids):
         raise TrainError(f"{dataset.path}: MediaIds are not unique; cannot split by recording")
     path = run_dir / "split.json"
     if resuming and path.is_file():
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text())
+            named = [m for name in SPLITS for m in saved[name]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise TrainError(
+                f"{path} is damaged ({type(error).__name__}: {error}): the run cannot be "
+                "resumed; start a new run in another --out"
+            ) from error
         index = {media_id: number for number, media_id in enumerate(media_ids)}
-        missing = [m for name in SPLITS for m in saved[name] if m not in index]
+        missing = [m for m in named if m not in index]
         if missing:
             raise TrainError(
                 f"{path} names {len(missing)} recordings missing from {dataset.path} (e.g. "
@@ -241,41 +287,57 @@ def load_or_make_split(
         logger.info("split of %s (seed %s)", path, saved["seed"])
         return {name: np.sort([index[m] for m in saved[name]]).astype(np.int64) for name in SPLITS}
 
-    split = split_recordings(
+    return split_recordings(
         recordings["label"], args.val_fraction, args.test_fraction, args.seed, dataset.classes
     )
-    saved = {
-        "seed": args.seed,
-        "val_fraction": args.val_fraction,
-        "test_fraction": args.test_fraction,
-        **{name: [media_ids[i] for i in split[name]] for name in SPLITS},
-    }
-    path.write_text(json.dumps(saved, indent=1) + "\n")
-    return split
 
 
-def write_run_files(run_dir: Path, dataset: Dataset, args: argparse.Namespace, resuming: bool):
-    """params.json, classes.json, config.json and model.py; checks a resumed run's data and
-    model file are the ones it started with."""
+def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace) -> None:
+    """Check the data and model file of a resumed run are the ones it started with."""
+    classes = {"classes": dataset.classes, "class_names": dataset.class_names}
+    try:
+        started_with = json.loads((run_dir / "classes.json").read_text())
+        params = (run_dir / "params.json").read_text()
+    except (OSError, ValueError) as error:
+        raise TrainError(
+            f"{run_dir} holds a run whose classes.json or params.json is missing or damaged "
+            f"({error}): start a new run in another --out"
+        ) from error
+    if started_with != classes or params != dataset.file.attrs["params"]:
+        raise TrainError(
+            f"{dataset.path} has other classes or preprocessing parameters than the run "
+            f"in {run_dir}: resume with the data file the run started with"
+        )
+    if (run_dir / "model.py").read_text() != args.model.read_text():
+        raise TrainError(
+            f"{args.model} differs from the model the run in {run_dir} started with "
+            f"({run_dir / 'model.py'}): resume with that model file"
+        )
+
+
+def write_run_files(
+    run_dir: Path, dataset: Dataset, args: argparse.Namespace, split: dict, resuming: bool
+):
+    """params.json, classes.json, config.json, model.py and (for a new run) split.json; a new
+    run first clears what a start that never finished an epoch left."""
     classes = {"classes": dataset.classes, "class_names": dataset.class_names}
     params = dataset.file.attrs["params"]  # verbatim: prediction rebuilds the same chunks
     model_source = args.model.read_text()
-    if resuming:
-        if json.loads((run_dir / "classes.json").read_text()) != classes or (
-            (run_dir / "params.json").read_text() != params
-        ):
-            raise TrainError(
-                f"{dataset.path} has other classes or preprocessing parameters than the run "
-                f"in {run_dir}: resume with the data file the run started with"
-            )
-        if (run_dir / "model.py").read_text() != model_source:
-            raise TrainError(
-                f"{args.model} differs from the model the run in {run_dir} started with "
-                f"({run_dir / 'model.py'}): resume with that model file"
-            )
-    (run_dir / "params.json").write_text(params)
-    (run_dir / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
-    (run_dir / "model.py").write_text(model_source)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        (run_dir / HISTORY).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / BACKUP, ignore_errors=True)
+        media_ids = dataset.recordings["MediaId"]
+        saved = {
+            "seed": args.seed,
+            "val_fraction": args.val_fraction,
+            "test_fraction": args.test_fraction,
+            **{name: [str(media_ids[i]) for i in split[name]] for name in SPLITS},
+        }
+        write_text_atomically(run_dir / "split.json", json.dumps(saved, indent=1) + "\n")
+    write_text_atomically(run_dir / "params.json", params)
+    write_text_atomically(run_dir / "classes.json", json.dumps(classes, indent=1) + "\n")
+    write_text_atomically(run_dir / "model.py", model_source)
     config = {
         **{
             name: str(value) if isinstance(value, Path) else value
@@ -286,7 +348,7 @@ def write_run_files(run_dir: Path, dataset: Dataset, args: argparse.Namespace, r
         "devices": list_devices(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    (run_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    write_text_atomically(run_dir / "config.json", json.dumps(config, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +374,8 @@ class SplitData:
         self.rows = recording_rows(recordings, which)
         self.chunk_recording = np.repeat(which, recordings["n_chunks"][which])
         source = read_rows(dataset.X, self.rows) if in_memory else dataset.path
+        if in_memory:
+            check_finite(source, self.rows, dataset.path)
         self.batches = ChunkBatches(
             source,
             self.rows,
@@ -325,6 +389,15 @@ class SplitData:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+def check_batch_size(dataset: Dataset, split: dict, batch_size: int) -> None:
+    training_chunks = int(dataset.recordings["n_chunks"][split["train"]].sum())
+    if batch_size > training_chunks:
+        raise TrainError(
+            f"batch size {batch_size} is larger than the {training_chunks} training "
+            f"chunks: give --batch-size {training_chunks} or less"
+        )
 
 
 def sample_chunks(batches: ChunkBatches, dataset: Dataset, most: int, seed: int) -> np.ndarray:
@@ -389,11 +462,6 @@ def load_splits(dataset: Dataset, split: dict, args: argparse.Namespace) -> dict
     """The chunks of each split, in memory (--in-memory yes, or auto and they fit) or
     streamed from the file."""
     n_chunks = {name: int(dataset.recordings["n_chunks"][split[name]].sum()) for name in SPLITS}
-    if args.batch_size > n_chunks["train"]:
-        raise TrainError(
-            f"batch size {args.batch_size} is larger than the {n_chunks['train']} training "
-            f"chunks: give --batch-size {n_chunks['train']} or less"
-        )
     row_shape = dataset.X.shape[1:]
     n_rows = sum(n_chunks.values())
     in_memory = args.in_memory == "yes" or (
@@ -470,7 +538,7 @@ def fit(
         "epochs": len(read_history(history_path).get("epoch", [])),
         "stopped_early": any(stopped),
     }
-    (run_dir / DONE).write_text(json.dumps(done) + "\n")
+    write_text_atomically(run_dir / DONE, json.dumps(done) + "\n")
 
 
 def score_best_models(
@@ -486,7 +554,7 @@ def score_best_models(
         if not path.is_file():
             logger.warning("%s missing: never saved (no finite %s)", path, monitor)
             continue
-        model = keras.saving.load_model(path, compile=False)
+        model = load_saved_model(path)
         with read_errors_reported(test.batches):
             probs = model.predict(test.batches, verbose=0)
         best = best_epoch(history[monitor], mode)
@@ -530,7 +598,7 @@ def write_inference(
     if len(candidates) > 1 or args.pooling == "auto":
         best, extra["validation_map"] = -1.0, {}
         for name in candidates:
-            model = keras.saving.load_model(run_dir / name, compile=False)
+            model = load_saved_model(run_dir / name)
             with read_errors_reported(data["val"].batches):
                 probs = model.predict(data["val"].batches, verbose=0)
             chosen, maps = recipe.choose_pooling(probs, data["val"].chunk_recording, labels)
@@ -542,7 +610,7 @@ def write_inference(
         logger.info("prediction: %s, %s pooling (validation MAP %s)", model_file, pooling, extra)
     test = data["test"]
     if len(test):
-        model = keras.saving.load_model(run_dir / model_file, compile=False)
+        model = load_saved_model(run_dir / model_file)
         with read_errors_reported(test.batches):
             probs = model.predict(test.batches, verbose=0)
         ids, pooled = recording_scores(probs, test.chunk_recording, pooling)
@@ -555,13 +623,23 @@ def write_inference(
 def train(args: argparse.Namespace) -> dict:
     """Fill the run folder args.out; returns the test scores (metrics.json)."""
     run_dir = args.out
+    if not args.model.is_file():
+        raise TrainError(f"{args.model}: no such model file (--model)")
     resuming = start_run_dir(run_dir, args.resume)
+    runs_table = args.runs_table or run_dir.parent / "runs.csv"
+    check_runs_table(runs_table)
+    # everything is checked before the run folder is written: a start that fails leaves it
+    # as it was
     with open_dataset(args.data) as dataset:
+        check_labels(dataset)
+        if resuming:
+            check_resumed_run(run_dir, dataset, args)
         split = load_or_make_split(run_dir, dataset, args, resuming)
-        write_run_files(run_dir, dataset, args, resuming)
-        data = load_splits(dataset, split, args)
+        check_batch_size(dataset, split, args.batch_size)
         n_classes = len(dataset.classes)
         input_shape = tuple(dataset.X.shape[1:])  # (n_bins, chunk_frames, 1), any front end
+        # read before the model: its normalisation and the augmentation need the chunks
+        data = load_splits(dataset, split, args)
         sample = None
         if args.normalize == "dataset" or args.augment != "none":
             sample = sample_chunks(data["train"].batches, dataset, 4000, args.seed)
@@ -591,11 +669,12 @@ def train(args: argparse.Namespace) -> dict:
             if args.weights:
                 try:
                     model.load_weights(args.weights)
-                except (OSError, ValueError) as error:
+                except Exception as error:  # Keras raises many kinds on a damaged file
                     raise TrainError(
                         f"{args.weights}: cannot load weights into {args.model}: {error}"
                     ) from error
                 logger.info("starting from the weights of %s", args.weights)
+        write_run_files(run_dir, dataset, args, split, resuming)
         model.summary()
 
         if (run_dir / DONE).is_file():
@@ -603,12 +682,14 @@ def train(args: argparse.Namespace) -> dict:
         else:
             fit(model, data, dataset, run_dir, args, schedule=not own_schedule)
             if FINAL in INFERENCE_CHOICES[args.inference_model]:
-                model.save(run_dir / FINAL)
+                partial = run_dir / f"{FINAL}.part.keras"  # whole or absent, as checkpoints
+                model.save(partial)
+                partial.replace(run_dir / FINAL)
 
         history = read_history(run_dir / HISTORY)
         metrics = score_best_models(run_dir, data["test"], dataset, history)
         metrics["inference"] = write_inference(run_dir, data, dataset, args)
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         with read_errors_reported(data["val"].batches):
             if not save_validation_thresholds(
                 run_dir,
@@ -621,7 +702,7 @@ def train(args: argparse.Namespace) -> dict:
                 logger.warning("no validation chunks or model: no %s", THRESHOLDS_FILE)
         plot_history(history, run_dir)
         append_run(
-            args.runs_table or run_dir.parent / "runs.csv",
+            runs_table,
             {
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                 "run_dir": str(run_dir),
@@ -643,6 +724,11 @@ def train(args: argparse.Namespace) -> dict:
             },
         )
     return metrics
+
+
+def at_least_zero(text: str) -> float:
+    """argparse type: a number of 0 or more."""
+    return between(0, float("inf"), low_open=False, high_open=True)(text)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -682,40 +768,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--epochs",
-        type=int,
+        type=at_least(1),
         help="most epochs; early stopping usually ends sooner (default 20000; modern 200, "
         "which the time budget cuts)",
     )
     parser.add_argument(
         "--patience",
-        type=int,
+        type=at_least(0),
         help="epochs without a better --early-stop-on value before stopping "
         "(default 100; modern 50)",
     )
     parser.add_argument(
         "--batch-size",
-        type=int,
+        type=at_least(1),
         help="chunks per step (default 32, good on a CPU; the original used 1350 on a GPU)",
     )
     parser.add_argument(
         "--learning-rate",
-        type=float,
+        type=between(0, float("inf"), low_open=True, high_open=True),
         help="RMSprop's (default 0.001); the peak of AdamW's schedule (modern 0.002)",
     )
     parser.add_argument(
         "--optimizer", choices=recipe.OPTIMIZERS, help="rmsprop (default) or adamw (modern)"
     )
     parser.add_argument(
-        "--weight-decay", type=float, help="AdamW's decoupled weight decay (modern 0.01)"
+        "--weight-decay", type=at_least_zero, help="AdamW's decoupled weight decay (modern 0.01)"
     )
     parser.add_argument(
         "--warmup-epochs",
-        type=int,
+        type=at_least(0),
         help="epochs of linear learning-rate warm-up before the cosine decay that adamw "
         "uses (default 0; modern 2)",
     )
     parser.add_argument(
-        "--label-smoothing", type=float, help="of the cross-entropy (default 0; modern 0.1)"
+        "--label-smoothing",
+        type=between(0, 1, low_open=False, high_open=True),
+        help="of the cross-entropy (default 0; modern 0.1)",
     )
     parser.add_argument(
         "--normalize",
@@ -756,11 +844,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--time-budget",
-        type=float,
+        type=at_least_zero,
         metavar="MINUTES",
-        help="end training when the next epoch would end past this many minutes; the "
-        "cosine decay fits the epochs the first epoch's time allows (0: none, default; "
-        "modern 10)",
+        help="end training within this many minutes, the cosine decay with it (0: none, "
+        "default; modern 10)",
     )
     parser.add_argument(
         "--pooling",
@@ -768,16 +855,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="recording pooling of chunk scores written to inference.json for prediction: "
         "mean (default), max, power, or auto (modern): best on validation",
     )
-    parser.add_argument("--seed", type=int, default=0, help="split, initial weights and shuffling")
+    parser.add_argument(
+        "--seed",
+        type=at_least(0),
+        default=0,
+        help="split, initial weights and shuffling",
+    )
     parser.add_argument(
         "--val-fraction",
-        type=float,
+        type=between(0, 1, low_open=True, high_open=True),
         default=0.1,
         help="share of the labelled recordings for validation (default 0.1)",
     )
     parser.add_argument(
         "--test-fraction",
-        type=float,
+        type=between(0, 1, low_open=False, high_open=True),
         default=0.1,
         help="share of the labelled recordings for the final test, 0 for none (default 0.1)",
     )
@@ -803,7 +895,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--workers",
-        type=int,
+        type=at_least(1, most_workers()),
         default=1,
         help="threads reading batches ahead of training (default 1)",
     )
@@ -822,15 +914,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"--augment: unknown {', '.join(sorted(unknown))} (choose from "
             f"{', '.join(AUGMENTATIONS)}, or none)"
         )
-    if args.time_budget < 0 or args.warmup_epochs < 0 or args.weight_decay < 0:
-        parser.error("--time-budget, --warmup-epochs and --weight-decay must be at least 0")
-    if not 0 <= args.label_smoothing < 1:
-        parser.error("--label-smoothing must be in [0, 1)")
-    for name in ("epochs", "batch_size", "workers"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.patience < 0 or args.learning_rate <= 0:
-        parser.error("--patience must be at least 0 and --learning-rate positive")
+    if args.val_fraction + args.test_fraction >= 1:
+        parser.error(
+            f"--val-fraction {args.val_fraction} and --test-fraction {args.test_fraction} "
+            "leave no recordings for training: together they must be below 1"
+        )
     return args
 
 
@@ -841,14 +929,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     # TensorFlow warns of retracing when each best model predicts its first batches
     logging.getLogger("tensorflow").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
-    try:
+    metrics = {}
+
+    def run() -> int:
+        if args.out.exists() and not args.out.is_dir():
+            raise TrainError(f"{args.out} is a file, not a run folder: choose another --out")
         with exclusive_run(args.out / ".lock", f"the run folder {args.out}"):
-            metrics = train(args)
-    except (TrainError, DatasetError, SplitError, RunLocked) as error:
-        if args.verbose:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+            metrics.update(train(args))
+        return 0
+
+    errors = (TrainError, DatasetError, SplitError, RunLocked, ModelFileError, RunsTableError)
+    status = run_command(run, args.verbose, errors)
+    if status:
+        return status
     for name, scores in metrics["models"].items():
         print(
             f"test {name}.keras (epoch {scores['epoch']}): MAP {scores['map']:.4f} "

@@ -1,0 +1,96 @@
+"""What the commands share: argument types that refuse impossible values, and one way to end
+on an error.
+
+The convention (load_data.py, train_model.py, generate_images.py, make_demo_dataset.py):
+bad arguments are argparse errors (usage, then `PROG: error: ...`, exit status 2); bad input
+found while running (a damaged file, a folder that cannot be written, ...) ends the command
+with one line `error: ...` on stderr and exit status 2; the traceback is printed only with
+--verbose. A failure that is not about the input (a bug) also ends with one line, saying so,
+and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+
+def at_least(minimum: int, at_most: int | None = None) -> Callable[[str], int]:
+    """argparse type: a whole number >= minimum (and <= at_most when given)."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        if at_most is not None and value > at_most:
+            raise argparse.ArgumentTypeError(f"must be at most {at_most}, not {value}")
+        return value
+
+    whole_number.__name__ = f"whole number >= {minimum}"  # named so in argparse's messages
+    return whole_number
+
+
+def most_workers() -> int:
+    """The most worker processes or threads a command accepts: 4 per core (more only adds
+    memory use; a typo like --workers 1000000 would otherwise start that many)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def between(low: float, high: float, *, low_open: bool, high_open: bool) -> Callable:
+    """argparse type: a number in the interval from low to high (open or closed ends)."""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (above and below):
+            interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            raise argparse.ArgumentTypeError(f"must be in {interval}, not {text}")
+        return value
+
+    number.__name__ = "number"
+    return number
+
+
+def run_command(work: Callable[[], int], verbose: bool, input_errors: tuple = ()) -> int:
+    """work()'s exit status; a failure is reported as the module docstring says.
+
+    input_errors: the exception classes that mean bad input (OSError always does: a missing
+    file, a read-only folder, a full disk).
+    """
+    try:
+        return work()
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except (*input_errors, OSError) as error:
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {describe(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if verbose:
+            traceback.print_exc()
+        print(
+            f"error: unexpected {type(error).__name__}: {error} (a bug: run again with "
+            "--verbose for the traceback, and report it)",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def describe(error: BaseException) -> str:
+    """An exception as one line: OSErrors with their file name and reason."""
+    if isinstance(error, OSError) and error.strerror:
+        names = [name for name in (error.filename, error.filename2) if name is not None]
+        return f"{' -> '.join(map(str, names))}: {error.strerror}" if names else error.strerror
+    return str(error) or type(error).__name__
