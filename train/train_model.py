@@ -18,11 +18,16 @@ The run folder (--out):
     config.json        the training settings; model.py: a copy of the model file
     metrics.json       test scores of each best model
     thresholds.json    per-class detection thresholds, chosen on the validation recordings
+    inference.json     the model file and recording pooling predict.py uses by default
+    final.keras        the model as training ended (--inference-model final or auto)
     loss.png, accuracy.png, map.png, logs/ (TensorBoard), backup/ (while training)
 and a row per run in the runs table (--runs-table, default runs.csv beside the run folder).
 
-Defaults are the 2016 scripts': RMSprop (learning rate 0.001), categorical cross-entropy,
-up to 20,000 epochs ended by early stopping on validation loss (patience 100). Their batch of
+Defaults are the 2016 scripts' (--recipe 2016): RMSprop (learning rate 0.001), categorical
+cross-entropy, up to 20,000 epochs ended by early stopping on validation loss (patience 100).
+--recipe modern sets other defaults (train/recipe.py: ResNet, normalisation in the model,
+augmentation, AdamW with warm-up and cosine decay, a 10-minute budget, ...); options given
+explicitly win. Their batch of
 1350 chunks suited a 12 GB GPU; the default here, 32, trains well on a CPU too (more, smaller
 steps per epoch). On a GPU use larger batches (e.g. --batch-size 256 or the original 1350) and
 --mixed-precision. GPU install: `pip install tensorflow[and-cuda]`; with several GPUs the
