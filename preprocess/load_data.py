@@ -68,6 +68,7 @@ from preprocess.dataset import (  # noqa: E402
 )
 from preprocess.metadata import MetadataError  # noqa: E402
 from preprocess.params import FORMAT_VERSION, SpectrogramParams  # noqa: E402
+from preprocess.paths import OutputPathError, check_output, is_hdf5  # noqa: E402
 from preprocess.spectrogram import STREAM_SECONDS, extract_chunks, stream_chunks  # noqa: E402
 
 logger = logging.getLogger("load_data")
@@ -648,6 +649,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # an existing file: even --overwrite replaces only an HDF5 file, never an input
+        if args.out.is_file():
+            inputs = [path for path in (args.csv, args.classes_from) if path]
+            check_output(args.out, own_kind=is_hdf5, kind="an HDF5 file", inputs=inputs)
+    except OutputPathError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
     )
