@@ -135,15 +135,13 @@ def load_run(run_dir: Path, model_file: str = DEFAULT_MODEL_FILE) -> Run:
             f"run folder {run_dir}: unreadable params.json/classes.json ({error})"
         ) from None
 
-    import keras  # TensorFlow takes seconds to load: only once the inputs are known good
+    # Keras (TensorFlow) takes seconds to load: only once the inputs are known good
+    from train.callbacks import ModelFileError, load_saved_model
 
     try:
-        model = keras.saving.load_model(run_dir / model_file, compile=False)
-    except Exception as error:  # Keras raises many kinds for a damaged or foreign file
-        raise PredictError(
-            f"{run_dir / model_file}: damaged or not a Keras model file "
-            f"({type(error).__name__}: {error})"
-        ) from error
+        model = load_saved_model(run_dir / model_file)
+    except ModelFileError as error:
+        raise PredictError(str(error)) from error
     expected_input = (params.n_bins, params.chunk_frames, 1)
     if tuple(model.input_shape[1:]) != expected_input or model.output_shape[-1] != len(classes):
         raise PredictError(
