@@ -24,8 +24,9 @@ def sox(*args: object) -> None:
 
 
 def synth(path: Path, seconds: float, rate: int, bits=16, channels=1, sound="sine 440") -> None:
-    """Write a generated sound with SoX; `sound` is the rest of the synth effect's arguments."""
-    sox("-n", "-r", rate, "-b", bits, "-c", channels, path, "synth", seconds, *sound.split())
+    """Write a generated sound with SoX (repeatable: -R seeds its noise); `sound` is the rest
+    of the synth effect's arguments."""
+    sox("-R", "-n", "-r", rate, "-b", bits, "-c", channels, path, "synth", seconds, *sound.split())
 
 
 def run_script(in_dir: Path, out_dir: Path, *options: str, env=None):
