@@ -9,6 +9,7 @@ the rows of each batch, or from an array when the data was loaded into memory.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -126,7 +127,9 @@ class ChunkBatches(keras.utils.PyDataset):
         in each worker process), or an array already holding x[rows] in order.
     rows: (n,) sorted row indices of the chunks; labels: (n,) their class indices.
     shuffle: new random batches every epoch (each batch's rows are read in sorted order).
-    kwargs: PyDataset's workers, use_multiprocessing, max_queue_size.
+    kwargs: PyDataset's workers, use_multiprocessing, max_queue_size. h5py serialises its
+        calls within a process, so streamed reading scales with worker processes
+        (use_multiprocessing=True), not threads.
     """
 
     def __init__(
@@ -152,6 +155,8 @@ class ChunkBatches(keras.utils.PyDataset):
         self._dataset: Dataset | None = None
         self._pid: int | None = None
         self.read_error: DatasetError | None = None
+        # how a worker process tells the parent which row was damaged (read_errors_reported)
+        self._worker_errors = multiprocessing.SimpleQueue() if self.use_multiprocessing else None
 
     def __len__(self) -> int:
         return -(-len(self.rows) // self.batch_size)
@@ -168,10 +173,18 @@ class ChunkBatches(keras.utils.PyDataset):
                 check_finite(x, self.rows[positions], self.source)
             except DatasetError as error:
                 self.read_error = error  # for read_errors_reported
+                if self._worker_errors is not None:
+                    self._worker_errors.put(str(error))
                 raise
         y = np.zeros((len(positions), self.n_classes), dtype=np.float32)
         y[np.arange(len(positions)), self.labels[positions]] = 1
         return x, y
+
+    def first_read_error(self) -> DatasetError | None:
+        """The damaged row met by a read in this process or in a worker process, if any."""
+        if self.read_error is None and self._worker_errors and not self._worker_errors.empty():
+            self.read_error = DatasetError(self._worker_errors.get())
+        return self.read_error
 
     def on_epoch_end(self) -> None:
         if self.shuffle:
@@ -208,6 +221,6 @@ def read_errors_reported(*batches: ChunkBatches) -> Iterator[None]:
         yield
     except Exception:
         for each in batches:
-            if each.read_error is not None:
+            if each.first_read_error() is not None:
                 raise each.read_error from None
         raise
