@@ -29,6 +29,7 @@ costs a disk copy, not a decompression and recompression.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -366,7 +367,7 @@ def compress_chunks(chunks: np.ndarray, compression: str) -> list[StoredChunk]:
         return [StoredChunk(0, shuffle_deflate(chunk)) for chunk in chunks]
     if compression == "none":
         return [StoredChunk(0, chunk.tobytes()) for chunk in chunks]
-    return _through_hdf5_filters(chunks, COMPRESSIONS[compression])
+    return _through_hdf5_filters(chunks, compression)
 
 
 def shuffle_deflate(chunk: np.ndarray) -> bytes:
@@ -377,23 +378,29 @@ def shuffle_deflate(chunk: np.ndarray) -> bytes:
     return packer.compress(shuffled) + packer.flush()
 
 
-def _through_hdf5_filters(chunks: np.ndarray, filters: dict) -> list[StoredChunk]:
+def _through_hdf5_filters(chunks: np.ndarray, compression: str) -> list[StoredChunk]:
     """Each chunk run through HDF5's own filter pipeline, in a one-row in-memory file."""
-    n_chunks, n_bins, n_frames = chunks.shape
-    name = f"compress-{os.getpid()}-{id(chunks)}"
-    with h5py.File(name, "w", driver="core", backing_store=False) as scratch:
-        row = scratch.create_dataset(
-            "X",
-            shape=(1, n_bins, n_frames, 1),
-            dtype="<f4",
-            chunks=(1, n_bins, n_frames, 1),
-            **filters,
-        )
-        stored = []
-        for chunk in chunks:
-            row.write_direct(chunk.reshape(row.shape))
-            stored.append(StoredChunk(*row.id.read_direct_chunk((0, 0, 0, 0))))
+    row = _scratch_row(compression, chunks.shape[1:], os.getpid())
+    stored = []
+    for chunk in chunks:
+        row.write_direct(chunk.reshape(row.shape))
+        stored.append(StoredChunk(*row.id.read_direct_chunk((0, 0, 0, 0))))
     return stored
+
+
+@functools.lru_cache(maxsize=8)
+def _scratch_row(compression: str, chunk_shape: tuple[int, int], pid: int) -> h5py.Dataset:
+    """A one-row dataset with X's filters in an in-memory file, kept for the process (pid:
+    a forked worker makes its own): opening a file per recording cost 10 ms, far more than
+    compressing a short recording's chunk."""
+    scratch = h5py.File(f"compress-{pid}-{compression}", "w", driver="core", backing_store=False)
+    return scratch.create_dataset(
+        "X",
+        shape=(1, *chunk_shape, 1),
+        dtype="<f4",
+        chunks=(1, *chunk_shape, 1),
+        **COMPRESSIONS[compression],
+    )
 
 
 class DatasetWriter:
