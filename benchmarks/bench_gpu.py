@@ -10,10 +10,12 @@ resampled to 16 kHz wavs in parallel. Then, timed:
 2. Reading rows as training does (read_rows of random sorted batches of --batch-size rows),
    in 1 and in --readers processes, from the file load_data wrote (the default format) and
    from a gzip copy of it (convert_dataset; the format load_data wrote before): rows/s.
-3. Training, for both models at --batch-size: in memory (`model.fit` on numpy arrays) and
-   streamed (train.data.ChunkBatches, --readers worker processes, as train_model.py
-   --in-memory no --workers N): one warm-up epoch (compilation), then --epochs epochs each;
-   the best epoch's samples/s.
+3. Training, for both models at --batch-size: in memory (`model.fit` on numpy arrays, as
+   train_model.py does), in memory on the device (ChunkBatches gathering batches from a
+   backend tensor: no copy from the host per step), and streamed (ChunkBatches, --readers
+   worker processes, as train_model.py --in-memory no --workers N); under --dtype-policy
+   (float32, or mixed_bfloat16 for Hopper): one warm-up epoch (compilation), then --epochs
+   epochs each; the best epoch's samples/s.
 4. Prediction: predict.predict() with an untrained BirdClef (speed does not depend on the
    weights) on --predict-recordings of the wavs, batch --batch-size: recordings/s.
 """
@@ -105,6 +107,16 @@ def train_rates(path: Path, args, readers: int) -> dict[str, float]:
     for model_name in args.models:
         ways = {
             "in memory": {"x": x, "y": y, "batch_size": args.batch_size, "shuffle": True},
+            "in memory on the device": {
+                "x": ChunkBatches(
+                    keras.ops.convert_to_tensor(x),
+                    rows,
+                    labels,
+                    n_classes,
+                    args.batch_size,
+                    shuffle=True,
+                )
+            },
             f"streamed, {readers} reader processes": {
                 "x": ChunkBatches(
                     path,
@@ -145,13 +157,15 @@ def main() -> None:
     parser.add_argument("--recordings", type=int, default=1500, help="about 4 chunks each")
     parser.add_argument("--predict-recordings", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per way")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per way")
     parser.add_argument("--readers", type=int, default=os.cpu_count())
     parser.add_argument("--models", nargs="+", default=["BirdClef", "AlexNet"])
+    parser.add_argument("--dtype-policy", default="float32", help="or mixed_bfloat16, ...")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a dry run")
     args = parser.parse_args()
     if args.quick:
         args.recordings, args.predict_recordings, args.batch_size, args.epochs = 36, 12, 16, 1
+    keras.mixed_precision.set_global_policy(args.dtype_policy)
     cores = os.cpu_count() or 1
     print(
         f"{cores} cores; keras {keras.__version__} on {keras.backend.backend()}; "
@@ -185,7 +199,9 @@ def main() -> None:
                 print(f"  reading {name} {processes} processes: {rate:.0f} rows/s", flush=True)
 
         for way, rate in train_rates(data, args, args.readers).items():
-            table[f"training {way}"] = f"{rate:.0f} samples/s (batch {args.batch_size})"
+            table[f"training {way}"] = (
+                f"{rate:.0f} samples/s (batch {args.batch_size}, {args.dtype_policy})"
+            )
 
         rate = predict_rate(wav_dir, args.predict_recordings, 6, args.batch_size)
         table["prediction, BirdClef"] = f"{rate:.1f} recordings/s"

@@ -3,7 +3,7 @@
     python preprocess/convert_dataset.py IN.h5 OUT.h5 [--compression blosc2-lz4]
 
 For files written before blosc2-lz4 became load_data.py's default (gzip), whose rows decode
-about 2.8x slower, or to make a file that any HDF5 tool reads without hdf5plugin
+about three times slower, or to make a file that any HDF5 tool reads without hdf5plugin
 (--compression gzip). OUT is written under a temporary name and renamed when complete.
 """
 

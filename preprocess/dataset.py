@@ -50,8 +50,8 @@ from preprocess.params import FORMAT_VERSION, SpectrogramParams
 FORMAT = "birdclef-chunks"
 # h5py filter settings of X per --compression choice; all lossless. "blosc2-lz4" (the
 # default): byte shuffle then LZ4 inside Blosc2, through hdf5plugin's filter; its rows
-# decode about 2.8x faster per core than gzip's (benchmarks/bench_hdf5.py), for 9 % more
-# bytes, which is what streamed training is limited by. "gzip" is HDF5's standard deflate
+# decode about three times faster per core than gzip's (benchmarks/bench_hdf5.py), for 10 %
+# more bytes: decoding is what limits streamed training. "gzip" is HDF5's standard deflate
 # filter (with byte shuffling), which every HDF5 tool reads without a plugin; its chunks are
 # compressed here with zlib's run-length strategy: on these spectrograms, mostly zeros
 # where the noise filter dropped cells, that is faster than deflate level 1 and compresses

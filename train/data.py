@@ -124,7 +124,9 @@ class ChunkBatches(keras.utils.PyDataset):
     """Batches (x (b, n_bins, chunk_frames, 1) float32, y (b, classes) float32 one-hot).
 
     source: the HDF5 dataset path (rows are read per batch through a handle opened lazily
-        in each worker process), or an array already holding x[rows] in order.
+        in each worker process), or an array already holding x[rows] in order: numpy, or a
+        backend tensor on the accelerator (`keras.ops.convert_to_tensor`), whose batches are
+        gathered there without a copy from the host per step.
     rows: (n,) sorted row indices of the chunks; labels: (n,) their class indices.
     shuffle: new random batches every epoch (each batch's rows are read in sorted order).
     kwargs: PyDataset's workers, use_multiprocessing, max_queue_size. h5py serialises its
@@ -134,7 +136,7 @@ class ChunkBatches(keras.utils.PyDataset):
 
     def __init__(
         self,
-        source: str | Path | np.ndarray,
+        source,
         rows: np.ndarray,
         labels: np.ndarray,
         n_classes: int,
@@ -146,7 +148,7 @@ class ChunkBatches(keras.utils.PyDataset):
         super().__init__(**kwargs)
         if len(rows) != len(labels):
             raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
-        self.source = source if isinstance(source, np.ndarray) else Path(source)
+        self.source = Path(source) if isinstance(source, (str, os.PathLike)) else source
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = np.asarray(labels)
         self.n_classes, self.batch_size, self.shuffle = n_classes, batch_size, shuffle
@@ -167,6 +169,8 @@ class ChunkBatches(keras.utils.PyDataset):
         positions = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         if isinstance(self.source, np.ndarray):
             x = self.source[positions]
+        elif not isinstance(self.source, Path):  # a backend tensor
+            x = keras.ops.take(self.source, positions, axis=0)
         else:
             try:
                 x = read_rows(self._hdf5().X, self.rows[positions])
