@@ -73,7 +73,10 @@ from preprocess.spectrogram import STREAM_SECONDS, extract_chunks, stream_chunks
 
 logger = logging.getLogger("load_data")
 
-BATCH = 4  # recordings per worker task: amortises inter-process overhead on short files
+# Audio per worker task (about 4 minutes of 16 kHz wav, one file at least): short files share
+# a hand-off to the workers, whose cost per task would otherwise dominate (BENCHMARKS.md).
+BATCH_BYTES = 8 * 2**20
+TASKS_PER_WORKER = 4  # at least, where there are files enough: workers finish together
 STREAM_PIECE_CHUNKS = 64  # chunks extracted at a time from a streamed recording (16 MB)
 IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: keeps workers busy, bounds memory
 
@@ -144,6 +147,26 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
+def worker_batches(paths: list[Path], workers: int) -> list[list[Path]]:
+    """paths cut, in order, into tasks of up to BATCH_BYTES of files (one file at least),
+    with at most 1 / (TASKS_PER_WORKER * workers) of the files each."""
+    most_files = max(1, -(-len(paths) // (TASKS_PER_WORKER * workers)))
+    batches: list[list[Path]] = []
+    batch_bytes = 0
+    for path in paths:
+        try:
+            size = path.stat().st_size
+        except OSError:  # extract_recording names the problem
+            size = 0
+        if batches and batch_bytes + size <= BATCH_BYTES and len(batches[-1]) < most_files:
+            batches[-1].append(path)
+            batch_bytes += size
+        else:
+            batches.append([path])
+            batch_bytes = size
+    return batches
+
+
 def extract_all(
     paths: list[Path], params: SpectrogramParams, compression: str, workers: int
 ) -> Iterator[Extracted]:
@@ -153,11 +176,11 @@ def extract_all(
     waiting to be consumed (Pool.imap would buffer every finished result if the writer fell
     behind), so memory does not depend on the number of recordings.
     """
-    if workers == 1 or len(paths) <= BATCH:
+    batches = worker_batches(paths, workers)
+    if workers == 1 or len(batches) == 1:
         for path in paths:
             yield from _extract_batch([path], params, compression)
         return
-    batches = [paths[start : start + BATCH] for start in range(0, len(paths), BATCH)]
     workers = min(workers, len(batches))
     with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
         pending = deque()
