@@ -4,21 +4,23 @@
     python predict/predict.py --run RUN_DIR --xml-dir TestSet/xml --audio TestSet/wav --out RUN.csv
 
 The run folder gives the model and everything that must match training: the preprocessing
-parameters (params.json) and the class list (classes.json). Audio that is not already a
-16 kHz 16-bit mono wav is resampled as for training, by preprocess/resample_wavs_to_16k.sh,
-into a cache folder. Each recording becomes the training chunks (filtered log spectrogram,
-5 s chunks); chunks of many recordings share fixed-size batches through the model; the
-softmax of a recording's chunks is averaged and renormalised (train/metrics.py) and its top-k
-species are written as `MediaId;ClassId;Probability;Rank`. A recording's chunks go to the
-model in slices of one batch, never all at once. A recording of up to 10 minutes
-(STREAM_SECONDS) is read whole: memory holds its spectrogram, about 0.3 GB per audio hour. A
-longer one is streamed from its wav by `stream_chunks`, in blocks of a few MB whatever its
-length, for a second pass of the spectrogram.
+parameters (params.json), the class list (classes.json) and how the run is applied
+(inference.json, written by training: the model file and the pooling; absent in a 2016 run,
+which means best_val_map.keras and the mean). Audio that is not already a 16 kHz 16-bit mono
+wav is resampled as for training, by preprocess/resample_wavs_to_16k.sh, into a cache folder.
+Each recording becomes the training chunks by the same entry point as in training
+(preprocess/extract.py: the run's front end, noise filter and chunk length); chunks of many
+recordings share fixed-size batches through the model; the softmax of a recording's chunks is
+pooled (mean, max or power mean, train/metrics.py) and renormalised, and its top-k species
+are written as `MediaId;ClassId;Probability;Rank`. A recording's chunks go to the model in
+slices of one batch, never all at once. A recording of up to 10 minutes (STREAM_SECONDS) is
+read whole: memory holds its spectrogram, about 0.3 GB per audio hour. A longer one is
+streamed from its wav by `stream_chunks`, in blocks of a few MB whatever its length.
 
 With --soundscape, every 5 s window of a recording gets its own ranking instead
-(`MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability`): the noise mask is computed over the whole
-recording as in training, and each window's empty frames are removed within the window;
-every recording is read whole.
+(`MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability`): with the 2016 noise filter, its mask is
+computed over the whole recording as in training, and each window's empty frames are removed
+within the window; every recording is read whole.
 """
 
 from __future__ import annotations
@@ -55,20 +57,13 @@ from predict.runfile import (  # noqa: E402
     looks_like_run_file,
     top_classes,
 )
-from preprocess.audio import AudioError, read_wav, read_wav_blocks, streamable_seconds  # noqa: E402
+from preprocess.audio import AudioError  # noqa: E402
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
+from preprocess.extract import recording_chunks  # noqa: E402
 from preprocess.metadata import AUDIO_SUFFIXES, MetadataError, read_birdclef_xml_dir  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.paths import OutputPathError, check_output, first_line, is_zip_with  # noqa: E402
-from preprocess.spectrogram import (  # noqa: E402
-    STREAM_SECONDS,
-    filter_noise,
-    log_spectrogram,
-    noise_mask,
-    split_chunks,
-    stream_chunks,
-)
-from train.metrics import recording_scores  # noqa: E402
+from train.metrics import POOLINGS, POWER_EXPONENT, recording_scores  # noqa: E402
 from train.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -95,6 +90,37 @@ class Run:
     params: SpectrogramParams
     classes: list[str]
     class_names: dict[str, str]
+    pooling: str = "mean"  # of a recording's chunk softmax (train.metrics.recording_scores)
+    pooling_exponent: float = POWER_EXPONENT  # of the "power" pooling
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How a run is applied: RUN/inference.json, written by train_model at the end of
+    training; a run without it (a 2016 run) is applied as these defaults say."""
+
+    model_file: str = DEFAULT_MODEL_FILE
+    pooling: str = "mean"
+    pooling_exponent: float = POWER_EXPONENT
+
+
+def read_inference(run_dir: Path) -> Inference:
+    """RUN/inference.json as `Inference`; the defaults (2016) when the file is absent."""
+    path = run_dir / "inference.json"
+    if not path.is_file():
+        return Inference()
+    try:
+        values = json.loads(path.read_text())
+        inference = Inference(**values)
+        exponent = float(inference.pooling_exponent)
+    except (ValueError, TypeError) as error:
+        raise PredictError(f"{path}: unreadable ({error})") from None
+    if inference.pooling not in POOLINGS or not exponent > 0:
+        raise PredictError(
+            f"{path}: pooling {inference.pooling!r} (exponent {inference.pooling_exponent}) "
+            f"is not one of {', '.join(POOLINGS)} with a positive exponent"
+        )
+    return dataclasses.replace(inference, pooling_exponent=exponent)
 
 
 @dataclass(frozen=True)
@@ -109,13 +135,18 @@ class AudioItem:
         return self.resampled or self.path
 
 
-def load_run(run_dir: Path, model_file: str = DEFAULT_MODEL_FILE) -> Run:
-    """Model, preprocessing parameters and classes of a training run folder."""
+def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None = None) -> Run:
+    """Model, preprocessing parameters, classes and pooling of a training run folder.
+
+    model_file and pooling: None takes the run's own (`read_inference`).
+    """
     if not run_dir.is_dir():
         raise PredictError(
             f"run folder {run_dir} not found (train one first: "
             f"python train/train_model.py --out {run_dir} ...)"
         )
+    inference = read_inference(run_dir)
+    model_file = model_file or inference.model_file
     needed = ("params.json", "classes.json", model_file)
     missing = [name for name in needed if not (run_dir / name).is_file()]
     if missing:
@@ -143,13 +174,18 @@ def load_run(run_dir: Path, model_file: str = DEFAULT_MODEL_FILE) -> Run:
     except ModelFileError as error:
         raise PredictError(str(error)) from error
     expected_input = (params.n_bins, params.chunk_frames, 1)
-    if tuple(model.input_shape[1:]) != expected_input or model.output_shape[-1] != len(classes):
+    input_shape = tuple(model.input_shape[1:])
+    fits = len(input_shape) == 3 and all(  # None: the model takes any size there
+        size in (None, expected) for size, expected in zip(input_shape, expected_input, strict=True)
+    )
+    if not fits or model.output_shape[-1] != len(classes):
         raise PredictError(
             f"{run_dir / model_file} takes {model.input_shape[1:]} and gives "
             f"{model.output_shape[-1]} classes, but the run folder says {expected_input} and "
             f"{len(classes)} classes: model and run folder do not belong together"
         )
-    return Run(model, params, classes, dict(class_names))
+    pooling = pooling or inference.pooling
+    return Run(model, params, classes, dict(class_names), pooling, inference.pooling_exponent)
 
 
 def find_audio(paths: Iterable[Path], exclude: Iterable[Path] = ()) -> list[AudioItem]:
@@ -311,55 +347,6 @@ def resample_items(
     return ready, skipped
 
 
-def read_spectrogram(path: Path, params: SpectrogramParams) -> tuple[np.ndarray, float]:
-    """Log spectrogram (n_bins, frames) of a wav at params.sample_rate, and its seconds."""
-    samples, rate = read_wav(path)
-    if rate != params.sample_rate:
-        raise AudioError(path, f"sample rate {rate} Hz, expected {params.sample_rate} Hz")
-    return log_spectrogram(samples, params), len(samples) / rate
-
-
-def chunk_slices(
-    log_spec: np.ndarray, params: SpectrogramParams, max_chunks: int
-) -> Iterator[np.ndarray]:
-    """A recording's training chunks, at most max_chunks at a time.
-
-    log_spec (n_bins, frames) -> arrays (<= max_chunks, n_bins, chunk_frames) which,
-    concatenated, equal `extract_chunks` of the recording: the noise filter runs on the whole
-    recording, and the last slice starts early enough to end with the recording's last
-    chunk_frames frames, just as `split_chunks` cuts the whole.
-    """
-    filtered = filter_noise(log_spec, params)
-    del log_spec  # the caller let go of it too: one spectrogram in memory, not two
-    n_frames, step = filtered.shape[1], max_chunks * params.chunk_frames
-    for start in range(0, n_frames, step):
-        first = min(start, max(n_frames - params.chunk_frames, 0))
-        yield split_chunks(filtered[:, first : start + step], params)
-
-
-def window_chunks(
-    log_spec: np.ndarray,
-    params: SpectrogramParams,
-    window_seconds: float = SOUNDSCAPE_WINDOW_SECONDS,
-) -> Iterator[np.ndarray]:
-    """Chunks of each window_seconds window, in time order, for soundscape rankings.
-
-    The noise mask comes from the whole recording (as in training); inside each window the
-    frames the filter counts as empty are removed, and the rest is cut like a short recording
-    (one zero-padded chunk, or two when the window keeps more than chunk_frames frames).
-    """
-    masked = np.where(noise_mask(log_spec, params), log_spec, np.float32(0))
-    del log_spec
-    frames_per_window = window_seconds * params.sample_rate / params.hop
-    n_windows = max(1, int(np.ceil(masked.shape[1] / frames_per_window)))
-    for window in range(n_windows):
-        part = masked[
-            :, round(window * frames_per_window) : round((window + 1) * frames_per_window)
-        ]
-        empty = np.count_nonzero(part == 0, axis=0) / part.shape[0] > params.empty_frame_fraction
-        yield split_chunks(part if empty.all() else part[:, ~empty], params)
-
-
 def predict_pieces(
     model, pieces: Iterable[tuple[object, np.ndarray]], batch_size: int
 ) -> Iterator[tuple[object, np.ndarray]]:
@@ -403,27 +390,11 @@ def predict_pieces(
     yield from finished()
 
 
-def mean_probs(chunk_probs: np.ndarray) -> np.ndarray:
-    """(chunks, classes) softmax -> (classes,) averaged and renormalised, as for a recording."""
-    return recording_scores(chunk_probs, np.zeros(len(chunk_probs)))[1][0]
-
-
-def recording_chunks(
-    path: Path, params: SpectrogramParams, max_chunks: int, soundscape: bool
-) -> tuple[Iterator[np.ndarray], float]:
-    """(chunk pieces, seconds) of a 16 kHz wav: one piece per window in soundscape mode
-    (`window_chunks`), else pieces of at most max_chunks training chunks.
-
-    A 16-bit mono wav longer than STREAM_SECONDS is streamed by `stream_chunks`, which reads
-    it only when the pieces are asked for; any other file is read whole here.
-    """
-    seconds = streamable_seconds(path, params.sample_rate)
-    if not soundscape and seconds > STREAM_SECONDS:
-        return stream_chunks(lambda: read_wav_blocks(path), params, max_chunks), seconds
-    log_spec, seconds = read_spectrogram(path, params)
-    if soundscape:
-        return window_chunks(log_spec, params), seconds
-    return chunk_slices(log_spec, params, max_chunks), seconds  # the generator frees log_spec
+def pooled_probs(chunk_probs: np.ndarray, run: Run) -> np.ndarray:
+    """(chunks, classes) softmax -> (classes,) pooled as the run says (mean in 2016) and
+    renormalised, as for a recording in training's validation."""
+    ids = np.zeros(len(chunk_probs))
+    return recording_scores(chunk_probs, ids, run.pooling, run.pooling_exponent)[1][0]
 
 
 def recording_pieces(
@@ -442,7 +413,10 @@ def recording_pieces(
     """
     for index, item in enumerate(items):
         try:
-            pieces, seconds = recording_chunks(item.wav, params, batch_size, soundscape)
+            window = SOUNDSCAPE_WINDOW_SECONDS if soundscape else None
+            pieces, seconds, _ = recording_chunks(
+                item.wav, params, batch_size, window_seconds=window
+            )
             piece = next(pieces)  # a streamed file is read through here, bad data found
         except AudioError as error:  # bad input; anything else is a bug and stops the run
             skipped.append(f"{item.path}: {error.reason}")  # the file as given, not the cache
@@ -503,9 +477,9 @@ def predict(
             parts.append(probs)
             if not last:
                 continue
-            item, probs = items[index], mean_probs(np.concatenate(parts))
+            item, probs = items[index], pooled_probs(np.concatenate(parts), run)
             if soundscape:
-                window_probs = np.stack([mean_probs(p) for p in parts])
+                window_probs = np.stack([pooled_probs(part, run) for part in parts])
                 run_file.write(item.media_id, window_probs, seconds)
                 if outputs:
                     outputs.recording(item.media_id, window_probs, seconds)
@@ -553,8 +527,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run file to write")
     parser.add_argument(
         "--model-file",
-        default=DEFAULT_MODEL_FILE,
-        help=f"model in the run folder (default {DEFAULT_MODEL_FILE})",
+        help="model in the run folder (default: the run's inference.json says, else "
+        f"{DEFAULT_MODEL_FILE})",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        help="how a recording's chunk predictions are pooled (default: the run's "
+        "inference.json says, else mean as in 2016)",
     )
     parser.add_argument(
         "--top-k",
@@ -741,7 +721,7 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
         )
     if not items:
         raise PredictError("no recording has a usable MediaId: " + "; ".join(skipped[:5]))
-    run = load_run(args.run, args.model_file)
+    run = load_run(args.run, args.model_file, args.pooling)
     outputs = chunk_outputs(args, run, items)
     items, failed = resample_items(items, work_dir, run.params.sample_rate, args.workers)
     skipped += failed

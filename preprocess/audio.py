@@ -104,6 +104,17 @@ def streamable_seconds(path: str | os.PathLike, sample_rate: int) -> float:
     return n_samples / rate if rate == sample_rate else 0.0
 
 
+def audio_seconds(path: str | os.PathLike) -> float:
+    """Duration of a wav file: from the header of a 16-bit PCM mono wav, else by reading it.
+    Raises `AudioError` for a file `read_wav` cannot read."""
+    try:
+        rate, n_samples = pcm16_mono_header(path)
+    except AudioError:
+        samples, rate = read_wav(path)
+        return len(samples) / rate
+    return n_samples / rate
+
+
 def read_wav_blocks(path: str | os.PathLike, block_samples: int = 2**19) -> Iterator[np.ndarray]:
     """The samples of a 16-bit PCM mono wav in consecutive blocks of block_samples (the last
     one shorter): float32 (n,) on the int16 scale, concatenating to `read_wav`'s samples.

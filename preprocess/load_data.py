@@ -41,13 +41,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 from preprocess import metadata  # noqa: E402
-from preprocess.audio import (  # noqa: E402
-    AudioError,
-    read_wav,
-    read_wav_blocks,
-    streamable_seconds,
-    to_sample_rate,
-)
+from preprocess.audio import AudioError, audio_seconds  # noqa: E402
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
 from preprocess.dataset import (  # noqa: E402
     COMPRESSIONS,
@@ -66,10 +60,18 @@ from preprocess.dataset import (  # noqa: E402
     remove_parts,
     shard_number,
 )
+from preprocess.extract import recording_chunks  # noqa: E402
 from preprocess.metadata import MetadataError  # noqa: E402
-from preprocess.params import FORMAT_VERSION, SpectrogramParams  # noqa: E402
+from preprocess.params import (  # noqa: E402
+    FORMAT_VERSION,
+    FRONTENDS,
+    MODERN,
+    MODERN_CHUNK_SECONDS,
+    PADDINGS,
+    SpectrogramParams,
+)
 from preprocess.paths import OutputPathError, check_output, is_hdf5  # noqa: E402
-from preprocess.spectrogram import STREAM_SECONDS, extract_chunks, stream_chunks  # noqa: E402
+from preprocess.spectrogram import frames_for_seconds, mel_filterbank  # noqa: E402
 
 logger = logging.getLogger("load_data")
 
@@ -100,35 +102,16 @@ class Extracted(NamedTuple):
 def extract_recording(path: Path, params: SpectrogramParams, compression: str) -> Extracted:
     """One wav file -> its compressed chunks; an unusable file gives `error` instead.
 
-    A 16 kHz 16-bit mono wav longer than STREAM_SECONDS is streamed (`stream_chunks`), so
-    memory holds its compressed chunks only; any other file is read whole.
+    `recording_chunks` (the same as prediction's) gives the chunks STREAM_PIECE_CHUNKS at a
+    time, so a streamed long recording is held as compressed chunks only.
     """
-    seconds = streamable_seconds(path, params.sample_rate)
-    if seconds > STREAM_SECONDS:
-        return _extract_streamed(path, params, compression, seconds)
-    try:
-        samples, rate = read_wav(path)
-    except AudioError as error:
-        return Extracted([], 0, 0.0, 0, error.reason)
-    duration_s = len(samples) / rate
-    if rate != params.sample_rate:
-        samples = to_sample_rate(samples, rate, params.sample_rate)
-        if len(samples) == 0:
-            return Extracted([], 0, duration_s, rate, f"too short to resample ({duration_s}s)")
-    chunks, n_frames = extract_chunks(samples, params)
-    return Extracted(compress_chunks(chunks, compression), n_frames, duration_s, rate, None)
-
-
-def _extract_streamed(
-    path: Path, params: SpectrogramParams, compression: str, duration_s: float
-) -> Extracted:
-    pieces = stream_chunks(lambda: read_wav_blocks(path), params, STREAM_PIECE_CHUNKS)
     stored: list[StoredChunk] = []
     try:
+        recording = recording_chunks(path, params, STREAM_PIECE_CHUNKS, resample=True)
         while True:
-            stored += compress_chunks(next(pieces), compression)
+            stored += compress_chunks(next(recording.pieces), compression)
     except StopIteration as end:
-        return Extracted(stored, end.value, duration_s, params.sample_rate, None)
+        return Extracted(stored, end.value, recording.seconds, recording.sample_rate, None)
     except AudioError as error:
         return Extracted([], 0, 0.0, 0, error.reason)
 
@@ -471,14 +454,80 @@ def extract_into_shards(
             progress.set_postfix_str(f"{summary.audio_s / 3600:.2f} h audio", refresh=False)
 
 
+FRONT_END_OPTIONS = ("frontend", "n_mels", "fmin", "fmax", "nfft", "hop", "noise_filter", "padding")
+
+
+def median_chunk_seconds(paths: list[Path]) -> float:
+    """The automatic chunk length: the median duration of the recordings that can be read,
+    clamped to MODERN_CHUNK_SECONDS, so short clips fill about one chunk and long
+    recordings are cut into chunks of the longest length."""
+    durations = []
+    for path in paths:
+        try:
+            durations.append(audio_seconds(path))
+        except AudioError:
+            continue  # skipped, and said so, at extraction
+    if not durations:
+        raise LoadDataError("no readable recording to choose the chunk length from")
+    low, high = MODERN_CHUNK_SECONDS
+    median = float(np.median(durations))
+    seconds = min(max(median, low), high)
+    logger.info(
+        "chunk length %.3g s: median duration of %d recordings %.3g s, clamped to [%g, %g] s",
+        seconds,
+        len(durations),
+        median,
+        low,
+        high,
+    )
+    return seconds
+
+
+def job_params(args, recordings: list[metadata.Recording]) -> SpectrogramParams:
+    """The preprocessing parameters: those of --classes-from's dataset (a test set must be
+    cut as its training set), else the --recipe's with every front-end option given."""
+    given = [name for name in FRONT_END_OPTIONS if getattr(args, name) is not None]
+    if args.classes_from is not None:
+        if given or args.recipe != "2016" or args.chunk_seconds is not None:
+            raise LoadDataError(
+                "--classes-from takes the preprocessing parameters of that dataset too: "
+                "give no --recipe or front-end options with it"
+            )
+        with open_dataset(args.classes_from) as other:
+            return other.params
+    base = MODERN if args.recipe == "modern" else SpectrogramParams()
+    changes = {name: getattr(args, name) for name in given if name != "n_mels"}
+    frontend = args.frontend or base.frontend
+    if args.n_mels is not None:
+        if frontend != "logmel":
+            raise LoadDataError("--n-mels needs --frontend logmel (or --recipe modern)")
+        changes["n_bins"] = args.n_mels
+    elif frontend != base.frontend:
+        changes["n_bins"] = MODERN.n_bins if frontend == "logmel" else SpectrogramParams.n_bins
+    try:
+        params = dataclasses.replace(base, **changes)
+        if params.frontend == "logmel":
+            mel_filterbank(params)  # bands too narrow for nfft: said now, not in every worker
+    except ValueError as error:
+        raise LoadDataError(str(error)) from None
+    chunk_seconds = args.chunk_seconds or ("auto" if args.recipe == "modern" else None)
+    if chunk_seconds == "auto":
+        chunk_seconds = median_chunk_seconds([args.wav_dir / r.file for r in recordings])
+    if chunk_seconds is not None:
+        params = dataclasses.replace(
+            params, chunk_frames=frames_for_seconds(float(chunk_seconds), params)
+        )
+    return params
+
+
 def build(args) -> int:
     started = time.perf_counter()
-    params = SpectrogramParams()
     summary = Summary()
     out: Path = args.out
     parts_dir = out.with_name(out.name + ".parts")
 
     recordings, source = read_metadata(args, summary)
+    params = job_params(args, recordings)
     classes, class_names = class_table(recordings, args.classes_from)
     keys = [recording_key(r, args.wav_dir / r.file) for r in recordings]
     info = DatasetInfo(params, classes, class_names, source, args.compression)
@@ -592,6 +641,21 @@ listed in the summary.
 """
 
 
+def on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
+def chunk_seconds(text: str) -> str:
+    try:
+        if text == "auto" or float(text) > 0:
+            return text
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected seconds > 0 or auto, got {text!r}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Turn wav files and their labels into the chunk dataset (HDF5) that "
@@ -637,7 +701,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--classes-from",
         type=Path,
         metavar="OTHER.h5",
-        help="use the class list of another dataset (e.g. the training set)",
+        help="use the class list and preprocessing parameters of another dataset (e.g. the "
+        "training set)",
+    )
+    recipe = parser.add_argument_group(
+        "front end",
+        "--recipe sets every one of these; an option given overrides the recipe's value. All "
+        "are stored in OUT's params attribute, which training and prediction follow.",
+    )
+    recipe.add_argument(
+        "--recipe",
+        choices=["2016", "modern"],
+        default="2016",
+        help="2016 (default): the paper's log PSD, 200 bins to 6.2 kHz, noise filter, 4.96 s "
+        "chunks, zero padding. modern: 128 log-mel bands over 0-8 kHz (nfft 1024, hop 320), "
+        "no noise filter, chunk length auto, cyclic padding",
+    )
+    recipe.add_argument("--frontend", choices=FRONTENDS, help="psd2016 or logmel")
+    recipe.add_argument("--n-mels", type=int, metavar="N", help="mel bands (logmel; 128)")
+    recipe.add_argument("--fmin", type=float, metavar="HZ", help="lowest mel edge (logmel; 0)")
+    recipe.add_argument("--fmax", type=float, metavar="HZ", help="highest mel edge (logmel; 8000)")
+    recipe.add_argument("--nfft", type=int, metavar="N", help="samples per FFT window")
+    recipe.add_argument("--hop", type=int, metavar="N", help="samples between frames")
+    recipe.add_argument(
+        "--noise-filter",
+        type=on_off,
+        metavar="on|off",
+        help="the 2016 noise filter (2016: on; modern: off)",
+    )
+    recipe.add_argument(
+        "--padding",
+        choices=PADDINGS,
+        help="a recording shorter than a chunk: zero-padded (2016) or repeated (cyclic, modern)",
+    )
+    recipe.add_argument(
+        "--chunk-seconds",
+        type=chunk_seconds,
+        metavar="S|auto",
+        help="chunk length in seconds, or auto: the median duration of the recordings clamped "
+        "to [1, 5] s (2016: 310 frames = 4.96 s; modern: auto)",
     )
     parser.add_argument(
         "--workers",

@@ -1,8 +1,13 @@
-"""Every parameter of the 2016 preprocessing, in one place.
+"""Every preprocessing parameter, in one place.
 
-The values are those of Tóth & Czeba's BirdCLEF 2016 system (see ORIGINAL.md facts in the
-README). A `SpectrogramParams` is stored as JSON with every HDF5 dataset and every trained
-model, and prediction reads it back from there, so training and prediction can never drift.
+The defaults are those of Tóth & Czeba's BirdCLEF 2016 system (see ORIGINAL.md facts in the
+README); `MODERN` is the front end of `--recipe modern`. A `SpectrogramParams` is stored as
+JSON with every HDF5 dataset and every trained model, and prediction reads it back from
+there, so training and prediction can never drift.
+
+Fields added after the 2016 port (`ADDED_FIELDS`) are written only when they differ from the
+2016 value, so a 2016 parameter set serialises exactly as before (files and run folders made
+earlier stay "the same job"), and stored JSON without them reads as 2016.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import json
 from dataclasses import dataclass
 
 FORMAT_VERSION = 1
+FRONTENDS = ("psd2016", "logmel")
+PADDINGS = ("zero", "cyclic")
 
 
 @dataclass(frozen=True)
@@ -20,7 +27,7 @@ class SpectrogramParams:
     nfft: int = 512  # samples per FFT window (32 ms)
     hop: int = 256  # samples between frames (NFFT - overlap 256)
     window: str = "hann-symmetric"  # np.hanning(nfft), as matplotlib's mlab.specgram uses
-    n_bins: int = 200  # lowest frequency bins kept: 0 .. 6.2 kHz
+    n_bins: int = 200  # rows of a chunk: lowest FFT bins kept (0 .. 6.2 kHz), or mel bands
     log_floor: float = 1e-10  # PSD floor before log10, so digital silence stays finite
     n_band_edges: int = 20  # ceil(linspace(0, n_bins, n_band_edges)): 19 frequency bands
     cell_frames: int = 30  # frames per noise-filter cell (0.48 s)
@@ -28,16 +35,41 @@ class SpectrogramParams:
     threshold_factor: float = 1.5  # keep a cell if top-k mean >= (band mean + std) * factor
     empty_frame_fraction: float = 0.95  # drop a frame when more than this share is zero
     chunk_frames: int = 310  # frames per training example (4.96 s)
+    # added for the modern recipe; the defaults are what 2016 did
+    frontend: str = "psd2016"  # "psd2016": log10 PSD bins; "logmel": log10 mel band power
+    fmin: float = 0.0  # Hz, lowest edge of the mel bands ("logmel" only)
+    fmax: float = 8000.0  # Hz, highest edge of the mel bands ("logmel" only)
+    noise_filter: bool = True  # the 2016 noise filter (cells, empty frames) before chunking
+    padding: str = "zero"  # a recording shorter than a chunk: "zero" padded, or "cyclic" repeat
+
+    def __post_init__(self) -> None:
+        if self.frontend not in FRONTENDS:
+            raise ValueError(f"frontend {self.frontend!r} is not one of {', '.join(FRONTENDS)}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding {self.padding!r} is not one of {', '.join(PADDINGS)}")
+        if self.n_bins < 1 or self.chunk_frames < 1 or self.hop < 1 or self.nfft < 2:
+            raise ValueError("n_bins, chunk_frames, hop must be at least 1 and nfft at least 2")
+        if self.frontend == "logmel" and not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
+            raise ValueError(
+                f"mel bands need 0 <= fmin < fmax <= sample_rate / 2, "
+                f"got {self.fmin}-{self.fmax} Hz"
+            )
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        values = dataclasses.asdict(self)
+        for name, value_2016 in ADDED_FIELDS.items():
+            if values[name] == value_2016:
+                del values[name]
+        return json.dumps(values, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> SpectrogramParams:
-        """Parse stored parameters; unknown or missing keys are an error, not a guess."""
+        """Parse stored parameters. A missing field added after 2016 takes its 2016 value;
+        an unknown or any other missing key is an error, not a guess."""
         values = json.loads(text)
         names = {field.name for field in dataclasses.fields(cls)}
-        unknown, missing = set(values) - names, names - set(values)
+        unknown = set(values) - names
+        missing = names - set(values) - set(ADDED_FIELDS)
         if unknown or missing:
             raise ValueError(
                 f"stored preprocessing parameters do not match this version: "
@@ -48,3 +80,17 @@ class SpectrogramParams:
     @property
     def chunk_seconds(self) -> float:
         return (self.chunk_frames * self.hop) / self.sample_rate
+
+
+ADDED_FIELDS = {
+    name: getattr(SpectrogramParams, name)
+    for name in ("frontend", "fmin", "fmax", "noise_filter", "padding")
+}
+
+# The front end of `--recipe modern`: 128 log-mel bands over 0-8 kHz, 64 ms windows every
+# 20 ms, no noise filter, short clips repeated; chunk_frames is then set from the chunk length
+# (load_data.py --chunk-seconds, by default from the training recordings' durations).
+MODERN = SpectrogramParams(
+    frontend="logmel", n_bins=128, nfft=1024, hop=320, noise_filter=False, padding="cyclic"
+)
+MODERN_CHUNK_SECONDS = (1.0, 5.0)  # the automatic chunk length: median duration, clamped

@@ -49,16 +49,62 @@ def frame_count(n_samples: int, params: SpectrogramParams) -> int:
     return 1 + (max(n_samples, params.nfft) - params.nfft) // params.hop
 
 
+def frames_for_seconds(seconds: float, params: SpectrogramParams) -> int:
+    """`frame_count` of `seconds` of audio: the chunk_frames that makes a clip of exactly that
+    length one whole chunk."""
+    return frame_count(round(seconds * params.sample_rate), params)
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (librosa's default): linear below 1 kHz (3 mels per 200 Hz), then
+    logarithmic (27 mels per factor 6.4)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz * 3 / 200
+    return np.where(hz < 1000, linear, 15 + np.log(np.maximum(hz, 1000) / 1000) * 27 / np.log(6.4))
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of `hz_to_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    return np.where(mel < 15, mel * 200 / 3, 1000 * np.exp((mel - 15) * np.log(6.4) / 27))
+
+
+def mel_filterbank(params: SpectrogramParams) -> np.ndarray:
+    """Triangular mel filters: (n_bins, nfft // 2 + 1) float64 weights over the FFT bins.
+
+    n_bins bands equally spaced on `hz_to_mel` between fmin and fmax, each a triangle from its
+    lower to its upper neighbour's centre, its weights scaled to sum 1: a band's value is a
+    weighted mean of the PSD across it, so a flat PSD gives its value in every band and log10
+    values stay on the scale of the 2016 PSD whatever nfft and the band widths.
+    """
+    edges = mel_to_hz(
+        np.linspace(hz_to_mel(params.fmin), hz_to_mel(params.fmax), params.n_bins + 2)
+    )
+    freqs = np.arange(params.nfft // 2 + 1) * params.sample_rate / params.nfft
+    rising = (freqs - edges[:-2, None]) / np.diff(edges)[:-1, None]
+    falling = (edges[2:, None] - freqs) / np.diff(edges)[1:, None]
+    weights = np.maximum(0, np.minimum(rising, falling))
+    empty = np.flatnonzero(~weights.any(axis=1))
+    if empty.size:
+        raise ValueError(
+            f"{params.n_bins} mel bands are too narrow for nfft {params.nfft}: band(s) "
+            f"{empty.tolist()} hold no FFT bin; use fewer bands, a larger nfft or a higher fmin"
+        )
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
 def log_spectrogram(
     samples: np.ndarray, params: SpectrogramParams, *, block_frames: int = BLOCK_FRAMES
 ) -> np.ndarray:
-    """log10 PSD of samples (n,) with mlab.specgram semantics -> (n_bins, frames) float32.
+    """The front end's log features of samples (n,) -> (n_bins, frames) float32.
 
-    Symmetric Hann window, no detrending, one-sided density |rfft|^2 / (Fs * sum(w^2)) with
-    every bin but DC and Nyquist doubled, lowest `n_bins` bins kept, floored at `log_floor`.
-    Frames = 1 + (n - nfft) // hop; audio shorter than one window is zero-padded to one frame.
-    Computed blockwise in float64 (float32 FFTs are off by up to 1e-2 in log10 next to loud
-    bins), so memory beyond the output stays a few MB.
+    The PSD with mlab.specgram semantics: symmetric Hann window, no detrending, one-sided
+    density |rfft|^2 / (Fs * sum(w^2)) with every bin but DC and Nyquist doubled. Then, by
+    params.frontend, "psd2016": its lowest `n_bins` bins; "logmel": its `n_bins` mel bands
+    (`mel_filterbank`); floored at `log_floor` and log10. Frames = 1 + (n - nfft) // hop; audio
+    shorter than one window is zero-padded to one frame. Computed blockwise in float64 (float32
+    FFTs are off by up to 1e-2 in log10 next to loud bins), so memory beyond the output stays
+    a few MB.
     """
     samples = np.asarray(samples)
     if samples.ndim != 1 or samples.size == 0:
@@ -66,8 +112,14 @@ def log_spectrogram(
     if params.window != "hann-symmetric":
         raise ValueError(f"unsupported window {params.window!r}")
     nfft, n_bins = params.nfft, params.n_bins
-    if not 0 < n_bins <= nfft // 2 + 1:
+    if params.frontend == "logmel":
+        mel_weights = mel_filterbank(params)
+        n_columns = int(np.flatnonzero(mel_weights.any(axis=0))[-1]) + 1  # bins under a band
+        mel_weights = np.ascontiguousarray(mel_weights[:, :n_columns].T)  # (n_columns, n_bins)
+    elif not 0 < n_bins <= nfft // 2 + 1:
         raise ValueError(f"n_bins {n_bins} must be between 1 and nfft // 2 + 1")
+    else:
+        n_columns = n_bins
     if samples.size < nfft:
         samples = np.pad(samples, (0, nfft - samples.size))
 
@@ -75,16 +127,18 @@ def log_spectrogram(
     # Density |rfft(x * w)|^2 / (Fs * sum(w^2)), doubled for every bin but DC and Nyquist (one
     # sided). The factor rides on the window, saving a pass; the two unpaired bins get half.
     scaled_window = window * np.sqrt(2.0 / (params.sample_rate * np.sum(window**2)))
-    unpaired = [index for index in (0, nfft // 2) if index < n_bins]
+    unpaired = [index for index in (0, nfft // 2) if index < n_columns]
 
     frames = np.lib.stride_tricks.sliding_window_view(samples, nfft)[:: params.hop]
     log_spec = np.empty((n_bins, len(frames)), dtype=np.float32)
     for start in range(0, len(frames), block_frames):
         windowed = frames[start : start + block_frames] * scaled_window  # (block, nfft) float64
-        spectrum = scipy.fft.rfft(windowed, axis=1, overwrite_x=True, workers=1)[:, :n_bins]
+        spectrum = scipy.fft.rfft(windowed, axis=1, overwrite_x=True, workers=1)[:, :n_columns]
         power = spectrum.real**2
         power += spectrum.imag**2
         power[:, unpaired] /= 2
+        if params.frontend == "logmel":
+            power = power @ mel_weights  # (block, n_bins)
         np.maximum(power, params.log_floor, out=power)
         log_spec[:, start : start + len(windowed)] = np.log10(power, out=power).T
     return log_spec
@@ -284,20 +338,31 @@ def _chunk_starts(n_frames: int, params: SpectrogramParams) -> np.ndarray:
     return np.minimum(starts, max(n_frames - params.chunk_frames, 0))
 
 
+def pad_chunk(spec: np.ndarray, params: SpectrogramParams) -> np.ndarray:
+    """A spectrogram (n_bins, T) shorter than one chunk -> one chunk (n_bins, chunk_frames):
+    zero-padded at the end (params.padding "zero", 2016), or its frames repeated from the
+    start until the chunk is full ("cyclic"), so a short clip is not drowned in silence."""
+    n_bins, n_frames = spec.shape
+    if params.padding == "cyclic":
+        return np.take(spec, np.arange(params.chunk_frames) % n_frames, axis=1)
+    return np.pad(spec, ((0, 0), (0, params.chunk_frames - n_frames)))
+
+
 def split_chunks(spec: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     """(n_bins, T) -> (ceil(T / chunk_frames), n_bins, chunk_frames) float32.
 
     Consecutive windows from frame 0; a partial last window is replaced by the last
-    chunk_frames frames; a spectrogram shorter than one chunk is zero-padded at the end.
+    chunk_frames frames; a spectrogram shorter than one chunk is padded (`pad_chunk`).
     """
     n_bins, n_frames = spec.shape
     if n_frames == 0:
         raise ValueError("cannot chunk a spectrogram without frames")
+    if n_frames < params.chunk_frames:
+        return pad_chunk(spec, params)[None].astype(np.float32, copy=False)
     starts = _chunk_starts(n_frames, params)
-    chunks = np.zeros((starts.size, n_bins, params.chunk_frames), dtype=np.float32)
+    chunks = np.empty((starts.size, n_bins, params.chunk_frames), dtype=np.float32)
     for chunk, start in zip(chunks, starts, strict=True):
-        window = spec[:, start : start + params.chunk_frames]
-        chunk[:, : window.shape[1]] = window
+        chunk[:] = spec[:, start : start + params.chunk_frames]
     return chunks
 
 
@@ -307,15 +372,21 @@ def extract_chunks(samples: np.ndarray, params: SpectrogramParams) -> Extraction
     chunks: (ceil(n_frames / chunk_frames), n_bins, chunk_frames) float32, the filtered log
     spectrogram cut into chunks; n_frames: frames left after the noise filter. Equal to
     split_chunks(filter_noise(log_spectrogram(...))), but each chunk is gathered straight
-    from the spectrogram, without the filtered copy in between.
+    from the spectrogram, without the filtered copy in between. Without the noise filter
+    (params.noise_filter False): split_chunks(log_spectrogram(...)), n_frames all frames.
     """
     log_spec = log_spectrogram(samples, params)
+    if not params.noise_filter:
+        return Extraction(split_chunks(log_spec, params), log_spec.shape[1])
     row_cells, kept = _filter_plan(log_spec, params)
+    if kept.size < params.chunk_frames:
+        short = _masked_frames(log_spec, row_cells, kept, params.cell_frames)
+        return Extraction(pad_chunk(short, params)[None], kept.size)
     starts = _chunk_starts(kept.size, params)
-    chunks = np.zeros((starts.size, params.n_bins, params.chunk_frames), dtype=np.float32)
+    chunks = np.empty((starts.size, params.n_bins, params.chunk_frames), dtype=np.float32)
     for chunk, start in zip(chunks, starts, strict=True):
         frames = kept[start : start + params.chunk_frames]
-        _masked_frames(log_spec, row_cells, frames, params.cell_frames, out=chunk[:, : frames.size])
+        _masked_frames(log_spec, row_cells, frames, params.cell_frames, out=chunk)
     return Extraction(chunks, kept.size)
 
 
@@ -398,8 +469,8 @@ def _chunk_stream(
             if len(chunks) == max_chunks:
                 yield np.stack(chunks)
                 chunks = []
-    if rest.shape[1] and last_full is None:  # fewer frames than one chunk: zero-padded
-        chunks.append(np.pad(rest, ((0, 0), (0, width - rest.shape[1]))))
+    if rest.shape[1] and last_full is None:  # fewer frames than one chunk: padded
+        chunks.append(pad_chunk(rest, params))
     elif rest.shape[1]:  # a partial last window: the last `width` frames instead
         chunks.append(np.concatenate([last_full[:, rest.shape[1] :], rest], axis=1))
     if chunks:
@@ -420,7 +491,8 @@ def stream_chunks(
     chunk_frames) float32 that concatenate to extract_chunks(all samples).chunks, then
     returns (as StopIteration.value) extract_chunks' n_frames.
 
-    The spectrogram is computed twice, block_cells filter cells at a time: the first pass
+    With the noise filter, the spectrogram is computed twice, block_cells filter cells at a
+    time (without it, once): the first pass
     sums each band's values for the thresholds, the second filters and chunks. When the filter
     removes every frame, a third pass gives the masked spectrogram whole, as `filter_noise`.
     The band sums add the same float32 cell sums in float64 as `extract_chunks`, in another
@@ -433,6 +505,18 @@ def stream_chunks(
     def log_spec_blocks() -> Iterator[np.ndarray]:
         return _spectrogram_blocks(sample_blocks(), params, block_frames)
 
+    n_frames = 0
+
+    def counted(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        nonlocal n_frames
+        for block in blocks:
+            n_frames += block.shape[1]
+            yield block
+
+    if not params.noise_filter:  # one pass, the spectrogram's frames as they come
+        yield from _chunk_stream(counted(log_spec_blocks()), params, max_chunks)
+        return n_frames
+
     edges = band_edges(params)
     sums = np.zeros((3, len(edges) - 1))  # per band: sum of values, of squares, value count
     for block in log_spec_blocks():
@@ -442,17 +526,56 @@ def stream_chunks(
             sums[:, band_index] += cells.sums.sum(), cells.square_sum, band.size
     thresholds = _band_threshold(*sums, params)
 
-    n_frames = 0
-
-    def counted(blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        nonlocal n_frames
-        for block in blocks:
-            n_frames += block.shape[1]
-            yield block
-
     filtered = _filtered_blocks(log_spec_blocks(), thresholds, params, remove_empty=True)
     yield from _chunk_stream(counted(filtered), params, max_chunks)
     if not n_frames:  # every frame removed: keep them all, as `_filter_plan` does
         filtered = _filtered_blocks(log_spec_blocks(), thresholds, params, remove_empty=False)
         yield from _chunk_stream(counted(filtered), params, max_chunks)
+    return n_frames
+
+
+def chunk_slices(
+    log_spec: np.ndarray, params: SpectrogramParams, max_chunks: int
+) -> Generator[np.ndarray, None, int]:
+    """A recording's training chunks from its whole spectrogram, at most max_chunks at a time.
+
+    log_spec (n_bins, frames) -> arrays (<= max_chunks, n_bins, chunk_frames) which,
+    concatenated, equal `extract_chunks` of the recording: the noise filter (when
+    params.noise_filter) runs on the whole recording, and the last slice starts early enough
+    to end with the recording's last chunk_frames frames, just as `split_chunks` cuts the
+    whole. Returns (as StopIteration.value) the frames after the filter, as extract_chunks.
+    """
+    filtered = filter_noise(log_spec, params) if params.noise_filter else log_spec
+    del log_spec  # the caller let go of it too: one spectrogram in memory, not two
+    n_frames, step = filtered.shape[1], max_chunks * params.chunk_frames
+    for start in range(0, n_frames, step):
+        first = min(start, max(n_frames - params.chunk_frames, 0))
+        yield split_chunks(filtered[:, first : start + step], params)
+    return n_frames
+
+
+def window_chunks(
+    log_spec: np.ndarray, params: SpectrogramParams, window_seconds: float
+) -> Generator[np.ndarray, None, int]:
+    """Chunks of each window_seconds window, in time order, for soundscape rankings.
+
+    With the noise filter, its mask comes from the whole recording (as in training); inside
+    each window the frames the filter counts as empty are removed. The rest of a window is cut
+    like a recording (`split_chunks`: one padded chunk when it is shorter than chunk_frames).
+    Returns (as StopIteration.value) the spectrogram's frames.
+    """
+    n_frames = log_spec.shape[1]
+    if params.noise_filter:
+        log_spec = np.where(noise_mask(log_spec, params), log_spec, np.float32(0))
+    frames_per_window = window_seconds * params.sample_rate / params.hop
+    n_windows = max(1, int(np.ceil(n_frames / frames_per_window)))
+    for window in range(n_windows):
+        part = log_spec[
+            :, round(window * frames_per_window) : round((window + 1) * frames_per_window)
+        ]
+        if params.noise_filter:
+            zeros = np.count_nonzero(part == 0, axis=0)
+            empty = zeros / part.shape[0] > params.empty_frame_fraction
+            part = part if empty.all() else part[:, ~empty]
+        yield split_chunks(part, params)
     return n_frames

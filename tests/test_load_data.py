@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from preprocess import extract as extract_module
 from preprocess import load_data as load_data_module
 from preprocess.audio import read_wav, to_sample_rate
 from preprocess.dataset import complete_shards, exclusive_run, open_dataset
@@ -161,8 +162,8 @@ def test_long_recordings_are_streamed_into_the_same_file(csv_job, tmp_path, monk
         streamed.append(1)
         return stream_chunks(*args)
 
-    monkeypatch.setattr(load_data_module, "STREAM_SECONDS", 1.0)
-    monkeypatch.setattr(load_data_module, "stream_chunks", counted_stream_chunks)
+    monkeypatch.setattr(extract_module, "STREAM_SECONDS", 1.0)
+    monkeypatch.setattr(extract_module, "stream_chunks", counted_stream_chunks)
     assert load(wav_dir, ["--csv", labels], tmp_path / "streamed.h5") == 0
     assert len(streamed) == 3  # tone, silent and long; not short (0.1 s)
     assert_same_file(tmp_path / "whole.h5", tmp_path / "streamed.h5")

@@ -11,24 +11,23 @@ import pytest
 from scipy.io import wavfile
 
 import predict.predict as predict_module
+import preprocess.extract as extract_module
 from predict.evaluate import main as evaluate_main
 from predict.evaluate import read_truth, score
-from predict.predict import (
-    PredictError,
-    chunk_slices,
-    find_audio,
-    load_run,
-    main,
-    mean_probs,
-    predict_pieces,
-    window_chunks,
-)
+from predict.predict import PredictError, find_audio, load_run, main, predict_pieces
 from predict.runfile import RunEntry, read_run_file, top_classes
 from preprocess.audio import AudioError, pcm16_mono_header, read_wav, read_wav_blocks
 from preprocess.make_demo_dataset import SPECIES, make_demo_dataset
 from preprocess.metadata import read_birdclef_xml_dir
 from preprocess.params import SpectrogramParams
-from preprocess.spectrogram import extract_chunks, log_spectrogram, stream_chunks
+from preprocess.spectrogram import (
+    chunk_slices,
+    extract_chunks,
+    log_spectrogram,
+    stream_chunks,
+    window_chunks,
+)
+from train.metrics import recording_scores
 
 PARAMS = SpectrogramParams()
 
@@ -53,7 +52,7 @@ def test_chunk_slices_equal_the_training_chunks(seconds, max_chunks):
 
 def test_window_chunks_one_per_5s_window():
     log_spec = log_spectrogram(song(12.0), PARAMS)
-    windows = list(window_chunks(log_spec, PARAMS))
+    windows = list(window_chunks(log_spec, PARAMS, 5.0))
     assert len(windows) == 3  # 0-5, 5-10, 10-12 s
     assert all(w.shape[1:] == (PARAMS.n_bins, PARAMS.chunk_frames) for w in windows)
 
@@ -138,7 +137,8 @@ def direct_run_entries(run_dir, recordings, wav_dir, out_dir, top_k) -> list[Run
         name = predict_module.cache_name(wav_dir / recording.file)
         samples, _ = read_wav(out_dir / ".resampled" / "resampled" / f"{name}.wav")
         chunks = extract_chunks(samples, PARAMS).chunks
-        probs = mean_probs(np.asarray(model.predict_on_batch(chunks[..., None])))
+        chunk_probs = np.asarray(model.predict_on_batch(chunks[..., None]))
+        probs = recording_scores(chunk_probs, np.zeros(len(chunks)))[1][0]  # the mean
         for rank, column in enumerate(top_classes(probs, top_k), 1):
             entries.append(RunEntry(recording.media_id, classes[column], probs[column], rank))
     return entries
@@ -281,8 +281,8 @@ def test_long_recordings_are_streamed_to_the_same_run_file(run_dir, tmp_path, mo
         streamed_files.append(sample_blocks)
         return stream_chunks(sample_blocks, *args, **kwargs)
 
-    monkeypatch.setattr(predict_module, "STREAM_SECONDS", 60.0)
-    monkeypatch.setattr(predict_module, "stream_chunks", stream_chunks_spy)
+    monkeypatch.setattr(extract_module, "STREAM_SECONDS", 60.0)
+    monkeypatch.setattr(extract_module, "stream_chunks", stream_chunks_spy)
     predict_cli("--run", run_dir, "--audio", audio, "--out", streamed, "--batch-size", 4)
     assert len(streamed_files) == 2  # long and cut
     assert "cut.wav: truncated" in caplog.text

@@ -1,0 +1,77 @@
+"""One recording file -> its chunks: the extraction entry point of load_data and predict.
+
+Training (load_data.py) and prediction (predict.py) both call `recording_chunks`, so a
+recording is read, turned into features and cut into chunks in one way only, whatever the
+front end (preprocess/params.py). A 16 kHz 16-bit mono wav longer than STREAM_SECONDS is
+streamed (`stream_chunks`: memory independent of its length); any other file is read whole
+and its spectrogram cut in slices of max_chunks (`chunk_slices`, equal to `extract_chunks`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from typing import NamedTuple
+
+import numpy as np
+
+from preprocess.audio import (
+    AudioError,
+    read_wav,
+    read_wav_blocks,
+    streamable_seconds,
+    to_sample_rate,
+)
+from preprocess.params import SpectrogramParams
+from preprocess.spectrogram import (
+    STREAM_SECONDS,
+    chunk_slices,
+    log_spectrogram,
+    stream_chunks,
+    window_chunks,
+)
+
+
+class ChunkSource(NamedTuple):
+    """What `recording_chunks` returns."""
+
+    # arrays (<= max_chunks, n_bins, chunk_frames) float32 in time order (one per window with
+    # window_seconds); returns (StopIteration.value) the frames after the noise filter
+    pieces: Generator[np.ndarray, None, int]
+    seconds: float  # the audio's duration
+    sample_rate: int  # the file's
+
+
+def recording_chunks(
+    path: str | os.PathLike,
+    params: SpectrogramParams,
+    max_chunks: int,
+    *,
+    window_seconds: float | None = None,
+    resample: bool = False,
+) -> ChunkSource:
+    """The chunks of one audio file, as `ChunkSource`.
+
+    window_seconds: one piece per window of that length (`window_chunks`, for soundscape
+    rankings) instead of pieces of at most max_chunks training chunks. resample: a wav at
+    another rate than params.sample_rate is resampled in process (soxr); else it is an
+    `AudioError`, as is any unreadable file. A streamed file is read only as the pieces are
+    asked for, so its read errors come from the pieces.
+    """
+    seconds = streamable_seconds(path, params.sample_rate)
+    if window_seconds is None and seconds > STREAM_SECONDS:
+        pieces = stream_chunks(lambda: read_wav_blocks(path), params, max_chunks)
+        return ChunkSource(pieces, seconds, params.sample_rate)
+    samples, rate = read_wav(path)
+    seconds = len(samples) / rate
+    if rate != params.sample_rate:
+        if not resample:
+            raise AudioError(path, f"sample rate {rate} Hz, expected {params.sample_rate} Hz")
+        samples = to_sample_rate(samples, rate, params.sample_rate)
+        if len(samples) == 0:
+            raise AudioError(path, f"too short to resample ({seconds}s)")
+    log_spec = log_spectrogram(samples, params)
+    del samples
+    if window_seconds is not None:
+        return ChunkSource(window_chunks(log_spec, params, window_seconds), seconds, rate)
+    return ChunkSource(chunk_slices(log_spec, params, max_chunks), seconds, rate)
