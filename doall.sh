@@ -27,6 +27,10 @@
 #   --data-dir DIR      demo data and downloads (default data/)
 #   --work-dir DIR      resampled wavs and HDF5 files (default work/NAME)
 #   --runs-dir DIR      training runs (default runs/); the run is RUNS_DIR/NAME
+# Recipe
+#   --recipe 2016|modern  2016 (default): the paper's method, bit for bit. modern: log-mel
+#                       front end, chunk length from the data, no noise filter, cyclic padding
+#                       (preprocess/load_data.py --help lists each part and its option)
 # Stage options (passed through)
 #   --model FILE        model file (default train/model-BirdClef.py)
 #   --epochs N  --batch-size N  --patience N  --seed N  --top-n N  --top-k N  --workers N
@@ -66,7 +70,7 @@ run() { # show a stage's command, then run it
 tiny=0 train_dir="" test_dir="" truth="" csv="" audio_dir="" class_folders="" url="" sha256=""
 name="" data_dir="$ROOT/data" work_dir="" runs_dir="$ROOT/runs"
 model="$ROOT/train/model-BirdClef.py" epochs="" batch_size="" patience="" seed="" top_n=""
-top_k="" workers="" load_args="" train_args="" predict_args=""
+top_k="" workers="" load_args="" train_args="" predict_args="" recipe=""
 while (($#)); do
     case "$1" in
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
@@ -74,7 +78,7 @@ while (($#)); do
     --train-dir | --test-dir | --truth | --csv | --audio-dir | --class-folders | --url | \
         --sha256 | --name | --data-dir | --work-dir | --runs-dir | --model | --epochs | \
         --batch-size | --patience | --seed | --top-n | --top-k | --workers | --load-args | \
-        --train-args | --predict-args)
+        --train-args | --predict-args | --recipe)
         (($# >= 2)) || die "$1 needs a value"
         option="${1#--}"
         printf -v "${option//-/_}" '%s' "$2"
@@ -82,6 +86,8 @@ while (($#)); do
     *) die "unknown option '$1' (see ./doall.sh --help)" ;;
     esac
 done
+[[ -z "$recipe" || "$recipe" == 2016 || "$recipe" == modern ]] ||
+    die "--recipe is 2016 or modern, not '$recipe'"
 [[ "${DOALL_TINY:-0}" == 1 ]] && tiny=1
 words load_extra "$load_args"
 words train_extra "$train_args"
@@ -190,8 +196,8 @@ else
     labels=(--xml-dir "$train_dir/xml")
 fi
 run python "$ROOT/preprocess/load_data.py" --wav-dir "$work_dir/train_16k" "${labels[@]}" \
-    --out "$work_dir/train.h5" ${top_n:+--top-n "$top_n"} ${workers:+--workers "$workers"} \
-    "${load_extra[@]}"
+    --out "$work_dir/train.h5" ${recipe:+--recipe "$recipe"} ${top_n:+--top-n "$top_n"} \
+    ${workers:+--workers "$workers"} "${load_extra[@]}"
 
 # ---- 4. train ---------------------------------------------------------------------------------
 stage "train $(basename "$model") -> $run_dir"

@@ -99,3 +99,11 @@ def test_the_run_folder_holds_the_report_and_the_thresholds(finished):
         assert (report / name).is_file(), name
     assert str(report / "report.html") in output
     assert list(json.loads((run / "thresholds.json").read_text())["classes"]) == classes
+
+
+def test_an_unknown_recipe_is_refused_before_any_work(tmp_path):
+    command = [str(ROOT / "doall.sh"), "--recipe", "2017", "--data-dir", str(tmp_path / "data")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "error: --recipe is 2016 or modern, not '2017'" in result.stderr
+    assert not (tmp_path / "data").exists()
