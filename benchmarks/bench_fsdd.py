@@ -1,14 +1,17 @@
 """Accuracy on real recordings: the whole pipeline on the Free Spoken Digit Dataset (FSDD).
 
-    python benchmarks/bench_fsdd.py [--epochs 20] [--model train/model-BirdClef.py]
+    python benchmarks/bench_fsdd.py [--recipes modern,2016] [--epochs N] [--model FILE]
 
 FSDD (../shared/data/fsdd: 3,000 clips of spoken digits 0-9, 8 kHz, 0.1-2.3 s, 6 speakers)
 goes through the generic CSV path of ./doall.sh with the dataset's official split: takes 5-49
 train (our split by recording carves validation and test out of them), takes 0-4 are the
-held-out test set. The clips are resampled from 8 kHz by SoX, each becomes one zero-padded 5 s
-chunk; the held-out clips are then predicted (predict/predict.py, resampling on the fly) and
-scored by predict/evaluate.py. Prints the wall time of each part and the scores; the work
-goes to work/bench-fsdd and runs/bench-fsdd (delete them to start over).
+held-out test set. The clips are resampled from 8 kHz by SoX and cut into chunks by the
+recipe (2016: each one zero-padded 5 s chunk; modern: log-mel chunks of the median clip length,
+clamped to [1, 5] s); the held-out clips are then predicted (predict/predict.py, resampling on
+the fly) and scored by predict/evaluate.py. Each recipe in --recipes runs in turn (2016 with 20
+epochs unless --epochs, modern with its own budget); prints the wall time of each part and
+the scores side by side. The work goes to work/bench-fsdd-RECIPE and runs/bench-fsdd-RECIPE
+(delete them to start over).
 """
 
 from __future__ import annotations
@@ -33,21 +36,12 @@ def run(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--model", default=str(ROOT / "train" / "model-BirdClef.py"))
-    args = parser.parse_args()
-    if not (FSDD / "metadata.csv").is_file():
-        sys.exit(f"{FSDD}/metadata.csv not found: this benchmark needs the shared FSDD copy")
-
-    work = ROOT / "work" / "bench-fsdd"
-    run_dir = ROOT / "runs" / "bench-fsdd"
+def bench(args, recipe: str, train: list[dict], test: list[dict]) -> dict:
+    """doall.sh, predict and evaluate for one recipe: the wall seconds and the scores."""
+    name = f"bench-fsdd-{recipe}"
+    work = ROOT / "work" / name
+    run_dir = ROOT / "runs" / name
     work.mkdir(parents=True, exist_ok=True)
-    with (FSDD / "metadata.csv").open(newline="") as file:
-        rows = list(csv.DictReader(file))
-    train = [row for row in rows if row["split"] == "train"]
-    test = [row for row in rows if row["split"] == "test"]
     train_csv = work / "train.csv"
     with train_csv.open("w", newline="") as file:
         writer = csv.writer(file)
@@ -56,14 +50,18 @@ def main() -> None:
     truth = work / "test_truth.csv"  # the official ground-truth format, no background
     truth.write_text("".join(f"{Path(row['file']).stem};{row['label']};\n" for row in test))
 
-    seconds = {}
-    seconds["doall.sh (resample, chunks, train)"] = run(
-        ["bash", str(ROOT / "doall.sh"), "--csv", str(train_csv), "--audio-dir", str(FSDD),
-         "--name", "bench-fsdd", "--epochs", str(args.epochs), "--model", args.model]
-    )  # fmt: skip
+    doall = ["bash", str(ROOT / "doall.sh"), "--csv", str(train_csv), "--audio-dir", str(FSDD),
+             "--name", name, "--recipe", recipe]  # fmt: skip
+    if args.epochs:
+        doall += ["--epochs", str(args.epochs)]
+    elif recipe == "2016":
+        doall += ["--epochs", "20"]  # the 2016 default (20,000 with patience 100) never ends
+    if args.model:
+        doall += ["--model", args.model]
+    result = {"doall": run(doall)}
     run_file = run_dir / "predictions" / "fsdd-test.csv"
     python = str(ROOT / ".venv" / "bin" / "python")
-    seconds["predict 300 held-out clips"] = run(
+    result["predict"] = run(
         [python, str(ROOT / "predict" / "predict.py"), "--run", str(run_dir), "--out",
          str(run_file), "--work-dir", str(work / "test_16k"), "--top-k", "10",
          "--audio", *[str(FSDD / row["file"]) for row in test]]
@@ -73,14 +71,34 @@ def main() -> None:
         [python, str(ROOT / "predict" / "evaluate.py"), "--run-file", str(run_file), "--truth",
          str(truth), "--classes", str(run_dir / "classes.json"), "--json", str(scores_path)]
     )  # fmt: skip
-    scores = json.loads(scores_path.read_text())
-    print(f"\nFSDD, {len(train)} training clips, {len(test)} held-out clips, {args.epochs} epochs")
-    for part, value in seconds.items():
-        print(f"  {part:38s} {value:7.1f} s")
-    print(
-        f"  held-out MAP {scores['map_foreground']:.4f}, top-1 accuracy "
-        f"{scores['top1_accuracy']:.4f} (chance MAP {scores['chance_map_foreground']:.4f})"
-    )
+    result.update(json.loads(scores_path.read_text()))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipes", type=lambda text: text.split(","), default=["modern", "2016"])
+    parser.add_argument("--epochs", type=int, help="default: 20 for 2016, the recipe's for modern")
+    parser.add_argument("--model", help="model file (default: the recipe's)")
+    args = parser.parse_args()
+    if not (FSDD / "metadata.csv").is_file():
+        sys.exit(f"{FSDD}/metadata.csv not found: this benchmark needs the shared FSDD copy")
+    if not set(args.recipes) <= {"2016", "modern"}:
+        sys.exit("--recipes are 2016 and/or modern")
+    with (FSDD / "metadata.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    train = [row for row in rows if row["split"] == "train"]
+    test = [row for row in rows if row["split"] == "test"]
+    results = {recipe: bench(args, recipe, train, test) for recipe in args.recipes}
+
+    print(f"\nFSDD, {len(train)} training clips, {len(test)} held-out clips")
+    print(f"  {'recipe':8s} {'doall.sh s':>10s} {'predict s':>9s} {'top-1':>6s} {'MAP':>6s}")
+    for recipe, result in results.items():
+        print(
+            f"  {recipe:8s} {result['doall']:10.0f} {result['predict']:9.1f} "
+            f"{result['top1_accuracy']:6.3f} {result['map_foreground']:6.3f}"
+        )
+    print(f"  chance MAP {result['chance_map_foreground']:.3f}")
 
 
 if __name__ == "__main__":
