@@ -32,7 +32,7 @@
 #                       front end, chunk length from the data, no noise filter, cyclic padding
 #                       (preprocess/load_data.py --help lists each part and its option)
 # Stage options (passed through)
-#   --model FILE        model file (default train/model-BirdClef.py)
+#   --model FILE        model file (default: the recipe's, train/model-BirdClef.py for 2016)
 #   --epochs N  --batch-size N  --patience N  --seed N  --top-n N  --top-k N  --workers N
 #   --load-args "..."  --train-args "..."  --predict-args "..."   anything else, per stage,
 #                       quoted as in a shell: --train-args "--runs-table 'my runs/t.csv'"
@@ -69,7 +69,7 @@ run() { # show a stage's command, then run it
 
 tiny=0 train_dir="" test_dir="" truth="" csv="" audio_dir="" class_folders="" url="" sha256=""
 name="" data_dir="$ROOT/data" work_dir="" runs_dir="$ROOT/runs"
-model="$ROOT/train/model-BirdClef.py" epochs="" batch_size="" patience="" seed="" top_n=""
+model="" epochs="" batch_size="" patience="" seed="" top_n=""
 top_k="" workers="" load_args="" train_args="" predict_args="" recipe=""
 while (($#)); do
     case "$1" in
@@ -200,13 +200,13 @@ run python "$ROOT/preprocess/load_data.py" --wav-dir "$work_dir/train_16k" "${la
     ${workers:+--workers "$workers"} "${load_extra[@]}"
 
 # ---- 4. train ---------------------------------------------------------------------------------
-stage "train $(basename "$model") -> $run_dir"
+stage "train ${model:+$(basename "$model") }-> $run_dir"
 if [[ -f "$run_dir/metrics.json" ]]; then
     echo "training already complete in $run_dir (delete it to train again)"
 else
     # --resume: continues a run killed mid-way, starts a new one in an empty folder
-    run python "$ROOT/train/train_model.py" --data "$work_dir/train.h5" --model "$model" \
-        --out "$run_dir" --resume ${epochs:+--epochs "$epochs"} \
+    run python "$ROOT/train/train_model.py" --data "$work_dir/train.h5" ${model:+--model "$model"} \
+        --out "$run_dir" --resume ${recipe:+--recipe "$recipe"} ${epochs:+--epochs "$epochs"} \
         ${batch_size:+--batch-size "$batch_size"} ${patience:+--patience "$patience"} \
         ${seed:+--seed "$seed"} "${train_extra[@]}"
 fi

@@ -105,22 +105,29 @@ class Inference:
 
 
 def read_inference(run_dir: Path) -> Inference:
-    """RUN/inference.json as `Inference`; the defaults (2016) when the file is absent."""
+    """RUN/inference.json as `Inference`; the defaults (2016) when the file is absent. Other
+    keys (training's validation scores of each pooling, ...) are for people and ignored."""
     path = run_dir / "inference.json"
     if not path.is_file():
         return Inference()
     try:
         values = json.loads(path.read_text())
-        inference = Inference(**values)
-        exponent = float(inference.pooling_exponent)
+        if not isinstance(values, dict):
+            raise ValueError("not a JSON object")
+        defaults = Inference()
+        model_file = values.get("model_file", defaults.model_file)
+        pooling = values.get("pooling", defaults.pooling)
+        exponent = float(values.get("pooling_exponent", defaults.pooling_exponent))
+        if not isinstance(model_file, str) or not model_file:
+            raise ValueError(f"model_file {model_file!r} is not a file name")
     except (ValueError, TypeError) as error:
         raise PredictError(f"{path}: unreadable ({error})") from None
-    if inference.pooling not in POOLINGS or not exponent > 0:
+    if pooling not in POOLINGS or not exponent > 0:
         raise PredictError(
-            f"{path}: pooling {inference.pooling!r} (exponent {inference.pooling_exponent}) "
-            f"is not one of {', '.join(POOLINGS)} with a positive exponent"
+            f"{path}: pooling {pooling!r} (exponent {exponent}) is not one of "
+            f"{', '.join(POOLINGS)} with a positive exponent"
         )
-    return dataclasses.replace(inference, pooling_exponent=exponent)
+    return Inference(model_file, pooling, exponent)
 
 
 @dataclass(frozen=True)

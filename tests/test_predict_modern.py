@@ -40,6 +40,7 @@ def modern_run(tmp_path_factory):
     (folder / "params.json").write_text(PARAMS.to_json())
     (folder / "classes.json").write_text(json.dumps({"classes": CLASSES}))
     inference = {"model_file": "final.keras", "pooling": "max", "pooling_exponent": 3.0}
+    inference["val_map"] = {"mean": 0.5, "max": 0.6}  # training's notes: ignored
     (folder / "inference.json").write_text(json.dumps(inference))
     return folder
 
@@ -127,7 +128,8 @@ def test_a_run_without_inference_json_is_applied_as_in_2016(modern_run, tmp_path
     [
         ('{"pooling": "median"}', "not one of mean, max, power"),
         ('{"pooling": "power", "pooling_exponent": 0}', "positive exponent"),
-        ('{"model": "x.keras"}', "unreadable"),
+        ('{"model_file": 3}', "unreadable"),
+        ('["best_val_map.keras"]', "unreadable"),
         ("not json", "unreadable"),
     ],
 )
