@@ -64,9 +64,9 @@ RECORDING_SECONDS = 60
 MEASURED_RUN = """
 import json, os, resource, sys
 sys.path.insert(0, sys.argv[1])
-from preprocess import load_data
+from preprocess import extract, load_data
 if "BENCH_STREAM_SECONDS" in os.environ:
-    load_data.STREAM_SECONDS = float(os.environ["BENCH_STREAM_SECONDS"])
+    extract.STREAM_SECONDS = float(os.environ["BENCH_STREAM_SECONDS"])
 code = load_data.main(sys.argv[2:])
 with open("/proc/self/status") as status:
     parent = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))

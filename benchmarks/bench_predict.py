@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
-import predict.predict as predict_module  # noqa: E402
+import preprocess.extract as extract_module  # noqa: E402
 from predict.predict import Run, find_audio, predict  # noqa: E402
 from predict.runfile import read_run_file  # noqa: E402
 from preprocess.audio import read_wav  # noqa: E402
@@ -68,7 +68,7 @@ def write_long_wav(path: Path, minutes: int, params: SpectrogramParams) -> None:
 def print_peak_memory(wav: Path, whole: bool) -> None:
     """Child process: predict wav with the stand-in model, print the peak RSS in MB."""
     if whole:
-        predict_module.STREAM_SECONDS = math.inf
+        extract_module.STREAM_SECONDS = math.inf
     run = Run(StandInModel(), SpectrogramParams(), [f"c{i:03d}" for i in range(50)], {})
     predict(run, find_audio([wav]), wav.with_suffix(".csv"))
     # VmHWM, not getrusage's maxrss: that one keeps the forked parent's peak across exec
