@@ -16,12 +16,14 @@ in pieces, in memory independent of its length, for a second STFT pass.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import NamedTuple
 
 import numpy as np
 import scipy.fft
+import scipy.sparse
 
 from preprocess.params import SpectrogramParams
 
@@ -93,6 +95,17 @@ def mel_filterbank(params: SpectrogramParams) -> np.ndarray:
     return weights / weights.sum(axis=1, keepdims=True)
 
 
+@functools.lru_cache(maxsize=8)
+def _mel_operator(params: SpectrogramParams) -> tuple[scipy.sparse.csr_array, int]:
+    """`mel_filterbank` as a sparse matrix (n_bins, n_columns) over the FFT bins up to the
+    last one any band uses, and n_columns. Sparse, not a dense matmul: a band spans a few bins,
+    and a BLAS matmul of blocks this small spends more time starting threads (tens of ms on
+    a busy machine) than multiplying."""
+    weights = mel_filterbank(params)
+    n_columns = int(np.flatnonzero(weights.any(axis=0))[-1]) + 1
+    return scipy.sparse.csr_array(weights[:, :n_columns]), n_columns
+
+
 def log_spectrogram(
     samples: np.ndarray, params: SpectrogramParams, *, block_frames: int = BLOCK_FRAMES
 ) -> np.ndarray:
@@ -113,9 +126,7 @@ def log_spectrogram(
         raise ValueError(f"unsupported window {params.window!r}")
     nfft, n_bins = params.nfft, params.n_bins
     if params.frontend == "logmel":
-        mel_weights = mel_filterbank(params)
-        n_columns = int(np.flatnonzero(mel_weights.any(axis=0))[-1]) + 1  # bins under a band
-        mel_weights = np.ascontiguousarray(mel_weights[:, :n_columns].T)  # (n_columns, n_bins)
+        mel, n_columns = _mel_operator(params)
     elif not 0 < n_bins <= nfft // 2 + 1:
         raise ValueError(f"n_bins {n_bins} must be between 1 and nfft // 2 + 1")
     else:
@@ -138,7 +149,7 @@ def log_spectrogram(
         power += spectrum.imag**2
         power[:, unpaired] /= 2
         if params.frontend == "logmel":
-            power = power @ mel_weights  # (block, n_bins)
+            power = (mel @ power.T).T  # (block, n_bins)
         np.maximum(power, params.log_floor, out=power)
         log_spec[:, start : start + len(windowed)] = np.log10(power, out=power).T
     return log_spec
