@@ -157,7 +157,10 @@ def write_raven_table(
 
 
 def top_frequency_hz(params) -> float:
-    """Upper edge of the band the model sees: n_bins FFT bins of sample_rate / nfft Hz."""
+    """Upper edge of the band the model sees: the mel bands' fmax (log-mel front end), or
+    n_bins FFT bins of sample_rate / nfft Hz (2016)."""
+    if params.frontend == "logmel":
+        return params.fmax
     return params.n_bins * params.sample_rate / params.nfft
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+from predict.detections import top_frequency_hz
 from predict.predict import PredictError, load_run, main
 from predict.runfile import read_run_file
 from preprocess.extract import recording_chunks
@@ -141,3 +142,9 @@ def test_a_bad_inference_json_is_named(modern_run, tmp_path, content, message):
     (folder / "inference.json").write_text(content)
     with pytest.raises(PredictError, match=message):
         load_run(folder)
+
+
+def test_raven_tables_give_the_mel_bands_top_frequency():
+    assert top_frequency_hz(PARAMS) == 8000.0
+    assert top_frequency_hz(dataclasses.replace(PARAMS, fmax=6000.0)) == 6000.0
+    assert top_frequency_hz(dataclasses.replace(PARAMS, frontend="psd2016", n_bins=200)) == 3125.0
