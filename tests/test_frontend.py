@@ -12,6 +12,7 @@ import scipy.signal
 from scipy.io import wavfile
 
 from preprocess.dataset import open_dataset
+from preprocess.extract import recording_chunks
 from preprocess.load_data import main as load_data_main
 from preprocess.params import ADDED_FIELDS, MODERN, SpectrogramParams
 from preprocess.spectrogram import (
@@ -303,3 +304,18 @@ def test_bad_front_end_options_are_clear_errors(clips, tmp_path, caplog, capsys)
     with pytest.raises(SystemExit):
         load(clips, tmp_path / "c.h5", "--chunk-seconds", "0")
     assert "expected seconds > 0 or auto" in capsys.readouterr().err
+
+
+def test_real_bird_recordings_of_every_rate_and_layout(shared_data):
+    """The modern front end on the real bird clips (22-48 kHz, mono and stereo, 1-23 s):
+    finite features, a clip as long as a chunk is one chunk, longer ones cut as the frames say."""
+    params = dataclasses.replace(MODERN, chunk_frames=frames_for_seconds(3.0, MODERN))
+    paths = sorted((shared_data / "birds").rglob("*.[wW][aA][vV]"))
+    assert len(paths) >= 20
+    for path in paths:
+        pieces, seconds, rate = recording_chunks(path, params, 64, resample=True)
+        chunks = np.concatenate(list(pieces))
+        frames = frame_count(round(seconds * RATE), params)
+        assert abs(len(chunks) - -(-frames // params.chunk_frames)) <= 1, path  # resampled length
+        assert chunks.shape[1:] == (128, params.chunk_frames)
+        assert np.isfinite(chunks).all() and chunks.min() >= -10
