@@ -1,17 +1,20 @@
-"""The 2016 spectrogram, noise filter and 5-second chunks, vectorised.
+"""The front ends of both recipes: 2016 spectrogram or log-mel, noise filter, chunks, vectorised.
 
 Samples (16 kHz, int16 scale) -> log spectrogram (n_bins, frames) -> noise filter -> chunks
-(n_chunks, n_bins, chunk_frames). The numbers match Tóth & Czeba's scripts (matplotlib's
-`mlab.specgram` and a per-cell loop) to float32 rounding; tests/reference_2016.py is that
-direct implementation and the tests compare against it. One deliberate change: the PSD is
-floored at `params.log_floor` before log10, so digital silence gives a finite value instead
-of -inf (and the filter's band statistics stay finite).
+(n_chunks, n_bins, chunk_frames). With the 2016 parameters the numbers match Tóth & Czeba's
+scripts (matplotlib's `mlab.specgram` and a per-cell loop) to float32 rounding;
+tests/reference_2016.py is that direct implementation and the tests compare against it. One
+deliberate change: the PSD is floored at `params.log_floor` before log10, so digital silence
+gives a finite value instead of -inf (and the filter's band statistics stay finite). The
+modern recipe's parameters (preprocess/params.py) pass the same PSD through mel filters
+(`frontend="logmel"`), skip the noise filter, and repeat clips shorter than a chunk.
 
 Everything here runs on one core (`workers=1`): the pipeline parallelises over files.
 Memory beyond the samples is the float32 spectrogram plus the chunks (about 0.35 GB per
 audio hour): the STFT runs in blocks of frames, and chunks are gathered straight from the
 spectrogram, never via a filtered copy. `stream_chunks` gives the same chunks from audio read
-in pieces, in memory independent of its length, for a second STFT pass.
+in pieces, in memory independent of its length, for a second STFT pass (none without the
+noise filter). `chunk_slices` and `window_chunks` cut a whole spectrogram for prediction.
 """
 
 from __future__ import annotations
