@@ -454,7 +454,17 @@ def extract_into_shards(
             progress.set_postfix_str(f"{summary.audio_s / 3600:.2f} h audio", refresh=False)
 
 
-FRONT_END_OPTIONS = ("frontend", "n_mels", "fmin", "fmax", "nfft", "hop", "noise_filter", "padding")
+FRONT_END_OPTIONS = (
+    "frontend",
+    "n_mels",
+    "fmin",
+    "fmax",
+    "nfft",
+    "hop",
+    "noise_filter",
+    "padding",
+    "drop_silence",
+)
 
 
 def median_chunk_seconds(paths: list[Path]) -> float:
@@ -504,6 +514,8 @@ def job_params(args, recordings: list[metadata.Recording]) -> SpectrogramParams:
         changes["n_bins"] = args.n_mels
     elif frontend != base.frontend:
         changes["n_bins"] = MODERN.n_bins if frontend == "logmel" else SpectrogramParams.n_bins
+    if args.noise_filter and args.drop_silence is None:
+        changes["drop_silence"] = False  # the filter removes empty frames itself
     try:
         params = dataclasses.replace(base, **changes)
         if params.frontend == "logmel":
@@ -715,7 +727,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="2016",
         help="2016 (default): the paper's log PSD, 200 bins to 6.2 kHz, noise filter, 4.96 s "
         "chunks, zero padding. modern: 128 log-mel bands over 0-8 kHz (nfft 1024, hop 320), "
-        "no noise filter, chunk length auto, cyclic padding",
+        "no noise filter, digital silence dropped, chunk length auto, cyclic padding",
     )
     recipe.add_argument("--frontend", choices=FRONTENDS, help="psd2016 or logmel")
     recipe.add_argument("--n-mels", type=int, metavar="N", help="mel bands (logmel; 128)")
@@ -728,6 +740,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=on_off,
         metavar="on|off",
         help="the 2016 noise filter (2016: on; modern: off)",
+    )
+    recipe.add_argument(
+        "--drop-silence",
+        type=on_off,
+        metavar="on|off",
+        help="drop frames of digital silence (exact zeros, as clips padded to a length have; "
+        "without the noise filter only; 2016: off; modern: on)",
     )
     recipe.add_argument(
         "--padding",
