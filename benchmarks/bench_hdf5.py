@@ -2,6 +2,9 @@
 
     flock /tmp/bench.lock python benchmarks/bench_hdf5.py [--hours H] [--repeat N]
 
+0. Chunk formats (file size, rows/s of reading per core, with 1 and 2 reader processes):
+   every --compression choice and candidates besides (Blosc2 with LZ4 or Zstd, byte or bit
+   shuffle; float16 rows, which are lossy and so only an option), on 20 minutes of audio.
 1. One hour of synthetic bird-like audio (frequency-modulated calls over red noise, 16 kHz,
    int16 scale) is cut into chunks by preprocess/spectrogram.py (about 725 chunks of
    200 x 310 float32). For each --compression choice: the compression cost (paid in the
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import resource
 import subprocess
@@ -29,6 +33,8 @@ import time
 import zlib
 from pathlib import Path
 
+import h5py
+import hdf5plugin
 import numpy as np
 import scipy.signal
 from scipy.io import wavfile
@@ -147,6 +153,66 @@ def bench_storage(chunk_sets: list[np.ndarray], params: SpectrogramParams, work:
             f"read {rows / batch_read.seconds:5.0f} rows/s (read_rows, as training), "
             f"{rows / per_row_read.seconds:5.0f} rows/s (X[row], HDF5's filters)"
         )
+
+
+BLOSC2 = hdf5plugin.Blosc2
+CANDIDATES = {  # name: (dtype of X, h5py filter settings); COMPRESSIONS are added
+    "blosc2-lz4-bitshuffle": ("<f4", dict(BLOSC2("lz4", 5, BLOSC2.BITSHUFFLE))),
+    "blosc2-lz4hc": ("<f4", dict(BLOSC2("lz4hc", 5, BLOSC2.SHUFFLE))),
+    "blosc2-zstd1": ("<f4", dict(BLOSC2("zstd", 1, BLOSC2.SHUFFLE))),
+    "blosc2-zstd1-bitshuffle": ("<f4", dict(BLOSC2("zstd", 1, BLOSC2.BITSHUFFLE))),
+    "float16 blosc2-lz4 (lossy)": ("<f2", dict(BLOSC2("lz4", 5, BLOSC2.SHUFFLE))),
+    "float16 none (lossy)": ("<f2", {}),
+}
+
+
+def read_batches(path: Path, batches: list[np.ndarray]) -> tuple[int, float]:
+    """Rows read and CPU seconds spent reading `batches` of X in path (in a process)."""
+    with h5py.File(path, "r") as h5:
+        started = time.process_time()
+        for batch in batches:
+            read_rows(h5["X"], batch)
+        return sum(len(batch) for batch in batches), time.process_time() - started
+
+
+def bench_formats(chunks: np.ndarray, work: Path, n_batches: int = 40) -> None:
+    """Size and read speed of X in each format, read as training reads it (read_rows of
+    random sorted batches of 64 rows) by 1 and 2 processes, each with its own handle."""
+    print(f"\n## chunk formats: {len(chunks)} chunks, batches of 64 random rows")
+    print(
+        "format                      write rows/cpu-s  KB/row  read rows/s (per cpu-s): "
+        "1 process, 2 processes"
+    )
+    formats = {name: ("<f4", filters) for name, filters in COMPRESSIONS.items()} | CANDIDATES
+    rng = np.random.default_rng(3)
+    fork = multiprocessing.get_context("fork")
+    for name, (dtype, filters) in formats.items():
+        path = work / "format.h5"
+        with h5py.File(path, "w") as h5:
+            x = h5.create_dataset(
+                "X",
+                (len(chunks), *chunks.shape[1:], 1),
+                dtype,
+                chunks=(1, *chunks.shape[1:], 1),
+                **filters,
+            )
+            started = time.process_time()
+            for row, chunk in enumerate(chunks):
+                x[row] = chunk[..., None].astype(dtype)
+            write = len(chunks) / (time.process_time() - started)
+            kb_per_row = x.id.get_storage_size() / len(chunks) / 1e3
+        reads = []
+        for processes in (1, 2):
+            batches = [
+                [np.sort(rng.choice(len(chunks), 64, replace=False)) for _ in range(n_batches)]
+                for _ in range(processes)
+            ]
+            started = time.perf_counter()
+            with fork.Pool(processes) as pool:
+                done = pool.starmap(read_batches, [(path, each) for each in batches])
+            rows, cpu = (sum(column) for column in zip(*done, strict=True))
+            reads.append(f"{rows / (time.perf_counter() - started):6.0f} ({rows / cpu:6.0f})")
+        print(f"{name:27s} {write:16.0f}  {kb_per_row:6.1f}  {reads[0]}, {reads[1]}")
 
 
 def bench_standard_deflate(chunk_sets: list[np.ndarray], raw_mb: float) -> None:
@@ -295,6 +361,7 @@ def main() -> None:
     hours = n_recordings * RECORDING_SECONDS / 3600
     print(f"extraction (wav read excluded), one core: {extract.seconds:.2f} s for {hours:g} h")
     with tempfile.TemporaryDirectory(prefix="bench_hdf5_") as tmp:
+        bench_formats(np.concatenate(chunk_sets[:20]), Path(tmp))
         bench_storage(chunk_sets, params, Path(tmp))
         raw_mb = sum(chunks.nbytes for chunks in chunk_sets) / 1e6
         bench_standard_deflate(chunk_sets, raw_mb)

@@ -5,15 +5,16 @@
 
 Without --data, synthetic demo recordings (preprocess/make_demo_dataset.py's species, field
 noise and hiss) go through the real spectrogram, noise filter and chunking into a temporary
-HDF5 file (gzip, as load_data.py writes by default), so compression and read costs are those
+HDF5 file (blosc2-lz4, as load_data.py writes by default), so compression and read costs are those
 of real use. For each model and each way of feeding it, a model of its own (switching one
 model between input pipelines makes TensorFlow retrace its step function, which would be
 timed) gets a warm-up epoch; then --rounds alternating rounds of --epochs epochs each way:
 in memory (model.fit on numpy arrays x, y) and streamed (train.data's ChunkBatches reading
-shuffled batches from the file, as train_model.py --in-memory no does), with 1 and with 2
-reader threads. TensorFlow on a small CPU switches between fast and slow spells of tens of
-seconds (one core idle), so every epoch is timed and the best and the median epoch of each
-way are printed, with streamed / in memory for both.
+shuffled batches from the file, as train_model.py --in-memory no does), with 1 reader (the
+training thread) and with 2 reader processes (--workers 2). TensorFlow on a small CPU
+switches between fast and slow spells of tens of seconds (one core idle), so every epoch is
+timed and the best and the median epoch of each way are printed, with streamed / in memory
+for both.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import keras  # noqa: E402
 
 from preprocess.audio import to_sample_rate  # noqa: E402
 from preprocess.dataset import (  # noqa: E402
+    DEFAULT_COMPRESSION,
     DatasetInfo,
     RecordingChunks,
     compress_chunks,
@@ -67,11 +69,12 @@ def synthetic_dataset(path: Path, n_chunks: int, seed: int = 0) -> None:
                 np.zeros(len(classes), np.uint8),
                 n_frames,
                 len(audio) / SAMPLE_RATE,
-                compress_chunks(chunks, "gzip"),
+                compress_chunks(chunks, DEFAULT_COMPRESSION),
             )
         )
         total += len(chunks)
-    info = DatasetInfo(params, classes, {c: c for c in classes}, {"kind": "benchmark"}, "gzip")
+    source = {"kind": "benchmark"}
+    info = DatasetInfo(params, classes, {c: c for c in classes}, source, DEFAULT_COMPRESSION)
     write_dataset(path, info, items)
 
 
@@ -128,8 +131,9 @@ def main() -> None:
 
         def streamed(workers: int) -> ChunkBatches:
             return ChunkBatches(
-                path, rows, labels, n_classes, args.batch_size, shuffle=True, workers=workers
-            )
+                path, rows, labels, n_classes, args.batch_size, shuffle=True, workers=workers,
+                use_multiprocessing=workers > 1,
+            )  # fmt: skip
 
         start = time.perf_counter()
         batches = streamed(1)
@@ -141,7 +145,7 @@ def main() -> None:
         ways = {
             "in memory": {"x": x, "y": y, "batch_size": args.batch_size, "shuffle": True},
             "streamed": {"x": streamed(1)},
-            "streamed, 2 readers": {"x": streamed(2)},
+            "streamed, 2 processes": {"x": streamed(2)},
         }
         for model_name in args.models:
             models, rates = {}, {way: EpochRates(len(rows)) for way in ways}

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from predict.runfile import AtomicTextWriter
+from predict.runfile import AtomicTextWriter, open_part_file
 
 MAX_NAME_CHARS = 150
 UNSAFE_CHARACTERS = re.compile(r'[/\\:*?"<>|]')
@@ -227,15 +226,15 @@ class EmbeddingModel:
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez into a temporary file beside path, moved into place when complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as file:
+    handle, temp_name = open_part_file(path)
+    with os.fdopen(handle, "wb") as file:  # closed (and unlocked) once in place or gone
+        try:
             np.savez(file, **arrays)
-        os.replace(temp_name, path)
-    except BaseException:
-        os.unlink(temp_name)
-        raise
+            file.flush()
+            os.replace(temp_name, path)
+        except BaseException:
+            os.unlink(temp_name)
+            raise
 
 
 # ---- all of them, fed by predict.predict -----------------------------------------------------

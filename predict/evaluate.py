@@ -32,8 +32,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 
 from predict.report import write_report  # noqa: E402
-from predict.runfile import RunEntry, RunFileError, read_run_file  # noqa: E402
-from preprocess.metadata import Recording, read_birdclef_xml_dir  # noqa: E402
+from predict.runfile import (  # noqa: E402
+    AtomicTextWriter,
+    RunEntry,
+    RunFileError,
+    read_run_file,
+    text_lines,
+)
+from preprocess.cli import describe, run_command  # noqa: E402
+from preprocess.metadata import MetadataError, Recording, read_birdclef_xml_dir  # noqa: E402
+from preprocess.paths import OutputPathError, check_output, is_json_with  # noqa: E402
 from train.metrics import mean_average_precision, top1_accuracy  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -63,10 +71,16 @@ def read_truth_csv(path: Path, name_to_class: dict[str, str] | None = None) -> T
     A header line starting with "MediaId" is skipped. Background entries that are scientific
     names in name_to_class become class ids; the rest are taken as class ids.
     """
-    name_to_class = name_to_class or {}
+    try:
+        return _read_truth_lines(path, name_to_class or {})
+    except UnicodeDecodeError:
+        raise TruthError(f"{path}: not UTF-8 text, so not a ground-truth file") from None
+
+
+def _read_truth_lines(path: Path, name_to_class: dict[str, str]) -> Truth:
     truth = Truth()
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(text_lines(file, path), 1):
             fields = [part.strip() for part in line.strip().split(";")]
             if fields == [""] or (number == 1 and fields[0].lower() == "mediaid"):
                 continue
@@ -122,6 +136,19 @@ def read_truth(path: Path, names_xml_dir: Path | None = None) -> Truth:
     if not truth.foreground:
         raise TruthError(f"{path}: no recording in the ground truth")
     return truth
+
+
+def read_classes(path: Path) -> list[str]:
+    """The class list of a run folder's classes.json."""
+    if not path.is_file():  # /dev/zero, say, would be read without end
+        raise TruthError(f"{path}: not a file (give the run folder's classes.json)")
+    try:
+        classes = json.loads(path.read_bytes())["classes"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise TruthError(f"{path}: not a run folder's classes.json ({error})") from None
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise TruthError(f"{path}: 'classes' is not a list of class ids")
+    return classes
 
 
 def chance_map(n_classes: int) -> float:
@@ -259,28 +286,41 @@ def main(argv: list[str] | None = None) -> None:
         help="also write a report: per_class.csv, confusion matrix, precision-recall curves of "
         "the weakest classes, report.html",
     )
+    parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
 
-    try:
+    def work() -> int:
+        if args.json:
+            inputs = [args.run_file, args.truth, args.classes, args.names_xml_dir]
+            check_output(
+                args.json,
+                own_kind=lambda path: is_json_with(path, "map_foreground"),
+                kind="a results file written by evaluate.py --json",
+                inputs=[path for path in inputs if path],
+                option="--json",
+            )
         entries = read_run_file(args.run_file)
         truth = read_truth(args.truth, args.names_xml_dir)
-        model_classes = None
-        if args.classes:
-            model_classes = json.loads(args.classes.read_text())["classes"]
+        model_classes = read_classes(args.classes) if args.classes else None
         results = score(entries, truth, model_classes)
-    except (RunFileError, TruthError, OSError) as error:
-        raise SystemExit(f"error: {error}") from None
-    print(report(results))
-    _warn(results)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    if args.report:
-        try:
-            path = write_report_for(args.report, entries, truth, results, model_classes)
-        except OSError as error:
-            raise SystemExit(f"error: cannot write the report: {error}") from None
-        print(f"report: {path}")
+        print(report(results))
+        _warn(results)
+        if args.json:
+            with AtomicTextWriter(args.json) as json_file:
+                json_file.file.write(json.dumps(results, indent=2))
+        if args.report:
+            try:
+                path = write_report_for(args.report, entries, truth, results, model_classes)
+            except OSError as error:
+                raise OutputPathError(f"cannot write the report: {describe(error)}") from error
+            print(f"report: {path}")
+        return 0
+
+    input_errors = (RunFileError, TruthError, MetadataError, OutputPathError)
+    status = run_command(work, args.verbose, input_errors)
+    if status:
+        raise SystemExit(status)
 
 
 def write_report_for(out_dir, entries, truth: Truth, results: dict, model_classes) -> Path:

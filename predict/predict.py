@@ -29,8 +29,10 @@ import argparse
 import contextlib
 import csv
 import dataclasses
+import hashlib
 import json
 import logging
+import re
 import subprocess
 import sys
 import wave
@@ -45,11 +47,22 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 
 from predict.detections import ChunkOutputs, OutputError, top_frequency_hz  # noqa: E402
-from predict.runfile import AtomicTextWriter, RunFileWriter, SoundscapeWriter, top_classes  # noqa: E402
+from predict.runfile import (  # noqa: E402
+    MAX_RANK,
+    AtomicTextWriter,
+    RunFileWriter,
+    SoundscapeWriter,
+    check_class_ids,
+    field_problem,
+    looks_like_run_file,
+    top_classes,
+)
 from preprocess.audio import AudioError  # noqa: E402
+from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
 from preprocess.extract import recording_chunks  # noqa: E402
-from preprocess.metadata import AUDIO_SUFFIXES, read_birdclef_xml_dir  # noqa: E402
+from preprocess.metadata import AUDIO_SUFFIXES, MetadataError, read_birdclef_xml_dir  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
+from preprocess.paths import OutputPathError, check_output, first_line, is_zip_with  # noqa: E402
 from train.metrics import POOLINGS, POWER_EXPONENT, recording_scores  # noqa: E402
 from train.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds  # noqa: E402
 
@@ -59,6 +72,10 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RESAMPLE_SCRIPT = PROJECT_ROOT / "preprocess" / "resample_wavs_to_16k.sh"
 DEFAULT_MODEL_FILE = "best_val_map.keras"
 SOUNDSCAPE_WINDOW_SECONDS = 5.0  # the BirdCLEF 2017 soundscape run-file window
+MAX_BATCH_SIZE = 16384  # chunks per model call: a 4 GB input buffer
+HUMAN_CSV_HEADER = "file,MediaId"  # how the --human-csv file begins
+CACHE_NAME_LENGTH = 32  # hex digits of the hash naming a file in the resampling cache
+CACHE_NAME = re.compile(f"[0-9a-f]{{{CACHE_NAME_LENGTH}}}")
 
 
 class PredictError(Exception):
@@ -147,15 +164,22 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
     try:
         params = SpectrogramParams.from_json((run_dir / "params.json").read_text())
         class_info = json.loads((run_dir / "classes.json").read_text())
-        classes = list(class_info["classes"])
-    except (ValueError, KeyError) as error:
+        classes, class_names = class_info["classes"], class_info.get("class_names", {})
+        if not (isinstance(classes, list) and isinstance(class_names, dict)):
+            raise ValueError("classes must be a list, class_names a mapping")
+        check_class_ids(classes)
+    except (ValueError, KeyError, TypeError) as error:
         raise PredictError(
             f"run folder {run_dir}: unreadable params.json/classes.json ({error})"
         ) from None
 
-    import keras  # TensorFlow takes seconds to load: only once the inputs are known good
+    # Keras (TensorFlow) takes seconds to load: only once the inputs are known good
+    from train.callbacks import ModelFileError, load_saved_model
 
-    model = keras.saving.load_model(run_dir / model_file, compile=False)
+    try:
+        model = load_saved_model(run_dir / model_file)
+    except ModelFileError as error:
+        raise PredictError(str(error)) from error
     expected_input = (params.n_bins, params.chunk_frames, 1)
     input_shape = tuple(model.input_shape[1:])
     fits = len(input_shape) == 3 and all(  # None: the model takes any size there
@@ -167,18 +191,32 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
             f"{model.output_shape[-1]} classes, but the run folder says {expected_input} and "
             f"{len(classes)} classes: model and run folder do not belong together"
         )
-    class_names = dict(class_info.get("class_names", {}))
     pooling = pooling or inference.pooling
-    return Run(model, params, classes, class_names, pooling, inference.pooling_exponent)
+    return Run(model, params, classes, dict(class_names), pooling, inference.pooling_exponent)
 
 
-def find_audio(paths: Iterable[Path]) -> list[AudioItem]:
-    """Audio files given directly or found (recursively) in folders; MediaId = file stem."""
+def find_audio(paths: Iterable[Path], exclude: Iterable[Path] = ()) -> list[AudioItem]:
+    """Audio files given directly or found (recursively) in folders; MediaId = file stem.
+
+    In a folder, files in an excluded folder (predict's own cache, when it lies in the audio
+    folder) and hidden files and folders (`.x.wav.part` being written) are not inputs.
+    """
+    excluded = [path.resolve() for path in exclude]
+
+    def is_input(file: Path, folder: Path) -> bool:
+        where = file.parent.resolve()  # not the file's: the cache holds links to the inputs
+        return not (
+            any(part.startswith(".") for part in file.relative_to(folder).parts)
+            or any(where == path or path in where.parents for path in excluded)
+        )
+
     files = []
     for path in paths:
         if path.is_dir():
             files += sorted(
-                p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file()
+                p
+                for p in path.rglob("*")
+                if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file() and is_input(p, path)
             )
         elif path.is_file():
             files.append(path)
@@ -195,14 +233,31 @@ def find_audio(paths: Iterable[Path]) -> list[AudioItem]:
     return items
 
 
-def xml_items(xml_dir: Path, audio_dir: Path) -> tuple[list[AudioItem], list[str]]:
+def valid_media_ids(items: list[AudioItem]) -> tuple[list[AudioItem], list[str]]:
+    """Items whose MediaId can be written to a run file, and skip messages for the others."""
+    kept, skipped = [], []
+    for item in items:
+        problem = field_problem(item.media_id)
+        if problem:
+            skipped.append(f"{item.path}: MediaId {item.media_id!r} {problem}; rename the file")
+        else:
+            kept.append(item)
+    return kept, skipped
+
+
+def xml_items(
+    xml_dir: Path, audio_dir: Path, exclude: Iterable[Path] = ()
+) -> tuple[list[AudioItem], list[str]]:
     """BirdCLEF test folder: MediaId and FileName from each XML, audio found under audio_dir.
 
     The audio may have another extension than FileName says (e.g. resampled mp3 -> wav).
     Returns (items, skip messages).
     """
-    recordings, skipped = read_birdclef_xml_dir(xml_dir)
-    by_stem = {item.media_id: item.path for item in find_audio([audio_dir])}
+    try:
+        recordings, skipped = read_birdclef_xml_dir(xml_dir)
+    except MetadataError as error:
+        raise PredictError(str(error)) from None
+    by_stem = {item.media_id: item.path for item in find_audio([audio_dir], exclude)}
     items = []
     for recording in recordings:
         file_name = recording.fields.get("FileName") or recording.file
@@ -224,40 +279,75 @@ def is_wav_at(path: Path, sample_rate: int) -> bool:
     return (rate, channels, width) == (sample_rate, 1, 2)
 
 
+def cache_name(path: Path) -> str:
+    """The cache's name for an audio file: a hash of its resolved path, never a name from data.
+
+    A MediaId or file name may hold '/', '..' or control characters (a test folder may come
+    from anywhere); the same source file always gets the same name, so the cache resumes.
+    """
+    resolved = str(path.resolve()).encode("utf-8", "surrogateescape")
+    return hashlib.sha256(resolved).hexdigest()[:CACHE_NAME_LENGTH]
+
+
+def run_resampler(command: list[str], source_of: dict[str, Path]) -> dict[str, str]:
+    """Run the resampling script, its output shown with each cache name replaced by the file
+    it stands for. Returns {cache name: the reason it failed} for the files it names FAILED."""
+
+    in_cache = re.compile(rf"(?:[^\s`'\"]*/)?({CACHE_NAME.pattern})(?:\.\w+)?")
+
+    def restore(text: str) -> str:  # .../source/<name>.flac -> the file itself
+        return in_cache.sub(lambda m: str(source_of[m[1]]) if m[1] in source_of else m[0], text)
+
+    reasons = {}
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+    ) as script:
+        for line in script.stdout:
+            failed = re.match(rf"FAILED ({CACHE_NAME.pattern})\.\w+: (.*)", line)
+            if failed:
+                reasons[failed[1]] = restore(failed[2].strip())
+            sys.stderr.write(restore(line))
+    return reasons
+
+
 def resample_items(
     items: list[AudioItem], cache_dir: Path, sample_rate: int, workers: int | None = None
 ) -> tuple[list[AudioItem], list[str]]:
     """Bring every item to a 16-bit mono wav at sample_rate, as training did.
 
     Items already in that form are used as they are; the others are linked into
-    cache_dir/source and resampled by preprocess/resample_wavs_to_16k.sh (resumable) into
-    cache_dir/resampled. Returns (items pointing at usable wavs, skip messages).
+    cache_dir/source as `<cache_name><suffix>` and resampled by
+    preprocess/resample_wavs_to_16k.sh (resumable: a source newer than its result is done
+    again) into cache_dir/resampled/<cache_name>.wav. Returns (items pointing at usable wavs,
+    skip messages).
     """
-    todo = {item.media_id for item in items if not is_wav_at(item.path, sample_rate)}
+    todo = {cache_name(item.path) for item in items if not is_wav_at(item.path, sample_rate)}
     if not todo:
         return items, []
     source, target = cache_dir / "source", cache_dir / "resampled"
     source.mkdir(parents=True, exist_ok=True)
     for item in items:
-        if item.media_id not in todo:
+        name = cache_name(item.path)
+        if name not in todo:
             continue
-        link = source / f"{item.media_id}{item.path.suffix.lower()}"
+        link = source / f"{name}{item.path.suffix.lower()}"
         if not link.is_symlink() or link.resolve() != item.path.resolve():
-            # another file under this MediaId than last time: its old result is stale
-            (target / f"{item.media_id}.wav").unlink(missing_ok=True)
+            (target / f"{name}.wav").unlink(missing_ok=True)  # a result of something else
             link.unlink(missing_ok=True)
             link.symlink_to(item.path.resolve())
     logger.info("resampling %d file(s) to %d Hz into %s", len(todo), sample_rate, target)
     command = ["bash", str(RESAMPLE_SCRIPT), str(source), str(target)]
     if workers:
         command += ["--jobs", str(workers)]
-    subprocess.run(command, check=False)  # failures are listed by the script and checked below
+    reasons = run_resampler(command, {cache_name(item.path): item.path for item in items})
     ready, skipped = [], []
     for item in items:
-        if item.media_id in todo:
-            wav = target / f"{item.media_id}.wav"
+        name = cache_name(item.path)
+        if name in todo:
+            wav = target / f"{name}.wav"
             if not wav.is_file():
-                skipped.append(f"{item.path}: could not be resampled (see the summary above)")
+                reason = reasons.get(name, "see the resampler's output above")
+                skipped.append(f"{item.path}: could not be resampled ({reason})")
                 continue
             item = dataclasses.replace(item, resampled=wav)
         ready.append(item)
@@ -335,8 +425,8 @@ def recording_pieces(
                 item.wav, params, batch_size, window_seconds=window
             )
             piece = next(pieces)  # a streamed file is read through here, bad data found
-        except (AudioError, ValueError) as error:
-            skipped.append(str(error))
+        except AudioError as error:  # bad input; anything else is a bug and stops the run
+            skipped.append(f"{item.path}: {error.reason}")  # the file as given, not the cache
             progress.update()
             continue
         for following in pieces:
@@ -380,7 +470,7 @@ def predict(
         stack.enter_context(run_file)
         if human_csv:
             human = csv.writer(stack.enter_context(AtomicTextWriter(human_csv)).file)
-            header = ["file", "MediaId"]
+            header = HUMAN_CSV_HEADER.split(",")
             for rank in range(1, human_top + 1):
                 header += [f"class_id_{rank}", f"name_{rank}", f"probability_{rank}"]
             human.writerow(header)
@@ -413,6 +503,7 @@ def predict(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The command; bad input ends it with SystemExit(2), a bug with SystemExit(1)."""
     parser = argparse.ArgumentParser(
         description="Predict species with a trained run folder and write a BirdCLEF run file "
         "(MediaId;ClassId;Probability;Rank, top-k per recording). Audio of any format and "
@@ -454,11 +545,16 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--top-k",
-        type=int,
+        type=at_least(1, MAX_RANK),
         default=100,
         help="species per recording (or window), 1-100 (default 100)",
     )
-    parser.add_argument("--batch-size", type=int, default=32, help="chunks per model call")
+    parser.add_argument(
+        "--batch-size",
+        type=at_least(1, MAX_BATCH_SIZE),
+        default=32,
+        help=f"chunks per model call, 1-{MAX_BATCH_SIZE} (default 32)",
+    )
     parser.add_argument(
         "--soundscape",
         action="store_true",
@@ -472,53 +568,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--work-dir", type=Path, help="cache for resampled audio (default: .resampled beside --out)"
     )
-    parser.add_argument("--workers", type=int, help="resampling processes (default: all cores)")
+    parser.add_argument(
+        "--workers",
+        type=at_least(1, most_workers()),
+        help="resampling processes (default: all cores)",
+    )
     add_output_arguments(parser)
+    parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     if not args.audio and not args.xml_dir:
         parser.error("give --audio and/or --xml-dir")
-    if not 1 <= args.top_k <= 100:
-        parser.error("--top-k must be between 1 and 100 (the official limit)")
     check_output_arguments(parser, args)
+    if args.xml_dir and args.audio and len(args.audio) > 1:
+        parser.error("with --xml-dir, --audio is one folder")
 
-    try:
-        if args.xml_dir:
-            if args.audio and len(args.audio) > 1:
-                raise PredictError("with --xml-dir, --audio is one folder")
-            audio_dir = args.audio[0] if args.audio else args.xml_dir.parent / "wav"
-            items, skipped = xml_items(args.xml_dir, audio_dir)
-        else:
-            items, skipped = find_audio(args.audio), []
-        if not items:
-            where = args.xml_dir or ", ".join(map(str, args.audio))
-            raise PredictError(
-                f"no audio to predict in {where} (looked for {', '.join(sorted(AUDIO_SUFFIXES))})"
-            )
-        run = load_run(args.run, args.model_file, args.pooling)
-        outputs = chunk_outputs(args, run, items)
-        work_dir = args.work_dir or args.out.resolve().parent / ".resampled"
-        items, failed = resample_items(items, work_dir, run.params.sample_rate, args.workers)
-        skipped += failed
-        written, failed = predict(
-            run,
-            items,
-            args.out,
-            top_k=args.top_k,
-            batch_size=args.batch_size,
-            soundscape=args.soundscape,
-            human_csv=args.human_csv,
-            outputs=outputs,
-        )
-        skipped += failed
-    except (PredictError, ThresholdsError, OutputError) as error:
-        raise SystemExit(f"error: {error}") from None
+    def work() -> int:
+        written, skipped = run_predict(args)
+        if skipped:
+            logger.warning("%d file(s) skipped:\n  %s", len(skipped), "\n  ".join(skipped))
+        print(f"Run file with {written} recordings written to {args.out}")
+        if args.human_csv:
+            print(f"Top-5 species per file for people: {args.human_csv}")
+        return 0
 
-    if skipped:
-        logger.warning("%d file(s) skipped:\n  %s", len(skipped), "\n  ".join(skipped))
-    print(f"Run file with {written} recordings written to {args.out}")
-    if args.human_csv:
-        print(f"Top-5 species per file for people: {args.human_csv}")
+    input_errors = (PredictError, ThresholdsError, OutputError, OutputPathError)
+    status = run_command(work, args.verbose, input_errors)
+    if status:
+        raise SystemExit(status)
 
 
 # ---- tables other tools open, embeddings (predict/detections.py) ------------------------------
@@ -596,6 +673,76 @@ def chunk_outputs(args: argparse.Namespace, run: Run, items: list[AudioItem]):
         audacity_dir=args.audacity,
         embeddings_path=args.embeddings,
     )
+
+
+def looks_like_human_csv(path: Path) -> bool:
+    return (first_line(path) or "").startswith(HUMAN_CSV_HEADER)
+
+
+def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
+    """The command's work, once its arguments are valid: (recordings written, skip messages)."""
+    work_dir = args.work_dir or args.out.resolve().parent / ".resampled"
+    named = (
+        ("--out", args.out),
+        ("--human-csv", args.human_csv),
+        ("--embeddings", args.embeddings),
+    )
+    for option, path in named:
+        if path and path.suffix.lower() in AUDIO_SUFFIXES:  # the next run would take it as audio
+            raise OutputPathError(f"{option} {path}: named like audio, which it is not")
+    audio = args.audio or [args.xml_dir.parent / "wav"]
+    for path in audio:
+        if work_dir.resolve() in (path.resolve(), *path.resolve().parents):
+            raise PredictError(
+                f"--work-dir {work_dir} holds the audio {path}: give the cache a folder of its own"
+            )
+    if args.xml_dir:
+        items, skipped = xml_items(args.xml_dir, audio[0], [work_dir])
+    else:
+        items, skipped = find_audio(audio, [work_dir]), []
+    if not items:
+        where = args.xml_dir or ", ".join(map(str, args.audio))
+        raise PredictError(
+            f"no audio to predict in {where} (looked for {', '.join(sorted(AUDIO_SUFFIXES))})"
+        )
+    items, refused = valid_media_ids(items)
+    skipped += refused
+    run_files = [args.run / name for name in ("params.json", "classes.json", args.model_file)]
+    inputs = [*run_files, *(item.path for item in items)]
+    check_output(args.out, own_kind=looks_like_run_file, kind="a run file", inputs=inputs)
+    if args.human_csv:
+        check_output(
+            args.human_csv,
+            own_kind=looks_like_human_csv,
+            kind="a CSV written by --human-csv",
+            inputs=[*inputs, args.out],
+            option="--human-csv",
+        )
+    if args.embeddings:
+        check_output(
+            args.embeddings,
+            own_kind=lambda path: is_zip_with(path, "embeddings.npy"),
+            kind="an embeddings file written by --embeddings",
+            inputs=[*inputs, args.out, *([args.human_csv] if args.human_csv else [])],
+            option="--embeddings",
+        )
+    if not items:
+        raise PredictError("no recording has a usable MediaId: " + "; ".join(skipped[:5]))
+    run = load_run(args.run, args.model_file, args.pooling)
+    outputs = chunk_outputs(args, run, items)
+    items, failed = resample_items(items, work_dir, run.params.sample_rate, args.workers)
+    skipped += failed
+    written, failed = predict(
+        run,
+        items,
+        args.out,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        soundscape=args.soundscape,
+        human_csv=args.human_csv,
+        outputs=outputs,
+    )
+    return written, skipped + failed
 
 
 if __name__ == "__main__":

@@ -16,16 +16,24 @@ whole file is written, so a crash never leaves half a run file.
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import math
 import os
+import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from preprocess.paths import first_line
+
 MAX_RANK = 100  # the official evaluator's limit of returned species per recording
+PART_SUFFIX = ".part"  # a run file being written
+MAX_LINE_CHARS = 100_000  # far beyond any run file or ground-truth line
+SOUNDSCAPE_SPAN = re.compile(r"\d\d+:\d\d:\d\d-\d\d+:\d\d:\d\d")
 
 
 class RunFileError(ValueError):
@@ -38,6 +46,38 @@ def top_classes(probs: np.ndarray, top_k: int) -> np.ndarray:
     return order[:top_k]
 
 
+def field_problem(text: str) -> str | None:
+    """Why text cannot be a MediaId or ClassId field of a run file line; None when it can.
+
+    The evaluator splits lines at ';' and line breaks and strips each field, so such a name
+    would make the whole run file invalid (or name another recording).
+    """
+    if not text:
+        return "is empty"
+    if any("\udc80" <= char <= "\udcff" for char in text):  # undecodable bytes of a file name
+        return "is not valid UTF-8"
+    if ";" in text:
+        return "holds ';', the run file's field separator"
+    if not text.isprintable():
+        return "holds a line break, tab or other non-printing character"
+    if text != text.strip():
+        return "starts or ends with white space"
+    return None
+
+
+def looks_like_run_file(path: Path) -> bool:
+    """True when path's first line is a run file line (either format): a file predict wrote."""
+    line = first_line(path)
+    if line is None:
+        return False
+    try:
+        _parse_line(line)
+        return True
+    except ValueError:
+        fields = line.split(";")
+        return len(fields) == 4 and SOUNDSCAPE_SPAN.fullmatch(fields[1]) is not None
+
+
 def format_probability(probability: float) -> str:
     return f"{min(max(float(probability), 0.0), 1.0):.6g}"
 
@@ -47,26 +87,93 @@ def seconds_to_hms(seconds: float) -> str:
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def file_mode() -> int:
+    """The mode a plain open() gives a new file: 0o666 less the process's umask."""
+    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def remove_stale_parts(path: Path) -> list[Path]:
+    """Remove the temporary files that a killed writer of path left, and return them.
+
+    Only names this module makes (`.<name>.<random>.part` beside path) are touched, and only
+    those no live writer holds: a writer keeps an exclusive lock on its file until it ends,
+    and the kernel releases the lock of a killed process.
+    """
+    removed = []
+    for part in path.parent.glob(f".{glob.escape(path.name)}.*{PART_SUFFIX}"):
+        if not re.fullmatch(r"[a-z0-9_]{8}", part.name[len(path.name) + 2 : -len(PART_SUFFIX)]):
+            continue
+        try:
+            with open(part, "rb") as file:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                part.unlink()
+            removed.append(part)
+        except OSError:  # held by a running writer, or gone already
+            continue
+    return removed
+
+
+def check_class_ids(classes: Sequence[str]) -> None:
+    """ValueError unless every class id can be a run file field, once."""
+    if len(set(classes)) != len(classes):
+        raise ValueError("class list has duplicates")
+    for class_id in classes:
+        problem = field_problem(class_id)
+        if problem:
+            raise ValueError(f"class id {class_id!r} {problem}")
+
+
+def check_media_id(media_id: str) -> None:
+    """ValueError unless media_id can be a run file field."""
+    problem = field_problem(media_id)
+    if problem:
+        raise ValueError(f"MediaId {media_id!r} {problem}")
+
+
+def open_part_file(path: Path) -> tuple[int, str]:
+    """A new temporary file beside path, for writing path atomically: (descriptor, name).
+
+    Named `.<name>.<random>.part`, locked while the descriptor is open (so a later
+    `remove_stale_parts` knows it is alive), with the mode a plain open() would give path.
+    Temporary files of killed writers of the same path are removed first.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(path)
+    try:
+        handle, temp_name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX
+        )
+    except OSError as error:  # named after the file asked for, not the temporary one
+        raise type(error)(error.errno, error.strerror, str(path)) from error
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    os.fchmod(handle, file_mode())  # mkstemp makes 0600 whatever the umask
+    return handle, temp_name
+
+
 class AtomicTextWriter:
-    """Text lines into a temporary file, moved onto path on a clean close, removed on error."""
+    """Text lines into a temporary file, moved onto path on a clean close, removed on error.
+
+    The file gets the mode a plain open() would give it (the umask decides); temporary files
+    of killed writers of the same path are removed first (`open_part_file`).
+    """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, self._temp_name = tempfile.mkstemp(
-            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part"
-        )
+        handle, self._temp_name = open_part_file(self.path)
         self.file = os.fdopen(handle, "w", encoding="utf-8", newline="\n")
 
     def __enter__(self):
         return self
 
     def __exit__(self, error_type, error, traceback) -> None:
-        self.file.close()
-        if error_type is None:
-            os.replace(self._temp_name, self.path)
-        else:
-            os.unlink(self._temp_name)
+        with self.file:  # closed (and its lock released) only once it is in place or gone
+            if error_type is None:
+                self.file.flush()
+                os.replace(self._temp_name, self.path)
+            else:
+                os.unlink(self._temp_name)
 
 
 class RunFileWriter(AtomicTextWriter):
@@ -79,8 +186,7 @@ class RunFileWriter(AtomicTextWriter):
     def __init__(self, path, classes: Sequence[str], top_k: int = MAX_RANK):
         if not 1 <= top_k <= MAX_RANK:
             raise ValueError(f"top_k must be 1..{MAX_RANK} (the official limit), got {top_k}")
-        if len(set(classes)) != len(classes):
-            raise ValueError("class list has duplicates")
+        check_class_ids(classes)
         super().__init__(path)
         self.classes = list(classes)
         self.top_k = top_k
@@ -89,6 +195,7 @@ class RunFileWriter(AtomicTextWriter):
     def write(self, media_id: str, probs: np.ndarray) -> None:
         if len(probs) != len(self.classes):
             raise ValueError(f"{len(probs)} probabilities for {len(self.classes)} classes")
+        check_media_id(media_id)
         if media_id in self._media_ids:
             raise ValueError(f"MediaId {media_id!r} written twice to {self.path}")
         self._media_ids.add(media_id)
@@ -108,12 +215,14 @@ class SoundscapeWriter(AtomicTextWriter):
     def __init__(
         self, path, classes: Sequence[str], top_k: int = MAX_RANK, window_seconds: float = 5.0
     ):
+        check_class_ids(classes)
         super().__init__(path)
         self.classes = list(classes)
         self.top_k = top_k
         self.window_seconds = window_seconds
 
     def write(self, media_id: str, window_probs: np.ndarray, duration_s: float) -> None:
+        check_media_id(media_id)
         for window, probs in enumerate(window_probs):
             start = window * self.window_seconds
             end = min(start + self.window_seconds, duration_s)
@@ -136,14 +245,31 @@ def read_run_file(path: str | os.PathLike) -> list[RunEntry]:
 
     Checks, as the official evaluator did: 4 fields separated by ';', a probability in [0, 1],
     an integer rank, each recording's ranks 1, 2, 3... in file order and at most MAX_RANK, no
-    duplicate (MediaId, ClassId). Blank lines are ignored.
+    duplicate (MediaId, ClassId). Blank lines are ignored. A file that is not UTF-8 text
+    (a binary file given by mistake) is a RunFileError too.
     """
     path = Path(path)
+    try:
+        return _read_entries(path)
+    except UnicodeDecodeError:
+        raise RunFileError(f"{path}: not UTF-8 text, so not a run file") from None
+
+
+def text_lines(file, path: Path, max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
+    """The lines of a text file, a RunFileError for one longer than max_chars: a binary file
+    or /dev/zero given by mistake is named instead of read into memory without end."""
+    for number, line in enumerate(iter(lambda: file.readline(max_chars + 1), ""), 1):
+        if len(line) > max_chars:
+            raise RunFileError(f"{path} line {number}: over {max_chars} characters, not text")
+        yield line
+
+
+def _read_entries(path: Path) -> list[RunEntry]:
     entries: list[RunEntry] = []
     last_rank: dict[str, int] = {}
     pairs: set[tuple[str, str]] = set()
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(text_lines(file, path), 1):
             line = line.strip()
             if not line:
                 continue

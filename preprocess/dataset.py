@@ -29,6 +29,7 @@ costs a disk copy, not a decompression and recompression.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -41,29 +42,27 @@ from typing import NamedTuple
 
 import filelock
 import h5py
+import hdf5plugin  # registers the Blosc2 filter with HDF5, for h5py and every reader here
 import numpy as np
 
 from preprocess.params import FORMAT_VERSION, SpectrogramParams
 
-try:  # ISA-L inflates X's rows about 1.7x faster than zlib (see read_rows)
-    from isal.isal_zlib import decompress as inflate
-    from isal.isal_zlib import error as InflateError
-except ImportError:
-    from zlib import decompress as inflate
-    from zlib import error as InflateError
-
 FORMAT = "birdclef-chunks"
-# h5py filter settings of X per --compression choice. "gzip" is HDF5's standard deflate
-# filter (with byte shuffling), which every HDF5 tool reads; its chunks are compressed here
-# with zlib's run-length strategy: on these spectrograms, mostly zeros where the noise
-# filter dropped cells, that is faster than deflate level 1 and compresses better (see
-# benchmarks/bench_hdf5.py). lzf is faster still but only h5py reads it.
+# h5py filter settings of X per --compression choice; all lossless. "blosc2-lz4" (the
+# default): byte shuffle then LZ4 inside Blosc2, through hdf5plugin's filter; its rows
+# decode about three times faster per core than gzip's (benchmarks/bench_hdf5.py), for 10 %
+# more bytes: decoding is what limits streamed training. "gzip" is HDF5's standard deflate
+# filter (with byte shuffling), which every HDF5 tool reads without a plugin; its chunks are
+# compressed here with zlib's run-length strategy: on these spectrograms, mostly zeros
+# where the noise filter dropped cells, that is faster than deflate level 1 and compresses
+# better. lzf is faster to write but only h5py reads it.
 COMPRESSIONS = {
+    "blosc2-lz4": dict(hdf5plugin.Blosc2("lz4", 5, hdf5plugin.Blosc2.SHUFFLE)),
     "gzip": {"compression": "gzip", "compression_opts": 1, "shuffle": True},
     "lzf": {"compression": "lzf", "shuffle": True},
     "none": {},
 }
-DEFAULT_COMPRESSION = "gzip"
+DEFAULT_COMPRESSION = "blosc2-lz4"
 REQUIRED_ATTRS = ("format", "format_version", "params", "classes", "class_names", "source")
 ROW_DATASETS = ("X", "y", "label", "background", "MediaId", "ClassId", "file", "chunk_index")
 RECORDING_DATASETS = (
@@ -184,75 +183,38 @@ class Dataset:
 def read_rows(x: h5py.Dataset | np.ndarray, rows: np.ndarray) -> np.ndarray:
     """x[rows] as float32 for sorted unique rows: (len(rows), *x.shape[1:]).
 
-    Rows stored as `compress_chunks` writes them for "gzip" and "none" (one HDF5 chunk per
-    row; shuffle then deflate, or no filter) are decoded here from their stored bytes, gzip
-    with ISA-L when it is installed: about half the time of HDF5's own filters, which are
-    most of the cost of streaming training batches (benchmarks/bench_training.py). Other
-    layouts are read one contiguous run at a time, since h5py's list indexing
-    (x[[3, 9, 40]]) is several times slower.
+    Read one contiguous run of rows at a time through HDF5's filters, since h5py's list
+    indexing (x[[3, 9, 40]]) is several times slower. h5py serialises its calls within a
+    process, so reading scales with processes (ChunkBatches' use_multiprocessing), not
+    threads. A row HDF5 cannot decode raises DatasetError naming it.
     """
     if isinstance(x, np.ndarray):
         return x[rows]
     out = np.empty((len(rows), *x.shape[1:]), dtype=np.float32)
     if not len(rows):
         return out
-    filters = _decodable_filters(x)
-    if filters is not None:
-        for position, row in enumerate(rows):
-            _read_stored_row(x, int(row), filters, out, position)
-        return out
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     for start, end in zip(
         np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]]), strict=True
     ):
-        x.read_direct(out, np.s_[rows[start] : rows[end - 1] + 1], np.s_[start:end])
+        try:
+            x.read_direct(out, np.s_[rows[start] : rows[end - 1] + 1], np.s_[start:end])
+        except OSError:
+            _raise_damaged_row(x, rows[start:end])
     return out
 
 
-SHUFFLE_DEFLATE = (h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_DEFLATE)
-
-
-def _decodable_filters(x: h5py.Dataset) -> tuple[int, ...] | None:
-    """X's filter pipeline if read_rows can decode its rows itself (little-endian float32,
-    one HDF5 chunk per row, filtered by shuffle then deflate or not at all), else None."""
-    plist = x.id.get_create_plist()
-    filters = tuple(plist.get_filter(i)[0] for i in range(plist.get_nfilters()))
-    decodable = (
-        x.dtype == np.dtype("<f4")
-        and x.chunks == (1, *x.shape[1:])
-        and filters in (SHUFFLE_DEFLATE, ())
-    )
-    return filters if decodable else None
-
-
-def _read_stored_row(
-    x: h5py.Dataset, row: int, filters: tuple[int, ...], out: np.ndarray, position: int
-) -> None:
-    """Row `row` of x into out[position], from its stored bytes (see read_rows)."""
-    skipped_filters, stored = x.id.read_direct_chunk((row,) + (0,) * (x.ndim - 1))
-    if skipped_filters:  # HDF5 left this chunk unfiltered by some filter: it knows which
-        x.read_direct(out, np.s_[row : row + 1], np.s_[position : position + 1])
-        return
-    target = out[position]
-    if filters == SHUFFLE_DEFLATE:
+def _raise_damaged_row(x: h5py.Dataset, rows: np.ndarray) -> None:
+    """Raise DatasetError naming the first of `rows` that HDF5 cannot decode."""
+    row = np.empty(x.shape[1:], dtype=np.float32)
+    for index in rows:
         try:
-            stored = inflate(stored, 15, target.nbytes)
-        except InflateError as reason:
+            x.read_direct(row, np.s_[int(index)])
+        except OSError as reason:
             raise DatasetError(
-                f"row {row} of X in {x.file.filename} is damaged: {reason}"
+                f"row {index} of X in {x.file.filename} is damaged: {reason}"
             ) from None
-    if len(stored) != target.nbytes:
-        raise DatasetError(
-            f"row {row} of X in {x.file.filename} is damaged: {len(stored)} bytes, "
-            f"not {target.nbytes}"
-        )
-    by_value = target.reshape(-1).view(np.uint8).reshape(-1, target.itemsize)
-    if filters == SHUFFLE_DEFLATE:  # the bytes come grouped by significance
-        by_significance = np.frombuffer(stored, np.uint8).reshape(target.itemsize, -1)
-        for byte in range(target.itemsize):  # 3x faster than by_significance.T
-            by_value[:, byte] = by_significance[byte]
-    else:
-        by_value.reshape(-1)[:] = np.frombuffer(stored, np.uint8)
+    raise DatasetError(f"rows {rows[0]}-{rows[-1]} of X in {x.file.filename} are unreadable")
 
 
 def open_dataset(path: str | os.PathLike) -> Dataset:
@@ -405,7 +367,7 @@ def compress_chunks(chunks: np.ndarray, compression: str) -> list[StoredChunk]:
         return [StoredChunk(0, shuffle_deflate(chunk)) for chunk in chunks]
     if compression == "none":
         return [StoredChunk(0, chunk.tobytes()) for chunk in chunks]
-    return _through_hdf5_filters(chunks, COMPRESSIONS[compression])
+    return _through_hdf5_filters(chunks, compression)
 
 
 def shuffle_deflate(chunk: np.ndarray) -> bytes:
@@ -416,23 +378,29 @@ def shuffle_deflate(chunk: np.ndarray) -> bytes:
     return packer.compress(shuffled) + packer.flush()
 
 
-def _through_hdf5_filters(chunks: np.ndarray, filters: dict) -> list[StoredChunk]:
+def _through_hdf5_filters(chunks: np.ndarray, compression: str) -> list[StoredChunk]:
     """Each chunk run through HDF5's own filter pipeline, in a one-row in-memory file."""
-    n_chunks, n_bins, n_frames = chunks.shape
-    name = f"compress-{os.getpid()}-{id(chunks)}"
-    with h5py.File(name, "w", driver="core", backing_store=False) as scratch:
-        row = scratch.create_dataset(
-            "X",
-            shape=(1, n_bins, n_frames, 1),
-            dtype="<f4",
-            chunks=(1, n_bins, n_frames, 1),
-            **filters,
-        )
-        stored = []
-        for chunk in chunks:
-            row.write_direct(chunk.reshape(row.shape))
-            stored.append(StoredChunk(*row.id.read_direct_chunk((0, 0, 0, 0))))
+    row = _scratch_row(compression, chunks.shape[1:], os.getpid())
+    stored = []
+    for chunk in chunks:
+        row.write_direct(chunk.reshape(row.shape))
+        stored.append(StoredChunk(*row.id.read_direct_chunk((0, 0, 0, 0))))
     return stored
+
+
+@functools.lru_cache(maxsize=8)
+def _scratch_row(compression: str, chunk_shape: tuple[int, int], pid: int) -> h5py.Dataset:
+    """A one-row dataset with X's filters in an in-memory file, kept for the process (pid:
+    a forked worker makes its own): opening a file per recording cost 10 ms, far more than
+    compressing a short recording's chunk."""
+    scratch = h5py.File(f"compress-{pid}-{compression}", "w", driver="core", backing_store=False)
+    return scratch.create_dataset(
+        "X",
+        shape=(1, *chunk_shape, 1),
+        dtype="<f4",
+        chunks=(1, *chunk_shape, 1),
+        **COMPRESSIONS[compression],
+    )
 
 
 class DatasetWriter:
@@ -669,6 +637,35 @@ def merge_shards(
                     target.write_direct_chunk((row + index, 0, 0, 0), data, filter_mask)
             row, recording = row + len(rows), recording + len(kept["MediaId"])
     os.replace(temporary, out_path)
+
+
+def convert_dataset(
+    source: str | os.PathLike, target: str | os.PathLike, compression: str, rows_at_once=64
+) -> None:
+    """Copy the dataset at source to target with X stored under `compression`, atomically.
+
+    Every other dataset and attribute is copied as it is (inputs_digest too: the rows are
+    the same), and the values of X are unchanged: every compression is lossless.
+    """
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {compression!r}, not one of {list(COMPRESSIONS)}")
+    target = Path(target)
+    temporary = target.with_name(target.name + ".tmp")
+    with open_dataset(source) as dataset, h5py.File(temporary, "w") as out:
+        n_rows = len(dataset)
+        _create_root(out, replace(dataset.info, compression=compression), n_rows)
+        for name in dataset.file.attrs:  # attributes of later writers too
+            if name not in out.attrs:
+                out.attrs[name] = dataset.file.attrs[name]
+        for name in dataset.file:
+            if name != "X":
+                dataset.file.copy(dataset.file[name], out, name=name)
+        for start in range(0, n_rows, rows_at_once):
+            rows = np.arange(start, min(start + rows_at_once, n_rows))
+            chunks = read_rows(dataset.X, rows)[..., 0]
+            for row, stored in zip(rows, compress_chunks(chunks, compression), strict=True):
+                out["X"].id.write_direct_chunk((row, 0, 0, 0), stored.data, stored.filter_mask)
+    os.replace(temporary, target)
 
 
 def remove_parts(parts_dir: Path) -> None:

@@ -70,11 +70,15 @@ from preprocess.params import (  # noqa: E402
     PADDINGS,
     SpectrogramParams,
 )
+from preprocess.paths import OutputPathError, check_output, is_hdf5  # noqa: E402
 from preprocess.spectrogram import frames_for_seconds, mel_filterbank  # noqa: E402
 
 logger = logging.getLogger("load_data")
 
-BATCH = 4  # recordings per worker task: amortises inter-process overhead on short files
+# Audio per worker task (about 4 minutes of 16 kHz wav, one file at least): short files share
+# a hand-off to the workers, whose cost per task would otherwise dominate (BENCHMARKS.md).
+BATCH_BYTES = 8 * 2**20
+TASKS_PER_WORKER = 4  # at least, where there are files enough: workers finish together
 STREAM_PIECE_CHUNKS = 64  # chunks extracted at a time from a streamed recording (16 MB)
 IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: keeps workers busy, bounds memory
 
@@ -126,6 +130,26 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
 
+def worker_batches(paths: list[Path], workers: int) -> list[list[Path]]:
+    """paths cut, in order, into tasks of up to BATCH_BYTES of files (one file at least),
+    with at most 1 / (TASKS_PER_WORKER * workers) of the files each."""
+    most_files = max(1, -(-len(paths) // (TASKS_PER_WORKER * workers)))
+    batches: list[list[Path]] = []
+    batch_bytes = 0
+    for path in paths:
+        try:
+            size = path.stat().st_size
+        except OSError:  # extract_recording names the problem
+            size = 0
+        if batches and batch_bytes + size <= BATCH_BYTES and len(batches[-1]) < most_files:
+            batches[-1].append(path)
+            batch_bytes += size
+        else:
+            batches.append([path])
+            batch_bytes = size
+    return batches
+
+
 def extract_all(
     paths: list[Path], params: SpectrogramParams, compression: str, workers: int
 ) -> Iterator[Extracted]:
@@ -135,11 +159,11 @@ def extract_all(
     waiting to be consumed (Pool.imap would buffer every finished result if the writer fell
     behind), so memory does not depend on the number of recordings.
     """
-    if workers == 1 or len(paths) <= BATCH:
+    batches = worker_batches(paths, workers)
+    if workers == 1 or len(batches) == 1:
         for path in paths:
             yield from _extract_batch([path], params, compression)
         return
-    batches = [paths[start : start + BATCH] for start in range(0, len(paths), BATCH)]
     workers = min(workers, len(batches))
     with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
         pending = deque()
@@ -430,7 +454,17 @@ def extract_into_shards(
             progress.set_postfix_str(f"{summary.audio_s / 3600:.2f} h audio", refresh=False)
 
 
-FRONT_END_OPTIONS = ("frontend", "n_mels", "fmin", "fmax", "nfft", "hop", "noise_filter", "padding")
+FRONT_END_OPTIONS = (
+    "frontend",
+    "n_mels",
+    "fmin",
+    "fmax",
+    "nfft",
+    "hop",
+    "noise_filter",
+    "padding",
+    "drop_silence",
+)
 
 
 def median_chunk_seconds(paths: list[Path]) -> float:
@@ -480,6 +514,8 @@ def job_params(args, recordings: list[metadata.Recording]) -> SpectrogramParams:
         changes["n_bins"] = args.n_mels
     elif frontend != base.frontend:
         changes["n_bins"] = MODERN.n_bins if frontend == "logmel" else SpectrogramParams.n_bins
+    if args.noise_filter and args.drop_silence is None:
+        changes["drop_silence"] = False  # the filter removes empty frames itself
     try:
         params = dataclasses.replace(base, **changes)
         if params.frontend == "logmel":
@@ -691,7 +727,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="2016",
         help="2016 (default): the paper's log PSD, 200 bins to 6.2 kHz, noise filter, 4.96 s "
         "chunks, zero padding. modern: 128 log-mel bands over 0-8 kHz (nfft 1024, hop 320), "
-        "no noise filter, chunk length auto, cyclic padding",
+        "no noise filter, digital silence dropped, chunk length auto, cyclic padding",
     )
     recipe.add_argument("--frontend", choices=FRONTENDS, help="psd2016 or logmel")
     recipe.add_argument("--n-mels", type=int, metavar="N", help="mel bands (logmel; 128)")
@@ -704,6 +740,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=on_off,
         metavar="on|off",
         help="the 2016 noise filter (2016: on; modern: off)",
+    )
+    recipe.add_argument(
+        "--drop-silence",
+        type=on_off,
+        metavar="on|off",
+        help="drop frames of digital silence (exact zeros, as clips padded to a length have; "
+        "without the noise filter only; 2016: off; modern: on)",
     )
     recipe.add_argument(
         "--padding",
@@ -750,6 +793,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # an existing file: even --overwrite replaces only an HDF5 file, never an input
+        if args.out.is_file():
+            inputs = [path for path in (args.csv, args.classes_from) if path]
+            check_output(args.out, own_kind=is_hdf5, kind="an HDF5 file", inputs=inputs)
+    except OutputPathError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s: %(message)s"
     )

@@ -41,6 +41,7 @@ class SpectrogramParams:
     fmax: float = 8000.0  # Hz, highest edge of the mel bands ("logmel" only)
     noise_filter: bool = True  # the 2016 noise filter (cells, empty frames) before chunking
     padding: str = "zero"  # a recording shorter than a chunk: "zero" padded, or "cyclic" repeat
+    drop_silence: bool = False  # drop frames of digital silence (exact zeros: padding)
 
     def __post_init__(self) -> None:
         if self.frontend not in FRONTENDS:
@@ -53,6 +54,11 @@ class SpectrogramParams:
             raise ValueError(
                 f"mel bands need 0 <= fmin < fmax <= sample_rate / 2, "
                 f"got {self.fmin}-{self.fmax} Hz"
+            )
+        if self.drop_silence and self.noise_filter:
+            raise ValueError(
+                "drop_silence is for the front end without the noise filter (the filter "
+                "removes empty frames itself)"
             )
 
     def to_json(self) -> str:
@@ -84,13 +90,20 @@ class SpectrogramParams:
 
 ADDED_FIELDS = {
     name: getattr(SpectrogramParams, name)
-    for name in ("frontend", "fmin", "fmax", "noise_filter", "padding")
+    for name in ("frontend", "fmin", "fmax", "noise_filter", "padding", "drop_silence")
 }
 
 # The front end of `--recipe modern`: 128 log-mel bands over 0-8 kHz, 64 ms windows every
-# 20 ms, no noise filter, short clips repeated; chunk_frames is then set from the chunk length
-# (load_data.py --chunk-seconds, by default from the training recordings' durations).
+# 20 ms, no noise filter, digital silence dropped, short clips repeated; chunk_frames is then
+# set from the chunk length (load_data.py --chunk-seconds, by default from the training
+# recordings' durations).
 MODERN = SpectrogramParams(
-    frontend="logmel", n_bins=128, nfft=1024, hop=320, noise_filter=False, padding="cyclic"
+    frontend="logmel",
+    n_bins=128,
+    nfft=1024,
+    hop=320,
+    noise_filter=False,
+    padding="cyclic",
+    drop_silence=True,
 )
 MODERN_CHUNK_SECONDS = (1.0, 5.0)  # the automatic chunk length: median duration, clamped

@@ -6,7 +6,9 @@ preprocess/resample_wavs_to_16k.sh runs this by itself when `sox` is not on PATH
 is the script's: IN_DIR/<path>.wav becomes OUT_DIR/<path>.wav, 16 kHz, 16-bit, channels
 averaged; parallel; resumable (written to <path>.wav.part, renamed when complete; an existing
 output is skipped unless its input is newer); a file that cannot be read is named with the
-reason and skipped; exit status 0, 1 when some file failed, 2 for a usage error.
+reason and skipped (a float wav with NaN samples too); exit status 0, 1 when some file failed,
+2 for a usage error or an output folder it cannot write (`error: ...`, the traceback only with
+--verbose).
 
 Only wav can be read without SoX: flac, mp3, ogg, aiff and au inputs are reported as failed.
 soxr's 'HQ' quality is the engine of SoX's default `rate` effect, and samples are rounded
@@ -27,6 +29,7 @@ from scipy.io import wavfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
 from preprocess.audio import AudioError, read_wav, to_sample_rate  # noqa: E402
+from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
 
 TARGET_RATE = SpectrogramParams().sample_rate
@@ -113,22 +116,55 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Resample every wav under IN_DIR to a 16 kHz 16-bit mono wav under OUT_DIR "
         "(same relative path) with soxr. The fallback of resample_wavs_to_16k.sh without SoX.",
-        epilog="Exit status: 0 all converted or already done, 1 some failed, 2 usage error.",
+        epilog="Exit status: 0 all converted or already done, 1 some failed, 2 usage error or "
+        "an output folder it cannot write.",
     )
-    parser.add_argument("in_dir", type=Path, help="folder searched recursively for wav files")
-    parser.add_argument("out_dir", type=Path, help="output folder, separate from IN_DIR")
     parser.add_argument(
-        "--jobs", "-j", type=int, default=os.cpu_count() or 1, help="worker processes"
+        "in_dir", type=Path, nargs="?", help="folder searched recursively for wav files"
     )
+    parser.add_argument("out_dir", type=Path, nargs="?", help="output folder, separate from IN_DIR")
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=at_least(1, most_workers()),
+        default=os.cpu_count() or 1,
+        help="worker processes",
+    )
+    parser.add_argument(
+        "--check",
+        type=Path,
+        metavar="FILE",
+        help="only read FILE (a wav) as the in-process path does: exit 1 with the reason when it "
+        "is unusable (NaN samples, truncated); the SoX script asks this for float wavs",
+    )
+    parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)
-    if args.jobs < 1:
-        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    if args.check:
+        return check(args.check)
+    if args.in_dir is None or args.out_dir is None:
+        parser.error("expected IN_DIR and OUT_DIR")
     if not args.in_dir.is_dir():
         parser.error(f"input folder '{args.in_dir}' does not exist")
     in_dir, out_dir = args.in_dir.resolve(), args.out_dir.resolve()
     if in_dir == out_dir or in_dir in out_dir.parents or out_dir in in_dir.parents:
         parser.error(f"OUT_DIR '{args.out_dir}' must be separate from IN_DIR '{args.in_dir}'")
 
+    # an unwritable OUT_DIR, say, is one line and status 2; finished files are kept
+    return run_command(lambda: resample_dir(in_dir, out_dir, args.jobs), args.verbose)
+
+
+def check(path: Path) -> int:
+    """`--check FILE`: 0 when read_wav can use FILE, else 1 and the reason on stdout."""
+    try:
+        read_wav(path)
+    except AudioError as error:
+        print(error.reason)
+        return 1
+    return 0
+
+
+def resample_dir(in_dir: Path, out_dir: Path, jobs: int) -> int:
+    """Resample every wav under in_dir into out_dir; the exit status (0, or 1: some failed)."""
     start = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.rglob(f"*.wav{PART_SUFFIX}"):  # left by a killed run
@@ -137,14 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     n_found = len(todo) + already_done + len(failed)
     print(
         f"resampling to {TARGET_RATE // 1000} kHz mono 16-bit with soxr: {n_found} audio files "
-        f"in {in_dir}, {already_done} already done, {len(todo)} to convert with {args.jobs} "
+        f"in {in_dir}, {already_done} already done, {len(todo)} to convert with {jobs} "
         f"jobs -> {out_dir}",
         flush=True,
     )
     tasks = [(in_dir, out_dir, rel) for rel in todo]
     step = max(1, -(-len(tasks) // 20))  # about 20 progress lines per run
     converted = 0
-    for done, (rel, reason) in enumerate(_run(tasks, args.jobs), start=1):
+    for done, (rel, reason) in enumerate(_run(tasks, jobs), start=1):
         if reason is None:
             converted += 1
         else:

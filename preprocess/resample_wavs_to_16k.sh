@@ -10,6 +10,8 @@
 #   an existing .wav is always whole and is skipped (unless its input is newer). Leftover .part
 #   files of a killed run are deleted at the start. Run one job per OUT_DIR at a time.
 # - A file SoX cannot read is named with SoX's reason and skipped; the rest still converts.
+#   So is a file SoX decodes only in part ("sox FAIL", e.g. a truncated flac), one that gives
+#   no samples, and a float wav with NaN or infinite samples (which SoX would turn into clicks).
 #   Two inputs that would give the same output (a.wav and a.flac) are reported the same way.
 # - OUT_DIR must not be IN_DIR, lie inside it or contain it: inputs are never overwritten.
 # Exit status: 0 when every file converted (or was already done), 1 when some failed (they are
@@ -58,16 +60,18 @@ while (($#)); do
 done
 ((${#positional[@]} == 2)) || die_usage "expected IN_DIR and OUT_DIR"
 [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || die_usage "--jobs must be a positive whole number, got '$jobs'"
+max_jobs=$((4 * $(nproc 2>/dev/null || echo 1))) # as the Python commands: 4 per core
+((${#jobs} <= 6 && jobs <= max_jobs)) || die_usage "--jobs must be at most $max_jobs, got $jobs"
 in_dir="${positional[0]}"
 out_dir="${positional[1]}"
 
+project_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+python="${PYTHON:-}"
+if [[ -z "$python" ]]; then
+    python="$project_root/.venv/bin/python"
+    [[ -x "$python" ]] || python=python3
+fi
 if ! command -v sox >/dev/null 2>&1; then
-    project_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-    python="${PYTHON:-}"
-    if [[ -z "$python" ]]; then
-        python="$project_root/.venv/bin/python"
-        [[ -x "$python" ]] || python=python3
-    fi
     echo "note: SoX is not installed; using the pure-Python soxr fallback (wav input only;" \
         "for flac/mp3/ogg install SoX: sudo apt-get install sox libsox-fmt-all)" >&2
     exec "$python" "$project_root/preprocess/resample.py" --jobs "$jobs" -- "$in_dir" "$out_dir"
@@ -80,15 +84,32 @@ if [[ "$out_abs" == "$in_abs" || "$out_abs/" == "${in_abs%/}/"* || "$in_abs/" ==
     die_usage "OUT_DIR '$out_dir' must be separate from IN_DIR '$in_dir' (not the same, not inside)"
 fi
 mkdir -p -- "$out_abs"
-find "$out_abs" -type f -name '*.wav.part' -delete # left by a killed run; never a result
+find "$out_abs" \( -type f -o -type l \) -name '*.wav.part' -delete # a killed run's; never a result
 
 state_dir="$(mktemp -d)"
 trap 'rm -rf -- "$state_dir"' EXIT
 export IN_ABS="$in_abs" OUT_ABS="$out_abs" STATE_DIR="$state_dir"
+export PYTHON_BIN="$python" RESAMPLE_PY="$project_root/preprocess/resample.py"
 
 # A name with control characters (a newline, say) is printed shell-quoted, on one line.
 show_name() {
     if [[ "$1" == *[[:cntrl:]]* ]]; then printf '%q' "$1"; else printf '%s' "$1"; fi
+}
+
+# Why SoX's result $2 of input $1 must not be used (SoX's messages: $3); nothing when it is
+# fine. SoX says "sox FAIL" about a damaged file (a truncated flac) yet exits 0 and leaves a
+# short or empty wav; and it turns NaN samples of a float wav into full-scale clicks without a
+# word, so a float wav is read by resample.py --check, as the in-process path reads it.
+unusable_reason() {
+    local src="$1" part="$2" message="$3"
+    if [[ "$message" == *"sox FAIL"* ]]; then
+        printf '%s' "$message"
+    elif [[ "$(sox --i -s "$part" 2>/dev/null)" == 0 ]]; then
+        printf 'no samples'
+    elif [[ "${src,,}" == *.wav || "${src,,}" == *.wave ]] &&
+        [[ "$(sox --i -e "$src" 2>/dev/null)" == "Floating Point"* ]]; then
+        "$PYTHON_BIN" "$RESAMPLE_PY" --check "$src" 2>&1 || true
+    fi
 }
 
 # Convert IN_ABS/$2 to OUT_ABS/<$2 with .wav>; $1 is its position in the queue of TOTAL files.
@@ -96,23 +117,28 @@ show_name() {
 resample_one() {
     local position="$1" rel="$2" total="$TOTAL"
     local src="$IN_ABS/$rel" dst="$OUT_ABS/${rel%.*}.wav"
-    local message
+    local message reason
     if message="$({ mkdir -p -- "${dst%/*}" &&
         sox -D --no-glob "$src" -t wav -r 16000 -c 1 -b 16 -e signed-integer \
-            --no-glob "$dst.part"; } 2>&1)" && mv -f -- "$dst.part" "$dst"; then
+            --no-glob "$dst.part"; } 2>&1)"; then
+        reason="$(unusable_reason "$src" "$dst.part" "$message")"
+    else
+        reason="${message:-SoX failed without a message}"
+    fi
+    if [[ -z "$reason" ]] && mv -f -- "$dst.part" "$dst"; then
         [[ -z "$message" ]] || echo "warning: $(show_name "$rel"): ${message//$'\n'/; }" >&2
     else
         rm -f -- "$dst.part"
-        printf '%s\0%s\0' "$rel" "${message:-could not move the finished file into place}" \
-            >"$STATE_DIR/failed.$position"
-        echo "FAILED $(show_name "$rel"): ${message//$'\n'/; }" >&2
+        reason="${reason:-could not move the finished file into place}"
+        printf '%s\0%s\0' "$rel" "$reason" >"$STATE_DIR/failed.$position"
+        echo "FAILED $(show_name "$rel"): ${reason//$'\n'/; }" >&2
     fi
     local step=$(((total + 19) / 20)) # about 20 progress lines per run
     if ((position % step == 0 || position == total)); then
         echo "progress: $position/$total"
     fi
 }
-export -f resample_one show_name
+export -f resample_one unusable_reason show_name
 
 # Plan: which inputs still need converting, and which collide on the same output name.
 mapfile -d '' inputs < <(cd -- "$in_abs" && find -L . -type f \( -iname '*.wav' -o \

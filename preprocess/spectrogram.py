@@ -380,6 +380,23 @@ def split_chunks(spec: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     return chunks
 
 
+def _silent_frames(log_spec: np.ndarray, params: SpectrogramParams) -> np.ndarray:
+    """(frames,) bool: frames of log_spec (n_bins, frames) at the floor in every row, that is
+    windows of digital silence (exact zeros: padding, never a microphone's output)."""
+    return (log_spec <= np.float32(np.log10(params.log_floor))).all(axis=0)
+
+
+def drop_silence(log_spec: np.ndarray, params: SpectrogramParams) -> np.ndarray:
+    """log_spec (n_bins, frames) without its digitally silent frames (`_silent_frames`) when
+    params.drop_silence, so a clip padded with zeros becomes the sound it holds (then padded
+    by `pad_chunk`); a spectrogram of nothing but silence, or drop_silence off, is returned
+    as it is."""
+    if not params.drop_silence:
+        return log_spec
+    silent = _silent_frames(log_spec, params)
+    return log_spec if silent.all() or not silent.any() else log_spec[:, ~silent]
+
+
 def extract_chunks(samples: np.ndarray, params: SpectrogramParams) -> Extraction:
     """Samples (n,) at params.sample_rate, int16 scale -> `Extraction` (chunks, n_frames).
 
@@ -387,10 +404,12 @@ def extract_chunks(samples: np.ndarray, params: SpectrogramParams) -> Extraction
     spectrogram cut into chunks; n_frames: frames left after the noise filter. Equal to
     split_chunks(filter_noise(log_spectrogram(...))), but each chunk is gathered straight
     from the spectrogram, without the filtered copy in between. Without the noise filter
-    (params.noise_filter False): split_chunks(log_spectrogram(...)), n_frames all frames.
+    (params.noise_filter False): split_chunks(drop_silence(log_spectrogram(...))), n_frames
+    the frames kept.
     """
     log_spec = log_spectrogram(samples, params)
     if not params.noise_filter:
+        log_spec = drop_silence(log_spec, params)
         return Extraction(split_chunks(log_spec, params), log_spec.shape[1])
     row_cells, kept = _filter_plan(log_spec, params)
     if kept.size < params.chunk_frames:
@@ -528,7 +547,12 @@ def stream_chunks(
             yield block
 
     if not params.noise_filter:  # one pass, the spectrogram's frames as they come
-        yield from _chunk_stream(counted(log_spec_blocks()), params, max_chunks)
+        blocks = log_spec_blocks()
+        if params.drop_silence:
+            blocks = (block[:, ~_silent_frames(block, params)] for block in blocks)
+        yield from _chunk_stream(counted(blocks), params, max_chunks)
+        if not n_frames:  # nothing but silence: keep it all, as `drop_silence` does
+            yield from _chunk_stream(counted(log_spec_blocks()), params, max_chunks)
         return n_frames
 
     edges = band_edges(params)
@@ -559,7 +583,10 @@ def chunk_slices(
     to end with the recording's last chunk_frames frames, just as `split_chunks` cuts the
     whole. Returns (as StopIteration.value) the frames after the filter, as extract_chunks.
     """
-    filtered = filter_noise(log_spec, params) if params.noise_filter else log_spec
+    if params.noise_filter:
+        filtered = filter_noise(log_spec, params)
+    else:
+        filtered = drop_silence(log_spec, params)
     del log_spec  # the caller let go of it too: one spectrogram in memory, not two
     n_frames, step = filtered.shape[1], max_chunks * params.chunk_frames
     for start in range(0, n_frames, step):
@@ -574,8 +601,9 @@ def window_chunks(
     """Chunks of each window_seconds window, in time order, for soundscape rankings.
 
     With the noise filter, its mask comes from the whole recording (as in training); inside
-    each window the frames the filter counts as empty are removed. The rest of a window is cut
-    like a recording (`split_chunks`: one padded chunk when it is shorter than chunk_frames).
+    each window the frames the filter counts as empty are removed (without it, the silent
+    frames, `drop_silence`). The rest of a window is cut like a recording (`split_chunks`:
+    one padded chunk when it is shorter than chunk_frames).
     Returns (as StopIteration.value) the spectrogram's frames.
     """
     n_frames = log_spec.shape[1]
@@ -591,5 +619,7 @@ def window_chunks(
             zeros = np.count_nonzero(part == 0, axis=0)
             empty = zeros / part.shape[0] > params.empty_frame_fraction
             part = part if empty.all() else part[:, ~empty]
+        else:
+            part = drop_silence(part, params)
         yield split_chunks(part, params)
     return n_frames

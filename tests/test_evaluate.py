@@ -1,5 +1,9 @@
 """Run files and the official score: writer, validator and evaluator on hand-computed examples."""
 
+import json
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import label_ranking_average_precision_score
@@ -177,15 +181,124 @@ def test_cli_prints_foreground_map_first(tmp_path, capsys):
     assert lines[2] == "top-1 accuracy: 0.5000"
 
 
-def test_cli_reports_a_bad_run_file_by_line(tmp_path):
+def test_cli_reports_a_bad_run_file_by_line(tmp_path, capsys):
     run = tmp_path / "run.csv"
     run.write_text("1;aaaaaa;0.5;1\n1;bbbbbb;0.4;1\n")
     truth_path = tmp_path / "truth.csv"
     truth_path.write_text("1;aaaaaa;\n")
-    with pytest.raises(SystemExit, match="line 2: rank 1"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--run-file", str(run), "--truth", str(truth_path)])
+    assert exit_info.value.code == 2
+    assert "line 2: rank 1" in capsys.readouterr().err
 
 
 def test_chance_level_of_a_random_ranking():
     assert chance_map(1) == 1.0
     assert chance_map(4) == pytest.approx((1 + 1 / 2 + 1 / 3 + 1 / 4) / 4)
+
+
+def evaluate_error(capsys, *args) -> str:
+    """Run evaluate expecting the bad-input exit: status 2, one `error:` line; its text."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    return err
+
+
+def test_cli_json_never_replaces_an_input_or_another_kind_of_file(tmp_path, capsys):
+    run = write_run(tmp_path / "run.csv", {"1": [0.1, 0.2, 0.3, 0.4]})
+    truth = tmp_path / "truth.csv"
+    truth.write_text("1;dddddd;\n")
+    before = run.read_text()
+    assert "also an input" in evaluate_error(
+        capsys, "--run-file", run, "--truth", truth, "--json", run
+    )
+    assert run.read_text() == before
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    assert "not a results file" in evaluate_error(
+        capsys, "--run-file", run, "--truth", truth, "--json", tmp_path / "notes.json"
+    )
+    results = tmp_path / "results.json"
+    for _ in range(2):  # its own kind is replaced
+        main(["--run-file", str(run), "--truth", str(truth), "--json", str(results)])
+    assert json.loads(results.read_text())["map_foreground"] == 1.0
+
+
+def test_cli_binary_or_wrong_files_are_one_error_line(tmp_path, capsys):
+    run = write_run(tmp_path / "run.csv", {"1": [0.1, 0.2, 0.3, 0.4]})
+    truth = tmp_path / "truth.csv"
+    truth.write_text("1;dddddd;\n")
+    binary = tmp_path / "model.keras"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert "not UTF-8 text" in evaluate_error(capsys, "--run-file", binary, "--truth", truth)
+    assert "not UTF-8 text" in evaluate_error(capsys, "--run-file", run, "--truth", binary)
+    assert "not a run folder's classes.json" in evaluate_error(
+        capsys, "--run-file", run, "--truth", truth, "--classes", binary
+    )
+    assert "Is a directory" in evaluate_error(capsys, "--run-file", tmp_path, "--truth", truth)
+    # an endless file without line breaks is named, not read into memory for ever
+    assert "over 100000 characters" in evaluate_error(
+        capsys, "--run-file", "/dev/zero", "--truth", truth
+    )
+    assert "error: /dev/zero: " in evaluate_error(capsys, "--run-file", run, "--truth", "/dev/zero")
+    assert "error: /dev/zero: not a file" in evaluate_error(
+        capsys, "--run-file", run, "--truth", truth, "--classes", "/dev/zero"
+    )
+    assert "not a regular file" in evaluate_error(
+        capsys, "--run-file", run, "--truth", truth, "--json", "/dev/null"
+    )
+    with pytest.raises(SystemExit):
+        main(["--run-file", str(binary), "--truth", str(truth), "--verbose"])
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_cli_truth_xml_with_a_dtd_entity_is_skipped_by_name(tmp_path, caplog, capsys):
+    run = write_run(tmp_path / "run.csv", {"1": [0.1, 0.2, 0.3, 0.4]})
+    xml = tmp_path / "xml"
+    xml.mkdir()
+    (xml / "1.xml").write_text(
+        "<Audio><MediaId>1</MediaId><FileName>1.wav</FileName><ClassId>dddddd</ClassId></Audio>"
+    )
+    (xml / "2.xml").write_text(
+        '<?xml version="1.0"?><!DOCTYPE Audio [<!ENTITY e "2">]><Audio><MediaId>&e;</MediaId>'
+        "<FileName>2.wav</FileName><ClassId>aaaaaa</ClassId></Audio>"
+    )
+    main(["--run-file", str(run), "--truth", str(xml)])
+    assert "MAP (foreground): 1.0000" in capsys.readouterr().out
+    assert "2.xml: malformed XML (entities are disabled)" in caplog.text
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_run_files_get_the_mode_of_a_plain_open(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = write_run(tmp_path / "run.csv", {"1": [0.1, 0.2, 0.3, 0.4]})
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_killed_writers_part_file_is_removed_but_not_a_live_one(tmp_path):
+    killed = tmp_path / ".run.csv.abcd1234.part"
+    killed.write_text("half")
+    other = tmp_path / ".run.csv.notours.part"  # not our naming: left alone
+    other.write_text("someone else's")
+    with RunFileWriter(tmp_path / "run.csv", CLASSES) as live:
+        with RunFileWriter(tmp_path / "run.csv", CLASSES):  # a second writer of the same path
+            assert Path(live._temp_name).exists()
+        live.write("1", np.full(4, 0.25))
+    assert not killed.exists() and other.exists()
+    assert len(read_run_file(tmp_path / "run.csv")) == 4
+
+
+@pytest.mark.parametrize("media_id", ["a;b", "a\nb", "a\rb", " a", "", "a\u2028b", "a\udcffb"])
+def test_writer_refuses_a_media_id_that_would_break_the_file(tmp_path, media_id):
+    with (
+        pytest.raises(ValueError, match="MediaId"),
+        RunFileWriter(tmp_path / "r.csv", CLASSES) as r,
+    ):
+        r.write(media_id, np.full(4, 0.25))
+    with pytest.raises(ValueError, match="class id"):
+        RunFileWriter(tmp_path / "r.csv", [*CLASSES, media_id or "x;y"])

@@ -135,7 +135,14 @@ def test_too_many_bands_for_the_fft_is_a_clear_error():
 def test_2016_parameters_serialise_exactly_as_before_and_old_json_reads_as_2016():
     assert PARAMS_2016.to_json() == JSON_2016
     assert SpectrogramParams.from_json(JSON_2016) == PARAMS_2016
-    assert set(ADDED_FIELDS) == {"frontend", "fmin", "fmax", "noise_filter", "padding"}
+    assert set(ADDED_FIELDS) == {
+        "frontend",
+        "fmin",
+        "fmax",
+        "noise_filter",
+        "padding",
+        "drop_silence",
+    }
 
 
 def test_modern_parameters_round_trip():
@@ -192,7 +199,7 @@ def test_without_the_noise_filter_chunks_are_the_whole_spectrogram():
     np.testing.assert_array_equal(chunks[0], log_spec[:, : MODERN_5S.chunk_frames])
     quiet = np.random.default_rng(4).normal(0, 300, 12 * RATE)  # one loud second in noise
     quiet[RATE : 2 * RATE] += 8000 * np.sin(2 * np.pi * 3000 * np.arange(RATE) / RATE)
-    filtered = dataclasses.replace(MODERN_5S, noise_filter=True)
+    filtered = dataclasses.replace(MODERN_5S, noise_filter=True, drop_silence=False)
     assert extract_chunks(quiet, filtered).n_frames < n_frames / 2  # the filter works on mels
 
 
@@ -213,6 +220,53 @@ def test_streaming_and_slices_equal_the_whole_extraction(seconds, params):
                 pieces.append(next(stream))
         np.testing.assert_array_equal(np.concatenate(pieces), expected.chunks)
         assert end.value.value == expected.n_frames
+
+
+def padded_with_silence() -> np.ndarray:
+    """1 s of sound, 3 s of digital silence, 0.5 s of sound, 2 s of silence: an ESC-style
+    clip padded with zeros."""
+    zeros = np.zeros(RATE, dtype=np.float32)
+    parts = [noisy_song(1.0, seed=7), zeros, zeros, zeros, noisy_song(0.5, seed=8), zeros, zeros]
+    return np.concatenate(parts)
+
+
+def test_digital_silence_is_dropped_before_chunking():
+    samples = padded_with_silence()
+    log_spec = log_spectrogram(samples, MODERN_5S)
+    silent = (log_spec == -10).all(axis=0)
+    assert 200 < silent.sum() < log_spec.shape[1] - 60  # the zeros, less the windows at edges
+    chunks, n_frames = extract_chunks(samples, MODERN_5S)
+    assert n_frames == (~silent).sum()
+    assert len(chunks) == 1 and not (chunks[0] == -10).all(axis=0).any()  # sound repeated
+    np.testing.assert_array_equal(chunks[0, :, :n_frames], log_spec[:, ~silent])
+    kept = dataclasses.replace(MODERN_5S, drop_silence=False)
+    assert extract_chunks(samples, kept).n_frames == log_spec.shape[1]
+    # nothing but silence: kept as it is, one chunk at the floor
+    chunks, n_frames = extract_chunks(np.zeros(2 * RATE, dtype=np.float32), MODERN_5S)
+    assert n_frames == frame_count(2 * RATE, MODERN_5S) and (chunks == -10).all()
+
+
+@pytest.mark.parametrize("silence_only", [False, True])
+def test_dropping_silence_streams_and_slices_like_the_whole(silence_only):
+    samples = padded_with_silence()
+    samples = np.tile(samples * (not silence_only), 3)  # 19.5 s
+    params = dataclasses.replace(MODERN, chunk_frames=47)
+    expected = extract_chunks(samples, params)
+    slices = chunk_slices(log_spectrogram(samples, params), params, 2)
+    np.testing.assert_array_equal(np.concatenate(list(slices)), expected.chunks)
+    source = lambda: (samples[i : i + 5000] for i in range(0, samples.size, 5000))  # noqa: E731
+    stream = stream_chunks(source, params, 3, block_cells=2)
+    pieces = []
+    with pytest.raises(StopIteration) as end:
+        while True:
+            pieces.append(next(stream))
+    np.testing.assert_array_equal(np.concatenate(pieces), expected.chunks)
+    assert end.value.value == expected.n_frames
+
+
+def test_noise_filter_and_dropping_silence_do_not_combine():
+    with pytest.raises(ValueError, match="without the noise filter"):
+        dataclasses.replace(MODERN, noise_filter=True)
 
 
 def test_soundscape_windows_without_the_filter():
@@ -273,8 +327,12 @@ def test_options_override_the_recipe(clips, tmp_path):
     options = ["--recipe", "modern", "--n-mels", "64", "--chunk-seconds", "2", "--hop", "256"]
     assert load(clips, out, *options, "--noise-filter", "on", "--padding", "zero") == 0
     params = stored_params(out)
-    expected = dataclasses.replace(MODERN, n_bins=64, hop=256, noise_filter=True, padding="zero")
+    expected = dataclasses.replace(
+        MODERN, n_bins=64, hop=256, noise_filter=True, padding="zero", drop_silence=False
+    )
     assert params == dataclasses.replace(expected, chunk_frames=frames_for_seconds(2.0, expected))
+    assert load(clips, tmp_path / "loud.h5", "--recipe", "modern", "--drop-silence", "off") == 0
+    assert stored_params(tmp_path / "loud.h5").drop_silence is False
     assert load(clips, tmp_path / "mel.h5", "--frontend", "logmel") == 0
     params = stored_params(tmp_path / "mel.h5")
     assert (params.frontend, params.n_bins, params.noise_filter) == ("logmel", 128, True)
@@ -292,16 +350,18 @@ def test_a_test_set_takes_the_training_sets_parameters(clips, tmp_path, capsys):
     assert load(clips, tmp_path / "test.h5", "--classes-from", tmp_path / "train.h5") == 0
     assert stored_params(tmp_path / "test.h5") == stored_params(tmp_path / "train.h5")
     other = ["--classes-from", tmp_path / "train.h5", "--recipe", "modern"]
-    capsys.readouterr()
-    assert load(clips, tmp_path / "bad.h5", *other) == 2  # bad input: error line, status 2
+    assert load(clips, tmp_path / "bad.h5", *other) == 2
     assert "give no --recipe or front-end options" in capsys.readouterr().err
 
 
-def test_bad_front_end_options_are_clear_errors(clips, tmp_path, caplog, capsys):
-    assert load(clips, tmp_path / "a.h5", "--n-mels", "64") == 2  # error line, status 2
-    assert "--n-mels needs --frontend logmel" in capsys.readouterr().err
+def test_bad_front_end_options_are_clear_errors(clips, tmp_path, capsys):
+    assert load(clips, tmp_path / "a.h5", "--n-mels", "64") == 2
+    assert "error: --n-mels needs --frontend logmel" in capsys.readouterr().err
     assert load(clips, tmp_path / "b.h5", "--recipe", "modern", "--nfft", "128") == 2
     assert "too narrow for nfft 128" in capsys.readouterr().err
+    both = ["--recipe", "modern", "--noise-filter", "on", "--drop-silence", "on"]
+    assert load(clips, tmp_path / "b2.h5", *both) == 2
+    assert "drop_silence is for the front end without the noise filter" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         load(clips, tmp_path / "c.h5", "--chunk-seconds", "0")
     assert "expected seconds > 0 or auto" in capsys.readouterr().err

@@ -533,3 +533,17 @@ def test_an_update_killed_while_merging_leaves_the_old_output_and_finishes_later
                                                       "tone.wav"]  # fmt: skip
         tone = list(dataset.recordings["file"]).index("tone.wav")
         assert dataset.recordings["duration_s"][tone] == pytest.approx(4.0)
+
+
+def test_worker_tasks_group_short_files_and_keep_every_worker_busy(tmp_path, monkeypatch):
+    monkeypatch.setattr(load_data_module, "BATCH_BYTES", 10_000)
+    sizes = [1000] * 40 + [50_000] + [3000] * 9  # short files, one long, medium ones
+    paths = []
+    for index, size in enumerate(sizes):
+        paths.append(tmp_path / f"{index:02d}.wav")
+        paths[-1].write_bytes(bytes(size))
+    paths.append(tmp_path / "missing.wav")
+    batches = load_data_module.worker_batches(paths, workers=2)
+    assert [path for batch in batches for path in batch] == paths  # all, in order
+    assert [len(batch) for batch in batches] == [7, 7, 7, 7, 7, 5, 1, 3, 3, 4]
+    assert load_data_module.worker_batches(paths[:3], workers=4) == [[path] for path in paths[:3]]

@@ -1,17 +1,21 @@
 """Prediction: chunks as in training, shared batches, run files from a tiny trained run folder."""
 
 import json
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy.io import wavfile
 
+import predict.predict as predict_module
 import preprocess.extract as extract_module
+from predict.evaluate import main as evaluate_main
 from predict.evaluate import read_truth, score
 from predict.predict import PredictError, find_audio, load_run, main, predict_pieces
-from predict.runfile import read_run_file
+from predict.runfile import RunEntry, read_run_file, top_classes
 from preprocess.audio import AudioError, pcm16_mono_header, read_wav, read_wav_blocks
 from preprocess.make_demo_dataset import SPECIES, make_demo_dataset
 from preprocess.metadata import read_birdclef_xml_dir
@@ -23,6 +27,7 @@ from preprocess.spectrogram import (
     stream_chunks,
     window_chunks,
 )
+from train.metrics import recording_scores
 
 PARAMS = SpectrogramParams()
 
@@ -120,6 +125,25 @@ def run_dir(tmp_path_factory):
     return folder
 
 
+def direct_run_entries(run_dir, recordings, wav_dir, out_dir, top_k) -> list[RunEntry]:
+    """The run file predict should write, computed the plain way: each recording's cached
+    16 kHz wav through extract_chunks and the model at once, softmax averaged, top_k ranked."""
+    import keras
+
+    model = keras.saving.load_model(run_dir / "best_val_map.keras", compile=False)
+    classes = json.loads((run_dir / "classes.json").read_text())["classes"]
+    entries = []
+    for recording in recordings:  # in XML order, as predict writes them
+        name = predict_module.cache_name(wav_dir / recording.file)
+        samples, _ = read_wav(out_dir / ".resampled" / "resampled" / f"{name}.wav")
+        chunks = extract_chunks(samples, PARAMS).chunks
+        chunk_probs = np.asarray(model.predict_on_batch(chunks[..., None]))
+        probs = recording_scores(chunk_probs, np.zeros(len(chunks)))[1][0]  # the mean
+        for rank, column in enumerate(top_classes(probs, top_k), 1):
+            entries.append(RunEntry(recording.media_id, classes[column], probs[column], rank))
+    return entries
+
+
 def test_birdclef_test_folder_gives_a_valid_run_file_with_xml_media_ids(demo, run_dir, tmp_path):
     out = tmp_path / "run.csv"
     human = tmp_path / "people.csv"
@@ -139,8 +163,16 @@ def test_birdclef_test_folder_gives_a_valid_run_file_with_xml_media_ids(demo, ru
     recordings, _ = read_birdclef_xml_dir(demo / "TestSet" / "xml")
     assert {e.media_id for e in entries} == {r.media_id for r in recordings}
     assert len(entries) == 3 * len(recordings)
-    results = score(entries, read_truth(demo / "TestSet" / "ground_truth.csv"))
-    assert 0.0 < results["map_foreground"] <= 1.0
+    truth = read_truth(demo / "TestSet" / "ground_truth.csv")
+    expected = direct_run_entries(run_dir, recordings, demo / "TestSet" / "wav", tmp_path, 3)
+    assert [(e.media_id, e.class_id, e.rank) for e in entries] == [
+        (e.media_id, e.class_id, e.rank) for e in expected
+    ]
+    assert [e.probability for e in entries] == pytest.approx(
+        [e.probability for e in expected], abs=2e-6
+    )
+    # deterministic: the same MAP, exactly, as the direct computation's
+    assert score(entries, truth)["map_foreground"] == score(expected, truth)["map_foreground"]
     rows = human.read_text().splitlines()
     assert rows[0].startswith("file,MediaId,class_id_1,name_1,probability_1")
     assert len(rows) == 1 + len(recordings)
@@ -170,7 +202,8 @@ def test_any_format_media_ids_from_file_names_and_unreadable_files_skipped(
     predict_cli("--run", run_dir, "--audio", audio, "--out", out, "--work-dir", tmp_path / "c")
     assert {e.media_id for e in read_run_file(out)} == {"dawn chorus", "8k stereo", "ready"}
     assert "2 file(s) skipped" in caplog.text
-    assert "broken.wav: could not be resampled" in caplog.text
+    assert "broken.wav: could not be resampled (sox FAIL" in caplog.text
+    assert not predict_module.CACHE_NAME.search(caplog.text)  # files named, not cache names
     assert "cut.wav: truncated" in caplog.text
 
 
@@ -198,7 +231,7 @@ def test_soundscape_mode_ranks_each_window(demo, run_dir, tmp_path):
     assert {line[0] for line in lines} == {wav.stem}
 
 
-def test_clear_errors_for_missing_run_folder_model_and_audio(run_dir, tmp_path):
+def test_clear_errors_for_missing_run_folder_model_and_audio(run_dir, tmp_path, capsys):
     with pytest.raises(PredictError, match="not found"):
         load_run(tmp_path / "nothing")
     incomplete = tmp_path / "incomplete"
@@ -208,8 +241,10 @@ def test_clear_errors_for_missing_run_folder_model_and_audio(run_dir, tmp_path):
         load_run(incomplete)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(SystemExit, match="no audio to predict"):
+    with pytest.raises(SystemExit) as exit_info:
         predict_cli("--run", run_dir, "--audio", empty, "--out", tmp_path / "r.csv")
+    assert exit_info.value.code == 2
+    assert "error: no audio to predict" in capsys.readouterr().err
     assert find_audio([empty]) == []
 
 
@@ -253,3 +288,253 @@ def test_long_recordings_are_streamed_to_the_same_run_file(run_dir, tmp_path, mo
     assert "cut.wav: truncated" in caplog.text
     assert {e.media_id for e in read_run_file(streamed)} == {"long", "short"}
     assert streamed.read_text() == whole.read_text()
+
+
+# ---- hostile input -------------------------------------------------------------------------
+
+
+def tree(root) -> dict[str, bytes | str]:
+    """Every file and link under root: relative path -> content (a link: where it points)."""
+    return {
+        str(path.relative_to(root)): str(path.readlink())
+        if path.is_symlink()
+        else path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_symlink() or path.is_file()
+    }
+
+
+def write_xml(path, media_id: str, file_name: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<Audio><MediaId>{media_id}</MediaId><FileName>{file_name}</FileName></Audio>")
+
+
+@pytest.mark.parametrize("media_id", ["../../../v/target", "/ABSOLUTE/v/target", "a\\..\\b"])
+def test_a_media_id_never_becomes_a_path(run_dir, tmp_path, media_id):
+    """The issue's exploit: an 8 kHz a.wav (so it goes through the resampling cache) and an
+    XML whose MediaId climbs out of the cache. Nothing outside --work-dir and --out changes."""
+    media_id = media_id.replace("/ABSOLUTE", str(tmp_path))
+    victim = tmp_path / "v" / "target.wav"
+    victim.parent.mkdir()
+    victim.write_bytes(b"precious")
+    (tmp_path / "W").mkdir()
+    wavfile.write(
+        tmp_path / "W" / "a.wav", 8000, (1000 * np.sin(np.arange(24000) / 3)).astype(np.int16)
+    )
+    write_xml(tmp_path / "X" / "a.xml", media_id, "a.wav")
+    before = tree(tmp_path)
+    work, out = tmp_path / "deep" / "C", tmp_path / "p" / "p.csv"
+    predict_cli(
+        "--run", run_dir, "--xml-dir", tmp_path / "X", "--audio", tmp_path / "W",
+        "--out", out, "--work-dir", work,
+    )  # fmt: skip
+    after = {
+        name: content
+        for name, content in tree(tmp_path).items()
+        if not name.startswith(("deep/C/", "p/"))
+    }
+    assert after == before
+    assert [e.media_id for e in read_run_file(out)][0] == media_id
+    cached = [p.name for p in work.rglob("*")]
+    assert cached and all(".." not in name and "target" not in name for name in cached)
+
+
+def tone(path, rate: int = 16000, seconds: float = 3.0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t = np.arange(int(rate * seconds))
+    wavfile.write(path, rate, (3000 * np.sin(t / 4) * (np.sin(t / rate) > 0)).astype(np.int16))
+
+
+def cli_error(capsys, *args) -> str:
+    """Run predict expecting the bad-input exit: status 2 and one `error:` line; its text."""
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cli(*args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_outputs_that_are_inputs_or_other_files_are_refused(run_dir, tmp_path, capsys):
+    tone(tmp_path / "clips" / "x.wav")
+    wav = (tmp_path / "clips" / "x.wav").read_bytes()
+    classes = (run_dir / "classes.json").read_text()
+    clips = ("--run", run_dir, "--audio", tmp_path / "clips")
+    assert "--out" in cli_error(capsys, *clips, "--out", tmp_path / "clips" / "x.wav")
+    assert "also an input" in cli_error(capsys, *clips, "--out", run_dir / "classes.json")
+    (tmp_path / "notes.csv").write_text("species seen today\n")
+    assert "not a run file" in cli_error(capsys, *clips, "--out", tmp_path / "notes.csv")
+    out = tmp_path / "run.csv"
+    assert "also an input" in cli_error(capsys, *clips, "--out", out, "--human-csv", out)
+    assert "is a folder" in cli_error(capsys, *clips, "--out", tmp_path)
+    assert (tmp_path / "clips" / "x.wav").read_bytes() == wav
+    assert (run_dir / "classes.json").read_text() == classes
+    assert not out.exists()
+
+
+def test_out_inside_the_audio_folder_twice(run_dir, tmp_path):
+    """Predict's cache and outputs in the audio folder are not inputs of the next run; a
+    killed run's hidden .part files are removed; the files get the umask's mode."""
+    audio = tmp_path / "audio"
+    tone(audio / "wide.wav", rate=8000)  # resampled into the cache inside the folder
+    tone(audio / "ready.wav")
+    out, human = audio / "run.csv", audio / "people.csv"
+    stale = audio / ".run.csv.k1ll3d_x.part"
+    stale.write_text("a killed run's half file")
+    old_umask = os.umask(0o027)
+    try:
+        predict_cli("--run", run_dir, "--audio", audio, "--out", out, "--human-csv", human)
+        first = out.read_text()
+        predict_cli("--run", run_dir, "--audio", audio, "--out", out, "--human-csv", human)
+    finally:
+        os.umask(old_umask)
+    assert out.read_text() == first
+    assert {e.media_id for e in read_run_file(out)} == {"wide", "ready"}
+    assert len(human.read_text().splitlines()) == 3
+    assert not stale.exists() and not list(audio.glob(".*.part"))
+    assert (out.stat().st_mode & 0o777, human.stat().st_mode & 0o777) == (0o640, 0o640)
+
+
+def test_media_ids_a_run_file_cannot_hold_are_skipped_by_name(run_dir, tmp_path, caplog):
+    audio = tmp_path / "audio"
+    for name in ("a;b", "new\nline", "tab\there", " padded", "fine name"):
+        tone(audio / f"{name}.wav")
+    out = tmp_path / "run.csv"
+    predict_cli("--run", run_dir, "--audio", audio, "--out", out)
+    assert {e.media_id for e in read_run_file(out)} == {"fine name"}
+    assert "4 file(s) skipped" in caplog.text
+    assert "MediaId 'a;b' holds ';'" in caplog.text
+    assert "MediaId 'new\\nline' holds a line break" in caplog.text
+    truth = tmp_path / "truth.csv"
+    truth.write_text(f"fine name;{SPECIES[0].class_id};\n")
+    evaluate_main(["--run-file", str(out), "--truth", str(truth)])
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ("--batch-size", 0),
+        ("--batch-size", -3),
+        ("--batch-size", 10**9),
+        ("--workers", -2),
+        ("--workers", 0),
+        ("--top-k", 0),
+        ("--top-k", 101),
+    ],
+)
+def test_bad_numbers_are_one_argparse_error(run_dir, tmp_path, capsys, option):
+    tone(tmp_path / "a.wav")
+    err = cli_error(
+        capsys, "--run", run_dir, "--audio", tmp_path, "--out", tmp_path / "r.csv", *option
+    )
+    assert f"argument {option[0]}: must be" in err
+
+
+def test_bad_run_folders_and_outputs_are_one_error_line(run_dir, tmp_path, capsys):
+    tone(tmp_path / "audio" / "a.wav")
+    base = ("--audio", tmp_path / "audio", "--out", tmp_path / "r.csv")
+    err = cli_error(capsys, "--run", run_dir, *base, "--model-file", "missing.keras")
+    assert "has no missing.keras" in err
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run_dir, damaged)
+    (damaged / "best_val_map.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    err = cli_error(capsys, "--run", damaged, *base)
+    assert "best_val_map.keras: damaged model file" in err
+    (damaged / "best_val_map.keras").unlink()
+    shutil.copy(run_dir / "best_val_map.keras", damaged)
+    (damaged / "classes.json").write_text('{"classes": "abc"}')
+    assert "unreadable params.json/classes.json" in cli_error(capsys, "--run", damaged, *base)
+    (tmp_path / "a file").write_text("")
+    out = tmp_path / "a file" / "r.csv"
+    err = cli_error(capsys, "--run", run_dir, "--audio", tmp_path / "audio", "--out", out)
+    assert err.startswith("error: ") and "a file: " in err
+    with pytest.raises(SystemExit):
+        predict_cli("--run", run_dir, "--audio", tmp_path / "audio", "--out", out, "--verbose")
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_read_only_output_folder_is_one_error_line(run_dir, tmp_path, capsys):
+    tone(tmp_path / "audio" / "a.wav")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    if os.geteuid() == 0:  # root writes into read-only folders, not into sysfs
+        locked = Path("/sys")
+        if not locked.is_dir():
+            pytest.skip("running as root without /sys: no folder root cannot write")
+    err = cli_error(
+        capsys, "--run", run_dir, "--audio", tmp_path / "audio", "--out", locked / "r.csv"
+    )
+    assert err == f"error: {locked / 'r.csv'}: Permission denied\n"
+
+
+def test_an_xml_with_a_dtd_entity_is_skipped_by_name(run_dir, tmp_path, caplog):
+    tone(tmp_path / "wav" / "a.wav")
+    tone(tmp_path / "wav" / "b.wav")
+    write_xml(tmp_path / "xml" / "a.xml", "1", "a.wav")
+    (tmp_path / "xml" / "b.xml").write_text(
+        '<?xml version="1.0"?><!DOCTYPE Audio [<!ENTITY id "2">]>'
+        "<Audio><MediaId>&id;</MediaId><FileName>b.wav</FileName></Audio>"
+    )
+    out = tmp_path / "run.csv"
+    predict_cli("--run", run_dir, "--xml-dir", tmp_path / "xml", "--out", out)
+    assert {e.media_id for e in read_run_file(out)} == {"1"}
+    assert "b.xml: malformed XML (entities are disabled)" in caplog.text
+
+
+def test_a_bug_in_extraction_is_not_a_skipped_file(run_dir, tmp_path, monkeypatch, capsys):
+    tone(tmp_path / "a.wav")
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug, not bad audio")
+
+    monkeypatch.setattr(predict_module, "recording_chunks", broken)
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cli("--run", run_dir, "--audio", tmp_path / "a.wav", "--out", tmp_path / "r.csv")
+    assert exit_info.value.code == 1  # a bug, said so, not bad input
+    assert "unexpected ValueError: a bug, not bad audio" in capsys.readouterr().err
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_a_work_dir_holding_the_audio_is_refused(run_dir, tmp_path, capsys):
+    tone(tmp_path / "clips" / "a.wav", rate=8000)
+    for work in (tmp_path / "clips", tmp_path):
+        err = cli_error(
+            capsys, "--run", run_dir, "--audio", tmp_path / "clips", "--out", tmp_path / "r.csv",
+            "--work-dir", work,
+        )  # fmt: skip
+        assert "give the cache a folder of its own" in err
+
+
+def test_ctrl_c_leaves_no_run_file(run_dir, tmp_path, monkeypatch, capsys):
+    tone(tmp_path / "a.wav")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(predict_module, "recording_chunks", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cli("--run", run_dir, "--audio", tmp_path / "a.wav", "--out", tmp_path / "r.csv")
+    assert exit_info.value.code == 130
+    assert "error: interrupted" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["a.wav"]
+
+
+def test_embeddings_never_replace_a_model_or_another_zip(run_dir, tmp_path, capsys):
+    tone(tmp_path / "audio" / "a.wav")
+    base = ("--run", run_dir, "--audio", tmp_path / "audio", "--out", tmp_path / "r.csv")
+    model = run_dir / "best_val_map.keras"
+    before = model.read_bytes()
+    assert "also an input" in cli_error(capsys, *base, "--embeddings", model)
+    other = tmp_path / "model_copy.npz"
+    other.write_bytes(before)  # a zip, but not of embeddings
+    assert "not an embeddings file" in cli_error(capsys, *base, "--embeddings", other)
+    assert model.read_bytes() == before == other.read_bytes()
+    embeddings = tmp_path / "e.npz"
+    old_umask = os.umask(0o022)
+    try:
+        for _ in range(2):  # its own kind is replaced
+            predict_cli(*base, "--embeddings", embeddings)
+    finally:
+        os.umask(old_umask)
+    assert embeddings.stat().st_mode & 0o777 == 0o644
+    assert len(np.load(embeddings)["media_id"]) > 0

@@ -102,10 +102,12 @@ def test_report_html_shows_the_tables_and_the_plots(report):
     assert confusion == read_csv(report / "confusion_matrix.csv")
 
 
-def test_report_that_cannot_be_written_is_a_clear_error(tmp_path):
+def test_report_that_cannot_be_written_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "run.csv").write_text(RUN_FILE)
     (tmp_path / "truth.csv").write_text(TRUTH)
     (tmp_path / "taken").write_text("a file, not a folder")
-    with pytest.raises(SystemExit, match="error: cannot write the report"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["--run-file", str(tmp_path / "run.csv"), "--truth", str(tmp_path / "truth.csv"),
               "--report", str(tmp_path / "taken")])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "error: cannot write the report" in capsys.readouterr().err

@@ -24,8 +24,9 @@ def sox(*args: object) -> None:
 
 
 def synth(path: Path, seconds: float, rate: int, bits=16, channels=1, sound="sine 440") -> None:
-    """Write a generated sound with SoX; `sound` is the rest of the synth effect's arguments."""
-    sox("-n", "-r", rate, "-b", bits, "-c", channels, path, "synth", seconds, *sound.split())
+    """Write a generated sound with SoX (repeatable: -R seeds its noise); `sound` is the rest
+    of the synth effect's arguments."""
+    sox("-R", "-n", "-r", rate, "-b", bits, "-c", channels, path, "synth", seconds, *sound.split())
 
 
 def run_script(in_dir: Path, out_dir: Path, *options: str, env=None):
@@ -47,6 +48,8 @@ def read_16k(path: Path) -> np.ndarray:
 @pytest.fixture
 def inputs(tmp_path: Path) -> Path:
     """A folder of generated audio: good files in several formats, and two broken ones."""
+    if shutil.which("sox") is None:
+        pytest.skip("SoX is not installed (it makes these inputs)")
     in_dir = tmp_path / "in"
     (in_dir / "sub dir").mkdir(parents=True)
     # left channel a 0.5 full-scale tone, right silent: mixed down, the peak halves
@@ -138,17 +141,75 @@ def test_script_reads_compressed_formats(tmp_path, extension):
     assert abs(len(samples) - 32000) < 0.1 * 16000  # codecs pad a little
 
 
+@pytest.fixture
+def plain_inputs(tmp_path: Path) -> Path:
+    """A folder with one 8 kHz wav, written without SoX: for the checks of both paths."""
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    wavfile.write(in_dir / "a.wav", 8000, np.zeros(800, np.int16))
+    return in_dir
+
+
 @pytest.mark.parametrize("out_name", [".", "inside", "inside/deeper", ".."])
-def test_script_refuses_an_output_folder_that_overlaps_the_input(inputs, out_name):
-    result = run_script(inputs, inputs / out_name)
+def test_script_refuses_an_output_folder_that_overlaps_the_input(plain_inputs, out_name):
+    result = run_script(plain_inputs, plain_inputs / out_name)
     assert result.returncode == 2
     assert "must be separate" in result.stderr
-    assert not (inputs / "inside").exists()
+    assert not (plain_inputs / "inside").exists()
 
 
-def test_script_rejects_bad_arguments(inputs, tmp_path):
-    assert run_script(inputs, tmp_path / "out", "--jobs", "0").returncode == 2
+def test_script_rejects_bad_arguments(plain_inputs, tmp_path):
+    assert run_script(plain_inputs, tmp_path / "out", "--jobs", "0").returncode == 2
+    assert run_script(plain_inputs, tmp_path / "out", "--jobs", "1000000").returncode == 2
+    assert run_script(plain_inputs, tmp_path / "out", "--jobs", "9" * 30).returncode == 2
     assert run_script(tmp_path / "missing", tmp_path / "out").returncode == 2
+
+
+def nan_wav(path: Path) -> None:
+    """A float wav whose samples include NaN: SoX alone would turn them into -32768 clicks."""
+    samples = (0.5 * np.sin(np.arange(22050) / 5)).astype(np.float32)
+    samples[1000:1010] = np.nan
+    wavfile.write(path, 22050, samples)
+
+
+@needs_sox
+def test_script_skips_nan_samples_and_a_flac_sox_decodes_only_in_part(tmp_path):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    nan_wav(in_dir / "nan [1].wav")
+    wavfile.write(
+        in_dir / "float.wav", 22050, (0.5 * np.sin(np.arange(22050) / 5)).astype(np.float32)
+    )
+    synth(in_dir / "whole.flac", 2, 44100)
+    flac = (in_dir / "whole.flac").read_bytes()
+    (in_dir / "cut.flac").write_bytes(flac[: len(flac) // 2])
+    (in_dir / "stub.flac").write_bytes(flac[:300])  # gives SoX no sample at all
+
+    result = run_script(in_dir, out_dir)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    summary = result.stdout[result.stdout.index("summary:") :]
+    assert "2 converted, 0 already done, 3 failed" in summary
+    assert "nan [1].wav: contains NaN or infinite samples" in summary
+    assert "cut.flac: sox FAIL" in summary and "stub.flac: sox FAIL" in summary
+    assert sorted(p.name for p in out_dir.iterdir()) == ["float.wav", "whole.wav"]
+
+
+def test_fallback_skips_nan_samples_and_check_names_them(tmp_path, capsys):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    nan_wav(in_dir / "nan.wav")
+    assert resample.main(["--jobs", "1", str(in_dir), str(out_dir)]) == 1
+    assert "nan.wav: contains NaN or infinite samples" in capsys.readouterr().out
+    assert not list(out_dir.iterdir())
+    assert resample.main(["--check", str(in_dir / "nan.wav")]) == 1
+
+
+def test_fallback_unwritable_output_is_one_error_line(plain_inputs, tmp_path, capsys):
+    (tmp_path / "a file").write_text("")
+    assert resample.main([str(plain_inputs), str(tmp_path / "a file" / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
 
 
 @pytest.fixture
@@ -256,3 +317,20 @@ def test_script_on_real_recordings(shared_data, tmp_path):
         output = read_16k(out_dir / Path(name).with_suffix(".wav"))
         assert abs(len(output) - len(original) * 16000 / rate) <= 1, name
         assert np.abs(output).max() > 0, name
+
+
+@pytest.mark.parametrize("with_sox", [True, False])
+def test_a_planted_part_link_is_removed_not_written_through(
+    plain_inputs, tmp_path, path_without_sox, with_sox
+):
+    if with_sox and shutil.which("sox") is None:
+        pytest.skip("SoX is not installed")
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    (out_dir / "a.wav.part").symlink_to(victim)
+    result = run_script(plain_inputs, out_dir, env=None if with_sox else path_without_sox)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert victim.read_text() == "precious"
+    assert len(read_16k(out_dir / "a.wav")) == 1600

@@ -167,6 +167,25 @@ def test_streamed_batches_equal_in_memory(easy_data):
     pickle.loads(pickle.dumps(streamed))[0]  # a worker process reopens the file itself
 
 
+def test_batches_from_worker_processes_and_the_device_reach_the_model_in_order(easy_data):
+    """What a model sees from ChunkBatches read by worker processes (as train_model.py
+    --workers 2 streams), or gathered from a backend tensor, is the rows in order."""
+    with h5py.File(easy_data) as h5:
+        rows = np.flatnonzero(h5["label"][...] >= 0)[3:30]
+        labels = h5["label"][...][rows]
+        x = h5["X"][...][rows]
+    mean = keras.Sequential([keras.Input(x.shape[1:]), keras.layers.GlobalAveragePooling2D()])
+    sources = {
+        "worker processes": ChunkBatches(
+            easy_data, rows, labels, len(CLASSES), 4, workers=2, use_multiprocessing=True
+        ),
+        "device": ChunkBatches(keras.ops.convert_to_tensor(x), rows, labels, len(CLASSES), 4),
+    }
+    for name, batches in sources.items():
+        seen = mean.predict(batches, verbose=0)
+        np.testing.assert_allclose(seen[:, 0], x.mean(axis=(1, 2, 3)), rtol=1e-5, err_msg=name)
+
+
 def test_shuffled_batches_cover_every_row_once_per_epoch(easy_data):
     with h5py.File(easy_data) as h5:
         x = h5["X"][...]

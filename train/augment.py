@@ -13,7 +13,9 @@ Shapes: x (batch, n_bins, frames, 1) float32; y (batch, classes) float32 rows su
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import keras
 import numpy as np
 
 from preprocess.dataset import read_rows
@@ -193,6 +195,7 @@ class AugmentedBatches(ChunkBatches):
 
     def __getitem__(self, index: int):
         x, y = super().__getitem__(index)
+        x = keras.ops.convert_to_numpy(x)  # a backend tensor source gives tensors
         positions = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         rng = np.random.default_rng([self.seed, self.epoch, index])
         use, settings = self.settings.use, self.settings
@@ -228,6 +231,8 @@ class AugmentedBatches(ChunkBatches):
         """x of the chunks at sorted positions (indices into `rows`)."""
         if isinstance(self.source, np.ndarray):
             return self.source[positions]
+        if not isinstance(self.source, Path):  # a backend tensor
+            return keras.ops.convert_to_numpy(keras.ops.take(self.source, positions, axis=0))
         return read_rows(self._hdf5().X, self.rows[positions])
 
     def on_epoch_end(self) -> None:

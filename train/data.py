@@ -9,6 +9,7 @@ the rows of each batch, or from an array when the data was loaded into memory.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -123,15 +124,19 @@ class ChunkBatches(keras.utils.PyDataset):
     """Batches (x (b, n_bins, chunk_frames, 1) float32, y (b, classes) float32 one-hot).
 
     source: the HDF5 dataset path (rows are read per batch through a handle opened lazily
-        in each worker process), or an array already holding x[rows] in order.
+        in each worker process), or an array already holding x[rows] in order: numpy, or a
+        backend tensor on the accelerator (`keras.ops.convert_to_tensor`), whose batches are
+        gathered there without a copy from the host per step.
     rows: (n,) sorted row indices of the chunks; labels: (n,) their class indices.
     shuffle: new random batches every epoch (each batch's rows are read in sorted order).
-    kwargs: PyDataset's workers, use_multiprocessing, max_queue_size.
+    kwargs: PyDataset's workers, use_multiprocessing, max_queue_size. h5py serialises its
+        calls within a process, so streamed reading scales with worker processes
+        (use_multiprocessing=True), not threads.
     """
 
     def __init__(
         self,
-        source: str | Path | np.ndarray,
+        source,
         rows: np.ndarray,
         labels: np.ndarray,
         n_classes: int,
@@ -143,7 +148,7 @@ class ChunkBatches(keras.utils.PyDataset):
         super().__init__(**kwargs)
         if len(rows) != len(labels):
             raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
-        self.source = source if isinstance(source, np.ndarray) else Path(source)
+        self.source = Path(source) if isinstance(source, (str, os.PathLike)) else source
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = np.asarray(labels)
         self.n_classes, self.batch_size, self.shuffle = n_classes, batch_size, shuffle
@@ -152,6 +157,8 @@ class ChunkBatches(keras.utils.PyDataset):
         self._dataset: Dataset | None = None
         self._pid: int | None = None
         self.read_error: DatasetError | None = None
+        # how a worker process tells the parent which row was damaged (read_errors_reported)
+        self._worker_errors = multiprocessing.SimpleQueue() if self.use_multiprocessing else None
 
     def __len__(self) -> int:
         return -(-len(self.rows) // self.batch_size)
@@ -162,16 +169,26 @@ class ChunkBatches(keras.utils.PyDataset):
         positions = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         if isinstance(self.source, np.ndarray):
             x = self.source[positions]
+        elif not isinstance(self.source, Path):  # a backend tensor
+            x = keras.ops.take(self.source, positions, axis=0)
         else:
             try:
                 x = read_rows(self._hdf5().X, self.rows[positions])
                 check_finite(x, self.rows[positions], self.source)
             except DatasetError as error:
                 self.read_error = error  # for read_errors_reported
+                if self._worker_errors is not None:
+                    self._worker_errors.put(str(error))
                 raise
         y = np.zeros((len(positions), self.n_classes), dtype=np.float32)
         y[np.arange(len(positions)), self.labels[positions]] = 1
         return x, y
+
+    def first_read_error(self) -> DatasetError | None:
+        """The damaged row met by a read in this process or in a worker process, if any."""
+        if self.read_error is None and self._worker_errors and not self._worker_errors.empty():
+            self.read_error = DatasetError(self._worker_errors.get())
+        return self.read_error
 
     def on_epoch_end(self) -> None:
         if self.shuffle:
@@ -208,6 +225,6 @@ def read_errors_reported(*batches: ChunkBatches) -> Iterator[None]:
         yield
     except Exception:
         for each in batches:
-            if each.read_error is not None:
+            if each.first_read_error() is not None:
                 raise each.read_error from None
         raise

@@ -390,6 +390,7 @@ class SplitData:
             shuffle=shuffle,
             seed=args.seed,
             workers=args.workers,
+            use_multiprocessing=args.workers > 1 and not in_memory,  # h5py: one call at a time
         )
 
     def __len__(self) -> int:
@@ -454,6 +455,7 @@ def augmented_batches(
         shuffle=True,
         seed=args.seed,
         workers=args.workers,
+        use_multiprocessing=plain.use_multiprocessing,
         settings=AugmentSettings(use=use),
         next_positions=np.where(same_next, np.arange(len(recording)) + 1, -1),
         first_of_recording=first,
@@ -902,7 +904,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workers",
         type=at_least(1, most_workers()),
         default=1,
-        help="threads reading batches ahead of training (default 1)",
+        help="processes reading batches ahead of training when streaming, threads for "
+        "chunks in memory (default 1)",
     )
     parser.add_argument(
         "--runs-table",

@@ -1,0 +1,104 @@
+"""Output paths that never destroy an input: one check shared by every command.
+
+A command refuses to write to a path that is one of its inputs (or a link to one), a folder,
+or an existing file of another kind than the command writes: `predict.py --out clips/x.wav`
+must not replace a recording, `evaluate.py --json RUN.csv` the run file it scores. A file of
+the command's own kind (a run file for predict, an HDF5 file for load_data) or an empty file
+may be replaced: that is what rerunning a command, or `--overwrite`, is for. Each command
+says what its own kind looks like with a small predicate on the file's first bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+SNIFF_BYTES = 64 * 1024  # enough for a first line or a small JSON file
+
+
+class OutputPathError(ValueError):
+    """An output path that would destroy an input or a file of another kind."""
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when a and b are the same file (through links too), or resolve to one path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return a.resolve() == b.resolve()
+
+
+def check_output(
+    path: Path,
+    *,
+    own_kind: Callable[[Path], bool],
+    kind: str,
+    inputs: Iterable[Path] = (),
+    option: str = "--out",
+) -> None:
+    """Raise OutputPathError when writing `path` could destroy something not the command's.
+
+    own_kind(path) says whether an existing file is one the command writes (`kind` names it,
+    with its article, in the message); inputs are the files the command reads (and outputs
+    already claimed by another option, so two options cannot name one file).
+    """
+    for source in inputs:
+        if same_file(path, source):
+            raise OutputPathError(
+                f"{option} {path} is also an input ({source}): choose another path"
+            )
+    if path.is_dir():
+        raise OutputPathError(f"{option} {path} is a folder: give a file name")
+    if path.exists() and not path.is_file():
+        raise OutputPathError(f"{option} {path} exists and is not a regular file")
+    if path.is_file() and path.stat().st_size > 0 and not own_kind(path):
+        raise OutputPathError(
+            f"{option} {path} exists and is not {kind}: it is left alone (remove it yourself "
+            "or choose another path)"
+        )
+
+
+def first_bytes(path: Path, size: int = SNIFF_BYTES) -> bytes:
+    """The first size bytes of a file; b"" when it cannot be read."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(size)
+    except OSError:
+        return b""
+
+
+def first_line(path: Path) -> str | None:
+    """The first non-blank line of a text file, stripped; None for a binary or unreadable file."""
+    head = first_bytes(path)
+    if b"\0" in head:
+        return None
+    text = head.decode("utf-8", errors="ignore")
+    return next((line.strip() for line in text.splitlines() if line.strip()), None)
+
+
+def is_hdf5(path: Path) -> bool:
+    return first_bytes(path, len(HDF5_SIGNATURE)) == HDF5_SIGNATURE
+
+
+def is_json_with(path: Path, key: str) -> bool:
+    """True for a (small) JSON object holding key: a results file a command wrote."""
+    head = first_bytes(path)
+    try:
+        document = json.loads(head)
+    except ValueError:  # not JSON, or larger than any file of this kind
+        return False
+    return isinstance(document, dict) and key in document
+
+
+def is_zip_with(path: Path, member: str) -> bool:
+    """True for a zip archive holding member (an .npz of numpy arrays, say), not any zip: a
+    .keras model is a zip too."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return member in archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False

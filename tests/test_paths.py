@@ -1,0 +1,77 @@
+"""The shared output check: an output is never an input or a file of another kind."""
+
+import os
+
+import h5py
+import pytest
+
+from preprocess.paths import OutputPathError, check_output, first_line, is_hdf5, is_json_with
+
+
+def is_text_with_semicolons(path):
+    line = first_line(path)
+    return line is not None and line.count(";") == 3 and line.split(";")[-1].isdigit()
+
+
+def check(path, inputs=()):
+    check_output(path, own_kind=is_text_with_semicolons, kind="a run file", inputs=inputs)
+
+
+def test_new_empty_and_own_kind_files_may_be_written(tmp_path):
+    check(tmp_path / "new.csv")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    check(tmp_path / "empty.csv")
+    (tmp_path / "old.csv").write_text("a;b;0.5;1\n")
+    check(tmp_path / "old.csv")
+
+
+def test_files_of_another_kind_folders_and_inputs_are_refused(tmp_path):
+    (tmp_path / "x.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVE")
+    with pytest.raises(OutputPathError, match="x.wav exists and is not a run file"):
+        check(tmp_path / "x.wav")
+    (tmp_path / "classes.json").write_text('{"classes": ["a;b;c;d"]}')
+    with pytest.raises(OutputPathError, match="not a run file"):
+        check(tmp_path / "classes.json")
+    with pytest.raises(OutputPathError, match="is a folder"):
+        check(tmp_path)
+    run = tmp_path / "run.csv"
+    run.write_text("a;b;0.5;1\n")
+    with pytest.raises(OutputPathError, match="is also an input"):
+        check(run, inputs=[run])
+    os.symlink(run, tmp_path / "link.csv")
+    with pytest.raises(OutputPathError, match="is also an input"):
+        check(tmp_path / "link.csv", inputs=[run])
+    with pytest.raises(OutputPathError, match="is also an input"):  # not yet there, same path
+        check(tmp_path / "sub" / ".." / "new.csv", inputs=[tmp_path / "new.csv"])
+
+
+def test_sniffers(tmp_path):
+    h5 = tmp_path / "d.h5"
+    with h5py.File(h5, "w") as file:
+        file["x"] = [1]
+    assert is_hdf5(h5) and not is_hdf5(tmp_path / "missing.h5")
+    (tmp_path / "r.json").write_text('{"map_foreground": 0.5}')
+    assert is_json_with(tmp_path / "r.json", "map_foreground")
+    assert not is_json_with(h5, "map_foreground")
+    assert first_line(h5) is None
+
+
+def test_load_data_overwrite_replaces_only_an_hdf5_file(tmp_path, capsys):
+    from preprocess.load_data import main
+
+    wav = tmp_path / "W" / "x.wav"
+    wav.parent.mkdir()
+    wav.write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("file,label\nx.wav,a\n")
+    base = ["--wav-dir", str(wav.parent), "--csv", str(labels), "--overwrite"]
+    for out, message in [(wav, "not an HDF5 file"), (labels, "also an input")]:
+        before = out.read_bytes()
+        assert main([*base, "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+        assert out.read_bytes() == before
+    h5 = tmp_path / "old.h5"
+    with h5py.File(h5, "w") as file:
+        file["x"] = [1]
+    main([*base, "--out", str(h5), "--workers", "1"])  # an HDF5 file: not refused by the check
+    assert "not an HDF5 file" not in capsys.readouterr().err
