@@ -657,10 +657,9 @@ def chunk_outputs(args: argparse.Namespace, run: Run, items: list[AudioItem]):
     if args.thresholds:
         path = args.run / THRESHOLDS_FILE if args.thresholds == "run" else Path(args.thresholds)
         thresholds, chosen_for = read_thresholds(path, run.classes)
-        if chosen_for and chosen_for != args.model_file:
-            logger.warning(
-                "%s were chosen for %s, applied to %s", path, chosen_for, args.model_file
-            )
+        model_file = args.model_file or read_inference(args.run).model_file
+        if chosen_for and chosen_for != model_file:
+            logger.warning("%s were chosen for %s, applied to %s", path, chosen_for, model_file)
     return ChunkOutputs(
         [item.media_id for item in items],
         run.classes,
@@ -707,7 +706,8 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
         )
     items, refused = valid_media_ids(items)
     skipped += refused
-    run_files = [args.run / name for name in ("params.json", "classes.json", args.model_file)]
+    model_file = args.model_file or read_inference(args.run).model_file
+    run_files = [args.run / name for name in ("params.json", "classes.json", model_file)]
     inputs = [*run_files, *(item.path for item in items)]
     check_output(args.out, own_kind=looks_like_run_file, kind="a run file", inputs=inputs)
     if args.human_csv:

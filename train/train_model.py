@@ -700,7 +700,7 @@ def train(args: argparse.Namespace) -> dict:
         with read_errors_reported(data["val"].batches):
             if not save_validation_thresholds(
                 run_dir,
-                BEST["val_map"][0],
+                metrics["inference"]["model_file"],  # the model prediction uses
                 data["val"].batches,
                 data["val"].chunk_recording,
                 dataset.recordings["label"],
