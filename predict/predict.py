@@ -92,6 +92,7 @@ class Run:
     class_names: dict[str, str]
     pooling: str = "mean"  # of a recording's chunk softmax (train.metrics.recording_scores)
     pooling_exponent: float = POWER_EXPONENT  # of the "power" pooling
+    model_file: str = DEFAULT_MODEL_FILE  # the model's file name in the run folder
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,8 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
             f"{len(classes)} classes: model and run folder do not belong together"
         )
     pooling = pooling or inference.pooling
-    return Run(model, params, classes, dict(class_names), pooling, inference.pooling_exponent)
+    exponent = inference.pooling_exponent
+    return Run(model, params, classes, dict(class_names), pooling, exponent, model_file)
 
 
 def find_audio(paths: Iterable[Path], exclude: Iterable[Path] = ()) -> list[AudioItem]:
@@ -657,9 +659,8 @@ def chunk_outputs(args: argparse.Namespace, run: Run, items: list[AudioItem]):
     if args.thresholds:
         path = args.run / THRESHOLDS_FILE if args.thresholds == "run" else Path(args.thresholds)
         thresholds, chosen_for = read_thresholds(path, run.classes)
-        model_file = args.model_file or read_inference(args.run).model_file
-        if chosen_for and chosen_for != model_file:
-            logger.warning("%s were chosen for %s, applied to %s", path, chosen_for, model_file)
+        if chosen_for and chosen_for != run.model_file:
+            logger.warning("%s were chosen for %s, applied to %s", path, chosen_for, run.model_file)
     return ChunkOutputs(
         [item.media_id for item in items],
         run.classes,
@@ -728,7 +729,7 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
         )
     if not items:
         raise PredictError("no recording has a usable MediaId: " + "; ".join(skipped[:5]))
-    run = load_run(args.run, args.model_file, args.pooling)
+    run = load_run(args.run, model_file, args.pooling)
     outputs = chunk_outputs(args, run, items)
     items, failed = resample_items(items, work_dir, run.params.sample_rate, args.workers)
     skipped += failed

@@ -393,7 +393,8 @@ def _scratch_row(compression: str, chunk_shape: tuple[int, int], pid: int) -> h5
     """A one-row dataset with X's filters in an in-memory file, kept for the process (pid:
     a forked worker makes its own): opening a file per recording cost 10 ms, far more than
     compressing a short recording's chunk."""
-    scratch = h5py.File(f"compress-{pid}-{compression}", "w", driver="core", backing_store=False)
+    name = f"compress-{pid}-{compression}-{chunk_shape[0]}x{chunk_shape[1]}"  # one per shape
+    scratch = h5py.File(name, "w", driver="core", backing_store=False)
     return scratch.create_dataset(
         "X",
         shape=(1, *chunk_shape, 1),

@@ -11,7 +11,7 @@ import pytest
 import scipy.signal
 from scipy.io import wavfile
 
-from preprocess.dataset import open_dataset
+from preprocess.dataset import compress_chunks, open_dataset
 from preprocess.extract import recording_chunks
 from preprocess.load_data import main as load_data_main
 from preprocess.params import ADDED_FIELDS, MODERN, SpectrogramParams
@@ -380,3 +380,12 @@ def test_real_bird_recordings_of_every_rate_and_layout(shared_data):
         assert abs(len(chunks) - -(-frames // params.chunk_frames)) <= 1, path  # resampled length
         assert chunks.shape[1:] == (128, params.chunk_frames)
         assert np.isfinite(chunks).all() and chunks.min() >= -10
+
+
+def test_chunks_of_both_recipes_compress_in_one_process():
+    """The per-process scratch file of HDF5's filters is one per chunk shape: a 2016 and a
+    modern chunk shape in one process (as in tests, or training's --noise-dir)."""
+    for shape in ((200, 310), (128, 72), (200, 310)):
+        chunks = np.random.default_rng(0).normal(size=(2, *shape)).astype(np.float32)
+        stored = compress_chunks(chunks, "blosc2-lz4")
+        assert len(stored) == 2 and all(len(row.data) > 0 for row in stored)
