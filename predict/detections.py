@@ -196,6 +196,33 @@ def last_dense_layer(model):
     return dense[-1]
 
 
+def softmax_and_embedding(model):
+    """(inputs, softmax tensor, embedding tensor, Dense layer name) of a model's graph.
+
+    The embedding is the input of the last Dense layer. A model whose last layer is itself a
+    model (the modern recipe puts a normalisation layer in front of the model file's model)
+    is followed into it: its layers before the inner model, a chain, are called again on a
+    new input, then the inner model's softmax and embedding.
+    """
+    import keras
+
+    last = model.layers[-1]
+    if isinstance(last, keras.Model) and not any(
+        isinstance(layer, keras.layers.Dense) for layer in model.layers
+    ):
+        inner_inputs, inner_softmax, inner_embedding, name = softmax_and_embedding(last)
+        inner = keras.Model(inner_inputs, [inner_softmax, inner_embedding])
+        inputs = keras.Input(model.input_shape[1:])
+        x = inputs
+        for layer in model.layers[:-1]:
+            if not isinstance(layer, keras.layers.InputLayer):
+                x = layer(x)
+        softmax, embedding = inner(x)
+        return [inputs], softmax, embedding, name
+    dense = last_dense_layer(model)
+    return model.inputs, model.outputs[0], dense.input, dense.name
+
+
 class EmbeddingModel:
     """A model's softmax and the input of its last Dense layer, in one call per batch.
 
@@ -206,14 +233,13 @@ class EmbeddingModel:
     def __init__(self, model):
         import keras
 
-        dense = last_dense_layer(model)
-        self.layer_name = dense.name
+        inputs, softmax, embedding, self.layer_name = softmax_and_embedding(model)
         self.n_classes = model.output_shape[-1]
-        self.dims = dense.input.shape[-1]
+        self.dims = embedding.shape[-1]
         both = keras.layers.Concatenate(dtype="float32")(
-            [keras.ops.cast(model.outputs[0], "float32"), keras.ops.cast(dense.input, "float32")]
+            [keras.ops.cast(softmax, "float32"), keras.ops.cast(embedding, "float32")]
         )
-        self.model = keras.Model(model.inputs, both)
+        self.model = keras.Model(inputs, both)
         self.output_shape = (None, self.n_classes + self.dims)
 
     def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:

@@ -272,6 +272,39 @@ def test_embedding_model_works_for_sequential_models():
     np.testing.assert_allclose(probs, model.predict_on_batch(batch), rtol=1e-5)
 
 
+def test_embedding_model_follows_the_modern_recipes_normalised_model():
+    """normalized_model puts a normalisation layer in front of the model file's model, which
+    then sits nested as the last layer: the embedding is taken inside it."""
+    import keras
+
+    from train.recipe import normalized_model
+
+    inner = keras.Sequential(
+        [
+            keras.Input((6, 5, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(4, activation="relu", name="hidden"),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
+    batch = np.random.default_rng(1).normal(size=(4, 6, 5, 1)).astype(np.float32)
+    stats = batch[..., 0].mean(axis=(0, 2)), batch[..., 0].var(axis=(0, 2))
+    for normalize, normalized in (
+        ("dataset", (batch - stats[0][:, None, None]) / np.sqrt(stats[1])[:, None, None]),
+        ("chunk", (batch - batch.mean(axis=(1, 2), keepdims=True))
+         / np.sqrt(batch.var(axis=(1, 2), keepdims=True) + 1e-3)),
+    ):  # fmt: skip
+        model = normalized_model(inner, normalize, stats)
+        embedder = EmbeddingModel(model)
+        probs, embeddings = embedder.split(embedder.predict_on_batch(batch))
+        assert embedder.layer_name == inner.layers[-1].name and embedder.dims == 4
+        hidden = keras.Model(inner.inputs, inner.get_layer("hidden").output)
+        np.testing.assert_allclose(
+            embeddings, hidden.predict_on_batch(normalized), rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_allclose(probs, model.predict_on_batch(batch), rtol=1e-5, atol=1e-6)
+
+
 def test_a_model_without_dense_layer_has_no_embeddings():
     import keras
 
