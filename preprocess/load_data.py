@@ -727,7 +727,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="2016",
         help="2016 (default): the paper's log PSD, 200 bins to 6.2 kHz, noise filter, 4.96 s "
         "chunks, zero padding. modern: 128 log-mel bands over 0-8 kHz (nfft 1024, hop 320), "
-        "no noise filter, digital silence dropped, chunk length auto, cyclic padding",
+        "no noise filter, chunk length auto, cyclic padding",
     )
     recipe.add_argument("--frontend", choices=FRONTENDS, help="psd2016 or logmel")
     recipe.add_argument("--n-mels", type=int, metavar="N", help="mel bands (logmel; 128)")
@@ -746,7 +746,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=on_off,
         metavar="on|off",
         help="drop frames of digital silence (exact zeros, as clips padded to a length have; "
-        "without the noise filter only; 2016: off; modern: on)",
+        "without the noise filter only; off in both recipes)",
     )
     recipe.add_argument(
         "--padding",

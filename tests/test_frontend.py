@@ -230,27 +230,29 @@ def padded_with_silence() -> np.ndarray:
     return np.concatenate(parts)
 
 
+DROPPING = dataclasses.replace(MODERN_5S, drop_silence=True)
+
+
 def test_digital_silence_is_dropped_before_chunking():
     samples = padded_with_silence()
-    log_spec = log_spectrogram(samples, MODERN_5S)
+    log_spec = log_spectrogram(samples, DROPPING)
     silent = (log_spec == -10).all(axis=0)
     assert 200 < silent.sum() < log_spec.shape[1] - 60  # the zeros, less the windows at edges
-    chunks, n_frames = extract_chunks(samples, MODERN_5S)
+    chunks, n_frames = extract_chunks(samples, DROPPING)
     assert n_frames == (~silent).sum()
     assert len(chunks) == 1 and not (chunks[0] == -10).all(axis=0).any()  # sound repeated
     np.testing.assert_array_equal(chunks[0, :, :n_frames], log_spec[:, ~silent])
-    kept = dataclasses.replace(MODERN_5S, drop_silence=False)
-    assert extract_chunks(samples, kept).n_frames == log_spec.shape[1]
+    assert extract_chunks(samples, MODERN_5S).n_frames == log_spec.shape[1]  # off: kept
     # nothing but silence: kept as it is, one chunk at the floor
-    chunks, n_frames = extract_chunks(np.zeros(2 * RATE, dtype=np.float32), MODERN_5S)
-    assert n_frames == frame_count(2 * RATE, MODERN_5S) and (chunks == -10).all()
+    chunks, n_frames = extract_chunks(np.zeros(2 * RATE, dtype=np.float32), DROPPING)
+    assert n_frames == frame_count(2 * RATE, DROPPING) and (chunks == -10).all()
 
 
 @pytest.mark.parametrize("silence_only", [False, True])
 def test_dropping_silence_streams_and_slices_like_the_whole(silence_only):
     samples = padded_with_silence()
     samples = np.tile(samples * (not silence_only), 3)  # 19.5 s
-    params = dataclasses.replace(MODERN, chunk_frames=47)
+    params = dataclasses.replace(MODERN, chunk_frames=47, drop_silence=True)
     expected = extract_chunks(samples, params)
     slices = chunk_slices(log_spectrogram(samples, params), params, 2)
     np.testing.assert_array_equal(np.concatenate(list(slices)), expected.chunks)
@@ -266,7 +268,7 @@ def test_dropping_silence_streams_and_slices_like_the_whole(silence_only):
 
 def test_noise_filter_and_dropping_silence_do_not_combine():
     with pytest.raises(ValueError, match="without the noise filter"):
-        dataclasses.replace(MODERN, noise_filter=True)
+        dataclasses.replace(MODERN, noise_filter=True, drop_silence=True)
 
 
 def test_soundscape_windows_without_the_filter():
@@ -331,8 +333,8 @@ def test_options_override_the_recipe(clips, tmp_path):
         MODERN, n_bins=64, hop=256, noise_filter=True, padding="zero", drop_silence=False
     )
     assert params == dataclasses.replace(expected, chunk_frames=frames_for_seconds(2.0, expected))
-    assert load(clips, tmp_path / "loud.h5", "--recipe", "modern", "--drop-silence", "off") == 0
-    assert stored_params(tmp_path / "loud.h5").drop_silence is False
+    assert load(clips, tmp_path / "quiet.h5", "--recipe", "modern", "--drop-silence", "on") == 0
+    assert stored_params(tmp_path / "quiet.h5").drop_silence is True
     assert load(clips, tmp_path / "mel.h5", "--frontend", "logmel") == 0
     params = stored_params(tmp_path / "mel.h5")
     assert (params.frontend, params.n_bins, params.noise_filter) == ("logmel", 128, True)
