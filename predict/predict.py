@@ -35,7 +35,6 @@ import logging
 import re
 import subprocess
 import sys
-import wave
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -57,7 +56,7 @@ from predict.runfile import (  # noqa: E402
     looks_like_run_file,
     top_classes,
 )
-from preprocess.audio import AudioError  # noqa: E402
+from preprocess.audio import AudioError, pcm16_mono_header  # noqa: E402
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
 from preprocess.extract import recording_chunks  # noqa: E402
 from preprocess.metadata import AUDIO_SUFFIXES, MetadataError, read_birdclef_xml_dir  # noqa: E402
@@ -274,11 +273,9 @@ def xml_items(
 def is_wav_at(path: Path, sample_rate: int) -> bool:
     """True for a 16-bit PCM mono wav at sample_rate: what the resampler would write."""
     try:
-        with wave.open(str(path)) as audio:
-            rate, channels, width = audio.getframerate(), audio.getnchannels(), audio.getsampwidth()
-    except (wave.Error, EOFError, OSError):
+        return pcm16_mono_header(path)[0] == sample_rate
+    except AudioError:
         return False
-    return (rate, channels, width) == (sample_rate, 1, 2)
 
 
 def cache_name(path: Path) -> str:

@@ -25,6 +25,12 @@ from scipy.io import wavfile
 INT16_FULL_SCALE = 32768.0
 
 
+# Every audio format the pipeline takes (SoX reads them all; without SoX only wav): the one
+# list for metadata matching, the resampler (Python and shell) and prediction.
+WAV_SUFFIXES = frozenset({".wav", ".wave"})
+AUDIO_SUFFIXES = WAV_SUFFIXES | {".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff", ".au"}
+
+
 class AudioError(ValueError):
     """A file that is not usable audio; the message names the file and says why."""
 

@@ -35,11 +35,11 @@ import xmltodict
 
 if __package__ in (None, ""):  # run as a script: make the stages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from preprocess.audio import AUDIO_SUFFIXES  # noqa: E402
 from preprocess.cli import at_least, describe  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = {".wav", ".wave", ".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff", ".au"}
 TABLE_FORMAT = "birdclef-metadata"
 TABLE_VERSION = 1
 

@@ -28,13 +28,18 @@ import numpy as np
 from scipy.io import wavfile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
-from preprocess.audio import AudioError, read_wav, to_sample_rate  # noqa: E402
+from preprocess.audio import (  # noqa: E402
+    AUDIO_SUFFIXES,
+    WAV_SUFFIXES,
+    AudioError,
+    read_wav,
+    to_sample_rate,
+)
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
 
 TARGET_RATE = SpectrogramParams().sample_rate
-WAV_SUFFIXES = {".wav", ".wave"}
-SOX_ONLY_SUFFIXES = {".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff", ".au"}
+SOX_ONLY_SUFFIXES = AUDIO_SUFFIXES - WAV_SUFFIXES
 PART_SUFFIX = ".part"  # a file being written; never a result
 
 
@@ -65,8 +70,7 @@ def plan(in_dir: Path, out_dir: Path) -> tuple[list[str], int, list[tuple[str, s
     """
     todo, failed, source_of = [], [], {}
     already_done = 0
-    audio_suffixes = WAV_SUFFIXES | SOX_ONLY_SUFFIXES
-    paths = sorted(p for p in in_dir.rglob("*") if p.suffix.lower() in audio_suffixes)
+    paths = sorted(p for p in in_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     for path in paths:
         if not path.is_file():
             continue

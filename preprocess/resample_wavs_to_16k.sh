@@ -141,9 +141,19 @@ resample_one() {
 export -f resample_one unusable_reason show_name
 
 # Plan: which inputs still need converting, and which collide on the same output name.
-mapfile -d '' inputs < <(cd -- "$in_abs" && find -L . -type f \( -iname '*.wav' -o \
-    -iname '*.wave' -o -iname '*.flac' -o -iname '*.mp3' -o -iname '*.ogg' -o -iname '*.oga' \
-    -o -iname '*.aif' -o -iname '*.aiff' -o -iname '*.au' \) -print0 | sort -z)
+# The formats are preprocess/audio.py's AUDIO_SUFFIXES, the one list the Python stages use.
+mapfile -t suffixes < <(PYTHONPATH="$project_root" "$python" -c \
+    'from preprocess.audio import AUDIO_SUFFIXES; print(*sorted(AUDIO_SUFFIXES), sep="\n")')
+((${#suffixes[@]})) || {
+    echo "error: cannot read the audio formats from $project_root/preprocess/audio.py" >&2
+    exit 2
+}
+name_tests=()
+for suffix in "${suffixes[@]}"; do
+    name_tests+=(${name_tests[0]+-o} -iname "*$suffix")
+done
+mapfile -d '' inputs < <(cd -- "$in_abs" && find -L . -type f \( "${name_tests[@]}" \) -print0 |
+    sort -z)
 declare -A source_of # output path -> the input that makes it
 todo=()
 failed_names=()
