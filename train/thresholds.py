@@ -135,8 +135,13 @@ def save_validation_thresholds(
     chunk_recording: np.ndarray,
     recording_labels: np.ndarray,
     classes: Sequence[str],
+    pooling: str = "mean",
+    exponent: float = 3.0,
 ) -> dict[str, dict] | None:
     """Choose the thresholds of run_dir/model_file on the validation chunks and save them.
+
+    pooling, exponent: the recording pooling prediction uses (inference.json), so the
+    thresholds are chosen on the scores they will be compared with.
 
     batches: the validation chunks in order (a keras PyDataset, not shuffled);
     chunk_recording: (chunks,) recording index of each; recording_labels: (all recordings,)
@@ -150,7 +155,9 @@ def save_validation_thresholds(
     if not model_path.is_file() or len(chunk_recording) == 0:
         return None
     model = load_saved_model(model_path)
-    ids, probs = recording_scores(model.predict(batches, verbose=0), chunk_recording)
+    ids, probs = recording_scores(
+        model.predict(batches, verbose=0), chunk_recording, pooling, exponent
+    )
     chosen = choose_thresholds(probs, np.asarray(recording_labels)[ids.astype(int)], classes)
     write_thresholds(run_dir / THRESHOLDS_FILE, chosen, model_file)
     return chosen

@@ -705,6 +705,8 @@ def train(args: argparse.Namespace) -> dict:
                 data["val"].chunk_recording,
                 dataset.recordings["label"],
                 dataset.classes,
+                metrics["inference"]["pooling"],
+                metrics["inference"]["pooling_exponent"],
             ):
                 logger.warning("no validation chunks or model: no %s", THRESHOLDS_FILE)
         plot_history(history, run_dir)
