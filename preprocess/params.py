@@ -83,10 +83,6 @@ class SpectrogramParams:
             )
         return cls(**values)
 
-    @property
-    def chunk_seconds(self) -> float:
-        return (self.chunk_frames * self.hop) / self.sample_rate
-
 
 ADDED_FIELDS = {
     name: getattr(SpectrogramParams, name)
