@@ -9,7 +9,7 @@ out of them) and predict the fold's 80 clips (predict/predict.py), scored by
 predict/evaluate.py; the published figure is the mean accuracy over the 5 folds. The clips
 are resampled to 16 kHz once (work/bench-esc10/audio_16k), then every fold and recipe reads
 them. Prints each fold's wall time and scores, then the mean per recipe. Work goes to
-work/bench-esc10/RECIPE-foldN and runs/bench-esc10/RECIPE-foldN (delete them to start over;
+work/bench-esc10/RECIPE[TAG]-foldN and runs/bench-esc10/RECIPE[TAG]-foldN (delete them to start over;
 a finished fold is not trained again). CPU time is the cost: run some folds or one recipe at
 a time with --folds and --recipes.
 """
@@ -43,7 +43,7 @@ def comma_list(text: str) -> list[str]:
 
 def fold(args, recipe: str, number: str, rows: list[dict], audio: Path) -> dict:
     """Train on the other folds, predict fold `number`; returns times and scores."""
-    name = f"{recipe}-fold{number}"
+    name = f"{recipe}{args.tag}-fold{number}"
     work = ROOT / "work" / "bench-esc10" / name
     runs = ROOT / "runs" / "bench-esc10"
     run_dir = runs / name
@@ -67,6 +67,8 @@ def fold(args, recipe: str, number: str, rows: list[dict], audio: Path) -> dict:
         doall += ["--epochs", "20"]  # the 2016 default (20,000 with patience 100) never ends
     if args.model:
         doall += ["--model", args.model]
+    if args.train_args:
+        doall += ["--train-args", args.train_args]
     result = {"doall": run(doall)}
     run_file = run_dir / "predictions" / f"fold{number}.csv"
     result["predict"] = run(
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--folds", type=comma_list, default=["1", "2", "3", "4", "5"])
     parser.add_argument("--epochs", type=int, help="default: 20 for 2016, the recipe's for modern")
     parser.add_argument("--model", help="model file (default: the recipe's)")
+    parser.add_argument("--train-args", help="more train_model.py options, one string")
+    parser.add_argument("--tag", default="", help="suffix of the run names (variants side by side)")
     args = parser.parse_args()
     if not (ESC10 / "metadata.csv").is_file():
         sys.exit(f"{ESC10}/metadata.csv not found: this benchmark needs the shared ESC-10 copy")
