@@ -9,9 +9,9 @@ out of them) and predict the fold's 80 clips (predict/predict.py), scored by
 predict/evaluate.py; the published figure is the mean accuracy over the 5 folds. The clips
 are resampled to 16 kHz once (work/bench-esc10/audio_16k), then every fold and recipe reads
 them. Prints each fold's wall time and scores, then the mean per recipe. Work goes to
-work/bench-esc10/RECIPE[TAG]-foldN and runs/bench-esc10/RECIPE[TAG]-foldN (delete them to start over;
-a finished fold is not trained again). CPU time is the cost: run some folds or one recipe at
-a time with --folds and --recipes.
+work/bench-esc10/RECIPE[TAG]-foldN and runs/bench-esc10/RECIPE[TAG]-foldN (delete them to
+start over; a finished fold is not trained again). CPU time is the cost: run some folds or one
+recipe at a time with --folds and --recipes. Variants: --tag=-B --train-args="--patience 99".
 """
 
 from __future__ import annotations

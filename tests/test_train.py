@@ -328,6 +328,19 @@ def test_two_classes_train_a_two_column_softmax(tiny_model, tmp_path):
     assert metrics["models"]["best_val_map"]["map"] > 0.9
 
 
+def test_a_run_without_a_test_split_trains_and_says_so(tiny_model, easy_data, tmp_path, caplog):
+    # --test-fraction 0 (all labelled recordings for training and validation) once crashed
+    # on the empty test split
+    run_dir = tmp_path / "run"
+    args = train_args(easy_data, tiny_model, run_dir, "--epochs", "2")
+    args[args.index("--test-fraction") + 1] = "0"
+    assert train_model.main(args) == 0
+    split = json.loads((run_dir / "split.json").read_text())
+    assert split["test"] == [] and split["train"] and split["val"]
+    assert "no test scores" in caplog.text
+    assert (run_dir / "inference.json").is_file()
+
+
 class Interrupted(BaseException):
     """Stands for a kill: no handler of the program's may catch it."""
 

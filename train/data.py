@@ -208,7 +208,7 @@ def check_finite(x: np.ndarray, rows: np.ndarray, path: Path) -> None:
     """Raise DatasetError naming the first of `rows` (of X in path) whose chunk x holds NaN
     or infinity, which preprocess/load_data.py never writes (training would go on silently
     with a useless model)."""
-    finite = np.isfinite(x.reshape(len(x), -1)).all(axis=1)
+    finite = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))  # (n,); n may be 0
     if not finite.all():
         raise DatasetError(
             f"row {rows[np.argmin(finite)]} of X in {path} holds NaN or infinite values, "
