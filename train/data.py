@@ -3,14 +3,17 @@
 A recording's chunks are never on two sides of a split (chunks of one recording are nearly
 copies of each other, so a chunk split scores memory, not generalisation). `ChunkBatches`
 feeds `model.fit` and `model.predict` from the dataset of preprocess/dataset.py, reading only
-the rows of each batch, or from an array when the data was loaded into memory.
+the rows of each batch, or from an array when the data was loaded into memory; `load_splits`
+gives each split its chunks and batches, in memory or streamed.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +22,7 @@ import keras
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from preprocess.dataset import Dataset, DatasetError, open_dataset, read_rows
+from preprocess.dataset import Dataset, DatasetError, open_dataset, read_rows, recording_rows
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +31,28 @@ SPLITS = ("train", "val", "test")
 
 class SplitError(ValueError):
     """The recordings cannot be split as asked; the message says why."""
+
+
+class TrainError(Exception):
+    """Input or a run folder that training cannot work with; the message says why."""
+
+
+def check_labels(dataset: Dataset) -> None:
+    """Refuse data that cannot train a classifier: fewer than two classes with labelled
+    recordings (a single class gives a MAP of 1.0 that means nothing)."""
+    labels = dataset.recordings["label"]
+    if not (labels >= 0).any():
+        raise TrainError(
+            f"{dataset.path}: none of its {len(labels)} recordings is labelled (every label "
+            "is -1, as in a test set built with --classes-from): train on labelled data"
+        )
+    present = np.unique(labels[labels >= 0])
+    if len(present) < 2:
+        names = [dataset.classes[i] for i in present]
+        raise TrainError(
+            f"{dataset.path}: its labelled recordings are all of one class ({names[0]}); "
+            "training needs at least two classes"
+        )
 
 
 def split_recordings(
@@ -228,3 +253,87 @@ def read_errors_reported(*batches: ChunkBatches) -> Iterator[None]:
             if each.first_read_error() is not None:
                 raise each.read_error from None
         raise
+
+
+def check_batch_size(dataset: Dataset, split: dict, batch_size: int) -> None:
+    training_chunks = int(dataset.recordings["n_chunks"][split["train"]].sum())
+    if batch_size > training_chunks:
+        raise TrainError(
+            f"batch size {batch_size} is larger than the {training_chunks} training "
+            f"chunks: give --batch-size {training_chunks} or less"
+        )
+
+
+class SplitData:
+    """The chunks of one split: their rows in the file, recording and label, and batches.
+
+    which: sorted recording indices; the chunks are read into memory when in_memory.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        which: np.ndarray,
+        args: argparse.Namespace,
+        in_memory: bool,
+        shuffle: bool,
+    ):
+        recordings = dataset.recordings
+        self.recordings = which
+        self.rows = recording_rows(recordings, which)
+        self.chunk_recording = np.repeat(which, recordings["n_chunks"][which])
+        source = read_rows(dataset.X, self.rows) if in_memory else dataset.path
+        if in_memory:
+            check_finite(source, self.rows, dataset.path)
+        self.batches = ChunkBatches(
+            source,
+            self.rows,
+            recordings["label"][self.chunk_recording],
+            len(dataset.classes),
+            max(1, min(args.batch_size, len(self.rows))),
+            shuffle=shuffle,
+            seed=args.seed,
+            workers=args.workers,
+            use_multiprocessing=args.workers > 1 and not in_memory,  # h5py: one call at a time
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def load_splits(dataset: Dataset, split: dict, args: argparse.Namespace) -> dict[str, SplitData]:
+    """The chunks of each split, in memory (--in-memory yes, or auto and they fit) or
+    streamed from the file; batches of --batch-size, read by --workers, shuffled by --seed
+    (train only)."""
+    n_chunks = {name: int(dataset.recordings["n_chunks"][split[name]].sum()) for name in SPLITS}
+    row_shape = dataset.X.shape[1:]
+    n_rows = sum(n_chunks.values())
+    in_memory = args.in_memory == "yes" or (
+        args.in_memory == "auto" and fits_in_memory(n_rows, row_shape)
+    )
+    start = time.perf_counter()
+    data = {
+        name: SplitData(dataset, split[name], args, in_memory, shuffle=name == "train")
+        for name in SPLITS
+    }
+    for name in SPLITS:
+        logger.info("%-5s %6d recordings %8d chunks", name, len(split[name]), n_chunks[name])
+    if in_memory:
+        logger.info(
+            "%d chunks (%.2f GB) read into memory in %.1f s",
+            n_rows,
+            n_rows * np.prod(row_shape) * 4 / 1e9,
+            time.perf_counter() - start,
+        )
+    else:
+        logger.info("chunks streamed from %s, batch by batch", dataset.path)
+    return data
+
+
+def sample_chunks(batches: ChunkBatches, dataset: Dataset, most: int, seed: int) -> np.ndarray:
+    """Up to `most` random chunks (sorted rows) of batches, from memory or the file."""
+    rng = np.random.default_rng(seed)
+    positions = np.sort(rng.permutation(len(batches.rows))[:most])
+    if isinstance(batches.source, np.ndarray):
+        return batches.source[positions]
+    return read_rows(dataset.X, batches.rows[positions])

@@ -58,8 +58,6 @@ from preprocess.dataset import (  # noqa: E402
     RunLocked,
     exclusive_run,
     open_dataset,
-    read_rows,
-    recording_rows,
 )
 from train import recipe  # noqa: E402
 from train.augment import (  # noqa: E402
@@ -83,11 +81,14 @@ from train.callbacks import (  # noqa: E402
 )
 from train.data import (  # noqa: E402
     SPLITS,
-    ChunkBatches,
+    SplitData,
     SplitError,
-    check_finite,
-    fits_in_memory,
+    TrainError,
+    check_batch_size,
+    check_labels,
+    load_splits,
     read_errors_reported,
+    sample_chunks,
     split_recordings,
 )
 from train.log import (  # noqa: E402
@@ -130,10 +131,6 @@ SETTINGS = (
     "inference_model",
 )  # columns of the runs table
 DONE = "training_done.json"  # written when fit() ends; training is then not resumed again
-
-
-class TrainError(Exception):
-    """Input or a run folder that training cannot work with; the message says why."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,24 +242,6 @@ def finished_an_epoch(run_dir: Path) -> bool:
     return (run_dir / DONE).is_file() or epochs_backed_up(run_dir) > 0 or logged
 
 
-def check_labels(dataset: Dataset) -> None:
-    """Refuse data that cannot train a classifier: fewer than two classes with labelled
-    recordings (a single class gives a MAP of 1.0 that means nothing)."""
-    labels = dataset.recordings["label"]
-    if not (labels >= 0).any():
-        raise TrainError(
-            f"{dataset.path}: none of its {len(labels)} recordings is labelled (every label "
-            "is -1, as in a test set built with --classes-from): train on labelled data"
-        )
-    present = np.unique(labels[labels >= 0])
-    if len(present) < 2:
-        names = [dataset.classes[i] for i in present]
-        raise TrainError(
-            f"{dataset.path}: its labelled recordings are all of one class ({names[0]}); "
-            "training needs at least two classes"
-        )
-
-
 def load_or_make_split(
     run_dir: Path, dataset: Dataset, args: argparse.Namespace, resuming: bool
 ) -> dict[str, np.ndarray]:
@@ -360,61 +339,6 @@ def write_run_files(
 # Training
 
 
-class SplitData:
-    """The chunks of one split: their rows in the file, recording and label, and batches.
-
-    which: sorted recording indices; the chunks are read into memory when in_memory.
-    """
-
-    def __init__(
-        self,
-        dataset: Dataset,
-        which: np.ndarray,
-        args: argparse.Namespace,
-        in_memory: bool,
-        shuffle: bool,
-    ):
-        recordings = dataset.recordings
-        self.recordings = which
-        self.rows = recording_rows(recordings, which)
-        self.chunk_recording = np.repeat(which, recordings["n_chunks"][which])
-        source = read_rows(dataset.X, self.rows) if in_memory else dataset.path
-        if in_memory:
-            check_finite(source, self.rows, dataset.path)
-        self.batches = ChunkBatches(
-            source,
-            self.rows,
-            recordings["label"][self.chunk_recording],
-            len(dataset.classes),
-            max(1, min(args.batch_size, len(self.rows))),
-            shuffle=shuffle,
-            seed=args.seed,
-            workers=args.workers,
-            use_multiprocessing=args.workers > 1 and not in_memory,  # h5py: one call at a time
-        )
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def check_batch_size(dataset: Dataset, split: dict, batch_size: int) -> None:
-    training_chunks = int(dataset.recordings["n_chunks"][split["train"]].sum())
-    if batch_size > training_chunks:
-        raise TrainError(
-            f"batch size {batch_size} is larger than the {training_chunks} training "
-            f"chunks: give --batch-size {training_chunks} or less"
-        )
-
-
-def sample_chunks(batches: ChunkBatches, dataset: Dataset, most: int, seed: int) -> np.ndarray:
-    """Up to `most` random chunks (sorted rows) of batches, from memory or the file."""
-    rng = np.random.default_rng(seed)
-    positions = np.sort(rng.permutation(len(batches.rows))[:most])
-    if isinstance(batches.source, np.ndarray):
-        return batches.source[positions]
-    return read_rows(dataset.X, batches.rows[positions])
-
-
 def noise_chunks(dataset: Dataset, sample: np.ndarray, args: argparse.Namespace) -> np.ndarray:
     """Background noise to mix in: --noise-dir's wavs through the data's front end, else the
     quietest of the sampled training chunks."""
@@ -463,34 +387,6 @@ def augmented_batches(
         band_means=recipe.band_statistics(sample, floor)[0] if sample is not None else None,
         class_weights=weights,
     )
-
-
-def load_splits(dataset: Dataset, split: dict, args: argparse.Namespace) -> dict[str, SplitData]:
-    """The chunks of each split, in memory (--in-memory yes, or auto and they fit) or
-    streamed from the file."""
-    n_chunks = {name: int(dataset.recordings["n_chunks"][split[name]].sum()) for name in SPLITS}
-    row_shape = dataset.X.shape[1:]
-    n_rows = sum(n_chunks.values())
-    in_memory = args.in_memory == "yes" or (
-        args.in_memory == "auto" and fits_in_memory(n_rows, row_shape)
-    )
-    start = time.perf_counter()
-    data = {
-        name: SplitData(dataset, split[name], args, in_memory, shuffle=name == "train")
-        for name in SPLITS
-    }
-    for name in SPLITS:
-        logger.info("%-5s %6d recordings %8d chunks", name, len(split[name]), n_chunks[name])
-    if in_memory:
-        logger.info(
-            "%d chunks (%.2f GB) read into memory in %.1f s",
-            n_rows,
-            n_rows * np.prod(row_shape) * 4 / 1e9,
-            time.perf_counter() - start,
-        )
-    else:
-        logger.info("chunks streamed from %s, batch by batch", dataset.path)
-    return data
 
 
 def fit(
