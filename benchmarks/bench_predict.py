@@ -136,7 +136,7 @@ def main() -> None:
 
         classes = [f"c{index:03d}" for index in range(args.classes)]
         # imported here: (c)'s child processes must not load Keras, or it would be measured
-        from train.train_model import build_model_from_file
+        from train.model_file import build_model_from_file
 
         model = build_model_from_file(
             args.model, (params.n_bins, params.chunk_frames, 1), len(classes)

@@ -46,7 +46,7 @@ from preprocess.make_demo_dataset import SAMPLE_RATE, SPECIES, make_recording  #
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import extract_chunks  # noqa: E402
 from train.data import ChunkBatches  # noqa: E402
-from train.train_model import build_model_from_file, list_devices  # noqa: E402
+from train.model_file import build_model_from_file, list_devices  # noqa: E402
 
 
 def synthetic_dataset(path: Path, n_chunks: int, seed: int = 0) -> None:

@@ -6,7 +6,8 @@ import keras
 import numpy as np
 import pytest
 
-from train.train_model import TrainError, build_model_from_file
+from train.data import TrainError
+from train.model_file import build_model_from_file
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"
 INPUT_SHAPE = (200, 310, 1)

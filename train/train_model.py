@@ -37,8 +37,6 @@ batch is split across them (TensorFlow: MirroredStrategy; JAX: keras.distributio
 from __future__ import annotations
 
 import argparse
-import contextlib
-import importlib.util
 import json
 import logging
 import shutil
@@ -102,6 +100,13 @@ from train.log import (  # noqa: E402
     write_text_atomically,
 )
 from train.metrics import POOLINGS, mean_average_precision, recording_scores  # noqa: E402
+from train.model_file import (  # noqa: E402
+    build_model_from_file,
+    compile_model,
+    data_parallel_scope,
+    list_devices,
+    load_weights,
+)
 from train.thresholds import THRESHOLDS_FILE, save_validation_thresholds  # noqa: E402
 
 logger = logging.getLogger("train_model")
@@ -131,85 +136,6 @@ SETTINGS = (
     "inference_model",
 )  # columns of the runs table
 DONE = "training_done.json"  # written when fit() ends; training is then not resumed again
-
-
-# ---------------------------------------------------------------------------------------------
-# The model file
-
-
-def load_model_file(path: Path):
-    """The model file as a module (its build_model, and compile_args if it defines one)."""
-    if not path.is_file():
-        raise TrainError(f"{path}: no such model file")
-    spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except (Exception, SystemExit) as error:  # the user's file: report whatever it raises
-        raise TrainError(
-            f"{path}: cannot load model file: {type(error).__name__}: {error}"
-        ) from error
-    return module
-
-
-def build_model_from_file(path: Path, input_shape: tuple, n_classes: int) -> keras.Model:
-    """Run a model file's `build_model(input_shape, n_classes)` and check what it gives."""
-    module = load_model_file(path)
-    if not callable(getattr(module, "build_model", None)):
-        raise TrainError(
-            f"{path} defines no build_model(input_shape, n_classes) function returning a "
-            "keras.Model (copy train/model-BirdClef.py and edit it)"
-        )
-    try:
-        model = module.build_model(tuple(input_shape), n_classes)
-    except (Exception, SystemExit) as error:
-        raise TrainError(
-            f"{path}: build_model({tuple(input_shape)}, {n_classes}) failed: "
-            f"{type(error).__name__}: {error}"
-        ) from error
-    if not isinstance(model, keras.Model):
-        raise TrainError(f"{path}: build_model returned {type(model).__name__}, not a keras.Model")
-    if tuple(model.input_shape[1:]) != tuple(input_shape):
-        raise TrainError(
-            f"{path}: the model takes input {model.input_shape[1:]}, but the data's chunks "
-            f"are {tuple(input_shape)}"
-        )
-    if tuple(model.output_shape) != (None, n_classes):
-        raise TrainError(
-            f"{path}: the model outputs shape {model.output_shape}, but the data has "
-            f"{n_classes} classes: the last layer must be Dense({n_classes}, softmax), "
-            "i.e. output (None, n_classes)"
-        )
-    return model
-
-
-def list_devices(kind: str | None = None) -> list[str]:
-    """The backend's devices of a kind ("gpu", "cpu"; None: all) as "gpu:0"..., or [] where
-    the backend cannot list them (torch has no keras.distribution; JAX raises when a kind is
-    absent)."""
-    try:
-        return keras.distribution.list_devices(kind)
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return []
-
-
-def data_parallel_scope():
-    """Spread each batch over the GPUs when there are several, with the backend's own
-    engine; a no-op with one device."""
-    gpus = list_devices("gpu")
-    if len(gpus) < 2:
-        return contextlib.nullcontext()
-    backend = keras.backend.backend()
-    logger.info("%d GPUs: data parallel training (%s backend)", len(gpus), backend)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.distribute.MirroredStrategy().scope()
-    if backend == "jax":
-        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=gpus))
-    else:
-        logger.warning("no data parallel training with the %s backend: one GPU is used", backend)
-    return contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,30 +486,16 @@ def train(args: argparse.Namespace) -> dict:
             if args.normalize == "dataset":
                 stats = recipe.band_statistics(sample, np.log10(dataset.params.log_floor))
             model = recipe.normalized_model(model, args.normalize, stats)
-            model_module = load_model_file(args.model)
-            own_schedule = callable(getattr(model_module, "compile_args", None))
-            try:
-                compiled = recipe.compile_args(args, model_module)
-            except Exception as error:  # the user's compile_args: report whatever it raises
-                raise TrainError(
-                    f"{args.model}: compile_args failed: {type(error).__name__}: {error}"
-                ) from error
-            model.compile(**compiled, metrics=["accuracy"])
+            options_optimizer = compile_model(model, args)
             if args.weights:
-                try:
-                    model.load_weights(args.weights)
-                except Exception as error:  # Keras raises many kinds on a damaged file
-                    raise TrainError(
-                        f"{args.weights}: cannot load weights into {args.model}: {error}"
-                    ) from error
-                logger.info("starting from the weights of %s", args.weights)
+                load_weights(model, args.weights, args.model)
         write_run_files(run_dir, dataset, args, split, resuming)
         model.summary()
 
         if (run_dir / DONE).is_file():
             logger.info("training already finished in %s: scoring the best models", run_dir)
         else:
-            fit(model, data, dataset, run_dir, args, schedule=not own_schedule)
+            fit(model, data, dataset, run_dir, args, schedule=options_optimizer)
             if FINAL in INFERENCE_CHOICES[args.inference_model]:
                 partial = run_dir / f"{FINAL}.part.keras"  # whole or absent, as checkpoints
                 model.save(partial)
