@@ -39,9 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
@@ -65,20 +63,15 @@ from train.augment import (  # noqa: E402
     quietest_chunks,
 )
 from train.callbacks import (  # noqa: E402
-    BACKUP,
     BEST,
     HISTORY,
     MAPCallback,
     ModelFileError,
-    epochs_backed_up,
     load_saved_model,
     read_history,
-    score_predictions,
     training_callbacks,
-    trim_history,
 )
 from train.data import (  # noqa: E402
-    SPLITS,
     SplitData,
     SplitError,
     TrainError,
@@ -87,15 +80,11 @@ from train.data import (  # noqa: E402
     load_splits,
     read_errors_reported,
     sample_chunks,
-    split_recordings,
 )
 from train.log import (  # noqa: E402
     RunsTableError,
     append_run,
-    best_epoch,
     check_runs_table,
-    history_columns,
-    model_columns,
     plot_history,
     write_text_atomically,
 )
@@ -107,158 +96,20 @@ from train.model_file import (  # noqa: E402
     list_devices,
     load_weights,
 )
-from train.thresholds import THRESHOLDS_FILE, save_validation_thresholds  # noqa: E402
+from train.run_folder import (  # noqa: E402
+    DONE,
+    check_resumed_run,
+    history_to_resume,
+    load_or_make_split,
+    runs_table_row,
+    save_thresholds,
+    score_best_models,
+    start_run_dir,
+    write_run_files,
+    write_training_done,
+)
 
 logger = logging.getLogger("train_model")
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SETTINGS = (
-    "batch_size",
-    "learning_rate",
-    "patience",
-    "seed",
-    "val_fraction",
-    "test_fraction",
-    "mixed_precision",
-    "weights",
-    "in_memory",
-    "recipe",
-    "optimizer",
-    "weight_decay",
-    "warmup_epochs",
-    "label_smoothing",
-    "normalize",
-    "augment",
-    "class_balance",
-    "early_stop_on",
-    "time_budget",
-    "pooling",
-    "inference_model",
-)  # columns of the runs table
-DONE = "training_done.json"  # written when fit() ends; training is then not resumed again
-
-
-# ---------------------------------------------------------------------------------------------
-# The run folder
-
-
-def start_run_dir(run_dir: Path, resume: bool) -> bool:
-    """Check run_dir can take this run (writing nothing); returns whether an earlier run is
-    resumed. A run that never finished an epoch (its start failed, or it was stopped during
-    its first epoch) has nothing to resume: it is started again, with or without --resume."""
-    started = (run_dir / "config.json").is_file()
-    if started and not finished_an_epoch(run_dir):
-        logger.info("%s holds a run that never finished an epoch: starting it again", run_dir)
-        started = False
-    if started and not resume:
-        raise TrainError(
-            f"{run_dir} already holds a training run: add --resume to continue it, or "
-            "choose another --out"
-        )
-    if resume and not started:
-        logger.info("%s holds no run to resume: starting a new one", run_dir)
-    return started
-
-
-def finished_an_epoch(run_dir: Path) -> bool:
-    """Whether the run in run_dir got past its first epoch (or finished). history.csv's lines
-    are counted, not parsed: a kill may have cut its last line short."""
-    history = run_dir / HISTORY
-    logged = history.is_file() and len(history.read_bytes().splitlines()) > 1  # header + rows
-    return (run_dir / DONE).is_file() or epochs_backed_up(run_dir) > 0 or logged
-
-
-def load_or_make_split(
-    run_dir: Path, dataset: Dataset, args: argparse.Namespace, resuming: bool
-) -> dict[str, np.ndarray]:
-    """Recording indices of each split: split.json's when resuming, else a new split
-    (which write_run_files saves to split.json)."""
-    recordings = dataset.recordings
-    media_ids = list(recordings["MediaId"])
-    if len(set(media_ids)) != len(media_ids):
-        raise TrainError(f"{dataset.path}: MediaIds are not unique; cannot split by recording")
-    path = run_dir / "split.json"
-    if resuming and path.is_file():
-        try:
-            saved = json.loads(path.read_text())
-            named = [m for name in SPLITS for m in saved[name]]
-        except (ValueError, KeyError, TypeError) as error:
-            raise TrainError(
-                f"{path} is damaged ({type(error).__name__}: {error}): the run cannot be "
-                "resumed; start a new run in another --out"
-            ) from error
-        index = {media_id: number for number, media_id in enumerate(media_ids)}
-        missing = [m for m in named if m not in index]
-        if missing:
-            raise TrainError(
-                f"{path} names {len(missing)} recordings missing from {dataset.path} (e.g. "
-                f"{missing[0]}): resume with the data file the run started with"
-            )
-        logger.info("split of %s (seed %s)", path, saved["seed"])
-        return {name: np.sort([index[m] for m in saved[name]]).astype(np.int64) for name in SPLITS}
-
-    return split_recordings(
-        recordings["label"], args.val_fraction, args.test_fraction, args.seed, dataset.classes
-    )
-
-
-def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace) -> None:
-    """Check the data and model file of a resumed run are the ones it started with."""
-    classes = {"classes": dataset.classes, "class_names": dataset.class_names}
-    try:
-        started_with = json.loads((run_dir / "classes.json").read_text())
-        params = (run_dir / "params.json").read_text()
-    except (OSError, ValueError) as error:
-        raise TrainError(
-            f"{run_dir} holds a run whose classes.json or params.json is missing or damaged "
-            f"({error}): start a new run in another --out"
-        ) from error
-    if started_with != classes or params != dataset.file.attrs["params"]:
-        raise TrainError(
-            f"{dataset.path} has other classes or preprocessing parameters than the run "
-            f"in {run_dir}: resume with the data file the run started with"
-        )
-    if (run_dir / "model.py").read_text() != args.model.read_text():
-        raise TrainError(
-            f"{args.model} differs from the model the run in {run_dir} started with "
-            f"({run_dir / 'model.py'}): resume with that model file"
-        )
-
-
-def write_run_files(
-    run_dir: Path, dataset: Dataset, args: argparse.Namespace, split: dict, resuming: bool
-):
-    """params.json, classes.json, config.json, model.py and (for a new run) split.json; a new
-    run first clears what a start that never finished an epoch left."""
-    classes = {"classes": dataset.classes, "class_names": dataset.class_names}
-    params = dataset.file.attrs["params"]  # verbatim: prediction rebuilds the same chunks
-    model_source = args.model.read_text()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resuming:
-        (run_dir / HISTORY).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / BACKUP, ignore_errors=True)
-        media_ids = dataset.recordings["MediaId"]
-        saved = {
-            "seed": args.seed,
-            "val_fraction": args.val_fraction,
-            "test_fraction": args.test_fraction,
-            **{name: [str(media_ids[i]) for i in split[name]] for name in SPLITS},
-        }
-        write_text_atomically(run_dir / "split.json", json.dumps(saved, indent=1) + "\n")
-    write_text_atomically(run_dir / "params.json", params)
-    write_text_atomically(run_dir / "classes.json", json.dumps(classes, indent=1) + "\n")
-    write_text_atomically(run_dir / "model.py", model_source)
-    config = {
-        **{
-            name: str(value) if isinstance(value, Path) else value
-            for name, value in vars(args).items()
-        },
-        "backend": keras.backend.backend(),
-        "keras_version": keras.__version__,
-        "devices": list_devices(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    write_text_atomically(run_dir / "config.json", json.dumps(config, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,11 +177,7 @@ def fit(
     """Train until --epochs, early stopping or the time budget, continuing a run cut short
     if there is one. schedule: whether --optimizer adamw and --warmup-epochs set the learning
     rate (not when the model file compiles its own optimizer)."""
-    history_path = run_dir / HISTORY
-    trim_history(history_path, epochs_backed_up(run_dir))
-    past = read_history(history_path)
-    if past:
-        logger.info("resuming after epoch %d", len(past["epoch"]))
+    past = history_to_resume(run_dir)
     val = data["val"]
     map_callback = MAPCallback(
         val.batches,
@@ -362,42 +209,7 @@ def fit(
             callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, else a line
         )
-    stopped = [c.stopped_epoch for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
-    done = {
-        "epochs": len(read_history(history_path).get("epoch", [])),
-        "stopped_early": any(stopped),
-    }
-    write_text_atomically(run_dir / DONE, json.dumps(done) + "\n")
-
-
-def score_best_models(
-    run_dir: Path, test: SplitData, dataset: Dataset, history: dict[str, np.ndarray]
-) -> dict:
-    """Test scores of each best model (see `score_predictions`), with the epoch it is from."""
-    scores = {"test_recordings": len(test.recordings), "test_chunks": len(test), "models": {}}
-    if not len(test):
-        logger.warning("no test recordings (--test-fraction 0): no test scores")
-        return scores
-    for monitor, (filename, mode) in BEST.items():
-        path = run_dir / filename
-        if not path.is_file():
-            logger.warning("%s missing: never saved (no finite %s)", path, monitor)
-            continue
-        model = load_saved_model(path)
-        with read_errors_reported(test.batches):
-            probs = model.predict(test.batches, verbose=0)
-        best = best_epoch(history[monitor], mode)
-        scores["models"][path.stem] = {
-            "epoch": best + 1,
-            monitor: float(history[monitor][best]),
-            **score_predictions(
-                probs,
-                test.chunk_recording,
-                dataset.recordings["label"],
-                dataset.recordings["background"].astype(bool),
-            ),
-        }
-    return scores
+    write_training_done(run_dir, callbacks)
 
 
 FINAL = "final.keras"  # the model as training left it (--inference-model final or auto)
@@ -505,41 +317,9 @@ def train(args: argparse.Namespace) -> dict:
         metrics = score_best_models(run_dir, data["test"], dataset, history)
         metrics["inference"] = write_inference(run_dir, data, dataset, args)
         write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-        with read_errors_reported(data["val"].batches):
-            if not save_validation_thresholds(
-                run_dir,
-                metrics["inference"]["model_file"],  # the model prediction uses
-                data["val"].batches,
-                data["val"].chunk_recording,
-                dataset.recordings["label"],
-                dataset.classes,
-                metrics["inference"]["pooling"],
-                metrics["inference"]["pooling_exponent"],
-            ):
-                logger.warning("no validation chunks or model: no %s", THRESHOLDS_FILE)
+        save_thresholds(run_dir, data["val"], dataset, metrics["inference"])
         plot_history(history, run_dir)
-        append_run(
-            runs_table,
-            {
-                "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "run_dir": str(run_dir),
-                "data": str(args.data),
-                "model_file": str(args.model),
-                "classes": n_classes,
-                **{f"{name}_recordings": len(split[name]) for name in SPLITS},
-                **{f"{name}_chunks": len(data[name]) for name in SPLITS},
-                **{name: getattr(args, name) for name in SETTINGS},
-                "backend": keras.backend.backend(),
-                "devices": " ".join(list_devices()),
-                **history_columns(history),
-                **{
-                    f"test_{score}_{model_name}": value
-                    for model_name, values in metrics["models"].items()
-                    for score, value in values.items()
-                },
-                **model_columns(model),
-            },
-        )
+        append_run(runs_table, runs_table_row(args, dataset, data, history, metrics, model))
     return metrics
 
 

@@ -1,0 +1,290 @@
+"""The run folder of a training run (--out; its files are listed in train_model.py --help):
+whether it holds a run to resume and whether that run fits the data, the files written
+beside the checkpoints (config.json, params.json, classes.json, split.json, model.py,
+training_done.json, thresholds.json), the test scores of the best models (metrics.json), and
+the run's row in the runs table.
+
+Files are written whole or not at all (`write_text_atomically`). Everything a new run checks
+comes before `write_run_files`, so a start that fails leaves the folder as it was.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from preprocess.dataset import Dataset
+from train.callbacks import (
+    BACKUP,
+    BEST,
+    HISTORY,
+    epochs_backed_up,
+    load_saved_model,
+    read_history,
+    score_predictions,
+    trim_history,
+)
+from train.data import SPLITS, SplitData, TrainError, read_errors_reported, split_recordings
+from train.log import best_epoch, history_columns, model_columns, write_text_atomically
+from train.model_file import list_devices
+from train.thresholds import THRESHOLDS_FILE, save_validation_thresholds
+
+logger = logging.getLogger(__name__)
+
+SETTINGS = (
+    "batch_size",
+    "learning_rate",
+    "patience",
+    "seed",
+    "val_fraction",
+    "test_fraction",
+    "mixed_precision",
+    "weights",
+    "in_memory",
+    "recipe",
+    "optimizer",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "normalize",
+    "augment",
+    "class_balance",
+    "early_stop_on",
+    "time_budget",
+    "pooling",
+    "inference_model",
+)  # columns of the runs table
+DONE = "training_done.json"  # written when fit() ends; training is then not resumed again
+
+
+# ---------------------------------------------------------------------------------------------
+# Starting or resuming
+
+
+def start_run_dir(run_dir: Path, resume: bool) -> bool:
+    """Check run_dir can take this run (writing nothing); returns whether an earlier run is
+    resumed. A run that never finished an epoch (its start failed, or it was stopped during
+    its first epoch) has nothing to resume: it is started again, with or without --resume."""
+    started = (run_dir / "config.json").is_file()
+    if started and not finished_an_epoch(run_dir):
+        logger.info("%s holds a run that never finished an epoch: starting it again", run_dir)
+        started = False
+    if started and not resume:
+        raise TrainError(
+            f"{run_dir} already holds a training run: add --resume to continue it, or "
+            "choose another --out"
+        )
+    if resume and not started:
+        logger.info("%s holds no run to resume: starting a new one", run_dir)
+    return started
+
+
+def finished_an_epoch(run_dir: Path) -> bool:
+    """Whether the run in run_dir got past its first epoch (or finished). history.csv's lines
+    are counted, not parsed: a kill may have cut its last line short."""
+    history = run_dir / HISTORY
+    logged = history.is_file() and len(history.read_bytes().splitlines()) > 1  # header + rows
+    return (run_dir / DONE).is_file() or epochs_backed_up(run_dir) > 0 or logged
+
+
+def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace) -> None:
+    """Check the data and model file of a resumed run are the ones it started with."""
+    classes = {"classes": dataset.classes, "class_names": dataset.class_names}
+    try:
+        started_with = json.loads((run_dir / "classes.json").read_text())
+        params = (run_dir / "params.json").read_text()
+    except (OSError, ValueError) as error:
+        raise TrainError(
+            f"{run_dir} holds a run whose classes.json or params.json is missing or damaged "
+            f"({error}): start a new run in another --out"
+        ) from error
+    if started_with != classes or params != dataset.file.attrs["params"]:
+        raise TrainError(
+            f"{dataset.path} has other classes or preprocessing parameters than the run "
+            f"in {run_dir}: resume with the data file the run started with"
+        )
+    if (run_dir / "model.py").read_text() != args.model.read_text():
+        raise TrainError(
+            f"{args.model} differs from the model the run in {run_dir} started with "
+            f"({run_dir / 'model.py'}): resume with that model file"
+        )
+
+
+def load_or_make_split(
+    run_dir: Path, dataset: Dataset, args: argparse.Namespace, resuming: bool
+) -> dict[str, np.ndarray]:
+    """Recording indices of each split: split.json's when resuming, else a new split
+    (which write_run_files saves to split.json)."""
+    recordings = dataset.recordings
+    media_ids = list(recordings["MediaId"])
+    if len(set(media_ids)) != len(media_ids):
+        raise TrainError(f"{dataset.path}: MediaIds are not unique; cannot split by recording")
+    path = run_dir / "split.json"
+    if resuming and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            named = [m for name in SPLITS for m in saved[name]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise TrainError(
+                f"{path} is damaged ({type(error).__name__}: {error}): the run cannot be "
+                "resumed; start a new run in another --out"
+            ) from error
+        index = {media_id: number for number, media_id in enumerate(media_ids)}
+        missing = [m for m in named if m not in index]
+        if missing:
+            raise TrainError(
+                f"{path} names {len(missing)} recordings missing from {dataset.path} (e.g. "
+                f"{missing[0]}): resume with the data file the run started with"
+            )
+        logger.info("split of %s (seed %s)", path, saved["seed"])
+        return {name: np.sort([index[m] for m in saved[name]]).astype(np.int64) for name in SPLITS}
+
+    return split_recordings(
+        recordings["label"], args.val_fraction, args.test_fraction, args.seed, dataset.classes
+    )
+
+
+def write_run_files(
+    run_dir: Path, dataset: Dataset, args: argparse.Namespace, split: dict, resuming: bool
+):
+    """params.json, classes.json, config.json, model.py and (for a new run) split.json; a new
+    run first clears what a start that never finished an epoch left."""
+    classes = {"classes": dataset.classes, "class_names": dataset.class_names}
+    params = dataset.file.attrs["params"]  # verbatim: prediction rebuilds the same chunks
+    model_source = args.model.read_text()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resuming:
+        (run_dir / HISTORY).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / BACKUP, ignore_errors=True)
+        media_ids = dataset.recordings["MediaId"]
+        saved = {
+            "seed": args.seed,
+            "val_fraction": args.val_fraction,
+            "test_fraction": args.test_fraction,
+            **{name: [str(media_ids[i]) for i in split[name]] for name in SPLITS},
+        }
+        write_text_atomically(run_dir / "split.json", json.dumps(saved, indent=1) + "\n")
+    write_text_atomically(run_dir / "params.json", params)
+    write_text_atomically(run_dir / "classes.json", json.dumps(classes, indent=1) + "\n")
+    write_text_atomically(run_dir / "model.py", model_source)
+    config = {
+        **{
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in vars(args).items()
+        },
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "devices": list_devices(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    write_text_atomically(run_dir / "config.json", json.dumps(config, indent=1) + "\n")
+
+
+def history_to_resume(run_dir: Path) -> dict[str, np.ndarray]:
+    """history.csv of the epochs done before a --resume ({} for a new run): the rows of
+    epochs whose backup a kill prevented are dropped first, as those epochs run again."""
+    trim_history(run_dir / HISTORY, epochs_backed_up(run_dir))
+    past = read_history(run_dir / HISTORY)
+    if past:
+        logger.info("resuming after epoch %d", len(past["epoch"]))
+    return past
+
+
+def write_training_done(run_dir: Path, callbacks: list[keras.callbacks.Callback]) -> None:
+    """training_done.json once fit() has ended: the epochs run, and whether early stopping
+    ended them (a later --resume then only scores the best models)."""
+    stopped = [c.stopped_epoch for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
+    done = {
+        "epochs": len(read_history(run_dir / HISTORY).get("epoch", [])),
+        "stopped_early": any(stopped),
+    }
+    write_text_atomically(run_dir / DONE, json.dumps(done) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# After training: scores, thresholds, the runs table
+
+
+def score_best_models(
+    run_dir: Path, test: SplitData, dataset: Dataset, history: dict[str, np.ndarray]
+) -> dict:
+    """Test scores of each best model (see `score_predictions`), with the epoch it is from."""
+    scores = {"test_recordings": len(test.recordings), "test_chunks": len(test), "models": {}}
+    if not len(test):
+        logger.warning("no test recordings (--test-fraction 0): no test scores")
+        return scores
+    for monitor, (filename, mode) in BEST.items():
+        path = run_dir / filename
+        if not path.is_file():
+            logger.warning("%s missing: never saved (no finite %s)", path, monitor)
+            continue
+        model = load_saved_model(path)
+        with read_errors_reported(test.batches):
+            probs = model.predict(test.batches, verbose=0)
+        best = best_epoch(history[monitor], mode)
+        scores["models"][path.stem] = {
+            "epoch": best + 1,
+            monitor: float(history[monitor][best]),
+            **score_predictions(
+                probs,
+                test.chunk_recording,
+                dataset.recordings["label"],
+                dataset.recordings["background"].astype(bool),
+            ),
+        }
+    return scores
+
+
+def save_thresholds(run_dir: Path, val: SplitData, dataset: Dataset, inference: dict) -> None:
+    """thresholds.json: per-class detection thresholds of the model and pooling prediction
+    uses (inference.json's), chosen on the validation recordings."""
+    with read_errors_reported(val.batches):
+        if not save_validation_thresholds(
+            run_dir,
+            inference["model_file"],
+            val.batches,
+            val.chunk_recording,
+            dataset.recordings["label"],
+            dataset.classes,
+            inference["pooling"],
+            inference["pooling_exponent"],
+        ):
+            logger.warning("no validation chunks or model: no %s", THRESHOLDS_FILE)
+
+
+def runs_table_row(
+    args: argparse.Namespace,
+    dataset: Dataset,
+    data: dict[str, SplitData],
+    history: dict[str, np.ndarray],
+    metrics: dict,
+    model: keras.Model,
+) -> dict:
+    """The run's row in the runs table: data, split sizes, settings, where it ran, its
+    curves (final and best), test scores of each best model, and the model's layers."""
+    return {
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "run_dir": str(args.out),
+        "data": str(args.data),
+        "model_file": str(args.model),
+        "classes": len(dataset.classes),
+        **{f"{name}_recordings": len(data[name].recordings) for name in SPLITS},
+        **{f"{name}_chunks": len(data[name]) for name in SPLITS},
+        **{name: getattr(args, name) for name in SETTINGS},
+        "backend": keras.backend.backend(),
+        "devices": " ".join(list_devices()),
+        **history_columns(history),
+        **{
+            f"test_{score}_{model_name}": value
+            for model_name, values in metrics["models"].items()
+            for score, value in values.items()
+        },
+        **model_columns(model),
+    }
