@@ -18,6 +18,7 @@ The modern recipe's parts, each switchable by its own option:
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -28,8 +29,12 @@ import keras
 import numpy as np
 
 from preprocess.audio import AudioError
+from preprocess.dataset import Dataset
 from preprocess.extract import recording_chunks
 from preprocess.params import SpectrogramParams
+from train.augment import AugmentedBatches, AugmentSettings, quietest_chunks
+from train.callbacks import BEST, load_saved_model
+from train.data import SplitData, TrainError, read_errors_reported
 from train.log import write_text_atomically
 from train.metrics import POOLINGS, POWER_EXPONENT, mean_average_precision, recording_scores
 
@@ -164,6 +169,23 @@ def noise_chunks_from_dir(
     return np.concatenate(chunks)[:most, ..., None].astype(np.float32)
 
 
+def noise_chunks(dataset: Dataset, sample: np.ndarray, args: argparse.Namespace) -> np.ndarray:
+    """Background noise to mix in: --noise-dir's wavs through the data's front end, else the
+    quietest of the sampled training chunks."""
+    if args.noise_dir is None:
+        return quietest_chunks(sample)
+    try:
+        noise = noise_chunks_from_dir(args.noise_dir, dataset.params)
+    except ValueError as error:
+        raise TrainError(str(error)) from error
+    if noise.shape[1:] != sample.shape[1:]:
+        raise TrainError(
+            f"--noise-dir chunks {noise.shape[1:]} do not match the data's {sample.shape[1:]}"
+        )
+    logger.info("%d noise chunks from %s", len(noise), args.noise_dir)
+    return noise
+
+
 # ---------------------------------------------------------------------------------------------
 # Class balance
 
@@ -179,6 +201,42 @@ def class_weights(labels: np.ndarray, n_classes: int, power: float = 0.5) -> np.
     weights[present] = (counts[present] / counts[present].mean()) ** -power
     weights /= (weights[labels]).mean()
     return weights.astype(np.float32)
+
+
+def augmented_batches(
+    train: SplitData, dataset: Dataset, sample: np.ndarray, args: argparse.Namespace
+) -> AugmentedBatches:
+    """The training batches with --augment and --class-balance applied.
+
+    sample: (n, bins, frames, 1) training chunks, for SpecAugment's band means and the
+    default noise (None when neither is used)."""
+    plain = train.batches
+    recording = train.chunk_recording
+    same_next = np.append(recording[1:] == recording[:-1], False)
+    first = np.insert(recording[1:] != recording[:-1], 0, True)
+    use = tuple(name for name in args.augment.split(",") if name and name != "none")
+    floor = np.log10(dataset.params.log_floor)
+    weights = None
+    if args.class_balance == "weights":
+        weights = class_weights(plain.labels, plain.n_classes)
+        logger.info("class loss weights %s", np.round(weights, 2).tolist())
+    return AugmentedBatches(
+        plain.source,
+        plain.rows,
+        plain.labels,
+        plain.n_classes,
+        plain.batch_size,
+        shuffle=True,
+        seed=args.seed,
+        workers=args.workers,
+        use_multiprocessing=plain.use_multiprocessing,
+        settings=AugmentSettings(use=use),
+        next_positions=np.where(same_next, np.arange(len(recording)) + 1, -1),
+        first_of_recording=first,
+        noise=noise_chunks(dataset, sample, args) if "noise" in use else None,
+        band_means=band_statistics(sample, floor)[0] if sample is not None else None,
+        class_weights=weights,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,6 +354,27 @@ class ScheduleAndBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+def schedule_and_budget(
+    args: argparse.Namespace, steps_per_epoch: int, options_optimizer: bool
+) -> list[keras.callbacks.Callback]:
+    """[ScheduleAndBudget] when the learning rate is scheduled (--optimizer adamw or
+    --warmup-epochs, and the options chose the optimizer, not the model file's compile_args)
+    or --time-budget is set; else []."""
+    schedule = options_optimizer and (args.optimizer != "rmsprop" or args.warmup_epochs > 0)
+    if not (schedule or args.time_budget):
+        return []
+    return [
+        ScheduleAndBudget(
+            args.epochs,
+            steps_per_epoch,
+            args.learning_rate,
+            args.warmup_epochs,
+            args.time_budget * 60,
+            schedule=schedule,
+        )
+    ]
+
+
 # ---------------------------------------------------------------------------------------------
 # Recording pooling chosen on validation; inference.json
 
@@ -325,3 +404,61 @@ def write_inference(run_dir: Path, model_file: str, pooling: str, extra: dict) -
     }
     write_text_atomically(run_dir / INFERENCE, json.dumps(inference, indent=1) + "\n")
     return inference
+
+
+FINAL = "final.keras"  # the model as training left it (--inference-model final or auto)
+INFERENCE_CHOICES = {  # --inference-model -> candidate checkpoints, preferred first on ties
+    "best_val_map": (BEST["val_map"][0],),
+    "final": (FINAL,),
+    "auto": (FINAL, BEST["val_map"][0]),
+}
+
+
+def save_final_model(model: keras.Model, run_dir: Path, inference_model: str) -> None:
+    """RUN/final.keras, the model as training ended, where --inference-model may choose it;
+    whole or absent, as the checkpoints."""
+    if FINAL in INFERENCE_CHOICES[inference_model]:
+        partial = run_dir / f"{FINAL}.part.keras"
+        model.save(partial)
+        partial.replace(run_dir / FINAL)
+
+
+def choose_inference(
+    run_dir: Path, data: dict[str, SplitData], dataset: Dataset, args: argparse.Namespace
+) -> dict:
+    """RUN/inference.json: the checkpoint (--inference-model) and recording pooling
+    (--pooling) for prediction; under auto, the pair with the best validation MAP (ties: the
+    final model, then mean, max, power), with the test MAP of the pair. Returns what it
+    wrote."""
+    labels = dataset.recordings["label"]
+    candidates = [
+        name for name in INFERENCE_CHOICES[args.inference_model] if (run_dir / name).is_file()
+    ]
+    if not candidates:
+        model_file = INFERENCE_CHOICES[args.inference_model][0]
+        logger.warning("%s missing: inference.json names it all the same", model_file)
+        return write_inference(run_dir, model_file, "mean", {})
+    model_file, pooling, extra = candidates[0], args.pooling, {}
+    if len(candidates) > 1 or args.pooling == "auto":
+        best, extra["validation_map"] = -1.0, {}
+        for name in candidates:
+            model = load_saved_model(run_dir / name)
+            with read_errors_reported(data["val"].batches):
+                probs = model.predict(data["val"].batches, verbose=0)
+            chosen, maps = choose_pooling(probs, data["val"].chunk_recording, labels)
+            if args.pooling != "auto":
+                chosen = args.pooling
+            extra["validation_map"][name] = maps
+            if np.nan_to_num(maps[chosen], nan=-1.0) > best:
+                best, model_file, pooling = np.nan_to_num(maps[chosen], nan=-1.0), name, chosen
+        logger.info("prediction: %s, %s pooling (validation MAP %s)", model_file, pooling, extra)
+    test = data["test"]
+    if len(test):
+        model = load_saved_model(run_dir / model_file)
+        with read_errors_reported(test.batches):
+            probs = model.predict(test.batches, verbose=0)
+        ids, pooled = recording_scores(probs, test.chunk_recording, pooling)
+        extra["test_map"] = mean_average_precision(
+            pooled, np.eye(probs.shape[1], dtype=bool)[labels[ids]]
+        )
+    return write_inference(run_dir, model_file, pooling, extra)

@@ -48,31 +48,17 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from preprocess.cli import at_least, between, most_workers, run_command  # noqa: E402
-from preprocess.dataset import (  # noqa: E402
-    Dataset,
-    DatasetError,
-    RunLocked,
-    exclusive_run,
-    open_dataset,
-)
+from preprocess.dataset import DatasetError, RunLocked, exclusive_run, open_dataset  # noqa: E402
 from train import recipe  # noqa: E402
-from train.augment import (  # noqa: E402
-    AUGMENTATIONS,
-    AugmentedBatches,
-    AugmentSettings,
-    quietest_chunks,
-)
+from train.augment import AUGMENTATIONS  # noqa: E402
 from train.callbacks import (  # noqa: E402
-    BEST,
     HISTORY,
     MAPCallback,
     ModelFileError,
-    load_saved_model,
     read_history,
     training_callbacks,
 )
 from train.data import (  # noqa: E402
-    SplitData,
     SplitError,
     TrainError,
     check_batch_size,
@@ -88,7 +74,7 @@ from train.log import (  # noqa: E402
     plot_history,
     write_text_atomically,
 )
-from train.metrics import POOLINGS, mean_average_precision, recording_scores  # noqa: E402
+from train.metrics import POOLINGS  # noqa: E402
 from train.model_file import (  # noqa: E402
     build_model_from_file,
     compile_model,
@@ -112,188 +98,41 @@ from train.run_folder import (  # noqa: E402
 logger = logging.getLogger("train_model")
 
 
-# ---------------------------------------------------------------------------------------------
-# Training
-
-
-def noise_chunks(dataset: Dataset, sample: np.ndarray, args: argparse.Namespace) -> np.ndarray:
-    """Background noise to mix in: --noise-dir's wavs through the data's front end, else the
-    quietest of the sampled training chunks."""
-    if args.noise_dir is None:
-        return quietest_chunks(sample)
-    try:
-        noise = recipe.noise_chunks_from_dir(args.noise_dir, dataset.params)
-    except ValueError as error:
-        raise TrainError(str(error)) from error
-    if noise.shape[1:] != sample.shape[1:]:
-        raise TrainError(
-            f"--noise-dir chunks {noise.shape[1:]} do not match the data's {sample.shape[1:]}"
-        )
-    logger.info("%d noise chunks from %s", len(noise), args.noise_dir)
-    return noise
-
-
-def augmented_batches(
-    train: SplitData, dataset: Dataset, sample: np.ndarray, args: argparse.Namespace
-) -> AugmentedBatches:
-    """The training batches with --augment and --class-balance applied."""
-    plain = train.batches
-    recording = train.chunk_recording
-    same_next = np.append(recording[1:] == recording[:-1], False)
-    first = np.insert(recording[1:] != recording[:-1], 0, True)
-    use = tuple(name for name in args.augment.split(",") if name and name != "none")
-    floor = np.log10(dataset.params.log_floor)
-    weights = None
-    if args.class_balance == "weights":
-        weights = recipe.class_weights(plain.labels, plain.n_classes)
-        logger.info("class loss weights %s", np.round(weights, 2).tolist())
-    return AugmentedBatches(
-        plain.source,
-        plain.rows,
-        plain.labels,
-        plain.n_classes,
-        plain.batch_size,
-        shuffle=True,
-        seed=args.seed,
-        workers=args.workers,
-        use_multiprocessing=plain.use_multiprocessing,
-        settings=AugmentSettings(use=use),
-        next_positions=np.where(same_next, np.arange(len(recording)) + 1, -1),
-        first_of_recording=first,
-        noise=noise_chunks(dataset, sample, args) if "noise" in use else None,
-        band_means=recipe.band_statistics(sample, floor)[0] if sample is not None else None,
-        class_weights=weights,
-    )
-
-
-def fit(
-    model: keras.Model,
-    data: dict[str, SplitData],
-    dataset: Dataset,
-    run_dir: Path,
-    args: argparse.Namespace,
-    schedule: bool = True,
-) -> None:
-    """Train until --epochs, early stopping or the time budget, continuing a run cut short
-    if there is one. schedule: whether --optimizer adamw and --warmup-epochs set the learning
-    rate (not when the model file compiles its own optimizer)."""
-    past = history_to_resume(run_dir)
-    val = data["val"]
-    map_callback = MAPCallback(
-        val.batches,
-        val.chunk_recording,
-        dataset.recordings["label"],
-        dataset.recordings["background"].astype(bool),
-    )
-    extra = []
-    schedule = schedule and (args.optimizer != "rmsprop" or args.warmup_epochs > 0)
-    if schedule or args.time_budget:
-        extra.append(
-            recipe.ScheduleAndBudget(
-                args.epochs,
-                len(data["train"].batches),
-                args.learning_rate,
-                args.warmup_epochs,
-                args.time_budget * 60,
-                schedule=schedule,
-            )
-        )
-    callbacks = training_callbacks(
-        run_dir, map_callback, args.patience, past, args.early_stop_on, extra
-    )
-    with read_errors_reported(data["train"].batches, val.batches):
-        model.fit(
-            data["train"].batches,
-            validation_data=val.batches,
-            epochs=args.epochs,
-            callbacks=callbacks,
-            verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal, else a line
-        )
-    write_training_done(run_dir, callbacks)
-
-
-FINAL = "final.keras"  # the model as training left it (--inference-model final or auto)
-INFERENCE_CHOICES = {  # --inference-model -> candidate checkpoints, preferred first on ties
-    "best_val_map": (BEST["val_map"][0],),
-    "final": (FINAL,),
-    "auto": (FINAL, BEST["val_map"][0]),
-}
-
-
-def write_inference(
-    run_dir: Path, data: dict[str, SplitData], dataset: Dataset, args: argparse.Namespace
-) -> dict:
-    """RUN/inference.json: the checkpoint (--inference-model) and recording pooling
-    (--pooling) for prediction; under auto, the pair with the best validation MAP (ties: the
-    final model, then mean, max, power), with the test MAP of the pair. Returns what it
-    wrote."""
-    labels = dataset.recordings["label"]
-    candidates = [
-        name for name in INFERENCE_CHOICES[args.inference_model] if (run_dir / name).is_file()
-    ]
-    if not candidates:
-        model_file = INFERENCE_CHOICES[args.inference_model][0]
-        logger.warning("%s missing: inference.json names it all the same", model_file)
-        return recipe.write_inference(run_dir, model_file, "mean", {})
-    model_file, pooling, extra = candidates[0], args.pooling, {}
-    if len(candidates) > 1 or args.pooling == "auto":
-        best, extra["validation_map"] = -1.0, {}
-        for name in candidates:
-            model = load_saved_model(run_dir / name)
-            with read_errors_reported(data["val"].batches):
-                probs = model.predict(data["val"].batches, verbose=0)
-            chosen, maps = recipe.choose_pooling(probs, data["val"].chunk_recording, labels)
-            if args.pooling != "auto":
-                chosen = args.pooling
-            extra["validation_map"][name] = maps
-            if np.nan_to_num(maps[chosen], nan=-1.0) > best:
-                best, model_file, pooling = np.nan_to_num(maps[chosen], nan=-1.0), name, chosen
-        logger.info("prediction: %s, %s pooling (validation MAP %s)", model_file, pooling, extra)
-    test = data["test"]
-    if len(test):
-        model = load_saved_model(run_dir / model_file)
-        with read_errors_reported(test.batches):
-            probs = model.predict(test.batches, verbose=0)
-        ids, pooled = recording_scores(probs, test.chunk_recording, pooling)
-        extra["test_map"] = mean_average_precision(
-            pooled, np.eye(probs.shape[1], dtype=bool)[labels[ids]]
-        )
-    return recipe.write_inference(run_dir, model_file, pooling, extra)
-
-
 def train(args: argparse.Namespace) -> dict:
-    """Fill the run folder args.out; returns the test scores (metrics.json)."""
+    """Fill the run folder args.out; returns the test scores (metrics.json).
+
+    Everything is checked before the run folder is written: a start that fails leaves it as
+    it was.
+    """
     run_dir = args.out
     if not args.model.is_file():
         raise TrainError(f"{args.model}: no such model file (--model)")
     resuming = start_run_dir(run_dir, args.resume)
     runs_table = args.runs_table or run_dir.parent / "runs.csv"
     check_runs_table(runs_table)
-    # everything is checked before the run folder is written: a start that fails leaves it
-    # as it was
     with open_dataset(args.data) as dataset:
+        # the data: recordings split into train, val and test; their chunks' batches
         check_labels(dataset)
         if resuming:
             check_resumed_run(run_dir, dataset, args)
         split = load_or_make_split(run_dir, dataset, args, resuming)
         check_batch_size(dataset, split, args.batch_size)
-        n_classes = len(dataset.classes)
-        input_shape = tuple(dataset.X.shape[1:])  # (n_bins, chunk_frames, 1), any front end
-        # read before the model: its normalisation and the augmentation need the chunks
         data = load_splits(dataset, split, args)
+        # read before the model: its normalisation and the augmentation need the chunks
         sample = None
         if args.normalize == "dataset" or args.augment != "none":
             sample = sample_chunks(data["train"].batches, dataset, 4000, args.seed)
         if args.augment != "none" or args.class_balance != "none":
-            data["train"].batches = augmented_batches(data["train"], dataset, sample, args)
+            data["train"].batches = recipe.augmented_batches(data["train"], dataset, sample, args)
 
+        # the model, from the model file, with its normalisation in front; compiled
         keras.mixed_precision.set_global_policy(
             "mixed_float16" if args.mixed_precision else "float32"
         )
         keras.utils.set_random_seed(args.seed)
         logger.info("devices: %s", ", ".join(list_devices()) or "(not listed by this backend)")
         with data_parallel_scope():
-            model = build_model_from_file(args.model, input_shape, n_classes)
+            model = build_model_from_file(args.model, dataset.X.shape[1:], len(dataset.classes))
             stats = None
             if args.normalize == "dataset":
                 stats = recipe.band_statistics(sample, np.log10(dataset.params.log_floor))
@@ -304,18 +143,36 @@ def train(args: argparse.Namespace) -> dict:
         write_run_files(run_dir, dataset, args, split, resuming)
         model.summary()
 
+        # training, unless an earlier run of this folder finished it
         if (run_dir / DONE).is_file():
             logger.info("training already finished in %s: scoring the best models", run_dir)
         else:
-            fit(model, data, dataset, run_dir, args, schedule=options_optimizer)
-            if FINAL in INFERENCE_CHOICES[args.inference_model]:
-                partial = run_dir / f"{FINAL}.part.keras"  # whole or absent, as checkpoints
-                model.save(partial)
-                partial.replace(run_dir / FINAL)
+            labels = dataset.recordings["label"]
+            background = dataset.recordings["background"].astype(bool)
+            callbacks = training_callbacks(
+                run_dir,
+                MAPCallback(data["val"].batches, data["val"].chunk_recording, labels, background),
+                args.patience,
+                history_to_resume(run_dir),
+                args.early_stop_on,
+                recipe.schedule_and_budget(args, len(data["train"].batches), options_optimizer),
+            )
+            with read_errors_reported(data["train"].batches, data["val"].batches):
+                model.fit(
+                    data["train"].batches,
+                    validation_data=data["val"].batches,
+                    epochs=args.epochs,
+                    callbacks=callbacks,
+                    # a progress bar on a terminal, else a line per epoch
+                    verbose=1 if sys.stdout.isatty() else 2,
+                )
+            write_training_done(run_dir, callbacks)
+            recipe.save_final_model(model, run_dir, args.inference_model)
 
+        # the model and pooling prediction uses; test scores, thresholds, curves, runs table
         history = read_history(run_dir / HISTORY)
         metrics = score_best_models(run_dir, data["test"], dataset, history)
-        metrics["inference"] = write_inference(run_dir, data, dataset, args)
+        metrics["inference"] = recipe.choose_inference(run_dir, data, dataset, args)
         write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         save_thresholds(run_dir, data["val"], dataset, metrics["inference"])
         plot_history(history, run_dir)
@@ -417,7 +274,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--inference-model",
-        choices=tuple(INFERENCE_CHOICES),
+        choices=tuple(recipe.INFERENCE_CHOICES),
         help="the model prediction uses (inference.json): best_val_map.keras (default), "
         "final.keras (as training ended), or auto (modern): the better of the two on "
         "validation",
