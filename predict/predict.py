@@ -43,7 +43,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
+# `python predict/predict.py` puts this folder first on sys.path, where this very file would
+# pass for the package `predict`: the folder goes, and the package is found in the project root
+# (env.sh's .pth, or `pip install -e .`). `python -m predict.predict` needs none of this.
+if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
 
 from predict.detections import ChunkOutputs, OutputError, top_frequency_hz  # noqa: E402
 from predict.runfile import (  # noqa: E402

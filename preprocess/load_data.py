@@ -39,11 +39,10 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
-from preprocess import metadata  # noqa: E402
-from preprocess.audio import AudioError, audio_seconds  # noqa: E402
-from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
-from preprocess.dataset import (  # noqa: E402
+from preprocess import metadata
+from preprocess.audio import AudioError, audio_seconds
+from preprocess.cli import at_least, most_workers, run_command
+from preprocess.dataset import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     DatasetError,
@@ -60,9 +59,9 @@ from preprocess.dataset import (  # noqa: E402
     remove_parts,
     shard_number,
 )
-from preprocess.extract import recording_chunks  # noqa: E402
-from preprocess.metadata import MetadataError  # noqa: E402
-from preprocess.params import (  # noqa: E402
+from preprocess.extract import recording_chunks
+from preprocess.metadata import MetadataError
+from preprocess.params import (
     FORMAT_VERSION,
     FRONTENDS,
     MODERN,
@@ -70,8 +69,8 @@ from preprocess.params import (  # noqa: E402
     PADDINGS,
     SpectrogramParams,
 )
-from preprocess.paths import OutputPathError, check_output, is_hdf5  # noqa: E402
-from preprocess.spectrogram import frames_for_seconds, mel_filterbank  # noqa: E402
+from preprocess.paths import OutputPathError, check_output, is_hdf5
+from preprocess.spectrogram import frames_for_seconds, mel_filterbank
 
 logger = logging.getLogger("load_data")
 

@@ -33,10 +33,8 @@ from xml.parsers.expat import ExpatError
 
 import xmltodict
 
-if __package__ in (None, ""):  # run as a script: make the stages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from preprocess.audio import AUDIO_SUFFIXES  # noqa: E402
-from preprocess.cli import at_least, describe  # noqa: E402
+from preprocess.audio import AUDIO_SUFFIXES
+from preprocess.cli import at_least, describe
 
 log = logging.getLogger(__name__)
 

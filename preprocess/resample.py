@@ -27,16 +27,15 @@ from pathlib import Path
 import numpy as np
 from scipy.io import wavfile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
-from preprocess.audio import (  # noqa: E402
+from preprocess.audio import (
     AUDIO_SUFFIXES,
     WAV_SUFFIXES,
     AudioError,
     read_wav,
     to_sample_rate,
 )
-from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
-from preprocess.params import SpectrogramParams  # noqa: E402
+from preprocess.cli import at_least, most_workers, run_command
+from preprocess.params import SpectrogramParams
 
 TARGET_RATE = SpectrogramParams().sample_rate
 SOX_ONLY_SUFFIXES = AUDIO_SUFFIXES - WAV_SUFFIXES

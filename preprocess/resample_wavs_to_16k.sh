@@ -66,6 +66,7 @@ in_dir="${positional[0]}"
 out_dir="${positional[1]}"
 
 project_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="$project_root${PYTHONPATH:+:$PYTHONPATH}" # the Python it runs imports the project
 python="${PYTHON:-}"
 if [[ -z "$python" ]]; then
     python="$project_root/.venv/bin/python"
@@ -142,7 +143,7 @@ export -f resample_one unusable_reason show_name
 
 # Plan: which inputs still need converting, and which collide on the same output name.
 # The formats are preprocess/audio.py's AUDIO_SUFFIXES, the one list the Python stages use.
-mapfile -t suffixes < <(PYTHONPATH="$project_root" "$python" -c \
+mapfile -t suffixes < <("$python" -c \
     'from preprocess.audio import AUDIO_SUFFIXES; print(*sorted(AUDIO_SUFFIXES), sep="\n")')
 ((${#suffixes[@]})) || {
     echo "error: cannot read the audio formats from $project_root/preprocess/audio.py" >&2
