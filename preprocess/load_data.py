@@ -618,11 +618,9 @@ def build(args) -> int:
     if not kept:
         raise LoadDataError("no recording could be read: nothing written")
     check_free_space(sources, masks, out)
-    kept_recordings = [r for r, key in zip(recordings, keys, strict=True) if key in kept]
-    metadata.save_table(kept_recordings, out.with_suffix(".metadata.json"))
     merge_shards(sources, out, info, masks)
     remove_parts(parts_dir)
-    summary.recordings = len(kept_recordings)
+    summary.recordings = sum(key in kept for key in keys)
     with open_dataset(out) as written:
         summary.chunks = len(written)
     summary.seconds = time.perf_counter() - started
@@ -646,9 +644,8 @@ examples:
 Interrupted (Ctrl-C, kill -9)? Run the same command again: the recordings finished in
 OUT.parts/ are kept. Rerun after adding, changing or repairing wav files: the recordings
 already in OUT are kept and only those files are extracted. Other settings (--top-n,
---classes-from, --compression) need --overwrite. Beside OUT (data/train.h5) it writes the
-table of the recordings it holds (data/train.metadata.json). Unusable files are skipped and
-listed in the summary.
+--classes-from, --compression) need --overwrite. Unusable files are skipped and listed in
+the summary.
 """
 
 
