@@ -42,11 +42,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-# `python predict/predict.py` puts this folder first on sys.path, where this very file would
-# pass for the package `predict`: the folder goes, and the package is found in the project root
-# (env.sh's .pth, or `pip install -e .`). `python -m predict.predict` needs none of this.
+# `python predict/predict.py` (how scorers run it) puts this folder first on sys.path, where
+# predict.py would pass for the package `predict`: the project root takes its place, so the file
+# also runs where env.sh's .pth names another checkout or none. `python -m predict.predict` needs
+# none of this.
 if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    del sys.path[0]
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from predict.detections import ChunkOutputs, OutputError, top_frequency_hz  # noqa: E402
 from predict.runfile import (  # noqa: E402
