@@ -1,5 +1,5 @@
 # Sourced by doall.sh, predict.sh and test.sh: make sure the project's virtual
-# environment exists with its requirements, then activate it.
+# environment exists with its requirements and can import the project, then activate it.
 #   VENV               where the environment lives (default: .venv beside this file)
 #   REQUIREMENTS       which requirements file to install (default: requirements.txt)
 # The environment is (re)installed only when the requirements file changed since
@@ -50,6 +50,16 @@ if [ "$(cat "$stamp_file" 2>/dev/null)" != "$(_requirements_stamp)" ]; then
         cp "$stamp_file" "$VENV/.requirements-$(basename "$included").stamp"
     done
 fi
+
+# The project root on the environment's import path, as `pip install -e .` would put it: every
+# command then runs as `python -m preprocess.load_data` from anywhere, or as
+# `python preprocess/load_data.py`. Rewritten on every sourcing (a moved checkout, an existing
+# environment), so that it always names this checkout.
+site_packages="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" &&
+    echo "$PROJECT_ROOT" >"$site_packages/birdclef-cnn.pth" || {
+    echo "error: cannot make $PROJECT_ROOT importable in $VENV" >&2
+    return 1 2>/dev/null || exit 1
+}
 
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"

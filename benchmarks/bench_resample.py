@@ -4,7 +4,7 @@
 
 Writes 60 one-minute wav files (noise under a tone; 44.1 kHz 16-bit mono, the BirdCLEF
 format) to a temporary folder and times preprocess/resample_wavs_to_16k.sh on them with
---jobs 1 and with all cores; --fallback also times the soxr fallback (preprocess/resample.py).
+--jobs 1 and with all cores; --fallback also times the soxr fallback (the script's --soxr).
 Prints wall seconds and the speed as a multiple of real time.
 """
 
@@ -12,7 +12,6 @@ import argparse
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -57,7 +56,7 @@ def main() -> None:
         make_audio(in_dir, args.minutes)
         runs = {"sox": ["bash", str(SCRIPT)]}
         if args.fallback:
-            runs["soxr fallback"] = [sys.executable, str(ROOT / "preprocess" / "resample.py")]
+            runs["soxr fallback"] = ["bash", str(SCRIPT), "--soxr"]
         print(f"resampling {args.minutes} min of 44.1 kHz 16-bit mono to 16 kHz ({cores} cores)")
         for name, command in runs.items():
             for jobs in sorted({1, cores}):

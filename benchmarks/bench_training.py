@@ -40,11 +40,11 @@ from preprocess.dataset import (  # noqa: E402
     compress_chunks,
     open_dataset,
     read_rows,
-    write_dataset,
 )
 from preprocess.make_demo_dataset import SAMPLE_RATE, SPECIES, make_recording  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import extract_chunks  # noqa: E402
+from tests.helpers import write_dataset  # noqa: E402
 from train.data import ChunkBatches  # noqa: E402
 from train.model_file import build_model_from_file, list_devices  # noqa: E402
 

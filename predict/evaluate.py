@@ -29,7 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
+# `python predict/evaluate.py` (how scorers run it) puts this folder first on sys.path, where
+# predict.py would pass for the package `predict`: the project root takes its place, so the file
+# also runs where env.sh's .pth names another checkout or none. `python -m predict.evaluate` needs
+# none of this.
+if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from predict.report import write_report  # noqa: E402
 from predict.runfile import (  # noqa: E402

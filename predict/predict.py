@@ -7,7 +7,7 @@ The run folder gives the model and everything that must match training: the prep
 parameters (params.json), the class list (classes.json) and how the run is applied
 (inference.json, written by training: the model file and the pooling; absent in a 2016 run,
 which means best_val_map.keras and the mean). Audio that is not already a 16 kHz 16-bit mono
-wav is resampled as for training, by preprocess/resample_wavs_to_16k.sh, into a cache folder.
+wav is resampled as for training, by preprocess/resample.py (SoX, else soxr), into a cache folder.
 Each recording becomes the training chunks by the same entry point as in training
 (preprocess/extract.py: the run's front end, noise filter and chunk length); chunks of many
 recordings share fixed-size batches through the model; the softmax of a recording's chunks is
@@ -32,8 +32,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-import re
-import subprocess
+import os
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -43,7 +42,12 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
+# `python predict/predict.py` (how scorers run it) puts this folder first on sys.path, where
+# predict.py would pass for the package `predict`: the project root takes its place, so the file
+# also runs where env.sh's .pth names another checkout or none. `python -m predict.predict` needs
+# none of this.
+if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 from predict.detections import ChunkOutputs, OutputError, top_frequency_hz  # noqa: E402
 from predict.runfile import (  # noqa: E402
@@ -56,6 +60,7 @@ from predict.runfile import (  # noqa: E402
     looks_like_run_file,
     top_classes,
 )
+from preprocess import resample  # noqa: E402
 from preprocess.audio import AudioError, pcm16_mono_header  # noqa: E402
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
 from preprocess.extract import recording_chunks  # noqa: E402
@@ -67,14 +72,11 @@ from train.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds  
 
 logger = logging.getLogger(__name__)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-RESAMPLE_SCRIPT = PROJECT_ROOT / "preprocess" / "resample_wavs_to_16k.sh"
 DEFAULT_MODEL_FILE = "best_val_map.keras"
 SOUNDSCAPE_WINDOW_SECONDS = 5.0  # the BirdCLEF 2017 soundscape run-file window
 MAX_BATCH_SIZE = 16384  # chunks per model call: a 4 GB input buffer
 HUMAN_CSV_HEADER = "file,MediaId"  # how the --human-csv file begins
 CACHE_NAME_LENGTH = 32  # hex digits of the hash naming a file in the resampling cache
-CACHE_NAME = re.compile(f"[0-9a-f]{{{CACHE_NAME_LENGTH}}}")
 
 
 class PredictError(Exception):
@@ -205,7 +207,7 @@ def find_audio(paths: Iterable[Path], exclude: Iterable[Path] = ()) -> list[Audi
     excluded = [path.resolve() for path in exclude]
 
     def is_input(file: Path, folder: Path) -> bool:
-        where = file.parent.resolve()  # not the file's: the cache holds links to the inputs
+        where = file.parent.resolve()  # not the file's: a cache may hold links to the inputs
         return not (
             any(part.startswith(".") for part in file.relative_to(folder).parts)
             or any(where == path or path in where.parents for path in excluded)
@@ -288,68 +290,37 @@ def cache_name(path: Path) -> str:
     return hashlib.sha256(resolved).hexdigest()[:CACHE_NAME_LENGTH]
 
 
-def run_resampler(command: list[str], source_of: dict[str, Path]) -> dict[str, str]:
-    """Run the resampling script, its output shown with each cache name replaced by the file
-    it stands for. Returns {cache name: the reason it failed} for the files it names FAILED."""
-
-    in_cache = re.compile(rf"(?:[^\s`'\"]*/)?({CACHE_NAME.pattern})(?:\.\w+)?")
-
-    def restore(text: str) -> str:  # .../source/<name>.flac -> the file itself
-        return in_cache.sub(lambda m: str(source_of[m[1]]) if m[1] in source_of else m[0], text)
-
-    reasons = {}
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
-    ) as script:
-        for line in script.stdout:
-            failed = re.match(rf"FAILED ({CACHE_NAME.pattern})\.\w+: (.*)", line)
-            if failed:
-                reasons[failed[1]] = restore(failed[2].strip())
-            sys.stderr.write(restore(line))
-    return reasons
-
-
 def resample_items(
     items: list[AudioItem], cache_dir: Path, sample_rate: int, workers: int | None = None
 ) -> tuple[list[AudioItem], list[str]]:
     """Bring every item to a 16-bit mono wav at sample_rate, as training did.
 
-    Items already in that form are used as they are; the others are linked into
-    cache_dir/source as `<cache_name><suffix>` and resampled by
-    preprocess/resample_wavs_to_16k.sh (resumable: a source newer than its result is done
-    again) into cache_dir/resampled/<cache_name>.wav. Returns (items pointing at usable wavs,
-    skip messages).
+    Items already in that form are used as they are; the others are resampled by
+    preprocess/resample.py, as for training, into cache_dir/resampled/<cache_name>.wav
+    (resumable: a source newer than its result is done again). Returns (items pointing at
+    usable wavs, skip messages).
     """
-    todo = {cache_name(item.path) for item in items if not is_wav_at(item.path, sample_rate)}
-    if not todo:
-        return items, []
-    source, target = cache_dir / "source", cache_dir / "resampled"
-    source.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / "resampled"
+    conversions = {}  # cache name -> its conversion: one per file, however often it is given
     for item in items:
         name = cache_name(item.path)
-        if name not in todo:
-            continue
-        link = source / f"{name}{item.path.suffix.lower()}"
-        if not link.is_symlink() or link.resolve() != item.path.resolve():
-            (target / f"{name}.wav").unlink(missing_ok=True)  # a result of something else
-            link.unlink(missing_ok=True)
-            link.symlink_to(item.path.resolve())
-    logger.info("resampling %d file(s) to %d Hz into %s", len(todo), sample_rate, target)
-    command = ["bash", str(RESAMPLE_SCRIPT), str(source), str(target)]
-    if workers:
-        command += ["--jobs", str(workers)]
-    reasons = run_resampler(command, {cache_name(item.path): item.path for item in items})
+        if name not in conversions and not is_wav_at(item.path, sample_rate):
+            wav = target / f"{name}.wav"
+            conversions[name] = resample.Conversion(item.path, wav, str(item.path))
+    if not conversions:
+        return items, []
+    logger.info("resampling %d file(s) to %d Hz into %s", len(conversions), sample_rate, target)
+    jobs = workers or os.cpu_count() or 1
+    failed = dict(resample.resample_files([*conversions.values()], jobs, target, out=sys.stderr))
     ready, skipped = [], []
     for item in items:
-        name = cache_name(item.path)
-        if name in todo:
-            wav = target / f"{name}.wav"
-            if not wav.is_file():
-                reason = reasons.get(name, "see the resampler's output above")
-                skipped.append(f"{item.path}: could not be resampled ({reason})")
-                continue
-            item = dataclasses.replace(item, resampled=wav)
-        ready.append(item)
+        conversion = conversions.get(cache_name(item.path))
+        if conversion is None:
+            ready.append(item)
+        elif conversion.name in failed:
+            skipped.append(f"{item.path}: could not be resampled ({failed[conversion.name]})")
+        else:
+            ready.append(dataclasses.replace(item, resampled=conversion.target))
     return ready, skipped
 
 
@@ -570,7 +541,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--workers",
         type=at_least(1, most_workers()),
-        help="resampling processes (default: all cores)",
+        help="files resampled at once (default: all cores)",
     )
     add_output_arguments(parser)
     parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")

@@ -13,8 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script
-from preprocess.dataset import (  # noqa: E402
+from preprocess.dataset import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     DatasetError,

@@ -435,14 +435,6 @@ class DatasetWriter:
         self.h5.close()
 
 
-def write_dataset(path: str | os.PathLike, info: DatasetInfo, items: list[RecordingChunks]):
-    """Write recordings `items` (in order) as one complete dataset file at path."""
-    writer = DatasetWriter(path, info)
-    for item in items:
-        writer.append(item)
-    writer.close()
-
-
 def _recordings_table(
     items: list[RecordingChunks], n_chunks: list[int], n_classes: int
 ) -> dict[str, np.ndarray]:

@@ -39,11 +39,10 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
-from preprocess import metadata  # noqa: E402
-from preprocess.audio import AudioError, audio_seconds  # noqa: E402
-from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
-from preprocess.dataset import (  # noqa: E402
+from preprocess import metadata
+from preprocess.audio import AudioError, audio_seconds
+from preprocess.cli import at_least, most_workers, run_command
+from preprocess.dataset import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
     DatasetError,
@@ -60,9 +59,9 @@ from preprocess.dataset import (  # noqa: E402
     remove_parts,
     shard_number,
 )
-from preprocess.extract import recording_chunks  # noqa: E402
-from preprocess.metadata import MetadataError  # noqa: E402
-from preprocess.params import (  # noqa: E402
+from preprocess.extract import recording_chunks
+from preprocess.metadata import MetadataError
+from preprocess.params import (
     FORMAT_VERSION,
     FRONTENDS,
     MODERN,
@@ -70,8 +69,8 @@ from preprocess.params import (  # noqa: E402
     PADDINGS,
     SpectrogramParams,
 )
-from preprocess.paths import OutputPathError, check_output, is_hdf5  # noqa: E402
-from preprocess.spectrogram import frames_for_seconds, mel_filterbank  # noqa: E402
+from preprocess.paths import OutputPathError, check_output, is_hdf5
+from preprocess.spectrogram import frames_for_seconds, mel_filterbank
 
 logger = logging.getLogger("load_data")
 
@@ -619,11 +618,9 @@ def build(args) -> int:
     if not kept:
         raise LoadDataError("no recording could be read: nothing written")
     check_free_space(sources, masks, out)
-    kept_recordings = [r for r, key in zip(recordings, keys, strict=True) if key in kept]
-    metadata.save_table(kept_recordings, out.with_suffix(".metadata.json"))
     merge_shards(sources, out, info, masks)
     remove_parts(parts_dir)
-    summary.recordings = len(kept_recordings)
+    summary.recordings = sum(key in kept for key in keys)
     with open_dataset(out) as written:
         summary.chunks = len(written)
     summary.seconds = time.perf_counter() - started
@@ -647,9 +644,8 @@ examples:
 Interrupted (Ctrl-C, kill -9)? Run the same command again: the recordings finished in
 OUT.parts/ are kept. Rerun after adding, changing or repairing wav files: the recordings
 already in OUT are kept and only those files are extracted. Other settings (--top-n,
---classes-from, --compression) need --overwrite. Beside OUT (data/train.h5) it writes the
-table of the recordings it holds (data/train.metadata.json). Unusable files are skipped and
-listed in the summary.
+--classes-from, --compression) need --overwrite. Unusable files are skipped and listed in
+the summary.
 """
 
 

@@ -41,8 +41,7 @@ import numpy as np
 import scipy.fft
 from scipy.io import wavfile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
-from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
+from preprocess.cli import at_least, most_workers, run_command
 
 logger = logging.getLogger(__name__)
 

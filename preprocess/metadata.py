@@ -33,10 +33,8 @@ from xml.parsers.expat import ExpatError
 
 import xmltodict
 
-if __package__ in (None, ""):  # run as a script: make the stages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from preprocess.audio import AUDIO_SUFFIXES  # noqa: E402
-from preprocess.cli import at_least, describe  # noqa: E402
+from preprocess.audio import AUDIO_SUFFIXES
+from preprocess.cli import at_least, describe
 
 log = logging.getLogger(__name__)
 
@@ -310,25 +308,6 @@ def save_table(recordings: list[Recording], path: str | Path) -> None:
         "recordings": [asdict(recording) for recording in recordings],
     }
     Path(path).write_text(json.dumps(table, ensure_ascii=False, indent=1) + "\n", "utf-8")
-
-
-def load_table(path: str | Path) -> list[Recording]:
-    """Read a table written by save_table; MetadataError when it is not one."""
-    try:
-        table = json.loads(Path(path).read_text("utf-8"))
-    except (OSError, ValueError) as error:
-        raise MetadataError(f"{path}: not a readable metadata table ({error})") from error
-    if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT:
-        raise MetadataError(f"{path}: not a metadata table (format is not {TABLE_FORMAT!r})")
-    if table.get("version") != TABLE_VERSION:
-        raise MetadataError(
-            f"{path}: metadata table version {table.get('version')}, this code reads "
-            f"{TABLE_VERSION}; parse the metadata again"
-        )
-    try:
-        return [Recording(**row) for row in table["recordings"]]
-    except (KeyError, TypeError) as error:
-        raise MetadataError(f"{path}: malformed recordings ({error})") from error
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,46 +1,87 @@
-"""Resample wav files to 16 kHz 16-bit mono with soxr: the fallback when SoX is not installed.
+"""Resample audio files to 16 kHz 16-bit mono wavs: with SoX when it is installed, else soxr.
 
-    python preprocess/resample.py IN_DIR OUT_DIR [--jobs N]
+    python -m preprocess.resample IN_DIR OUT_DIR [--jobs N] [--soxr]
 
-preprocess/resample_wavs_to_16k.sh runs this by itself when `sox` is not on PATH. The contract
-is the script's: IN_DIR/<path>.wav becomes OUT_DIR/<path>.wav, 16 kHz, 16-bit, channels
-averaged; parallel; resumable (written to <path>.wav.part, renamed when complete; an existing
-output is skipped unless its input is newer); a file that cannot be read is named with the
-reason and skipped (a float wav with NaN samples too); exit status 0, 1 when some file failed,
-2 for a usage error or an output folder it cannot write (`error: ...`, the traceback only with
---verbose).
+(preprocess/resample_wavs_to_16k.sh runs this). IN_DIR/<path>.<ext> becomes OUT_DIR/<path>.wav
+for every wav, flac, mp3, ogg, aiff or au file (extension in any case, any rate, bit depth and
+channel count; channels are averaged; links are followed, as `find -L` does). Prediction
+resamples its own list of files with the same `resample_files`: the one implementation.
+- Parallel: N files at once (default: all cores).
+- Resumable: each output is written to <path>.wav.part and renamed when complete, so an
+  existing .wav is always whole and is skipped (unless its input is newer). Leftover .part
+  files of a killed run are deleted at the start. Run one job per OUT_DIR at a time.
+- A file that cannot be read is named with the reason and skipped; the rest still converts. So
+  is a file SoX decodes only in part ("sox FAIL", e.g. a truncated flac), one that gives no
+  samples, and a float wav with NaN or infinite samples (which SoX would turn into clicks).
+  Two inputs that would give the same output (a.wav and a.flac) are reported the same way.
+- OUT_DIR must not be IN_DIR, lie inside it or contain it: inputs are never overwritten.
+Exit status: 0 when every file converted (or was already done), 1 when some failed (they are
+listed at the end; run again after fixing them), 2 for a usage error or an output folder it
+cannot write (`error: ...`, the traceback only with --verbose).
 
-Only wav can be read without SoX: flac, mp3, ogg, aiff and au inputs are reported as failed.
-soxr's 'HQ' quality is the engine of SoX's default `rate` effect, and samples are rounded
-without dither as the script's `sox -D` does, so both paths agree within a few LSB.
+SoX options, and why:
+  sox -D --no-glob IN -t wav -r 16000 -c 1 -b 16 -e signed-integer --no-glob OUT.part
+- `-r 16000` with SoX's default `rate` effect (high quality, linear phase), as the 2016
+  scripts' `sox in -r 16000 out` did.
+- `-c 1` averages the channels; `-b 16 -e signed-integer` also turns 24-bit, 32-bit, float
+  and 8-bit input into 16-bit PCM (the original kept the input's depth).
+- `-D` (no dither): SoX would otherwise add random TPDF dither of about 1 LSB, different on
+  every run, and turn digital silence into noise. Without it the output is plain rounding:
+  repeatable to the bit, and the same (within a few LSB) as soxr's. The CNN sees no
+  difference; the recordings' own noise floor is far above 1 LSB.
+- No gain change (-G, --norm): the 2016 noise filter's thresholds depend on the int16 scale,
+  so levels are kept. SoX clips the rare overshoot of the resampler and warns; the warning is
+  shown with the file's name.
+- `--no-glob`: SoX would otherwise expand wildcards in names such as `song[1].wav`.
+- `-t wav`: the temporary name's `.part` extension tells SoX nothing.
+
+Without SoX on PATH (or with --soxr), soxr resamples instead: wav input only (flac, mp3, ogg,
+aiff and au inputs are reported as failed). Its 'HQ' quality is the engine of SoX's default
+`rate` effect, and samples are rounded without dither as `sox -D` does, so both agree within
+a few LSB.
 """
 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import contextlib
 import os
+import shutil
+import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 from scipy.io import wavfile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
-from preprocess.audio import (  # noqa: E402
+from preprocess.audio import (
     AUDIO_SUFFIXES,
     WAV_SUFFIXES,
     AudioError,
+    pcm16_mono_header,
     read_wav,
     to_sample_rate,
 )
-from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
-from preprocess.params import SpectrogramParams  # noqa: E402
+from preprocess.cli import at_least, most_workers, run_command
+from preprocess.params import SpectrogramParams
 
 TARGET_RATE = SpectrogramParams().sample_rate
 SOX_ONLY_SUFFIXES = AUDIO_SUFFIXES - WAV_SUFFIXES
 PART_SUFFIX = ".part"  # a file being written; never a result
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """One audio file to resample into a 16 kHz wav."""
+
+    source: Path
+    target: Path
+    name: str  # how messages name it: its path in the input folder, or the file as given
 
 
 def to_int16(samples: np.ndarray) -> np.ndarray:
@@ -48,67 +89,76 @@ def to_int16(samples: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(samples), -32768, 32767).astype(np.int16)
 
 
-def resample_file(src: Path, dst: Path) -> None:
-    """Write src as a 16 kHz 16-bit mono wav at dst, atomically. Raises AudioError or OSError."""
-    samples, rate = read_wav(src)
-    resampled = to_int16(to_sample_rate(samples, rate, TARGET_RATE))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    part = dst.with_name(dst.name + PART_SUFFIX)
+def sox_resample(source: Path, part: Path) -> str:
+    """Write source as a 16 kHz 16-bit mono wav at part with SoX; returns SoX's warnings ('' for
+    none). Raises AudioError when the result must not be used."""
+    source = source.absolute()  # a relative name may begin with '-'
+    command = ["sox", "-D", "--no-glob", source, "-t", "wav", "-r", str(TARGET_RATE), "-c", "1"]
+    command += ["-b", "16", "-e", "signed-integer", "--no-glob", part]
+    sox = subprocess.run(command, capture_output=True, text=True, errors="replace")
+    message = "; ".join((sox.stderr + sox.stdout).strip().splitlines())
+    if sox.returncode != 0:
+        raise AudioError(source, message or "SoX failed without a message")
+    # SoX says "sox FAIL" about a damaged file (a truncated flac) yet exits 0 with a short or
+    # empty result; and it turns NaN samples of a float wav into full-scale clicks without a
+    # word, so a float wav is read as the in-process path reads it, which refuses them.
+    if "sox FAIL" in message:
+        raise AudioError(source, message)
+    if pcm16_mono_header(part)[1] == 0:
+        raise AudioError(source, "no samples")
+    if source.suffix.lower() in WAV_SUFFIXES and is_float_wav(source):
+        read_wav(source)
+    return message
+
+
+def is_float_wav(path: Path) -> bool:
+    """What SoX says of the file's encoding: floating point."""
+    encoding = subprocess.run(
+        ["sox", "--i", "-e", path], capture_output=True, text=True, errors="replace"
+    ).stdout
+    return encoding.startswith("Floating Point")
+
+
+def soxr_resample(source: Path, part: Path) -> str:
+    """Write the wav source as a 16 kHz 16-bit mono wav at part with soxr; returns '' (no
+    warnings). Raises AudioError for a file read_wav cannot use."""
+    samples, rate = read_wav(source)
+    wavfile.write(part, TARGET_RATE, to_int16(to_sample_rate(samples, rate, TARGET_RATE)))
+    return ""
+
+
+def convert(conversion: Conversion, sox: bool) -> tuple[str | None, str]:
+    """Write conversion.target, atomically: (the reason it failed or None, SoX's warnings)."""
+    target = conversion.target
+    part = target.with_name(target.name + PART_SUFFIX)
     try:
-        wavfile.write(part, TARGET_RATE, resampled)
-        os.replace(part, dst)
-    finally:
-        part.unlink(missing_ok=True)
-
-
-def plan(in_dir: Path, out_dir: Path) -> tuple[list[str], int, list[tuple[str, str]]]:
-    """Decide what to do with each audio file under in_dir (paths relative to it, sorted).
-
-    Returns (to convert, number already done, [(failed, reason)]): an input is done when its
-    output exists and is not older; a non-wav input, or a second input that would give the same
-    output name (a.wav and a.WAV), fails here.
-    """
-    todo, failed, source_of = [], [], {}
-    already_done = 0
-    paths = sorted(p for p in in_dir.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    for path in paths:
-        if not path.is_file():
-            continue
-        rel = path.relative_to(in_dir).as_posix()
-        out_rel = Path(rel).with_suffix(".wav").as_posix()
-        if path.suffix.lower() in SOX_ONLY_SUFFIXES:
-            failed.append((rel, "not a wav file: only SoX converts this format"))
-        elif out_rel in source_of:
-            failed.append((rel, f"would also become {out_rel}, made from {source_of[out_rel]}"))
-        else:
-            source_of[out_rel] = rel
-            out = out_dir / out_rel
-            if out.is_file() and out.stat().st_mtime >= path.stat().st_mtime:
-                already_done += 1
-            else:
-                todo.append(rel)
-    return todo, already_done, failed
-
-
-def _convert(task: tuple[Path, Path, str]) -> tuple[str, str | None]:
-    """Worker: (in_dir, out_dir, rel) -> (rel, reason it failed or None)."""
-    in_dir, out_dir, rel = task
-    try:
-        resample_file(in_dir / rel, (out_dir / rel).with_suffix(".wav"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part.unlink(missing_ok=True)  # a killed run's, or a planted link: never written through
+        warnings = (sox_resample if sox else soxr_resample)(conversion.source, part)
+        os.replace(part, target)
+        return None, warnings
     except AudioError as error:
-        return rel, error.reason
+        return error.reason, ""
     except Exception as error:  # whatever breaks on one file must not lose the whole run
-        return rel, f"{type(error).__name__}: {error}"
-    return rel, None
+        return f"{type(error).__name__}: {error}", ""
+    finally:
+        with contextlib.suppress(OSError):
+            part.unlink(missing_ok=True)
 
 
-def _run(tasks: list[tuple[Path, Path, str]], jobs: int):
-    """Yield _convert's results, in this process for one job, else from a pool of workers."""
-    if jobs == 1 or len(tasks) <= 1:
-        yield from map(_convert, tasks)
-        return
-    with multiprocessing.Pool(min(jobs, len(tasks))) as pool:
-        yield from pool.imap_unordered(_convert, tasks)
+def plan(conversions: list[Conversion], sox: bool) -> tuple[list[Conversion], int, list]:
+    """(to convert, number already done, [(name, reason)] that fail here): a conversion is done
+    when its target exists and is not older than its source; without SoX, only wavs convert."""
+    todo, failed, already_done = [], [], 0
+    for conversion in conversions:
+        target = conversion.target
+        if not sox and conversion.source.suffix.lower() in SOX_ONLY_SUFFIXES:
+            failed.append((conversion.name, "not a wav file: only SoX converts this format"))
+        elif target.is_file() and target.stat().st_mtime >= conversion.source.stat().st_mtime:
+            already_done += 1
+        else:
+            todo.append(conversion)
+    return todo, already_done, failed
 
 
 def _show(name: str) -> str:
@@ -116,37 +166,130 @@ def _show(name: str) -> str:
     return name if name.isprintable() else repr(name)
 
 
+def resample_files(
+    conversions: list[Conversion],
+    jobs: int,
+    into: Path,
+    soxr: bool = False,
+    refused: Sequence[tuple[str, str]] = (),
+    out: TextIO | None = None,
+) -> list[tuple[str, str]]:
+    """Resample what is not done yet, `jobs` files at a time, with SoX when it is on PATH
+    (unless soxr), else soxr. Progress and a summary go to out (default stdout; into: the
+    output folder they name), failures and SoX's warnings to stderr. refused: [(name, reason)]
+    of inputs refused before, for the summary. Returns [(name, why it failed)], the refused
+    ones included."""
+    out = out or sys.stdout
+    sox = not soxr and shutil.which("sox") is not None
+    if not sox and not soxr:
+        print(
+            "note: SoX is not installed; using the pure-Python soxr fallback (wav input only; "
+            "for flac/mp3/ogg install SoX: sudo apt-get install sox libsox-fmt-all)",
+            file=sys.stderr,
+        )
+    start = time.monotonic()
+    todo, already_done, failed = plan(conversions, sox)
+    failed = [*refused, *failed]
+    print(
+        f"resampling to {TARGET_RATE // 1000} kHz mono 16-bit with {'SoX' if sox else 'soxr'}: "
+        f"{len(conversions) + len(refused)} audio files, {already_done} already done, "
+        f"{len(todo)} to convert with {jobs} jobs -> {into}",
+        file=out,
+        flush=True,
+    )
+    step = max(1, -(-len(todo) // 20))  # about 20 progress lines per run
+    converted = 0
+    pool = ThreadPoolExecutor(jobs)  # the work is in SoX's processes, or in soxr without the GIL
+    try:
+        running = {pool.submit(convert, conversion, sox): conversion for conversion in todo}
+        for done, future in enumerate(as_completed(running), start=1):
+            name = running[future].name
+            reason, warnings = future.result()
+            if reason:
+                failed.append((name, reason))
+                print(f"FAILED {_show(name)}: {reason}", file=sys.stderr, flush=True)
+            else:
+                converted += 1
+                if warnings:
+                    print(f"warning: {_show(name)}: {warnings}", file=sys.stderr, flush=True)
+            if done % step == 0 or done == len(todo):
+                print(f"progress: {done}/{len(todo)}", file=out, flush=True)
+    finally:
+        pool.shutdown(cancel_futures=True)  # on Ctrl-C, the files not yet started stay undone
+
+    print(
+        f"summary: {converted} converted, {already_done} already done, {len(failed)} failed "
+        f"({time.monotonic() - start:.0f} s) -> {into}",
+        file=out,
+    )
+    if failed:
+        print("failed (skipped):", file=out)
+        for name, reason in failed:
+            print(f"  {_show(name)}: {reason}", file=out)
+    return failed
+
+
+def folder_conversions(in_dir: Path, out_dir: Path) -> tuple[list[Conversion], list]:
+    """A conversion for every audio file under in_dir (sorted by path; links followed, each
+    folder once) to the same path under out_dir with the extension .wav, named by its path in
+    in_dir; and [(name, reason)] for a second input that would give the same output (a.wav
+    and a.WAV)."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(in_dir, followlinks=True):
+        if os.path.realpath(folder) in seen:  # a link to a folder already walked (a loop)
+            subfolders.clear()
+            continue
+        seen.add(os.path.realpath(folder))
+        found += [
+            Path(folder, file) for file in files if Path(file).suffix.lower() in AUDIO_SUFFIXES
+        ]
+    conversions, collisions, source_of = [], [], {}
+    for name, path in sorted((path.relative_to(in_dir).as_posix(), path) for path in found):
+        if not path.is_file():
+            continue
+        output = Path(name).with_suffix(".wav").as_posix()
+        if output in source_of:
+            collisions.append((name, f"would also become {output}, made from {source_of[output]}"))
+        else:
+            source_of[output] = name
+            conversions.append(Conversion(path, out_dir / output, name))
+    return conversions, collisions
+
+
+def resample_dir(in_dir: Path, out_dir: Path, jobs: int, soxr: bool = False) -> int:
+    """Resample every audio file under in_dir into out_dir (both resolved, separate); the exit
+    status: 0, or 1 when some failed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.rglob(f"*.wav{PART_SUFFIX}"):  # a killed run's; never a result
+        if stale.is_symlink() or stale.is_file():
+            stale.unlink()
+    conversions, collisions = folder_conversions(in_dir, out_dir)
+    return 1 if resample_files(conversions, jobs, out_dir, soxr, collisions) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Resample every wav under IN_DIR to a 16 kHz 16-bit mono wav under OUT_DIR "
-        "(same relative path) with soxr. The fallback of resample_wavs_to_16k.sh without SoX.",
+        description="Resample every audio file under IN_DIR to a 16 kHz 16-bit mono wav under "
+        "OUT_DIR (same relative path), with SoX or else soxr. The module's docstring says more.",
         epilog="Exit status: 0 all converted or already done, 1 some failed, 2 usage error or "
         "an output folder it cannot write.",
     )
-    parser.add_argument(
-        "in_dir", type=Path, nargs="?", help="folder searched recursively for wav files"
-    )
-    parser.add_argument("out_dir", type=Path, nargs="?", help="output folder, separate from IN_DIR")
+    parser.add_argument("in_dir", type=Path, help="folder searched recursively for audio files")
+    parser.add_argument("out_dir", type=Path, help="output folder, separate from IN_DIR")
     parser.add_argument(
         "--jobs",
         "-j",
         type=at_least(1, most_workers()),
         default=os.cpu_count() or 1,
-        help="worker processes",
+        help="files converted at once (default: all cores)",
     )
     parser.add_argument(
-        "--check",
-        type=Path,
-        metavar="FILE",
-        help="only read FILE (a wav) as the in-process path does: exit 1 with the reason when it "
-        "is unusable (NaN samples, truncated); the SoX script asks this for float wavs",
+        "--soxr",
+        action="store_true",
+        help="resample with soxr even when SoX is installed (wav input only)",
     )
     parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)
-    if args.check:
-        return check(args.check)
-    if args.in_dir is None or args.out_dir is None:
-        parser.error("expected IN_DIR and OUT_DIR")
     if not args.in_dir.is_dir():
         parser.error(f"input folder '{args.in_dir}' does not exist")
     in_dir, out_dir = args.in_dir.resolve(), args.out_dir.resolve()
@@ -154,54 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"OUT_DIR '{args.out_dir}' must be separate from IN_DIR '{args.in_dir}'")
 
     # an unwritable OUT_DIR, say, is one line and status 2; finished files are kept
-    return run_command(lambda: resample_dir(in_dir, out_dir, args.jobs), args.verbose)
-
-
-def check(path: Path) -> int:
-    """`--check FILE`: 0 when read_wav can use FILE, else 1 and the reason on stdout."""
-    try:
-        read_wav(path)
-    except AudioError as error:
-        print(error.reason)
-        return 1
-    return 0
-
-
-def resample_dir(in_dir: Path, out_dir: Path, jobs: int) -> int:
-    """Resample every wav under in_dir into out_dir; the exit status (0, or 1: some failed)."""
-    start = time.monotonic()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.rglob(f"*.wav{PART_SUFFIX}"):  # left by a killed run
-        stale.unlink()
-    todo, already_done, failed = plan(in_dir, out_dir)
-    n_found = len(todo) + already_done + len(failed)
-    print(
-        f"resampling to {TARGET_RATE // 1000} kHz mono 16-bit with soxr: {n_found} audio files "
-        f"in {in_dir}, {already_done} already done, {len(todo)} to convert with {jobs} "
-        f"jobs -> {out_dir}",
-        flush=True,
-    )
-    tasks = [(in_dir, out_dir, rel) for rel in todo]
-    step = max(1, -(-len(tasks) // 20))  # about 20 progress lines per run
-    converted = 0
-    for done, (rel, reason) in enumerate(_run(tasks, jobs), start=1):
-        if reason is None:
-            converted += 1
-        else:
-            failed.append((rel, reason))
-            print(f"FAILED {_show(rel)}: {reason}", file=sys.stderr, flush=True)
-        if done % step == 0 or done == len(tasks):
-            print(f"progress: {done}/{len(tasks)}", flush=True)
-
-    print(
-        f"summary: {converted} converted, {already_done} already done, {len(failed)} failed "
-        f"({time.monotonic() - start:.0f} s) -> {out_dir}"
-    )
-    if failed:
-        print("failed (skipped):")
-        for rel, reason in failed:
-            print(f"  {_show(rel)}: {reason}")
-    return 1 if failed else 0
+    return run_command(lambda: resample_dir(in_dir, out_dir, args.jobs, args.soxr), args.verbose)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,9 @@ from preprocess.dataset import (
     open_dataset,
     read_rows,
     recording_rows,
-    write_dataset,
 )
 from preprocess.params import FORMAT_VERSION, SpectrogramParams
+from tests.helpers import write_dataset
 
 PARAMS = SpectrogramParams()
 CLASSES = ["aaa", "bbb", "ccc"]

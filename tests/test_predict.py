@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -183,7 +184,7 @@ def test_birdclef_test_folder_gives_a_valid_run_file_with_xml_media_ids(demo, ru
 
 @pytest.mark.skipif(shutil.which("sox") is None, reason="SoX makes the flac and stereo inputs")
 def test_any_format_media_ids_from_file_names_and_unreadable_files_skipped(
-    demo, run_dir, tmp_path, caplog
+    demo, run_dir, tmp_path, caplog, capsys
 ):
     audio = tmp_path / "my recordings"
     (audio / "sub").mkdir(parents=True)
@@ -203,7 +204,10 @@ def test_any_format_media_ids_from_file_names_and_unreadable_files_skipped(
     assert {e.media_id for e in read_run_file(out)} == {"dawn chorus", "8k stereo", "ready"}
     assert "2 file(s) skipped" in caplog.text
     assert "broken.wav: could not be resampled (sox FAIL" in caplog.text
-    assert not predict_module.CACHE_NAME.search(caplog.text)  # files named, not cache names
+    cache_name = re.compile(f"[0-9a-f]{{{predict_module.CACHE_NAME_LENGTH}}}")
+    resampler_output = capsys.readouterr().err
+    assert "FAILED " + str(audio / "broken.wav") in resampler_output
+    assert not cache_name.search(caplog.text + resampler_output)  # files named, not cache names
     assert "cut.wav: truncated" in caplog.text
 
 

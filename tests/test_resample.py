@@ -195,14 +195,13 @@ def test_script_skips_nan_samples_and_a_flac_sox_decodes_only_in_part(tmp_path):
     assert sorted(p.name for p in out_dir.iterdir()) == ["float.wav", "whole.wav"]
 
 
-def test_fallback_skips_nan_samples_and_check_names_them(tmp_path, capsys):
+def test_fallback_skips_nan_samples(tmp_path, capsys):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
     nan_wav(in_dir / "nan.wav")
-    assert resample.main(["--jobs", "1", str(in_dir), str(out_dir)]) == 1
+    assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]) == 1
     assert "nan.wav: contains NaN or infinite samples" in capsys.readouterr().out
     assert not list(out_dir.iterdir())
-    assert resample.main(["--check", str(in_dir / "nan.wav")]) == 1
 
 
 def test_fallback_unwritable_output_is_one_error_line(plain_inputs, tmp_path, capsys):
@@ -247,7 +246,7 @@ def test_fallback_agrees_with_sox_within_a_few_lsb(tmp_path):
     noise = "pinknoise pinknoise vol 0.3"
     synth(in_dir / "noise.wav", 3, 44100, bits=24, channels=2, sound=noise)
     assert run_script(in_dir, tmp_path / "sox").returncode == 0
-    assert resample.main(["--jobs", "1", str(in_dir), str(tmp_path / "soxr")]) == 0
+    assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(tmp_path / "soxr")]) == 0
 
     by_sox = read_16k(tmp_path / "sox" / "noise.wav").astype(int)
     by_soxr = read_16k(tmp_path / "soxr" / "noise.wav").astype(int)
@@ -265,14 +264,16 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     out_dir.mkdir()
     wavfile.write(out_dir / "c.wav", 16000, tone)  # newer than its input: done
 
-    todo, already_done, failed = resample.plan(in_dir, out_dir)
+    conversions, collisions = resample.folder_conversions(in_dir, out_dir)
+    todo, already_done, failed = resample.plan(conversions, sox=False)
 
-    assert todo == ["a.WAV", "b.wav"]
-    assert already_done == 1
-    assert failed == [
-        ("a.wav", "would also become a.wav, made from a.WAV"),
-        ("d.mp3", "not a wav file: only SoX converts this format"),
+    assert collisions == [("a.wav", "would also become a.wav, made from a.WAV")]
+    assert [(c.name, c.target) for c in todo] == [
+        ("a.WAV", out_dir / "a.wav"),
+        ("b.wav", out_dir / "b.wav"),
     ]
+    assert already_done == 1
+    assert failed == [("d.mp3", "not a wav file: only SoX converts this format")]
 
 
 def test_fallback_converts_rounds_and_clips(tmp_path):
@@ -283,7 +284,7 @@ def test_fallback_converts_rounds_and_clips(tmp_path):
     (out_dir / "sub").mkdir(parents=True)
     (out_dir / "sub" / "stale.wav.part").write_bytes(b"half")
 
-    assert resample.main(["--jobs", "1", str(in_dir), str(out_dir)]) == 0
+    assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]) == 0
 
     loud = read_16k(out_dir / "loud.wav")
     assert len(loud) == 1600 and loud[800] == 32767
@@ -334,3 +335,44 @@ def test_a_planted_part_link_is_removed_not_written_through(
     assert result.returncode == 0, result.stdout + result.stderr
     assert victim.read_text() == "precious"
     assert len(read_16k(out_dir / "a.wav")) == 1600
+
+
+@pytest.mark.parametrize("with_sox", [True, False])
+def test_a_list_of_files_into_targets_of_its_own(tmp_path, monkeypatch, capsys, with_sox):
+    """How prediction resamples: files from anywhere, each into a target it names, and the
+    messages naming each file as the caller does."""
+    if with_sox and shutil.which("sox") is None:
+        pytest.skip("SoX is not installed")
+    if not with_sox:
+        monkeypatch.setenv("PATH", str(tmp_path / "no tools"))
+    (tmp_path / "-a").mkdir()
+    good, broken = tmp_path / "-a" / "good.wav", tmp_path / "broken.wav"
+    wavfile.write(good, 8000, np.zeros(800, np.int16))
+    broken.write_bytes(b"RIFF broken")
+    monkeypatch.chdir(tmp_path)  # a relative name beginning with '-' is not an option to SoX
+    conversions = [
+        resample.Conversion(Path("-a/good.wav"), tmp_path / "cache" / "1.wav", "the good one"),
+        resample.Conversion(broken, tmp_path / "cache" / "2.wav", "the broken one"),
+    ]
+
+    failed = resample.resample_files(conversions, 2, tmp_path / "cache")
+
+    assert [name for name, _ in failed] == ["the broken one"]
+    assert len(read_16k(tmp_path / "cache" / "1.wav")) == 1600
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["1.wav"]
+    assert "1 converted, 0 already done, 1 failed" in capsys.readouterr().out
+    resample.resample_files(conversions, 2, tmp_path / "cache")
+    assert "0 converted, 1 already done, 1 failed" in capsys.readouterr().out
+
+
+def test_linked_folders_are_followed_once(tmp_path):
+    in_dir, elsewhere = tmp_path / "in", tmp_path / "elsewhere"
+    in_dir.mkdir()
+    elsewhere.mkdir()
+    wavfile.write(elsewhere / "far.wav", 8000, np.zeros(800, np.int16))
+    (in_dir / "linked").symlink_to(elsewhere)
+    (elsewhere / "loop").symlink_to(in_dir)  # walked once, not forever
+
+    conversions, collisions = resample.folder_conversions(in_dir, tmp_path / "out")
+
+    assert [c.name for c in conversions] == ["linked/far.wav"] and collisions == []

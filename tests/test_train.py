@@ -22,9 +22,9 @@ from preprocess.dataset import (
     RecordingChunks,
     compress_chunks,
     read_rows,
-    write_dataset,
 )
 from preprocess.params import SpectrogramParams
+from tests.helpers import write_dataset
 from train import train_model
 from train.callbacks import MAPCallback, ResumableEarlyStopping
 from train.data import ChunkBatches, SplitError, split_recordings

@@ -26,8 +26,6 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
-
 logger = logging.getLogger("export_model")
 
 DEFAULT_MODEL_FILE = "best_val_map.keras"

@@ -20,11 +20,9 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
-
-from predict.detections import OutputError, inside, safe_file_names  # noqa: E402
-from preprocess.cli import at_least, run_command  # noqa: E402
-from preprocess.dataset import DatasetError, open_dataset  # noqa: E402
+from predict.detections import OutputError, inside, safe_file_names
+from preprocess.cli import at_least, run_command
+from preprocess.dataset import DatasetError, open_dataset
 
 logger = logging.getLogger("generate_images")
 

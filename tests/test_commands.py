@@ -1,0 +1,64 @@
+"""The commands run from any folder in the project's environment, as files and as modules,
+because the environment can import the project (env.sh's .pth, or `pip install -e .`)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOT_IMPORTABLE = (
+    "the project is not importable in this environment: source env.sh (./test.sh does) "
+    "or pip install -e ."
+)
+# the environment alone must make the project importable, not the caller's PYTHONPATH
+ENVIRONMENT = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [str(ROOT / "predict" / "predict.py")],
+        ["-m", "predict.predict"],
+        [str(ROOT / "predict" / "evaluate.py")],
+        [str(ROOT / "preprocess" / "load_data.py")],
+        ["-m", "preprocess.load_data"],
+    ],
+    ids=lambda command: " ".join(command).replace(str(ROOT) + "/", ""),
+)
+def test_a_command_runs_from_outside_the_project(tmp_path, command):
+    result = subprocess.run(
+        [sys.executable, *command, "--help"],
+        cwd=tmp_path,
+        env=ENVIRONMENT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"{NOT_IMPORTABLE}\n{result.stderr[-2000:]}"
+    assert result.stdout.startswith("usage:")
+
+
+def test_env_sh_puts_the_project_root_on_the_import_path(tmp_path):
+    """Each time it is sourced, also for an environment already installed (stamp unchanged)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    where = "import importlib.util; print(importlib.util.find_spec('preprocess').origin)"
+    script = f"""
+        cat requirements*.txt | sha256sum | cut -c1-16 >"$VENV/.requirements-requirements.txt.stamp"
+        source ./env.sh && source ./env.sh && cd / && python -c "{where}"
+    """
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=ROOT,
+        env={**ENVIRONMENT, "VENV": str(venv)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(ROOT / "preprocess" / "__init__.py")
+    (pth,) = venv.glob("lib/python*/site-packages/birdclef-cnn.pth")
+    assert pth.read_text() == f"{ROOT}\n"
