@@ -42,23 +42,21 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # make the stages importable
+import keras
+import numpy as np
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from preprocess.cli import at_least, between, most_workers, run_command  # noqa: E402
-from preprocess.dataset import DatasetError, RunLocked, exclusive_run, open_dataset  # noqa: E402
-from train import recipe  # noqa: E402
-from train.augment import AUGMENTATIONS  # noqa: E402
-from train.callbacks import (  # noqa: E402
+from preprocess.cli import at_least, between, most_workers, run_command
+from preprocess.dataset import DatasetError, RunLocked, exclusive_run, open_dataset
+from train import recipe
+from train.augment import AUGMENTATIONS
+from train.callbacks import (
     HISTORY,
     MAPCallback,
     ModelFileError,
     read_history,
     training_callbacks,
 )
-from train.data import (  # noqa: E402
+from train.data import (
     SplitError,
     TrainError,
     check_batch_size,
@@ -67,22 +65,22 @@ from train.data import (  # noqa: E402
     read_errors_reported,
     sample_chunks,
 )
-from train.log import (  # noqa: E402
+from train.log import (
     RunsTableError,
     append_run,
     check_runs_table,
     plot_history,
     write_text_atomically,
 )
-from train.metrics import POOLINGS  # noqa: E402
-from train.model_file import (  # noqa: E402
+from train.metrics import POOLINGS
+from train.model_file import (
     build_model_from_file,
     compile_model,
     data_parallel_scope,
     list_devices,
     load_weights,
 )
-from train.run_folder import (  # noqa: E402
+from train.run_folder import (
     DONE,
     check_resumed_run,
     history_to_resume,
