@@ -214,7 +214,8 @@ fi
 # ---- 5. predict and 6. evaluate ---------------------------------------------------------------
 if [[ -z "$test_dir" ]]; then
     echo
-    echo "No --test-dir: the run's own held-out test recordings are scored in $run_dir/metrics.json."
+    echo "No --test-dir: the run's own held-out test recordings, if it kept any (--test-fraction;"
+    echo "the modern recipe keeps none), are scored in $run_dir/metrics.json."
     echo "Predict other recordings with: ./predict.sh FOLDER --run $run_dir"
     exit 0
 fi

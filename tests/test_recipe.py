@@ -14,6 +14,7 @@ import pytest
 from test_train import PARAMS, TINY_MODEL, train_args, write_easy_dataset
 
 from train import recipe, train_model
+from train.callbacks import MAPCallback, training_callbacks
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_NO_FILTER = dataclasses.replace(PARAMS, noise_filter=False)  # 16 bands: too few to filter
@@ -50,6 +51,11 @@ def test_the_2016_recipe_is_the_default_and_keeps_the_old_defaults():
         "none",
     )
     assert (args.early_stop_on, args.time_budget, args.pooling) == ("val_loss", 0.0, "mean")
+    assert (args.inference_model, args.val_fraction, args.test_fraction) == (
+        "best_val_map",
+        0.1,
+        0.1,
+    )
     compiled = recipe.compile_args(args)
     assert isinstance(compiled["optimizer"], keras.optimizers.RMSprop)
     assert compiled["loss"] == "categorical_crossentropy"
@@ -61,7 +67,8 @@ def test_modern_recipe_defaults_and_explicit_options_win():
     )
     assert args.epochs == 7 and args.model == ROOT / "train" / "model-ResNet.py"
     assert args.optimizer == "adamw" and args.normalize == "dataset"
-    assert args.early_stop_on == "val_map" and args.pooling == "auto"
+    assert args.early_stop_on == "none" and args.pooling == "auto"
+    assert args.inference_model == "final" and (args.val_fraction, args.test_fraction) == (0.1, 0)
     with pytest.raises(SystemExit):
         train_model.parse_args(["--data", "d.h5", "--out", "r", "--augment", "crop,wobble"])
 
@@ -150,7 +157,7 @@ def test_tiny_modern_run_end_to_end(easy_data, tmp_path):
     run_dir = tmp_path / "modern"
     model = ROOT / "train" / "model-ResNet.py"
     argv = train_args(easy_data, model, run_dir, "--recipe", "modern", "--epochs", "3")
-    assert train_model.main(argv) == 0
+    assert train_model.main([*argv, "--inference-model", "auto"]) == 0
     config = json.loads((run_dir / "config.json").read_text())
     assert config["recipe"] == "modern" and config["normalize"] == "dataset"
     assert config["augment"] == "crop,mixup,specaugment,noise,gain"
@@ -169,6 +176,16 @@ def test_tiny_modern_run_end_to_end(easy_data, tmp_path):
         rates = [float(row["learning_rate"]) for row in csv.DictReader(file)]
     assert len(rates) == 3 and rates[1] == pytest.approx(0.002, rel=0.05)  # warm-up peak
     assert rates[2] < rates[1]  # cosine decay
+
+
+def test_early_stopping_can_be_switched_off(tmp_path):
+    def early_stopping(monitor):
+        map_callback = MAPCallback(None, None, None, None)
+        callbacks = training_callbacks(tmp_path, map_callback, 5, {}, monitor)
+        return [c for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
+
+    assert early_stopping("val_map")[0].monitor == "val_map"
+    assert early_stopping("none") == []
 
 
 def test_time_budget_ends_training_and_compile_hook_from_the_model_file(easy_data, tmp_path):

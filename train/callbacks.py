@@ -191,8 +191,9 @@ def training_callbacks(
 
     past: history of the epochs done before a --resume ({} for a new run), so the best
     checkpoints and early stopping carry on instead of starting over.
-    monitor: what early stopping watches, a key of BEST. extra: callbacks that run after
-    the MAP callback and before the checkpoints (e.g. a learning-rate schedule).
+    monitor: what early stopping watches, a key of BEST, or "none" for no early stopping.
+    extra: callbacks that run after the MAP callback and before the checkpoints (e.g. a
+    learning-rate schedule).
     """
 
     def best_so_far(name: str) -> float | None:
@@ -202,15 +203,16 @@ def training_callbacks(
     callbacks = [EpochTime(), map_callback, *extra]
     for name, (filename, mode) in BEST.items():
         callbacks.append(BestCheckpoint(run_dir / filename, name, mode, best_so_far(name)))
-    callbacks.append(
-        ResumableEarlyStopping(
-            past.get(monitor, []),
-            monitor=monitor,
-            mode=BEST[monitor][1],
-            patience=patience,
-            verbose=1,
+    if monitor != "none":
+        callbacks.append(
+            ResumableEarlyStopping(
+                past.get(monitor, []),
+                monitor=monitor,
+                mode=BEST[monitor][1],
+                patience=patience,
+                verbose=1,
+            )
         )
-    )
     if importlib.util.find_spec("tensorflow") and importlib.util.find_spec("tensorboard"):
         callbacks.append(keras.callbacks.TensorBoard(run_dir / "logs", write_graph=False))
     else:
