@@ -18,6 +18,16 @@ import traceback
 from collections.abc import Callable
 
 
+def command_parser(doc: str) -> argparse.ArgumentParser:
+    """The parser of a command whose module docstring is its help: the first line the
+    description, the rest shown as written after the options."""
+    return argparse.ArgumentParser(
+        description=doc.split("\n")[0],
+        epilog=doc.split("\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def at_least(minimum: int, at_most: int | None = None) -> Callable[[str], int]:
     """argparse type: a whole number >= minimum (and <= at_most when given)."""
 

@@ -20,11 +20,12 @@ The folder is written as OUT.part and renamed when complete; an existing --out i
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import sys
 from pathlib import Path
+
+from preprocess.cli import command_parser
 
 logger = logging.getLogger("export_model")
 
@@ -79,11 +80,7 @@ def export_run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser(__doc__)
     parser.add_argument("--run", type=Path, required=True, help="training run folder")
     parser.add_argument("--out", type=Path, required=True, help="folder to create")
     parser.add_argument(

@@ -9,7 +9,6 @@ first --per-class chunks of each class in file order are written.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from predict.detections import OutputError, inside, safe_file_names
-from preprocess.cli import at_least, run_command
+from preprocess.cli import at_least, command_parser, run_command
 from preprocess.dataset import DatasetError, open_dataset
 
 logger = logging.getLogger("generate_images")
@@ -66,11 +65,7 @@ def generate_images(data: Path, out: Path, per_class: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--data",
         type=Path,

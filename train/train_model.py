@@ -45,7 +45,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from preprocess.cli import at_least, between, most_workers, run_command
+from preprocess.cli import at_least, between, command_parser, most_workers, run_command
 from preprocess.dataset import DatasetError, RunLocked, exclusive_run, open_dataset
 from train import recipe
 from train.augment import AUGMENTATIONS
@@ -184,11 +184,7 @@ def at_least_zero(text: str) -> float:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog=__doc__.split("\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser(__doc__)
     parser.add_argument(
         "--data",
         type=Path,
