@@ -1,7 +1,7 @@
 """What the commands share: argument types that refuse impossible values, and one way to end
 on an error.
 
-The convention (load_data.py, train_model.py, generate_images.py, make_demo_dataset.py):
+The convention (every command: run_command below):
 bad arguments are argparse errors (usage, then `PROG: error: ...`, exit status 2); bad input
 found while running (a damaged file, a folder that cannot be written, ...) ends the command
 with one line `error: ...` on stderr and exit status 2; the traceback is printed only with

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from preprocess.cli import run_command
 from preprocess.dataset import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
@@ -31,15 +32,17 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_COMPRESSION,
         help=f"of X in the target (default {DEFAULT_COMPRESSION})",
     )
+    parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)
-    if args.target.exists():
-        parser.exit(2, f"error: {args.target} exists; remove it or choose another name\n")
-    try:
+
+    def work() -> int:
+        if args.target.exists():
+            raise DatasetError(f"{args.target} exists; remove it or choose another name")
         convert_dataset(args.source, args.target, args.compression)
-    except DatasetError as error:
-        parser.exit(2, f"error: {error}\n")
-    print(f"{args.target}: X stored as {args.compression}")
-    return 0
+        print(f"{args.target}: X stored as {args.compression}")
+        return 0
+
+    return run_command(work, args.verbose, (DatasetError,))
 
 
 if __name__ == "__main__":

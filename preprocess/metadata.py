@@ -34,7 +34,7 @@ from xml.parsers.expat import ExpatError
 import xmltodict
 
 from preprocess.audio import AUDIO_SUFFIXES
-from preprocess.cli import at_least, describe
+from preprocess.cli import at_least, run_command
 
 log = logging.getLogger(__name__)
 
@@ -327,23 +327,24 @@ def main(argv: list[str] | None = None) -> int:
         "--no-background", action="store_true", help="drop recordings with background species"
     )
     parser.add_argument("--out", type=Path, help="write the table here (JSON)")
+    parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    return run_command(lambda: report(args), args.verbose, (MetadataError,))
 
-    try:
-        messages = []
-        if args.xml_dir:
-            recordings, messages = read_birdclef_xml_dir(args.xml_dir)
-        elif args.csv:
-            recordings = read_csv(args.csv)
-        else:
-            recordings = read_class_folders(args.class_folders)
-        if args.wav_dir:
-            recordings, unmatched = match_audio(recordings, args.wav_dir)
-            messages += unmatched
-    except (MetadataError, OSError) as error:
-        print(f"error: {describe(error)}", file=sys.stderr)
-        return 2
+
+def report(args: argparse.Namespace) -> int:
+    """The command's work: read, select, report and save the table."""
+    messages = []
+    if args.xml_dir:
+        recordings, messages = read_birdclef_xml_dir(args.xml_dir)
+    elif args.csv:
+        recordings = read_csv(args.csv)
+    else:
+        recordings = read_class_folders(args.class_folders)
+    if args.wav_dir:
+        recordings, unmatched = match_audio(recordings, args.wav_dir)
+        messages += unmatched
     for message in messages[:20]:
         log.warning("%s", message)
     if len(messages) > 20:

@@ -25,7 +25,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from preprocess.cli import command_parser
+from preprocess.cli import command_parser, run_command
 
 logger = logging.getLogger("export_model")
 
@@ -94,15 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="tracebacks on errors")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    try:
+
+    def work() -> int:
         out = export_run(args.run, args.out, args.model_file, args.format)
-    except ExportError as error:
-        if args.verbose:
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{args.run / args.model_file} exported as {args.format} to {out}")
-    return 0
+        print(f"{args.run / args.model_file} exported as {args.format} to {out}")
+        return 0
+
+    return run_command(work, args.verbose, (ExportError,))
 
 
 if __name__ == "__main__":
