@@ -14,6 +14,16 @@ bird-like chirps over noise) it prints seconds for
 and the ratios. Numerical libraries are pinned to one thread. Run it alone:
 
     flock /tmp/bench.lock python benchmarks/bench_extraction.py
+
+With --short-files DIR (a folder of short 16 kHz wavs, e.g. ESC-10 resampled by
+preprocess/resample_wavs_to_16k.sh) it instead times `load_data.py` end to end on those
+files as they are and on the same audio concatenated into one-minute wavs, with both
+recipes and 1 and 2 workers: wall seconds per audio hour inside load_data's main (imports
+excluded) and CPU seconds of the parent and its workers, the median of --repeats runs.
+Give --code CHECKOUT twice to compare two checkouts, run alternately:
+
+    python benchmarks/bench_extraction.py --short-files work/bench-esc10/audio_16k \\
+        --code /tmp/before --code . --repeats 3
 """
 
 import os
@@ -28,6 +38,9 @@ for _variable in (
     os.environ[_variable] = "1"  # before numpy is imported: per-core numbers
 
 import argparse  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -45,8 +58,28 @@ from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import BLOCK_FRAMES, extract_chunks  # noqa: E402
 from tests import reference_2016  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 PIECE_S = 600  # the reference and the plain floor run on 10-minute recordings (soundscapes)
 SHORT_S = 60  # a typical training recording
+
+# Runs load_data.main of the checkout argv[1] on argv[2:] and prints its wall seconds and the
+# CPU seconds of this process (imports excluded) and of its worker processes.
+MEASURED_LOAD_DATA = """
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from preprocess import load_data
+def cpu(who):
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+parent_before, start = cpu(resource.RUSAGE_SELF), time.perf_counter()
+code = load_data.main(sys.argv[2:])
+print("MEASURED " + json.dumps({
+    "seconds": time.perf_counter() - start,
+    "parent_cpu": cpu(resource.RUSAGE_SELF) - parent_before,
+    "workers_cpu": cpu(resource.RUSAGE_CHILDREN),
+}))
+sys.exit(code)
+"""
 
 
 def synthetic_audio(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
@@ -101,12 +134,120 @@ def timed(function, *args) -> tuple[float, object]:
     return time.perf_counter() - start_time, result
 
 
+def concatenated_wavs(clips: list[Path], folder: Path, seconds: float) -> list[Path]:
+    """The clips (16 kHz 16-bit mono wavs) joined in order into wavs of at least `seconds`
+    (the last one shorter) in folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    joined, pending, pending_samples = [], [], 0
+    for index, clip in enumerate(clips):
+        rate, samples = wavfile.read(clip)
+        if rate != 16000 or samples.dtype != np.int16 or samples.ndim != 1:
+            raise SystemExit(f"{clip}: not a 16 kHz 16-bit mono wav")
+        pending.append(samples)
+        pending_samples += samples.size
+        if pending_samples >= seconds * rate or index == len(clips) - 1:
+            joined.append(folder / f"joined{len(joined):04d}.wav")
+            wavfile.write(joined[-1], rate, np.concatenate(pending))
+            pending, pending_samples = [], 0
+    return joined
+
+
+def write_labels(wavs: list[Path], wav_dir: Path) -> Path:
+    """A load_data CSV of the wavs (paths relative to wav_dir), ten made-up classes."""
+    csv = wav_dir / "labels.csv"
+    lines = [f"{wav.relative_to(wav_dir)},class{index % 10}" for index, wav in enumerate(wavs)]
+    csv.write_text("\n".join(["file,label", *lines]) + "\n")
+    return csv
+
+
+def measured_load_data(code: Path, argv: list[str]) -> dict:
+    """load_data.py of checkout `code` run in a child process: `MEASURED_LOAD_DATA`'s dict."""
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURED_LOAD_DATA, str(code), *argv],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"load_data failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.split("MEASURED ")[-1])
+
+
+def short_files_main(args) -> None:
+    """load_data.py on many short files against the same audio in one-minute files."""
+    clips = sorted(args.short_files.glob("*.wav"))
+    if not clips:
+        raise SystemExit(f"no wav files in {args.short_files}")
+    hours = sum(wavfile.read(clip, mmap=True)[1].size for clip in clips) / 16000 / 3600
+    codes = [path.resolve() for path in args.code or [ROOT]]
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        cases = {"short": (args.short_files, clips)}
+        long_files = concatenated_wavs(clips, folder / "long", SHORT_S)
+        cases["long"] = (folder / "long", long_files)
+        labels = {name: write_labels(wavs, wav_dir) for name, (wav_dir, wavs) in cases.items()}
+        print(
+            f"{hours:.3f} h of audio: {len(clips)} files of {args.short_files} ('short') and "
+            f"the same joined into {len(long_files)} files of {SHORT_S} s ('long')"
+        )
+        print(
+            "load_data.py end to end (imports excluded), median of "
+            f"{args.repeats}: s per audio hour, wall and CPU (parent + workers)"
+        )
+        print(
+            f"{'checkout':24s} {'recipe':7s} {'workers':>7s} {'files':>6s} "
+            f"{'wall':>7s} {'CPU':>7s} {'parent':>7s}"
+        )
+        for recipe in args.recipes:
+            for workers in args.workers:
+                for name, (wav_dir, wavs) in cases.items():
+                    runs = {code: [] for code in codes}
+                    for _ in range(args.repeats):
+                        for code in codes:  # alternately: the same conditions for each
+                            argv = ["--wav-dir", str(wav_dir), "--csv", str(labels[name]),
+                                    "--out", str(folder / "out.h5"), "--recipe", recipe,
+                                    "--workers", str(workers), "--overwrite"]  # fmt: skip
+                            runs[code].append(measured_load_data(code, argv))
+                    for code, measured in runs.items():
+                        wall, parent, cpu = (
+                            statistics.median(run[key] for run in measured) / hours
+                            for key in ("seconds", "parent_cpu", "workers_cpu")
+                        )
+                        print(
+                            f"{str(code)[-24:]:24s} {recipe:7s} {workers:7d} {len(wavs):6d} "
+                            f"{wall:7.2f} {cpu + parent:7.2f} {parent:7.2f}   {name}"
+                        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=60, help="audio length (default 60)")
-    parser.add_argument("--repeats", type=int, default=5, help="best of N for (a), (b)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="best of N for (a), (b); median with --short-files"
+    )
     parser.add_argument("--skip-reference", action="store_true", help="leave out (c)")
+    parser.add_argument(
+        "--short-files",
+        type=Path,
+        metavar="DIR",
+        help="time load_data.py on DIR's short 16 kHz wavs against the same audio in "
+        "one-minute files instead (median of --repeats)",
+    )
+    parser.add_argument(
+        "--code",
+        type=Path,
+        action="append",
+        metavar="CHECKOUT",
+        help="with --short-files: the checkout whose load_data.py runs (this one by default); "
+        "give it twice to compare two",
+    )
+    parser.add_argument("--recipes", type=lambda text: text.split(","), default=["2016", "modern"])
+    parser.add_argument(
+        "--workers", type=lambda text: [int(n) for n in text.split(",")], default=[1, 2]
+    )
     args = parser.parse_args()
+    if args.short_files:
+        short_files_main(args)
+        return
 
     params = SpectrogramParams()
     seconds = args.minutes * 60
