@@ -63,6 +63,12 @@ COMPRESSIONS = {
     "none": {},
 }
 DEFAULT_COMPRESSION = "blosc2-lz4"
+# Blosc2 compresses each chunk on one thread (the filter reads this variable at every call; a
+# value the user set is kept). Otherwise it starts and stops a pool of 4 threads for every
+# chunk, which costs more than compressing the chunk: 0.3-1 ms against 0.2 ms per row on the
+# 2-core machine (BENCHMARKS.md); load_data runs a compressor per core instead. Decoding
+# starts no threads either way, and the values stored are the same.
+os.environ.setdefault("BLOSC_NTHREADS", "1")
 REQUIRED_ATTRS = ("format", "format_version", "params", "classes", "class_names", "source")
 ROW_DATASETS = ("X", "y", "label", "background", "MediaId", "ClassId", "file", "chunk_index")
 RECORDING_DATASETS = (
@@ -379,20 +385,21 @@ def shuffle_deflate(chunk: np.ndarray) -> bytes:
 
 
 def _through_hdf5_filters(chunks: np.ndarray, compression: str) -> list[StoredChunk]:
-    """Each chunk run through HDF5's own filter pipeline, in a one-row in-memory file."""
-    row = _scratch_row(compression, chunks.shape[1:], os.getpid())
-    stored = []
-    for chunk in chunks:
-        row.write_direct(chunk.reshape(row.shape))
-        stored.append(StoredChunk(*row.id.read_direct_chunk((0, 0, 0, 0))))
-    return stored
+    """Each chunk run through HDF5's own filter pipeline: written at once into the first rows
+    of an in-memory dataset, each row then read back as stored."""
+    rows = _scratch_rows(compression, chunks.shape[1:], os.getpid())
+    if len(rows) < len(chunks):
+        rows.resize(len(chunks), axis=0)
+    rows.write_direct(chunks[..., None], dest_sel=np.s_[: len(chunks)])
+    return [StoredChunk(*rows.id.read_direct_chunk((row, 0, 0, 0))) for row in range(len(chunks))]
 
 
 @functools.lru_cache(maxsize=8)
-def _scratch_row(compression: str, chunk_shape: tuple[int, int], pid: int) -> h5py.Dataset:
-    """A one-row dataset with X's filters in an in-memory file, kept for the process (pid:
-    a forked worker makes its own): opening a file per recording cost 10 ms, far more than
-    compressing a short recording's chunk."""
+def _scratch_rows(compression: str, chunk_shape: tuple[int, int], pid: int) -> h5py.Dataset:
+    """A dataset with X's filters in an in-memory file, kept for the process (pid: a forked
+    worker makes its own): opening a file per recording cost 10 ms, far more than
+    compressing a short recording's chunk. One row, grown to the most chunks compressed at
+    once."""
     name = f"compress-{pid}-{compression}-{chunk_shape[0]}x{chunk_shape[1]}"  # one per shape
     scratch = h5py.File(name, "w", driver="core", backing_store=False)
     return scratch.create_dataset(
@@ -400,6 +407,7 @@ def _scratch_row(compression: str, chunk_shape: tuple[int, int], pid: int) -> h5
         shape=(1, *chunk_shape, 1),
         dtype="<f4",
         chunks=(1, *chunk_shape, 1),
+        maxshape=(None, *chunk_shape, 1),
         **COMPRESSIONS[compression],
     )
 
@@ -414,21 +422,22 @@ class DatasetWriter:
         self.n_chunks: list[int] = []
         self.h5 = h5py.File(path, "w")
         _create_root(self.h5, info, n_rows=0)
+        self.x = self.h5["X"]  # looked up once, not per recording (h5py: 30 us a lookup)
 
     @property
     def n_rows(self) -> int:
         return sum(self.n_chunks)
 
     def append(self, item: RecordingChunks) -> None:
-        x, start = self.h5["X"], self.n_rows
-        x.resize(start + len(item.chunks), axis=0)
+        start = self.n_rows
+        self.x.resize(start + len(item.chunks), axis=0)
         for offset, stored in enumerate(item.chunks):
-            x.id.write_direct_chunk((start + offset, 0, 0, 0), stored.data, stored.filter_mask)
+            self.x.id.write_direct_chunk((start + offset, 0, 0, 0), stored.data, stored.filter_mask)
         self.recordings.append(replace(item, chunks=[]))
         self.n_chunks.append(len(item.chunks))
 
     def close(self) -> None:
-        self.h5["X"].resize(self.n_rows, axis=0)  # drops rows of an append cut short
+        self.x.resize(self.n_rows, axis=0)  # drops rows of an append cut short
         table = _recordings_table(self.recordings, self.n_chunks, len(self.info.classes))
         _create_tables(self.h5, len(self.info.classes), self.n_rows, len(self.recordings))
         _write_recordings(self.h5, table, row_start=0, recording_start=0)
