@@ -21,6 +21,7 @@ and extracts what is new, changed (size or modification time) or failed before.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -125,6 +126,25 @@ def _extract_batch(paths: list[Path], params: SpectrogramParams, compression: st
     return results
 
 
+def keep_freed_memory() -> None:
+    """Let this process's malloc (glibc's; other C libraries are left as they are) keep up to
+    64 MB of freed memory for reuse, for every allocation up to 8 MB: glibc's own adaptive
+    limits reach 32 and 64 MB, but only after freeing an allocation that large.
+
+    Extraction allocates and frees the same few MB of work arrays for every recording (the
+    STFT's blocks); by default glibc gives them back to the system after each one, and the
+    next recording pays for fresh pages again: a third to half of the CPU time on 5 s clips
+    (BENCHMARKS.md). Called before the workers start, which inherit it.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError, TypeError):  # no mallopt, or no C library to ask
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    mallopt(m_mmap_threshold, 8 * 2**20)
+    mallopt(m_trim_threshold, 64 * 2**20)
+
+
 def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
 
@@ -158,6 +178,7 @@ def extract_all(
     waiting to be consumed (Pool.imap would buffer every finished result if the writer fell
     behind), so memory does not depend on the number of recordings.
     """
+    keep_freed_memory()
     batches = worker_batches(paths, workers)
     if workers == 1 or len(batches) == 1:
         for path in paths:
