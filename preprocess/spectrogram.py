@@ -36,6 +36,10 @@ BLOCK_FRAMES = 512
 # Filter cells per block of `stream_chunks`: 64 cells of 30 frames are 31 s of audio, a 1.5 MB
 # spectrogram block. The output does not depend on it.
 STREAM_BLOCK_CELLS = 64
+# Filter cells whose values the noise filter regroups at a time (`_cells`): 256 cells of 30
+# frames and 200 bins are 6 MB, whatever the recording's length. The output does not depend
+# on it.
+FILTER_BLOCK_CELLS = 256
 # Recordings longer than this are streamed by `stream_chunks` (prediction and load_data):
 # memory bounded whatever their length, for twice the STFT work. Up to it, a recording is
 # read whole and its spectrogram held, about 0.35 GB per audio hour.
@@ -158,60 +162,101 @@ def log_spectrogram(
     return log_spec
 
 
+@functools.lru_cache(maxsize=8)
 def band_edges(params: SpectrogramParams) -> np.ndarray:
-    """Row borders of the filter's frequency bands: ceil(linspace(0, n_bins, n_band_edges))."""
+    """Row borders of the filter's frequency bands: ceil(linspace(0, n_bins, n_band_edges))
+    (read-only, computed once per parameters)."""
     edges = np.ceil(np.linspace(0, params.n_bins, params.n_band_edges)).astype(np.intp)
     if np.any(np.diff(edges) <= 0):
         raise ValueError(f"n_band_edges {params.n_band_edges} gives empty bands")
+    edges.flags.writeable = False
     return edges
 
 
-def _cell_values(band: np.ndarray, cell_frames: int) -> list[np.ndarray]:
-    """A band (rows, T) regrouped one row per cell: [(full cells, rows * cell_frames)], plus
-    [(1, rows * rest)] for a partial last cell (each a C-ordered copy, or view, for reading)."""
-    rows, n_frames = band.shape
-    n_full = n_frames // cell_frames
-    full_cells = band[:, : n_full * cell_frames].reshape(rows, n_full, cell_frames)
-    groups = [full_cells.transpose(1, 0, 2).reshape(n_full, rows * cell_frames)]
-    if n_frames > n_full * cell_frames:
-        groups.append(band[:, n_full * cell_frames :].reshape(1, -1))
+@functools.lru_cache(maxsize=8)
+def _band_groups(params: SpectrogramParams) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The filter's bands grouped by height, [(bands (g,), their rows (g, h))]: one or two
+    groups, as ceil(linspace) heights differ by 1 at most."""
+    edges = band_edges(params)
+    heights = np.diff(edges)
+    groups = []
+    for height in np.unique(heights):
+        bands = np.flatnonzero(heights == height)
+        groups.append((bands, edges[bands, None] + np.arange(height)))
     return groups
 
 
-def _top_mean_reaches(values: np.ndarray, threshold: float, top_k: int) -> np.ndarray:
-    """(cells, n) -> (cells,) bool: is the mean of each row's top_k largest values >= threshold?
+def _cells(
+    log_spec: np.ndarray, params: SpectrogramParams
+) -> Iterator[tuple[np.ndarray, slice, np.ndarray]]:
+    """log_spec (n_bins, T) cut into its filter cells, cells from its first column on, one row
+    of values per cell, FILTER_BLOCK_CELLS cells and the bands of one height at a time.
 
-    A row with no value at or above the threshold cannot reach it and one with top_k such
-    values must, so only the rows in between (typically a sixth) are sorted. A row of fewer
+    Yields (bands (g,), the cells' indices (a slice), values (g, cells, h * width) float32)
+    for g bands of h rows and cells of `width` frames: cell_frames, or the rest for a partial
+    last cell, which comes alone. A cell's values are its band's rows one after the other (a
+    C-ordered copy), the order the float32 cell sums are taken in.
+    """
+    cell_frames = params.cell_frames
+    for first in range(0, log_spec.shape[1], FILTER_BLOCK_CELLS * cell_frames):
+        block = log_spec[:, first : first + FILTER_BLOCK_CELLS * cell_frames]
+        n_full = block.shape[1] // cell_frames
+        rest = block.shape[1] - n_full * cell_frames
+        for start, n_cells, width in ((0, n_full, cell_frames), (n_full, 1, rest)):
+            if n_cells == 0 or width == 0:
+                continue
+            frames = block[:, start * cell_frames : start * cell_frames + n_cells * width]
+            cells = slice(first // cell_frames + start, first // cell_frames + start + n_cells)
+            for bands, rows in _band_groups(params):
+                g, h = rows.shape
+                values = frames[rows.ravel()].reshape(g, h, n_cells, width).transpose(0, 2, 1, 3)
+                yield bands, cells, values.reshape(g, n_cells, h * width)
+
+
+class _CellSums(NamedTuple):
+    """The sums of a spectrogram's filter cells that the filter's statistics need."""
+
+    cells: np.ndarray  # (bands, cells) float64: each cell's sum of values
+    band_values: np.ndarray  # (bands,) float64: each band's sum of values
+    band_squares: np.ndarray  # (bands,) float64: each band's sum of squared values
+
+
+def _cell_sums(log_spec: np.ndarray, params: SpectrogramParams) -> _CellSums:
+    """`_CellSums` of log_spec (n_bins, T), cells from its first column on."""
+    n_bands, n_cells = len(band_edges(params)) - 1, -(-log_spec.shape[1] // params.cell_frames)
+    sums = np.empty((n_bands, n_cells), dtype=np.float32)
+    squares = np.empty((n_bands, n_cells), dtype=np.float32)
+    for bands, cells, values in _cells(log_spec, params):
+        # float32 sums over a cell's few hundred values (einsum: many SIMD accumulators),
+        # float64 across cells: as exact as the float32 values themselves, and 3x faster than
+        # float64
+        rows = values.reshape(-1, values.shape[2])
+        sums[bands, cells] = np.einsum("ij->i", rows).reshape(len(bands), -1)
+        squares[bands, cells] = np.einsum("ij,ij->i", rows, rows).reshape(len(bands), -1)
+    n_full = log_spec.shape[1] // params.cell_frames
+    # float64 over the full cells, then the partial last one added: the order datasets were
+    # always made in, so thresholds agree with them to the last bit
+    band_squares = squares[:, :n_full].sum(axis=1, dtype=np.float64)
+    band_squares += squares[:, n_full:].sum(axis=1, dtype=np.float64)
+    sums = sums.astype(np.float64)
+    return _CellSums(sums, sums.sum(axis=1), band_squares)
+
+
+def _top_mean_reaches(values: np.ndarray, thresholds: np.ndarray, top_k: int) -> np.ndarray:
+    """Cells' values (bands, cells, n) and their bands' thresholds (bands,) -> (bands, cells)
+    bool: is the mean of each cell's top_k largest values >= its band's threshold?
+
+    A cell with no value at or above the threshold cannot reach it and one with top_k such
+    values must, so only the cells in between (typically a sixth) are sorted. A cell of fewer
     than top_k values averages all it has.
     """
-    k = min(top_k, values.shape[1])
-    above = (values >= threshold).sum(axis=1, dtype=np.int32)
+    k = min(top_k, values.shape[2])
+    above = (values >= thresholds[:, None, None]).sum(axis=2, dtype=np.int32)
     reaches = above >= k
-    unsure = np.flatnonzero((above > 0) & ~reaches)
+    unsure = np.nonzero((above > 0) & ~reaches)
     top = np.sort(values[unsure], axis=1)[:, -k:]
-    reaches[unsure] = top.mean(axis=1, dtype=np.float64) >= threshold
+    reaches[unsure] = top.mean(axis=1, dtype=np.float64) >= thresholds[unsure[0]]
     return reaches
-
-
-class _BandCells(NamedTuple):
-    """A band (rows, T) cut into its filter cells, with the sums its statistics need."""
-
-    groups: list[np.ndarray]  # `_cell_values` of the band
-    sums: np.ndarray  # (cells,) float64: each cell's sum of values
-    square_sum: float  # float64 sum of the band's squared values
-
-
-def _band_cells(band: np.ndarray, cell_frames: int) -> _BandCells:
-    """`_BandCells` of a band (rows, T), cells from its first column on."""
-    groups = _cell_values(band, cell_frames)
-    # float32 sums over a cell's few hundred values (einsum: many SIMD accumulators), float64
-    # across cells: as exact as the float32 values themselves, and 3x faster than float64
-    sums = np.concatenate([np.einsum("ij->i", values) for values in groups])
-    square_sum = sum(
-        np.einsum("ij,ij->i", values, values).sum(dtype=np.float64) for values in groups
-    )
-    return _BandCells(groups, sums.astype(np.float64), square_sum)
 
 
 def _band_threshold(value_sum, square_sum, n_values, params: SpectrogramParams):
@@ -223,37 +268,27 @@ def _band_threshold(value_sum, square_sum, n_values, params: SpectrogramParams):
     return (mean + std) * params.threshold_factor
 
 
-def _band_keep(cells: _BandCells, threshold: float, params: SpectrogramParams) -> np.ndarray:
-    """The 2016 rule on one band's cells: (cells,) bool, True = keep the cell.
-
-    A cell is dropped when its mean is below 0 or the mean of its top_k largest values is
-    below the band's threshold (`_band_threshold`).
-    """
-    groups = cells.groups
-    sizes = np.repeat([values.shape[1] for values in groups], [len(v) for v in groups])
-    loud = [_top_mean_reaches(values, threshold, params.top_k) for values in groups]
-    return (cells.sums / sizes >= 0) & np.concatenate(loud)
-
-
 def _loud_cells(
     log_spec: np.ndarray, params: SpectrogramParams, thresholds: np.ndarray | None = None
 ) -> np.ndarray:
-    """`_band_keep` of every band of log_spec (n_bins, T): (bands, cells) bool, not dilated.
+    """The 2016 rule on every cell of log_spec (n_bins, T): (bands, cells) bool, True = keep
+    the cell, not dilated. A cell is dropped when its mean is below 0 or the mean of its
+    top_k largest values is below its band's threshold (`_band_threshold`).
 
     thresholds: (bands,) of the whole recording when log_spec is a block of it, cut at a
-    cell border; None: the statistics of log_spec itself.
+    cell border; None: the statistics of log_spec itself. All bands are handled at once,
+    so a short recording costs a few dozen numpy calls, not a few per band.
     """
-    edges = band_edges(params)
-    keep = []
-    for band_index, (low, high) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
-        band = log_spec[low:high]
-        cells = _band_cells(band, params.cell_frames)
-        if thresholds is None:
-            threshold = _band_threshold(cells.sums.sum(), cells.square_sum, band.size, params)
-        else:
-            threshold = thresholds[band_index]
-        keep.append(_band_keep(cells, threshold, params))
-    return np.stack(keep)
+    sums = _cell_sums(log_spec, params)
+    heights, n_frames = np.diff(band_edges(params)), log_spec.shape[1]
+    if thresholds is None:
+        n_values = heights * n_frames
+        thresholds = _band_threshold(sums.band_values, sums.band_squares, n_values, params)
+    borders = np.minimum(np.arange(sums.cells.shape[1] + 1) * params.cell_frames, n_frames)
+    keep = sums.cells / np.outer(heights, np.diff(borders)) >= 0  # the cells' means
+    for bands, cells, values in _cells(log_spec, params):  # again: memory stays bounded
+        keep[bands, cells] &= _top_mean_reaches(values, thresholds[bands], params.top_k)
+    return keep
 
 
 def _dilate(keep: np.ndarray) -> np.ndarray:
@@ -555,13 +590,11 @@ def stream_chunks(
             yield from _chunk_stream(counted(log_spec_blocks()), params, max_chunks)
         return n_frames
 
-    edges = band_edges(params)
-    sums = np.zeros((3, len(edges) - 1))  # per band: sum of values, of squares, value count
+    heights = np.diff(band_edges(params))
+    sums = np.zeros((3, len(heights)))  # per band: sum of values, of squares, value count
     for block in log_spec_blocks():
-        for band_index, (low, high) in enumerate(zip(edges[:-1], edges[1:], strict=True)):
-            band = block[low:high]
-            cells = _band_cells(band, params.cell_frames)
-            sums[:, band_index] += cells.sums.sum(), cells.square_sum, band.size
+        block_sums = _cell_sums(block, params)
+        sums += block_sums.band_values, block_sums.band_squares, heights * block.shape[1]
     thresholds = _band_threshold(*sums, params)
 
     filtered = _filtered_blocks(log_spec_blocks(), thresholds, params, remove_empty=True)
