@@ -339,6 +339,32 @@ def test_real_8khz_recordings_are_resampled_with_one_warning(shared_data, tmp_pa
             np.testing.assert_array_equal(dataset.X[first, :, :, 0], expected[0])
 
 
+@pytest.mark.parametrize("recipe", ["2016", "modern"])
+def test_many_short_real_clips_are_each_the_chunks_of_the_clip_alone(shared_data, tmp_path, recipe):
+    """60 real clips of 0.2-2 s through 2 workers, several clips per worker task and several
+    chunks compressed at once (the modern recipe's 1 s chunks), into shards of 7 chunks: the
+    same file as with 1 worker, and row for row what each clip gives extracted alone."""
+    fsdd = shared_data / "fsdd"
+    with open(fsdd / "metadata.csv") as stream:
+        rows = [{"file": row["file"], "label": row["label"]} for row in csv.DictReader(stream)]
+    labels = write_csv(tmp_path / "labels.csv", rows[::50])
+    assert load(fsdd, ["--csv", labels], tmp_path / "one.h5", "--recipe", recipe) == 0
+    argv = ["--wav-dir", fsdd, "--csv", labels, "--out", tmp_path / "two.h5", "--recipe", recipe]
+    assert main([str(arg) for arg in [*argv, "--workers", 2, "--shard-chunks", 7]]) == 0
+    assert_same_file(tmp_path / "one.h5", tmp_path / "two.h5")
+    with open_dataset(tmp_path / "two.h5") as dataset:
+        recordings, params = dataset.recordings, dataset.params
+        assert len(recordings["file"]) == 60 and len(dataset) > 60 * (recipe == "modern")
+        for first, n, n_frames, file in zip(
+            *(recordings[name] for name in ("first_row", "n_chunks", "n_frames", "file")),
+            strict=True,
+        ):
+            samples, rate = read_wav(fsdd / file)
+            alone = extract_chunks(to_sample_rate(samples, rate, RATE), params)
+            assert n_frames == alone.n_frames
+            np.testing.assert_array_equal(dataset.X[first : first + n, :, :, 0], alone.chunks)
+
+
 def counting_extractions(monkeypatch) -> list[str]:
     """The file names load_data extracts from now on (with --workers 1, in this process)."""
     extracted = []

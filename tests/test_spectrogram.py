@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from matplotlib import mlab
 
+from preprocess import spectrogram
 from preprocess.audio import read_wav, to_sample_rate
 from preprocess.params import SpectrogramParams
 from preprocess.spectrogram import (
@@ -158,6 +159,20 @@ def test_filter_matches_reference_on_random_spectrograms(n_frames):
         row, col = rng.integers(0, PARAMS.n_bins - 20), rng.integers(0, n_frames)
         spec[row : row + 20, col : col + 15] += 4
     assert_matches_reference(filter_noise(spec, PARAMS), reference.noise_filter(spec))
+
+
+def test_filter_blocks_do_not_change_the_result(monkeypatch):
+    """The filter regroups its cells FILTER_BLOCK_CELLS at a time; blocks of 1 and 3 cells
+    give the same mask, bit for bit, also for bands of another height and a partial cell."""
+    rng = np.random.default_rng(9)
+    for params, n_frames in ((PARAMS, 700), (SpectrogramParams(n_bins=57, n_band_edges=9), 95)):
+        spec = rng.normal(0.5, 1.0, (params.n_bins, n_frames)).astype(np.float32)
+        spec[20:40, 100:130] += 4
+        whole = filter_noise(spec, params)
+        for block_cells in (1, 3):
+            monkeypatch.setattr(spectrogram, "FILTER_BLOCK_CELLS", block_cells)
+            np.testing.assert_array_equal(filter_noise(spec, params), whole)
+        monkeypatch.undo()
 
 
 def test_frames_of_zeros_in_kept_cells_are_removed_too():
