@@ -423,6 +423,7 @@ class DatasetWriter:
         self.h5 = h5py.File(path, "w")
         _create_root(self.h5, info, n_rows=0)
         self.x = self.h5["X"]  # looked up once, not per recording (h5py: 30 us a lookup)
+        self.capacity = 0  # rows of X: doubled when full, cut to n_rows at close()
 
     @property
     def n_rows(self) -> int:
@@ -430,14 +431,16 @@ class DatasetWriter:
 
     def append(self, item: RecordingChunks) -> None:
         start = self.n_rows
-        self.x.resize(start + len(item.chunks), axis=0)
+        if start + len(item.chunks) > self.capacity:  # a resize costs more than a short clip
+            self.capacity = max(start + len(item.chunks), 2 * self.capacity)
+            self.x.resize(self.capacity, axis=0)
         for offset, stored in enumerate(item.chunks):
             self.x.id.write_direct_chunk((start + offset, 0, 0, 0), stored.data, stored.filter_mask)
         self.recordings.append(replace(item, chunks=[]))
         self.n_chunks.append(len(item.chunks))
 
     def close(self) -> None:
-        self.x.resize(self.n_rows, axis=0)  # drops rows of an append cut short
+        self.x.resize(self.n_rows, axis=0)  # also drops rows of an append cut short
         table = _recordings_table(self.recordings, self.n_chunks, len(self.info.classes))
         _create_tables(self.h5, len(self.info.classes), self.n_rows, len(self.recordings))
         _write_recordings(self.h5, table, row_start=0, recording_start=0)
