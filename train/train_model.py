@@ -313,8 +313,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--val-fraction",
         type=between(0, 1, low_open=True, high_open=True),
-        help="share of the labelled recordings for validation (default 0.1; the "
-        "original's 0.05)",
+        help="share of the labelled recordings for validation (default 0.1; the original's 0.05)",
     )
     parser.add_argument(
         "--test-fraction",
