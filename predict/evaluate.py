@@ -234,27 +234,18 @@ def _warn(results: dict) -> None:
     def some(items):
         return ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
 
-    if results["missing_from_run"]:
-        logger.warning(
-            "recordings in the truth missing from the run file (scored 0): %s",
-            some(results["missing_from_run"]),
-        )
-    if results["not_in_truth"]:
-        logger.warning(
-            "recordings in the run file not in the truth (ignored): %s",
-            some(results["not_in_truth"]),
-        )
-    if results["unknown_classes"]:
-        logger.warning(
-            "classes in the truth that the run never returns or the model does not "
-            "know (scored as not returned): %s",
-            some(results["unknown_classes"]),
-        )
-    if results["unmapped_background"]:
-        logger.warning(
-            "background species with no class id in the XMLs (not scored): %s",
-            some(results["unmapped_background"]),
-        )
+    for key, what in (
+        ("missing_from_run", "recordings in the truth missing from the run file (scored 0)"),
+        ("not_in_truth", "recordings in the run file not in the truth (ignored)"),
+        (
+            "unknown_classes",
+            "classes in the truth that the run never returns or the model does not know "
+            "(scored as not returned)",
+        ),
+        ("unmapped_background", "background species with no class id in the XMLs (not scored)"),
+    ):
+        if results[key]:
+            logger.warning("%s: %s", what, some(results[key]))
 
 
 def main(argv: list[str] | None = None) -> None:
