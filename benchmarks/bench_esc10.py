@@ -19,26 +19,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from accuracy import add_recipe_options, comma_list, doall_recipe_options, run, write_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 ESC10 = ROOT.parent / "shared" / "data" / "esc10"
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
-
-
-def run(command: list[str]) -> float:
-    """Run a command (its output shown); returns its wall seconds."""
-    print("+", " ".join(command), flush=True)
-    start = time.perf_counter()
-    subprocess.run(command, check=True)
-    return time.perf_counter() - start
-
-
-def comma_list(text: str) -> list[str]:
-    return [part for part in text.split(",") if part]
 
 
 def fold(args, recipe: str, number: str, rows: list[dict], audio: Path) -> dict:
@@ -55,20 +43,12 @@ def fold(args, recipe: str, number: str, rows: list[dict], audio: Path) -> dict:
         writer = csv.writer(file)
         writer.writerow(["file", "label"])
         writer.writerows([Path(row["file"]).with_suffix(".wav"), row["label"]] for row in train)
-    truth = work / "test_truth.csv"  # the official ground-truth format, no background
-    truth.write_text("".join(f"{Path(row['file']).stem};{row['label']};\n" for row in test))
+    truth = work / "test_truth.csv"
+    write_truth(truth, test)
 
     doall = ["bash", str(ROOT / "doall.sh"), "--csv", str(train_csv), "--audio-dir", str(audio),
              "--name", name, "--work-dir", str(work), "--runs-dir", str(runs),
-             "--recipe", recipe]  # fmt: skip
-    if args.epochs:
-        doall += ["--epochs", str(args.epochs)]
-    elif recipe == "2016":
-        doall += ["--epochs", "20"]  # the 2016 default (20,000 with patience 100) never ends
-    if args.model:
-        doall += ["--model", args.model]
-    if args.train_args:
-        doall += ["--train-args", args.train_args]
+             *doall_recipe_options(args, recipe)]  # fmt: skip
     result = {"doall": run(doall)}
     run_file = run_dir / "predictions" / f"fold{number}.csv"
     result["predict"] = run(
@@ -88,12 +68,8 @@ def fold(args, recipe: str, number: str, rows: list[dict], audio: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipes", type=comma_list, default=["modern", "2016"])
+    add_recipe_options(parser)
     parser.add_argument("--folds", type=comma_list, default=["1", "2", "3", "4", "5"])
-    parser.add_argument("--epochs", type=int, help="default: 20 for 2016, the recipe's for modern")
-    parser.add_argument("--model", help="model file (default: the recipe's)")
-    parser.add_argument("--train-args", help="more train_model.py options, one string")
-    parser.add_argument("--tag", default="", help="suffix of the run names (variants side by side)")
     args = parser.parse_args()
     if not (ESC10 / "metadata.csv").is_file():
         sys.exit(f"{ESC10}/metadata.csv not found: this benchmark needs the shared ESC-10 copy")

@@ -1,6 +1,7 @@
 """Accuracy on real recordings: the whole pipeline on the Free Spoken Digit Dataset (FSDD).
 
     python benchmarks/bench_fsdd.py [--recipes modern,2016] [--epochs N] [--model FILE]
+        [--train-args "..." --tag=-NAME]
 
 FSDD (../shared/data/fsdd: 3,000 clips of spoken digits 0-9, 8 kHz, 0.1-2.3 s, 6 speakers)
 goes through the generic CSV path of ./doall.sh with the dataset's official split: takes 5-49
@@ -19,26 +20,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from accuracy import add_recipe_options, doall_recipe_options, run, write_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
 
 
-def run(command: list[str]) -> float:
-    """Run a command (its output shown); returns its wall seconds."""
-    print("+", " ".join(command), flush=True)
-    start = time.perf_counter()
-    subprocess.run(command, check=True)
-    return time.perf_counter() - start
-
-
 def bench(args, recipe: str, train: list[dict], test: list[dict]) -> dict:
     """doall.sh, predict and evaluate for one recipe: the wall seconds and the scores."""
-    name = f"bench-fsdd-{recipe}"
+    name = f"bench-fsdd-{recipe}{args.tag}"
     work = ROOT / "work" / name
     run_dir = ROOT / "runs" / name
     work.mkdir(parents=True, exist_ok=True)
@@ -47,17 +40,11 @@ def bench(args, recipe: str, train: list[dict], test: list[dict]) -> dict:
         writer = csv.writer(file)
         writer.writerow(["file", "label"])
         writer.writerows([row["file"], row["label"]] for row in train)
-    truth = work / "test_truth.csv"  # the official ground-truth format, no background
-    truth.write_text("".join(f"{Path(row['file']).stem};{row['label']};\n" for row in test))
+    truth = work / "test_truth.csv"
+    write_truth(truth, test)
 
     doall = ["bash", str(ROOT / "doall.sh"), "--csv", str(train_csv), "--audio-dir", str(FSDD),
-             "--name", name, "--recipe", recipe]  # fmt: skip
-    if args.epochs:
-        doall += ["--epochs", str(args.epochs)]
-    elif recipe == "2016":
-        doall += ["--epochs", "20"]  # the 2016 default (20,000 with patience 100) never ends
-    if args.model:
-        doall += ["--model", args.model]
+             "--name", name, *doall_recipe_options(args, recipe)]  # fmt: skip
     result = {"doall": run(doall)}
     run_file = run_dir / "predictions" / "fsdd-test.csv"
     python = str(ROOT / ".venv" / "bin" / "python")
@@ -77,9 +64,7 @@ def bench(args, recipe: str, train: list[dict], test: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipes", type=lambda text: text.split(","), default=["modern", "2016"])
-    parser.add_argument("--epochs", type=int, help="default: 20 for 2016, the recipe's for modern")
-    parser.add_argument("--model", help="model file (default: the recipe's)")
+    add_recipe_options(parser)
     args = parser.parse_args()
     if not (FSDD / "metadata.csv").is_file():
         sys.exit(f"{FSDD}/metadata.csv not found: this benchmark needs the shared FSDD copy")
