@@ -203,6 +203,17 @@ def test_without_the_noise_filter_chunks_are_the_whole_spectrogram():
     assert extract_chunks(quiet, filtered).n_frames < n_frames / 2  # the filter works on mels
 
 
+def assert_streams_like(stream, expected) -> None:
+    """Drain a `stream_chunks` generator: its pieces are expected.chunks and its return value
+    expected.n_frames."""
+    pieces = []
+    with pytest.raises(StopIteration) as end:
+        while True:
+            pieces.append(next(stream))
+    np.testing.assert_array_equal(np.concatenate(pieces), expected.chunks)
+    assert end.value.value == expected.n_frames
+
+
 @pytest.mark.parametrize("seconds", [0.01, 0.4, 5.0, 13.3])
 @pytest.mark.parametrize("params", [MODERN_5S, dataclasses.replace(MODERN_5S, chunk_frames=47)])
 def test_streaming_and_slices_equal_the_whole_extraction(seconds, params):
@@ -213,13 +224,7 @@ def test_streaming_and_slices_equal_the_whole_extraction(seconds, params):
     np.testing.assert_array_equal(np.concatenate(list(slices)), expected.chunks)
     for piece in (999, samples.size):
         source = lambda piece=piece: (samples[i : i + piece] for i in range(0, samples.size, piece))  # noqa: E731
-        stream = stream_chunks(source, params, 3, block_cells=2)
-        pieces = []
-        with pytest.raises(StopIteration) as end:
-            while True:
-                pieces.append(next(stream))
-        np.testing.assert_array_equal(np.concatenate(pieces), expected.chunks)
-        assert end.value.value == expected.n_frames
+        assert_streams_like(stream_chunks(source, params, 3, block_cells=2), expected)
 
 
 def padded_with_silence() -> np.ndarray:
@@ -257,13 +262,7 @@ def test_dropping_silence_streams_and_slices_like_the_whole(silence_only):
     slices = chunk_slices(log_spectrogram(samples, params), params, 2)
     np.testing.assert_array_equal(np.concatenate(list(slices)), expected.chunks)
     source = lambda: (samples[i : i + 5000] for i in range(0, samples.size, 5000))  # noqa: E731
-    stream = stream_chunks(source, params, 3, block_cells=2)
-    pieces = []
-    with pytest.raises(StopIteration) as end:
-        while True:
-            pieces.append(next(stream))
-    np.testing.assert_array_equal(np.concatenate(pieces), expected.chunks)
-    assert end.value.value == expected.n_frames
+    assert_streams_like(stream_chunks(source, params, 3, block_cells=2), expected)
 
 
 def test_noise_filter_and_dropping_silence_do_not_combine():
