@@ -1,11 +1,13 @@
 """Shared fixtures: paths to the real recordings beside the checkout (skipped when absent),
-and a lock held by another process."""
+a lock held by another process, and the training tests' easy dataset and tiny model file."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import TINY_MODEL, write_easy_dataset
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -50,3 +52,17 @@ def lock_held_elsewhere():
     for holder in holders:
         holder.kill()
         holder.wait()
+
+
+@pytest.fixture(scope="module")
+def easy_data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "easy.h5"
+    write_easy_dataset(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "model-Tiny.py"
+    path.write_text(TINY_MODEL)
+    return path

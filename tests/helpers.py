@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from preprocess.dataset import DatasetInfo, DatasetWriter, RecordingChunks
+import numpy as np
+
+from preprocess.dataset import DatasetInfo, DatasetWriter, RecordingChunks, compress_chunks
+from preprocess.params import SpectrogramParams
 
 
 def write_dataset(path: str | os.PathLike, info: DatasetInfo, items: list[RecordingChunks]):
@@ -14,3 +18,57 @@ def write_dataset(path: str | os.PathLike, info: DatasetInfo, items: list[Record
     for item in items:
         writer.append(item)
     writer.close()
+
+
+PARAMS = SpectrogramParams(n_bins=16, chunk_frames=20)  # tiny chunks: fast tests
+CLASSES = ["aaa", "bbb", "ccc", "ddd"]
+# a small CNN in a user's model file: conv, batch norm over channels, softmax
+TINY_MODEL = """
+import keras
+from keras import layers
+
+
+def build_model(input_shape, n_classes):
+    return keras.Sequential([
+        keras.Input(input_shape),
+        layers.Conv2D(4, 3, activation="relu"),
+        layers.BatchNormalization(),
+        layers.Flatten(),
+        layers.Dense(n_classes, activation="softmax"),
+    ])
+"""
+
+
+def write_easy_dataset(
+    path: Path, per_class: int = 10, n_unlabelled: int = 2, classes: list[str] = CLASSES
+) -> None:
+    """Chunks whose class is which of the frequency bands (one per class) holds extra energy,
+    1-3 chunks per recording, every third recording with a background class; plus unlabelled
+    recordings."""
+    rng = np.random.default_rng(0)
+    band = PARAMS.n_bins // len(classes)
+    items = []
+    plan = [(c, r) for c in range(len(classes)) for r in range(per_class)]
+    plan += [(-1, r) for r in range(n_unlabelled)]
+    for label, number in plan:
+        chunks = rng.normal(0, 1, (int(rng.integers(1, 4)), PARAMS.n_bins, PARAMS.chunk_frames))
+        background = np.zeros(len(classes), np.uint8)
+        if label >= 0:
+            chunks[:, label * band : (label + 1) * band] += 2
+            background[(label + 1) % len(classes)] = number % 3 == 0
+        class_id = classes[label] if label >= 0 else ""
+        media_id = f"{class_id or 'none'}{number}"
+        items.append(
+            RecordingChunks(
+                media_id,
+                class_id,
+                f"{media_id}.wav",
+                label,
+                background,
+                n_frames=len(chunks) * PARAMS.chunk_frames,
+                duration_s=1.0,
+                chunks=compress_chunks(chunks.astype(np.float32), "gzip"),
+            )
+        )
+    info = DatasetInfo(PARAMS, classes, {c: c.upper() for c in classes}, {"kind": "test"}, "gzip")
+    write_dataset(path, info, items)

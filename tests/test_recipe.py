@@ -11,27 +11,14 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from test_train import PARAMS, TINY_MODEL, train_args, write_easy_dataset
+from test_train import train_args
 
+from tests.helpers import PARAMS, TINY_MODEL
 from train import recipe, train_model
 from train.callbacks import MAPCallback, training_callbacks
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_NO_FILTER = dataclasses.replace(PARAMS, noise_filter=False)  # 16 bands: too few to filter
-
-
-@pytest.fixture(scope="module")
-def easy_data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "easy.h5"
-    write_easy_dataset(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "model-Tiny.py"
-    path.write_text(TINY_MODEL)
-    return path
 
 
 def test_the_2016_recipe_is_the_default_and_keeps_the_old_defaults():

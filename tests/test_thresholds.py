@@ -73,7 +73,8 @@ def test_read_thresholds_in_class_order_and_clear_errors(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    from tests.test_train import TINY_MODEL, train_args, write_easy_dataset
+    from tests.helpers import TINY_MODEL, write_easy_dataset
+    from tests.test_train import train_args
 
     folder = tmp_path_factory.mktemp("thresholds")
     data, model = folder / "easy.h5", folder / "model-Tiny.py"

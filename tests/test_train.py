@@ -23,80 +23,13 @@ from preprocess.dataset import (
     compress_chunks,
     read_rows,
 )
-from preprocess.params import SpectrogramParams
-from tests.helpers import write_dataset
+from tests.helpers import CLASSES, PARAMS, TINY_MODEL, write_dataset, write_easy_dataset
 from train import train_model
 from train.callbacks import MAPCallback, ResumableEarlyStopping
 from train.data import ChunkBatches, SplitError, split_recordings
 from train.log import best_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
-PARAMS = SpectrogramParams(n_bins=16, chunk_frames=20)  # tiny chunks: fast tests
-CLASSES = ["aaa", "bbb", "ccc", "ddd"]
-# a small CNN in a user's model file: conv, batch norm over channels, softmax
-TINY_MODEL = """
-import keras
-from keras import layers
-
-
-def build_model(input_shape, n_classes):
-    return keras.Sequential([
-        keras.Input(input_shape),
-        layers.Conv2D(4, 3, activation="relu"),
-        layers.BatchNormalization(),
-        layers.Flatten(),
-        layers.Dense(n_classes, activation="softmax"),
-    ])
-"""
-
-
-def write_easy_dataset(
-    path: Path, per_class: int = 10, n_unlabelled: int = 2, classes: list[str] = CLASSES
-) -> None:
-    """Chunks whose class is which of the frequency bands (one per class) holds extra energy,
-    1-3 chunks per recording, every third recording with a background class; plus unlabelled
-    recordings."""
-    rng = np.random.default_rng(0)
-    band = PARAMS.n_bins // len(classes)
-    items = []
-    plan = [(c, r) for c in range(len(classes)) for r in range(per_class)]
-    plan += [(-1, r) for r in range(n_unlabelled)]
-    for label, number in plan:
-        chunks = rng.normal(0, 1, (int(rng.integers(1, 4)), PARAMS.n_bins, PARAMS.chunk_frames))
-        background = np.zeros(len(classes), np.uint8)
-        if label >= 0:
-            chunks[:, label * band : (label + 1) * band] += 2
-            background[(label + 1) % len(classes)] = number % 3 == 0
-        class_id = classes[label] if label >= 0 else ""
-        media_id = f"{class_id or 'none'}{number}"
-        items.append(
-            RecordingChunks(
-                media_id,
-                class_id,
-                f"{media_id}.wav",
-                label,
-                background,
-                n_frames=len(chunks) * PARAMS.chunk_frames,
-                duration_s=1.0,
-                chunks=compress_chunks(chunks.astype(np.float32), "gzip"),
-            )
-        )
-    info = DatasetInfo(PARAMS, classes, {c: c.upper() for c in classes}, {"kind": "test"}, "gzip")
-    write_dataset(path, info, items)
-
-
-@pytest.fixture(scope="module")
-def easy_data(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "easy.h5"
-    write_easy_dataset(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("models") / "model-Tiny.py"
-    path.write_text(TINY_MODEL)
-    return path
 
 
 def train_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
