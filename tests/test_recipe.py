@@ -213,3 +213,24 @@ def test_noise_dir_goes_through_the_data_front_end(easy_data, tiny_model, tmp_pa
         "--noise-dir", str(tmp_path / "nothing"),
     )  # fmt: skip
     assert train_model.main(argv) == 2  # a clear error, no traceback
+
+
+def test_warmup_ends_early_when_its_epochs_would_take_much_of_the_budget(monkeypatch):
+    clock = {"now": 0.0}
+    monkeypatch.setattr(recipe.time, "perf_counter", lambda: clock["now"])
+    optimizer = types.SimpleNamespace(learning_rate=keras.Variable(0.0))
+    # 2 warm-up epochs of 100 steps, a 100 s budget: the warm-up may take 5 s at most
+    schedule = recipe.ScheduleAndBudget(10, 100, 1.0, 2, 100.0, schedule=True)
+    schedule.set_model(types.SimpleNamespace(optimizer=optimizer, stop_training=False))
+    schedule.on_train_begin()
+    schedule.on_epoch_begin(0)
+    rates = []
+    for batch in range(100):
+        clock["now"] = batch * 0.1  # a slow epoch: 10 s
+        schedule.on_train_batch_begin(batch)
+        rates.append(float(optimizer.learning_rate.numpy()))
+    assert rates[0] == pytest.approx(0.005)  # step 1 of 200
+    assert rates[25] == pytest.approx(0.5)  # 2.5 s of the 5 s allowance: half way up
+    assert schedule.warmup_steps == 50  # the warm-up ended at 5 s, not after 200 steps
+    assert rates[50] == pytest.approx(1.0) and rates[51] < 1.0  # then the decay
+    assert all(a >= b for a, b in zip(rates[50:], rates[51:], strict=False))

@@ -281,25 +281,38 @@ def compile_args(args, model_module=None) -> dict:
 
 
 def warmup_cosine(
-    step: float, total_steps: float, warmup_steps: float, peak: float, time_share: float = 0.0
+    step: float,
+    total_steps: float,
+    warmup_steps: float,
+    peak: float,
+    time_share: float = 0.0,
+    warmup_time_share: float = 0.0,
 ) -> float:
-    """Learning rate at `step`: linear from peak / warmup_steps up to peak over the warm-up,
-    then cosine down to 0 at total_steps, or sooner: at time_share 1 (the share of the time
-    budget left after the warm-up that has passed), whichever comes first."""
+    """Learning rate at `step`: linear from peak / warmup_steps up to peak over the warm-up
+    (or faster: with warmup_time_share, the share of the warm-up's time allowance that has
+    passed, where that is further), then cosine down to 0 at total_steps, or sooner: at
+    time_share 1 (the share of the time budget left after the warm-up that has passed),
+    whichever comes first."""
     if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
+        return peak * min(1.0, max((step + 1) / warmup_steps, warmup_time_share))
     progress = min(1.0, (step - warmup_steps) / max(1.0, total_steps - warmup_steps))
     progress = max(progress, min(1.0, time_share))
     return peak * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# the warm-up takes at most this share of the time budget: on data large enough that an
+# epoch is minutes, whole epochs of warm-up would leave little of the budget to the decay
+WARMUP_BUDGET_SHARE = 0.05
 
 
 class ScheduleAndBudget(keras.callbacks.Callback):
     """Sets the optimizer's learning rate every step (warm-up, then cosine decay) and ends
     training when the time budget would run out.
 
-    The decay ends with the last of `epochs`, or with the time budget if that comes first:
-    its progress is then measured on the clock from the end of the warm-up, so a machine
-    slower than expected (other work on the cores) still ends training at a low rate.
+    The warm-up ends with its epochs or with WARMUP_BUDGET_SHARE of the budget, whichever
+    comes first. The decay ends with the last of `epochs`, or with the time budget if that
+    comes first: its progress is then measured on the clock from the end of the warm-up, so a
+    machine slower than expected (other work on the cores) still ends training at a low rate.
     Training stops after the epoch whose length, once more, would pass the budget, and
     mid-epoch (after a step) once the budget is spent; Keras still validates that epoch.
     budget_seconds: 0 for none. schedule: False keeps the optimizer's constant rate.
@@ -330,15 +343,24 @@ class ScheduleAndBudget(keras.callbacks.Callback):
         if not self.schedule:
             return
         step = self.epoch * self.steps_per_epoch + batch
-        time_share = 0.0
+        now = time.perf_counter()
+        warmup_time_share = time_share = 0.0
+        if self.budget_seconds > 0 and step < self.warmup_steps:
+            warmup_time_share = (now - self.start) / (WARMUP_BUDGET_SHARE * self.budget_seconds)
+            if warmup_time_share >= 1:
+                self.warmup_steps = step
         if self.budget_seconds > 0 and step >= self.warmup_steps:
-            now = time.perf_counter()
             if self.decay_start is None:
                 self.decay_start = now
             left = self.start + self.budget_seconds - self.decay_start
             time_share = (now - self.decay_start) / max(left, 1e-9)
         rate = warmup_cosine(
-            step, self.epochs * self.steps_per_epoch, self.warmup_steps, self.peak, time_share
+            step,
+            self.epochs * self.steps_per_epoch,
+            self.warmup_steps,
+            self.peak,
+            time_share,
+            warmup_time_share,
         )
         self.model.optimizer.learning_rate.assign(rate)
 
