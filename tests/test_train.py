@@ -26,7 +26,7 @@ from preprocess.dataset import (
 from tests.helpers import CLASSES, PARAMS, TINY_MODEL, write_dataset, write_easy_dataset
 from train import train_model
 from train.callbacks import MAPCallback, ResumableEarlyStopping
-from train.data import ChunkBatches, SplitError, split_recordings
+from train.data import ChunkBatches, SplitError, available_memory, split_recordings
 from train.log import best_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,6 +81,16 @@ def test_split_with_too_few_recordings():
 
 # ---------------------------------------------------------------------------------------------
 # Batches from the HDF5 file
+
+
+def test_available_memory_counts_the_reclaimable_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sysconf", {"SC_AVPHYS_PAGES": 25, "SC_PAGE_SIZE": 4096}.get)
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal: 2000 kB\nMemFree: 100 kB\nMemAvailable: 1500 kB\n")
+    assert available_memory(meminfo) == 1500 * 1024
+    meminfo.write_text("MemTotal: 2000 kB\n")  # an old kernel: the free pages instead
+    assert available_memory(meminfo) == 25 * 4096
+    assert available_memory(tmp_path / "absent") == 25 * 4096
 
 
 def test_streamed_batches_equal_in_memory(easy_data):

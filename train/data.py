@@ -131,8 +131,16 @@ def _draw(
     return np.sort(np.concatenate([pinned, kept])), np.sort(drawn)
 
 
-def available_memory() -> int | None:
-    """Bytes of memory free now (Linux), or None where the system does not say."""
+def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Bytes of memory available now: Linux's MemAvailable (free memory plus the page cache
+    it can reclaim: after resampling gigabytes of audio, much of the memory is cache), else
+    the free pages, or None where the system says neither."""
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):

@@ -1,0 +1,141 @@
+"""Long, weakly labelled recordings: the scorer's three commands on a field-recording proxy
+made of ESC-10 clips, with their wall times against the 20-minute limit.
+
+    python benchmarks/bench_long_recordings.py [--recipes modern] [--train-args=...]
+
+Field recordings (xeno-canto birds, say) are minutes long, the labelled sound is in some of
+their 5 s chunks only, and other sounds are in the background. This benchmark builds such a
+set from ESC-10 (../shared/data/esc10), deterministically: each recording is 18 pieces of 5 s
+(90 s); each piece is a clip of another class at -15 dB (the background) and, with
+probability 0.5, a clip of the recording's class on top. 34 training recordings per class
+from folds 1-4 (8.5 hours of audio, 10 classes), 10 test recordings per class from fold 5,
+so no clip is both trained and tested on. It then runs, exactly as issue 9's scorer does:
+
+    ./doall.sh --csv train.csv --audio-dir train/ --recipe R --name N --work-dir W --runs-dir R
+    python predict/predict.py --run R/N --audio test/ --out run.csv
+    python predict/evaluate.py --run-file run.csv --truth truth.txt
+
+and prints each command's wall time and the scores. It is a proxy: clips repeat across
+recordings, so its accuracy says less than its times and the pooling it chooses. Work goes to
+work/bench-long/ and runs/bench-long/ (delete them to start over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from accuracy import add_recipe_options, doall_recipe_options, run
+from scipy.io import wavfile
+
+ROOT = Path(__file__).resolve().parents[1]
+ESC10 = ROOT.parent / "shared" / "data" / "esc10"
+PYTHON = str(ROOT / ".venv" / "bin" / "python")
+RATE = 16000
+PIECE = 5 * RATE  # samples per piece: one ESC-10 clip
+TRAIN_PER_CLASS, TEST_PER_CLASS, PIECES, TARGET_SHARE, BACKGROUND_DB = 34, 10, 18, 0.5, -15.0
+
+
+def read_clips(audio: Path, rows: list[dict]) -> dict[tuple[str, bool], list[np.ndarray]]:
+    """(label, is test fold) -> the clips, float32 at 16 kHz, padded or cut to 5 s."""
+    clips: dict[tuple[str, bool], list[np.ndarray]] = {}
+    for row in rows:
+        _, samples = wavfile.read(audio / Path(row["file"]).with_suffix(".wav"))
+        samples = samples.astype(np.float32) / 32768
+        samples = np.pad(samples, (0, max(0, PIECE - len(samples))))[:PIECE]
+        clips.setdefault((row["label"], row["fold"] == "5"), []).append(samples)
+    return clips
+
+
+def long_recording(
+    own: list[np.ndarray], others: list[list[np.ndarray]], rng: np.random.Generator
+) -> np.ndarray:
+    """PIECES pieces: each a background clip of another class at BACKGROUND_DB, with a clip
+    of its own class on top at TARGET_SHARE probability; peak-normalised to 0.5."""
+    pieces = []
+    for _ in range(PIECES):
+        background = others[rng.integers(len(others))]
+        piece = background[rng.integers(len(background))] * 10 ** (BACKGROUND_DB / 20)
+        if rng.random() < TARGET_SHARE:
+            piece = piece + own[rng.integers(len(own))]
+        pieces.append(piece)
+    samples = np.concatenate(pieces)
+    return samples / max(1e-3, float(np.abs(samples).max())) * 0.5
+
+
+def build_set(clips: dict, out: Path) -> None:
+    """out/train/*.wav, out/train.csv (file,label,media_id), out/test/*.wav, out/truth.txt."""
+    if (out / "truth.txt").is_file():
+        return
+    rng = np.random.default_rng(0)
+    labels = sorted({label for label, _ in clips})
+    train_rows, truth = [], []
+    number = 0
+    for test, count in ((False, TRAIN_PER_CLASS), (True, TEST_PER_CLASS)):
+        folder = out / ("test" if test else "train")
+        folder.mkdir(parents=True, exist_ok=True)
+        for label in labels:
+            others = [clips[other, test] for other in labels if other != label]
+            for _ in range(count):
+                number += 1
+                name = f"rec{number:04d}"
+                samples = long_recording(clips[label, test], others, rng)
+                wavfile.write(folder / f"{name}.wav", RATE, (samples * 32767).astype(np.int16))
+                if test:
+                    truth.append(f"{name};{label};\n")
+                else:
+                    train_rows.append((f"{name}.wav", label, name))
+    with (out / "train.csv").open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["file", "label", "media_id"])
+        writer.writerows(train_rows)
+    (out / "truth.txt").write_text("".join(truth))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_recipe_options(parser)
+    parser.set_defaults(recipes=["modern"])
+    args = parser.parse_args()
+    if not (ESC10 / "metadata.csv").is_file():
+        sys.exit(f"{ESC10}/metadata.csv not found: this benchmark needs the shared ESC-10 copy")
+    with (ESC10 / "metadata.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    audio = ROOT / "work" / "bench-esc10" / "audio_16k"  # shared with bench_esc10.py
+    run(["bash", str(ROOT / "preprocess" / "resample_wavs_to_16k.sh"), str(ESC10 / "audio"),
+         str(audio)])  # fmt: skip
+    data = ROOT / "work" / "bench-long" / "data"
+    build_set(read_clips(audio, rows), data)
+
+    results = {}
+    for recipe in args.recipes:
+        name = f"{recipe}{args.tag}"
+        work, runs = ROOT / "work" / "bench-long" / name, ROOT / "runs" / "bench-long"
+        run_file, scores = work / "run.csv", work / "scores.json"
+        doall = ["bash", str(ROOT / "doall.sh"), "--csv", str(data / "train.csv"),
+                 "--audio-dir", str(data / "train"), "--name", name, "--work-dir", str(work),
+                 "--runs-dir", str(runs), *doall_recipe_options(args, recipe)]  # fmt: skip
+        predict = [PYTHON, str(ROOT / "predict" / "predict.py"), "--run", str(runs / name),
+                   "--audio", str(data / "test"), "--out", str(run_file)]  # fmt: skip
+        result = {"doall": run(doall), "predict": run(predict)}
+        run([PYTHON, str(ROOT / "predict" / "evaluate.py"), "--run-file", str(run_file),
+             "--truth", str(data / "truth.txt"), "--json", str(scores)])  # fmt: skip
+        inference = json.loads((runs / name / "inference.json").read_text())
+        result.update(json.loads(scores.read_text()), pooling=inference["pooling"])
+        results[name] = result
+
+    print("\nlong recordings: 340 x 90 s to train (10 classes), 100 x 90 s to test")
+    print(f"  {'run':10s} {'doall s':>8s} {'predict s':>9s} {'total s':>8s} {'pooling':>8s} "
+          f"{'top-1':>6s} {'MAP':>6s}")  # fmt: skip
+    for name, r in results.items():
+        total, top1, mean_ap = r["doall"] + r["predict"], r["top1_accuracy"], r["map_foreground"]
+        print(f"  {name:10s} {r['doall']:8.0f} {r['predict']:9.1f} {total:8.0f} "
+              f"{r['pooling']:>8s} {top1:6.3f} {mean_ap:6.3f}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
