@@ -55,7 +55,7 @@ def test_modern_recipe_defaults_and_explicit_options_win():
     assert args.epochs == 7 and args.model == ROOT / "train" / "model-ResNet.py"
     assert args.optimizer == "adamw" and args.normalize == "dataset"
     assert args.early_stop_on == "none" and args.pooling == "auto"
-    assert args.inference_model == "final" and (args.val_fraction, args.test_fraction) == (0.1, 0)
+    assert args.inference_model == "final" and (args.val_fraction, args.test_fraction) == (0.05, 0)
     with pytest.raises(SystemExit):
         train_model.parse_args(["--data", "d.h5", "--out", "r", "--augment", "crop,wobble"])
 

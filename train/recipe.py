@@ -67,7 +67,7 @@ RECIPES = {
     },
     "modern": {
         "model": PROJECT_ROOT / "train" / "model-ResNet.py",
-        "epochs": 200,
+        "epochs": 300,
         "patience": 50,
         "batch_size": 32,
         "learning_rate": 0.002,
@@ -82,11 +82,14 @@ RECIPES = {
         # soon reaches 1.0 and cannot improve) would cut it short, and the model as the
         # decay leaves it is then the one to keep (BENCHMARKS.md, ESC-10)
         "early_stop_on": "none",
-        "time_budget": 10.0,
+        # 300 epochs of a few hundred 5 s clips fit on a 2-core CPU; larger data gets fewer,
+        # with the decay ending on the clock, and the whole job stays within 20 minutes
+        "time_budget": 12.0,
         "pooling": "auto",
         "inference_model": "final",
-        # every labelled recording trains or validates: score on recordings of your own
-        "val_fraction": 0.1,
+        # every labelled recording trains or validates (the validation only chooses the
+        # pooling, so the original's 5 % suffices): score on recordings of your own
+        "val_fraction": 0.05,
         "test_fraction": 0.0,
     },
 }

@@ -26,7 +26,7 @@ and a row per run in the runs table (--runs-table, default runs.csv beside the r
 Defaults are the 2016 scripts' (--recipe 2016): RMSprop (learning rate 0.001), categorical
 cross-entropy, up to 20,000 epochs ended by early stopping on validation loss (patience 100).
 --recipe modern sets other defaults (train/recipe.py: ResNet, normalisation in the model,
-augmentation, AdamW with warm-up and cosine decay, a 10-minute budget, ...); options given
+augmentation, AdamW with warm-up and cosine decay, a 12-minute budget, ...); options given
 explicitly win. Their batch of
 1350 chunks suited a 12 GB GPU; the default here, 32, trains well on a CPU too (more, smaller
 steps per epoch). On a GPU use larger batches (e.g. --batch-size 256 or the original 1350) and
