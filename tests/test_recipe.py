@@ -177,8 +177,10 @@ def test_early_stopping_can_be_switched_off(tmp_path):
 
 def test_time_budget_ends_training_and_compile_hook_from_the_model_file(easy_data, tmp_path):
     model = tmp_path / "model-Hooked.py"
+    loads = tmp_path / "loads.txt"
     model.write_text(
         TINY_MODEL
+        + f"\nwith open({str(loads)!r}, 'a') as file:\n    file.write('loaded\\n')\n"
         + "\n\ndef compile_args(settings):\n"
         + "    return {'optimizer': keras.optimizers.SGD(0.01), "
         + "'loss': 'categorical_crossentropy'}\n"
@@ -192,6 +194,7 @@ def test_time_budget_ends_training_and_compile_hook_from_the_model_file(easy_dat
     inference = json.loads((run_dir / "inference.json").read_text())
     assert inference["pooling"] == "mean" and inference["model_file"] == "best_val_map.keras"
     assert not (run_dir / "final.keras").exists()  # the 2016 recipe saves no final model
+    assert loads.read_text() == "loaded\n"  # the user's model file ran once
 
 
 def test_noise_dir_goes_through_the_data_front_end(easy_data, tiny_model, tmp_path, caplog):

@@ -38,9 +38,12 @@ def load_model_file(path: Path):
     return module
 
 
-def build_model_from_file(path: Path, input_shape: tuple, n_classes: int) -> keras.Model:
-    """Run a model file's `build_model(input_shape, n_classes)` and check what it gives."""
-    module = load_model_file(path)
+def build_model_from_file(
+    path: Path, input_shape: tuple, n_classes: int, module=None
+) -> keras.Model:
+    """Run a model file's `build_model(input_shape, n_classes)` and check what it gives.
+    module: the file already loaded (load_model_file), else it is loaded here."""
+    module = module or load_model_file(path)
     if not callable(getattr(module, "build_model", None)):
         raise TrainError(
             f"{path} defines no build_model(input_shape, n_classes) function returning a "
@@ -69,12 +72,11 @@ def build_model_from_file(path: Path, input_shape: tuple, n_classes: int) -> ker
     return model
 
 
-def compile_model(model: keras.Model, args: argparse.Namespace) -> bool:
+def compile_model(model: keras.Model, args: argparse.Namespace, module) -> bool:
     """Compile model with the optimizer and loss of the model file's compile_args when it
-    defines one, else of the options (recipe.compile_args), and accuracy as a metric.
-    Returns whether the options chose the optimizer: only then may --optimizer adamw and
-    --warmup-epochs schedule its learning rate."""
-    module = load_model_file(args.model)
+    defines one (module: the loaded model file), else of the options (recipe.compile_args),
+    and accuracy as a metric. Returns whether the options chose the optimizer: only then may
+    --optimizer adamw and --warmup-epochs schedule its learning rate."""
     try:
         compiled = recipe.compile_args(args, module)
     except Exception as error:  # the user's compile_args: report whatever it raises

@@ -78,6 +78,7 @@ from train.model_file import (
     compile_model,
     data_parallel_scope,
     list_devices,
+    load_model_file,
     load_weights,
 )
 from train.run_folder import (
@@ -130,12 +131,15 @@ def train(args: argparse.Namespace) -> dict:
         keras.utils.set_random_seed(args.seed)
         logger.info("devices: %s", ", ".join(list_devices()) or "(not listed by this backend)")
         with data_parallel_scope():
-            model = build_model_from_file(args.model, dataset.X.shape[1:], len(dataset.classes))
+            model_module = load_model_file(args.model)  # the user's file, run once
+            model = build_model_from_file(
+                args.model, dataset.X.shape[1:], len(dataset.classes), model_module
+            )
             stats = None
             if args.normalize == "dataset":
                 stats = recipe.band_statistics(sample, np.log10(dataset.params.log_floor))
             model = recipe.normalized_model(model, args.normalize, stats)
-            options_optimizer = compile_model(model, args)
+            options_optimizer = compile_model(model, args, model_module)
             if args.weights:
                 load_weights(model, args.weights, args.model)
         write_run_files(run_dir, dataset, args, split, resuming)
