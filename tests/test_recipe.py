@@ -5,6 +5,7 @@ modern run end to end."""
 import csv
 import dataclasses
 import json
+import re
 import types
 from pathlib import Path
 
@@ -101,6 +102,21 @@ def test_class_weights_favour_rare_classes_and_average_one():
     weights = recipe.class_weights(labels, 3)
     assert weights[1] > weights[0] > 0 and weights[2] == 0
     assert weights[labels].mean() == pytest.approx(1.0)
+
+
+def test_help_shows_each_recipe_default_from_the_recipes(capsys):
+    with pytest.raises(SystemExit):
+        train_model.parse_args(["--help"])
+    options = capsys.readouterr().out.split("\noptions:\n")[1]
+    helps = {}  # flag -> its help, unwrapped
+    for block in re.split(r"\n(?=  -)", options):
+        flag = block.split()[0]
+        helps[flag] = " ".join(block.split())
+    for name, modern in recipe.RECIPES["modern"].items():
+        option_help = helps["--" + name.replace("_", "-")]
+        old = train_model.shown_default(recipe.RECIPES["2016"][name])
+        shown = train_model.shown_default(modern)
+        assert option_help.endswith(f"(2016: {old}; modern: {shown})"), option_help
 
 
 def test_model_file_compile_hook_is_used_when_present():

@@ -187,6 +187,24 @@ def at_least_zero(text: str) -> float:
     return between(0, float("inf"), low_open=False, high_open=True)(text)
 
 
+def add_recipe_option(parser: argparse.ArgumentParser, flag: str, *, help: str, **kwargs):
+    """An option whose default --recipe chooses (recipe.RECIPES, filled in by
+    recipe.apply_recipe); its help ends with the default of each recipe, from there."""
+    name = flag.removeprefix("--").replace("-", "_")
+    defaults = "; ".join(
+        f"{recipe_name}: {shown_default(values[name])}"
+        for recipe_name, values in recipe.RECIPES.items()
+    )
+    parser.add_argument(flag, help=f"{help} ({defaults})", **kwargs)
+
+
+def shown_default(value) -> str:
+    """A recipe default as --help shows it: paths relative to the project."""
+    if isinstance(value, Path):
+        return value.relative_to(recipe.PROJECT_ROOT).as_posix()
+    return str(value)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = command_parser(__doc__)
     parser.add_argument(
@@ -204,12 +222,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(ResNet, normalisation, augmentation, AdamW with cosine decay, a time budget; "
         "see train/recipe.py); options given explicitly win",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--model",
         type=Path,
         metavar="FILE.py",
-        help="model file defining build_model(input_shape, n_classes) (default: "
-        "train/model-BirdClef.py; modern: train/model-ResNet.py)",
+        help="model file defining build_model(input_shape, n_classes)",
     )
     parser.add_argument(
         "--out",
@@ -218,64 +236,68 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="RUN_DIR",
         help="run folder to fill (must not hold a run, unless --resume)",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--epochs",
         type=at_least(1),
-        help="most epochs; early stopping usually ends sooner (default 20000; modern 200, "
-        "which the time budget cuts)",
+        help="most epochs; early stopping or the time budget may end training sooner",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--patience",
         type=at_least(0),
-        help="epochs without a better --early-stop-on value before stopping "
-        "(default 100; modern 50, when early stopping is switched on)",
+        help="epochs without a better --early-stop-on value before stopping",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--batch-size",
         type=at_least(1),
-        help="chunks per step (default 32, good on a CPU; the original used 1350 on a GPU)",
+        help="chunks per step; 32 is good on a CPU, the original used 1350 on a GPU",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--learning-rate",
         type=between(0, float("inf"), low_open=True, high_open=True),
-        help="RMSprop's (default 0.001); the peak of AdamW's schedule (modern 0.002)",
+        help="RMSprop's rate, or the peak of AdamW's schedule",
     )
-    parser.add_argument(
-        "--optimizer", choices=recipe.OPTIMIZERS, help="rmsprop (default) or adamw (modern)"
+    add_recipe_option(parser, "--optimizer", choices=recipe.OPTIMIZERS, help="the optimizer")
+    add_recipe_option(
+        parser, "--weight-decay", type=at_least_zero, help="AdamW's decoupled weight decay"
     )
-    parser.add_argument(
-        "--weight-decay", type=at_least_zero, help="AdamW's decoupled weight decay (modern 0.01)"
-    )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--warmup-epochs",
         type=at_least(0),
         help="epochs of linear learning-rate warm-up before the cosine decay that adamw "
-        "uses (default 0; modern 2)",
+        f"uses; with a time budget, {recipe.WARMUP_BUDGET_SHARE * 100:g} %% of it at most",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--label-smoothing",
         type=between(0, 1, low_open=False, high_open=True),
-        help="of the cross-entropy (default 0; modern 0.1)",
+        help="of the cross-entropy",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--normalize",
         choices=recipe.NORMALIZATIONS,
-        help="normalisation layer saved in front of the model: none (default), dataset "
-        "(per-band statistics of the training chunks; modern) or chunk (each chunk "
-        "standardised)",
+        help="normalisation layer saved in front of the model: none, dataset (per-band "
+        "statistics of the training chunks) or chunk (each chunk standardised)",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--augment",
         metavar="LIST",
         help="augmentations of the training batches, comma-separated from "
-        f"{','.join(AUGMENTATIONS)}, or none (default none; modern all)",
+        f"{','.join(AUGMENTATIONS)}, or none",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--inference-model",
         choices=tuple(recipe.INFERENCE_CHOICES),
-        help="the model prediction uses (inference.json): best_val_map.keras (default), "
-        "final.keras (as training ended; modern), or auto: the better of the two on "
-        "validation (which favours best_val_map, chosen on the same recordings)",
+        help="the model prediction uses (inference.json): best_val_map.keras, final.keras "
+        "(as training ended), or auto: the better of the two on validation (which favours "
+        "best_val_map, chosen on the same recordings)",
     )
     parser.add_argument(
         "--noise-dir",
@@ -284,29 +306,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="wavs of background noise for the noise augmentation, through the data's front "
         "end (default: the training data's own quietest chunks)",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--class-balance",
         choices=recipe.CLASS_BALANCES,
-        help="loss weights against long-tailed classes (default none; modern weights)",
+        help="loss weights against long-tailed classes",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--early-stop-on",
         choices=recipe.EARLY_STOP_ON,
-        help="what early stopping and --patience watch, or none for no early stopping "
-        "(default val_loss; modern none: the time budget and cosine decay end training)",
+        help="what early stopping and --patience watch, or none for no early stopping (the "
+        "epochs, or the time budget, and the cosine decay then end training)",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--time-budget",
         type=at_least_zero,
         metavar="MINUTES",
-        help="end training within this many minutes, the cosine decay with it (0: none, "
-        "default; modern 10)",
+        help="end training within this many minutes, the cosine decay with it; 0: none",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--pooling",
         choices=("auto", *POOLINGS),
         help="recording pooling of chunk scores written to inference.json for prediction: "
-        "mean (default), max, power, or auto (modern): best on validation",
+        "mean, max, power, or auto: the best on validation",
     )
     parser.add_argument(
         "--seed",
@@ -314,16 +339,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0,
         help="split, initial weights and shuffling",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--val-fraction",
         type=between(0, 1, low_open=True, high_open=True),
-        help="share of the labelled recordings for validation (default 0.1; the original's 0.05)",
+        help="share of the labelled recordings for validation; the original's: 0.05",
     )
-    parser.add_argument(
+    add_recipe_option(
+        parser,
         "--test-fraction",
         type=between(0, 1, low_open=False, high_open=True),
-        help="share of the labelled recordings for the final test, 0 for none (default "
-        "0.1, the original's 0.01; modern 0: score on recordings of your own)",
+        help="share of the labelled recordings for the final test, 0 for none: score on "
+        "recordings of your own; the original's: 0.01",
     )
     parser.add_argument(
         "--weights", type=Path, help="start from these weights (.keras or .weights.h5)"
