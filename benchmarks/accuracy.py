@@ -1,12 +1,19 @@
-"""What the accuracy benchmarks (bench_fsdd.py, bench_esc10.py) share: running a stage with
-its wall time, the recipe options they pass to ./doall.sh, and the held-out truth file."""
+"""What the accuracy benchmarks (bench_fsdd.py, bench_esc10.py, bench_long_recordings.py)
+share: running a stage with its wall time, the recipe options they pass to ./doall.sh, the
+held-out truth file, and ESC-10's clips at 16 kHz."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import subprocess
+import sys
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ESC10 = ROOT.parent / "shared" / "data" / "esc10"
+PYTHON = str(ROOT / ".venv" / "bin" / "python")  # the project's environment
 
 
 def run(command: list[str]) -> float:
@@ -48,3 +55,17 @@ def write_truth(path: Path, rows: list[dict]) -> None:
     """The official ground-truth format (MediaId;ClassId;background), no background: the
     MediaId is the file's stem, rows have "file" and "label"."""
     path.write_text("".join(f"{Path(row['file']).stem};{row['label']};\n" for row in rows))
+
+
+def esc10_at_16k() -> tuple[list[dict], Path, float]:
+    """ESC-10's metadata rows (file, label, fold) and its clips resampled once to 16 kHz
+    (work/bench-esc10/audio_16k, kept for the next run). Exits where the shared copy is
+    absent. Returns (rows, folder of the 16 kHz wavs, resampling wall seconds)."""
+    if not (ESC10 / "metadata.csv").is_file():
+        sys.exit(f"{ESC10}/metadata.csv not found: this benchmark needs the shared ESC-10 copy")
+    with (ESC10 / "metadata.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    audio = ROOT / "work" / "bench-esc10" / "audio_16k"
+    seconds = run(["bash", str(ROOT / "preprocess" / "resample_wavs_to_16k.sh"),
+                   str(ESC10 / "audio"), str(audio)])  # fmt: skip
+    return rows, audio, seconds

@@ -22,11 +22,16 @@ import json
 import sys
 from pathlib import Path
 
-from accuracy import add_recipe_options, comma_list, doall_recipe_options, run, write_truth
-
-ROOT = Path(__file__).resolve().parents[1]
-ESC10 = ROOT.parent / "shared" / "data" / "esc10"
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
+from accuracy import (
+    PYTHON,
+    ROOT,
+    add_recipe_options,
+    comma_list,
+    doall_recipe_options,
+    esc10_at_16k,
+    run,
+    write_truth,
+)
 
 
 def fold(args, recipe: str, number: str, rows: list[dict], audio: Path) -> dict:
@@ -71,16 +76,9 @@ def main() -> None:
     add_recipe_options(parser)
     parser.add_argument("--folds", type=comma_list, default=["1", "2", "3", "4", "5"])
     args = parser.parse_args()
-    if not (ESC10 / "metadata.csv").is_file():
-        sys.exit(f"{ESC10}/metadata.csv not found: this benchmark needs the shared ESC-10 copy")
     if not set(args.recipes) <= {"2016", "modern"} or not set(args.folds) <= set("12345"):
         sys.exit("--recipes are 2016 and/or modern, --folds among 1-5")
-    with (ESC10 / "metadata.csv").open(newline="") as file:
-        rows = list(csv.DictReader(file))
-
-    audio = ROOT / "work" / "bench-esc10" / "audio_16k"
-    resample_s = run(["bash", str(ROOT / "preprocess" / "resample_wavs_to_16k.sh"),
-                      str(ESC10 / "audio"), str(audio)])  # fmt: skip
+    rows, audio, resample_s = esc10_at_16k()
     results = {}
     for recipe in args.recipes:
         for number in args.folds:

@@ -21,11 +21,9 @@ import argparse
 import csv
 import json
 import sys
-from pathlib import Path
 
-from accuracy import add_recipe_options, doall_recipe_options, run, write_truth
+from accuracy import PYTHON, ROOT, add_recipe_options, doall_recipe_options, run, write_truth
 
-ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT.parent / "shared" / "data" / "fsdd"
 
 
@@ -47,15 +45,14 @@ def bench(args, recipe: str, train: list[dict], test: list[dict]) -> dict:
              "--name", name, *doall_recipe_options(args, recipe)]  # fmt: skip
     result = {"doall": run(doall)}
     run_file = run_dir / "predictions" / "fsdd-test.csv"
-    python = str(ROOT / ".venv" / "bin" / "python")
     result["predict"] = run(
-        [python, str(ROOT / "predict" / "predict.py"), "--run", str(run_dir), "--out",
+        [PYTHON, str(ROOT / "predict" / "predict.py"), "--run", str(run_dir), "--out",
          str(run_file), "--work-dir", str(work / "test_16k"), "--top-k", "10",
          "--audio", *[str(FSDD / row["file"]) for row in test]]
     )  # fmt: skip
     scores_path = run_file.with_suffix(".scores.json")
     run(
-        [python, str(ROOT / "predict" / "evaluate.py"), "--run-file", str(run_file), "--truth",
+        [PYTHON, str(ROOT / "predict" / "evaluate.py"), "--run-file", str(run_file), "--truth",
          str(truth), "--classes", str(run_dir / "classes.json"), "--json", str(scores_path)]
     )  # fmt: skip
     result.update(json.loads(scores_path.read_text()))

@@ -25,16 +25,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
-from accuracy import add_recipe_options, doall_recipe_options, run
+from accuracy import PYTHON, ROOT, add_recipe_options, doall_recipe_options, esc10_at_16k, run
 from scipy.io import wavfile
 
-ROOT = Path(__file__).resolve().parents[1]
-ESC10 = ROOT.parent / "shared" / "data" / "esc10"
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
 RATE = 16000
 PIECE = 5 * RATE  # samples per piece: one ESC-10 clip
 TRAIN_PER_CLASS, TEST_PER_CLASS, PIECES, TARGET_SHARE, BACKGROUND_DB = 34, 10, 18, 0.5, -15.0
@@ -101,13 +97,7 @@ def main() -> None:
     add_recipe_options(parser)
     parser.set_defaults(recipes=["modern"])
     args = parser.parse_args()
-    if not (ESC10 / "metadata.csv").is_file():
-        sys.exit(f"{ESC10}/metadata.csv not found: this benchmark needs the shared ESC-10 copy")
-    with (ESC10 / "metadata.csv").open(newline="") as file:
-        rows = list(csv.DictReader(file))
-    audio = ROOT / "work" / "bench-esc10" / "audio_16k"  # shared with bench_esc10.py
-    run(["bash", str(ROOT / "preprocess" / "resample_wavs_to_16k.sh"), str(ESC10 / "audio"),
-         str(audio)])  # fmt: skip
+    rows, audio, _ = esc10_at_16k()  # shared with bench_esc10.py
     data = ROOT / "work" / "bench-long" / "data"
     build_set(read_clips(audio, rows), data)
 
