@@ -17,7 +17,8 @@ resampled to 16 kHz wavs in parallel. Then, timed:
    (float32, or mixed_bfloat16 for Hopper): one warm-up epoch (compilation), then --epochs
    epochs each; the best epoch's samples/s.
 4. Prediction: predict.predict() with an untrained BirdClef (speed does not depend on the
-   weights) on --predict-recordings of the wavs, batch --batch-size: recordings/s.
+   weights) on --predict-recordings of the wavs, batch --batch-size, extracting in turns with
+   the model and in predict.py's default worker processes (one per core but one): recordings/s.
 """
 
 from __future__ import annotations
@@ -36,19 +37,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # make the stages importable
 
-import keras  # noqa: E402
 from scipy.io import wavfile  # noqa: E402
 
-from predict.predict import Run, find_audio, predict  # noqa: E402
+from predict.predict import Run, extraction_workers, find_audio, predict  # noqa: E402
 from preprocess.audio import read_wav, to_sample_rate  # noqa: E402
 from preprocess.dataset import DEFAULT_COMPRESSION, convert_dataset, open_dataset  # noqa: E402
 from preprocess.make_demo_dataset import make_demo_dataset  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
-from train.data import ChunkBatches  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_hdf5 import read_batches  # noqa: E402
-from bench_training import EpochRates, build  # noqa: E402
+
+# Keras (and what imports it) is imported in the functions that use it: prediction's worker
+# processes are spawned, and import this script again before they extract anything.
 
 
 def resample_one(job: tuple[Path, Path]) -> None:
@@ -97,6 +98,11 @@ def read_rate(path: Path, n_rows: int, batch_size: int, processes: int, seconds:
 
 def train_rates(path: Path, args, readers: int) -> dict[str, float]:
     """{way: best samples/s} for each model: in memory and streamed."""
+    import keras
+    from bench_training import EpochRates, build
+
+    from train.data import ChunkBatches
+
     with open_dataset(path) as dataset:
         rows = np.flatnonzero(dataset.label[...] >= 0)
         labels = dataset.label[...][rows]
@@ -142,13 +148,17 @@ def train_rates(path: Path, args, readers: int) -> dict[str, float]:
     return rates
 
 
-def predict_rate(wav_dir: Path, n_recordings: int, n_classes: int, batch_size: int) -> float:
+def predict_rate(
+    wav_dir: Path, n_recordings: int, n_classes: int, batch_size: int, workers: int
+) -> float:
+    from bench_training import build
+
     model = build("BirdClef", (200, 310, 1), n_classes)
     run = Run(model, SpectrogramParams(), [f"c{i}" for i in range(n_classes)], {})
     items = find_audio(sorted(wav_dir.glob("*.wav"))[:n_recordings])
     predict(run, items[:batch_size], wav_dir.parent / "warm-up.csv", batch_size=batch_size)
     started = time.perf_counter()
-    predict(run, items, wav_dir.parent / "run.csv", batch_size=batch_size)
+    predict(run, items, wav_dir.parent / "run.csv", batch_size=batch_size, workers=workers)
     return len(items) / (time.perf_counter() - started)
 
 
@@ -163,13 +173,17 @@ def main() -> None:
     parser.add_argument("--dtype-policy", default="float32", help="or mixed_bfloat16, ...")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a dry run")
     args = parser.parse_args()
+    import keras
+
+    from train.model_file import list_devices
+
     if args.quick:
         args.recordings, args.predict_recordings, args.batch_size, args.epochs = 36, 12, 16, 1
     keras.mixed_precision.set_global_policy(args.dtype_policy)
     cores = os.cpu_count() or 1
     print(
         f"{cores} cores; keras {keras.__version__} on {keras.backend.backend()}; "
-        f"devices: {keras.distribution.list_devices()}",
+        f"devices: {list_devices() or 'not listed by this backend'}",
         flush=True,
     )
     table: dict[str, str] = {}
@@ -203,8 +217,11 @@ def main() -> None:
                 f"{rate:.0f} samples/s (batch {args.batch_size}, {args.dtype_policy})"
             )
 
-        rate = predict_rate(wav_dir, args.predict_recordings, 6, args.batch_size)
-        table["prediction, BirdClef"] = f"{rate:.1f} recordings/s"
+        for workers in sorted({1, extraction_workers(cores)}):  # predict.py's default last
+            rate = predict_rate(wav_dir, args.predict_recordings, 6, args.batch_size, workers)
+            where = f"{workers} extraction workers" if workers > 1 else "extraction in turns"
+            table[f"prediction, BirdClef, {where}"] = f"{rate:.1f} recordings/s"
+            print(f"  prediction, {where}: {rate:.1f} recordings/s", flush=True)
 
     print(f"\n| measured ({time.strftime('%Y-%m-%d')}) | |\n|---|---|")
     for name, value in table.items():

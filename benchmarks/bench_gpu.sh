@@ -26,6 +26,8 @@ if [[ -d .whl ]]; then
     --target /tmp/bench_gpu_site .whl/*.whl
   export PYTHONPATH=/tmp/bench_gpu_site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# the stages' scripts import the project's packages, which no .pth names on that machine
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 exec python3 benchmarks/bench_gpu.py "$@"

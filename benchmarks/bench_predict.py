@@ -5,7 +5,8 @@ to 16 kHz by preprocess/resample_wavs_to_16k.sh, and a run folder with an untrai
 model (speed does not depend on the weights). Timed, after one warm-up recording:
   (a) the model alone: chunks/s of `predict_on_batch` on fixed batches,
   (b) `predict.predict()`: read, spectrogram, filter, chunks, shared batches, run file,
-and the share of (b)'s time the model takes.
+and the share of (b)'s time the model takes; once for each --workers count (extraction in
+this process between model calls, or in that many worker processes beside the model).
   (c) peak memory (RSS) of `predict()` on one synthetic 1-hour and one 10-hour 16 kHz wav
 (noise and tone bursts), each in a fresh process with a NumPy stand-in for the model (its
 memory does not depend on the recording): streamed as predict does it, and 1 hour read whole
@@ -18,6 +19,7 @@ Run it alone:
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -108,6 +110,9 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=50, help="output classes (paper: 50)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--model", type=Path, default=ROOT / "train" / "model-BirdClef.py")
+    parser.add_argument(
+        "--workers", type=int, nargs="+", default=[1, os.cpu_count() or 1], help="(b)'s counts"
+    )
     parser.add_argument("--peak-memory-of", type=Path, help=argparse.SUPPRESS)  # (c)'s child
     parser.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -154,31 +159,33 @@ def main() -> None:
             model.predict_on_batch(batch)
         model_rate = n_batches * args.batch_size / (time.perf_counter() - start)
 
-        start = time.perf_counter()
-        predict(run, items, temp / "run.csv", batch_size=args.batch_size)
-        elapsed = time.perf_counter() - start
+        elapsed = {}
+        for workers in args.workers:
+            start = time.perf_counter()
+            predict(run, items, temp / "run.csv", batch_size=args.batch_size, workers=workers)
+            elapsed[workers] = time.perf_counter() - start
         n_recordings = len({e.media_id for e in read_run_file(temp / "run.csv")})
         memory = measure_memory(temp, params)
 
     print(f"model {args.model.name}, {args.classes} classes, batch {args.batch_size}, CPU")
     print(f"(a) model alone: {model_rate:.0f} chunks/s")
-    print(
-        f"(b) predict(): {n_recordings} recordings, {seconds:.0f} s of audio in {elapsed:.2f} s: "
-        f"{n_recordings / elapsed:.1f} recordings/s, {seconds / elapsed:.0f} audio s/s"
-    )
-    print(
-        f"    {n_chunks / elapsed:.0f} chunks/s; the model's share of the time: "
-        f"{n_chunks / model_rate / elapsed:.0%}"
-    )
+    for workers, took in elapsed.items():
+        print(
+            f"(b) predict(), {workers} workers: {n_recordings} recordings, {seconds:.0f} s of "
+            f"audio in {took:.2f} s: {n_recordings / took:.1f} recordings/s, "
+            f"{seconds / took:.0f} audio s/s"
+        )
+        print(
+            f"    {n_chunks / took:.0f} chunks/s; the model's share of the time: "
+            f"{n_chunks / model_rate / took:.0%}"
+        )
     print("(c) peak memory (RSS) of predict() on one recording, NumPy stand-in model:")
     for case, (mb, process_seconds) in memory.items():
         print(f"    {case:>14}: {mb:5.0f} MB (process: {process_seconds:.1f} s)")
     print(
         json.dumps(
             {
-                "recordings_per_s": n_recordings / elapsed,
-                "audio_seconds_per_s": seconds / elapsed,
-                "chunks_per_s": n_chunks / elapsed,
+                **{f"recordings_per_s {w} workers": n_recordings / t for w, t in elapsed.items()},
                 "model_chunks_per_s": model_rate,
                 **{f"peak_rss_mb {case}": mb for case, (mb, _) in memory.items()},
             }

@@ -30,8 +30,10 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
+import multiprocessing
 import os
 import sys
 from collections import deque
@@ -61,12 +63,18 @@ from predict.runfile import (  # noqa: E402
     top_classes,
 )
 from preprocess import resample  # noqa: E402
-from preprocess.audio import AudioError, pcm16_mono_header  # noqa: E402
+from preprocess.audio import AudioError, pcm16_mono_header, streamable_seconds  # noqa: E402
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
-from preprocess.extract import recording_chunks  # noqa: E402
+from preprocess.extract import (  # noqa: E402
+    WorkerLost,
+    recording_chunks,
+    run_in_workers,
+    whole_recording_chunks,
+)
 from preprocess.metadata import AUDIO_SUFFIXES, MetadataError, read_birdclef_xml_dir  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.paths import OutputPathError, check_output, first_line, is_zip_with  # noqa: E402
+from preprocess.spectrogram import STREAM_SECONDS  # noqa: E402
 from train.metrics import POOLINGS, POWER_EXPONENT, recording_scores  # noqa: E402
 from train.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds  # noqa: E402
 
@@ -77,6 +85,8 @@ SOUNDSCAPE_WINDOW_SECONDS = 5.0  # the BirdCLEF 2017 soundscape run-file window
 MAX_BATCH_SIZE = 16384  # chunks per model call: a 4 GB input buffer
 HUMAN_CSV_HEADER = "file,MediaId"  # how the --human-csv file begins
 CACHE_NAME_LENGTH = 32  # hex digits of the hash naming a file in the resampling cache
+WORKER_MAX_SECONDS = STREAM_SECONDS  # longer recordings are extracted here, streamed
+IN_FLIGHT_PER_WORKER = 2  # recordings extracted ahead per worker: keeps them busy, bounds memory
 
 
 class PredictError(Exception):
@@ -291,7 +301,7 @@ def cache_name(path: Path) -> str:
 
 
 def resample_items(
-    items: list[AudioItem], cache_dir: Path, sample_rate: int, workers: int | None = None
+    items: list[AudioItem], cache_dir: Path, sample_rate: int, workers: int = 1
 ) -> tuple[list[AudioItem], list[str]]:
     """Bring every item to a 16-bit mono wav at sample_rate, as training did.
 
@@ -310,8 +320,7 @@ def resample_items(
     if not conversions:
         return items, []
     logger.info("resampling %d file(s) to %d Hz into %s", len(conversions), sample_rate, target)
-    jobs = workers or os.cpu_count() or 1
-    failed = dict(resample.resample_files([*conversions.values()], jobs, target, out=sys.stderr))
+    failed = dict(resample.resample_files([*conversions.values()], workers, target, out=sys.stderr))
     ready, skipped = [], []
     for item in items:
         conversion = conversions.get(cache_name(item.path))
@@ -374,6 +383,73 @@ def pooled_probs(chunk_probs: np.ndarray, run: Run) -> np.ndarray:
     return recording_scores(chunk_probs, ids, run.pooling, run.pooling_exponent)[1][0]
 
 
+def extracted_recordings(
+    items: list[AudioItem],
+    params: SpectrogramParams,
+    max_chunks: int,
+    window_seconds: float | None,
+    workers: int,
+) -> Iterator[tuple[Iterator[np.ndarray], float] | AudioError]:
+    """`recording_chunks` of each item, in order: (pieces, seconds), or the `AudioError` that
+    makes the file unusable.
+
+    With workers > 1, recordings of up to WORKER_MAX_SECONDS are extracted whole in that many
+    worker processes, ahead of the one the model is on: memory holds the chunks of at most
+    IN_FLIGHT_PER_WORKER of them per worker (about 50 MB for 10 minutes). Longer ones are
+    extracted here, streamed, as with workers = 1.
+    """
+
+    def extract_here(item: AudioItem) -> tuple[Iterator[np.ndarray], float] | AudioError:
+        try:
+            source = recording_chunks(item.wav, params, max_chunks, window_seconds=window_seconds)
+            first = next(source.pieces)  # a streamed file is read through here, bad data found
+        except AudioError as error:  # bad input; anything else is a bug and stops the run
+            return error
+        return itertools.chain([first], source.pieces), source.seconds
+
+    in_worker = [
+        workers > 1 and streamable_seconds(item.wav, params.sample_rate) <= WORKER_MAX_SECONDS
+        for item in items
+    ]
+    if sum(in_worker) < 2:
+        yield from map(extract_here, items)
+        return
+    given = {item.wav: item.path for item in items}  # error messages name the file as given
+    tasks = (
+        (item.wav, params, max_chunks, window_seconds)
+        for item, worker in zip(items, in_worker, strict=True)
+        if worker
+    )
+    workers = min(workers, sum(in_worker))
+    # spawn, not fork: this process runs the model's threads, which a fork does not copy
+    in_order = run_in_workers(
+        whole_recording_chunks,
+        tasks,
+        workers,
+        IN_FLIGHT_PER_WORKER * workers,
+        lambda task: str(given[task[0]]),
+        multiprocessing.get_context("spawn"),
+    )
+    with contextlib.closing(in_order):
+        for item, worker in zip(items, in_worker, strict=True):
+            if not worker:
+                yield extract_here(item)
+                continue
+            result = next(in_order)
+            if isinstance(result, str):
+                yield AudioError(item.wav, result)
+            else:
+                pieces, seconds = result
+                yield iter(pieces), seconds
+
+
+def extraction_workers(processes: int) -> int:
+    """The extraction workers of a prediction that may run `processes` processes: the model
+    takes one core; with 2 or fewer, extraction takes turns with it in this process (1), which
+    measured faster than workers competing with the model's threads (BENCHMARKS.md)."""
+    return processes - 1 if processes > 2 else 1
+
+
 def recording_pieces(
     items: list[AudioItem],
     params: SpectrogramParams,
@@ -381,24 +457,23 @@ def recording_pieces(
     soundscape: bool,
     skipped: list[str],
     progress: tqdm,
+    workers: int = 1,
 ):
     """(key, chunks) pieces of every readable recording, for `predict_pieces`.
 
     key = (item index, piece is the recording's last, recording seconds). A piece is one
     window in soundscape mode, else at most batch_size chunks. Unreadable files are noted in
-    skipped and counted in progress.
+    skipped and counted in progress. workers: processes extracting (`extracted_recordings`).
     """
-    for index, item in enumerate(items):
-        try:
-            window = SOUNDSCAPE_WINDOW_SECONDS if soundscape else None
-            pieces, seconds, _ = recording_chunks(
-                item.wav, params, batch_size, window_seconds=window
-            )
-            piece = next(pieces)  # a streamed file is read through here, bad data found
-        except AudioError as error:  # bad input; anything else is a bug and stops the run
-            skipped.append(f"{item.path}: {error.reason}")  # the file as given, not the cache
+    window = SOUNDSCAPE_WINDOW_SECONDS if soundscape else None
+    recordings = extracted_recordings(items, params, batch_size, window, workers)
+    for index, (item, recording) in enumerate(zip(items, recordings, strict=True)):
+        if isinstance(recording, AudioError):
+            skipped.append(f"{item.path}: {recording.reason}")  # the file as given, not the cache
             progress.update()
             continue
+        pieces, seconds = recording
+        piece = next(pieces)
         for following in pieces:
             yield (index, False, seconds), piece
             piece = following
@@ -424,8 +499,12 @@ def predict(
     human_csv: Path | None = None,
     human_top: int = 5,
     outputs: ChunkOutputs | None = None,
+    workers: int = 1,
 ) -> tuple[int, list[str]]:
     """Write the run file (and the optional CSV for people, tables and embeddings) for items.
+
+    workers: processes extracting the recordings' chunks while the model runs here (1: in this
+    process, between model calls).
 
     Returns (recordings written, skip messages). Both files appear only when complete.
     """
@@ -446,7 +525,9 @@ def predict(
             human.writerow(header)
         model = stack.enter_context(outputs).wrap(run.model) if outputs else run.model
         progress = stack.enter_context(tqdm(total=len(items), unit="rec", desc="predict"))
-        pieces = recording_pieces(items, run.params, batch_size, soundscape, skipped, progress)
+        pieces = recording_pieces(
+            items, run.params, batch_size, soundscape, skipped, progress, workers
+        )
         parts: list[np.ndarray] = []  # chunk softmax of the recording being finished
         for (index, last, seconds), probs in predict_pieces(model, pieces, batch_size):
             if outputs:
@@ -541,7 +622,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--workers",
         type=at_least(1, most_workers()),
-        help="files resampled at once (default: all cores)",
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="processes (default: all cores, %(default)s here): N files are resampled at once; "
+        f"then, with N > 2, N-1 extract recordings of up to {WORKER_MAX_SECONDS / 60:g} minutes "
+        "ahead of the model, which takes the N-th core (else extraction takes turns with the "
+        "model in this process)",
     )
     add_output_arguments(parser)
     parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
@@ -562,7 +648,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"Top-5 species per file for people: {args.human_csv}")
         return 0
 
-    input_errors = (PredictError, ThresholdsError, OutputError, OutputPathError)
+    input_errors = (PredictError, ThresholdsError, OutputError, OutputPathError, WorkerLost)
     status = run_command(work, args.verbose, input_errors)
     if status:
         raise SystemExit(status)
@@ -710,6 +796,7 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
         soundscape=args.soundscape,
         human_csv=args.human_csv,
         outputs=outputs,
+        workers=extraction_workers(args.workers),
     )
     return written, skipped + failed
 

@@ -21,17 +21,15 @@ and extracts what is new, changed (size or modification time) or failed before.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import hashlib
 import json
 import logging
 import multiprocessing
 import shutil
-import signal
 import sys
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -60,7 +58,7 @@ from preprocess.dataset import (
     remove_parts,
     shard_number,
 )
-from preprocess.extract import recording_chunks
+from preprocess.extract import WorkerLost, keep_freed_memory, recording_chunks, run_in_workers
 from preprocess.metadata import MetadataError
 from preprocess.params import (
     FORMAT_VERSION,
@@ -126,29 +124,6 @@ def _extract_batch(paths: list[Path], params: SpectrogramParams, compression: st
     return results
 
 
-def keep_freed_memory() -> None:
-    """Let this process's malloc (glibc's; other C libraries are left as they are) keep up to
-    64 MB of freed memory for reuse, for every allocation up to 8 MB: glibc's own adaptive
-    limits reach 32 and 64 MB, but only after freeing an allocation that large.
-
-    Extraction allocates and frees the same few MB of work arrays for every recording (the
-    STFT's blocks); by default glibc gives them back to the system after each one, and the
-    next recording pays for fresh pages again: a third to half of the CPU time on 5 s clips
-    (BENCHMARKS.md). Called before the workers start, which inherit it.
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError, TypeError):  # no mallopt, or no C library to ask
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    mallopt(m_mmap_threshold, 8 * 2**20)
-    mallopt(m_trim_threshold, 64 * 2**20)
-
-
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-
-
 def worker_batches(paths: list[Path], workers: int) -> list[list[Path]]:
     """paths cut, in order, into tasks of up to BATCH_BYTES of files (one file at least),
     with at most 1 / (TASKS_PER_WORKER * workers) of the files each."""
@@ -174,9 +149,9 @@ def extract_all(
 ) -> Iterator[Extracted]:
     """`extract_recording` of every path, yielded in input order.
 
-    With several workers, at most IN_FLIGHT_PER_WORKER batches per worker are queued or
-    waiting to be consumed (Pool.imap would buffer every finished result if the writer fell
-    behind), so memory does not depend on the number of recordings.
+    With several workers (`run_in_workers`), at most IN_FLIGHT_PER_WORKER batches per worker
+    are queued or waiting to be consumed, so memory does not depend on the number of
+    recordings.
     """
     keep_freed_memory()
     batches = worker_batches(paths, workers)
@@ -185,14 +160,14 @@ def extract_all(
             yield from _extract_batch([path], params, compression)
         return
     workers = min(workers, len(batches))
-    with multiprocessing.Pool(workers, initializer=_ignore_sigint) as pool:
-        pending = deque()
-        for batch in batches:
-            pending.append(pool.apply_async(_extract_batch, (batch, params, compression)))
-            if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
-                yield from pending.popleft().get()
-        while pending:
-            yield from pending.popleft().get()
+    tasks = ((batch, params, compression) for batch in batches)
+
+    def first_file(task: tuple) -> str:
+        return str(task[0][0])
+
+    ahead = IN_FLIGHT_PER_WORKER * workers
+    for results in run_in_workers(_extract_batch, tasks, workers, ahead, first_file):
+        yield from results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -826,7 +801,8 @@ def main(argv: list[str] | None = None) -> int:
         with exclusive_run(args.out.with_name(args.out.name + ".lock"), str(args.out)):
             return build(args)
 
-    return run_command(run, args.verbose, (LoadDataError, MetadataError, DatasetError, RunLocked))
+    input_errors = (LoadDataError, MetadataError, DatasetError, RunLocked, WorkerLost)
+    return run_command(run, args.verbose, input_errors)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 import csv
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -284,6 +285,21 @@ def test_fatal_errors_are_one_clear_line(tmp_path):
     assert not (tmp_path / "x.h5").exists()
 
 
+def process_state(pid: int) -> tuple[str, int]:
+    """(state, parent) of a process from Linux's /proc; ("gone", 0) when it has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return "gone", 0
+    return fields[0], int(fields[1])
+
+
+def child_processes(pid: int) -> list[int]:
+    """The running processes whose parent is pid."""
+    pids = (int(path.name) for path in Path("/proc").glob("[0-9]*"))
+    return [child for child in pids if process_state(child)[1] == pid]
+
+
 def test_kill_9_then_rerun_gives_every_recording_once(tmp_path):
     wav_dir = tmp_path / "wav"
     wav_dir.mkdir()
@@ -304,9 +320,15 @@ def test_kill_9_then_rerun_gives_every_recording_once(tmp_path):
     deadline = time.monotonic() + 60
     while len(complete_shards(parts)) < 2 and time.monotonic() < deadline:
         time.sleep(0.005)
+    workers = child_processes(process.pid)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not out.exists(), "load_data finished before it could be killed"
+    give_up = time.monotonic() + 10  # the workers look for their parent every second
+    while workers and time.monotonic() < give_up:
+        workers = [pid for pid in workers if process_state(pid)[0] not in ("gone", "Z")]
+        time.sleep(0.1)
+    assert not workers, "the workers outlive load_data"
     done = len(complete_shards(parts))
     assert 2 <= done < 48
     (parts / "part-00999.h5.tmp").write_bytes(b"half a shard")  # as a kill mid-write leaves
@@ -318,6 +340,46 @@ def test_kill_9_then_rerun_gives_every_recording_once(tmp_path):
     assert media_ids == [f"r{index:02d}" for index in range(48)]  # each once, in order
     assert load(wav_dir, ["--csv", labels], tmp_path / "again.h5", *options) == 0
     assert_same_file(out, tmp_path / "again.h5")
+
+
+def extract_or_die(paths, *args):
+    """load_data's worker task, but the worker process dies (as the out-of-memory killer ends
+    it) when given r20.wav."""
+    if any(path.name == "r20.wav" for path in paths):
+        os._exit(9)
+    return EXTRACT_BATCH(paths, *args)
+
+
+EXTRACT_BATCH = load_data_module._extract_batch
+
+
+def test_a_worker_that_dies_ends_the_run_with_one_error_and_a_rerun_finishes(
+    tmp_path, monkeypatch, capsys
+):
+    """A worker that dies ends load_data with status 2 and one message, where
+    multiprocessing.Pool waited forever; the rerun keeps the recordings already done and
+    gives each recording once."""
+    wav_dir = tmp_path / "wav"
+    wav_dir.mkdir()
+    rows = []
+    for index in range(48):
+        wavfile.write(wav_dir / f"r{index:02d}.wav", RATE, tone_in_noise(5, index))
+        rows.append({"file": f"r{index:02d}.wav", "label": f"class{index % 3}"})
+    labels = write_csv(tmp_path / "labels.csv", rows)
+    out, parts = tmp_path / "out.h5", tmp_path / "out.h5.parts"
+    options = ("--shard-chunks", 1, "--workers", 2)
+    monkeypatch.setattr(load_data_module, "_extract_batch", extract_or_die)
+    assert load(wav_dir, ["--csv", labels], out, *options) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith("error: a worker process ended abruptly (killed, or out of memory?)")
+    assert re.search(r"while extracting .*/r[01][0-9]\.wav or a file after it$", error)
+    assert not out.exists() and len(complete_shards(parts)) >= 2
+
+    monkeypatch.undo()
+    assert load(wav_dir, ["--csv", labels], out, *options) == 0
+    with open_dataset(out) as dataset:
+        media_ids = list(dataset.recordings["MediaId"])
+    assert media_ids == [f"r{index:02d}" for index in range(48)]
 
 
 def test_real_8khz_recordings_are_resampled_with_one_warning(shared_data, tmp_path, caplog):

@@ -275,7 +275,8 @@ def test_long_recordings_are_streamed_to_the_same_run_file(run_dir, tmp_path, mo
     cut = audio / "cut.wav"
     cut.write_bytes(cut.read_bytes()[: 16000 * 2 * 50])  # 50 of 70 s left
     whole, streamed = tmp_path / "whole.csv", tmp_path / "streamed.csv"
-    predict_cli("--run", run_dir, "--audio", audio, "--out", whole, "--batch-size", 4)
+    one_process = ("--batch-size", 4, "--workers", 1)  # STREAM_SECONDS is lowered here only
+    predict_cli("--run", run_dir, "--audio", audio, "--out", whole, *one_process)
     assert "cut.wav: truncated" in caplog.text
     caplog.clear()
 
@@ -287,11 +288,55 @@ def test_long_recordings_are_streamed_to_the_same_run_file(run_dir, tmp_path, mo
 
     monkeypatch.setattr(extract_module, "STREAM_SECONDS", 60.0)
     monkeypatch.setattr(extract_module, "stream_chunks", stream_chunks_spy)
-    predict_cli("--run", run_dir, "--audio", audio, "--out", streamed, "--batch-size", 4)
+    predict_cli("--run", run_dir, "--audio", audio, "--out", streamed, *one_process)
     assert len(streamed_files) == 2  # long and cut
     assert "cut.wav: truncated" in caplog.text
     assert {e.media_id for e in read_run_file(streamed)} == {"long", "short"}
     assert streamed.read_text() == whole.read_text()
+
+
+@pytest.mark.parametrize("soundscape", [False, True])
+def test_worker_processes_extract_the_same_run_file(
+    run_dir, tmp_path, monkeypatch, caplog, soundscape
+):
+    """--workers 3 writes what --workers 1 writes, byte for byte, skips the same files with the
+    same messages, and extracts a recording over WORKER_MAX_SECONDS (lowered to 20 s here) in
+    this process, the others in the workers."""
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    for index, seconds in enumerate([4, 12, 25, 1, 7, 9, 3, 0.01]):
+        wavfile.write(audio / f"r{index}.wav", 16000, song(seconds, seed=index).astype(np.int16))
+    (audio / "r1.wav").write_bytes((audio / "r1.wav").read_bytes()[:20000])  # truncated
+    (audio / "r4.wav").write_bytes((audio / "r4.wav").read_bytes()[:44])  # its header only
+    mode = ("--soundscape",) * soundscape
+    runs = {}
+    for workers in (1, 3):
+        caplog.clear()
+        extracted_here = []
+
+        def recording_chunks_spy(path, *args, extracted_here=extracted_here, **kwargs):
+            extracted_here.append(Path(path).name)
+            return extract_module.recording_chunks(path, *args, **kwargs)
+
+        monkeypatch.setattr(predict_module, "recording_chunks", recording_chunks_spy)
+        monkeypatch.setattr(predict_module, "WORKER_MAX_SECONDS", 20.0)
+        out = tmp_path / f"{workers}.csv"
+        predict_cli("--run", run_dir, "--audio", audio, "--out", out, "--workers", workers, *mode)
+        skips = [line.strip() for line in caplog.text.splitlines() if str(audio) in line]
+        runs[workers] = out.read_text(), skips, extracted_here
+    (run_file, skips, extracted_here), in_workers = runs[1], runs[3]
+    assert in_workers[:2] == (run_file, skips)
+    assert [line.split(": ")[0] for line in skips] == [str(audio / "r1.wav"), str(audio / "r4.wav")]
+    assert {line.split(";")[0] for line in run_file.splitlines()} == {
+        "r0",
+        "r2",
+        "r3",
+        "r5",
+        "r6",
+        "r7",
+    }
+    assert extracted_here == [f"r{index}.wav" for index in range(8)]
+    assert in_workers[2] == ["r2.wav"]  # 25 s: in this process; the others in the workers
 
 
 # ---- hostile input -------------------------------------------------------------------------
