@@ -718,20 +718,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["2016", "modern"],
         default="2016",
         help="2016 (default): the paper's log PSD, 200 bins to 6.2 kHz, noise filter, 4.96 s "
-        "chunks, zero padding. modern: 128 log-mel bands over 0-8 kHz (nfft 1024, hop 320), "
-        "no noise filter, chunk length auto, cyclic padding",
+        f"chunks, zero padding. modern: {MODERN.n_bins} log-mel bands over "
+        f"{MODERN.fmin / 1000:g}-{MODERN.fmax / 1000:g} kHz (nfft {MODERN.nfft}, hop "
+        f"{MODERN.hop}), noise filter {'on' if MODERN.noise_filter else 'off'}, chunk length "
+        f"auto, {MODERN.padding} padding",
     )
     recipe.add_argument("--frontend", choices=FRONTENDS, help="psd2016 or logmel")
-    recipe.add_argument("--n-mels", type=int, metavar="N", help="mel bands (logmel; 128)")
-    recipe.add_argument("--fmin", type=float, metavar="HZ", help="lowest mel edge (logmel; 0)")
-    recipe.add_argument("--fmax", type=float, metavar="HZ", help="highest mel edge (logmel; 8000)")
+    recipe.add_argument(
+        "--n-mels", type=int, metavar="N", help=f"mel bands (logmel; {MODERN.n_bins})"
+    )
+    recipe.add_argument(
+        "--fmin", type=float, metavar="HZ", help=f"lowest mel edge (logmel; {MODERN.fmin:g})"
+    )
+    recipe.add_argument(
+        "--fmax", type=float, metavar="HZ", help=f"highest mel edge (logmel; {MODERN.fmax:g})"
+    )
     recipe.add_argument("--nfft", type=int, metavar="N", help="samples per FFT window")
     recipe.add_argument("--hop", type=int, metavar="N", help="samples between frames")
     recipe.add_argument(
         "--noise-filter",
         type=on_off,
         metavar="on|off",
-        help="the 2016 noise filter (2016: on; modern: off)",
+        help=f"the 2016 noise filter (2016: on; modern: {'on' if MODERN.noise_filter else 'off'})",
     )
     recipe.add_argument(
         "--drop-silence",
@@ -750,7 +758,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=chunk_seconds,
         metavar="S|auto",
         help="chunk length in seconds, or auto: the median duration of the recordings clamped "
-        "to [1, 5] s (2016: 310 frames = 4.96 s; modern: auto)",
+        f"to [{MODERN_CHUNK_SECONDS[0]:g}, {MODERN_CHUNK_SECONDS[1]:g}] s (2016: 310 frames = "
+        "4.96 s; modern: auto)",
     )
     parser.add_argument(
         "--workers",
