@@ -300,14 +300,19 @@ def child_processes(pid: int) -> list[int]:
     return [child for child in pids if process_state(child)[1] == pid]
 
 
-def test_kill_9_then_rerun_gives_every_recording_once(tmp_path):
-    wav_dir = tmp_path / "wav"
+def numbered_recordings(folder: Path, seconds: float) -> Path:
+    """48 wavs r00.wav..r47.wav in folder/wav, of three classes; returns their labels CSV."""
+    wav_dir = folder / "wav"
     wav_dir.mkdir()
     rows = []
     for index in range(48):
-        wavfile.write(wav_dir / f"r{index:02d}.wav", RATE, tone_in_noise(30, index))
+        wavfile.write(wav_dir / f"r{index:02d}.wav", RATE, tone_in_noise(seconds, index))
         rows.append({"file": f"r{index:02d}.wav", "label": f"class{index % 3}"})
-    labels = write_csv(tmp_path / "labels.csv", rows)
+    return write_csv(folder / "labels.csv", rows)
+
+
+def test_kill_9_then_rerun_gives_every_recording_once(tmp_path):
+    labels, wav_dir = numbered_recordings(tmp_path, seconds=30), tmp_path / "wav"
     out = tmp_path / "out.h5"
     parts = tmp_path / "out.h5.parts"
     options = ["--shard-chunks", "1"]  # a shard per recording
@@ -359,13 +364,7 @@ def test_a_worker_that_dies_ends_the_run_with_one_error_and_a_rerun_finishes(
     """A worker that dies ends load_data with status 2 and one message, where
     multiprocessing.Pool waited forever; the rerun keeps the recordings already done and
     gives each recording once."""
-    wav_dir = tmp_path / "wav"
-    wav_dir.mkdir()
-    rows = []
-    for index in range(48):
-        wavfile.write(wav_dir / f"r{index:02d}.wav", RATE, tone_in_noise(5, index))
-        rows.append({"file": f"r{index:02d}.wav", "label": f"class{index % 3}"})
-    labels = write_csv(tmp_path / "labels.csv", rows)
+    labels, wav_dir = numbered_recordings(tmp_path, seconds=5), tmp_path / "wav"
     out, parts = tmp_path / "out.h5", tmp_path / "out.h5.parts"
     options = ("--shard-chunks", 1, "--workers", 2)
     monkeypatch.setattr(load_data_module, "_extract_batch", extract_or_die)
