@@ -18,7 +18,9 @@ resampled to 16 kHz wavs in parallel. Then, timed:
    epochs each; the best epoch's samples/s.
 4. Prediction: predict.predict() with an untrained BirdClef (speed does not depend on the
    weights) on --predict-recordings of the wavs, batch --batch-size, extracting in turns with
-   the model and in predict.py's default worker processes (one per core but one): recordings/s.
+   the model and in predict.py's default worker processes (one per core but one): recordings/s;
+   and the hand-off of chunks alone from those workers (bench_predict.handoff_rates), through
+   the pool's pipe and through files in memory: chunks/s.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from preprocess.params import SpectrogramParams  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_hdf5 import read_batches  # noqa: E402
+from bench_predict import handoff_rates  # noqa: E402
 
 # Keras (and what imports it) is imported in the functions that use it: prediction's worker
 # processes are spawned, and import this script again before they extract anything.
@@ -217,6 +220,10 @@ def main() -> None:
                 f"{rate:.0f} samples/s (batch {args.batch_size}, {args.dtype_policy})"
             )
 
+        workers = extraction_workers(cores)
+        for way, rate in handoff_rates(workers).items():
+            table[f"hand-off of chunks from {workers} workers, {way}"] = f"{rate:.0f} chunks/s"
+            print(f"  hand-off from {workers} workers, {way}: {rate:.0f} chunks/s", flush=True)
         for workers in sorted({1, extraction_workers(cores)}):  # predict.py's default last
             rate = predict_rate(wav_dir, args.predict_recordings, 6, args.batch_size, workers)
             where = f"{workers} extraction workers" if workers > 1 else "extraction in turns"

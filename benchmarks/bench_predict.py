@@ -11,6 +11,9 @@ this process between model calls, or in that many worker processes beside the mo
 (noise and tone bursts), each in a fresh process with a NumPy stand-in for the model (its
 memory does not depend on the recording): streamed as predict does it, and 1 hour read whole
 as shorter recordings are, for comparison; beside a 10-second recording's peak (the imports).
+  (d) the hand-off alone: chunks/s that --workers worker processes hand to this one, each task
+32 ready chunks of 200 x 310 float32, through the pool's pipe and through a file in memory
+(preprocess/workers.py); best of 3 runs of 120 tasks, timed from the first task's arrival.
 Run it alone:
 
     flock /tmp/bench.lock python benchmarks/bench_predict.py
@@ -19,6 +22,7 @@ Run it alone:
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -37,6 +41,7 @@ from preprocess.audio import read_wav  # noqa: E402
 from preprocess.make_demo_dataset import SPECIES, make_demo_dataset  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import extract_chunks  # noqa: E402
+from preprocess.workers import hand_over, handoff_folder, run_in_workers, take_chunks  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,6 +109,34 @@ def measure_memory(temp: Path, params: SpectrogramParams) -> dict[str, tuple[flo
     }
 
 
+def ready_chunks(index: int, folder: str | None, cache: dict = {}):  # noqa: B006 (per worker)
+    """(d)'s task: 32 chunks computed once per worker, handed over as prediction's are."""
+    if "chunks" not in cache:
+        cache["chunks"] = [np.ones((32, 200, 310), np.float32)]
+    return hand_over(cache["chunks"], folder)
+
+
+def handoff_rates(workers: int, tasks: int = 120) -> dict[str, float]:
+    """(d): {"pipe" | "file": chunks/s} that `workers` spawned processes hand over, timed
+    from the first task's arrival (the workers' start is not counted), best of 3."""
+    rates = {}
+    for way in ("pipe", "file"):
+        with handoff_folder() as memory:
+            folder = memory if way == "file" else None
+            best = 0.0
+            for _ in range(3):
+                context = multiprocessing.get_context("spawn")  # as predict's
+                arguments = ((index, folder) for index in range(tasks))
+                handed = run_in_workers(ready_chunks, arguments, workers, 2 * workers, str, context)
+                take_chunks(next(handed))
+                start, n_chunks = time.perf_counter(), 0
+                for chunks in handed:
+                    n_chunks += sum(len(piece) for piece in take_chunks(chunks))
+                best = max(best, n_chunks / (time.perf_counter() - start))
+            rates[way] = best
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recordings", type=int, default=300, help="test recordings (3-40 s)")
@@ -166,6 +199,7 @@ def main() -> None:
             elapsed[workers] = time.perf_counter() - start
         n_recordings = len({e.media_id for e in read_run_file(temp / "run.csv")})
         memory = measure_memory(temp, params)
+    handoff = {workers: handoff_rates(workers) for workers in args.workers}
 
     print(f"model {args.model.name}, {args.classes} classes, batch {args.batch_size}, CPU")
     print(f"(a) model alone: {model_rate:.0f} chunks/s")
@@ -182,10 +216,20 @@ def main() -> None:
     print("(c) peak memory (RSS) of predict() on one recording, NumPy stand-in model:")
     for case, (mb, process_seconds) in memory.items():
         print(f"    {case:>14}: {mb:5.0f} MB (process: {process_seconds:.1f} s)")
+    print("(d) the hand-off alone, chunks/s:")
+    for workers, rates in handoff.items():
+        print(
+            f"    {workers} workers: pipe {rates['pipe']:.0f}, file in memory {rates['file']:.0f}"
+        )
     print(
         json.dumps(
             {
                 **{f"recordings_per_s {w} workers": n_recordings / t for w, t in elapsed.items()},
+                **{
+                    f"handoff {w} workers {way}": r
+                    for w, d in handoff.items()
+                    for way, r in d.items()
+                },
                 "model_chunks_per_s": model_rate,
                 **{f"peak_rss_mb {case}": mb for case, (mb, _) in memory.items()},
             }

@@ -65,16 +65,12 @@ from predict.runfile import (  # noqa: E402
 from preprocess import resample  # noqa: E402
 from preprocess.audio import AudioError, pcm16_mono_header, streamable_seconds  # noqa: E402
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
-from preprocess.extract import (  # noqa: E402
-    WorkerLost,
-    recording_chunks,
-    run_in_workers,
-    whole_recording_chunks,
-)
+from preprocess.extract import recording_chunks, whole_recording_chunks  # noqa: E402
 from preprocess.metadata import AUDIO_SUFFIXES, MetadataError, read_birdclef_xml_dir  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.paths import OutputPathError, check_output, first_line, is_zip_with  # noqa: E402
 from preprocess.spectrogram import STREAM_SECONDS  # noqa: E402
+from preprocess.workers import WorkerLost, handoff_folder, run_in_workers, take_chunks  # noqa: E402
 from train.metrics import POOLINGS, POWER_EXPONENT, recording_scores  # noqa: E402
 from train.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds  # noqa: E402
 
@@ -395,8 +391,9 @@ def extracted_recordings(
 
     With workers > 1, recordings of up to WORKER_MAX_SECONDS are extracted whole in that many
     worker processes, ahead of the one the model is on: memory holds the chunks of at most
-    IN_FLIGHT_PER_WORKER of them per worker (about 50 MB for 10 minutes). Longer ones are
-    extracted here, streamed, as with workers = 1.
+    IN_FLIGHT_PER_WORKER of them per worker (about 50 MB for 10 minutes), handed over in
+    files in memory where possible (preprocess/workers.py). Longer ones are extracted here,
+    streamed, as with workers = 1.
     """
 
     def extract_here(item: AudioItem) -> tuple[Iterator[np.ndarray], float] | AudioError:
@@ -415,32 +412,33 @@ def extracted_recordings(
         yield from map(extract_here, items)
         return
     given = {item.wav: item.path for item in items}  # error messages name the file as given
-    tasks = (
-        (item.wav, params, max_chunks, window_seconds)
-        for item, worker in zip(items, in_worker, strict=True)
-        if worker
-    )
     workers = min(workers, sum(in_worker))
-    # spawn, not fork: this process runs the model's threads, which a fork does not copy
-    in_order = run_in_workers(
-        whole_recording_chunks,
-        tasks,
-        workers,
-        IN_FLIGHT_PER_WORKER * workers,
-        lambda task: str(given[task[0]]),
-        multiprocessing.get_context("spawn"),
-    )
-    with contextlib.closing(in_order):
-        for item, worker in zip(items, in_worker, strict=True):
-            if not worker:
-                yield extract_here(item)
-                continue
-            result = next(in_order)
-            if isinstance(result, str):
-                yield AudioError(item.wav, result)
-            else:
-                pieces, seconds = result
-                yield iter(pieces), seconds
+    with handoff_folder() as folder:
+        tasks = (
+            (item.wav, params, max_chunks, window_seconds, folder)
+            for item, worker in zip(items, in_worker, strict=True)
+            if worker
+        )
+        # spawn, not fork: this process runs the model's threads, which a fork does not copy
+        in_order = run_in_workers(
+            whole_recording_chunks,
+            tasks,
+            workers,
+            IN_FLIGHT_PER_WORKER * workers,
+            lambda task: str(given[task[0]]),
+            multiprocessing.get_context("spawn"),
+        )
+        with contextlib.closing(in_order):
+            for item, worker in zip(items, in_worker, strict=True):
+                if not worker:
+                    yield extract_here(item)
+                    continue
+                result = next(in_order)
+                if isinstance(result, str):
+                    yield AudioError(item.wav, result)
+                else:
+                    handed, seconds = result
+                    yield iter(take_chunks(handed)), seconds
 
 
 def extraction_workers(processes: int) -> int:

@@ -58,7 +58,7 @@ from preprocess.dataset import (
     remove_parts,
     shard_number,
 )
-from preprocess.extract import WorkerLost, keep_freed_memory, recording_chunks, run_in_workers
+from preprocess.extract import recording_chunks
 from preprocess.metadata import MetadataError
 from preprocess.params import (
     FORMAT_VERSION,
@@ -70,6 +70,7 @@ from preprocess.params import (
 )
 from preprocess.paths import OutputPathError, check_output, is_hdf5
 from preprocess.spectrogram import frames_for_seconds, mel_filterbank
+from preprocess.workers import WorkerLost, keep_freed_memory, run_in_workers
 
 logger = logging.getLogger("load_data")
 

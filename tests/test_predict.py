@@ -28,6 +28,7 @@ from preprocess.spectrogram import (
     stream_chunks,
     window_chunks,
 )
+from preprocess.workers import HANDOFF_PREFIX, MEMORY_FOLDER
 from train.metrics import recording_scores
 
 PARAMS = SpectrogramParams()
@@ -337,6 +338,7 @@ def test_worker_processes_extract_the_same_run_file(
     }
     assert extracted_here == [f"r{index}.wav" for index in range(8)]
     assert in_workers[2] == ["r2.wav"]  # 25 s: in this process; the others in the workers
+    assert not list(MEMORY_FOLDER.glob(f"{HANDOFF_PREFIX}{os.getpid()}-*"))  # handed over, gone
 
 
 # ---- hostile input -------------------------------------------------------------------------

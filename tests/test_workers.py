@@ -1,0 +1,89 @@
+"""The extraction workers: results in order, a worker's death said, chunks handed over."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from preprocess import workers as workers_module
+from preprocess.workers import (
+    HANDOFF_PREFIX,
+    FileChunks,
+    WorkerLost,
+    hand_over,
+    handoff_folder,
+    run_in_workers,
+    take_chunks,
+)
+
+
+def square_or_die(number: int) -> int:
+    if number == 13:
+        os._exit(9)  # as the out-of-memory killer ends a process
+    return number * number
+
+
+def first(task: tuple) -> str:
+    return str(task[0])
+
+
+def test_results_come_in_the_tasks_order_a_bounded_number_ahead():
+    results = run_in_workers(square_or_die, ((n,) for n in range(20, 60)), 2, 3, first)
+    assert list(results) == [n * n for n in range(20, 60)]
+
+
+def test_a_worker_that_dies_is_one_error_naming_a_task_in_flight():
+    results = run_in_workers(square_or_die, ((n,) for n in range(10, 20)), 2, 4, first)
+    done = []
+    with pytest.raises(WorkerLost, match=r"ended abruptly .* while extracting 1[0-3] or a file"):
+        for result in results:
+            done.append(result)
+    assert done == [n * n for n in range(10, 10 + len(done))] and len(done) <= 3
+
+
+def pieces(*lengths: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(len(lengths))
+    return [rng.standard_normal((n, 4, 6)).astype(np.float32) for n in lengths]
+
+
+def test_chunks_handed_over_in_a_file_come_back_equal_and_the_file_goes(tmp_path):
+    sent = pieces(3, 0, 5, 1)
+    handed = hand_over(sent, str(tmp_path))
+    assert isinstance(handed, FileChunks) and handed.shape == (9, 4, 6)
+    taken = take_chunks(handed)
+    assert len(taken) == len(sent)
+    for got, want in zip(taken, sent, strict=True):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_a_usable_folder_the_chunks_go_as_they_are(tmp_path):
+    sent = pieces(2, 3)
+    assert hand_over(sent, None) is sent
+    assert hand_over(sent, str(tmp_path / "gone")) is sent  # as when memory is full: no file
+    assert take_chunks(sent) is sent
+
+
+def test_the_handoff_folder_is_removed_and_killed_runs_folders_too(tmp_path):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    killed_run = tmp_path / f"{HANDOFF_PREFIX}{ended.stdout.strip()}-abc"
+    running = tmp_path / f"{HANDOFF_PREFIX}{os.getppid()}-def"  # pytest's parent: alive
+    for folder in (killed_run, running):
+        folder.mkdir()
+        (folder / "x.chunks").write_bytes(b"left")
+    with handoff_folder(tmp_path) as folder:
+        assert folder is not None and os.path.basename(folder).startswith(
+            f"{HANDOFF_PREFIX}{os.getpid()}-"
+        )
+        (tmp_path / folder / "left.chunks").write_bytes(b"not taken")
+        assert not killed_run.exists() and running.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [running.name]
+
+
+def test_no_handoff_folder_where_memory_has_none(tmp_path):
+    with handoff_folder(tmp_path / "no such folder") as folder:
+        assert folder is None
+    assert workers_module.MEMORY_FOLDER.name == "shm"
