@@ -18,7 +18,7 @@ resampled to 16 kHz wavs in parallel. Then, timed:
    epochs each; the best epoch's samples/s.
 4. Prediction: predict.predict() with an untrained BirdClef (speed does not depend on the
    weights) on --predict-recordings of the wavs, batch --batch-size, extracting in turns with
-   the model and in predict.py's default worker processes (one per core but one): recordings/s;
+   the model and in predict.py's worker processes for a GPU (one per core but one): recordings/s;
    and the hand-off of chunks alone from those workers (bench_predict.handoff_rates), through
    the pool's pipe and through files in memory: chunks/s.
 """
@@ -220,11 +220,11 @@ def main() -> None:
                 f"{rate:.0f} samples/s (batch {args.batch_size}, {args.dtype_policy})"
             )
 
-        workers = extraction_workers(cores)
-        for way, rate in handoff_rates(workers).items():
-            table[f"hand-off of chunks from {workers} workers, {way}"] = f"{rate:.0f} chunks/s"
-            print(f"  hand-off from {workers} workers, {way}: {rate:.0f} chunks/s", flush=True)
-        for workers in sorted({1, extraction_workers(cores)}):  # predict.py's default last
+        on_gpu = extraction_workers(None, model_on_gpu=True)  # predict.py's default there
+        for way, rate in handoff_rates(on_gpu).items():
+            table[f"hand-off of chunks from {on_gpu} workers, {way}"] = f"{rate:.0f} chunks/s"
+            print(f"  hand-off from {on_gpu} workers, {way}: {rate:.0f} chunks/s", flush=True)
+        for workers in sorted({1, on_gpu}):
             rate = predict_rate(wav_dir, args.predict_recordings, 6, args.batch_size, workers)
             where = f"{workers} extraction workers" if workers > 1 else "extraction in turns"
             table[f"prediction, BirdClef, {where}"] = f"{rate:.1f} recordings/s"

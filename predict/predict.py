@@ -441,10 +441,16 @@ def extracted_recordings(
                     yield iter(take_chunks(handed)), seconds
 
 
-def extraction_workers(processes: int) -> int:
-    """The extraction workers of a prediction that may run `processes` processes: the model
-    takes one core; with 2 or fewer, extraction takes turns with it in this process (1), which
-    measured faster than workers competing with the model's threads (BENCHMARKS.md)."""
+def extraction_workers(processes: int | None, model_on_gpu: bool) -> int:
+    """Extraction worker processes for `predict` (1: in turns with the model, in its process).
+
+    processes: what --workers allows, N-1 of them extracting where N > 2 while the model takes
+    the N-th core; None (the default): every core but one where the model runs on a GPU, and
+    in turns on a CPU, where the model wants every core: on 2 cores workers competing with its
+    threads were 30 % slower (BENCHMARKS.md).
+    """
+    if processes is None:
+        processes = (os.cpu_count() or 1) if model_on_gpu else 1
     return processes - 1 if processes > 2 else 1
 
 
@@ -620,12 +626,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--workers",
         type=at_least(1, most_workers()),
-        default=os.cpu_count() or 1,
         metavar="N",
-        help="processes (default: all cores, %(default)s here): N files are resampled at once; "
-        f"then, with N > 2, N-1 extract recordings of up to {WORKER_MAX_SECONDS / 60:g} minutes "
-        "ahead of the model, which takes the N-th core (else extraction takes turns with the "
-        "model in this process)",
+        help=f"processes: N files are resampled at once, then, with N > 2, N-1 extract the "
+        f"recordings of up to {WORKER_MAX_SECONDS / 60:g} minutes ahead of the model, which "
+        "takes the N-th core (else extraction takes turns with the model in this process). "
+        f"Default: all {os.cpu_count()} cores resample; they extract too where the model runs "
+        "on a GPU, and extraction takes turns with a model on the CPU",
     )
     add_output_arguments(parser)
     parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
@@ -782,8 +788,11 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
     if not items:
         raise PredictError("no recording has a usable MediaId: " + "; ".join(skipped[:5]))
     run = load_run(args.run, model_file, args.pooling)
+    from train.model_file import list_devices  # Keras, loaded by load_run
+
     outputs = chunk_outputs(args, run, items)
-    items, failed = resample_items(items, work_dir, run.params.sample_rate, args.workers)
+    cores = os.cpu_count() or 1
+    items, failed = resample_items(items, work_dir, run.params.sample_rate, args.workers or cores)
     skipped += failed
     written, failed = predict(
         run,
@@ -794,7 +803,7 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
         soundscape=args.soundscape,
         human_csv=args.human_csv,
         outputs=outputs,
-        workers=extraction_workers(args.workers),
+        workers=extraction_workers(args.workers, model_on_gpu=bool(list_devices("gpu"))),
     )
     return written, skipped + failed
 

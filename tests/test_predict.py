@@ -296,6 +296,15 @@ def test_long_recordings_are_streamed_to_the_same_run_file(run_dir, tmp_path, mo
     assert streamed.read_text() == whole.read_text()
 
 
+def test_extraction_workers_beside_a_gpu_model_or_as_asked():
+    cores = os.cpu_count() or 1
+    assert predict_module.extraction_workers(None, model_on_gpu=False) == 1  # in turns
+    beside_a_gpu = cores - 1 if cores > 2 else 1
+    assert predict_module.extraction_workers(None, model_on_gpu=True) == beside_a_gpu
+    assert predict_module.extraction_workers(2, model_on_gpu=True) == 1
+    assert predict_module.extraction_workers(6, model_on_gpu=False) == 5
+
+
 @pytest.mark.parametrize("soundscape", [False, True])
 def test_worker_processes_extract_the_same_run_file(
     run_dir, tmp_path, monkeypatch, caplog, soundscape
