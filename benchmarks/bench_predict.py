@@ -127,7 +127,7 @@ def handoff_rates(workers: int, tasks: int = 120) -> dict[str, float]:
             for _ in range(3):
                 context = multiprocessing.get_context("spawn")  # as predict's
                 arguments = ((index, folder) for index in range(tasks))
-                handed = run_in_workers(ready_chunks, arguments, workers, 2 * workers, str, context)
+                handed = run_in_workers(ready_chunks, arguments, workers, str, context)
                 take_chunks(next(handed))
                 start, n_chunks = time.perf_counter(), 0
                 for chunks in handed:

@@ -82,7 +82,6 @@ MAX_BATCH_SIZE = 16384  # chunks per model call: a 4 GB input buffer
 HUMAN_CSV_HEADER = "file,MediaId"  # how the --human-csv file begins
 CACHE_NAME_LENGTH = 32  # hex digits of the hash naming a file in the resampling cache
 WORKER_MAX_SECONDS = STREAM_SECONDS  # longer recordings are extracted here, streamed
-IN_FLIGHT_PER_WORKER = 2  # recordings extracted ahead per worker: keeps them busy, bounds memory
 
 
 class PredictError(Exception):
@@ -390,8 +389,8 @@ def extracted_recordings(
     makes the file unusable.
 
     With workers > 1, recordings of up to WORKER_MAX_SECONDS are extracted whole in that many
-    worker processes, ahead of the one the model is on: memory holds the chunks of at most
-    IN_FLIGHT_PER_WORKER of them per worker (about 50 MB for 10 minutes), handed over in
+    worker processes, ahead of the one the model is on: memory holds the chunks of a few of
+    them per worker (`run_in_workers`; about 50 MB for 10 minutes), handed over in
     files in memory where possible (preprocess/workers.py). Longer ones are extracted here,
     streamed, as with workers = 1.
     """
@@ -424,7 +423,6 @@ def extracted_recordings(
             whole_recording_chunks,
             tasks,
             workers,
-            IN_FLIGHT_PER_WORKER * workers,
             lambda task: str(given[task[0]]),
             multiprocessing.get_context("spawn"),
         )

@@ -79,7 +79,6 @@ logger = logging.getLogger("load_data")
 BATCH_BYTES = 8 * 2**20
 TASKS_PER_WORKER = 4  # at least, where there are files enough: workers finish together
 STREAM_PIECE_CHUNKS = 64  # chunks extracted at a time from a streamed recording (16 MB)
-IN_FLIGHT_PER_WORKER = 2  # tasks queued per worker: keeps workers busy, bounds memory
 
 
 class LoadDataError(Exception):
@@ -150,9 +149,8 @@ def extract_all(
 ) -> Iterator[Extracted]:
     """`extract_recording` of every path, yielded in input order.
 
-    With several workers (`run_in_workers`), at most IN_FLIGHT_PER_WORKER batches per worker
-    are queued or waiting to be consumed, so memory does not depend on the number of
-    recordings.
+    With several workers (`run_in_workers`), a few batches per worker are queued or waiting
+    to be consumed, so memory does not depend on the number of recordings.
     """
     keep_freed_memory()
     batches = worker_batches(paths, workers)
@@ -166,8 +164,7 @@ def extract_all(
     def first_file(task: tuple) -> str:
         return str(task[0][0])
 
-    ahead = IN_FLIGHT_PER_WORKER * workers
-    for results in run_in_workers(_extract_batch, tasks, workers, ahead, first_file):
+    for results in run_in_workers(_extract_batch, tasks, workers, first_file):
         yield from results
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 MEMORY_FOLDER = Path("/dev/shm")  # a tmpfs on Linux: files there live in memory
 HANDOFF_PREFIX = "birdclef-handoff-"  # + the parent's pid: a folder of hand_over files
+IN_FLIGHT_PER_WORKER = 2  # tasks queued or finished per worker: keeps it busy, bounds memory
 
 
 class WorkerLost(Exception):
@@ -73,19 +74,19 @@ def run_in_workers(
     function: Callable,
     tasks: Iterable[tuple],
     workers: int,
-    ahead: int,
     describe: Callable[[tuple], str],
     context=None,
 ) -> Iterator:
     """function(*task) for every task, yielded in the tasks' order, computed by `workers`
     processes (`start_extraction_worker`; context: a multiprocessing context, None for the
-    platform's default) at most `ahead` tasks ahead of the one consumed.
+    platform's default) at most IN_FLIGHT_PER_WORKER tasks per worker ahead of the one
+    consumed.
 
     Memory does not grow with the number of tasks (Pool.imap keeps every finished result when
     the consumer falls behind). A worker that dies ends the run with `WorkerLost`, naming the
     tasks in flight with describe(task), where multiprocessing.Pool would wait forever.
     """
-    tasks = iter(tasks)
+    tasks, ahead = iter(tasks), IN_FLIGHT_PER_WORKER * workers
     queued: deque = deque()
     executor = ProcessPoolExecutor(workers, context, initializer=start_extraction_worker)
     try:
