@@ -131,9 +131,8 @@ def main() -> None:
 
         def streamed(workers: int) -> ChunkBatches:
             return ChunkBatches(
-                path, rows, labels, n_classes, args.batch_size, shuffle=True, workers=workers,
-                use_multiprocessing=workers > 1,
-            )  # fmt: skip
+                path, rows, labels, n_classes, args.batch_size, shuffle=True, readers=workers
+            )
 
         start = time.perf_counter()
         batches = streamed(1)

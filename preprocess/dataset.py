@@ -186,17 +186,21 @@ class Dataset:
         self.close()
 
 
-def read_rows(x: h5py.Dataset | np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """x[rows] as float32 for sorted unique rows: (len(rows), *x.shape[1:]).
+def read_rows(
+    x: h5py.Dataset | np.ndarray, rows: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """x[rows] as float32 for sorted unique rows: (len(rows), *x.shape[1:]), written into
+    `out` (C-contiguous float32 of that shape) where given.
 
     Read one contiguous run of rows at a time through HDF5's filters, since h5py's list
     indexing (x[[3, 9, 40]]) is several times slower. h5py serialises its calls within a
-    process, so reading scales with processes (ChunkBatches' use_multiprocessing), not
+    process, so reading scales with processes (preprocess/workers.py's RowReaders), not
     threads. A row HDF5 cannot decode raises DatasetError naming it.
     """
     if isinstance(x, np.ndarray):
         return x[rows]
-    out = np.empty((len(rows), *x.shape[1:]), dtype=np.float32)
+    if out is None:
+        out = np.empty((len(rows), *x.shape[1:]), dtype=np.float32)
     if not len(rows):
         return out
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
@@ -208,6 +212,18 @@ def read_rows(x: h5py.Dataset | np.ndarray, rows: np.ndarray) -> np.ndarray:
         except OSError:
             _raise_damaged_row(x, rows[start:end])
     return out
+
+
+def check_finite(x: np.ndarray, rows: np.ndarray, path: Path) -> None:
+    """Raise DatasetError naming the first of `rows` (of X in path) whose chunk x holds NaN
+    or infinity, which preprocess/load_data.py never writes (training would go on silently
+    with a useless model)."""
+    finite = np.isfinite(x).all(axis=tuple(range(1, x.ndim)))  # (n,); n may be 0
+    if not finite.all():
+        raise DatasetError(
+            f"row {rows[np.argmin(finite)]} of X in {path} holds NaN or infinite values, "
+            "which preprocess/load_data.py never writes: rebuild the file with it"
+        )
 
 
 def _raise_damaged_row(x: h5py.Dataset, rows: np.ndarray) -> None:

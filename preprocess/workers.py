@@ -4,20 +4,25 @@
 number ahead; a worker that dies ends the run with `WorkerLost` instead of a wait forever,
 and a worker whose parent was killed ends too. `hand_over` and `take_chunks` move a
 recording's chunks from a worker to its parent through a file in memory (/dev/shm) where one
-can be written, else through the pool's pipe.
+can be written, else through the pool's pipe. `RowReaders` read rows of a chunk dataset
+for training in several processes, through a file in memory too.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import ctypes
 import itertools
+import mmap
+import multiprocessing
 import os
 import shutil
 import signal
 import tempfile
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -25,7 +30,10 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import NamedTuple
 
+import h5py
 import numpy as np
+
+from preprocess.dataset import check_finite, open_dataset, read_rows
 
 MEMORY_FOLDER = Path("/dev/shm")  # a tmpfs on Linux: files there live in memory
 HANDOFF_PREFIX = "birdclef-handoff-"  # + the parent's pid: a folder of hand_over files
@@ -130,15 +138,28 @@ def handoff_folder(memory: Path = MEMORY_FOLDER) -> Iterator[str | None]:
     """A private folder in memory for the workers' `hand_over` files, removed with what is
     left in it at the end; None where memory has no writable folder (the pipe is used then).
     Folders left by runs that were killed (kill -9) are removed first."""
-    try:
-        remove_stale_handoff_folders(memory)
-        folder = tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-", dir=memory)
-    except OSError:  # no such folder (not Linux), read-only, full
-        yield None
-        return
+    folder = make_handoff_folder(memory)
     try:
         yield folder
     finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def make_handoff_folder(memory: Path = MEMORY_FOLDER) -> str | None:
+    """A new private folder in memory named after this process (the caller removes it), or
+    None where memory has no writable folder. Folders of processes that ended are removed."""
+    try:
+        remove_stale_handoff_folders(memory)
+        return tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-", dir=memory)
+    except OSError:  # no such folder (not Linux), read-only, full
+        return None
+
+
+def remove_folder_of(owner_pid: int, folder: str) -> None:
+    """Remove folder if this is the process that made it (a forked reader process that
+    drops its copy of the owner must leave the folder to its parent)."""
+    if os.getpid() == owner_pid:
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -168,16 +189,8 @@ def hand_over(pieces: list[np.ndarray], folder: str | None) -> list[np.ndarray] 
     would kill the worker)."""
     if folder is None or not pieces:
         return pieces
-    path = None
-    try:
-        descriptor, path = tempfile.mkstemp(suffix=".chunks", dir=folder)
-        with open(descriptor, "wb") as file:
-            for piece in pieces:
-                file.write(np.ascontiguousarray(piece).data)
-    except OSError:
-        if path:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+    path = write_memory_file(pieces, folder)
+    if path is None:
         return pieces
     lengths = tuple(len(piece) for piece in pieces)
     shape = (sum(lengths), *pieces[0].shape[1:])
@@ -193,3 +206,140 @@ def take_chunks(handed: list[np.ndarray] | FileChunks) -> list[np.ndarray]:
     finally:
         os.unlink(handed.path)
     return np.split(chunks, np.cumsum(handed.piece_lengths)[:-1])
+
+
+def write_memory_file(arrays: list[np.ndarray], folder: str) -> str | None:
+    """The path of a new file in folder holding the arrays' bytes one after another, or None
+    where it cannot be written (whatever was written is removed)."""
+    path = None
+    try:
+        descriptor, path = tempfile.mkstemp(suffix=".chunks", dir=folder)
+        with open(descriptor, "wb") as file:
+            for array in arrays:
+                file.write(np.ascontiguousarray(array).data)
+    except OSError:
+        if path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        return None
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading rows of a chunk dataset in several processes, for training
+
+
+class RowReaders:
+    """Processes that read rows of X in the HDF5 dataset file `path` together: `read(rows)`
+    splits the rows among them, and each writes its share straight into a slot: a file in
+    memory that this process maps. A slot is used again once the array read into it is
+    gone, so its memory is neither zeroed nor faulted in anew for every batch. Where memory
+    has no folder for slots, or no room for one, the shares come through the pool's pipe.
+
+    h5py serialises its calls within a process, so reading scales with processes, not
+    threads; and through a pipe an array is pickled and moved 64 KB at a time: on the H100
+    machine 16 processes read 30,969 rows/s but returned 1,567 rows/s that way (BENCHMARKS.md,
+    GPU). The processes are forked once (not every epoch, as Keras's PyDataset
+    use_multiprocessing does) and end with this object, or with their parent.
+    """
+
+    def __init__(self, path: Path, processes: int, row_shape: tuple[int, ...]):
+        self.path, self.processes, self.row_shape = Path(path), processes, tuple(row_shape)
+        self.row_bytes = 4 * int(np.prod(self.row_shape))
+        self.folder = make_handoff_folder()
+        self.slots: list[tuple[str, int]] = []  # (path, rows it holds)
+        self.slot_maps: list[mmap.mmap] = []  # this process's map of each, kept
+        self.free_slots: deque[int] = deque()  # filled from any thread, as arrays are freed
+        self.pool = ProcessPoolExecutor(
+            processes, multiprocessing.get_context("fork"), initializer=start_extraction_worker
+        )
+        weakref.finalize(self, self.pool.shutdown, wait=False, cancel_futures=True)
+        if self.folder is not None:
+            weakref.finalize(self, remove_folder_of, os.getpid(), self.folder)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        """X[rows] as float32, (len(rows), *row_shape), for sorted unique rows. Raises
+        DatasetError naming a row HDF5 cannot decode or that holds NaN or infinity,
+        WorkerLost if a process died."""
+        if not len(rows):
+            return np.empty((0, *self.row_shape), dtype=np.float32)
+        pieces = [piece for piece in np.array_split(rows, self.processes) if len(piece)]
+        starts = np.cumsum([0, *(len(piece) for piece in pieces)])[:-1]
+        slot = self._free_slot(len(rows))
+        slot_path = None if slot is None else self.slots[slot][0]
+        futures = [
+            self.pool.submit(_read_rows_into, self.path, piece, slot_path, int(start))
+            for piece, start in zip(pieces, starts, strict=True)
+        ]
+        try:
+            shares = [future.result() for future in futures]
+        except BrokenProcessPool:
+            raise WorkerLost(f"a process reading {self.path} ended abruptly (killed, or out "
+                             "of memory?)") from None  # fmt: skip
+        finally:
+            concurrent.futures.wait(futures)  # the failed read's others too, before reuse
+            if slot is not None:
+                out = self._map_slot(slot, len(rows))  # freed with the array
+        if slot is None:
+            out = np.empty((len(rows), *self.row_shape), dtype=np.float32)
+        for share, piece, start in zip(shares, pieces, starts, strict=True):
+            if share is not None:  # came through the pipe
+                out[start : start + len(piece)] = share
+        return out
+
+    def _free_slot(self, n_rows: int) -> int | None:
+        """A slot of at least n_rows that no array uses, made where none is free (with its
+        memory taken now); None where memory has no room or folder for one."""
+        for _ in range(len(self.free_slots)):
+            slot = self.free_slots.popleft()
+            if self.slots[slot][1] >= n_rows:
+                return slot
+            self.free_slots.append(slot)
+        if self.folder is None:
+            return None
+        path = None
+        try:
+            descriptor, path = tempfile.mkstemp(suffix=".rows", dir=self.folder)
+            try:
+                os.posix_fallocate(descriptor, 0, n_rows * self.row_bytes)
+            finally:
+                os.close(descriptor)
+        except OSError:  # memory is full
+            if path:
+                os.unlink(path)
+            return None
+        with open(path, "r+b") as file:
+            self.slot_maps.append(mmap.mmap(file.fileno(), n_rows * self.row_bytes))
+        self.slots.append((path, n_rows))
+        return len(self.slots) - 1
+
+    def _map_slot(self, slot: int, n_rows: int) -> np.ndarray:
+        """The first n_rows rows of a slot as an array; the slot is free again once the
+        array, and every view of it, is gone (a ctypes window on the slot's map is the one
+        owner that all views keep, and can be watched: a map of its own per batch costs more
+        than the reading on the H100 machine)."""
+        window = (ctypes.c_char * (n_rows * self.row_bytes)).from_buffer(self.slot_maps[slot])
+        weakref.finalize(window, self.free_slots.append, slot)
+        return np.frombuffer(window, dtype=np.float32).reshape(n_rows, *self.row_shape)
+
+
+_open_files: dict[Path, h5py.Dataset] = {}  # a reader process's X of each dataset file
+_slot_maps: dict[str, np.memmap] = {}  # a reader process's map of each slot
+
+
+def _read_rows_into(path: Path, rows: np.ndarray, slot_path: str | None, start: int):
+    """X[rows] of path, read (in a reader process) straight into the slot's rows from
+    `start` on and checked (`check_finite`); returns None, or the rows themselves where
+    there is no slot."""
+    if path not in _open_files:
+        _open_files[path] = open_dataset(path).X
+    x = _open_files[path]
+    out = None
+    if slot_path is not None:
+        if slot_path not in _slot_maps:
+            _slot_maps[slot_path] = np.memmap(slot_path, dtype=np.float32, mode="r+")
+        out = _slot_maps[slot_path][: (start + len(rows)) * int(np.prod(x.shape[1:]))]
+        out = out.reshape(-1, *x.shape[1:])[start:]
+    read = read_rows(x, rows, out)
+    check_finite(read, rows, path)
+    return None if out is not None else read

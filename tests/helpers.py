@@ -72,3 +72,12 @@ def write_easy_dataset(
         )
     info = DatasetInfo(PARAMS, classes, {c: c.upper() for c in classes}, {"kind": "test"}, "gzip")
     write_dataset(path, info, items)
+
+
+def process_state(pid: int) -> tuple[str, int]:
+    """(state, parent) of a process from Linux's /proc; ("gone", 0) when it has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return "gone", 0
+    return fields[0], int(fields[1])

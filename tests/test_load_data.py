@@ -22,6 +22,7 @@ from preprocess.dataset import complete_shards, exclusive_run, open_dataset
 from preprocess.load_data import main
 from preprocess.params import SpectrogramParams
 from preprocess.spectrogram import extract_chunks, stream_chunks
+from tests.helpers import process_state
 
 SCRIPT = Path(__file__).resolve().parents[1] / "preprocess" / "load_data.py"
 PARAMS = SpectrogramParams()
@@ -283,15 +284,6 @@ def test_fatal_errors_are_one_clear_line(tmp_path):
     assert result.stderr.startswith("error: ") and "none.csv" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "x.h5").exists()
-
-
-def process_state(pid: int) -> tuple[str, int]:
-    """(state, parent) of a process from Linux's /proc; ("gone", 0) when it has ended."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return "gone", 0
-    return fields[0], int(fields[1])
 
 
 def child_processes(pid: int) -> list[int]:

@@ -2,6 +2,7 @@
 easy problem, resuming after a kill, and clear messages for bad input."""
 
 import csv
+import gc
 import importlib.util
 import json
 import os
@@ -9,7 +10,9 @@ import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import h5py
 import keras
@@ -23,11 +26,26 @@ from preprocess.dataset import (
     compress_chunks,
     read_rows,
 )
-from tests.helpers import CLASSES, PARAMS, TINY_MODEL, write_dataset, write_easy_dataset
+from preprocess.workers import WorkerLost
+from tests.helpers import (
+    CLASSES,
+    PARAMS,
+    TINY_MODEL,
+    process_state,
+    write_dataset,
+    write_easy_dataset,
+)
 from train import train_model
 from train.callbacks import MAPCallback, ResumableEarlyStopping
-from train.data import ChunkBatches, SplitError, available_memory, split_recordings
+from train.data import (
+    ChunkBatches,
+    SplitError,
+    available_memory,
+    place_on_accelerator,
+    split_recordings,
+)
 from train.log import best_epoch
+from train.model_file import accelerator_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,13 +138,73 @@ def test_batches_from_worker_processes_and_the_device_reach_the_model_in_order(e
     mean = keras.Sequential([keras.Input(x.shape[1:]), keras.layers.GlobalAveragePooling2D()])
     sources = {
         "worker processes": ChunkBatches(
-            easy_data, rows, labels, len(CLASSES), 4, workers=2, use_multiprocessing=True
+            easy_data, rows, labels, len(CLASSES), 4, readers=2
         ),
         "device": ChunkBatches(keras.ops.convert_to_tensor(x), rows, labels, len(CLASSES), 4),
     }
     for name, batches in sources.items():
         seen = mean.predict(batches, verbose=0)
         np.testing.assert_allclose(seen[:, 0], x.mean(axis=(1, 2, 3)), rtol=1e-5, err_msg=name)
+
+
+def test_reader_processes_read_batches_equal_and_end_with_them(easy_data):
+    """Batches that reader processes read together equal those read in-process, epoch after
+    epoch, asked in any order, through a slot in memory used again and again; the processes
+    and their folder end with the batches."""
+    rows = np.arange(5, 45)
+    labels = rows % len(CLASSES)
+    alone = ChunkBatches(easy_data, rows, labels, len(CLASSES), 7, shuffle=True, seed=3)
+    read = ChunkBatches(easy_data, rows, labels, len(CLASSES), 7, shuffle=True, seed=3, readers=3)
+    for _ in range(2):
+        for index in [4, 0, 5, 1, 3, 2]:  # as fit asks: in a random order
+            for got, want in zip(read[index], alone[index], strict=True):
+                assert type(got) is np.ndarray
+                np.testing.assert_array_equal(got, want)
+        read.on_epoch_end()
+        alone.on_epoch_end()
+    readers = read._row_readers
+    folder, pids = Path(readers.folder), list(readers.pool._processes)
+    assert folder.parent == Path("/dev/shm")
+    assert len(list(folder.iterdir())) == 1  # each batch was gone before the next: one slot
+    assert len(pids) == 3
+    del read, readers
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+        process_state(pid)[0] not in ("gone", "Z") for pid in pids
+    ):
+        time.sleep(0.05)
+    assert all(process_state(pid)[0] in ("gone", "Z") for pid in pids)
+    assert not folder.exists()
+
+
+def test_a_reader_process_that_dies_is_a_clear_error(easy_data):
+    rows = np.arange(40)
+    read = ChunkBatches(easy_data, rows, rows % len(CLASSES), len(CLASSES), 4, readers=2)
+    read[0]
+    os.kill(next(iter(read._row_readers.pool._processes)), 9)  # as the out-of-memory killer
+    with pytest.raises(WorkerLost, match=r"a process reading .*easy.h5 ended abruptly"):
+        for index in range(len(read)):
+            read[index]
+    assert isinstance(read.first_read_error(), WorkerLost)
+
+
+def test_chunks_in_memory_move_to_a_gpu_with_room(easy_data):
+    with h5py.File(easy_data) as h5:
+        x = h5["X"][...][:20]
+    rows = np.arange(20)
+    data = {
+        "train": SimpleNamespace(batches=ChunkBatches(x, rows, rows % 3, 3, 8)),
+        "val": SimpleNamespace(batches=ChunkBatches(easy_data, rows, rows % 3, 3, 8)),
+    }
+    assert not place_on_accelerator(data, None)  # no GPU, or its size unknown
+    assert not place_on_accelerator(data, 2 * x.nbytes - 1)  # more than half of it
+    assert isinstance(data["train"].batches.source, np.ndarray)
+    assert place_on_accelerator(data, 2 * x.nbytes)
+    moved = data["train"].batches
+    assert not isinstance(moved.source, np.ndarray) and isinstance(data["val"].batches.source, Path)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(moved[1][0]), x[8:16])
+    assert accelerator_memory() is None  # the CPU machine has no GPU
 
 
 def test_shuffled_batches_cover_every_row_once_per_epoch(easy_data):
@@ -416,7 +494,7 @@ def test_bad_input_gives_a_clear_message(
     elif change == "few recordings":
         data = tmp_path / "few.h5"
         write_easy_dataset(data, per_class=1, n_unlabelled=0)
-    elif change == "damaged row":  # met by a reader thread while streaming
+    elif change == "damaged row":  # met by a reader process while streaming
         data = tmp_path / "damaged.h5"
         data.write_bytes(easy_data.read_bytes())
         with h5py.File(data, "a") as h5:

@@ -3,7 +3,10 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
+from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
 
@@ -11,9 +14,12 @@ from preprocess import workers as workers_module
 from preprocess.workers import (
     HANDOFF_PREFIX,
     FileChunks,
+    RowReaders,
     WorkerLost,
     hand_over,
     handoff_folder,
+    make_handoff_folder,
+    remove_folder_of,
     run_in_workers,
     take_chunks,
 )
@@ -87,3 +93,39 @@ def test_no_handoff_folder_where_memory_has_none(tmp_path):
     with handoff_folder(tmp_path / "no such folder") as folder:
         assert folder is None
     assert workers_module.MEMORY_FOLDER.name == "shm"
+
+
+def test_row_readers_read_what_one_process_reads_with_or_without_memory_files(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "rows.h5"
+    x = np.random.default_rng(0).standard_normal((30, 4, 6, 1)).astype(np.float32)
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("X", data=x, chunks=(1, 4, 6, 1))
+    x_of = lambda path: SimpleNamespace(X=h5py.File(path, "r")["X"])  # noqa: E731
+    monkeypatch.setattr(workers_module, "open_dataset", x_of)  # a bare X: no dataset around it
+    rows = np.array([0, 1, 2, 7, 8, 20, 29])
+    readers = RowReaders(path, 3, (4, 6, 1))
+    assert Path(readers.folder).parent == workers_module.MEMORY_FOLDER
+    for some in (rows, rows[:2], rows[:0]):
+        np.testing.assert_array_equal(readers.read(some), x[some])
+    held = readers.read(rows)[1:]  # a view keeps its slot in use
+    np.testing.assert_array_equal(readers.read(rows[3:]), x[rows[3:]])
+    assert len(readers.slots) == 2
+    np.testing.assert_array_equal(held, x[rows[1:]])  # not overwritten
+    del held
+    np.testing.assert_array_equal(readers.read(rows), x[rows])
+    assert len(readers.slots) == 2 and len(list(Path(readers.folder).iterdir())) == 2
+    monkeypatch.setattr(workers_module, "make_handoff_folder", lambda: None)
+    piped = RowReaders(path, 2, (4, 6, 1))  # where memory has no folder: through the pipe
+    np.testing.assert_array_equal(piped.read(rows), x[rows])
+    assert piped.slots == []
+
+
+def test_only_the_process_that_made_a_folder_removes_it(tmp_path):
+    """A forked reader process that drops its copy of the batches leaves their folder."""
+    folder = make_handoff_folder(tmp_path)
+    remove_folder_of(os.getppid(), folder)
+    assert os.path.isdir(folder)
+    remove_folder_of(os.getpid(), folder)
+    assert not os.path.exists(folder)

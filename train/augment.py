@@ -18,7 +18,6 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from preprocess.dataset import read_rows
 from train.data import ChunkBatches
 
 AUGMENTATIONS = ("crop", "mixup", "specaugment", "noise", "gain")
@@ -233,7 +232,7 @@ class AugmentedBatches(ChunkBatches):
             return self.source[positions]
         if not isinstance(self.source, Path):  # a backend tensor
             return keras.ops.convert_to_numpy(keras.ops.take(self.source, positions, axis=0))
-        return read_rows(self._hdf5().X, self.rows[positions])
+        return self.read(self.rows[positions])
 
     def on_epoch_end(self) -> None:
         super().on_epoch_end()

@@ -106,6 +106,26 @@ def list_devices(kind: str | None = None) -> list[str]:
         return []
 
 
+def accelerator_memory() -> int | None:
+    """Bytes of memory the backend may use on the first GPU (JAX: its memory pool; torch: the
+    card's), or None where there is no GPU or the backend does not say (TensorFlow)."""
+    if not list_devices("gpu"):
+        return None
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            return (jax.devices("gpu")[0].memory_stats() or {}).get("bytes_limit")
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.mem_get_info()[1]
+    except (ImportError, RuntimeError, IndexError):
+        return None
+    return None
+
+
 def data_parallel_scope():
     """Spread each batch over the GPUs when there are several, with the backend's own
     engine; a no-op with one device."""

@@ -47,6 +47,7 @@ import numpy as np
 
 from preprocess.cli import at_least, between, command_parser, most_workers, run_command
 from preprocess.dataset import DatasetError, RunLocked, exclusive_run, open_dataset
+from preprocess.workers import WorkerLost
 from train import recipe
 from train.augment import AUGMENTATIONS
 from train.callbacks import (
@@ -62,6 +63,7 @@ from train.data import (
     check_batch_size,
     check_labels,
     load_splits,
+    place_on_accelerator,
     read_errors_reported,
     sample_chunks,
 )
@@ -74,6 +76,7 @@ from train.log import (
 )
 from train.metrics import POOLINGS
 from train.model_file import (
+    accelerator_memory,
     build_model_from_file,
     compile_model,
     data_parallel_scope,
@@ -123,6 +126,8 @@ def train(args: argparse.Namespace) -> dict:
             sample = sample_chunks(data["train"].batches, dataset, 4000, args.seed)
         if args.augment != "none" or args.class_balance != "none":
             data["train"].batches = recipe.augmented_batches(data["train"], dataset, sample, args)
+        elif len(list_devices("gpu")) == 1:  # augmentation works on numpy batches in host memory
+            place_on_accelerator(data, accelerator_memory())
 
         # the model, from the model file, with its normalisation in front; compiled
         keras.mixed_precision.set_global_policy(
@@ -418,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics.update(train(args))
         return 0
 
-    errors = (TrainError, DatasetError, SplitError, RunLocked, ModelFileError, RunsTableError)
+    errors = (TrainError, DatasetError, SplitError, RunLocked, ModelFileError, RunsTableError,
+              WorkerLost)  # fmt: skip
     status = run_command(run, args.verbose, errors)
     if status:
         return status
