@@ -26,14 +26,19 @@ resampled to 16 kHz wavs in parallel. Then, timed:
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib
 import multiprocessing
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import h5py
+import hdf5plugin
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,9 +48,10 @@ from scipy.io import wavfile  # noqa: E402
 
 from predict.predict import Run, extraction_workers, find_audio, predict  # noqa: E402
 from preprocess.audio import read_wav, to_sample_rate  # noqa: E402
-from preprocess.dataset import DEFAULT_COMPRESSION, convert_dataset, open_dataset  # noqa: E402
+from preprocess.dataset import DEFAULT_COMPRESSION, convert_dataset, open_dataset, read_rows  # noqa: E402
 from preprocess.make_demo_dataset import make_demo_dataset  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
+from preprocess.workers import RowReaders  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_hdf5 import read_batches  # noqa: E402
@@ -74,14 +80,17 @@ def make_wavs(work: Path, n_recordings: int, cores: int) -> tuple[Path, Path]:
     return wav16, work / "demo" / "TrainingSet" / "xml"
 
 
-def time_load_data(wav_dir: Path, xml_dir: Path, out: Path, workers: int) -> float:
+def time_load_data(wav_dir: Path, xml_dir: Path, out: Path, workers: int) -> tuple[float, float]:
+    """Seconds of load_data.py on the wavs: the whole command as a user sees it (Python's and
+    the workers' start included), and the files/s its own report gives."""
     started = time.perf_counter()
-    subprocess.run(
+    done = subprocess.run(
         [sys.executable, str(ROOT / "preprocess" / "load_data.py"), "--wav-dir", str(wav_dir),
          "--xml-dir", str(xml_dir), "--out", str(out), "--workers", str(workers)],
-        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    return seconds, float(re.search(r"([\d.]+) files/s", done.stdout).group(1))
 
 
 def read_rate(path: Path, n_rows: int, batch_size: int, processes: int, seconds: float) -> float:
@@ -99,8 +108,46 @@ def read_rate(path: Path, n_rows: int, batch_size: int, processes: int, seconds:
     return sum(rows for rows, _ in done) / (time.perf_counter() - started)
 
 
-def train_rates(path: Path, args, readers: int) -> dict[str, float]:
-    """{way: best samples/s} for each model: in memory and streamed."""
+_opened: dict[Path, h5py.Dataset] = {}
+
+
+def read_batch(path: Path, rows: np.ndarray) -> np.ndarray:
+    """X[rows] of path, through a handle each reader process keeps."""
+    if path not in _opened:
+        _opened[path] = h5py.File(path, "r")["X"]
+    return read_rows(_opened[path], rows)
+
+
+def batch_read_rates(path: Path, n_rows: int, batch_size: int, processes: int) -> dict:
+    """{way: rows/s} of `processes` processes reading random sorted batches for this
+    process: a batch per process, returned through the pool's pipe (as Keras's PyDataset
+    use_multiprocessing does), and each batch split among them (RowReaders, as ChunkBatches
+    reads when streaming)."""
+    rng = np.random.default_rng(1)
+    batches = [np.sort(rng.choice(n_rows, min(batch_size, n_rows), replace=False))
+               for _ in range(max(2 * processes, 6000 // batch_size))]  # fmt: skip
+    rates = {}
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        read = functools.partial(read_batch, path)
+        pool.map(read, batches[:processes], chunksize=1)  # every process started, file open
+        started = time.perf_counter()
+        n = sum(len(x) for x in pool.imap(read, batches))
+        rates["a batch per process, through the pool's pipe"] = n / (time.perf_counter() - started)
+    with open_dataset(path) as dataset:
+        readers = RowReaders(path, processes, dataset.X.shape[1:])
+    for batch in batches[:2]:
+        readers.read(batch)  # every process started, file open
+    started = time.perf_counter()
+    n = sum(len(readers.read(batch)) for batch in batches)
+    rates["each batch split among them (RowReaders)"] = n / (time.perf_counter() - started)
+    return rates
+
+
+def train_rates(
+    path: Path, models: list[str], policy: str, batch_size: int, epochs: int, readers: int
+) -> dict[str, float]:
+    """{"MODEL WAY": best samples/s} for each model under dtype `policy`: in memory, in memory
+    on the device, and streamed."""
     import keras
     from bench_training import EpochRates, build
 
@@ -112,68 +159,71 @@ def train_rates(path: Path, args, readers: int) -> dict[str, float]:
         n_classes, input_shape = len(dataset.classes), dataset.X.shape[1:]
         x = dataset.X[...][rows]
     y = np.eye(n_classes, dtype=np.float32)[labels]
+    keras.mixed_precision.set_global_policy(policy)
+    on_device = keras.ops.convert_to_tensor(x)
     rates = {}
-    for model_name in args.models:
+    for model_name in models:
         ways = {
-            "in memory": {"x": x, "y": y, "batch_size": args.batch_size, "shuffle": True},
+            "in memory": {"x": x, "y": y, "batch_size": batch_size, "shuffle": True},
             "in memory on the device": {
-                "x": ChunkBatches(
-                    keras.ops.convert_to_tensor(x),
-                    rows,
-                    labels,
-                    n_classes,
-                    args.batch_size,
-                    shuffle=True,
-                )
+                "x": ChunkBatches(on_device, rows, labels, n_classes, batch_size, shuffle=True)
             },
             f"streamed, {readers} reader processes": {
                 "x": ChunkBatches(
-                    path,
-                    rows,
-                    labels,
-                    n_classes,
-                    args.batch_size,
-                    shuffle=True,
-                    workers=readers,
-                    use_multiprocessing=True,
-                    max_queue_size=4 * readers,
+                    path, rows, labels, n_classes, batch_size, shuffle=True,
+                    readers=readers,
                 )  # fmt: skip
             },
         }
         for way, data in ways.items():
             keras.utils.set_random_seed(0)
             model = build(model_name, input_shape, n_classes)
-            epochs = EpochRates(len(rows))
+            epoch_rates = EpochRates(len(rows))
             model.fit(**data, epochs=1, verbose=0)  # compilation
-            model.fit(**data, epochs=args.epochs, verbose=0, callbacks=[epochs])
-            rates[f"{model_name} {way}"] = max(epochs.rates)
-            print(f"  {model_name} {way}: {max(epochs.rates):.0f} samples/s", flush=True)
+            model.fit(**data, epochs=epochs, verbose=0, callbacks=[epoch_rates])
+            rates[f"{model_name} {way}"] = max(epoch_rates.rates)
+            print(f"  {model_name} {way}: {max(epoch_rates.rates):.0f} samples/s", flush=True)
+    del on_device
     return rates
 
 
-def predict_rate(
+def predict_rates(
     wav_dir: Path, n_recordings: int, n_classes: int, batch_size: int, workers: int
-) -> float:
+) -> tuple[float, float]:
+    """Recordings/s of predict() on n_recordings wavs: the whole call, and once started
+    (from a call on the first --batch-size recordings: the worker processes' start, about 3 s
+    on the H100 machine, and the first batches count in both calls)."""
     from bench_training import build
 
     model = build("BirdClef", (200, 310, 1), n_classes)
     run = Run(model, SpectrogramParams(), [f"c{i}" for i in range(n_classes)], {})
     items = find_audio(sorted(wav_dir.glob("*.wav"))[:n_recordings])
     predict(run, items[:batch_size], wav_dir.parent / "warm-up.csv", batch_size=batch_size)
-    started = time.perf_counter()
-    predict(run, items, wav_dir.parent / "run.csv", batch_size=batch_size, workers=workers)
-    return len(items) / (time.perf_counter() - started)
+    seconds = []
+    for some in (items[:batch_size], items):
+        started = time.perf_counter()
+        predict(run, some, wav_dir.parent / "run.csv", batch_size=batch_size, workers=workers)
+        seconds.append(time.perf_counter() - started)
+    return len(items) / seconds[1], (len(items) - batch_size) / (seconds[1] - seconds[0])
+
+
+STAGES = ("load_data", "reading", "training", "prediction")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recordings", type=int, default=1500, help="about 4 chunks each")
-    parser.add_argument("--predict-recordings", type=int, default=600)
+    parser.add_argument("--predict-recordings", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per way")
     parser.add_argument("--readers", type=int, default=os.cpu_count())
     parser.add_argument("--models", nargs="+", default=["BirdClef", "AlexNet"])
     parser.add_argument("--dtype-policy", default="float32", help="or mixed_bfloat16, ...")
+    parser.add_argument(
+        "--also-train", nargs="*", default=[], metavar="POLICY:BATCH",
+        help="training of the first model once more per entry, e.g. mixed_bfloat16:1024",
+    )  # fmt: skip
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a dry run")
     args = parser.parse_args()
     import keras
@@ -181,54 +231,84 @@ def main() -> None:
     from train.model_file import list_devices
 
     if args.quick:
-        args.recordings, args.predict_recordings, args.batch_size, args.epochs = 36, 12, 16, 1
-    keras.mixed_precision.set_global_policy(args.dtype_policy)
+        args.recordings, args.predict_recordings, args.batch_size, args.epochs = 36, 36, 16, 1
     cores = os.cpu_count() or 1
+    backend = keras.backend.backend()
     print(
-        f"{cores} cores; keras {keras.__version__} on {keras.backend.backend()}; "
+        f"{cores} cores; Python {sys.version.split()[0]}, numpy {np.__version__}, "
+        f"h5py {h5py.__version__}, hdf5plugin {hdf5plugin.version}; keras {keras.__version__} "
+        f"on {backend} {importlib.import_module(backend).__version__}; "
         f"devices: {list_devices() or 'not listed by this backend'}",
         flush=True,
     )
+    began = time.perf_counter()
+
+    def stage_done(name: str) -> None:
+        print(f"{name} done at {time.perf_counter() - began:.0f} s", flush=True)
+
     table: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as work:
         work = Path(work)
-        started = time.perf_counter()
         wav_dir, xml_dir = make_wavs(work, args.recordings, cores)
         n_wavs = len(list(wav_dir.glob("*.wav")))
-        print(f"setup: {n_wavs} wavs in {time.perf_counter() - started:.0f} s", flush=True)
+        stage_done(f"setup ({n_wavs} wavs)")
 
         data = work / "train.h5"
-        for workers in (1, cores):
+        for workers in (1, cores) if "load_data" in args.stages else (cores,):
             data.unlink(missing_ok=True)
-            seconds = time_load_data(wav_dir, xml_dir, data, workers)
-            table[f"load_data, {workers} workers"] = f"{n_wavs / seconds:.1f} recordings/s"
+            seconds, reported = time_load_data(wav_dir, xml_dir, data, workers)
+            table[f"load_data, {workers} workers"] = (
+                f"{n_wavs / seconds:.1f} recordings/s ({reported:.1f} by its own report, "
+                "from reading the metadata to the last write)"
+            )
             print(f"  load_data {workers} workers: {seconds:.1f} s", flush=True)
         with open_dataset(data) as dataset:
             n_rows, size = len(dataset), data.stat().st_size
         table["chunks"] = f"{n_rows} ({size / n_rows / 1e3:.0f} KB/row, {DEFAULT_COMPRESSION})"
+        stage_done("load_data")
 
-        gzip = work / "train-gzip.h5"
-        convert_dataset(data, gzip, "gzip")
-        for name, path in ((DEFAULT_COMPRESSION, data), ("gzip", gzip)):
-            for processes in (1, args.readers):
-                rate = read_rate(path, n_rows, args.batch_size, processes, seconds=3)
-                table[f"reading {name}, {processes} processes"] = f"{rate:.0f} rows/s"
-                print(f"  reading {name} {processes} processes: {rate:.0f} rows/s", flush=True)
+        if "reading" in args.stages:
+            gzip = work / "train-gzip.h5"
+            convert_dataset(data, gzip, "gzip")
+            for name, path in ((DEFAULT_COMPRESSION, data), ("gzip", gzip)):
+                for processes in (1, args.readers):
+                    rate = read_rate(path, n_rows, args.batch_size, processes, seconds=3)
+                    table[f"reading {name}, {processes} processes"] = f"{rate:.0f} rows/s"
+                    print(f"  reading {name} {processes} processes: {rate:.0f} rows/s", flush=True)
+            for way, rate in batch_read_rates(data, n_rows, args.batch_size, args.readers).items():
+                table[f"reading {DEFAULT_COMPRESSION}, {args.readers} processes, {way}"] = (
+                    f"{rate:.0f} rows/s"
+                )
+                print(f"  reading, {way}: {rate:.0f} rows/s", flush=True)
+            stage_done("reading")
 
-        for way, rate in train_rates(data, args, args.readers).items():
-            table[f"training {way}"] = (
-                f"{rate:.0f} samples/s (batch {args.batch_size}, {args.dtype_policy})"
-            )
+        def training(policy: str, batch_size: int, models: list[str]) -> None:
+            rates = train_rates(data, models, policy, batch_size, args.epochs, args.readers)
+            for way, rate in rates.items():
+                table[f"training {way}, batch {batch_size}, {policy}"] = f"{rate:.0f} samples/s"
+            stage_done(f"training, batch {batch_size}, {policy}")
 
-        on_gpu = extraction_workers(None, model_on_gpu=True)  # predict.py's default there
-        for way, rate in handoff_rates(on_gpu).items():
-            table[f"hand-off of chunks from {on_gpu} workers, {way}"] = f"{rate:.0f} chunks/s"
-            print(f"  hand-off from {on_gpu} workers, {way}: {rate:.0f} chunks/s", flush=True)
-        for workers in sorted({1, on_gpu}):
-            rate = predict_rate(wav_dir, args.predict_recordings, 6, args.batch_size, workers)
-            where = f"{workers} extraction workers" if workers > 1 else "extraction in turns"
-            table[f"prediction, BirdClef, {where}"] = f"{rate:.1f} recordings/s"
-            print(f"  prediction, {where}: {rate:.1f} recordings/s", flush=True)
+        if "training" in args.stages:
+            training(args.dtype_policy, args.batch_size, args.models)
+
+        if "prediction" in args.stages:
+            keras.mixed_precision.set_global_policy(args.dtype_policy)
+            on_gpu = extraction_workers(None, model_on_gpu=True)  # predict.py's default there
+            for way, rate in handoff_rates(on_gpu).items():
+                table[f"hand-off of chunks from {on_gpu} workers, {way}"] = f"{rate:.0f} chunks/s"
+                print(f"  hand-off from {on_gpu} workers, {way}: {rate:.0f} chunks/s", flush=True)
+            for workers in sorted({1, on_gpu}):
+                rates = predict_rates(wav_dir, args.predict_recordings, 6, args.batch_size, workers)
+                where = f"{workers} extraction workers" if workers > 1 else "extraction in turns"
+                table[f"prediction, BirdClef, {where}"] = (
+                    "{:.1f} recordings/s ({:.1f} once started)".format(*rates)
+                )
+                print(f"  prediction, {where}: {table[f'prediction, BirdClef, {where}']}")
+            stage_done("prediction")
+
+        for entry in args.also_train:  # last: the table above is whole if time runs out here
+            policy, batch_size = entry.split(":")
+            training(policy, int(batch_size), args.models[:1])
 
     print(f"\n| measured ({time.strftime('%Y-%m-%d')}) | |\n|---|---|")
     for name, value in table.items():
