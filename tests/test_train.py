@@ -183,9 +183,11 @@ def test_a_reader_process_that_dies_is_a_clear_error(easy_data):
     read = ChunkBatches(easy_data, rows, rows % len(CLASSES), len(CLASSES), 4, readers=2)
     read[0]
     os.kill(next(iter(read._row_readers.pool._processes)), 9)  # as the out-of-memory killer
+    deadline = time.monotonic() + 20  # the pool learns of the death from another thread
     with pytest.raises(WorkerLost, match=r"a process reading .*easy.h5 ended abruptly"):
-        for index in range(len(read)):
-            read[index]
+        while time.monotonic() < deadline:
+            for index in range(len(read)):
+                read[index]
     assert isinstance(read.first_read_error(), WorkerLost)
 
 
@@ -643,6 +645,14 @@ def test_impossible_numbers_are_argument_errors(
     assert exit_status.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_mixed_precision_is_float16_unless_bfloat16_is_asked(easy_data, tiny_model, tmp_path):
+    args = train_args(easy_data, tiny_model, tmp_path / "run")
+    assert train_model.parse_args(args).mixed_precision is None
+    assert train_model.parse_args([*args, "--mixed-precision"]).mixed_precision == "float16"
+    asked = train_model.parse_args([*args, "--mixed-precision", "bfloat16"])
+    assert asked.mixed_precision == "bfloat16"
 
 
 def test_a_second_run_in_the_same_folder_is_refused(

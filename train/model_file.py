@@ -98,8 +98,12 @@ def load_weights(model: keras.Model, weights: Path, model_file: Path) -> None:
 
 def list_devices(kind: str | None = None) -> list[str]:
     """The backend's devices of a kind ("gpu", "cpu"; None: all) as "gpu:0"..., or [] where
-    the backend cannot list them (torch has no keras.distribution; JAX raises when a kind is
-    absent)."""
+    the backend cannot list them (JAX raises when a kind is absent)."""
+    if keras.backend.backend() == "torch":  # which has no keras.distribution
+        import torch
+
+        devices = [f"gpu:{index}" for index in range(torch.cuda.device_count())] + ["cpu:0"]
+        return [device for device in devices if kind is None or device.startswith(kind)]
     try:
         return keras.distribution.list_devices(kind)
     except (AttributeError, RuntimeError, NotImplementedError):

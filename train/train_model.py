@@ -131,7 +131,7 @@ def train(args: argparse.Namespace) -> dict:
 
         # the model, from the model file, with its normalisation in front; compiled
         keras.mixed_precision.set_global_policy(
-            "mixed_float16" if args.mixed_precision else "float32"
+            f"mixed_{args.mixed_precision}" if args.mixed_precision else "float32"
         )
         keras.utils.set_random_seed(args.seed)
         logger.info("devices: %s", ", ".join(list_devices()) or "(not listed by this backend)")
@@ -367,8 +367,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--mixed-precision",
-        action="store_true",
-        help="float16 compute, float32 weights (fast on recent GPUs, slow on CPUs)",
+        nargs="?",
+        const="float16",
+        choices=("float16", "bfloat16"),
+        help="16-bit compute, float32 weights (fast on recent GPUs, slow on CPUs): float16, "
+        "or bfloat16 (Ampere, Hopper and later: no loss scaling needed)",
     )
     parser.add_argument(
         "--in-memory",
@@ -381,8 +384,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workers",
         type=at_least(1, most_workers()),
         default=1,
-        help="processes reading batches ahead of training when streaming, threads for "
-        "chunks in memory (default 1)",
+        help="processes that read each batch together when streaming, threads for chunks "
+        "in memory (default 1)",
     )
     parser.add_argument(
         "--runs-table",
