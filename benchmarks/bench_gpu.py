@@ -1,26 +1,30 @@
 """What one GPU machine does with the pipeline, as one table (issue 10), in about 5 minutes.
 
-    bash benchmarks/bench_gpu.sh                                 # on the GPU machine
-    KERAS_BACKEND=jax python benchmarks/bench_gpu.py --quick     # a dry run on a CPU
+    bash benchmarks/bench_gpu.sh [--also-train mixed_bfloat16:1024]   # on the GPU machine
+    KERAS_BACKEND=jax python benchmarks/bench_gpu.py --quick           # a dry run on a CPU
 
 Untimed setup: synthetic demo recordings (preprocess/make_demo_dataset.py's six species),
-resampled to 16 kHz wavs in parallel. Then, timed:
-1. load_data.py on all of them with 1 worker and with every core: recordings/s (python
-   start-up included, as a user sees it).
-2. Reading rows as training does (read_rows of random sorted batches of --batch-size rows),
-   in 1 and in --readers processes, from the file load_data wrote (the default format) and
-   from a gzip copy of it (convert_dataset; the format load_data wrote before): rows/s.
-3. Training, for both models at --batch-size: in memory (`model.fit` on numpy arrays, as
-   train_model.py does), in memory on the device (ChunkBatches gathering batches from a
-   backend tensor: no copy from the host per step), and streamed (ChunkBatches, --readers
-   worker processes, as train_model.py --in-memory no --workers N); under --dtype-policy
-   (float32, or mixed_bfloat16 for Hopper): one warm-up epoch (compilation), then --epochs
-   epochs each; the best epoch's samples/s.
-4. Prediction: predict.predict() with an untrained BirdClef (speed does not depend on the
+resampled to 16 kHz wavs in parallel. Then, timed (--stages picks some):
+1. load_data: load_data.py on all of them with 1 worker and with every core: recordings/s,
+   of the whole command (Python's start included, as a user sees it) and by its own report.
+2. reading: rows as training reads them (read_rows of random sorted batches of --batch-size
+   rows), in 1 and in --readers processes, from the file load_data wrote (the default
+   format) and from a gzip copy of it (convert_dataset; the format load_data wrote before);
+   then handed to this process: a batch per process through the pool's pipe (as Keras's
+   PyDataset use_multiprocessing does), and each batch split among them (RowReaders, as
+   ChunkBatches streams): rows/s.
+3. training, for both models at --batch-size under --dtype-policy: in memory (`model.fit` on
+   numpy arrays), in memory on the device (ChunkBatches gathering batches from a backend
+   tensor, as train_model.py does with one GPU that has room), and streamed (ChunkBatches,
+   --readers reader processes, as train_model.py --in-memory no --workers N): one warm-up
+   epoch (compilation), then --epochs epochs each; the best epoch's samples/s. Each
+   --also-train POLICY:BATCH trains the first model so once more, last.
+4. prediction: predict.predict() with an untrained BirdClef (speed does not depend on the
    weights) on --predict-recordings of the wavs, batch --batch-size, extracting in turns with
-   the model and in predict.py's worker processes for a GPU (one per core but one): recordings/s;
-   and the hand-off of chunks alone from those workers (bench_predict.handoff_rates), through
-   the pool's pipe and through files in memory: chunks/s.
+   the model and in predict.py's worker processes for a GPU (one per core but one):
+   recordings/s of the whole call and once the workers have started; and the hand-off of
+   chunks alone from those workers (bench_predict.handoff_rates), through the pool's pipe and
+   through files in memory: chunks/s.
 """
 
 from __future__ import annotations
