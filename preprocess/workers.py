@@ -190,8 +190,16 @@ def hand_over(pieces: list[np.ndarray], folder: str | None) -> list[np.ndarray] 
     would kill the worker)."""
     if folder is None or not pieces:
         return pieces
-    path = write_memory_file(pieces, folder)
-    if path is None:
+    path = None
+    try:
+        descriptor, path = tempfile.mkstemp(suffix=".chunks", dir=folder)
+        with open(descriptor, "wb") as file:
+            for piece in pieces:
+                file.write(np.ascontiguousarray(piece).data)
+    except OSError:
+        if path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         return pieces
     lengths = tuple(len(piece) for piece in pieces)
     shape = (sum(lengths), *pieces[0].shape[1:])
@@ -207,23 +215,6 @@ def take_chunks(handed: list[np.ndarray] | FileChunks) -> list[np.ndarray]:
     finally:
         os.unlink(handed.path)
     return np.split(chunks, np.cumsum(handed.piece_lengths)[:-1])
-
-
-def write_memory_file(arrays: list[np.ndarray], folder: str) -> str | None:
-    """The path of a new file in folder holding the arrays' bytes one after another, or None
-    where it cannot be written (whatever was written is removed)."""
-    path = None
-    try:
-        descriptor, path = tempfile.mkstemp(suffix=".chunks", dir=folder)
-        with open(descriptor, "wb") as file:
-            for array in arrays:
-                file.write(np.ascontiguousarray(array).data)
-    except OSError:
-        if path:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-        return None
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
