@@ -42,7 +42,8 @@ IN_FLIGHT_PER_WORKER = 2  # tasks queued or finished per worker: keeps it busy, 
 
 
 class WorkerLost(Exception):
-    """An extraction worker process ended abruptly: killed (out of memory?) or crashed."""
+    """A worker process (extracting, or reading for training) ended abruptly: killed (out of
+    memory?) or crashed."""
 
 
 def keep_freed_memory() -> None:
@@ -65,7 +66,7 @@ def keep_freed_memory() -> None:
 
 
 def start_extraction_worker() -> None:
-    """Initializer of an extraction worker process."""
+    """Initializer of a worker process, extracting or reading (`RowReaders`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     keep_freed_memory()
     threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
@@ -221,6 +222,14 @@ def take_chunks(handed: list[np.ndarray] | FileChunks) -> list[np.ndarray]:
 # Reading rows of a chunk dataset in several processes, for training
 
 
+class Slot(NamedTuple):
+    """A file in memory that reader processes write rows into (`RowReaders`)."""
+
+    path: str
+    n_rows: int  # rows it holds
+    mapped: mmap.mmap  # this process's map of it, kept for the slot's life
+
+
 class RowReaders:
     """Processes that read rows of X in the HDF5 dataset file `path` together: `read(rows)`
     splits the rows among them, and each writes its share straight into a slot: a file in
@@ -239,8 +248,7 @@ class RowReaders:
         self.path, self.processes, self.row_shape = Path(path), processes, tuple(row_shape)
         self.row_bytes = 4 * int(np.prod(self.row_shape))
         self.folder = make_handoff_folder()
-        self.slots: list[tuple[str, int]] = []  # (path, rows it holds)
-        self.slot_maps: list[mmap.mmap] = []  # this process's map of each, kept
+        self.slots: list[Slot] = []
         self.free_slots: deque[int] = deque()  # filled from any thread, as arrays are freed
         self.pool = ProcessPoolExecutor(
             processes, multiprocessing.get_context("fork"), initializer=start_extraction_worker
@@ -258,22 +266,25 @@ class RowReaders:
         pieces = [piece for piece in np.array_split(rows, self.processes) if len(piece)]
         starts = np.cumsum([0, *(len(piece) for piece in pieces)])[:-1]
         slot = self._free_slot(len(rows))
-        slot_path = None if slot is None else self.slots[slot][0]
+        slot_path = None if slot is None else self.slots[slot].path
         futures = [
             self.pool.submit(_read_rows_into, self.path, piece, slot_path, int(start))
             for piece, start in zip(pieces, starts, strict=True)
         ]
         try:
             shares = [future.result() for future in futures]
-        except BrokenProcessPool:
-            raise WorkerLost(f"a process reading {self.path} ended abruptly (killed, or out "
-                             "of memory?)") from None  # fmt: skip
-        finally:
-            concurrent.futures.wait(futures)  # the failed read's others too, before reuse
+        except BaseException as error:
+            concurrent.futures.wait(futures)  # the others too, before the slot is used again
             if slot is not None:
-                out = self._map_slot(slot, len(rows))  # freed with the array
+                self.free_slots.append(slot)
+            if isinstance(error, BrokenProcessPool):
+                raise WorkerLost(f"a process reading {self.path} ended abruptly (killed, or "
+                                 "out of memory?)") from None  # fmt: skip
+            raise
         if slot is None:
             out = np.empty((len(rows), *self.row_shape), dtype=np.float32)
+        else:
+            out = self._map_slot(slot, len(rows))  # the slot is freed with the array
         for share, piece, start in zip(shares, pieces, starts, strict=True):
             if share is not None:  # came through the pipe
                 out[start : start + len(piece)] = share
@@ -284,7 +295,7 @@ class RowReaders:
         memory taken now); None where memory has no room or folder for one."""
         for _ in range(len(self.free_slots)):
             slot = self.free_slots.popleft()
-            if self.slots[slot][1] >= n_rows:
+            if self.slots[slot].n_rows >= n_rows:
                 return slot
             self.free_slots.append(slot)
         if self.folder is None:
@@ -301,8 +312,7 @@ class RowReaders:
                 os.unlink(path)
             return None
         with open(path, "r+b") as file:
-            self.slot_maps.append(mmap.mmap(file.fileno(), n_rows * self.row_bytes))
-        self.slots.append((path, n_rows))
+            self.slots.append(Slot(path, n_rows, mmap.mmap(file.fileno(), n_rows * self.row_bytes)))
         return len(self.slots) - 1
 
     def _map_slot(self, slot: int, n_rows: int) -> np.ndarray:
@@ -310,7 +320,7 @@ class RowReaders:
         array, and every view of it, is gone (a ctypes window on the slot's lasting map is
         the one owner that all views keep, and can be watched; a map of its own for every
         batch cost this process about 9 ms per batch of 256 chunks on the 2-core VM)."""
-        window = (ctypes.c_char * (n_rows * self.row_bytes)).from_buffer(self.slot_maps[slot])
+        window = (ctypes.c_char * (n_rows * self.row_bytes)).from_buffer(self.slots[slot].mapped)
         weakref.finalize(window, self.free_slots.append, slot)
         return np.frombuffer(window, dtype=np.float32).reshape(n_rows, *self.row_shape)
 

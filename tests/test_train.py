@@ -188,7 +188,7 @@ def test_a_reader_process_that_dies_is_a_clear_error(easy_data):
         while time.monotonic() < deadline:
             for index in range(len(read)):
                 read[index]
-    assert isinstance(read.first_read_error(), WorkerLost)
+    assert isinstance(read.read_error, WorkerLost)
 
 
 def test_chunks_in_memory_move_to_a_gpu_with_room(easy_data):

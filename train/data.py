@@ -201,7 +201,7 @@ class ChunkBatches(keras.utils.PyDataset):
         self._dataset: Dataset | None = None
         self._pid: int | None = None
         self._row_readers: RowReaders | None = None
-        self.read_error: Exception | None = None
+        self.read_error: Exception | None = None  # a damaged row, or a reader's end, met
 
     def __len__(self) -> int:
         return -(-len(self.rows) // self.batch_size)
@@ -236,10 +236,6 @@ class ChunkBatches(keras.utils.PyDataset):
             raise
         return x
 
-    def first_read_error(self) -> Exception | None:
-        """The damaged row (or the reader process's end) that a read met, if any."""
-        return self.read_error
-
     def on_epoch_end(self) -> None:
         if self.shuffle:
             self.order = self.rng.permutation(len(self.rows))
@@ -263,7 +259,7 @@ def read_errors_reported(*batches: ChunkBatches) -> Iterator[None]:
         yield
     except Exception:
         for each in batches:
-            if each.first_read_error() is not None:
+            if each.read_error is not None:
                 raise each.read_error from None
         raise
 
