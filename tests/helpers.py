@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,14 @@ def process_state(pid: int) -> tuple[str, int]:
     except OSError:
         return "gone", 0
     return fields[0], int(fields[1])
+
+
+def still_running(pids: list[int], seconds: float) -> list[int]:
+    """Those of pids still running (neither gone nor a zombie) after waiting up to seconds
+    for them to end."""
+    give_up = time.monotonic() + seconds
+    while True:
+        pids = [pid for pid in pids if process_state(pid)[0] not in ("gone", "Z")]
+        if not pids or time.monotonic() > give_up:
+            return pids
+        time.sleep(0.05)

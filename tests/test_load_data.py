@@ -22,7 +22,7 @@ from preprocess.dataset import complete_shards, exclusive_run, open_dataset
 from preprocess.load_data import main
 from preprocess.params import SpectrogramParams
 from preprocess.spectrogram import extract_chunks, stream_chunks
-from tests.helpers import process_state
+from tests.helpers import process_state, still_running
 
 SCRIPT = Path(__file__).resolve().parents[1] / "preprocess" / "load_data.py"
 PARAMS = SpectrogramParams()
@@ -321,11 +321,8 @@ def test_kill_9_then_rerun_gives_every_recording_once(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not out.exists(), "load_data finished before it could be killed"
-    give_up = time.monotonic() + 10  # the workers look for their parent every second
-    while workers and time.monotonic() < give_up:
-        workers = [pid for pid in workers if process_state(pid)[0] not in ("gone", "Z")]
-        time.sleep(0.1)
-    assert not workers, "the workers outlive load_data"
+    # the workers look for their parent every second
+    assert not still_running(workers, seconds=10), "the workers outlive load_data"
     done = len(complete_shards(parts))
     assert 2 <= done < 48
     (parts / "part-00999.h5.tmp").write_bytes(b"half a shard")  # as a kill mid-write leaves

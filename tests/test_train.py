@@ -31,7 +31,7 @@ from tests.helpers import (
     CLASSES,
     PARAMS,
     TINY_MODEL,
-    process_state,
+    still_running,
     write_dataset,
     write_easy_dataset,
 )
@@ -169,12 +169,7 @@ def test_reader_processes_read_batches_equal_and_end_with_them(easy_data):
     assert len(pids) == 3
     del read, readers
     gc.collect()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(
-        process_state(pid)[0] not in ("gone", "Z") for pid in pids
-    ):
-        time.sleep(0.05)
-    assert all(process_state(pid)[0] in ("gone", "Z") for pid in pids)
+    assert not still_running(pids, seconds=10)
     assert not folder.exists()
 
 
