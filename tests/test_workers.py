@@ -1,4 +1,5 @@
-"""The extraction workers: results in order, a worker's death said, chunks handed over."""
+"""The worker processes: results in order, a worker's death said, chunks handed over, rows
+read together by reader processes."""
 
 import os
 import subprocess
