@@ -267,11 +267,12 @@ class RowReaders:
         starts = np.cumsum([0, *(len(piece) for piece in pieces)])[:-1]
         slot = self._free_slot(len(rows))
         slot_path = None if slot is None else self.slots[slot].path
-        futures = [
-            self.pool.submit(_read_rows_into, self.path, piece, slot_path, int(start))
-            for piece, start in zip(pieces, starts, strict=True)
-        ]
-        try:
+        futures = []
+        try:  # a broken pool raises from submit or from a result
+            for piece, start in zip(pieces, starts, strict=True):
+                futures.append(
+                    self.pool.submit(_read_rows_into, self.path, piece, slot_path, int(start))
+                )
             shares = [future.result() for future in futures]
         except BaseException as error:
             concurrent.futures.wait(futures)  # the others too, before the slot is used again

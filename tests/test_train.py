@@ -184,6 +184,8 @@ def test_a_reader_process_that_dies_is_a_clear_error(easy_data):
             for index in range(len(read)):
                 read[index]
     assert isinstance(read.read_error, WorkerLost)
+    with pytest.raises(WorkerLost, match="ended abruptly"):  # from the broken pool's submit
+        read[0]
 
 
 def test_chunks_in_memory_move_to_a_gpu_with_room(easy_data):
