@@ -250,6 +250,7 @@ class RowReaders:
         self.folder = make_handoff_folder()
         self.slots: list[Slot] = []
         self.free_slots: deque[int] = deque()  # filled from any thread, as arrays are freed
+        self.slots_lock = threading.Lock()  # read() is called from several threads at once
         self.pool = ProcessPoolExecutor(
             processes, multiprocessing.get_context("fork"), initializer=start_extraction_worker
         )
@@ -294,27 +295,29 @@ class RowReaders:
     def _free_slot(self, n_rows: int) -> int | None:
         """A slot of at least n_rows that no array uses, made where none is free (with its
         memory taken now); None where memory has no room or folder for one."""
-        for _ in range(len(self.free_slots)):
-            slot = self.free_slots.popleft()
-            if self.slots[slot].n_rows >= n_rows:
-                return slot
-            self.free_slots.append(slot)
-        if self.folder is None:
-            return None
-        path = None
-        try:
-            descriptor, path = tempfile.mkstemp(suffix=".rows", dir=self.folder)
+        with self.slots_lock:
+            for _ in range(len(self.free_slots)):
+                slot = self.free_slots.popleft()
+                if self.slots[slot].n_rows >= n_rows:
+                    return slot
+                self.free_slots.append(slot)
+            if self.folder is None:
+                return None
+            path = None
             try:
-                os.posix_fallocate(descriptor, 0, n_rows * self.row_bytes)
-            finally:
-                os.close(descriptor)
-        except OSError:  # memory is full
-            if path:
-                os.unlink(path)
-            return None
-        with open(path, "r+b") as file:
-            self.slots.append(Slot(path, n_rows, mmap.mmap(file.fileno(), n_rows * self.row_bytes)))
-        return len(self.slots) - 1
+                descriptor, path = tempfile.mkstemp(suffix=".rows", dir=self.folder)
+                try:
+                    os.posix_fallocate(descriptor, 0, n_rows * self.row_bytes)
+                finally:
+                    os.close(descriptor)
+            except OSError:  # memory is full
+                if path:
+                    os.unlink(path)
+                return None
+            with open(path, "r+b") as file:
+                mapped = mmap.mmap(file.fileno(), n_rows * self.row_bytes)
+            self.slots.append(Slot(path, n_rows, mapped))
+            return len(self.slots) - 1
 
     def _map_slot(self, slot: int, n_rows: int) -> np.ndarray:
         """The first n_rows rows of a slot as an array; the slot is free again once the

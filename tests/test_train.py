@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,13 +21,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, label_ranking_average_precision_score
 
+import train.data
 from preprocess.dataset import (
     DatasetInfo,
     RecordingChunks,
     compress_chunks,
     read_rows,
 )
-from preprocess.workers import WorkerLost
+from preprocess.workers import RowReaders, WorkerLost
 from tests.helpers import (
     CLASSES,
     PARAMS,
@@ -171,6 +173,31 @@ def test_reader_processes_read_batches_equal_and_end_with_them(easy_data):
     gc.collect()
     assert not still_running(pids, seconds=10)
     assert not folder.exists()
+
+
+def test_reader_processes_serve_threads_asking_at_once(easy_data, monkeypatch):
+    """Batches read by reader processes for several threads at once (PyDataset's workers,
+    say) are each thread's own, equal to the rows read in this process, though every batch
+    is kept (so each takes a slot of its own, made while others are made); the threads'
+    first calls start one set of processes, not one each."""
+    started = []
+    monkeypatch.setattr(
+        train.data, "RowReaders", lambda *args: started.append(args) or RowReaders(*args)
+    )
+    rows = np.arange(3, 60)
+    labels = rows % len(CLASSES)
+    alone = ChunkBatches(easy_data, rows, labels, len(CLASSES), 5, shuffle=True, seed=4)
+    read = ChunkBatches(easy_data, rows, labels, len(CLASSES), 5, shuffle=True, seed=4, readers=2)
+    with ThreadPoolExecutor(4) as threads:
+        for _ in range(3):
+            kept = list(threads.map(read.__getitem__, range(len(read))))
+            for index, batch in enumerate(kept):
+                for got, want in zip(batch, alone[index], strict=True):
+                    np.testing.assert_array_equal(got, want)
+            read.on_epoch_end()
+            alone.on_epoch_end()
+    assert len(read._row_readers.slots) >= len(read)
+    assert len(started) == 1
 
 
 def test_a_reader_process_that_dies_is_a_clear_error(easy_data):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -160,6 +161,9 @@ def fits_in_memory(n_rows: int, row_shape: tuple, share: float = 0.5) -> bool:
     return free is not None and n_rows * int(np.prod(row_shape)) * 4 < share * free
 
 
+_STARTING_READERS = threading.Lock()
+
+
 class ChunkBatches(keras.utils.PyDataset):
     """Batches (x (b, n_bins, chunk_frames, 1) float32, y (b, classes) float32 one-hot).
 
@@ -227,9 +231,10 @@ class ChunkBatches(keras.utils.PyDataset):
                 x = read_rows(self._hdf5().X, rows)
                 check_finite(x, rows, self.source)
             else:  # the readers check their rows
-                if self._row_readers is None:
-                    shape = self._hdf5().X.shape[1:]
-                    self._row_readers = RowReaders(self.source, self.readers, shape)
+                with _STARTING_READERS:  # threads (PyDataset's workers) may ask at once
+                    if self._row_readers is None:
+                        shape = self._hdf5().X.shape[1:]
+                        self._row_readers = RowReaders(self.source, self.readers, shape)
                 x = self._row_readers.read(rows)
         except (DatasetError, WorkerLost) as error:
             self.read_error = error  # for read_errors_reported
