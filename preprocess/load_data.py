@@ -21,6 +21,7 @@ and extracts what is new, changed (size or modification time) or failed before.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -70,7 +71,15 @@ from preprocess.params import (
 )
 from preprocess.paths import OutputPathError, check_output, is_hdf5
 from preprocess.spectrogram import frames_for_seconds, mel_filterbank
-from preprocess.workers import WorkerLost, keep_freed_memory, run_in_workers
+from preprocess.workers import (
+    FileChunks,
+    WorkerLost,
+    hand_over,
+    handoff_folder,
+    keep_freed_memory,
+    run_in_workers,
+    take_chunks,
+)
 
 logger = logging.getLogger("load_data")
 
@@ -114,14 +123,35 @@ def extract_recording(path: Path, params: SpectrogramParams, compression: str) -
         return Extracted([], 0, 0.0, 0, error.reason)
 
 
-def _extract_batch(paths: list[Path], params: SpectrogramParams, compression: str):
+def _extract_batch(
+    paths: list[Path], params: SpectrogramParams, compression: str, folder: str | None = None
+):
+    """`extract_recording` of each path, in a worker. With a hand-off folder, the chunks'
+    bytes go to the parent in one file there (`hand_over`), and the results hold each
+    chunk's filter mask only (`take_extracted` puts them back together): through the pool's
+    pipe every byte was pickled and read 64 KB at a time by the parent, a serial cost that
+    bounds how far extraction scales with workers (BENCHMARKS.md)."""
     results = []
     for path in paths:
         try:
             results.append(extract_recording(path, params, compression))
         except Exception as error:  # a bug or resource failure: say which file triggered it
             raise RuntimeError(f"{path}: {type(error).__name__}: {error}") from None
-    return results
+    if folder is None:
+        return results
+    stored = [np.frombuffer(chunk.data, np.uint8) for each in results for chunk in each.chunks]
+    without_bytes = [
+        each._replace(chunks=[chunk.filter_mask for chunk in each.chunks]) for each in results
+    ]
+    return without_bytes, hand_over(stored, folder)
+
+
+def take_extracted(handed: tuple[list[Extracted], list[np.ndarray] | FileChunks]):
+    """The results `_extract_batch` handed over through a folder, each chunk whole again."""
+    results, stored = handed
+    data = iter(take_chunks(stored))
+    for each in results:
+        yield each._replace(chunks=[StoredChunk(mask, next(data)) for mask in each.chunks])
 
 
 def worker_batches(paths: list[Path], workers: int) -> list[list[Path]]:
@@ -159,13 +189,16 @@ def extract_all(
             yield from _extract_batch([path], params, compression)
         return
     workers = min(workers, len(batches))
-    tasks = ((batch, params, compression) for batch in batches)
 
     def first_file(task: tuple) -> str:
         return str(task[0][0])
 
-    for results in run_in_workers(_extract_batch, tasks, workers, first_file):
-        yield from results
+    with handoff_folder() as folder:
+        tasks = ((batch, params, compression, folder) for batch in batches)
+        in_order = run_in_workers(_extract_batch, tasks, workers, first_file)
+        with contextlib.closing(in_order):  # its workers end before the folder goes
+            for handed in in_order:
+                yield from (take_extracted(handed) if folder else handed)
 
 
 # ---------------------------------------------------------------------------------------------

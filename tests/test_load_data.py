@@ -1,5 +1,6 @@
 """preprocess/load_data.py: metadata layouts, bad inputs, reruns, kill -9 resumption."""
 
+import contextlib
 import csv
 import logging
 import os
@@ -22,6 +23,7 @@ from preprocess.dataset import complete_shards, exclusive_run, open_dataset
 from preprocess.load_data import main
 from preprocess.params import SpectrogramParams
 from preprocess.spectrogram import extract_chunks, stream_chunks
+from preprocess.workers import HANDOFF_PREFIX, FileChunks, take_chunks
 from tests.helpers import process_state, still_running
 
 SCRIPT = Path(__file__).resolve().parents[1] / "preprocess" / "load_data.py"
@@ -124,7 +126,9 @@ def test_csv_rows_are_the_recordings_chunks_in_order(csv_job, tmp_path, capsys):
     assert "recordings  4" in report and "skipped     0" in report
 
 
-def test_several_workers_write_the_same_file(csv_job, tmp_path):
+def test_several_workers_write_the_same_file(csv_job, tmp_path, monkeypatch):
+    """Workers hand their chunks over through a file in memory (/dev/shm), removed after the
+    run, or through the pool's pipe where memory has no folder: the same file either way."""
     wav_dir, labels = csv_job
     rows = list(csv.DictReader(labels.read_text().splitlines()))
     for index in range(12):  # enough files for several worker tasks
@@ -133,8 +137,20 @@ def test_several_workers_write_the_same_file(csv_job, tmp_path):
     write_csv(labels, rows)
     assert load(wav_dir, ["--csv", labels], tmp_path / "one.h5") == 0
     argv = ["--wav-dir", str(wav_dir), "--csv", str(labels), "--out", str(tmp_path / "two.h5")]
+    before = set(Path("/dev/shm").glob(f"{HANDOFF_PREFIX}{os.getpid()}-*"))
+    handed = []
+    monkeypatch.setattr(
+        load_data_module, "take_chunks", lambda each: handed.append(each) or take_chunks(each)
+    )
     assert main([*argv, "--workers", "2", "--shard-chunks", "5"]) == 0
     assert_same_file(tmp_path / "one.h5", tmp_path / "two.h5")
+    assert handed and all(isinstance(each, FileChunks) for each in handed if each)
+    assert set(Path("/dev/shm").glob(f"{HANDOFF_PREFIX}{os.getpid()}-*")) == before
+
+    monkeypatch.setattr(load_data_module, "handoff_folder", lambda: contextlib.nullcontext(None))
+    argv[-1] = str(tmp_path / "three.h5")
+    assert main([*argv, "--workers", "2"]) == 0
+    assert_same_file(tmp_path / "one.h5", tmp_path / "three.h5")
 
 
 XML = "<Audio><MediaId>{id}</MediaId><FileName>{file}</FileName>{labels}</Audio>"
