@@ -12,13 +12,14 @@ resampled to 16 kHz wavs in parallel. Then, timed (--stages picks some):
    format) and from a gzip copy of it (convert_dataset; the format load_data wrote before);
    then handed to this process: a batch per process through the pool's pipe (as Keras's
    PyDataset use_multiprocessing does), and each batch split among them (RowReaders, as
-   ChunkBatches streams): rows/s.
+   ChunkBatches streams), one batch at a time and two at once: rows/s.
 3. training, for both models at --batch-size under --dtype-policy: in memory (`model.fit` on
    numpy arrays), in memory on the device (ChunkBatches gathering batches from a backend
    tensor, as train_model.py does with one GPU that has room), and streamed (ChunkBatches,
-   --readers reader processes, as train_model.py --in-memory no --workers N): one warm-up
-   epoch (compilation), then --epochs epochs each; the best epoch's samples/s. Each
-   --also-train POLICY:BATCH trains the first model so once more, last.
+   --readers reader processes, as train_model.py --in-memory no --workers N; and with two
+   of PyDataset's threads asking for batches at once, which train_model.py does not do):
+   one warm-up epoch (compilation), then --epochs epochs each; the best epoch's samples/s.
+   Each --also-train POLICY:BATCH trains the first model so once more, last.
 4. prediction: predict.predict() with an untrained BirdClef (speed does not depend on the
    weights) on --predict-recordings of the wavs, batch --batch-size, extracting in turns with
    the model and in predict.py's worker processes for a GPU (one per core but one):
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -144,6 +146,10 @@ def batch_read_rates(path: Path, n_rows: int, batch_size: int, processes: int) -
     started = time.perf_counter()
     n = sum(len(readers.read(batch)) for batch in batches)
     rates["each batch split among them (RowReaders)"] = n / (time.perf_counter() - started)
+    with ThreadPoolExecutor(2) as threads:  # as PyDataset(workers=2) asks: two at once
+        started = time.perf_counter()
+        n = sum(len(x) for x in threads.map(readers.read, batches))
+        rates["the same, two batches at once (2 threads)"] = n / (time.perf_counter() - started)
     return rates
 
 
@@ -176,6 +182,12 @@ def train_rates(
                 "x": ChunkBatches(
                     path, rows, labels, n_classes, batch_size, shuffle=True,
                     readers=readers,
+                )  # fmt: skip
+            },
+            f"streamed, {readers} reader processes, 2 batches at once": {
+                "x": ChunkBatches(
+                    path, rows, labels, n_classes, batch_size, shuffle=True,
+                    readers=readers, workers=2,
                 )  # fmt: skip
             },
         }
