@@ -128,9 +128,9 @@ def _extract_batch(
 ):
     """`extract_recording` of each path, in a worker. With a hand-off folder, the chunks'
     bytes go to the parent in one file there (`hand_over`), and the results hold each
-    chunk's filter mask only (`take_extracted` puts them back together): through the pool's
-    pipe every byte was pickled and read 64 KB at a time by the parent, a serial cost that
-    bounds how far extraction scales with workers (BENCHMARKS.md)."""
+    chunk's filter mask only (`take_extracted` puts them back together). Through the pool's
+    pipe every byte would be pickled and read by the parent 64 KB at a time: a serial cost
+    that bounds how far extraction scales with workers (BENCHMARKS.md)."""
     results = []
     for path in paths:
         try:
