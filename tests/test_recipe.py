@@ -86,6 +86,7 @@ def test_normalisation_is_saved_in_and_restored_from_the_keras_file(
     else:
         assert isinstance(first, keras.layers.LayerNormalization)
         np.testing.assert_allclose(normalized.mean(axis=(1, 2, 3)), 0, atol=1e-4)
+        np.testing.assert_allclose(normalized.std(axis=(1, 2, 3)), 1, atol=1e-3)
 
 
 def test_band_statistics_leave_out_the_floor():

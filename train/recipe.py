@@ -145,8 +145,10 @@ def normalized_model(
             axis=1, mean=mean, variance=variance, name="band_normalization"
         )
     elif normalize == "chunk":
+        # over the one channel too: the same values, and torch's layer_norm takes only
+        # trailing axes (Keras 3.15 on torch fails on axis=(1, 2))
         layer = keras.layers.LayerNormalization(
-            axis=(1, 2), center=False, scale=False, name="chunk_normalization"
+            axis=(1, 2, 3), center=False, scale=False, name="chunk_normalization"
         )
     else:
         raise ValueError(f"normalize {normalize!r} is not one of {', '.join(NORMALIZATIONS)}")
