@@ -58,6 +58,9 @@ from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import BLOCK_FRAMES, extract_chunks  # noqa: E402
 from tests import reference_2016  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_hdf5 import concatenated_wavs, write_labels  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 PIECE_S = 600  # the reference and the plain floor run on 10-minute recordings (soundscapes)
 SHORT_S = 60  # a typical training recording
@@ -132,32 +135,6 @@ def timed(function, *args) -> tuple[float, object]:
     start_time = time.perf_counter()
     result = function(*args)
     return time.perf_counter() - start_time, result
-
-
-def concatenated_wavs(clips: list[Path], folder: Path, seconds: float) -> list[Path]:
-    """The clips (16 kHz 16-bit mono wavs) joined in order into wavs of at least `seconds`
-    (the last one shorter) in folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    joined, pending, pending_samples = [], [], 0
-    for index, clip in enumerate(clips):
-        rate, samples = wavfile.read(clip)
-        if rate != 16000 or samples.dtype != np.int16 or samples.ndim != 1:
-            raise SystemExit(f"{clip}: not a 16 kHz 16-bit mono wav")
-        pending.append(samples)
-        pending_samples += samples.size
-        if pending_samples >= seconds * rate or index == len(clips) - 1:
-            joined.append(folder / f"joined{len(joined):04d}.wav")
-            wavfile.write(joined[-1], rate, np.concatenate(pending))
-            pending, pending_samples = [], 0
-    return joined
-
-
-def write_labels(wavs: list[Path], wav_dir: Path) -> Path:
-    """A load_data CSV of the wavs (paths relative to wav_dir), ten made-up classes."""
-    csv = wav_dir / "labels.csv"
-    lines = [f"{wav.relative_to(wav_dir)},class{index % 10}" for index, wav in enumerate(wavs)]
-    csv.write_text("\n".join(["file,label", *lines]) + "\n")
-    return csv
 
 
 def measured_load_data(code: Path, argv: list[str]) -> dict:

@@ -6,7 +6,8 @@
 Untimed setup: synthetic demo recordings (preprocess/make_demo_dataset.py's six species),
 resampled to 16 kHz wavs in parallel. Then, timed (--stages picks some):
 1. load_data: load_data.py on all of them with 1 worker and with every core: recordings/s,
-   of the whole command (Python's start included, as a user sees it) and by its own report.
+   of the whole command (Python's start included, as a user sees it) and by its own report;
+   then the same on the same audio joined into one-minute files (less work per file).
 2. reading: rows as training reads them (read_rows of random sorted batches of --batch-size
    rows), in 1 and in --readers processes, from the file load_data wrote (the default
    format) and from a gzip copy of it (convert_dataset; the format load_data wrote before);
@@ -60,7 +61,7 @@ from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.workers import RowReaders  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_hdf5 import read_batches  # noqa: E402
+from bench_hdf5 import concatenated_wavs, read_batches, write_labels  # noqa: E402
 from bench_predict import handoff_rates  # noqa: E402
 
 # Keras (and what imports it) is imported in the functions that use it: prediction's worker
@@ -86,13 +87,16 @@ def make_wavs(work: Path, n_recordings: int, cores: int) -> tuple[Path, Path]:
     return wav16, work / "demo" / "TrainingSet" / "xml"
 
 
-def time_load_data(wav_dir: Path, xml_dir: Path, out: Path, workers: int) -> tuple[float, float]:
-    """Seconds of load_data.py on the wavs: the whole command as a user sees it (Python's and
-    the workers' start included), and the files/s its own report gives."""
+def time_load_data(
+    wav_dir: Path, labels: list[str], out: Path, workers: int
+) -> tuple[float, float]:
+    """Seconds of load_data.py on the wavs (labels: its --xml-dir or --csv argument): the
+    whole command as a user sees it (Python's and the workers' start included), and the
+    files/s its own report gives."""
     started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, str(ROOT / "preprocess" / "load_data.py"), "--wav-dir", str(wav_dir),
-         "--xml-dir", str(xml_dir), "--out", str(out), "--workers", str(workers)],
+         *labels, "--out", str(out), "--workers", str(workers)],
         check=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     seconds = time.perf_counter() - started
@@ -270,14 +274,22 @@ def main() -> None:
         stage_done(f"setup ({n_wavs} wavs)")
 
         data = work / "train.h5"
-        for workers in (1, cores) if "load_data" in args.stages else (cores,):
-            data.unlink(missing_ok=True)
-            seconds, reported = time_load_data(wav_dir, xml_dir, data, workers)
-            table[f"load_data, {workers} workers"] = (
-                f"{n_wavs / seconds:.1f} recordings/s ({reported:.1f} by its own report, "
-                "from reading the metadata to the last write)"
-            )
-            print(f"  load_data {workers} workers: {seconds:.1f} s", flush=True)
+        jobs = {"": (wav_dir, ["--xml-dir", str(xml_dir)], n_wavs)}
+        if "load_data" in args.stages:  # the same audio in fewer, longer files: less per file
+            joined = concatenated_wavs(sorted(wav_dir.glob("*.wav")), work / "joined", 60)
+            labels = ["--csv", str(write_labels(joined, work / "joined"))]
+            jobs[", the same audio in one-minute files"] = (work / "joined", labels, len(joined))
+        for job, (wavs, labels, n_files) in jobs.items():
+            for workers in (1, cores) if "load_data" in args.stages else (cores,):
+                out = data if not job else work / "joined.h5"
+                out.unlink(missing_ok=True)
+                seconds, reported = time_load_data(wavs, labels, out, workers)
+                who = f"{workers} worker{'s' if workers > 1 else ''}"
+                table[f"load_data{job}, {who}"] = (
+                    f"{n_files / seconds:.1f} recordings/s ({reported:.1f} by its own report, "
+                    "from reading the metadata to the last write)"
+                )
+                print(f"  load_data{job}, {who}: {seconds:.1f} s", flush=True)
         with open_dataset(data) as dataset:
             n_rows, size = len(dataset), data.stat().st_size
         table["chunks"] = f"{n_rows} ({size / n_rows / 1e3:.0f} KB/row, {DEFAULT_COMPRESSION})"

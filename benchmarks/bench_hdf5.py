@@ -79,6 +79,32 @@ sys.exit(code)
 """
 
 
+def concatenated_wavs(clips: list[Path], folder: Path, seconds: float) -> list[Path]:
+    """The clips (16 kHz 16-bit mono wavs) joined in order into wavs of at least `seconds`
+    (the last one shorter) in folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    joined, pending, pending_samples = [], [], 0
+    for index, clip in enumerate(clips):
+        rate, samples = wavfile.read(clip)
+        if rate != 16000 or samples.dtype != np.int16 or samples.ndim != 1:
+            raise SystemExit(f"{clip}: not a 16 kHz 16-bit mono wav")
+        pending.append(samples)
+        pending_samples += samples.size
+        if pending_samples >= seconds * rate or index == len(clips) - 1:
+            joined.append(folder / f"joined{len(joined):04d}.wav")
+            wavfile.write(joined[-1], rate, np.concatenate(pending))
+            pending, pending_samples = [], 0
+    return joined
+
+
+def write_labels(wavs: list[Path], wav_dir: Path) -> Path:
+    """A load_data CSV of the wavs (paths relative to wav_dir), ten made-up classes."""
+    csv = wav_dir / "labels.csv"
+    lines = [f"{wav.relative_to(wav_dir)},class{index % 10}" for index, wav in enumerate(wavs)]
+    csv.write_text("\n".join(["file,label", *lines]) + "\n")
+    return csv
+
+
 def birdsong(seconds: float, rng: np.random.Generator) -> np.ndarray:
     """Bird-like test audio (n,) float32 on the int16 scale: chirps of 50-400 ms sweeping
     1.5-6 kHz with vibrato and a harmonic, about 3 per second, over red noise."""
