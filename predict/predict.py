@@ -70,7 +70,7 @@ from preprocess.metadata import AUDIO_SUFFIXES, MetadataError, read_birdclef_xml
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.paths import OutputPathError, check_output, first_line, is_zip_with  # noqa: E402
 from preprocess.spectrogram import STREAM_SECONDS  # noqa: E402
-from preprocess.workers import WorkerLost, handoff_folder, run_in_workers, take_chunks  # noqa: E402
+from preprocess.workers import WorkerLost, run_in_workers, take_chunks  # noqa: E402
 from train.metrics import POOLINGS, POWER_EXPONENT, recording_scores  # noqa: E402
 from train.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds  # noqa: E402
 
@@ -412,31 +412,31 @@ def extracted_recordings(
         return
     given = {item.wav: item.path for item in items}  # error messages name the file as given
     workers = min(workers, sum(in_worker))
-    with handoff_folder() as folder:
-        tasks = (
-            (item.wav, params, max_chunks, window_seconds, folder)
-            for item, worker in zip(items, in_worker, strict=True)
-            if worker
-        )
-        # spawn, not fork: this process runs the model's threads, which a fork does not copy
-        in_order = run_in_workers(
-            whole_recording_chunks,
-            tasks,
-            workers,
-            lambda task: str(given[task[0]]),
-            multiprocessing.get_context("spawn"),
-        )
-        with contextlib.closing(in_order):
-            for item, worker in zip(items, in_worker, strict=True):
-                if not worker:
-                    yield extract_here(item)
-                    continue
-                result = next(in_order)
-                if isinstance(result, str):
-                    yield AudioError(item.wav, result)
-                else:
-                    handed, seconds = result
-                    yield iter(take_chunks(handed)), seconds
+    tasks = (
+        (item.wav, params, max_chunks, window_seconds)
+        for item, worker in zip(items, in_worker, strict=True)
+        if worker
+    )
+    # spawn, not fork: this process runs the model's threads, which a fork does not copy
+    in_order = run_in_workers(
+        whole_recording_chunks,
+        tasks,
+        workers,
+        lambda task: str(given[task[0]]),
+        multiprocessing.get_context("spawn"),
+        handoff=True,
+    )
+    with contextlib.closing(in_order):
+        for item, worker in zip(items, in_worker, strict=True):
+            if not worker:
+                yield extract_here(item)
+                continue
+            result = next(in_order)
+            if isinstance(result, str):
+                yield AudioError(item.wav, result)
+            else:
+                handed, seconds = result
+                yield iter(take_chunks(handed)), seconds
 
 
 def extraction_workers(processes: int | None, model_on_gpu: bool) -> int:

@@ -75,7 +75,6 @@ from preprocess.workers import (
     FileChunks,
     WorkerLost,
     hand_over,
-    handoff_folder,
     keep_freed_memory,
     run_in_workers,
     take_chunks,
@@ -126,9 +125,9 @@ def extract_recording(path: Path, params: SpectrogramParams, compression: str) -
 def _extract_batch(
     paths: list[Path], params: SpectrogramParams, compression: str, folder: str | None = None
 ):
-    """`extract_recording` of each path, in a worker. With a hand-off folder, the chunks'
-    bytes go to the parent in one file there (`hand_over`), and the results hold each
-    chunk's filter mask only (`take_extracted` puts them back together). Through the pool's
+    """`extract_recording` of each path (in a worker), as `take_extracted` takes them: the
+    results with each chunk's filter mask only, and the chunks' bytes handed over apart
+    (`hand_over`), in one file in the hand-off folder where there is one. Through the pool's
     pipe every byte would be pickled and read by the parent 64 KB at a time: a serial cost
     that bounds how far extraction scales with workers (BENCHMARKS.md)."""
     results = []
@@ -137,8 +136,6 @@ def _extract_batch(
             results.append(extract_recording(path, params, compression))
         except Exception as error:  # a bug or resource failure: say which file triggered it
             raise RuntimeError(f"{path}: {type(error).__name__}: {error}") from None
-    if folder is None:
-        return results
     stored = [np.frombuffer(chunk.data, np.uint8) for each in results for chunk in each.chunks]
     without_bytes = [
         each._replace(chunks=[chunk.filter_mask for chunk in each.chunks]) for each in results
@@ -147,7 +144,7 @@ def _extract_batch(
 
 
 def take_extracted(handed: tuple[list[Extracted], list[np.ndarray] | FileChunks]):
-    """The results `_extract_batch` handed over through a folder, each chunk whole again."""
+    """The results `_extract_batch` handed over, each chunk whole again."""
     results, stored = handed
     data = iter(take_chunks(stored))
     for each in results:
@@ -186,19 +183,18 @@ def extract_all(
     batches = worker_batches(paths, workers)
     if workers == 1 or len(batches) == 1:
         for path in paths:
-            yield from _extract_batch([path], params, compression)
+            yield from take_extracted(_extract_batch([path], params, compression))
         return
     workers = min(workers, len(batches))
+    tasks = ((batch, params, compression) for batch in batches)
 
     def first_file(task: tuple) -> str:
         return str(task[0][0])
 
-    with handoff_folder() as folder:
-        tasks = ((batch, params, compression, folder) for batch in batches)
-        in_order = run_in_workers(_extract_batch, tasks, workers, first_file)
-        with contextlib.closing(in_order):  # its workers end before the folder goes
-            for handed in in_order:
-                yield from (take_extracted(handed) if folder else handed)
+    in_order = run_in_workers(_extract_batch, tasks, workers, first_file, handoff=True)
+    with contextlib.closing(in_order):  # its workers and hand-off folder go with the run
+        for handed in in_order:
+            yield from take_extracted(handed)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -86,11 +86,14 @@ def run_in_workers(
     workers: int,
     describe: Callable[[tuple], str],
     context=None,
+    handoff: bool = False,
 ) -> Iterator:
     """function(*task) for every task, yielded in the tasks' order, computed by `workers`
     processes (`start_extraction_worker`; context: a multiprocessing context, None for the
     platform's default) at most IN_FLIGHT_PER_WORKER tasks per worker ahead of the one
-    consumed.
+    consumed. With `handoff`, every task gets one more argument: a private folder in memory
+    for the workers' `hand_over` files (`handoff_folder`; None where there is none), removed
+    once the workers have ended.
 
     Memory does not grow with the number of tasks (Pool.imap keeps every finished result when
     the consumer falls behind). A worker that dies ends the run with `WorkerLost`, naming the
@@ -98,12 +101,15 @@ def run_in_workers(
     """
     tasks, ahead = iter(tasks), IN_FLIGHT_PER_WORKER * workers
     queued: deque = deque()
-    executor = ProcessPoolExecutor(workers, context, initializer=start_extraction_worker)
-    try:
+    with contextlib.ExitStack() as stack:  # on leaving: the workers end, then the folder goes
+        folder = stack.enter_context(handoff_folder()) if handoff else None
+        executor = ProcessPoolExecutor(workers, context, initializer=start_extraction_worker)
+        stack.callback(executor.shutdown, cancel_futures=True)
         while True:
             try:
                 for task in itertools.islice(tasks, max(0, ahead - len(queued))):
-                    queued.append((task, executor.submit(function, *task)))
+                    arguments = (*task, folder) if handoff else task
+                    queued.append((task, executor.submit(function, *arguments)))
                 if not queued:
                     return
                 result = queued[0][1].result()
@@ -114,8 +120,6 @@ def run_in_workers(
                 raise WorkerLost(message) from None
             queued.popleft()
             yield result
-    finally:
-        executor.shutdown(cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from scipy.io import wavfile
 
 from preprocess import extract as extract_module
 from preprocess import load_data as load_data_module
+from preprocess import workers as workers_module
 from preprocess.audio import read_wav, to_sample_rate
 from preprocess.dataset import complete_shards, exclusive_run, open_dataset
 from preprocess.load_data import main
@@ -147,7 +148,7 @@ def test_several_workers_write_the_same_file(csv_job, tmp_path, monkeypatch):
     assert handed and all(isinstance(each, FileChunks) for each in handed if each)
     assert set(Path("/dev/shm").glob(f"{HANDOFF_PREFIX}{os.getpid()}-*")) == before
 
-    monkeypatch.setattr(load_data_module, "handoff_folder", lambda: contextlib.nullcontext(None))
+    monkeypatch.setattr(workers_module, "handoff_folder", lambda: contextlib.nullcontext(None))
     argv[-1] = str(tmp_path / "three.h5")
     assert main([*argv, "--workers", "2"]) == 0
     assert_same_file(tmp_path / "one.h5", tmp_path / "three.h5")
