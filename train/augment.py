@@ -13,7 +13,6 @@ Shapes: x (batch, n_bins, frames, 1) float32; y (batch, classes) float32 rows su
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -195,7 +194,7 @@ class AugmentedBatches(ChunkBatches):
     def __getitem__(self, index: int):
         x, y = super().__getitem__(index)
         x = keras.ops.convert_to_numpy(x)  # a backend tensor source gives tensors
-        positions = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+        positions = self.positions(index)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         use, settings = self.settings.use, self.settings
         if "crop" in use:
@@ -218,21 +217,15 @@ class AugmentedBatches(ChunkBatches):
         has_next = following >= 0
         out = x.copy()
         if has_next.any():
-            second = self._read(following[has_next])
+            second = self.chunks(following[has_next])
+            if not isinstance(second, np.ndarray):  # a backend tensor source gives tensors
+                second = keras.ops.convert_to_numpy(second)
             offsets = rng.integers(0, frames + 1, int(has_next.sum()))
             out[has_next] = crop_across(x[has_next], second, offsets)
         alone = ~has_next & self.first_of_recording[positions]
         if alone.any():
             out[alone] = roll_time(x[alone], rng.integers(0, frames, int(alone.sum())))
         return out
-
-    def _read(self, positions: np.ndarray) -> np.ndarray:
-        """x of the chunks at sorted positions (indices into `rows`)."""
-        if isinstance(self.source, np.ndarray):
-            return self.source[positions]
-        if not isinstance(self.source, Path):  # a backend tensor
-            return keras.ops.convert_to_numpy(keras.ops.take(self.source, positions, axis=0))
-        return self.read(self.rows[positions])
 
     def on_epoch_end(self) -> None:
         super().on_epoch_end()

@@ -211,18 +211,26 @@ class ChunkBatches(keras.utils.PyDataset):
         return -(-len(self.rows) // self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch {index} of {len(self)}")
-        positions = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
-        if isinstance(self.source, np.ndarray):
-            x = self.source[positions]
-        elif not isinstance(self.source, Path):  # a backend tensor
-            x = keras.ops.take(self.source, positions, axis=0)
-        else:
-            x = self.read(self.rows[positions])
+        positions = self.positions(index)
+        x = self.chunks(positions)
         y = np.zeros((len(positions), self.n_classes), dtype=np.float32)
         y[np.arange(len(positions)), self.labels[positions]] = 1
         return x, y
+
+    def positions(self, index: int) -> np.ndarray:
+        """The sorted positions (indices into `rows`) of batch `index` this epoch."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        return np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
+
+    def chunks(self, positions: np.ndarray):
+        """x of the chunks at sorted positions, from where the source holds them (a backend
+        tensor gives a tensor, gathered on its device)."""
+        if isinstance(self.source, np.ndarray):
+            return self.source[positions]
+        if not isinstance(self.source, Path):
+            return keras.ops.take(self.source, positions, axis=0)
+        return self.read(self.rows[positions])
 
     def read(self, rows: np.ndarray) -> np.ndarray:
         """X[rows] of the file source, for sorted unique rows, by the readers."""
