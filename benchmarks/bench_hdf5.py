@@ -1,4 +1,4 @@
-"""Benchmark of the HDF5 stage: compression, shard writing, merging, reading, and load_data.
+"""Benchmark of the HDF5 stage: compression, shard writing, copying, reading, and load_data.
 
     flock /tmp/bench.lock python benchmarks/bench_hdf5.py [--hours H] [--repeat N]
 
@@ -7,8 +7,9 @@
    shuffle; float16 rows, which are lossy and so only an option), on 20 minutes of audio.
 1. One hour of synthetic bird-like audio (frequency-modulated calls over red noise, 16 kHz,
    int16 scale) is cut into chunks by preprocess/spectrogram.py (about 725 chunks of
-   200 x 310 float32). For each --compression choice: the compression cost (paid in the
-   workers), the shard write and merge (paid in the parent), file size, and the read
+   200 x 310 float32). For each --compression choice: the compression cost and the shard
+   write (paid in the workers), the copy into the output (paid in the parent), file size,
+   and the read
    throughput of random batches of 64 rows, as training reads them (read_rows), and row by
    row through HDF5's own filters.
 2. load_data.py end to end on the same hour written as 60 wav files, with --workers 1 and 2:
@@ -46,12 +47,12 @@ from preprocess.dataset import (  # noqa: E402
     DEFAULT_COMPRESSION,
     DatasetInfo,
     RecordingChunks,
-    ShardWriter,
-    complete_shards,
+    StoredRecordings,
+    atomic_dataset,
     compress_chunks,
-    merge_shards,
     open_dataset,
     read_rows,
+    shard_path,
 )
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import extract_chunks  # noqa: E402
@@ -153,13 +154,19 @@ def bench_storage(chunk_sets: list[np.ndarray], params: SpectrogramParams, work:
             for i, chunks in enumerate(stored)
         ]
         parts, out = work / f"{compression}.parts", work / f"{compression}.h5"
-        with Stopwatch() as write:
-            writer = ShardWriter(parts, info, shard_chunks=200)
-            for item in items:
-                writer.add(item)
-            writer.flush()
-        with Stopwatch() as merge:
-            merge_shards(complete_shards(parts), out, info)
+        parts.mkdir(exist_ok=True)
+        shards = [shard_path(parts, number) for number in range(math.ceil(len(items) / 4))]
+        with Stopwatch() as write:  # shards of 4 one-minute recordings, as load_data's tasks
+            for number, shard in enumerate(shards):
+                with atomic_dataset(shard, info) as writer:
+                    for item in items[4 * number : 4 * number + 4]:
+                        writer.append(item)
+        with Stopwatch() as copy, atomic_dataset(out, info) as writer:
+            for shard in shards:
+                source = StoredRecordings(shard)
+                for index in range(len(source)):
+                    writer.append(source.recording(index))
+                source.close()
         size_mb = out.stat().st_size / 1e6
 
         with open_dataset(out) as dataset:
@@ -175,7 +182,7 @@ def bench_storage(chunk_sets: list[np.ndarray], params: SpectrogramParams, work:
         print(
             f"{compression:7s} compress {compress.seconds:5.2f} s "
             f"({raw_mb / compress.seconds:4.0f} MB/s) | shards {write.seconds:5.2f} s | "
-            f"merge {merge.seconds:5.2f} s | {size_mb:5.1f} MB (x{raw_mb / size_mb:4.1f}) | "
+            f"copy {copy.seconds:5.2f} s | {size_mb:5.1f} MB (x{raw_mb / size_mb:4.1f}) | "
             f"read {rows / batch_read.seconds:5.0f} rows/s (read_rows, as training), "
             f"{rows / per_row_read.seconds:5.0f} rows/s (X[row], HDF5's filters)"
         )
@@ -335,7 +342,7 @@ def bench_end_to_end(hours: float, work: Path, repeat: int) -> None:
     csv = write_wavs(work / "wav", [RECORDING_SECONDS] * n_files, rng)
     audio_h = n_files * RECORDING_SECONDS / 3600
     print(f"\n## load_data.py end to end: {n_files} wavs x {RECORDING_SECONDS} s at 16 kHz")
-    print("(python start-up, metadata, wav reading, extraction, compression, shards, merge)")
+    print("(python start-up, metadata, wav reading, extraction, compression, shards, copy)")
     header = "workers compression  s/audio-h  files/s  audio s/s  CPU s: parent workers"
     print(f"{header}  peak MB: parent largest-worker all")
     runs = [(1, DEFAULT_COMPRESSION), (2, DEFAULT_COMPRESSION), (1, "lzf"), (2, "lzf"), (2, "none")]

@@ -1,4 +1,4 @@
-"""The chunk dataset on disk: HDF5 written in crash-safe shards, merged, and read back.
+"""The chunk dataset on disk: HDF5 written whole or not at all, copied raw, and read back.
 
 One row per 5 s chunk; a recording's chunks are consecutive and in time order.
 
@@ -18,13 +18,13 @@ the column order of y), class_names (JSON {class_id: name}), source (JSON), and 
 writer here compression, inputs_digest (what the file was made from, to tell a rerun) and
 settings_digest (the settings alone, to tell which stored recordings a rerun can keep).
 
-HDF5 files are not crash-safe, so nothing is ever written into the final file in place.
-`ShardWriter` appends finished recordings to numbered shard files `part-NNNNN.h5` in a
-parts folder; each shard is written under a temporary name and renamed, so a shard that
-exists is complete, and a kill -9 loses at most the shard being filled. Every shard is a
-dataset in the format above. `merge_shards` then copies them into the final file: X's
-compressed chunks are copied raw (`read_direct_chunk` / `write_direct_chunk`), so merging
-costs a disk copy, not a decompression and recompression.
+HDF5 files are not crash-safe, so a file is never written in place: `atomic_dataset` fills
+a temporary file and renames it once complete, so a file that exists is whole. load_data's
+workers each write the recordings of one task to a shard `part-NNNNN.h5` in a parts folder
+(every shard a dataset in the format above), so that a kill -9 loses only the tasks in
+flight; `StoredRecordings` copies recordings from shards or an earlier output into the final
+file with X's compressed chunks copied raw (`read_direct_chunk` / `write_direct_chunk`): a
+disk copy, not a decompression and recompression.
 """
 
 from __future__ import annotations
@@ -575,89 +575,71 @@ def _write_recordings(h5: h5py.File, table: dict, row_start: int, recording_star
             h5[name][rows] = values
 
 
-class ShardWriter:
-    """Appends recordings, in order, to numbered shard files in parts_dir.
+@contextmanager
+def atomic_dataset(path: Path, info: DatasetInfo) -> Iterator[DatasetWriter]:
+    """A DatasetWriter filling path + '.tmp', renamed to path when the block ends, so a file
+    at path is always complete; the temporary file goes if the block raises."""
+    temporary = Path(f"{path}.tmp")
+    writer = DatasetWriter(temporary, info)
+    try:
+        yield writer
+        writer.close()
+    except BaseException:
+        writer.h5.close()
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, path)  # atomic: now the file counts as done
 
-    A shard is filled under a temporary name and renamed once it holds `shard_chunks`
-    chunks (or at `flush()`), so every `part-NNNNN.h5` is complete. Memory use does not
-    depend on the shard size: chunks go to disk as they come.
-    """
 
-    def __init__(
-        self, parts_dir: Path, info: DatasetInfo, *, first_number: int = 0, shard_chunks=2000
-    ):
-        self.parts_dir, self.info = Path(parts_dir), info
-        self.number, self.shard_chunks = first_number, shard_chunks
-        self.writer: DatasetWriter | None = None
+class StoredRecordings:
+    """The recordings of a dataset file, each as `RecordingChunks` with its chunks as stored
+    (`read_direct_chunk`), to append to a `DatasetWriter`: copying costs a disk copy, not a
+    decompression and recompression."""
 
-    def _path(self) -> Path:
-        return self.parts_dir / f"part-{self.number:05d}.h5"
+    def __init__(self, path: str | os.PathLike):
+        self.h5 = h5py.File(path, "r")
+        self.x = self.h5["X"].id
 
-    def add(self, item: RecordingChunks) -> None:
-        if self.writer is None:
-            self.parts_dir.mkdir(parents=True, exist_ok=True)
-            self.writer = DatasetWriter(f"{self._path()}.tmp", self.info)
-        self.writer.append(item)
-        if self.writer.n_rows >= self.shard_chunks:
-            self.flush()
+    @functools.cached_property
+    def table(self) -> dict[str, np.ndarray]:
+        """`read_recordings`, on first use: a caller that knows the recordings skips it."""
+        return read_recordings(self.h5)
 
-    def flush(self) -> None:
-        """Complete the shard being filled, if any."""
-        if self.writer is None:
-            return
-        self.writer.close()
-        os.replace(f"{self._path()}.tmp", self._path())  # atomic: now the shard counts as done
-        self.number += 1
-        self.writer = None
+    def __len__(self) -> int:
+        return len(self.table["MediaId"])
+
+    def chunks(self, rows: range) -> list[StoredChunk]:
+        return [StoredChunk(*self.x.read_direct_chunk((row, 0, 0, 0))) for row in rows]
+
+    def recording(self, index: int) -> RecordingChunks:
+        table, first = self.table, int(self.table["first_row"][index])
+        return RecordingChunks(
+            table["MediaId"][index],
+            table["ClassId"][index],
+            table["file"][index],
+            int(table["label"][index]),
+            table["background"][index],
+            int(table["n_frames"][index]),
+            float(table["duration_s"][index]),
+            self.chunks(range(first, first + int(table["n_chunks"][index]))),
+            table["input_key"][index],
+        )
+
+    def close(self) -> None:
+        self.h5.close()
 
 
 def complete_shards(parts_dir: Path) -> list[Path]:
     """The shard files in parts_dir, in writing order (temporary files excluded)."""
-    return sorted(Path(parts_dir).glob(SHARD_PATTERN))
+    return sorted(Path(parts_dir).glob(SHARD_PATTERN), key=shard_number)
 
 
 def shard_number(path: Path) -> int:
     return int(path.stem.removeprefix("part-"))
 
 
-def merge_shards(
-    shards: list[Path],
-    out_path: Path,
-    info: DatasetInfo,
-    keep: list[np.ndarray | None] | None = None,
-) -> None:
-    """Concatenate shards (datasets of this same `info`) into out_path, atomically.
-
-    keep: per shard, a bool mask over its recordings of those to copy (None: all of them).
-    A shard may be out_path itself (a rerun keeping part of it). Written to out_path + '.tmp'
-    and renamed, so out_path is complete whenever it exists.
-    """
-    keep = keep or [None] * len(shards)
-    tables = []
-    for shard, mask in zip(shards, keep, strict=True):
-        with h5py.File(shard, "r") as h5:
-            table = read_recordings(h5)
-        mask = np.ones(len(table["MediaId"]), bool) if mask is None else np.asarray(mask, bool)
-        rows = recording_rows(table, mask)
-        kept = {name: values[mask] for name, values in table.items()}
-        kept["first_row"] = np.cumsum(kept["n_chunks"], dtype=np.int64) - kept["n_chunks"]
-        tables.append((rows, kept))
-    temporary = out_path.with_name(out_path.name + ".tmp")
-    with h5py.File(temporary, "w") as out:
-        n_rows = sum(len(rows) for rows, _ in tables)
-        n_recordings = sum(len(kept["MediaId"]) for _, kept in tables)
-        _create_root(out, info, n_rows)
-        _create_tables(out, len(info.classes), n_rows, n_recordings)
-        row = recording = 0
-        for shard, (rows, kept) in zip(shards, tables, strict=True):
-            with h5py.File(shard, "r") as h5:
-                _write_recordings(out, kept, row, recording)
-                source, target = h5["X"].id, out["X"].id
-                for index, stored_row in enumerate(rows.tolist()):
-                    filter_mask, data = source.read_direct_chunk((stored_row, 0, 0, 0))
-                    target.write_direct_chunk((row + index, 0, 0, 0), data, filter_mask)
-            row, recording = row + len(rows), recording + len(kept["MediaId"])
-    os.replace(temporary, out_path)
+def shard_path(parts_dir: Path, number: int) -> Path:
+    return Path(parts_dir) / f"part-{number:05d}.h5"
 
 
 def convert_dataset(

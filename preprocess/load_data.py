@@ -6,9 +6,11 @@ resampled in-process), log spectrogram, noise filter, 5 s chunks (preprocess/spe
 compressed and appended to the dataset (preprocess/dataset.py, which documents the layout).
 A 16 kHz 16-bit mono wav over STREAM_SECONDS (10 minutes) is streamed instead of read whole.
 
-Workers extract and compress recordings in parallel; the parent writes them in input order
-into shard files (OUT.parts/), merged into OUT when every recording is done. Killed at any
-moment (even kill -9), the same command run again skips the recordings already in shards.
+Workers extract and compress recordings in parallel, a few files per task, and write each
+task's recordings to a shard file (OUT.parts/); the parent copies each shard into OUT as it
+is done, in input order, while the workers go on. OUT is complete or absent: it is written
+under a temporary name and renamed at the end. Killed at any moment (even kill -9), the same
+command run again skips the recordings already in shards.
 Bad inputs (missing, empty or corrupt wavs, unusable XML) are skipped, logged and counted in
 the final summary with exit status 0; fatal errors (unreadable metadata, no usable recording,
 an OUT made with other settings without --overwrite) end with one line `error: ...` and exit
@@ -30,7 +32,7 @@ import multiprocessing
 import shutil
 import sys
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict, deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -47,17 +49,19 @@ from preprocess.dataset import (
     DEFAULT_COMPRESSION,
     DatasetError,
     DatasetInfo,
+    DatasetWriter,
     RecordingChunks,
     RunLocked,
-    ShardWriter,
     StoredChunk,
+    StoredRecordings,
+    atomic_dataset,
     complete_shards,
     compress_chunks,
     exclusive_run,
-    merge_shards,
     open_dataset,
     remove_parts,
     shard_number,
+    shard_path,
 )
 from preprocess.extract import recording_chunks
 from preprocess.metadata import MetadataError
@@ -71,20 +75,14 @@ from preprocess.params import (
 )
 from preprocess.paths import OutputPathError, check_output, is_hdf5
 from preprocess.spectrogram import frames_for_seconds, mel_filterbank
-from preprocess.workers import (
-    FileChunks,
-    WorkerLost,
-    hand_over,
-    keep_freed_memory,
-    run_in_workers,
-    take_chunks,
-)
+from preprocess.workers import WorkerLost, keep_freed_memory, run_in_workers
 
 logger = logging.getLogger("load_data")
 
-# Audio per worker task (about 4 minutes of 16 kHz wav, one file at least): short files share
-# a hand-off to the workers, whose cost per task would otherwise dominate (BENCHMARKS.md).
-BATCH_BYTES = 8 * 2**20
+# Audio per worker task (about 17 minutes of 16 kHz wav, one file at least): short files share
+# a task, whose costs (a hand-off to a worker, a shard file of about 12 ms) would otherwise
+# weigh (BENCHMARKS.md). A kill -9 loses at most the tasks in flight.
+BATCH_BYTES = 32 * 2**20
 TASKS_PER_WORKER = 4  # at least, where there are files enough: workers finish together
 STREAM_PIECE_CHUNKS = 64  # chunks extracted at a time from a streamed recording (16 MB)
 
@@ -122,33 +120,49 @@ def extract_recording(path: Path, params: SpectrogramParams, compression: str) -
         return Extracted([], 0, 0.0, 0, error.reason)
 
 
-def _extract_batch(
-    paths: list[Path], params: SpectrogramParams, compression: str, folder: str | None = None
-):
-    """`extract_recording` of each path (in a worker), as `take_extracted` takes them: the
-    results with each chunk's filter mask only, and the chunks' bytes handed over apart
-    (`hand_over`), in one file in the hand-off folder where there is one. Through the pool's
-    pipe every byte would be pickled and read by the parent 64 KB at a time: a serial cost
-    that bounds how far extraction scales with workers (BENCHMARKS.md)."""
-    results = []
-    for path in paths:
-        try:
-            results.append(extract_recording(path, params, compression))
-        except Exception as error:  # a bug or resource failure: say which file triggered it
-            raise RuntimeError(f"{path}: {type(error).__name__}: {error}") from None
-    stored = [np.frombuffer(chunk.data, np.uint8) for each in results for chunk in each.chunks]
-    without_bytes = [
-        each._replace(chunks=[chunk.filter_mask for chunk in each.chunks]) for each in results
-    ]
-    return without_bytes, hand_over(stored, folder)
+class Task(NamedTuple):
+    """Recordings that one worker extracts, in order, into one shard."""
+
+    paths: list[Path]
+    recordings: list[RecordingChunks]  # labels and input keys, chunks still to extract
+    shard: Path
 
 
-def take_extracted(handed: tuple[list[Extracted], list[np.ndarray] | FileChunks]):
-    """The results `_extract_batch` handed over, each chunk whole again."""
-    results, stored = handed
-    data = iter(take_chunks(stored))
-    for each in results:
-        yield each._replace(chunks=[StoredChunk(mask, next(data)) for mask in each.chunks])
+class Outcome(NamedTuple):
+    """What a worker reports of one recording of its task (its chunks are in the shard)."""
+
+    n_chunks: int
+    n_frames: int
+    duration_s: float
+    sample_rate: int  # of the wav file
+    error: str | None  # why the file was skipped, None when it was not
+
+
+def extract_into_shard(task: Task, info: DatasetInfo) -> list[Outcome]:
+    """`extract_recording` of each of the task's files (in a worker); those that could be
+    read are written in order to task.shard, which exists only once complete. Writing here,
+    in parallel, leaves the parent one copy of each chunk, into OUT, where the pipe or a
+    hand-over cost it two more (BENCHMARKS.md)."""
+    outcomes = []
+    with contextlib.ExitStack() as shard:
+        writer = None
+        for path, recording in zip(task.paths, task.recordings, strict=True):
+            try:
+                result = extract_recording(path, info.params, info.compression)
+            except Exception as error:  # a bug or resource failure: say which file triggered it
+                raise RuntimeError(f"{path}: {type(error).__name__}: {error}") from None
+            if result.error is None:
+                writer = writer or shard.enter_context(atomic_dataset(task.shard, info))
+                writer.append(
+                    dataclasses.replace(
+                        recording,
+                        n_frames=result.n_frames,
+                        duration_s=result.duration_s,
+                        chunks=result.chunks,
+                    )
+                )
+            outcomes.append(Outcome(len(result.chunks), *result[1:]))
+    return outcomes
 
 
 def worker_batches(paths: list[Path], workers: int) -> list[list[Path]]:
@@ -171,30 +185,25 @@ def worker_batches(paths: list[Path], workers: int) -> list[list[Path]]:
     return batches
 
 
-def extract_all(
-    paths: list[Path], params: SpectrogramParams, compression: str, workers: int
-) -> Iterator[Extracted]:
-    """`extract_recording` of every path, yielded in input order.
+def extract_tasks(tasks: list[Task], info: DatasetInfo, workers: int) -> Iterator[list[Outcome]]:
+    """`extract_into_shard` of every task, yielded in order.
 
-    With several workers (`run_in_workers`), a few batches per worker are queued or waiting
-    to be consumed, so memory does not depend on the number of recordings.
+    With several workers (`run_in_workers`), a few tasks per worker are queued or finished
+    ahead of the one consumed, so memory does not depend on the number of recordings.
     """
     keep_freed_memory()
-    batches = worker_batches(paths, workers)
-    if workers == 1 or len(batches) == 1:
-        for path in paths:
-            yield from take_extracted(_extract_batch([path], params, compression))
+    if workers == 1 or len(tasks) == 1:
+        for task in tasks:
+            yield extract_into_shard(task, info)
         return
-    workers = min(workers, len(batches))
-    tasks = ((batch, params, compression) for batch in batches)
 
-    def first_file(task: tuple) -> str:
-        return str(task[0][0])
+    def first_file(arguments: tuple) -> str:
+        return str(arguments[0].paths[0])
 
-    in_order = run_in_workers(_extract_batch, tasks, workers, first_file, handoff=True)
-    with contextlib.closing(in_order):  # its workers and hand-off folder go with the run
-        for handed in in_order:
-            yield from take_extracted(handed)
+    arguments = ((task, info) for task in tasks)
+    in_order = run_in_workers(extract_into_shard, arguments, min(workers, len(tasks)), first_file)
+    with contextlib.closing(in_order):  # its workers end with the run
+        yield from in_order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,91 +398,191 @@ def resume(parts_dir: Path, settings: str) -> list[Path]:
     return shards
 
 
-def stored_to_keep(sources: list[Path], wanted: set[str]) -> tuple[list[np.ndarray], set[str]]:
-    """Which recordings of datasets `sources` (an earlier OUT, shards) a rerun keeps: those
-    whose input_key is still wanted, each once (the first source holding it wins).
-    Returns (a bool mask over each source's recordings, the keys kept)."""
-    masks, kept = [], set()
+def stored_recordings(sources: list[Path], wanted: set[str]) -> dict[str, tuple[Path, int]]:
+    """Where a rerun finds the recordings already extracted into datasets `sources` (an
+    earlier OUT, shards) whose input_key is still wanted: {key: (source, index)}, the first
+    source holding a key winning."""
+    where: dict[str, tuple[Path, int]] = {}
     for source in sources:
         with open_dataset(source) as dataset:
             keys = dataset.recordings["input_key"]
-        mask = np.zeros(len(keys), bool)
-        for number, key in enumerate(keys):
-            if key in wanted and key not in kept:
-                mask[number] = True
-                kept.add(key)
-        masks.append(mask)
-    return masks, kept
+        for index, key in enumerate(keys):
+            if key in wanted:
+                where.setdefault(key, (source, index))
+    return where
 
 
-def check_free_space(sources: list[Path], masks: list[np.ndarray], out: Path) -> None:
-    """Raise LoadDataError before merging when OUT's folder lacks the room for the merged file
-    (about the size of what is kept of the sources)."""
-    needed = 0.0
-    for source, mask in zip(sources, masks, strict=True):
-        share = mask.mean() if len(mask) else 0.0
-        needed += source.stat().st_size * share
+def check_room(needed_bytes: float, out: Path) -> None:
+    """Raise LoadDataError when OUT's folder lacks the room for needed_bytes more of it."""
     free = shutil.disk_usage(out.parent).free
-    if needed * 1.05 + 1e6 > free:
+    if needed_bytes * 1.05 + 1e6 > free:
         raise LoadDataError(
-            f"merging into {out} needs about {needed / 1e9:.2f} GB, but only {free / 1e9:.2f} "
-            f"GB are free in {out.parent}: make room and run the same command again (the "
-            "extracted recordings are kept)"
+            f"writing {out} needs about {needed_bytes / 1e9:.2f} GB more, but only "
+            f"{free / 1e9:.2f} GB are free in {out.parent}: make room and run the same "
+            "command again (the extracted recordings are kept)"
         )
 
 
-def extract_into_shards(
+def stored_bytes(stored: dict[str, tuple[Path, int]]) -> float:
+    """About how much of OUT the recordings kept from earlier files make: each file's size
+    times the share of its recordings kept."""
+    kept_from: dict[Path, int] = defaultdict(int)
+    for source, _ in stored.values():
+        kept_from[source] += 1
+    needed = 0.0
+    for source, n_kept in kept_from.items():
+        with open_dataset(source) as dataset:
+            share = n_kept / len(dataset.recordings["MediaId"])
+        needed += source.stat().st_size * share
+    return needed
+
+
+def make_tasks(
     todo: list[metadata.Recording],
     keys: list[str],
     wav_dir: Path,
     info: DatasetInfo,
     workers: int,
-    writer: ShardWriter,
-    summary: Summary,
-) -> set[tuple[str, str]]:
-    """Extract the recordings in order into writer, with a progress bar; keys: their
-    `recording_key`s. Unreadable files are logged and counted in summary."""
-    params, n_classes = info.params, len(info.classes)
-    index = class_index(info.classes, info.class_names)
-    paths = [wav_dir / r.file for r in todo]
-    results = extract_all(paths, params, info.compression, workers)
-    progress = tqdm(total=len(todo), unit="file", desc="extracting", smoothing=0.05)
-    with logging_redirect_tqdm(), progress:
-        for recording, key, path, result in zip(todo, keys, paths, results, strict=True):
-            progress.update()
-            if result.error is not None:
-                summary.skip("unreadable wav", f"{path} ({result.error})")
-                logger.warning("skipped %s: %s", path, result.error)
-                continue
-            if result.sample_rate != params.sample_rate:
-                if not summary.resampled:
-                    logger.warning(
-                        "%s is at %d Hz, not %d: resampling in-process with soxr (and any "
-                        "other such file). For exact reproduction resample first with "
-                        "preprocess/resample_wavs_to_16k.sh (SoX).",
-                        path,
-                        result.sample_rate,
-                        params.sample_rate,
-                    )
-                rate = result.sample_rate
-                summary.resampled[rate] = summary.resampled.get(rate, 0) + 1
-            label, background = label_vectors(recording, index, n_classes)
-            writer.add(
-                RecordingChunks(
-                    recording.media_id,
-                    recording.class_id or "",
-                    recording.file,
-                    label,
-                    background,
-                    result.n_frames,
-                    result.duration_s,
-                    result.chunks,
-                    key,
-                )
+    parts_dir: Path,
+    first_number: int,
+) -> list[Task]:
+    """The recordings to extract (keys: their `recording_key`s) cut into worker tasks
+    (`worker_batches`), in order, each with the next shard number from first_number."""
+    index, n_classes = class_index(info.classes, info.class_names), len(info.classes)
+    items = []
+    for recording, key in zip(todo, keys, strict=True):
+        label, background = label_vectors(recording, index, n_classes)
+        items.append(
+            RecordingChunks(
+                recording.media_id,
+                recording.class_id or "",
+                recording.file,
+                label,
+                background,
+                n_frames=0,
+                duration_s=0.0,
+                chunks=[],
+                input_key=key,
             )
-            summary.chunks += len(result.chunks)
-            summary.audio_s += result.duration_s
-            progress.set_postfix_str(f"{summary.audio_s / 3600:.2f} h audio", refresh=False)
+        )
+    tasks, start = [], 0
+    batches = worker_batches([wav_dir / r.file for r in todo], workers)
+    for number, paths in enumerate(batches, first_number):
+        tasks.append(Task(paths, items[start : start + len(paths)], shard_path(parts_dir, number)))
+        start += len(paths)
+    return tasks
+
+
+class SourceFiles:
+    """The datasets that recordings are copied from (`StoredRecordings`), opened when first
+    asked for; beyond `most` open at once, the one used longest ago is closed."""
+
+    def __init__(self, most: int = 8):
+        self.most, self.opened = most, OrderedDict[Path, StoredRecordings]()
+
+    def get(self, path: Path) -> StoredRecordings:
+        if path in self.opened:
+            self.opened.move_to_end(path)
+        else:
+            self.opened[path] = StoredRecordings(path)
+            if len(self.opened) > self.most:
+                self.opened.popitem(last=False)[1].close()
+        return self.opened[path]
+
+    def __enter__(self) -> SourceFiles:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for source in self.opened.values():
+            source.close()
+
+
+class InShard(NamedTuple):
+    """A recording extracted now: all but its chunks, and their rows in the task's shard."""
+
+    recording: RecordingChunks
+    shard: Path
+    rows: range
+
+
+def count_outcomes(
+    task: Task, outcomes: list[Outcome], params: SpectrogramParams, summary: Summary
+) -> list[InShard | None]:
+    """Log and count a finished task's outcomes in summary; returns, per recording, where its
+    chunks are, or None for a file that could not be read."""
+    places: list[InShard | None] = []
+    row = 0
+    for path, recording, outcome in zip(task.paths, task.recordings, outcomes, strict=True):
+        if outcome.error is not None:
+            summary.skip("unreadable wav", f"{path} ({outcome.error})")
+            logger.warning("skipped %s: %s", path, outcome.error)
+            places.append(None)
+            continue
+        if outcome.sample_rate != params.sample_rate:
+            if not summary.resampled:
+                logger.warning(
+                    "%s is at %d Hz, not %d: resampling in-process with soxr (and any "
+                    "other such file). For exact reproduction resample first with "
+                    "preprocess/resample_wavs_to_16k.sh (SoX).",
+                    path,
+                    outcome.sample_rate,
+                    params.sample_rate,
+                )
+            rate = outcome.sample_rate
+            summary.resampled[rate] = summary.resampled.get(rate, 0) + 1
+        summary.audio_s += outcome.duration_s
+        extracted = dataclasses.replace(
+            recording, n_frames=outcome.n_frames, duration_s=outcome.duration_s
+        )
+        places.append(InShard(extracted, task.shard, range(row, row + outcome.n_chunks)))
+        row += outcome.n_chunks
+    return places
+
+
+def write_in_input_order(
+    keys: list[str],
+    stored: dict[str, tuple[Path, int]],
+    tasks: list[Task],
+    info: DatasetInfo,
+    workers: int,
+    writer: DatasetWriter,
+    out: Path,
+    summary: Summary,
+) -> None:
+    """Append every recording of the job to writer, in input order (keys, their
+    `recording_key`s): those stored by an earlier run (stored: key -> (file, index)) copied
+    from there, the others extracted now by `tasks` and copied from each task's shard as soon
+    as it is done, while the workers extract the next ones. Unreadable files are logged and
+    counted in summary."""
+    extracted = extract_tasks(tasks, info, workers)
+    finished = zip(tasks, extracted, strict=True)
+    extracted_next: deque[InShard | None] = deque()  # the recordings of the last task done
+    progress = tqdm(
+        total=sum(len(task.paths) for task in tasks), unit="file", desc="extracting",
+        smoothing=0.05, disable=not tasks,
+    )  # fmt: skip
+    with (
+        contextlib.closing(extracted),  # on an error, the workers end with their tasks done
+        SourceFiles() as sources,
+        logging_redirect_tqdm(),
+        progress,
+    ):
+        for key in keys:
+            if key in stored:
+                source, index = stored[key]
+                writer.append(sources.get(source).recording(index))
+                continue
+            if not extracted_next:
+                task, outcomes = next(finished)
+                extracted_next.extend(count_outcomes(task, outcomes, info.params, summary))
+                if task.shard.exists():
+                    check_room(task.shard.stat().st_size, out)
+                progress.update(len(task.paths))
+                progress.set_postfix_str(f"{summary.audio_s / 3600:.2f} h audio", refresh=False)
+            place = extracted_next.popleft()
+            if place is not None:
+                chunks = sources.get(place.shard).chunks(place.rows)
+                writer.append(dataclasses.replace(place.recording, chunks=chunks))
 
 
 FRONT_END_OPTIONS = (
@@ -571,7 +680,7 @@ def build(args) -> int:
 
     if out.exists() and not out.is_file():
         raise LoadDataError(f"{out} is a folder, not a dataset file: choose another --out")
-    out.with_name(out.name + ".tmp").unlink(missing_ok=True)  # a merge cut short
+    out.with_name(out.name + ".tmp").unlink(missing_ok=True)  # a write of OUT cut short
     earlier = []  # an OUT whose recordings that still apply are kept
     if out.exists() and not args.overwrite:
         try:
@@ -609,8 +718,8 @@ def build(args) -> int:
         )
 
     shards = resume(parts_dir, info.settings_digest)
-    _, done = stored_to_keep(earlier + shards, set(keys))
-    todo = [(r, key) for r, key in zip(recordings, keys, strict=True) if key not in done]
+    stored = stored_recordings(earlier + shards, set(keys))
+    todo = [(r, key) for r, key in zip(recordings, keys, strict=True) if key not in stored]
     summary.resumed = len(recordings) - len(todo)
     if summary.resumed:
         logger.info("%d recordings already extracted by an earlier run", summary.resumed)
@@ -621,31 +730,27 @@ def build(args) -> int:
         )
 
     first_number = shard_number(shards[-1]) + 1 if shards else 0
-    writer = ShardWriter(parts_dir, info, first_number=first_number, shard_chunks=args.shard_chunks)
+    todo_recordings, todo_keys = [r for r, _ in todo], [key for _, key in todo]
+    tasks = make_tasks(
+        todo_recordings, todo_keys, args.wav_dir, info, args.workers, parts_dir, first_number
+    )
+    if tasks:
+        parts_dir.mkdir(parents=True, exist_ok=True)
+    if stored:
+        check_room(stored_bytes(stored), out)
     try:
-        extract_into_shards(
-            [r for r, _ in todo], [key for _, key in todo], args.wav_dir, info, args.workers,
-            writer, summary,
-        )  # fmt: skip
+        with atomic_dataset(out, info) as writer:  # the old OUT stays until this one is done
+            write_in_input_order(keys, stored, tasks, info, args.workers, writer, out, summary)
+            if not writer.recordings:
+                raise LoadDataError("no recording could be read: nothing written")
     except KeyboardInterrupt:
-        writer.flush()  # keep what is finished
         logger.error(
             "interrupted: finished recordings are kept in %s; run the same command again to resume",
             parts_dir,
         )
         return 130
-    writer.flush()
-
-    sources = earlier + complete_shards(parts_dir)
-    masks, kept = stored_to_keep(sources, set(keys))
-    if not kept:
-        raise LoadDataError("no recording could be read: nothing written")
-    check_free_space(sources, masks, out)
-    merge_shards(sources, out, info, masks)
     remove_parts(parts_dir)
-    summary.recordings = sum(key in kept for key in keys)
-    with open_dataset(out) as written:
-        summary.chunks = len(written)
+    summary.recordings, summary.chunks = len(writer.recordings), writer.n_rows
     summary.seconds = time.perf_counter() - started
     print(summary.report(out))
     return 0
@@ -801,12 +906,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="compression of X: blosc2-lz4 (default) decodes fastest and needs hdf5plugin "
         "imported to read; gzip is read by any HDF5 tool; lzf only by h5py; none is about 3x "
         "larger",
-    )
-    parser.add_argument(
-        "--shard-chunks",
-        type=at_least(1),
-        default=2000,
-        help="chunks per shard file, the most work a crash can lose (default %(default)s)",
     )
     parser.add_argument(
         "--overwrite",

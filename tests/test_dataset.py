@@ -1,4 +1,4 @@
-"""The HDF5 chunk dataset: schema, shards and their raw-chunk merge, and the checking reader."""
+"""The HDF5 chunk dataset: schema, atomic writes, raw-chunk copies, and the checking reader."""
 
 import json
 import os
@@ -22,11 +22,11 @@ from preprocess.dataset import (
     DatasetInfo,
     RecordingChunks,
     RunLocked,
-    ShardWriter,
+    StoredRecordings,
+    atomic_dataset,
     complete_shards,
     compress_chunks,
     exclusive_run,
-    merge_shards,
     open_dataset,
     read_rows,
     recording_rows,
@@ -152,20 +152,32 @@ def test_recording_rows(dataset_path):
         assert recording_rows(dataset.recordings, []).tolist() == []
 
 
+def copy_all(sources: list, out, info: DatasetInfo) -> None:
+    """Every recording of the dataset files sources, in order, copied raw into out."""
+    with atomic_dataset(out, info) as writer:
+        for path in sources:
+            source = StoredRecordings(path)
+            for index in range(len(source)):
+                writer.append(source.recording(index))
+            source.close()
+
+
 @pytest.mark.parametrize("compression", list(COMPRESSIONS))
-def test_shards_merge_to_the_same_rows(tmp_path, compression):
+def test_shards_copied_raw_give_the_same_rows(tmp_path, compression):
     items, arrays = make_recordings(compression)
     parts = tmp_path / "out.h5.parts"
-    writer = ShardWriter(parts, info(compression), shard_chunks=2)
-    for item in items:
-        writer.add(item)
-    writer.flush()
+    parts.mkdir()
+    for number, (start, stop) in zip([0, 1, 10], [(0, 1), (1, 3), (3, 4)], strict=True):
+        with atomic_dataset(parts / f"part-{number:05d}.h5", info(compression)) as writer:
+            for item in items[start:stop]:
+                writer.append(item)
+    (parts / "part-00011.h5.tmp").write_bytes(b"a shard cut short")
     shards = complete_shards(parts)
-    assert [p.name for p in shards] == ["part-00000.h5", "part-00001.h5", "part-00002.h5"]
+    assert [p.name for p in shards] == ["part-00000.h5", "part-00001.h5", "part-00010.h5"]
     with open_dataset(shards[1]) as shard:  # every shard is a dataset by itself
         assert list(shard.recordings["MediaId"]) == ["m2", "m3"]
 
-    merge_shards(shards, tmp_path / "out.h5", info(compression))
+    copy_all(shards, tmp_path / "out.h5", info(compression))
     write_dataset(tmp_path / "direct.h5", info(compression), items)
     with open_dataset(tmp_path / "out.h5") as merged, h5py.File(tmp_path / "direct.h5") as h5:
         assert filter_ids(merged.X) == filter_ids(h5["X"])
@@ -179,18 +191,21 @@ def test_shards_merge_to_the_same_rows(tmp_path, compression):
             }[compression]
         )
         np.testing.assert_array_equal(merged.X[:, :, :, 0], np.concatenate(arrays))
-        for name in (
-            "y",
-            "label",
-            "background",
-            "chunk_index",
-            "recordings/first_row",
-            "recordings/n_chunks",
-            "recordings/label",
-            "recordings/background",
-        ):
-            np.testing.assert_array_equal(merged[name][:], h5[name][:], err_msg=name)
+        for name in h5:  # every dataset, per row and per recording
+            if name != "X":
+                for each in h5[name].values() if name == "recordings" else [h5[name]]:
+                    np.testing.assert_array_equal(merged[each.name][:], each[:], err_msg=each.name)
     assert not (tmp_path / "out.h5.tmp").exists()
+
+
+def test_an_atomic_write_that_fails_leaves_nothing(tmp_path):
+    items, _ = make_recordings("gzip")
+    out = tmp_path / "out.h5"
+    with pytest.raises(KeyboardInterrupt), atomic_dataset(out, info("gzip")) as writer:
+        writer.append(items[0])
+        assert (tmp_path / "out.h5.tmp").exists()
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_compressed_bytes_are_what_hdf5_stores(tmp_path):
@@ -206,9 +221,7 @@ def test_compressed_bytes_are_what_hdf5_stores(tmp_path):
             assert stored[1].filter_mask != 0  # the incompressible case is exercised
         item = RecordingChunks("m", "aaa", "m.wav", 0, np.zeros(3, np.uint8), 600, 9.8, stored)
         write_dataset(tmp_path / "one.h5", info(compression), [item])
-        merge_shards(
-            [tmp_path / "one.h5", tmp_path / "one.h5"], tmp_path / "two.h5", info(compression)
-        )
+        copy_all([tmp_path / "one.h5", tmp_path / "one.h5"], tmp_path / "two.h5", info(compression))
         with h5py.File(tmp_path / "two.h5") as h5:
             np.testing.assert_array_equal(h5["X"][:, :, :, 0], np.concatenate([chunks, chunks]))
         sizes[compression] = (tmp_path / "one.h5").stat().st_size

@@ -1,6 +1,5 @@
 """preprocess/load_data.py: metadata layouts, bad inputs, reruns, kill -9 resumption."""
 
-import contextlib
 import csv
 import logging
 import os
@@ -18,13 +17,11 @@ from scipy.io import wavfile
 
 from preprocess import extract as extract_module
 from preprocess import load_data as load_data_module
-from preprocess import workers as workers_module
 from preprocess.audio import read_wav, to_sample_rate
 from preprocess.dataset import complete_shards, exclusive_run, open_dataset
 from preprocess.load_data import main
 from preprocess.params import SpectrogramParams
 from preprocess.spectrogram import extract_chunks, stream_chunks
-from preprocess.workers import HANDOFF_PREFIX, FileChunks, take_chunks
 from tests.helpers import process_state, still_running
 
 SCRIPT = Path(__file__).resolve().parents[1] / "preprocess" / "load_data.py"
@@ -127,9 +124,21 @@ def test_csv_rows_are_the_recordings_chunks_in_order(csv_job, tmp_path, capsys):
     assert "recordings  4" in report and "skipped     0" in report
 
 
+def first_task_finishes_last(task, info):
+    """load_data's worker task, but the first one waits until the third has written its
+    shard: the shards are done out of input order."""
+    if task.shard.name == "part-00000.h5":
+        third, deadline = task.shard.with_name("part-00002.h5"), time.monotonic() + 60
+        while not third.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert third.exists(), "the third task never finished"
+    return EXTRACT_INTO_SHARD(task, info)
+
+
 def test_several_workers_write_the_same_file(csv_job, tmp_path, monkeypatch):
-    """Workers hand their chunks over through a file in memory (/dev/shm), removed after the
-    run, or through the pool's pipe where memory has no folder: the same file either way."""
+    """Workers write their tasks' shards themselves and send back only what they wrote; the
+    parent copies the shards into OUT in input order, whatever order they were done in: the
+    same file as one worker writes."""
     wav_dir, labels = csv_job
     rows = list(csv.DictReader(labels.read_text().splitlines()))
     for index in range(12):  # enough files for several worker tasks
@@ -138,20 +147,19 @@ def test_several_workers_write_the_same_file(csv_job, tmp_path, monkeypatch):
     write_csv(labels, rows)
     assert load(wav_dir, ["--csv", labels], tmp_path / "one.h5") == 0
     argv = ["--wav-dir", str(wav_dir), "--csv", str(labels), "--out", str(tmp_path / "two.h5")]
-    before = set(Path("/dev/shm").glob(f"{HANDOFF_PREFIX}{os.getpid()}-*"))
-    handed = []
+    outcomes = []
+    count_outcomes = load_data_module.count_outcomes
     monkeypatch.setattr(
-        load_data_module, "take_chunks", lambda each: handed.append(each) or take_chunks(each)
+        load_data_module,
+        "count_outcomes",
+        lambda task, each, *args: outcomes.extend(each) or count_outcomes(task, each, *args),
     )
-    assert main([*argv, "--workers", "2", "--shard-chunks", "5"]) == 0
-    assert_same_file(tmp_path / "one.h5", tmp_path / "two.h5")
-    assert handed and all(isinstance(each, FileChunks) for each in handed if each)
-    assert set(Path("/dev/shm").glob(f"{HANDOFF_PREFIX}{os.getpid()}-*")) == before
-
-    monkeypatch.setattr(workers_module, "handoff_folder", lambda: contextlib.nullcontext(None))
-    argv[-1] = str(tmp_path / "three.h5")
+    monkeypatch.setattr(load_data_module, "extract_into_shard", first_task_finishes_last)
     assert main([*argv, "--workers", "2"]) == 0
-    assert_same_file(tmp_path / "one.h5", tmp_path / "three.h5")
+    assert_same_file(tmp_path / "one.h5", tmp_path / "two.h5")
+    with open_dataset(tmp_path / "two.h5") as dataset:  # the workers said what they wrote
+        assert len(outcomes) == 16 and sum(each.n_chunks for each in outcomes) == len(dataset)
+    assert not (tmp_path / "two.h5.parts").exists()
 
 
 XML = "<Audio><MediaId>{id}</MediaId><FileName>{file}</FileName>{labels}</Audio>"
@@ -324,9 +332,8 @@ def test_kill_9_then_rerun_gives_every_recording_once(tmp_path):
     labels, wav_dir = numbered_recordings(tmp_path, seconds=30), tmp_path / "wav"
     out = tmp_path / "out.h5"
     parts = tmp_path / "out.h5.parts"
-    options = ["--shard-chunks", "1"]  # a shard per recording
 
-    argv = ["--wav-dir", wav_dir, "--csv", labels, "--out", out, "--workers", 2, *options]
+    argv = ["--wav-dir", wav_dir, "--csv", labels, "--out", out, "--workers", 2]
     command = [sys.executable, SCRIPT, *argv]
     process = subprocess.Popen(
         list(map(str, command)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -341,27 +348,28 @@ def test_kill_9_then_rerun_gives_every_recording_once(tmp_path):
     # the workers look for their parent every second
     assert not still_running(workers, seconds=10), "the workers outlive load_data"
     done = len(complete_shards(parts))
-    assert 2 <= done < 48
+    assert 2 <= done < 8  # tasks of 6 files: 48 files / (4 tasks per worker * 2 workers)
     (parts / "part-00999.h5.tmp").write_bytes(b"half a shard")  # as a kill mid-write leaves
+    (tmp_path / "out.h5.tmp").write_bytes(b"half an output")
 
-    assert load(wav_dir, ["--csv", labels], out, *options) == 0
-    assert not parts.exists()
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    assert not parts.exists() and not (tmp_path / "out.h5.tmp").exists()
     with open_dataset(out) as dataset:
         media_ids = list(dataset.recordings["MediaId"])
     assert media_ids == [f"r{index:02d}" for index in range(48)]  # each once, in order
-    assert load(wav_dir, ["--csv", labels], tmp_path / "again.h5", *options) == 0
+    assert load(wav_dir, ["--csv", labels], tmp_path / "again.h5") == 0
     assert_same_file(out, tmp_path / "again.h5")
 
 
-def extract_or_die(paths, *args):
+def extract_or_die(task, info):
     """load_data's worker task, but the worker process dies (as the out-of-memory killer ends
     it) when given r20.wav."""
-    if any(path.name == "r20.wav" for path in paths):
+    if any(path.name == "r20.wav" for path in task.paths):
         os._exit(9)
-    return EXTRACT_BATCH(paths, *args)
+    return EXTRACT_INTO_SHARD(task, info)
 
 
-EXTRACT_BATCH = load_data_module._extract_batch
+EXTRACT_INTO_SHARD = load_data_module.extract_into_shard
 
 
 def test_a_worker_that_dies_ends_the_run_with_one_error_and_a_rerun_finishes(
@@ -372,19 +380,21 @@ def test_a_worker_that_dies_ends_the_run_with_one_error_and_a_rerun_finishes(
     gives each recording once."""
     labels, wav_dir = numbered_recordings(tmp_path, seconds=5), tmp_path / "wav"
     out, parts = tmp_path / "out.h5", tmp_path / "out.h5.parts"
-    options = ("--shard-chunks", 1, "--workers", 2)
-    monkeypatch.setattr(load_data_module, "_extract_batch", extract_or_die)
+    options = ("--workers", 2)
+    monkeypatch.setattr(load_data_module, "BATCH_BYTES", 1)  # a task, and a shard, per file
+    monkeypatch.setattr(load_data_module, "extract_into_shard", extract_or_die)
     assert load(wav_dir, ["--csv", labels], out, *options) == 2
     error = capsys.readouterr().err.splitlines()[-1]
     assert error.startswith("error: a worker process ended abruptly (killed, or out of memory?)")
-    assert re.search(r"while extracting .*/r[01][0-9]\.wav or a file after it$", error)
+    named = re.search(r"while extracting .*/r([0-9]{2})\.wav or a file after it$", error)
+    assert named and int(named[1]) <= 20  # the file that killed it, or one before
     assert not out.exists() and len(complete_shards(parts)) >= 2
 
     monkeypatch.undo()
     assert load(wav_dir, ["--csv", labels], out, *options) == 0
     with open_dataset(out) as dataset:
         media_ids = list(dataset.recordings["MediaId"])
-    assert media_ids == [f"r{index:02d}" for index in range(48)]
+    assert media_ids == [f"r{index:02d}" for index in range(48)]  # in order, gaps or not
 
 
 def test_real_8khz_recordings_are_resampled_with_one_warning(shared_data, tmp_path, caplog):
@@ -408,16 +418,16 @@ def test_real_8khz_recordings_are_resampled_with_one_warning(shared_data, tmp_pa
 
 @pytest.mark.parametrize("recipe", ["2016", "modern"])
 def test_many_short_real_clips_are_each_the_chunks_of_the_clip_alone(shared_data, tmp_path, recipe):
-    """60 real clips of 0.2-2 s through 2 workers, several clips per worker task and several
-    chunks compressed at once (the modern recipe's 1 s chunks), into shards of 7 chunks: the
-    same file as with 1 worker, and row for row what each clip gives extracted alone."""
+    """60 real clips of 0.2-2 s through 2 workers, several clips per worker task and shard,
+    several chunks compressed at once (the modern recipe's 1 s chunks): the same file as with
+    1 worker, and row for row what each clip gives extracted alone."""
     fsdd = shared_data / "fsdd"
     with open(fsdd / "metadata.csv") as stream:
         rows = [{"file": row["file"], "label": row["label"]} for row in csv.DictReader(stream)]
     labels = write_csv(tmp_path / "labels.csv", rows[::50])
     assert load(fsdd, ["--csv", labels], tmp_path / "one.h5", "--recipe", recipe) == 0
     argv = ["--wav-dir", fsdd, "--csv", labels, "--out", tmp_path / "two.h5", "--recipe", recipe]
-    assert main([str(arg) for arg in [*argv, "--workers", 2, "--shard-chunks", 7]]) == 0
+    assert main([str(arg) for arg in [*argv, "--workers", 2]]) == 0
     assert_same_file(tmp_path / "one.h5", tmp_path / "two.h5")
     with open_dataset(tmp_path / "two.h5") as dataset:
         recordings, params = dataset.recordings, dataset.params
@@ -480,6 +490,7 @@ def test_a_repaired_or_changed_wav_is_extracted_again_and_the_rest_kept(
 
 def interrupted_run(wav_dir, labels, out, monkeypatch, after: int, *options) -> None:
     """load_data stopped by Ctrl-C after extracting `after` recordings (a shard each)."""
+    monkeypatch.setattr(load_data_module, "BATCH_BYTES", 1)  # a task, and a shard, per file
     extract_recording = load_data_module.extract_recording
     calls = []
 
@@ -490,7 +501,7 @@ def interrupted_run(wav_dir, labels, out, monkeypatch, after: int, *options) -> 
         return extract_recording(*args)
 
     monkeypatch.setattr(load_data_module, "extract_recording", interrupted)
-    assert load(wav_dir, ["--csv", labels], out, "--shard-chunks", 1, *options) == 130
+    assert load(wav_dir, ["--csv", labels], out, *options) == 130
     monkeypatch.setattr(load_data_module, "extract_recording", extract_recording)
 
 
@@ -520,23 +531,26 @@ def test_other_settings_never_delete_an_interrupted_runs_shards(
         assert dataset.classes == ["aaa"]
 
 
-def test_a_merge_without_room_stops_before_writing_and_keeps_the_shards(
-    csv_job, tmp_path, monkeypatch, capsys
-):
+def test_an_output_without_room_stops_and_keeps_the_shards(csv_job, tmp_path, monkeypatch, capsys):
     wav_dir, labels = csv_job
     out, parts = tmp_path / "out.h5", tmp_path / "out.h5.parts"
     real_usage = load_data_module.shutil.disk_usage
     monkeypatch.setattr(
         load_data_module.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1000)
     )
+    extracted = counting_extractions(monkeypatch)
     assert load(wav_dir, ["--csv", labels], out) == 2
     error = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
-    assert error.startswith(f"error: merging into {out} needs about ") and "GB are free" in error
-    assert not out.exists() and len(complete_shards(parts)) == 1
+    assert error.startswith(f"error: writing {out} needs about ") and "GB are free" in error
+    assert "the extracted recordings are kept" in error
+    assert not out.exists() and not (tmp_path / "out.h5.tmp").exists()
+    assert extracted == ["tone.wav"] and len(complete_shards(parts)) == 1  # a task per file
     monkeypatch.undo()
     extracted = counting_extractions(monkeypatch)
     assert load(wav_dir, ["--csv", labels], out) == 0
-    assert extracted == [] and not parts.exists()
+    assert extracted == ["short.wav", "silent.wav", "long.wav"] and not parts.exists()
+    assert load(wav_dir, ["--csv", labels], tmp_path / "fresh.h5") == 0
+    assert_same_file(out, tmp_path / "fresh.h5")
 
 
 def test_an_output_that_is_a_folder_is_refused(csv_job, tmp_path, capsys):
@@ -570,7 +584,6 @@ def test_an_xml_with_a_dtd_entity_is_skipped_by_name(tmp_path, capsys):
         ("--top-n", "-1", "argument --top-n: must be at least 1, not -1"),
         ("--top-n", "0", "argument --top-n: must be at least 1, not 0"),
         ("--workers", "0", "argument --workers: must be at least 1, not 0"),
-        ("--shard-chunks", "-5", "argument --shard-chunks: must be at least 1, not -5"),
         ("--min-quality", "-1", "argument --min-quality: must be at least 0, not -1"),
         ("--top-n", "lots", "argument --top-n: 'lots' is not a whole number"),
         ("--workers", "1000000", "argument --workers: must be at most"),
@@ -592,7 +605,7 @@ def test_quality_bounds_the_wrong_way_round(csv_job, tmp_path, capsys):
     assert "--min-quality 4 is above --max-quality 2" in capsys.readouterr().err
 
 
-def test_an_update_killed_while_merging_leaves_the_old_output_and_finishes_later(
+def test_an_update_killed_before_its_output_is_complete_leaves_the_old_one(
     csv_job, tmp_path, monkeypatch
 ):
     wav_dir, labels = csv_job
@@ -600,28 +613,30 @@ def test_an_update_killed_while_merging_leaves_the_old_output_and_finishes_later
     assert load(wav_dir, ["--csv", labels], out) == 0
     before = contents(out)
     wavfile.write(wav_dir / "tone.wav", RATE, tone_in_noise(4, 5))  # changed: to extract again
+    replace = os.replace
 
-    def killed(shards, out_path, *args):
-        out_path.with_name(out_path.name + ".tmp").write_bytes(b"half a merge")
-        raise SystemExit(137)  # stands for kill -9: nothing of the program's runs after it
+    def killed_before_the_last_rename(source, target):
+        if Path(target) == out:
+            raise SystemExit(137)  # stands for kill -9
+        replace(source, target)
 
-    monkeypatch.setattr(load_data_module, "merge_shards", killed)
+    monkeypatch.setattr(os, "replace", killed_before_the_last_rename)
     with pytest.raises(SystemExit):
         load(wav_dir, ["--csv", labels], out)
+    monkeypatch.undo()
     after_kill = contents(out)
     assert after_kill.keys() == before.keys()  # the old OUT is untouched
     for name in before:
         np.testing.assert_array_equal(after_kill[name], before[name])
-    monkeypatch.undo()
+    (tmp_path / "out.h5.tmp").write_bytes(b"half an output")  # as a kill -9 mid-write leaves
     extracted = counting_extractions(monkeypatch)
     assert load(wav_dir, ["--csv", labels], out) == 0
     assert extracted == []  # tone.wav was already extracted into a shard before the kill
     assert not (tmp_path / "out.h5.tmp").exists() and not (tmp_path / "out.h5.parts").exists()
     with open_dataset(out) as dataset:
-        assert sorted(dataset.recordings["file"]) == ["long.wav", "short.wav", "silent.wav",
-                                                      "tone.wav"]  # fmt: skip
-        tone = list(dataset.recordings["file"]).index("tone.wav")
-        assert dataset.recordings["duration_s"][tone] == pytest.approx(4.0)
+        assert list(dataset.recordings["file"]) == ["tone.wav", "short.wav", "silent.wav",
+                                                    "long.wav"]  # fmt: skip
+        assert dataset.recordings["duration_s"][0] == pytest.approx(4.0)
 
 
 def test_worker_tasks_group_short_files_and_keep_every_worker_busy(tmp_path, monkeypatch):
