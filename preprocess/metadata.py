@@ -27,6 +27,7 @@ import logging
 import re
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from xml.parsers.expat import ExpatError
@@ -181,11 +182,29 @@ def select(
 # ---- reading and writing (I/O) ---------------------------------------------------------
 
 
-def read_birdclef_xml_dir(xml_dir: str | Path) -> tuple[list[Recording], list[str]]:
+def parse_xml_files(paths: list[Path]) -> list[Recording | str]:
+    """Each BirdCLEF XML file -> its Recording, or the message naming it and saying why it is
+    skipped (malformed, no MediaId or FileName, unreadable)."""
+    parsed: list[Recording | str] = []
+    for path in paths:
+        try:
+            parsed.append(parse_birdclef_xml(path.read_bytes(), source=str(path)))
+        except MetadataError as error:
+            parsed.append(f"skipped {error}")
+        except OSError as error:
+            parsed.append(f"skipped {path}: cannot read ({error.strerror})")
+    return parsed
+
+
+def read_birdclef_xml_dir(
+    xml_dir: str | Path,
+    parse_files: Callable[[list[Path]], list[Recording | str]] = parse_xml_files,
+) -> tuple[list[Recording], list[str]]:
     """Every *.xml under xml_dir (sorted) -> (recordings, messages for the files skipped).
 
     A malformed XML or one without MediaId/FileName is skipped and named; a MediaId in two
-    files raises MetadataError naming both.
+    files raises MetadataError naming both. parse_files: `parse_xml_files`, or the same in
+    parallel (load_data.py).
     """
     xml_dir = Path(xml_dir)
     if not xml_dir.is_dir():
@@ -194,14 +213,12 @@ def read_birdclef_xml_dir(xml_dir: str | Path) -> tuple[list[Recording], list[st
     if not paths:
         raise MetadataError(f"{xml_dir}: no .xml files")
     recordings, origins, skipped = [], [], []
-    for path in paths:
-        try:
-            recordings.append(parse_birdclef_xml(path.read_bytes(), source=str(path)))
+    for path, each in zip(paths, parse_files(paths), strict=True):
+        if isinstance(each, str):
+            skipped.append(each)
+        else:
+            recordings.append(each)
             origins.append(str(path))
-        except MetadataError as error:
-            skipped.append(f"skipped {error}")
-        except OSError as error:
-            skipped.append(f"skipped {path}: cannot read ({error.strerror})")
     check_unique_media_ids(recordings, origins)
     if skipped:
         log.warning("%s: skipped %d of %d XML files", xml_dir, len(skipped), len(paths))

@@ -1,6 +1,7 @@
 """preprocess/load_data.py: metadata layouts, bad inputs, reruns, kill -9 resumption."""
 
 import csv
+import functools
 import logging
 import os
 import re
@@ -17,6 +18,7 @@ from scipy.io import wavfile
 
 from preprocess import extract as extract_module
 from preprocess import load_data as load_data_module
+from preprocess import metadata
 from preprocess.audio import read_wav, to_sample_rate
 from preprocess.dataset import complete_shards, exclusive_run, open_dataset
 from preprocess.load_data import main
@@ -576,6 +578,22 @@ def test_an_xml_with_a_dtd_entity_is_skipped_by_name(tmp_path, capsys):
     report = capsys.readouterr().out
     line = next(line for line in report.splitlines() if "unusable XML" in line)
     assert "short.xml" in line and "entities are disabled" in line
+
+
+def test_xml_files_read_by_several_workers_give_the_same_recordings_and_skips(tmp_path):
+    xml_dir = tmp_path / "xml"
+    for number in range(9):
+        alpha = {"genus": "Alpha", "species": "one", "class_id": "aaaaaa", "background": ""}
+        write_xml(xml_dir, number, f"r{number}.wav", quality=1, **alpha)
+    (xml_dir / "r3.xml").write_text("<Audio><MediaId>3</MediaId>")  # cut short
+    (xml_dir / "r7.xml").write_text("<Audio><FileName>r7.wav</FileName></Audio>")
+    alone = metadata.read_birdclef_xml_dir(xml_dir)
+    assert len(alone[0]) == 7 and len(alone[1]) == 2
+    for workers in (1, 3):
+        parse = functools.partial(load_data_module.parse_xml_in_workers, workers=workers)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(load_data_module, "XML_BATCH", 2)  # 5 tasks
+            assert metadata.read_birdclef_xml_dir(xml_dir, parse) == alone
 
 
 @pytest.mark.parametrize(
