@@ -155,7 +155,7 @@ def bench_storage(chunk_sets: list[np.ndarray], params: SpectrogramParams, work:
         ]
         parts, out = work / f"{compression}.parts", work / f"{compression}.h5"
         parts.mkdir(exist_ok=True)
-        shards = [shard_path(parts, number) for number in range(math.ceil(len(items) / 4))]
+        shards = [shard_path(parts, "bench", task) for task in range(math.ceil(len(items) / 4))]
         with Stopwatch() as write:  # shards of 4 one-minute recordings, as load_data's tasks
             for number, shard in enumerate(shards):
                 with atomic_dataset(shard, info) as writer:

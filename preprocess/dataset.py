@@ -20,7 +20,7 @@ settings_digest (the settings alone, to tell which stored recordings a rerun can
 
 HDF5 files are not crash-safe, so a file is never written in place: `atomic_dataset` fills
 a temporary file and renames it once complete, so a file that exists is whole. load_data's
-workers each write the recordings of one task to a shard `part-NNNNN.h5` in a parts folder
+workers each write the recordings of one task to a shard `part-RUN-NNNNN.h5` in a parts folder
 (every shard a dataset in the format above), so that a kill -9 loses only the tasks in
 flight; `StoredRecordings` copies recordings from shards or an earlier output into the final
 file with X's compressed chunks copied raw (`read_direct_chunk` / `write_direct_chunk`): a
@@ -630,16 +630,14 @@ class StoredRecordings:
 
 
 def complete_shards(parts_dir: Path) -> list[Path]:
-    """The shard files in parts_dir, in writing order (temporary files excluded)."""
-    return sorted(Path(parts_dir).glob(SHARD_PATTERN), key=shard_number)
+    """The shard files in parts_dir, sorted by name (temporary files excluded)."""
+    return sorted(Path(parts_dir).glob(SHARD_PATTERN))
 
 
-def shard_number(path: Path) -> int:
-    return int(path.stem.removeprefix("part-"))
-
-
-def shard_path(parts_dir: Path, number: int) -> Path:
-    return Path(parts_dir) / f"part-{number:05d}.h5"
+def shard_path(parts_dir: Path, run: str, task: int) -> Path:
+    """Where task number `task` of the run named `run` writes its shard. Naming the run keeps
+    apart the shards of a run killed a moment ago, whose workers may still finish one."""
+    return Path(parts_dir) / f"part-{run}-{task:05d}.h5"
 
 
 def convert_dataset(

@@ -33,6 +33,7 @@ import multiprocessing
 import shutil
 import sys
 import time
+import uuid
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,7 +62,6 @@ from preprocess.dataset import (
     exclusive_run,
     open_dataset,
     remove_parts,
-    shard_number,
     shard_path,
 )
 from preprocess.extract import recording_chunks
@@ -464,10 +464,9 @@ def make_tasks(
     info: DatasetInfo,
     workers: int,
     parts_dir: Path,
-    first_number: int,
 ) -> list[Task]:
     """The recordings to extract (keys: their `recording_key`s) cut into worker tasks
-    (`worker_batches`), in order, each with the next shard number from first_number."""
+    (`worker_batches`), in order, each with its shard in parts_dir, named after this run."""
     index, n_classes = class_index(info.classes, info.class_names), len(info.classes)
     items = []
     for recording, key in zip(todo, keys, strict=True):
@@ -485,10 +484,10 @@ def make_tasks(
                 input_key=key,
             )
         )
-    tasks, start = [], 0
-    batches = worker_batches([wav_dir / r.file for r in todo], workers)
-    for number, paths in enumerate(batches, first_number):
-        tasks.append(Task(paths, items[start : start + len(paths)], shard_path(parts_dir, number)))
+    tasks, start, run = [], 0, uuid.uuid4().hex[:8]
+    for number, paths in enumerate(worker_batches([wav_dir / r.file for r in todo], workers)):
+        shard = shard_path(parts_dir, run, number)
+        tasks.append(Task(paths, items[start : start + len(paths)], shard))
         start += len(paths)
     return tasks
 
@@ -749,11 +748,8 @@ def build(args) -> int:
             "%d recordings have no label among the %d classes: label -1", unlabelled, len(classes)
         )
 
-    first_number = shard_number(shards[-1]) + 1 if shards else 0
     todo_recordings, todo_keys = [r for r, _ in todo], [key for _, key in todo]
-    tasks = make_tasks(
-        todo_recordings, todo_keys, args.wav_dir, info, args.workers, parts_dir, first_number
-    )
+    tasks = make_tasks(todo_recordings, todo_keys, args.wav_dir, info, args.workers, parts_dir)
     if tasks:
         parts_dir.mkdir(parents=True, exist_ok=True)
     if stored:
