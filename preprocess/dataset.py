@@ -34,7 +34,7 @@ import json
 import os
 import shutil
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -123,7 +123,8 @@ class RecordingChunks:
     background: np.ndarray  # (C,) uint8 multi-hot
     n_frames: int  # frames after the noise filter
     duration_s: float
-    chunks: list[StoredChunk]  # rows of X in time order, from `compress_chunks`
+    chunks: Sequence[StoredChunk]  # rows of X in time order, from `compress_chunks` (or
+    # `ChunksOnDisk`: a copy holds one chunk at a time, however long the recording)
     input_key: str = ""  # what the recording was made from (load_data: its labels and its
     # file's size and modification time), so a rerun keeps it only while that is unchanged
 
@@ -591,6 +592,22 @@ def atomic_dataset(path: Path, info: DatasetInfo) -> Iterator[DatasetWriter]:
     os.replace(temporary, path)  # atomic: now the file counts as done
 
 
+class ChunksOnDisk(Sequence):
+    """Rows of a dataset's X as stored, each read when asked for: copying a recording of
+    hours this way holds one chunk at a time."""
+
+    def __init__(self, x: h5py.h5d.DatasetID, rows: range):
+        self.x, self.rows = x, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return ChunksOnDisk(self.x, self.rows[index])
+        return StoredChunk(*self.x.read_direct_chunk((self.rows[index], 0, 0, 0)))
+
+
 class StoredRecordings:
     """The recordings of a dataset file, each as `RecordingChunks` with its chunks as stored
     (`read_direct_chunk`), to append to a `DatasetWriter`: copying costs a disk copy, not a
@@ -608,8 +625,8 @@ class StoredRecordings:
     def __len__(self) -> int:
         return len(self.table["MediaId"])
 
-    def chunks(self, rows: range) -> list[StoredChunk]:
-        return [StoredChunk(*self.x.read_direct_chunk((row, 0, 0, 0))) for row in rows]
+    def chunks(self, rows: range) -> ChunksOnDisk:
+        return ChunksOnDisk(self.x, rows)
 
     def recording(self, index: int) -> RecordingChunks:
         table, first = self.table, int(self.table["first_row"][index])
