@@ -1,6 +1,7 @@
 """preprocess/load_data.py: metadata layouts, bad inputs, reruns, kill -9 resumption."""
 
 import csv
+import errno
 import functools
 import logging
 import os
@@ -554,6 +555,29 @@ def test_an_output_without_room_stops_and_keeps_the_shards(csv_job, tmp_path, mo
     assert extracted == ["short.wav", "silent.wav", "long.wav"] and not parts.exists()
     assert load(wav_dir, ["--csv", labels], tmp_path / "fresh.h5") == 0
     assert_same_file(out, tmp_path / "fresh.h5")
+
+
+def shard_disk_full(path, info):
+    """atomic_dataset, but the disk is full when a worker writes a shard."""
+    if path.parent.name.endswith(".parts"):
+        raise OSError(errno.ENOSPC, "No space left on device", f"{path}.tmp")
+    return ATOMIC_DATASET(path, info)
+
+
+ATOMIC_DATASET = load_data_module.atomic_dataset
+
+
+def test_a_full_disk_in_a_worker_is_an_error_naming_the_shard_not_a_bug(
+    csv_job, tmp_path, monkeypatch, capsys
+):
+    wav_dir, labels = csv_job
+    monkeypatch.setattr(load_data_module, "atomic_dataset", shard_disk_full)
+    assert load(wav_dir, ["--csv", labels], tmp_path / "out.h5", "--workers", 2) == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert re.fullmatch(
+        r"error: \S*/out\.h5\.parts/part-\S+\.h5\.tmp: No space left on device", error
+    )
+    assert not (tmp_path / "out.h5").exists()
 
 
 def test_an_output_that_is_a_folder_is_refused(csv_job, tmp_path, capsys):
