@@ -418,18 +418,26 @@ def resume(parts_dir: Path, settings: str) -> list[Path]:
     return shards
 
 
-def stored_recordings(sources: list[Path], wanted: set[str]) -> dict[str, tuple[Path, int]]:
+def stored_recordings(
+    sources: list[Path], wanted: set[str]
+) -> tuple[dict[str, tuple[Path, int]], float]:
     """Where a rerun finds the recordings already extracted into datasets `sources` (an
     earlier OUT, shards) whose input_key is still wanted: {key: (source, index)}, the first
-    source holding a key winning."""
+    source holding a key winning; and about how many bytes of OUT they make (each source's
+    size times the share of its recordings kept)."""
     where: dict[str, tuple[Path, int]] = {}
+    kept_bytes = 0.0
     for source in sources:
         with open_dataset(source) as dataset:
             keys = dataset.recordings["input_key"]
+        kept = 0
         for index, key in enumerate(keys):
-            if key in wanted:
-                where.setdefault(key, (source, index))
-    return where
+            if key in wanted and key not in where:
+                where[key] = (source, index)
+                kept += 1
+        if kept:
+            kept_bytes += source.stat().st_size * kept / len(keys)
+    return where, kept_bytes
 
 
 def check_room(needed_bytes: float, out: Path) -> None:
@@ -441,20 +449,6 @@ def check_room(needed_bytes: float, out: Path) -> None:
             f"{free / 1e9:.2f} GB are free in {out.parent}: make room and run the same "
             "command again (the extracted recordings are kept)"
         )
-
-
-def stored_bytes(stored: dict[str, tuple[Path, int]]) -> float:
-    """About how much of OUT the recordings kept from earlier files make: each file's size
-    times the share of its recordings kept."""
-    kept_from: dict[Path, int] = defaultdict(int)
-    for source, _ in stored.values():
-        kept_from[source] += 1
-    needed = 0.0
-    for source, n_kept in kept_from.items():
-        with open_dataset(source) as dataset:
-            share = n_kept / len(dataset.recordings["MediaId"])
-        needed += source.stat().st_size * share
-    return needed
 
 
 def make_tasks(
@@ -737,7 +731,7 @@ def build(args) -> int:
         )
 
     shards = resume(parts_dir, info.settings_digest)
-    stored = stored_recordings(earlier + shards, set(keys))
+    stored, stored_bytes = stored_recordings(earlier + shards, set(keys))
     todo = [(r, key) for r, key in zip(recordings, keys, strict=True) if key not in stored]
     summary.resumed = len(recordings) - len(todo)
     if summary.resumed:
@@ -753,7 +747,7 @@ def build(args) -> int:
     if tasks:
         parts_dir.mkdir(parents=True, exist_ok=True)
     if stored:
-        check_room(stored_bytes(stored), out)
+        check_room(stored_bytes, out)
     try:
         with atomic_dataset(out, info) as writer:  # the old OUT stays until this one is done
             write_in_input_order(keys, stored, tasks, info, args.workers, writer, out, summary)
