@@ -11,13 +11,14 @@ for training in several processes, through a file in memory too.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import ctypes
 import itertools
 import mmap
 import multiprocessing
+import multiprocessing.connection
 import os
+import pickle
 import shutil
 import signal
 import tempfile
@@ -239,26 +240,44 @@ class RowReaders:
     splits the rows among them, and each writes its share straight into a slot: a file in
     memory that this process maps. A slot is used again once the array read into it is
     gone, so its memory is neither zeroed nor faulted in anew for every batch. Where memory
-    has no folder for slots, or no room for one, the shares come through the pool's pipe.
+    has no folder for slots, or no room for one, the shares come through the pipes.
 
     h5py serialises its calls within a process, so reading scales with processes, not
     threads; and through a pipe an array is pickled and moved 64 KB at a time: on the H100
     machine 16 processes read 30,969 rows/s but returned 1,567 rows/s that way (BENCHMARKS.md,
     GPU). The processes are forked once (not every epoch, as Keras's PyDataset
-    use_multiprocessing does) and end with this object, or with their parent.
+    use_multiprocessing does), each with a pipe of its own that the asking thread writes and
+    reads itself: a ProcessPoolExecutor's helper threads cost this process about 20 ms per
+    batch on the H100 machine, waiting for the GIL that training holds. Share i of every batch
+    goes to process i, which thus writes the same part of a slot each time. They end with
+    this object, or with their parent.
     """
 
     def __init__(self, path: Path, processes: int, row_shape: tuple[int, ...]):
-        self.path, self.processes, self.row_shape = Path(path), processes, tuple(row_shape)
+        self.path, self.row_shape = Path(path), tuple(row_shape)
         self.row_bytes = 4 * int(np.prod(self.row_shape))
         self.folder = make_handoff_folder()
         self.slots: list[Slot] = []
         self.free_slots: deque[int] = deque()  # filled from any thread, as arrays are freed
-        self.slots_lock = threading.Lock()  # read() is called from several threads at once
-        self.pool = ProcessPoolExecutor(
-            processes, multiprocessing.get_context("fork"), initializer=start_extraction_worker
-        )
-        weakref.finalize(self, self.pool.shutdown, wait=False, cancel_futures=True)
+        self.slots_lock = threading.Lock()
+        # read() is called from several threads at once (PyDataset's workers, say): a batch
+        # is sent while the processes still read the one before, and answered after it
+        self.sending, self.turn = threading.Lock(), threading.Condition()
+        self.tickets = self.answered = 0  # batches sent, batches answered
+        self.lost: str | None = None  # why the processes can no longer be asked
+        context = multiprocessing.get_context("fork")
+        self.pipes: list[multiprocessing.connection.Connection] = []
+        self.processes: list[multiprocessing.Process] = []
+        for _ in range(processes):
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=_serve_reads, args=(self.path, theirs, self.pipes), daemon=True
+            )
+            process.start()
+            theirs.close()
+            self.pipes.append(ours)
+            self.processes.append(process)
+        weakref.finalize(self, _stop_readers, self.pipes, self.processes)
         if self.folder is not None:
             weakref.finalize(self, remove_folder_of, os.getpid(), self.folder)
 
@@ -268,25 +287,43 @@ class RowReaders:
         WorkerLost if a process died."""
         if not len(rows):
             return np.empty((0, *self.row_shape), dtype=np.float32)
-        pieces = [piece for piece in np.array_split(rows, self.processes) if len(piece)]
+        pieces = np.array_split(rows, len(self.pipes))
         starts = np.cumsum([0, *(len(piece) for piece in pieces)])[:-1]
         slot = self._free_slot(len(rows))
         slot_path = None if slot is None else self.slots[slot].path
-        futures = []
-        try:  # a broken pool raises from submit or from a result
-            for piece, start in zip(pieces, starts, strict=True):
-                futures.append(
-                    self.pool.submit(_read_rows_into, self.path, piece, slot_path, int(start))
-                )
-            shares = [future.result() for future in futures]
-        except BaseException as error:
-            concurrent.futures.wait(futures)  # the others too, before the slot is used again
+        ended = f"a process reading {self.path} ended abruptly (killed, or out of memory?)"
+        with self.sending:  # every process gets a share (maybe empty) of every batch
+            if self.lost:
+                raise WorkerLost(self.lost)
+            ticket, self.tickets = self.tickets, self.tickets + 1
+            try:
+                for pipe, piece, start in zip(self.pipes, pieces, starts, strict=True):
+                    pipe.send((piece, slot_path, int(start)))
+            except OSError:  # its pipe closed with it
+                self._lose(ended)
+            except BaseException:  # Ctrl-C, say: the pipes are out of step from now on
+                self._lose(f"reading a batch of {self.path} was interrupted", quiet=True)
+                raise
+        with self.turn:  # the answers come in the order the batches were sent
+            try:
+                self.turn.wait_for(lambda: self.answered == ticket or self.lost)
+                if self.lost:
+                    raise WorkerLost(self.lost)
+                shares = [pipe.recv() for pipe in self.pipes]
+            except (EOFError, OSError):
+                self._lose(ended)
+            except WorkerLost:
+                raise
+            except BaseException:
+                self._lose(f"reading a batch of {self.path} was interrupted", quiet=True)
+                raise
+            self.answered += 1
+            self.turn.notify_all()
+        failed = [share for share in shares if isinstance(share, BaseException)]
+        if failed:
             if slot is not None:
                 self.free_slots.append(slot)
-            if isinstance(error, BrokenProcessPool):
-                raise WorkerLost(f"a process reading {self.path} ended abruptly (killed, or "
-                                 "out of memory?)") from None  # fmt: skip
-            raise
+            raise failed[0]
         if slot is None:
             out = np.empty((len(rows), *self.row_shape), dtype=np.float32)
         else:
@@ -295,6 +332,16 @@ class RowReaders:
             if share is not None:  # came through the pipe
                 out[start : start + len(piece)] = share
         return out
+
+    def _lose(self, why: str, quiet: bool = False) -> None:
+        """Ask the processes no more (their pipes are out of step, or one has ended), wake the
+        threads that wait for answers, and raise WorkerLost unless quiet. A slot that was
+        being read into is never freed: a process may still write into it."""
+        with self.turn:
+            self.lost = self.lost or why
+            self.turn.notify_all()
+        if not quiet:
+            raise WorkerLost(why) from None
 
     def _free_slot(self, n_rows: int) -> int | None:
         """A slot of at least n_rows that no array uses, made where none is free (with its
@@ -331,6 +378,37 @@ class RowReaders:
         window = (ctypes.c_char * (n_rows * self.row_bytes)).from_buffer(self.slots[slot].mapped)
         weakref.finalize(window, self.free_slots.append, slot)
         return np.frombuffer(window, dtype=np.float32).reshape(n_rows, *self.row_shape)
+
+
+def _serve_reads(path: Path, pipe, inherited: list) -> None:
+    """A reader process (`RowReaders`): (rows, slot path, start) asked through pipe, answered
+    with `_read_rows_into`'s result, or with the error met, until the pipe closes."""
+    start_extraction_worker()
+    for other in inherited:  # the pipes of the processes forked before: their ends, not ours
+        other.close()
+    while True:
+        try:
+            rows, slot_path, start = pipe.recv()
+        except EOFError:  # RowReaders closed the pipe, or its process ended
+            return
+        try:
+            answer = _read_rows_into(path, rows, slot_path, start)
+        except Exception as error:  # DatasetError, say: the asking process raises it
+            answer = error
+        try:
+            pipe.send(answer)
+        except (pickle.PicklingError, TypeError, AttributeError):  # an error pickle cannot send
+            pipe.send(RuntimeError(f"reading rows of {path}: {answer!r}"))
+
+
+def _stop_readers(pipes: list, processes: list) -> None:
+    """End the reader processes: each leaves its loop as its pipe closes."""
+    for pipe in pipes:
+        pipe.close()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
 
 
 _open_files: dict[Path, h5py.Dataset] = {}  # a reader process's X of each dataset file

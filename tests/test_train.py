@@ -165,7 +165,7 @@ def test_reader_processes_read_batches_equal_and_end_with_them(easy_data):
         read.on_epoch_end()
         alone.on_epoch_end()
     readers = read._row_readers
-    folder, pids = Path(readers.folder), list(readers.pool._processes)
+    folder, pids = Path(readers.folder), [each.pid for each in readers.processes]
     assert folder.parent == Path("/dev/shm")
     assert len(list(folder.iterdir())) == 1  # each batch was gone before the next: one slot
     assert len(pids) == 3
@@ -204,7 +204,7 @@ def test_a_reader_process_that_dies_is_a_clear_error(easy_data):
     rows = np.arange(40)
     read = ChunkBatches(easy_data, rows, rows % len(CLASSES), len(CLASSES), 4, readers=2)
     read[0]
-    os.kill(next(iter(read._row_readers.pool._processes)), 9)  # as the out-of-memory killer
+    os.kill(read._row_readers.processes[0].pid, 9)  # as the out-of-memory killer
     deadline = time.monotonic() + 20  # the pool learns of the death from another thread
     with pytest.raises(WorkerLost, match=r"a process reading .*easy.h5 ended abruptly"):
         while time.monotonic() < deadline:

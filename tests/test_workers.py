@@ -123,6 +123,44 @@ def test_row_readers_read_what_one_process_reads_with_or_without_memory_files(
     assert piped.slots == []
 
 
+class InterruptedOnce:
+    """A reader's pipe whose next recv is interrupted (Ctrl-C), as the answer is awaited."""
+
+    def __init__(self, pipe):
+        self.pipe, self.interrupted = pipe, False
+
+    def send(self, message):
+        self.pipe.send(message)
+
+    def close(self):
+        self.pipe.close()
+
+    def recv(self):
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return self.pipe.recv()
+
+
+def test_row_readers_interrupted_mid_batch_refuse_to_read_out_of_step(tmp_path, monkeypatch):
+    """After a batch whose answers were not all taken (Ctrl-C), the next answers would belong
+    to the batch before: the readers say so rather than hand over wrong rows."""
+    path = tmp_path / "rows.h5"
+    x = np.random.default_rng(1).standard_normal((12, 2, 3, 1)).astype(np.float32)
+    with h5py.File(path, "w") as h5:
+        h5.create_dataset("X", data=x, chunks=(1, 2, 3, 1))
+    x_of = lambda path: SimpleNamespace(X=h5py.File(path, "r")["X"])  # noqa: E731
+    monkeypatch.setattr(workers_module, "open_dataset", x_of)
+    readers = RowReaders(path, 2, (2, 3, 1))
+    rows = np.array([1, 4, 5, 9])
+    np.testing.assert_array_equal(readers.read(rows), x[rows])
+    readers.pipes[0] = InterruptedOnce(readers.pipes[0])
+    with pytest.raises(KeyboardInterrupt):
+        readers.read(rows)
+    with pytest.raises(WorkerLost, match=r"reading a batch of .*rows.h5 was interrupted"):
+        readers.read(rows[:2])
+
+
 def test_only_the_process_that_made_a_folder_removes_it(tmp_path):
     """A forked reader process that drops its copy of the batches leaves their folder."""
     folder = make_handoff_folder(tmp_path)
