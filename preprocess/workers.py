@@ -247,10 +247,10 @@ class RowReaders:
     machine 16 processes read 30,969 rows/s but returned 1,567 rows/s that way (BENCHMARKS.md,
     GPU). The processes are forked once (not every epoch, as Keras's PyDataset
     use_multiprocessing does), each with a pipe of its own that the asking thread writes and
-    reads itself: a ProcessPoolExecutor's helper threads cost this process about 20 ms per
-    batch on the H100 machine, waiting for the GIL that training holds. Share i of every batch
-    goes to process i, which thus writes the same part of a slot each time. They end with
-    this object, or with their parent.
+    reads itself: there, 16 processes handed over 36,836 rows/s that way, against 10,034
+    through a ProcessPoolExecutor. Share i of every batch goes to process i, which thus
+    writes the same part of a slot each time. They end with this object, or with their
+    parent.
     """
 
     def __init__(self, path: Path, processes: int, row_shape: tuple[int, ...]):
@@ -270,12 +270,12 @@ class RowReaders:
         self.processes: list[multiprocessing.Process] = []
         for _ in range(processes):
             ours, theirs = context.Pipe()
+            self.pipes.append(ours)  # before the fork: the process closes its copy of it
             process = context.Process(
                 target=_serve_reads, args=(self.path, theirs, self.pipes), daemon=True
             )
             process.start()
             theirs.close()
-            self.pipes.append(ours)
             self.processes.append(process)
         weakref.finalize(self, _stop_readers, self.pipes, self.processes)
         if self.folder is not None:
@@ -380,17 +380,21 @@ class RowReaders:
         return np.frombuffer(window, dtype=np.float32).reshape(n_rows, *self.row_shape)
 
 
-def _serve_reads(path: Path, pipe, inherited: list) -> None:
+def _serve_reads(path: Path, pipe, parent_ends: list) -> None:
     """A reader process (`RowReaders`): (rows, slot path, start) asked through pipe, answered
-    with `_read_rows_into`'s result, or with the error met, until the pipe closes."""
+    with `_read_rows_into`'s result, or with the error met, until None is asked or the pipe
+    closes."""
     start_extraction_worker()
-    for other in inherited:  # the pipes of the processes forked before: their ends, not ours
-        other.close()
+    for end in parent_ends:  # copies made by the fork: the pipe closes when RowReaders's does
+        end.close()
     while True:
         try:
-            rows, slot_path, start = pipe.recv()
-        except EOFError:  # RowReaders closed the pipe, or its process ended
+            asked = pipe.recv()
+        except EOFError:  # its parent ended
             return
+        if asked is None:
+            return
+        rows, slot_path, start = asked
         try:
             answer = _read_rows_into(path, rows, slot_path, start)
         except Exception as error:  # DatasetError, say: the asking process raises it
@@ -402,8 +406,11 @@ def _serve_reads(path: Path, pipe, inherited: list) -> None:
 
 
 def _stop_readers(pipes: list, processes: list) -> None:
-    """End the reader processes: each leaves its loop as its pipe closes."""
+    """End the reader processes: each is asked to (processes forked since, by other
+    RowReaders say, hold copies of its pipe's end here, so that its closing is not seen)."""
     for pipe in pipes:
+        with contextlib.suppress(OSError):
+            pipe.send(None)
         pipe.close()
     for process in processes:
         process.join(timeout=5)

@@ -152,7 +152,7 @@ def test_batches_from_worker_processes_and_the_device_reach_the_model_in_order(e
 def test_reader_processes_read_batches_equal_and_end_with_them(easy_data):
     """Batches that reader processes read together equal those read in-process, epoch after
     epoch, asked in any order, through a slot in memory used again and again; the processes
-    and their folder end with the batches."""
+    and their folder end with the batches, also where other readers were forked since."""
     rows = np.arange(5, 45)
     labels = rows % len(CLASSES)
     alone = ChunkBatches(easy_data, rows, labels, len(CLASSES), 7, shuffle=True, seed=3)
@@ -165,14 +165,18 @@ def test_reader_processes_read_batches_equal_and_end_with_them(easy_data):
         read.on_epoch_end()
         alone.on_epoch_end()
     readers = read._row_readers
-    folder, pids = Path(readers.folder), [each.pid for each in readers.processes]
+    folder, processes = Path(readers.folder), readers.processes
     assert folder.parent == Path("/dev/shm")
     assert len(list(folder.iterdir())) == 1  # each batch was gone before the next: one slot
-    assert len(pids) == 3
+    assert len(processes) == 3
+    later = ChunkBatches(easy_data, rows, labels, len(CLASSES), 7, readers=2)
+    later[0]  # processes forked since hold copies of the first readers' pipes
     del read, readers
     gc.collect()
-    assert not still_running(pids, seconds=10)
+    assert not still_running([each.pid for each in processes], seconds=10)
+    assert [each.exitcode for each in processes] == [0, 0, 0]  # ended when asked, not killed
     assert not folder.exists()
+    assert later[1][0].shape == (7, *alone[0][0].shape[1:])  # the others read on
 
 
 def test_reader_processes_serve_threads_asking_at_once(easy_data, monkeypatch):
