@@ -6,6 +6,10 @@
 #   bash benchmarks/bench_gpu.sh --fetch-wheels    # here, once: download the wheels to .whl/
 #   bash benchmarks/bench_gpu.sh [ARGS]            # there (ARGS go to bench_gpu.py)
 #   KERAS_BACKEND=torch bash benchmarks/bench_gpu.sh --models BirdClef   # the torch backend
+#
+# On the device machine keep the output whole where a time limit may cut the run short:
+#   set -o pipefail; bash benchmarks/bench_gpu.sh 2>&1 | tee $OUT/gpu.log
+# (a filter such as grep in between holds the lines back until it ends).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # what the GPU image lacks (it has numpy, scipy, h5py, scikit-learn, tqdm, filelock, ...)
