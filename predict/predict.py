@@ -422,7 +422,7 @@ def extracted_recordings(
         whole_recording_chunks,
         tasks,
         workers,
-        lambda task: str(given[task[0]]),
+        lambda task: f"extracting {given[task[0]]}",
         multiprocessing.get_context("spawn"),
         handoff=True,
     )

@@ -200,7 +200,7 @@ def extract_tasks(tasks: list[Task], info: DatasetInfo, workers: int) -> Iterato
         return
 
     def first_file(arguments: tuple) -> str:
-        return str(arguments[0].paths[0])
+        return f"extracting {arguments[0].paths[0]}"
 
     arguments = ((task, info) for task in tasks)
     in_order = run_in_workers(extract_into_shard, arguments, min(workers, len(tasks)), first_file)
@@ -336,7 +336,7 @@ def parse_xml_in_workers(paths: list[Path], workers: int) -> list[metadata.Recor
         return metadata.parse_xml_files(paths)
 
     def first_file(task: tuple) -> str:
-        return str(task[0][0])
+        return f"reading the metadata in {task[0][0]}"
 
     tasks, workers = ((batch,) for batch in batches), min(workers, len(batches))
     in_order = run_in_workers(metadata.parse_xml_files, tasks, workers, first_file)

@@ -98,7 +98,8 @@ def run_in_workers(
 
     Memory does not grow with the number of tasks (Pool.imap keeps every finished result when
     the consumer falls behind). A worker that dies ends the run with `WorkerLost`, naming the
-    tasks in flight with describe(task), where multiprocessing.Pool would wait forever.
+    tasks in flight with describe(task) (what the task does: "extracting FILE", say), where
+    multiprocessing.Pool would wait forever.
     """
     tasks, ahead = iter(tasks), IN_FLIGHT_PER_WORKER * workers
     queued: deque = deque()
@@ -117,7 +118,7 @@ def run_in_workers(
             except BrokenProcessPool:  # from submit, or from the result
                 message = "a worker process ended abruptly (killed, or out of memory?)"
                 if queued:
-                    message += f" while extracting {describe(queued[0][0])} or a file after it"
+                    message += f" while {describe(queued[0][0])} or a file after it"
                 raise WorkerLost(message) from None
             queued.popleft()
             yield result

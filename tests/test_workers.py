@@ -33,7 +33,7 @@ def square_or_die(number: int) -> int:
 
 
 def first(task: tuple) -> str:
-    return str(task[0])
+    return f"extracting {task[0]}"
 
 
 def test_results_come_in_the_tasks_order_a_bounded_number_ahead():
