@@ -385,29 +385,27 @@ def read_metadata(args, summary: Summary) -> tuple[list[metadata.Recording], dic
     return selected, source
 
 
-def resume(parts_dir: Path, settings: str) -> list[Path]:
-    """The complete shards an interrupted run left in parts_dir. Leftovers that cannot count
-    (temporary files, unreadable shards) are deleted; shards extracted with other settings
-    are not: LoadDataError says what --overwrite would discard."""
+def resume(parts_dir: Path, settings: str) -> dict[Path, np.ndarray]:
+    """The complete shards an interrupted run left in parts_dir: {shard: its recordings'
+    input keys}. Leftovers that cannot count (temporary files, unreadable shards) are
+    deleted; shards extracted with other settings are not: LoadDataError says what
+    --overwrite would discard."""
     for temporary in parts_dir.glob("*.tmp"):
         temporary.unlink()  # a shard or merge cut short: redone below
-    shards, other_recordings, other_chunks = [], 0, 0
+    shards, other_recordings, other_chunks = {}, 0, 0
     for shard in complete_shards(parts_dir):
         try:
             with open_dataset(shard) as part:
                 same = part.info.settings_digest == settings
-                n_recordings, n_chunks = len(part.recordings["MediaId"]), len(part)
+                keys, n_chunks = part.recordings["input_key"], len(part)
         except DatasetError as error:
             logger.warning("deleting unreadable shard (%s)", error)
             shard.unlink()
             continue
         if same:
-            shards.append(shard)
+            shards[shard] = keys
         else:
-            other_recordings, other_chunks = (
-                other_recordings + n_recordings,
-                other_chunks + n_chunks,
-            )
+            other_recordings, other_chunks = other_recordings + len(keys), other_chunks + n_chunks
     if other_recordings:
         raise LoadDataError(
             f"{parts_dir} holds {other_recordings} recordings ({other_chunks} chunks) extracted "
@@ -419,17 +417,16 @@ def resume(parts_dir: Path, settings: str) -> list[Path]:
 
 
 def stored_recordings(
-    sources: list[Path], wanted: set[str]
+    sources: dict[Path, np.ndarray], wanted: set[str]
 ) -> tuple[dict[str, tuple[Path, int]], float]:
-    """Where a rerun finds the recordings already extracted into datasets `sources` (an
-    earlier OUT, shards) whose input_key is still wanted: {key: (source, index)}, the first
-    source holding a key winning; and about how many bytes of OUT they make (each source's
-    size times the share of its recordings kept)."""
+    """Where a rerun finds the recordings already extracted into datasets (an earlier OUT,
+    shards; sources: {dataset: its recordings' input keys}) whose input_key is still
+    wanted: {key: (dataset, index)}, the first dataset holding a key winning; and about how
+    many bytes of OUT they make (each dataset's size times the share of its recordings
+    kept)."""
     where: dict[str, tuple[Path, int]] = {}
     kept_bytes = 0.0
-    for source in sources:
-        with open_dataset(source) as dataset:
-            keys = dataset.recordings["input_key"]
+    for source, keys in sources.items():
         kept = 0
         for index, key in enumerate(keys):
             if key in wanted and key not in where:
@@ -694,11 +691,11 @@ def build(args) -> int:
     if out.exists() and not out.is_file():
         raise LoadDataError(f"{out} is a folder, not a dataset file: choose another --out")
     out.with_name(out.name + ".tmp").unlink(missing_ok=True)  # a write of OUT cut short
-    earlier = []  # an OUT whose recordings that still apply are kept
+    earlier = {}  # an OUT whose recordings that still apply are kept: {OUT: input keys}
     if out.exists() and not args.overwrite:
         try:
             with open_dataset(out) as existing:
-                built_from = existing.info
+                built_from, built_keys = existing.info, existing.recordings["input_key"]
         except DatasetError as error:
             raise LoadDataError(f"{error}; use --overwrite to replace it") from None
         if built_from.inputs_digest == info.inputs_digest:
@@ -719,7 +716,7 @@ def build(args) -> int:
             "changed and failed files are (re)tried",
             out,
         )
-        earlier = [out]
+        earlier = {out: built_keys}
     if args.overwrite:
         remove_parts(parts_dir)  # the old OUT stays in place until the new one is complete
     if not recordings:
@@ -731,7 +728,7 @@ def build(args) -> int:
         )
 
     shards = resume(parts_dir, info.settings_digest)
-    stored, stored_bytes = stored_recordings(earlier + shards, set(keys))
+    stored, stored_bytes = stored_recordings({**earlier, **shards}, set(keys))
     todo = [(r, key) for r, key in zip(recordings, keys, strict=True) if key not in stored]
     summary.resumed = len(recordings) - len(todo)
     if summary.resumed:
