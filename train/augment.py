@@ -155,6 +155,12 @@ def quietest_chunks(x: np.ndarray, share: float = 0.1, most: int = 256) -> np.nd
     return x[np.sort(np.argsort(loudness, kind="stable")[:count])]
 
 
+def host_array(x) -> np.ndarray:
+    """x as a numpy array: augmentation works on the host, and a backend tensor source (chunks
+    on the GPU) gives tensors."""
+    return x if isinstance(x, np.ndarray) else keras.ops.convert_to_numpy(x)
+
+
 class AugmentedBatches(ChunkBatches):
     """Training batches with augmentation and, optionally, per-chunk loss weights.
 
@@ -193,7 +199,7 @@ class AugmentedBatches(ChunkBatches):
 
     def __getitem__(self, index: int):
         x, y = super().__getitem__(index)
-        x = keras.ops.convert_to_numpy(x)  # a backend tensor source gives tensors
+        x = host_array(x)
         positions = self.positions(index)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         use, settings = self.settings.use, self.settings
@@ -217,9 +223,7 @@ class AugmentedBatches(ChunkBatches):
         has_next = following >= 0
         out = x.copy()
         if has_next.any():
-            second = self.chunks(following[has_next])
-            if not isinstance(second, np.ndarray):  # a backend tensor source gives tensors
-                second = keras.ops.convert_to_numpy(second)
+            second = host_array(self.chunks(following[has_next]))
             offsets = rng.integers(0, frames + 1, int(has_next.sum()))
             out[has_next] = crop_across(x[has_next], second, offsets)
         alone = ~has_next & self.first_of_recording[positions]
