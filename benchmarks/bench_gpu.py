@@ -184,14 +184,25 @@ def train_rates(
             },
             f"streamed, {readers} reader processes": {
                 "x": ChunkBatches(
-                    path, rows, labels, n_classes, batch_size, shuffle=True,
+                    path,
+                    rows,
+                    labels,
+                    n_classes,
+                    batch_size,
+                    shuffle=True,
                     readers=readers,
                 )  # fmt: skip
             },
             f"streamed, {readers} reader processes, 2 batches at once": {
                 "x": ChunkBatches(
-                    path, rows, labels, n_classes, batch_size, shuffle=True,
-                    readers=readers, workers=2,
+                    path,
+                    rows,
+                    labels,
+                    n_classes,
+                    batch_size,
+                    shuffle=True,
+                    readers=readers,
+                    workers=2,
                 )  # fmt: skip
             },
         }

@@ -139,9 +139,7 @@ def test_batches_from_worker_processes_and_the_device_reach_the_model_in_order(e
         x = h5["X"][...][rows]
     mean = keras.Sequential([keras.Input(x.shape[1:]), keras.layers.GlobalAveragePooling2D()])
     sources = {
-        "worker processes": ChunkBatches(
-            easy_data, rows, labels, len(CLASSES), 4, readers=2
-        ),
+        "worker processes": ChunkBatches(easy_data, rows, labels, len(CLASSES), 4, readers=2),
         "device": ChunkBatches(keras.ops.convert_to_tensor(x), rows, labels, len(CLASSES), 4),
     }
     for name, batches in sources.items():
