@@ -176,34 +176,16 @@ def train_rates(
     keras.mixed_precision.set_global_policy(policy)
     on_device = keras.ops.convert_to_tensor(x)
     rates = {}
+    chunks = (rows, labels, n_classes, batch_size)  # ChunkBatches's arguments after the source
     for model_name in models:
         ways = {
             "in memory": {"x": x, "y": y, "batch_size": batch_size, "shuffle": True},
-            "in memory on the device": {
-                "x": ChunkBatches(on_device, rows, labels, n_classes, batch_size, shuffle=True)
-            },
+            "in memory on the device": {"x": ChunkBatches(on_device, *chunks, shuffle=True)},
             f"streamed, {readers} reader processes": {
-                "x": ChunkBatches(
-                    path,
-                    rows,
-                    labels,
-                    n_classes,
-                    batch_size,
-                    shuffle=True,
-                    readers=readers,
-                )  # fmt: skip
+                "x": ChunkBatches(path, *chunks, shuffle=True, readers=readers)
             },
             f"streamed, {readers} reader processes, 2 batches at once": {
-                "x": ChunkBatches(
-                    path,
-                    rows,
-                    labels,
-                    n_classes,
-                    batch_size,
-                    shuffle=True,
-                    readers=readers,
-                    workers=2,
-                )  # fmt: skip
+                "x": ChunkBatches(path, *chunks, shuffle=True, readers=readers, workers=2)
             },
         }
         for way, data in ways.items():
