@@ -193,11 +193,7 @@ def extract_tasks(tasks: list[Task], info: DatasetInfo, workers: int) -> Iterato
     With several workers (`run_in_workers`), a few tasks per worker are queued or finished
     ahead of the one consumed, so memory does not depend on the number of recordings.
     """
-    keep_freed_memory()
-    if workers == 1 or len(tasks) == 1:
-        for task in tasks:
-            yield extract_into_shard(task, info)
-        return
+    keep_freed_memory()  # for a run in this process; run_in_workers's workers do it too
 
     def first_file(arguments: tuple) -> str:
         return f"extracting {arguments[0].paths[0]}"
@@ -332,8 +328,6 @@ def parse_xml_in_workers(paths: list[Path], workers: int) -> list[metadata.Recor
     a file, the parent's largest cost before extraction can start (BirdCLEF's 24,607 XML
     files: about 4 s on one core)."""
     batches = [paths[start : start + XML_BATCH] for start in range(0, len(paths), XML_BATCH)]
-    if workers == 1 or len(batches) == 1:
-        return metadata.parse_xml_files(paths)
 
     def first_file(task: tuple) -> str:
         return f"reading the metadata in {task[0][0]}"

@@ -94,13 +94,18 @@ def run_in_workers(
     platform's default) at most IN_FLIGHT_PER_WORKER tasks per worker ahead of the one
     consumed. With `handoff`, every task gets one more argument: a private folder in memory
     for the workers' `hand_over` files (`handoff_folder`; None where there is none), removed
-    once the workers have ended.
+    once the workers have ended. With fewer than 2 workers the tasks run in this process, one
+    at a time as they are consumed (with no folder: there is nothing to hand over).
 
     Memory does not grow with the number of tasks (Pool.imap keeps every finished result when
     the consumer falls behind). A worker that dies ends the run with `WorkerLost`, naming the
     tasks in flight with describe(task) (what the task does: "extracting FILE", say), where
     multiprocessing.Pool would wait forever.
     """
+    if workers < 2:
+        for task in tasks:
+            yield function(*task, None) if handoff else function(*task)
+        return
     tasks, ahead = iter(tasks), IN_FLIGHT_PER_WORKER * workers
     queued: deque = deque()
     with contextlib.ExitStack() as stack:  # on leaving: the workers end, then the folder goes

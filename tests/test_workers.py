@@ -41,6 +41,17 @@ def test_results_come_in_the_tasks_order_a_bounded_number_ahead():
     assert list(results) == [n * n for n in range(20, 60)]
 
 
+def pid_and_arguments(*arguments) -> tuple:
+    return os.getpid(), arguments
+
+
+def test_one_worker_runs_the_tasks_here_as_they_are_consumed():
+    """No process is started for one worker; a hand-off folder is None (nothing to hand)."""
+    results = run_in_workers(pid_and_arguments, [(1,), (2,)], 1, first, handoff=True)
+    assert list(results) == [(os.getpid(), (1, None)), (os.getpid(), (2, None))]
+    assert list(run_in_workers(pid_and_arguments, [(3,)], 1, first)) == [(os.getpid(), (3,))]
+
+
 def test_a_worker_that_dies_is_one_error_naming_a_task_in_flight():
     results = run_in_workers(square_or_die, ((n,) for n in range(10, 20)), 2, first)
     done = []
