@@ -109,7 +109,7 @@ class StoredChunk(NamedTuple):
     """One row of X as HDF5 stores it: the filtered bytes and which filters were skipped."""
 
     filter_mask: int
-    data: bytes | np.ndarray  # or a uint8 view of them (load_data's hand-over from a worker)
+    data: bytes
 
 
 @dataclass
