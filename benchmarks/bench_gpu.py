@@ -314,7 +314,8 @@ def main() -> None:
 
         if "prediction" in args.stages:
             keras.mixed_precision.set_global_policy(args.dtype_policy)
-            on_gpu = extraction_workers(None, model_on_gpu=True)  # predict.py's default there
+            # predict.py's default on a GPU; at least 2, the fewest that run in worker processes
+            on_gpu = max(2, extraction_workers(None, model_on_gpu=True))
             for way, rate in handoff_rates(on_gpu).items():
                 table[f"hand-off of chunks from {on_gpu} workers, {way}"] = f"{rate:.0f} chunks/s"
                 print(f"  hand-off from {on_gpu} workers, {way}: {rate:.0f} chunks/s", flush=True)

@@ -11,9 +11,10 @@ this process between model calls, or in that many worker processes beside the mo
 (noise and tone bursts), each in a fresh process with a NumPy stand-in for the model (its
 memory does not depend on the recording): streamed as predict does it, and 1 hour read whole
 as shorter recordings are, for comparison; beside a 10-second recording's peak (the imports).
-  (d) the hand-off alone: chunks/s that --workers worker processes hand to this one, each task
-32 ready chunks of 200 x 310 float32, through the pool's pipe and through a file in memory
-(preprocess/workers.py); best of 3 runs of 120 tasks, timed from the first task's arrival.
+  (d) the hand-off alone: chunks/s that --workers worker processes (counts of 2 or more) hand
+to this one, each task 32 ready chunks of 200 x 310 float32, through the pool's pipe and
+through a file in memory (preprocess/workers.py); best of 3 runs of 120 tasks, timed from the
+first task's arrival.
 Run it alone:
 
     flock /tmp/bench.lock python benchmarks/bench_predict.py
@@ -118,7 +119,10 @@ def ready_chunks(index: int, folder: str | None, cache: dict = {}):  # noqa: B00
 
 def handoff_rates(workers: int, tasks: int = 120) -> dict[str, float]:
     """(d): {"pipe" | "file": chunks/s} that `workers` spawned processes hand over, timed
-    from the first task's arrival (the workers' start is not counted), best of 3."""
+    from the first task's arrival (the workers' start is not counted), best of 3. workers >= 2:
+    run_in_workers runs the tasks in this process for fewer, with nothing handed over."""
+    if workers < 2:
+        raise ValueError(f"the hand-off needs 2 or more worker processes, not {workers}")
     rates = {}
     for way in ("pipe", "file"):
         with handoff_folder() as memory:
@@ -199,7 +203,7 @@ def main() -> None:
             elapsed[workers] = time.perf_counter() - start
         n_recordings = len({e.media_id for e in read_run_file(temp / "run.csv")})
         memory = measure_memory(temp, params)
-    handoff = {workers: handoff_rates(workers) for workers in args.workers}
+    handoff = {workers: handoff_rates(workers) for workers in args.workers if workers > 1}
 
     print(f"model {args.model.name}, {args.classes} classes, batch {args.batch_size}, CPU")
     print(f"(a) model alone: {model_rate:.0f} chunks/s")
