@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from predict.runfile import AtomicTextWriter, open_part_file
+from predict.runfile import AtomicTextWriter, open_part_file, window_span
 
 MAX_NAME_CHARS = 150
 UNSAFE_CHARACTERS = re.compile(r'[/\\:*?"<>|]')
@@ -109,8 +109,8 @@ def window_detections(
 ) -> list[Detection]:
     """Detections of one recording: window_probs (windows, classes), thresholds (classes,).
 
-    Window w spans [w * window_seconds, min((w + 1) * window_seconds, duration_s)]. Ordered by
-    time, then by falling confidence.
+    Window w spans [w * window_seconds, (w + 1) * window_seconds], the last one ending at
+    duration_s (`window_span`). Ordered by time, then by falling confidence.
     """
     window_probs = np.asarray(window_probs, dtype=np.float64)
     thresholds = np.asarray(thresholds, dtype=np.float64)
@@ -119,9 +119,9 @@ def window_detections(
             f"window_probs {window_probs.shape} and thresholds {thresholds.shape} do not fit"
         )
     detections = []
+    last = len(window_probs) - 1
     for window, probs in enumerate(window_probs):
-        begin = window * window_seconds
-        end = min(begin + window_seconds, duration_s)
+        begin, end = window_span(window, window == last, window_seconds, duration_s)
         hits = np.flatnonzero(probs >= thresholds)
         for column in hits[np.argsort(-probs[hits], kind="stable")]:
             detections.append(Detection(begin, end, int(column), float(probs[column])))
@@ -271,7 +271,7 @@ class ChunkOutputs:
 
     with ChunkOutputs(...) as outputs:
         model = outputs.wrap(model)              # adds embedding columns when asked for
-        probs = outputs.piece(media_id, chunk_outputs, duration_s)   # each piece, in order
+        probs = outputs.piece(media_id, chunk_outputs, duration_s, last)   # each piece
         outputs.recording(media_id, window_probs, duration_s)   # each finished recording
     Tables are written per recording; the embeddings file when the run ends without error.
     In soundscape mode a piece is one window; otherwise windows have no time (NaN).
@@ -330,9 +330,11 @@ class ChunkOutputs:
         self.embedder = EmbeddingModel(model)
         return self.embedder
 
-    def piece(self, media_id: str, outputs: np.ndarray, duration_s: float) -> np.ndarray:
-        """Chunk outputs of one piece of a recording of duration_s -> its softmax
-        (chunks, classes); keeps the embeddings."""
+    def piece(
+        self, media_id: str, outputs: np.ndarray, duration_s: float, last: bool
+    ) -> np.ndarray:
+        """Chunk outputs of one piece of a recording of duration_s (pieces in order, `last`
+        the recording's last) -> its softmax (chunks, classes); keeps the embeddings."""
         if not self.embedder:
             return outputs
         probs, embeddings = self.embedder.split(outputs)
@@ -340,13 +342,15 @@ class ChunkOutputs:
         first_chunk = self._chunks_seen.get(media_id, 0)
         self._pieces_seen[media_id] = window + 1
         self._chunks_seen[media_id] = first_chunk + len(outputs)
-        start = window * self.window_seconds if self.soundscape else np.nan
+        start, end = window_span(window, last, self.window_seconds, duration_s)
+        if not self.soundscape:
+            start = end = np.nan
         rows = self._rows
         rows["embeddings"].append(embeddings.astype(np.float32))
         rows["media_id"] += [media_id] * len(outputs)
         rows["chunk_index"].append(np.arange(first_chunk, first_chunk + len(outputs)))
         rows["start_s"] += [start] * len(outputs)
-        rows["end_s"] += [min(start + self.window_seconds, duration_s)] * len(outputs)
+        rows["end_s"] += [end] * len(outputs)
         return probs
 
     def recording(self, media_id: str, window_probs: np.ndarray, duration_s: float) -> None:

@@ -533,7 +533,7 @@ def predict(
         parts: list[np.ndarray] = []  # chunk softmax of the recording being finished
         for (index, last, seconds), probs in predict_pieces(model, pieces, batch_size):
             if outputs:
-                probs = outputs.piece(items[index].media_id, probs, seconds)
+                probs = outputs.piece(items[index].media_id, probs, seconds, last)
             parts.append(probs)
             if not last:
                 continue

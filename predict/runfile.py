@@ -87,6 +87,16 @@ def seconds_to_hms(seconds: float) -> str:
     return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def window_span(
+    window: int, last: bool, window_seconds: float, duration_s: float
+) -> tuple[float, float]:
+    """(start, end) seconds of soundscape window number `window` of a recording of duration_s:
+    windows are window_seconds long, and the last one ends at the recording's end (it can be
+    longer: `spectrogram.window_bounds` joins a short remainder to it)."""
+    start = window * window_seconds
+    return start, duration_s if last else min(start + window_seconds, duration_s)
+
+
 def file_mode() -> int:
     """The mode a plain open() gives a new file: 0o666 less the process's umask."""
     umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
@@ -209,7 +219,7 @@ class SoundscapeWriter(AtomicTextWriter):
 
     with SoundscapeWriter(path, classes, window_seconds=5) as run:
         run.write(media_id, window_probs, duration_s)   # window_probs (n_windows, n_classes)
-    The last window ends at the recording's end (duration_s).
+    The last window ends at the recording's end (duration_s; `window_span`).
     """
 
     def __init__(
@@ -224,8 +234,8 @@ class SoundscapeWriter(AtomicTextWriter):
     def write(self, media_id: str, window_probs: np.ndarray, duration_s: float) -> None:
         check_media_id(media_id)
         for window, probs in enumerate(window_probs):
-            start = window * self.window_seconds
-            end = min(start + self.window_seconds, duration_s)
+            last = window == len(window_probs) - 1
+            start, end = window_span(window, last, self.window_seconds, duration_s)
             span = f"{seconds_to_hms(start)}-{seconds_to_hms(end)}"
             for column in top_classes(probs, self.top_k):
                 probability = format_probability(probs[column])

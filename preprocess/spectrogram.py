@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import NamedTuple
 
@@ -628,6 +629,23 @@ def chunk_slices(
     return n_frames
 
 
+def window_bounds(
+    n_frames: int, frames_per_window: float, shortest_last: float
+) -> list[tuple[int, int]]:
+    """(first, end) frames of each window of a spectrogram of n_frames, in time order.
+
+    Window w starts at round(w * frames_per_window); each ends where the next starts, the
+    last at n_frames. A last window under shortest_last frames joins the one before it: the
+    run file names windows in whole seconds, so a few frames left at the end would get an
+    empty span. Every window has at least one frame when n_frames > 0.
+    """
+    n_windows = max(1, math.ceil(n_frames / frames_per_window))
+    starts = [round(window * frames_per_window) for window in range(n_windows)]
+    if len(starts) > 1 and n_frames - starts[-1] < shortest_last:
+        starts.pop()
+    return list(zip(starts, [*starts[1:], n_frames], strict=True))
+
+
 def window_chunks(
     log_spec: np.ndarray, params: SpectrogramParams, window_seconds: float
 ) -> Generator[np.ndarray, None, int]:
@@ -636,18 +654,17 @@ def window_chunks(
     With the noise filter, its mask comes from the whole recording (as in training); inside
     each window the frames the filter counts as empty are removed (without it, the silent
     frames, `drop_silence`). The rest of a window is cut like a recording (`split_chunks`:
-    one padded chunk when it is shorter than chunk_frames).
+    one padded chunk when it is shorter than chunk_frames). A last window under one second
+    joins the one before it (`window_bounds`).
     Returns (as StopIteration.value) the spectrogram's frames.
     """
     n_frames = log_spec.shape[1]
     if params.noise_filter:
         log_spec = np.where(noise_mask(log_spec, params), log_spec, np.float32(0))
-    frames_per_window = window_seconds * params.sample_rate / params.hop
-    n_windows = max(1, int(np.ceil(n_frames / frames_per_window)))
-    for window in range(n_windows):
-        part = log_spec[
-            :, round(window * frames_per_window) : round((window + 1) * frames_per_window)
-        ]
+    frames_per_second = params.sample_rate / params.hop
+    bounds = window_bounds(n_frames, window_seconds * frames_per_second, frames_per_second)
+    for first, end in bounds:
+        part = log_spec[:, first:end]
         if params.noise_filter:
             zeros = np.count_nonzero(part == 0, axis=0)
             empty = zeros / part.shape[0] > params.empty_frame_fraction

@@ -61,6 +61,17 @@ def test_soundscape_writer_names_each_5s_window(tmp_path):
     ]
 
 
+def test_soundscape_writer_ends_the_last_window_at_the_recording_end(tmp_path):
+    """A last window that joined a short remainder (`window_bounds`) spans it too."""
+    path = tmp_path / "soundscape.csv"
+    with SoundscapeWriter(path, CLASSES, top_k=1) as run:
+        run.write("S1", np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]]), 10.6)
+    assert path.read_text().splitlines() == [
+        "S1;00:00:00-00:00:05;aaaaaa;0.7",
+        "S1;00:00:05-00:00:11;dddddd;0.7",
+    ]
+
+
 @pytest.mark.parametrize(
     "lines, message",
     [

@@ -26,6 +26,7 @@ from preprocess.spectrogram import (
     extract_chunks,
     log_spectrogram,
     stream_chunks,
+    window_bounds,
     window_chunks,
 )
 from preprocess.workers import HANDOFF_PREFIX, MEMORY_FOLDER
@@ -57,6 +58,27 @@ def test_window_chunks_one_per_5s_window():
     windows = list(window_chunks(log_spec, PARAMS, 5.0))
     assert len(windows) == 3  # 0-5, 5-10, 10-12 s
     assert all(w.shape[1:] == (PARAMS.n_bins, PARAMS.chunk_frames) for w in windows)
+
+
+@pytest.mark.parametrize(
+    "n_frames, expected",
+    [
+        (938, [(0, 312), (312, 625), (625, 938)]),  # round(937.5) == 938: no empty 4th window
+        (1010, [(0, 312), (312, 625), (625, 938), (938, 1010)]),  # 1 s or more: its own
+        (987, [(0, 312), (312, 625), (625, 987)]),  # under 1 s left: joins the window before
+        (40, [(0, 40)]),  # shorter than a second: still one window
+    ],
+)
+def test_window_bounds_leave_no_window_empty_or_under_a_second(n_frames, expected):
+    assert window_bounds(n_frames, frames_per_window=312.5, shortest_last=62.5) == expected
+
+
+def test_window_chunks_where_the_last_window_would_start_at_the_end():
+    """15.024 s at 16 kHz: 938 frames, and round(3 * 312.5) = 938, which once gave an empty
+    4th window and a ValueError that ended the whole prediction run."""
+    log_spec = np.ones((PARAMS.n_bins, 938), np.float32)
+    windows = list(window_chunks(log_spec, PARAMS, 5.0))
+    assert len(windows) == 3
 
 
 class MeanModel:
