@@ -125,14 +125,19 @@ def read_wav_blocks(path: str | os.PathLike, block_samples: int = 2**19) -> Iter
     """The samples of a 16-bit PCM mono wav in consecutive blocks of block_samples (the last
     one shorter): float32 (n,) on the int16 scale, concatenating to `read_wav`'s samples.
 
-    Raises `AudioError` for any other file (see `pcm16_mono_header`), one without samples,
-    and, once the data runs out, one with less data than its header announces.
+    Raises `AudioError` for any other file (see `pcm16_mono_header`), one without samples, and
+    one with less data than its header announces: before the first block, so that no part of
+    a truncated recording is used.
     """
     n_samples = pcm16_mono_header(path)[1]
     if n_samples == 0:
         raise AudioError(path, "contains no samples")
     try:
         with wave.open(os.fspath(path)) as audio:
+            audio.setpos(n_samples - 1)  # a seek: the last sample is there, or the file is cut
+            if len(audio.readframes(1)) < 2:
+                raise AudioError(path, "truncated: less data than its header announces")
+            audio.rewind()
             for start in range(0, n_samples, block_samples):
                 count = min(block_samples, n_samples - start)
                 data = audio.readframes(count)

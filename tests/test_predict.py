@@ -286,6 +286,10 @@ def test_wav_blocks_are_read_wav_in_pieces(tmp_path):
     np.testing.assert_array_equal(np.concatenate(blocks), read_wav(mono)[0])
     with pytest.raises(AudioError, match="stereo.wav: 2 channel"):
         pcm16_mono_header(stereo)
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(mono.read_bytes()[:-2])  # its last sample missing
+    with pytest.raises(AudioError, match="cut.wav: truncated"):
+        next(read_wav_blocks(cut, block_samples=10_000))  # before any block is used
 
 
 def test_long_recordings_are_streamed_to_the_same_run_file(run_dir, tmp_path, monkeypatch, caplog):
