@@ -12,7 +12,6 @@ memory.
 from __future__ import annotations
 
 import os
-import struct
 import warnings
 import wave
 from collections.abc import Iterator
@@ -59,14 +58,14 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
             with warnings.catch_warnings():  # scipy only warns of a truncated 24-bit file
                 warnings.filterwarnings("error", "Reached EOF", wavfile.WavFileWarning)
                 rate, data = wavfile.read(path)
-    except AudioError:
+    except (AudioError, MemoryError):
         raise
     except wavfile.WavFileWarning as warning:
         raise AudioError(path, "truncated: less data than its header announces") from warning
-    except (OSError, ValueError, EOFError, struct.error) as error:
+    except Exception as error:  # a damaged header trips scipy in many ways
         if "mmap length is greater than file size" in str(error):
             raise AudioError(path, "truncated: less data than its header announces") from error
-        raise AudioError(path, f"not a readable wav file ({error})") from error
+        raise AudioError(path, f"not a readable wav file ({describe(error)})") from error
 
     if data.size == 0:
         raise AudioError(path, "contains no samples")
@@ -93,8 +92,10 @@ def pcm16_mono_header(path: str | os.PathLike) -> tuple[int, int]:
         with wave.open(os.fspath(path)) as audio:
             channels, width = audio.getnchannels(), audio.getsampwidth()
             rate, n_samples = audio.getframerate(), audio.getnframes()
-    except (wave.Error, EOFError, OSError) as error:
-        raise AudioError(path, f"not a 16-bit PCM mono wav ({error})") from error
+    except MemoryError:
+        raise
+    except Exception as error:  # a damaged header trips `wave` in many ways
+        raise AudioError(path, f"not a 16-bit PCM mono wav ({describe(error)})") from error
     if (channels, width) != (1, 2):
         raise AudioError(path, f"{channels} channel(s) of {8 * width} bits, not 16-bit mono")
     return rate, n_samples
@@ -146,6 +147,12 @@ def read_wav_blocks(path: str | os.PathLike, block_samples: int = 2**19) -> Iter
                 yield np.frombuffer(data, dtype="<i2").astype(np.float32)
     except (wave.Error, EOFError, OSError) as error:
         raise AudioError(path, f"not a readable wav file ({error})") from error
+
+
+def describe(error: Exception) -> str:
+    """The error's message, or its type where it has none (the `wave` module raises a bare
+    RuntimeError on some damaged headers)."""
+    return str(error) or type(error).__name__
 
 
 def _int16_scale(dtype: np.dtype) -> tuple[float, np.float32]:

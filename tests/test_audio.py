@@ -1,13 +1,21 @@
 """read_wav: every sample format onto the int16 scale, channels averaged, bad files named."""
 
 import io
+import itertools
 import struct
+import warnings
 
 import numpy as np
 import pytest
 from scipy.io import wavfile
 
-from preprocess.audio import AudioError, read_wav, to_sample_rate
+from preprocess.audio import (
+    AudioError,
+    audio_seconds,
+    pcm16_mono_header,
+    read_wav,
+    to_sample_rate,
+)
 
 RAMP = np.array([-32768, -1000, 0, 1, 1000, 32767], dtype=np.int16)
 
@@ -97,6 +105,24 @@ def test_bad_files_raise_audio_error_naming_the_file(tmp_path, name, content, re
     assert name in str(caught.value)
     assert caught.value.path == path
     assert isinstance(caught.value, ValueError)
+
+
+def test_any_damaged_header_byte_is_an_audio_error_or_a_reading(tmp_path):
+    """Every byte of a wav header set to 0, 1, 0x80 or 0xFF: each reader returns or raises
+    `AudioError`, never scipy's or `wave`'s own errors (a chunk size of 0x80 once gave
+    UnboundLocalError and RuntimeError, a channel count of 0 ZeroDivisionError)."""
+    path = tmp_path / "damaged.wav"
+    for position, value in itertools.product(range(44), (0, 1, 0x80, 0xFF)):
+        damaged = bytearray(GOOD)
+        damaged[position] = value
+        path.write_bytes(damaged)
+        for reader in (read_wav, pcm16_mono_header, audio_seconds):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", wavfile.WavFileWarning)
+                try:
+                    reader(path)
+                except AudioError as error:
+                    assert error.path == path
 
 
 def test_missing_and_non_finite_files(tmp_path):
