@@ -437,14 +437,11 @@ class DatasetWriter:
         self.info = info
         self.recordings: list[RecordingChunks] = []  # without their chunks
         self.n_chunks: list[int] = []
+        self.n_rows = 0  # sum(n_chunks), kept as they are appended
         self.h5 = h5py.File(path, "w")
         _create_root(self.h5, info, n_rows=0)
         self.x = self.h5["X"]  # looked up once, not per recording (h5py: 30 us a lookup)
         self.capacity = 0  # rows of X: doubled when full, cut to n_rows at close()
-
-    @property
-    def n_rows(self) -> int:
-        return sum(self.n_chunks)
 
     def append(self, item: RecordingChunks) -> None:
         start = self.n_rows
@@ -455,6 +452,7 @@ class DatasetWriter:
             self.x.id.write_direct_chunk((start + offset, 0, 0, 0), stored.data, stored.filter_mask)
         self.recordings.append(replace(item, chunks=[]))
         self.n_chunks.append(len(item.chunks))
+        self.n_rows += len(item.chunks)
 
     def close(self) -> None:
         self.x.resize(self.n_rows, axis=0)  # also drops rows of an append cut short
@@ -669,20 +667,25 @@ def convert_dataset(
         raise ValueError(f"unknown compression {compression!r}, not one of {list(COMPRESSIONS)}")
     target = Path(target)
     temporary = target.with_name(target.name + ".tmp")
-    with open_dataset(source) as dataset, h5py.File(temporary, "w") as out:
-        n_rows = len(dataset)
-        _create_root(out, replace(dataset.info, compression=compression), n_rows)
-        for name in dataset.file.attrs:  # attributes of later writers too
-            if name not in out.attrs:
-                out.attrs[name] = dataset.file.attrs[name]
-        for name in dataset.file:
-            if name != "X":
-                dataset.file.copy(dataset.file[name], out, name=name)
-        for start in range(0, n_rows, rows_at_once):
-            rows = np.arange(start, min(start + rows_at_once, n_rows))
-            chunks = read_rows(dataset.X, rows)[..., 0]
-            for row, stored in zip(rows, compress_chunks(chunks, compression), strict=True):
-                out["X"].id.write_direct_chunk((row, 0, 0, 0), stored.data, stored.filter_mask)
+    try:
+        with open_dataset(source) as dataset, h5py.File(temporary, "w") as out:
+            n_rows = len(dataset)
+            _create_root(out, replace(dataset.info, compression=compression), n_rows)
+            for name in dataset.file.attrs:  # attributes of later writers too
+                if name not in out.attrs:
+                    out.attrs[name] = dataset.file.attrs[name]
+            for name in dataset.file:
+                if name != "X":
+                    dataset.file.copy(dataset.file[name], out, name=name)
+            x = out["X"].id
+            for start in range(0, n_rows, rows_at_once):
+                rows = np.arange(start, min(start + rows_at_once, n_rows))
+                chunks = read_rows(dataset.X, rows)[..., 0]
+                for row, stored in zip(rows, compress_chunks(chunks, compression), strict=True):
+                    x.write_direct_chunk((row, 0, 0, 0), stored.data, stored.filter_mask)
+    except BaseException:  # a damaged source row, Ctrl-C: no half-written copy stays behind
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, target)
 
 
@@ -701,8 +704,8 @@ def exclusive_run(lock_path: Path, output: str) -> Iterator[None]:
     Two runs writing the same shards or run folder would corrupt each other, so the second
     one raises RunLocked (naming the first one's pid) instead. `filelock` takes an flock on
     the file, released when the process ends, even by kill -9, and dropped in forked worker
-    processes; it removes the file on release without the race of removing it by hand (a
-    later run locking the removed inode while a third locks a new one).
+    processes. The lock file stays: removing it would race (a later run locking the removed
+    inode while a third locks a new one).
     """
     lock_path.parent.mkdir(parents=True, exist_ok=True)
 

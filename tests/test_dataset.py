@@ -322,6 +322,16 @@ def test_convert_dataset_refuses_to_overwrite_and_names_bad_input(tmp_path, data
     assert not (tmp_path / "new.h5").exists()
 
 
+def test_convert_dataset_leaves_nothing_behind_on_a_damaged_row(tmp_path, capsys):
+    write_dataset(tmp_path / "in.h5", info("gzip"), make_recordings("gzip")[0])
+    with h5py.File(tmp_path / "in.h5", "a") as h5:
+        h5["X"].id.write_direct_chunk((1, 0, 0, 0), b"not deflated at all", 0)
+    argv = [str(tmp_path / "in.h5"), str(tmp_path / "out.h5"), "--compression", "blosc2-lz4"]
+    assert convert_dataset_main(argv) == 2
+    assert "error: " in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.h5"]
+
+
 def test_an_empty_dataset_is_valid(tmp_path):
     write_dataset(tmp_path / "empty.h5", DatasetInfo(PARAMS, [], {}), [])
     with open_dataset(tmp_path / "empty.h5") as dataset:
