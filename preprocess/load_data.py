@@ -75,7 +75,7 @@ from preprocess.params import (
     SpectrogramParams,
 )
 from preprocess.paths import OutputPathError, check_output, is_hdf5
-from preprocess.spectrogram import frames_for_seconds, mel_filterbank
+from preprocess.spectrogram import check_front_end, frames_for_seconds
 from preprocess.workers import WorkerLost, keep_freed_memory, run_in_workers
 
 logger = logging.getLogger("load_data")
@@ -653,8 +653,7 @@ def job_params(args, recordings: list[metadata.Recording]) -> SpectrogramParams:
         changes["drop_silence"] = False  # the filter removes empty frames itself
     try:
         params = dataclasses.replace(base, **changes)
-        if params.frontend == "logmel":
-            mel_filterbank(params)  # bands too narrow for nfft: said now, not in every worker
+        check_front_end(params)  # said now, not by every worker
     except ValueError as error:
         raise LoadDataError(str(error)) from None
     chunk_seconds = args.chunk_seconds or ("auto" if args.recipe == "modern" else None)

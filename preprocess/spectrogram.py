@@ -164,12 +164,29 @@ def log_spectrogram(
 
 
 @functools.lru_cache(maxsize=8)
+def check_front_end(params: SpectrogramParams) -> None:
+    """ValueError, saying why, for parameters that no recording can be extracted with: mel
+    bands too narrow for nfft, more PSD bins than nfft gives, or noise filter bands left
+    empty by too few bins. A command says so once, before any worker starts."""
+    if params.frontend == "logmel":
+        mel_filterbank(params)
+    elif not 0 < params.n_bins <= params.nfft // 2 + 1:
+        raise ValueError(
+            f"{params.n_bins} bins, but nfft {params.nfft} gives {params.nfft // 2 + 1}"
+        )
+    if params.noise_filter:
+        band_edges(params)
+
+
 def band_edges(params: SpectrogramParams) -> np.ndarray:
     """Row borders of the filter's frequency bands: ceil(linspace(0, n_bins, n_band_edges))
     (read-only, computed once per parameters)."""
     edges = np.ceil(np.linspace(0, params.n_bins, params.n_band_edges)).astype(np.intp)
     if np.any(np.diff(edges) <= 0):
-        raise ValueError(f"n_band_edges {params.n_band_edges} gives empty bands")
+        raise ValueError(
+            f"{params.n_bins} bins are too few for the noise filter's "
+            f"{params.n_band_edges - 1} frequency bands"
+        )
     edges.flags.writeable = False
     return edges
 

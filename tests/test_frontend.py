@@ -360,6 +360,13 @@ def test_bad_front_end_options_are_clear_errors(clips, tmp_path, capsys):
     assert "error: --n-mels needs --frontend logmel" in capsys.readouterr().err
     assert load(clips, tmp_path / "b.h5", "--recipe", "modern", "--nfft", "128") == 2
     assert "too narrow for nfft 128" in capsys.readouterr().err
+    assert load(clips, tmp_path / "b1.h5", "--nfft", "256") == 2  # 2016: 200 bins of 129
+    assert "error: 200 bins, but nfft 256 gives 129" in capsys.readouterr().err
+    few_bands = ["--recipe", "modern", "--n-mels", "12", "--noise-filter", "on"]
+    assert load(clips, tmp_path / "b3.h5", *few_bands) == 2
+    assert "12 bins are too few for the noise filter's 19" in capsys.readouterr().err
+    begun = [path.name for path in tmp_path.glob("b*.h5*") if path.suffix != ".lock"]
+    assert begun == []  # refused before any work: no dataset, no shards
     both = ["--recipe", "modern", "--noise-filter", "on", "--drop-silence", "on"]
     assert load(clips, tmp_path / "b2.h5", *both) == 2
     assert "drop_silence is for the front end without the noise filter" in capsys.readouterr().err
