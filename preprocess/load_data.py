@@ -628,6 +628,18 @@ def median_chunk_seconds(paths: list[Path]) -> float:
     return seconds
 
 
+def built_chunk_frames(out: Path) -> int | None:
+    """The chunk length of the dataset at out, which a rerun with `--chunk-seconds auto` keeps
+    (the rerun adds recordings to it); None where there is no readable one."""
+    if not out.is_file():
+        return None
+    try:
+        with open_dataset(out) as built:
+            return built.params.chunk_frames
+    except DatasetError:
+        return None  # said, with what to do, where OUT is opened again
+
+
 def job_params(args, recordings: list[metadata.Recording]) -> SpectrogramParams:
     """The preprocessing parameters: those of --classes-from's dataset (a test set must be
     cut as its training set), else the --recipe's with every front-end option given."""
@@ -658,6 +670,12 @@ def job_params(args, recordings: list[metadata.Recording]) -> SpectrogramParams:
         raise LoadDataError(str(error)) from None
     chunk_seconds = args.chunk_seconds or ("auto" if args.recipe == "modern" else None)
     if chunk_seconds == "auto":
+        kept = None if args.overwrite else built_chunk_frames(args.out)
+        if kept is not None:  # added or repaired files move the median: OUT's length stays
+            logger.info(
+                "chunk length %d frames, as %s was built (--overwrite chooses anew)", kept, args.out
+            )
+            return dataclasses.replace(params, chunk_frames=kept)
         chunk_seconds = median_chunk_seconds([args.wav_dir / r.file for r in recordings])
     if chunk_seconds is not None:
         params = dataclasses.replace(

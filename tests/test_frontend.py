@@ -346,6 +346,25 @@ def test_the_2016_default_is_unchanged(clips, tmp_path):
         assert h5["X"].shape[1:] == (200, 310, 1)
 
 
+def test_a_rerun_with_files_added_keeps_the_automatic_chunk_length(clips, tmp_path):
+    """Adding two long clips moves the median from 1.5 to 2 s; the rerun keeps OUT's 1.5 s
+    chunks and adds the new recordings, where it refused OUT as built with other settings."""
+    out = tmp_path / "modern.h5"
+    assert load(clips, out, "--recipe", "modern") == 0
+    folder, labels = clips
+    for index, seconds in [(7, 4.0), (8, 5.0)]:
+        wavfile.write(
+            folder / f"clip{index}.wav", RATE, noisy_song(seconds, index).astype(np.int16)
+        )
+    labels.write_text(labels.read_text() + "clip7.wav,a\nclip8.wav,b\n")
+    assert load(clips, out, "--recipe", "modern") == 0
+    assert stored_params(out).chunk_frames == frames_for_seconds(1.5, MODERN)
+    with open_dataset(out) as dataset:
+        assert len(dataset.recordings["MediaId"]) == 9
+    assert load(clips, out, "--recipe", "modern", "--overwrite") == 0  # chosen anew
+    assert stored_params(out).chunk_frames == frames_for_seconds(2.0, MODERN)
+
+
 def test_a_test_set_takes_the_training_sets_parameters(clips, tmp_path, capsys):
     assert load(clips, tmp_path / "train.h5", "--recipe", "modern", "--chunk-seconds", "1") == 0
     assert load(clips, tmp_path / "test.h5", "--classes-from", tmp_path / "train.h5") == 0
