@@ -286,13 +286,17 @@ def is_wav_at(path: Path, sample_rate: int) -> bool:
 
 
 def cache_name(path: Path) -> str:
-    """The cache's name for an audio file: a hash of its resolved path, never a name from data.
+    """The cache's name for an audio file: a hash of its resolved path, size and modification
+    time, never a name from data.
 
     A MediaId or file name may hold '/', '..' or control characters (a test folder may come
-    from anywhere); the same source file always gets the same name, so the cache resumes.
+    from anywhere). The same unchanged file always gets the same name, so the cache resumes;
+    a file replaced by another recording gets a new one, even where the new file's time is
+    older (`tar -x`, `cp -p`, `rsync -a` keep the source's).
     """
-    resolved = str(path.resolve()).encode("utf-8", "surrogateescape")
-    return hashlib.sha256(resolved).hexdigest()[:CACHE_NAME_LENGTH]
+    stat = path.stat()
+    key = f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:CACHE_NAME_LENGTH]
 
 
 def resample_items(
@@ -302,7 +306,7 @@ def resample_items(
 
     Items already in that form are used as they are; the others are resampled by
     preprocess/resample.py, as for training, into cache_dir/resampled/<cache_name>.wav
-    (resumable: a source newer than its result is done again). Returns (items pointing at
+    (resumable: a changed source gets a new name, so it is done again). Returns (items pointing at
     usable wavs, skip messages).
     """
     target = cache_dir / "resampled"

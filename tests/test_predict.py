@@ -433,6 +433,19 @@ def tone(path, rate: int = 16000, seconds: float = 3.0) -> None:
     wavfile.write(path, rate, (3000 * np.sin(t / 4) * (np.sin(t / rate) > 0)).astype(np.int16))
 
 
+def test_the_resampling_cache_names_a_replaced_file_anew(tmp_path):
+    """The same file keeps its cached wav; another recording put in its place, even with an
+    older time (as `cp -p` or `tar -x` leave it), gets a new one, never the old audio."""
+    path = tmp_path / "a.wav"
+    tone(path, rate=8000)
+    name = predict_module.cache_name(path)
+    assert predict_module.cache_name(path) == name
+    earlier = path.stat().st_mtime_ns - 10**9
+    tone(path, rate=8000, seconds=4.0)
+    os.utime(path, ns=(earlier, earlier))
+    assert predict_module.cache_name(path) != name
+
+
 def cli_error(capsys, *args) -> str:
     """Run predict expecting the bad-input exit: status 2 and one `error:` line; its text."""
     with pytest.raises(SystemExit) as exit_info:
