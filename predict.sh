@@ -7,7 +7,7 @@
 #   ./predict.sh FOLDER --run runs/demo --top-k 10 --soundscape ...
 #
 # The inputs come before the options.
-# Defaults: --run is the newest run folder under runs/ with a model; --out is
+# Defaults: --run is the newest run folder under runs/ whose training ended; --out is
 # RUN/predictions/<input name>.csv, with a CSV for people (top-5 species) beside it.
 # Every other option goes to predict/predict.py (see python predict/predict.py --help).
 set -euo pipefail
@@ -40,12 +40,13 @@ while (($#)); do
 done
 
 if [[ -z "$run_dir" ]]; then
-    # the newest run folder that holds a finished model
+    # the newest run folder whose training ended (one still training, or killed, has models
+    # of its first epochs but not the model and pooling it will choose at the end)
     run_dir="$(ls -1td "$ROOT"/runs/*/ 2>/dev/null | while read -r dir; do
-        [[ -f "$dir/best_val_map.keras" && -f "$dir/classes.json" ]] && echo "${dir%/}" && break
+        [[ -f "$dir/training_done.json" && -f "$dir/classes.json" ]] && echo "${dir%/}" && break
     done || true)"
     [[ -n "$run_dir" ]] || {
-        echo "error: no trained run under $ROOT/runs/ (run ./doall.sh first, or give --run DIR)" >&2
+        echo "error: no finished run under $ROOT/runs/ (run ./doall.sh first, or give --run DIR)" >&2
         exit 2
     }
 fi
