@@ -6,15 +6,21 @@ Three sources give the same table of `Recording`s:
   `BackgroundSpecies` and `Order`.
 - a CSV with columns `file,label`, optional `media_id`, optional `background` (secondary
   labels separated by ';' or ','); other columns are kept in `fields`.
-- a folder per class: ROOT/<label>/**/<audio file>.
+- a folder per class: ROOT/<label>/**/<audio file>; hidden entries (names starting with '.',
+  like .ipynb_checkpoints) and `__MACOSX` (a Mac zip's copies `._<name>`) are ignored.
 `file` is always relative to the folder of resampled wavs, with the extension `.wav` (the
 resampling script writes `<name>.wav` for any input format). The MediaId comes from the XML,
 else the `media_id` column, else the file name without extension; duplicates are an error.
+MediaIds, file names and labels must be valid UTF-8 (the dataset stores them so) without NUL
+bytes or line breaks: a CSV or XML holding one is refused, such a file in a class folder is
+named in a warning and left out. Folders are listed following links to folders (each folder
+once, so a link loop ends), as resample.py does.
 
     python preprocess/metadata.py --xml-dir DIR [--wav-dir DIR] [--top-n N] --out table.json
 
 parses, reports and saves the table (JSON, never pickle) to check metadata before the long
-preprocessing run.
+preprocessing run. OUT is replaced whole or not at all, and only when it is such a table (or
+empty): never an input or another file.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import csv
 import io
 import json
 import logging
+import os
 import re
 import sys
 from collections import Counter
@@ -36,11 +43,14 @@ import xmltodict
 
 from preprocess.audio import AUDIO_SUFFIXES
 from preprocess.cli import at_least, run_command
+from preprocess.paths import OutputPathError, check_output, first_bytes
 
 log = logging.getLogger(__name__)
 
 TABLE_FORMAT = "birdclef-metadata"
 TABLE_VERSION = 1
+IGNORED_FOLDER = "__MACOSX"  # a Mac zip's resource forks (`._<name>`), never recordings
+CSV_LINE_END = re.compile(r"\r\n|\r|\n")  # what ends a line for csv's line_num
 
 
 class MetadataError(ValueError):
@@ -79,16 +89,52 @@ def split_names(text: str | None, separators: str = ",") -> list[str]:
     return [name.strip() for name in re.split(f"[{re.escape(separators)}]", text) if name.strip()]
 
 
-def wav_name(file: str) -> str:
-    """The resampled file's relative path: 'a/b.MP3' -> 'a/b.wav'."""
-    return PurePosixPath(file.replace("\\", "/")).with_suffix(".wav").as_posix()
+def wav_name(file: str, source: str) -> str:
+    """The resampled file's relative path: 'a/b.MP3' -> 'a/b.wav'. Raises MetadataError naming
+    source for a path without a file name ('.', '..', '/')."""
+    path = PurePosixPath(file.replace("\\", "/"))
+    if path.name in ("", ".", ".."):
+        raise MetadataError(f"{source}: file name {file!r} names no file")
+    return path.with_suffix(".wav").as_posix()
+
+
+def name_problem(text: str) -> str | None:
+    """What makes text unusable as a MediaId, file name or label, or None when nothing does.
+
+    The dataset stores them as HDF5 UTF-8 strings, which refuse NUL bytes and the surrogates
+    Python gives for bytes that are not UTF-8 (a name from a Windows zip: b'caf\\xe9.wav'); a
+    line break is no plausible name but what an unclosed quote makes of CSV rows.
+    """
+    if "\0" in text:
+        return "holds a NUL byte"
+    if CSV_LINE_END.search(text):
+        return "holds a line break"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    return None
+
+
+def check_names(names: dict[str, str | None], source: str) -> None:
+    """Raise MetadataError naming source and the first field whose value has a name_problem."""
+    for field_name, value in names.items():
+        problem = name_problem(value or "")
+        if problem:
+            raise MetadataError(f"{source}: {field_name} {value!r} {problem}")
+
+
+def show(name: str) -> str:
+    """A name to print on one line: quoted (escapes and all) when not printable as it is."""
+    return name if name.isprintable() else repr(name)
 
 
 def parse_birdclef_xml(xml: str | bytes, source: str = "<xml>") -> Recording:
     """One BirdCLEF `<Audio>` document -> Recording. Raises MetadataError naming `source`."""
     try:
         document = xmltodict.parse(xml)
-    except (ExpatError, ValueError) as error:  # ValueError: a DTD entity (they are disabled)
+    # ValueError: a DTD entity (they are disabled); LookupError: an unknown declared encoding
+    except (ExpatError, ValueError, LookupError) as error:
         raise MetadataError(f"{source}: malformed XML ({error})") from error
     root = next(iter(document))
     if root != "Audio" or not isinstance(document[root], dict):
@@ -103,10 +149,11 @@ def parse_birdclef_xml(xml: str | bytes, source: str = "<xml>") -> Recording:
             quality = int(quality)
         except ValueError:
             raise MetadataError(f"{source}: Quality {quality!r} is not a whole number") from None
+    check_names({name: fields.get(name) for name in ("MediaId", "FileName", "ClassId")}, source)
     genus, species = fields.get("Genus"), fields.get("Species")
     return Recording(
         media_id=fields["MediaId"],
-        file=wav_name(fields["FileName"]),
+        file=wav_name(fields["FileName"], source),
         class_id=fields.get("ClassId"),
         species=f"{genus} {species}" if genus and species else None,
         background=split_names(fields.get("BackgroundSpecies")),
@@ -126,9 +173,12 @@ def parse_csv_row(row: dict[str, str | None], source: str = "<csv>") -> Recordin
     if not file:
         raise MetadataError(f"{source}: empty 'file'")
     label = (row.get("label") or "").strip() or None
+    media_id = (row.get("media_id") or "").strip()
+    check_names({"'file'": file, "'label'": label, "'media_id'": media_id}, source)
+    wav = wav_name(file, source)
     return Recording(
-        media_id=(row.get("media_id") or "").strip() or PurePosixPath(wav_name(file)).stem,
-        file=wav_name(file),
+        media_id=media_id or PurePosixPath(wav).stem,
+        file=wav,
         class_id=label,
         species=label,
         background=split_names(row.get("background"), separators=";,"),
@@ -182,6 +232,25 @@ def select(
 # ---- reading and writing (I/O) ---------------------------------------------------------
 
 
+def files_under(root: Path) -> list[Path]:
+    """Every non-folder entry under root, sorted by path. Links to folders are followed (Path.rglob
+    does not before Python 3.13), each folder walked once so that a link loop ends."""
+    found, walked = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        if os.path.realpath(folder) in walked:  # a link to a folder already walked (a loop)
+            subfolders.clear()
+            continue
+        walked.add(os.path.realpath(folder))
+        subfolders.sort()  # which of two links to one folder counts: the same every time
+        found += [Path(folder, name) for name in files]
+    return sorted(found)
+
+
+def is_ignored(relative: PurePosixPath) -> bool:
+    """True for a path through a hidden entry or a Mac zip's __MACOSX: not class folders."""
+    return any(part.startswith(".") or part == IGNORED_FOLDER for part in relative.parts)
+
+
 def parse_xml_files(paths: list[Path]) -> list[Recording | str]:
     """Each BirdCLEF XML file -> its Recording, or the message naming it and saying why it is
     skipped (malformed, no MediaId or FileName, unreadable)."""
@@ -209,7 +278,7 @@ def read_birdclef_xml_dir(
     xml_dir = Path(xml_dir)
     if not xml_dir.is_dir():
         raise MetadataError(f"{xml_dir}: XML folder not found")
-    paths = sorted(p for p in xml_dir.rglob("*") if p.suffix.lower() == ".xml" and p.is_file())
+    paths = [p for p in files_under(xml_dir) if p.suffix.lower() == ".xml" and p.is_file()]
     if not paths:
         raise MetadataError(f"{xml_dir}: no .xml files")
     recordings, origins, skipped = [], [], []
@@ -225,6 +294,34 @@ def read_birdclef_xml_dir(
     return recordings, skipped
 
 
+def row_lines(row: dict, last_line: int) -> str:
+    """'line 7', or 'lines 5-7' for a row whose quoted values span lines (last_line its last)."""
+    values = [v for value in row.values() for v in (value if isinstance(value, list) else [value])]
+    first_line = last_line - sum(len(CSV_LINE_END.findall(v)) for v in values if v)
+    return f"line {last_line}" if first_line == last_line else f"lines {first_line}-{last_line}"
+
+
+def csv_rows(text: str, source: str) -> tuple[list[str], list[tuple[str, dict]]]:
+    """(columns, [(where, row)]) of a CSV text, where: 'SOURCE line N' (or lines N-M).
+
+    A value over csv's limit (128 KiB, a quote left open, say) raises MetadataError naming
+    the line after the last complete row (blank lines between rows shift it).
+    """
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows, last_complete = [], 0
+    try:
+        columns = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames, last_complete = columns, reader.line_num
+        for row in reader:
+            rows.append((f"{source} {row_lines(row, reader.line_num)}", row))
+            last_complete = reader.line_num
+    except csv.Error as error:
+        raise MetadataError(
+            f"{source} line {last_complete + 1}: {error} (a quote left open?)"
+        ) from None
+    return columns, rows
+
+
 def read_csv(csv_path: str | Path) -> list[Recording]:
     """A CSV with columns file,label[,media_id][,background] -> recordings, in file order."""
     csv_path = Path(csv_path)
@@ -232,19 +329,14 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
         text = csv_path.read_text("utf-8-sig")  # a spreadsheet's byte-order mark is dropped
     except (OSError, UnicodeDecodeError) as error:
         raise MetadataError(f"{csv_path}: cannot read the CSV file ({error})") from error
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    columns = [name.strip() for name in reader.fieldnames or []]
-    reader.fieldnames = columns
+    columns, rows = csv_rows(text, str(csv_path))
     for required in ("file", "label"):
         if required not in columns:
             raise MetadataError(
                 f"{csv_path}: missing column '{required}' (it has: {', '.join(columns)})"
             )
-    recordings, origins = [], []
-    for row in reader:
-        origin = f"{csv_path} line {reader.line_num}"
-        recordings.append(parse_csv_row(row, source=origin))
-        origins.append(origin)
+    recordings = [parse_csv_row(row, source=origin) for origin, row in rows]
+    origins = [origin for origin, _ in rows]
     if not recordings:
         raise MetadataError(f"{csv_path}: no recordings")
     check_unique_media_ids(recordings, origins)
@@ -254,24 +346,33 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
 def read_class_folders(root: str | Path) -> list[Recording]:
     """ROOT/<label>/**/<name>.<audio extension> -> recordings labelled with the folder name.
 
-    Audio files directly in ROOT have no class: they are named in a warning and left out.
+    Hidden entries (a name starting with '.') and __MACOSX are ignored; links to folders are
+    followed (files_under). Audio files directly in ROOT have no class, and a name that is not
+    valid UTF-8 or holds a NUL byte or line break cannot be stored: such files are named in a
+    warning and left out.
     """
     root = Path(root)
     if not root.is_dir():
         raise MetadataError(f"{root}: class folder root not found")
     recordings, origins = [], []
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
+    for path in files_under(root):
+        relative = PurePosixPath(path.relative_to(root).as_posix())
+        if relative.suffix.lower() not in AUDIO_SUFFIXES or is_ignored(relative):
             continue
-        rel = path.relative_to(root).as_posix()
-        label = PurePosixPath(rel).parts[0]
+        if not path.is_file():  # a broken link, a folder named like audio
+            continue
+        rel, label = relative.as_posix(), relative.parts[0]
         if label == rel:
-            log.warning("%s: audio file outside a class folder; left out", path)
+            log.warning("%s: audio file outside a class folder; left out", show(str(path)))
+            continue
+        problem = name_problem(rel)
+        if problem:
+            log.warning("%s: the path %s; left out", show(str(path)), problem)
             continue
         recordings.append(
             Recording(
                 media_id=path.stem,
-                file=wav_name(rel),
+                file=wav_name(rel, str(path)),
                 class_id=label,
                 species=label,
                 fields={"file": rel, "label": label},
@@ -297,8 +398,8 @@ def match_audio(
     if not wav_dir.is_dir():
         raise MetadataError(f"{wav_dir}: wav folder not found")
     on_disk = {  # the name the table uses -> the name on disk
-        wav_name(rel): rel
-        for rel in (p.relative_to(wav_dir).as_posix() for p in wav_dir.rglob("*"))
+        wav_name(rel, str(wav_dir / rel)): rel
+        for rel in (p.relative_to(wav_dir).as_posix() for p in files_under(wav_dir))
         if PurePosixPath(rel).suffix.lower() == ".wav" and (wav_dir / rel).is_file()
     }
     present, messages = [], []
@@ -307,24 +408,40 @@ def match_audio(
             present.append(replace(recording, file=on_disk[recording.file]))
         else:
             messages.append(
-                f"{wav_dir / recording.file}: no wav for MediaId {recording.media_id}; left out"
+                f"{show(str(wav_dir / recording.file))}: no wav for MediaId "
+                f"{recording.media_id}; left out"
             )
     referenced = {recording.file for recording in recordings}
     messages += [
-        f"{wav_dir / on_disk[name]}: wav without metadata; ignored"
+        f"{show(str(wav_dir / on_disk[name]))}: wav without metadata; ignored"
         for name in sorted(on_disk.keys() - referenced)
     ]
     return present, messages
 
 
 def save_table(recordings: list[Recording], path: str | Path) -> None:
-    """Write the table as JSON (UTF-8, one recording per list item)."""
+    """Write the table as JSON (UTF-8, one recording per list item), whole or not at all: into
+    a temporary file beside path, renamed onto it when complete."""
     table = {
         "format": TABLE_FORMAT,
         "version": TABLE_VERSION,
         "recordings": [asdict(recording) for recording in recordings],
     }
-    Path(path).write_text(json.dumps(table, ensure_ascii=False, indent=1) + "\n", "utf-8")
+    text = json.dumps(table, ensure_ascii=False, indent=1) + "\n"
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        temporary.write_text(text, "utf-8")
+        os.replace(temporary, path)  # atomic: a kill or a full disk never leaves half a table
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def is_metadata_table(path: Path) -> bool:
+    """True for a file save_table wrote (its first key is the format): one --out may replace."""
+    head = rb'\s*\{\s*"format":\s*' + json.dumps(TABLE_FORMAT).encode()
+    return re.match(head, first_bytes(path, 256)) is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,11 +464,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    return run_command(lambda: report(args), args.verbose, (MetadataError,))
+    return run_command(lambda: report(args), args.verbose, (MetadataError, OutputPathError))
 
 
 def report(args: argparse.Namespace) -> int:
     """The command's work: read, select, report and save the table."""
+    if args.out:  # before the reading, which can take a while
+        inputs = [args.csv] if args.csv else []
+        check_output(args.out, own_kind=is_metadata_table, kind="a metadata table", inputs=inputs)
     messages = []
     if args.xml_dir:
         recordings, messages = read_birdclef_xml_dir(args.xml_dir)

@@ -1,6 +1,8 @@
 """Metadata: BirdCLEF XML variants, CSV, class folders, selections, JSON table, matching wavs."""
 
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -112,6 +114,14 @@ def test_2017_xml_with_country_and_no_background_field():
         ),
         ("<Recording><MediaId>1</MediaId></Recording>", "expected an <Audio>"),
         ("", "malformed XML"),
+        ("<Audio><MediaId>1</MediaId><FileName>.</FileName></Audio>", "'.' names no file"),
+        ("<Audio><MediaId>1</MediaId><FileName>..</FileName></Audio>", "'..' names no file"),
+        ("<Audio><MediaId>1</MediaId><FileName>/</FileName></Audio>", "'/' names no file"),
+        ("<Audio><MediaId>1</MediaId><FileName>a&#10;b</FileName></Audio>", "line break"),
+        (
+            b'<?xml version="1.0" encoding="klingon"?><Audio><MediaId>1</MediaId></Audio>',
+            "malformed XML.*unknown encoding",
+        ),
     ],
 )
 def test_bad_xml_is_an_error_naming_the_source(xml, message):
@@ -134,6 +144,16 @@ def test_xml_folder_skips_and_names_bad_files(tmp_path):
     assert len(skipped) == 2
     assert "broken.xml" in skipped[0] and "malformed" in skipped[0]
     assert "nofile.xml" in skipped[1] and "FileName" in skipped[1]
+
+
+def test_xml_folder_skips_an_unknown_encoding(tmp_path):
+    write(tmp_path / "a.xml", TRAIN_2014)
+    (tmp_path / "b.xml").write_bytes(b'<?xml version="1.0" encoding="x-mac-klingon"?><Audio/>')
+
+    recordings, skipped = read_birdclef_xml_dir(tmp_path)
+
+    assert [r.media_id for r in recordings] == ["100"]
+    assert len(skipped) == 1 and "b.xml: malformed XML (unknown encoding" in skipped[0]
 
 
 def test_xml_folder_duplicate_media_id_names_both_files(tmp_path):
@@ -175,6 +195,14 @@ def test_csv_with_optional_columns(tmp_path):
         ("file,label\na.wav,x\n,y\n", "line 3: empty 'file'"),
         ("file,label\na.wav,x,extra\n", "line 2: more values"),
         ("file,label\nd1/a.wav,x\nd2/a.wav,y\n", "'a' appears twice.*line 2.*line 3"),
+        ("file,label\na.wav,x\nb\0.wav,y\n", r"line 3: 'file' 'b\\x00\.wav' holds a NUL byte"),
+        ("file,label\na.wav,o\0wl\n", "line 2: 'label' .* holds a NUL byte"),
+        ("file,label,media_id\na.wav,x,\0\n", "line 2: 'media_id' .* holds a NUL byte"),
+        # an unclosed quote joins rows into one file name
+        ('file,label\nz.wav,q\n"a.wav,x\nb.wav,y\nc.wav",z\n', "lines 3-5: 'file' .* line break"),
+        ('file,label\nz.wav,q\n"a.wav,x\n' + "b.wav,y\n" * 20_000, "line 3: field larger"),
+        ("file,label\n..,x\n", "line 2: file name '..' names no file"),
+        ("file,label\n/,x\n", "line 2: file name '/' names no file"),
     ],
 )
 def test_bad_csv_is_an_error_naming_the_file(tmp_path, text, message):
@@ -196,6 +224,45 @@ def test_class_folders(tmp_path, caplog):
         ("owl", "owl/night/b.wav", "b"),
     ]
     assert "stray.wav" in caplog.text
+
+
+def test_class_folders_ignore_hidden_and_macosx_and_skip_unstorable_names(tmp_path, caplog):
+    for name in [
+        "owl/a.wav",
+        "owl/._a.wav",
+        "owl/.ipynb_checkpoints/b.wav",
+        "__MACOSX/owl/._a.wav",
+        ".ipynb_checkpoints/c.wav",
+        "lark/line\nbreak.wav",
+    ]:
+        write(tmp_path / name, "")
+    windows_zip_name = os.fsencode(tmp_path / "lark") + b"/caf\xe9.wav"  # Latin-1, not UTF-8
+    open(windows_zip_name, "wb").close()
+
+    recordings = read_class_folders(tmp_path)
+
+    assert [(r.class_id, r.file) for r in recordings] == [("owl", "owl/a.wav")]
+    assert "caf\\udce9.wav': the path is not valid UTF-8; left out" in caplog.text
+    assert "line\\nbreak.wav': the path holds a line break; left out" in caplog.text
+    assert "ipynb" not in caplog.text and "MACOSX" not in caplog.text  # ignored, not reported
+
+
+def test_class_folders_and_wavs_through_linked_folders(tmp_path):
+    write(tmp_path / "elsewhere/owl/a.wav", "")
+    write(tmp_path / "elsewhere/lark/b.wav", "")
+    (tmp_path / "root").mkdir()
+    for label in ["owl", "lark"]:
+        (tmp_path / "root" / label).symlink_to(tmp_path / "elsewhere" / label)
+    (tmp_path / "elsewhere/owl/loop").symlink_to(tmp_path / "root")  # walked once, no loop
+
+    recordings = read_class_folders(tmp_path / "root")
+    present, messages = match_audio(recordings, tmp_path / "root")
+
+    assert [(r.class_id, r.file) for r in recordings] == [
+        ("lark", "lark/b.wav"),
+        ("owl", "owl/a.wav"),
+    ]
+    assert present == recordings and messages == []
 
 
 def test_class_folders_duplicate_names_and_empty(tmp_path):
@@ -265,6 +332,39 @@ def test_command_line_writes_the_selected_table(tmp_path, capsys):
     assert [row["media_id"] for row in json.loads(out.read_text())["recordings"]] == ["a", "b"]
     assert "2 of 3 recordings selected: 1 classes" in capsys.readouterr().out
     assert main(["--csv", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_command_line_out_replaces_only_its_own_table(tmp_path, capsys):
+    csv_path = write(tmp_path / "labels.csv", "file,label\na.wav,x\n")
+    notes = write(tmp_path / "notes.txt", "my notes\n")
+    table = tmp_path / "table.json"
+
+    assert main(["--csv", str(csv_path), "--out", str(csv_path)]) == 2
+    assert main(["--csv", str(csv_path), "--out", str(notes)]) == 2
+    assert main(["--csv", str(csv_path), "--out", str(tmp_path)]) == 2
+    assert csv_path.read_text() == "file,label\na.wav,x\n" and notes.read_text() == "my notes\n"
+    error = capsys.readouterr().err
+    assert "is also an input" in error and "notes.txt exists and is not a metadata table" in error
+    assert "is a folder" in error
+    assert main(["--csv", str(csv_path), "--out", str(table)]) == 0
+    assert main(["--csv", str(csv_path), "--out", str(table)]) == 0  # a rerun replaces it
+    assert json.loads(table.read_text())["recordings"][0]["media_id"] == "a"
+
+
+def test_save_table_is_whole_or_not_at_all(tmp_path, monkeypatch):
+    table = tmp_path / "table.json"
+    save_table([recording("old", "x")], table)
+    before = table.read_text()
+
+    def full_disk(path, text, encoding):
+        with open(path, "w", encoding=encoding) as file:
+            file.write(text[:10])
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        save_table([recording("new", "x")], table)
+    assert table.read_text() == before and os.listdir(tmp_path) == ["table.json"]
 
 
 def test_real_fsdd_metadata(shared_data):
