@@ -39,7 +39,7 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from tqdm import tqdm
@@ -204,7 +204,21 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
 
 
 def find_audio(paths: Iterable[Path], exclude: Iterable[Path] = ()) -> list[AudioItem]:
-    """Audio files given directly or found (recursively) in folders; MediaId = file stem.
+    """Audio files given directly or found (recursively) in folders (`audio_files`); MediaId
+    = file stem, which two files may not share."""
+    items, seen = [], {}
+    for file in audio_files(paths, exclude):
+        if file.stem in seen:
+            raise PredictError(
+                f"two files give MediaId {file.stem!r}: {seen[file.stem]} and {file}; rename one"
+            )
+        seen[file.stem] = file
+        items.append(AudioItem(file.stem, file))
+    return items
+
+
+def audio_files(paths: Iterable[Path], exclude: Iterable[Path] = ()) -> list[Path]:
+    """Audio files given directly or found (recursively, sorted) in folders.
 
     In a folder, files in an excluded folder (predict's own cache, when it lies in the audio
     folder) and hidden files and folders (`.x.wav.part` being written) are not inputs.
@@ -230,15 +244,7 @@ def find_audio(paths: Iterable[Path], exclude: Iterable[Path] = ()) -> list[Audi
             files.append(path)
         else:
             raise PredictError(f"{path}: no such file or folder")
-    items, seen = [], {}
-    for file in files:
-        if file.stem in seen:
-            raise PredictError(
-                f"two files give MediaId {file.stem!r}: {seen[file.stem]} and {file}; rename one"
-            )
-        seen[file.stem] = file
-        items.append(AudioItem(file.stem, file))
-    return items
+    return files
 
 
 def valid_media_ids(items: list[AudioItem]) -> tuple[list[AudioItem], list[str]]:
@@ -258,22 +264,31 @@ def xml_items(
 ) -> tuple[list[AudioItem], list[str]]:
     """BirdCLEF test folder: MediaId and FileName from each XML, audio found under audio_dir.
 
-    The audio may have another extension than FileName says (e.g. resampled mp3 -> wav).
-    Returns (items, skip messages).
+    The file FileName names (its path under audio_dir), else the one audio file
+    with its stem: the audio may have another extension (e.g. resampled mp3 -> wav). Returns
+    (items, skip messages).
     """
     try:
         recordings, skipped = read_birdclef_xml_dir(xml_dir)
     except MetadataError as error:
         raise PredictError(str(error)) from None
-    by_stem = {item.media_id: item.path for item in find_audio([audio_dir], exclude)}
+    files = audio_files([audio_dir], exclude)
+    by_name = {file.relative_to(audio_dir).as_posix(): file for file in files}
+    by_stem: dict[str, list[Path]] = {}
+    for file in files:
+        by_stem.setdefault(file.stem, []).append(file)
     items = []
     for recording in recordings:
         file_name = recording.fields.get("FileName") or recording.file
-        path = by_stem.get(Path(file_name).stem)
-        if path is None:
-            skipped.append(f"{file_name} (MediaId {recording.media_id}): no audio in {audio_dir}")
-        else:
+        candidates = by_stem.get(PurePosixPath(file_name.replace("\\", "/")).stem, [])
+        path = by_name.get(file_name) or (candidates[0] if len(candidates) == 1 else None)
+        if path is not None:
             items.append(AudioItem(recording.media_id, path))
+        elif candidates:
+            named = ", ".join(str(c) for c in candidates)
+            skipped.append(f"{file_name} (MediaId {recording.media_id}): which one? {named}")
+        else:
+            skipped.append(f"{file_name} (MediaId {recording.media_id}): no audio in {audio_dir}")
     return items, skipped
 
 
