@@ -6,10 +6,15 @@ TRUTH is either the official ground-truth file, one line per test recording
 
     MediaId;ClassId;background1,background2
 
-(background entries are class ids, or scientific names that a training-style XML folder
-given with --names-xml-dir maps to class ids), or a BirdCLEF XML folder with labels
-(training-style XMLs: ClassId, and BackgroundSpecies as scientific names, mapped to class ids
-through the folder's own Genus + Species -> ClassId).
+(an optional header line starting with MediaId; background entries are class ids, or
+scientific names that a training-style XML folder given with --names-xml-dir maps to class ids),
+or a BirdCLEF XML folder with labels (training-style XMLs: ClassId, and BackgroundSpecies as
+scientific names, mapped to class ids through the folder's own Genus + Species -> ClassId).
+Where there are XMLs (a truth folder, or --names-xml-dir), a background entry that is neither
+one of their scientific names nor one of their class ids is left out of the scores and named in
+a warning: runs name species by class id, and so does the official truth's background column,
+so a species without one was never in it. Without XMLs, a CSV's entries cannot be checked and
+are taken as the class ids that the official column holds.
 
 The run file is first validated as the official evaluator did (see predict/runfile.py). Each
 recording's ranked list is then scored by average precision (train/metrics.py, the same code
@@ -36,7 +41,7 @@ import numpy as np
 if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from predict.report import write_report  # noqa: E402
+from predict.report import check_report_paths, write_report  # noqa: E402
 from predict.runfile import (  # noqa: E402
     AtomicTextWriter,
     RunEntry,
@@ -65,29 +70,56 @@ class Truth:
     unmapped_background: set[str] = field(default_factory=set)  # names without a class id
 
 
-def _name_to_class(recordings: list[Recording]) -> dict[str, str]:
-    """Scientific name 'Genus species' -> ClassId, from labelled recordings."""
-    return {r.species: r.class_id for r in recordings if r.species and r.class_id}
+def background_to_class(recordings: list[Recording]) -> dict[str, str]:
+    """Background entry -> ClassId, from labelled recordings: their scientific names
+    'Genus species', and their class ids themselves."""
+    labelled = [r for r in recordings if r.class_id]
+    return {
+        **{r.class_id: r.class_id for r in labelled},
+        **{r.species: r.class_id for r in labelled if r.species},
+    }
 
 
-def read_truth_csv(path: Path, name_to_class: dict[str, str] | None = None) -> Truth:
+def background_class_ids(
+    entries: list[str], to_class: dict[str, str] | None
+) -> tuple[list[str], list[str]]:
+    """(class ids, entries without one) of a recording's background species.
+
+    to_class: `background_to_class` of the dataset's XMLs; an entry it lacks is a species with
+    no class id, which no run can return and the official truth could not list. None: no XMLs
+    to check against, every entry is taken as a class id.
+    """
+    if to_class is None:
+        return list(entries), []
+    unmapped = [entry for entry in entries if entry not in to_class]
+    return [to_class[entry] for entry in entries if entry in to_class], unmapped
+
+
+def read_truth_csv(path: Path, to_class: dict[str, str] | None = None) -> Truth:
     """The official format `MediaId;ClassId;background1,background2`, one line per recording.
 
-    A header line starting with "MediaId" is skipped. Background entries that are scientific
-    names in name_to_class become class ids; the rest are taken as class ids.
+    A header line starting with "MediaId" (the first line that is not blank) is skipped, and
+    so is a byte-order mark. Background entries go through `background_class_ids`.
     """
     try:
-        return _read_truth_lines(path, name_to_class or {})
+        return _read_truth_lines(path, to_class)
     except UnicodeDecodeError:
         raise TruthError(f"{path}: not UTF-8 text, so not a ground-truth file") from None
 
 
-def _read_truth_lines(path: Path, name_to_class: dict[str, str]) -> Truth:
+def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
     truth = Truth()
-    with open(path, encoding="utf-8") as file:
+    seen_line = False
+    # utf-8-sig: a spreadsheet's byte-order mark is dropped (as preprocess/metadata.read_csv
+    # does), not read into the first MediaId or header
+    with open(path, encoding="utf-8-sig") as file:
         for number, line in enumerate(text_lines(file, path), 1):
             fields = [part.strip() for part in line.strip().split(";")]
-            if fields == [""] or (number == 1 and fields[0].lower() == "mediaid"):
+            if fields == [""]:
+                continue
+            header = not seen_line and fields[0].lower() == "mediaid"
+            seen_line = True
+            if header:
                 continue
             if len(fields) not in (2, 3) or not fields[0] or not fields[1]:
                 raise TruthError(
@@ -99,11 +131,10 @@ def _read_truth_lines(path: Path, name_to_class: dict[str, str]) -> Truth:
                 raise TruthError(f"{path} line {number}: MediaId {media_id} listed twice")
             entries = fields[2].split(",") if len(fields) == 3 else []
             truth.foreground[media_id] = class_id
-            truth.background[media_id] = [
-                name_to_class.get(entry.strip(), entry.strip())
-                for entry in entries
-                if entry.strip()
-            ]
+            truth.background[media_id], unmapped = background_class_ids(
+                [entry.strip() for entry in entries if entry.strip()], to_class
+            )
+            truth.unmapped_background.update(unmapped)
     return truth
 
 
@@ -112,18 +143,16 @@ def read_truth_xml_dir(xml_dir: Path) -> Truth:
     recordings, skipped = read_birdclef_xml_dir(xml_dir)
     for message in skipped:
         logger.warning("skipped: %s", message)
-    name_to_class = _name_to_class(recordings)
+    to_class = background_to_class(recordings)
     truth = Truth()
     for recording in recordings:
         if not recording.class_id:
             continue
         truth.foreground[recording.media_id] = recording.class_id
-        truth.background[recording.media_id] = []
-        for name in recording.background:
-            if name in name_to_class:
-                truth.background[recording.media_id].append(name_to_class[name])
-            else:
-                truth.unmapped_background.add(name)
+        truth.background[recording.media_id], unmapped = background_class_ids(
+            recording.background, to_class
+        )
+        truth.unmapped_background.update(unmapped)
     if not truth.foreground:
         raise TruthError(f"{xml_dir}: no labelled recording (test-style XMLs have no ClassId)")
     return truth
@@ -134,10 +163,12 @@ def read_truth(path: Path, names_xml_dir: Path | None = None) -> Truth:
         return read_truth_xml_dir(path)
     if not path.is_file():
         raise TruthError(f"{path}: ground truth not found (a CSV file or an XML folder)")
-    name_to_class = None
+    to_class = None
     if names_xml_dir:
-        name_to_class = _name_to_class(read_birdclef_xml_dir(names_xml_dir)[0])
-    truth = read_truth_csv(path, name_to_class)
+        to_class = background_to_class(read_birdclef_xml_dir(names_xml_dir)[0])
+        if not to_class:  # else every background species would be left out
+            raise TruthError(f"{names_xml_dir}: no labelled recording to map names with")
+    truth = read_truth_csv(path, to_class)
     if not truth.foreground:
         raise TruthError(f"{path}: no recording in the ground truth")
     return truth
@@ -272,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
         "--names-xml-dir",
         type=Path,
         help="training-style XML folder mapping scientific names in the CSV's "
-        "background column to class ids",
+        "background column to class ids; a background entry that is neither such a name "
+        "nor one of the XMLs' class ids is left out of the scores and named",
     )
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     parser.add_argument(
@@ -287,15 +319,19 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
 
     def work() -> int:
+        inputs = [
+            path for path in (args.run_file, args.truth, args.classes, args.names_xml_dir) if path
+        ]
         if args.json:
-            inputs = [args.run_file, args.truth, args.classes, args.names_xml_dir]
             check_output(
                 args.json,
                 own_kind=lambda path: is_json_with(path, "map_foreground"),
                 kind="a results file written by evaluate.py --json",
-                inputs=[path for path in inputs if path],
+                inputs=inputs,
                 option="--json",
             )
+        if args.report:
+            check_report_paths(args.report, [*inputs, *([args.json] if args.json else [])])
         entries = read_run_file(args.run_file)
         truth = read_truth(args.truth, args.names_xml_dir)
         model_classes = read_classes(args.classes) if args.classes else None

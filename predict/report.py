@@ -14,6 +14,10 @@ Per class, over the recordings of the ground truth (foreground labels):
   missing from the run file is assigned nothing, the "(none)" column of the confusion matrix);
 - support: recordings whose foreground class it is.
 Undefined values (no support, or never predicted) are empty cells in the CSV.
+
+Each file goes through preprocess/paths.check_output first (`check_report_paths`): an input or
+a file of another kind under one of these names is never replaced. Each is written to a
+temporary file beside it and moved into place once whole.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import csv
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +37,13 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from predict.runfile import AtomicTextWriter, RunEntry  # noqa: E402
+from preprocess.paths import check_output, first_bytes, first_line  # noqa: E402
 
 PER_CLASS_COLUMNS = ("class", "ap", "precision", "recall", "f1", "support")
+CONFUSION_CORNER = "true \\ top-1"
 NO_PREDICTION = "(none)"
+HTML_TITLE = "<title>Evaluation report</title>"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 WEAKEST_CLASSES = 6
 MAX_LABELLED_CLASSES = 60  # confusion matrices wider than this get no tick labels
 
@@ -105,23 +113,38 @@ def _cell(value: float) -> str:
     return "" if math.isnan(value) else f"{value:.4f}"
 
 
-def write_per_class_csv(path: Path, table: ClassTable) -> None:
-    with AtomicTextWriter(path) as out:
-        writer = csv.writer(out.file)
-        writer.writerow(PER_CLASS_COLUMNS)
-        for c, class_id in enumerate(table.classes):
-            writer.writerow(
-                [class_id, *(_cell(v[c]) for v in (table.ap, table.precision, table.recall,
-                 table.f1)), int(table.support[c])]
-            )  # fmt: skip
+def per_class_rows(table: ClassTable) -> list[list[str]]:
+    """per_class.csv's rows, header first, as the CSV and the page show them."""
+    rows = [list(PER_CLASS_COLUMNS)]
+    for c, class_id in enumerate(table.classes):
+        rows.append(
+            [class_id, *(_cell(v[c]) for v in (table.ap, table.precision, table.recall,
+             table.f1)), str(table.support[c])]
+        )  # fmt: skip
+    return rows
 
 
-def write_confusion_csv(path: Path, table: ClassTable) -> None:
+def confusion_rows(table: ClassTable) -> list[list[str]]:
+    """confusion_matrix.csv's rows, header first."""
+    rows = [[CONFUSION_CORNER, *table.classes, NO_PREDICTION]]
+    for class_id, counts in zip(table.classes, table.confusion, strict=True):
+        rows.append([class_id, *map(str, counts)])
+    return rows
+
+
+def write_csv(path: Path, rows: Sequence[Sequence[str]]) -> None:
     with AtomicTextWriter(path) as out:
-        writer = csv.writer(out.file)
-        writer.writerow(["true \\ top-1", *table.classes, NO_PREDICTION])
-        for class_id, counts in zip(table.classes, table.confusion, strict=True):
-            writer.writerow([class_id, *counts.tolist()])
+        csv.writer(out.file).writerows(rows)
+
+
+def save_png(figure: plt.Figure, path: Path) -> None:
+    """figure as a PNG at path, written whole or not at all, and closed."""
+    try:
+        with AtomicTextWriter(path) as out:  # a temporary file, moved onto path once written
+            # savefig writes bytes: into the binary file under the (unused) text layer
+            figure.savefig(out.file.buffer, format="png", dpi=100)
+    finally:
+        plt.close(figure)
 
 
 def plot_confusion(path: Path, table: ClassTable) -> None:
@@ -144,8 +167,7 @@ def plot_confusion(path: Path, table: ClassTable) -> None:
     axes.set_ylabel("true class")
     axes.set_title("confusion matrix (recordings)")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def weakest_classes(table: ClassTable, count: int = WEAKEST_CLASSES) -> list[int]:
@@ -169,8 +191,7 @@ def plot_pr_curves(path: Path, table: ClassTable, which: Sequence[int]) -> None:
     if which:
         axes.legend(loc="lower left", fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_png(figure, path)
 
 
 def _html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -183,12 +204,10 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def write_html(path: Path, table: ClassTable, summary: dict[str, object]) -> None:
-    with open(path.parent / "per_class.csv", newline="", encoding="utf-8") as file:
-        per_class = list(csv.reader(file))
-    with open(path.parent / "confusion_matrix.csv", newline="", encoding="utf-8") as file:
-        confusion = list(csv.reader(file))
+    per_class = per_class_rows(table)
+    confusion = confusion_rows(table)
     page = [
-        "<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>Evaluation report</title>",
+        f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'>{HTML_TITLE}",
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;"
         "margin-bottom:2em}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
         "</style></head><body>",
@@ -214,6 +233,39 @@ def write_html(path: Path, table: ClassTable, summary: dict[str, object]) -> Non
         out.file.write("\n".join(page))
 
 
+def is_png(path: Path) -> bool:
+    return first_bytes(path, len(PNG_SIGNATURE)) == PNG_SIGNATURE
+
+
+# each report file: what a file of its own kind (one an earlier report wrote) is, and how to
+# tell from its first bytes
+REPORT_FILES: dict[str, tuple[str, Callable[[Path], bool]]] = {
+    "per_class.csv": (
+        "a per-class table of a report",
+        lambda path: first_line(path) == ",".join(PER_CLASS_COLUMNS),
+    ),
+    "confusion_matrix.csv": (
+        "a confusion matrix of a report",
+        lambda path: (first_line(path) or "").startswith(CONFUSION_CORNER + ","),
+    ),
+    "confusion_matrix.png": ("a PNG image", is_png),
+    "pr_curves.png": ("a PNG image", is_png),
+    "report.html": (
+        "a report page",
+        lambda path: HTML_TITLE.encode() in first_bytes(path, 200),
+    ),
+}
+
+
+def check_report_paths(out_dir: Path, inputs: Iterable[Path]) -> None:
+    """OutputPathError unless every report file in out_dir may be written: none is one of
+    inputs (the files the command reads, or writes under other options) or an existing file of
+    another kind (`preprocess/paths.check_output`)."""
+    inputs = list(inputs)
+    for name, (kind, own_kind) in REPORT_FILES.items():
+        check_output(out_dir / name, own_kind=own_kind, kind=kind, inputs=inputs, option="--report")
+
+
 def write_report(
     out_dir: Path,
     entries: Sequence[RunEntry],
@@ -227,8 +279,8 @@ def write_report(
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     table = class_table(entries, foreground, classes)
-    write_per_class_csv(out_dir / "per_class.csv", table)
-    write_confusion_csv(out_dir / "confusion_matrix.csv", table)
+    write_csv(out_dir / "per_class.csv", per_class_rows(table))
+    write_csv(out_dir / "confusion_matrix.csv", confusion_rows(table))
     plot_confusion(out_dir / "confusion_matrix.png", table)
     plot_pr_curves(out_dir / "pr_curves.png", table, weakest_classes(table))
     write_html(out_dir / "report.html", table, summary)

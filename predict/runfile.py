@@ -74,8 +74,13 @@ def looks_like_run_file(path: Path) -> bool:
         _parse_line(line)
         return True
     except ValueError:
-        fields = line.split(";")
-        return len(fields) == 4 and SOUNDSCAPE_SPAN.fullmatch(fields[1]) is not None
+        return is_soundscape_line(line)
+
+
+def is_soundscape_line(line: str) -> bool:
+    """True for a line `MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability` (a soundscape run)."""
+    fields = line.split(";")
+    return len(fields) == 4 and SOUNDSCAPE_SPAN.fullmatch(fields[1].strip()) is not None
 
 
 def format_probability(probability: float) -> str:
@@ -255,8 +260,9 @@ def read_run_file(path: str | os.PathLike) -> list[RunEntry]:
 
     Checks, as the official evaluator did: 4 fields separated by ';', a probability in [0, 1],
     an integer rank, each recording's ranks 1, 2, 3... in file order and at most MAX_RANK, no
-    duplicate (MediaId, ClassId). Blank lines are ignored. A file that is not UTF-8 text
-    (a binary file given by mistake) is a RunFileError too.
+    duplicate (MediaId, ClassId). Blank lines are ignored, and so is a byte-order mark. A file
+    that is not UTF-8 text (a binary file given by mistake) or a soundscape run file (its lines
+    hold no rank to score) is a RunFileError too.
     """
     path = Path(path)
     try:
@@ -278,7 +284,9 @@ def _read_entries(path: Path) -> list[RunEntry]:
     entries: list[RunEntry] = []
     last_rank: dict[str, int] = {}
     pairs: set[tuple[str, str]] = set()
-    with open(path, encoding="utf-8") as file:
+    # utf-8-sig: a spreadsheet's byte-order mark is dropped (as preprocess/metadata.read_csv
+    # does), not read into the first MediaId
+    with open(path, encoding="utf-8-sig") as file:
         for number, line in enumerate(text_lines(file, path), 1):
             line = line.strip()
             if not line:
@@ -287,6 +295,12 @@ def _read_entries(path: Path) -> list[RunEntry]:
             try:
                 entry = _parse_line(line)
             except ValueError as reason:
+                if is_soundscape_line(line):  # named, not taken for a bad probability
+                    raise RunFileError(
+                        f"{where}: a soundscape run file (MediaId;hh:mm:ss-hh:mm:ss;ClassId;"
+                        "Probability) has no ranks and cannot be scored: only run files "
+                        f"MediaId;ClassId;Probability;Rank can: {line!r}"
+                    ) from None
                 raise RunFileError(f"{where}: {reason}: {line!r}") from None
             expected = last_rank.get(entry.media_id, 0) + 1
             if entry.rank != expected:

@@ -313,3 +313,79 @@ def test_writer_refuses_a_media_id_that_would_break_the_file(tmp_path, media_id)
         r.write(media_id, np.full(4, 0.25))
     with pytest.raises(ValueError, match="class id"):
         RunFileWriter(tmp_path / "r.csv", [*CLASSES, media_id or "x;y"])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\ufeff1;aaaaaa;\n2;bbbbbb;cccccc\n",  # a spreadsheet's byte-order mark
+        "\ufeffMediaId;ClassId;Background\n1;aaaaaa;\n2;bbbbbb;cccccc\n",
+        "\n  \nMediaId;ClassId;Background\n1;aaaaaa;\n2;bbbbbb;cccccc\n",  # header after blanks
+    ],
+)
+def test_truth_csv_byte_order_mark_and_header_are_no_recording(tmp_path, text):
+    truth_path = tmp_path / "truth.csv"
+    truth_path.write_text(text, encoding="utf-8")
+    truth = read_truth(truth_path)
+    assert truth.foreground == {"1": "aaaaaa", "2": "bbbbbb"}
+    assert truth.background == {"1": [], "2": ["cccccc"]}
+
+
+def test_run_file_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "run.csv"
+    path.write_text("\ufeff1;aaaaaa;0.5;1\n1;bbbbbb;0.4;2\n", encoding="utf-8")
+    assert [(e.media_id, e.rank) for e in read_run_file(path)] == [("1", 1), ("1", 2)]
+
+
+def test_cli_names_a_soundscape_run_file_as_one_it_cannot_score(tmp_path, capsys):
+    run = tmp_path / "soundscape.csv"
+    with SoundscapeWriter(run, CLASSES, top_k=2) as writer:
+        writer.write("1", np.array([[0.7, 0.1, 0.1, 0.1]]), 5.0)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("1;aaaaaa;\n")
+    err = evaluate_error(capsys, "--run-file", run, "--truth", truth)
+    assert "line 1: a soundscape run file" in err and "cannot be scored" in err
+    assert "not a number" not in err
+
+
+def labelled_xml(folder: Path, media_id: str, class_id: str, name: str, background: str) -> None:
+    genus, species = name.split()
+    (folder / f"{media_id}.xml").write_text(
+        f"<Audio><MediaId>{media_id}</MediaId><FileName>{media_id}.wav</FileName>"
+        f"<ClassId>{class_id}</ClassId><Genus>{genus}</Genus><Species>{species}</Species>"
+        f"<BackgroundSpecies>{background}</BackgroundSpecies></Audio>"
+    )
+
+
+def test_background_without_a_class_id_is_left_out_from_csv_and_xml_alike(tmp_path, caplog, capsys):
+    """One rule for both truths: a scientific name the XMLs map counts under its class id, and
+    so does one of their class ids; anything else has no class id, is not scored, and is
+    named in the same warning."""
+    xml = tmp_path / "xml"
+    xml.mkdir()
+    labelled_xml(xml, "1", "aaaaaa", "Turdus merula", "Erithacus rubecula, Nonesuch bird")
+    labelled_xml(xml, "2", "bbbbbb", "Erithacus rubecula", "aaaaaa")
+    csv_truth = tmp_path / "truth.csv"
+    csv_truth.write_text("1;aaaaaa;Erithacus rubecula,Nonesuch bird\n2;bbbbbb;aaaaaa\n")
+    from_xml = read_truth(xml)
+    from_csv = read_truth(csv_truth, names_xml_dir=xml)
+    for truth in (from_xml, from_csv):
+        assert truth.background == {"1": ["bbbbbb"], "2": ["aaaaaa"]}
+        assert truth.unmapped_background == {"Nonesuch bird"}
+    run = write_run(tmp_path / "run.csv", {"1": [0.4, 0.3, 0.2, 0.1], "2": [0.3, 0.4, 0.2, 0.1]})
+    main(["--run-file", str(run), "--truth", str(csv_truth), "--names-xml-dir", str(xml)])
+    assert "MAP (with background): 1.0000" in capsys.readouterr().out  # not lowered by it
+    assert "background species with no class id in the XMLs (not scored): Nonesuch bird" in (
+        caplog.text
+    )
+
+
+def test_names_xml_dir_without_labels_is_an_error(tmp_path, capsys):
+    xml = tmp_path / "test_xml"
+    xml.mkdir()
+    (xml / "1.xml").write_text("<Audio><MediaId>1</MediaId><FileName>1.wav</FileName></Audio>")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("1;aaaaaa;Turdus merula\n")
+    run = write_run(tmp_path / "run.csv", {"1": [0.4, 0.3, 0.2, 0.1]})
+    err = evaluate_error(capsys, "--run-file", run, "--truth", truth, "--names-xml-dir", xml)
+    assert "no labelled recording" in err
