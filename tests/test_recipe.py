@@ -45,8 +45,20 @@ def test_the_2016_recipe_is_the_default_and_keeps_the_old_defaults():
         0.1,
     )
     compiled = recipe.compile_args(args)
-    assert isinstance(compiled["optimizer"], keras.optimizers.RMSprop)
+    assert isinstance(compiled["optimizer"], recipe.Keras1RMSprop)
     assert compiled["loss"] == "categorical_crossentropy"
+
+
+def test_the_2016_rmsprop_steps_as_keras_1_did():
+    """p - lr * g / (sqrt(v) + 1e-8), v = (1 - rho) g^2 after one step from zero (Keras 1's
+    RMSprop); Keras 3's default epsilon moved the 1e-5 gradient's step 100 times less."""
+    args = train_model.parse_args(["--data", "d.h5", "--out", "run"])
+    optimizer = recipe.compile_args(args)["optimizer"]
+    gradient = np.array([1e-5, 1e-2, 1.0, -3.0], dtype=np.float32)
+    weights = keras.Variable(np.zeros(4, dtype=np.float32))
+    optimizer.apply_gradients([(keras.ops.convert_to_tensor(gradient), weights)])
+    keras_1 = -0.001 * gradient / (np.sqrt(0.1 * gradient.astype(np.float64) ** 2) + 1e-8)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(weights), keras_1, rtol=1e-5)
 
 
 def test_modern_recipe_defaults_and_explicit_options_win():
