@@ -67,6 +67,10 @@ class MAPCallback(keras.callbacks.Callback):
     foreground species), val_map_bg (with background species) and val_chunk_ap (the 2016
     scripts' chunk micro AP).
 
+    Predictions that are not finite (training diverged: NaN weights) end training, as
+    keras.callbacks.TerminateOnNaN does: that epoch's validation scores are logged as NaN,
+    so the checkpoints keep the best models of the epochs before, and a message says why.
+
     batches: unshuffled validation batches; the other arguments as in `score_predictions`.
     """
 
@@ -77,6 +81,20 @@ class MAPCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         probs = self.model.predict(self.batches, verbose=0)
+        if not np.isfinite(probs).all():
+            # every val_ score of a diverged model means nothing (the argmax of NaN is class 0,
+            # an accuracy that can beat the best): NaN, which no checkpoint saves
+            keras_scores = [name for name in logs if name.startswith("val_")]
+            ours = ["val_map", "val_map_bg", "val_chunk_ap"]
+            logs.update(dict.fromkeys([*keras_scores, *ours], np.nan))
+            logger.error(
+                "epoch %d: the model's validation predictions are not finite (NaN): training "
+                "diverged and stops here, keeping the best models and history of the epochs "
+                "before; try a lower --learning-rate",
+                epoch + 1,
+            )
+            self.model.stop_training = True
+            return
         scores = score_predictions(probs, self.chunk_recording, self.labels, self.background)
         logs.update(
             val_map=scores["map"], val_map_bg=scores["map_bg"], val_chunk_ap=scores["chunk_ap"]
@@ -220,9 +238,39 @@ def training_callbacks(
     callbacks += [
         keras.callbacks.CSVLogger(run_dir / HISTORY, append=True),
         # last: an epoch counts as done once everything above has logged it
-        keras.callbacks.BackupAndRestore(run_dir / BACKUP, double_checkpoint=True),
+        RunBackup(run_dir / BACKUP),
     ]
     return callbacks
+
+
+# what BackupAndRestore(double_checkpoint=True) writes in its folder
+BACKUP_FILES = (
+    "latest.weights.h5",
+    "latest.weights.h5.bkp",
+    "training_metadata.json",
+    "training_metadata.json.bkp",
+)
+
+
+def remove_backup(backup_dir: Path) -> None:
+    """Delete BackupAndRestore's files in backup_dir, then the folder if that left it empty:
+    unlike Keras's own clean-up (which removes the whole folder), never a file it did not
+    write."""
+    for name in BACKUP_FILES:
+        (backup_dir / name).unlink(missing_ok=True)
+    if backup_dir.is_dir() and not any(backup_dir.iterdir()):
+        backup_dir.rmdir()
+
+
+class RunBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore (two training states kept) whose clean-up when training ends is
+    `remove_backup`."""
+
+    def __init__(self, backup_dir: Path):
+        super().__init__(backup_dir, double_checkpoint=True, delete_checkpoint=False)
+
+    def on_train_end(self, logs=None):
+        remove_backup(Path(self.backup_dir))
 
 
 def read_history(path: Path) -> dict[str, np.ndarray]:

@@ -3,7 +3,8 @@
 The runs table is a CSV (and an XLSX copy when openpyxl is installed) with, like the 2016
 scripts' log, the settings, the results and one column per layer of the model, so runs with
 different models and settings can be compared side by side. A new column added by a later
-run extends the table; earlier rows leave it empty.
+run extends the table; earlier rows leave it empty. Trainings into different run folders may
+share one table: a lock beside it (.NAME.lock) lets one of them at a time add its row.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import csv
 import importlib.util
 import logging
 import os
+import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
+import filelock
 import matplotlib
 import numpy as np
 
@@ -135,26 +140,48 @@ def check_runs_table(table: Path) -> None:
 def append_run(table: Path, row: dict) -> None:
     """Add row to the CSV runs table (created if new), extending its columns as needed,
     and rewrite the XLSX copy beside it when openpyxl is installed. A row of the same
-    run_dir (the run scored again, e.g. resumed once finished) is replaced, not repeated."""
-    rows, columns = [], []
-    check_runs_table(table)
-    if table.is_file():
-        with table.open(newline="") as file:
-            reader = csv.DictReader(file)
-            columns, rows = list(reader.fieldnames or []), list(reader)
-    columns += [name for name in row if name not in columns]
-    rows = [old for old in rows if old.get("run_dir") != str(row.get("run_dir"))]
-    rows.append({name: _cell(value) for name, value in row.items()})
+    run_dir (the run scored again, e.g. resumed once finished) is replaced, not repeated.
+    The table's lock is held from reading it to replacing it, so a row that another training
+    adds meanwhile is never lost."""
     table.parent.mkdir(parents=True, exist_ok=True)
-    temporary = table.with_name(table.name + ".tmp")
-    with temporary.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    temporary.replace(table)  # a kill never leaves a half-written table
-    logger.info("run added to %s", table)
-    if importlib.util.find_spec("openpyxl"):
-        _write_xlsx(table.with_suffix(".xlsx"), columns, rows)
+    with filelock.FileLock(table.with_name(f".{table.name}.lock")):
+        check_runs_table(table)
+        rows, columns = [], []
+        if table.is_file():
+            with table.open(newline="") as file:
+                reader = csv.DictReader(file)
+                columns, rows = list(reader.fieldnames or []), list(reader)
+        columns += [name for name in row if name not in columns]
+        rows = [old for old in rows if old.get("run_dir") != str(row.get("run_dir"))]
+        rows.append({name: _cell(value) for name, value in row.items()})
+
+        def write_csv(file: IO) -> None:
+            writer = csv.DictWriter(file, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+        replace_atomically(table, write_csv, "w")
+        logger.info("run added to %s", table)
+        if importlib.util.find_spec("openpyxl"):
+            _write_xlsx(table.with_suffix(".xlsx"), columns, rows)
+
+
+def replace_atomically(path: Path, write: Callable[[IO], None], mode: str) -> None:
+    """Fill path through write(file), whole or not at all: a new file beside it, opened with
+    `mode` ("w" or "wb"), is filled and renamed over path. Its name is unique and it is
+    created exclusively (with the umask's mode, like any file), so two processes never share
+    it and no file but path is ever replaced."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    newline = None if "b" in mode else ""  # csv writes its own line ends
+    # opened before the try: were the name taken, the cleanup would remove another's file
+    file = open(temporary, mode.replace("w", "x"), newline=newline)  # noqa: SIM115
+    try:
+        with file:
+            write(file)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _cell(value) -> str | int | float:
@@ -163,16 +190,39 @@ def _cell(value) -> str | int | float:
     return value if isinstance(value, str | int | float) else str(value)
 
 
+def is_runs_workbook(path: Path) -> bool:
+    """Whether path is a spreadsheet copy of a runs table as `_write_xlsx` writes it (one
+    sheet, "runs", whose first row names run_dir): the only .xlsx append_run replaces."""
+    import openpyxl
+
+    try:
+        book = openpyxl.load_workbook(path, read_only=True)
+    except Exception:  # openpyxl raises many kinds on a file that is not a workbook
+        return False
+    try:
+        if book.sheetnames != ["runs"]:
+            return False
+        header = next(book["runs"].iter_rows(max_row=1, values_only=True), ())
+        return "run_dir" in header
+    finally:
+        book.close()
+
+
 def _write_xlsx(path: Path, columns: list[str], rows: list[dict]) -> None:
     import openpyxl
 
+    if path.exists() and not is_runs_workbook(path):
+        logger.warning(
+            "%s exists and is not a copy of a runs table: left as it is, without the runs", path
+        )
+        return
     book = openpyxl.Workbook()
     sheet = book.active
     sheet.title = "runs"
     sheet.append(columns)
     for row in rows:
         sheet.append([_number(row.get(name, "")) for name in columns])
-    book.save(path)
+    replace_atomically(path, book.save, "wb")
     logger.info("runs table also in %s", path)
 
 

@@ -5,7 +5,9 @@ training_done.json, thresholds.json), the test scores of the best models (metric
 the run's row in the runs table.
 
 Files are written whole or not at all (`write_text_atomically`). Everything a new run checks
-comes before `write_run_files`, so a start that fails leaves the folder as it was.
+comes before `write_run_files`, so a start that fails leaves the folder as it was. Training
+writes only into a folder that is new, empty or a run of its own (`check_trainer_may_write`),
+so it never overwrites or deletes a file it did not write.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from train.callbacks import (
     epochs_backed_up,
     load_saved_model,
     read_history,
+    remove_backup,
     score_predictions,
     trim_history,
 )
@@ -62,6 +64,13 @@ SETTINGS = (
     "inference_model",
 )  # columns of the runs table
 DONE = "training_done.json"  # written when fit() ends; training is then not resumed again
+CONFIG = "config.json"  # the first run file written: it marks the folder as a run's
+# what write_run_files adds to the options in config.json, so a config.json of anything else
+# is not taken for a run's
+CONFIG_MARKS = ("backend", "keras_version", "devices", "started")
+# what a start leaves in a folder before config.json: the run lock train_model.main takes,
+# and a config.json cut short (write_text_atomically's partial file)
+BEFORE_CONFIG = {".lock", f".{CONFIG}.partial"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,7 +81,8 @@ def start_run_dir(run_dir: Path, resume: bool) -> bool:
     """Check run_dir can take this run (writing nothing); returns whether an earlier run is
     resumed. A run that never finished an epoch (its start failed, or it was stopped during
     its first epoch) has nothing to resume: it is started again, with or without --resume."""
-    started = (run_dir / "config.json").is_file()
+    check_trainer_may_write(run_dir)
+    started = (run_dir / CONFIG).is_file()
     if started and not finished_an_epoch(run_dir):
         logger.info("%s holds a run that never finished an epoch: starting it again", run_dir)
         started = False
@@ -84,6 +94,35 @@ def start_run_dir(run_dir: Path, resume: bool) -> bool:
     if resume and not started:
         logger.info("%s holds no run to resume: starting a new one", run_dir)
     return started
+
+
+def check_trainer_may_write(run_dir: Path) -> None:
+    """The rule of what --out may be: a folder that does not exist yet, one holding nothing
+    but what a start leaves before its first run file (BEFORE_CONFIG), or one with a
+    config.json written by this trainer (`is_run_config`; written first, it marks every
+    folder training wrote into). Any other folder (a home or project folder, say) is refused
+    with a TrainError, as training would overwrite its model.py or config.json, or delete its
+    history.csv or backup/."""
+    if not run_dir.exists():
+        return
+    if {entry.name for entry in run_dir.iterdir()} <= BEFORE_CONFIG:
+        return
+    if not is_run_config(run_dir / CONFIG):
+        raise TrainError(
+            f"{run_dir} is not empty and holds no training run (no {CONFIG} written by "
+            "train_model.py): choose a new or empty --out, as training would overwrite or "
+            "delete files in it"
+        )
+
+
+def is_run_config(path: Path) -> bool:
+    """Whether path is a config.json written by `write_run_files`: a JSON object with the
+    entries it adds to the options (CONFIG_MARKS)."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):  # missing, a folder, not text, not JSON: not a run's
+        return False
+    return isinstance(config, dict) and all(mark in config for mark in CONFIG_MARKS)
 
 
 def finished_an_epoch(run_dir: Path) -> bool:
@@ -154,15 +193,27 @@ def load_or_make_split(
 def write_run_files(
     run_dir: Path, dataset: Dataset, args: argparse.Namespace, split: dict, resuming: bool
 ):
-    """params.json, classes.json, config.json, model.py and (for a new run) split.json; a new
-    run first clears what a start that never finished an epoch left."""
+    """config.json (first: it marks the folder as a run's, see `check_trainer_may_write`),
+    params.json, classes.json, model.py and (for a new run) split.json; a new run first clears
+    what a start that never finished an epoch left."""
     classes = {"classes": dataset.classes, "class_names": dataset.class_names}
     params = dataset.file.attrs["params"]  # verbatim: prediction rebuilds the same chunks
     model_source = args.model.read_text()
+    config = {
+        **{
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in vars(args).items()
+        },
+        "backend": keras.backend.backend(),
+        "keras_version": keras.__version__,
+        "devices": list_devices(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(run_dir / CONFIG, json.dumps(config, indent=1) + "\n")
     if not resuming:
         (run_dir / HISTORY).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / BACKUP, ignore_errors=True)
+        remove_backup(run_dir / BACKUP)
         media_ids = dataset.recordings["MediaId"]
         saved = {
             "seed": args.seed,
@@ -174,17 +225,6 @@ def write_run_files(
     write_text_atomically(run_dir / "params.json", params)
     write_text_atomically(run_dir / "classes.json", json.dumps(classes, indent=1) + "\n")
     write_text_atomically(run_dir / "model.py", model_source)
-    config = {
-        **{
-            name: str(value) if isinstance(value, Path) else value
-            for name, value in vars(args).items()
-        },
-        "backend": keras.backend.backend(),
-        "keras_version": keras.__version__,
-        "devices": list_devices(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    write_text_atomically(run_dir / "config.json", json.dumps(config, indent=1) + "\n")
 
 
 def history_to_resume(run_dir: Path) -> dict[str, np.ndarray]:

@@ -87,6 +87,7 @@ from train.model_file import (
 from train.run_folder import (
     DONE,
     check_resumed_run,
+    check_trainer_may_write,
     history_to_resume,
     load_or_make_split,
     runs_table_row,
@@ -422,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     def run() -> int:
         if args.out.exists() and not args.out.is_dir():
             raise TrainError(f"{args.out} is a file, not a run folder: choose another --out")
+        check_trainer_may_write(args.out)  # before the lock file is made in it
         with exclusive_run(args.out / ".lock", f"the run folder {args.out}"):
             metrics.update(train(args))
         return 0

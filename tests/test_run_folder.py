@@ -1,0 +1,186 @@
+"""Training touches no file it did not write: --out must be new, empty or a run of its own,
+the backup clean-up removes only Keras's files, trainings sharing a runs table all get their
+row, and an .xlsx beside the table that is not a runs table stays as it was."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+from tests.helpers import PARAMS
+from train import train_model
+from train.callbacks import BACKUP_FILES, remove_backup, training_callbacks
+from train.data import TrainError
+from train.log import append_run
+from train.run_folder import CONFIG_MARKS, start_run_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def train_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["--data", str(data), "--model", str(model), "--out", str(out), "--batch-size", "8",
+            "--val-fraction", "0.25", "--test-fraction", "0.25", *extra]  # fmt: skip
+
+
+def folder_contents(folder: Path) -> dict[str, bytes | None]:
+    """Every path under folder (None for a folder) with its bytes."""
+    return {
+        str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def write_files(folder: Path, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(text)
+
+
+RUN_CONFIG = json.dumps({"epochs": 1, **{mark: "" for mark in CONFIG_MARKS}})
+
+
+# ---------------------------------------------------------------------------------------------
+# Which folders training writes into
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"backup/notes.txt": "mine"},
+        {"config.json": '{"theme": "dark"}\n', "model.py": "print('mine')\n"},
+        {"history.csv": "day,steps\n1,4000\n", "notes.txt": "mine"},
+    ],
+    ids=["backup folder", "config and model", "history"],
+)
+def test_a_folder_of_other_files_is_refused_and_left_as_it_was(
+    files, easy_data, tiny_model, tmp_path, capsys
+):
+    """As `--out .` in a home or project folder: with --resume (as doall.sh runs it) the
+    trainer used to take it for a run that never finished an epoch and start it again."""
+    out = tmp_path / "home"
+    write_files(out, files)
+    before = folder_contents(tmp_path)
+    args = train_args(easy_data, tiny_model, out, "--epochs", "1", "--resume")
+    assert train_model.main(args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {out} is not empty and holds no training run")
+    assert "Traceback" not in error
+    assert folder_contents(tmp_path) == before  # no runs table, no run lock either
+
+
+def test_new_empty_and_own_folders_are_taken(tmp_path):
+    assert start_run_dir(tmp_path / "new", resume=True) is False
+    assert start_run_dir(tmp_path, resume=False) is False
+    left = tmp_path / "start killed while writing config.json"
+    write_files(left, {".lock": "123\n", ".config.json.partial": '{"epo'})
+    assert start_run_dir(left, resume=True) is False
+
+    run = tmp_path / "run"
+    write_files(run, {"config.json": RUN_CONFIG, "notes.txt": "the user's, beside the run"})
+    assert start_run_dir(run, resume=True) is False  # no epoch finished: started again
+    write_files(run, {"history.csv": "epoch,loss\n0,1.5\n"})
+    assert start_run_dir(run, resume=True) is True
+    with pytest.raises(TrainError, match="already holds a training run: add --resume"):
+        start_run_dir(run, resume=False)
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["", "[1, 2]", "not json", json.dumps({mark: "" for mark in CONFIG_MARKS[:-1]})],
+    ids=["empty", "a list", "not json", "a mark missing"],
+)
+def test_a_config_json_the_trainer_did_not_write_is_no_run(config, tmp_path):
+    (tmp_path / "config.json").write_text(config)
+    with pytest.raises(TrainError, match=f"{tmp_path} is not empty and holds no training run"):
+        start_run_dir(tmp_path, resume=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backup folder
+
+
+def test_the_backup_clean_up_removes_only_what_keras_wrote(tiny_model, tmp_path):
+    model = train_model.build_model_from_file(
+        tiny_model, (PARAMS.n_bins, PARAMS.chunk_frames, 1), 4
+    )
+    backup = training_callbacks(tmp_path, keras.callbacks.Callback(), 1, {}, "none")[-1]
+    backup.set_model(model)
+    backup.on_epoch_end(0)
+    backup.on_epoch_end(1)  # the second state moves the first to its .bkp files
+    assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == sorted(BACKUP_FILES)
+    (tmp_path / "backup" / "notes.txt").write_text("mine")
+    backup.on_train_end()
+    assert [p.name for p in (tmp_path / "backup").iterdir()] == ["notes.txt"]
+
+    (tmp_path / "backup" / "notes.txt").unlink()
+    backup.on_epoch_end(2)
+    remove_backup(tmp_path / "backup")  # as a run started again clears it
+    assert not (tmp_path / "backup").exists()
+    remove_backup(tmp_path / "backup")  # nothing to remove: nothing happens
+
+
+# ---------------------------------------------------------------------------------------------
+# The runs table
+
+APPEND_ROWS = """
+import sys, time
+from pathlib import Path
+from train.log import append_run
+table, writer, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+while not go.exists():
+    time.sleep(0.001)
+for number in range(int(sys.argv[4])):
+    append_run(table, {"run_dir": f"{writer}/{number}", "writer": writer})
+"""
+
+
+def test_trainings_sharing_a_runs_table_all_get_their_row(tmp_path):
+    """Trainings into different run folders, each with its own run lock, add their rows to
+    the same table at the same moment."""
+    table, go, writers, rows_each = tmp_path / "runs.csv", tmp_path / "go", 4, 60
+    command = [sys.executable, "-c", APPEND_ROWS, str(table)]
+    processes = [
+        subprocess.Popen(
+            [*command, f"run{writer}", str(go), str(rows_each)],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for writer in range(writers)
+    ]
+    go.touch()
+    errors = [process.communicate(timeout=300)[1] for process in processes]
+    assert [process.returncode for process in processes] == [0] * writers, errors
+    with table.open(newline="") as file:
+        rows = [row["run_dir"] for row in csv.DictReader(file)]
+    assert sorted(rows) == sorted(
+        f"run{writer}/{number}" for writer in range(writers) for number in range(rows_each)
+    )
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
+
+
+def test_an_xlsx_beside_the_runs_table_that_is_not_one_is_left_as_it_was(tmp_path, caplog):
+    openpyxl = pytest.importorskip("openpyxl")
+    table, xlsx = tmp_path / "runs.csv", tmp_path / "runs.xlsx"
+    xlsx.write_bytes(b"my own spreadsheet")
+    append_run(table, {"run_dir": "a"})
+    assert xlsx.read_bytes() == b"my own spreadsheet"
+    assert f"{xlsx} exists and is not a copy of a runs table" in caplog.text
+
+    book = openpyxl.Workbook()
+    book.active.title = "budget"
+    book.active.append(["run_dir", "cost"])
+    book.save(xlsx)
+    saved = xlsx.read_bytes()
+    append_run(table, {"run_dir": "b"})
+    assert xlsx.read_bytes() == saved
+
+    xlsx.unlink()
+    append_run(table, {"run_dir": "c"})
+    append_run(table, {"run_dir": "d"})  # its own copy is brought up to date
+    sheet = openpyxl.load_workbook(xlsx)["runs"]
+    assert [row[0] for row in sheet.iter_rows(values_only=True)] == ["run_dir", *"abcd"]
