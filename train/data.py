@@ -74,8 +74,9 @@ def split_recordings(
 
     labels: (recordings,) int class index per recording, -1 for unlabelled (left out).
     The fractions are of the labelled recordings; a split asked for gets at least one
-    recording. A class with a single recording goes to train (with a warning). The same
-    labels and seed always give the same split.
+    recording. Every class keeps at least one recording in train: a class with a single
+    recording goes there (with a warning), and where a draw would take every recording of a
+    class, one of them stays (see `_draw`). The same labels and seed always give the same split.
     Returns {"train", "val", "test"}: sorted int arrays of recording indices.
     """
     labels = np.asarray(labels)
@@ -111,18 +112,21 @@ def _draw(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `size` of `indices` (recordings), stratified by label when sklearn can.
 
-    Recordings that are the last of their class among `indices` stay undrawn.
-    Returns (kept, drawn), both sorted.
+    Every class keeps at least one recording undrawn: the last of its class among `indices`
+    is never drawn, and where a draw took every recording of a class, one goes back in
+    exchange for another (`_keep_every_class`). Returns (kept, drawn), both sorted.
     """
     if size == 0:
         return np.sort(indices), np.array([], dtype=indices.dtype)
     counts = np.bincount(labels[indices])
     spare = indices[counts[labels[indices]] >= 2]
     pinned = indices[counts[labels[indices]] < 2]
-    if size >= len(spare):
+    spare_classes = np.count_nonzero(counts >= 2)
+    if size > len(spare) - spare_classes:
         raise SplitError(
-            f"{len(indices)} recordings ({len(spare)} of classes with two or more) are too "
-            f"few to draw a split of {size} recordings and keep some for training"
+            f"{len(indices)} recordings ({len(spare)} of {spare_classes} classes with two or "
+            f"more) are too few to draw a split of {size} recordings and keep one recording of "
+            "every class for training: ask for a smaller fraction"
         )
     try:
         kept, drawn = train_test_split(
@@ -131,12 +135,45 @@ def _draw(
     except ValueError as reason:  # e.g. fewer recordings drawn than there are classes
         logger.warning(
             "the split of %d recordings is NOT stratified (%s): some classes may be missing "
-            "from validation or test",
+            "from validation or test (each keeps a recording for training)",
             size,
             reason,
         )
         kept, drawn = train_test_split(spare, test_size=size, random_state=seed)
+    kept, drawn = _keep_every_class(kept, drawn, labels, seed)
     return np.sort(np.concatenate([pinned, kept])), np.sort(drawn)
+
+
+def _keep_every_class(
+    kept: np.ndarray, drawn: np.ndarray, labels: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Give back to `kept` one recording of each class that `drawn` took whole, in exchange
+    for one of the class with the most recordings kept, so the draw keeps its size.
+
+    A draw (unstratified, or stratified with rounding against a small class) can take every
+    recording of a class, which then has nothing to train on. The exchange only touches such
+    classes: a draw that kept every class is returned as it is, so splits that were fine
+    before stay the same. `kept` must hold at least as many recordings as there are classes
+    in `kept` and `drawn` together (`_draw` checks). Which recordings move is chosen by
+    `seed`: the same input gives the same split.
+    """
+    lost = np.setdiff1d(labels[drawn], labels[kept])
+    if not len(lost):
+        return kept, drawn
+    logger.warning(
+        "%d classes had every recording drawn (for validation or test): one recording of each "
+        "stays in training, exchanged for one of the classes with the most training recordings",
+        len(lost),
+    )
+    rng = np.random.default_rng(seed)
+    for label in lost:
+        # the largest class spares a recording best (it has two or more while any class has none)
+        donor = np.argmax(np.bincount(labels[kept]))
+        back = rng.choice(drawn[labels[drawn] == label])
+        out = rng.choice(kept[labels[kept] == donor])
+        kept = np.append(kept[kept != out], back)
+        drawn = np.append(drawn[drawn != back], out)
+    return kept, drawn
 
 
 def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:

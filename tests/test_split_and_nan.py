@@ -1,0 +1,150 @@
+"""Every class keeps a training recording whatever the split draws; a diverged model (NaN
+predictions) ends training cleanly instead of crashing the MAP callback."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from sklearn.model_selection import train_test_split
+
+from train import train_model
+from train.callbacks import MAPCallback, training_callbacks
+from train.data import ChunkBatches, SplitError, split_recordings
+
+
+def classes_without_training(labels: np.ndarray, split: dict[str, np.ndarray]) -> set[int]:
+    return set(labels[labels >= 0].tolist()) - set(labels[split["train"]].tolist())
+
+
+def assert_a_partition(labels: np.ndarray, split: dict[str, np.ndarray]) -> None:
+    every = np.concatenate([split[name] for name in ("train", "val", "test")])
+    assert sorted(every.tolist()) == np.flatnonzero(labels >= 0).tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# The split
+
+
+def test_an_unstratified_draw_leaves_every_class_a_training_recording(caplog):
+    # 5 validation recordings cannot cover 10 classes: the draw is not stratified, and it
+    # took both recordings of a class in 23 of these 50 seeds
+    labels = np.repeat(np.arange(10), 2)
+    for seed in range(50):
+        split = split_recordings(labels, 0.25, 0.0, seed)
+        assert classes_without_training(labels, split) == set(), seed
+        assert_a_partition(labels, split)
+        assert len(split["val"]) == 5 and len(split["test"]) == 0
+        again = split_recordings(labels, 0.25, 0.0, seed)
+        assert all(np.array_equal(split[name], again[name]) for name in split)
+    assert "NOT stratified" in caplog.text and "stays in training" in caplog.text
+
+
+def test_a_stratified_draw_leaves_a_small_class_a_training_recording(caplog):
+    # 7 of 24 kept: stratified rounding gives the two 2-recording classes 0.58 each and one
+    # of them none
+    labels = np.array([0, 0, 1, 1] + [2] * 10 + [3] * 10)
+    for seed in range(5):
+        split = split_recordings(labels, 0.7, 0.0, seed)
+        assert classes_without_training(labels, split) == set(), seed
+        assert_a_partition(labels, split)
+        assert len(split["val"]) == 17
+    assert "NOT stratified" not in caplog.text and "stays in training" in caplog.text
+
+
+def test_a_long_tail_of_999_classes_keeps_every_class_in_training():
+    # BirdCLEF-like: 999 classes, many of two or three recordings, the 2016 fractions
+    rng = np.random.default_rng(0)
+    counts = rng.choice([2, 3, 4, 5, 10, 20, 40], size=999, p=[0.3, 0.2, 0.1, 0.1, 0.1, 0.1, 0.1])
+    labels = np.repeat(np.arange(999), counts)
+    for seed in range(4):
+        split = split_recordings(labels, 0.05, 0.01, seed)
+        assert classes_without_training(labels, split) == set(), seed
+        assert_a_partition(labels, split)
+        assert len(split["val"]) == round(0.05 * len(labels))
+        assert len(split["test"]) == round(0.01 * len(labels))
+
+
+def test_a_split_that_kept_every_class_is_the_plain_stratified_one():
+    # the demo's shape and the 2016 recipe's fractions: the split runs gave before the fix
+    labels = np.repeat(np.arange(6), 20)
+    for seed in range(3):
+        split = split_recordings(labels, 0.1, 0.1, seed)
+        everything = np.arange(len(labels))
+        rest, test = train_test_split(everything, test_size=12, stratify=labels, random_state=seed)
+        rest = np.sort(rest)  # as the second draw gets it
+        train, val = train_test_split(rest, test_size=12, stratify=labels[rest], random_state=seed)
+        assert np.array_equal(split["train"], np.sort(train))
+        assert np.array_equal(split["val"], np.sort(val))
+        assert np.array_equal(split["test"], np.sort(test))
+
+
+def test_fractions_that_leave_fewer_training_recordings_than_classes_are_refused():
+    labels = np.repeat(np.arange(10), 2)  # 20 recordings: 18 drawn leave 2 for 10 classes
+    with pytest.raises(SplitError, match="keep one recording of every class"):
+        split_recordings(labels, 0.45, 0.45, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# A diverged model
+
+
+def set_weights_to_nan(model: keras.Model) -> None:
+    for weight in model.weights:
+        weight.assign(np.full(weight.shape, np.nan, dtype=weight.dtype))
+
+
+def test_nan_predictions_log_nan_scores_and_stop_training(tiny_model, caplog):
+    rng = np.random.default_rng(0)
+    chunk_recording, labels = np.array([0, 0, 1, 2, 3]), np.array([0, 1, 2, 3])
+    x = rng.normal(0, 1, (len(chunk_recording), 16, 20, 1)).astype(np.float32)
+    model = train_model.build_model_from_file(tiny_model, (16, 20, 1), 4)
+    set_weights_to_nan(model)
+    batches = ChunkBatches(x, np.arange(len(x)), labels[chunk_recording], 4, 4)
+    callback = MAPCallback(batches, chunk_recording, labels, np.zeros((4, 4), bool))
+    callback.set_model(model)
+    logs = {"loss": 0.5, "val_loss": 0.7, "val_accuracy": 0.25}  # accuracy: argmax of NaN
+    callback.on_epoch_end(4, logs)
+    assert model.stop_training
+    assert logs["loss"] == 0.5
+    for name in ("val_loss", "val_accuracy", "val_map", "val_map_bg", "val_chunk_ap"):
+        assert np.isnan(logs[name]), name
+    assert "epoch 5:" in caplog.text and "lower --learning-rate" in caplog.text
+
+
+class WeightsToNaN(keras.callbacks.Callback):
+    """Stands for a diverging loss: every weight becomes NaN as epoch `epoch` begins."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            set_weights_to_nan(self.model)
+
+
+def test_a_run_that_diverges_stops_and_keeps_the_best_models(
+    easy_data, tiny_model, tmp_path, monkeypatch, caplog
+):
+    def with_divergence(*args, **kwargs):
+        return [*training_callbacks(*args, **kwargs), WeightsToNaN(epoch=2)]
+
+    monkeypatch.setattr(train_model, "training_callbacks", with_divergence)
+    run_dir = tmp_path / "run"
+    args = ["--data", str(easy_data), "--model", str(tiny_model), "--out", str(run_dir),
+            "--batch-size", "8", "--val-fraction", "0.25", "--test-fraction", "0.25",
+            "--epochs", "6", "--patience", "10", "--inference-model", "final"]  # fmt: skip
+    assert train_model.main(args) == 0
+    assert "epoch 3:" in caplog.text and "lower --learning-rate" in caplog.text
+    with (run_dir / "history.csv").open() as file:
+        rows = file.read().splitlines()[1:]
+    assert len(rows) == 3  # stopped after the diverged epoch, not at --epochs
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for name, scores in metrics["models"].items():
+        assert scores["epoch"] <= 2, name  # from the epochs before
+        model = keras.saving.load_model(run_dir / f"{name}.keras")
+        assert all(np.isfinite(w).all() for w in model.get_weights()), name
+    assert not (run_dir / "final.keras").exists()  # the diverged model is not kept
+    inference = json.loads((run_dir / "inference.json").read_text())
+    assert inference["model_file"] == "best_val_map.keras"
