@@ -16,7 +16,7 @@ from test_train import train_args
 
 from tests.helpers import PARAMS, TINY_MODEL
 from train import recipe, train_model
-from train.callbacks import MAPCallback, training_callbacks
+from train.callbacks import MAPCallback, RunBackup, training_callbacks
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_NO_FILTER = dataclasses.replace(PARAMS, noise_filter=False)  # 16 bands: too few to filter
@@ -261,8 +261,35 @@ def test_warmup_ends_early_when_its_epochs_would_take_much_of_the_budget(monkeyp
         clock["now"] = batch * 0.1  # a slow epoch: 10 s
         schedule.on_train_batch_begin(batch)
         rates.append(float(optimizer.learning_rate.numpy()))
-    assert rates[0] == pytest.approx(0.005)  # step 1 of 200
-    assert rates[25] == pytest.approx(0.5)  # 2.5 s of the 5 s allowance: half way up
+    close = pytest.approx  # the rate is set again once it is 1 % off (RATE_TOLERANCE)
+    assert rates[0] == close(0.005)  # step 1 of 200
+    assert rates[25] == close(0.5, rel=0.01)  # 2.5 s of the 5 s allowance: half way up
     assert schedule.warmup_steps == 50  # the warm-up ended at 5 s, not after 200 steps
-    assert rates[50] == pytest.approx(1.0) and rates[51] < 1.0  # then the decay
+    assert rates[50] == close(1.0, rel=0.01)  # then the decay
     assert all(a >= b for a, b in zip(rates[50:], rates[51:], strict=False))
+
+
+def test_the_rate_is_set_only_when_it_moves_and_nothing_waits_after_a_step(monkeypatch):
+    """Setting the rate reaches into the model (under JAX: every variable synced back to it),
+    and a hook after each step makes Keras wait for every step's logs: the schedule sets the
+    rate a few hundred times over a 10,000-step decay, never more than 1 % off, and neither
+    it nor the backup has an after-step hook that makes Keras wait."""
+    optimizer = types.SimpleNamespace(learning_rate=keras.Variable(0.0))
+    schedule = recipe.ScheduleAndBudget(100, 100, 1.0, 2, 0.0, schedule=True)
+    model = types.SimpleNamespace(optimizer=optimizer, stop_training=False)
+    schedule.set_model(model)
+    assigned = []
+    monkeypatch.setattr(optimizer.learning_rate, "assign", assigned.append)
+    schedule.on_train_begin()
+    for epoch in range(100):
+        schedule.on_epoch_begin(epoch)
+        for batch in range(100):
+            schedule.on_train_batch_begin(batch)
+            step = epoch * 100 + batch
+            ideal = recipe.warmup_cosine(step, 10_000, 200, 1.0, 0.0, 0.0)
+            assert schedule.rate_set == pytest.approx(ideal, rel=0.011, abs=1e-12)
+    assert len(assigned) < 1_000
+    backup = RunBackup(Path("backup"))
+    for callback in (schedule, backup):
+        waits = type(callback).on_train_batch_end is not keras.callbacks.Callback.on_train_batch_end
+        assert not waits or getattr(callback, "async_safe", False), type(callback).__name__

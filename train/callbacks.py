@@ -264,7 +264,11 @@ def remove_backup(backup_dir: Path) -> None:
 
 class RunBackup(keras.callbacks.BackupAndRestore):
     """BackupAndRestore (two training states kept) whose clean-up when training ends is
-    `remove_backup`."""
+    `remove_backup`. Saving once an epoch, its batch hook does nothing: `async_safe` lets
+    Keras dispatch steps without waiting for each one's logs (a hook after every step makes
+    it wait)."""
+
+    async_safe = True
 
     def __init__(self, backup_dir: Path):
         super().__init__(backup_dir, double_checkpoint=True, delete_checkpoint=False)

@@ -352,6 +352,9 @@ def warmup_cosine(
 # the warm-up takes at most this share of the time budget: on data large enough that an
 # epoch is minutes, whole epochs of warm-up would leave little of the budget to the decay
 WARMUP_BUDGET_SHARE = 0.05
+# the rate is set again once it is this far (relative) from the one set: setting it reaches
+# into the model, which under JAX syncs every variable back to it, a step's worth on a GPU
+RATE_TOLERANCE = 0.01
 
 
 class ScheduleAndBudget(keras.callbacks.Callback):
@@ -365,6 +368,9 @@ class ScheduleAndBudget(keras.callbacks.Callback):
     Training stops after the epoch whose length, once more, would pass the budget, and
     mid-epoch (after a step) once the budget is spent; Keras still validates that epoch.
     budget_seconds: 0 for none. schedule: False keeps the optimizer's constant rate.
+
+    The rate is computed before every step and set when it is RATE_TOLERANCE away from the
+    one set; no work follows a step, so Keras dispatches steps without waiting for each.
     """
 
     def __init__(
@@ -380,7 +386,7 @@ class ScheduleAndBudget(keras.callbacks.Callback):
         self.epochs, self.steps_per_epoch, self.peak = epochs, steps_per_epoch, peak
         self.warmup_steps = warmup_epochs * steps_per_epoch
         self.budget_seconds, self.schedule = budget_seconds, schedule
-        self.epoch, self.decay_start = 0, None
+        self.epoch, self.decay_start, self.rate_set = 0, None, None
 
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()
@@ -389,10 +395,12 @@ class ScheduleAndBudget(keras.callbacks.Callback):
         self.epoch, self.epoch_start = epoch, time.perf_counter()
 
     def on_train_batch_begin(self, batch, logs=None):
+        now = time.perf_counter()
+        if self.budget_seconds > 0 and now - self.start > self.budget_seconds:
+            self.model.stop_training = True  # after this step
         if not self.schedule:
             return
         step = self.epoch * self.steps_per_epoch + batch
-        now = time.perf_counter()
         warmup_time_share = time_share = 0.0
         if self.budget_seconds > 0 and step < self.warmup_steps:
             warmup_time_share = (now - self.start) / (WARMUP_BUDGET_SHARE * self.budget_seconds)
@@ -411,11 +419,9 @@ class ScheduleAndBudget(keras.callbacks.Callback):
             time_share,
             warmup_time_share,
         )
-        self.model.optimizer.learning_rate.assign(rate)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.budget_seconds > 0 and time.perf_counter() - self.start > self.budget_seconds:
-            self.model.stop_training = True
+        if self.rate_set is None or abs(rate - self.rate_set) > RATE_TOLERANCE * self.rate_set:
+            self.model.optimizer.learning_rate.assign(rate)
+            self.rate_set = rate
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
