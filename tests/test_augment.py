@@ -1,8 +1,12 @@
 """Augmentation of training batches: shapes, bounds, label mixing, reproducibility."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
+from preprocess.params import SpectrogramParams
+from preprocess.spectrogram import split_chunks
 from train.augment import (
     AugmentedBatches,
     AugmentSettings,
@@ -32,6 +36,20 @@ def test_crop_across_neighbouring_chunks_is_a_window_of_the_recording():
     np.testing.assert_array_equal(cropped[2], second[2])
     joined = np.concatenate([first[1], second[1]], axis=1)
     np.testing.assert_array_equal(cropped[1], joined[:, 5 : 5 + FRAMES])
+
+
+def test_crop_across_a_recordings_last_chunk_skips_the_frames_it_repeats():
+    """30 frames in chunks of 12 start at 0, 12 and 18 (the last moved back to end with the
+    recording): the last two share 6 frames, and every crop across them is a true window."""
+    spec = np.random.default_rng(0).normal(size=(BINS, 30)).astype(np.float32)
+    chunks = split_chunks(spec, dataclasses.replace(SpectrogramParams(), chunk_frames=FRAMES))
+    np.testing.assert_array_equal(chunks[2], spec[:, 18:30])
+    offsets = np.arange(7)  # 0 .. frames - overlap
+    first = np.repeat(chunks[1][None, ..., None], len(offsets), axis=0)
+    second = np.repeat(chunks[2][None, ..., None], len(offsets), axis=0)
+    cropped = crop_across(first, second, offsets, np.full(len(offsets), 6))
+    for offset, window in zip(offsets, cropped, strict=True):
+        np.testing.assert_array_equal(window[..., 0], spec[:, 12 + offset : 24 + offset])
 
 
 def test_roll_keeps_every_frame():

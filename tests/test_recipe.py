@@ -293,3 +293,23 @@ def test_the_rate_is_set_only_when_it_moves_and_nothing_waits_after_a_step(monke
     for callback in (schedule, backup):
         waits = type(callback).on_train_batch_end is not keras.callbacks.Callback.on_train_batch_end
         assert not waits or getattr(callback, "async_safe", False), type(callback).__name__
+
+
+def test_crops_know_where_a_recordings_last_chunk_repeats_frames():
+    """Recording 0: 30 frames in chunks of 12 (its last chunk repeats 6 frames of the one
+    before); recording 1: 24 frames, no repeat; recording 2: one padded chunk."""
+    from train.data import ChunkBatches
+
+    x = np.zeros((6, 4, 12, 1), np.float32)
+    recording = np.array([0, 0, 0, 1, 1, 2])
+    train = types.SimpleNamespace(
+        batches=ChunkBatches(x, np.arange(6), recording, 3, 2), chunk_recording=recording
+    )
+    dataset = types.SimpleNamespace(
+        recordings={"n_chunks": np.array([3, 2, 1]), "n_frames": np.array([30, 24, 5])},
+        params=dataclasses.replace(PARAMS, chunk_frames=12),
+    )
+    args = types.SimpleNamespace(augment="crop", class_balance="none", seed=0)
+    batches = recipe.augmented_batches(train, dataset, None, args)
+    assert batches.next_overlaps.tolist() == [0, 6, 0, 0, 0, 0]
+    assert batches.next_positions.tolist() == [1, 2, -1, 4, -1, -1]

@@ -36,17 +36,22 @@ class AugmentSettings:
     gain_db: float = 6.0  # random gain in [-gain_db, +gain_db]
 
 
-def crop_across(first: np.ndarray, second: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+def crop_across(
+    first: np.ndarray, second: np.ndarray, offsets: np.ndarray, overlaps: np.ndarray | None = None
+) -> np.ndarray:
     """A chunk-long window starting `offsets[i]` frames into first[i] and running on into
     second[i] (the next chunk of the same recording): a random crop inside the recording.
 
-    first, second: (b, bins, frames, 1); offsets: (b,) int in [0, frames].
+    first, second: (b, bins, frames, 1); overlaps: (b,) int, the frames second[i] begins with
+    that end first[i] (a recording's last chunk is moved back to end with it, so it overlaps
+    the one before), None for none; offsets: (b,) int in [0, frames - overlaps[i]].
     """
     frames = first.shape[2]
+    overlaps = np.zeros(len(first), np.int64) if overlaps is None else np.asarray(overlaps)
     out = np.empty_like(first)
-    for i, offset in enumerate(np.asarray(offsets)):  # slices: far cheaper than fancy indexing
-        out[i, :, : frames - offset] = first[i, :, offset:]
-        out[i, :, frames - offset :] = second[i, :, :offset]
+    for i, (offset, overlap) in enumerate(zip(np.asarray(offsets), overlaps, strict=True)):
+        out[i, :, : frames - offset] = first[i, :, offset:]  # slices: cheaper than fancy indexing
+        out[i, :, frames - offset :] = second[i, :, overlap : overlap + offset]
     return out
 
 
@@ -167,6 +172,8 @@ class AugmentedBatches(ChunkBatches):
     next_positions: (n,) for each chunk the position (index into `rows`) of the next chunk of
         its recording, -1 for a recording's last chunk; first_of_recording: (n,) bool. A chunk
         is cropped across itself and the next; a single-chunk recording is rolled instead.
+    next_overlaps: (n,) frames the next chunk repeats of each chunk (`crop_across`), None for
+        none.
     noise: (k, bins, frames, 1) raw chunks mixed in as background noise (needed for "noise").
     band_means: (bins,) the training data's per-band mean, SpecAugment's fill.
     class_weights: (classes,) loss weight of each class, or None; a batch then carries
@@ -180,6 +187,7 @@ class AugmentedBatches(ChunkBatches):
         settings: AugmentSettings,
         next_positions: np.ndarray,
         first_of_recording: np.ndarray,
+        next_overlaps: np.ndarray | None = None,
         noise: np.ndarray | None = None,
         band_means: np.ndarray | None = None,
         class_weights: np.ndarray | None = None,
@@ -195,6 +203,11 @@ class AugmentedBatches(ChunkBatches):
         self.band_means = band_means
         self.next_positions = np.asarray(next_positions, dtype=np.int64)
         self.first_of_recording = np.asarray(first_of_recording, dtype=bool)
+        self.next_overlaps = (
+            np.zeros(len(self.next_positions), np.int64)
+            if next_overlaps is None
+            else np.asarray(next_overlaps, dtype=np.int64)
+        )
         self.seed, self.epoch = int(kwargs.get("seed", 0)), 0
 
     def __getitem__(self, index: int):
@@ -224,8 +237,9 @@ class AugmentedBatches(ChunkBatches):
         out = x.copy()
         if has_next.any():
             second = host_array(self.chunks(following[has_next]))
-            offsets = rng.integers(0, frames + 1, int(has_next.sum()))
-            out[has_next] = crop_across(x[has_next], second, offsets)
+            overlaps = self.next_overlaps[positions[has_next]]
+            offsets = rng.integers(0, frames - overlaps + 1)
+            out[has_next] = crop_across(x[has_next], second, offsets, overlaps)
         alone = ~has_next & self.first_of_recording[positions]
         if alone.any():
             out[alone] = roll_time(x[alone], rng.integers(0, frames, int(alone.sum())))

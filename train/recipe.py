@@ -228,6 +228,15 @@ def augmented_batches(
     recording = train.chunk_recording
     same_next = np.append(recording[1:] == recording[:-1], False)
     first = np.insert(recording[1:] != recording[:-1], 0, True)
+    # a recording's last chunk ends with its last frame (split_chunks), so it repeats the
+    # n_chunks * chunk_frames - n_frames frames that end the chunk before it
+    next_is_last = same_next & ~np.append(same_next[1:], False)
+    table, chunk_frames = dataset.recordings, dataset.params.chunk_frames
+    n_chunks, n_frames = (
+        table[name][recording].astype(np.int64) for name in ("n_chunks", "n_frames")
+    )
+    repeated = n_chunks * chunk_frames - n_frames
+    overlaps = np.where(next_is_last, np.clip(repeated, 0, chunk_frames - 1), 0)
     use = tuple(name for name in args.augment.split(",") if name and name != "none")
     floor = np.log10(dataset.params.log_floor)
     weights = None
@@ -247,6 +256,7 @@ def augmented_batches(
         settings=AugmentSettings(use=use),
         next_positions=np.where(same_next, np.arange(len(recording)) + 1, -1),
         first_of_recording=first,
+        next_overlaps=overlaps,
         noise=noise_chunks(dataset, sample, args) if "noise" in use else None,
         band_means=band_statistics(sample, floor)[0] if sample is not None else None,
         class_weights=weights,
