@@ -16,9 +16,11 @@ resampled to 16 kHz wavs in parallel. Then, timed (--stages picks some):
    ChunkBatches streams), one batch at a time and two at once: rows/s.
 3. training, for both models at --batch-size under --dtype-policy: in memory (`model.fit` on
    numpy arrays), in memory on the device (ChunkBatches gathering batches from a backend
-   tensor, as train_model.py does with one GPU that has room), and streamed (ChunkBatches,
-   --readers reader processes, as train_model.py --in-memory no --workers N; and with two
-   of PyDataset's threads asking for batches at once, which train_model.py does not do):
+   tensor, as train_model.py does with one GPU that has room; for the first model once more
+   with the modern recipe's rate schedule and train_model.py's backup callback), and
+   streamed (ChunkBatches, --readers reader processes, as train_model.py --in-memory no
+   --workers N; and with two of PyDataset's threads asking for batches at once, which
+   train_model.py does not do):
    one warm-up epoch (compilation), then --epochs epochs each; the best epoch's samples/s.
    Each --also-train POLICY:BATCH trains the first model so once more, last.
 4. prediction: predict.predict() with an untrained BirdClef (speed does not depend on the
@@ -161,11 +163,14 @@ def train_rates(
     path: Path, models: list[str], policy: str, batch_size: int, epochs: int, readers: int
 ) -> dict[str, float]:
     """{"MODEL WAY": best samples/s} for each model under dtype `policy`: in memory, in memory
-    on the device, and streamed."""
+    on the device (also with the callbacks of train_model.py's modern runs that act on every
+    step: the rate schedule and the backup), and streamed."""
     import keras
     from bench_training import EpochRates, build
 
+    from train.callbacks import RunBackup
     from train.data import ChunkBatches
+    from train.recipe import ScheduleAndBudget
 
     with open_dataset(path) as dataset:
         rows = np.flatnonzero(dataset.label[...] >= 0)
@@ -188,12 +193,21 @@ def train_rates(
                 "x": ChunkBatches(path, *chunks, shuffle=True, readers=readers, workers=2)
             },
         }
+        if model_name == models[0]:  # the first model only: the GPU's time is short
+            ways["in memory on the device, with the modern recipe's schedule and backup"] = {
+                "x": ChunkBatches(on_device, *chunks, shuffle=True),
+                "callbacks": [
+                    ScheduleAndBudget(epochs, -(-len(rows) // batch_size), 1e-3, 1, 0, True),
+                    RunBackup(path.parent / "backup"),
+                ],
+            }
         for way, data in ways.items():
             keras.utils.set_random_seed(0)
             model = build(model_name, input_shape, n_classes)
             epoch_rates = EpochRates(len(rows))
+            callbacks = [epoch_rates, *data.pop("callbacks", [])]
             model.fit(**data, epochs=1, verbose=0)  # compilation
-            model.fit(**data, epochs=epochs, verbose=0, callbacks=[epoch_rates])
+            model.fit(**data, epochs=epochs, verbose=0, callbacks=callbacks)
             rates[f"{model_name} {way}"] = max(epoch_rates.rates)
             print(f"  {model_name} {way}: {max(epoch_rates.rates):.0f} samples/s", flush=True)
     del on_device
