@@ -116,14 +116,19 @@ def band_statistics(x: np.ndarray, floor: float | None = None) -> tuple[np.ndarr
 
     floor: values at or below it (padding, digital silence) are left out of the statistics
     where a band has other values.
-    Returns (mean (bins,), variance (bins,)), variance at least 1e-6.
+    Returns (mean (bins,), variance (bins,)), variance at least 1e-6. One band at a time:
+    float64 copies of 4,000 chunks at once took gigabytes.
     """
-    values = np.moveaxis(np.asarray(x, dtype=np.float64)[..., 0], 1, 0).reshape(x.shape[1], -1)
-    keep = values > floor if floor is not None else np.ones_like(values, dtype=bool)
-    keep[keep.sum(axis=1) == 0] = True  # a band that is all floor: use it as it is
-    count = keep.sum(axis=1)
-    mean = np.where(keep, values, 0).sum(axis=1) / count
-    variance = np.where(keep, (values - mean[:, None]) ** 2, 0).sum(axis=1) / count
+    x = np.asarray(x)
+    mean, variance = np.empty(x.shape[1]), np.empty(x.shape[1])
+    for band in range(x.shape[1]):
+        values = x[:, band, :, 0]  # (n, frames)
+        keep = values > floor if floor is not None else np.ones(values.shape, bool)
+        if not keep.any():  # a band that is all floor: use it as it is
+            keep[...] = True
+        count = np.count_nonzero(keep)
+        mean[band] = np.sum(values, where=keep, dtype=np.float64) / count
+        variance[band] = np.sum(np.square(values - mean[band]), where=keep) / count
     return mean.astype(np.float32), np.maximum(variance, 1e-6).astype(np.float32)
 
 
