@@ -218,7 +218,7 @@ def training_callbacks(
         best = best_epoch(past.get(name, []), BEST[name][1])
         return None if best is None else float(past[name][best])
 
-    callbacks = [EpochTime(), map_callback, *extra]
+    callbacks = [map_callback, EpochTime(), *extra]  # the epoch's time includes the MAP's
     for name, (filename, mode) in BEST.items():
         callbacks.append(BestCheckpoint(run_dir / filename, name, mode, best_so_far(name)))
     if monitor != "none":

@@ -27,11 +27,11 @@ Defaults are the 2016 scripts' (--recipe 2016): RMSprop (learning rate 0.001), c
 cross-entropy, up to 20,000 epochs ended by early stopping on validation loss (patience 100).
 --recipe modern sets other defaults (train/recipe.py: ResNet, normalisation in the model,
 augmentation, AdamW with warm-up and cosine decay, a 12-minute budget, ...); options given
-explicitly win. Their batch of
-1350 chunks suited a 12 GB GPU; the default here, 32, trains well on a CPU too (more, smaller
-steps per epoch). On a GPU use larger batches (e.g. --batch-size 256 or the original 1350) and
---mixed-precision. GPU install: `pip install tensorflow[and-cuda]`; with several GPUs the
-batch is split across them (TensorFlow: MirroredStrategy; JAX: keras.distribution).
+explicitly win. The 2016 scripts' batch of 1350 chunks suited a 12 GB GPU; the default here,
+32, trains well on a CPU too (more, smaller steps per epoch). On a GPU use larger batches
+(e.g. --batch-size 256 or the original 1350) and --mixed-precision. GPU install: `pip install
+tensorflow[and-cuda]`; with several GPUs the batch is split across them (TensorFlow:
+MirroredStrategy; JAX: keras.distribution).
 """
 
 from __future__ import annotations
