@@ -313,3 +313,24 @@ def test_crops_know_where_a_recordings_last_chunk_repeats_frames():
     batches = recipe.augmented_batches(train, dataset, None, args)
     assert batches.next_overlaps.tolist() == [0, 6, 0, 0, 0, 0]
     assert batches.next_positions.tolist() == [1, 2, -1, 4, -1, -1]
+
+
+def test_a_resumed_run_goes_on_with_its_budget_and_decay(monkeypatch):
+    """Killed after 5 epochs of 10 s (100 steps each) of a 100 s budget whose warm-up (2
+    epochs, at most 5 s) ended half way through epoch 1: resumed, the decay goes on from
+    where the clock left it, and training ends when the 100 s are spent in all."""
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(recipe.time, "perf_counter", lambda: clock["now"])
+    optimizer = types.SimpleNamespace(learning_rate=keras.Variable(0.0))
+    model = types.SimpleNamespace(optimizer=optimizer, stop_training=False)
+    schedule = recipe.ScheduleAndBudget(30, 100, 1.0, 2, 100.0, True, past_seconds=[10.0] * 5)
+    schedule.set_model(model)
+    schedule.on_train_begin()
+    schedule.on_epoch_begin(5)
+    schedule.on_train_batch_begin(0)
+    assert schedule.warmup_steps == 50
+    expected = recipe.warmup_cosine(500, 3000, 50, 1.0, time_share=(50 - 5) / (100 - 5))
+    assert float(optimizer.learning_rate.numpy()) == pytest.approx(expected)
+    clock["now"] += 41.0  # 91 s in all: this epoch once more would pass the budget
+    schedule.on_epoch_end(5, {})
+    assert model.stop_training

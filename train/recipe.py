@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -383,6 +384,8 @@ class ScheduleAndBudget(keras.callbacks.Callback):
     Training stops after the epoch whose length, once more, would pass the budget, and
     mid-epoch (after a step) once the budget is spent; Keras still validates that epoch.
     budget_seconds: 0 for none. schedule: False keeps the optimizer's constant rate.
+    past_seconds: the epoch_seconds of the epochs a resumed run has done ([] for a new run):
+    its budget and its decay's clock go on from them, rather than starting over.
 
     The rate is computed before every step and set when it is RATE_TOLERANCE away from the
     one set; no work follows a step, so Keras dispatches steps without waiting for each.
@@ -396,15 +399,32 @@ class ScheduleAndBudget(keras.callbacks.Callback):
         warmup_epochs: int,
         budget_seconds: float,
         schedule: bool,
+        past_seconds: Sequence[float] = (),
     ):
         super().__init__()
         self.epochs, self.steps_per_epoch, self.peak = epochs, steps_per_epoch, peak
-        self.warmup_steps = warmup_epochs * steps_per_epoch
+        self.warmup_epochs, self.warmup_steps = warmup_epochs, warmup_epochs * steps_per_epoch
         self.budget_seconds, self.schedule = budget_seconds, schedule
+        self.past_seconds = np.asarray(past_seconds, dtype=np.float64)
         self.epoch, self.decay_start, self.rate_set = 0, None, None
 
     def on_train_begin(self, logs=None):
-        self.start = time.perf_counter()
+        done = np.cumsum(self.past_seconds)
+        self.start = time.perf_counter() - (done[-1] if len(done) else 0.0)
+        if not len(done) or self.budget_seconds <= 0:
+            return
+        # where the warm-up of the epochs done ended: with its epochs or its share of the time
+        allowance = WARMUP_BUDGET_SHARE * self.budget_seconds
+        by_time = int(np.searchsorted(done, allowance))  # the epoch the allowance ran out in
+        if by_time < min(len(done), self.warmup_epochs):
+            before = done[by_time - 1] if by_time else 0.0
+            share = (allowance - before) / max(self.past_seconds[by_time], 1e-9)
+            self.warmup_steps = round((by_time + share) * self.steps_per_epoch)
+            self.decay_start = self.start + allowance
+        elif len(done) >= self.warmup_epochs:
+            self.decay_start = self.start + (
+                done[self.warmup_epochs - 1] if self.warmup_epochs else 0.0
+            )
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch, self.epoch_start = epoch, time.perf_counter()
@@ -456,11 +476,14 @@ class ScheduleAndBudget(keras.callbacks.Callback):
 
 
 def schedule_and_budget(
-    args: argparse.Namespace, steps_per_epoch: int, options_optimizer: bool
+    args: argparse.Namespace,
+    steps_per_epoch: int,
+    options_optimizer: bool,
+    past_seconds: Sequence[float] = (),
 ) -> list[keras.callbacks.Callback]:
     """[ScheduleAndBudget] when the learning rate is scheduled (--optimizer adamw or
     --warmup-epochs, and the options chose the optimizer, not the model file's compile_args)
-    or --time-budget is set; else []."""
+    or --time-budget is set; else []. past_seconds: as ScheduleAndBudget's."""
     schedule = options_optimizer and (args.optimizer != "rmsprop" or args.warmup_epochs > 0)
     if not (schedule or args.time_budget):
         return []
@@ -472,6 +495,7 @@ def schedule_and_budget(
             args.warmup_epochs,
             args.time_budget * 60,
             schedule=schedule,
+            past_seconds=past_seconds,
         )
     ]
 

@@ -157,13 +157,19 @@ def train(args: argparse.Namespace) -> dict:
         else:
             labels = dataset.recordings["label"]
             background = dataset.recordings["background"].astype(bool)
+            past = history_to_resume(run_dir)
             callbacks = training_callbacks(
                 run_dir,
                 MAPCallback(data["val"].batches, data["val"].chunk_recording, labels, background),
                 args.patience,
-                history_to_resume(run_dir),
+                past,
                 args.early_stop_on,
-                recipe.schedule_and_budget(args, len(data["train"].batches), options_optimizer),
+                recipe.schedule_and_budget(
+                    args,
+                    len(data["train"].batches),
+                    options_optimizer,
+                    past.get("epoch_seconds", []),
+                ),
             )
             with read_errors_reported(data["train"].batches, data["val"].batches):
                 model.fit(
