@@ -15,7 +15,9 @@ Bad inputs (missing, empty or corrupt wavs, unusable XML) are skipped, logged an
 the final summary with exit status 0; fatal errors (unreadable metadata, no usable recording,
 an OUT made with other settings without --overwrite) end with one line `error: ...` and exit
 status 2 (preprocess/cli.py). A rerun keeps what is already extracted, in OUT or in OUT.parts/,
-and extracts what is new, changed (size or modification time) or failed before.
+and extracts what is new, changed (size or modification time) or failed before, once
+anything changed: where nothing did, OUT is complete for its inputs and the rerun does nothing
+(a file that failed and was repaired without changing, a permission say, needs --overwrite).
 
     python preprocess/load_data.py --wav-dir data/wav16k --xml-dir data/xml --out data/train.h5
 """
