@@ -41,6 +41,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import filelock
 import numpy as np
 from tqdm import tqdm
 
@@ -334,7 +335,14 @@ def resample_items(
     if not conversions:
         return items, []
     logger.info("resampling %d file(s) to %d Hz into %s", len(conversions), sample_rate, target)
-    failed = dict(resample.resample_files([*conversions.values()], workers, target, out=sys.stderr))
+    target.mkdir(parents=True, exist_ok=True)
+    # predictions whose --out share a folder share this cache: one resamples into it at a
+    # time, or each could move the other's half-written file into place
+    with filelock.FileLock(target / ".lock"):
+        conversions_failed = resample.resample_files(
+            [*conversions.values()], workers, target, out=sys.stderr
+        )
+    failed = dict(conversions_failed)
     ready, skipped = [], []
     for item in items:
         conversion = conversions.get(cache_name(item.path))
