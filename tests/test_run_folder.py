@@ -184,3 +184,19 @@ def test_an_xlsx_beside_the_runs_table_that_is_not_one_is_left_as_it_was(tmp_pat
     append_run(table, {"run_dir": "d"})  # its own copy is brought up to date
     sheet = openpyxl.load_workbook(xlsx)["runs"]
     assert [row[0] for row in sheet.iter_rows(values_only=True)] == ["run_dir", *"abcd"]
+
+
+def test_a_resumed_run_keeps_its_training_settings(easy_data, tiny_model, tmp_path, capsys):
+    """More epochs may be asked of a run; another learning rate or augmentation may not: the
+    history, checkpoints and schedule so far were made with the settings it started with."""
+    run_dir = tmp_path / "run"
+    assert train_model.main(train_args(easy_data, tiny_model, run_dir, "--epochs", "1")) == 0
+    config = (run_dir / "config.json").read_text()
+    capsys.readouterr()
+    other = train_args(easy_data, tiny_model, run_dir, "--epochs", "2", "--learning-rate", "0.01")
+    assert train_model.main([*other, "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert "--learning-rate: started 0.001, now 0.01" in error and "--epochs" not in error
+    assert (run_dir / "config.json").read_text() == config  # nothing written
+    more = train_args(easy_data, tiny_model, run_dir, "--epochs", "2", "--workers", "2")
+    assert train_model.main([*more, "--resume"]) == 0

@@ -133,8 +133,36 @@ def finished_an_epoch(run_dir: Path) -> bool:
     return (run_dir / DONE).is_file() or epochs_backed_up(run_dir) > 0 or logged
 
 
+# options a resumed run may change: where its files are, how its data is read, how long it
+# trains and what is chosen once it has (the data and model file are compared by content)
+RESUMABLE_OPTIONS = {
+    "data", "model", "out", "resume", "weights", "epochs", "patience", "in_memory", "workers",
+    "runs_table", "verbose", "inference_model", "pooling", "val_fraction", "test_fraction",
+}  # fmt: skip
+
+
+def changed_settings(config: dict, args: argparse.Namespace) -> list[str]:
+    """'--option: started X, now Y' for each training setting in args that differs from the
+    run's config.json (other than RESUMABLE_OPTIONS; options a config lacks are not
+    compared): the optimizer, schedule, augmentation... of a run cannot change half way."""
+    changes = []
+    for name, value in vars(args).items():
+        now = str(value) if isinstance(value, Path) else value
+        if name in RESUMABLE_OPTIONS or name not in config or config[name] == now:
+            continue
+        changes.append(f"--{name.replace('_', '-')}: started {config[name]!r}, now {now!r}")
+    return changes
+
+
 def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace) -> None:
-    """Check the data and model file of a resumed run are the ones it started with."""
+    """Check the data, model file and training settings of a resumed run are the ones it
+    started with."""
+    changes = changed_settings(json.loads((run_dir / CONFIG).read_text()), args)
+    if changes:
+        raise TrainError(
+            f"{run_dir} holds a run started with other settings ({'; '.join(changes)}): "
+            "resume with the settings it started with, or start a new run in another --out"
+        )
     classes = {"classes": dataset.classes, "class_names": dataset.class_names}
     try:
         started_with = json.loads((run_dir / "classes.json").read_text())
