@@ -163,7 +163,6 @@ def log_spectrogram(
     return log_spec
 
 
-@functools.lru_cache(maxsize=8)
 def check_front_end(params: SpectrogramParams) -> None:
     """ValueError, saying why, for parameters that no recording can be extracted with: mel
     bands too narrow for nfft, more PSD bins than nfft gives, or noise filter bands left
@@ -178,6 +177,7 @@ def check_front_end(params: SpectrogramParams) -> None:
         band_edges(params)
 
 
+@functools.lru_cache(maxsize=8)
 def band_edges(params: SpectrogramParams) -> np.ndarray:
     """Row borders of the filter's frequency bands: ceil(linspace(0, n_bins, n_band_edges))
     (read-only, computed once per parameters)."""

@@ -129,7 +129,8 @@ def band_statistics(x: np.ndarray, floor: float | None = None) -> tuple[np.ndarr
             keep[...] = True
         count = np.count_nonzero(keep)
         mean[band] = np.sum(values, where=keep, dtype=np.float64) / count
-        variance[band] = np.sum(np.square(values - mean[band]), where=keep) / count
+        deviation = np.square(values - mean[band], dtype=np.float64)
+        variance[band] = np.sum(deviation, where=keep) / count
     return mean.astype(np.float32), np.maximum(variance, 1e-6).astype(np.float32)
 
 
