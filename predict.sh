@@ -40,10 +40,10 @@ while (($#)); do
 done
 
 if [[ -z "$run_dir" ]]; then
-    # the newest run folder whose training ended (one still training, or killed, has models
-    # of its first epochs but not the model and pooling it will choose at the end)
+    # the newest run folder whose training ended and chose its model and pooling (one still
+    # training, or killed, has models of its first epochs, not the one it will choose)
     run_dir="$(ls -1td "$ROOT"/runs/*/ 2>/dev/null | while read -r dir; do
-        [[ -f "$dir/training_done.json" && -f "$dir/classes.json" ]] && echo "${dir%/}" && break
+        [[ -f "$dir/training_done.json" && -f "$dir/inference.json" ]] && echo "${dir%/}" && break
     done || true)"
     [[ -n "$run_dir" ]] || {
         echo "error: no finished run under $ROOT/runs/ (run ./doall.sh first, or give --run DIR)" >&2

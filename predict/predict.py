@@ -281,13 +281,14 @@ def xml_items(
     items = []
     for recording in recordings:
         file_name = recording.fields.get("FileName") or recording.file
-        candidates = by_stem.get(PurePosixPath(file_name.replace("\\", "/")).stem, [])
-        path = by_name.get(file_name) or (candidates[0] if len(candidates) == 1 else None)
+        named = PurePosixPath(file_name.replace("\\", "/"))  # as metadata.wav_name reads it
+        candidates = by_stem.get(named.stem, [])
+        path = by_name.get(named.as_posix()) or (candidates[0] if len(candidates) == 1 else None)
         if path is not None:
             items.append(AudioItem(recording.media_id, path))
         elif candidates:
-            named = ", ".join(str(c) for c in candidates)
-            skipped.append(f"{file_name} (MediaId {recording.media_id}): which one? {named}")
+            listed = ", ".join(str(c) for c in candidates)
+            skipped.append(f"{file_name} (MediaId {recording.media_id}): which one? {listed}")
         else:
             skipped.append(f"{file_name} (MediaId {recording.media_id}): no audio in {audio_dir}")
     return items, skipped
@@ -326,9 +327,9 @@ def resample_items(
     usable wavs, skip messages).
     """
     target = cache_dir / "resampled"
+    names = [cache_name(item.path) for item in items]  # once: a file may change meanwhile
     conversions = {}  # cache name -> its conversion: one per file, however often it is given
-    for item in items:
-        name = cache_name(item.path)
+    for item, name in zip(items, names, strict=True):
         if name not in conversions and not is_wav_at(item.path, sample_rate):
             wav = target / f"{name}.wav"
             conversions[name] = resample.Conversion(item.path, wav, str(item.path))
@@ -344,8 +345,8 @@ def resample_items(
         )
     failed = dict(conversions_failed)
     ready, skipped = [], []
-    for item in items:
-        conversion = conversions.get(cache_name(item.path))
+    for item, name in zip(items, names, strict=True):
+        conversion = conversions.get(name)
         if conversion is None:
             ready.append(item)
         elif conversion.name in failed:
