@@ -78,10 +78,12 @@ class MAPCallback(keras.callbacks.Callback):
         super().__init__()
         self.batches, self.chunk_recording = batches, chunk_recording
         self.labels, self.background = labels, background
+        self.diverged = False  # the model's predictions went NaN (training stopped)
 
     def on_epoch_end(self, epoch, logs=None):
         probs = self.model.predict(self.batches, verbose=0)
         if not np.isfinite(probs).all():
+            self.diverged = True
             # every val_ score of a diverged model means nothing (the argmax of NaN is class 0,
             # an accuracy that can beat the best): NaN, which no checkpoint saves
             keras_scores = [name for name in logs if name.startswith("val_")]

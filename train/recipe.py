@@ -540,13 +540,16 @@ INFERENCE_CHOICES = {  # --inference-model -> candidate checkpoints, preferred f
 }
 
 
-def save_final_model(model: keras.Model, run_dir: Path, inference_model: str) -> None:
+def save_final_model(
+    model: keras.Model, run_dir: Path, inference_model: str, diverged: bool
+) -> None:
     """RUN/final.keras, the model as training ended, where --inference-model may choose it;
-    whole or absent, as the checkpoints. Absent too where training diverged (weights that are
-    not finite: `MAPCallback` stopped it), so that prediction falls back on a best model."""
+    whole or absent, as the checkpoints. Absent too where training diverged (`MAPCallback`
+    saw predictions that are not finite and stopped it), so prediction falls back on a best
+    model."""
     if FINAL in INFERENCE_CHOICES[inference_model]:
-        if not all(np.isfinite(keras.ops.convert_to_numpy(w)).all() for w in model.weights):
-            logger.warning("training diverged (weights not finite): no %s written", FINAL)
+        if diverged:
+            logger.warning("training diverged (predictions not finite): no %s written", FINAL)
             return
         partial = run_dir / f"{FINAL}.part.keras"
         model.save(partial)
@@ -565,7 +568,7 @@ def choose_inference(
         name for name in INFERENCE_CHOICES[args.inference_model] if (run_dir / name).is_file()
     ]
     fallback = BEST["val_map"][0]
-    if not candidates and (run_dir / fallback).is_file():  # no final.keras: training diverged
+    if not candidates and (run_dir / fallback).is_file():  # diverged, or killed before it
         logger.warning("%s missing: prediction uses %s", FINAL, fallback)
         candidates = [fallback]
     if not candidates:

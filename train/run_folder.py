@@ -147,10 +147,13 @@ def changed_settings(config: dict, args: argparse.Namespace) -> list[str]:
     compared): the optimizer, schedule, augmentation... of a run cannot change half way."""
     changes = []
     for name, value in vars(args).items():
-        now = str(value) if isinstance(value, Path) else value
-        if name in RESUMABLE_OPTIONS or name not in config or config[name] == now:
+        if name in RESUMABLE_OPTIONS or name not in config:
             continue
-        changes.append(f"--{name.replace('_', '-')}: started {config[name]!r}, now {now!r}")
+        started, now = config[name], str(value) if isinstance(value, Path) else value
+        if isinstance(value, Path) and isinstance(started, str):  # relative or not, the same
+            started, now = str(Path(started).resolve()), str(value.resolve())
+        if started != now:
+            changes.append(f"--{name.replace('_', '-')}: started {started!r}, now {now!r}")
     return changes
 
 

@@ -158,9 +158,12 @@ def train(args: argparse.Namespace) -> dict:
             labels = dataset.recordings["label"]
             background = dataset.recordings["background"].astype(bool)
             past = history_to_resume(run_dir)
+            map_callback = MAPCallback(
+                data["val"].batches, data["val"].chunk_recording, labels, background
+            )
             callbacks = training_callbacks(
                 run_dir,
-                MAPCallback(data["val"].batches, data["val"].chunk_recording, labels, background),
+                map_callback,
                 args.patience,
                 past,
                 args.early_stop_on,
@@ -181,7 +184,7 @@ def train(args: argparse.Namespace) -> dict:
                     verbose=1 if sys.stdout.isatty() else 2,
                 )
             write_training_done(run_dir, callbacks)
-            recipe.save_final_model(model, run_dir, args.inference_model)
+            recipe.save_final_model(model, run_dir, args.inference_model, map_callback.diverged)
 
         # the model and pooling prediction uses; test scores, thresholds, curves, runs table
         history = read_history(run_dir / HISTORY)
