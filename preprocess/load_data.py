@@ -631,15 +631,17 @@ def median_chunk_seconds(paths: list[Path]) -> float:
 
 
 def built_chunk_frames(out: Path) -> int | None:
-    """The chunk length of the dataset at out, which a rerun with `--chunk-seconds auto` keeps
-    (the rerun adds recordings to it); None where there is no readable one."""
-    if not out.is_file():
-        return None
-    try:
-        with open_dataset(out) as built:
-            return built.params.chunk_frames
-    except DatasetError:
-        return None  # said, with what to do, where OUT is opened again
+    """The chunk length of the dataset at out, or of the shards an interrupted run left beside
+    it, which a rerun with `--chunk-seconds auto` keeps (the rerun adds recordings to them);
+    None where there is no readable one."""
+    parts_dir = out.with_name(out.name + ".parts")
+    for built in [out] if out.is_file() else complete_shards(parts_dir):
+        try:
+            with open_dataset(built) as dataset:
+                return dataset.params.chunk_frames
+        except DatasetError:
+            continue  # said, with what to do, where it is opened again
+    return None
 
 
 def job_params(args, recordings: list[metadata.Recording]) -> SpectrogramParams:

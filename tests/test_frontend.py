@@ -365,6 +365,27 @@ def test_a_rerun_with_files_added_keeps_the_automatic_chunk_length(clips, tmp_pa
     assert stored_params(out).chunk_frames == frames_for_seconds(2.0, MODERN)
 
 
+def test_a_rerun_after_a_kill_keeps_the_shards_automatic_chunk_length(clips, tmp_path):
+    """Killed before OUT was written, files then added: the shard left behind (its length
+    chosen on 7 clips, 1.5 s) sets the length, as OUT would."""
+    first = tmp_path / "first.h5"
+    assert load(clips, first, "--recipe", "modern") == 0
+    out = tmp_path / "modern.h5"
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir()
+    first.rename(parts / "part-killed-00000.h5")  # what a kill leaves: shards, no OUT
+    folder, labels = clips
+    for index, seconds in [(7, 4.0), (8, 5.0)]:
+        wavfile.write(
+            folder / f"clip{index}.wav", RATE, noisy_song(seconds, index).astype(np.int16)
+        )
+    labels.write_text(labels.read_text() + "clip7.wav,a\nclip8.wav,b\n")
+    assert load(clips, out, "--recipe", "modern") == 0
+    assert stored_params(out).chunk_frames == frames_for_seconds(1.5, MODERN)
+    with open_dataset(out) as dataset:
+        assert len(dataset.recordings["MediaId"]) == 9
+
+
 def test_a_test_set_takes_the_training_sets_parameters(clips, tmp_path, capsys):
     assert load(clips, tmp_path / "train.h5", "--recipe", "modern", "--chunk-seconds", "1") == 0
     assert load(clips, tmp_path / "test.h5", "--classes-from", tmp_path / "train.h5") == 0
