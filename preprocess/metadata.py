@@ -43,7 +43,7 @@ import xmltodict
 
 from preprocess.audio import AUDIO_SUFFIXES
 from preprocess.cli import at_least, run_command
-from preprocess.paths import OutputPathError, check_output, first_bytes
+from preprocess.paths import OutputPathError, check_output, first_bytes, replace_atomically
 
 log = logging.getLogger(__name__)
 
@@ -428,14 +428,7 @@ def save_table(recordings: list[Recording], path: str | Path) -> None:
         "recordings": [asdict(recording) for recording in recordings],
     }
     text = json.dumps(table, ensure_ascii=False, indent=1) + "\n"
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        temporary.write_text(text, "utf-8")
-        os.replace(temporary, path)  # atomic: a kill or a full disk never leaves half a table
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    replace_atomically(Path(path), lambda file: file.write(text), "w")
 
 
 def is_metadata_table(path: Path) -> bool:

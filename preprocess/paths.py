@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import IO
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 SNIFF_BYTES = 64 * 1024  # enough for a first line or a small JSON file
@@ -102,3 +104,22 @@ def is_zip_with(path: Path, member: str) -> bool:
             return member in archive.namelist()
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+def replace_atomically(path: Path, write: Callable[[IO], None], mode: str) -> None:
+    """Fill path through write(file), whole or not at all: a new file beside it, opened with
+    `mode` ("w": UTF-8 text, or "wb"), is filled and renamed over path. Its name is unique and it is
+    created exclusively (with the umask's mode, like any file), so two processes never share
+    it and no file but path is ever replaced."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    text = "b" not in mode  # UTF-8 text; csv writes its own line ends
+    encoding, newline = ("utf-8", "") if text else (None, None)
+    # opened before the try: were the name taken, the cleanup would remove another's file
+    file = open(temporary, mode.replace("w", "x"), encoding=encoding, newline=newline)  # noqa: SIM115
+    try:
+        with file:
+            write(file)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import preprocess.paths as paths_module
 from preprocess.metadata import (
     MetadataError,
     Recording,
@@ -356,12 +357,10 @@ def test_save_table_is_whole_or_not_at_all(tmp_path, monkeypatch):
     save_table([recording("old", "x")], table)
     before = table.read_text()
 
-    def full_disk(path, text, encoding):
-        with open(path, "w", encoding=encoding) as file:
-            file.write(text[:10])
-        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    def full_disk(source, target):  # the temporary file written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device", str(source))
 
-    monkeypatch.setattr(Path, "write_text", full_disk)
+    monkeypatch.setattr(paths_module.os, "replace", full_disk)
     with pytest.raises(OSError, match="No space"):
         save_table([recording("new", "x")], table)
     assert table.read_text() == before and os.listdir(tmp_path) == ["table.json"]

@@ -13,8 +13,6 @@ import csv
 import importlib.util
 import logging
 import os
-import secrets
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -24,6 +22,8 @@ import numpy as np
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+
+from preprocess.paths import replace_atomically  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -164,24 +164,6 @@ def append_run(table: Path, row: dict) -> None:
         logger.info("run added to %s", table)
         if importlib.util.find_spec("openpyxl"):
             _write_xlsx(table.with_suffix(".xlsx"), columns, rows)
-
-
-def replace_atomically(path: Path, write: Callable[[IO], None], mode: str) -> None:
-    """Fill path through write(file), whole or not at all: a new file beside it, opened with
-    `mode` ("w" or "wb"), is filled and renamed over path. Its name is unique and it is
-    created exclusively (with the umask's mode, like any file), so two processes never share
-    it and no file but path is ever replaced."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
-    newline = None if "b" in mode else ""  # csv writes its own line ends
-    # opened before the try: were the name taken, the cleanup would remove another's file
-    file = open(temporary, mode.replace("w", "x"), newline=newline)  # noqa: SIM115
-    try:
-        with file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _cell(value) -> str | int | float:
