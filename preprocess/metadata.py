@@ -30,7 +30,6 @@ import csv
 import io
 import json
 import logging
-import os
 import re
 import sys
 from collections import Counter
@@ -43,7 +42,13 @@ import xmltodict
 
 from preprocess.audio import AUDIO_SUFFIXES
 from preprocess.cli import at_least, run_command
-from preprocess.paths import OutputPathError, check_output, first_bytes, replace_atomically
+from preprocess.paths import (
+    OutputPathError,
+    check_output,
+    files_under,
+    first_bytes,
+    replace_atomically,
+)
 
 log = logging.getLogger(__name__)
 
@@ -230,20 +235,6 @@ def select(
 
 
 # ---- reading and writing (I/O) ---------------------------------------------------------
-
-
-def files_under(root: Path) -> list[Path]:
-    """Every non-folder entry under root, sorted by path. Links to folders are followed (Path.rglob
-    does not before Python 3.13), each folder walked once so that a link loop ends."""
-    found, walked = [], set()
-    for folder, subfolders, files in os.walk(root, followlinks=True):
-        if os.path.realpath(folder) in walked:  # a link to a folder already walked (a loop)
-            subfolders.clear()
-            continue
-        walked.add(os.path.realpath(folder))
-        subfolders.sort()  # which of two links to one folder counts: the same every time
-        found += [Path(folder, name) for name in files]
-    return sorted(found)
 
 
 def is_ignored(relative: PurePosixPath) -> bool:

@@ -123,3 +123,17 @@ def replace_atomically(path: Path, write: Callable[[IO], None], mode: str) -> No
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def files_under(root: Path) -> list[Path]:
+    """Every non-folder entry under root, sorted by path. Links to folders are followed (Path.rglob
+    does not before Python 3.13), each folder walked once so that a link loop ends."""
+    found, walked = [], set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        if os.path.realpath(folder) in walked:  # a link to a folder already walked (a loop)
+            subfolders.clear()
+            continue
+        walked.add(os.path.realpath(folder))
+        subfolders.sort()  # which of two links to one folder counts: the same every time
+        found += [Path(folder, name) for name in files]
+    return sorted(found)

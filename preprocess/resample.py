@@ -69,6 +69,7 @@ from preprocess.audio import (
 )
 from preprocess.cli import at_least, most_workers, run_command
 from preprocess.params import SpectrogramParams
+from preprocess.paths import files_under
 
 TARGET_RATE = SpectrogramParams().sample_rate
 SOX_ONLY_SUFFIXES = AUDIO_SUFFIXES - WAV_SUFFIXES
@@ -234,15 +235,7 @@ def folder_conversions(in_dir: Path, out_dir: Path) -> tuple[list[Conversion], l
     folder once) to the same path under out_dir with the extension .wav, named by its path in
     in_dir; and [(name, reason)] for a second input that would give the same output (a.wav
     and a.WAV)."""
-    found, seen = [], set()
-    for folder, subfolders, files in os.walk(in_dir, followlinks=True):
-        if os.path.realpath(folder) in seen:  # a link to a folder already walked (a loop)
-            subfolders.clear()
-            continue
-        seen.add(os.path.realpath(folder))
-        found += [
-            Path(folder, file) for file in files if Path(file).suffix.lower() in AUDIO_SUFFIXES
-        ]
+    found = [path for path in files_under(in_dir) if path.suffix.lower() in AUDIO_SUFFIXES]
     conversions, collisions, source_of = [], [], {}
     for name, path in sorted((path.relative_to(in_dir).as_posix(), path) for path in found):
         if not path.is_file():

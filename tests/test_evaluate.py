@@ -51,24 +51,20 @@ def test_writer_rejects_top_k_over_the_official_limit(tmp_path):
         RunFileWriter(tmp_path / "run.csv", CLASSES, top_k=101)
 
 
-def test_soundscape_writer_names_each_5s_window(tmp_path):
+@pytest.mark.parametrize(
+    "seconds, last_span",
+    [
+        (7.5, "00:00:05-00:00:08"),
+        (10.6, "00:00:05-00:00:11"),  # a last window that joined a short remainder spans it
+    ],
+)
+def test_soundscape_writer_names_each_5s_window_the_last_to_the_end(tmp_path, seconds, last_span):
     path = tmp_path / "soundscape.csv"
     with SoundscapeWriter(path, CLASSES, top_k=1) as run:
-        run.write("S1", np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]]), 7.5)
+        run.write("S1", np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]]), seconds)
     assert path.read_text().splitlines() == [
         "S1;00:00:00-00:00:05;aaaaaa;0.7",
-        "S1;00:00:05-00:00:08;dddddd;0.7",
-    ]
-
-
-def test_soundscape_writer_ends_the_last_window_at_the_recording_end(tmp_path):
-    """A last window that joined a short remainder (`window_bounds`) spans it too."""
-    path = tmp_path / "soundscape.csv"
-    with SoundscapeWriter(path, CLASSES, top_k=1) as run:
-        run.write("S1", np.array([[0.7, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.7]]), 10.6)
-    assert path.read_text().splitlines() == [
-        "S1;00:00:00-00:00:05;aaaaaa;0.7",
-        "S1;00:00:05-00:00:11;dddddd;0.7",
+        f"S1;{last_span};dddddd;0.7",
     ]
 
 

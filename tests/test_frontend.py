@@ -346,17 +346,22 @@ def test_the_2016_default_is_unchanged(clips, tmp_path):
         assert h5["X"].shape[1:] == (200, 310, 1)
 
 
-def test_a_rerun_with_files_added_keeps_the_automatic_chunk_length(clips, tmp_path):
-    """Adding two long clips moves the median from 1.5 to 2 s; the rerun keeps OUT's 1.5 s
-    chunks and adds the new recordings, where it refused OUT as built with other settings."""
-    out = tmp_path / "modern.h5"
-    assert load(clips, out, "--recipe", "modern") == 0
+def add_long_clips(clips) -> None:
+    """Two clips of 4 and 5 s more: the median of the clips' durations moves from 1.5 to 2 s."""
     folder, labels = clips
     for index, seconds in [(7, 4.0), (8, 5.0)]:
         wavfile.write(
             folder / f"clip{index}.wav", RATE, noisy_song(seconds, index).astype(np.int16)
         )
     labels.write_text(labels.read_text() + "clip7.wav,a\nclip8.wav,b\n")
+
+
+def test_a_rerun_with_files_added_keeps_the_automatic_chunk_length(clips, tmp_path):
+    """Adding two long clips moves the median from 1.5 to 2 s; the rerun keeps OUT's 1.5 s
+    chunks and adds the new recordings, where it refused OUT as built with other settings."""
+    out = tmp_path / "modern.h5"
+    assert load(clips, out, "--recipe", "modern") == 0
+    add_long_clips(clips)
     assert load(clips, out, "--recipe", "modern") == 0
     assert stored_params(out).chunk_frames == frames_for_seconds(1.5, MODERN)
     with open_dataset(out) as dataset:
@@ -374,12 +379,7 @@ def test_a_rerun_after_a_kill_keeps_the_shards_automatic_chunk_length(clips, tmp
     parts = out.with_name(out.name + ".parts")
     parts.mkdir()
     first.rename(parts / "part-killed-00000.h5")  # what a kill leaves: shards, no OUT
-    folder, labels = clips
-    for index, seconds in [(7, 4.0), (8, 5.0)]:
-        wavfile.write(
-            folder / f"clip{index}.wav", RATE, noisy_song(seconds, index).astype(np.int16)
-        )
-    labels.write_text(labels.read_text() + "clip7.wav,a\nclip8.wav,b\n")
+    add_long_clips(clips)
     assert load(clips, out, "--recipe", "modern") == 0
     assert stored_params(out).chunk_frames == frames_for_seconds(1.5, MODERN)
     with open_dataset(out) as dataset:
