@@ -1,4 +1,5 @@
-"""Output paths that never destroy an input: one check shared by every command.
+"""Output paths that never destroy an input: one check shared by every command, and the
+file helpers every command writes and lists through (`replace_atomically`, `files_under`).
 
 A command refuses to write to a path that is one of its inputs (or a link to one), a folder,
 or an existing file of another kind than the command writes: `predict.py --out clips/x.wav`
@@ -108,14 +109,15 @@ def is_zip_with(path: Path, member: str) -> bool:
 
 def replace_atomically(path: Path, write: Callable[[IO], None], mode: str) -> None:
     """Fill path through write(file), whole or not at all: a new file beside it, opened with
-    `mode` ("w": UTF-8 text, or "wb"), is filled and renamed over path. Its name is unique and it is
-    created exclusively (with the umask's mode, like any file), so two processes never share
-    it and no file but path is ever replaced."""
+    `mode` ("w": UTF-8 text, or "wb"), is filled and renamed over path. Its name is unique
+    and it is created exclusively (with the umask's mode, like any file), so two processes
+    never share it and no file but path is ever replaced."""
     temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
     text = "b" not in mode  # UTF-8 text; csv writes its own line ends
     encoding, newline = ("utf-8", "") if text else (None, None)
     # opened before the try: were the name taken, the cleanup would remove another's file
-    file = open(temporary, mode.replace("w", "x"), encoding=encoding, newline=newline)  # noqa: SIM115
+    exclusive = mode.replace("w", "x")
+    file = open(temporary, exclusive, encoding=encoding, newline=newline)  # noqa: SIM115
     try:
         with file:
             write(file)
