@@ -401,15 +401,17 @@ def test_xml_items_take_the_file_named_then_the_one_with_its_stem(tmp_path):
     """x.wav beside x.flac (a resampled copy beside its source) is no error: FileName picks
     one; a stem alone picks only where it is the only file with it."""
     audio = tmp_path / "wav"
-    for name in ("x.wav", "x.flac", "y.wav", "sub/z.wav", "w.wav", "w.flac"):
+    for name in ("x.wav", "x.flac", "y.wav", "sub/z.wav", "w.wav", "w.flac", "a/v.wav", "b/v.wav"):
         tone(audio / name)
-    for media_id, file_name in [("1", "x.flac"), ("2", "y.mp3"), ("3", "z.wav"), ("4", "w.mp3")]:
+    named = [("1", "x.flac"), ("2", "y.mp3"), ("3", "z.wav"), ("4", "w.mp3"), ("5", "b\\v.wav")]
+    for media_id, file_name in named:
         write_xml(tmp_path / "xml" / f"{media_id}.xml", media_id, file_name)
     items, skipped = predict_module.xml_items(tmp_path / "xml", audio)
     assert [(item.media_id, item.path.relative_to(audio).as_posix()) for item in items] == [
         ("1", "x.flac"),
         ("2", "y.wav"),
         ("3", "sub/z.wav"),
+        ("5", "b/v.wav"),  # a Windows path in the XML names it too
     ]
     assert len(skipped) == 1 and skipped[0].startswith("w.mp3 (MediaId 4): which one?")
 

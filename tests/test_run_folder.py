@@ -2,6 +2,7 @@
 the backup clean-up removes only Keras's files, trainings sharing a runs table all get their
 row, and an .xlsx beside the table that is not a runs table stays as it was."""
 
+import argparse
 import csv
 import json
 import subprocess
@@ -16,7 +17,7 @@ from train import train_model
 from train.callbacks import BACKUP_FILES, remove_backup, training_callbacks
 from train.data import TrainError
 from train.log import append_run
-from train.run_folder import CONFIG_MARKS, start_run_dir
+from train.run_folder import CONFIG_MARKS, changed_settings, start_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,3 +201,15 @@ def test_a_resumed_run_keeps_its_training_settings(easy_data, tiny_model, tmp_pa
     assert (run_dir / "config.json").read_text() == config  # nothing written
     more = train_args(easy_data, tiny_model, run_dir, "--epochs", "2", "--workers", "2")
     assert train_model.main([*more, "--resume"]) == 0
+
+
+def test_a_resumed_runs_paths_compare_resolved_its_settings_as_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = {"noise_dir": "noise", "learning_rate": 0.001, "workers": 1}
+    same_folder = argparse.Namespace(noise_dir=tmp_path / "noise", learning_rate=0.001, workers=4)
+    assert changed_settings(config, same_folder) == []  # relative or not; workers may change
+    other = argparse.Namespace(noise_dir=tmp_path / "elsewhere", learning_rate=0.01, workers=1)
+    assert [change.split(":")[0] for change in changed_settings(config, other)] == [
+        "--noise-dir",
+        "--learning-rate",
+    ]
