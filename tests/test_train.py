@@ -44,6 +44,7 @@ from train.data import (
     SplitError,
     available_memory,
     place_on_accelerator,
+    predict_rows,
     split_recordings,
 )
 from train.log import best_epoch
@@ -128,6 +129,28 @@ def test_streamed_batches_equal_in_memory(easy_data):
         np.testing.assert_array_equal(ys, ym)
         np.testing.assert_array_equal(ys.argmax(axis=1), labels[index * 8 : index * 8 + 8])
     pickle.loads(pickle.dumps(streamed))[0]  # a worker process reopens the file itself
+
+
+def test_batches_over_several_devices_are_padded_and_predictions_trimmed(easy_data):
+    """JAX's DataParallel needs every batch divisible by the devices: 35 rows in batches of 8
+    over 4 devices end with 3 rows padded to 4 (the last one again), and predict_rows drops
+    the copy; from host memory and from a backend tensor alike."""
+    with h5py.File(easy_data) as h5:
+        rows = np.flatnonzero(h5["label"][...] >= 0)[5:40]
+        labels = h5["label"][...][rows]
+        x = read_rows(h5["X"], rows)
+    for source in (x, keras.ops.convert_to_tensor(x)):
+        batches = ChunkBatches(source, rows, labels, len(CLASSES), batch_size=8, multiple_of=4)
+        last_x, last_y = (keras.ops.convert_to_numpy(part) for part in batches[len(batches) - 1])
+        assert last_x.shape[0] == last_y.shape[0] == 4
+        np.testing.assert_array_equal(last_x, np.concatenate([x[32:], x[34:]]))
+        np.testing.assert_array_equal(last_y.argmax(axis=1), [*labels[32:], labels[34]])
+        assert all(len(batches[index][0]) == 8 for index in range(len(batches) - 1))
+        model = keras.Sequential(
+            [keras.Input(x.shape[1:]), keras.layers.Flatten(), keras.layers.Dense(2)]
+        )
+        predicted = predict_rows(model, batches)
+        np.testing.assert_allclose(predicted, model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)
 
 
 def test_batches_from_worker_processes_and_the_device_reach_the_model_in_order(easy_data):

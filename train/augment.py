@@ -210,8 +210,9 @@ class AugmentedBatches(ChunkBatches):
         )
         self.seed, self.epoch = int(kwargs.get("seed", 0)), 0
 
-    def __getitem__(self, index: int):
-        x, y = super().__getitem__(index)
+    def batch(self, index: int) -> tuple:
+        """Batch `index` augmented, before `padded`: (x, y) or (x, y, sample weights)."""
+        x, y = super().batch(index)
         x = host_array(x)
         positions = self.positions(index)
         rng = np.random.default_rng([self.seed, self.epoch, index])

@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from train.data import predict_rows
 from train.log import best_epoch
 from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
 
@@ -81,7 +82,7 @@ class MAPCallback(keras.callbacks.Callback):
         self.diverged = False  # the model's predictions went NaN (training stopped)
 
     def on_epoch_end(self, epoch, logs=None):
-        probs = self.model.predict(self.batches, verbose=0)
+        probs = predict_rows(self.model, self.batches)
         if not np.isfinite(probs).all():
             self.diverged = True
             # every val_ score of a diverged model means nothing (the argmax of NaN is class 0,

@@ -214,6 +214,9 @@ class ChunkBatches(keras.utils.PyDataset):
         (preprocess/workers.py's `RowReaders`; 1: read in the asking process). They split
         every batch, so they need not guess which one Keras asks for next (fit asks in a
         random order), and live as long as this object.
+    multiple_of: the devices each batch is split over (JAX's DataParallel needs every batch
+        divisible by them): a last batch short of a multiple is padded with copies of its
+        last chunk, which `predict_rows` drops again.
     kwargs: PyDataset's workers (threads) and max_queue_size.
     """
 
@@ -227,6 +230,7 @@ class ChunkBatches(keras.utils.PyDataset):
         shuffle: bool = False,
         seed: int = 0,
         readers: int = 1,
+        multiple_of: int = 1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -237,6 +241,7 @@ class ChunkBatches(keras.utils.PyDataset):
         self.labels = np.asarray(labels)
         self.n_classes, self.batch_size, self.shuffle = n_classes, batch_size, shuffle
         self.readers = readers if isinstance(self.source, Path) else 1
+        self.multiple_of = multiple_of
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(rows)) if shuffle else np.arange(len(rows))
         self._dataset: Dataset | None = None
@@ -247,12 +252,28 @@ class ChunkBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return -(-len(self.rows) // self.batch_size)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple:
+        return self.padded(self.batch(index))
+
+    def batch(self, index: int) -> tuple:
+        """Batch `index` as it is, before `padded`: (x, y)."""
         positions = self.positions(index)
         x = self.chunks(positions)
         y = np.zeros((len(positions), self.n_classes), dtype=np.float32)
         y[np.arange(len(positions)), self.labels[positions]] = 1
         return x, y
+
+    def padded(self, batch: tuple) -> tuple:
+        """Each array of batch with copies of its last row up to a multiple of multiple_of."""
+        missing = -len(batch[0]) % self.multiple_of
+        if not missing:
+            return batch
+        return tuple(
+            np.concatenate([part, np.repeat(part[-1:], missing, axis=0)])
+            if isinstance(part, np.ndarray)
+            else keras.ops.concatenate([part, keras.ops.repeat(part[-1:], missing, axis=0)])
+            for part in batch
+        )
 
     def positions(self, index: int) -> np.ndarray:
         """The sorted positions (indices into `rows`) of batch `index` this epoch."""
@@ -314,7 +335,18 @@ def read_errors_reported(*batches: ChunkBatches) -> Iterator[None]:
         raise
 
 
-def check_batch_size(dataset: Dataset, split: dict, batch_size: int) -> None:
+def predict_rows(model: keras.Model, batches: ChunkBatches) -> np.ndarray:
+    """model.predict of every chunk of batches, in order: (len(batches.rows), outputs), the
+    copies that padded the last batch (`ChunkBatches.padded`) dropped."""
+    return model.predict(batches, verbose=0)[: len(batches.rows)]
+
+
+def check_batch_size(dataset: Dataset, split: dict, batch_size: int, multiple_of: int) -> None:
+    if batch_size % multiple_of:
+        raise TrainError(
+            f"batch size {batch_size} does not split over {multiple_of} GPUs: give a "
+            f"--batch-size that is a multiple of {multiple_of}"
+        )
     training_chunks = int(dataset.recordings["n_chunks"][split["train"]].sum())
     if batch_size > training_chunks:
         raise TrainError(
@@ -336,6 +368,7 @@ class SplitData:
         args: argparse.Namespace,
         in_memory: bool,
         shuffle: bool,
+        multiple_of: int = 1,
     ):
         recordings = dataset.recordings
         self.recordings = which
@@ -354,16 +387,19 @@ class SplitData:
             seed=args.seed,
             readers=args.workers,  # processes for a streamed source (h5py: one call at a time)
             workers=1 if not in_memory else args.workers,  # threads for chunks in memory
+            multiple_of=multiple_of,
         )
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
-def load_splits(dataset: Dataset, split: dict, args: argparse.Namespace) -> dict[str, SplitData]:
+def load_splits(
+    dataset: Dataset, split: dict, args: argparse.Namespace, multiple_of: int = 1
+) -> dict[str, SplitData]:
     """The chunks of each split, in memory (--in-memory yes, or auto and they fit) or
     streamed from the file; batches of --batch-size, read by --workers, shuffled by --seed
-    (train only)."""
+    (train only), padded to a multiple of multiple_of (ChunkBatches)."""
     n_chunks = {name: int(dataset.recordings["n_chunks"][split[name]].sum()) for name in SPLITS}
     row_shape = dataset.X.shape[1:]
     n_rows = sum(n_chunks.values())
@@ -372,7 +408,7 @@ def load_splits(dataset: Dataset, split: dict, args: argparse.Namespace) -> dict
     )
     start = time.perf_counter()
     data = {
-        name: SplitData(dataset, split[name], args, in_memory, shuffle=name == "train")
+        name: SplitData(dataset, split[name], args, in_memory, name == "train", multiple_of)
         for name in SPLITS
     }
     for name in SPLITS:

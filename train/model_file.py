@@ -130,6 +130,13 @@ def accelerator_memory() -> int | None:
     return None
 
 
+def batch_multiple() -> int:
+    """What every batch's size must be a multiple of: the GPUs that JAX's DataParallel splits
+    it over (`data_parallel_scope`), else 1 (TensorFlow's MirroredStrategy takes any batch)."""
+    gpus = list_devices("gpu")
+    return len(gpus) if len(gpus) > 1 and keras.backend.backend() == "jax" else 1
+
+
 def data_parallel_scope():
     """Spread each batch over the GPUs when there are several, with the backend's own
     engine; a no-op with one device."""

@@ -36,7 +36,7 @@ from preprocess.extract import recording_chunks
 from preprocess.params import SpectrogramParams
 from train.augment import AugmentedBatches, AugmentSettings, quietest_chunks
 from train.callbacks import BEST, load_saved_model
-from train.data import SplitData, TrainError, read_errors_reported
+from train.data import SplitData, TrainError, predict_rows, read_errors_reported
 from train.log import write_text_atomically
 from train.metrics import POOLINGS, POWER_EXPONENT, mean_average_precision, recording_scores
 
@@ -260,6 +260,7 @@ def augmented_batches(
         seed=args.seed,
         readers=plain.readers,
         workers=plain.workers,
+        multiple_of=plain.multiple_of,
         settings=AugmentSettings(use=use),
         next_positions=np.where(same_next, np.arange(len(recording)) + 1, -1),
         first_of_recording=first,
@@ -581,7 +582,7 @@ def choose_inference(
         for name in candidates:
             model = load_saved_model(run_dir / name)
             with read_errors_reported(data["val"].batches):
-                probs = model.predict(data["val"].batches, verbose=0)
+                probs = predict_rows(model, data["val"].batches)
             chosen, maps = choose_pooling(probs, data["val"].chunk_recording, labels)
             if args.pooling != "auto":
                 chosen = args.pooling
@@ -593,7 +594,7 @@ def choose_inference(
     if len(test):
         model = load_saved_model(run_dir / model_file)
         with read_errors_reported(test.batches):
-            probs = model.predict(test.batches, verbose=0)
+            probs = predict_rows(model, test.batches)
         ids, pooled = recording_scores(probs, test.chunk_recording, pooling)
         extra["test_map"] = mean_average_precision(
             pooled, np.eye(probs.shape[1], dtype=bool)[labels[ids]]

@@ -33,7 +33,14 @@ from train.callbacks import (
     score_predictions,
     trim_history,
 )
-from train.data import SPLITS, SplitData, TrainError, read_errors_reported, split_recordings
+from train.data import (
+    SPLITS,
+    SplitData,
+    TrainError,
+    predict_rows,
+    read_errors_reported,
+    split_recordings,
+)
 from train.log import best_epoch, history_columns, model_columns, write_text_atomically
 from train.model_file import list_devices
 from train.thresholds import THRESHOLDS_FILE, save_validation_thresholds
@@ -298,7 +305,7 @@ def score_best_models(
             continue
         model = load_saved_model(path)
         with read_errors_reported(test.batches):
-            probs = model.predict(test.batches, verbose=0)
+            probs = predict_rows(model, test.batches)
         best = best_epoch(history[monitor], mode)
         scores["models"][path.stem] = {
             "epoch": best + 1,

@@ -77,6 +77,7 @@ from train.log import (
 from train.metrics import POOLINGS
 from train.model_file import (
     accelerator_memory,
+    batch_multiple,
     build_model_from_file,
     compile_model,
     data_parallel_scope,
@@ -119,8 +120,8 @@ def train(args: argparse.Namespace) -> dict:
         if resuming:
             check_resumed_run(run_dir, dataset, args)
         split = load_or_make_split(run_dir, dataset, args, resuming)
-        check_batch_size(dataset, split, args.batch_size)
-        data = load_splits(dataset, split, args)
+        check_batch_size(dataset, split, args.batch_size, batch_multiple())
+        data = load_splits(dataset, split, args, batch_multiple())
         # read before the model: its normalisation and the augmentation need the chunks
         sample = None
         if args.normalize == "dataset" or args.augment != "none":
