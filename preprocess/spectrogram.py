@@ -135,9 +135,8 @@ def log_spectrogram(
     nfft, n_bins = params.nfft, params.n_bins
     if params.frontend == "logmel":
         mel, n_columns = _mel_operator(params)
-    elif not 0 < n_bins <= nfft // 2 + 1:
-        raise ValueError(f"n_bins {n_bins} must be between 1 and nfft // 2 + 1")
     else:
+        check_psd_bins(params)
         n_columns = n_bins
     if samples.size < nfft:
         samples = np.pad(samples, (0, nfft - samples.size))
@@ -169,12 +168,19 @@ def check_front_end(params: SpectrogramParams) -> None:
     empty by too few bins. A command says so once, before any worker starts."""
     if params.frontend == "logmel":
         mel_filterbank(params)
-    elif not 0 < params.n_bins <= params.nfft // 2 + 1:
+    else:
+        check_psd_bins(params)
+    if params.noise_filter:
+        band_edges(params)
+
+
+def check_psd_bins(params: SpectrogramParams) -> None:
+    """ValueError unless the "psd2016" front end's n_bins lowest bins are among the
+    nfft // 2 + 1 that the FFT gives."""
+    if not 0 < params.n_bins <= params.nfft // 2 + 1:
         raise ValueError(
             f"{params.n_bins} bins, but nfft {params.nfft} gives {params.nfft // 2 + 1}"
         )
-    if params.noise_filter:
-        band_edges(params)
 
 
 @functools.lru_cache(maxsize=8)
