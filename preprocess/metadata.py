@@ -48,6 +48,7 @@ from preprocess.paths import (
     files_under,
     first_bytes,
     replace_atomically,
+    shown_name,
 )
 
 log = logging.getLogger(__name__)
@@ -127,11 +128,6 @@ def check_names(names: dict[str, str | None], source: str) -> None:
         problem = name_problem(value or "")
         if problem:
             raise MetadataError(f"{source}: {field_name} {value!r} {problem}")
-
-
-def show(name: str) -> str:
-    """A name to print on one line: quoted (escapes and all) when not printable as it is."""
-    return name if name.isprintable() else repr(name)
 
 
 def parse_birdclef_xml(xml: str | bytes, source: str = "<xml>") -> Recording:
@@ -350,15 +346,15 @@ def read_class_folders(root: str | Path) -> list[Recording]:
         relative = PurePosixPath(path.relative_to(root).as_posix())
         if relative.suffix.lower() not in AUDIO_SUFFIXES or is_ignored(relative):
             continue
-        if not path.is_file():  # a broken link, a folder named like audio
+        if not path.is_file():  # a broken link
             continue
         rel, label = relative.as_posix(), relative.parts[0]
         if label == rel:
-            log.warning("%s: audio file outside a class folder; left out", show(str(path)))
+            log.warning("%s: audio file outside a class folder; left out", shown_name(str(path)))
             continue
         problem = name_problem(rel)
         if problem:
-            log.warning("%s: the path %s; left out", show(str(path)), problem)
+            log.warning("%s: the path %s; left out", shown_name(str(path)), problem)
             continue
         recordings.append(
             Recording(
@@ -399,12 +395,12 @@ def match_audio(
             present.append(replace(recording, file=on_disk[recording.file]))
         else:
             messages.append(
-                f"{show(str(wav_dir / recording.file))}: no wav for MediaId "
+                f"{shown_name(str(wav_dir / recording.file))}: no wav for MediaId "
                 f"{recording.media_id}; left out"
             )
     referenced = {recording.file for recording in recordings}
     messages += [
-        f"{show(str(wav_dir / on_disk[name]))}: wav without metadata; ignored"
+        f"{shown_name(str(wav_dir / on_disk[name]))}: wav without metadata; ignored"
         for name in sorted(on_disk.keys() - referenced)
     ]
     return present, messages

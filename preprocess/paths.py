@@ -1,5 +1,6 @@
 """Output paths that never destroy an input: one check shared by every command, and the
-file helpers every command writes and lists through (`replace_atomically`, `files_under`).
+file helpers every command writes, lists and names files through (`replace_atomically`,
+`files_under`, `shown_name`).
 
 A command refuses to write to a path that is one of its inputs (or a link to one), a folder,
 or an existing file of another kind than the command writes: `predict.py --out clips/x.wav`
@@ -139,3 +140,9 @@ def files_under(root: Path) -> list[Path]:
         subfolders.sort()  # which of two links to one folder counts: the same every time
         found += [Path(folder, name) for name in files]
     return sorted(found)
+
+
+def shown_name(name: str) -> str:
+    """A file name to print on one line: quoted (escapes and all) when it holds a newline or
+    other character that is not printable."""
+    return name if name.isprintable() else repr(name)

@@ -69,7 +69,7 @@ from preprocess.audio import (
 )
 from preprocess.cli import at_least, most_workers, run_command
 from preprocess.params import SpectrogramParams
-from preprocess.paths import files_under
+from preprocess.paths import files_under, shown_name
 
 TARGET_RATE = SpectrogramParams().sample_rate
 SOX_ONLY_SUFFIXES = AUDIO_SUFFIXES - WAV_SUFFIXES
@@ -162,11 +162,6 @@ def plan(conversions: list[Conversion], sox: bool) -> tuple[list[Conversion], in
     return todo, already_done, failed
 
 
-def _show(name: str) -> str:
-    """A file name to print on one line: quoted when it holds a newline or other control."""
-    return name if name.isprintable() else repr(name)
-
-
 def resample_files(
     conversions: list[Conversion],
     jobs: int,
@@ -208,11 +203,11 @@ def resample_files(
             reason, warnings = future.result()
             if reason:
                 failed.append((name, reason))
-                print(f"FAILED {_show(name)}: {reason}", file=sys.stderr, flush=True)
+                print(f"FAILED {shown_name(name)}: {reason}", file=sys.stderr, flush=True)
             else:
                 converted += 1
                 if warnings:
-                    print(f"warning: {_show(name)}: {warnings}", file=sys.stderr, flush=True)
+                    print(f"warning: {shown_name(name)}: {warnings}", file=sys.stderr, flush=True)
             if done % step == 0 or done == len(todo):
                 print(f"progress: {done}/{len(todo)}", file=out, flush=True)
     finally:
@@ -226,7 +221,7 @@ def resample_files(
     if failed:
         print("failed (skipped):", file=out)
         for name, reason in failed:
-            print(f"  {_show(name)}: {reason}", file=out)
+            print(f"  {shown_name(name)}: {reason}", file=out)
     return failed
 
 
