@@ -37,7 +37,12 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from predict.runfile import AtomicTextWriter, RunEntry  # noqa: E402
-from preprocess.paths import check_output, first_bytes, first_line  # noqa: E402
+from preprocess.paths import (  # noqa: E402
+    check_output,
+    first_bytes,
+    first_line,
+    replace_atomically,
+)
 
 PER_CLASS_COLUMNS = ("class", "ap", "precision", "recall", "f1", "support")
 CONFUSION_CORNER = "true \\ top-1"
@@ -140,9 +145,7 @@ def write_csv(path: Path, rows: Sequence[Sequence[str]]) -> None:
 def save_png(figure: plt.Figure, path: Path) -> None:
     """figure as a PNG at path, written whole or not at all, and closed."""
     try:
-        with AtomicTextWriter(path) as out:  # a temporary file, moved onto path once written
-            # savefig writes bytes: into the binary file under the (unused) text layer
-            figure.savefig(out.file.buffer, format="png", dpi=100)
+        replace_atomically(path, lambda file: figure.savefig(file, format="png", dpi=100), "wb")
     finally:
         plt.close(figure)
 
