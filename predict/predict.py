@@ -340,10 +340,9 @@ def resample_items(
     # predictions whose --out share a folder share this cache: one resamples into it at a
     # time, or each could move the other's half-written file into place
     with filelock.FileLock(target / ".lock"):
-        conversions_failed = resample.resample_files(
-            [*conversions.values()], workers, target, out=sys.stderr
+        failed = dict(
+            resample.resample_files([*conversions.values()], workers, target, out=sys.stderr)
         )
-    failed = dict(conversions_failed)
     ready, skipped = [], []
     for item, name in zip(items, names, strict=True):
         conversion = conversions.get(name)

@@ -120,8 +120,9 @@ def train(args: argparse.Namespace) -> dict:
         if resuming:
             check_resumed_run(run_dir, dataset, args)
         split = load_or_make_split(run_dir, dataset, args, resuming)
-        check_batch_size(dataset, split, args.batch_size, batch_multiple())
-        data = load_splits(dataset, split, args, batch_multiple())
+        multiple = batch_multiple()  # the GPUs a batch is split over (JAX)
+        check_batch_size(dataset, split, args.batch_size, multiple)
+        data = load_splits(dataset, split, args, multiple)
         # read before the model: its normalisation and the augmentation need the chunks
         sample = None
         if args.normalize == "dataset" or args.augment != "none":
