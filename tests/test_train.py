@@ -329,6 +329,16 @@ def trained_run(easy_data, tiny_model, tmp_path_factory):
     return run_dir
 
 
+def test_a_batch_larger_than_the_data_trains_as_one_batch(easy_data, tiny_model, tmp_path, caplog):
+    out = tmp_path / "run"
+    argv = train_args(easy_data, tiny_model, out, "--epochs", "1", "--batch-size", "1000")
+    assert train_model.main(argv) == 0
+    assert "batch size 1000 is larger than the" in caplog.text
+    assert json.loads((out / "config.json").read_text())["batch_size"] == 1000  # as asked
+    with (out / "history.csv").open() as file:
+        assert len(list(csv.DictReader(file))) == 1
+
+
 def test_run_learns_the_easy_problem(trained_run):
     with (trained_run / "history.csv").open() as file:
         history = list(csv.DictReader(file))
@@ -503,7 +513,6 @@ def test_resume_continues_from_the_last_finished_epoch(
         ("other format", "format 'other'"),
         ("no build_model", "defines no build_model"),
         ("wrong output", "outputs shape (None, 7), but the data has 4 classes"),
-        ("big batch", "batch size 1000 is larger than the"),
         ("run exists", "already holds a training run: add --resume"),
         ("few recordings", "too few"),
         ("damaged row", "row 3 of X in"),
@@ -538,8 +547,6 @@ def test_bad_input_gives_a_clear_message(
         name = "make_model" if change == "no build_model" else "build_model"
         model.write_text(TINY_MODEL.replace("n_classes, activation", f"{size}, activation")
                          .replace("build_model", name))  # fmt: skip
-    elif change == "big batch":
-        extra = ["--batch-size", "1000"]
     elif change == "run exists":
         out = trained_run
     elif change == "few recordings":

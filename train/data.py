@@ -342,16 +342,20 @@ def predict_rows(model: keras.Model, batches: ChunkBatches) -> np.ndarray:
 
 
 def check_batch_size(dataset: Dataset, split: dict, batch_size: int, multiple_of: int) -> None:
+    """Refuse a batch size the GPUs cannot split; warn of one larger than the training data
+    (a few recordings, trying the tool out), which then trains in one batch an epoch."""
     if batch_size % multiple_of:
         raise TrainError(
             f"batch size {batch_size} does not split over {multiple_of} GPUs: give a "
             f"--batch-size that is a multiple of {multiple_of}"
         )
     training_chunks = int(dataset.recordings["n_chunks"][split["train"]].sum())
-    if batch_size > training_chunks:
-        raise TrainError(
-            f"batch size {batch_size} is larger than the {training_chunks} training "
-            f"chunks: give --batch-size {training_chunks} or less"
+    if batch_size > training_chunks:  # each split's batches hold at most its chunks
+        logger.warning(
+            "batch size %d is larger than the %d training chunks: each epoch is one batch of "
+            "all of them",
+            batch_size,
+            training_chunks,
         )
 
 
