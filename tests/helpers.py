@@ -11,6 +11,8 @@ import numpy as np
 from preprocess.dataset import DatasetInfo, DatasetWriter, RecordingChunks, compress_chunks
 from preprocess.params import SpectrogramParams
 
+SKIPPED_FOLDERS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}  # tools' caches
+
 
 def write_dataset(path: str | os.PathLike, info: DatasetInfo, items: list[RecordingChunks]):
     """Write recordings `items` (in order) as one complete dataset file at path, at once
@@ -93,3 +95,25 @@ def still_running(pids: list[int], seconds: float) -> list[int]:
         if not pids or time.monotonic() > give_up:
             return pids
         time.sleep(0.05)
+
+
+def tree_state(root: Path) -> dict[str, tuple]:
+    """Every entry under root (relative path -> kind, size, mtime), links not followed."""
+    state = {}
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [name for name in subfolders if name not in SKIPPED_FOLDERS]
+        for name in subfolders + files:
+            path = Path(folder, name)
+            info = path.lstat()
+            kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
+            size = 0 if kind == "dir" else info.st_size  # a folder's size and time change
+            mtime = 0 if kind == "dir" else info.st_mtime_ns  # with its entries: those count
+            state[str(path.relative_to(root))] = (kind, size, mtime)
+    return state
+
+
+def changes(before: dict, after: dict) -> list[str]:
+    """Paths created, changed or removed between two tree_state()s."""
+    return sorted(
+        path for path in before.keys() | after.keys() if before.get(path) != after.get(path)
+    )

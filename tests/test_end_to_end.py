@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -10,11 +11,15 @@ import pytest
 
 from predict.runfile import read_run_file
 from preprocess.metadata import read_birdclef_xml_dir
+from tests.helpers import changes, tree_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def doall(tmp_path: Path) -> str:
+    """The tiny demo job into tmp_path; its temporary files go to tmp_path/tmp."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    environment = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
     command = [
         str(ROOT / "doall.sh"),
         "--tiny",
@@ -27,7 +32,7 @@ def doall(tmp_path: Path) -> str:
         "--train-args",  # a path with a space, kept whole through doall's quoting
         f"--runs-table '{tmp_path / 'runs table' / 'all runs.csv'}'",
     ]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
@@ -35,7 +40,11 @@ def doall(tmp_path: Path) -> str:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("doall")
-    return tmp_path, doall(tmp_path)
+    project = tree_state(ROOT)
+    output = doall(tmp_path)
+    assert changes(project, tree_state(ROOT)) == []  # all went where the options said
+    assert list((tmp_path / "tmp").iterdir()) == []
+    return tmp_path, output
 
 
 def test_every_stage_leaves_its_output(finished):

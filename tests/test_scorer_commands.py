@@ -16,32 +16,10 @@ from scipy.io import wavfile
 from preprocess.audio import to_sample_rate
 from preprocess.make_demo_dataset import SAMPLE_RATE, SPECIES, make_recording
 from preprocess.workers import HANDOFF_PREFIX, MEMORY_FOLDER
+from tests.helpers import changes, tree_state
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIPPED = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}  # tools' own caches
 TRAIN_PER_CLASS, TEST_PER_CLASS, N_CLASSES = 4, 1, 3
-
-
-def tree_state(root: Path) -> dict[str, tuple]:
-    """Every entry under root (relative path -> kind, size, mtime), links not followed."""
-    state = {}
-    for folder, subfolders, files in os.walk(root):
-        subfolders[:] = [name for name in subfolders if name not in SKIPPED]
-        for name in subfolders + files:
-            path = Path(folder, name)
-            info = path.lstat()
-            kind = "link" if path.is_symlink() else "dir" if path.is_dir() else "file"
-            size = 0 if kind == "dir" else info.st_size  # a folder's size and time change
-            mtime = 0 if kind == "dir" else info.st_mtime_ns  # with its entries: those count
-            state[str(path.relative_to(root))] = (kind, size, mtime)
-    return state
-
-
-def changes(before: dict, after: dict) -> list[str]:
-    """Paths created, changed or removed between two tree_state()s."""
-    return sorted(
-        path for path in before.keys() | after.keys() if before.get(path) != after.get(path)
-    )
 
 
 def write_task(folder: Path) -> None:
