@@ -1,6 +1,6 @@
 """Output paths that never destroy an input: one check shared by every command, and the
 file helpers every command writes, lists and names files through (`replace_atomically`,
-`files_under`, `shown_name`).
+`write_text_atomically`, `files_under`, `shown_name`).
 
 A command refuses to write to a path that is one of its inputs (or a link to one), a folder,
 or an existing file of another kind than the command writes: `predict.py --out clips/x.wav`
@@ -126,6 +126,18 @@ def replace_atomically(path: Path, write: Callable[[IO], None], mode: str) -> No
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """path.write_text(text) in UTF-8, whole or not at all (`replace_atomically`): a kill or
+    a full disk never leaves a run file cut short."""
+    replace_atomically(path, lambda file: file.write(text), "w")
+
+
+def is_partial_of(name: str, target: str) -> bool:
+    """Whether a file name is one of `replace_atomically`'s temporary files for `target`
+    (left behind only by a kill)."""
+    return name.startswith(f".{target}.") and name.endswith(".partial")
 
 
 def files_under(root: Path) -> list[Path]:

@@ -77,7 +77,7 @@ def test_new_empty_and_own_folders_are_taken(tmp_path):
     assert start_run_dir(tmp_path / "new", resume=True) is False
     assert start_run_dir(tmp_path, resume=False) is False
     left = tmp_path / "start killed while writing config.json"
-    write_files(left, {".lock": "123\n", ".config.json.partial": '{"epo'})
+    write_files(left, {".lock": "123\n", ".config.json.123-0a1b2c3d.partial": '{"epo'})
     assert start_run_dir(left, resume=True) is False
 
     run = tmp_path / "run"

@@ -28,6 +28,7 @@ from preprocess.dataset import (
     compress_chunks,
     read_rows,
 )
+from preprocess.paths import write_text_atomically
 from preprocess.workers import RowReaders, WorkerLost
 from tests.helpers import (
     CLASSES,
@@ -814,20 +815,18 @@ def test_generate_images_keeps_ids_from_the_data_inside_the_output(tmp_path, cap
 
 
 def test_run_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
-    from train.log import write_text_atomically
-
     path = tmp_path / "classes.json"
     write_text_atomically(path, '{"classes": ["a", "b"]}\n')
-    write_text = Path.write_text
+    replace = os.replace
 
-    def full_disk(self, text, *args, **kwargs):
-        write_text(self, text[:5])
+    def full_disk(source, target):
+        Path(source).write_text(Path(source).read_text()[:5])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", full_disk)
+    monkeypatch.setattr(os, "replace", full_disk)
     with pytest.raises(OSError, match="No space left"):
         write_text_atomically(path, '{"classes": ["a", "b", "c"]}\n')
-    monkeypatch.undo()
+    monkeypatch.setattr(os, "replace", replace)
     assert json.loads(path.read_text()) == {"classes": ["a", "b"]}
     assert [p.name for p in tmp_path.iterdir()] == ["classes.json"]  # nothing partial left
 

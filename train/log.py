@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import importlib.util
 import logging
-import os
 from pathlib import Path
 from typing import IO
 
@@ -99,19 +98,6 @@ def history_columns(history: dict[str, np.ndarray]) -> dict[str, float]:
     if "epoch_seconds" in history:
         columns["train_seconds"] = float(np.nansum(history["epoch_seconds"]))
     return columns
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """path.write_text(text), whole or not at all: written beside it under a temporary name
-    (with the umask's mode, like any file) and renamed, so a kill or a full disk never leaves
-    a truncated run file."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 class RunsTableError(ValueError):

@@ -34,10 +34,10 @@ from preprocess.audio import AudioError
 from preprocess.dataset import Dataset
 from preprocess.extract import recording_chunks
 from preprocess.params import SpectrogramParams
+from preprocess.paths import write_text_atomically
 from train.augment import AugmentedBatches, AugmentSettings, quietest_chunks
 from train.callbacks import BEST, load_saved_model
 from train.data import SplitData, TrainError, predict_rows, read_errors_reported
-from train.log import write_text_atomically
 from train.metrics import POOLINGS, POWER_EXPONENT, mean_average_precision, recording_scores
 
 logger = logging.getLogger(__name__)

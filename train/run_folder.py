@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from preprocess.dataset import Dataset
+from preprocess.paths import is_partial_of, write_text_atomically
 from train.callbacks import (
     BACKUP,
     BEST,
@@ -41,7 +42,7 @@ from train.data import (
     read_errors_reported,
     split_recordings,
 )
-from train.log import best_epoch, history_columns, model_columns, write_text_atomically
+from train.log import best_epoch, history_columns, model_columns
 from train.model_file import list_devices
 from train.thresholds import THRESHOLDS_FILE, save_validation_thresholds
 
@@ -75,9 +76,9 @@ CONFIG = "config.json"  # the first run file written: it marks the folder as a r
 # what write_run_files adds to the options in config.json, so a config.json of anything else
 # is not taken for a run's
 CONFIG_MARKS = ("backend", "keras_version", "devices", "started")
-# what a start leaves in a folder before config.json: the run lock train_model.main takes,
-# and a config.json cut short (write_text_atomically's partial file)
-BEFORE_CONFIG = {".lock", f".{CONFIG}.partial"}
+# what a start leaves in a folder before config.json: the run lock train_model.main takes
+# (and, after a kill, a temporary config.json: `is_partial_of`)
+BEFORE_CONFIG = {".lock"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,7 +113,8 @@ def check_trainer_may_write(run_dir: Path) -> None:
     history.csv or backup/."""
     if not run_dir.exists():
         return
-    if {entry.name for entry in run_dir.iterdir()} <= BEFORE_CONFIG:
+    names = {entry.name for entry in run_dir.iterdir()}
+    if {name for name in names if not is_partial_of(name, CONFIG)} <= BEFORE_CONFIG:
         return
     if not is_run_config(run_dir / CONFIG):
         raise TrainError(

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.paths import write_text_atomically
+
 THRESHOLDS_FILE = "thresholds.json"
 FALLBACK_THRESHOLD = 0.5  # no validation positives: a detection needs a majority probability
 RULE = (
@@ -104,8 +106,6 @@ def choose_thresholds(
 def write_thresholds(
     path: Path, chosen: dict[str, dict], model_file: str, fallback: float = FALLBACK_THRESHOLD
 ) -> None:
-    from train.log import write_text_atomically  # matplotlib: only when training writes
-
     document = {"model_file": model_file, "rule": RULE, "fallback": fallback, "classes": chosen}
     write_text_atomically(path, json.dumps(document, indent=1) + "\n")
 

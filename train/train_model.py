@@ -47,6 +47,7 @@ import numpy as np
 
 from preprocess.cli import at_least, between, command_parser, most_workers, run_command
 from preprocess.dataset import DatasetError, RunLocked, exclusive_run, open_dataset
+from preprocess.paths import write_text_atomically
 from preprocess.workers import WorkerLost
 from train import recipe
 from train.augment import AUGMENTATIONS
@@ -72,7 +73,6 @@ from train.log import (
     append_run,
     check_runs_table,
     plot_history,
-    write_text_atomically,
 )
 from train.metrics import POOLINGS
 from train.model_file import (
