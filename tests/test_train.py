@@ -831,6 +831,23 @@ def test_run_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["classes.json"]  # nothing partial left
 
 
+def test_a_kill_after_fit_still_leaves_the_final_model(
+    easy_data, tiny_model, tmp_path, monkeypatch
+):
+    def killed(*args):
+        raise KeyboardInterrupt  # as a kill right after fit() ended
+
+    run_dir = tmp_path / "run"
+    argv = train_args(easy_data, tiny_model, run_dir, "--epochs", "2", "--inference-model", "final")
+    monkeypatch.setattr(train_model, "write_training_done", killed)
+    assert train_model.main(argv) != 0  # "error: interrupted"
+    assert (run_dir / "final.keras").is_file() and not (run_dir / "training_done.json").exists()
+    monkeypatch.undo()
+    assert train_model.main([*argv, "--resume"]) == 0
+    assert (run_dir / "training_done.json").is_file()
+    assert json.loads((run_dir / "inference.json").read_text())["model_file"] == "final.keras"
+
+
 def test_resuming_a_run_with_a_damaged_classes_or_split_file_is_an_error_line(
     trained_run, tmp_path, capsys
 ):

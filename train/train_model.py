@@ -185,8 +185,10 @@ def train(args: argparse.Namespace) -> dict:
                     # a progress bar on a terminal, else a line per epoch
                     verbose=1 if sys.stdout.isatty() else 2,
                 )
-            write_training_done(run_dir, callbacks)
+            # final.keras first: a kill between the two then resumes into a finished fit and
+            # saves it again, where the other order would leave the run without it for good
             recipe.save_final_model(model, run_dir, args.inference_model, map_callback.diverged)
+            write_training_done(run_dir, callbacks)
 
         # the model and pooling prediction uses; test scores, thresholds, curves, runs table
         history = read_history(run_dir / HISTORY)
