@@ -90,6 +90,29 @@ def test_new_empty_and_own_folders_are_taken(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "link",
+    ["history.csv", ".best_val_map.partial.keras", "backup/latest.weights.h5", "logs/train"],
+)
+def test_a_run_folder_holding_a_link_is_refused(tmp_path, link):
+    """A run folder received from someone else, with a link planted where training writes."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "file").write_text("the user's")
+    run = tmp_path / "run"
+    write_files(run, {"config.json": RUN_CONFIG, "history.csv": "epoch,loss\n0,1.5\n"})
+    (run / link).unlink(missing_ok=True)
+    (run / link).parent.mkdir(parents=True, exist_ok=True)
+    (run / link).symlink_to(victim if link == "logs/train" else victim / "file")
+    with pytest.raises(TrainError, match=f"holds a link, {run / link}"):
+        start_run_dir(run, resume=True)
+    assert (victim / "file").read_text() == "the user's"
+    (tmp_path / "on another disk").mkdir()
+    linked_run = tmp_path / "linked run"
+    linked_run.symlink_to(tmp_path / "on another disk")  # --out itself may be a link
+    assert start_run_dir(linked_run, resume=True) is False
+
+
+@pytest.mark.parametrize(
     "config",
     ["", "[1, 2]", "not json", json.dumps({mark: "" for mark in CONFIG_MARKS[:-1]})],
     ids=["empty", "a list", "not json", "a mark missing"],

@@ -19,6 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from preprocess.paths import write_text_atomically
 from train.data import predict_rows
 from train.log import best_epoch
 from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
@@ -132,7 +133,9 @@ class BestCheckpoint(keras.callbacks.Callback):
 
 
 def save_model_atomically(model: keras.Model, path: Path, partial: Path) -> None:
-    """model.save(path), written as `partial` (a .keras name) and renamed once on disk."""
+    """model.save(path), written as `partial` (a .keras name) and renamed once on disk; a
+    `partial` left by a kill is removed first (a link there too, never what it points to)."""
+    partial.unlink(missing_ok=True)
     try:
         model.save(partial, overwrite=True)
         with open(partial, "rb") as written:
@@ -311,4 +314,4 @@ def trim_history(path: Path, n_epochs: int) -> None:
     with path.open(newline="") as file:
         lines = file.readlines()
     if len(lines) > n_epochs + 1:
-        path.write_text("".join(lines[: n_epochs + 1]))
+        write_text_atomically(path, "".join(lines[: n_epochs + 1]))

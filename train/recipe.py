@@ -36,7 +36,7 @@ from preprocess.extract import recording_chunks
 from preprocess.params import SpectrogramParams
 from preprocess.paths import write_text_atomically
 from train.augment import AugmentedBatches, AugmentSettings, quietest_chunks
-from train.callbacks import BEST, load_saved_model
+from train.callbacks import BEST, load_saved_model, save_model_atomically
 from train.data import SplitData, TrainError, predict_rows, read_errors_reported
 from train.metrics import POOLINGS, POWER_EXPONENT, mean_average_precision, recording_scores
 
@@ -552,9 +552,8 @@ def save_final_model(
         if diverged:
             logger.warning("training diverged (predictions not finite): no %s written", FINAL)
             return
-        partial = run_dir / f"{FINAL}.part.keras"
-        model.save(partial)
-        partial.replace(run_dir / FINAL)
+        partial = run_dir / f".{Path(FINAL).stem}.partial.keras"  # as the best checkpoints' own
+        save_model_atomically(model, run_dir / FINAL, partial)
 
 
 def choose_inference(

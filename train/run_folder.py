@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -113,6 +114,7 @@ def check_trainer_may_write(run_dir: Path) -> None:
     history.csv or backup/."""
     if not run_dir.exists():
         return
+    check_no_links(run_dir)
     names = {entry.name for entry in run_dir.iterdir()}
     if {name for name in names if not is_partial_of(name, CONFIG)} <= BEFORE_CONFIG:
         return
@@ -122,6 +124,21 @@ def check_trainer_may_write(run_dir: Path) -> None:
             "train_model.py): choose a new or empty --out, as training would overwrite or "
             "delete files in it"
         )
+
+
+def check_no_links(run_dir: Path) -> None:
+    """Refuse a run folder holding a link at any depth (the folder itself may be one): the
+    trainer writes, truncates and appends to files of fixed names there (history.csv, the
+    checkpoints and their temporary files, backup/, logs/), and a link planted at one of them,
+    in a run folder received from someone else, say, would send those writes elsewhere."""
+    for folder, subfolders, files in os.walk(run_dir):
+        for name in subfolders + files:
+            if os.path.islink(os.path.join(folder, name)):
+                raise TrainError(
+                    f"{run_dir} holds a link, {Path(folder, name)}: training writes only real "
+                    "files into its run folder (replace the link by what it points to, or "
+                    "choose another --out)"
+                )
 
 
 def is_run_config(path: Path) -> bool:
