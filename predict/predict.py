@@ -59,7 +59,6 @@ from predict.runfile import (  # noqa: E402
     RunFileWriter,
     SoundscapeWriter,
     check_class_ids,
-    field_problem,
     looks_like_run_file,
     top_classes,
 )
@@ -67,7 +66,12 @@ from preprocess import resample  # noqa: E402
 from preprocess.audio import AudioError, pcm16_mono_header, streamable_seconds  # noqa: E402
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
 from preprocess.extract import recording_chunks, whole_recording_chunks  # noqa: E402
-from preprocess.metadata import AUDIO_SUFFIXES, MetadataError, read_birdclef_xml_dir  # noqa: E402
+from preprocess.metadata import (  # noqa: E402
+    AUDIO_SUFFIXES,
+    MetadataError,
+    field_problem,
+    read_birdclef_xml_dir,
+)
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.paths import OutputPathError, check_output, first_line, is_zip_with  # noqa: E402
 from preprocess.spectrogram import STREAM_SECONDS  # noqa: E402

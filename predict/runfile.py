@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from preprocess.metadata import field_problem
 from preprocess.paths import first_line
 
 MAX_RANK = 100  # the official evaluator's limit of returned species per recording
@@ -44,25 +45,6 @@ def top_classes(probs: np.ndarray, top_k: int) -> np.ndarray:
     """Column indices of the top_k largest probs (n_classes,), highest first, ties by column."""
     order = np.argsort(-np.asarray(probs, dtype=np.float64), kind="stable")
     return order[:top_k]
-
-
-def field_problem(text: str) -> str | None:
-    """Why text cannot be a MediaId or ClassId field of a run file line; None when it can.
-
-    The evaluator splits lines at ';' and line breaks and strips each field, so such a name
-    would make the whole run file invalid (or name another recording).
-    """
-    if not text:
-        return "is empty"
-    if any("\udc80" <= char <= "\udcff" for char in text):  # undecodable bytes of a file name
-        return "is not valid UTF-8"
-    if ";" in text:
-        return "holds ';', the run file's field separator"
-    if not text.isprintable():
-        return "holds a line break, tab or other non-printing character"
-    if text != text.strip():
-        return "starts or ends with white space"
-    return None
 
 
 def looks_like_run_file(path: Path) -> bool:

@@ -122,12 +122,42 @@ def name_problem(text: str) -> str | None:
     return None
 
 
+def field_problem(text: str) -> str | None:
+    """Why text cannot be a MediaId or ClassId field of a run file line; None when it can.
+
+    The evaluator splits lines at ';' and line breaks and strips each field, so such a name
+    would make the whole run file invalid (or name another recording).
+    """
+    if not text:
+        return "is empty"
+    if any("\udc80" <= char <= "\udcff" for char in text):  # undecodable bytes of a file name
+        return "is not valid UTF-8"
+    if ";" in text:
+        return "holds ';', the run file's field separator"
+    if not text.isprintable():
+        return "holds a line break, tab or other non-printing character"
+    if text != text.strip():
+        return "starts or ends with white space"
+    return None
+
+
 def check_names(names: dict[str, str | None], source: str) -> None:
     """Raise MetadataError naming source and the first field whose value has a name_problem."""
     for field_name, value in names.items():
         problem = name_problem(value or "")
         if problem:
             raise MetadataError(f"{source}: {field_name} {value!r} {problem}")
+
+
+def check_class_name(field_name: str, class_id: str | None, source: str) -> None:
+    """Raise MetadataError for a class name that a run file cannot hold (`field_problem`): a
+    run trained on it could never write its predictions."""
+    problem = field_problem(class_id) if class_id else None
+    if problem:
+        raise MetadataError(
+            f"{source}: {field_name} {class_id!r} {problem}; a class name must fit a run file "
+            "line (MediaId;ClassId;Probability;Rank)"
+        )
 
 
 def parse_birdclef_xml(xml: str | bytes, source: str = "<xml>") -> Recording:
@@ -140,6 +170,10 @@ def parse_birdclef_xml(xml: str | bytes, source: str = "<xml>") -> Recording:
     root = next(iter(document))
     if root != "Audio" or not isinstance(document[root], dict):
         raise MetadataError(f"{source}: expected an <Audio> element with fields, got <{root}>")
+    repeated = [name for name in ("MediaId", "FileName", "ClassId")
+                if isinstance(document[root].get(name), list)]  # fmt: skip
+    if repeated:
+        raise MetadataError(f"{source}: <{repeated[0]}> appears more than once")
     fields = {name: _text(value) for name, value in document[root].items()}
     missing = [name for name in ("MediaId", "FileName") if not fields.get(name)]
     if missing:
@@ -151,6 +185,7 @@ def parse_birdclef_xml(xml: str | bytes, source: str = "<xml>") -> Recording:
         except ValueError:
             raise MetadataError(f"{source}: Quality {quality!r} is not a whole number") from None
     check_names({name: fields.get(name) for name in ("MediaId", "FileName", "ClassId")}, source)
+    check_class_name("ClassId", fields.get("ClassId"), source)
     genus, species = fields.get("Genus"), fields.get("Species")
     return Recording(
         media_id=fields["MediaId"],
@@ -176,6 +211,7 @@ def parse_csv_row(row: dict[str, str | None], source: str = "<csv>") -> Recordin
     label = (row.get("label") or "").strip() or None
     media_id = (row.get("media_id") or "").strip()
     check_names({"'file'": file, "'label'": label, "'media_id'": media_id}, source)
+    check_class_name("'label'", label, source)
     wav = wav_name(file, source)
     return Recording(
         media_id=media_id or PurePosixPath(wav).stem,
@@ -312,6 +348,8 @@ def csv_rows(text: str, source: str) -> tuple[list[str], list[tuple[str, dict]]]
 def read_csv(csv_path: str | Path) -> list[Recording]:
     """A CSV with columns file,label[,media_id][,background] -> recordings, in file order."""
     csv_path = Path(csv_path)
+    if csv_path.exists() and not csv_path.is_file():  # a folder, a pipe or a device
+        raise MetadataError(f"{csv_path}: not a regular file")
     try:
         text = csv_path.read_text("utf-8-sig")  # a spreadsheet's byte-order mark is dropped
     except (OSError, UnicodeDecodeError) as error:
@@ -355,6 +393,15 @@ def read_class_folders(root: str | Path) -> list[Recording]:
         problem = name_problem(rel)
         if problem:
             log.warning("%s: the path %s; left out", shown_name(str(path)), problem)
+            continue
+        problem = field_problem(label)
+        if problem:
+            log.warning(
+                "%s: the class folder name %r %s, which a run file cannot hold; left out",
+                shown_name(str(path)),
+                label,
+                problem,
+            )
             continue
         recordings.append(
             Recording(

@@ -120,6 +120,14 @@ def test_2017_xml_with_country_and_no_background_field():
         ("<Audio><MediaId>1</MediaId><FileName>/</FileName></Audio>", "'/' names no file"),
         ("<Audio><MediaId>1</MediaId><FileName>a&#10;b</FileName></Audio>", "line break"),
         (
+            "<Audio><MediaId>1</MediaId><MediaId>2</MediaId><FileName>a</FileName></Audio>",
+            "<MediaId> appears more than once",
+        ),
+        (
+            "<Audio><MediaId>1</MediaId><FileName>a</FileName><ClassId>x;y</ClassId></Audio>",
+            "ClassId 'x;y' holds ';'.*must fit a run file line",
+        ),
+        (
             b'<?xml version="1.0" encoding="klingon"?><Audio><MediaId>1</MediaId></Audio>',
             "malformed XML.*unknown encoding",
         ),
@@ -204,6 +212,7 @@ def test_csv_with_optional_columns(tmp_path):
         ('file,label\nz.wav,q\n"a.wav,x\n' + "b.wav,y\n" * 20_000, "line 3: field larger"),
         ("file,label\n..,x\n", "line 2: file name '..' names no file"),
         ("file,label\n/,x\n", "line 2: file name '/' names no file"),
+        ("file,label\na.wav,x;y\n", "line 2: 'label' 'x;y' holds ';'"),
     ],
 )
 def test_bad_csv_is_an_error_naming_the_file(tmp_path, text, message):
@@ -211,6 +220,13 @@ def test_bad_csv_is_an_error_naming_the_file(tmp_path, text, message):
     with pytest.raises(MetadataError, match=message) as error:
         read_csv(path)
     assert "labels.csv" in str(error.value)
+
+
+def test_a_csv_that_is_a_pipe_or_a_device_is_refused_not_read(tmp_path):
+    os.mkfifo(tmp_path / "labels.csv")  # reading it would wait for a writer forever
+    for path in (tmp_path / "labels.csv", Path("/dev/zero"), tmp_path):
+        with pytest.raises(MetadataError, match="not a regular file"):
+            read_csv(path)
 
 
 def test_class_folders(tmp_path, caplog):
@@ -235,6 +251,7 @@ def test_class_folders_ignore_hidden_and_macosx_and_skip_unstorable_names(tmp_pa
         "__MACOSX/owl/._a.wav",
         ".ipynb_checkpoints/c.wav",
         "lark/line\nbreak.wav",
+        "sem;colon/d.wav",
     ]:
         write(tmp_path / name, "")
     windows_zip_name = os.fsencode(tmp_path / "lark") + b"/caf\xe9.wav"  # Latin-1, not UTF-8
@@ -245,6 +262,7 @@ def test_class_folders_ignore_hidden_and_macosx_and_skip_unstorable_names(tmp_pa
     assert [(r.class_id, r.file) for r in recordings] == [("owl", "owl/a.wav")]
     assert "caf\\udce9.wav': the path is not valid UTF-8; left out" in caplog.text
     assert "line\\nbreak.wav': the path holds a line break; left out" in caplog.text
+    assert "class folder name 'sem;colon' holds ';'" in caplog.text
     assert "ipynb" not in caplog.text and "MACOSX" not in caplog.text  # ignored, not reported
 
 
