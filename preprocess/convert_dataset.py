@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def work() -> int:
-        if args.target.exists():
+        if args.target.exists() or args.target.is_symlink():  # a link too, even a broken one
             raise DatasetError(f"{args.target} exists; remove it or choose another name")
         convert_dataset(args.source, args.target, args.compression)
         print(f"{args.target}: X stored as {args.compression}")

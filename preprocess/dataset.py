@@ -29,14 +29,16 @@ disk copy, not a decompression and recompression.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
-import shutil
+import secrets
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import NamedTuple
 
@@ -86,6 +88,7 @@ RECORDING_DATASETS = (
 OPTIONAL_RECORDING_DATASETS = ("input_key",)
 STRING = h5py.string_dtype("utf-8")
 SHARD_PATTERN = "part-*.h5"
+SHARD_TEMPORARY_PATTERN = f"{SHARD_PATTERN}.tmp"  # a shard cut short (`atomic_dataset`)
 
 
 class DatasetError(Exception):
@@ -433,12 +436,14 @@ class DatasetWriter:
     """Writes one dataset file as recordings are appended: X rows go to disk at once, the
     small per-row and per-recording datasets (kept in memory meanwhile) at close()."""
 
-    def __init__(self, path: str | os.PathLike, info: DatasetInfo):
+    def __init__(self, path: str | os.PathLike, info: DatasetInfo, mode: str = "w"):
+        """mode: h5py's "w" (replace a file at path) or "x" (create it: fail if the name, or
+        a link, is there)."""
         self.info = info
         self.recordings: list[RecordingChunks] = []  # without their chunks
         self.n_chunks: list[int] = []
         self.n_rows = 0  # sum(n_chunks), kept as they are appended
-        self.h5 = h5py.File(path, "w")
+        self.h5 = h5py.File(path, mode)
         _create_root(self.h5, info, n_rows=0)
         self.x = self.h5["X"]  # looked up once, not per recording (h5py: 30 us a lookup)
         self.capacity = 0  # rows of X: doubled when full, cut to n_rows at close()
@@ -577,9 +582,13 @@ def _write_recordings(h5: h5py.File, table: dict, row_start: int, recording_star
 @contextmanager
 def atomic_dataset(path: Path, info: DatasetInfo) -> Iterator[DatasetWriter]:
     """A DatasetWriter filling path + '.tmp', renamed to path when the block ends, so a file
-    at path is always complete; the temporary file goes if the block raises."""
+    at path is always complete; the temporary file goes if the block raises. A leftover at
+    path + '.tmp' (a write killed midway; load_data checks first that it is one) is unlinked,
+    a link itself and not what it points to, and the temporary file is created anew
+    exclusively: a link put there is never written through."""
     temporary = Path(f"{path}.tmp")
-    writer = DatasetWriter(temporary, info)
+    temporary.unlink(missing_ok=True)
+    writer = DatasetWriter(temporary, info, mode="x")
     try:
         yield writer
         writer.close()
@@ -644,6 +653,37 @@ class StoredRecordings:
         self.h5.close()
 
 
+def is_shard_file(entry: os.DirEntry) -> bool:
+    """Whether an entry of a parts folder is one load_data writes there: a shard or a shard
+    cut short (`SHARD_PATTERN`, `SHARD_TEMPORARY_PATTERN`), a regular file and not a link."""
+    name = entry.name
+    own_name = fnmatchcase(name, SHARD_PATTERN) or fnmatchcase(name, SHARD_TEMPORARY_PATTERN)
+    return own_name and entry.is_file(follow_symlinks=False)
+
+
+def check_parts_folder(parts_dir: Path, remedy: str = "") -> None:
+    """Raise DatasetError unless parts_dir is absent or a real folder (not a link) holding
+    shard files only (`is_shard_file`): anything else is not load_data's to write into,
+    empty or delete. remedy ends the message (another --out, say)."""
+    parts_dir = Path(parts_dir)
+    move = f": move or remove it{remedy}"
+    if parts_dir.is_symlink():
+        raise DatasetError(
+            f"{parts_dir} is a link: the folder of shards is never used through a link{move}"
+        )
+    if not parts_dir.exists():
+        return
+    if not parts_dir.is_dir():
+        raise DatasetError(f"{parts_dir} exists and is not a folder of shards{move}")
+    with os.scandir(parts_dir) as entries:
+        for entry in entries:
+            if not is_shard_file(entry):
+                raise DatasetError(
+                    f"{parts_dir} is not only a folder of shards: it holds {entry.name!r}, "
+                    f"which is not a shard file (part-*.h5){move}"
+                )
+
+
 def complete_shards(parts_dir: Path) -> list[Path]:
     """The shard files in parts_dir, sorted by name (temporary files excluded)."""
     return sorted(Path(parts_dir).glob(SHARD_PATTERN))
@@ -666,31 +706,51 @@ def convert_dataset(
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}, not one of {list(COMPRESSIONS)}")
     target = Path(target)
-    temporary = target.with_name(target.name + ".tmp")
-    try:
-        with open_dataset(source) as dataset, h5py.File(temporary, "w") as out:
-            n_rows = len(dataset)
-            _create_root(out, replace(dataset.info, compression=compression), n_rows)
-            for name in dataset.file.attrs:  # attributes of later writers too
-                if name not in out.attrs:
-                    out.attrs[name] = dataset.file.attrs[name]
-            for name in dataset.file:
-                if name != "X":
-                    dataset.file.copy(dataset.file[name], out, name=name)
-            x = out["X"].id
-            for start in range(0, n_rows, rows_at_once):
-                rows = np.arange(start, min(start + rows_at_once, n_rows))
-                chunks = read_rows(dataset.X, rows)[..., 0]
-                for row, stored in zip(rows, compress_chunks(chunks, compression), strict=True):
-                    x.write_direct_chunk((row, 0, 0, 0), stored.data, stored.filter_mask)
-    except BaseException:  # a damaged source row, Ctrl-C: no half-written copy stays behind
-        temporary.unlink(missing_ok=True)
-        raise
-    os.replace(temporary, target)
+    # a unique name created exclusively (as paths.replace_atomically's): never a file or a
+    # link already there, so nothing but target is ever written or replaced
+    temporary = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    with open_dataset(source) as dataset:
+        out = h5py.File(temporary, "x")  # before the try: were the name taken, it is not ours
+        try:
+            with out:
+                _copy_converted(dataset, out, compression, rows_at_once)
+            os.replace(temporary, target)
+        except BaseException:  # a damaged source row, Ctrl-C: no half-written copy stays
+            temporary.unlink(missing_ok=True)
+            raise
+
+
+def _copy_converted(dataset: Dataset, out: h5py.File, compression: str, rows_at_once: int):
+    """`convert_dataset`'s copy of an open dataset into the open, empty file out."""
+    n_rows = len(dataset)
+    _create_root(out, replace(dataset.info, compression=compression), n_rows)
+    for name in dataset.file.attrs:  # attributes of later writers too
+        if name not in out.attrs:
+            out.attrs[name] = dataset.file.attrs[name]
+    for name in dataset.file:
+        if name != "X":
+            dataset.file.copy(dataset.file[name], out, name=name)
+    x = out["X"].id
+    for start in range(0, n_rows, rows_at_once):
+        rows = np.arange(start, min(start + rows_at_once, n_rows))
+        chunks = read_rows(dataset.X, rows)[..., 0]
+        for row, stored in zip(rows, compress_chunks(chunks, compression), strict=True):
+            x.write_direct_chunk((row, 0, 0, 0), stored.data, stored.filter_mask)
 
 
 def remove_parts(parts_dir: Path) -> None:
-    shutil.rmtree(parts_dir, ignore_errors=True)
+    """Delete the shard files in parts_dir (`is_shard_file`), then the folder if that left it
+    empty. Nothing else is deleted: not a link (nor anything through it), not a file of
+    another name (the folder then stays)."""
+    parts_dir = Path(parts_dir)
+    if parts_dir.is_symlink() or not parts_dir.is_dir():
+        return
+    with os.scandir(parts_dir) as entries:
+        for entry in entries:
+            if is_shard_file(entry):
+                Path(entry.path).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # not empty: what is left is not ours to delete
+        parts_dir.rmdir()
 
 
 class RunLocked(Exception):

@@ -10,7 +10,10 @@ Workers extract and compress recordings in parallel, a few files per task, and w
 task's recordings to a shard file (OUT.parts/); the parent copies each shard into OUT as it
 is done, in input order, while the workers go on. OUT is complete or absent: it is written
 under a temporary name and renamed at the end. Killed at any moment (even kill -9), the same
-command run again skips the recordings already in shards.
+command run again skips the recordings already in shards. OUT.parts/ and OUT.tmp are used only
+when they are what the command leaves there (a folder of shard files, an HDF5 file cut short):
+anything else, a link above all, is refused by name before any work, never written through,
+emptied or deleted.
 Bad inputs (missing, empty or corrupt wavs, unusable XML) are skipped, logged and counted in
 the final summary with exit status 0; fatal errors (unreadable metadata, no usable recording,
 an OUT made with other settings without --overwrite) end with one line `error: ...` and exit
@@ -51,6 +54,7 @@ from preprocess.cli import at_least, most_workers, run_command
 from preprocess.dataset import (
     COMPRESSIONS,
     DEFAULT_COMPRESSION,
+    SHARD_TEMPORARY_PATTERN,
     DatasetError,
     DatasetInfo,
     DatasetWriter,
@@ -59,6 +63,7 @@ from preprocess.dataset import (
     StoredChunk,
     StoredRecordings,
     atomic_dataset,
+    check_parts_folder,
     complete_shards,
     compress_chunks,
     exclusive_run,
@@ -383,11 +388,11 @@ def read_metadata(args, summary: Summary) -> tuple[list[metadata.Recording], dic
 
 def resume(parts_dir: Path, settings: str) -> dict[Path, np.ndarray]:
     """The complete shards an interrupted run left in parts_dir: {shard: its recordings'
-    input keys}. Leftovers that cannot count (temporary files, unreadable shards) are
+    input keys}. Leftovers that cannot count (shards cut short, unreadable shards) are
     deleted; shards extracted with other settings are not: LoadDataError says what
-    --overwrite would discard."""
-    for temporary in parts_dir.glob("*.tmp"):
-        temporary.unlink()  # a shard or merge cut short: redone below
+    --overwrite would discard. parts_dir holds nothing else (`check_working_names`)."""
+    for temporary in parts_dir.glob(SHARD_TEMPORARY_PATTERN):
+        temporary.unlink()  # a shard cut short: redone below
     shards, other_recordings, other_chunks = {}, 0, 0
     for shard in complete_shards(parts_dir):
         try:
@@ -688,11 +693,36 @@ def job_params(args, recordings: list[metadata.Recording]) -> SpectrogramParams:
     return params
 
 
+def check_working_names(out: Path) -> None:
+    """Raise LoadDataError (DatasetError) unless the names the command works under beside
+    OUT are absent or what it left there itself: OUT.parts/ a real folder of shard files
+    only (`check_parts_folder`), OUT.tmp a file that is an HDF5 file (a write of OUT cut
+    short) or empty. Anything else, a link above all, may be the user's: it is named, never
+    written through, emptied or deleted. Checked before any work, so a refusal leaves
+    nothing half done."""
+    remedy = ", or choose another --out"
+    check_parts_folder(out.with_name(out.name + ".parts"), remedy)
+    temporary = out.with_name(out.name + ".tmp")
+    if temporary.is_symlink():
+        raise LoadDataError(
+            f"{temporary} is a link: {out} is written under that name, never through a link: "
+            f"move or remove it{remedy}"
+        )
+    if temporary.exists() and not (
+        temporary.is_file() and (temporary.stat().st_size == 0 or is_hdf5(temporary))
+    ):
+        raise LoadDataError(
+            f"{temporary} exists and is not an HDF5 file left by a write of {out} cut short: "
+            f"move or remove it{remedy}"
+        )
+
+
 def build(args) -> int:
     started = time.perf_counter()
     summary = Summary()
     out: Path = args.out
     parts_dir = out.with_name(out.name + ".parts")
+    check_working_names(out)
 
     recordings, source = read_metadata(args, summary)
     params = job_params(args, recordings)

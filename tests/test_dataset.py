@@ -30,6 +30,7 @@ from preprocess.dataset import (
     open_dataset,
     read_rows,
     recording_rows,
+    remove_parts,
 )
 from preprocess.params import FORMAT_VERSION, SpectrogramParams
 from tests.helpers import write_dataset
@@ -320,6 +321,57 @@ def test_convert_dataset_refuses_to_overwrite_and_names_bad_input(tmp_path, data
         assert convert_dataset_main(argv) == 2
         assert capsys.readouterr().err.startswith("error: ")
     assert not (tmp_path / "new.h5").exists()
+
+
+def test_convert_dataset_never_writes_through_a_link_at_its_old_temporary_name(tmp_path):
+    """A link planted where convert_dataset.py used to write (OUT.tmp) or at OUT itself: the
+    file it points to is never written, the link never replaced; OUT is a file of its own."""
+    write_dataset(tmp_path / "in.h5", info("gzip"), make_recordings("gzip")[0])
+    victim = tmp_path / "victim" / "a.txt"
+    victim.parent.mkdir()
+    victim.write_bytes(b"the victim's text")
+    folder = tmp_path / "P4"
+    folder.mkdir()
+    (folder / "conv.h5.tmp").symlink_to(victim)
+    argv = [str(tmp_path / "in.h5"), str(folder / "conv.h5"), "--compression", "blosc2-lz4"]
+    assert convert_dataset_main(argv) == 0
+    assert victim.read_bytes() == b"the victim's text"
+    assert (folder / "conv.h5").is_file() and not (folder / "conv.h5").is_symlink()
+    with open_dataset(folder / "conv.h5") as converted:
+        assert converted.info.compression == "blosc2-lz4"
+    assert (folder / "conv.h5.tmp").readlink() == victim  # left as it was
+    assert sorted(path.name for path in folder.iterdir()) == ["conv.h5", "conv.h5.tmp"]
+
+    (folder / "dangling.h5").symlink_to(tmp_path / "nowhere.h5")  # OUT a broken link: refused
+    assert convert_dataset_main([str(tmp_path / "in.h5"), str(folder / "dangling.h5")]) == 2
+    assert not (tmp_path / "nowhere.h5").exists() and (folder / "dangling.h5").is_symlink()
+
+
+def test_remove_parts_deletes_shard_files_only_and_never_through_a_link(tmp_path):
+    parts = tmp_path / "out.h5.parts"
+    parts.mkdir()
+    (parts / "part-00000.h5").write_bytes(b"a shard")
+    (parts / "part-00001.h5.tmp").write_bytes(b"a shard cut short")
+    remove_parts(parts)
+    assert not parts.exists()
+
+    parts.mkdir()
+    (parts / "part-00000.h5").write_bytes(b"a shard")
+    (parts / "notes.txt").write_text("the user's")
+    remove_parts(parts)
+    assert [path.name for path in parts.iterdir()] == ["notes.txt"]
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "part-00000.h5").write_bytes(b"the victim's")
+    (victim / "c.tmp").write_bytes(b"the victim's")
+    link = tmp_path / "link.h5.parts"
+    link.symlink_to(victim)
+    remove_parts(link)
+    assert link.is_symlink() and sorted(path.name for path in victim.iterdir()) == [
+        "c.tmp",
+        "part-00000.h5",
+    ]
 
 
 def test_convert_dataset_leaves_nothing_behind_on_a_damaged_row(tmp_path, capsys):

@@ -24,8 +24,9 @@ from preprocess.audio import read_wav, to_sample_rate
 from preprocess.dataset import complete_shards, exclusive_run, open_dataset
 from preprocess.load_data import main
 from preprocess.params import SpectrogramParams
+from preprocess.paths import HDF5_SIGNATURE
 from preprocess.spectrogram import extract_chunks, stream_chunks
-from tests.helpers import process_state, still_running
+from tests.helpers import process_state, still_running, tree_state
 
 SCRIPT = Path(__file__).resolve().parents[1] / "preprocess" / "load_data.py"
 PARAMS = SpectrogramParams()
@@ -354,7 +355,7 @@ def test_kill_9_then_rerun_gives_every_recording_once(tmp_path):
     done = len(complete_shards(parts))
     assert 2 <= done < 8  # tasks of 6 files: 48 files / (4 tasks per worker * 2 workers)
     (parts / "part-00999.h5.tmp").write_bytes(b"half a shard")  # as a kill mid-write leaves
-    (tmp_path / "out.h5.tmp").write_bytes(b"half an output")
+    (tmp_path / "out.h5.tmp").write_bytes(HDF5_SIGNATURE + b"half an output")  # cut short
 
     assert load(wav_dir, ["--csv", labels], out) == 0
     assert not parts.exists() and not (tmp_path / "out.h5.tmp").exists()
@@ -671,7 +672,8 @@ def test_an_update_killed_before_its_output_is_complete_leaves_the_old_one(
     assert after_kill.keys() == before.keys()  # the old OUT is untouched
     for name in before:
         np.testing.assert_array_equal(after_kill[name], before[name])
-    (tmp_path / "out.h5.tmp").write_bytes(b"half an output")  # as a kill -9 mid-write leaves
+    # as a kill -9 mid-write leaves it: HDF5 writes its signature when it creates the file
+    (tmp_path / "out.h5.tmp").write_bytes(HDF5_SIGNATURE + b"half an output")
     extracted = counting_extractions(monkeypatch)
     assert load(wav_dir, ["--csv", labels], out) == 0
     assert extracted == []  # tone.wav was already extracted into a shard before the kill
@@ -694,3 +696,79 @@ def test_worker_tasks_group_short_files_and_keep_every_worker_busy(tmp_path, mon
     assert [path for batch in batches for path in batch] == paths  # all, in order
     assert [len(batch) for batch in batches] == [7, 7, 7, 7, 7, 5, 1, 3, 3, 4]
     assert load_data_module.worker_batches(paths[:3], workers=4) == [[path] for path in paths[:3]]
+
+
+def victim_folder(folder: Path) -> dict[str, bytes]:
+    """A folder of someone else's files, named as load_data's own are: their bytes."""
+    folder.mkdir()
+    (folder / "c.tmp").write_bytes(b"the victim's c.tmp")
+    (folder / "part-aaaa-00000.h5").write_bytes(b"not a shard: the victim's")
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+def test_a_link_as_the_parts_folder_is_refused_and_nothing_is_touched_through_it(
+    csv_job, tmp_path, capsys
+):
+    wav_dir, labels = csv_job
+    victim = tmp_path / "victim"
+    kept = victim_folder(victim)
+    before = tree_state(victim)
+    out = tmp_path / "P" / "train.h5"
+    out.parent.mkdir()
+    parts = out.with_name("train.h5.parts")
+    parts.symlink_to(victim)
+    for extra in ([], ["--overwrite"]):
+        assert load(wav_dir, ["--csv", labels], out, *extra) == 2
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {parts} is a link") and error.count("\n") == 1
+        assert "move or remove it" in error
+    assert tree_state(victim) == before  # nothing deleted, written or added through the link
+    assert {path.name: path.read_bytes() for path in victim.iterdir()} == kept
+    assert parts.is_symlink() and not out.exists() and not out.with_name("train.h5.tmp").exists()
+
+
+def test_a_users_folder_at_the_parts_name_is_refused_not_emptied(csv_job, tmp_path, capsys):
+    wav_dir, labels = csv_job
+    out = tmp_path / "train.h5"
+    assert load(wav_dir, ["--csv", labels], out) == 0  # complete: a rerun would clean up
+    parts = tmp_path / "train.h5.parts"
+    parts.mkdir()
+    (parts / "notes.txt").write_text("the user's notes")
+    (parts / "part-00000.h5.tmp").write_bytes(b"a shard cut short")  # load_data's own
+    for extra in ([], ["--overwrite"]):
+        capsys.readouterr()
+        assert load(wav_dir, ["--csv", labels], out, *extra) == 2
+        error = capsys.readouterr().err
+        assert (
+            error.startswith(f"error: {parts} is not only a folder of shards")
+            and "notes.txt" in error
+        )
+        assert error.count("\n") == 1
+    assert sorted(path.name for path in parts.iterdir()) == ["notes.txt", "part-00000.h5.tmp"]
+    assert (parts / "notes.txt").read_text() == "the user's notes"
+
+
+@pytest.mark.parametrize("planted", ["text", "link"])
+def test_a_users_file_or_a_link_at_the_temporary_name_is_refused(
+    csv_job, tmp_path, capsys, planted
+):
+    wav_dir, labels = csv_job
+    out, temporary = tmp_path / "train.h5", tmp_path / "train.h5.tmp"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's text")
+    if planted == "text":
+        temporary.write_text("the user's text")
+    else:
+        temporary.symlink_to(victim)
+    assert load(wav_dir, ["--csv", labels], out) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {temporary} ") and error.count("\n") == 1
+    assert "move or remove it" in error
+    assert temporary.is_symlink() == (planted == "link")
+    assert temporary.read_text() == victim.read_text() == "the user's text"
+    assert not out.exists() and not (tmp_path / "train.h5.parts").exists()
+
+    temporary.unlink()
+    temporary.write_bytes(b"")  # an empty file is a write of OUT killed at once: replaced
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    assert not temporary.exists() and victim.read_text() == "the user's text"
