@@ -34,7 +34,7 @@ from preprocess.audio import AudioError
 from preprocess.dataset import Dataset
 from preprocess.extract import recording_chunks
 from preprocess.params import SpectrogramParams
-from preprocess.paths import write_text_atomically
+from preprocess.paths import files_under, shown_name, write_text_atomically
 from train.augment import AugmentedBatches, AugmentSettings, quietest_chunks
 from train.callbacks import BEST, load_saved_model, save_model_atomically
 from train.data import SplitData, TrainError, predict_rows, read_errors_reported
@@ -171,9 +171,14 @@ def noise_chunks_from_dir(
     Returns (k, n_bins, chunk_frames, 1) float32 raw log chunks; ValueError if none.
     """
     chunks = []
-    for path in sorted(Path(directory).rglob("*.wav")):
+    for path in files_under(Path(directory)):
+        if path.suffix.lower() != ".wav":
+            continue
         if sum(map(len, chunks)) >= most:
             break
+        if not path.is_file():  # a pipe (reading it would wait forever), a device
+            logger.warning("noise file %s skipped: not a regular file", shown_name(str(path)))
+            continue
         try:
             source = recording_chunks(path, params, per_file, resample=True)
             piece = next(source.pieces, np.empty((0,)))[:per_file]
