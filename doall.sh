@@ -101,7 +101,9 @@ if [[ -n "$url" ]]; then
     stage "download and unpack $url"
     downloads="$data_dir/downloads"
     archive="$downloads/$(basename "${url%%\?*}")"
-    unpacked="$data_dir/${name:-$(basename "${archive%%.*}")}"
+    stem="$(basename "$archive")"
+    stem="${stem%.zip}" stem="${stem%.tgz}" stem="${stem%.tar*}" # birds.v2.tar.gz -> birds.v2
+    unpacked="$data_dir/${name:-$stem}"
     mkdir -p "$downloads"
     if [[ ! -f "$archive" ]]; then
         if command -v curl >/dev/null; then
@@ -118,8 +120,9 @@ if [[ -n "$url" ]]; then
     if [[ ! -f "$unpacked/.unpacked" ]]; then
         mkdir -p "$unpacked"
         case "$archive" in
-        *.zip) run unzip -q -o "$archive" -d "$unpacked" ;;
-        *.tar | *.tar.* | *.tgz) run tar -xf "$archive" -C "$unpacked" ;;
+        *.zip) run unzip -q -o "$archive" -d "$unpacked" || die "unzip could not unpack $archive" ;;
+        *.tar | *.tar.* | *.tgz)
+            run tar -xf "$archive" -C "$unpacked" || die "tar could not unpack $archive" ;;
         *) die "cannot unpack $archive (zip or tar archives only)" ;;
         esac
         touch "$unpacked/.unpacked"

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,24 @@ def test_an_unknown_recipe_is_refused_before_any_work(tmp_path):
     assert result.returncode == 2
     assert "error: --recipe is 2016 or modern, not '2017'" in result.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_url_archives_unpack_each_into_a_folder_of_its_own_name(tmp_path):
+    """birds.v1.tar.gz and birds.v2.tar.gz are two data sets, not one; an archive its tool
+    cannot unpack is one error line."""
+    for version in ("v1", "v2"):
+        (tmp_path / version / "TrainingSet").mkdir(parents=True)  # no wav/, xml/: stops there
+        (tmp_path / version / "TrainingSet" / "notes.txt").write_text(version)
+        with tarfile.open(tmp_path / f"birds.{version}.tar.gz", "w:gz") as archive:
+            archive.add(tmp_path / version / "TrainingSet", arcname="TrainingSet")
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not a zip")
+    data = tmp_path / "data"
+    for name in ("birds.v1.tar.gz", "birds.v2.tar.gz", "broken.zip"):
+        url = (tmp_path / name).as_uri()
+        command = [str(ROOT / "doall.sh"), "--url", url, "--data-dir", str(data)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2
+        assert result.stderr.splitlines()[-1].startswith("error: ")
+    for version in ("v1", "v2"):
+        assert (data / f"birds.{version}" / "TrainingSet" / "notes.txt").read_text() == version
+    assert "error: unzip could not unpack" in result.stderr
