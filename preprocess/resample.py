@@ -8,8 +8,13 @@ channel count; channels are averaged; links are followed, as `find -L` does). Pr
 resamples its own list of files with the same `resample_files`: the one implementation.
 - Parallel: N files at once (default: all cores).
 - Resumable: each output is written to <path>.wav.part and renamed when complete, so an
-  existing .wav is always whole and is skipped (unless its input is newer). Leftover .part
-  files of a killed run are deleted at the start. Run one job per OUT_DIR at a time.
+  existing .wav is always whole. It is given its input's modification time, and is skipped
+  when the two times are equal to the nanosecond: an input changed since, or replaced by
+  another recording even with an older time (cp -p, rsync -t, tar and unzip keep the
+  original's), is converted again. Leftover .part files of a killed run are deleted at the
+  start. Run one job per OUT_DIR at a time.
+- Links in OUT_DIR are never written through: a file whose output folder is a link (or lies
+  under one) leading outside OUT_DIR fails, named, and nothing is written there.
 - A file that cannot be read is named with the reason and skipped; the rest still converts. So
   is a file SoX decodes only in part ("sox FAIL", e.g. a truncated flac), one that gives no
   samples, and a float wav with NaN or infinite samples (which SoX would turn into clicks).
@@ -128,14 +133,32 @@ def soxr_resample(source: Path, part: Path) -> str:
     return ""
 
 
-def convert(conversion: Conversion, sox: bool) -> tuple[str | None, str]:
-    """Write conversion.target, atomically: (the reason it failed or None, SoX's warnings)."""
+def outside(target: Path, into: Path) -> str | None:
+    """Why target must not be written: its folder, links followed, is not inside into (the
+    output folder), as when a link planted in the output tree leads elsewhere; None when it
+    is inside."""
+    try:
+        root, folder = into.resolve(), target.parent.resolve()  # what is missing stays as is
+    except (OSError, RuntimeError) as error:  # a link loop
+        return f"its output folder {target.parent} cannot be resolved: {error}"
+    if folder == root or folder.is_relative_to(root):
+        return None
+    return f"its output folder {target.parent} leads outside {into} (to {folder}): not written"
+
+
+def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, str]:
+    """Write conversion.target, atomically, inside the output folder into, with its source's
+    modification time: (the reason it failed or None, SoX's warnings)."""
     target = conversion.target
     part = target.with_name(target.name + PART_SUFFIX)
+    if reason := outside(target, into):  # before mkdir, which would follow the link, and
+        return reason, ""  # before the try, whose cleanup would remove a .part found there
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        source_time = conversion.source.stat().st_mtime_ns  # before reading: a change after
+        target.parent.mkdir(parents=True, exist_ok=True)  # it is seen by the next run
         part.unlink(missing_ok=True)  # a killed run's, or a planted link: never written through
         warnings = (sox_resample if sox else soxr_resample)(conversion.source, part)
+        os.utime(part, ns=(time.time_ns(), source_time), follow_symlinks=False)
         os.replace(part, target)
         return None, warnings
     except AudioError as error:
@@ -147,15 +170,29 @@ def convert(conversion: Conversion, sox: bool) -> tuple[str | None, str]:
             part.unlink(missing_ok=True)
 
 
-def plan(conversions: list[Conversion], sox: bool) -> tuple[list[Conversion], int, list]:
+def is_done(conversion: Conversion) -> bool:
+    """Whether conversion.target was made from the source as it is now: `convert` gives each
+    output its source's modification time, so the two are equal to the nanosecond (a target
+    made by an older version of this code, with the time it was written, is made again)."""
+    target = conversion.target
+    if target.is_symlink() or not target.is_file():
+        return False
+    return target.stat().st_mtime_ns == conversion.source.stat().st_mtime_ns
+
+
+def plan(
+    conversions: list[Conversion], sox: bool, into: Path
+) -> tuple[list[Conversion], int, list]:
     """(to convert, number already done, [(name, reason)] that fail here): a conversion is done
-    when its target exists and is not older than its source; without SoX, only wavs convert."""
+    when its target has its source's modification time (`is_done`); one whose target lies
+    outside into (the output folder), through a link, fails; without SoX, only wavs convert."""
     todo, failed, already_done = [], [], 0
     for conversion in conversions:
-        target = conversion.target
-        if not sox and conversion.source.suffix.lower() in SOX_ONLY_SUFFIXES:
+        if reason := outside(conversion.target, into):
+            failed.append((conversion.name, reason))
+        elif not sox and conversion.source.suffix.lower() in SOX_ONLY_SUFFIXES:
             failed.append((conversion.name, "not a wav file: only SoX converts this format"))
-        elif target.is_file() and target.stat().st_mtime >= conversion.source.stat().st_mtime:
+        elif is_done(conversion):
             already_done += 1
         else:
             todo.append(conversion)
@@ -184,7 +221,7 @@ def resample_files(
             file=sys.stderr,
         )
     start = time.monotonic()
-    todo, already_done, failed = plan(conversions, sox)
+    todo, already_done, failed = plan(conversions, sox, into)
     failed = [*refused, *failed]
     print(
         f"resampling to {TARGET_RATE // 1000} kHz mono 16-bit with {'SoX' if sox else 'soxr'}: "
@@ -197,7 +234,7 @@ def resample_files(
     converted = 0
     pool = ThreadPoolExecutor(jobs)  # the work is in SoX's processes, or in soxr without the GIL
     try:
-        running = {pool.submit(convert, conversion, sox): conversion for conversion in todo}
+        running = {pool.submit(convert, conversion, sox, into): conversion for conversion in todo}
         for done, future in enumerate(as_completed(running), start=1):
             name = running[future].name
             reason, warnings = future.result()

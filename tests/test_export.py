@@ -3,6 +3,7 @@ Keras model's outputs on chunks of real bird song; the run's parameters travel w
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_saved_model_gives_the_keras_model_outputs_on_real_chunks(run_dir, share
     assert main(["--run", str(run_dir), "--out", str(out)]) == 0
     for name in ("params.json", "classes.json", "thresholds.json"):
         assert (out / name).read_bytes() == (run_dir / name).read_bytes()
-    assert not (tmp_path / "exported.part").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["exported"]  # no temporary folder left
 
     chunks = real_chunks(shared_data)
     assert len(chunks) >= 3 and np.ptp(chunks) > 0
@@ -79,3 +80,87 @@ def test_export_refuses_an_existing_target_and_a_missing_run(run_dir, tmp_path, 
     assert main(["--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "new")]) == 2
     assert "not a finished training run" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+class FakeModel:
+    """Exports as TensorFlow does (into the folder, made when absent), in no time, on any
+    backend; or fails, as a missing converter package does."""
+
+    def __init__(self, fail: bool = False):
+        self.fail = fail
+
+    def export(self, path, format, verbose):  # noqa: A002 (Keras's name)
+        if self.fail:
+            raise ImportError("no converter")
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "saved_model.pb").write_bytes(b"model")
+
+
+@pytest.fixture
+def fake_model(monkeypatch):
+    """Call with fail=True for an export that fails: load_saved_model then returns that."""
+
+    def use(fail: bool = False) -> None:
+        monkeypatch.setattr("train.callbacks.load_saved_model", lambda path: FakeModel(fail))
+
+    use()
+    return use
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every entry under folder (links not followed) and the bytes of its files."""
+    return {
+        str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+def test_export_never_writes_through_a_planted_part_link(run_dir, tmp_path, fake_model):
+    victim = tmp_path / "victim" / "sub"
+    victim.mkdir(parents=True)
+    (victim / "precious.txt").write_text("precious")
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    (exports / "exp.part").symlink_to(victim)  # the fixed temporary name the export once used
+    before = snapshot(tmp_path / "victim")
+
+    assert main(["--run", str(run_dir), "--out", str(exports / "exp")]) == 0
+
+    assert snapshot(tmp_path / "victim") == before
+    out = exports / "exp"
+    assert out.is_dir() and not out.is_symlink()
+    assert (out / "saved_model.pb").read_bytes() == b"model"
+    assert (out / "params.json").read_bytes() == (run_dir / "params.json").read_bytes()
+    assert sorted(p.name for p in exports.iterdir()) == ["exp", "exp.part"]  # the link is left
+    assert (exports / "exp.part").readlink() == victim
+
+
+def test_export_keeps_a_users_folder_named_like_a_temporary_one(run_dir, tmp_path, fake_model):
+    exports = tmp_path / "exports"
+    (exports / "exp2.part").mkdir(parents=True)
+    (exports / "exp2.part" / "notes.txt").write_text("my notes")
+
+    assert main(["--run", str(run_dir), "--out", str(exports / "exp2")]) == 0
+
+    assert (exports / "exp2.part" / "notes.txt").read_text() == "my notes"
+    assert sorted(p.name for p in exports.iterdir()) == ["exp2", "exp2.part"]
+    assert (exports / "exp2" / "saved_model.pb").is_file()
+
+
+def test_a_failed_export_leaves_nothing_and_a_dangling_link_is_refused(
+    run_dir, tmp_path, fake_model, capsys
+):
+    exports = tmp_path / "exports"
+    (exports / "exp.part").mkdir(parents=True)
+    (exports / "exp.part" / "notes.txt").write_text("my notes")
+    fake_model(fail=True)
+    assert main(["--run", str(run_dir), "--out", str(exports / "exp")]) == 2
+    assert "ImportError: no converter" in capsys.readouterr().err
+    assert sorted(p.name for p in exports.iterdir()) == ["exp.part"]
+    assert (exports / "exp.part" / "notes.txt").read_text() == "my notes"
+
+    fake_model()
+    (exports / "link").symlink_to(tmp_path / "elsewhere")
+    assert main(["--run", str(run_dir), "--out", str(exports / "link")]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert not (tmp_path / "elsewhere").exists()

@@ -262,10 +262,12 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
         wavfile.write(in_dir / name, 8000, tone)
     (in_dir / "d.mp3").write_bytes(b"ID3")
     out_dir.mkdir()
-    wavfile.write(out_dir / "c.wav", 16000, tone)  # newer than its input: done
+    wavfile.write(out_dir / "c.wav", 16000, tone)  # with its input's time: done
+    os.utime(out_dir / "c.wav", ns=(0, (in_dir / "c.wav").stat().st_mtime_ns))
+    wavfile.write(out_dir / "b.wav", 16000, tone)  # another time (newer): made again
 
     conversions, collisions = resample.folder_conversions(in_dir, out_dir)
-    todo, already_done, failed = resample.plan(conversions, sox=False)
+    todo, already_done, failed = resample.plan(conversions, sox=False, into=out_dir)
 
     assert collisions == [("a.wav", "would also become a.wav, made from a.WAV")]
     assert [(c.name, c.target) for c in todo] == [
@@ -376,3 +378,48 @@ def test_linked_folders_are_followed_once(tmp_path):
     conversions, collisions = resample.folder_conversions(in_dir, tmp_path / "out")
 
     assert [c.name for c in conversions] == ["linked/far.wav"] and collisions == []
+
+
+@pytest.mark.parametrize("with_sox", [True, False])
+def test_a_link_in_the_output_tree_leading_outside_is_not_written_through(
+    tmp_path, path_without_sox, with_sox
+):
+    if with_sox and shutil.which("sox") is None:
+        pytest.skip("SoX is not installed")
+    in_dir, out_dir, victim = tmp_path / "in", tmp_path / "out", tmp_path / "victim"
+    for folder in (in_dir / "sub" / "deeper", out_dir, victim):
+        folder.mkdir(parents=True)
+    for name in ("a.wav", "sub/beta_0.wav", "sub/deeper/gamma.wav"):
+        wavfile.write(in_dir / name, 8000, np.zeros(800, np.int16))
+    (victim / "beta_0.wav.part").write_text("precious")  # not a killed run's: left alone
+    (out_dir / "sub").symlink_to(victim)
+
+    result = run_script(in_dir, out_dir, env=None if with_sox else path_without_sox)
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert [p.name for p in victim.iterdir()] == ["beta_0.wav.part"]
+    assert (victim / "beta_0.wav.part").read_text() == "precious"
+    assert len(read_16k(out_dir / "a.wav")) == 1600
+    summary = result.stdout[result.stdout.index("summary:") :]
+    assert "1 converted, 0 already done, 2 failed" in summary
+    for name in ("sub/beta_0.wav", "sub/deeper/gamma.wav"):
+        assert f"  {name}: its output folder" in summary and "outside" in summary
+
+
+def test_a_recording_replaced_by_one_with_an_older_time_is_resampled_again(tmp_path, capsys):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    wavfile.write(in_dir / "a.wav", 8000, np.zeros(800, np.int16))
+    run = ["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]
+    assert resample.main(run) == 0
+    assert resample.main(run) == 0
+    assert "0 converted, 1 already done" in capsys.readouterr().out
+
+    # another recording in its place, with the older time cp -p, rsync -t, tar or unzip keep
+    wavfile.write(in_dir / "a.wav", 8000, np.full(2400, 1000, np.int16))
+    os.utime(in_dir / "a.wav", (946684800, 946684800))  # 2000-01-01
+    assert resample.main(run) == 0
+
+    assert "1 converted, 0 already done" in capsys.readouterr().out
+    assert len(read_16k(out_dir / "a.wav")) == 4800
+    assert (out_dir / "a.wav").stat().st_mtime_ns == 946684800 * 10**9  # its source's time

@@ -15,12 +15,16 @@ classes.json (the output columns) and thresholds.json when the run has one:
                                TensorFlow, `tf2onnx` packages)
     litert                     model.tflite (TensorFlow backend)
 
-The folder is written as OUT.part and renamed when complete; an existing --out is refused.
+The folder is written under a new hidden name beside --out (.OUT.<unique>.partial, made for
+this export alone) and renamed to --out when complete, removed when the export fails; an
+existing --out (a link too) is refused.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -38,6 +42,17 @@ class ExportError(Exception):
     """A run folder or target that export cannot work with; the message says why."""
 
 
+def new_partial_folder(out: Path) -> Path:
+    """A new empty folder beside out, to fill and rename to out. Its name is unique (made as
+    `replace_atomically` makes a file's: `is_partial_of` out's name) and it is made exclusively
+    (mkdir fails on any file, folder or link of that name), so nothing already there, a user's
+    or another export's, is ever written into or removed. A killed export leaves it behind,
+    hidden: .OUT.<pid>-<random>.partial, for the user to delete."""
+    partial = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    partial.mkdir()
+    return partial
+
+
 def export_run(
     run_dir: Path, out: Path, model_file: str = DEFAULT_MODEL_FILE, fmt: str = "tf_saved_model"
 ) -> Path:
@@ -47,7 +62,7 @@ def export_run(
     for name in (model_file, "params.json", "classes.json"):
         if not (run_dir / name).is_file():
             raise ExportError(f"{run_dir} has no {name}: not a finished training run")
-    if out.exists():
+    if out.exists() or out.is_symlink():
         raise ExportError(f"{out} exists: choose another --out, or delete it first")
 
     import keras  # TensorFlow takes seconds to load: only once the inputs are known good
@@ -58,24 +73,26 @@ def export_run(
         model = load_saved_model(run_dir / model_file)
     except ModelFileError as error:
         raise ExportError(str(error)) from error
-    partial = out.with_name(out.name + ".part")
-    shutil.rmtree(partial, ignore_errors=True)  # left by an export that was killed
-    partial.parent.mkdir(parents=True, exist_ok=True)
-    target = partial if MODEL_FILES[fmt] is None else partial / MODEL_FILES[fmt]
-    if MODEL_FILES[fmt]:
-        partial.mkdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = new_partial_folder(out)
     try:
-        model.export(str(target), format=fmt, verbose=False)
-    except Exception as error:  # a missing converter package, a backend without the format
-        shutil.rmtree(partial, ignore_errors=True)
-        raise ExportError(
-            f"exporting {run_dir / model_file} as {fmt} with the {keras.backend.backend()} "
-            f"backend failed: {type(error).__name__}: {error}"
-        ) from error
-    for name in RUN_FILES:
-        if (run_dir / name).is_file():
-            shutil.copy2(run_dir / name, partial / name)
-    partial.rename(out)
+        target = partial if MODEL_FILES[fmt] is None else partial / MODEL_FILES[fmt]
+        try:
+            model.export(str(target), format=fmt, verbose=False)
+        except Exception as error:  # a missing converter package, a backend without the format
+            raise ExportError(
+                f"exporting {run_dir / model_file} as {fmt} with the {keras.backend.backend()} "
+                f"backend failed: {type(error).__name__}: {error}"
+            ) from error
+        for name in RUN_FILES:
+            if (run_dir / name).is_file():
+                shutil.copy2(run_dir / name, partial / name)
+        # a folder is renamed onto a missing name or an empty folder only: never onto a link
+        # or a file, nor onto a folder with something in it (made meanwhile)
+        os.rename(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # ours alone: its name was made for us
+        raise
     return out
 
 
