@@ -503,6 +503,28 @@ def test_resume_continues_from_the_last_finished_epoch(
         assert [row["run_dir"] for row in csv.DictReader(file)] == [str(run_dir)]
 
 
+def test_a_damaged_training_state_is_an_error_naming_its_folder(
+    easy_data, tiny_model, tmp_path, monkeypatch, capsys
+):
+    run_dir = tmp_path / "run"
+    args = train_args(easy_data, tiny_model, run_dir, "--epochs", "4")
+    make_callbacks = train_model.training_callbacks
+
+    def interrupted(*arguments):
+        callbacks = make_callbacks(*arguments)
+        return [*callbacks[:-1], Interrupt(2, True), callbacks[-1]]
+
+    monkeypatch.setattr(train_model, "training_callbacks", interrupted)
+    with pytest.raises(Interrupted):
+        train_model.main(args)
+    monkeypatch.undo()
+    for state in (run_dir / "backup").glob("latest.weights.h5*"):  # the state and its copy
+        state.write_bytes(b"not HDF5")
+    assert train_model.main(args + ["--resume"]) == 2
+    error = capsys.readouterr().err
+    assert f"error: {run_dir / 'backup'}: the training state saved there cannot be read" in error
+
+
 # ---------------------------------------------------------------------------------------------
 # Bad input
 

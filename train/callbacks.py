@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from preprocess.paths import write_text_atomically
-from train.data import predict_rows
+from train.data import TrainError, predict_rows
 from train.log import best_epoch
 from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
 
@@ -278,6 +278,18 @@ class RunBackup(keras.callbacks.BackupAndRestore):
 
     def __init__(self, backup_dir: Path):
         super().__init__(backup_dir, double_checkpoint=True, delete_checkpoint=False)
+
+    def on_train_begin(self, logs=None):
+        """Restore the saved state (Keras falls back on the one before when the latest cannot
+        be read); a state that cannot be read at all is a TrainError naming the folder."""
+        try:
+            super().on_train_begin(logs)
+        except (OSError, KeyError, json.JSONDecodeError) as error:
+            raise TrainError(
+                f"{self.backup_dir}: the training state saved there cannot be read "
+                f"({type(error).__name__}: {error}); delete that folder to train the run "
+                "again from its first epoch"
+            ) from error
 
     def on_train_end(self, logs=None):
         remove_backup(Path(self.backup_dir))
