@@ -546,6 +546,7 @@ def test_a_damaged_training_state_is_an_error_naming_its_folder(
         ("one class", "all of one class (aaa); training needs at least two classes"),
         ("no labels", "none of its 3 recordings is labelled"),
         ("data as runs table", "easy.h5 exists and is not a runs table"),
+        ("linked table lock", "the runs table's lock, is a link"),
         ("out is a file", "is a file, not a run folder"),
         ("damaged table", "recordings/first_row does not follow recordings/n_chunks"),
         ("nan streamed", "row 5 of X in "),
@@ -596,6 +597,9 @@ def test_bad_input_gives_a_clear_message(
         write_easy_dataset(data, per_class=per_class, n_unlabelled=unlabelled, classes=["aaa"])
     elif change == "data as runs table":
         extra = ["--runs-table", str(easy_data)]
+    elif change == "linked table lock":
+        (tmp_path / "victim").write_text("the user's")
+        (tmp_path / ".runs.csv.lock").symlink_to(tmp_path / "victim")
     elif change == "out is a file":
         out = tmp_path / "notes.txt"
         out.write_text("mine")

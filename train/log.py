@@ -104,9 +104,21 @@ class RunsTableError(ValueError):
     """A --runs-table path that holds something other than a runs table."""
 
 
+def table_lock(table: Path) -> Path:
+    """The lock file beside a runs table: trainings sharing the table take turns on it."""
+    return table.with_name(f".{table.name}.lock")
+
+
 def check_runs_table(table: Path) -> None:
     """Raise RunsTableError when `table` exists but is not a runs table (append_run would
-    replace the file)."""
+    replace the file), or when its lock's name holds something other than a lock file (a link:
+    found only when training ends, hours later, the run would miss its row)."""
+    lock = table_lock(table)
+    if lock.is_symlink() or (lock.exists() and not lock.is_file()):
+        raise RunsTableError(
+            f"{lock}, the runs table's lock, is a link or not a file: remove it, or choose "
+            "another --runs-table"
+        )
     if not table.exists():
         return
     try:
@@ -130,7 +142,7 @@ def append_run(table: Path, row: dict) -> None:
     The table's lock is held from reading it to replacing it, so a row that another training
     adds meanwhile is never lost."""
     table.parent.mkdir(parents=True, exist_ok=True)
-    with filelock.FileLock(table.with_name(f".{table.name}.lock")):
+    with filelock.FileLock(table_lock(table)):
         check_runs_table(table)
         rows, columns = [], []
         if table.is_file():
