@@ -415,6 +415,15 @@ def read_class_folders(root: str | Path) -> list[Recording]:
         origins.append(str(path))
     if not recordings:
         raise MetadataError(f"{root}: no audio files in class folders")
+    # one name in several folders (yes/0a7c_0.wav, no/0a7c_0.wav, as Speech Commands has it):
+    # those recordings are told apart by their path, without its extension
+    stems = Counter(recording.media_id for recording in recordings)
+    recordings = [
+        replace(r, media_id=str(PurePosixPath(r.fields["file"]).with_suffix("")))
+        if stems[r.media_id] > 1
+        else r
+        for r in recordings
+    ]
     check_unique_media_ids(recordings, origins)
     return recordings
 

@@ -287,9 +287,12 @@ def test_class_folders_and_wavs_through_linked_folders(tmp_path):
 def test_class_folders_duplicate_names_and_empty(tmp_path):
     with pytest.raises(MetadataError, match="no audio files"):
         read_class_folders(tmp_path)
-    write(tmp_path / "owl/a.wav", "")
-    write(tmp_path / "lark/a.wav", "")
-    with pytest.raises(MetadataError, match=r"'a' appears twice.*lark/a\.wav.*owl/a\.wav"):
+    for name in ("owl/a.wav", "lark/a.wav", "lark/b.wav", "lark/night/b.flac"):
+        write(tmp_path / name, "")
+    recordings = read_class_folders(tmp_path)  # one name in two folders: told apart by path
+    assert [r.media_id for r in recordings] == ["lark/a", "lark/b", "lark/night/b", "owl/a"]
+    write(tmp_path / "owl/a.mp3", "")  # the same recording twice: both become owl/a.wav
+    with pytest.raises(MetadataError, match=r"'owl/a' appears twice.*owl/a\.mp3.*owl/a\.wav"):
         read_class_folders(tmp_path)
 
 
