@@ -973,8 +973,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:  # an existing file: even --overwrite replaces only an HDF5 file, never an input
-        if args.out.is_file():
+    try:  # an existing file: even --overwrite replaces only an HDF5 file, never an input;
+        # a folder, a pipe or a device is refused before its lock is made beside it
+        if args.out.exists():
             inputs = [path for path in (args.csv, args.classes_from) if path]
             check_output(args.out, own_kind=is_hdf5, kind="an HDF5 file", inputs=inputs)
     except OutputPathError as error:

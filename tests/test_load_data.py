@@ -581,13 +581,16 @@ def test_a_full_disk_in_a_worker_is_an_error_naming_the_shard_not_a_bug(
     assert not (tmp_path / "out.h5").exists()
 
 
-def test_an_output_that_is_a_folder_is_refused(csv_job, tmp_path, capsys):
+def test_an_output_that_is_a_folder_or_a_pipe_is_refused(csv_job, tmp_path, capsys):
     wav_dir, labels = csv_job
     (tmp_path / "out.h5").mkdir()
-    for extra in ([], ["--overwrite"]):
-        assert load(wav_dir, ["--csv", labels], tmp_path / "out.h5", *extra) == 2
-        error = capsys.readouterr().err
-        assert error.startswith(f"error: {tmp_path / 'out.h5'} is a folder, not a dataset file")
+    os.mkfifo(tmp_path / "pipe.h5")
+    for out, message in [("out.h5", "is a folder"), ("pipe.h5", "is not a regular file")]:
+        for extra in ([], ["--overwrite"]):
+            assert load(wav_dir, ["--csv", labels], tmp_path / out, *extra) == 2
+            error = capsys.readouterr().err
+            assert error.startswith(f"error: --out {tmp_path / out} ") and message in error
+    assert not list(tmp_path.glob("*.lock"))
 
 
 def test_an_xml_with_a_dtd_entity_is_skipped_by_name(tmp_path, capsys):
