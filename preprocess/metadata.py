@@ -471,6 +471,7 @@ def save_table(recordings: list[Recording], path: str | Path) -> None:
         "recordings": [asdict(recording) for recording in recordings],
     }
     text = json.dumps(table, ensure_ascii=False, indent=1) + "\n"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # as every command's --out
     replace_atomically(Path(path), lambda file: file.write(text), "w")
 
 

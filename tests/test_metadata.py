@@ -346,7 +346,7 @@ def test_command_line_writes_the_selected_table(tmp_path, capsys):
     csv_path = write(tmp_path / "m.csv", "file,label\na.wav,x\nb.wav,x\nc.wav,y\n")
     for name in ["a.wav", "b.wav", "c.wav"]:
         write(tmp_path / "wav" / name, "")
-    out = tmp_path / "table.json"
+    out = tmp_path / "new folder" / "table.json"  # made, as by every command's --out
 
     args = ["--csv", str(csv_path), "--wav-dir", str(tmp_path / "wav"), "--top-n", "1"]
     assert main([*args, "--out", str(out)]) == 0
