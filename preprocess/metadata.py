@@ -301,10 +301,13 @@ def read_birdclef_xml_dir(
     xml_dir = Path(xml_dir)
     if not xml_dir.is_dir():
         raise MetadataError(f"{xml_dir}: XML folder not found")
-    paths = [p for p in files_under(xml_dir) if p.suffix.lower() == ".xml" and p.is_file()]
+    named_xml = [p for p in files_under(xml_dir) if p.suffix.lower() == ".xml"]
+    paths = [p for p in named_xml if p.is_file()]
     if not paths:
         raise MetadataError(f"{xml_dir}: no .xml files")
-    recordings, origins, skipped = [], [], []
+    recordings, origins = [], []
+    skipped = [f"skipped {shown_name(str(p))}: not a regular file (a pipe, a device or a broken "
+               "link)" for p in named_xml if not p.is_file()]  # fmt: skip
     for path, each in zip(paths, parse_files(paths), strict=True):
         if isinstance(each, str):
             skipped.append(each)
@@ -313,7 +316,7 @@ def read_birdclef_xml_dir(
             origins.append(str(path))
     check_unique_media_ids(recordings, origins)
     if skipped:
-        log.warning("%s: skipped %d of %d XML files", xml_dir, len(skipped), len(paths))
+        log.warning("%s: skipped %d of %d XML files", xml_dir, len(skipped), len(named_xml))
     return recordings, skipped
 
 
@@ -384,7 +387,9 @@ def read_class_folders(root: str | Path) -> list[Recording]:
         relative = PurePosixPath(path.relative_to(root).as_posix())
         if relative.suffix.lower() not in AUDIO_SUFFIXES or is_ignored(relative):
             continue
-        if not path.is_file():  # a broken link
+        if not path.is_file():
+            log.warning("%s: not a regular file (a pipe, a device or a broken link); left out",
+                        shown_name(str(path)))  # fmt: skip
             continue
         rel, label = relative.as_posix(), relative.parts[0]
         if label == rel:

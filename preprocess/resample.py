@@ -265,20 +265,21 @@ def resample_files(
 def folder_conversions(in_dir: Path, out_dir: Path) -> tuple[list[Conversion], list]:
     """A conversion for every audio file under in_dir (sorted by path; links followed, each
     folder once) to the same path under out_dir with the extension .wav, named by its path in
-    in_dir; and [(name, reason)] for a second input that would give the same output (a.wav
-    and a.WAV)."""
+    in_dir; and [(name, reason)] for the audio names that cannot convert: a second input that
+    would give the same output (a.wav and a.WAV), and one that is not a regular file."""
     found = [path for path in files_under(in_dir) if path.suffix.lower() in AUDIO_SUFFIXES]
-    conversions, collisions, source_of = [], [], {}
+    conversions, refused, source_of = [], [], {}
     for name, path in sorted((path.relative_to(in_dir).as_posix(), path) for path in found):
-        if not path.is_file():
+        if not path.is_file():  # reading a pipe would wait for a writer forever
+            refused.append((name, "not a regular file (a pipe, a device or a broken link)"))
             continue
         output = Path(name).with_suffix(".wav").as_posix()
         if output in source_of:
-            collisions.append((name, f"would also become {output}, made from {source_of[output]}"))
+            refused.append((name, f"would also become {output}, made from {source_of[output]}"))
         else:
             source_of[output] = name
             conversions.append(Conversion(path, out_dir / output, name))
-    return conversions, collisions
+    return conversions, refused
 
 
 def resample_dir(in_dir: Path, out_dir: Path, jobs: int, soxr: bool = False) -> int:

@@ -146,13 +146,15 @@ def test_xml_folder_skips_and_names_bad_files(tmp_path):
     write(tmp_path / "broken.xml", "<Audio><MediaId>5</MediaId>")
     write(tmp_path / "nofile.xml", "<Audio><MediaId>6</MediaId></Audio>")
     write(tmp_path / "readme.txt", "not metadata")
+    os.mkfifo(tmp_path / "pipe.xml")  # reading it would wait for a writer forever
 
     recordings, skipped = read_birdclef_xml_dir(tmp_path)
 
     assert [r.media_id for r in recordings] == ["100", "2016", "17", "9001"]
-    assert len(skipped) == 2
-    assert "broken.xml" in skipped[0] and "malformed" in skipped[0]
-    assert "nofile.xml" in skipped[1] and "FileName" in skipped[1]
+    assert len(skipped) == 3
+    assert "pipe.xml" in skipped[0] and "not a regular file" in skipped[0]
+    assert "broken.xml" in skipped[1] and "malformed" in skipped[1]
+    assert "nofile.xml" in skipped[2] and "FileName" in skipped[2]
 
 
 def test_xml_folder_skips_an_unknown_encoding(tmp_path):
@@ -254,6 +256,7 @@ def test_class_folders_ignore_hidden_and_macosx_and_skip_unstorable_names(tmp_pa
         "sem;colon/d.wav",
     ]:
         write(tmp_path / name, "")
+    os.mkfifo(tmp_path / "owl" / "pipe.wav")
     windows_zip_name = os.fsencode(tmp_path / "lark") + b"/caf\xe9.wav"  # Latin-1, not UTF-8
     open(windows_zip_name, "wb").close()
 
@@ -263,6 +266,7 @@ def test_class_folders_ignore_hidden_and_macosx_and_skip_unstorable_names(tmp_pa
     assert "caf\\udce9.wav': the path is not valid UTF-8; left out" in caplog.text
     assert "line\\nbreak.wav': the path holds a line break; left out" in caplog.text
     assert "class folder name 'sem;colon' holds ';'" in caplog.text
+    assert "pipe.wav: not a regular file" in caplog.text
     assert "ipynb" not in caplog.text and "MACOSX" not in caplog.text  # ignored, not reported
 
 

@@ -261,6 +261,7 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     for name in ("a.WAV", "a.wav", "b.wav", "c.wav"):
         wavfile.write(in_dir / name, 8000, tone)
     (in_dir / "d.mp3").write_bytes(b"ID3")
+    os.mkfifo(in_dir / "e.wav")  # reading it would wait for a writer forever
     out_dir.mkdir()
     wavfile.write(out_dir / "c.wav", 16000, tone)  # with its input's time: done
     os.utime(out_dir / "c.wav", ns=(0, (in_dir / "c.wav").stat().st_mtime_ns))
@@ -269,7 +270,10 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     conversions, collisions = resample.folder_conversions(in_dir, out_dir)
     todo, already_done, failed = resample.plan(conversions, sox=False, into=out_dir)
 
-    assert collisions == [("a.wav", "would also become a.wav, made from a.WAV")]
+    assert collisions == [
+        ("a.wav", "would also become a.wav, made from a.WAV"),
+        ("e.wav", "not a regular file (a pipe, a device or a broken link)"),
+    ]
     assert [(c.name, c.target) for c in todo] == [
         ("a.WAV", out_dir / "a.wav"),
         ("b.wav", out_dir / "b.wav"),
