@@ -368,6 +368,19 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
     if not recordings:
         raise MetadataError(f"{csv_path}: no recordings")
     check_unique_media_ids(recordings, origins)
+    rows_of_file: dict[str, list[str]] = {}
+    for recording, origin in zip(recordings, origins, strict=True):
+        rows_of_file.setdefault(recording.file, []).append(origin)
+    for file, rows in rows_of_file.items():
+        if len(rows) > 1:
+            log.warning(
+                "%s: %s is listed %d times (%s): the same audio, as several recordings, may "
+                "be trained on and validated on at once",
+                csv_path,
+                shown_name(file),
+                len(rows),
+                ", ".join(rows),
+            )
     return recordings
 
 

@@ -224,6 +224,13 @@ def test_bad_csv_is_an_error_naming_the_file(tmp_path, text, message):
     assert "labels.csv" in str(error.value)
 
 
+def test_a_csv_listing_one_file_twice_warns_with_both_lines(tmp_path, caplog):
+    path = write(tmp_path / "labels.csv", "file,label,media_id\na.wav,x,1\nb.wav,x,2\na.wav,y,3\n")
+    assert [r.media_id for r in read_csv(path)] == ["1", "2", "3"]
+    assert "a.wav is listed 2 times" in caplog.text
+    assert "labels.csv line 2, " in caplog.text and "labels.csv line 4)" in caplog.text
+
+
 def test_a_csv_that_is_a_pipe_or_a_device_is_refused_not_read(tmp_path):
     os.mkfifo(tmp_path / "labels.csv")  # reading it would wait for a writer forever
     for path in (tmp_path / "labels.csv", Path("/dev/zero"), tmp_path):
