@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 FORMAT_VERSION = 1
@@ -44,12 +45,11 @@ class SpectrogramParams:
     drop_silence: bool = False  # drop frames of digital silence (exact zeros: padding)
 
     def __post_init__(self) -> None:
+        self._check_types_and_ranges()
         if self.frontend not in FRONTENDS:
             raise ValueError(f"frontend {self.frontend!r} is not one of {', '.join(FRONTENDS)}")
         if self.padding not in PADDINGS:
             raise ValueError(f"padding {self.padding!r} is not one of {', '.join(PADDINGS)}")
-        if self.n_bins < 1 or self.chunk_frames < 1 or self.hop < 1 or self.nfft < 2:
-            raise ValueError("n_bins, chunk_frames, hop must be at least 1 and nfft at least 2")
         if self.frontend == "logmel" and not 0 <= self.fmin < self.fmax <= self.sample_rate / 2:
             raise ValueError(
                 f"mel bands need 0 <= fmin < fmax <= sample_rate / 2, "
@@ -60,6 +60,33 @@ class SpectrogramParams:
                 "drop_silence is for the front end without the noise filter (the filter "
                 "removes empty frames itself)"
             )
+
+    def _check_types_and_ranges(self) -> None:
+        """ValueError for a value of the wrong type, not finite, or far outside any front end
+        (a damaged params.json would otherwise give a confident wrong prediction)."""
+        for field in dataclasses.fields(self):
+            value, kind = getattr(self, field.name), field.type
+            expected = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}[kind]
+            if not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool)):
+                raise ValueError(f"{field.name} {value!r} is not of type {kind}")
+            if kind == "float" and not math.isfinite(value):
+                raise ValueError(f"{field.name} {value!r} is not a finite number")
+        limits = {  # name: (lowest, highest)
+            "sample_rate": (1, 10**6),
+            "nfft": (2, 2**20),
+            "hop": (1, 2**20),
+            "n_bins": (1, 2**16),
+            "n_band_edges": (2, 2**16),
+            "cell_frames": (1, 10**6),
+            "top_k": (1, 10**6),
+            "chunk_frames": (1, 10**6),
+            "log_floor": (1e-30, 1.0),
+            "threshold_factor": (0.0, 1e6),
+            "empty_frame_fraction": (0.0, 1.0),
+        }
+        for name, (lowest, highest) in limits.items():
+            if not lowest <= getattr(self, name) <= highest:
+                raise ValueError(f"{name} {getattr(self, name)!r} is outside [{lowest}, {highest}]")
 
     def to_json(self) -> str:
         values = dataclasses.asdict(self)

@@ -163,6 +163,17 @@ def test_unknown_keys_and_values_are_errors():
         SpectrogramParams(frontend="mfcc")
     with pytest.raises(ValueError, match="padding"):
         SpectrogramParams(padding="reflect")
+    stored = json.loads(JSON_2016)
+    for name, value, message in [  # a damaged params.json: never a confident wrong answer
+        ("threshold_factor", float("nan"), "not a finite number"),
+        ("hop", 10**12, r"outside \[1, 1048576\]"),
+        ("nfft", "512", "not of type int"),
+        ("chunk_frames", True, "not of type int"),
+        ("log_floor", 0.0, "outside"),
+        ("empty_frame_fraction", 1.5, "outside"),
+    ]:
+        with pytest.raises(ValueError, match=f"{name} .*{message}"):
+            SpectrogramParams.from_json(json.dumps({**stored, name: value}))
 
 
 def test_frames_for_seconds_makes_a_clip_of_that_length_one_chunk():
