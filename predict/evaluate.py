@@ -161,6 +161,8 @@ def read_truth_xml_dir(xml_dir: Path) -> Truth:
 def read_truth(path: Path, names_xml_dir: Path | None = None) -> Truth:
     if path.is_dir():
         return read_truth_xml_dir(path)
+    if path.exists() and not path.is_file():  # a pipe or a device: read without end
+        raise TruthError(f"{path}: not a regular file (a CSV file or an XML folder)")
     if not path.is_file():
         raise TruthError(f"{path}: ground truth not found (a CSV file or an XML folder)")
     to_class = None
@@ -184,6 +186,8 @@ def read_classes(path: Path) -> list[str]:
         raise TruthError(f"{path}: not a run folder's classes.json ({error})") from None
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise TruthError(f"{path}: 'classes' is not a list of class ids")
+    if len(set(classes)) != len(classes):
+        raise TruthError(f"{path}: 'classes' names a class more than once")
     return classes
 
 

@@ -38,6 +38,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from predict.runfile import AtomicTextWriter, RunEntry  # noqa: E402
 from preprocess.paths import (  # noqa: E402
+    OutputPathError,
     check_output,
     first_bytes,
     first_line,
@@ -264,6 +265,8 @@ def check_report_paths(out_dir: Path, inputs: Iterable[Path]) -> None:
     """OutputPathError unless every report file in out_dir may be written: none is one of
     inputs (the files the command reads, or writes under other options) or an existing file of
     another kind (`preprocess/paths.check_output`)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputPathError(f"--report {out_dir} exists and is not a folder")
     inputs = list(inputs)
     for name, (kind, own_kind) in REPORT_FILES.items():
         check_output(out_dir / name, own_kind=own_kind, kind=kind, inputs=inputs, option="--report")

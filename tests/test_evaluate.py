@@ -385,3 +385,23 @@ def test_names_xml_dir_without_labels_is_an_error(tmp_path, capsys):
     run = write_run(tmp_path / "run.csv", {"1": [0.4, 0.3, 0.2, 0.1]})
     err = evaluate_error(capsys, "--run-file", run, "--truth", truth, "--names-xml-dir", xml)
     assert "no labelled recording" in err
+
+
+def test_a_pipe_as_truth_duplicate_classes_and_a_file_as_report_are_refused_first(tmp_path, capsys):
+    run = tmp_path / "run.csv"
+    run.write_text("1;aaaaaa;0.5;1\n")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("1;aaaaaa;\n")
+    os.mkfifo(tmp_path / "pipe.csv")  # reading it would wait for a writer forever
+    err = evaluate_error(capsys, "--run-file", run, "--truth", tmp_path / "pipe.csv")
+    assert "pipe.csv: not a regular file" in err
+    classes = tmp_path / "classes.json"
+    classes.write_text('{"classes": ["aaaaaa", "bbbbbb", "aaaaaa"]}')
+    err = evaluate_error(capsys, "--run-file", run, "--truth", truth, "--classes", classes)
+    assert "names a class more than once" in err
+    (tmp_path / "notes.txt").write_text("mine")
+    err = evaluate_error(
+        capsys, "--run-file", run, "--truth", truth, "--report", tmp_path / "notes.txt"
+    )
+    assert "notes.txt exists and is not a folder" in err and "MAP" not in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"
