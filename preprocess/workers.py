@@ -66,11 +66,14 @@ def keep_freed_memory() -> None:
     mallopt(m_trim_threshold, 64 * 2**20)
 
 
-def start_extraction_worker() -> None:
-    """Initializer of a worker process, extracting or reading (`RowReaders`)."""
+def start_extraction_worker(parent: int) -> None:
+    """Initializer of a worker process, extracting or reading (`RowReaders`); parent: the pid
+    of the process that started it, given by that process: a spawned worker runs this only
+    once its imports are done, and a parent killed meanwhile would leave os.getppid() naming
+    init, which the worker would then wait on forever."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     keep_freed_memory()
-    threading.Thread(target=exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
 
 
 def exit_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
@@ -110,7 +113,9 @@ def run_in_workers(
     queued: deque = deque()
     with contextlib.ExitStack() as stack:  # on leaving: the workers end, then the folder goes
         folder = stack.enter_context(handoff_folder()) if handoff else None
-        executor = ProcessPoolExecutor(workers, context, initializer=start_extraction_worker)
+        executor = ProcessPoolExecutor(
+            workers, context, initializer=start_extraction_worker, initargs=(os.getpid(),)
+        )
         stack.callback(executor.shutdown, cancel_futures=True)
         while True:
             try:
@@ -278,7 +283,9 @@ class RowReaders:
             ours, theirs = context.Pipe()
             self.pipes.append(ours)  # before the fork: the process closes its copy of it
             process = context.Process(
-                target=_serve_reads, args=(self.path, theirs, self.pipes), daemon=True
+                target=_serve_reads,
+                args=(self.path, theirs, self.pipes, os.getpid()),
+                daemon=True,
             )
             process.start()
             theirs.close()
@@ -386,11 +393,11 @@ class RowReaders:
         return np.frombuffer(window, dtype=np.float32).reshape(n_rows, *self.row_shape)
 
 
-def _serve_reads(path: Path, pipe, parent_ends: list) -> None:
-    """A reader process (`RowReaders`): (rows, slot path, start) asked through pipe, answered
-    with `_read_rows_into`'s result, or with the error met, until None is asked or the pipe
-    closes."""
-    start_extraction_worker()
+def _serve_reads(path: Path, pipe, parent_ends: list, parent: int) -> None:
+    """A reader process (`RowReaders`) of the process parent: (rows, slot path, start) asked
+    through pipe, answered with `_read_rows_into`'s result, or with the error met, until None
+    is asked or the pipe closes."""
+    start_extraction_worker(parent)
     for end in parent_ends:  # copies made by the fork: the pipe closes when RowReaders's does
         end.close()
     while True:

@@ -4,6 +4,7 @@ read together by reader processes."""
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,6 +25,7 @@ from preprocess.workers import (
     run_in_workers,
     take_chunks,
 )
+from tests.helpers import still_running
 
 
 def square_or_die(number: int) -> int:
@@ -179,3 +181,36 @@ def test_only_the_process_that_made_a_folder_removes_it(tmp_path):
     assert os.path.isdir(folder)
     remove_folder_of(os.getpid(), folder)
     assert not os.path.exists(folder)
+
+
+SLOW_START_SCRIPT = """
+import multiprocessing, os, signal, sys, threading, time
+from pathlib import Path
+if __name__ == "__mp_main__":  # a spawned worker importing this file: slow, as a real import
+    with open(sys.argv[1], "a") as pids:
+        pids.write(f"{os.getpid()}\\n")
+    time.sleep(2)
+sys.path.insert(0, sys.argv[2])
+from preprocess.workers import run_in_workers
+
+def task(number):
+    return number
+
+if __name__ == "__main__":
+    results = run_in_workers(task, [(n,) for n in range(8)], 2, str,
+                             multiprocessing.get_context("spawn"))
+    threading.Thread(target=next, args=(results,), daemon=True).start()  # workers start
+    time.sleep(1)  # they are still importing this file
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_workers_killed_parent_during_their_start_end_too(tmp_path):
+    script, pids = tmp_path / "slow_start.py", tmp_path / "pids.txt"
+    script.write_text(SLOW_START_SCRIPT)
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, script, pids, root], timeout=60)
+    time.sleep(2.5)  # their imports done, they run their initializer after the parent died
+    workers = [int(pid) for pid in pids.read_text().split()]
+    assert len(workers) == 2
+    assert still_running(workers, seconds=10) == []
