@@ -122,6 +122,16 @@ def audio_seconds(path: str | os.PathLike) -> float:
     return n_samples / rate
 
 
+def is_digital_silence(path: str | os.PathLike) -> bool:
+    """Whether every sample of a readable wav is exactly zero: streamed in blocks where the
+    format allows (`read_wav_blocks`), else read whole."""
+    try:
+        blocks = read_wav_blocks(path)
+    except AudioError:  # another format than 16-bit PCM mono: read whole
+        blocks = iter([read_wav(path)[0]])
+    return not any(np.any(block) for block in blocks)
+
+
 def read_wav_blocks(path: str | os.PathLike, block_samples: int = 2**19) -> Iterator[np.ndarray]:
     """The samples of a 16-bit PCM mono wav in consecutive blocks of block_samples (the last
     one shorter): float32 (n,) on the int16 scale, concatenating to `read_wav`'s samples.

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from preprocess import metadata
-from preprocess.audio import AudioError, audio_seconds
+from preprocess.audio import AudioError, audio_seconds, is_digital_silence
 from preprocess.cli import at_least, most_workers, run_command
 from preprocess.dataset import (
     COMPRESSIONS,
@@ -113,17 +113,27 @@ class Extracted(NamedTuple):
 
 
 def extract_recording(path: Path, params: SpectrogramParams, compression: str) -> Extracted:
-    """One wav file -> its compressed chunks; an unusable file gives `error` instead.
+    """One wav file -> its compressed chunks; an unusable file gives `error` instead, and so
+    does one that holds no sound: digital silence (every sample zero) or audio shorter than
+    one spectrogram window, whose chunks would train a label on nothing.
 
     `recording_chunks` (the same as prediction's) gives the chunks STREAM_PIECE_CHUNKS at a
     time, so a streamed long recording is held as compressed chunks only.
     """
     stored: list[StoredChunk] = []
+    lowest, highest = np.inf, -np.inf  # of every feature: equal where there is no sound
     try:
         recording = recording_chunks(path, params, STREAM_PIECE_CHUNKS, resample=True)
         while True:
-            stored += compress_chunks(next(recording.pieces), compression)
+            piece = next(recording.pieces)
+            if piece.size:
+                lowest, highest = min(lowest, piece.min()), max(highest, piece.max())
+            stored += compress_chunks(piece, compression)
     except StopIteration as end:
+        if recording.seconds * params.sample_rate < params.nfft:
+            return Extracted([], 0, 0.0, 0, "shorter than one spectrogram window: no sound")
+        if lowest == highest and is_digital_silence(path):  # (not a recording the noise
+            return Extracted([], 0, 0.0, 0, "silent: every sample is zero")  # filter emptied)
         return Extracted(stored, end.value, recording.seconds, recording.sample_rate, None)
     except AudioError as error:
         return Extracted([], 0, 0.0, 0, error.reason)

@@ -42,11 +42,11 @@ def tone_in_noise(seconds: float, seed: int) -> np.ndarray:
 
 
 def make_wavs(folder: Path) -> dict[str, np.ndarray]:
-    """tone (3 s), short (0.1 s), silent (2 s of zeros), long (12 s) in folder."""
+    """tone (3 s), short (0.1 s), silent (2 s of the faintest hiss), long (12 s) in folder."""
     wavs = {
         "tone.wav": tone_in_noise(3, 0),
         "short.wav": tone_in_noise(0.1, 1),
-        "silent.wav": np.zeros(2 * RATE, np.int16),
+        "silent.wav": np.random.default_rng(3).integers(-2, 3, 2 * RATE).astype(np.int16),
         "long.wav": tone_in_noise(12, 2),
     }
     folder.mkdir(parents=True, exist_ok=True)
@@ -775,3 +775,22 @@ def test_a_users_file_or_a_link_at_the_temporary_name_is_refused(
     temporary.write_bytes(b"")  # an empty file is a write of OUT killed at once: replaced
     assert load(wav_dir, ["--csv", labels], out) == 0
     assert not temporary.exists() and victim.read_text() == "the user's text"
+
+
+def test_recordings_that_hold_no_sound_are_skipped_by_name(tmp_path, capsys):
+    wav_dir = tmp_path / "wav"
+    make_wavs(wav_dir)
+    wavfile.write(wav_dir / "zeros.wav", RATE, np.zeros(3 * RATE, np.int16))
+    wavfile.write(wav_dir / "click.wav", RATE, np.full(20, 3000, np.int16))  # 1.25 ms
+    names = ["tone.wav", "zeros.wav", "click.wav", "long.wav"]
+    labels = write_csv(
+        tmp_path / "labels.csv", [{"file": n, "label": "ab"[i % 2]} for i, n in enumerate(names)]
+    )
+    for options in ([], ["--recipe", "modern"]):
+        out = tmp_path / f"out{len(options)}.h5"
+        assert load(wav_dir, ["--csv", labels], out, *options) == 0
+        with open_dataset(out) as dataset:
+            assert list(dataset.recordings["file"]) == ["tone.wav", "long.wav"]
+        report = capsys.readouterr().out
+        assert "zeros.wav (silent: every sample is zero)" in report
+        assert "click.wav (shorter than one spectrogram window" in report
