@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -689,6 +690,11 @@ def test_checkpoints_are_written_whole_or_not_at_all(tiny_model, tmp_path, monke
         load_saved_model(best)
     with pytest.raises(ModelFileError, match="no such model file"):
         load_saved_model(tmp_path / "none.keras")
+    bomb = tmp_path / "bomb.keras"  # a config.json of 200 MB of spaces, deflated to 200 KB
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", b"{" + b" " * 200 * 2**20 + b"}")
+    with pytest.raises(ModelFileError, match=r"would unpack to 0\.2 GB"):
+        load_saved_model(bomb)
 
 
 def test_a_damaged_best_model_is_named_when_scoring(trained_run, tmp_path, capsys):

@@ -150,6 +150,11 @@ class ModelFileError(ValueError):
     """A saved model that cannot be loaded; the message names the file and says why."""
 
 
+# Keras stores a .keras file's members uncompressed: an archive unpacking to much more than
+# its own size is a zip bomb, which would take all memory before Keras says anything
+MOST_UNPACKED_RATIO, MOST_UNPACKED_EXTRA = 2, 64 * 2**20
+
+
 def load_saved_model(path: Path, compile: bool = False) -> keras.Model:
     """keras.saving.load_model of a .keras file, or ModelFileError saying the file is missing
     or damaged (Keras itself reports a truncated file as "File not found")."""
@@ -158,6 +163,12 @@ def load_saved_model(path: Path, compile: bool = False) -> keras.Model:
         raise ModelFileError(f"{path}: no such model file")
     try:
         with zipfile.ZipFile(path) as archive:  # a .keras file is a zip archive
+            unpacked = sum(member.file_size for member in archive.infolist())
+            if unpacked > MOST_UNPACKED_RATIO * path.stat().st_size + MOST_UNPACKED_EXTRA:
+                raise ModelFileError(
+                    f"{path}: not a model file Keras wrote: its members would unpack to "
+                    f"{unpacked / 1e9:.1f} GB (Keras stores them uncompressed)"
+                )
             bad_member = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as error:
         raise ModelFileError(
