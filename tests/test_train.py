@@ -813,6 +813,11 @@ def test_generate_images_writes_a_limited_folder_per_class(easy_data, tmp_path):
     assert folders == sorted([*CLASSES, "unlabelled"])
     image = plt.imread(next((tmp_path / "aaa").glob("aaa0_*.png")))
     assert image.shape[:2] == (PARAMS.n_bins, PARAMS.chunk_frames)
+    named = tmp_path / "named.h5"  # a class called unlabelled keeps its folder to itself
+    write_easy_dataset(named, per_class=1, classes=["aaa", "unlabelled"])
+    assert generate_images(named, tmp_path / "named", per_class=5) > 3
+    folders = sorted(p.name for p in (tmp_path / "named").iterdir())
+    assert folders == ["_unlabelled", "aaa", "unlabelled"]
 
 
 def test_generate_images_keeps_ids_from_the_data_inside_the_output(tmp_path, capsys):

@@ -3,8 +3,9 @@
     python train/generate_images.py --data work/train.h5 --out images --per-class 20
 
 Each image is one chunk as the network sees it (frequency up, time right, darker = louder),
-named MediaId_chunkindex.png, in OUT/<ClassId>/ (OUT/unlabelled/ for unlabelled chunks). The
-first --per-class chunks of each class in file order are written.
+named MediaId_chunkindex.png, in OUT/<ClassId>/ (OUT/unlabelled/ for unlabelled chunks, or
+_unlabelled/ where a class has that name). The first --per-class chunks of each class in file
+order are written.
 """
 
 from __future__ import annotations
@@ -55,8 +56,11 @@ def generate_images(data: Path, out: Path, per_class: int) -> int:
         # ids from the data never reach a path as they are ('../x', '/etc', control characters)
         folder_names = safe_file_names([class_ids[row] for row in rows])
         file_names = safe_file_names([media_ids[row] for row in rows])
+        unlabelled = "unlabelled"
+        while unlabelled in folder_names.values():  # a class of that name keeps its folder
+            unlabelled = f"_{unlabelled}"
         for row in rows:
-            folder = out / (folder_names[class_ids[row]] if class_ids[row] else "unlabelled")
+            folder = out / (folder_names[class_ids[row]] if class_ids[row] else unlabelled)
             folder.mkdir(parents=True, exist_ok=True)
             name = f"{file_names[media_ids[row]]}_{chunk_index[row]}.png"
             save_chunk_image(dataset.X[row], inside(folder, name))
