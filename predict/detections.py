@@ -11,11 +11,20 @@ or the per-class thresholds chosen at training time (`--thresholds run`, train/t
 File names made from MediaIds (`safe_file_names`): each character that is a path separator
 ('/' or '\\'), a control character (Unicode category C*) or one of `:*?"<>|` (refused by
 Windows) becomes '_'; leading dots and spaces and trailing dots and spaces are removed (so
-no '..', no hidden file); an empty result becomes '_'; names are cut to 150 characters.
-Two MediaIds that give the same name (ignoring case, as macOS and Windows do) are told apart
-by `~2`, `~3`... in the sorted order of the MediaIds, so the same inputs always give the same
-names; the first MediaId keeps the plain name. Every file is written inside the folder asked
-for, and atomically (complete or absent).
+no '..', no hidden file); an empty result becomes '_'; names are cut to 150 bytes of UTF-8
+(on a character boundary), which leaves room in the 255 bytes a file name may have for `~N`,
+the longest suffix and the temporary name's additions. Two MediaIds that give the same name
+(ignoring case, as macOS and Windows do) are told apart by `~2`, `~3`... in the sorted order
+of the MediaIds, so the same inputs always give the same names; the first MediaId keeps the
+plain name. Every file is written inside the folder asked for, and atomically (complete or
+absent).
+
+Every table's path is known before any work (`table_paths`), and `check_tables` refuses the
+run up front, as `preprocess.paths.check_output` does for the other outputs, where a table
+would replace a folder, a link, a pipe or device, a file that is not a table of its kind
+(a Raven table begins with exactly the header this module writes; an Audacity label track
+has only lines as this module writes them; an empty file is either), an input, or another
+output (--out, --human-csv, --embeddings). Class names become one line in a table's cell.
 
 Embeddings (`EmbeddingModel`): the input of the model's last Dense layer, found in Sequential
 and functional models alike; written with np.savez as plain arrays (no pickles):
@@ -30,16 +39,18 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from predict.runfile import AtomicTextWriter, open_part_file, window_span
+from preprocess.paths import OutputPathError, first_bytes
 
-MAX_NAME_CHARS = 150
+MAX_NAME_BYTES = 150  # UTF-8; + `~N`, `.selections.txt` and `.<name>.XXXXXXXX.part` <= 255
 UNSAFE_CHARACTERS = re.compile(r'[/\\:*?"<>|]')
 RAVEN_COLUMNS = (
     "Selection",
@@ -53,6 +64,10 @@ RAVEN_COLUMNS = (
     "Common Name",
     "Confidence",
 )
+RAVEN_HEADER = "\t".join(RAVEN_COLUMNS) + "\n"
+RAVEN_SUFFIX, AUDACITY_SUFFIX = ".selections.txt", ".labels.txt"
+AUDACITY_LINE = re.compile(r"\d+\.\d{6}\t\d+\.\d{6}\t[^\t\n]* \(\d\.\d{3}\)\n?")
+MAX_TABLE_LINE_CHARS = 100_000  # far beyond any table line this module writes
 
 
 class OutputError(ValueError):
@@ -66,7 +81,9 @@ class OutputError(ValueError):
 def safe_name(media_id: str) -> str:
     """A MediaId as a single, harmless file name component (the rule: module docstring)."""
     name = "".join("_" if unicodedata.category(c).startswith("C") else c for c in str(media_id))
-    name = UNSAFE_CHARACTERS.sub("_", name).lstrip(". ").rstrip(". ")[:MAX_NAME_CHARS]
+    name = UNSAFE_CHARACTERS.sub("_", name).lstrip(". ").rstrip(". ")
+    # bytes, not characters: 150 'é' are 300 bytes; a character cut in two is dropped whole
+    name = name.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", errors="ignore")
     return name.rstrip(". ") or "_"
 
 
@@ -83,6 +100,114 @@ def safe_file_names(media_ids: Sequence[str]) -> dict[str, str]:
         taken.add(name.casefold())
         names[media_id] = name
     return names
+
+
+def table_paths(
+    media_ids: Sequence[str], raven_dir: Path | None, audacity_dir: Path | None
+) -> dict[str, list[tuple[str, Path]]]:
+    """MediaId -> [(option, table path)]: the tables a run writes (names: `safe_file_names`)."""
+    names = safe_file_names(media_ids)
+    folders = [("--raven", raven_dir, RAVEN_SUFFIX), ("--audacity", audacity_dir, AUDACITY_SUFFIX)]
+    return {
+        media_id: [
+            (option, folder / f"{name}{suffix}") for option, folder, suffix in folders if folder
+        ]
+        for media_id, name in names.items()
+    }
+
+
+def is_raven_table(path: Path) -> bool:
+    """True for a file beginning with the exact header `write_raven_table` writes."""
+    return first_bytes(path, len(RAVEN_HEADER.encode())) == RAVEN_HEADER.encode()
+
+
+def is_audacity_labels(path: Path) -> bool:
+    """True for a file whose every line is one `write_audacity_labels` writes
+    (`start<TAB>end<TAB>label (confidence)`): a label track edited by hand is not."""
+    try:
+        with open(path, encoding="utf-8", newline="") as file:
+            for line in iter(lambda: file.readline(MAX_TABLE_LINE_CHARS), ""):
+                if not AUDACITY_LINE.fullmatch(line):
+                    return False
+    except (OSError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def _identities(path: Path) -> set:
+    """Keys that name path's file: where it lies (its folder resolved), where it leads
+    (links resolved) and, when it exists, its (device, inode)."""
+    keys: set = {path.parent.resolve() / path.name, path.resolve()}
+    try:
+        status = path.stat()
+        keys.add((status.st_dev, status.st_ino))
+    except OSError:
+        pass
+    return keys
+
+
+def check_tables(
+    media_ids: Sequence[str],
+    raven_dir: Path | None,
+    audacity_dir: Path | None,
+    *,
+    inputs: Iterable[Path] = (),
+    outputs: Iterable[tuple[str, Path | None]] = (),
+) -> None:
+    """OutputPathError, before anything is written, naming the first table path that is an
+    input, another output (option, path), a link, a folder, a pipe or device, or a file that
+    is not a table of its kind (the rules: module docstring). Fast for many recordings: each
+    path is compared by its identities, not with every other path."""
+    folders = {"--raven": raven_dir, "--audacity": audacity_dir}
+    resolved = {}
+    for option, folder in folders.items():
+        if folder is None:
+            continue
+        blocking = [p for p in (folder, *folder.parents) if os.path.lexists(p) and not p.is_dir()]
+        if blocking:  # a file, a broken link: nothing could be written into it
+            raise OutputPathError(
+                f"cannot make the table folder {folder} ({option}): {blocking[-1]} is not a folder"
+            )
+        resolved[option] = folder.resolve()
+    claimed: dict = {}
+    named = [*((f"an input ({path})", path) for path in inputs), *outputs]
+    for label, path in named:
+        if path is not None:
+            for key in _identities(Path(path)):
+                claimed.setdefault(key, f"{label} {path}" if label.startswith("-") else label)
+    kinds = {
+        "--raven": (is_raven_table, "a Raven table written by --raven"),
+        "--audacity": (is_audacity_labels, "an Audacity label track written by --audacity"),
+    }
+    for media_id, tables in table_paths(media_ids, raven_dir, audacity_dir).items():
+        for option, path in tables:
+            where = f"{option} {path} (the table of MediaId {media_id!r})"
+            keys = {resolved[option] / path.name}
+            try:
+                status = os.lstat(path)
+            except FileNotFoundError:
+                status = None
+            except OSError as error:  # unreadable folder, a name too long, ...
+                raise OutputPathError(f"{where}: {error.strerror}") from None
+            if status is not None:
+                keys.add((status.st_dev, status.st_ino))
+            clash = next((claimed[key] for key in keys if key in claimed), None)
+            if clash:
+                raise OutputPathError(f"{where} is also {clash}: choose another folder")
+            if status is None:
+                continue
+            if stat.S_ISLNK(status.st_mode):
+                problem = "is a link"
+            elif stat.S_ISDIR(status.st_mode):
+                problem = "is a folder"
+            elif not stat.S_ISREG(status.st_mode):
+                problem = "is not a regular file"
+            elif status.st_size and not kinds[option][0](path):
+                problem = f"is not {kinds[option][1]}"
+            else:
+                continue
+            advice = "remove it yourself or choose another folder"
+            raise OutputPathError(f"{where} {problem}: it is left alone ({advice})")
 
 
 def inside(folder: Path, name: str) -> Path:
@@ -128,6 +253,14 @@ def window_detections(
     return detections
 
 
+def one_line(text: str) -> str:
+    """text as one line of one cell: line breaks, tabs and other control characters become
+    spaces, runs of white space one space."""
+    return " ".join(
+        "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text).split()
+    )
+
+
 def write_raven_table(
     path: Path,
     detections: list[Detection],
@@ -136,9 +269,10 @@ def write_raven_table(
     high_freq_hz: float,
 ) -> None:
     """A Raven Pro selection table: tab-separated, a header of RAVEN_COLUMNS, one row per
-    detection (View "Spectrogram 1", Channel 1, the band the model sees: 0..high_freq_hz)."""
+    detection (View "Spectrogram 1", Channel 1, the band the model sees: 0..high_freq_hz);
+    every cell one line (`one_line`)."""
     with AtomicTextWriter(path) as table:
-        table.file.write("\t".join(RAVEN_COLUMNS) + "\n")
+        table.file.write(RAVEN_HEADER)
         for number, found in enumerate(detections, 1):
             class_id = classes[found.column]
             row = [
@@ -153,7 +287,7 @@ def write_raven_table(
                 class_names.get(class_id, ""),
                 f"{found.confidence:.4f}",
             ]
-            table.file.write("\t".join(cell.replace("\t", " ") for cell in row) + "\n")
+            table.file.write("\t".join(one_line(cell) for cell in row) + "\n")
 
 
 def top_frequency_hz(params) -> float:
@@ -176,9 +310,7 @@ def write_audacity_labels(
         for found in detections:
             class_id = classes[found.column]
             label = audacity_label(class_id, class_names.get(class_id, ""), found.confidence)
-            labels.file.write(
-                f"{found.begin_s:.6f}\t{found.end_s:.6f}\t{' '.join(label.split())}\n"
-            )
+            labels.file.write(f"{found.begin_s:.6f}\t{found.end_s:.6f}\t{one_line(label)}\n")
 
 
 # ---- embeddings ------------------------------------------------------------------------------
@@ -299,7 +431,7 @@ class ChunkOutputs:
         self.soundscape = soundscape
         self.raven_dir, self.audacity_dir = raven_dir, audacity_dir
         self.embeddings_path = embeddings_path
-        self.file_names = safe_file_names(media_ids)
+        self.tables = table_paths(media_ids, raven_dir, audacity_dir)
         for folder in (raven_dir, audacity_dir):
             if folder:
                 try:
@@ -358,13 +490,12 @@ class ChunkOutputs:
         if not (self.raven_dir or self.audacity_dir):
             return
         found = window_detections(window_probs, duration_s, self.thresholds, self.window_seconds)
-        name = self.file_names[media_id]
-        if self.raven_dir:
-            path = inside(self.raven_dir, f"{name}.selections.txt")
-            write_raven_table(path, found, self.classes, self.class_names, self.high_freq_hz)
-        if self.audacity_dir:
-            path = inside(self.audacity_dir, f"{name}.labels.txt")
-            write_audacity_labels(path, found, self.classes, self.class_names)
+        for option, table in self.tables[media_id]:
+            path = inside(table.parent, table.name)
+            if option == "--raven":
+                write_raven_table(path, found, self.classes, self.class_names, self.high_freq_hz)
+            else:
+                write_audacity_labels(path, found, self.classes, self.class_names)
 
     def write_embeddings(self) -> None:
         rows = self._rows

@@ -52,7 +52,12 @@ from tqdm import tqdm
 if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from predict.detections import ChunkOutputs, OutputError, top_frequency_hz  # noqa: E402
+from predict.detections import (  # noqa: E402
+    ChunkOutputs,
+    OutputError,
+    check_tables,
+    top_frequency_hz,
+)
 from predict.runfile import (  # noqa: E402
     MAX_RANK,
     AtomicTextWriter,
@@ -73,7 +78,13 @@ from preprocess.metadata import (  # noqa: E402
     read_birdclef_xml_dir,
 )
 from preprocess.params import SpectrogramParams  # noqa: E402
-from preprocess.paths import OutputPathError, check_output, first_line, is_zip_with  # noqa: E402
+from preprocess.paths import (  # noqa: E402
+    OutputPathError,
+    check_output,
+    first_line,
+    is_zip_with,
+    shown_name,
+)
 from preprocess.spectrogram import STREAM_SECONDS  # noqa: E402
 from preprocess.workers import WorkerLost, run_in_workers, take_chunks  # noqa: E402
 from train.metrics import POOLINGS, POWER_EXPONENT, recording_scores  # noqa: E402
@@ -84,7 +95,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_FILE = "best_val_map.keras"
 SOUNDSCAPE_WINDOW_SECONDS = 5.0  # the BirdCLEF 2017 soundscape run-file window
 MAX_BATCH_SIZE = 16384  # chunks per model call: a 4 GB input buffer
+NOT_REGULAR = "not a regular file (a pipe, a device or a broken link)"
 HUMAN_CSV_HEADER = "file,MediaId"  # how the --human-csv file begins
+MAX_POOLING_EXPONENT = 100.0  # of the power mean: near the max already (training writes 3)
 CACHE_NAME_LENGTH = 32  # hex digits of the hash naming a file in the resampling cache
 WORKER_MAX_SECONDS = STREAM_SECONDS  # longer recordings are extracted here, streamed
 
@@ -116,9 +129,23 @@ class Inference:
     pooling_exponent: float = POWER_EXPONENT
 
 
+def is_plain_file_name(name: object) -> bool:
+    """True for a file name in a folder: text, no folder part ('/' or '\\'), not '.' or '..'."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(character in name for character in ("/", "\\", "\0"))
+    )
+
+
 def read_inference(run_dir: Path) -> Inference:
     """RUN/inference.json as `Inference`; the defaults (2016) when the file is absent. Other
-    keys (training's validation scores of each pooling, ...) are for people and ignored."""
+    keys (training's validation scores of each pooling, ...) are for people and ignored.
+
+    The model file must be a plain file name, in the run folder (training writes one); the
+    power mean's exponent a number in (0, MAX_POOLING_EXPONENT] (training writes 3): a larger
+    one, or infinity, ranks every class equal. Anything else is a damaged inference.json.
+    """
     path = run_dir / "inference.json"
     if not path.is_file():
         return Inference()
@@ -129,17 +156,23 @@ def read_inference(run_dir: Path) -> Inference:
         defaults = Inference()
         model_file = values.get("model_file", defaults.model_file)
         pooling = values.get("pooling", defaults.pooling)
-        exponent = float(values.get("pooling_exponent", defaults.pooling_exponent))
-        if not isinstance(model_file, str) or not model_file:
-            raise ValueError(f"model_file {model_file!r} is not a file name")
-    except (ValueError, TypeError) as error:
-        raise PredictError(f"{path}: unreadable ({error})") from None
-    if pooling not in POOLINGS or not exponent > 0:
-        raise PredictError(
-            f"{path}: pooling {pooling!r} (exponent {exponent}) is not one of "
-            f"{', '.join(POOLINGS)} with a positive exponent"
-        )
-    return Inference(model_file, pooling, exponent)
+        exponent = values.get("pooling_exponent", defaults.pooling_exponent)
+        if not is_plain_file_name(model_file):
+            raise ValueError(f"model_file {model_file!r} is not a file name in the run folder")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+        if (
+            isinstance(exponent, bool)
+            or not isinstance(exponent, int | float)
+            or not 0 < exponent <= MAX_POOLING_EXPONENT  # NaN fails too
+        ):
+            raise ValueError(
+                f"pooling_exponent {exponent!r} is not a number above 0 and at most "
+                f"{MAX_POOLING_EXPONENT:g}"
+            )
+    except (ValueError, TypeError, UnicodeDecodeError) as error:
+        raise PredictError(f"{path}: damaged inference.json ({error})") from None
+    return Inference(model_file, pooling, float(exponent))
 
 
 @dataclass(frozen=True)
@@ -175,15 +208,9 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
         )
     try:
         params = SpectrogramParams.from_json((run_dir / "params.json").read_text())
-        class_info = json.loads((run_dir / "classes.json").read_text())
-        classes, class_names = class_info["classes"], class_info.get("class_names", {})
-        if not (isinstance(classes, list) and isinstance(class_names, dict)):
-            raise ValueError("classes must be a list, class_names a mapping")
-        check_class_ids(classes)
     except (ValueError, KeyError, TypeError) as error:
-        raise PredictError(
-            f"run folder {run_dir}: unreadable params.json/classes.json ({error})"
-        ) from None
+        raise PredictError(f"{run_dir / 'params.json'}: damaged params.json ({error})") from None
+    classes, class_names = read_classes(run_dir / "classes.json")
 
     # Keras (TensorFlow) takes seconds to load: only once the inputs are known good
     from train.callbacks import ModelFileError, load_saved_model
@@ -205,14 +232,42 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
         )
     pooling = pooling or inference.pooling
     exponent = inference.pooling_exponent
-    return Run(model, params, classes, dict(class_names), pooling, exponent, model_file)
+    return Run(model, params, classes, class_names, pooling, exponent, model_file)
 
 
-def find_audio(paths: Iterable[Path], exclude: Iterable[Path] = ()) -> list[AudioItem]:
+def read_classes(path: Path) -> tuple[list[str], dict[str, str]]:
+    """RUN/classes.json: (class ids, {class id: display name}); a PredictError naming the file
+    where it is damaged (ids a run file cannot hold, names that are not text)."""
+    try:
+        class_info = json.loads(path.read_text())
+        if not isinstance(class_info, dict):
+            raise ValueError("not a JSON object")
+        classes, class_names = class_info["classes"], class_info.get("class_names", {})
+        if not (isinstance(classes, list) and isinstance(class_names, dict)):
+            raise ValueError("classes must be a list, class_names a mapping")
+        check_class_ids(classes)
+        for class_id, name in class_names.items():
+            if not isinstance(name, str):
+                raise ValueError(f"class_names[{class_id!r}] is {name!r}, not text")
+    except (ValueError, KeyError, TypeError) as error:
+        if isinstance(error, KeyError):
+            error = f"no {error}"
+        raise PredictError(f"{path}: damaged classes.json ({error})") from None
+    return classes, dict(class_names)
+
+
+def find_audio(
+    paths: Iterable[Path], exclude: Iterable[Path] = (), skipped: list[str] | None = None
+) -> list[AudioItem]:
     """Audio files given directly or found (recursively) in folders (`audio_files`); MediaId
-    = file stem, which two files may not share."""
+    = file stem, which two files may not share. skipped, when given, gets a message for each
+    entry named like audio that is not a regular file (a pipe, a device, a broken link)."""
     items, seen = [], {}
-    for file in audio_files(paths, exclude):
+    irregular: list[Path] = []
+    files = audio_files(paths, exclude, irregular)
+    if skipped is not None:
+        skipped += [f"{shown_name(str(path))}: {NOT_REGULAR}" for path in irregular]
+    for file in files:
         if file.stem in seen:
             raise PredictError(
                 f"two files give MediaId {file.stem!r}: {seen[file.stem]} and {file}; rename one"
@@ -222,11 +277,16 @@ def find_audio(paths: Iterable[Path], exclude: Iterable[Path] = ()) -> list[Audi
     return items
 
 
-def audio_files(paths: Iterable[Path], exclude: Iterable[Path] = ()) -> list[Path]:
+def audio_files(
+    paths: Iterable[Path], exclude: Iterable[Path] = (), irregular: list[Path] | None = None
+) -> list[Path]:
     """Audio files given directly or found (recursively, sorted) in folders.
 
     In a folder, files in an excluded folder (predict's own cache, when it lies in the audio
-    folder) and hidden files and folders (`.x.wav.part` being written) are not inputs.
+    folder) and hidden files and folders (`.x.wav.part` being written) are not inputs; entries
+    named like audio that are not regular files (a pipe, which reading would wait on forever,
+    a device, a broken link) are added to irregular (when given), not read. A path given
+    directly must be a regular file or a folder.
     """
     excluded = [path.resolve() for path in exclude]
 
@@ -240,13 +300,18 @@ def audio_files(paths: Iterable[Path], exclude: Iterable[Path] = ()) -> list[Pat
     files = []
     for path in paths:
         if path.is_dir():
-            files += sorted(
+            named = sorted(
                 p
                 for p in path.rglob("*")
-                if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file() and is_input(p, path)
+                if p.suffix.lower() in AUDIO_SUFFIXES and is_input(p, path)
             )
+            files += [p for p in named if p.is_file()]
+            if irregular is not None:
+                irregular += [p for p in named if not p.is_file() and not p.is_dir()]
         elif path.is_file():
             files.append(path)
+        elif os.path.lexists(path):
+            raise PredictError(f"{path}: {NOT_REGULAR}")
         else:
             raise PredictError(f"{path}: no such file or folder")
     return files
@@ -277,11 +342,14 @@ def xml_items(
         recordings, skipped = read_birdclef_xml_dir(xml_dir)
     except MetadataError as error:
         raise PredictError(str(error)) from None
-    files = audio_files([audio_dir], exclude)
+    irregular: list[Path] = []
+    files = audio_files([audio_dir], exclude, irregular)
     by_name = {file.relative_to(audio_dir).as_posix(): file for file in files}
     by_stem: dict[str, list[Path]] = {}
     for file in files:
         by_stem.setdefault(file.stem, []).append(file)
+    unusable = {file.relative_to(audio_dir).as_posix(): file for file in irregular}
+    unusable_stems = {file.stem: file for file in irregular}
     items = []
     for recording in recordings:
         file_name = recording.fields.get("FileName") or recording.file
@@ -293,6 +361,9 @@ def xml_items(
         elif candidates:
             listed = ", ".join(str(c) for c in candidates)
             skipped.append(f"{file_name} (MediaId {recording.media_id}): which one? {listed}")
+        elif named.as_posix() in unusable or named.stem in unusable_stems:
+            path = unusable.get(named.as_posix()) or unusable_stems[named.stem]
+            skipped.append(f"{shown_name(str(path))} (MediaId {recording.media_id}): {NOT_REGULAR}")
         else:
             skipped.append(f"{file_name} (MediaId {recording.media_id}): no audio in {audio_dir}")
     return items, skipped
@@ -743,8 +814,7 @@ def chunk_outputs(args: argparse.Namespace, run: Run, items: list[AudioItem]):
     thresholds = np.full(
         len(run.classes), DEFAULT_MIN_CONF if args.min_conf is None else args.min_conf
     )
-    if args.thresholds:
-        path = args.run / THRESHOLDS_FILE if args.thresholds == "run" else Path(args.thresholds)
+    for path in thresholds_files(args):
         thresholds, chosen_for = read_thresholds(path, run.classes)
         if chosen_for and chosen_for != run.model_file:
             logger.warning("%s were chosen for %s, applied to %s", path, chosen_for, run.model_file)
@@ -762,13 +832,21 @@ def chunk_outputs(args: argparse.Namespace, run: Run, items: list[AudioItem]):
     )
 
 
+def thresholds_files(args: argparse.Namespace) -> list[Path]:
+    """The --thresholds file (an input), when one is asked for."""
+    if not args.thresholds:
+        return []
+    return [args.run / THRESHOLDS_FILE if args.thresholds == "run" else Path(args.thresholds)]
+
+
 def looks_like_human_csv(path: Path) -> bool:
     return (first_line(path) or "").startswith(HUMAN_CSV_HEADER)
 
 
 def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
     """The command's work, once its arguments are valid: (recordings written, skip messages)."""
-    work_dir = args.work_dir or args.out.resolve().parent / ".resampled"
+    # beside the run file, where it goes: not beside a file an --out link leads to
+    work_dir = args.work_dir or args.out.absolute().parent / ".resampled"
     named = (
         ("--out", args.out),
         ("--human-csv", args.human_csv),
@@ -786,7 +864,8 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
     if args.xml_dir:
         items, skipped = xml_items(args.xml_dir, audio[0], [work_dir])
     else:
-        items, skipped = find_audio(audio, [work_dir]), []
+        skipped = []
+        items = find_audio(audio, [work_dir], skipped)
     if not items:
         where = args.xml_dir or ", ".join(map(str, args.audio))
         raise PredictError(
@@ -816,6 +895,18 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
         )
     if not items:
         raise PredictError("no recording has a usable MediaId: " + "; ".join(skipped[:5]))
+    if args.raven or args.audacity:  # every table's path is known: all checked before any work
+        check_tables(
+            [item.media_id for item in items],
+            args.raven,
+            args.audacity,
+            inputs=[*inputs, *thresholds_files(args)],
+            outputs=[
+                ("--out", args.out),
+                ("--human-csv", args.human_csv),
+                ("--embeddings", args.embeddings),
+            ],
+        )
     run = load_run(args.run, model_file, args.pooling)
     from train.model_file import list_devices  # Keras, loaded by load_run
 

@@ -21,6 +21,7 @@ import glob
 import math
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -94,7 +95,8 @@ def file_mode() -> int:
 def remove_stale_parts(path: Path) -> list[Path]:
     """Remove the temporary files that a killed writer of path left, and return them.
 
-    Only names this module makes (`.<name>.<random>.part` beside path) are touched, and only
+    Only names this module makes (`.<name>.<random>.part` beside path) are touched, only
+    regular files (a link, a pipe or a device so named is left alone, never opened), and only
     those no live writer holds: a writer keeps an exclusive lock on its file until it ends,
     and the kernel releases the lock of a killed process.
     """
@@ -103,7 +105,13 @@ def remove_stale_parts(path: Path) -> list[Path]:
         if not re.fullmatch(r"[a-z0-9_]{8}", part.name[len(path.name) + 2 : -len(PART_SUFFIX)]):
             continue
         try:
-            with open(part, "rb") as file:
+            if not stat.S_ISREG(os.lstat(part).st_mode):  # a pipe would block open() forever
+                continue  # a link, pipe, device or folder: not one of ours, left alone
+            # no link followed, no wait for a writer, should the name change meanwhile
+            handle = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with open(handle, "rb") as file:
+                if not stat.S_ISREG(os.fstat(handle).st_mode):
+                    continue
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 part.unlink()
             removed.append(part)
@@ -150,7 +158,8 @@ def open_part_file(path: Path) -> tuple[int, str]:
 
 
 class AtomicTextWriter:
-    """Text lines into a temporary file, moved onto path on a clean close, removed on error.
+    """Text lines into a temporary file, moved onto path on a clean close, removed on error
+    (in the body, or in the move itself: a folder at path, a full disk).
 
     The file gets the mode a plain open() would give it (the umask decides); temporary files
     of killed writers of the same path are removed first (`open_part_file`).
@@ -166,11 +175,17 @@ class AtomicTextWriter:
 
     def __exit__(self, error_type, error, traceback) -> None:
         with self.file:  # closed (and its lock released) only once it is in place or gone
-            if error_type is None:
+            if error_type is not None:
+                os.unlink(self._temp_name)
+                return
+            try:
                 self.file.flush()
                 os.replace(self._temp_name, self.path)
-            else:
+            except BaseException as failure:  # a full disk, a folder at path: no file left
                 os.unlink(self._temp_name)
+                if isinstance(failure, OSError):  # named after path, not the temporary file
+                    raise type(failure)(failure.errno, failure.strerror, str(self.path)) from None
+                raise
 
 
 class RunFileWriter(AtomicTextWriter):

@@ -3,6 +3,7 @@ each file read back with an independent reader (csv module, plain text, np.load)
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from predict.detections import (
     safe_file_names,
     safe_name,
     window_detections,
+    write_raven_table,
 )
 from predict.predict import main
 from predict.runfile import read_run_file
@@ -82,6 +84,26 @@ def test_safe_names_keep_files_in_their_folder():
     assert safe_name(".hidden") == "hidden"
     assert safe_name("dawn chorus é") == "dawn chorus é"
     assert len(safe_name("x" * 1000)) == 150
+    assert safe_name("é" * 120) == "é" * 75  # 150 bytes of UTF-8, no character cut in two
+    assert safe_name("a" + "é" * 120) == "a" + "é" * 74
+
+
+def test_long_utf8_media_ids_give_tables_within_the_file_name_limit(tmp_path):
+    """120 'é' are 120 characters but 240 bytes: with `.selections.txt` and the temporary
+    name's `.X.XXXXXXXX.part` they were over the 255 bytes a name may have, and the whole run
+    stopped (File name too long). Cut to bytes, the names stay distinct and fit."""
+    ids = ["é" * 120, "é" * 121, "ü" * 200 + "x"]
+    out = tmp_path / "tables"
+    with ChunkOutputs(
+        ids, ["x", "y"], {}, np.array([0.5, 0.5]), 6250.0, 5.0, soundscape=True,
+        raven_dir=out, audacity_dir=out,
+    ) as outputs:  # fmt: skip
+        for media_id in ids:
+            outputs.recording(media_id, np.array([[0.9, 0.1]]), 5.0)
+    names = sorted(path.name for path in out.iterdir())
+    assert len(names) == 2 * len(ids)
+    assert all(len(f".{name}.XXXXXXXX.part".encode()) <= 255 for name in names)
+    assert "é" * 75 + "~2.selections.txt" in names  # the ~N scheme keeps them apart
 
 
 def test_name_collisions_are_numbered_the_same_way_whatever_the_order():
@@ -110,6 +132,17 @@ def test_hostile_media_ids_give_tables_inside_the_folder_only(tmp_path):
 
 
 # ---- detections ------------------------------------------------------------------------------
+
+
+def test_class_names_with_line_breaks_stay_on_one_table_row(tmp_path):
+    found = window_detections(np.array([[0.9, 0.1]]), 5.0, np.array([0.5, 0.5]), 5.0)
+    names = {"x": "two\nlines\tand\r\nmore\x00\u2028here"}
+    write_raven_table(tmp_path / "t.selections.txt", found, ["x", "y"], names, 6250.0)
+    rows = read_raven(tmp_path / "t.selections.txt")
+    assert [(row["Species"], row["Common Name"]) for row in rows] == [
+        ("x", "two lines and more here")
+    ]
+    assert len((tmp_path / "t.selections.txt").read_text().splitlines()) == 2
 
 
 def test_window_detections_keep_probabilities_at_or_above_each_threshold():
@@ -210,6 +243,116 @@ def test_bad_output_arguments_are_refused(run_dir, test_wavs, tmp_path, capsys):
         predict_cli(*base, "--soundscape", "--raven", tmp_path / "a file")
     assert exit_info.value.code == 2
     assert "error: cannot make the table folder" in capsys.readouterr().err
+
+
+def refused(capsys, *args) -> str:
+    """predict's bad-input exit: status 2, one `error:` line; that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        predict_cli(*args)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error: ") and err.count("\n") == 1
+    return err
+
+
+def everything(root):
+    """Every entry under root: relative path -> content, link target, or a kind."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        name = str(path.relative_to(root))
+        if path.is_symlink():
+            found[name] = f"-> {os.readlink(path)}"
+        elif path.is_file():
+            found[name] = path.read_bytes()
+        else:
+            found[name] = "folder" if path.is_dir() else "other"
+    return found
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("raven table with the user's columns", "is not a Raven table written by --raven"),
+        ("notes", "is not a Raven table written by --raven"),
+        ("edited labels", "is not an Audacity label track written by --audacity"),
+        ("folder", "is a folder"),
+        ("link", "is a link"),
+        ("dangling link", "is a link"),
+        ("pipe", "is not a regular file"),
+        ("--out", "is also --out"),
+        ("--human-csv", "is also --human-csv"),
+        ("--embeddings", "is also --embeddings"),
+    ],
+)
+def test_tables_never_replace_what_is_not_theirs(
+    run_dir, test_wavs, tmp_path, capsys, case, message
+):
+    """Every table path is checked before any work: a user's file, a folder, a link or
+    another output at the path of the second recording's table stops the run with one line
+    naming it, before the first table is written; nothing is changed, no temporary file left."""
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    second = test_wavs[1].stem
+    raven, labels = tables / f"{second}.selections.txt", tables / f"{second}.labels.txt"
+    outputs = {"--out": tmp_path / "s.csv"}
+    target = raven
+    if case == "raven table with the user's columns":
+        raven.write_text("\t".join(RAVEN_COLUMNS) + "\tMy notes\n1\tSpectrogram 1\t1\tgood\n")
+    elif case == "notes":
+        raven.write_text("heard a wren here\n")
+    elif case == "edited labels":
+        target = labels
+        labels.write_text("0.000000\t5.000000\tsyntrl Trillula rapida (0.912)\n"
+                          "5.000000\t10.000000\tconfirmed: a wren\n")  # fmt: skip
+    elif case == "folder":
+        (raven / "inside").mkdir(parents=True)
+    elif case == "link":
+        (tmp_path / "elsewhere.txt").write_text("")
+        raven.symlink_to(tmp_path / "elsewhere.txt")
+    elif case == "dangling link":
+        raven.symlink_to(tmp_path / "nowhere.txt")
+    elif case == "pipe":
+        os.mkfifo(raven)
+    else:
+        outputs[case] = raven
+        if case == "--out":
+            raven.write_text("")
+    before = everything(tmp_path)
+    options = [item for pair in outputs.items() for item in pair]
+    err = refused(capsys, "--run", run_dir, "--audio", *test_wavs, *options, "--soundscape",
+                  "--raven", tables, "--audacity", tables,
+                  "--work-dir", tmp_path / "cache")  # fmt: skip
+    assert f"{target} (the table of MediaId '{second}') {message}" in err
+    assert everything(tmp_path) == before  # no table, no run file, no .part file, no cache
+
+
+def test_tables_of_an_earlier_run_and_empty_files_are_replaced(run_dir, test_wavs, tmp_path):
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / f"{test_wavs[0].stem}.selections.txt").write_text("")
+    args = ["--run", run_dir, "--audio", *test_wavs, "--out", tmp_path / "s.csv", "--soundscape",
+            "--raven", tables, "--audacity", tables, "--min-conf", 0.15,
+            "--work-dir", tmp_path / "cache"]  # fmt: skip
+    predict_cli(*args)
+    first = everything(tables)
+    assert len(first) == 4
+    predict_cli(*args)  # its own tables (Raven and Audacity) are replaced
+    assert everything(tables) == first
+
+
+def test_a_damaged_classes_json_is_one_error_line(run_dir, test_wavs, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("best_val_map.keras", "params.json"):
+        (run / name).write_bytes((run_dir / name).read_bytes())
+    (run / "classes.json").write_text(
+        json.dumps({"classes": CLASSES, "class_names": {CLASSES[0]: 3}})
+    )
+    err = refused(capsys, "--run", run, "--audio", test_wavs[0], "--out", tmp_path / "s.csv",
+                  "--soundscape", "--raven", tmp_path / "raven", "--min-conf", 0,
+                  "--work-dir", tmp_path / "cache")  # fmt: skip
+    assert f"error: {run / 'classes.json'}: damaged classes.json" in err
+    assert not (tmp_path / "s.csv").exists()
 
 
 # ---- embeddings ------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import preprocess.extract as extract_module
 from predict.evaluate import main as evaluate_main
 from predict.evaluate import read_truth, score
 from predict.predict import PredictError, find_audio, load_run, main, predict_pieces
-from predict.runfile import RunEntry, read_run_file, top_classes
+from predict.runfile import RunEntry, read_run_file, remove_stale_parts, top_classes
 from preprocess.audio import AudioError, pcm16_mono_header, read_wav, read_wav_blocks
 from preprocess.make_demo_dataset import SPECIES, make_demo_dataset
 from preprocess.metadata import read_birdclef_xml_dir
@@ -563,7 +564,8 @@ def test_bad_run_folders_and_outputs_are_one_error_line(run_dir, tmp_path, capsy
     (damaged / "best_val_map.keras").unlink()
     shutil.copy(run_dir / "best_val_map.keras", damaged)
     (damaged / "classes.json").write_text('{"classes": "abc"}')
-    assert "unreadable params.json/classes.json" in cli_error(capsys, "--run", damaged, *base)
+    err = cli_error(capsys, "--run", damaged, *base)
+    assert f"{damaged / 'classes.json'}: damaged classes.json" in err
     (tmp_path / "a file").write_text("")
     out = tmp_path / "a file" / "r.csv"
     err = cli_error(capsys, "--run", run_dir, "--audio", tmp_path / "audio", "--out", out)
@@ -658,3 +660,67 @@ def test_embeddings_never_replace_a_model_or_another_zip(run_dir, tmp_path, caps
         os.umask(old_umask)
     assert embeddings.stat().st_mode & 0o777 == 0o644
     assert len(np.load(embeddings)["media_id"]) > 0
+
+
+def test_the_default_cache_is_made_beside_an_out_link_not_beside_its_target(run_dir, tmp_path):
+    """--out a link to a file elsewhere: the run file replaces the link, and the resampling
+    cache goes into the folder named, never beside the file the link leads to."""
+    tone(tmp_path / "audio" / "a.wav", rate=8000)  # resampled: the cache is made
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "empty").write_text("")
+    out = tmp_path / "out" / "c" / "c.csv"
+    out.parent.mkdir(parents=True)
+    out.symlink_to(victim / "empty")
+    predict_cli("--run", run_dir, "--audio", tmp_path / "audio", "--out", out)
+    assert [p.name for p in victim.iterdir()] == ["empty"]
+    assert (victim / "empty").read_text() == ""
+    assert list((out.parent / ".resampled" / "resampled").glob("*.wav"))
+    assert read_run_file(out)
+
+
+def test_stale_part_names_that_are_not_regular_files_are_left_alone(tmp_path):
+    """A pipe named like a killed run's .part file made the next run wait forever (opening
+    it waits for a writer); a link so named lost the link. Both are left alone, unopened."""
+    out = tmp_path / "o.csv"
+    stale = tmp_path / ".o.csv.k1ll3d_x.part"
+    stale.write_text("a killed run's half file")
+    pipe = tmp_path / ".o.csv.abcdefgh.part"
+    os.mkfifo(pipe)
+    (tmp_path / "kept.txt").write_text("kept")
+    link = tmp_path / ".o.csv.l1nk3d_x.part"
+    link.symlink_to(tmp_path / "kept.txt")
+    removed: list = []
+    worker = threading.Thread(target=lambda: removed.append(remove_stale_parts(out)), daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():  # blocked opening the pipe: a writer lets it go, then fail
+        os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(20)
+        pytest.fail("remove_stale_parts waited on a pipe")
+    assert removed == [[stale]]
+    assert pipe.exists() and link.is_symlink() and (tmp_path / "kept.txt").read_text() == "kept"
+
+
+def test_audio_entries_that_are_not_regular_files_are_named(run_dir, tmp_path, caplog, capsys):
+    """A pipe, a broken link and a link to a device named like audio were dropped without a
+    word; given directly, a pipe was 'no such file'."""
+    audio = tmp_path / "audio"
+    tone(audio / "a.wav")
+    os.mkfifo(audio / "pipe.wav")
+    (audio / "broken.wav").symlink_to(tmp_path / "nowhere.wav")
+    (audio / "zero.wav").symlink_to("/dev/zero")
+    out = tmp_path / "r.csv"
+    predict_cli("--run", run_dir, "--audio", audio, "--out", out)
+    assert {e.media_id for e in read_run_file(out)} == {"a"}
+    assert "3 file(s) skipped" in caplog.text
+    for name in ("pipe.wav", "broken.wav", "zero.wav"):
+        assert f"{audio / name}: not a regular file" in caplog.text
+    capsys.readouterr()
+    err = cli_error(capsys, "--run", run_dir, "--audio", audio / "pipe.wav", "--out", out)
+    assert err == f"error: {audio / 'pipe.wav'}: {predict_module.NOT_REGULAR}\n"
+    write_xml(tmp_path / "xml" / "1.xml", "1", "a.wav")
+    write_xml(tmp_path / "xml" / "2.xml", "2", "pipe.wav")
+    items, skipped = predict_module.xml_items(tmp_path / "xml", audio)
+    assert [item.media_id for item in items] == ["1"]
+    assert skipped == [f"{audio / 'pipe.wav'} (MediaId 2): {predict_module.NOT_REGULAR}"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.io import wavfile
 
+import predict.predict as predict_module
 from predict.detections import top_frequency_hz
 from predict.predict import PredictError, load_run, main
 from predict.runfile import read_run_file
@@ -128,10 +129,20 @@ def test_a_run_without_inference_json_is_applied_as_in_2016(modern_run, tmp_path
     ("content", "message"),
     [
         ('{"pooling": "median"}', "not one of mean, max, power"),
-        ('{"pooling": "power", "pooling_exponent": 0}', "positive exponent"),
-        ('{"model_file": 3}', "unreadable"),
-        ('["best_val_map.keras"]', "unreadable"),
-        ("not json", "unreadable"),
+        ('{"pooling": "power", "pooling_exponent": 0}', "above 0 and at most 100"),
+        ('{"model_file": 3}', "not a file name"),
+        ('["best_val_map.keras"]', "not a JSON object"),
+        ("not json", "damaged inference.json"),
+        # a model outside the run folder is never loaded
+        ('{"model_file": "../outside/final.keras"}', "not a file name in the run folder"),
+        ('{"model_file": "ABSOLUTE/final.keras"}', "not a file name in the run folder"),
+        ('{"model_file": "sub\\\\final.keras"}', "not a file name in the run folder"),
+        ('{"model_file": ".."}', "not a file name in the run folder"),
+        # an exponent that ranks every class equal
+        ('{"pooling": "power", "pooling_exponent": Infinity}', "above 0 and at most 100"),
+        ('{"pooling": "power", "pooling_exponent": 1e300}', "above 0 and at most 100"),
+        ('{"pooling": "power", "pooling_exponent": NaN}', "above 0 and at most 100"),
+        ('{"pooling": "power", "pooling_exponent": "3"}', "above 0 and at most 100"),
     ],
 )
 def test_a_bad_inference_json_is_named(modern_run, tmp_path, content, message):
@@ -139,9 +150,30 @@ def test_a_bad_inference_json_is_named(modern_run, tmp_path, content, message):
     folder.mkdir()
     for name in ("params.json", "classes.json", "final.keras"):
         (folder / name).write_bytes((modern_run / name).read_bytes())
-    (folder / "inference.json").write_text(content)
-    with pytest.raises(PredictError, match=message):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "final.keras").write_bytes((modern_run / "final.keras").read_bytes())
+    (folder / "inference.json").write_text(content.replace("ABSOLUTE", str(outside)))
+    with pytest.raises(PredictError, match=message) as error:
         load_run(folder)
+    assert str(error.value).startswith(f"{folder / 'inference.json'}: damaged inference.json (")
+
+
+def test_inference_json_as_training_writes_it_is_read(modern_run, tmp_path):
+    """What train/recipe.write_inference writes (every pooling, exponent 3) is accepted."""
+    from train.metrics import POOLINGS, POWER_EXPONENT
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("params.json", "classes.json", "final.keras"):
+        (folder / name).write_bytes((modern_run / name).read_bytes())
+    for pooling in POOLINGS:
+        inference = {"model_file": "final.keras", "pooling": pooling}
+        inference["pooling_exponent"] = POWER_EXPONENT
+        (folder / "inference.json").write_text(json.dumps(inference, indent=1) + "\n")
+        assert predict_module.read_inference(folder) == predict_module.Inference(
+            "final.keras", pooling, POWER_EXPONENT
+        )
 
 
 def test_raven_tables_give_the_mel_bands_top_frequency():

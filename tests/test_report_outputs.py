@@ -6,7 +6,7 @@ import pytest
 
 from predict.evaluate import main
 from predict.report import REPORT_FILES, class_table, save_png, write_html
-from predict.runfile import RunEntry
+from predict.runfile import AtomicTextWriter, RunEntry
 
 RUN_FILE = "r1;a;0.7;1\nr1;b;0.2;2\nr2;b;0.6;1\n"
 TRUTH = "r1;a;\nr2;b;\n"
@@ -84,3 +84,14 @@ def test_page_needs_no_csv_beside_it(tmp_path):
     page = (tmp_path / "report.html").read_text()
     assert "<td>a</td><td>1.0000</td>" in page  # per-class row of a: ap 1
     assert list(tmp_path.iterdir()) == [tmp_path / "report.html"]
+
+
+def test_a_text_file_that_cannot_be_moved_into_place_leaves_no_part_file(tmp_path):
+    """A folder where the file goes: the error names the file asked for, not the temporary
+    one, and the temporary one is removed (it was left behind)."""
+    path = tmp_path / "table.txt"
+    path.mkdir()
+    with pytest.raises(IsADirectoryError) as error, AtomicTextWriter(path) as out:
+        out.file.write("a line\n")
+    assert error.value.filename == str(path)
+    assert list(tmp_path.iterdir()) == [path] and not list(path.iterdir())
