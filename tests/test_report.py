@@ -110,4 +110,6 @@ def test_report_that_cannot_be_written_is_a_clear_error(tmp_path, capsys):
         main(["--run-file", str(tmp_path / "run.csv"), "--truth", str(tmp_path / "truth.csv"),
               "--report", str(tmp_path / "taken")])  # fmt: skip
     assert exit_info.value.code == 2
-    assert "error: cannot write the report" in capsys.readouterr().err
+    captured = capsys.readouterr()  # refused before scoring: no scores printed either
+    assert f"error: --report {tmp_path / 'taken'} exists and is not a folder" in captured.err
+    assert "MAP" not in captured.out
