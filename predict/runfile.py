@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import glob
-import math
 import os
 import re
 import stat
@@ -322,6 +321,10 @@ def _read_entries(path: Path) -> list[RunEntry]:
     return entries
 
 
+DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?", re.ASCII)
+INTEGER = re.compile(r"[+-]?[0-9]+", re.ASCII)
+
+
 def _parse_line(line: str) -> RunEntry:
     """One run file line as a RunEntry; ValueError saying what is wrong with it."""
     fields = line.split(";")
@@ -330,14 +333,13 @@ def _parse_line(line: str) -> RunEntry:
     media_id, class_id, probability_text, rank_text = (field.strip() for field in fields)
     if not media_id or not class_id:
         raise ValueError("empty MediaId or ClassId")
-    try:
-        probability = float(probability_text)
-    except ValueError:
-        raise ValueError(f"probability {probability_text!r} is not a number") from None
-    if not (math.isfinite(probability) and 0.0 <= probability <= 1.0):
+    # ASCII numbers only: Python's float() and int() also take '0.0_5' or Arabic-Indic digits,
+    # which other tools reading the file would not
+    if not DECIMAL.fullmatch(probability_text):
+        raise ValueError(f"probability {probability_text!r} is not a number")
+    probability = float(probability_text)
+    if not 0.0 <= probability <= 1.0:
         raise ValueError(f"probability {probability_text} is outside [0, 1]")
-    try:
-        rank = int(rank_text)
-    except ValueError:
-        raise ValueError(f"rank {rank_text!r} is not an integer") from None
-    return RunEntry(media_id, class_id, probability, rank)
+    if not INTEGER.fullmatch(rank_text):
+        raise ValueError(f"rank {rank_text!r} is not an integer")
+    return RunEntry(media_id, class_id, probability, int(rank_text))

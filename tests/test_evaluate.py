@@ -76,7 +76,9 @@ def test_soundscape_writer_names_each_5s_window_the_last_to_the_end(tmp_path, se
         (["1;aaaaaa;0.5;2"], "line 1: rank 2 for MediaId 1, expected 1"),
         (["1;aaaaaa;1.5;1"], "line 1: probability 1.5 is outside"),
         (["1;aaaaaa;-0.1;1"], "line 1: probability -0.1 is outside"),
-        (["1;aaaaaa;nan;1"], "line 1: probability nan is outside"),
+        (["1;aaaaaa;nan;1"], "line 1: probability 'nan' is not a number"),
+        (["1;aaaaaa;0.0_5;1"], "line 1: probability '0.0_5' is not a number"),
+        (["1;aaaaaa;0.5;\u0661"], "line 1: rank '\u0661' is not an integer"),  # Arabic-Indic 1
         (["1;aaaaaa;high;1"], "line 1: probability 'high' is not a number"),
         (["1;aaaaaa;0.5;first"], "line 1: rank 'first' is not an integer"),
         (["1;aaaaaa;0.5;1", "2;aaaaaa;0.5;1", "1;aaaaaa;0.4;2"], "line 3: duplicate pair"),
