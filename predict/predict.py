@@ -70,7 +70,7 @@ from predict.runfile import (  # noqa: E402
 from preprocess import resample  # noqa: E402
 from preprocess.audio import AudioError, pcm16_mono_header, streamable_seconds  # noqa: E402
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
-from preprocess.extract import recording_chunks, whole_recording_chunks  # noqa: E402
+from preprocess.extract import no_sound, recording_chunks, whole_recording_chunks  # noqa: E402
 from preprocess.metadata import (  # noqa: E402
     AUDIO_SUFFIXES,
     MetadataError,
@@ -578,6 +578,11 @@ def recording_pieces(
             continue
         pieces, seconds = recording
         piece = next(pieces)
+        reason = no_sound(item.wav, seconds, params, features_vary=piece.min() < piece.max())
+        if reason:  # a ranking of nothing would only look like an answer
+            skipped.append(f"{item.path}: {reason}")
+            progress.update()
+            continue
         for following in pieces:
             yield (index, False, seconds), piece
             piece = following

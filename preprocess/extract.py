@@ -19,6 +19,7 @@ import numpy as np
 
 from preprocess.audio import (
     AudioError,
+    is_digital_silence,
     read_wav,
     read_wav_blocks,
     streamable_seconds,
@@ -78,6 +79,21 @@ def recording_chunks(
     if window_seconds is not None:
         return ChunkSource(window_chunks(log_spec, params, window_seconds), seconds, rate)
     return ChunkSource(chunk_slices(log_spec, params, max_chunks), seconds, rate)
+
+
+def no_sound(
+    path: str | os.PathLike, seconds: float, params: SpectrogramParams, features_vary: bool
+) -> str | None:
+    """Why a readable recording holds no sound to train on or rank, or None: audio shorter
+    than one spectrogram window, or digital silence. features_vary: whether its chunks (or
+    the first of them) hold more than one value; only where they do not is the file read
+    again to see whether every sample is zero (the 2016 noise filter can empty a recording
+    that has sound)."""
+    if seconds * params.sample_rate < params.nfft:
+        return "shorter than one spectrogram window: no sound"
+    if not features_vary and is_digital_silence(path):
+        return "silent: every sample is zero"
+    return None
 
 
 def whole_recording_chunks(

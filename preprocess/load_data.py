@@ -49,7 +49,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from preprocess import metadata
-from preprocess.audio import AudioError, audio_seconds, is_digital_silence
+from preprocess.audio import AudioError, audio_seconds
 from preprocess.cli import at_least, most_workers, run_command
 from preprocess.dataset import (
     COMPRESSIONS,
@@ -71,7 +71,7 @@ from preprocess.dataset import (
     remove_parts,
     shard_path,
 )
-from preprocess.extract import recording_chunks
+from preprocess.extract import no_sound, recording_chunks
 from preprocess.metadata import MetadataError
 from preprocess.params import (
     FORMAT_VERSION,
@@ -130,10 +130,9 @@ def extract_recording(path: Path, params: SpectrogramParams, compression: str) -
                 lowest, highest = min(lowest, piece.min()), max(highest, piece.max())
             stored += compress_chunks(piece, compression)
     except StopIteration as end:
-        if recording.seconds * params.sample_rate < params.nfft:
-            return Extracted([], 0, 0.0, 0, "shorter than one spectrogram window: no sound")
-        if lowest == highest and is_digital_silence(path):  # (not a recording the noise
-            return Extracted([], 0, 0.0, 0, "silent: every sample is zero")  # filter emptied)
+        reason = no_sound(path, recording.seconds, params, features_vary=lowest < highest)
+        if reason:
+            return Extracted([], 0, 0.0, 0, reason)
         return Extracted(stored, end.value, recording.seconds, recording.sample_rate, None)
     except AudioError as error:
         return Extracted([], 0, 0.0, 0, error.reason)

@@ -364,15 +364,11 @@ def test_worker_processes_extract_the_same_run_file(
         runs[workers] = out.read_text(), skips, extracted_here
     (run_file, skips, extracted_here), in_workers = runs[1], runs[3]
     assert in_workers[:2] == (run_file, skips)
-    assert [line.split(": ")[0] for line in skips] == [str(audio / "r1.wav"), str(audio / "r4.wav")]
-    assert {line.split(";")[0] for line in run_file.splitlines()} == {
-        "r0",
-        "r2",
-        "r3",
-        "r5",
-        "r6",
-        "r7",
-    }
+    assert [line.split(": ")[0] for line in skips] == [
+        str(audio / f"r{index}.wav")
+        for index in (1, 4, 7)  # r7: 10 ms, shorter than a window
+    ]
+    assert {line.split(";")[0] for line in run_file.splitlines()} == {"r0", "r2", "r3", "r5", "r6"}
     assert extracted_here == [f"r{index}.wav" for index in range(8)]
     assert in_workers[2] == ["r2.wav"]  # 25 s: in this process; the others in the workers
     folders = set(MEMORY_FOLDER.glob(f"{HANDOFF_PREFIX}{os.getpid()}-*"))
@@ -514,6 +510,18 @@ def test_out_inside_the_audio_folder_twice(run_dir, tmp_path):
     assert len(human.read_text().splitlines()) == 3
     assert not stale.exists() and not list(audio.glob(".*.part"))
     assert (out.stat().st_mode & 0o777, human.stat().st_mode & 0o777) == (0o640, 0o640)
+
+
+def test_recordings_that_hold_no_sound_are_skipped_by_name(run_dir, tmp_path, caplog):
+    audio = tmp_path / "audio"
+    tone(audio / "song.wav")
+    wavfile.write(audio / "zeros.wav", 16000, np.zeros(16000 * 6, np.int16))
+    wavfile.write(audio / "click.wav", 16000, np.full(20, 3000, np.int16))  # 1.25 ms
+    out = tmp_path / "run.csv"
+    predict_cli("--run", run_dir, "--audio", audio, "--out", out)
+    assert {e.media_id for e in read_run_file(out)} == {"song"}
+    assert "zeros.wav: silent: every sample is zero" in caplog.text
+    assert "click.wav: shorter than one spectrogram window" in caplog.text
 
 
 def test_media_ids_a_run_file_cannot_hold_are_skipped_by_name(run_dir, tmp_path, caplog):
