@@ -590,11 +590,19 @@ def recording_pieces(
 
 
 def write_human_csv(writer, item: AudioItem, probs: np.ndarray, run: Run, top: int) -> None:
-    row = [str(item.path), item.media_id]
+    row = [as_text_cell(str(item.path)), as_text_cell(item.media_id)]
     for column in top_classes(probs, top):
         class_id = run.classes[column]
-        row += [class_id, run.class_names.get(class_id, ""), f"{probs[column]:.4f}"]
+        name = run.class_names.get(class_id, "")
+        row += [as_text_cell(class_id), as_text_cell(name), f"{probs[column]:.4f}"]
     writer.writerow(row)
+
+
+def as_text_cell(text: str) -> str:
+    """text as a spreadsheet shows it, never as a formula: a cell that begins with = + - @
+    (a file named '=HYPERLINK(...).wav', say) gets a leading apostrophe, as OWASP advises for
+    CSV files people open in a spreadsheet."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@") else text
 
 
 def predict(

@@ -1,5 +1,6 @@
 """Prediction: chunks as in training, shared batches, run files from a tiny trained run folder."""
 
+import csv
 import json
 import os
 import re
@@ -510,6 +511,20 @@ def test_out_inside_the_audio_folder_twice(run_dir, tmp_path):
     assert len(human.read_text().splitlines()) == 3
     assert not stale.exists() and not list(audio.glob(".*.part"))
     assert (out.stat().st_mode & 0o777, human.stat().st_mode & 0o777) == (0o640, 0o640)
+
+
+def test_the_csv_for_people_never_holds_a_formula(run_dir, tmp_path):
+    audio = tmp_path / "audio"
+    for name in ("=HYPERLINK(1)", "@SUM(1)", "plain"):
+        tone(audio / f"{name}.wav")
+    human = tmp_path / "people.csv"
+    predict_cli("--run", run_dir, "--audio", audio, "--out", tmp_path / "run.csv",
+                "--human-csv", human)  # fmt: skip
+    with open(human, newline="", encoding="utf-8") as file:
+        media_ids = sorted(row["MediaId"] for row in csv.DictReader(file))
+    assert media_ids == ["'=HYPERLINK(1)", "'@SUM(1)", "plain"]
+    assert {e.media_id for e in read_run_file(tmp_path / "run.csv")} == {
+        "=HYPERLINK(1)", "@SUM(1)", "plain"}  # fmt: skip
 
 
 def test_recordings_that_hold_no_sound_are_skipped_by_name(run_dir, tmp_path, caplog):
