@@ -126,8 +126,9 @@ def is_digital_silence(path: str | os.PathLike) -> bool:
     """Whether every sample of a readable wav is exactly zero: streamed in blocks where the
     format allows (`read_wav_blocks`), else read whole."""
     try:
+        pcm16_mono_header(path)  # what read_wav_blocks streams (a generator: it raises late)
         blocks = read_wav_blocks(path)
-    except AudioError:  # another format than 16-bit PCM mono: read whole
+    except AudioError:  # another format (stereo, 24-bit, float): read whole
         blocks = iter([read_wav(path)[0]])
     return not any(np.any(block) for block in blocks)
 

@@ -125,17 +125,20 @@ def extract_recording(path: Path, params: SpectrogramParams, compression: str) -
     try:
         recording = recording_chunks(path, params, STREAM_PIECE_CHUNKS, resample=True)
         while True:
-            piece = next(recording.pieces)
+            try:
+                piece = next(recording.pieces)
+            except StopIteration as end:
+                n_frames = end.value  # after the noise filter
+                break
             if piece.size:
                 lowest, highest = min(lowest, piece.min()), max(highest, piece.max())
             stored += compress_chunks(piece, compression)
-    except StopIteration as end:
         reason = no_sound(path, recording.seconds, params, features_vary=lowest < highest)
-        if reason:
-            return Extracted([], 0, 0.0, 0, reason)
-        return Extracted(stored, end.value, recording.seconds, recording.sample_rate, None)
     except AudioError as error:
         return Extracted([], 0, 0.0, 0, error.reason)
+    if reason:
+        return Extracted([], 0, 0.0, 0, reason)
+    return Extracted(stored, n_frames, recording.seconds, recording.sample_rate, None)
 
 
 class Task(NamedTuple):

@@ -782,7 +782,10 @@ def test_recordings_that_hold_no_sound_are_skipped_by_name(tmp_path, capsys):
     make_wavs(wav_dir)
     wavfile.write(wav_dir / "zeros.wav", RATE, np.zeros(3 * RATE, np.int16))
     wavfile.write(wav_dir / "click.wav", RATE, np.full(20, 3000, np.int16))  # 1.25 ms
-    names = ["tone.wav", "zeros.wav", "click.wav", "long.wav"]
+    stereo = np.random.default_rng(4).normal(0, 3000, (4 * 44100, 2)).astype(np.int16)
+    wavfile.write(wav_dir / "hiss.wav", 44100, stereo)  # the 2016 filter may empty it: kept
+    wavfile.write(wav_dir / "zeros2.wav", 44100, np.zeros((3 * 44100, 2), np.int16))
+    names = ["tone.wav", "zeros.wav", "click.wav", "hiss.wav", "zeros2.wav", "long.wav"]
     labels = write_csv(
         tmp_path / "labels.csv", [{"file": n, "label": "ab"[i % 2]} for i, n in enumerate(names)]
     )
@@ -790,7 +793,8 @@ def test_recordings_that_hold_no_sound_are_skipped_by_name(tmp_path, capsys):
         out = tmp_path / f"out{len(options)}.h5"
         assert load(wav_dir, ["--csv", labels], out, *options) == 0
         with open_dataset(out) as dataset:
-            assert list(dataset.recordings["file"]) == ["tone.wav", "long.wav"]
+            assert list(dataset.recordings["file"]) == ["tone.wav", "hiss.wav", "long.wav"]
         report = capsys.readouterr().out
         assert "zeros.wav (silent: every sample is zero)" in report
+        assert "zeros2.wav (silent: every sample is zero)" in report
         assert "click.wav (shorter than one spectrogram window" in report
