@@ -68,18 +68,19 @@ def keep_freed_memory() -> None:
 
 def start_extraction_worker(parent: int) -> None:
     """Initializer of a worker process, extracting or reading (`RowReaders`); parent: the pid
-    of the process that started it, given by that process: a spawned worker runs this only
-    once its imports are done, and a parent killed meanwhile would leave os.getppid() naming
-    init, which the worker would then wait on forever."""
+    of the process that asked for it, given by that process (not os.getppid(): a spawned
+    worker runs this only once its imports are done, when a parent killed meanwhile has left
+    it to init; and a forkserver's worker is the fork server's child)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     keep_freed_memory()
     threading.Thread(target=exit_with_parent, args=(parent,), daemon=True).start()
 
 
 def exit_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
-    """End this process once its parent has (killed with -9, say): the other workers hold its
-    task pipe open, so it would otherwise wait for tasks, holding its memory, forever."""
-    while os.getppid() == parent:
+    """End this process once the process parent has (killed with -9, say): the other workers
+    hold its task pipe open, so it would otherwise wait for tasks, holding its memory,
+    forever."""
+    while process_exists(parent):
         time.sleep(poll_seconds)
     os._exit(1)
 
@@ -190,13 +191,18 @@ def remove_stale_handoff_folders(memory: Path) -> None:
 
 
 def process_exists(pid: int) -> bool:
+    """Whether process pid runs: a zombie (ended, not yet reaped) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:  # "pid (name) state ..."
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc (not Linux), or gone meanwhile
+        return True
 
 
 def hand_over(pieces: list[np.ndarray], folder: str | None) -> list[np.ndarray] | FileChunks:

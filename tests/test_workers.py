@@ -1,6 +1,7 @@
 """The worker processes: results in order, a worker's death said, chunks handed over, rows
 read together by reader processes."""
 
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -38,8 +39,12 @@ def first(task: tuple) -> str:
     return f"extracting {task[0]}"
 
 
-def test_results_come_in_the_tasks_order_a_bounded_number_ahead():
-    results = run_in_workers(square_or_die, ((n,) for n in range(20, 60)), 2, first)
+@pytest.mark.parametrize("method", [None, "fork", "spawn", "forkserver"])
+def test_results_come_in_the_tasks_order_a_bounded_number_ahead(method):
+    """With every start method (forkserver is Python 3.14's default on Linux): a worker's
+    parent process is then the fork server, not the process that asked for it."""
+    context = multiprocessing.get_context(method) if method else None
+    results = run_in_workers(square_or_die, ((n,) for n in range(20, 60)), 2, first, context)
     assert list(results) == [n * n for n in range(20, 60)]
 
 
