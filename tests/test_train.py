@@ -879,10 +879,16 @@ def test_a_kill_after_fit_still_leaves_the_final_model(
     monkeypatch.setattr(train_model, "write_training_done", killed)
     assert train_model.main(argv) != 0  # "error: interrupted"
     assert (run_dir / "final.keras").is_file() and not (run_dir / "training_done.json").exists()
+    history, best = (run_dir / "history.csv").read_text(), (run_dir / "best_val_map.keras")
+    best_bytes = best.read_bytes()
     monkeypatch.undo()
     assert train_model.main([*argv, "--resume"]) == 0
     assert (run_dir / "training_done.json").is_file()
     assert json.loads((run_dir / "inference.json").read_text())["model_file"] == "final.keras"
+    # the finished fit was resumed, not trained again: the same epochs, the same best model
+    assert (run_dir / "history.csv").read_text() == history
+    assert best.read_bytes() == best_bytes
+    assert not (run_dir / "backup").exists()  # gone once training is done
 
 
 def test_resuming_a_run_with_a_damaged_classes_or_split_file_is_an_error_line(

@@ -280,10 +280,11 @@ def remove_backup(backup_dir: Path) -> None:
 
 
 class RunBackup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore (two training states kept) whose clean-up when training ends is
-    `remove_backup`. Saving once an epoch, its batch hook does nothing: `async_safe` lets
-    Keras dispatch steps without waiting for each one's logs (a hook after every step makes
-    it wait)."""
+    """BackupAndRestore (two training states kept) whose files stay when fit() ends: the
+    trainer removes them (`remove_backup`) once the run has written that training is done, so
+    a kill before then resumes into the finished fit instead of starting it again. Saving once
+    an epoch, its batch hook does nothing: `async_safe` lets Keras dispatch steps without
+    waiting for each one's logs (a hook after every step makes it wait)."""
 
     async_safe = True
 
@@ -301,9 +302,6 @@ class RunBackup(keras.callbacks.BackupAndRestore):
                 f"({type(error).__name__}: {error}); delete that folder to train the run "
                 "again from its first epoch"
             ) from error
-
-    def on_train_end(self, logs=None):
-        remove_backup(Path(self.backup_dir))
 
 
 def read_history(path: Path) -> dict[str, np.ndarray]:

@@ -296,13 +296,15 @@ def history_to_resume(run_dir: Path) -> dict[str, np.ndarray]:
 
 def write_training_done(run_dir: Path, callbacks: list[keras.callbacks.Callback]) -> None:
     """training_done.json once fit() has ended: the epochs run, and whether early stopping
-    ended them (a later --resume then only scores the best models)."""
+    ended them (a later --resume then only scores the best models); then the training state
+    backed up for a resume goes."""
     stopped = [c.stopped_epoch for c in callbacks if isinstance(c, keras.callbacks.EarlyStopping)]
     done = {
         "epochs": len(read_history(run_dir / HISTORY).get("epoch", [])),
         "stopped_early": any(stopped),
     }
     write_text_atomically(run_dir / DONE, json.dumps(done) + "\n")
+    remove_backup(run_dir / BACKUP)  # only now: until DONE, a resume needs it
 
 
 # ---------------------------------------------------------------------------------------------
