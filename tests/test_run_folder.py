@@ -137,7 +137,9 @@ def test_the_backup_clean_up_removes_only_what_keras_wrote(tiny_model, tmp_path)
     backup.on_epoch_end(1)  # the second state moves the first to its .bkp files
     assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == sorted(BACKUP_FILES)
     (tmp_path / "backup" / "notes.txt").write_text("mine")
-    backup.on_train_end()
+    backup.on_train_end()  # kept until the run writes that training is done
+    assert len(list((tmp_path / "backup").iterdir())) == len(BACKUP_FILES) + 1
+    remove_backup(tmp_path / "backup")  # as write_training_done then does
     assert [p.name for p in (tmp_path / "backup").iterdir()] == ["notes.txt"]
 
     (tmp_path / "backup" / "notes.txt").unlink()
