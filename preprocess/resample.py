@@ -9,10 +9,10 @@ resamples its own list of files with the same `resample_files`: the one implemen
 - Parallel: N files at once (default: all cores).
 - Resumable: each output is written to <path>.wav.part and renamed when complete, so an
   existing .wav is always whole. It is given its input's modification time, and is skipped
-  when the two times are equal to the nanosecond: an input changed since, or replaced by
-  another recording even with an older time (cp -p, rsync -t, tar and unzip keep the
-  original's), is converted again. Leftover .part files of a killed run are deleted at the
-  start. Run one job per OUT_DIR at a time.
+  when the two times agree (within TIME_RESOLUTION_NS, as FAT stores times to 2 s): an input
+  changed since, or replaced by another recording even with an older time (cp -p, rsync -t,
+  tar and unzip keep the original's), is converted again. Leftover .part files of a killed
+  run are deleted at the start. Run one job per OUT_DIR at a time.
 - Links in OUT_DIR are never written through: a file whose output folder is a link (or lies
   under one) leading outside OUT_DIR fails, named, and nothing is written there.
 - A file that cannot be read is named with the reason and skipped; the rest still converts. So
@@ -170,14 +170,19 @@ def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, 
             part.unlink(missing_ok=True)
 
 
+TIME_RESOLUTION_NS = 2 * 10**9  # FAT's: finer file systems store the time exactly
+
+
 def is_done(conversion: Conversion) -> bool:
     """Whether conversion.target was made from the source as it is now: `convert` gives each
-    output its source's modification time, so the two are equal to the nanosecond (a target
-    made by an older version of this code, with the time it was written, is made again)."""
+    output its source's modification time, so the two agree within the coarsest resolution
+    a file system stores (a target made by an older version of this code, with the time it
+    was written, is made again)."""
     target = conversion.target
     if target.is_symlink() or not target.is_file():
         return False
-    return target.stat().st_mtime_ns == conversion.source.stat().st_mtime_ns
+    difference = target.stat().st_mtime_ns - conversion.source.stat().st_mtime_ns
+    return abs(difference) < TIME_RESOLUTION_NS
 
 
 def plan(

@@ -265,7 +265,8 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     out_dir.mkdir()
     wavfile.write(out_dir / "c.wav", 16000, tone)  # with its input's time: done
     os.utime(out_dir / "c.wav", ns=(0, (in_dir / "c.wav").stat().st_mtime_ns))
-    wavfile.write(out_dir / "b.wav", 16000, tone)  # another time (newer): made again
+    wavfile.write(out_dir / "b.wav", 16000, tone)  # another time (an hour later): made again
+    os.utime(out_dir / "b.wav", ns=(0, (in_dir / "b.wav").stat().st_mtime_ns + 3600 * 10**9))
 
     conversions, collisions = resample.folder_conversions(in_dir, out_dir)
     todo, already_done, failed = resample.plan(conversions, sox=False, into=out_dir)
