@@ -51,7 +51,12 @@ from predict.runfile import (  # noqa: E402
 )
 from preprocess.cli import describe, run_command  # noqa: E402
 from preprocess.metadata import MetadataError, Recording, read_birdclef_xml_dir  # noqa: E402
-from preprocess.paths import OutputPathError, check_output, is_json_with  # noqa: E402
+from preprocess.paths import (  # noqa: E402
+    NOT_REGULAR,
+    OutputPathError,
+    check_output,
+    is_json_with,
+)
 from train.metrics import mean_average_precision, top1_accuracy  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -162,7 +167,7 @@ def read_truth(path: Path, names_xml_dir: Path | None = None) -> Truth:
     if path.is_dir():
         return read_truth_xml_dir(path)
     if path.exists() and not path.is_file():  # a pipe or a device: read without end
-        raise TruthError(f"{path}: not a regular file (a CSV file or an XML folder)")
+        raise TruthError(f"{path}: {NOT_REGULAR}; give a CSV file or an XML folder")
     if not path.is_file():
         raise TruthError(f"{path}: ground truth not found (a CSV file or an XML folder)")
     to_class = None

@@ -79,6 +79,7 @@ from preprocess.metadata import (  # noqa: E402
 )
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.paths import (  # noqa: E402
+    NOT_REGULAR,
     OutputPathError,
     check_output,
     first_line,
@@ -95,7 +96,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_FILE = "best_val_map.keras"
 SOUNDSCAPE_WINDOW_SECONDS = 5.0  # the BirdCLEF 2017 soundscape run-file window
 MAX_BATCH_SIZE = 16384  # chunks per model call: a 4 GB input buffer
-NOT_REGULAR = "not a regular file (a pipe, a device or a broken link)"
 HUMAN_CSV_HEADER = "file,MediaId"  # how the --human-csv file begins
 MAX_POOLING_EXPONENT = 100.0  # of the power mean: near the max already (training writes 3)
 CACHE_NAME_LENGTH = 32  # hex digits of the hash naming a file in the resampling cache

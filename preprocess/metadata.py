@@ -43,6 +43,7 @@ import xmltodict
 from preprocess.audio import AUDIO_SUFFIXES
 from preprocess.cli import at_least, run_command
 from preprocess.paths import (
+    NOT_REGULAR,
     OutputPathError,
     check_output,
     files_under,
@@ -306,8 +307,7 @@ def read_birdclef_xml_dir(
     if not paths:
         raise MetadataError(f"{xml_dir}: no .xml files")
     recordings, origins = [], []
-    skipped = [f"skipped {shown_name(str(p))}: not a regular file (a pipe, a device or a broken "
-               "link)" for p in named_xml if not p.is_file()]  # fmt: skip
+    skipped = [f"skipped {shown_name(str(p))}: {NOT_REGULAR}" for p in named_xml if not p.is_file()]
     for path, each in zip(paths, parse_files(paths), strict=True):
         if isinstance(each, str):
             skipped.append(each)
@@ -352,7 +352,7 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
     """A CSV with columns file,label[,media_id][,background] -> recordings, in file order."""
     csv_path = Path(csv_path)
     if csv_path.exists() and not csv_path.is_file():  # a folder, a pipe or a device
-        raise MetadataError(f"{csv_path}: not a regular file")
+        raise MetadataError(f"{csv_path}: {NOT_REGULAR}")
     try:
         text = csv_path.read_text("utf-8-sig")  # a spreadsheet's byte-order mark is dropped
     except (OSError, UnicodeDecodeError) as error:
@@ -401,8 +401,7 @@ def read_class_folders(root: str | Path) -> list[Recording]:
         if relative.suffix.lower() not in AUDIO_SUFFIXES or is_ignored(relative):
             continue
         if not path.is_file():
-            log.warning("%s: not a regular file (a pipe, a device or a broken link); left out",
-                        shown_name(str(path)))  # fmt: skip
+            log.warning("%s: %s; left out", shown_name(str(path)), NOT_REGULAR)
             continue
         rel, label = relative.as_posix(), relative.parts[0]
         if label == rel:

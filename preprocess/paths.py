@@ -24,6 +24,10 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 SNIFF_BYTES = 64 * 1024  # enough for a first line or a small JSON file
 
 
+# why an entry named like an input is skipped: reading a pipe waits for a writer forever
+NOT_REGULAR = "not a regular file (a pipe, a device or a broken link)"
+
+
 class OutputPathError(ValueError):
     """An output path that would destroy an input or a file of another kind."""
 

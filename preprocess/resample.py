@@ -74,7 +74,7 @@ from preprocess.audio import (
 )
 from preprocess.cli import at_least, most_workers, run_command
 from preprocess.params import SpectrogramParams
-from preprocess.paths import files_under, shown_name
+from preprocess.paths import NOT_REGULAR, files_under, shown_name
 
 TARGET_RATE = SpectrogramParams().sample_rate
 SOX_ONLY_SUFFIXES = AUDIO_SUFFIXES - WAV_SUFFIXES
@@ -276,7 +276,7 @@ def folder_conversions(in_dir: Path, out_dir: Path) -> tuple[list[Conversion], l
     conversions, refused, source_of = [], [], {}
     for name, path in sorted((path.relative_to(in_dir).as_posix(), path) for path in found):
         if not path.is_file():  # reading a pipe would wait for a writer forever
-            refused.append((name, "not a regular file (a pipe, a device or a broken link)"))
+            refused.append((name, NOT_REGULAR))
             continue
         output = Path(name).with_suffix(".wav").as_posix()
         if output in source_of:

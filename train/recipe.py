@@ -34,7 +34,7 @@ from preprocess.audio import AudioError
 from preprocess.dataset import Dataset
 from preprocess.extract import recording_chunks
 from preprocess.params import SpectrogramParams
-from preprocess.paths import files_under, shown_name, write_text_atomically
+from preprocess.paths import NOT_REGULAR, files_under, shown_name, write_text_atomically
 from train.augment import AugmentedBatches, AugmentSettings, quietest_chunks
 from train.callbacks import BEST, load_saved_model, save_model_atomically
 from train.data import SplitData, TrainError, predict_rows, read_errors_reported
@@ -177,7 +177,7 @@ def noise_chunks_from_dir(
         if sum(map(len, chunks)) >= most:
             break
         if not path.is_file():  # a pipe (reading it would wait forever), a device
-            logger.warning("noise file %s skipped: not a regular file", shown_name(str(path)))
+            logger.warning("noise file %s skipped: %s", shown_name(str(path)), NOT_REGULAR)
             continue
         try:
             source = recording_chunks(path, params, per_file, resample=True)
