@@ -33,7 +33,6 @@ import contextlib
 import functools
 import json
 import os
-import secrets
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -48,6 +47,7 @@ import hdf5plugin  # registers the Blosc2 filter with HDF5, for h5py and every r
 import numpy as np
 
 from preprocess.params import FORMAT_VERSION, SpectrogramParams
+from preprocess.paths import partial_name
 
 FORMAT = "birdclef-chunks"
 # h5py filter settings of X per --compression choice; all lossless. "blosc2-lz4" (the
@@ -708,7 +708,7 @@ def convert_dataset(
     target = Path(target)
     # a unique name created exclusively (as paths.replace_atomically's): never a file or a
     # link already there, so nothing but target is ever written or replaced
-    temporary = target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    temporary = partial_name(target)
     with open_dataset(source) as dataset:
         out = h5py.File(temporary, "x")  # before the try: were the name taken, it is not ours
         try:

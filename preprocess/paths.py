@@ -112,12 +112,19 @@ def is_zip_with(path: Path, member: str) -> bool:
         return False
 
 
+def partial_name(path: Path) -> Path:
+    """A new name beside path to fill before renaming it to path: hidden, unique to this
+    process and call (`is_partial_of` recognises it), for a file or folder to be created
+    exclusively, so that nothing already there, a user's or a link, is ever written."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+
+
 def replace_atomically(path: Path, write: Callable[[IO], None], mode: str) -> None:
     """Fill path through write(file), whole or not at all: a new file beside it, opened with
     `mode` ("w": UTF-8 text, or "wb"), is filled and renamed over path. Its name is unique
     and it is created exclusively (with the umask's mode, like any file), so two processes
     never share it and no file but path is ever replaced."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    temporary = partial_name(path)
     text = "b" not in mode  # UTF-8 text; csv writes its own line ends
     encoding, newline = ("utf-8", "") if text else (None, None)
     # opened before the try: were the name taken, the cleanup would remove another's file

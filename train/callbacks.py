@@ -117,7 +117,6 @@ class BestCheckpoint(keras.callbacks.Callback):
     def __init__(self, path: Path, monitor: str, mode: str, initial_value_threshold=None):
         super().__init__()
         self.path, self.monitor, self.mode = Path(path), monitor, mode
-        self.partial = self.path.with_name(f".{self.path.stem}.partial.keras")
         self.best = initial_value_threshold
 
     def on_epoch_end(self, epoch, logs=None):
@@ -129,12 +128,14 @@ class BestCheckpoint(keras.callbacks.Callback):
         )
         if better:
             self.best = float(current)
-            save_model_atomically(self.model, self.path, self.partial)
+            save_model_atomically(self.model, self.path)
 
 
-def save_model_atomically(model: keras.Model, path: Path, partial: Path) -> None:
-    """model.save(path), written as `partial` (a .keras name) and renamed once on disk; a
-    `partial` left by a kill is removed first (a link there too, never what it points to)."""
+def save_model_atomically(model: keras.Model, path: Path) -> None:
+    """model.save(path), written as .NAME.partial.keras beside it (Keras wants the suffix)
+    and renamed once on disk; such a file left by a kill is removed first (a link there too,
+    never what it points to)."""
+    partial = path.with_name(f".{path.stem}.partial.keras")
     partial.unlink(missing_ok=True)
     try:
         model.save(partial, overwrite=True)

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import shutil
 import sys
 from pathlib import Path
 
 from preprocess.cli import command_parser, run_command
+from preprocess.paths import partial_name
 
 logger = logging.getLogger("export_model")
 
@@ -48,7 +48,7 @@ def new_partial_folder(out: Path) -> Path:
     (mkdir fails on any file, folder or link of that name), so nothing already there, a user's
     or another export's, is ever written into or removed. A killed export leaves it behind,
     hidden: .OUT.<pid>-<random>.partial, for the user to delete."""
-    partial = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    partial = partial_name(out)
     partial.mkdir()
     return partial
 

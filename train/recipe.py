@@ -557,8 +557,7 @@ def save_final_model(
         if diverged:
             logger.warning("training diverged (predictions not finite): no %s written", FINAL)
             return
-        partial = run_dir / f".{Path(FINAL).stem}.partial.keras"  # as the best checkpoints' own
-        save_model_atomically(model, run_dir / FINAL, partial)
+        save_model_atomically(model, run_dir / FINAL)
 
 
 def choose_inference(
