@@ -46,6 +46,7 @@ from predict.runfile import (  # noqa: E402
     AtomicTextWriter,
     RunEntry,
     RunFileError,
+    check_class_ids,
     read_run_file,
     text_lines,
 )
@@ -191,8 +192,10 @@ def read_classes(path: Path) -> list[str]:
         raise TruthError(f"{path}: not a run folder's classes.json ({error})") from None
     if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
         raise TruthError(f"{path}: 'classes' is not a list of class ids")
-    if len(set(classes)) != len(classes):
-        raise TruthError(f"{path}: 'classes' names a class more than once")
+    try:
+        check_class_ids(classes)  # as predict reads it
+    except ValueError as error:
+        raise TruthError(f"{path}: {error}") from None
     return classes
 
 

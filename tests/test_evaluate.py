@@ -400,7 +400,7 @@ def test_a_pipe_as_truth_duplicate_classes_and_a_file_as_report_are_refused_firs
     classes = tmp_path / "classes.json"
     classes.write_text('{"classes": ["aaaaaa", "bbbbbb", "aaaaaa"]}')
     err = evaluate_error(capsys, "--run-file", run, "--truth", truth, "--classes", classes)
-    assert "names a class more than once" in err
+    assert "class list has duplicates" in err
     (tmp_path / "notes.txt").write_text("mine")
     err = evaluate_error(
         capsys, "--run-file", run, "--truth", truth, "--report", tmp_path / "notes.txt"
