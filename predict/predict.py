@@ -170,7 +170,7 @@ def read_inference(run_dir: Path) -> Inference:
                 f"pooling_exponent {exponent!r} is not a number above 0 and at most "
                 f"{MAX_POOLING_EXPONENT:g}"
             )
-    except (ValueError, TypeError, UnicodeDecodeError) as error:
+    except (ValueError, TypeError) as error:  # UnicodeDecodeError is a ValueError
         raise PredictError(f"{path}: damaged inference.json ({error})") from None
     return Inference(model_file, pooling, float(exponent))
 

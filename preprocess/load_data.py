@@ -745,8 +745,6 @@ def build(args) -> int:
         info, settings_digest=settings_digest(info), inputs_digest=inputs_digest(info, keys)
     )
 
-    if out.exists() and not out.is_file():
-        raise LoadDataError(f"{out} is a folder, not a dataset file: choose another --out")
     out.with_name(out.name + ".tmp").unlink(missing_ok=True)  # a write of OUT cut short
     earlier = {}  # an OUT whose recordings that still apply are kept: {OUT: input keys}
     if out.exists() and not args.overwrite:

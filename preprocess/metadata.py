@@ -48,8 +48,8 @@ from preprocess.paths import (
     check_output,
     files_under,
     first_bytes,
-    replace_atomically,
     shown_name,
+    write_text_atomically,
 )
 
 log = logging.getLogger(__name__)
@@ -487,9 +487,8 @@ def save_table(recordings: list[Recording], path: str | Path) -> None:
         "version": TABLE_VERSION,
         "recordings": [asdict(recording) for recording in recordings],
     }
-    text = json.dumps(table, ensure_ascii=False, indent=1) + "\n"
     Path(path).parent.mkdir(parents=True, exist_ok=True)  # as every command's --out
-    replace_atomically(Path(path), lambda file: file.write(text), "w")
+    write_text_atomically(Path(path), json.dumps(table, ensure_ascii=False, indent=1) + "\n")
 
 
 def is_metadata_table(path: Path) -> bool:

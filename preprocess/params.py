@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass
 
 FORMAT_VERSION = 1
+# a field's annotation (a string: `from __future__ import annotations`) -> the types it takes
+TYPES_OF = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
 FRONTENDS = ("psd2016", "logmel")
 PADDINGS = ("zero", "cyclic")
 
@@ -66,7 +68,7 @@ class SpectrogramParams:
         (a damaged params.json would otherwise give a confident wrong prediction)."""
         for field in dataclasses.fields(self):
             value, kind = getattr(self, field.name), field.type
-            expected = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}[kind]
+            expected = TYPES_OF.get(kind, (object,))
             if not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool)):
                 raise ValueError(f"{field.name} {value!r} is not of type {kind}")
             if kind == "float" and not math.isfinite(value):
