@@ -204,9 +204,16 @@ run python "$ROOT/preprocess/load_data.py" --wav-dir "$work_dir/train_16k" "${la
 
 # ---- 4. train ---------------------------------------------------------------------------------
 stage "train ${model:+$(basename "$model") }-> $run_dir"
-if [[ -f "$run_dir/metrics.json" ]]; then
+if [[ -f "$run_dir/metrics.json" ]] && python - "$run_dir/config.json" "$work_dir/train.h5" <<'EOF'
+import json, sys
+import h5py
+with open(sys.argv[1], encoding="utf-8") as file, h5py.File(sys.argv[2], "r") as data:
+    digest = data.attrs.get("inputs_digest", "")  # the recordings the data file holds
+    sys.exit(json.load(file).get("data_digest", digest) != digest)  # those the run trained on
+EOF
+then
     echo "training already complete in $run_dir (delete it to train again)"
-else
+else # new, killed midway, or trained on other recordings (train_model.py then says so)
     # --resume: continues a run killed mid-way, starts a new one in an empty folder
     run python "$ROOT/train/train_model.py" --data "$work_dir/train.h5" ${model:+--model "$model"} \
         --out "$run_dir" --resume ${recipe:+--recipe "$recipe"} ${epochs:+--epochs "$epochs"} \

@@ -106,3 +106,19 @@ def test_the_scorer_commands_write_only_what_they_were_given(scored):
     assert changed["cwd"] == ["run.csv"]
     assert changed["tmp"] == []
     assert not left_in_memory
+
+
+def test_another_task_in_the_same_folders_is_refused_not_scored_with_the_old_model(scored):
+    """The same --name, --work-dir and --runs-dir for other recordings: the run folder holds a
+    model of the first task, which must not pass for the second's."""
+    sandbox = scored[0]
+    inputs = sandbox / "inputs"
+    rows = (inputs / "train.csv").read_text(encoding="utf-8").splitlines()
+    (inputs / "other.csv").write_text("\n".join(rows[:-1]) + "\n", encoding="utf-8")  # one fewer
+    command = [str(ROOT / "doall.sh"), "--csv", str(inputs / "other.csv"), "--audio-dir",
+               str(inputs / "train"), "--recipe", "modern", "--name", "N", "--work-dir",
+               str(sandbox / "W"), "--runs-dir", str(sandbox / "R"), "--epochs", "2"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "holds other recordings than the run in" in result.stderr
+    assert "training already complete" not in result.stdout

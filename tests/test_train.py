@@ -504,6 +504,20 @@ def test_resume_continues_from_the_last_finished_epoch(
         assert [row["run_dir"] for row in csv.DictReader(file)] == [str(run_dir)]
 
 
+def test_a_run_resumed_on_other_recordings_is_refused(easy_data, tiny_model, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = train_args(easy_data, tiny_model, run_dir, "--epochs", "1")
+    assert train_model.main(argv) == 0
+    other = tmp_path / "other.h5"  # as load_data leaves it after a file was added or changed
+    shutil.copy(easy_data, other)
+    with h5py.File(other, "a") as h5:
+        h5.attrs["inputs_digest"] = "recordings of another task"
+    argv = train_args(other, tiny_model, run_dir, "--epochs", "1", "--resume")
+    assert train_model.main(argv) == 2
+    error = capsys.readouterr().err
+    assert f"{other} holds other recordings than the run in {run_dir} was trained on" in error
+
+
 def test_a_damaged_training_state_is_an_error_naming_its_folder(
     easy_data, tiny_model, tmp_path, monkeypatch, capsys
 ):

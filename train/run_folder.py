@@ -186,11 +186,18 @@ def changed_settings(config: dict, args: argparse.Namespace) -> list[str]:
 def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace) -> None:
     """Check the data, model file and training settings of a resumed run are the ones it
     started with."""
-    changes = changed_settings(json.loads((run_dir / CONFIG).read_text()), args)
+    config = json.loads((run_dir / CONFIG).read_text())
+    changes = changed_settings(config, args)
     if changes:
         raise TrainError(
             f"{run_dir} holds a run started with other settings ({'; '.join(changes)}): "
             "resume with the settings it started with, or start a new run in another --out"
+        )
+    if config.get("data_digest", dataset.info.inputs_digest) != dataset.info.inputs_digest:
+        raise TrainError(
+            f"{dataset.path} holds other recordings than the run in {run_dir} was trained on "
+            "(files added, changed or relabelled since): train a new run in another --out "
+            f"(doall.sh: another --name), or delete {run_dir} to train it again"
         )
     classes = {"classes": dataset.classes, "class_names": dataset.class_names}
     try:
@@ -261,6 +268,7 @@ def write_run_files(
             name: str(value) if isinstance(value, Path) else value
             for name, value in vars(args).items()
         },
+        "data_digest": dataset.info.inputs_digest,  # the recordings it trains on (load_data's)
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "devices": list_devices(),
