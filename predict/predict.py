@@ -187,6 +187,25 @@ class AudioItem:
         return self.resampled or self.path
 
 
+def check_training_ended(run_dir: Path) -> None:
+    """PredictError for a run folder of train_model.py whose training has not ended (still
+    running, or stopped midway): it has not chosen its model and pooling yet (inference.json),
+    and its checkpoints of the epochs so far would pass for the run's answer."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):  # not a run train_model.py made (an export, say)
+        return
+    chooses = isinstance(config, dict) and "inference_model" in config  # since inference.json
+    if not (run_dir / "training_done.json").is_file() or (
+        chooses and not (run_dir / "inference.json").is_file()
+    ):
+        raise PredictError(
+            f"{run_dir}: its training has not ended (it is running, or was stopped before it "
+            "chose its model): predict once it has (train_model.py --resume finishes a "
+            "stopped run), or name a checkpoint with --model-file"
+        )
+
+
 def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None = None) -> Run:
     """Model, preprocessing parameters, classes and pooling of a training run folder.
 
@@ -886,6 +905,8 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
         )
     items, refused = valid_media_ids(items)
     skipped += refused
+    if args.model_file is None and args.run.is_dir():
+        check_training_ended(args.run)
     model_file = args.model_file or read_inference(args.run).model_file
     run_files = [args.run / name for name in ("params.json", "classes.json", model_file)]
     inputs = [*run_files, *(item.path for item in items)]

@@ -513,6 +513,24 @@ def test_out_inside_the_audio_folder_twice(run_dir, tmp_path):
     assert (out.stat().st_mode & 0o777, human.stat().st_mode & 0o777) == (0o640, 0o640)
 
 
+def test_a_run_whose_training_has_not_ended_is_refused(run_dir, tmp_path, capsys):
+    """Still training, or killed before it chose its model: its checkpoints so far must not
+    pass for the run's answer; a checkpoint named with --model-file may be used."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "config.json").write_text('{"recipe": "modern", "inference_model": "final"}')
+    audio = tmp_path / "audio"
+    tone(audio / "song.wav")
+    out = tmp_path / "run.csv"
+    for done in (False, True):  # killed before training_done.json, or before inference.json
+        if done:
+            (run / "training_done.json").write_text('{"epochs": 3, "stopped_early": false}')
+        error = cli_error(capsys, "--run", run, "--audio", audio, "--out", out)
+        assert f"{run}: its training has not ended" in error
+    predict_cli("--run", run, "--audio", audio, "--out", out, "--model-file", "best_val_map.keras")
+    assert {e.media_id for e in read_run_file(out)} == {"song"}
+
+
 def test_the_csv_for_people_never_holds_a_formula(run_dir, tmp_path):
     audio = tmp_path / "audio"
     for name in ("=HYPERLINK(1)", "@SUM(1)", "plain"):
