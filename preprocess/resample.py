@@ -8,11 +8,20 @@ channel count; channels are averaged; links are followed, as `find -L` does). Pr
 resamples its own list of files with the same `resample_files`: the one implementation.
 - Parallel: N files at once (default: all cores).
 - Resumable: each output is written to <path>.wav.part and renamed when complete, so an
-  existing .wav is always whole. It is given its input's modification time, and is skipped
-  when the two times agree (within TIME_RESOLUTION_NS, as FAT stores times to 2 s): an input
-  changed since, or replaced by another recording even with an older time (cp -p, rsync -t,
-  tar and unzip keep the original's), is converted again. Leftover .part files of a killed
-  run are deleted at the start. Run one job per OUT_DIR at a time.
+  existing .wav is always whole. OUT_DIR/.sources.json records what each finished output was
+  made from (its source's resolved path, size and modification time in ns), and an output is
+  skipped only while that record matches its source as it is now: an input changed since,
+  replaced by another recording even with an older or the same time (cp -p, rsync -t, tar
+  and unzip keep the original's; zip's is often 1980-01-01), or another folder's file of the
+  same name resampled into the same OUT_DIR, is converted again. Outputs keep the time they
+  were written, so one converted again looks new to load_data. Outputs of an older version
+  of this code (no record) are converted once more. The record is written whole (temporary
+  file, then rename) as the run goes, at its end, and when it is interrupted or fails; a
+  damaged one is ignored with a warning naming it (every output is made again). Leftover
+  .part files of a killed run are deleted at the start.
+- One run per OUT_DIR at a time: a run holds OUT_DIR/.lock throughout, and a second one
+  started meanwhile stops at once (`error: ...` naming the first one's pid, exit status 2)
+  instead of deleting the first one's .part files or moving them into place.
 - Links in OUT_DIR are never written through: a file whose output folder is a link (or lies
   under one) leading outside OUT_DIR fails, named, and nothing is written there.
 - A file that cannot be read is named with the reason and skipped; the rest still converts. So
@@ -50,12 +59,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,13 +82,24 @@ from preprocess.audio import (
     read_wav,
     to_sample_rate,
 )
-from preprocess.cli import at_least, most_workers, run_command
+from preprocess.cli import at_least, describe, most_workers, run_command
+from preprocess.dataset import RunLocked, exclusive_run
 from preprocess.params import SpectrogramParams
-from preprocess.paths import NOT_REGULAR, files_under, shown_name
+from preprocess.paths import (
+    NOT_REGULAR,
+    files_under,
+    is_partial_of,
+    shown_name,
+    write_text_atomically,
+)
 
 TARGET_RATE = SpectrogramParams().sample_rate
 SOX_ONLY_SUFFIXES = AUDIO_SUFFIXES - WAV_SUFFIXES
 PART_SUFFIX = ".part"  # a file being written; never a result
+SOURCES_NAME = ".sources.json"  # in the output folder: what each finished output was made from
+SOURCES_FORMAT = "preprocess/resample.py sources, version 1"
+RECORD_FIELDS = {"source": str, "size": int, "mtime_ns": int}
+LOCK_NAME = ".lock"  # in the output folder, held by the run writing it
 
 
 @dataclass(frozen=True)
@@ -146,50 +167,105 @@ def outside(target: Path, into: Path) -> str | None:
     return f"its output folder {target.parent} leads outside {into} (to {folder}): not written"
 
 
-def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, str]:
-    """Write conversion.target, atomically, inside the output folder into, with its source's
-    modification time: (the reason it failed or None, SoX's warnings)."""
+def made_from(source: Path) -> dict:
+    """The record of an output made from source as it is now: its resolved path, size and
+    modification time. An output is done while its record and its source's agree."""
+    stat = source.stat()
+    return {"source": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, str, dict]:
+    """Write conversion.target, atomically, inside the output folder into: (the reason it
+    failed or None, SoX's warnings, the record of the source it was made from)."""
     target = conversion.target
     part = target.with_name(target.name + PART_SUFFIX)
     if reason := outside(target, into):  # before mkdir, which would follow the link, and
-        return reason, ""  # before the try, whose cleanup would remove a .part found there
+        return reason, "", {}  # before the try, whose cleanup would remove a .part found there
     try:
-        source_time = conversion.source.stat().st_mtime_ns  # before reading: a change after
-        target.parent.mkdir(parents=True, exist_ok=True)  # it is seen by the next run
+        record = made_from(conversion.source)  # before reading: a change meanwhile is seen
+        target.parent.mkdir(parents=True, exist_ok=True)  # by the next run
         part.unlink(missing_ok=True)  # a killed run's, or a planted link: never written through
         warnings = (sox_resample if sox else soxr_resample)(conversion.source, part)
-        os.utime(part, ns=(time.time_ns(), source_time), follow_symlinks=False)
         os.replace(part, target)
-        return None, warnings
+        return None, warnings, record
     except AudioError as error:
-        return error.reason, ""
+        return error.reason, "", {}
     except Exception as error:  # whatever breaks on one file must not lose the whole run
-        return f"{type(error).__name__}: {error}", ""
+        return f"{type(error).__name__}: {error}", "", {}
     finally:
         with contextlib.suppress(OSError):
             part.unlink(missing_ok=True)
 
 
-TIME_RESOLUTION_NS = 2 * 10**9  # FAT's: finer file systems store the time exactly
+def output_key(target: Path, into: Path) -> str:
+    """target's name in the record of the output folder into: its path inside into."""
+    try:
+        return target.relative_to(into).as_posix()
+    except ValueError:  # written another way (relative, through a link): its resolved folder
+        folder = target.parent.resolve().relative_to(into.resolve())
+        return (folder / target.name).as_posix()
 
 
-def is_done(conversion: Conversion) -> bool:
-    """Whether conversion.target was made from the source as it is now: `convert` gives each
-    output its source's modification time, so the two agree within the coarsest resolution
-    a file system stores (a target made by an older version of this code, with the time it
-    was written, is made again)."""
+def read_sources(into: Path) -> dict[str, dict]:
+    """The record of the output folder into: {output's path inside into: `made_from` of its
+    source}; empty when there is none, and, with a warning naming it, when it is damaged or
+    not this code's (every output is then made again)."""
+    path = into / SOURCES_NAME
+    if not path.exists() and not path.is_symlink():
+        return {}
+    try:
+        if not path.is_file():  # reading a pipe would wait forever
+            raise ValueError(NOT_REGULAR)
+        document = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(document, dict) or document.get("format") != SOURCES_FORMAT:
+            raise ValueError("not a record written by preprocess/resample.py")
+        outputs = document.get("outputs")
+        if not isinstance(outputs, dict):
+            raise ValueError("no outputs")
+        for name, record in outputs.items():
+            if not (
+                isinstance(record, dict)
+                and record.keys() == RECORD_FIELDS.keys()
+                and all(type(record[key]) is kind for key, kind in RECORD_FIELDS.items())
+            ):
+                raise ValueError(f"a malformed entry for {shown_name(name)}")
+    except (OSError, ValueError, RecursionError) as error:
+        print(
+            f"warning: {path} is damaged or not this program's ({describe(error)}): ignored, "
+            "so every output is converted again",
+            file=sys.stderr,
+            flush=True,
+        )
+        return {}
+    return outputs
+
+
+def write_sources(into: Path, sources: Mapping[str, dict]) -> None:
+    """Write the record of the output folder into, whole or not at all."""
+    document = {"format": SOURCES_FORMAT, "outputs": dict(sorted(sources.items()))}
+    write_text_atomically(into / SOURCES_NAME, json.dumps(document, indent=1) + "\n")
+
+
+def is_done(conversion: Conversion, sources: Mapping[str, dict], into: Path) -> bool:
+    """Whether conversion.target, in the output folder into, was made from its source as it
+    is now: it is a regular file and its record in sources (`read_sources`) is the source's
+    `made_from`. An output made by an older version of this code, without a record, is made
+    again."""
     target = conversion.target
     if target.is_symlink() or not target.is_file():
         return False
-    difference = target.stat().st_mtime_ns - conversion.source.stat().st_mtime_ns
-    return abs(difference) < TIME_RESOLUTION_NS
+    recorded = sources.get(output_key(target, into))
+    try:
+        return recorded is not None and recorded == made_from(conversion.source)
+    except (OSError, RuntimeError):  # gone meanwhile; a link loop
+        return False
 
 
 def plan(
-    conversions: list[Conversion], sox: bool, into: Path
+    conversions: list[Conversion], sox: bool, into: Path, sources: Mapping[str, dict]
 ) -> tuple[list[Conversion], int, list]:
     """(to convert, number already done, [(name, reason)] that fail here): a conversion is done
-    when its target has its source's modification time (`is_done`); one whose target lies
+    when its target's record in sources matches its source (`is_done`); one whose target lies
     outside into (the output folder), through a link, fails; without SoX, only wavs convert."""
     todo, failed, already_done = [], [], 0
     for conversion in conversions:
@@ -197,7 +273,7 @@ def plan(
             failed.append((conversion.name, reason))
         elif not sox and conversion.source.suffix.lower() in SOX_ONLY_SUFFIXES:
             failed.append((conversion.name, "not a wav file: only SoX converts this format"))
-        elif is_done(conversion):
+        elif is_done(conversion, sources, into):
             already_done += 1
         else:
             todo.append(conversion)
@@ -226,8 +302,13 @@ def resample_files(
             file=sys.stderr,
         )
     start = time.monotonic()
-    todo, already_done, failed = plan(conversions, sox, into)
+    sources = read_sources(into)
+    todo, already_done, failed = plan(conversions, sox, into, sources)
     failed = [*refused, *failed]
+    stale = [key for key in (output_key(c.target, into) for c in todo) if key in sources]
+    for key in stale:  # a record is only ever of a finished output
+        del sources[key]
+    changed = bool(stale)
     print(
         f"resampling to {TARGET_RATE // 1000} kHz mono 16-bit with {'SoX' if sox else 'soxr'}: "
         f"{len(conversions) + len(refused)} audio files, {already_done} already done, "
@@ -237,23 +318,39 @@ def resample_files(
     )
     step = max(1, -(-len(todo) // 20))  # about 20 progress lines per run
     converted = 0
+    running, seen = {}, set()
     pool = ThreadPoolExecutor(jobs)  # the work is in SoX's processes, or in soxr without the GIL
     try:
         running = {pool.submit(convert, conversion, sox, into): conversion for conversion in todo}
         for done, future in enumerate(as_completed(running), start=1):
-            name = running[future].name
-            reason, warnings = future.result()
+            seen.add(future)
+            conversion, name = running[future], running[future].name
+            reason, warnings, record = future.result()
             if reason:
                 failed.append((name, reason))
                 print(f"FAILED {shown_name(name)}: {reason}", file=sys.stderr, flush=True)
             else:
                 converted += 1
+                sources[output_key(conversion.target, into)] = record
+                changed = True
                 if warnings:
                     print(f"warning: {shown_name(name)}: {warnings}", file=sys.stderr, flush=True)
             if done % step == 0 or done == len(todo):
                 print(f"progress: {done}/{len(todo)}", file=out, flush=True)
+                if changed:  # saved as the run goes too: a kill -9 loses little
+                    write_sources(into, sources)
+                    changed = False
     finally:
         pool.shutdown(cancel_futures=True)  # on Ctrl-C, the files not yet started stay undone
+        for future, conversion in running.items():  # finished while the run was stopping
+            if future in seen or not future.done() or future.cancelled() or future.exception():
+                continue
+            reason, _, record = future.result()
+            if reason is None:
+                sources[output_key(conversion.target, into)] = record
+                changed = True
+        if changed:
+            write_sources(into, sources)
 
     print(
         f"summary: {converted} converted, {already_done} already done, {len(failed)} failed "
@@ -288,22 +385,28 @@ def folder_conversions(in_dir: Path, out_dir: Path) -> tuple[list[Conversion], l
 
 
 def resample_dir(in_dir: Path, out_dir: Path, jobs: int, soxr: bool = False) -> int:
-    """Resample every audio file under in_dir into out_dir (both resolved, separate); the exit
-    status: 0, or 1 when some failed."""
+    """Resample every audio file under in_dir into out_dir (both resolved, separate), holding
+    out_dir's lock throughout (RunLocked while another run holds it); the exit status: 0, or 1
+    when some failed."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.rglob(f"*.wav{PART_SUFFIX}"):  # a killed run's; never a result
-        if stale.is_symlink() or stale.is_file():
-            stale.unlink()
-    conversions, collisions = folder_conversions(in_dir, out_dir)
-    return 1 if resample_files(conversions, jobs, out_dir, soxr, collisions) else 0
+    with exclusive_run(out_dir / LOCK_NAME, f"the output folder {out_dir}"):
+        # a killed run's leftovers, never a result: only now, as no other run is writing them
+        for stale in out_dir.rglob(f"*.wav{PART_SUFFIX}"):
+            if stale.is_symlink() or stale.is_file():
+                stale.unlink()
+        for stale in out_dir.iterdir():
+            if is_partial_of(stale.name, SOURCES_NAME) and not stale.is_dir():
+                stale.unlink()
+        conversions, collisions = folder_conversions(in_dir, out_dir)
+        return 1 if resample_files(conversions, jobs, out_dir, soxr, collisions) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Resample every audio file under IN_DIR to a 16 kHz 16-bit mono wav under "
         "OUT_DIR (same relative path), with SoX or else soxr. The module's docstring says more.",
-        epilog="Exit status: 0 all converted or already done, 1 some failed, 2 usage error or "
-        "an output folder it cannot write.",
+        epilog="Exit status: 0 all converted or already done, 1 some failed, 2 usage error, "
+        "an output folder it cannot write or one another run is writing.",
     )
     parser.add_argument("in_dir", type=Path, help="folder searched recursively for audio files")
     parser.add_argument("out_dir", type=Path, help="output folder, separate from IN_DIR")
@@ -328,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"OUT_DIR '{args.out_dir}' must be separate from IN_DIR '{args.in_dir}'")
 
     # an unwritable OUT_DIR, say, is one line and status 2; finished files are kept
-    return run_command(lambda: resample_dir(in_dir, out_dir, args.jobs, args.soxr), args.verbose)
+    return run_command(
+        lambda: resample_dir(in_dir, out_dir, args.jobs, args.soxr), args.verbose, (RunLocked,)
+    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Resampling to 16 kHz mono 16-bit: SoX script and soxr fallback, on generated and real files."""
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,8 @@ from preprocess import resample
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "preprocess" / "resample_wavs_to_16k.sh"
 ODD_NAME = 'it\'s "quoted" ü [1].WAV'  # quotes, unicode, a glob pattern, upper-case extension
+
+HIDDEN = [".lock", ".sources.json"]  # what a run keeps in its output folder besides the wavs
 
 needs_sox = pytest.mark.skipif(shutil.which("sox") is None, reason="SoX is not installed")
 
@@ -192,7 +196,7 @@ def test_script_skips_nan_samples_and_a_flac_sox_decodes_only_in_part(tmp_path):
     assert "2 converted, 0 already done, 3 failed" in summary
     assert "nan [1].wav: contains NaN or infinite samples" in summary
     assert "cut.flac: sox FAIL" in summary and "stub.flac: sox FAIL" in summary
-    assert sorted(p.name for p in out_dir.iterdir()) == ["float.wav", "whole.wav"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [*HIDDEN, "float.wav", "whole.wav"]
 
 
 def test_fallback_skips_nan_samples(tmp_path, capsys):
@@ -201,7 +205,7 @@ def test_fallback_skips_nan_samples(tmp_path, capsys):
     nan_wav(in_dir / "nan.wav")
     assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]) == 1
     assert "nan.wav: contains NaN or infinite samples" in capsys.readouterr().out
-    assert not list(out_dir.iterdir())
+    assert [p.name for p in out_dir.iterdir()] == [".lock"]  # no output, so nothing recorded
 
 
 def test_fallback_unwritable_output_is_one_error_line(plain_inputs, tmp_path, capsys):
@@ -258,18 +262,20 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
     tone = np.zeros(800, np.int16)
-    for name in ("a.WAV", "a.wav", "b.wav", "c.wav"):
+    for name in ("a.WAV", "a.wav", "b.wav", "c.wav", "f.wav"):
         wavfile.write(in_dir / name, 8000, tone)
     (in_dir / "d.mp3").write_bytes(b"ID3")
     os.mkfifo(in_dir / "e.wav")  # reading it would wait for a writer forever
     out_dir.mkdir()
-    wavfile.write(out_dir / "c.wav", 16000, tone)  # with its input's time: done
-    os.utime(out_dir / "c.wav", ns=(0, (in_dir / "c.wav").stat().st_mtime_ns))
-    wavfile.write(out_dir / "b.wav", 16000, tone)  # another time (an hour later): made again
-    os.utime(out_dir / "b.wav", ns=(0, (in_dir / "b.wav").stat().st_mtime_ns + 3600 * 10**9))
+    wavfile.write(out_dir / "c.wav", 16000, tone)  # made from its input as it is: done
+    wavfile.write(out_dir / "b.wav", 16000, tone)  # from its input an hour ago: made again
+    wavfile.write(out_dir / "f.wav", 16000, tone)  # by an older version, unrecorded: again
+    earlier = resample.made_from(in_dir / "b.wav")
+    earlier["mtime_ns"] -= 3600 * 10**9
+    sources = {"c.wav": resample.made_from(in_dir / "c.wav"), "b.wav": earlier}
 
     conversions, collisions = resample.folder_conversions(in_dir, out_dir)
-    todo, already_done, failed = resample.plan(conversions, sox=False, into=out_dir)
+    todo, already_done, failed = resample.plan(conversions, False, out_dir, sources)
 
     assert collisions == [
         ("a.wav", "would also become a.wav, made from a.WAV"),
@@ -278,6 +284,7 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     assert [(c.name, c.target) for c in todo] == [
         ("a.WAV", out_dir / "a.wav"),
         ("b.wav", out_dir / "b.wav"),
+        ("f.wav", out_dir / "f.wav"),
     ]
     assert already_done == 1
     assert failed == [("d.mp3", "not a wav file: only SoX converts this format")]
@@ -366,7 +373,7 @@ def test_a_list_of_files_into_targets_of_its_own(tmp_path, monkeypatch, capsys, 
 
     assert [name for name, _ in failed] == ["the broken one"]
     assert len(read_16k(tmp_path / "cache" / "1.wav")) == 1600
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["1.wav"]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".sources.json", "1.wav"]
     assert "1 converted, 0 already done, 1 failed" in capsys.readouterr().out
     resample.resample_files(conversions, 2, tmp_path / "cache")
     assert "0 converted, 1 already done, 1 failed" in capsys.readouterr().out
@@ -427,4 +434,124 @@ def test_a_recording_replaced_by_one_with_an_older_time_is_resampled_again(tmp_p
 
     assert "1 converted, 0 already done" in capsys.readouterr().out
     assert len(read_16k(out_dir / "a.wav")) == 4800
-    assert (out_dir / "a.wav").stat().st_mtime_ns == 946684800 * 10**9  # its source's time
+    assert (out_dir / "a.wav").stat().st_mtime_ns > 946684800 * 10**9  # its own: new to load_data
+
+
+ZIP_TIME = 315532800  # 1980-01-01, the time Python's zipfile gives every member by default
+
+
+def write_task(folder: Path, samples: int) -> None:
+    """A task's recordings: the same names as any other task's, with its own audio (samples at
+    8 kHz each) and zipfile's time."""
+    for name in ("a.wav", "sub/b.wav"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        wavfile.write(folder / name, 8000, np.full(samples, 1000, np.int16))
+        os.utime(folder / name, (ZIP_TIME, ZIP_TIME))
+
+
+def sources_of(out_dir: Path) -> dict:
+    return json.loads((out_dir / ".sources.json").read_text())["outputs"]
+
+
+def test_another_task_with_the_same_names_and_times_is_converted_again(tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    write_task(tmp_path / "t1", 800)
+    write_task(tmp_path / "t3", 2400)
+    assert resample.main(["--soxr", "-j", "1", str(tmp_path / "t1"), str(out_dir)]) == 0
+    started = time.time_ns()
+
+    assert resample.main(["--soxr", "-j", "1", str(tmp_path / "t3"), str(out_dir)]) == 0
+
+    assert "2 converted, 0 already done, 0 failed" in capsys.readouterr().out
+    for name in ("a.wav", "sub/b.wav"):
+        assert len(read_16k(out_dir / name)) == 4800, name  # t3's audio, not t1's
+        # its own time, not its source's: load_data sees a changed recording and extracts it
+        assert (out_dir / name).stat().st_mtime_ns >= started - 10**9, name
+        assert sources_of(out_dir)[name]["source"] == str((tmp_path / "t3" / name).resolve())
+
+
+def times_of(out_dir: Path) -> dict[str, int]:
+    """{file in out_dir: its modification time}, the lock (which each run takes) aside."""
+    files = (p for p in out_dir.rglob("*") if p.is_file() and p.name != ".lock")
+    return {p.relative_to(out_dir).as_posix(): p.stat().st_mtime_ns for p in files}
+
+
+def test_an_unchanged_rerun_converts_nothing_and_an_unrecorded_output_once(tmp_path, capsys):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    write_task(in_dir, 800)
+    run = ["--soxr", "-j", "1", str(in_dir), str(out_dir)]
+    assert resample.main(run) == 0
+    assert sources_of(out_dir) == {
+        name: {"source": str((in_dir / name).resolve()), "size": 1644, "mtime_ns": ZIP_TIME * 10**9}
+        for name in ("a.wav", "sub/b.wav")
+    }
+    written = times_of(out_dir)
+    capsys.readouterr()
+
+    assert resample.main(run) == 0
+    assert "0 converted, 2 already done" in capsys.readouterr().out
+    assert times_of(out_dir) == written  # the outputs and their record too
+
+    (out_dir / ".sources.json").unlink()  # as an older version left its outputs
+    assert resample.main(run) == 0
+    assert resample.main(run) == 0
+    out = capsys.readouterr().out
+    assert "2 converted, 0 already done" in out and "0 converted, 2 already done" in out
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"format": "other"}', "[1, 2]", '{"a.wav": {"size": 1}}']
+)
+def test_a_damaged_or_foreign_record_is_ignored_with_a_warning(tmp_path, capsys, content):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    write_task(in_dir, 800)
+    run = ["--soxr", "-j", "1", str(in_dir), str(out_dir)]
+    assert resample.main(run) == 0
+    (out_dir / ".sources.json").write_text(content)
+    capsys.readouterr()
+
+    assert resample.main(run) == 0
+
+    captured = capsys.readouterr()
+    assert "2 converted, 0 already done" in captured.out
+    assert f"warning: {out_dir / '.sources.json'} is damaged" in captured.err
+    assert sorted(sources_of(out_dir)) == ["a.wav", "sub/b.wav"]
+
+
+def test_an_interrupted_run_keeps_the_record_of_what_it_finished(tmp_path, monkeypatch, capsys):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    write_task(in_dir, 800)
+    wavfile.write(in_dir / "z.wav", 8000, np.zeros(800, np.int16))  # converted last
+    soxr_resample = resample.soxr_resample
+
+    def interrupted_at_z(source: Path, part: Path) -> str:
+        if source.name == "z.wav":
+            raise KeyboardInterrupt
+        return soxr_resample(source, part)
+
+    monkeypatch.setattr(resample, "soxr_resample", interrupted_at_z)
+    run = ["--soxr", "-j", "1", str(in_dir), str(out_dir)]
+    assert resample.main(run) == 130
+    assert sorted(sources_of(out_dir)) == ["a.wav", "sub/b.wav"]
+    assert not (out_dir / "z.wav").exists()
+    capsys.readouterr()
+
+    monkeypatch.setattr(resample, "soxr_resample", soxr_resample)
+    assert resample.main(run) == 0
+    assert "1 converted, 2 already done" in capsys.readouterr().out
+
+
+def test_a_second_run_into_the_same_folder_stops_and_touches_nothing(
+    plain_inputs, tmp_path, capsys, lock_held_elsewhere
+):
+    out_dir = tmp_path / "out"
+    pid = lock_held_elsewhere(out_dir / ".lock")  # a first run, converting
+    (out_dir / "a.wav.part").write_bytes(b"RIFF being written by the first run")
+
+    assert resample.main(["--soxr", str(plain_inputs), str(out_dir)]) == 2
+
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1
+    assert str(out_dir) in err and f"pid {pid}" in err
+    assert sorted(p.name for p in out_dir.iterdir()) == [".lock", "a.wav.part"]
+    assert (out_dir / "a.wav.part").read_bytes() == b"RIFF being written by the first run"
