@@ -91,16 +91,19 @@ def run_command(work: Callable[[], int], verbose: bool, input_errors: tuple = ()
         if verbose:
             traceback.print_exc()
         print(
-            f"error: unexpected {type(error).__name__}: {error} (a bug: run again with "
-            "--verbose for the traceback, and report it)",
+            f"error: unexpected {type(error).__name__}: {describe(error)} (a bug: run again "
+            "with --verbose for the traceback, and report it)",
             file=sys.stderr,
         )
         return 1
 
 
 def describe(error: BaseException) -> str:
-    """An exception as one line: OSErrors with their file name and reason."""
+    """An exception as one line: OSErrors with their file name and reason; line breaks in a
+    library's message (HDF5's name the file on a line of their own) become spaces."""
     if isinstance(error, OSError) and error.strerror:
         names = [name for name in (error.filename, error.filename2) if name is not None]
-        return f"{' -> '.join(map(str, names))}: {error.strerror}" if names else error.strerror
-    return str(error) or type(error).__name__
+        text = f"{' -> '.join(map(str, names))}: {error.strerror}" if names else error.strerror
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split("\n"))

@@ -75,3 +75,17 @@ def test_load_data_overwrite_replaces_only_an_hdf5_file(tmp_path, capsys):
         file["x"] = [1]
     main([*base, "--out", str(h5), "--workers", "1"])  # an HDF5 file: not refused by the check
     assert "not an HDF5 file" not in capsys.readouterr().err
+
+
+def test_an_error_is_one_line_whatever_the_library_wrote(capsys):
+    from preprocess.cli import describe, run_command
+
+    def disk_full():
+        raise OSError(28, "Can't write data\n, filename = 'x.h5.tmp'", "x.h5.tmp")
+
+    assert describe(OSError(28, "No space left on device", "a.h5")) == (
+        "a.h5: No space left on device"
+    )
+    assert "\n" not in describe(ValueError("first\nsecond"))
+    assert run_command(disk_full, verbose=False) == 2
+    assert capsys.readouterr().err.count("\n") == 1  # HDF5 put its file name on a line of its own
