@@ -297,7 +297,9 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         be read); a state that cannot be read at all is a TrainError naming the folder."""
         try:
             super().on_train_begin(logs)
-        except (OSError, KeyError, json.JSONDecodeError) as error:
+        # h5py: OSError for a file cut short, RuntimeError for damaged structures; Keras:
+        # ValueError for weights that do not fit; a damaged metadata file: ValueError, KeyError
+        except (OSError, RuntimeError, ValueError, KeyError) as error:
             raise TrainError(
                 f"{self.backup_dir}: the training state saved there cannot be read "
                 f"({type(error).__name__}: {error}); delete that folder to train the run "
