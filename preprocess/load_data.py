@@ -38,6 +38,7 @@ import multiprocessing
 import shutil
 import sys
 import time
+import unicodedata
 import uuid
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Iterator
@@ -239,6 +240,18 @@ def class_table(
         if recording.class_id is not None:
             names.setdefault(recording.class_id, recording.species or recording.class_id)
     classes = sorted(names)
+    look_alike: dict[str, list[str]] = {}
+    for class_id in classes:
+        look_alike.setdefault(unicodedata.normalize("NFC", class_id).casefold(), []).append(
+            class_id
+        )
+    for same in (ids for ids in look_alike.values() if len(ids) > 1):
+        logger.warning(
+            "labels %s differ only in case or Unicode normalisation: they are %d classes "
+            "(correct the labels where they mean one)",
+            " and ".join(ascii(class_id) for class_id in same),
+            len(same),
+        )
     return classes, {class_id: names[class_id] for class_id in classes}
 
 

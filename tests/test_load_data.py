@@ -798,3 +798,15 @@ def test_recordings_that_hold_no_sound_are_skipped_by_name(tmp_path, capsys):
         assert "zeros.wav (silent: every sample is zero)" in report
         assert "zeros2.wav (silent: every sample is zero)" in report
         assert "click.wav (shorter than one spectrogram window" in report
+
+
+def test_labels_that_differ_only_in_case_or_normalisation_are_warned_of(tmp_path, caplog):
+    wav_dir = tmp_path / "wav"
+    names = sorted(make_wavs(wav_dir))
+    labels = ["caf\u00e9", "cafe\u0301", "Owl", "owl"]  # NFC and NFD of one word; two cases
+    rows = [{"file": n, "label": label} for n, label in zip(names, labels, strict=True)]
+    assert (
+        load(wav_dir, ["--csv", write_csv(tmp_path / "labels.csv", rows)], tmp_path / "o.h5") == 0
+    )
+    assert "labels 'Owl' and 'owl' differ only in case" in caplog.text
+    assert "labels 'cafe\\u0301' and 'caf\\xe9'" in caplog.text
