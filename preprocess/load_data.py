@@ -347,12 +347,18 @@ class Summary:
             lines.append(f"  resampled   in-process: {rates}")
         total = sum(len(names) for names in self.skipped.values())
         lines.append(f"  skipped     {total} file(s)" + (":" if total else ""))
+        lines += [f"    {line}" for line in self.skipped_lines()]
+        return "\n".join(lines)
+
+    def skipped_lines(self) -> list[str]:
+        """'N reason: the first five names, ... (M more)' per reason a file was skipped."""
+        lines = []
         for reason, names in self.skipped.items():
             shown = ", ".join(names[:5]) + (
                 f", ... ({len(names) - 5} more)" if len(names) > 5 else ""
             )
-            lines.append(f"    {len(names):6d} {reason}: {shown}")
-        return "\n".join(lines)
+            lines.append(f"{len(names):6d} {reason}: {shown}")
+        return lines
 
 
 def parse_xml_in_workers(paths: list[Path], workers: int) -> list[metadata.Recording | str]:
@@ -638,14 +644,18 @@ def median_chunk_seconds(paths: list[Path]) -> float:
     """The automatic chunk length: the median duration of the recordings that can be read,
     clamped to MODERN_CHUNK_SECONDS, so short clips fill about one chunk and long
     recordings are cut into chunks of the longest length."""
-    durations = []
+    durations, unreadable = [], []
     for path in paths:
         try:
             durations.append(audio_seconds(path))
-        except AudioError:
-            continue  # skipped, and said so, at extraction
+        except AudioError as error:
+            unreadable.append(f"{path}: {error.reason}")  # skipped, and said so, at extraction
     if not durations:
-        raise LoadDataError("no readable recording to choose the chunk length from")
+        first = f" (the first: {unreadable[0]})" if unreadable else ""
+        raise LoadDataError(
+            f"none of the {len(paths)} recordings can be read to choose the chunk length "
+            f"from{first}"
+        )
     low, high = MODERN_CHUNK_SECONDS
     median = float(np.median(durations))
     seconds = min(max(median, low), high)
@@ -750,6 +760,9 @@ def build(args) -> int:
     check_working_names(out)
 
     recordings, source = read_metadata(args, summary)
+    if not recordings:
+        skipped = "; ".join(line.strip() for line in summary.skipped_lines())
+        raise LoadDataError(f"no recordings to process (skipped: {skipped or 'none'})")
     params = job_params(args, recordings)
     classes, class_names = class_table(recordings, args.classes_from)
     keys = [recording_key(r, args.wav_dir / r.file) for r in recordings]
@@ -787,8 +800,6 @@ def build(args) -> int:
         earlier = {out: built_keys}
     if args.overwrite:
         remove_parts(parts_dir)  # the old OUT stays in place until the new one is complete
-    if not recordings:
-        raise LoadDataError("no recordings to process (see the skipped files above)")
     if not classes:
         logger.warning(
             "no labelled recordings: every label is -1 (use --classes-from "

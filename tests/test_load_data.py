@@ -810,3 +810,15 @@ def test_labels_that_differ_only_in_case_or_normalisation_are_warned_of(tmp_path
     )
     assert "labels 'Owl' and 'owl' differ only in case" in caplog.text
     assert "labels 'cafe\\u0301' and 'caf\\xe9'" in caplog.text
+
+
+def test_when_every_recording_is_missing_the_error_names_them(tmp_path, capsys):
+    wav_dir = tmp_path / "wav"
+    wav_dir.mkdir()
+    rows = [{"file": f"gone{n}.wav", "label": "ab"[n % 2]} for n in range(8)]
+    labels = write_csv(tmp_path / "labels.csv", rows)
+    for options in ([], ["--recipe", "modern"]):  # modern: the chunk length is chosen first
+        assert load(wav_dir, ["--csv", labels], tmp_path / "o.h5", *options) == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and error.count("\n") == 1
+        assert "gone0.wav" in error and "(3 more)" in error
