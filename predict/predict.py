@@ -433,10 +433,18 @@ def resample_items(
     target.mkdir(parents=True, exist_ok=True)
     # predictions whose --out share a folder share this cache: one resamples into it at a
     # time, or each could move the other's half-written file into place
-    with filelock.FileLock(target / ".lock"):
+    lock = filelock.FileLock(target / ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        logger.info("waiting for another prediction resampling into %s", target)
+        lock.acquire()
+    try:
         failed = dict(
             resample.resample_files([*conversions.values()], workers, target, out=sys.stderr)
         )
+    finally:
+        lock.release()
     ready, skipped = [], []
     for item, name in zip(items, names, strict=True):
         conversion = conversions.get(name)
