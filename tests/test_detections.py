@@ -4,6 +4,7 @@ each file read back with an independent reader (csv module, plain text, np.load)
 import csv
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,18 +89,23 @@ def test_safe_names_keep_files_in_their_folder():
     assert safe_name("a" + "é" * 120) == "a" + "é" * 74
 
 
-def test_long_utf8_media_ids_give_tables_within_the_file_name_limit(tmp_path):
-    """120 'é' are 120 characters but 240 bytes: with `.selections.txt` and the temporary
-    name's `.X.XXXXXXXX.part` they were over the 255 bytes a name may have, and the whole run
-    stopped (File name too long). Cut to bytes, the names stay distinct and fit."""
-    ids = ["é" * 120, "é" * 121, "ü" * 200 + "x"]
-    out = tmp_path / "tables"
+def write_tables(ids: list[str], out: Path) -> None:
+    """A Raven table and an Audacity label track into out for each MediaId of ids."""
     with ChunkOutputs(
         ids, ["x", "y"], {}, np.array([0.5, 0.5]), 6250.0, 5.0, soundscape=True,
         raven_dir=out, audacity_dir=out,
     ) as outputs:  # fmt: skip
         for media_id in ids:
             outputs.recording(media_id, np.array([[0.9, 0.1]]), 5.0)
+
+
+def test_long_utf8_media_ids_give_tables_within_the_file_name_limit(tmp_path):
+    """120 'é' are 120 characters but 240 bytes: with `.selections.txt` and the temporary
+    name's `.X.XXXXXXXX.part` they were over the 255 bytes a name may have, and the whole run
+    stopped (File name too long). Cut to bytes, the names stay distinct and fit."""
+    ids = ["é" * 120, "é" * 121, "ü" * 200 + "x"]
+    out = tmp_path / "tables"
+    write_tables(ids, out)
     names = sorted(path.name for path in out.iterdir())
     assert len(names) == 2 * len(ids)
     assert all(len(f".{name}.XXXXXXXX.part".encode()) <= 255 for name in names)
@@ -118,12 +124,7 @@ def test_name_collisions_are_numbered_the_same_way_whatever_the_order():
 def test_hostile_media_ids_give_tables_inside_the_folder_only(tmp_path):
     ids = ["../escape", "a/b", "A/B", "..", "nul\x00byte"]
     out = tmp_path / "deep" / "raven"
-    with ChunkOutputs(
-        ids, ["x", "y"], {}, np.array([0.5, 0.5]), 6250.0, 5.0, soundscape=True,
-        raven_dir=out, audacity_dir=out,
-    ) as outputs:  # fmt: skip
-        for media_id in ids:
-            outputs.recording(media_id, np.array([[0.9, 0.1]]), 5.0)
+    write_tables(ids, out)
     assert all(p.parent == out for p in tmp_path.rglob("*") if p.is_file())
     names = ["_", "_escape", "A_B", "a_b~2", "nul_byte"]  # sorted MediaIds: .. ../escape A/B a/b
     assert sorted(p.name for p in out.iterdir()) == sorted(
