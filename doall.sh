@@ -206,10 +206,13 @@ run python "$ROOT/preprocess/load_data.py" --wav-dir "$work_dir/train_16k" "${la
 stage "train ${model:+$(basename "$model") }-> $run_dir"
 if [[ -f "$run_dir/metrics.json" ]] && python - "$run_dir/config.json" "$work_dir/train.h5" <<'EOF'
 import json, sys
-import h5py
-with open(sys.argv[1], encoding="utf-8") as file, h5py.File(sys.argv[2], "r") as data:
-    digest = data.attrs.get("inputs_digest", "")  # the recordings the data file holds
-    sys.exit(json.load(file).get("data_digest", digest) != digest)  # those the run trained on
+from preprocess.dataset import content_digest, open_dataset
+try:  # did the run train on what the data file holds? (a run of an older version: assume so)
+    with open(sys.argv[1], encoding="utf-8") as file, open_dataset(sys.argv[2]) as dataset:
+        trained_on = json.load(file).get("data_digest")
+        sys.exit(bool(trained_on) and trained_on != content_digest(dataset))
+except Exception:  # a file unreadable or damaged: train_model.py --resume says which
+    sys.exit(1)
 EOF
 then
     echo "training already complete in $run_dir (delete it to train again)"

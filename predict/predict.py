@@ -191,9 +191,11 @@ def check_training_ended(run_dir: Path) -> None:
     """PredictError for a run folder of train_model.py whose training has not ended (still
     running, or stopped midway): it has not chosen its model and pooling yet (inference.json),
     and its checkpoints of the epochs so far would pass for the run's answer."""
+    if not (run_dir / "config.json").is_file():  # not a run train_model.py made (an export)
+        return
     try:
         config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):  # not a run train_model.py made (an export, say)
+    except (OSError, ValueError):  # damaged: the files prediction reads are checked later
         return
     chooses = isinstance(config, dict) and "inference_model" in config  # since inference.json
     if not (run_dir / "training_done.json").is_file() or (
@@ -885,6 +887,8 @@ def looks_like_human_csv(path: Path) -> bool:
 
 def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
     """The command's work, once its arguments are valid: (recordings written, skip messages)."""
+    if args.model_file is None and args.run.is_dir():  # before the audio is listed
+        check_training_ended(args.run)
     # beside the run file, where it goes: not beside a file an --out link leads to
     work_dir = args.work_dir or args.out.absolute().parent / ".resampled"
     named = (
@@ -913,8 +917,6 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
         )
     items, refused = valid_media_ids(items)
     skipped += refused
-    if args.model_file is None and args.run.is_dir():
-        check_training_ended(args.run)
     model_file = args.model_file or read_inference(args.run).model_file
     run_files = [args.run / name for name in ("params.json", "classes.json", model_file)]
     inputs = [*run_files, *(item.path for item in items)]

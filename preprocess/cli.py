@@ -106,4 +106,4 @@ def describe(error: BaseException) -> str:
         text = f"{' -> '.join(map(str, names))}: {error.strerror}" if names else error.strerror
     else:
         text = str(error) or type(error).__name__
-    return " ".join(text.split("\n"))
+    return " ".join(text.splitlines())

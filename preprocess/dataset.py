@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import os
 import zlib
@@ -365,6 +366,28 @@ def _check_shapes(h5: h5py.File, info: DatasetInfo, recordings: dict, path: Path
             f"{path}: recordings/label holds {labels.min()}..{labels.max()}, not class "
             f"indices of its {n_classes} classes (or -1)"
         )
+
+
+def content_digest(dataset: Dataset, sampled: int = 256) -> str:
+    """What a model trained on the dataset learned from, whatever the folders and file times:
+    its preprocessing parameters and classes, each recording's MediaId, label, background
+    species, length and chunk count, and the first chunk of up to `sampled` recordings spread
+    over the file. Another task's recordings, even of the same names, labels and lengths,
+    give another digest; the same recordings loaded again from a moved folder do not."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([dataset.params.to_json(), dataset.classes, dataset.class_names],
+                             sort_keys=True).encode())  # fmt: skip
+    recordings = dataset.recordings
+    media_ids = "\0".join(map(str, recordings["MediaId"]))
+    digest.update(media_ids.encode("utf-8", errors="surrogatepass"))
+    for name in ("label", "background", "n_chunks", "duration_s"):
+        digest.update(np.ascontiguousarray(recordings[name]).tobytes())
+    first_rows = recordings["first_row"]
+    picks = np.unique(
+        np.linspace(0, len(first_rows) - 1, min(sampled, len(first_rows))).astype(int)
+    )
+    digest.update(read_rows(dataset.X, np.sort(first_rows[picks])).tobytes())
+    return digest.hexdigest()
 
 
 def recording_rows(recordings: dict[str, np.ndarray], which: np.ndarray) -> np.ndarray:

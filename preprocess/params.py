@@ -68,7 +68,7 @@ class SpectrogramParams:
         (a damaged params.json would otherwise give a confident wrong prediction)."""
         for field in dataclasses.fields(self):
             value, kind = getattr(self, field.name), field.type
-            expected = TYPES_OF.get(kind, (object,))
+            expected = TYPES_OF[kind]
             if not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool)):
                 raise ValueError(f"{field.name} {value!r} is not of type {kind}")
             if kind == "float" and not math.isfinite(value):

@@ -506,13 +506,17 @@ def test_resume_continues_from_the_last_finished_epoch(
 
 def test_a_run_resumed_on_other_recordings_is_refused(easy_data, tiny_model, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    argv = train_args(easy_data, tiny_model, run_dir, "--epochs", "1")
+    assert train_model.main(train_args(easy_data, tiny_model, run_dir, "--epochs", "1")) == 0
+    moved = tmp_path / "moved" / "easy.h5"  # the same recordings, loaded from another folder
+    moved.parent.mkdir()
+    shutil.copy(easy_data, moved)
+    with h5py.File(moved, "a") as h5:
+        h5.attrs["inputs_digest"] = "other paths and file times"
+    argv = train_args(moved, tiny_model, run_dir, "--epochs", "2", "--resume")
     assert train_model.main(argv) == 0
-    other = tmp_path / "other.h5"  # as load_data leaves it after a file was added or changed
-    shutil.copy(easy_data, other)
-    with h5py.File(other, "a") as h5:
-        h5.attrs["inputs_digest"] = "recordings of another task"
-    argv = train_args(other, tiny_model, run_dir, "--epochs", "1", "--resume")
+    other = tmp_path / "other.h5"  # another task's recordings, of the same classes
+    write_easy_dataset(other, per_class=11)
+    argv = train_args(other, tiny_model, run_dir, "--epochs", "2", "--resume")
     assert train_model.main(argv) == 2
     error = capsys.readouterr().err
     assert f"{other} holds other recordings than the run in {run_dir} was trained on" in error

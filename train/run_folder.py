@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from preprocess.dataset import Dataset
+from preprocess.dataset import Dataset, content_digest
 from preprocess.paths import is_partial_of, write_text_atomically
 from train.callbacks import (
     BACKUP,
@@ -193,7 +193,7 @@ def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace)
             f"{run_dir} holds a run started with other settings ({'; '.join(changes)}): "
             "resume with the settings it started with, or start a new run in another --out"
         )
-    if config.get("data_digest", dataset.info.inputs_digest) != dataset.info.inputs_digest:
+    if config.get("data_digest") and config["data_digest"] != content_digest(dataset):
         raise TrainError(
             f"{dataset.path} holds other recordings than the run in {run_dir} was trained on "
             "(files added, changed or relabelled since): train a new run in another --out "
@@ -268,7 +268,7 @@ def write_run_files(
             name: str(value) if isinstance(value, Path) else value
             for name, value in vars(args).items()
         },
-        "data_digest": dataset.info.inputs_digest,  # the recordings it trains on (load_data's)
+        "data_digest": content_digest(dataset),  # what it trains on, wherever the files are
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "devices": list_devices(),
