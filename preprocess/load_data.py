@@ -231,28 +231,32 @@ def extract_tasks(tasks: list[Task], info: DatasetInfo, workers: int) -> Iterato
 def class_table(
     recordings: list[metadata.Recording], classes_from: Path | None
 ) -> tuple[list[str], dict[str, str]]:
-    """(classes, {class_id: name}): from another dataset, else the sorted labels present."""
+    """(classes, {class_id: name}): from another dataset, else the sorted labels present.
+    Labels that differ only in case or Unicode normalisation are warned of: they are classes
+    of their own (or, against another dataset's classes, none of them)."""
+    labels = {r.class_id: r.species or r.class_id for r in recordings if r.class_id is not None}
     if classes_from is not None:
         with open_dataset(classes_from) as other:
-            return other.classes, other.class_names
-    names: dict[str, str] = {}
-    for recording in recordings:
-        if recording.class_id is not None:
-            names.setdefault(recording.class_id, recording.species or recording.class_id)
-    classes = sorted(names)
-    look_alike: dict[str, list[str]] = {}
-    for class_id in classes:
-        look_alike.setdefault(unicodedata.normalize("NFC", class_id).casefold(), []).append(
-            class_id
-        )
-    for same in (ids for ids in look_alike.values() if len(ids) > 1):
+            classes, class_names = other.classes, other.class_names
+    else:
+        classes = sorted(labels)
+        class_names = {class_id: labels[class_id] for class_id in classes}
+    look_alike: dict[str, set[str]] = {}
+    for class_id in (*classes, *labels):
+        folded = unicodedata.normalize("NFC", class_id).casefold()
+        look_alike.setdefault(folded, set()).add(class_id)
+    for same in (sorted(ids) for ids in look_alike.values() if len(ids) > 1):
+        unknown = [class_id for class_id in same if class_id not in classes]
         logger.warning(
-            "labels %s differ only in case or Unicode normalisation: they are %d classes "
-            "(correct the labels where they mean one)",
+            "labels %s differ only in case or Unicode normalisation: %s (correct the labels "
+            "where they mean one)",
             " and ".join(ascii(class_id) for class_id in same),
-            len(same),
+            f"{', '.join(map(ascii, unknown))} is not one of {classes_from}'s classes: its "
+            "recordings are unlabelled"
+            if unknown
+            else f"they are {len(same)} classes",
         )
-    return classes, {class_id: names[class_id] for class_id in classes}
+    return classes, class_names
 
 
 def class_index(classes: list[str], class_names: dict[str, str]) -> dict[str, int]:

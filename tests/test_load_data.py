@@ -810,6 +810,14 @@ def test_labels_that_differ_only_in_case_or_normalisation_are_warned_of(tmp_path
     )
     assert "labels 'Owl' and 'owl' differ only in case" in caplog.text
     assert "labels 'cafe\\u0301' and 'caf\\xe9'" in caplog.text
+    caplog.clear()  # a test set labelled in the other form, against the training set's classes
+    test_rows = [{"file": names[0], "label": "cafe\u0301"}, {"file": names[1], "label": "OWL"}]
+    labels = write_csv(tmp_path / "test.csv", test_rows)
+    assert (
+        load(wav_dir, ["--csv", labels], tmp_path / "t.h5", "--classes-from", tmp_path / "o.h5")
+        == 0
+    )
+    assert "'OWL' is not one of" in caplog.text
 
 
 def test_when_every_recording_is_missing_the_error_names_them(tmp_path, capsys):
