@@ -20,6 +20,20 @@ from dataclasses import dataclass
 FORMAT_VERSION = 1
 # a field's annotation (a string: `from __future__ import annotations`) -> the types it takes
 TYPES_OF = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+# field: (lowest, highest) any front end could use; beyond, a params.json is damaged
+RANGES = {
+    "sample_rate": (1, 10**6),
+    "nfft": (2, 2**20),
+    "hop": (1, 2**20),
+    "n_bins": (1, 2**16),
+    "n_band_edges": (2, 2**16),
+    "cell_frames": (1, 10**6),
+    "top_k": (1, 10**6),
+    "chunk_frames": (1, 10**6),
+    "log_floor": (1e-30, 1.0),
+    "threshold_factor": (0.0, 1e6),
+    "empty_frame_fraction": (0.0, 1.0),
+}
 FRONTENDS = ("psd2016", "logmel")
 PADDINGS = ("zero", "cyclic")
 
@@ -73,22 +87,10 @@ class SpectrogramParams:
                 raise ValueError(f"{field.name} {value!r} is not of type {kind}")
             if kind == "float" and not math.isfinite(value):
                 raise ValueError(f"{field.name} {value!r} is not a finite number")
-        limits = {  # name: (lowest, highest)
-            "sample_rate": (1, 10**6),
-            "nfft": (2, 2**20),
-            "hop": (1, 2**20),
-            "n_bins": (1, 2**16),
-            "n_band_edges": (2, 2**16),
-            "cell_frames": (1, 10**6),
-            "top_k": (1, 10**6),
-            "chunk_frames": (1, 10**6),
-            "log_floor": (1e-30, 1.0),
-            "threshold_factor": (0.0, 1e6),
-            "empty_frame_fraction": (0.0, 1.0),
-        }
-        for name, (lowest, highest) in limits.items():
-            if not lowest <= getattr(self, name) <= highest:
-                raise ValueError(f"{name} {getattr(self, name)!r} is outside [{lowest}, {highest}]")
+        for name, (lowest, highest) in RANGES.items():
+            value = getattr(self, name)
+            if not lowest <= value <= highest:
+                raise ValueError(f"{name} {value!r} is outside [{lowest}, {highest}]")
 
     def to_json(self) -> str:
         values = dataclasses.asdict(self)
