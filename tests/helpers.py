@@ -97,6 +97,14 @@ def still_running(pids: list[int], seconds: float) -> list[int]:
         time.sleep(0.05)
 
 
+def folder_contents(folder: Path) -> dict[str, bytes | None]:
+    """Every path under folder (None for a folder) with its bytes."""
+    return {
+        str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes()
+        for path in sorted(folder.rglob("*"))
+    }
+
+
 def tree_state(root: Path) -> dict[str, tuple]:
     """Every entry under root (relative path -> kind, size, mtime), links not followed."""
     state = {}

@@ -11,6 +11,7 @@ import pytest
 from preprocess.audio import read_wav, to_sample_rate
 from preprocess.params import SpectrogramParams
 from preprocess.spectrogram import extract_chunks
+from tests.helpers import folder_contents
 from train.export_model import main
 
 PARAMS = SpectrogramParams()
@@ -107,14 +108,6 @@ def fake_model(monkeypatch):
     return use
 
 
-def snapshot(folder: Path) -> dict[str, bytes | None]:
-    """Every entry under folder (links not followed) and the bytes of its files."""
-    return {
-        str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes()
-        for path in sorted(folder.rglob("*"))
-    }
-
-
 def test_export_never_writes_through_a_planted_part_link(run_dir, tmp_path, fake_model):
     victim = tmp_path / "victim" / "sub"
     victim.mkdir(parents=True)
@@ -122,11 +115,11 @@ def test_export_never_writes_through_a_planted_part_link(run_dir, tmp_path, fake
     exports = tmp_path / "exports"
     exports.mkdir()
     (exports / "exp.part").symlink_to(victim)  # the fixed temporary name the export once used
-    before = snapshot(tmp_path / "victim")
+    before = folder_contents(tmp_path / "victim")
 
     assert main(["--run", str(run_dir), "--out", str(exports / "exp")]) == 0
 
-    assert snapshot(tmp_path / "victim") == before
+    assert folder_contents(tmp_path / "victim") == before
     out = exports / "exp"
     assert out.is_dir() and not out.is_symlink()
     assert (out / "saved_model.pb").read_bytes() == b"model"

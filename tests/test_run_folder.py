@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import pytest
 
-from tests.helpers import PARAMS
+from tests.helpers import PARAMS, folder_contents
 from train import train_model
 from train.callbacks import BACKUP_FILES, remove_backup, training_callbacks
 from train.data import TrainError
@@ -25,14 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def train_args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
     return ["--data", str(data), "--model", str(model), "--out", str(out), "--batch-size", "8",
             "--val-fraction", "0.25", "--test-fraction", "0.25", *extra]  # fmt: skip
-
-
-def folder_contents(folder: Path) -> dict[str, bytes | None]:
-    """Every path under folder (None for a folder) with its bytes."""
-    return {
-        str(path.relative_to(folder)): None if path.is_dir() else path.read_bytes()
-        for path in sorted(folder.rglob("*"))
-    }
 
 
 def write_files(folder: Path, files: dict[str, str]) -> None:
