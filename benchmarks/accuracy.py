@@ -54,7 +54,9 @@ def doall_recipe_options(args: argparse.Namespace, recipe: str) -> list[str]:
 def write_truth(path: Path, rows: list[dict]) -> None:
     """The official ground-truth format (MediaId;ClassId;background), no background: the
     MediaId is the file's stem, rows have "file" and "label"."""
-    path.write_text("".join(f"{Path(row['file']).stem};{row['label']};\n" for row in rows))
+    path.write_text(
+        "".join(f"{Path(row['file']).stem};{row['label']};\n" for row in rows), encoding="utf-8"
+    )
 
 
 def esc10_at_16k() -> tuple[list[dict], Path, float]:
@@ -63,7 +65,7 @@ def esc10_at_16k() -> tuple[list[dict], Path, float]:
     absent. Returns (rows, folder of the 16 kHz wavs, resampling wall seconds)."""
     if not (ESC10 / "metadata.csv").is_file():
         sys.exit(f"{ESC10}/metadata.csv not found: this benchmark needs the shared ESC-10 copy")
-    with (ESC10 / "metadata.csv").open(newline="") as file:
+    with (ESC10 / "metadata.csv").open(newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
     audio = ROOT / "work" / "bench-esc10" / "audio_16k"
     seconds = run(["bash", str(ROOT / "preprocess" / "resample_wavs_to_16k.sh"),

@@ -66,7 +66,7 @@ def fold(args, recipe: str, number: str, rows: list[dict], audio: Path) -> dict:
         [PYTHON, str(ROOT / "predict" / "evaluate.py"), "--run-file", str(run_file), "--truth",
          str(truth), "--classes", str(run_dir / "classes.json"), "--json", str(scores_path)]
     )  # fmt: skip
-    scores = json.loads(scores_path.read_text())
+    scores = json.loads(scores_path.read_text(encoding="utf-8"))
     result["top1"], result["map"] = scores["top1_accuracy"], scores["map_foreground"]
     return result
 

@@ -55,7 +55,7 @@ def bench(args, recipe: str, train: list[dict], test: list[dict]) -> dict:
         [PYTHON, str(ROOT / "predict" / "evaluate.py"), "--run-file", str(run_file), "--truth",
          str(truth), "--classes", str(run_dir / "classes.json"), "--json", str(scores_path)]
     )  # fmt: skip
-    result.update(json.loads(scores_path.read_text()))
+    result.update(json.loads(scores_path.read_text(encoding="utf-8")))
     return result
 
 
@@ -67,7 +67,7 @@ def main() -> None:
         sys.exit(f"{FSDD}/metadata.csv not found: this benchmark needs the shared FSDD copy")
     if not set(args.recipes) <= {"2016", "modern"}:
         sys.exit("--recipes are 2016 and/or modern")
-    with (FSDD / "metadata.csv").open(newline="") as file:
+    with (FSDD / "metadata.csv").open(newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
     train = [row for row in rows if row["split"] == "train"]
     test = [row for row in rows if row["split"] == "test"]

@@ -270,12 +270,12 @@ def process_tree_rss_mb(pid: int) -> float:
     while stack:
         current = stack.pop()
         try:
-            with open(f"/proc/{current}/status") as status:
+            with open(f"/proc/{current}/status", encoding="utf-8") as status:
                 for line in status:
                     if line.startswith("VmRSS:"):
                         total += int(line.split()[1]) / 1024
             for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as children:
+                with open(f"/proc/{current}/task/{task}/children", encoding="utf-8") as children:
                     stack += [int(child) for child in children.read().split()]
         except (FileNotFoundError, ProcessLookupError):
             continue
@@ -317,7 +317,7 @@ def write_wavs(folder: Path, seconds: list[float], rng: np.random.Generator) -> 
         wavfile.write(folder / name, RATE, birdsong(length, rng).astype(np.int16))
         lines.append(f"{name},species{index % 5}")
     csv = folder / "labels.csv"
-    csv.write_text("\n".join(lines) + "\n")
+    csv.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return csv
 
 

@@ -89,7 +89,7 @@ def build_set(clips: dict, out: Path) -> None:
         writer = csv.writer(file)
         writer.writerow(["file", "label", "media_id"])
         writer.writerows(train_rows)
-    (out / "truth.txt").write_text("".join(truth))
+    (out / "truth.txt").write_text("".join(truth), encoding="utf-8")
 
 
 def main() -> None:
@@ -114,8 +114,8 @@ def main() -> None:
         result = {"doall": run(doall), "predict": run(predict)}
         run([PYTHON, str(ROOT / "predict" / "evaluate.py"), "--run-file", str(run_file),
              "--truth", str(data / "truth.txt"), "--json", str(scores)])  # fmt: skip
-        inference = json.loads((runs / name / "inference.json").read_text())
-        result.update(json.loads(scores.read_text()), pooling=inference["pooling"])
+        inference = json.loads((runs / name / "inference.json").read_text(encoding="utf-8"))
+        result.update(json.loads(scores.read_text(encoding="utf-8")), pooling=inference["pooling"])
         results[name] = result
 
     print("\nlong recordings: 340 x 90 s to train (10 classes), 100 x 90 s to test")

@@ -80,7 +80,7 @@ def print_peak_memory(wav: Path, whole: bool) -> None:
     run = Run(StandInModel(), SpectrogramParams(), [f"c{i:03d}" for i in range(50)], {})
     predict(run, find_audio([wav]), wav.with_suffix(".csv"))
     # VmHWM, not getrusage's maxrss: that one keeps the forked parent's peak across exec
-    status = Path("/proc/self/status").read_text()
+    status = Path("/proc/self/status").read_text(encoding="utf-8")
     print(int(status.split("VmHWM:")[1].split()[0]) / 1024)  # kB -> MB
 
 

@@ -801,7 +801,7 @@ def exclusive_run(lock_path: Path, output: str) -> Iterator[None]:
         lock.acquire()
     except filelock.Timeout:
         try:
-            holder = lock_path.read_text().strip() or "?"
+            holder = lock_path.read_text(encoding="utf-8").strip() or "?"
         except OSError:
             holder = "?"
         raise RunLocked(

@@ -442,7 +442,7 @@ def make_demo_dataset(
         "species": [s.class_id for s in SPECIES],
     }
     marker = out / COMPLETE_MARKER
-    if marker.is_file() and json.loads(marker.read_text()) == settings:
+    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == settings:
         logger.info("SYNTHETIC demo dataset already complete in %s, skipping", out)
         return False
     if out.exists() and any(out.iterdir()) and not marker.is_file():
@@ -469,8 +469,8 @@ def make_demo_dataset(
         f"{media_id};{species.class_id};{background.class_id if background else ''}\n"
         for media_id, species, background in test
     ]
-    (out / "TestSet" / "ground_truth.csv").write_text("".join(truth))
-    marker.write_text(json.dumps(settings))
+    (out / "TestSet" / "ground_truth.csv").write_text("".join(truth), encoding="utf-8")
+    marker.write_text(json.dumps(settings), encoding="utf-8")
     logger.info(
         "wrote %d training and %d test recordings of %d SYNTHETIC species to %s "
         "(made-up bird-like calls, not real recordings)",

@@ -80,7 +80,7 @@ def write_easy_dataset(
 def process_state(pid: int) -> tuple[str, int]:
     """(state, parent) of a process from Linux's /proc; ("gone", 0) when it has ended."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
     except OSError:
         return "gone", 0
     return fields[0], int(fields[1])

@@ -56,7 +56,7 @@ def make_wavs(folder: Path) -> dict[str, np.ndarray]:
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as stream:
+    with open(path, "w", encoding="utf-8", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -404,7 +404,7 @@ def test_a_worker_that_dies_ends_the_run_with_one_error_and_a_rerun_finishes(
 
 def test_real_8khz_recordings_are_resampled_with_one_warning(shared_data, tmp_path, caplog):
     fsdd = shared_data / "fsdd"
-    with open(fsdd / "metadata.csv") as stream:
+    with open(fsdd / "metadata.csv", encoding="utf-8") as stream:
         rows = [{"file": row["file"], "label": row["label"]} for row in csv.DictReader(stream)]
     labels = write_csv(tmp_path / "labels.csv", rows[::100])  # 30 files, every digit
     caplog.set_level(logging.INFO)
@@ -427,7 +427,7 @@ def test_many_short_real_clips_are_each_the_chunks_of_the_clip_alone(shared_data
     several chunks compressed at once (the modern recipe's 1 s chunks): the same file as with
     1 worker, and row for row what each clip gives extracted alone."""
     fsdd = shared_data / "fsdd"
-    with open(fsdd / "metadata.csv") as stream:
+    with open(fsdd / "metadata.csv", encoding="utf-8") as stream:
         rows = [{"file": row["file"], "label": row["label"]} for row in csv.DictReader(stream)]
     labels = write_csv(tmp_path / "labels.csv", rows[::50])
     assert load(fsdd, ["--csv", labels], tmp_path / "one.h5", "--recipe", recipe) == 0

@@ -5,6 +5,7 @@ row, and an .xlsx beside the table that is not a runs table stays as it was."""
 import argparse
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -218,6 +219,21 @@ def test_a_resumed_run_keeps_its_training_settings(easy_data, tiny_model, tmp_pa
     assert (run_dir / "config.json").read_text() == config  # nothing written
     more = train_args(easy_data, tiny_model, run_dir, "--epochs", "2", "--workers", "2")
     assert train_model.main([*more, "--resume"]) == 0
+
+
+def test_a_run_trains_and_resumes_in_an_ascii_locale(easy_data, tiny_model, tmp_path):
+    """Text files are UTF-8 whatever the locale says: the model files (the 2016 ones name
+    Tóth) are read and compared as UTF-8 under a C locale with Python's UTF-8 mode off."""
+    model = tmp_path / "model-Tiny.py"
+    model.write_text(tiny_model.read_text(encoding="utf-8") + "# Tóth & Czeba\n", "utf-8")
+    ascii_locale = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+                    "PYTHONCOERCECLOCALE": "0", "PYTHONPATH": str(ROOT)}  # fmt: skip
+    command = [sys.executable, str(ROOT / "train" / "train_model.py")]
+    for extra in (["--epochs", "1"], ["--epochs", "1", "--resume"]):
+        args = train_args(easy_data, model, tmp_path / "run", *extra)
+        done = subprocess.run([*command, *args], env=ascii_locale, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert "training already finished" in done.stderr  # resumed: model.py compared
 
 
 def test_a_resumed_runs_paths_compare_resolved_its_settings_as_given(tmp_path, monkeypatch):

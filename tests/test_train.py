@@ -875,7 +875,7 @@ def test_run_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     replace = os.replace
 
     def full_disk(source, target):
-        Path(source).write_text(Path(source).read_text()[:5])
+        Path(source).write_text(Path(source).read_text(encoding="utf-8")[:5], encoding="utf-8")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", full_disk)

@@ -311,7 +311,7 @@ def read_history(path: Path) -> dict[str, np.ndarray]:
     """history.csv as {column: float array}; {} when absent or empty."""
     if not path.is_file():
         return {}
-    with path.open(newline="") as file:
+    with path.open(encoding="utf-8", newline="") as file:
         rows = list(csv.DictReader(file))
     if not rows:
         return {}
@@ -327,7 +327,7 @@ def epochs_backed_up(run_dir: Path) -> int:
     metadata = run_dir / BACKUP / "training_metadata.json"
     if not metadata.is_file():
         return 0
-    return int(json.loads(metadata.read_text())["epoch"])
+    return int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"])
 
 
 def trim_history(path: Path, n_epochs: int) -> None:
@@ -335,7 +335,7 @@ def trim_history(path: Path, n_epochs: int) -> None:
     backup a kill prevented, and that epoch runs again."""
     if not path.is_file():
         return
-    with path.open(newline="") as file:
+    with path.open(encoding="utf-8", newline="") as file:
         lines = file.readlines()
     if len(lines) > n_epochs + 1:
         write_text_atomically(path, "".join(lines[: n_epochs + 1]))

@@ -181,7 +181,7 @@ def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     it can reclaim: after resampling gigabytes of audio, much of the memory is cache), else
     the free pages, or None where the system says neither."""
     try:
-        for line in meminfo.read_text().splitlines():
+        for line in meminfo.read_text(encoding="utf-8").splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):

@@ -146,7 +146,7 @@ def append_run(table: Path, row: dict) -> None:
         check_runs_table(table)
         rows, columns = [], []
         if table.is_file():
-            with table.open(newline="") as file:
+            with table.open(encoding="utf-8", newline="") as file:
                 reader = csv.DictReader(file)
                 columns, rows = list(reader.fieldnames or []), list(reader)
         columns += [name for name in row if name not in columns]

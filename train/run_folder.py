@@ -145,7 +145,7 @@ def is_run_config(path: Path) -> bool:
     """Whether path is a config.json written by `write_run_files`: a JSON object with the
     entries it adds to the options (CONFIG_MARKS)."""
     try:
-        config = json.loads(path.read_text())
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # missing, a folder, not text, not JSON: not a run's
         return False
     return isinstance(config, dict) and all(mark in config for mark in CONFIG_MARKS)
@@ -186,7 +186,7 @@ def changed_settings(config: dict, args: argparse.Namespace) -> list[str]:
 def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace) -> None:
     """Check the data, model file and training settings of a resumed run are the ones it
     started with."""
-    config = json.loads((run_dir / CONFIG).read_text())
+    config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
     changes = changed_settings(config, args)
     if changes:
         raise TrainError(
@@ -201,8 +201,8 @@ def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace)
         )
     classes = {"classes": dataset.classes, "class_names": dataset.class_names}
     try:
-        started_with = json.loads((run_dir / "classes.json").read_text())
-        params = (run_dir / "params.json").read_text()
+        started_with = json.loads((run_dir / "classes.json").read_text(encoding="utf-8"))
+        params = (run_dir / "params.json").read_text(encoding="utf-8")
     except (OSError, ValueError) as error:
         raise TrainError(
             f"{run_dir} holds a run whose classes.json or params.json is missing or damaged "
@@ -213,7 +213,7 @@ def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace)
             f"{dataset.path} has other classes or preprocessing parameters than the run "
             f"in {run_dir}: resume with the data file the run started with"
         )
-    if (run_dir / "model.py").read_text() != args.model.read_text():
+    if (run_dir / "model.py").read_text(encoding="utf-8") != args.model.read_text(encoding="utf-8"):
         raise TrainError(
             f"{args.model} differs from the model the run in {run_dir} started with "
             f"({run_dir / 'model.py'}): resume with that model file"
@@ -232,7 +232,7 @@ def load_or_make_split(
     path = run_dir / "split.json"
     if resuming and path.is_file():
         try:
-            saved = json.loads(path.read_text())
+            saved = json.loads(path.read_text(encoding="utf-8"))
             named = [m for name in SPLITS for m in saved[name]]
         except (ValueError, KeyError, TypeError) as error:
             raise TrainError(
@@ -262,7 +262,7 @@ def write_run_files(
     what a start that never finished an epoch left."""
     classes = {"classes": dataset.classes, "class_names": dataset.class_names}
     params = dataset.file.attrs["params"]  # verbatim: prediction rebuilds the same chunks
-    model_source = args.model.read_text()
+    model_source = args.model.read_text(encoding="utf-8")
     config = {
         **{
             name: str(value) if isinstance(value, Path) else value

@@ -118,7 +118,7 @@ def read_thresholds(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, str
             "they existed); use --min-conf, or retrain"
         )
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(path.read_text(encoding="utf-8"))
         by_class = document["classes"]
         values = np.array([float(by_class[c]["threshold"]) for c in classes], dtype=np.float64)
     except (ValueError, KeyError, TypeError) as error:
