@@ -46,7 +46,7 @@ from predict.runfile import (  # noqa: E402
     AtomicTextWriter,
     RunEntry,
     RunFileError,
-    check_class_ids,
+    read_classes,
     read_run_file,
     text_lines,
 )
@@ -182,21 +182,12 @@ def read_truth(path: Path, names_xml_dir: Path | None = None) -> Truth:
     return truth
 
 
-def read_classes(path: Path) -> list[str]:
-    """The class list of a run folder's classes.json."""
-    if not path.is_file():  # /dev/zero, say, would be read without end
-        raise TruthError(f"{path}: not a file (give the run folder's classes.json)")
+def run_classes(path: Path) -> list[str]:
+    """The class ids of a run folder's classes.json; a TruthError naming the file."""
     try:
-        classes = json.loads(path.read_bytes())["classes"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise TruthError(f"{path}: not a run folder's classes.json ({error})") from None
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
-        raise TruthError(f"{path}: 'classes' is not a list of class ids")
-    try:
-        check_class_ids(classes)  # as predict reads it
+        return read_classes(path)[0]
     except ValueError as error:
-        raise TruthError(f"{path}: {error}") from None
-    return classes
+        raise TruthError(str(error)) from None
 
 
 def chance_map(n_classes: int) -> float:
@@ -346,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
             check_report_paths(args.report, [*inputs, *([args.json] if args.json else [])])
         entries = read_run_file(args.run_file)
         truth = read_truth(args.truth, args.names_xml_dir)
-        model_classes = read_classes(args.classes) if args.classes else None
+        model_classes = run_classes(args.classes) if args.classes else None
         results = score(entries, truth, model_classes)
         print(report(results))
         _warn(results)

@@ -63,8 +63,8 @@ from predict.runfile import (  # noqa: E402
     AtomicTextWriter,
     RunFileWriter,
     SoundscapeWriter,
-    check_class_ids,
     looks_like_run_file,
+    read_classes,
     top_classes,
 )
 from preprocess import resample  # noqa: E402
@@ -150,7 +150,7 @@ def read_inference(run_dir: Path) -> Inference:
     if not path.is_file():
         return Inference()
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(values, dict):
             raise ValueError("not a JSON object")
         defaults = Inference()
@@ -194,7 +194,7 @@ def check_training_ended(run_dir: Path) -> None:
     if not (run_dir / "config.json").is_file():  # not a run train_model.py made (an export)
         return
     try:
-        config = json.loads((run_dir / "config.json").read_text())
+        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):  # damaged: the files prediction reads are checked later
         return
     chooses = isinstance(config, dict) and "inference_model" in config  # since inference.json
@@ -228,10 +228,13 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
             "training run (or choose another model with --model-file)"
         )
     try:
-        params = SpectrogramParams.from_json((run_dir / "params.json").read_text())
+        params = SpectrogramParams.from_json((run_dir / "params.json").read_text(encoding="utf-8"))
     except (ValueError, KeyError, TypeError) as error:
         raise PredictError(f"{run_dir / 'params.json'}: damaged params.json ({error})") from None
-    classes, class_names = read_classes(run_dir / "classes.json")
+    try:
+        classes, class_names = read_classes(run_dir / "classes.json")
+    except ValueError as error:
+        raise PredictError(str(error)) from None
 
     # Keras (TensorFlow) takes seconds to load: only once the inputs are known good
     from train.callbacks import ModelFileError, load_saved_model
@@ -254,27 +257,6 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
     pooling = pooling or inference.pooling
     exponent = inference.pooling_exponent
     return Run(model, params, classes, class_names, pooling, exponent, model_file)
-
-
-def read_classes(path: Path) -> tuple[list[str], dict[str, str]]:
-    """RUN/classes.json: (class ids, {class id: display name}); a PredictError naming the file
-    where it is damaged (ids a run file cannot hold, names that are not text)."""
-    try:
-        class_info = json.loads(path.read_text())
-        if not isinstance(class_info, dict):
-            raise ValueError("not a JSON object")
-        classes, class_names = class_info["classes"], class_info.get("class_names", {})
-        if not (isinstance(classes, list) and isinstance(class_names, dict)):
-            raise ValueError("classes must be a list, class_names a mapping")
-        check_class_ids(classes)
-        for class_id, name in class_names.items():
-            if not isinstance(name, str):
-                raise ValueError(f"class_names[{class_id!r}] is {name!r}, not text")
-    except (ValueError, KeyError, TypeError) as error:
-        if isinstance(error, KeyError):
-            error = f"no {error}"
-        raise PredictError(f"{path}: damaged classes.json ({error})") from None
-    return classes, dict(class_names)
 
 
 def find_audio(

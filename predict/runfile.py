@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fcntl
 import glob
+import json
 import os
 import re
 import stat
@@ -127,6 +128,34 @@ def check_class_ids(classes: Sequence[str]) -> None:
         problem = field_problem(class_id)
         if problem:
             raise ValueError(f"class id {class_id!r} {problem}")
+
+
+def read_classes(path: Path) -> tuple[list[str], dict[str, str]]:
+    """A run folder's classes.json: (class ids, {class id: display name}).
+
+    ValueError naming the file where it is not one: not a regular file (/dev/zero would be
+    read without end), not JSON, or ids a run file cannot hold, names that are not text.
+    """
+    if not path.is_file():
+        raise ValueError(f"{path}: not a file (a run folder's classes.json)")
+    try:
+        class_info = json.loads(path.read_bytes())
+        if not isinstance(class_info, dict):
+            raise ValueError("not a JSON object")
+        classes, class_names = class_info["classes"], class_info.get("class_names", {})
+        if not (isinstance(classes, list) and isinstance(class_names, dict)):
+            raise ValueError("classes must be a list, class_names a mapping")
+        if not all(isinstance(class_id, str) for class_id in classes):
+            raise ValueError("classes must be a list of class ids (text)")
+        check_class_ids(classes)
+        for class_id, name in class_names.items():
+            if not isinstance(name, str):
+                raise ValueError(f"class_names[{class_id!r}] is {name!r}, not text")
+    except (ValueError, KeyError, TypeError) as error:
+        if isinstance(error, KeyError):
+            error = f"no {error}"
+        raise ValueError(f"{path}: not a run folder's classes.json ({error})") from None
+    return classes, dict(class_names)
 
 
 def check_media_id(media_id: str) -> None:

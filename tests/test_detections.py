@@ -352,7 +352,7 @@ def test_a_damaged_classes_json_is_one_error_line(run_dir, test_wavs, tmp_path, 
     err = refused(capsys, "--run", run, "--audio", test_wavs[0], "--out", tmp_path / "s.csv",
                   "--soundscape", "--raven", tmp_path / "raven", "--min-conf", 0,
                   "--work-dir", tmp_path / "cache")  # fmt: skip
-    assert f"error: {run / 'classes.json'}: damaged classes.json" in err
+    assert f"error: {run / 'classes.json'}: not a run folder's classes.json" in err
     assert not (tmp_path / "s.csv").exists()
 
 

@@ -606,7 +606,7 @@ def test_bad_run_folders_and_outputs_are_one_error_line(run_dir, tmp_path, capsy
     shutil.copy(run_dir / "best_val_map.keras", damaged)
     (damaged / "classes.json").write_text('{"classes": "abc"}')
     err = cli_error(capsys, "--run", damaged, *base)
-    assert f"{damaged / 'classes.json'}: damaged classes.json" in err
+    assert f"{damaged / 'classes.json'}: not a run folder's classes.json" in err
     (tmp_path / "a file").write_text("")
     out = tmp_path / "a file" / "r.csv"
     err = cli_error(capsys, "--run", run_dir, "--audio", tmp_path / "audio", "--out", out)
