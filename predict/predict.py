@@ -203,7 +203,7 @@ def check_training_ended(run_dir: Path) -> None:
     ):
         raise PredictError(
             f"{run_dir}: its training has not ended (it is running, or was stopped before it "
-            "chose its model): predict once it has (train_model.py --resume finishes a "
+            "chose its model): use it once it has (train_model.py --resume finishes a "
             "stopped run), or name a checkpoint with --model-file"
         )
 

@@ -3,6 +3,7 @@ Keras model's outputs on chunks of real bird song; the run's parameters travel w
 
 import importlib.util
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,31 @@ def test_a_failed_export_leaves_nothing_and_a_dangling_link_is_refused(
     assert main(["--run", str(run_dir), "--out", str(exports / "link")]) == 2
     assert "exists" in capsys.readouterr().err
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_export_takes_the_model_the_run_predicts_with(run_dir, tmp_path, monkeypatch, caplog):
+    """A modern run predicts with final.keras (inference.json): that is what is exported, with
+    inference.json beside it; a run whose training has not ended is refused unless a model
+    is named."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (run / "final.keras").write_bytes((run / "best_val_map.keras").read_bytes())
+    (run / "config.json").write_text(json.dumps({"inference_model": "final"}))
+    inference = {"model_file": "final.keras", "pooling": "max"}
+    (run / "inference.json").write_text(json.dumps(inference))
+    loaded = []
+    monkeypatch.setattr(
+        "train.callbacks.load_saved_model", lambda path: loaded.append(path) or FakeModel()
+    )
+
+    assert main(["--run", str(run), "--out", str(tmp_path / "unfinished")]) == 2
+    assert not loaded and not (tmp_path / "unfinished").exists()
+    (run / "training_done.json").write_text("{}")
+    assert main(["--run", str(run), "--out", str(tmp_path / "exp")]) == 0
+    assert loaded == [run / "final.keras"]
+    assert json.loads((tmp_path / "exp" / "inference.json").read_text()) == inference
+
+    assert main(["--run", str(run), "--out", str(tmp_path / "best"), "--model-file",
+                 "best_val_map.keras"]) == 0  # fmt: skip
+    assert loaded[-1] == run / "best_val_map.keras"
+    assert "the run predicts with final.keras" in caplog.text

@@ -1,11 +1,14 @@
-"""Export a run's best model for serving, with the parameters it needs, into one folder.
+"""Export the model a run predicts with, for serving, with the files it needs, into one folder.
 
     python train/export_model.py --run runs/demo --out exported/demo
     python train/export_model.py --run runs/demo --out exported/demo-onnx --format onnx
 
-Uses Keras's `model.export`. The folder (--out) holds the model and, copied from the run
-folder, params.json (the preprocessing: chunks must be made exactly as in training),
-classes.json (the output columns) and thresholds.json when the run has one:
+Uses Keras's `model.export`. The model is the one predict.py uses (the run's inference.json
+names it: final.keras in the modern recipe, best_val_map.keras in the 2016 one), or
+--model-file. The folder (--out) holds it and, copied from the run folder, params.json (the
+preprocessing: chunks must be made exactly as in training), classes.json (the output
+columns), and inference.json (the pooling of a recording's chunk outputs) and thresholds.json
+when the run has them:
 
     tf_saved_model (default)   the folder is itself a TensorFlow SavedModel; its serving
                                endpoint `serve` maps float32 (batch, n_bins, chunk_frames, 1)
@@ -28,14 +31,15 @@ import shutil
 import sys
 from pathlib import Path
 
+from predict.predict import PredictError, check_training_ended, read_inference
 from preprocess.cli import command_parser, run_command
 from preprocess.paths import partial_name
 
 logger = logging.getLogger("export_model")
 
-DEFAULT_MODEL_FILE = "best_val_map.keras"
 MODEL_FILES = {"tf_saved_model": None, "onnx": "model.onnx", "litert": "model.tflite"}
-RUN_FILES = ("params.json", "classes.json", "thresholds.json")  # copied when present
+# copied when present
+RUN_FILES = ("params.json", "classes.json", "inference.json", "thresholds.json")
 
 
 class ExportError(Exception):
@@ -54,11 +58,30 @@ def new_partial_folder(out: Path) -> Path:
 
 
 def export_run(
-    run_dir: Path, out: Path, model_file: str = DEFAULT_MODEL_FILE, fmt: str = "tf_saved_model"
+    run_dir: Path, out: Path, model_file: str | None = None, fmt: str = "tf_saved_model"
 ) -> Path:
-    """Export run_dir/model_file in format fmt into the new folder out; returns out."""
+    """Export run_dir/model_file in format fmt into the new folder out; returns out.
+
+    model_file: None takes the model the run predicts with, once its training has ended (a
+    run still training, or stopped, has not chosen it yet).
+    """
     if fmt not in MODEL_FILES:
         raise ExportError(f"unknown format {fmt!r}: one of {', '.join(MODEL_FILES)}")
+    try:
+        if model_file is None:
+            check_training_ended(run_dir)
+        inference = read_inference(run_dir)
+    except PredictError as error:
+        raise ExportError(str(error)) from None
+    if model_file is None:
+        model_file = inference.model_file
+    elif model_file != inference.model_file and (run_dir / "inference.json").is_file():
+        logger.warning(
+            "the run predicts with %s, and its pooling and thresholds were chosen for that "
+            "model: exporting %s, they are copied as they are",
+            inference.model_file,
+            model_file,
+        )
     for name in (model_file, "params.json", "classes.json"):
         if not (run_dir / name).is_file():
             raise ExportError(f"{run_dir} has no {name}: not a finished training run")
@@ -69,6 +92,7 @@ def export_run(
 
     from train.callbacks import ModelFileError, load_saved_model
 
+    logger.info("exporting %s", run_dir / model_file)
     try:
         model = load_saved_model(run_dir / model_file)
     except ModelFileError as error:
@@ -102,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder to create")
     parser.add_argument(
         "--model-file",
-        default=DEFAULT_MODEL_FILE,
-        help=f"model in the run folder (default {DEFAULT_MODEL_FILE})",
+        help="model in the run folder (default: the one the run predicts with, as predict.py)",
     )
     parser.add_argument(
         "--format", choices=tuple(MODEL_FILES), default="tf_saved_model", help="export format"
@@ -114,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         out = export_run(args.run, args.out, args.model_file, args.format)
-        print(f"{args.run / args.model_file} exported as {args.format} to {out}")
+        print(f"{args.run} exported as {args.format} to {out}")
         return 0
 
     return run_command(work, args.verbose, (ExportError,))
