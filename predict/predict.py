@@ -82,6 +82,7 @@ from preprocess.paths import (  # noqa: E402
     NOT_REGULAR,
     OutputPathError,
     check_output,
+    files_under,
     first_line,
     is_zip_with,
     shown_name,
@@ -303,11 +304,11 @@ def audio_files(
     files = []
     for path in paths:
         if path.is_dir():
-            named = sorted(
+            named = [
                 p
-                for p in path.rglob("*")
+                for p in files_under(path)  # linked folders too, as training's metadata finds
                 if p.suffix.lower() in AUDIO_SUFFIXES and is_input(p, path)
-            )
+            ]
             files += [p for p in named if p.is_file()]
             if irregular is not None:
                 irregular += [p for p in named if not p.is_file() and not p.is_dir()]

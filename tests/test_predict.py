@@ -277,6 +277,24 @@ def test_clear_errors_for_missing_run_folder_model_and_audio(run_dir, tmp_path, 
     assert find_audio([empty]) == []
 
 
+def test_audio_in_linked_folders_is_found_as_training_finds_it(tmp_path):
+    """A test folder may gather recordings by links to folders (as a training folder may):
+    they are walked, once each; hidden files and folders and folders named like audio are not
+    inputs."""
+    elsewhere, folder = tmp_path / "elsewhere", tmp_path / "test"
+    (elsewhere / "site").mkdir(parents=True)
+    wavfile.write(elsewhere / "site" / "b.wav", 16000, np.zeros(1600, np.int16))
+    (folder / ".hidden").mkdir(parents=True)
+    (folder / "dir.wav").mkdir()
+    for wav in (folder / "a.wav", folder / ".hidden" / "c.wav", folder / ".d.wav"):
+        wavfile.write(wav, 16000, np.zeros(1600, np.int16))
+    (folder / "site").symlink_to(elsewhere / "site")
+    (folder / "again").symlink_to(elsewhere / "site")  # the same folder twice: walked once
+    (folder / "loop").symlink_to(folder)
+    found = {item.media_id: item.path for item in find_audio([folder])}
+    assert found == {"a": folder / "a.wav", "b": folder / "again" / "b.wav"}
+
+
 def test_wav_blocks_are_read_wav_in_pieces(tmp_path):
     mono, stereo = tmp_path / "mono.wav", tmp_path / "stereo.wav"
     samples = (song(3.0) + 0.5).astype(np.int16)
