@@ -497,6 +497,20 @@ def test_resume_continues_from_the_last_finished_epoch(
     for resumed, saved in zip(second.begin[2], first.end[1], strict=True):
         np.testing.assert_array_equal(resumed, saved)  # from the weights after epoch 1
     assert (run_dir / "metrics.json").is_file()
+    # a kill before the last outputs were all written: no metrics.json, which doall.sh takes
+    # for all done, so the next --resume writes them
+    (run_dir / "metrics.json").unlink()
+    (run_dir / "loss.png").unlink()
+
+    def killed(*arguments):
+        raise Interrupted
+
+    monkeypatch.setattr(train_model, "append_run", killed)
+    with pytest.raises(Interrupted):
+        train_model.main(args + ["--resume"])
+    assert (run_dir / "loss.png").is_file() and not (run_dir / "metrics.json").exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(train_model, "training_callbacks", lambda *a: [second, *make_callbacks(*a)])
     # once finished, --resume only scores the best models again, replacing the run's row
     assert train_model.main(args + ["--resume"]) == 0
     assert sorted(second.begin) == [2, 3, 4]

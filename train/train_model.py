@@ -190,14 +190,16 @@ def train(args: argparse.Namespace) -> dict:
             recipe.save_final_model(model, run_dir, args.inference_model, map_callback.diverged)
             write_training_done(run_dir, callbacks)
 
-        # the model and pooling prediction uses; test scores, thresholds, curves, runs table
+        # the model and pooling prediction uses; test scores, thresholds, curves, runs table;
+        # metrics.json last: doall.sh takes it to mean all is done (a kill before it: --resume
+        # scores again and writes them all)
         history = read_history(run_dir / HISTORY)
         metrics = score_best_models(run_dir, data["test"], dataset, history)
         metrics["inference"] = recipe.choose_inference(run_dir, data, dataset, args)
-        write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
         save_thresholds(run_dir, data["val"], dataset, metrics["inference"])
         plot_history(history, run_dir)
         append_run(runs_table, runs_table_row(args, dataset, data, history, metrics, model))
+        write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     return metrics
 
 
