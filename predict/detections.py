@@ -4,9 +4,10 @@
     predict.py --soundscape --audacity DIR    DIR/<MediaId>.labels.txt, an Audacity label track
     predict.py --embeddings FILE.npz          the penultimate-layer vector of every chunk
 
-A detection is a (5 s window, class) whose window probability (the window's chunk softmax,
-averaged and renormalised) is at least the class's threshold: one `--min-conf` for all classes,
-or the per-class thresholds chosen at training time (`--thresholds run`, train/thresholds.py).
+A detection is a (5 s window, class) whose window probability (the window's chunk softmax, pooled as
+the run pools a recording's, and renormalised) is at least the class's threshold: one `--min-conf`
+for all classes, or the per-class thresholds chosen at training time (`--thresholds run`,
+train/thresholds.py).
 
 File names made from MediaIds (`safe_file_names`): each character that is a path separator
 ('/' or '\\'), a control character (Unicode category C*) or one of `:*?"<>|` (refused by

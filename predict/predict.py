@@ -3,19 +3,19 @@
     python predict/predict.py --run RUN_DIR --audio DIR --out RUN.csv
     python predict/predict.py --run RUN_DIR --xml-dir TestSet/xml --audio TestSet/wav --out RUN.csv
 
-The run folder gives the model and everything that must match training: the preprocessing
-parameters (params.json), the class list (classes.json) and how the run is applied
-(inference.json, written by training: the model file and the pooling; absent in a 2016 run,
-which means best_val_map.keras and the mean). Audio that is not already a 16 kHz 16-bit mono
-wav is resampled as for training, by preprocess/resample.py (SoX, else soxr), into a cache folder.
-Each recording becomes the training chunks by the same entry point as in training
+The run folder gives the model and everything that must match training: the preprocessing parameters
+(params.json), the class list (classes.json) and how the run is applied (inference.json, written by
+training: the model file and the pooling; absent in a run made before it existed, which means
+best_val_map.keras and the mean, as in the 2016 recipe). Audio that is not already a 16 kHz 16-bit
+mono wav is resampled as for training, by preprocess/resample.py (SoX, else soxr), into a cache
+folder. Each recording becomes the training chunks by the same entry point as in training
 (preprocess/extract.py: the run's front end, noise filter and chunk length); chunks of many
-recordings share fixed-size batches through the model; the softmax of a recording's chunks is
-pooled (mean, max or power mean, train/metrics.py) and renormalised, and its top-k species
-are written as `MediaId;ClassId;Probability;Rank`. A recording's chunks go to the model in
-slices of one batch, never all at once. A recording of up to 10 minutes (STREAM_SECONDS) is
-read whole: memory holds its spectrogram, about 0.3 GB per audio hour. A longer one is
-streamed from its wav by `stream_chunks`, in blocks of a few MB whatever its length.
+recordings share fixed-size batches through the model; the softmax of a recording's chunks is pooled
+(mean, max or power mean, train/metrics.py) and renormalised, and its top-k species are written as
+`MediaId;ClassId;Probability;Rank`. A recording's chunks go to the model in slices of one batch,
+never all at once. A recording of up to 10 minutes (STREAM_SECONDS) is read whole: memory holds its
+spectrogram, about 0.3 GB per audio hour. A longer one is streamed from its wav by `stream_chunks`,
+in blocks of a few MB whatever its length.
 
 With --soundscape, every 5 s window of a recording gets its own ranking instead
 (`MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability`): with the 2016 noise filter, its mask is
@@ -123,7 +123,7 @@ class Run:
 @dataclass(frozen=True)
 class Inference:
     """How a run is applied: RUN/inference.json, written by train_model at the end of
-    training; a run without it (a 2016 run) is applied as these defaults say."""
+    training; a run made before it existed is applied as these defaults (the 2016 recipe's) say."""
 
     model_file: str = DEFAULT_MODEL_FILE
     pooling: str = "mean"

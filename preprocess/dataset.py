@@ -1,6 +1,6 @@
 """The chunk dataset on disk: HDF5 written whole or not at all, copied raw, and read back.
 
-One row per 5 s chunk; a recording's chunks are consecutive and in time order.
+One row per chunk (5 s in the 2016 recipe); a recording's chunks are consecutive and in time order.
 
     X            float32 (N, n_bins, chunk_frames, 1)  one HDF5 chunk per row, compressed
     y            uint8   (N, C)   one-hot foreground class (all zero when unlabelled)

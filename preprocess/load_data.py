@@ -885,7 +885,8 @@ def chunk_seconds(text: str) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Turn wav files and their labels into the chunk dataset (HDF5) that "
-        "training and prediction read: 2016 log spectrogram, noise filter, 5 s chunks.",
+        "training and prediction read, with the front end of --recipe (2016: log spectrogram, "
+        "noise filter, 5 s chunks; modern: log-mel, 1-5 s chunks).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

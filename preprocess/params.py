@@ -1,9 +1,9 @@
 """Every preprocessing parameter, in one place.
 
-The defaults are those of Tóth & Czeba's BirdCLEF 2016 system (see ORIGINAL.md facts in the
-README); `MODERN` is the front end of `--recipe modern`. A `SpectrogramParams` is stored as
-JSON with every HDF5 dataset and every trained model, and prediction reads it back from
-there, so training and prediction can never drift.
+The defaults are those of Tóth & Czeba's BirdCLEF 2016 system (README: "What is kept from 2016, and
+what is fixed"); `MODERN` is the front end of `--recipe modern`. A `SpectrogramParams` is stored as
+JSON with every HDF5 dataset and every trained model, and prediction reads it back from there, so
+training and prediction can never drift.
 
 Fields added after the 2016 port (`ADDED_FIELDS`) are written only when they differ from the
 2016 value, so a 2016 parameter set serialises exactly as before (files and run folders made

@@ -35,12 +35,12 @@ def residual_block(x, width: int, stride: int):
 def build_model(input_shape: tuple, n_classes: int) -> keras.Model:
     """input_shape: (n_bins, chunk_frames, 1), channels last; any sizes.
 
-    | layer | output (bins, frames) of a (128, 312) chunk |
-    | stem: conv 3x3 / 2, BN, ReLU; max pool 2 | 32 x (32, 78) |
-    | residual block | 32 x (32, 78) |
-    | residual block / 2 | 64 x (16, 39) |
-    | residual block / 2 | 128 x (8, 20) |
-    | residual block / 2 | 192 x (4, 10) |
+    | layer | output (bins, frames) of a (128, 247) chunk |
+    | stem: conv 3x3 / 2, BN, ReLU; max pool 2 | 32 x (32, 62) |
+    | residual block | 32 x (32, 62) |
+    | residual block / 2 | 64 x (16, 31) |
+    | residual block / 2 | 128 x (8, 16) |
+    | residual block / 2 | 192 x (4, 8) |
     | global average and max pooling, concatenated; dropout 0.3 | 384 |
     | dense softmax | n_classes |
 

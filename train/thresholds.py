@@ -1,9 +1,9 @@
 """Per-class detection thresholds, chosen on the validation recordings at the end of training.
 
-For each class, the validation recordings are ranked by the class's recording-level score
-(chunk softmax averaged and renormalised, as prediction does); the threshold is the one that
-maximises F1 of "score >= threshold" against "the recording's foreground class is this one".
-It is placed halfway between the lowest score kept and the next score below it (or at the
+For each class, the validation recordings are ranked by the class's recording-level score (chunk
+softmax pooled with the run's pooling and renormalised, as prediction does); the threshold is the
+one that maximises F1 of "score >= threshold" against "the recording's foreground class is this
+one". It is placed halfway between the lowest score kept and the next score below it (or at the
 lowest score kept when nothing is below), so that it does not sit exactly on one validation
 recording. A class without validation recordings gets the documented fallback threshold
 (FALLBACK_THRESHOLD, marked "fallback" in the file); so does a class whose best F1 is 0.

@@ -16,7 +16,8 @@ The run folder (--out):
     classes.json       {"classes": [...], "class_names": {...}}: the model's output columns
     split.json         MediaIds of the train, val and test recordings
     config.json        the training settings; model.py: a copy of the model file
-    metrics.json       test scores of each best model
+    training_done.json epochs run and how training ended (without it: unfinished)
+    metrics.json       test scores of each best model; written last, when all is done
     thresholds.json    per-class detection thresholds, chosen on the validation recordings
     inference.json     the model file and recording pooling predict.py uses by default
     final.keras        the model as training ended (--inference-model final or auto)
@@ -289,8 +290,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser,
         "--warmup-epochs",
         type=at_least(0),
-        help="epochs of linear learning-rate warm-up before the cosine decay that adamw "
-        f"uses; with a time budget, {recipe.WARMUP_BUDGET_SHARE * 100:g} %% of it at most",
+        help="epochs of linear learning-rate warm-up, then a cosine decay to the last "
+        f"epoch; with a time budget, {recipe.WARMUP_BUDGET_SHARE * 100:g} %% of it at most",
     )
     add_recipe_option(
         parser,
