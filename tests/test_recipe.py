@@ -313,7 +313,7 @@ def test_crops_know_where_a_recordings_last_chunk_repeats_frames():
         params=dataclasses.replace(PARAMS, chunk_frames=12),
     )
     args = types.SimpleNamespace(augment="crop", class_balance="none", seed=0)
-    batches = recipe.augmented_batches(train, dataset, None, args)
+    batches = recipe.augmented_batches(train, dataset, None, None, args)
     assert batches.next_overlaps.tolist() == [0, 6, 0, 0, 0, 0]
     assert batches.next_positions.tolist() == [1, 2, -1, 4, -1, -1]
 

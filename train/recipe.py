@@ -230,12 +230,17 @@ def class_weights(labels: np.ndarray, n_classes: int, power: float = 0.5) -> np.
 
 
 def augmented_batches(
-    train: SplitData, dataset: Dataset, sample: np.ndarray, args: argparse.Namespace
+    train: SplitData,
+    dataset: Dataset,
+    sample: np.ndarray | None,
+    band_means: np.ndarray | None,
+    args: argparse.Namespace,
 ) -> AugmentedBatches:
     """The training batches with --augment and --class-balance applied.
 
-    sample: (n, bins, frames, 1) training chunks, for SpecAugment's band means and the
-    default noise (None when neither is used)."""
+    sample: (n, bins, frames, 1) training chunks, for the default noise; band_means: (bins,)
+    their per-band means (`band_statistics`), SpecAugment's fill (None when neither is used).
+    """
     plain = train.batches
     recording = train.chunk_recording
     same_next = np.append(recording[1:] == recording[:-1], False)
@@ -250,7 +255,6 @@ def augmented_batches(
     repeated = n_chunks * chunk_frames - n_frames
     overlaps = np.where(next_is_last, np.clip(repeated, 0, chunk_frames - 1), 0)
     use = tuple(name for name in args.augment.split(",") if name and name != "none")
-    floor = np.log10(dataset.params.log_floor)
     weights = None
     if args.class_balance == "weights":
         weights = class_weights(plain.labels, plain.n_classes)
@@ -271,7 +275,7 @@ def augmented_batches(
         first_of_recording=first,
         next_overlaps=overlaps,
         noise=noise_chunks(dataset, sample, args) if "noise" in use else None,
-        band_means=band_statistics(sample, floor)[0] if sample is not None else None,
+        band_means=band_means,
         class_weights=weights,
     )
 

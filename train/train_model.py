@@ -125,11 +125,16 @@ def train(args: argparse.Namespace) -> dict:
         check_batch_size(dataset, split, args.batch_size, multiple)
         data = load_splits(dataset, split, args, multiple)
         # read before the model: its normalisation and the augmentation need the chunks
-        sample = None
+        sample = stats = None
         if args.normalize == "dataset" or args.augment != "none":
             sample = sample_chunks(data["train"].batches, dataset, 4000, args.seed)
+            # (mean, variance) per band, padding and digital silence left out
+            stats = recipe.band_statistics(sample, np.log10(dataset.params.log_floor))
         if args.augment != "none" or args.class_balance != "none":
-            data["train"].batches = recipe.augmented_batches(data["train"], dataset, sample, args)
+            band_means = stats[0] if stats is not None else None
+            data["train"].batches = recipe.augmented_batches(
+                data["train"], dataset, sample, band_means, args
+            )
         elif len(list_devices("gpu")) == 1:  # augmentation works on numpy batches in host memory
             place_on_accelerator(data, accelerator_memory())
 
@@ -144,10 +149,9 @@ def train(args: argparse.Namespace) -> dict:
             model = build_model_from_file(
                 args.model, dataset.X.shape[1:], len(dataset.classes), model_module
             )
-            stats = None
-            if args.normalize == "dataset":
-                stats = recipe.band_statistics(sample, np.log10(dataset.params.log_floor))
-            model = recipe.normalized_model(model, args.normalize, stats)
+            model = recipe.normalized_model(
+                model, args.normalize, stats if args.normalize == "dataset" else None
+            )
             options_optimizer = compile_model(model, args, model_module)
             if args.weights:
                 load_weights(model, args.weights, args.model)
