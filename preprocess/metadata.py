@@ -14,48 +14,34 @@ else the `media_id` column, else the file name without extension; duplicates are
 MediaIds, file names and labels must be valid UTF-8 (the dataset stores them so) without NUL
 bytes or line breaks: a CSV or XML holding one is refused, such a file in a class folder is
 named in a warning and left out. Folders are listed following links to folders (each folder
-once, so a link loop ends), as resample.py does.
-
-    python preprocess/metadata.py --xml-dir DIR [--wav-dir DIR] [--top-n N] --out table.json
-
-parses, reports and saves the table (JSON, never pickle) to check metadata before the long
-preprocessing run. OUT is replaced whole or not at all, and only when it is such a table (or
-empty): never an input or another file.
+once, so a link loop ends), as resample.py does. load_data.py reads, selects and reports
+them, and stores the table with the chunks.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
-import json
 import logging
 import re
 import sys
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from xml.parsers.expat import ExpatError
 
 import xmltodict
 
 from preprocess.audio import AUDIO_SUFFIXES
-from preprocess.cli import at_least, run_command
 from preprocess.paths import (
     NOT_REGULAR,
-    OutputPathError,
-    check_output,
     files_under,
-    first_bytes,
     shown_name,
-    write_text_atomically,
 )
 
 log = logging.getLogger(__name__)
 
-TABLE_FORMAT = "birdclef-metadata"
-TABLE_VERSION = 1
 IGNORED_FOLDER = "__MACOSX"  # a Mac zip's resource forks (`._<name>`), never recordings
 CSV_LINE_END = re.compile(r"\r\n|\r|\n")  # what ends a line for csv's line_num
 
@@ -477,82 +463,3 @@ def match_audio(
         for name in sorted(on_disk.keys() - referenced)
     ]
     return present, messages
-
-
-def save_table(recordings: list[Recording], path: str | Path) -> None:
-    """Write the table as JSON (UTF-8, one recording per list item), whole or not at all: into
-    a temporary file beside path, renamed onto it when complete."""
-    table = {
-        "format": TABLE_FORMAT,
-        "version": TABLE_VERSION,
-        "recordings": [asdict(recording) for recording in recordings],
-    }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)  # as every command's --out
-    write_text_atomically(Path(path), json.dumps(table, ensure_ascii=False, indent=1) + "\n")
-
-
-def is_metadata_table(path: Path) -> bool:
-    """True for a file save_table wrote (its first key is the format): one --out may replace."""
-    head = rb'\s*\{\s*"format":\s*' + json.dumps(TABLE_FORMAT).encode()
-    return re.match(head, first_bytes(path, 256)) is not None
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Parse recording metadata (BirdCLEF XML folder, CSV or class folders), "
-        "apply the 2016 selections, report and save the table as JSON.",
-    )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--xml-dir", type=Path, help="BirdCLEF folder of <Audio> XML files")
-    source.add_argument("--csv", type=Path, help="CSV with columns file,label[,media_id]")
-    source.add_argument("--class-folders", type=Path, help="root with one folder per class")
-    parser.add_argument("--wav-dir", type=Path, help="resampled wavs: keep recordings found")
-    parser.add_argument("--top-n", type=at_least(1), help="keep the N most common classes")
-    parser.add_argument("--min-quality", type=at_least(0), help="lowest Quality kept (XML 0-5)")
-    parser.add_argument("--max-quality", type=at_least(0), help="highest Quality kept (XML 0-5)")
-    parser.add_argument(
-        "--no-background", action="store_true", help="drop recordings with background species"
-    )
-    parser.add_argument("--out", type=Path, help="write the table here (JSON)")
-    parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    return run_command(lambda: report(args), args.verbose, (MetadataError, OutputPathError))
-
-
-def report(args: argparse.Namespace) -> int:
-    """The command's work: read, select, report and save the table."""
-    if args.out:  # before the reading, which can take a while
-        inputs = [args.csv] if args.csv else []
-        check_output(args.out, own_kind=is_metadata_table, kind="a metadata table", inputs=inputs)
-    messages = []
-    if args.xml_dir:
-        recordings, messages = read_birdclef_xml_dir(args.xml_dir)
-    elif args.csv:
-        recordings = read_csv(args.csv)
-    else:
-        recordings = read_class_folders(args.class_folders)
-    if args.wav_dir:
-        recordings, unmatched = match_audio(recordings, args.wav_dir)
-        messages += unmatched
-    for message in messages[:20]:
-        log.warning("%s", message)
-    if len(messages) > 20:
-        log.warning("... and %d more messages like these", len(messages) - 20)
-
-    selected = select(
-        recordings, args.top_n, args.min_quality, args.max_quality, args.no_background
-    )
-    classes = Counter(r.class_id for r in selected if r.class_id is not None)
-    print(
-        f"{len(selected)} of {len(recordings)} recordings selected: {len(classes)} classes, "
-        f"{sum(r.class_id is None for r in selected)} unlabelled, {len(messages)} messages"
-    )
-    if args.out:
-        save_table(selected, args.out)
-        print(f"table written to {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

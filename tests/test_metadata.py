@@ -1,23 +1,19 @@
-"""Metadata: BirdCLEF XML variants, CSV, class folders, selections, JSON table, matching wavs."""
+"""Metadata: BirdCLEF XML variants, CSV, class folders, selections, matching wavs."""
 
-import errno
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-import preprocess.paths as paths_module
 from preprocess.metadata import (
     MetadataError,
     Recording,
-    main,
     match_audio,
     parse_birdclef_xml,
     read_birdclef_xml_dir,
     read_class_folders,
     read_csv,
-    save_table,
     select,
     top_classes,
 )
@@ -331,15 +327,6 @@ def test_selections():
     assert ids(select(table, top_n=1, no_background=True)) == ["3", "4"]
 
 
-def test_json_round_trip(tmp_path):
-    recordings, _ = read_birdclef_xml_dir(write(tmp_path / "xml/a.xml", TRAIN_2016).parent)
-    recordings.append(recording("x", None))
-    save_table(recordings, tmp_path / "table.json")
-    table = json.loads((tmp_path / "table.json").read_text("utf-8"))
-    assert [Recording(**row) for row in table["recordings"]] == recordings
-    assert "Jérôme" in (tmp_path / "table.json").read_text("utf-8")
-
-
 def test_match_audio_reports_both_directions(tmp_path):
     for name in ["1.wav", "sub/2.WAV", "orphan.wav", "song.mp3"]:
         write(tmp_path / name, "")
@@ -351,51 +338,6 @@ def test_match_audio_reports_both_directions(tmp_path):
     assert len(messages) == 2
     assert "3.wav: no wav for MediaId 3" in messages[0]
     assert "orphan.wav: wav without metadata" in messages[1]
-
-
-def test_command_line_writes_the_selected_table(tmp_path, capsys):
-    csv_path = write(tmp_path / "m.csv", "file,label\na.wav,x\nb.wav,x\nc.wav,y\n")
-    for name in ["a.wav", "b.wav", "c.wav"]:
-        write(tmp_path / "wav" / name, "")
-    out = tmp_path / "new folder" / "table.json"  # made, as by every command's --out
-
-    args = ["--csv", str(csv_path), "--wav-dir", str(tmp_path / "wav"), "--top-n", "1"]
-    assert main([*args, "--out", str(out)]) == 0
-
-    assert [row["media_id"] for row in json.loads(out.read_text())["recordings"]] == ["a", "b"]
-    assert "2 of 3 recordings selected: 1 classes" in capsys.readouterr().out
-    assert main(["--csv", str(tmp_path / "missing.csv")]) == 2
-
-
-def test_command_line_out_replaces_only_its_own_table(tmp_path, capsys):
-    csv_path = write(tmp_path / "labels.csv", "file,label\na.wav,x\n")
-    notes = write(tmp_path / "notes.txt", "my notes\n")
-    table = tmp_path / "table.json"
-
-    assert main(["--csv", str(csv_path), "--out", str(csv_path)]) == 2
-    assert main(["--csv", str(csv_path), "--out", str(notes)]) == 2
-    assert main(["--csv", str(csv_path), "--out", str(tmp_path)]) == 2
-    assert csv_path.read_text() == "file,label\na.wav,x\n" and notes.read_text() == "my notes\n"
-    error = capsys.readouterr().err
-    assert "is also an input" in error and "notes.txt exists and is not a metadata table" in error
-    assert "is a folder" in error
-    assert main(["--csv", str(csv_path), "--out", str(table)]) == 0
-    assert main(["--csv", str(csv_path), "--out", str(table)]) == 0  # a rerun replaces it
-    assert json.loads(table.read_text())["recordings"][0]["media_id"] == "a"
-
-
-def test_save_table_is_whole_or_not_at_all(tmp_path, monkeypatch):
-    table = tmp_path / "table.json"
-    save_table([recording("old", "x")], table)
-    before = table.read_text()
-
-    def full_disk(source, target):  # the temporary file written, then the disk is full
-        raise OSError(errno.ENOSPC, "No space left on device", str(source))
-
-    monkeypatch.setattr(paths_module.os, "replace", full_disk)
-    with pytest.raises(OSError, match="No space"):
-        save_table([recording("new", "x")], table)
-    assert table.read_text() == before and os.listdir(tmp_path) == ["table.json"]
 
 
 def test_real_fsdd_metadata(shared_data):
