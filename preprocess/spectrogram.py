@@ -9,12 +9,13 @@ gives a finite value instead of -inf (and the filter's band statistics stay fini
 modern recipe's parameters (preprocess/params.py) pass the same PSD through mel filters
 (`frontend="logmel"`), skip the noise filter, and repeat clips shorter than a chunk.
 
-Everything here runs on one core (`workers=1`): the pipeline parallelises over files.
-Memory beyond the samples is the float32 spectrogram plus the chunks (about 0.35 GB per
-audio hour): the STFT runs in blocks of frames, and chunks are gathered straight from the
-spectrogram, never via a filtered copy. `stream_chunks` gives the same chunks from audio read
-in pieces, in memory independent of its length, for a second STFT pass (none without the
-noise filter). `chunk_slices` and `window_chunks` cut a whole spectrogram for prediction.
+Everything here runs on one core (`workers=1`): the pipeline parallelises over files. Memory beyond
+the samples is the float32 spectrogram and its filtered copy (at most 0.2 GB each per audio hour in
+the 2016 front end): the STFT runs in blocks of frames, and `chunk_slices` lets go of the
+spectrogram once filtered and cuts the chunks a slice at a time. `stream_chunks` gives the same
+chunks from audio read in pieces, in memory independent of its length, for a second STFT pass (none
+without the noise filter). `chunk_slices` and `window_chunks` cut a whole spectrogram for
+prediction.
 """
 
 from __future__ import annotations
@@ -382,14 +383,10 @@ def _filter_plan(log_spec: np.ndarray, params: SpectrogramParams) -> tuple[np.nd
 
 
 def _masked_frames(
-    log_spec: np.ndarray,
-    row_cells: np.ndarray,
-    frames: np.ndarray,
-    cell_frames: int,
-    out: np.ndarray | None = None,
+    log_spec: np.ndarray, row_cells: np.ndarray, frames: np.ndarray, cell_frames: int
 ) -> np.ndarray:
     """Columns `frames` of log_spec with the dropped cells set to 0: (n_bins, len(frames))."""
-    out = np.take(log_spec, frames, axis=1, out=out, mode="clip")  # clip: no bounds buffer
+    out = np.take(log_spec, frames, axis=1, mode="clip")  # clip: no bounds buffer
     np.copyto(out, 0, where=~row_cells[:, frames // cell_frames])
     return out
 
@@ -456,30 +453,24 @@ def drop_silence(log_spec: np.ndarray, params: SpectrogramParams) -> np.ndarray:
     return log_spec if silent.all() or not silent.any() else log_spec[:, ~silent]
 
 
+def filtered_spectrogram(log_spec: np.ndarray, params: SpectrogramParams) -> np.ndarray:
+    """What is cut into chunks: log_spec (n_bins, T) through the noise filter (`filter_noise`,
+    params.noise_filter, 2016) or without its digital silence (`drop_silence`, when asked)."""
+    if params.noise_filter:
+        return filter_noise(log_spec, params)
+    return drop_silence(log_spec, params)
+
+
 def extract_chunks(samples: np.ndarray, params: SpectrogramParams) -> Extraction:
     """Samples (n,) at params.sample_rate, int16 scale -> `Extraction` (chunks, n_frames).
 
     chunks: (ceil(n_frames / chunk_frames), n_bins, chunk_frames) float32, the filtered log
-    spectrogram cut into chunks; n_frames: frames left after the noise filter. Equal to
-    split_chunks(filter_noise(log_spectrogram(...))), but each chunk is gathered straight
-    from the spectrogram, without the filtered copy in between. Without the noise filter
-    (params.noise_filter False): split_chunks(drop_silence(log_spectrogram(...))), n_frames
-    the frames kept.
+    spectrogram cut into chunks (`split_chunks`); n_frames: the frames left after the filter.
+    The whole recording's chunks at once: the pipeline cuts them a slice at a time
+    (`chunk_slices`, `stream_chunks`), the same chunks.
     """
-    log_spec = log_spectrogram(samples, params)
-    if not params.noise_filter:
-        log_spec = drop_silence(log_spec, params)
-        return Extraction(split_chunks(log_spec, params), log_spec.shape[1])
-    row_cells, kept = _filter_plan(log_spec, params)
-    if kept.size < params.chunk_frames:
-        short = _masked_frames(log_spec, row_cells, kept, params.cell_frames)
-        return Extraction(pad_chunk(short, params)[None], kept.size)
-    starts = _chunk_starts(kept.size, params)
-    chunks = np.empty((starts.size, params.n_bins, params.chunk_frames), dtype=np.float32)
-    for chunk, start in zip(chunks, starts, strict=True):
-        frames = kept[start : start + params.chunk_frames]
-        _masked_frames(log_spec, row_cells, frames, params.cell_frames, out=chunk)
-    return Extraction(chunks, kept.size)
+    filtered = filtered_spectrogram(log_spectrogram(samples, params), params)
+    return Extraction(split_chunks(filtered, params), filtered.shape[1])
 
 
 def _spectrogram_blocks(
@@ -640,10 +631,7 @@ def chunk_slices(
     to end with the recording's last chunk_frames frames, just as `split_chunks` cuts the
     whole. Returns (as StopIteration.value) the frames after the filter, as extract_chunks.
     """
-    if params.noise_filter:
-        filtered = filter_noise(log_spec, params)
-    else:
-        filtered = drop_silence(log_spec, params)
+    filtered = filtered_spectrogram(log_spec, params)
     del log_spec  # the caller let go of it too: one spectrogram in memory, not two
     n_frames, step = filtered.shape[1], max_chunks * params.chunk_frames
     for start in range(0, n_frames, step):
