@@ -21,6 +21,8 @@ import numpy as np
 import soxr
 from scipy.io import wavfile
 
+from preprocess.cli import describe
+
 INT16_FULL_SCALE = 32768.0
 
 
@@ -158,12 +160,6 @@ def read_wav_blocks(path: str | os.PathLike, block_samples: int = 2**19) -> Iter
                 yield np.frombuffer(data, dtype="<i2").astype(np.float32)
     except (wave.Error, EOFError, OSError) as error:
         raise AudioError(path, f"not a readable wav file ({error})") from error
-
-
-def describe(error: Exception) -> str:
-    """The error's message, or its type where it has none (the `wave` module raises a bare
-    RuntimeError on some damaged headers)."""
-    return str(error) or type(error).__name__
 
 
 def _int16_scale(dtype: np.dtype) -> tuple[float, np.float32]:

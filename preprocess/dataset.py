@@ -486,7 +486,7 @@ class DatasetWriter:
         self.x.resize(self.n_rows, axis=0)  # also drops rows of an append cut short
         table = _recordings_table(self.recordings, self.n_chunks, len(self.info.classes))
         _create_tables(self.h5, len(self.info.classes), self.n_rows, len(self.recordings))
-        _write_recordings(self.h5, table, row_start=0, recording_start=0)
+        _write_recordings(self.h5, table)
         self.h5.close()
 
 
@@ -570,17 +570,13 @@ _DTYPES = {
 }
 
 
-def _write_recordings(h5: h5py.File, table: dict, row_start: int, recording_start: int):
-    """Write a recordings table (first_row counted from 0) and the per-row datasets it implies.
-
-    Rows row_start.. and recordings recording_start.. of h5; X is written separately.
-    """
+def _write_recordings(h5: h5py.File, table: dict):
+    """Write the recordings table (first_row counted from 0) and the per-row datasets it
+    implies into h5, whose datasets have room for them; X is written separately."""
     n_chunks = table["n_chunks"]
     n_rows, n_recordings = int(n_chunks.sum()), len(n_chunks)
-    recordings = np.s_[recording_start : recording_start + n_recordings]
     for name in RECORDING_DATASETS + OPTIONAL_RECORDING_DATASETS:
-        values = table[name] + row_start if name == "first_row" else table[name]
-        h5["recordings"][name][recordings] = values
+        h5["recordings"][name][:n_recordings] = table[name]
 
     recording_of_row = np.repeat(np.arange(n_recordings), n_chunks)
     label = table["label"][recording_of_row]
@@ -596,10 +592,9 @@ def _write_recordings(h5: h5py.File, table: dict, row_start: int, recording_star
         "file": table["file"][recording_of_row],
         "chunk_index": np.arange(n_rows) - np.repeat(table["first_row"], n_chunks),
     }
-    rows = np.s_[row_start : row_start + n_rows]
     for name, values in per_row.items():
         if n_rows:
-            h5[name][rows] = values
+            h5[name][:n_rows] = values
 
 
 @contextmanager

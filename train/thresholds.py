@@ -135,8 +135,8 @@ def save_validation_thresholds(
     chunk_recording: np.ndarray,
     recording_labels: np.ndarray,
     classes: Sequence[str],
-    pooling: str = "mean",
-    exponent: float = 3.0,
+    pooling: str,
+    exponent: float,
 ) -> dict[str, dict] | None:
     """Choose the thresholds of run_dir/model_file on the validation chunks and save them.
 
