@@ -9,16 +9,17 @@ resamples its own list of files with the same `resample_files`: the one implemen
 - Parallel: N files at once (default: all cores).
 - Resumable: each output is written to <path>.wav.part and renamed when complete, so an
   existing .wav is always whole. OUT_DIR/.sources.json records what each finished output was
-  made from (its source's resolved path, size and modification time in ns), and an output is
-  skipped only while that record matches its source as it is now: an input changed since,
-  replaced by another recording even with an older or the same time (cp -p, rsync -t, tar
-  and unzip keep the original's; zip's is often 1980-01-01), or another folder's file of the
-  same name resampled into the same OUT_DIR, is converted again. Outputs keep the time they
-  were written, so one converted again looks new to load_data. Outputs of an older version
-  of this code (no record) are converted once more. The record is written whole (temporary
-  file, then rename) as the run goes, at its end, and when it is interrupted or fails; a
-  damaged one is ignored with a warning naming it (every output is made again). Leftover
-  .part files of a killed run are deleted at the start.
+  made from (its source's resolved path, size, and modification and status-change times in
+  ns), and an output is skipped only while that record matches its source as it is now: an
+  input changed since, replaced by another recording even of the same size with an older or
+  the same modification time (cp -p, rsync -t, tar and unzip keep the original's; zip's is
+  often 1980-01-01; the status-change time, which no one sets, is new), or another folder's
+  file of the same name resampled into the same OUT_DIR, is converted again. Outputs keep
+  the time they were written, so one converted again looks new to load_data. Outputs of an
+  older version of this code (no record, or one without ctime_ns) are converted once more.
+  The record is written whole (temporary file, then rename) as the run goes, at its end, and
+  when it is interrupted or fails; a damaged one is ignored with a warning naming it (every
+  output is made again). Leftover .part files of a killed run are deleted at the start.
 - One run per OUT_DIR at a time: a run holds OUT_DIR/.lock throughout, and a second one
   started meanwhile stops at once (`error: ...` naming the first one's pid, exit status 2)
   instead of deleting the first one's .part files or moving them into place.
@@ -97,8 +98,10 @@ TARGET_RATE = SpectrogramParams().sample_rate
 SOX_ONLY_SUFFIXES = AUDIO_SUFFIXES - WAV_SUFFIXES
 PART_SUFFIX = ".part"  # a file being written; never a result
 SOURCES_NAME = ".sources.json"  # in the output folder: what each finished output was made from
-SOURCES_FORMAT = "preprocess/resample.py sources, version 1"
-RECORD_FIELDS = {"source": str, "size": int, "mtime_ns": int}
+SOURCES_FORMAT = "preprocess/resample.py sources, version 2"
+# version 1 lacked ctime_ns: its outputs are converted again, without a warning
+OLDER_SOURCES_FORMATS = ("preprocess/resample.py sources, version 1",)
+RECORD_FIELDS = {"source": str, "size": int, "mtime_ns": int, "ctime_ns": int}
 LOCK_NAME = ".lock"  # in the output folder, held by the run writing it
 
 
@@ -168,10 +171,17 @@ def outside(target: Path, into: Path) -> str | None:
 
 
 def made_from(source: Path) -> dict:
-    """The record of an output made from source as it is now: its resolved path, size and
-    modification time. An output is done while its record and its source's agree."""
+    """The record of an output made from source as it is now: its resolved path, size,
+    modification time and status-change time (which every write, and every new file, sets
+    to the clock, where a copy may keep the modification time). An output is done while its
+    record and its source's agree."""
     stat = source.stat()
-    return {"source": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {
+        "source": str(source.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+    }
 
 
 def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, str, dict]:
@@ -217,6 +227,8 @@ def read_sources(into: Path) -> dict[str, dict]:
         if not path.is_file():  # reading a pipe would wait forever
             raise ValueError(NOT_REGULAR)
         document = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(document, dict) and document.get("format") in OLDER_SOURCES_FORMATS:
+            return {}
         if not isinstance(document, dict) or document.get("format") != SOURCES_FORMAT:
             raise ValueError("not a record written by preprocess/resample.py")
         outputs = document.get("outputs")

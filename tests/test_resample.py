@@ -437,6 +437,47 @@ def test_a_recording_replaced_by_one_with_an_older_time_is_resampled_again(tmp_p
     assert (out_dir / "a.wav").stat().st_mtime_ns > 946684800 * 10**9  # its own: new to load_data
 
 
+def test_a_recording_replaced_by_one_of_the_same_size_and_time_is_resampled_again(tmp_path, capsys):
+    """Fixed-length clips of two tasks, as an archive leaves them: the same path, size and
+    modification time, other audio. The new file's status-change time tells them apart."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    wavfile.write(in_dir / "a.wav", 8000, np.zeros(800, np.int16))
+    os.utime(in_dir / "a.wav", (946684800, 946684800))
+    run = ["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]
+    assert resample.main(run) == 0
+    size = (in_dir / "a.wav").stat().st_size
+
+    time.sleep(0.01)  # a status-change time of its own, on coarse clocks too
+    wavfile.write(tmp_path / "other.wav", 8000, np.full(800, 1000, np.int16))
+    os.utime(tmp_path / "other.wav", (946684800, 946684800))
+    os.replace(tmp_path / "other.wav", in_dir / "a.wav")
+    assert (in_dir / "a.wav").stat().st_size == size
+    capsys.readouterr()
+    assert resample.main(run) == 0
+
+    assert "1 converted, 0 already done" in capsys.readouterr().out
+    assert read_16k(out_dir / "a.wav").max() > 0  # the new audio
+
+
+def test_a_record_of_the_older_version_converts_again_without_a_warning(tmp_path, capsys):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    write_task(in_dir, 800)
+    run = ["--soxr", "-j", "1", str(in_dir), str(out_dir)]
+    assert resample.main(run) == 0
+    record = json.loads((out_dir / ".sources.json").read_text())
+    record["format"] = "preprocess/resample.py sources, version 1"
+    for entry in record["outputs"].values():
+        del entry["ctime_ns"]
+    (out_dir / ".sources.json").write_text(json.dumps(record))
+    capsys.readouterr()
+
+    assert resample.main(run) == 0
+
+    out, err = capsys.readouterr()
+    assert "2 converted, 0 already done" in out and "warning" not in err
+
+
 ZIP_TIME = 315532800  # 1980-01-01, the time Python's zipfile gives every member by default
 
 
@@ -482,7 +523,12 @@ def test_an_unchanged_rerun_converts_nothing_and_an_unrecorded_output_once(tmp_p
     run = ["--soxr", "-j", "1", str(in_dir), str(out_dir)]
     assert resample.main(run) == 0
     assert sources_of(out_dir) == {
-        name: {"source": str((in_dir / name).resolve()), "size": 1644, "mtime_ns": ZIP_TIME * 10**9}
+        name: {
+            "source": str((in_dir / name).resolve()),
+            "size": 1644,
+            "mtime_ns": ZIP_TIME * 10**9,
+            "ctime_ns": (in_dir / name).stat().st_ctime_ns,
+        }
         for name in ("a.wav", "sub/b.wav")
     }
     written = times_of(out_dir)
