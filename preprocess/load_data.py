@@ -287,10 +287,11 @@ def _digest(value) -> str:
 
 def recording_key(recording: metadata.Recording, path: Path) -> str:
     """What one stored recording is made from besides the settings: its labels and its wav's
-    size and modification time, so a wav changed (or repaired) since gets a new key."""
+    size, modification and status-change times, so a wav changed (or repaired) since gets a
+    new key, and so does one replaced by a file of the same size and modification time."""
     try:
         status = path.stat()
-        stamp = [status.st_size, status.st_mtime_ns]
+        stamp = [status.st_size, status.st_mtime_ns, status.st_ctime_ns]
     except OSError:
         stamp = None
     return _digest([recording.media_id, recording.file, recording.class_id,

@@ -492,6 +492,16 @@ def test_a_repaired_or_changed_wav_is_extracted_again_and_the_rest_kept(
         short = list(dataset.recordings["file"]).index("short.wav")
         assert dataset.recordings["n_chunks"][short] == 2  # 7 s now, 0.1 s before
 
+    extracted.clear()  # another file of the same size and modification time in its place
+    status = (wav_dir / "short.wav").stat()
+    wavfile.write(tmp_path / "other.wav", RATE, tone_in_noise(7, 3))
+    os.utime(tmp_path / "other.wav", ns=(status.st_atime_ns, status.st_mtime_ns))
+    time.sleep(0.01)  # a status-change time of its own, on coarse clocks too
+    os.replace(tmp_path / "other.wav", wav_dir / "short.wav")
+    assert (wav_dir / "short.wav").stat().st_size == status.st_size
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    assert extracted == ["short.wav"]
+
 
 def interrupted_run(wav_dir, labels, out, monkeypatch, after: int, *options) -> None:
     """load_data stopped by Ctrl-C after extracting `after` recordings (a shard each)."""
