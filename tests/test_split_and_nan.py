@@ -1,5 +1,6 @@
-"""Every class keeps a training recording whatever the split draws; a diverged model (NaN
-predictions) ends training cleanly instead of crashing the MAP callback."""
+"""Every class keeps a training recording whatever the split draws; a class without any is
+named; a diverged model (NaN predictions) ends training cleanly instead of crashing the MAP
+callback."""
 
 import json
 
@@ -8,9 +9,11 @@ import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
+from preprocess.dataset import DatasetInfo, RecordingChunks, compress_chunks, open_dataset
+from tests.helpers import PARAMS, write_dataset
 from train import train_model
 from train.callbacks import MAPCallback, training_callbacks
-from train.data import ChunkBatches, SplitError, split_recordings
+from train.data import ChunkBatches, SplitError, check_labels, split_recordings
 
 
 def classes_without_training(labels: np.ndarray, split: dict[str, np.ndarray]) -> set[int]:
@@ -148,3 +151,20 @@ def test_a_run_that_diverges_stops_and_keeps_the_best_models(
     assert not (run_dir / "final.keras").exists()  # the diverged model is not kept
     inference = json.loads((run_dir / "inference.json").read_text())
     assert inference["model_file"] == "best_val_map.keras"
+
+
+def test_a_class_without_recordings_is_named_in_a_warning(tmp_path, caplog):
+    """A class whose every recording load_data skipped stays a model output: training says
+    so, naming it, and goes on."""
+    classes = ["aaa", "bbb", "ghost"]
+    items = [
+        RecordingChunks(f"m{i}", classes[i % 2], f"m{i}.wav", i % 2, np.zeros(3, np.uint8),
+                        PARAMS.chunk_frames, 1.0,
+                        compress_chunks(np.zeros((1, PARAMS.n_bins, PARAMS.chunk_frames),
+                                                 np.float32), "gzip"))
+        for i in range(4)
+    ]  # fmt: skip
+    write_dataset(tmp_path / "d.h5", DatasetInfo(PARAMS, classes, {}, {}, "gzip"), items)
+    with open_dataset(tmp_path / "d.h5") as dataset:
+        check_labels(dataset)
+    assert "1 of 3 classes have no recording" in caplog.text and "for ghost" in caplog.text

@@ -47,7 +47,9 @@ class TrainError(Exception):
 
 def check_labels(dataset: Dataset) -> None:
     """Refuse data that cannot train a classifier: fewer than two classes with labelled
-    recordings (a single class gives a MAP of 1.0 that means nothing)."""
+    recordings (a single class gives a MAP of 1.0 that means nothing). Warn of classes
+    without a recording (every one skipped by load_data, or given by --classes-from): the
+    model keeps an output for each that it never learns."""
     labels = dataset.recordings["label"]
     if not (labels >= 0).any():
         raise TrainError(
@@ -60,6 +62,20 @@ def check_labels(dataset: Dataset) -> None:
         raise TrainError(
             f"{dataset.path}: its labelled recordings are all of one class ({names[0]}); "
             "training needs at least two classes"
+        )
+    learnt = set(present.tolist())
+    empty = [name for i, name in enumerate(dataset.classes) if i not in learnt]
+    if empty:
+        shown = ", ".join(empty[:10]) + (
+            f", ... ({len(empty) - 10} more)" if len(empty) > 10 else ""
+        )
+        logger.warning(
+            "%d of %d classes have no recording in %s (load_data skipped every one, or "
+            "--classes-from gave the class): the model keeps an output it never learns for %s",
+            len(empty),
+            len(dataset.classes),
+            dataset.path,
+            shown,
         )
 
 
