@@ -287,31 +287,34 @@ def audio_files(
     """Audio files given directly or found (recursively, sorted) in folders.
 
     In a folder, files in an excluded folder (predict's own cache, when it lies in the audio
-    folder) and hidden files and folders (`.x.wav.part` being written) are not inputs; entries
-    named like audio that are not regular files (a pipe, which reading would wait on forever,
-    a device, a broken link) are added to irregular (when given), not read. A path given
-    directly must be a regular file or a folder.
+    folder) are not inputs, nor are hidden files and folders (a Mac's `._x.wav` copies,
+    `.x.wav.part` being written) and files not named like audio (AUDIO_SUFFIXES): both are
+    logged, by name, not read. Entries named like audio that are not regular files (a pipe,
+    which reading would wait on forever, a device, a broken link) are added to irregular
+    (when given), not read. A path given directly must be a regular file or a folder.
     """
     excluded = [path.resolve() for path in exclude]
 
-    def is_input(file: Path, folder: Path) -> bool:
+    def in_cache(file: Path) -> bool:
         where = file.parent.resolve()  # not the file's: a cache may hold links to the inputs
-        return not (
-            any(part.startswith(".") for part in file.relative_to(folder).parts)
-            or any(where == path or path in where.parents for path in excluded)
-        )
+        return any(where == path or path in where.parents for path in excluded)
 
     files = []
     for path in paths:
         if path.is_dir():
-            named = [
-                p
-                for p in files_under(path)  # linked folders too, as training's metadata finds
-                if p.suffix.lower() in AUDIO_SUFFIXES and is_input(p, path)
-            ]
+            named, hidden, other = [], [], []
+            for file in files_under(path):  # linked folders too, as training's metadata finds
+                if in_cache(file):
+                    continue
+                is_audio = file.suffix.lower() in AUDIO_SUFFIXES
+                if any(part.startswith(".") for part in file.relative_to(path).parts):
+                    hidden += [file] if is_audio else []
+                else:
+                    (named if is_audio else other).append(file)
             files += [p for p in named if p.is_file()]
             if irregular is not None:
-                irregular += [p for p in named if not p.is_file() and not p.is_dir()]
+                irregular += [p for p in named if not p.is_file()]
+            log_not_read(path, hidden, other)
         elif path.is_file():
             files.append(path)
         elif os.path.lexists(path):
@@ -319,6 +322,32 @@ def audio_files(
         else:
             raise PredictError(f"{path}: no such file or folder")
     return files
+
+
+def log_not_read(folder: Path, hidden: list[Path], other: list[Path]) -> None:
+    """Say which files of folder are not inputs: hidden ones named like audio (a warning), and
+    those of other types (audio SoX reads under another extension is given by file name)."""
+
+    def names(files: list[Path]) -> str:
+        shown = ", ".join(shown_name(str(file.relative_to(folder))) for file in files[:5])
+        return shown + (f", ... ({len(files) - 5} more)" if len(files) > 5 else "")
+
+    if hidden:
+        logger.warning(
+            "%s: %d hidden audio file(s) not read (names starting with '.': a Mac's ._ copies, "
+            "files being written): %s",
+            folder,
+            len(hidden),
+            names(hidden),
+        )
+    if other:
+        logger.info(
+            "%s: %d file(s) not named like audio (%s) not read: %s",
+            folder,
+            len(other),
+            " ".join(sorted(AUDIO_SUFFIXES)),
+            names(other),
+        )
 
 
 def valid_media_ids(items: list[AudioItem]) -> tuple[list[AudioItem], list[str]]:

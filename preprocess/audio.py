@@ -29,7 +29,19 @@ INT16_FULL_SCALE = 32768.0
 # Every audio format the pipeline takes (SoX reads them all; without SoX only wav): the one
 # list for metadata matching, the resampler (Python and shell) and prediction.
 WAV_SUFFIXES = frozenset({".wav", ".wave"})
-AUDIO_SUFFIXES = WAV_SUFFIXES | {".flac", ".mp3", ".ogg", ".oga", ".aif", ".aiff", ".au"}
+AUDIO_SUFFIXES = WAV_SUFFIXES | {
+    ".flac",
+    ".mp3",
+    ".ogg",
+    ".oga",
+    ".aif",
+    ".aiff",
+    ".aifc",
+    ".au",
+    ".caf",
+    ".w64",
+    ".wv",
+}
 
 
 class AudioError(ValueError):

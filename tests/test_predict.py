@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import re
 import shutil
@@ -277,10 +278,10 @@ def test_clear_errors_for_missing_run_folder_model_and_audio(run_dir, tmp_path, 
     assert find_audio([empty]) == []
 
 
-def test_audio_in_linked_folders_is_found_as_training_finds_it(tmp_path):
+def test_audio_in_linked_folders_is_found_as_training_finds_it(tmp_path, caplog):
     """A test folder may gather recordings by links to folders (as a training folder may):
-    they are walked, once each; hidden files and folders and folders named like audio are not
-    inputs."""
+    they are walked, once each; hidden files and folders, folders named like audio and files
+    of other types are not inputs, and are named in the log."""
     elsewhere, folder = tmp_path / "elsewhere", tmp_path / "test"
     (elsewhere / "site").mkdir(parents=True)
     wavfile.write(elsewhere / "site" / "b.wav", 16000, np.zeros(1600, np.int16))
@@ -291,8 +292,12 @@ def test_audio_in_linked_folders_is_found_as_training_finds_it(tmp_path):
     (folder / "site").symlink_to(elsewhere / "site")
     (folder / "again").symlink_to(elsewhere / "site")  # the same folder twice: walked once
     (folder / "loop").symlink_to(folder)
+    (folder / "notes.txt").write_text("my notes")
+    caplog.set_level(logging.INFO)
     found = {item.media_id: item.path for item in find_audio([folder])}
     assert found == {"a": folder / "a.wav", "b": folder / "again" / "b.wav"}
+    assert "2 hidden audio file(s) not read" in caplog.text and ".hidden/c.wav" in caplog.text
+    assert "1 file(s) not named like audio" in caplog.text and "notes.txt" in caplog.text
 
 
 def test_wav_blocks_are_read_wav_in_pieces(tmp_path):

@@ -129,7 +129,7 @@ def test_script_output_is_repeatable_to_the_bit(inputs, tmp_path):
 
 
 @needs_sox
-@pytest.mark.parametrize("extension", ["mp3", "ogg"])
+@pytest.mark.parametrize("extension", ["mp3", "ogg", "wv"])
 def test_script_reads_compressed_formats(tmp_path, extension):
     in_dir = tmp_path / "in"
     in_dir.mkdir()
