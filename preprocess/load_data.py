@@ -111,6 +111,7 @@ class Extracted(NamedTuple):
     duration_s: float
     sample_rate: int  # of the wav file
     error: str | None  # why the file was skipped, None when it was not
+    emptied: bool = False  # sound, of which the noise filter left nothing: chunks all equal
 
 
 def extract_recording(path: Path, params: SpectrogramParams, compression: str) -> Extracted:
@@ -139,7 +140,8 @@ def extract_recording(path: Path, params: SpectrogramParams, compression: str) -
         return Extracted([], 0, 0.0, 0, error.reason)
     if reason:
         return Extracted([], 0, 0.0, 0, reason)
-    return Extracted(stored, n_frames, recording.seconds, recording.sample_rate, None)
+    emptied = not lowest < highest
+    return Extracted(stored, n_frames, recording.seconds, recording.sample_rate, None, emptied)
 
 
 class Task(NamedTuple):
@@ -158,6 +160,7 @@ class Outcome(NamedTuple):
     duration_s: float
     sample_rate: int  # of the wav file
     error: str | None  # why the file was skipped, None when it was not
+    emptied: bool  # as `Extracted.emptied`
 
 
 def extract_into_shard(task: Task, info: DatasetInfo) -> list[Outcome]:
@@ -331,6 +334,7 @@ class Summary:
     audio_s: float = 0.0  # audio extracted by this run
     resampled: dict[int, int] = dataclasses.field(default_factory=dict)  # sample rate -> files
     skipped: dict[str, list[str]] = dataclasses.field(default_factory=lambda: defaultdict(list))
+    emptied: list[str] = dataclasses.field(default_factory=list)  # kept, chunks all equal
     seconds: float = 0.0
 
     def skip(self, reason: str, name: str) -> None:
@@ -350,6 +354,11 @@ class Summary:
         if self.resampled:
             rates = ", ".join(f"{n} at {rate} Hz" for rate, n in sorted(self.resampled.items()))
             lines.append(f"  resampled   in-process: {rates}")
+        if self.emptied:
+            lines.append(
+                f"  emptied     {len(self.emptied)} recording(s) of which the noise filter left "
+                f"nothing (kept, as in 2016: every chunk all zeros): {first_names(self.emptied)}"
+            )
         total = sum(len(names) for names in self.skipped.values())
         lines.append(f"  skipped     {total} file(s)" + (":" if total else ""))
         lines += [f"    {line}" for line in self.skipped_lines()]
@@ -357,13 +366,15 @@ class Summary:
 
     def skipped_lines(self) -> list[str]:
         """'N reason: the first five names, ... (M more)' per reason a file was skipped."""
-        lines = []
-        for reason, names in self.skipped.items():
-            shown = ", ".join(names[:5]) + (
-                f", ... ({len(names) - 5} more)" if len(names) > 5 else ""
-            )
-            lines.append(f"{len(names):6d} {reason}: {shown}")
-        return lines
+        return [
+            f"{len(names):6d} {reason}: {first_names(names)}"
+            for reason, names in self.skipped.items()
+        ]
+
+
+def first_names(names: list[str]) -> str:
+    """The first five names, and how many more there are."""
+    return ", ".join(names[:5]) + (f", ... ({len(names) - 5} more)" if len(names) > 5 else "")
 
 
 def parse_xml_in_workers(paths: list[Path], workers: int) -> list[metadata.Recording | str]:
@@ -578,6 +589,8 @@ def count_outcomes(
             rate = outcome.sample_rate
             summary.resampled[rate] = summary.resampled.get(rate, 0) + 1
         summary.audio_s += outcome.duration_s
+        if outcome.emptied:
+            summary.emptied.append(str(path))
         extracted = dataclasses.replace(
             recording, n_frames=outcome.n_frames, duration_s=outcome.duration_s
         )

@@ -126,6 +126,13 @@ def test_csv_rows_are_the_recordings_chunks_in_order(csv_job, tmp_path, capsys):
         assert np.isfinite(dataset.X[:]).all()  # digital silence included
     report = capsys.readouterr().out
     assert "recordings  4" in report and "skipped     0" in report
+    # the faint hiss and the 0.1 s tone: kept as in 2016, all zeros, and named
+    emptied = next(line for line in report.splitlines() if "emptied" in line)
+    assert "2 recording(s)" in emptied and "short.wav" in emptied and "silent.wav" in emptied
+    with open_dataset(out) as dataset:
+        for index in (1, 2):
+            first, n = dataset.recordings["first_row"][index], dataset.recordings["n_chunks"][index]
+            assert not dataset.X[first : first + n].any()
 
 
 def first_task_finishes_last(task, info):
