@@ -26,9 +26,11 @@ not return scores 0, and so does every recording of the truth missing from the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,6 +197,32 @@ def chance_map(n_classes: int) -> float:
     return float(np.sum(1.0 / np.arange(1, n_classes + 1)) / n_classes)
 
 
+def same_normalisation(
+    entries: list[RunEntry], truth: Truth, model_classes: list[str] | None
+) -> tuple[list[RunEntry], Truth, list[str] | None]:
+    """The run, truth and classes with every MediaId and class id in Unicode NFC, so that a
+    name typed on one system matches a file name of another (a Mac writes é as e and an
+    accent, NFD). TruthError where two truth MediaIds become one."""
+
+    def nfc(text: str) -> str:
+        return unicodedata.normalize("NFC", text)
+
+    foreground = {nfc(media_id): nfc(class_id) for media_id, class_id in truth.foreground.items()}
+    if len(foreground) != len(truth.foreground):
+        raise TruthError("two MediaIds of the ground truth differ only in Unicode normalisation")
+    normalised = Truth(
+        foreground,
+        {nfc(m): [nfc(c) for c in classes] for m, classes in truth.background.items()},
+        truth.unmapped_background,
+    )
+    entries = [
+        dataclasses.replace(entry, media_id=nfc(entry.media_id), class_id=nfc(entry.class_id))
+        for entry in entries
+    ]
+    classes = [nfc(class_id) for class_id in model_classes] if model_classes else model_classes
+    return entries, normalised, classes
+
+
 def score(entries: list[RunEntry], truth: Truth, model_classes: list[str] | None = None) -> dict:
     """Official scores of a validated run against the truth, with counts and warnings.
 
@@ -338,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         entries = read_run_file(args.run_file)
         truth = read_truth(args.truth, args.names_xml_dir)
         model_classes = run_classes(args.classes) if args.classes else None
+        entries, truth, model_classes = same_normalisation(entries, truth, model_classes)
         results = score(entries, truth, model_classes)
         print(report(results))
         _warn(results)

@@ -25,6 +25,7 @@ import io
 import logging
 import re
 import sys
+import unicodedata
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -437,7 +438,8 @@ def match_audio(
     """Keep the recordings whose wav exists under wav_dir; report both kinds of mismatch.
 
     Returns (present, messages): one message per recording without its wav (left out) and per
-    wav without a recording (ignored). An extension in another case (x.WAV) still matches;
+    wav without a recording (ignored). An extension in another case (x.WAV) still matches,
+    and so does a name in another Unicode normalisation (a Mac writes é as e and an accent);
     the returned recording then names the file as it is on disk.
     """
     wav_dir = Path(wav_dir)
@@ -448,16 +450,20 @@ def match_audio(
         for rel in (p.relative_to(wav_dir).as_posix() for p in files_under(wav_dir))
         if PurePosixPath(rel).suffix.lower() == ".wav" and (wav_dir / rel).is_file()
     }
-    present, messages = [], []
+    by_nfc = {unicodedata.normalize("NFC", name): name for name in on_disk}
+    present, messages, referenced = [], [], set()
     for recording in recordings:
-        if recording.file in on_disk:
-            present.append(replace(recording, file=on_disk[recording.file]))
+        name = recording.file
+        if name not in on_disk:
+            name = by_nfc.get(unicodedata.normalize("NFC", name), name)
+        if name in on_disk:
+            present.append(replace(recording, file=on_disk[name]))
+            referenced.add(name)
         else:
             messages.append(
                 f"{shown_name(str(wav_dir / recording.file))}: no wav for MediaId "
                 f"{recording.media_id}; left out"
             )
-    referenced = {recording.file for recording in recordings}
     messages += [
         f"{shown_name(str(wav_dir / on_disk[name]))}: wav without metadata; ignored"
         for name in sorted(on_disk.keys() - referenced)

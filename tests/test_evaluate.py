@@ -2,6 +2,7 @@
 
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -188,6 +189,19 @@ def test_cli_prints_foreground_map_first(tmp_path, capsys):
     assert lines[0] == "MAP (foreground): 0.7500"
     assert lines[1] == "MAP (with background): 0.7917"  # (1 + (1/2 + 2/3) / 2) / 2
     assert lines[2] == "top-1 accuracy: 0.5000"
+
+
+def test_media_ids_match_whatever_their_unicode_normalisation(tmp_path, capsys):
+    """A run file from files named on a Mac (NFD: e and a combining accent) scores against a
+    truth typed elsewhere (NFC)."""
+    nfd, nfc = unicodedata.normalize("NFD", "Grünfink café"), "Grünfink café"
+    assert nfd != nfc
+    run = write_run(tmp_path / "run.csv", {nfd: [0.1, 0.2, 0.3, 0.4], "2": [0.4, 0.3, 0.2, 0.1]})
+    truth_path = tmp_path / "truth.csv"
+    truth_path.write_text(f"{nfc};dddddd;\n2;aaaaaa;\n", encoding="utf-8")
+    main(["--run-file", str(run), "--truth", str(truth_path)])
+    out = capsys.readouterr().out
+    assert "MAP (foreground): 1.0000" in out and "0 missing from the run file" in out
 
 
 def test_cli_reports_a_bad_run_file_by_line(tmp_path, capsys):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -338,6 +339,18 @@ def test_match_audio_reports_both_directions(tmp_path):
     assert len(messages) == 2
     assert "3.wav: no wav for MediaId 3" in messages[0]
     assert "orphan.wav: wav without metadata" in messages[1]
+
+
+def test_match_audio_finds_a_name_in_another_unicode_normalisation(tmp_path):
+    """A CSV typed with é (NFC) names a file a Mac wrote as e and an accent (NFD)."""
+    on_disk = unicodedata.normalize("NFD", "Grünfink café.wav")
+    write(tmp_path / on_disk, "")
+    table = [Recording("Grünfink café", "Grünfink café.wav")]
+
+    present, messages = match_audio(table, tmp_path)
+
+    assert [(r.media_id, r.file) for r in present] == [("Grünfink café", on_disk)]
+    assert messages == []
 
 
 def test_real_fsdd_metadata(shared_data):
