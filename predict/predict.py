@@ -36,7 +36,7 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -264,20 +264,29 @@ def find_audio(
     paths: Iterable[Path], exclude: Iterable[Path] = (), skipped: list[str] | None = None
 ) -> list[AudioItem]:
     """Audio files given directly or found (recursively) in folders (`audio_files`); MediaId
-    = file stem, which two files may not share. skipped, when given, gets a message for each
-    entry named like audio that is not a regular file (a pipe, a device, a broken link)."""
-    items, seen = [], {}
+    = file stem, or, for a name that files in several folders share (yes/0a7c.wav and
+    no/0a7c.wav, as Speech Commands has them), the path in its folder without its extension
+    (yes/0a7c), as training names them; two files may not share a MediaId. skipped, when
+    given, gets a message for each entry named like audio that is not a regular file (a pipe,
+    a device, a broken link)."""
     irregular: list[Path] = []
-    files = audio_files(paths, exclude, irregular)
+    found: list[tuple[Path, PurePosixPath]] = []  # (file, its path in the folder given)
+    for path in paths:
+        for file in audio_files([path], exclude, irregular):
+            inside = file.relative_to(path) if path.is_dir() else Path(file.name)
+            found.append((file, PurePosixPath(inside.as_posix())))
     if skipped is not None:
         skipped += [f"{shown_name(str(path))}: {NOT_REGULAR}" for path in irregular]
-    for file in files:
-        if file.stem in seen:
+    stems = Counter(file.stem for file, _ in found)
+    items, seen = [], {}
+    for file, inside in found:
+        media_id = file.stem if stems[file.stem] == 1 else str(inside.with_suffix(""))
+        if media_id in seen:
             raise PredictError(
-                f"two files give MediaId {file.stem!r}: {seen[file.stem]} and {file}; rename one"
+                f"two files give MediaId {media_id!r}: {seen[media_id]} and {file}; rename one"
             )
-        seen[file.stem] = file
-        items.append(AudioItem(file.stem, file))
+        seen[media_id] = file
+        items.append(AudioItem(media_id, file))
     return items
 
 

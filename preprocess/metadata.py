@@ -211,6 +211,21 @@ def parse_csv_row(row: dict[str, str | None], source: str = "<csv>") -> Recordin
     )
 
 
+def told_apart_by_path(recordings: list[Recording], named_by_stem: list[bool]) -> list[Recording]:
+    """The recordings, those whose MediaId is their file name (named_by_stem) and shared by
+    another (yes/0a7c_0.wav, no/0a7c_0.wav, as Speech Commands has it) named by their path
+    without its extension instead (yes/0a7c_0), as prediction names them."""
+    stems = Counter(
+        r.media_id for r, by_stem in zip(recordings, named_by_stem, strict=True) if by_stem
+    )
+    return [
+        replace(r, media_id=str(PurePosixPath(r.file).with_suffix("")))
+        if by_stem and stems[r.media_id] > 1
+        else r
+        for r, by_stem in zip(recordings, named_by_stem, strict=True)
+    ]
+
+
 def check_unique_media_ids(recordings: list[Recording], origins: list[str]) -> None:
     """Raise MetadataError naming both origins (files, CSV lines) of a MediaId seen twice."""
     origin_of: dict[str, str] = {}
@@ -354,6 +369,8 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
     origins = [origin for origin, _ in rows]
     if not recordings:
         raise MetadataError(f"{csv_path}: no recordings")
+    named_by_stem = [not (row.get("media_id") or "").strip() for _, row in rows]
+    recordings = told_apart_by_path(recordings, named_by_stem)
     check_unique_media_ids(recordings, origins)
     rows_of_file: dict[str, list[str]] = {}
     for recording, origin in zip(recordings, origins, strict=True):
@@ -419,15 +436,7 @@ def read_class_folders(root: str | Path) -> list[Recording]:
         origins.append(str(path))
     if not recordings:
         raise MetadataError(f"{root}: no audio files in class folders")
-    # one name in several folders (yes/0a7c_0.wav, no/0a7c_0.wav, as Speech Commands has it):
-    # those recordings are told apart by their path, without its extension
-    stems = Counter(recording.media_id for recording in recordings)
-    recordings = [
-        replace(r, media_id=str(PurePosixPath(r.fields["file"]).with_suffix("")))
-        if stems[r.media_id] > 1
-        else r
-        for r in recordings
-    ]
+    recordings = told_apart_by_path(recordings, [True] * len(recordings))
     check_unique_media_ids(recordings, origins)
     return recordings
 

@@ -202,7 +202,8 @@ def test_csv_with_optional_columns(tmp_path):
         ("file,label\n", "no recordings"),
         ("file,label\na.wav,x\n,y\n", "line 3: empty 'file'"),
         ("file,label\na.wav,x,extra\n", "line 2: more values"),
-        ("file,label\nd1/a.wav,x\nd2/a.wav,y\n", "'a' appears twice.*line 2.*line 3"),
+        ("file,label,media_id\nd1/a.wav,x,a\nd2/b.wav,y,a\n", "'a' appears twice.*line 2.*line 3"),
+        ("file,label\nd1/a.wav,x\nd1/a.wav,y\n", "'d1/a' appears twice.*line 2.*line 3"),
         ("file,label\na.wav,x\nb\0.wav,y\n", r"line 3: 'file' 'b\\x00\.wav' holds a NUL byte"),
         ("file,label\na.wav,o\0wl\n", "line 2: 'label' .* holds a NUL byte"),
         ("file,label,media_id\na.wav,x,\0\n", "line 2: 'media_id' .* holds a NUL byte"),
@@ -326,6 +327,15 @@ def test_selections():
     assert ids(select(table, top_n=1)) == ["1", "2"]
     # background first, then top-N: 'b' (2 left) beats 'a' (1 left)
     assert ids(select(table, top_n=1, no_background=True)) == ["3", "4"]
+
+
+def test_csv_files_of_one_name_in_two_folders_are_told_apart_by_path(tmp_path):
+    """As class folders (Speech Commands): a file name in two folders, without a media_id
+    column, names its recordings by their paths; a MediaId given is kept."""
+    path = write(
+        tmp_path / "labels.csv", "file,label\nyes/0a7c.wav,yes\nno/0a7c.wav,no\nb.wav,no\n"
+    )
+    assert [r.media_id for r in read_csv(path)] == ["yes/0a7c", "no/0a7c", "b"]
 
 
 def test_match_audio_reports_both_directions(tmp_path):

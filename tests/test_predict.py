@@ -300,6 +300,19 @@ def test_audio_in_linked_folders_is_found_as_training_finds_it(tmp_path, caplog)
     assert "1 file(s) not named like audio" in caplog.text and "notes.txt" in caplog.text
 
 
+def test_files_of_one_name_in_two_folders_are_told_apart_by_path(tmp_path):
+    """As training names them (Speech Commands: yes/0a7c.wav, no/0a7c.wav); the same path in
+    two folders given is an error naming both."""
+    for name in ("yes/0a7c.wav", "no/0a7c.wav", "b.wav"):
+        (tmp_path / "test" / name).parent.mkdir(parents=True, exist_ok=True)
+        wavfile.write(tmp_path / "test" / name, 16000, np.zeros(1600, np.int16))
+    items = find_audio([tmp_path / "test"])
+    assert sorted(item.media_id for item in items) == ["b", "no/0a7c", "yes/0a7c"]
+    shutil.copytree(tmp_path / "test", tmp_path / "again")
+    with pytest.raises(PredictError, match="two files give MediaId 'b'"):
+        find_audio([tmp_path / "test", tmp_path / "again"])
+
+
 def test_wav_blocks_are_read_wav_in_pieces(tmp_path):
     mono, stereo = tmp_path / "mono.wav", tmp_path / "stereo.wav"
     samples = (song(3.0) + 0.5).astype(np.int16)
