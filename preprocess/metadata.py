@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 IGNORED_FOLDER = "__MACOSX"  # a Mac zip's resource forks (`._<name>`), never recordings
 CSV_LINE_END = re.compile(r"\r\n|\r|\n")  # what ends a line for csv's line_num
+WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")  # C:\clips\a.wav
 
 
 class MetadataError(ValueError):
@@ -196,6 +197,11 @@ def parse_csv_row(row: dict[str, str | None], source: str = "<csv>") -> Recordin
     file = (row.get("file") or "").strip()
     if not file:
         raise MetadataError(f"{source}: empty 'file'")
+    if PurePosixPath(file.replace("\\", "/")).is_absolute() or WINDOWS_DRIVE.match(file):
+        raise MetadataError(
+            f"{source}: 'file' {file!r} is an absolute path: give the files relative to the "
+            "audio folder (doall.sh --audio-dir, load_data.py --wav-dir)"
+        )
     label = (row.get("label") or "").strip() or None
     media_id = (row.get("media_id") or "").strip()
     check_names({"'file'": file, "'label'": label, "'media_id'": media_id}, source)

@@ -211,7 +211,9 @@ def test_csv_with_optional_columns(tmp_path):
         ('file,label\nz.wav,q\n"a.wav,x\nb.wav,y\nc.wav",z\n', "lines 3-5: 'file' .* line break"),
         ('file,label\nz.wav,q\n"a.wav,x\n' + "b.wav,y\n" * 20_000, "line 3: field larger"),
         ("file,label\n..,x\n", "line 2: file name '..' names no file"),
-        ("file,label\n/,x\n", "line 2: file name '/' names no file"),
+        ("file,label\n/,x\n", "line 2: 'file' '/' is an absolute path"),
+        ("file,label\n/data/clips/a.wav,x\n", "line 2: .* absolute path: give the files relative"),
+        ("file,label\nC:\\clips\\a.wav,x\n", "line 2: .* is an absolute path"),
         ("file,label\na.wav,x;y\n", "line 2: 'label' 'x;y' holds ';'"),
     ],
 )
