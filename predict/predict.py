@@ -107,6 +107,14 @@ class PredictError(Exception):
     """Input that prediction cannot work with; the message says which and why."""
 
 
+class NothingRead(PredictError):
+    """No recording could be read: the message names the first ones, each with why."""
+
+    def __init__(self, skipped: list[str]):
+        self.skipped = skipped
+        super().__init__("no recording could be read: " + "; ".join(skipped[:5]))
+
+
 @dataclass
 class Run:
     """A trained run folder, loaded."""
@@ -716,7 +724,7 @@ def predict(
             written += 1
             progress.update()
         if not written:
-            raise PredictError("no recording could be read: " + "; ".join(skipped[:5]))
+            raise NothingRead(skipped)
     return written, skipped
 
 
@@ -979,17 +987,22 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
     cores = os.cpu_count() or 1
     items, failed = resample_items(items, work_dir, run.params.sample_rate, args.workers or cores)
     skipped += failed
-    written, failed = predict(
-        run,
-        items,
-        args.out,
-        top_k=args.top_k,
-        batch_size=args.batch_size,
-        soundscape=args.soundscape,
-        human_csv=args.human_csv,
-        outputs=outputs,
-        workers=extraction_workers(args.workers, model_on_gpu=bool(list_devices("gpu"))),
-    )
+    if not items:
+        raise NothingRead(skipped)
+    try:
+        written, failed = predict(
+            run,
+            items,
+            args.out,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            soundscape=args.soundscape,
+            human_csv=args.human_csv,
+            outputs=outputs,
+            workers=extraction_workers(args.workers, model_on_gpu=bool(list_devices("gpu"))),
+        )
+    except NothingRead as error:  # name the files that failed earlier too
+        raise NothingRead([*skipped, *error.skipped]) from None
     return written, skipped + failed
 
 

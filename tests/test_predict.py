@@ -313,6 +313,21 @@ def test_files_of_one_name_in_two_folders_are_told_apart_by_path(tmp_path):
         find_audio([tmp_path / "test", tmp_path / "again"])
 
 
+def test_when_nothing_can_be_read_the_error_names_every_kind_of_failure(run_dir, tmp_path, capsys):
+    """A file that cannot be resampled and one of digital silence: both named, where the
+    resampling failures were once left out of the message (or left it empty)."""
+    for folder in ("only broken", "both"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "broken.wav").write_text("not audio")
+    wavfile.write(tmp_path / "both" / "silent.wav", 16000, np.zeros(16000, np.int16))
+    for folder, names in (("only broken", ["broken.wav"]), ("both", ["broken.wav", "silent.wav"])):
+        with pytest.raises(SystemExit):
+            predict_cli("--run", run_dir, "--audio", tmp_path / folder, "--out", tmp_path / "r.csv")
+        error = capsys.readouterr().err
+        line = next(line for line in error.splitlines() if "no recording could be read" in line)
+        assert all(name in line for name in names), line
+
+
 def test_wav_blocks_are_read_wav_in_pieces(tmp_path):
     mono, stereo = tmp_path / "mono.wav", tmp_path / "stereo.wav"
     samples = (song(3.0) + 0.5).astype(np.int16)
