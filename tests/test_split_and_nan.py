@@ -40,7 +40,8 @@ def test_an_unstratified_draw_leaves_every_class_a_training_recording(caplog):
         assert len(split["val"]) == 5 and len(split["test"]) == 0
         again = split_recordings(labels, 0.25, 0.0, seed)
         assert all(np.array_equal(split[name], again[name]) for name in split)
-    assert "NOT stratified" in caplog.text and "stays in training" in caplog.text
+    assert "validation split of 5 recordings is NOT stratified" in caplog.text
+    assert "stays in training" in caplog.text
 
 
 def test_a_stratified_draw_leaves_a_small_class_a_training_recording(caplog):

@@ -118,15 +118,16 @@ def split_recordings(
     def size(fraction: float) -> int:
         return max(1, round(fraction * len(labelled))) if fraction > 0 else 0
 
-    rest, test = _draw(labelled, labels, size(test_fraction), seed)
-    train, val = _draw(rest, labels, size(val_fraction), seed)
+    rest, test = _draw(labelled, labels, size(test_fraction), seed, "test")
+    train, val = _draw(rest, labels, size(val_fraction), seed, "validation")
     return {"train": train, "val": val, "test": test}
 
 
 def _draw(
-    indices: np.ndarray, labels: np.ndarray, size: int, seed: int
+    indices: np.ndarray, labels: np.ndarray, size: int, seed: int, name: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw `size` of `indices` (recordings), stratified by label when sklearn can.
+    """Draw `size` of `indices` (recordings) for the split `name`, stratified by label when
+    sklearn can.
 
     Every class keeps at least one recording undrawn: the last of its class among `indices`
     is never drawn, and where a draw took every recording of a class, one goes back in
@@ -150,8 +151,10 @@ def _draw(
         )
     except ValueError as reason:  # e.g. fewer recordings drawn than there are classes
         logger.warning(
-            "the split of %d recordings is NOT stratified (%s): some classes may be missing "
-            "from validation or test (each keeps a recording for training)",
+            "the %s split of %d recordings is NOT stratified (scikit-learn: %s, counting the "
+            "classes with two or more recordings): some classes may be missing from it (each "
+            "keeps a recording for training)",
+            name,
             size,
             reason,
         )
