@@ -456,8 +456,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, scores in metrics["models"].items():
         print(
             f"test {name}.keras (epoch {scores['epoch']}): MAP {scores['map']:.4f} "
-            f"(with background species {scores['map_bg']:.4f}), accuracy "
-            f"{scores['accuracy']:.4f}, chunk AP {scores['chunk_ap']:.4f}"
+            f"(with background species {scores['map_bg']:.4f}), top-1 accuracy "
+            f"{scores['recording_accuracy']:.4f} (per chunk {scores['accuracy']:.4f}), "
+            f"chunk AP {scores['chunk_ap']:.4f}"
         )
     print(f"run folder: {args.out}")
     return 0
