@@ -42,7 +42,7 @@ import unicodedata
 import uuid
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
@@ -82,7 +82,7 @@ from preprocess.params import (
     PADDINGS,
     SpectrogramParams,
 )
-from preprocess.paths import OutputPathError, check_output, is_hdf5
+from preprocess.paths import OutputPathError, check_output, is_hdf5, shown_name
 from preprocess.spectrogram import check_front_end, frames_for_seconds
 from preprocess.workers import WorkerLost, keep_freed_memory, run_in_workers
 
@@ -406,14 +406,14 @@ def read_metadata(args, summary: Summary) -> tuple[list[metadata.Recording], dic
         kind, where = "class-folders", args.wav_dir
     for message in messages:  # "skipped PATH: why"
         summary.skip("unusable XML", message.removeprefix("skipped "))
-    present, unmatched = metadata.match_audio(recordings, args.wav_dir)
-    found = {r.media_id for r in present}
-    for recording in recordings:
-        if recording.media_id not in found:
-            reason = "XML without wav" if kind == "birdclef-xml" else "missing wav"
-            summary.skip(reason, str(args.wav_dir / recording.file))
-    for message in unmatched[len(recordings) - len(present) :]:  # after the missing ones
-        summary.skip("wav without metadata (not used)", message.split(": wav without")[0])
+    present, missing, unused = metadata.match_audio(recordings, args.wav_dir)
+    for recording in missing:
+        reason = "XML without wav" if kind == "birdclef-xml" else "missing wav"
+        summary.skip(reason, shown_name(str(args.wav_dir / recording.file)))
+    for name in unused:
+        hidden = metadata.is_ignored(PurePosixPath(name))  # never a class folder's recording
+        reason = "hidden file (not used)" if hidden else "wav without metadata (not used)"
+        summary.skip(reason, shown_name(str(args.wav_dir / name)))
 
     selections = {
         "top_n": args.top_n,

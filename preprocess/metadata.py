@@ -30,6 +30,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 from xml.parsers.expat import ExpatError
 
 import xmltodict
@@ -447,15 +448,20 @@ def read_class_folders(root: str | Path) -> list[Recording]:
     return recordings
 
 
-def match_audio(
-    recordings: list[Recording], wav_dir: str | Path
-) -> tuple[list[Recording], list[str]]:
-    """Keep the recordings whose wav exists under wav_dir; report both kinds of mismatch.
+class Matched(NamedTuple):
+    """What `match_audio` found: both kinds of mismatch, for the caller to report."""
 
-    Returns (present, messages): one message per recording without its wav (left out) and per
-    wav without a recording (ignored). An extension in another case (x.WAV) still matches,
-    and so does a name in another Unicode normalisation (a Mac writes é as e and an accent);
-    the returned recording then names the file as it is on disk.
+    present: list[Recording]  # with its wav, named as it is on disk
+    missing: list[Recording]  # without its wav: left out
+    unused: list[str]  # wavs without a recording (paths in the wav folder): ignored
+
+
+def match_audio(recordings: list[Recording], wav_dir: str | Path) -> Matched:
+    """The recordings whose wav exists under wav_dir, and both kinds of mismatch.
+
+    An extension in another case (x.WAV) still matches, and so does a name in another Unicode
+    normalisation (a Mac writes é as e and an accent); the recording kept then names the file
+    as it is on disk.
     """
     wav_dir = Path(wav_dir)
     if not wav_dir.is_dir():
@@ -466,7 +472,7 @@ def match_audio(
         if PurePosixPath(rel).suffix.lower() == ".wav" and (wav_dir / rel).is_file()
     }
     by_nfc = {unicodedata.normalize("NFC", name): name for name in on_disk}
-    present, messages, referenced = [], [], set()
+    present, missing, referenced = [], [], set()
     for recording in recordings:
         name = recording.file
         if name not in on_disk:
@@ -475,12 +481,6 @@ def match_audio(
             present.append(replace(recording, file=on_disk[name]))
             referenced.add(name)
         else:
-            messages.append(
-                f"{shown_name(str(wav_dir / recording.file))}: no wav for MediaId "
-                f"{recording.media_id}; left out"
-            )
-    messages += [
-        f"{shown_name(str(wav_dir / on_disk[name]))}: wav without metadata; ignored"
-        for name in sorted(on_disk.keys() - referenced)
-    ]
-    return present, messages
+            missing.append(recording)
+    unused = [on_disk[name] for name in sorted(on_disk.keys() - referenced)]
+    return Matched(present, missing, unused)

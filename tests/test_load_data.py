@@ -278,13 +278,16 @@ def test_birdclef_folders_with_bad_inputs(tmp_path, capsys):
         assert set(dataset["ClassId"].asstr()[:]) == {""}
 
 
-def test_class_folders(tmp_path):
+def test_class_folders(tmp_path, capsys):
     wav_dir = tmp_path / "wav"
     wavs = make_wavs(tmp_path / "flat")
     for label, name in [("owl", "tone.wav"), ("wren", "long.wav"), ("wren", "short.wav")]:
         (wav_dir / label).mkdir(parents=True, exist_ok=True)
         wavfile.write(wav_dir / label / name, RATE, wavs[name])
+    wavfile.write(wav_dir / "owl" / "._tone.wav", RATE, wavs["tone.wav"])  # a Mac's copy
     assert load(wav_dir, ["--class-folders"], tmp_path / "out.h5") == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if "hidden" in line)
+    assert "1 hidden file (not used)" in line and "owl/._tone.wav" in line
     with open_dataset(tmp_path / "out.h5") as dataset:
         assert dataset.classes == ["owl", "wren"]
         assert list(dataset.recordings["file"]) == [

@@ -286,13 +286,13 @@ def test_class_folders_and_wavs_through_linked_folders(tmp_path):
     (tmp_path / "elsewhere/owl/loop").symlink_to(tmp_path / "root")  # walked once, no loop
 
     recordings = read_class_folders(tmp_path / "root")
-    present, messages = match_audio(recordings, tmp_path / "root")
+    matched = match_audio(recordings, tmp_path / "root")
 
     assert [(r.class_id, r.file) for r in recordings] == [
         ("lark", "lark/b.wav"),
         ("owl", "owl/a.wav"),
     ]
-    assert present == recordings and messages == []
+    assert matched.present == recordings and not matched.missing and not matched.unused
 
 
 def test_class_folders_duplicate_names_and_empty(tmp_path):
@@ -345,12 +345,10 @@ def test_match_audio_reports_both_directions(tmp_path):
         write(tmp_path / name, "")
     table = [recording("1", "a"), Recording("2", "sub/2.wav"), recording("3", "b")]
 
-    present, messages = match_audio(table, tmp_path)
+    present, missing, unused = match_audio(table, tmp_path)
 
     assert [(r.media_id, r.file) for r in present] == [("1", "1.wav"), ("2", "sub/2.WAV")]
-    assert len(messages) == 2
-    assert "3.wav: no wav for MediaId 3" in messages[0]
-    assert "orphan.wav: wav without metadata" in messages[1]
+    assert missing == [table[2]] and unused == ["orphan.wav"]
 
 
 def test_match_audio_finds_a_name_in_another_unicode_normalisation(tmp_path):
@@ -359,10 +357,10 @@ def test_match_audio_finds_a_name_in_another_unicode_normalisation(tmp_path):
     write(tmp_path / on_disk, "")
     table = [Recording("Grünfink café", "Grünfink café.wav")]
 
-    present, messages = match_audio(table, tmp_path)
+    present, missing, unused = match_audio(table, tmp_path)
 
     assert [(r.media_id, r.file) for r in present] == [("Grünfink café", on_disk)]
-    assert messages == []
+    assert missing == [] and unused == []
 
 
 def test_real_fsdd_metadata(shared_data):
@@ -374,6 +372,6 @@ def test_real_fsdd_metadata(shared_data):
     first = recordings[0]
     assert (first.media_id, first.file) == ("0_george_0", "recordings/0_george_0.wav")
     assert first.fields["speaker"] == "george" and first.fields["split"] == "test"
-    present, messages = match_audio(recordings, fsdd)
-    assert len(present) == 3000 and messages == []
+    present, missing, unused = match_audio(recordings, fsdd)
+    assert len(present) == 3000 and missing == [] and unused == []
     assert json.loads(json.dumps([r.fields for r in recordings[:3]]))  # plain JSON types
