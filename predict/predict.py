@@ -488,6 +488,15 @@ def resample_items(
     return ready, skipped
 
 
+@dataclass
+class PendingPiece:
+    """A piece whose chunks are in the model's batches: its softmax rows fill as they come."""
+
+    key: object
+    probs: np.ndarray  # (n, classes)
+    rows_left: int  # rows not predicted yet
+
+
 def predict_pieces(
     model, pieces: Iterable[tuple[object, np.ndarray]], batch_size: int
 ) -> Iterator[tuple[object, np.ndarray]]:
@@ -499,29 +508,29 @@ def predict_pieces(
     """
     n_classes = model.output_shape[-1]
     buffer: np.ndarray | None = None
-    routes: list[tuple[list, int]] = []  # per buffer row: its piece's entry, row in the piece
-    pending: deque[list] = deque()  # entries [key, probs, rows not yet predicted], in order
+    routes: list[tuple[PendingPiece, int]] = []  # per buffer row: its piece, row in the piece
+    pending: deque[PendingPiece] = deque()  # in order
 
     def run_batch() -> None:
         outputs = np.asarray(model.predict_on_batch(buffer))
-        for (entry, row), output in zip(routes, outputs, strict=False):
-            entry[1][row] = output
-            entry[2] -= 1
+        for (piece, row), output in zip(routes, outputs, strict=False):
+            piece.probs[row] = output
+            piece.rows_left -= 1
         routes.clear()
 
     def finished() -> Iterator[tuple[object, np.ndarray]]:
-        while pending and pending[0][2] == 0:
-            key, probs, _ = pending.popleft()
-            yield key, probs
+        while pending and pending[0].rows_left == 0:
+            piece = pending.popleft()
+            yield piece.key, piece.probs
 
     for key, chunks in pieces:
         if buffer is None:
             buffer = np.zeros((batch_size, *chunks.shape[1:], 1), dtype=np.float32)
-        entry = [key, np.empty((len(chunks), n_classes), dtype=np.float32), len(chunks)]
-        pending.append(entry)
+        piece = PendingPiece(key, np.empty((len(chunks), n_classes), np.float32), len(chunks))
+        pending.append(piece)
         for row, chunk in enumerate(chunks):
             buffer[len(routes), ..., 0] = chunk
-            routes.append((entry, row))
+            routes.append((piece, row))
             if len(routes) == batch_size:
                 run_batch()
         yield from finished()
