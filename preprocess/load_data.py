@@ -105,19 +105,30 @@ class LoadDataError(Exception):
 # Extraction (runs in the workers)
 
 
-class Extracted(NamedTuple):
-    chunks: list[StoredChunk]  # empty when skipped
-    n_frames: int
+class Outcome(NamedTuple):
+    """What extraction found of one recording besides its chunks (a worker reports it; the
+    chunks go into the task's shard)."""
+
+    n_chunks: int
+    n_frames: int  # after the noise filter
     duration_s: float
     sample_rate: int  # of the wav file
     error: str | None  # why the file was skipped, None when it was not
     emptied: bool = False  # sound, of which the noise filter left nothing: chunks all equal
 
 
-def extract_recording(path: Path, params: SpectrogramParams, compression: str) -> Extracted:
-    """One wav file -> its compressed chunks; an unusable file gives `error` instead, and so
-    does one that holds no sound: digital silence (every sample zero) or audio shorter than
-    one spectrogram window, whose chunks would train a label on nothing.
+def unusable(reason: str) -> tuple[list[StoredChunk], Outcome]:
+    """No chunks, and why."""
+    return [], Outcome(0, 0, 0.0, 0, reason)
+
+
+def extract_recording(
+    path: Path, params: SpectrogramParams, compression: str
+) -> tuple[list[StoredChunk], Outcome]:
+    """One wav file -> (its compressed chunks, `Outcome`); an unusable file gives no chunks
+    and the outcome's `error`, and so does one that holds no sound: digital silence (every
+    sample zero) or audio shorter than one spectrogram window, whose chunks would train a
+    label on nothing.
 
     `recording_chunks` (the same as prediction's) gives the chunks STREAM_PIECE_CHUNKS at a
     time, so a streamed long recording is held as compressed chunks only.
@@ -137,11 +148,14 @@ def extract_recording(path: Path, params: SpectrogramParams, compression: str) -
             stored += compress_chunks(piece, compression)
         reason = no_sound(path, recording.seconds, params, features_vary=lowest < highest)
     except AudioError as error:
-        return Extracted([], 0, 0.0, 0, error.reason)
+        return unusable(error.reason)
     if reason:
-        return Extracted([], 0, 0.0, 0, reason)
+        return unusable(reason)
     emptied = not lowest < highest
-    return Extracted(stored, n_frames, recording.seconds, recording.sample_rate, None, emptied)
+    outcome = Outcome(
+        len(stored), n_frames, recording.seconds, recording.sample_rate, None, emptied
+    )
+    return stored, outcome
 
 
 class Task(NamedTuple):
@@ -150,17 +164,6 @@ class Task(NamedTuple):
     paths: list[Path]
     recordings: list[RecordingChunks]  # labels and input keys, chunks still to extract
     shard: Path
-
-
-class Outcome(NamedTuple):
-    """What a worker reports of one recording of its task (its chunks are in the shard)."""
-
-    n_chunks: int
-    n_frames: int
-    duration_s: float
-    sample_rate: int  # of the wav file
-    error: str | None  # why the file was skipped, None when it was not
-    emptied: bool  # as `Extracted.emptied`
 
 
 def extract_into_shard(task: Task, info: DatasetInfo) -> list[Outcome]:
@@ -173,20 +176,20 @@ def extract_into_shard(task: Task, info: DatasetInfo) -> list[Outcome]:
         writer = None
         for path, recording in zip(task.paths, task.recordings, strict=True):
             try:
-                result = extract_recording(path, info.params, info.compression)
+                chunks, outcome = extract_recording(path, info.params, info.compression)
             except Exception as error:  # a bug or resource failure: say which file triggered it
                 raise RuntimeError(f"{path}: {type(error).__name__}: {error}") from None
-            if result.error is None:
+            if outcome.error is None:
                 writer = writer or shard.enter_context(atomic_dataset(task.shard, info))
                 writer.append(
                     dataclasses.replace(
                         recording,
-                        n_frames=result.n_frames,
-                        duration_s=result.duration_s,
-                        chunks=result.chunks,
+                        n_frames=outcome.n_frames,
+                        duration_s=outcome.duration_s,
+                        chunks=chunks,
                     )
                 )
-            outcomes.append(Outcome(len(result.chunks), *result[1:]))
+            outcomes.append(outcome)
     return outcomes
 
 
