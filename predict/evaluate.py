@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import logging
 import sys
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,21 +199,39 @@ def chance_map(n_classes: int) -> float:
     return float(np.sum(1.0 / np.arange(1, n_classes + 1)) / n_classes)
 
 
+def nfc(text: str) -> str:
+    return unicodedata.normalize("NFC", text)
+
+
+def check_told_apart(names: Iterable[str], what: str) -> None:
+    """TruthError unless the names stay distinct in NFC: two that differ only in Unicode
+    normalisation (café and café) would be one recording or class to the scorer."""
+    first_of: dict[str, str] = {}
+    for name in names:
+        other = first_of.setdefault(nfc(name), name)
+        if other != name:
+            raise TruthError(
+                f"{what}: {other!r} and {name!r} differ only in Unicode normalisation, which "
+                "this scorer does not tell apart: rename one"
+            )
+
+
 def same_normalisation(
     entries: list[RunEntry], truth: Truth, model_classes: list[str] | None
 ) -> tuple[list[RunEntry], Truth, list[str] | None]:
     """The run, truth and classes with every MediaId and class id in Unicode NFC, so that a
     name typed on one system matches a file name of another (a Mac writes é as e and an
-    accent, NFD). TruthError where two truth MediaIds become one."""
-
-    def nfc(text: str) -> str:
-        return unicodedata.normalize("NFC", text)
-
-    foreground = {nfc(media_id): nfc(class_id) for media_id, class_id in truth.foreground.items()}
-    if len(foreground) != len(truth.foreground):
-        raise TruthError("two MediaIds of the ground truth differ only in Unicode normalisation")
+    accent, NFD). TruthError where two names of one source would become one."""
+    check_told_apart(truth.foreground, "MediaIds of the ground truth")
+    check_told_apart(
+        {*truth.foreground.values(), *itertools.chain(*truth.background.values())},
+        "class ids of the ground truth",
+    )
+    check_told_apart({entry.media_id for entry in entries}, "MediaIds of the run file")
+    check_told_apart({entry.class_id for entry in entries}, "class ids of the run file")
+    check_told_apart(model_classes or [], "the run's classes")
     normalised = Truth(
-        foreground,
+        {nfc(media_id): nfc(class_id) for media_id, class_id in truth.foreground.items()},
         {nfc(m): [nfc(c) for c in classes] for m, classes in truth.background.items()},
         truth.unmapped_background,
     )

@@ -151,7 +151,7 @@ def extract_recording(
         return unusable(error.reason)
     if reason:
         return unusable(reason)
-    emptied = not lowest < highest
+    emptied = params.noise_filter and not lowest < highest
     outcome = Outcome(
         len(stored), n_frames, recording.seconds, recording.sample_rate, None, emptied
     )

@@ -472,11 +472,13 @@ def match_audio(recordings: list[Recording], wav_dir: str | Path) -> Matched:
         if PurePosixPath(rel).suffix.lower() == ".wav" and (wav_dir / rel).is_file()
     }
     by_nfc = {unicodedata.normalize("NFC", name): name for name in on_disk}
+    named = {recording.file for recording in recordings}  # a file named as it is matches it
     present, missing, referenced = [], [], set()
     for recording in recordings:
         name = recording.file
-        if name not in on_disk:
-            name = by_nfc.get(unicodedata.normalize("NFC", name), name)
+        if name not in on_disk:  # another spelling, of a file no other row has matched
+            spelt = by_nfc.get(unicodedata.normalize("NFC", name))
+            name = spelt if spelt not in named | referenced else name
         if name in on_disk:
             present.append(replace(recording, file=on_disk[name]))
             referenced.add(name)

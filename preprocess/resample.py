@@ -3,9 +3,10 @@
     python -m preprocess.resample IN_DIR OUT_DIR [--jobs N] [--soxr]
 
 (preprocess/resample_wavs_to_16k.sh runs this). IN_DIR/<path>.<ext> becomes OUT_DIR/<path>.wav
-for every wav, flac, mp3, ogg, aiff or au file (extension in any case, any rate, bit depth and
-channel count; channels are averaged; links are followed, as `find -L` does). Prediction
-resamples its own list of files with the same `resample_files`: the one implementation.
+for every audio file of preprocess/audio.AUDIO_SUFFIXES (wav, flac, mp3, ogg, aiff, au, caf,
+w64, wavpack; extension in any case, any rate, bit depth and channel count; channels are
+averaged; links are followed, as `find -L` does). Prediction resamples its own list of files
+with the same `resample_files`: the one implementation.
 - Parallel: N files at once (default: all cores).
 - Resumable: each output is written to <path>.wav.part and renamed when complete, so an
   existing .wav is always whole. OUT_DIR/.sources.json records what each finished output was
@@ -50,8 +51,8 @@ SoX options, and why:
 - `--no-glob`: SoX would otherwise expand wildcards in names such as `song[1].wav`.
 - `-t wav`: the temporary name's `.part` extension tells SoX nothing.
 
-Without SoX on PATH (or with --soxr), soxr resamples instead: wav input only (flac, mp3, ogg,
-aiff and au inputs are reported as failed). Its 'HQ' quality is the engine of SoX's default
+Without SoX on PATH (or with --soxr), soxr resamples instead: wav input only (the other formats
+are reported as failed). Its 'HQ' quality is the engine of SoX's default
 `rate` effect, and samples are rounded without dither as `sox -D` does, so both agree within
 a few LSB.
 """

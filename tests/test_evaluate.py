@@ -203,6 +203,11 @@ def test_media_ids_match_whatever_their_unicode_normalisation(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "MAP (foreground): 1.0000" in out and "0 missing from the run file" in out
 
+    # two recordings of the run file named so: one would overwrite the other's ranks
+    both = write_run(tmp_path / "both.csv", {nfd: [0.1, 0.2, 0.3, 0.4], nfc: [0.4, 0.3, 0.2, 0.1]})
+    error = evaluate_error(capsys, "--run-file", both, "--truth", truth_path)
+    assert "MediaIds of the run file" in error and "differ only in Unicode normalisation" in error
+
 
 def test_cli_reports_a_bad_run_file_by_line(tmp_path, capsys):
     run = tmp_path / "run.csv"

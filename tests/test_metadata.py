@@ -361,6 +361,10 @@ def test_match_audio_finds_a_name_in_another_unicode_normalisation(tmp_path):
 
     assert [(r.media_id, r.file) for r in present] == [("Grünfink café", on_disk)]
     assert missing == [] and unused == []
+    # a file matched as it is named, or once in another spelling, matches no other row
+    for rows in ([Recording("a", on_disk), table[0]], [table[0], Recording("b", table[0].file)]):
+        present, missing, _ = match_audio(rows, tmp_path)
+        assert [r.media_id for r in present] == [rows[0].media_id] and missing == [rows[1]]
 
 
 def test_real_fsdd_metadata(shared_data):
