@@ -11,13 +11,14 @@ import sys
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 
 from tests.helpers import PARAMS, folder_contents
 from train import train_model
 from train.callbacks import BACKUP_FILES, remove_backup, training_callbacks
 from train.data import TrainError
-from train.log import append_run
+from train.log import append_run, plot_history
 from train.run_folder import CONFIG_MARKS, changed_settings, start_run_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,3 +247,21 @@ def test_a_resumed_runs_paths_compare_resolved_its_settings_as_given(tmp_path, m
         "--noise-dir",
         "--learning-rate",
     ]
+
+
+def test_curves_replace_a_link_put_in_their_place_never_writing_through_it(tmp_path):
+    """A link planted at loss.png while training ran: the plot replaces the link, and the
+    file it points to stays as it was."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("mine")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "loss.png").symlink_to(victim)
+    history = {"epoch": np.arange(3), "loss": np.array([3.0, 2.0, 1.0])}
+
+    plot_history(history, run)
+
+    assert victim.read_text() == "mine"
+    assert not (run / "loss.png").is_symlink()
+    assert (run / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(p.name for p in run.iterdir()) == ["loss.png"]

@@ -10,6 +10,7 @@ share one table: a lock beside it (.NAME.lock) lets one of them at a time add it
 from __future__ import annotations
 
 import csv
+import functools
 import importlib.util
 import logging
 from pathlib import Path
@@ -230,7 +231,9 @@ def plot_history(history: dict[str, np.ndarray], out_dir: Path) -> list[Path]:
         axes.grid(alpha=0.3)
         axes.legend()
         figure.tight_layout()
-        figure.savefig(out_dir / filename, dpi=100)
+        # whole or not at all, and never through a link put there meanwhile
+        save = functools.partial(figure.savefig, format="png", dpi=100)
+        replace_atomically(out_dir / filename, save, "wb")
         plt.close(figure)
         paths.append(out_dir / filename)
     return paths
