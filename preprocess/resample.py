@@ -59,7 +59,6 @@ a few LSB.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -84,7 +83,7 @@ from preprocess.audio import (
     read_wav,
     to_sample_rate,
 )
-from preprocess.cli import at_least, describe, most_workers, run_command
+from preprocess.cli import at_least, command_parser, describe, most_workers, run_command
 from preprocess.dataset import RunLocked, exclusive_run
 from preprocess.params import SpectrogramParams
 from preprocess.paths import (
@@ -415,12 +414,7 @@ def resample_dir(in_dir: Path, out_dir: Path, jobs: int, soxr: bool = False) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Resample every audio file under IN_DIR to a 16 kHz 16-bit mono wav under "
-        "OUT_DIR (same relative path), with SoX or else soxr. The module's docstring says more.",
-        epilog="Exit status: 0 all converted or already done, 1 some failed, 2 usage error, "
-        "an output folder it cannot write or one another run is writing.",
-    )
+    parser = command_parser(__doc__)
     parser.add_argument("in_dir", type=Path, help="folder searched recursively for audio files")
     parser.add_argument("out_dir", type=Path, help="output folder, separate from IN_DIR")
     parser.add_argument(
