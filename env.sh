@@ -53,10 +53,12 @@ fi
 
 # The project root on the environment's import path, as `pip install -e .` would put it: every
 # command then runs as `python -m preprocess.load_data` from anywhere, or as
-# `python preprocess/load_data.py`. Rewritten on every sourcing (a moved checkout, an existing
-# environment), so that it always names this checkout.
+# `python preprocess/load_data.py`. Written where it does not name this checkout (a moved
+# checkout, an existing environment), and left alone where it does: a shared environment
+# another user installed stays untouched.
 site_packages="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" &&
-    echo "$PROJECT_ROOT" >"$site_packages/birdclef-cnn.pth" || {
+    { [[ "$(cat "$site_packages/birdclef-cnn.pth" 2>/dev/null)" == "$PROJECT_ROOT" ]] ||
+        echo "$PROJECT_ROOT" >"$site_packages/birdclef-cnn.pth"; } || {
     echo "error: cannot make $PROJECT_ROOT importable in $VENV" >&2
     return 1 2>/dev/null || exit 1
 }
