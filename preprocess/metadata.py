@@ -358,7 +358,8 @@ def csv_rows(text: str, source: str) -> tuple[list[str], list[tuple[str, dict]]]
 
 
 def read_csv(csv_path: str | Path) -> list[Recording]:
-    """A CSV with columns file,label[,media_id][,background] -> recordings, in file order."""
+    """A CSV with columns file,label[,media_id][,background] -> recordings, in file order
+    (each wav once: `once_per_wav`)."""
     csv_path = Path(csv_path)
     if csv_path.exists() and not csv_path.is_file():  # a folder, a pipe or a device
         raise MetadataError(f"{csv_path}: {NOT_REGULAR}")
@@ -377,6 +378,9 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
     if not recordings:
         raise MetadataError(f"{csv_path}: no recordings")
     named_by_stem = [not (row.get("media_id") or "").strip() for _, row in rows]
+    recordings, origins, named_by_stem = once_per_wav(recordings, origins, named_by_stem)
+    if not recordings:
+        raise MetadataError(f"{csv_path}: no recordings left (see the warnings above)")
     recordings = told_apart_by_path(recordings, named_by_stem)
     check_unique_media_ids(recordings, origins)
     rows_of_file: dict[str, list[str]] = {}
@@ -393,6 +397,50 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
                 ", ".join(rows),
             )
     return recordings
+
+
+def once_per_wav(
+    recordings: list[Recording], origins: list[str], named_by_stem: list[bool]
+) -> tuple[list[Recording], list[str], list[bool]]:
+    """The CSV rows without a media_id of their own, each wav once, with a warning naming each
+    row left out: a file listed again (the first row counts; more labels of one recording
+    belong in 'background'), or files that resampling makes one wav of (a.wav and a.flac: which
+    audio it holds is not known, so all go). Rows with a media_id are kept: they say that
+    one file is several recordings."""
+    rows_of_wav: dict[str, list[int]] = {}
+    for index, recording in enumerate(recordings):
+        if named_by_stem[index]:
+            rows_of_wav.setdefault(recording.file, []).append(index)
+    dropped = set()
+    for wav, indices in rows_of_wav.items():
+        if len(indices) < 2:
+            continue
+        sources = {recordings[i].fields["file"].strip() for i in indices}
+        if len(sources) > 1:
+            dropped.update(indices)
+            log.warning(
+                "%s all become %s after resampling, so which audio it holds is not known: "
+                "left out (rename one of them)",
+                " and ".join(
+                    f"{origins[i]} ({shown_name(recordings[i].fields['file'])})" for i in indices
+                ),  # fmt: skip
+                shown_name(wav),
+            )
+        else:
+            dropped.update(indices[1:])
+            log.warning(
+                "%s lists %s again, first listed in %s: left out (a file is one recording; "
+                "more labels of it go in 'background')",
+                ", ".join(origins[i] for i in indices[1:]),
+                shown_name(recordings[indices[0]].fields["file"]),
+                origins[indices[0]],
+            )
+    kept = [i for i in range(len(recordings)) if i not in dropped]
+    return (
+        [recordings[i] for i in kept],
+        [origins[i] for i in kept],
+        [named_by_stem[i] for i in kept],
+    )
 
 
 def read_class_folders(root: str | Path) -> list[Recording]:
