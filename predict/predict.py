@@ -274,9 +274,10 @@ def find_audio(
     """Audio files given directly or found (recursively) in folders (`audio_files`); MediaId
     = file stem, or, for a name that files in several folders share (yes/0a7c.wav and
     no/0a7c.wav, as Speech Commands has them), the path in its folder without its extension
-    (yes/0a7c), as training names them; two files may not share a MediaId. skipped, when
-    given, gets a message for each entry named like audio that is not a regular file (a pipe,
-    a device, a broken link)."""
+    (yes/0a7c), as training names them. skipped, when given, gets a message for each entry
+    named like audio that is not a regular file (a pipe, a device, a broken link), and for
+    each file whose MediaId an earlier one has (x.wav and x.flac): the first one counts.
+    Without it, such a file is a PredictError."""
     irregular: list[Path] = []
     found: list[tuple[Path, PurePosixPath]] = []  # (file, its path in the folder given)
     for path in paths:
@@ -290,9 +291,11 @@ def find_audio(
     for file, inside in found:
         media_id = file.stem if stems[file.stem] == 1 else str(inside.with_suffix(""))
         if media_id in seen:
-            raise PredictError(
-                f"two files give MediaId {media_id!r}: {seen[media_id]} and {file}; rename one"
-            )
+            message = f"two files give MediaId {media_id!r}: {seen[media_id]} and {file}"
+            if skipped is None:
+                raise PredictError(f"{message}; rename one")
+            skipped.append(f"{file}: MediaId {media_id!r} is {seen[media_id]}'s; rename it")
+            continue
         seen[media_id] = file
         items.append(AudioItem(media_id, file))
     return items

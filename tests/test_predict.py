@@ -301,8 +301,9 @@ def test_audio_in_linked_folders_is_found_as_training_finds_it(tmp_path, caplog)
 
 
 def test_files_of_one_name_in_two_folders_are_told_apart_by_path(tmp_path):
-    """As training names them (Speech Commands: yes/0a7c.wav, no/0a7c.wav); the same path in
-    two folders given is an error naming both."""
+    """As training names them (Speech Commands: yes/0a7c.wav, no/0a7c.wav). A file whose
+    MediaId an earlier one has (the same path in two folders given, x.wav beside x.flac) is
+    skipped, named, and the rest predicted (without a skip list: an error naming both)."""
     for name in ("yes/0a7c.wav", "no/0a7c.wav", "b.wav"):
         (tmp_path / "test" / name).parent.mkdir(parents=True, exist_ok=True)
         wavfile.write(tmp_path / "test" / name, 16000, np.zeros(1600, np.int16))
@@ -311,6 +312,15 @@ def test_files_of_one_name_in_two_folders_are_told_apart_by_path(tmp_path):
     shutil.copytree(tmp_path / "test", tmp_path / "again")
     with pytest.raises(PredictError, match="two files give MediaId 'b'"):
         find_audio([tmp_path / "test", tmp_path / "again"])
+    skipped: list[str] = []
+    items = find_audio([tmp_path / "test", tmp_path / "again"], skipped=skipped)
+    assert [item.path.parent.name for item in items] == ["test", "no", "yes"]
+    assert len(skipped) == 3 and all("again" in message for message in skipped)
+    shutil.copy(tmp_path / "test" / "b.wav", tmp_path / "test" / "b.flac")
+    skipped.clear()
+    assert [i.media_id for i in find_audio([tmp_path / "test"], skipped=skipped)][0] == "b"
+    assert skipped == [f"{tmp_path / 'test' / 'b.wav'}: MediaId 'b' is "
+                       f"{tmp_path / 'test' / 'b.flac'}'s; rename it"]  # fmt: skip
 
 
 def test_when_nothing_can_be_read_the_error_names_every_kind_of_failure(run_dir, tmp_path, capsys):
