@@ -231,6 +231,11 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
     model_file = model_file or inference.model_file
     needed = ("params.json", "classes.json", model_file)
     missing = [name for name in needed if not (run_dir / name).is_file()]
+    if len(missing) == len(needed) and not (run_dir / "config.json").exists():
+        raise PredictError(
+            f"run folder {run_dir} holds no training run: its training never started or "
+            "failed before it wrote anything (see what train_model.py printed)"
+        )
     if missing:
         raise PredictError(
             f"run folder {run_dir} has no {', '.join(missing)}: not a finished "

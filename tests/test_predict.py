@@ -269,6 +269,9 @@ def test_clear_errors_for_missing_run_folder_model_and_audio(run_dir, tmp_path, 
     shutil.copy(run_dir / "params.json", incomplete)
     with pytest.raises(PredictError, match="classes.json, best_val_map.keras"):
         load_run(incomplete)
+    (tmp_path / "never trained").mkdir()  # a training that failed before its first file
+    with pytest.raises(PredictError, match="holds no training run: its training never started"):
+        load_run(tmp_path / "never trained")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SystemExit) as exit_info:

@@ -140,10 +140,17 @@ def _draw(
     pinned = indices[counts[labels[indices]] < 2]
     spare_classes = np.count_nonzero(counts >= 2)
     if size > len(spare) - spare_classes:
+        if len(spare) == spare_classes:  # no class has a recording to spare: no fraction helps
+            raise SplitError(
+                f"a {name} split needs a recording of a class that has more than one, as "
+                f"every class keeps one for training, and none of the {len(indices)} "
+                "recordings' classes has two: add recordings (a long one cut in two will do)"
+                + (", or train without a test split (--test-fraction 0)" if name == "test" else "")
+            )
         raise SplitError(
             f"{len(indices)} recordings ({len(spare)} of {spare_classes} classes with two or "
-            f"more) are too few to draw a split of {size} recordings and keep one recording of "
-            "every class for training: ask for a smaller fraction"
+            f"more) are too few to draw a {name} split of {size} recordings and keep one "
+            "recording of every class for training: ask for a smaller fraction"
         )
     try:
         kept, drawn = train_test_split(
