@@ -90,7 +90,8 @@ def no_sound(
     again to see whether every sample is zero (the 2016 noise filter can empty a recording
     that has sound)."""
     if seconds * params.sample_rate < params.nfft:
-        return "shorter than one spectrogram window: no sound"
+        window_ms = 1000 * params.nfft / params.sample_rate
+        return f"shorter than one spectrogram window ({window_ms:.0f} ms): too short to analyse"
     if not features_vary and is_digital_silence(path):
         return "silent: every sample is zero"
     return None

@@ -575,7 +575,7 @@ def count_outcomes(
     row = 0
     for path, recording, outcome in zip(task.paths, task.recordings, outcomes, strict=True):
         if outcome.error is not None:
-            summary.skip("unreadable wav", f"{path} ({outcome.error})")
+            summary.skip("unusable wav", f"{path} ({outcome.error})")
             logger.warning("skipped %s: %s", path, outcome.error)
             places.append(None)
             continue

@@ -256,8 +256,8 @@ def test_birdclef_folders_with_bad_inputs(tmp_path, capsys):
     for reason, name in [
         ("XML without wav", "ghost.wav"),
         ("unusable XML", "broken.xml"),
-        ("unreadable wav", "corrupt.wav"),
-        ("unreadable wav", "empty.wav"),
+        ("unusable wav", "corrupt.wav"),
+        ("unusable wav", "empty.wav"),
         ("wav without metadata", "silent.wav"),
     ]:
         line = next(line for line in report.splitlines() if reason in line)
