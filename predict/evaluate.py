@@ -108,13 +108,28 @@ def background_class_ids(
 def read_truth_csv(path: Path, to_class: dict[str, str] | None = None) -> Truth:
     """The official format `MediaId;ClassId;background1,background2`, one line per recording.
 
-    A header line starting with "MediaId" (the first line that is not blank) is skipped, and
-    so is a byte-order mark. Background entries go through `background_class_ids`.
+    A header line (the first line that is not blank, starting with "MediaId", or naming its
+    columns as file;label, id;class and the like: `looks_like_header`) is skipped, and so is
+    a byte-order mark. Background entries go through `background_class_ids`.
     """
     try:
         return _read_truth_lines(path, to_class)
     except UnicodeDecodeError:
         raise TruthError(f"{path}: not UTF-8 text, so not a ground-truth file") from None
+
+
+# the first two column names of a truth file's header, as people write them
+HEADER_IDS = {"mediaid", "media_id", "file", "filename", "file_name", "id", "recording"}
+HEADER_CLASSES = {"classid", "class_id", "class", "label", "species"}
+
+
+def looks_like_header(fields: list[str]) -> bool:
+    """Whether a truth file's first line names its columns (MediaId;ClassId, or file;label as
+    a spreadsheet export has it) rather than a recording."""
+    first = fields[0].lower()
+    return first == "mediaid" or (
+        first in HEADER_IDS and len(fields) > 1 and fields[1].lower() in HEADER_CLASSES
+    )
 
 
 def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
@@ -127,7 +142,7 @@ def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
             fields = [part.strip() for part in line.strip().split(";")]
             if fields == [""]:
                 continue
-            header = not seen_line and fields[0].lower() == "mediaid"
+            header = not seen_line and looks_like_header(fields)
             seen_line = True
             if header:
                 continue

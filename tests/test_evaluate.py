@@ -338,6 +338,8 @@ def test_writer_refuses_a_media_id_that_would_break_the_file(tmp_path, media_id)
         "\ufeff1;aaaaaa;\n2;bbbbbb;cccccc\n",  # a spreadsheet's byte-order mark
         "\ufeffMediaId;ClassId;Background\n1;aaaaaa;\n2;bbbbbb;cccccc\n",
         "\n  \nMediaId;ClassId;Background\n1;aaaaaa;\n2;bbbbbb;cccccc\n",  # header after blanks
+        "file;label\n1;aaaaaa;\n2;bbbbbb;cccccc\n",  # as a spreadsheet export names them
+        "media_id;species;background\n1;aaaaaa;\n2;bbbbbb;cccccc\n",
     ],
 )
 def test_truth_csv_byte_order_mark_and_header_are_no_recording(tmp_path, text):
