@@ -307,7 +307,9 @@ def score(entries: list[RunEntry], truth: Truth, model_classes: list[str] | None
         "with_background": int(sum(bool(b) for b in truth.background.values())),
         "unknown_classes": sorted(truth_classes - known),
         "unmapped_background": sorted(truth.unmapped_background),
-        "chance_map_foreground": chance_map(len(known)),
+        # a recording of a class the run does not know scores 0 under any ranking
+        "chance_map_foreground": chance_map(len(known))
+        * float(np.mean([truth.foreground[m] in known for m in media_ids])),
         "n_classes": len(known),
     }
 

@@ -178,6 +178,8 @@ def test_truth_csv_official_format_and_unknown_classes(tmp_path):
     results = score(read_run_file(run), truth)
     assert results["unknown_classes"] == ["yyyyyy", "zzzzzz"]
     assert results["map_foreground"] == pytest.approx((1.0 + 1 / 3 + 0.0) / 3)
+    # recording 3's class is none of the run's 4: it scores 0 at chance too
+    assert results["chance_map_foreground"] == pytest.approx(chance_map(4) * 2 / 3)
 
 
 def test_cli_prints_foreground_map_first(tmp_path, capsys):
