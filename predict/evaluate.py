@@ -145,6 +145,7 @@ def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
             header = not seen_line and looks_like_header(fields)
             seen_line = True
             if header:
+                logger.info("%s line %d: a header, not a recording: %s", path, number, line.strip())
                 continue
             if len(fields) not in (2, 3) or not fields[0] or not fields[1]:
                 raise TruthError(

@@ -232,9 +232,15 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
     needed = ("params.json", "classes.json", model_file)
     missing = [name for name in needed if not (run_dir / name).is_file()]
     if len(missing) == len(needed) and not (run_dir / "config.json").exists():
+        runs = sorted(config.parent.name for config in run_dir.glob("*/config.json"))
         raise PredictError(
-            f"run folder {run_dir} holds no training run: its training never started or "
-            "failed before it wrote anything (see what train_model.py printed)"
+            f"run folder {run_dir} holds no training run: "
+            + (
+                f"it holds runs ({', '.join(runs[:5])}): give one of them"
+                if runs
+                else "another folder, or a training that never started or failed before it "
+                "wrote anything (see what train_model.py printed)"
+            )
         )
     if missing:
         raise PredictError(
@@ -291,19 +297,26 @@ def find_audio(
             found.append((file, PurePosixPath(inside.as_posix())))
     if skipped is not None:
         skipped += [f"{shown_name(str(path))}: {NOT_REGULAR}" for path in irregular]
-    stems = Counter(file.stem for file, _ in found)
-    items, seen = [], {}
+    # one recording per path without its extension (the first file counts), and only then
+    # the names that several folders share, so a skipped file changes no other's MediaId
+    first_of: dict[str, Path] = {}
+    kept: list[tuple[Path, str]] = []
     for file, inside in found:
-        media_id = file.stem if stems[file.stem] == 1 else str(inside.with_suffix(""))
-        if media_id in seen:
-            message = f"two files give MediaId {media_id!r}: {seen[media_id]} and {file}"
+        path_id = str(inside.with_suffix(""))
+        if path_id in first_of:
             if skipped is None:
-                raise PredictError(f"{message}; rename one")
-            skipped.append(f"{file}: MediaId {media_id!r} is {seen[media_id]}'s; rename it")
+                raise PredictError(
+                    f"two files give MediaId {path_id!r}: {first_of[path_id]} and {file}; "
+                    "rename one"
+                )
+            skipped.append(f"{file}: MediaId {path_id!r} is {first_of[path_id]}'s; rename it")
             continue
-        seen[media_id] = file
-        items.append(AudioItem(media_id, file))
-    return items
+        first_of[path_id] = file
+        kept.append((file, path_id))
+    stems = Counter(file.stem for file, _ in kept)
+    return [
+        AudioItem(file.stem if stems[file.stem] == 1 else path_id, file) for file, path_id in kept
+    ]
 
 
 def audio_files(

@@ -402,20 +402,23 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
 def once_per_wav(
     recordings: list[Recording], origins: list[str], named_by_stem: list[bool]
 ) -> tuple[list[Recording], list[str], list[bool]]:
-    """The CSV rows without a media_id of their own, each wav once, with a warning naming each
-    row left out: a file listed again (the first row counts; more labels of one recording
-    belong in 'background'), or files that resampling makes one wav of (a.wav and a.flac: which
-    audio it holds is not known, so all go). Rows with a media_id are kept: they say that
-    one file is several recordings."""
+    """The CSV rows, each wav once, with a warning naming each row left out: files that
+    resampling makes one wav of (a.wav and a.flac: which audio it holds is not known, so all
+    their rows go), and a file listed again without a media_id of its own (the first row
+    counts; more labels of one recording belong in 'background'). Rows of one file with
+    media_ids of their own are kept: they say that the file is several recordings."""
     rows_of_wav: dict[str, list[int]] = {}
     for index, recording in enumerate(recordings):
-        if named_by_stem[index]:
-            rows_of_wav.setdefault(recording.file, []).append(index)
+        rows_of_wav.setdefault(recording.file, []).append(index)
     dropped = set()
     for wav, indices in rows_of_wav.items():
         if len(indices) < 2:
             continue
-        sources = {recordings[i].fields["file"].strip() for i in indices}
+        # one file however it is spelt (./a.wav and a.wav, sub\a.wav and sub/a.wav)
+        sources = {
+            PurePosixPath(recordings[i].fields["file"].strip().replace("\\", "/")).as_posix()
+            for i in indices
+        }
         if len(sources) > 1:
             dropped.update(indices)
             log.warning(
@@ -426,12 +429,14 @@ def once_per_wav(
                 ),  # fmt: skip
                 shown_name(wav),
             )
-        else:
-            dropped.update(indices[1:])
+            continue
+        again = [i for i in indices if named_by_stem[i]][1:]
+        dropped.update(again)
+        if again:
             log.warning(
                 "%s lists %s again, first listed in %s: left out (a file is one recording; "
                 "more labels of it go in 'background')",
-                ", ".join(origins[i] for i in indices[1:]),
+                ", ".join(origins[i] for i in again),
                 shown_name(recordings[indices[0]].fields["file"]),
                 origins[indices[0]],
             )

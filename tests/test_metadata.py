@@ -348,6 +348,10 @@ def test_a_csv_row_listing_a_wav_again_is_left_out_with_a_warning(tmp_path, capl
     assert "line 4 lists a.wav again, first listed in" in caplog.text
     assert "line 5 lists b.wav again" in caplog.text
     assert "(c.wav) and" in caplog.text and "(c.flac) all become c.wav" in caplog.text
+    # one file spelt two ways is one file; a media_id row's file is checked too
+    text = "file,label,media_id\n./a.wav,x,\na.wav,y,\nb.wav,x,m1\nb.flac,y,\nc.wav,z,\n"
+    recordings = read_csv(write(tmp_path / "more.csv", text))
+    assert [(r.media_id, r.class_id) for r in recordings] == [("a", "x"), ("c", "z")]
 
 
 def test_match_audio_reports_both_directions(tmp_path):

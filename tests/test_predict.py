@@ -270,8 +270,12 @@ def test_clear_errors_for_missing_run_folder_model_and_audio(run_dir, tmp_path, 
     with pytest.raises(PredictError, match="classes.json, best_val_map.keras"):
         load_run(incomplete)
     (tmp_path / "never trained").mkdir()  # a training that failed before its first file
-    with pytest.raises(PredictError, match="holds no training run: its training never started"):
+    with pytest.raises(PredictError, match="holds no training run: another folder, or a tra"):
         load_run(tmp_path / "never trained")
+    (tmp_path / "runs" / "demo").mkdir(parents=True)  # --run runs, for --run runs/demo
+    (tmp_path / "runs" / "demo" / "config.json").write_text("{}")
+    with pytest.raises(PredictError, match=r"it holds runs \(demo\): give one of them"):
+        load_run(tmp_path / "runs")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(SystemExit) as exit_info:
@@ -324,6 +328,12 @@ def test_files_of_one_name_in_two_folders_are_told_apart_by_path(tmp_path):
     assert [i.media_id for i in find_audio([tmp_path / "test"], skipped=skipped)][0] == "b"
     assert skipped == [f"{tmp_path / 'test' / 'b.wav'}: MediaId 'b' is "
                        f"{tmp_path / 'test' / 'b.flac'}'s; rename it"]  # fmt: skip
+    # the file skipped changes no other's MediaId: birds/x.flac stays x, not birds/x
+    (tmp_path / "other" / "birds").mkdir(parents=True)
+    for name in ("x.wav", "x.flac"):
+        shutil.copy(tmp_path / "test" / "b.wav", tmp_path / "other" / "birds" / name)
+    items = find_audio([tmp_path / "other"], skipped=[])
+    assert [(item.media_id, item.path.name) for item in items] == [("x", "x.flac")]
 
 
 def test_when_nothing_can_be_read_the_error_names_every_kind_of_failure(run_dir, tmp_path, capsys):

@@ -96,10 +96,13 @@ def test_an_unstratified_split_is_a_warning(caplog):
 
 
 def test_split_with_too_few_recordings():
-    with pytest.raises(SplitError, match="none of the 2 recordings' classes has two: add rec"):
-        split_recordings(np.array([0, 1]), 0.3, 0.3, seed=0)
+    with pytest.raises(SplitError, match="each of the 2 labelled recordings is of a class of"):
+        split_recordings(np.array([0, 1]), 0.3, 0.0, seed=0)
     with pytest.raises(SplitError, match="too few to draw a test split of 2 recordings"):
         split_recordings(np.array([0, 0, 1]), 0.2, 0.5, seed=0)
+    with pytest.raises(SplitError, match="validation split.*--test-fraction 0 leaves it all"):
+        split_recordings(np.array([0, 0, 1]), 0.3, 0.3, seed=0)
+    assert len(split_recordings(np.array([0, 0, 1]), 0.3, 0.0, seed=0)["val"]) == 1
     with pytest.raises(SplitError, match="fraction"):
         split_recordings(np.arange(10) % 2, 0.0, 0.1, seed=0)
 
@@ -572,7 +575,7 @@ def test_a_damaged_training_state_is_an_error_naming_its_folder(
         ("no build_model", "defines no build_model"),
         ("wrong output", "outputs shape (None, 7), but the data has 4 classes"),
         ("run exists", "already holds a training run: add --resume"),
-        ("few recordings", "none of the 4 recordings' classes has two"),
+        ("few recordings", "each of the 4 labelled recordings is of a class of its own"),
         ("damaged row", "row 3 of X in"),
         ("syntax error", "cannot load model file: SyntaxError"),
         ("sys.exit", "cannot load model file: SystemExit: 3"),

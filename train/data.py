@@ -105,6 +105,12 @@ def split_recordings(
             "in (0, 1) and [0, 1) and add up to less than 1"
         )
     counts = np.bincount(labels[labelled], minlength=len(classes or []))
+    if len(labelled) and counts.max() < 2:  # no fraction helps
+        raise SplitError(
+            f"each of the {len(labelled)} labelled recordings is of a class of its own: a "
+            "validation recording must be of a class that has another, as every class keeps "
+            "one for training; add recordings (a long one cut in two will do)"
+        )
     single = np.flatnonzero(counts == 1)
     if len(single):
         names = [classes[c] if classes else str(c) for c in single]
@@ -140,17 +146,15 @@ def _draw(
     pinned = indices[counts[labels[indices]] < 2]
     spare_classes = np.count_nonzero(counts >= 2)
     if size > len(spare) - spare_classes:
-        if len(spare) == spare_classes:  # no class has a recording to spare: no fraction helps
-            raise SplitError(
-                f"a {name} split needs a recording of a class that has more than one, as "
-                f"every class keeps one for training, and none of the {len(indices)} "
-                "recordings' classes has two: add recordings (a long one cut in two will do)"
-                + (", or train without a test split (--test-fraction 0)" if name == "test" else "")
-            )
         raise SplitError(
             f"{len(indices)} recordings ({len(spare)} of {spare_classes} classes with two or "
             f"more) are too few to draw a {name} split of {size} recordings and keep one "
             "recording of every class for training: ask for a smaller fraction"
+            + (
+                " (the test split drew first: --test-fraction 0 leaves it all)"
+                if name == "validation"
+                else ""
+            )
         )
     try:
         kept, drawn = train_test_split(
