@@ -22,7 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from preprocess.dataset import Dataset, content_digest
+from preprocess.dataset import Dataset
 from preprocess.paths import is_partial_of, write_text_atomically
 from train.callbacks import (
     BACKUP,
@@ -183,9 +183,11 @@ def changed_settings(config: dict, args: argparse.Namespace) -> list[str]:
     return changes
 
 
-def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace) -> None:
-    """Check the data, model file and training settings of a resumed run are the ones it
-    started with."""
+def check_resumed_run(
+    run_dir: Path, dataset: Dataset, data_digest: str, args: argparse.Namespace
+) -> None:
+    """Check the data (data_digest: its `content_digest`), model file and training settings of
+    a resumed run are the ones it started with."""
     config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
     changes = changed_settings(config, args)
     if changes:
@@ -193,7 +195,7 @@ def check_resumed_run(run_dir: Path, dataset: Dataset, args: argparse.Namespace)
             f"{run_dir} holds a run started with other settings ({'; '.join(changes)}): "
             "resume with the settings it started with, or start a new run in another --out"
         )
-    if config.get("data_digest") and config["data_digest"] != content_digest(dataset):
+    if config.get("data_digest") and config["data_digest"] != data_digest:
         raise TrainError(
             f"{dataset.path} holds other recordings than the run in {run_dir} was trained on "
             "(files added, changed or relabelled since): train a new run in another --out "
@@ -255,11 +257,17 @@ def load_or_make_split(
 
 
 def write_run_files(
-    run_dir: Path, dataset: Dataset, args: argparse.Namespace, split: dict, resuming: bool
+    run_dir: Path,
+    dataset: Dataset,
+    data_digest: str,
+    args: argparse.Namespace,
+    split: dict,
+    resuming: bool,
 ):
     """config.json (first: it marks the folder as a run's, see `check_trainer_may_write`),
     params.json, classes.json, model.py and (for a new run) split.json; a new run first clears
-    what a start that never finished an epoch left."""
+    what a start that never finished an epoch left. data_digest: the dataset's
+    `content_digest`, what the run trains on wherever the files are."""
     classes = {"classes": dataset.classes, "class_names": dataset.class_names}
     params = dataset.file.attrs["params"]  # verbatim: prediction rebuilds the same chunks
     model_source = args.model.read_text(encoding="utf-8")
@@ -268,7 +276,7 @@ def write_run_files(
             name: str(value) if isinstance(value, Path) else value
             for name, value in vars(args).items()
         },
-        "data_digest": content_digest(dataset),  # what it trains on, wherever the files are
+        "data_digest": data_digest,
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "devices": list_devices(),

@@ -47,7 +47,7 @@ import keras
 import numpy as np
 
 from preprocess.cli import at_least, between, command_parser, most_workers, run_command
-from preprocess.dataset import DatasetError, RunLocked, exclusive_run, open_dataset
+from preprocess.dataset import DatasetError, RunLocked, content_digest, exclusive_run, open_dataset
 from preprocess.paths import write_text_atomically
 from preprocess.workers import WorkerLost
 from train import recipe
@@ -118,8 +118,9 @@ def train(args: argparse.Namespace) -> dict:
     with open_dataset(args.data) as dataset:
         # the data: recordings split into train, val and test; their chunks' batches
         check_labels(dataset)
+        data_digest = content_digest(dataset)  # reads a sample of chunks: once
         if resuming:
-            check_resumed_run(run_dir, dataset, args)
+            check_resumed_run(run_dir, dataset, data_digest, args)
         split = load_or_make_split(run_dir, dataset, args, resuming)
         multiple = batch_multiple()  # the GPUs a batch is split over (JAX)
         check_batch_size(dataset, split, args.batch_size, multiple)
@@ -155,7 +156,7 @@ def train(args: argparse.Namespace) -> dict:
             options_optimizer = compile_model(model, args, model_module)
             if args.weights:
                 load_weights(model, args.weights, args.model)
-        write_run_files(run_dir, dataset, args, split, resuming)
+        write_run_files(run_dir, dataset, data_digest, args, split, resuming)
         model.summary()
 
         # training, unless an earlier run of this folder finished it
