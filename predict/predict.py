@@ -84,6 +84,7 @@ from preprocess.paths import (  # noqa: E402
     check_output,
     files_under,
     first_line,
+    first_names,
     is_zip_with,
     shown_name,
 )
@@ -367,8 +368,7 @@ def log_not_read(folder: Path, hidden: list[Path], other: list[Path]) -> None:
     those of other types (audio SoX reads under another extension is given by file name)."""
 
     def names(files: list[Path]) -> str:
-        shown = ", ".join(shown_name(str(file.relative_to(folder))) for file in files[:5])
-        return shown + (f", ... ({len(files) - 5} more)" if len(files) > 5 else "")
+        return first_names([shown_name(str(file.relative_to(folder))) for file in files])
 
     if hidden:
         logger.warning(

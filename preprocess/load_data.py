@@ -82,7 +82,7 @@ from preprocess.params import (
     PADDINGS,
     SpectrogramParams,
 )
-from preprocess.paths import OutputPathError, check_output, is_hdf5, shown_name
+from preprocess.paths import OutputPathError, check_output, first_names, is_hdf5, shown_name
 from preprocess.spectrogram import check_front_end, frames_for_seconds
 from preprocess.workers import WorkerLost, keep_freed_memory, run_in_workers
 
@@ -373,11 +373,6 @@ class Summary:
             f"{len(names):6d} {reason}: {first_names(names)}"
             for reason, names in self.skipped.items()
         ]
-
-
-def first_names(names: list[str]) -> str:
-    """The first five names, and how many more there are."""
-    return ", ".join(names[:5]) + (f", ... ({len(names) - 5} more)" if len(names) > 5 else "")
 
 
 def parse_xml_in_workers(paths: list[Path], workers: int) -> list[metadata.Recording | str]:

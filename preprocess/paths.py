@@ -16,7 +16,7 @@ import json
 import os
 import secrets
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -163,6 +163,12 @@ def files_under(root: Path) -> list[Path]:
         subfolders.sort()  # which of two links to one folder counts: the same every time
         found += [Path(folder, name) for name in files]
     return sorted(found)
+
+
+def first_names(names: Sequence[str], shown: int = 5) -> str:
+    """The first `shown` names, and how many more there are: 'a, b, ... (3 more)'."""
+    more = f", ... ({len(names) - shown} more)" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def shown_name(name: str) -> str:

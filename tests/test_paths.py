@@ -5,7 +5,14 @@ import os
 import h5py
 import pytest
 
-from preprocess.paths import OutputPathError, check_output, first_line, is_hdf5, is_json_with
+from preprocess.paths import (
+    OutputPathError,
+    check_output,
+    first_line,
+    first_names,
+    is_hdf5,
+    is_json_with,
+)
 
 
 def is_text_with_semicolons(path):
@@ -89,3 +96,9 @@ def test_an_error_is_one_line_whatever_the_library_wrote(capsys):
     assert "\n" not in describe(ValueError("first\nsecond"))
     assert run_command(disk_full, verbose=False) == 2
     assert capsys.readouterr().err.count("\n") == 1  # HDF5 put its file name on a line of its own
+
+
+def test_first_names_says_how_many_more_there_are():
+    assert first_names(["a", "b"]) == "a, b"
+    assert first_names(list("abcdefg")) == "a, b, c, d, e, ... (2 more)"
+    assert first_names(list("abc"), shown=2) == "a, b, ... (1 more)"

@@ -30,6 +30,7 @@ from preprocess.dataset import (
     read_rows,
     recording_rows,
 )
+from preprocess.paths import first_names
 from preprocess.workers import RowReaders, WorkerLost
 
 logger = logging.getLogger(__name__)
@@ -66,16 +67,13 @@ def check_labels(dataset: Dataset) -> None:
     learnt = set(present.tolist())
     empty = [name for i, name in enumerate(dataset.classes) if i not in learnt]
     if empty:
-        shown = ", ".join(empty[:10]) + (
-            f", ... ({len(empty) - 10} more)" if len(empty) > 10 else ""
-        )
         logger.warning(
             "%d of %d classes have no recording in %s (load_data skipped every one, or "
             "--classes-from gave the class): the model keeps an output it never learns for %s",
             len(empty),
             len(dataset.classes),
             dataset.path,
-            shown,
+            first_names(empty, shown=10),
         )
 
 
