@@ -31,7 +31,6 @@ import itertools
 import json
 import logging
 import sys
-import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +54,7 @@ from predict.runfile import (  # noqa: E402
     text_lines,
 )
 from preprocess.cli import describe, run_command  # noqa: E402
-from preprocess.metadata import MetadataError, Recording, read_birdclef_xml_dir  # noqa: E402
+from preprocess.metadata import MetadataError, Recording, nfc, read_birdclef_xml_dir  # noqa: E402
 from preprocess.paths import (  # noqa: E402
     NOT_REGULAR,
     OutputPathError,
@@ -213,10 +212,6 @@ def run_classes(path: Path) -> list[str]:
 def chance_map(n_classes: int) -> float:
     """Expected AP of a random ranking of n_classes with one relevant class: H(n) / n."""
     return float(np.sum(1.0 / np.arange(1, n_classes + 1)) / n_classes)
-
-
-def nfc(text: str) -> str:
-    return unicodedata.normalize("NFC", text)
 
 
 def check_told_apart(names: Iterable[str], what: str) -> None:

@@ -38,7 +38,6 @@ import multiprocessing
 import shutil
 import sys
 import time
-import unicodedata
 import uuid
 from collections import OrderedDict, defaultdict, deque
 from collections.abc import Iterator
@@ -249,7 +248,7 @@ def class_table(
         class_names = {class_id: labels[class_id] for class_id in classes}
     look_alike: dict[str, set[str]] = {}
     for class_id in (*classes, *labels):
-        folded = unicodedata.normalize("NFC", class_id).casefold()
+        folded = metadata.nfc(class_id).casefold()
         look_alike.setdefault(folded, set()).add(class_id)
     for same in (sorted(ids) for ids in look_alike.values() if len(ids) > 1):
         unknown = [class_id for class_id in same if class_id not in classes]

@@ -85,10 +85,22 @@ def split_names(text: str | None, separators: str = ",") -> list[str]:
     return [name.strip() for name in re.split(f"[{re.escape(separators)}]", text) if name.strip()]
 
 
+def posix_path(file: str) -> PurePosixPath:
+    """A file name as a CSV or XML gives it, '/'-separated whatever the system that wrote it
+    ('sub\\a.wav' is 'sub/a.wav'; './a.wav' is 'a.wav')."""
+    return PurePosixPath(file.replace("\\", "/"))
+
+
+def nfc(text: str) -> str:
+    """text in Unicode NFC: a name typed on one system as a file name of another spells it
+    (a Mac writes é as e and an accent, NFD)."""
+    return unicodedata.normalize("NFC", text)
+
+
 def wav_name(file: str, source: str) -> str:
     """The resampled file's relative path: 'a/b.MP3' -> 'a/b.wav'. Raises MetadataError naming
     source for a path without a file name ('.', '..', '/')."""
-    path = PurePosixPath(file.replace("\\", "/"))
+    path = posix_path(file)
     if path.name in ("", ".", ".."):
         raise MetadataError(f"{source}: file name {file!r} names no file")
     return path.with_suffix(".wav").as_posix()
@@ -198,7 +210,7 @@ def parse_csv_row(row: dict[str, str | None], source: str = "<csv>") -> Recordin
     file = (row.get("file") or "").strip()
     if not file:
         raise MetadataError(f"{source}: empty 'file'")
-    if PurePosixPath(file.replace("\\", "/")).is_absolute() or WINDOWS_DRIVE.match(file):
+    if posix_path(file).is_absolute() or WINDOWS_DRIVE.match(file):
         raise MetadataError(
             f"{source}: 'file' {file!r} is an absolute path: give the files relative to the "
             "audio folder (doall.sh --audio-dir, load_data.py --wav-dir)"
@@ -415,10 +427,7 @@ def once_per_wav(
         if len(indices) < 2:
             continue
         # one file however it is spelt (./a.wav and a.wav, sub\a.wav and sub/a.wav)
-        sources = {
-            PurePosixPath(recordings[i].fields["file"].strip().replace("\\", "/")).as_posix()
-            for i in indices
-        }
+        sources = {posix_path(recordings[i].fields["file"].strip()) for i in indices}
         if len(sources) > 1:
             dropped.update(indices)
             log.warning(
@@ -524,13 +533,13 @@ def match_audio(recordings: list[Recording], wav_dir: str | Path) -> Matched:
         for rel in (p.relative_to(wav_dir).as_posix() for p in files_under(wav_dir))
         if PurePosixPath(rel).suffix.lower() == ".wav" and (wav_dir / rel).is_file()
     }
-    by_nfc = {unicodedata.normalize("NFC", name): name for name in on_disk}
+    by_nfc = {nfc(name): name for name in on_disk}
     named = {recording.file for recording in recordings}  # a file named as it is matches it
     present, missing, referenced = [], [], set()
     for recording in recordings:
         name = recording.file
         if name not in on_disk:  # another spelling, of a file no other row has matched
-            spelt = by_nfc.get(unicodedata.normalize("NFC", name))
+            spelt = by_nfc.get(nfc(name))
             name = spelt if spelt not in named | referenced else name
         if name in on_disk:
             present.append(replace(recording, file=on_disk[name]))
