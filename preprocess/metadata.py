@@ -5,7 +5,8 @@ Three sources give the same table of `Recording`s:
   label (`ClassId`), test XMLs do not (class_id None); 2017 adds `Country` and drops
   `BackgroundSpecies` and `Order`.
 - a CSV with columns `file,label`, optional `media_id`, optional `background` (secondary
-  labels separated by ';' or ','); other columns are kept in `fields`.
+  labels separated by ';' or ','), named in any case (`File,Label` too); other columns are
+  kept in `fields`.
 - a folder per class: ROOT/<label>/**/<audio file>; hidden entries (names starting with '.',
   like .ipynb_checkpoints) and `__MACOSX` (a Mac zip's copies `._<name>`) are ignored.
 `file` is always relative to the folder of resampled wavs, with the extension `.wav` (the
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 IGNORED_FOLDER = "__MACOSX"  # a Mac zip's resource forks (`._<name>`), never recordings
 CSV_LINE_END = re.compile(r"\r\n|\r|\n")  # what ends a line for csv's line_num
 WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")  # C:\clips\a.wav
+CSV_COLUMNS = ("file", "label", "media_id", "background")  # what read_csv reads, any case
 
 
 class MetadataError(ValueError):
@@ -348,6 +350,13 @@ def row_lines(row: dict, last_line: int) -> str:
     return f"line {last_line}" if first_line == last_line else f"lines {first_line}-{last_line}"
 
 
+def known_column(name: str) -> str:
+    """A CSV header's column name, stripped; one of CSV_COLUMNS in lower case however it
+    was typed ('File', 'LABEL'), any other as it is."""
+    name = name.strip()
+    return name.lower() if name.lower() in CSV_COLUMNS else name
+
+
 def csv_rows(text: str, source: str) -> tuple[list[str], list[tuple[str, dict]]]:
     """(columns, [(where, row)]) of a CSV text, where: 'SOURCE line N' (or lines N-M).
 
@@ -357,7 +366,10 @@ def csv_rows(text: str, source: str) -> tuple[list[str], list[tuple[str, dict]]]
     reader = csv.DictReader(io.StringIO(text, newline=""))
     rows, last_complete = [], 0
     try:
-        columns = [name.strip() for name in reader.fieldnames or []]
+        columns = [known_column(name) for name in reader.fieldnames or []]
+        twice = sorted(name for name, count in Counter(columns).items() if count > 1)
+        if twice:  # DictReader would keep the last column's values only, without a word
+            raise MetadataError(f"{source} line 1: column {', '.join(map(repr, twice))} twice")
         reader.fieldnames, last_complete = columns, reader.line_num
         for row in reader:
             rows.append((f"{source} {row_lines(row, reader.line_num)}", row))

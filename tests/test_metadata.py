@@ -193,10 +193,22 @@ def test_csv_with_optional_columns(tmp_path):
     assert (three.file, three.class_id) == ("three.wav", None)  # empty label: unlabelled
 
 
+def test_csv_columns_named_in_any_case(tmp_path):
+    path = write(tmp_path / "meta.csv", "File , LABEL,Media_ID,Site\na.wav,owl,m1,north\n")
+    (one,) = read_csv(path)
+    assert (one.file, one.class_id, one.media_id, one.fields["Site"]) == (
+        "a.wav",
+        "owl",
+        "m1",
+        "north",
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("path,label\na.wav,x\n", "missing column 'file'"),
+        ("file,label,File\na.wav,x,b.wav\n", "line 1: column 'file' twice"),
         ("file,species\na.wav,x\n", "missing column 'label'"),
         ("", "missing column 'file'"),
         ("file,label\n", "no recordings"),
