@@ -1,4 +1,4 @@
-"""Reading wav files onto the int16 sample scale the 2016 filter thresholds assume.
+"""Reading audio files onto the int16 sample scale the 2016 filter thresholds assume.
 
 The 2016 scripts read 16-bit PCM with `scipy.io.wavfile`, which gives the raw integers
 (-32768..32767), and the noise filter's thresholds depend on that scale. Every other sample
@@ -6,7 +6,8 @@ format is therefore brought to it here: wider integers are shifted down, 8-bit u
 centred and shifted up, float wavs ([-1, 1]) are multiplied by 32768. Several channels are
 averaged, as SoX does when it writes mono. A 16-bit PCM mono wav, what the resampler writes,
 can also be read in blocks (`read_wav_blocks`), so that a long recording is never whole in
-memory.
+memory. The other formats (flac, ogg, mp3, aiff, ...) are SoX's to convert; without SoX,
+`decoded_blocks` decodes them through libsndfile (the `soundfile` package) onto the same scale.
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from __future__ import annotations
 import os
 import warnings
 import wave
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+import soundfile
 import soxr
 from scipy.io import wavfile
 
@@ -26,7 +28,7 @@ from preprocess.cli import describe
 INT16_FULL_SCALE = 32768.0
 
 
-# Every audio format the pipeline takes (SoX reads them all; without SoX only wav): the one
+# Every audio format the pipeline takes (SoX reads them all; without SoX, all but WavPack): the one
 # list for metadata matching, the resampler (Python and shell) and prediction.
 WAV_SUFFIXES = frozenset({".wav", ".wave"})
 AUDIO_SUFFIXES = WAV_SUFFIXES | {
@@ -174,6 +176,45 @@ def read_wav_blocks(path: str | os.PathLike, block_samples: int = 2**19) -> Iter
         raise AudioError(path, f"not a readable wav file ({error})") from error
 
 
+def decoded_blocks(
+    path: str | os.PathLike, block_frames: int = 2**18
+) -> tuple[int, Iterator[np.ndarray]]:
+    """(sample_rate, blocks) of an audio file in any format libsndfile decodes (flac, ogg
+    vorbis and opus, mp3, aiff, au, caf, w64, wav): mono float32 blocks (<= block_frames,) on
+    the int16 scale (integer formats exactly: x / 2**(bits-1) * 32768), channels averaged.
+
+    Raises `AudioError` for a file libsndfile cannot open, before any block; and from the
+    blocks for one it cannot decode to the end (a truncated flac) or that holds NaN or
+    infinite samples. libsndfile, like SoX, reads a truncated ogg or mp3 up to the cut.
+    """
+    try:
+        audio = soundfile.SoundFile(os.fspath(path))
+    except MemoryError:
+        raise
+    except Exception as error:  # libsndfile's "Format not recognised" and the like
+        raise AudioError(path, f"not readable audio ({describe(error)})") from error
+    return audio.samplerate, _mono_blocks(path, audio, block_frames)
+
+
+def _mono_blocks(
+    path: str | os.PathLike, audio: soundfile.SoundFile, block_frames: int
+) -> Iterator[np.ndarray]:
+    """`decoded_blocks`' blocks of the open file audio, which it closes."""
+    with audio:
+        while True:
+            try:
+                data = audio.read(block_frames, dtype="float32", always_2d=True)
+            except soundfile.LibsndfileError as error:
+                reason = f"damaged: decoding stopped at {audio.tell() / audio.samplerate:.1f} s"
+                raise AudioError(path, f"{reason} ({describe(error)})") from error
+            if not len(data):
+                return
+            block = data.mean(axis=1, dtype=np.float32) * np.float32(INT16_FULL_SCALE)
+            if not np.isfinite(block).all():
+                raise AudioError(path, "contains NaN or infinite samples")
+            yield block
+
+
 def _int16_scale(dtype: np.dtype) -> tuple[float, np.float32]:
     """(offset, gain) that bring wavfile's samples of this dtype onto the int16 scale."""
     kind, bits = dtype.kind, 8 * dtype.itemsize
@@ -197,3 +238,15 @@ def to_sample_rate(samples: np.ndarray, rate: int, target_rate: int) -> np.ndarr
     if rate == target_rate:
         return samples
     return soxr.resample(samples, rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def stream_to_sample_rate(
+    blocks: Iterable[np.ndarray], rate: int, target_rate: int
+) -> Iterator[np.ndarray]:
+    """Consecutive blocks of mono samples (n,) resampled with soxr's stream ('HQ'), for a
+    recording too long to hold whole: float32 blocks that concatenate to `to_sample_rate`
+    of the blocks' concatenation (the same samples)."""
+    stream = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ")
+    for block in blocks:
+        yield stream.resample_chunk(np.asarray(block, dtype=np.float32))
+    yield stream.resample_chunk(np.zeros(0, np.float32), last=True)

@@ -51,10 +51,13 @@ SoX options, and why:
 - `--no-glob`: SoX would otherwise expand wildcards in names such as `song[1].wav`.
 - `-t wav`: the temporary name's `.part` extension tells SoX nothing.
 
-Without SoX on PATH (or with --soxr), soxr resamples instead: wav input only (the other formats
-are reported as failed). Its 'HQ' quality is the engine of SoX's default
-`rate` effect, and samples are rounded without dither as `sox -D` does, so both agree within
-a few LSB.
+Without SoX on PATH (or with --soxr), soxr resamples instead: wavs as read_wav reads them,
+the other formats decoded by libsndfile (the soundfile package: flac, ogg vorbis and opus,
+mp3, aiff, au, caf, w64) in blocks, so that a long recording is never whole in memory;
+WavPack is reported as failed. soxr's 'HQ' quality is the engine of SoX's default `rate`
+effect, and samples are rounded without dither as `sox -D` does, so both agree within a few
+LSB. As with SoX, a flac that does not decode to its end fails, and a truncated ogg or mp3
+gives the audio up to the cut.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ import shutil
 import subprocess
 import sys
 import time
+import wave
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -79,8 +83,10 @@ from preprocess.audio import (
     AUDIO_SUFFIXES,
     WAV_SUFFIXES,
     AudioError,
+    decoded_blocks,
     pcm16_mono_header,
     read_wav,
+    stream_to_sample_rate,
     to_sample_rate,
 )
 from preprocess.cli import at_least, command_parser, describe, most_workers, run_command
@@ -95,7 +101,7 @@ from preprocess.paths import (
 )
 
 TARGET_RATE = SpectrogramParams().sample_rate
-SOX_ONLY_SUFFIXES = AUDIO_SUFFIXES - WAV_SUFFIXES
+SOX_ONLY_SUFFIXES = {".wv"}  # WavPack: libsndfile, the fallback's decoder, does not read it
 PART_SUFFIX = ".part"  # a file being written; never a result
 SOURCES_NAME = ".sources.json"  # in the output folder: what each finished output was made from
 SOURCES_FORMAT = "preprocess/resample.py sources, version 2"
@@ -150,10 +156,26 @@ def is_float_wav(path: Path) -> bool:
 
 
 def soxr_resample(source: Path, part: Path) -> str:
-    """Write the wav source as a 16 kHz 16-bit mono wav at part with soxr; returns '' (no
-    warnings). Raises AudioError for a file read_wav cannot use."""
-    samples, rate = read_wav(source)
-    wavfile.write(part, TARGET_RATE, to_int16(to_sample_rate(samples, rate, TARGET_RATE)))
+    """Write source as a 16 kHz 16-bit mono wav at part with soxr; returns '' (no warnings).
+    A wav is read as read_wav reads it (whole); any other format is decoded by libsndfile and
+    resampled block by block (`decoded_blocks`, soxr's stream: the same samples as at once).
+    Raises AudioError for a file either cannot use, or one that gives no samples."""
+    if source.suffix.lower() in WAV_SUFFIXES:
+        samples, rate = read_wav(source)
+        wavfile.write(part, TARGET_RATE, to_int16(to_sample_rate(samples, rate, TARGET_RATE)))
+        return ""
+    rate, blocks = decoded_blocks(source)
+    written = 0
+    # created exclusively: convert() unlinked part, and a link put there since is not followed
+    with open(part, "xb") as file, wave.open(file, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(TARGET_RATE)
+        for samples in stream_to_sample_rate(blocks, rate, TARGET_RATE):
+            out.writeframes(to_int16(samples).astype("<i2").tobytes())
+            written += len(samples)
+    if written == 0:
+        raise AudioError(source, "no samples")
     return ""
 
 
@@ -278,13 +300,14 @@ def plan(
 ) -> tuple[list[Conversion], int, list]:
     """(to convert, number already done, [(name, reason)] that fail here): a conversion is done
     when its target's record in sources matches its source (`is_done`); one whose target lies
-    outside into (the output folder), through a link, fails; without SoX, only wavs convert."""
+    outside into (the output folder), through a link, fails; without SoX, WavPack does not
+    convert."""
     todo, failed, already_done = [], [], 0
     for conversion in conversions:
         if reason := outside(conversion.target, into):
             failed.append((conversion.name, reason))
         elif not sox and conversion.source.suffix.lower() in SOX_ONLY_SUFFIXES:
-            failed.append((conversion.name, "not a wav file: only SoX converts this format"))
+            failed.append((conversion.name, "WavPack: only SoX converts this format"))
         elif is_done(conversion, sources, into):
             already_done += 1
         else:
@@ -309,8 +332,9 @@ def resample_files(
     sox = not soxr and shutil.which("sox") is not None
     if not sox and not soxr:
         print(
-            "note: SoX is not installed; using the pure-Python soxr fallback (wav input only; "
-            "for flac/mp3/ogg install SoX: sudo apt-get install sox libsox-fmt-all)",
+            "note: SoX is not installed; using the soxr fallback (formats other than wav "
+            "decoded by libsndfile, WavPack not at all; for SoX: sudo apt-get install sox "
+            "libsox-fmt-all)",
             file=sys.stderr,
         )
     start = time.monotonic()
@@ -427,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--soxr",
         action="store_true",
-        help="resample with soxr even when SoX is installed (wav input only)",
+        help="resample with soxr even when SoX is installed (no WavPack)",
     )
     parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)

@@ -7,13 +7,16 @@ import warnings
 
 import numpy as np
 import pytest
+import soundfile
 from scipy.io import wavfile
 
 from preprocess.audio import (
     AudioError,
     audio_seconds,
+    decoded_blocks,
     pcm16_mono_header,
     read_wav,
+    stream_to_sample_rate,
     to_sample_rate,
 )
 
@@ -160,3 +163,47 @@ def test_to_sample_rate_keeps_the_tone():
     assert np.argmax(spectrum) == 440  # 1 Hz bins over one second
     assert np.abs(resampled[1000:-1000]).max() == pytest.approx(10000, rel=0.01)
     assert to_sample_rate(tone, rate, rate) is tone
+
+
+@pytest.mark.parametrize(("rate", "target"), [(44100, 16000), (8000, 16000), (16000, 16000)])
+def test_stream_to_sample_rate_gives_the_samples_of_resampling_at_once(rate, target):
+    samples = np.random.default_rng(0).normal(0, 3000, 3 * rate).astype(np.float32)
+    cuts = [0, 1, 4097, rate, 2 * rate + 13, len(samples)]  # blocks of odd sizes, one empty
+    blocks = [samples[a:b] for a, b in itertools.pairwise(cuts)] + [samples[:0]]
+    streamed = np.concatenate(list(stream_to_sample_rate(blocks, rate, target)))
+    np.testing.assert_array_equal(streamed, to_sample_rate(samples, rate, target))
+
+
+def test_decoded_blocks_put_every_format_on_the_int16_scale(tmp_path):
+    """flac of 24 bits exactly (x / 2**23 * 32768), channels averaged, in blocks; the lossy
+    formats close to it."""
+    rate = 22050
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(rate) / rate)
+    pcm24 = np.round(tone * 2**23).astype(np.int32)
+    stereo = np.stack([pcm24, np.zeros_like(pcm24)], axis=1) * 256  # left-aligned in int32
+    soundfile.write(tmp_path / "a.flac", stereo, rate, subtype="PCM_24")
+    found_rate, blocks = decoded_blocks(tmp_path / "a.flac", block_frames=5000)
+    blocks = list(blocks)
+    assert found_rate == rate and [len(b) for b in blocks] == [5000] * 4 + [2050]
+    expected = (pcm24 / 2**23 * 32768 / 2).astype(np.float32)
+    np.testing.assert_allclose(np.concatenate(blocks), expected, atol=1e-3)
+    for name, subtype in (("a.ogg", "VORBIS"), ("a.mp3", "MPEG_LAYER_III"), ("a.caf", "ALAC_16")):
+        soundfile.write(tmp_path / name, tone, rate, subtype=subtype)
+        samples = np.concatenate(list(decoded_blocks(tmp_path / name)[1]))
+        assert abs(len(samples) - rate) <= 0.05 * rate, name
+        assert np.abs(samples).max() == pytest.approx(0.5 * 32768, rel=0.05), name
+
+
+def test_decoded_blocks_refuse_what_libsndfile_cannot_decode(tmp_path):
+    (tmp_path / "junk.mp3").write_bytes(b"ID3 and then nothing an mp3 decoder takes" * 10)
+    with pytest.raises(AudioError, match=r"junk\.mp3: not readable audio"):
+        decoded_blocks(tmp_path / "junk.mp3")
+    noise = np.random.default_rng(1).normal(0, 0.1, 44100)
+    soundfile.write(tmp_path / "whole.flac", noise, 44100, subtype="PCM_16")
+    whole = (tmp_path / "whole.flac").read_bytes()
+    (tmp_path / "cut.flac").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(AudioError, match=r"cut\.flac: damaged: decoding stopped at"):
+        list(decoded_blocks(tmp_path / "cut.flac")[1])
+    soundfile.write(tmp_path / "nan.aiff", np.array([0.0, np.nan, 0.1]), 8000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"nan\.aiff: contains NaN or infinite samples"):
+        list(decoded_blocks(tmp_path / "nan.aiff")[1])

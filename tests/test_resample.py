@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 from scipy.io import wavfile
 
 from preprocess import resample
@@ -226,20 +227,18 @@ def path_without_sox(tmp_path: Path) -> dict[str, str]:
 
 
 @needs_sox  # SoX makes the inputs
-def test_script_without_sox_falls_back_to_soxr_for_wav(inputs, tmp_path, path_without_sox):
+def test_script_without_sox_falls_back_to_soxr(inputs, tmp_path, path_without_sox):
     out_dir = tmp_path / "out"
     result = run_script(inputs, out_dir, "--jobs", "2", env=path_without_sox)
 
     assert "soxr fallback" in result.stderr
     assert result.returncode == 1
-    for name, n_samples in EXPECTED_SAMPLES.items():
-        if name != "song.wav":  # flac needs SoX
-            assert len(read_16k(out_dir / name)) == n_samples, name
+    for name, n_samples in EXPECTED_SAMPLES.items():  # song.flac through libsndfile
+        assert len(read_16k(out_dir / name)) == n_samples, name
     stereo = read_16k(out_dir / "stereo24.wav").astype(float)
     assert np.abs(stereo).max() == pytest.approx(0.25 * 32768, rel=0.01)
     summary = result.stdout[result.stdout.index("summary:") :]
-    assert "4 converted, 0 already done, 3 failed" in summary
-    assert "song.flac: not a wav file" in summary
+    assert "5 converted, 0 already done, 2 failed" in summary
     assert "corrupt.wav:" in summary and "empty.wav: empty file" in summary
 
 
@@ -249,13 +248,15 @@ def test_fallback_agrees_with_sox_within_a_few_lsb(tmp_path):
     in_dir.mkdir()
     noise = "pinknoise pinknoise vol 0.3"
     synth(in_dir / "noise.wav", 3, 44100, bits=24, channels=2, sound=noise)
+    synth(in_dir / "noise flac.flac", 3, 44100, bits=24, channels=2, sound=noise)  # libsndfile
     assert run_script(in_dir, tmp_path / "sox").returncode == 0
     assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(tmp_path / "soxr")]) == 0
 
-    by_sox = read_16k(tmp_path / "sox" / "noise.wav").astype(int)
-    by_soxr = read_16k(tmp_path / "soxr" / "noise.wav").astype(int)
-    assert len(by_sox) == len(by_soxr) == 48000
-    assert np.abs(by_sox - by_soxr).max() <= 8  # of a signal peaking near 10,000
+    for name in ("noise.wav", "noise flac.wav"):
+        by_sox = read_16k(tmp_path / "sox" / name).astype(int)
+        by_soxr = read_16k(tmp_path / "soxr" / name).astype(int)
+        assert len(by_sox) == len(by_soxr) == 48000
+        assert np.abs(by_sox - by_soxr).max() <= 8  # of a signal peaking near 10,000
 
 
 def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
@@ -264,7 +265,7 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     tone = np.zeros(800, np.int16)
     for name in ("a.WAV", "a.wav", "b.wav", "c.wav", "f.wav"):
         wavfile.write(in_dir / name, 8000, tone)
-    (in_dir / "d.mp3").write_bytes(b"ID3")
+    (in_dir / "d.wv").write_bytes(b"wvpk")
     os.mkfifo(in_dir / "e.wav")  # reading it would wait for a writer forever
     out_dir.mkdir()
     wavfile.write(out_dir / "c.wav", 16000, tone)  # made from its input as it is: done
@@ -287,7 +288,44 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
         ("f.wav", out_dir / "f.wav"),
     ]
     assert already_done == 1
-    assert failed == [("d.mp3", "not a wav file: only SoX converts this format")]
+    assert failed == [("d.wv", "WavPack: only SoX converts this format")]
+
+
+def test_fallback_converts_other_formats_through_libsndfile(tmp_path, capsys):
+    """Without SoX: flac, ogg and mp3 convert (a 16-bit flac to the samples its wav would
+    give), a flac cut short and a file no decoder takes fail, named, and WavPack is SoX's."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    (in_dir / "sub").mkdir(parents=True)
+    rate = 44100
+    noise = np.random.default_rng(2).normal(0, 3000, (2 * rate, 2)).round().astype(np.int16)
+    soundfile.write(in_dir / "song.flac", noise, rate, subtype="PCM_16")
+    wavfile.write(in_dir / "same song.wav", rate, noise)
+    tone = 0.3 * np.sin(2 * np.pi * 1000 * np.arange(rate) / rate)
+    soundfile.write(in_dir / "sub" / "tone.ogg", tone, rate)
+    soundfile.write(in_dir / "sub" / "call.MP3", tone, rate)
+    whole = (in_dir / "song.flac").read_bytes()
+    (in_dir / "cut.flac").write_bytes(whole[: len(whole) // 2])
+    (in_dir / "junk.ogg").write_bytes(b"OggS" + bytes(200))
+    (in_dir / "pack.wv").write_bytes(b"wvpk")
+
+    assert resample.main(["--soxr", "--jobs", "2", str(in_dir), str(out_dir)]) == 1
+
+    song, same_song = read_16k(out_dir / "song.wav"), read_16k(out_dir / "same song.wav")
+    np.testing.assert_array_equal(song, same_song)
+    for name in ("sub/tone.wav", "sub/call.wav"):
+        tone_16k = read_16k(out_dir / name)
+        assert abs(len(tone_16k) - 16000) <= 16, name
+        peak = np.abs(tone_16k[1000:-1000]).max()
+        assert peak == pytest.approx(0.3 * 32768, rel=0.05), name
+    summary = capsys.readouterr().out.split("summary:")[1]
+    assert "4 converted, 0 already done, 3 failed" in summary
+    assert "cut.flac: damaged: decoding stopped at" in summary
+    assert "junk.ogg: not readable audio" in summary
+    assert "pack.wv: WavPack: only SoX converts this format" in summary
+    assert sorted(p.name for p in out_dir.rglob("*.wav")) == [
+        "call.wav", "same song.wav", "song.wav", "tone.wav"
+    ]  # fmt: skip
+    assert not list(out_dir.rglob("*.part"))
 
 
 def test_fallback_converts_rounds_and_clips(tmp_path):
