@@ -30,10 +30,12 @@ disk copy, not a decompression and recompression.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
 import os
+import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -788,6 +790,16 @@ def exclusive_run(lock_path: Path, output: str) -> Iterator[None]:
     lock_path.parent.mkdir(parents=True, exist_ok=True)
 
     def write_pid(fd: int) -> None:
+        # filelock opens no link, but a hard link is the file it names: never write another
+        # file's content (raising here releases the lock and leaves the file as it is)
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+            raise OSError(
+                errno.EEXIST,
+                "the lock file is not a file of its own (a hard link, a device?): it is "
+                "left as it is; remove it, or choose another output",
+                str(lock_path),
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 

@@ -446,6 +446,22 @@ def test_exclusive_run_refuses_a_second_holder_and_frees_the_lock_after(tmp_path
             pass
 
 
+def test_exclusive_run_never_writes_a_hard_linked_lock_file(tmp_path):
+    """A lock file planted as a second name of another file (a received output folder): the
+    pid would overwrite that file's content."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's notes\n")
+    (tmp_path / "out").mkdir()
+    lock = tmp_path / "out" / ".lock"
+    os.link(victim, lock)
+    with pytest.raises(OSError, match="not a file of its own"), exclusive_run(lock, "out"):
+        pass
+    assert victim.read_text() == "the user's notes\n"
+    lock.unlink()
+    with exclusive_run(lock, "out"):  # once removed, the run takes a lock of its own
+        assert lock.read_text().strip() == str(os.getpid())
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

@@ -106,6 +106,23 @@ def test_a_run_folder_holding_a_link_is_refused(tmp_path, link):
     assert start_run_dir(linked_run, resume=True) is False
 
 
+@pytest.mark.parametrize("name", ["history.csv", ".lock", "backup/training_metadata.json"])
+def test_a_run_folder_holding_a_hard_link_is_refused(tmp_path, name):
+    """Training appends to history.csv and rewrites its backup in place: through a second
+    name of another file, it would change that file."""
+    victim = tmp_path / "victim.csv"
+    victim.write_text("the user's\n")
+    run = tmp_path / "run"
+    write_files(run, {"config.json": RUN_CONFIG})
+    (run / name).parent.mkdir(parents=True, exist_ok=True)
+    os.link(victim, run / name)
+    with pytest.raises(
+        TrainError, match=rf"holds a file with other names \(a hard link\), {run / name}"
+    ):
+        start_run_dir(run, resume=True)
+    assert victim.read_text() == "the user's\n"
+
+
 @pytest.mark.parametrize(
     "config",
     ["", "[1, 2]", "not json", json.dumps({mark: "" for mark in CONFIG_MARKS[:-1]})],

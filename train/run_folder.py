@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -127,18 +128,24 @@ def check_trainer_may_write(run_dir: Path) -> None:
 
 
 def check_no_links(run_dir: Path) -> None:
-    """Refuse a run folder holding a link at any depth (the folder itself may be one): the
-    trainer writes, truncates and appends to files of fixed names there (history.csv, the
-    checkpoints and their temporary files, backup/, logs/), and a link planted at one of them,
-    in a run folder received from someone else, say, would send those writes elsewhere."""
+    """Refuse a run folder holding a link at any depth (the folder itself may be one), or a
+    file with another name elsewhere (a hard link): the trainer writes, truncates and appends
+    to files of fixed names there (history.csv, the checkpoints and their temporary files,
+    backup/, logs/), and a link planted at one of them, in a run folder received from
+    someone else, say, would send those writes to another file."""
     for folder, subfolders, files in os.walk(run_dir):
         for name in subfolders + files:
-            if os.path.islink(os.path.join(folder, name)):
-                raise TrainError(
-                    f"{run_dir} holds a link, {Path(folder, name)}: training writes only real "
-                    "files into its run folder (replace the link by what it points to, or "
-                    "choose another --out)"
-                )
+            status = os.lstat(os.path.join(folder, name))
+            if stat.S_ISLNK(status.st_mode):
+                kind = "a link"
+            elif stat.S_ISREG(status.st_mode) and status.st_nlink > 1:
+                kind = "a file with other names (a hard link)"
+            else:
+                continue
+            raise TrainError(
+                f"{run_dir} holds {kind}, {Path(folder, name)}: training writes only files "
+                "of its own into its run folder (replace it by a copy, or choose another --out)"
+            )
 
 
 def is_run_config(path: Path) -> bool:
