@@ -30,7 +30,8 @@ with the same `resample_files`: the one implementation.
   is a file SoX decodes only in part ("sox FAIL", e.g. a truncated flac), one that gives no
   samples, and a float wav with NaN or infinite samples (which SoX would turn into clicks).
   Two inputs that would give the same output (a.wav and a.flac) are reported the same way.
-- OUT_DIR must not be IN_DIR, lie inside it or contain it: inputs are never overwritten.
+- OUT_DIR must not be IN_DIR, lie inside it or contain it, and an input that is (through a
+  link) a file inside OUT_DIR fails, named: inputs are never overwritten.
 Exit status: 0 when every file converted (or was already done), 1 when some failed (they are
 listed at the end; run again after fixing them), 2 for a usage error or an output folder it
 cannot write (`error: ...`, the traceback only with --verbose).
@@ -179,14 +180,19 @@ def soxr_resample(source: Path, part: Path) -> str:
     return ""
 
 
-def outside(target: Path, into: Path) -> str | None:
-    """Why target must not be written: its folder, links followed, is not inside into (the
-    output folder), as when a link planted in the output tree leads elsewhere; None when it
-    is inside."""
+def outside(conversion: Conversion, into: Path) -> str | None:
+    """Why conversion must not be made: the target's folder, links followed, is not inside
+    into (the output folder), as when a link planted in the output tree leads elsewhere; or
+    the source, links followed, is inside it (a link in the input folder leading into the
+    output folder), where resampling would overwrite it. None when neither is so."""
+    target = conversion.target
     try:
         root, folder = into.resolve(), target.parent.resolve()  # what is missing stays as is
+        source = conversion.source.resolve()
     except (OSError, RuntimeError) as error:  # a link loop
-        return f"its output folder {target.parent} cannot be resolved: {error}"
+        return f"its output folder {target.parent} or its source cannot be resolved: {error}"
+    if source.is_relative_to(root):
+        return f"it is (through a link) {source}, inside the output folder {into}: not written"
     if folder == root or folder.is_relative_to(root):
         return None
     return f"its output folder {target.parent} leads outside {into} (to {folder}): not written"
@@ -211,7 +217,7 @@ def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, 
     failed or None, SoX's warnings, the record of the source it was made from)."""
     target = conversion.target
     part = target.with_name(target.name + PART_SUFFIX)
-    if reason := outside(target, into):  # before mkdir, which would follow the link, and
+    if reason := outside(conversion, into):  # before mkdir, which would follow the link, and
         return reason, "", {}  # before the try, whose cleanup would remove a .part found there
     try:
         record = made_from(conversion.source)  # before reading: a change meanwhile is seen
@@ -304,7 +310,7 @@ def plan(
     convert."""
     todo, failed, already_done = [], [], 0
     for conversion in conversions:
-        if reason := outside(conversion.target, into):
+        if reason := outside(conversion, into):
             failed.append((conversion.name, reason))
         elif not sox and conversion.source.suffix.lower() in SOX_ONLY_SUFFIXES:
             failed.append((conversion.name, "WavPack: only SoX converts this format"))

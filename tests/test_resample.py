@@ -372,6 +372,30 @@ def test_script_on_real_recordings(shared_data, tmp_path):
         assert np.abs(output).max() > 0, name
 
 
+def test_an_input_linked_into_the_output_folder_is_never_overwritten(tmp_path, capsys):
+    """A folder or file link in IN_DIR leading into OUT_DIR (an unpacked archive's, say):
+    its output would be the very file it reads."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    (out_dir / "sub").mkdir(parents=True)
+    in_dir.mkdir()
+    tone = (1000 * np.sin(np.arange(4410))).astype(np.int16)
+    for name in ("sub/orig.wav", "a.wav"):
+        wavfile.write(out_dir / name, 44100, tone)
+    before = {name: (out_dir / name).read_bytes() for name in ("sub/orig.wav", "a.wav")}
+    (in_dir / "sub").symlink_to(out_dir / "sub")
+    (in_dir / "a.wav").symlink_to(out_dir / "a.wav")
+    wavfile.write(in_dir / "b.wav", 44100, tone)
+
+    assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]) == 1
+
+    for name, content in before.items():
+        assert (out_dir / name).read_bytes() == content, name
+    summary = capsys.readouterr().out.split("summary:")[1]
+    assert "1 converted, 0 already done, 2 failed" in summary
+    assert f"a.wav: it is (through a link) {out_dir / 'a.wav'}, inside the output" in summary
+    assert f"sub/orig.wav: it is (through a link) {out_dir / 'sub' / 'orig.wav'}" in summary
+
+
 @pytest.mark.parametrize("with_sox", [True, False])
 def test_a_planted_part_link_is_removed_not_written_through(
     plain_inputs, tmp_path, path_without_sox, with_sox
