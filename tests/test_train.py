@@ -888,6 +888,28 @@ def test_generate_images_keeps_ids_from_the_data_inside_the_output(tmp_path, cap
         images_main(["--data", str(data), "--out", str(out), "--per-class", "0"])
 
 
+def test_generate_images_never_writes_through_links_planted_in_the_output(easy_data, tmp_path):
+    from predict.detections import OutputError
+    from train.generate_images import generate_images
+
+    out, victim = tmp_path / "images", tmp_path / "victim"
+    victim.mkdir()
+    assert generate_images(easy_data, out, per_class=1) == len(CLASSES) + 1
+    image = next((out / "aaa").glob("*.png"))
+    (victim / "notes.txt").write_text("the user's")
+    image.unlink()
+    os.link(victim / "notes.txt", image)  # a second name of another file, where an image goes
+    assert generate_images(easy_data, out, per_class=1) == len(CLASSES) + 1
+    assert image.read_bytes().startswith(b"\x89PNG")  # replaced by a new file of its own
+    (out / "bbb").rename(tmp_path / "bbb images")
+    (out / "bbb").symlink_to(victim)
+
+    with pytest.raises(OutputError, match=r"images/bbb is a link"):
+        generate_images(easy_data, out, per_class=1)
+    assert (victim / "notes.txt").read_text() == "the user's"
+    assert sorted(p.name for p in victim.iterdir()) == ["notes.txt"]
+
+
 def test_run_files_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
     path = tmp_path / "classes.json"
     write_text_atomically(path, '{"classes": ["a", "b"]}\n')

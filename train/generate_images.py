@@ -5,7 +5,8 @@
 Each image is one chunk as the network sees it (frequency up, time right, darker = louder),
 named MediaId_chunkindex.png, in OUT/<ClassId>/ (OUT/unlabelled/ for unlabelled chunks, or
 _unlabelled/ where a class has that name). The first --per-class chunks of each class in file
-order are written.
+order are written. Images are written whole (a new file renamed into place), and a class
+folder that is a link is refused: nothing outside OUT is written, whatever it holds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from predict.detections import OutputError, inside, safe_file_names
 from preprocess.cli import at_least, command_parser, run_command
 from preprocess.dataset import DatasetError, open_dataset
+from preprocess.paths import replace_atomically
 
 logger = logging.getLogger("generate_images")
 
@@ -40,9 +42,11 @@ def chunks_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
 
 
 def save_chunk_image(chunk: np.ndarray, path: Path) -> None:
-    """chunk: (n_bins, frames) or (n_bins, frames, 1); low frequencies at the bottom."""
-    plt.imsave(
-        path, np.flipud(np.squeeze(chunk, axis=-1) if chunk.ndim == 3 else chunk), cmap="binary"
+    """chunk: (n_bins, frames) or (n_bins, frames, 1); low frequencies at the bottom. A new
+    file replaces path: a link or a second name of another file there is never written."""
+    image = np.flipud(np.squeeze(chunk, axis=-1) if chunk.ndim == 3 else chunk)
+    replace_atomically(
+        path, lambda file: plt.imsave(file, image, cmap="binary", format="png"), "wb"
     )
 
 
@@ -61,6 +65,8 @@ def generate_images(data: Path, out: Path, per_class: int) -> int:
             unlabelled = f"_{unlabelled}"
         for row in rows:
             folder = out / (folder_names[class_ids[row]] if class_ids[row] else unlabelled)
+            if folder.is_symlink():  # planted in OUT: the images would go where it leads
+                raise OutputError(f"{folder} is a link: images go only into folders in {out}")
             folder.mkdir(parents=True, exist_ok=True)
             name = f"{file_names[media_ids[row]]}_{chunk_index[row]}.png"
             save_chunk_image(dataset.X[row], inside(folder, name))
