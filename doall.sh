@@ -233,6 +233,10 @@ if [[ -z "$test_dir" ]]; then
     exit 0
 fi
 stage "predict $test_dir"
+if [[ -L "$run_dir/predictions" ]]; then # planted in a run folder from elsewhere
+    echo "error: $run_dir/predictions is a link: the run file and scores go only into a folder of its own" >&2
+    exit 2
+fi
 run_file="$run_dir/predictions/$(basename "$(realpath "$test_dir")").csv"
 inputs=(--audio "$work_dir/test_16k")
 [[ -d "$test_dir/xml" ]] && inputs+=(--xml-dir "$test_dir/xml")

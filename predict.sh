@@ -42,9 +42,12 @@ done
 if [[ -z "$run_dir" ]]; then
     # the newest run folder whose training ended and chose its model and pooling (one still
     # training, or killed, has models of its first epochs, not the one it will choose)
-    run_dir="$(ls -1td "$ROOT"/runs/*/ 2>/dev/null | while read -r dir; do
-        [[ -f "$dir/training_done.json" && -f "$dir/inference.json" ]] && echo "${dir%/}" && break
-    done || true)"
+    # (a glob, not ls: a folder name may hold a line break)
+    for dir in "$ROOT"/runs/*/; do
+        dir="${dir%/}"
+        [[ -f "$dir/training_done.json" && -f "$dir/inference.json" ]] || continue
+        [[ -z "$run_dir" || "$dir" -nt "$run_dir" ]] && run_dir="$dir"
+    done
     [[ -n "$run_dir" ]] || {
         echo "error: no finished run under $ROOT/runs/ (run ./doall.sh first, or give --run DIR)" >&2
         exit 2
@@ -61,6 +64,10 @@ else
     args=(--audio "${inputs[@]}")
 fi
 label="$(basename "$(realpath -m "${inputs[0]}")")"
+if [[ -z "$out" && -L "$run_dir/predictions" ]]; then # planted in a run folder from elsewhere
+    echo "error: $run_dir/predictions is a link: give --out, or remove the link" >&2
+    exit 2
+fi
 out="${out:-$run_dir/predictions/${label%.*}.csv}"
 
 echo "Predicting with $run_dir"

@@ -958,6 +958,15 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
     for option, path in named:
         if path and path.suffix.lower() in AUDIO_SUFFIXES:  # the next run would take it as audio
             raise OutputPathError(f"{option} {path}: named like audio, which it is not")
+    # the cache's folders are this command's choice, not the user's: never where a link
+    # planted there (in a run folder received from someone else, say) leads
+    own_folders = [work_dir / "resampled"] if args.work_dir else [work_dir, work_dir / "resampled"]
+    for folder in own_folders:
+        if folder.is_symlink():
+            raise OutputPathError(
+                f"{folder} is a link: prediction's resampling cache goes only into a folder "
+                "of its own (remove the link, or give --work-dir)"
+            )
     audio = args.audio or [args.xml_dir.parent / "wav"]
     for path in audio:
         if work_dir.resolve() in (path.resolve(), *path.resolve().parents):

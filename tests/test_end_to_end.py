@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -138,3 +139,33 @@ def test_url_archives_unpack_each_into_a_folder_of_its_own_name(tmp_path):
     for version in ("v1", "v2"):
         assert (data / f"birds.{version}" / "TrainingSet" / "notes.txt").read_text() == version
     assert "error: unzip could not unpack" in result.stderr
+
+
+def test_prediction_never_writes_through_a_link_planted_in_a_run_folder(finished, tmp_path):
+    """A run folder received from someone else, whose predictions/ (or the resampling cache
+    in it) leads elsewhere: predict.sh's default output and predict.py's cache refuse it."""
+    done, _ = finished
+    run, victim = tmp_path / "received run", tmp_path / "victim"
+    victim.mkdir()
+    (run / "predictions").mkdir(parents=True)
+    for name in ("params.json", "classes.json", "inference.json", "training_done.json"):
+        (run / name).write_bytes((done / "runs" / "demo-tiny" / name).read_bytes())
+    model = json.loads((run / "inference.json").read_text())["model_file"]
+    (run / model).write_bytes((done / "runs" / "demo-tiny" / model).read_bytes())
+    test_set = done / "data" / "demo-tiny" / "TestSet"
+    (run / "predictions" / ".resampled").symlink_to(victim)
+    predict = [sys.executable, str(ROOT / "predict" / "predict.py"), "--run", str(run), "--audio"]
+    result = subprocess.run(
+        [*predict, str(test_set / "wav"), "--out", str(run / "predictions" / "x.csv")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "predictions/.resampled is a link" in result.stderr
+    (run / "predictions" / ".resampled").unlink()
+    (run / "predictions").rmdir()
+    (run / "predictions").symlink_to(victim)
+    result = subprocess.run(
+        [str(ROOT / "predict.sh"), str(test_set), "--run", str(run)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "predictions is a link: give --out" in result.stderr
+    assert list(victim.iterdir()) == []
