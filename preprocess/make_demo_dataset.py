@@ -42,6 +42,7 @@ import scipy.fft
 from scipy.io import wavfile
 
 from preprocess.cli import at_least, most_workers, run_command
+from preprocess.paths import write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ SILENCE_SHARE = 0.25  # recordings with a stretch of digital silence
 DISTRACTOR_SHARE = 0.4  # recordings with insect buzz or stray chirps of no species
 HISS = (60.0, 200.0)  # range of the microphone hiss RMS, int16 scale
 COMPLETE_MARKER = ".demo_complete.json"
+README_START = "SYNTHETIC demo dataset made by preprocess/make_demo_dataset.py"
+DEMO_ENTRIES = ("TrainingSet", "TestSet", "README.txt")  # besides the marker
 
 
 class DemoError(Exception):
@@ -423,6 +426,41 @@ def _plan(seed: int, split: int, per_species: int, first_id: int):
     return plan
 
 
+def is_own_file(path: Path) -> bool:
+    """A regular file, not a link to one."""
+    return path.is_file() and not path.is_symlink()
+
+
+def check_may_replace(out: Path) -> None:
+    """DemoError unless out is missing, empty, or a demo dataset this tool made (its marker,
+    or the README it writes first), holding nothing else and no link: only then are its
+    TrainingSet/ and TestSet/ deleted and written anew. A real BirdCLEF folder has the same
+    two folders."""
+    if out.exists() and not out.is_dir():
+        raise DemoError(f"{out} is not a folder: choose a new or empty folder for the demo")
+    entries = list(out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return
+    readme = out / "README.txt"
+    made_here = is_own_file(out / COMPLETE_MARKER) or (
+        is_own_file(readme) and readme.read_bytes().startswith(README_START.encode())
+    )
+    if not made_here:
+        raise DemoError(
+            f"{out} is not empty and holds no demo dataset made by this tool: choose a new or "
+            "empty folder for the demo dataset (nothing in it was changed)"
+        )
+    for entry in entries:
+        if entry.is_symlink():
+            raise DemoError(f"{entry} is a link: the demo dataset is written only into {out}")
+    leftovers = {entry.name for entry in entries} - {*DEMO_ENTRIES, COMPLETE_MARKER}
+    if leftovers:
+        raise DemoError(
+            f"{out} holds other files ({', '.join(sorted(leftovers)[:3])}...): choose an empty "
+            "folder for the demo dataset"
+        )
+
+
 def make_demo_dataset(
     out: Path,
     recordings_per_species: int = 100,
@@ -442,23 +480,19 @@ def make_demo_dataset(
         "species": [s.class_id for s in SPECIES],
     }
     marker = out / COMPLETE_MARKER
-    if marker.is_file() and json.loads(marker.read_text(encoding="utf-8")) == settings:
+    if is_own_file(marker) and json.loads(marker.read_text(encoding="utf-8")) == settings:
         logger.info("SYNTHETIC demo dataset already complete in %s, skipping", out)
         return False
-    if out.exists() and any(out.iterdir()) and not marker.is_file():
-        leftovers = {p.name for p in out.iterdir()} - {"TrainingSet", "TestSet", "README.txt"}
-        if leftovers:
-            raise DemoError(
-                f"{out} holds other files ({sorted(leftovers)[:3]}...); "
-                "choose an empty folder for the demo dataset"
-            )
+    check_may_replace(out)
     marker.unlink(missing_ok=True)
     for part in ("TrainingSet", "TestSet"):
-        shutil.rmtree(out / part, ignore_errors=True)
+        if (out / part).exists():  # no link: check_may_replace refuses those
+            shutil.rmtree(out / part)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "README.txt").write_text(
-        "SYNTHETIC demo dataset made by preprocess/make_demo_dataset.py "
-        f"(seed {seed}): made-up bird-like species, not real recordings.\n"
+    # first: it marks the folder as this tool's (`check_may_replace`), should the run stop
+    write_text_atomically(
+        out / "README.txt",
+        f"{README_START} (seed {seed}): made-up bird-like species, not real recordings.\n",
     )
     n_train = len(SPECIES) * recordings_per_species
     train_plan = _plan(seed, 0, recordings_per_species, 1)
@@ -469,8 +503,8 @@ def make_demo_dataset(
         f"{media_id};{species.class_id};{background.class_id if background else ''}\n"
         for media_id, species, background in test
     ]
-    (out / "TestSet" / "ground_truth.csv").write_text("".join(truth), encoding="utf-8")
-    marker.write_text(json.dumps(settings), encoding="utf-8")
+    write_text_atomically(out / "TestSet" / "ground_truth.csv", "".join(truth))
+    write_text_atomically(marker, json.dumps(settings))
     logger.info(
         "wrote %d training and %d test recordings of %d SYNTHETIC species to %s "
         "(made-up bird-like calls, not real recordings)",

@@ -1,6 +1,7 @@
 """The synthetic demo dataset: deterministic, laid out and labelled as BirdCLEF 2016 ships."""
 
 import hashlib
+import shutil
 
 import numpy as np
 import pytest
@@ -52,18 +53,55 @@ def test_complete_dataset_is_skipped_and_other_sizes_rebuild(tmp_path):
 
 def test_refuses_to_write_into_a_folder_of_other_files(tmp_path):
     (tmp_path / "mine.txt").write_text("precious")
-    with pytest.raises(DemoError, match="other files"):
+    with pytest.raises(DemoError, match="holds no demo dataset made by this tool"):
         make_demo_dataset(tmp_path, recordings_per_species=1, test_per_species=1)
     assert (tmp_path / "mine.txt").read_text() == "precious"
+
+
+def test_never_deletes_a_real_dataset_of_the_same_layout(tmp_path):
+    """A BirdCLEF folder (TrainingSet/, TestSet/), given by mistake where the demo goes."""
+    real = tmp_path / "birdclef" / "TrainingSet" / "wav" / "LIFECLEF2014_BIRDAMAZON_XC_WAV_RN1.wav"
+    real.parent.mkdir(parents=True)
+    real.write_bytes(b"RIFF a real recording")
+    with pytest.raises(DemoError, match="holds no demo dataset made by this tool"):
+        make_demo_dataset(tmp_path / "birdclef", recordings_per_species=1, test_per_species=1)
+    assert real.read_bytes() == b"RIFF a real recording"
+
+
+@pytest.mark.parametrize("link", ["TrainingSet", "README.txt", ".demo_complete.json"])
+def test_never_writes_through_a_link_in_its_own_folder(tmp_path, link):
+    out, victim = tmp_path / "demo", tmp_path / "victim"
+    assert make_demo_dataset(out, recordings_per_species=1, test_per_species=1)
+    victim.mkdir()
+    (victim / "notes.txt").write_text("the user's")
+    target = victim if link == "TrainingSet" else victim / "notes.txt"
+    if (out / link).is_dir():
+        shutil.rmtree(out / link)
+    else:
+        (out / link).unlink()
+    (out / link).symlink_to(target)
+    with pytest.raises(DemoError, match=rf"{link} is a link|holds no demo dataset"):
+        make_demo_dataset(out, recordings_per_species=2, test_per_species=1)
+    assert sorted(p.name for p in victim.iterdir()) == ["notes.txt"]
+    assert (victim / "notes.txt").read_text() == "the user's"
+
+
+def test_an_interrupted_demo_is_made_again(tmp_path):
+    out = tmp_path / "demo"
+    assert make_demo_dataset(out, recordings_per_species=1, test_per_species=1)
+    (out / ".demo_complete.json").unlink()  # killed before its end: the README marks it
+    shutil.rmtree(out / "TestSet")
+    assert make_demo_dataset(out, recordings_per_species=1, test_per_species=1)
+    assert (out / "TestSet" / "ground_truth.csv").is_file()
 
 
 def test_command_errors_are_one_line_with_status_2(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("precious")
     assert demo_main(["--out", str(tmp_path), "--recordings-per-species", "1"]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {tmp_path} holds other files")
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path} is not empty and holds no demo")
     (tmp_path / "a file").write_text("")
     assert demo_main(["--out", str(tmp_path / "a file"), "--recordings-per-species", "1"]) == 2
-    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'a file'}: Not a directory")
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'a file'} is not a folder")
     for option, value in [("--workers", "-2"), ("--seed", "-1"), ("--test-per-species", "0")]:
         with pytest.raises(SystemExit) as exit_status:
             demo_main(["--out", str(tmp_path / "new"), option, value])
