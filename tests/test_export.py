@@ -129,6 +129,21 @@ def test_export_never_writes_through_a_planted_part_link(run_dir, tmp_path, fake
     assert (exports / "exp.part").readlink() == victim
 
 
+def test_export_refuses_a_run_file_that_is_a_link(run_dir, tmp_path, fake_model, capsys):
+    """A run folder received from someone else, its thresholds.json a link to a private
+    file: the export, made to be shared, would carry that file's content."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    (tmp_path / "secret.txt").write_text("private")
+    (run / "thresholds.json").unlink()
+    (run / "thresholds.json").symlink_to(tmp_path / "secret.txt")
+
+    assert main(["--run", str(run), "--out", str(tmp_path / "exp")]) == 2
+
+    assert f"{run / 'thresholds.json'} is a link" in capsys.readouterr().err
+    assert not (tmp_path / "exp").exists()
+
+
 def test_export_keeps_a_users_folder_named_like_a_temporary_one(run_dir, tmp_path, fake_model):
     exports = tmp_path / "exports"
     (exports / "exp2.part").mkdir(parents=True)

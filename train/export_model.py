@@ -82,6 +82,12 @@ def export_run(
             inference.model_file,
             model_file,
         )
+    for name in (model_file, *RUN_FILES):
+        if (run_dir / name).is_symlink():  # its target, any file, would be shared as the run's
+            raise ExportError(
+                f"{run_dir / name} is a link: export takes only the run's own files (replace "
+                "the link by a copy of the file)"
+            )
     for name in (model_file, "params.json", "classes.json"):
         if not (run_dir / name).is_file():
             raise ExportError(f"{run_dir} has no {name}: not a finished training run")
