@@ -223,6 +223,19 @@ def test_an_xlsx_beside_the_runs_table_that_is_not_one_is_left_as_it_was(tmp_pat
     assert [row[0] for row in sheet.iter_rows(values_only=True)] == ["run_dir", *"abcd"]
 
 
+def test_text_of_the_runs_table_is_text_in_its_xlsx_never_a_formula(tmp_path):
+    """A run folder or model named like a formula (a received run, a data set's name) must
+    not run as one when the spreadsheet opens."""
+    openpyxl = pytest.importorskip("openpyxl")
+    table = tmp_path / "runs.csv"
+    formulas = ['=HYPERLINK("http://example.org","x")', "=cmd|' /C calc'!A0"]
+    append_run(table, {"run_dir": formulas[0], "model": formulas[1], "map": "0.5"})
+    sheet = openpyxl.load_workbook(tmp_path / "runs.xlsx")["runs"]
+    cells = {cell.value: cell.data_type for cell in sheet[2]}
+    assert cells[formulas[0]] == cells[formulas[1]] == "s"
+    assert cells[0.5] == "n"
+
+
 def test_a_resumed_run_keeps_its_training_settings(easy_data, tiny_model, tmp_path, capsys):
     """More epochs may be asked of a run; another learning rate or augmentation may not: the
     history, checkpoints and schedule so far were made with the settings it started with."""

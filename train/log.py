@@ -203,6 +203,10 @@ def _write_xlsx(path: Path, columns: list[str], rows: list[dict]) -> None:
     sheet.append(columns)
     for row in rows:
         sheet.append([_number(row.get(name, "")) for name in columns])
+    for cells in sheet.iter_rows():
+        for cell in cells:  # openpyxl takes text starting with '=' for a formula to run
+            if cell.data_type == "f":
+                cell.data_type = "s"
     replace_atomically(path, book.save, "wb")
     logger.info("runs table also in %s", path)
 
