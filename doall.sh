@@ -122,7 +122,9 @@ if [[ -n "$url" ]]; then
         case "$archive" in
         *.zip) run unzip -q -o "$archive" -d "$unpacked" || die "unzip could not unpack $archive" ;;
         *.tar | *.tar.* | *.tgz)
-            run tar -xf "$archive" -C "$unpacked" || die "tar could not unpack $archive" ;;
+            # as root, tar would keep the archive's owners and setuid bits
+            run tar -xf "$archive" -C "$unpacked" --no-same-owner --no-same-permissions ||
+                die "tar could not unpack $archive" ;;
         *) die "cannot unpack $archive (zip or tar archives only)" ;;
         esac
         touch "$unpacked/.unpacked"

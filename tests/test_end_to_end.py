@@ -123,11 +123,19 @@ def test_an_unknown_recipe_is_refused_before_any_work(tmp_path):
 def test_url_archives_unpack_each_into_a_folder_of_its_own_name(tmp_path):
     """birds.v1.tar.gz and birds.v2.tar.gz are two data sets, not one; an archive its tool
     cannot unpack is one error line."""
+
+    def foreign(member: tarfile.TarInfo) -> tarfile.TarInfo:
+        """As made elsewhere: another owner, and a setuid bit on the file."""
+        member.uid, member.gid = 4321, 4321
+        if member.isfile():
+            member.mode |= 0o6755
+        return member
+
     for version in ("v1", "v2"):
         (tmp_path / version / "TrainingSet").mkdir(parents=True)  # no wav/, xml/: stops there
         (tmp_path / version / "TrainingSet" / "notes.txt").write_text(version)
         with tarfile.open(tmp_path / f"birds.{version}.tar.gz", "w:gz") as archive:
-            archive.add(tmp_path / version / "TrainingSet", arcname="TrainingSet")
+            archive.add(tmp_path / version / "TrainingSet", arcname="TrainingSet", filter=foreign)
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not a zip")
     data = tmp_path / "data"
     for name in ("birds.v1.tar.gz", "birds.v2.tar.gz", "broken.zip"):
@@ -137,7 +145,10 @@ def test_url_archives_unpack_each_into_a_folder_of_its_own_name(tmp_path):
         assert result.returncode == 2
         assert result.stderr.splitlines()[-1].startswith("error: ")
     for version in ("v1", "v2"):
-        assert (data / f"birds.{version}" / "TrainingSet" / "notes.txt").read_text() == version
+        notes = data / f"birds.{version}" / "TrainingSet" / "notes.txt"
+        assert notes.read_text() == version
+        # the archive's owner and setuid bit are not kept, even when unpacking as root
+        assert notes.stat().st_uid == os.getuid() and not notes.stat().st_mode & 0o6000
     assert "error: unzip could not unpack" in result.stderr
 
 
