@@ -260,6 +260,7 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
     except OSError as error:
         raise DatasetError(f"{path}: not a readable HDF5 file ({error})") from error
     try:
+        _check_self_contained(h5, path)
         info = _read_info(h5, path)
         missing = [name for name in ROW_DATASETS if name not in h5]
         missing += [
@@ -282,6 +283,25 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
         h5.close()
         raise
     return Dataset(path, h5, info, recordings)
+
+
+def _check_self_contained(h5: h5py.File, path: Path) -> None:
+    """DatasetError for data kept outside the file: an external link, a dataset stored in
+    other files (external storage) or made of them (virtual). HDF5 reads any file such a
+    received dataset names as if it were its own, into chunks that training, images and
+    conversion then write out elsewhere."""
+
+    def problem(name: str, link) -> str | None:  # not None: the visit stops, returning it
+        if isinstance(link, h5py.ExternalLink):
+            return f"{name} links to another file, {link.filename}"
+        node = h5.get(name) if isinstance(link, h5py.HardLink) else None
+        if isinstance(node, h5py.Dataset) and (node.external or node.is_virtual):
+            return f"{name} is stored in other files, not in this one"
+        return None
+
+    found = h5.visititems_links(problem)  # an exception raised inside would not pass HDF5
+    if found:
+        raise DatasetError(f"{path}: {found}")
 
 
 def _read_info(h5: h5py.File, path: Path) -> DatasetInfo:

@@ -446,6 +446,29 @@ def test_exclusive_run_refuses_a_second_holder_and_frees_the_lock_after(tmp_path
             pass
 
 
+@pytest.mark.parametrize("outside", ["external link", "external storage", "virtual"])
+def test_open_dataset_refuses_data_kept_in_other_files(dataset_path, tmp_path, outside):
+    """A received dataset naming another file (a private one, say) as its data: HDF5 would
+    read that file as its own, and training, images or conversion write its content out."""
+    private = tmp_path / "private.bin"
+    private.write_bytes(np.arange(7, dtype="<i4").tobytes())
+    with h5py.File(dataset_path, "a") as h5:
+        if outside == "external link":
+            h5["recordings/extra"] = h5py.ExternalLink(str(private), "/X")
+        else:
+            del h5["chunk_index"]
+            if outside == "external storage":
+                h5.create_dataset("chunk_index", (7,), "<i4", external=[(str(private), 0, 28)])
+            else:
+                with h5py.File(tmp_path / "other.h5", "w") as other:
+                    other["values"] = np.arange(7, dtype=np.int32)
+                layout = h5py.VirtualLayout((7,), np.int32)
+                layout[:] = h5py.VirtualSource(tmp_path / "other.h5", "values", shape=(7,))
+                h5.create_virtual_dataset("chunk_index", layout)
+    with pytest.raises(DatasetError, match="links to another file|stored in other files"):
+        open_dataset(dataset_path)
+
+
 def test_exclusive_run_never_writes_a_hard_linked_lock_file(tmp_path):
     """A lock file planted as a second name of another file (a received output folder): the
     pid would overwrite that file's content."""
