@@ -66,8 +66,3 @@ site_packages="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_pa
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
-
-if ! command -v sox >/dev/null 2>&1; then
-    echo "note: SoX is not installed; resampling uses the soxr fallback (all formats" \
-        "but WavPack). For SoX: sudo apt-get install sox libsox-fmt-all" >&2
-fi
