@@ -36,6 +36,7 @@ AUDIO_SUFFIXES = WAV_SUFFIXES | {
     ".mp3",
     ".ogg",
     ".oga",
+    ".opus",
     ".aif",
     ".aiff",
     ".aifc",

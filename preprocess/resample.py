@@ -3,8 +3,8 @@
     python -m preprocess.resample IN_DIR OUT_DIR [--jobs N] [--soxr]
 
 (preprocess/resample_wavs_to_16k.sh runs this). IN_DIR/<path>.<ext> becomes OUT_DIR/<path>.wav
-for every audio file of preprocess/audio.AUDIO_SUFFIXES (wav, flac, mp3, ogg, aiff, au, caf,
-w64, wavpack; extension in any case, any rate, bit depth and channel count; channels are
+for every audio file of preprocess/audio.AUDIO_SUFFIXES (wav, flac, mp3, ogg, opus, aiff, au,
+caf, w64, wavpack; extension in any case, any rate, bit depth and channel count; channels are
 averaged; links are followed, as `find -L` does). Prediction resamples its own list of files
 with the same `resample_files`: the one implementation.
 - Parallel: N files at once (default: all cores).
@@ -55,10 +55,11 @@ SoX options, and why:
 Without SoX on PATH (or with --soxr), soxr resamples instead: wavs as read_wav reads them,
 the other formats decoded by libsndfile (the soundfile package: flac, ogg vorbis and opus,
 mp3, aiff, au, caf, w64) in blocks, so that a long recording is never whole in memory;
-WavPack is reported as failed. soxr's 'HQ' quality is the engine of SoX's default `rate`
-effect, and samples are rounded without dither as `sox -D` does, so both agree within a few
-LSB. As with SoX, a flac that does not decode to its end fails, and a truncated ogg or mp3
-gives the audio up to the cut.
+WavPack is reported as failed. With SoX, a file of a format this SoX was built without (it
+says "no handler for": Ogg Opus, mp3 without libsox-fmt-mp3) is converted this way too.
+soxr's 'HQ' quality is the engine of SoX's default `rate` effect, and samples are rounded
+without dither as `sox -D` does, so both agree within a few LSB. As with SoX, a flac that
+does not decode to its end fails, and a truncated ogg or mp3 gives the audio up to the cut.
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ from preprocess.paths import (
 
 TARGET_RATE = SpectrogramParams().sample_rate
 SOX_ONLY_SUFFIXES = {".wv"}  # WavPack: libsndfile, the fallback's decoder, does not read it
+SOX_NO_HANDLER = "no handler for"  # SoX's words for a format it was built without
 PART_SUFFIX = ".part"  # a file being written; never a result
 SOURCES_NAME = ".sources.json"  # in the output folder: what each finished output was made from
 SOURCES_FORMAT = "preprocess/resample.py sources, version 2"
@@ -180,6 +182,21 @@ def soxr_resample(source: Path, part: Path) -> str:
     return ""
 
 
+def resample_one(source: Path, part: Path, sox: bool) -> str:
+    """Write source as a 16 kHz 16-bit mono wav at part (which does not exist): with SoX when
+    sox, else soxr (`soxr_resample`), and with soxr too where this SoX has no handler for the
+    format (Ogg Opus; mp3 without libsox-fmt-mp3). Returns SoX's warnings."""
+    if not sox:
+        return soxr_resample(source, part)
+    try:
+        return sox_resample(source, part)
+    except AudioError as error:
+        if SOX_NO_HANDLER not in error.reason:
+            raise
+    part.unlink(missing_ok=True)
+    return soxr_resample(source, part)
+
+
 def outside(conversion: Conversion, into: Path) -> str | None:
     """Why conversion must not be made: the target's folder, links followed, is not inside
     into (the output folder), as when a link planted in the output tree leads elsewhere; or
@@ -223,7 +240,7 @@ def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, 
         record = made_from(conversion.source)  # before reading: a change meanwhile is seen
         target.parent.mkdir(parents=True, exist_ok=True)  # by the next run
         part.unlink(missing_ok=True)  # a killed run's, or a planted link: never written through
-        warnings = (sox_resample if sox else soxr_resample)(conversion.source, part)
+        warnings = resample_one(conversion.source, part, sox)
         os.replace(part, target)
         return None, warnings, record
     except AudioError as error:

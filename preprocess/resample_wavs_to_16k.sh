@@ -3,7 +3,7 @@
 #
 #   bash preprocess/resample_wavs_to_16k.sh IN_DIR OUT_DIR [--jobs N]
 #
-# IN_DIR/<path>.<ext> becomes OUT_DIR/<path>.wav for every wav, flac, mp3, ogg, aiff, au, caf,
+# IN_DIR/<path>.<ext> becomes OUT_DIR/<path>.wav for every wav, flac, mp3, ogg, opus, aiff, au, caf,
 # w64 or wavpack file, with SoX (without it: soxr and libsndfile, no wavpack); in parallel, resumable,
 # and every file that fails named with the reason. Exit status: 0 all converted or already done, 1 some failed,
 # 2 usage error. This runs preprocess/resample.py, whose docstring has the details (the SoX

@@ -328,6 +328,33 @@ def test_fallback_converts_other_formats_through_libsndfile(tmp_path, capsys):
     assert not list(out_dir.rglob("*.part"))
 
 
+def test_a_format_sox_was_built_without_converts_through_libsndfile(tmp_path, monkeypatch):
+    """Ogg Opus (no SoX handler in Debian's build), mp3 where libsox-fmt-mp3 is missing: SoX
+    says 'no handler for', and soxr with libsndfile converts the file instead; SoX's other
+    failures stay failures."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    tone = 0.3 * np.sin(2 * np.pi * 1000 * np.arange(48000) / 48000)
+    soundfile.write(in_dir / "call.opus", tone, 48000, format="OGG", subtype="OPUS")
+    wavfile.write(in_dir / "damaged.wav", 16000, np.zeros(10, np.int16))
+
+    def sox_without_handlers(source: Path, part: Path) -> str:
+        if source.suffix == ".opus":
+            raise resample.AudioError(source, "sox FAIL formats: no handler for detected file type")
+        raise resample.AudioError(source, "sox FAIL: damaged")
+
+    monkeypatch.setattr(resample, "sox_resample", sox_without_handlers)
+    monkeypatch.setattr(resample.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    conversions, _ = resample.folder_conversions(in_dir, out_dir)
+    out_dir.mkdir()
+    failed = resample.resample_files(conversions, 1, out_dir)
+
+    assert failed == [("damaged.wav", "sox FAIL: damaged")]
+    converted = read_16k(out_dir / "call.wav")
+    assert abs(len(converted) - 16000) <= 16
+    assert np.abs(converted[1000:-1000]).max() == pytest.approx(0.3 * 32768, rel=0.1)
+
+
 def test_fallback_converts_rounds_and_clips(tmp_path):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
