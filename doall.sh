@@ -52,6 +52,16 @@ stage() {
     echo "== $*"
 }
 
+refuse_links() { # the paths this script chooses inside the folders it was given: never links
+    # (planted in a data, work or run folder from elsewhere, they would send its writes there)
+    local path
+    for path in "$@"; do
+        if [[ -L "$path" ]] || { [[ -f "$path" ]] && (($(stat -c %h -- "$path") > 1)); }; then
+            die "$path is a link (or a second name of another file): remove it, or choose other folders"
+        fi
+    done
+}
+
 words() { # words ARRAY "TEXT": split TEXT as a shell would (quotes, backslashes), expanding nothing
     local -n into="$1"
     python -c 'import shlex, sys; shlex.split(sys.argv[1])' "$2" 2>/dev/null ||
@@ -105,6 +115,7 @@ if [[ -n "$url" ]]; then
     stem="${stem%.zip}" stem="${stem%.tgz}" stem="${stem%.tar*}" # birds.v2.tar.gz -> birds.v2
     unpacked="$data_dir/${name:-$stem}"
     mkdir -p "$downloads"
+    refuse_links "$archive.part" "$unpacked/.unpacked" # curl and wget append to the .part
     if [[ ! -f "$archive" ]]; then
         if command -v curl >/dev/null; then
             run curl --fail --location --progress-bar --continue-at - --output "$archive.part" "$url"
@@ -182,6 +193,7 @@ resample() { # exit 1 (some files failed, listed) is not fatal: those files are 
         status=$?
     ((status <= 1)) || die "resampling $1 failed (status $status)"
 }
+refuse_links "$work_dir/train_16k" "$work_dir/test_16k"
 stage "resample to 16 kHz"
 resample "$source_dir" "$work_dir/train_16k"
 test_audio=""
@@ -235,11 +247,8 @@ if [[ -z "$test_dir" ]]; then
     exit 0
 fi
 stage "predict $test_dir"
-if [[ -L "$run_dir/predictions" ]]; then # planted in a run folder from elsewhere
-    echo "error: $run_dir/predictions is a link: the run file and scores go only into a folder of its own" >&2
-    exit 2
-fi
 run_file="$run_dir/predictions/$(basename "$(realpath "$test_dir")").csv"
+refuse_links "$run_dir/predictions" "${run_file%.csv}.report"
 inputs=(--audio "$work_dir/test_16k")
 [[ -d "$test_dir/xml" ]] && inputs+=(--xml-dir "$test_dir/xml")
 run python "$ROOT/predict/predict.py" --run "$run_dir" "${inputs[@]}" --out "$run_file" \

@@ -152,6 +152,36 @@ def test_url_archives_unpack_each_into_a_folder_of_its_own_name(tmp_path):
     assert "error: unzip could not unpack" in result.stderr
 
 
+@pytest.mark.parametrize("planted", ["hard link", "link"])
+def test_doall_never_writes_through_a_link_planted_in_its_folders(tmp_path, planted):
+    """A data folder received from elsewhere: curl would append the download to the file a
+    planted .part names; a work folder whose train_16k leads to a user's folder."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's")
+    archive = tmp_path / "birds.zip"
+    archive.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip
+    downloads = tmp_path / "downloads"
+    downloads.mkdir(parents=True)
+    if planted == "link":
+        (downloads / "birds.zip.part").symlink_to(victim)
+    else:
+        os.link(victim, downloads / "birds.zip.part")
+    folders = ["--work-dir", str(tmp_path / "work"), "--runs-dir", str(tmp_path / "runs")]
+    command = [str(ROOT / "doall.sh"), "--url", archive.as_uri(), "--data-dir", str(tmp_path)]
+    result = subprocess.run([*command, *folders], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "birds.zip.part is a link (or a second name of another file)" in result.stderr
+    assert victim.read_text() == "the user's"
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "train_16k").symlink_to(tmp_path / "victim folder")
+    command = [str(ROOT / "doall.sh"), "--class-folders", str(tmp_path)]
+    result = subprocess.run([*command, *folders], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "train_16k is a link" in result.stderr
+    assert not (tmp_path / "victim folder").exists()
+
+
 def test_prediction_never_writes_through_a_link_planted_in_a_run_folder(finished, tmp_path):
     """A run folder received from someone else, whose predictions/ (or the resampling cache
     in it) leads elsewhere: predict.sh's default output and predict.py's cache refuse it."""
