@@ -196,12 +196,6 @@ resample() { # exit 1 (some files failed, listed) is not fatal: those files are 
 refuse_links "$work_dir/train_16k" "$work_dir/test_16k"
 stage "resample to 16 kHz"
 resample "$source_dir" "$work_dir/train_16k"
-test_audio=""
-if [[ -n "$test_dir" ]]; then
-    test_audio="$test_dir"
-    [[ -d "$test_dir/wav" ]] && test_audio="$test_dir/wav"
-    resample "$test_audio" "$work_dir/test_16k"
-fi
 
 # ---- 3. chunk dataset -----------------------------------------------------------------------
 stage "spectrogram chunks -> $work_dir/train.h5"
@@ -249,7 +243,11 @@ fi
 stage "predict $test_dir"
 run_file="$run_dir/predictions/$(basename "$(realpath "$test_dir")").csv"
 refuse_links "$run_dir/predictions" "${run_file%.csv}.report"
-inputs=(--audio "$work_dir/test_16k")
+# the test recordings as they are (the run file and top-5 CSV name them), resampled by
+# predict.py into its cache work/NAME/test_16k/, with the one resampler training used
+test_audio="$test_dir"
+[[ -d "$test_dir/wav" ]] && test_audio="$test_dir/wav"
+inputs=(--audio "$test_audio" --work-dir "$work_dir/test_16k")
 [[ -d "$test_dir/xml" ]] && inputs+=(--xml-dir "$test_dir/xml")
 run python "$ROOT/predict/predict.py" --run "$run_dir" "${inputs[@]}" --out "$run_file" \
     --human-csv "${run_file%.csv}.top5.csv" ${top_k:+--top-k "$top_k"} \

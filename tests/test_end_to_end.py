@@ -60,7 +60,7 @@ def test_every_stage_leaves_its_output(finished):
     n_test = len(list((demo / "TestSet" / "wav").glob("*.wav")))
     assert n_train > 0 and n_test > 0
     assert len(list((work / "train_16k").glob("*.wav"))) == n_train
-    assert len(list((work / "test_16k").glob("*.wav"))) == n_test
+    assert len(list((work / "test_16k" / "resampled").glob("*.wav"))) == n_test  # the cache
     assert (work / "train.h5").is_file()
     for name in ("best_val_map.keras", "history.csv", "params.json", "classes.json"):
         assert (run / name).is_file(), name
@@ -69,6 +69,9 @@ def test_every_stage_leaves_its_output(finished):
     entries = read_run_file(run_file)  # validates as the official evaluator did
     test_ids = {r.media_id for r in read_birdclef_xml_dir(demo / "TestSet" / "xml")[0]}
     assert {e.media_id for e in entries} == test_ids
+    with open(run / "predictions" / "TestSet.top5.csv", newline="", encoding="utf-8") as file:
+        named = {Path(row["file"]) for row in csv.DictReader(file)}  # the user's files, for people
+    assert named == set((demo / "TestSet" / "wav").glob("*.wav"))
     scores = json.loads((run / "predictions" / "TestSet.scores.json").read_text())
     # Two epochs on 24 recordings do not reliably beat chance (the README's full demo does:
     # 0.93 against 0.41), so the figures are checked exactly instead: with one species per
