@@ -67,12 +67,16 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     try:
         if os.path.getsize(path) == 0:
             raise AudioError(path, "empty file")
-        try:
-            rate, data = wavfile.read(path, mmap=True)
-        except ValueError as error:
-            if "mmap=True not compatible" not in str(error):  # 24-bit cannot be mapped
-                raise
-            with warnings.catch_warnings():  # scipy only warns of a truncated 24-bit file
+        with warnings.catch_warnings():
+            # chunks besides the samples (a float wav's PEAK, a recorder's metadata) are
+            # skipped, as they should be: not worth a warning
+            warnings.filterwarnings("ignore", "Chunk .* not understood", wavfile.WavFileWarning)
+            try:
+                rate, data = wavfile.read(path, mmap=True)
+            except ValueError as error:
+                if "mmap=True not compatible" not in str(error):  # 24-bit cannot be mapped
+                    raise
+                # scipy only warns of a truncated 24-bit file
                 warnings.filterwarnings("error", "Reached EOF", wavfile.WavFileWarning)
                 rate, data = wavfile.read(path)
     except (AudioError, MemoryError):

@@ -194,6 +194,16 @@ def test_decoded_blocks_put_every_format_on_the_int16_scale(tmp_path):
         assert np.abs(samples).max() == pytest.approx(0.5 * 32768, rel=0.05), name
 
 
+def test_read_wav_skips_other_chunks_without_a_warning(tmp_path):
+    """libsndfile's float wavs carry a PEAK chunk, recorders their metadata: scipy warns of
+    each; the samples are what count."""
+    soundfile.write(tmp_path / "float.wav", np.array([0.0, 0.5, -0.25]), 8000, subtype="FLOAT")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        samples, rate = read_wav(tmp_path / "float.wav")
+    assert rate == 8000 and samples.tolist() == [0.0, 16384.0, -8192.0]
+
+
 def test_decoded_blocks_refuse_what_libsndfile_cannot_decode(tmp_path):
     (tmp_path / "junk.mp3").write_bytes(b"ID3 and then nothing an mp3 decoder takes" * 10)
     with pytest.raises(AudioError, match=r"junk\.mp3: not readable audio"):
