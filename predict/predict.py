@@ -68,7 +68,13 @@ from predict.runfile import (  # noqa: E402
     top_classes,
 )
 from preprocess import resample  # noqa: E402
-from preprocess.audio import AudioError, pcm16_mono_header, streamable_seconds  # noqa: E402
+from preprocess.audio import (  # noqa: E402
+    UNREADABLE_AUDIO,
+    UNREADABLE_AUDIO_SUFFIXES,
+    AudioError,
+    pcm16_mono_header,
+    streamable_seconds,
+)
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
 from preprocess.extract import no_sound, recording_chunks, whole_recording_chunks  # noqa: E402
 from preprocess.metadata import (  # noqa: E402
@@ -364,8 +370,9 @@ def audio_files(
 
 
 def log_not_read(folder: Path, hidden: list[Path], other: list[Path]) -> None:
-    """Say which files of folder are not inputs: hidden ones named like audio (a warning), and
-    those of other types (audio SoX reads under another extension is given by file name)."""
+    """Say which files of folder are not inputs: hidden ones named like audio and audio of a
+    format no decoder here reads (warnings), and those of other types (audio SoX reads under
+    another extension is given by file name)."""
 
     def names(files: list[Path]) -> str:
         return first_names([shown_name(str(file.relative_to(folder))) for file in files])
@@ -378,6 +385,16 @@ def log_not_read(folder: Path, hidden: list[Path], other: list[Path]) -> None:
             len(hidden),
             names(hidden),
         )
+    unreadable = [file for file in other if file.suffix.lower() in UNREADABLE_AUDIO_SUFFIXES]
+    if unreadable:
+        logger.warning(
+            "%s: %d audio file(s) not read, %s: %s",
+            folder,
+            len(unreadable),
+            UNREADABLE_AUDIO,
+            names(unreadable),
+        )
+    other = [file for file in other if file not in unreadable]
     if other:
         logger.info(
             "%s: %d file(s) not named like audio (%s) not read: %s",

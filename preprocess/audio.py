@@ -47,6 +47,14 @@ AUDIO_SUFFIXES = WAV_SUFFIXES | {
 }
 
 
+# Audio that neither SoX nor libsndfile reads (AAC in MP4, Windows Media, WebM, AMR): such a
+# file is named with this reason, where it would pass unseen among the files of other types
+UNREADABLE_AUDIO_SUFFIXES = frozenset({".m4a", ".aac", ".mp4", ".wma", ".webm", ".amr", ".3gp"})
+UNREADABLE_AUDIO = (
+    "a format neither SoX nor libsndfile reads: convert it first (ffmpeg -i IN OUT.wav)"
+)
+
+
 class AudioError(ValueError):
     """A file that is not usable audio; the message names the file and says why."""
 

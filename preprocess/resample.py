@@ -83,6 +83,8 @@ from scipy.io import wavfile
 
 from preprocess.audio import (
     AUDIO_SUFFIXES,
+    UNREADABLE_AUDIO,
+    UNREADABLE_AUDIO_SUFFIXES,
     WAV_SUFFIXES,
     AudioError,
     decoded_blocks,
@@ -427,10 +429,15 @@ def folder_conversions(in_dir: Path, out_dir: Path) -> tuple[list[Conversion], l
     """A conversion for every audio file under in_dir (sorted by path; links followed, each
     folder once) to the same path under out_dir with the extension .wav, named by its path in
     in_dir; and [(name, reason)] for the audio names that cannot convert: a second input that
-    would give the same output (a.wav and a.WAV), and one that is not a regular file."""
-    found = [path for path in files_under(in_dir) if path.suffix.lower() in AUDIO_SUFFIXES]
+    would give the same output (a.wav and a.WAV), one that is not a regular file, and audio of
+    a format no decoder here reads (m4a, say)."""
+    suffixes = AUDIO_SUFFIXES | UNREADABLE_AUDIO_SUFFIXES
+    found = [path for path in files_under(in_dir) if path.suffix.lower() in suffixes]
     conversions, refused, source_of = [], [], {}
     for name, path in sorted((path.relative_to(in_dir).as_posix(), path) for path in found):
+        if path.suffix.lower() in UNREADABLE_AUDIO_SUFFIXES:
+            refused.append((name, UNREADABLE_AUDIO))
+            continue
         if not path.is_file():  # reading a pipe would wait for a writer forever
             refused.append((name, NOT_REGULAR))
             continue

@@ -300,11 +300,14 @@ def test_audio_in_linked_folders_is_found_as_training_finds_it(tmp_path, caplog)
     (folder / "again").symlink_to(elsewhere / "site")  # the same folder twice: walked once
     (folder / "loop").symlink_to(folder)
     (folder / "notes.txt").write_text("my notes")
+    (folder / "memo.m4a").write_bytes(b"AAC from a phone")
     caplog.set_level(logging.INFO)
     found = {item.media_id: item.path for item in find_audio([folder])}
     assert found == {"a": folder / "a.wav", "b": folder / "again" / "b.wav"}
     assert "2 hidden audio file(s) not read" in caplog.text and ".hidden/c.wav" in caplog.text
     assert "1 file(s) not named like audio" in caplog.text and "notes.txt" in caplog.text
+    assert "1 audio file(s) not read, a format neither SoX nor libsndfile reads" in caplog.text
+    assert "memo.m4a" in caplog.text
 
 
 def test_files_of_one_name_in_two_folders_are_told_apart_by_path(tmp_path):

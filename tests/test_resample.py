@@ -266,6 +266,7 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     for name in ("a.WAV", "a.wav", "b.wav", "c.wav", "f.wav"):
         wavfile.write(in_dir / name, 8000, tone)
     (in_dir / "d.wv").write_bytes(b"wvpk")
+    (in_dir / "g.m4a").write_bytes(b"AAC from a phone")
     os.mkfifo(in_dir / "e.wav")  # reading it would wait for a writer forever
     out_dir.mkdir()
     wavfile.write(out_dir / "c.wav", 16000, tone)  # made from its input as it is: done
@@ -281,6 +282,7 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     assert collisions == [
         ("a.wav", "would also become a.wav, made from a.WAV"),
         ("e.wav", "not a regular file (a pipe, a device or a broken link)"),
+        ("g.m4a", resample.UNREADABLE_AUDIO),
     ]
     assert [(c.name, c.target) for c in todo] == [
         ("a.WAV", out_dir / "a.wav"),
