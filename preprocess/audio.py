@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import soundfile
 import soxr
 from scipy.io import wavfile
 
@@ -53,6 +52,9 @@ UNREADABLE_AUDIO_SUFFIXES = frozenset({".m4a", ".aac", ".mp4", ".wma", ".webm", 
 UNREADABLE_AUDIO = (
     "a format neither SoX nor libsndfile reads: convert it first (ffmpeg -i IN OUT.wav)"
 )
+
+
+NOT_READABLE_WAV = "not a readable wav file"  # scipy's wav reader knows no such encoding
 
 
 class AudioError(ValueError):
@@ -94,7 +96,7 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     except Exception as error:  # a damaged header trips scipy in many ways
         if "mmap length is greater than file size" in str(error):
             raise AudioError(path, "truncated: less data than its header announces") from error
-        raise AudioError(path, f"not a readable wav file ({describe(error)})") from error
+        raise AudioError(path, f"{NOT_READABLE_WAV} ({describe(error)})") from error
 
     if data.size == 0:
         raise AudioError(path, "contains no samples")
@@ -186,7 +188,7 @@ def read_wav_blocks(path: str | os.PathLike, block_samples: int = 2**19) -> Iter
                     raise AudioError(path, "truncated: less data than its header announces")
                 yield np.frombuffer(data, dtype="<i2").astype(np.float32)
     except (wave.Error, EOFError, OSError) as error:
-        raise AudioError(path, f"not a readable wav file ({error})") from error
+        raise AudioError(path, f"{NOT_READABLE_WAV} ({error})") from error
 
 
 def decoded_blocks(
@@ -201,6 +203,12 @@ def decoded_blocks(
     infinite samples. libsndfile, like SoX, reads a truncated ogg or mp3 up to the cut.
     """
     try:
+        # here, not at the top: a platform without libsndfile still runs everything else
+        import soundfile
+    except (ImportError, OSError) as error:
+        reason = f"libsndfile, which decodes it, is not available ({error})"
+        raise AudioError(path, reason) from error
+    try:
         audio = soundfile.SoundFile(os.fspath(path))
     except MemoryError:
         raise
@@ -209,10 +217,10 @@ def decoded_blocks(
     return audio.samplerate, _mono_blocks(path, audio, block_frames)
 
 
-def _mono_blocks(
-    path: str | os.PathLike, audio: soundfile.SoundFile, block_frames: int
-) -> Iterator[np.ndarray]:
-    """`decoded_blocks`' blocks of the open file audio, which it closes."""
+def _mono_blocks(path: str | os.PathLike, audio, block_frames: int) -> Iterator[np.ndarray]:
+    """`decoded_blocks`' blocks of the open soundfile.SoundFile audio, which it closes."""
+    import soundfile
+
     with audio:
         while True:
             try:

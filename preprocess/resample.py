@@ -72,17 +72,17 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import numpy as np
-from scipy.io import wavfile
 
 from preprocess.audio import (
     AUDIO_SUFFIXES,
+    NOT_READABLE_WAV,
     UNREADABLE_AUDIO,
     UNREADABLE_AUDIO_SUFFIXES,
     WAV_SUFFIXES,
@@ -91,7 +91,6 @@ from preprocess.audio import (
     pcm16_mono_header,
     read_wav,
     stream_to_sample_rate,
-    to_sample_rate,
 )
 from preprocess.cli import at_least, command_parser, describe, most_workers, run_command
 from preprocess.dataset import RunLocked, exclusive_run
@@ -160,34 +159,51 @@ def is_float_wav(path: Path) -> bool:
     return encoding.startswith("Floating Point")
 
 
-def soxr_resample(source: Path, part: Path) -> str:
-    """Write source as a 16 kHz 16-bit mono wav at part with soxr; returns '' (no warnings).
-    A wav is read as read_wav reads it (whole); any other format is decoded by libsndfile and
-    resampled block by block (`decoded_blocks`, soxr's stream: the same samples as at once).
-    Raises AudioError for a file either cannot use, or one that gives no samples."""
-    if source.suffix.lower() in WAV_SUFFIXES:
+def soxr_input(source: Path) -> tuple[int, Iterator[np.ndarray]]:
+    """(sample_rate, blocks of mono samples on the int16 scale) of source for soxr: a wav as
+    read_wav reads it (whole); any other format, and a wav in an encoding scipy does not read
+    (u-law, ADPCM), decoded by libsndfile in blocks (`decoded_blocks`). Raises AudioError
+    (a damaged wav: what read_wav says, which libsndfile would not mend)."""
+    if source.suffix.lower() not in WAV_SUFFIXES:
+        return decoded_blocks(source)
+    try:
         samples, rate = read_wav(source)
-        wavfile.write(part, TARGET_RATE, to_int16(to_sample_rate(samples, rate, TARGET_RATE)))
-        return ""
-    rate, blocks = decoded_blocks(source)
-    written = 0
+    except AudioError as error:
+        if not error.reason.startswith(NOT_READABLE_WAV):
+            raise
+        try:
+            return decoded_blocks(source)
+        except AudioError:
+            raise error from None  # what the wav reader said: the clearer reason
+    return rate, iter([samples])
+
+
+def soxr_resample(source: Path, part: Path) -> str:
+    """Write source (`soxr_input`) as a 16 kHz 16-bit mono wav at part with soxr, resampled
+    block by block as it comes (soxr's stream: the same samples as at once); returns a
+    warning where samples were clipped (as SoX warns), else ''. Raises AudioError for a file
+    that cannot be read, or gives no samples."""
+    rate, blocks = soxr_input(source)
+    written = clipped = 0
     # created exclusively: convert() unlinked part, and a link put there since is not followed
     with open(part, "xb") as file, wave.open(file, "wb") as out:
         out.setnchannels(1)
         out.setsampwidth(2)
         out.setframerate(TARGET_RATE)
         for samples in stream_to_sample_rate(blocks, rate, TARGET_RATE):
+            rounded = np.rint(samples)
+            clipped += np.count_nonzero((rounded > 32767) | (rounded < -32768))
             out.writeframes(to_int16(samples).astype("<i2").tobytes())
             written += len(samples)
     if written == 0:
         raise AudioError(source, "no samples")
-    return ""
+    return f"{clipped} samples clipped at full scale" if clipped else ""
 
 
 def resample_one(source: Path, part: Path, sox: bool) -> str:
     """Write source as a 16 kHz 16-bit mono wav at part (which does not exist): with SoX when
     sox, else soxr (`soxr_resample`), and with soxr too where this SoX has no handler for the
-    format (Ogg Opus; mp3 without libsox-fmt-mp3). Returns SoX's warnings."""
+    format (Ogg Opus; mp3 without libsox-fmt-mp3). Returns the warnings (SoX's, of clipping)."""
     if not sox:
         return soxr_resample(source, part)
     try:
@@ -199,7 +215,7 @@ def resample_one(source: Path, part: Path, sox: bool) -> str:
     return soxr_resample(source, part)
 
 
-def outside(conversion: Conversion, into: Path) -> str | None:
+def why_not_written(conversion: Conversion, into: Path) -> str | None:
     """Why conversion must not be made: the target's folder, links followed, is not inside
     into (the output folder), as when a link planted in the output tree leads elsewhere; or
     the source, links followed, is inside it (a link in the input folder leading into the
@@ -236,7 +252,9 @@ def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, 
     failed or None, SoX's warnings, the record of the source it was made from)."""
     target = conversion.target
     part = target.with_name(target.name + PART_SUFFIX)
-    if reason := outside(conversion, into):  # before mkdir, which would follow the link, and
+    if reason := why_not_written(
+        conversion, into
+    ):  # before mkdir, which would follow the link, and
         return reason, "", {}  # before the try, whose cleanup would remove a .part found there
     try:
         record = made_from(conversion.source)  # before reading: a change meanwhile is seen
@@ -329,7 +347,7 @@ def plan(
     convert."""
     todo, failed, already_done = [], [], 0
     for conversion in conversions:
-        if reason := outside(conversion, into):
+        if reason := why_not_written(conversion, into):
             failed.append((conversion.name, reason))
         elif not sox and conversion.source.suffix.lower() in SOX_ONLY_SUFFIXES:
             failed.append((conversion.name, "WavPack: only SoX converts this format"))

@@ -3,6 +3,7 @@
 import io
 import itertools
 import struct
+import sys
 import warnings
 
 import numpy as np
@@ -202,6 +203,18 @@ def test_read_wav_skips_other_chunks_without_a_warning(tmp_path):
         warnings.simplefilter("error")
         samples, rate = read_wav(tmp_path / "float.wav")
     assert rate == 8000 and samples.tolist() == [0.0, 16384.0, -8192.0]
+
+
+def test_without_libsndfile_only_other_formats_fail(tmp_path, monkeypatch):
+    """A platform where libsndfile does not load: wavs read as ever; a flac is named."""
+    monkeypatch.setitem(sys.modules, "soundfile", None)  # import fails as without the library
+    wavfile.write(tmp_path / "a.wav", 8000, RAMP)
+    assert read_wav(tmp_path / "a.wav")[1] == 8000
+    (tmp_path / "a.flac").write_bytes(b"fLaC")
+    with pytest.raises(
+        AudioError, match=r"a\.flac: libsndfile, which decodes it, is not available"
+    ):
+        decoded_blocks(tmp_path / "a.flac")
 
 
 def test_decoded_blocks_refuse_what_libsndfile_cannot_decode(tmp_path):

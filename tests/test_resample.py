@@ -309,23 +309,24 @@ def test_fallback_converts_other_formats_through_libsndfile(tmp_path, capsys):
     (in_dir / "cut.flac").write_bytes(whole[: len(whole) // 2])
     (in_dir / "junk.ogg").write_bytes(b"OggS" + bytes(200))
     (in_dir / "pack.wv").write_bytes(b"wvpk")
+    soundfile.write(in_dir / "sub" / "phone.wav", tone, rate, subtype="ULAW")  # scipy: unknown
 
     assert resample.main(["--soxr", "--jobs", "2", str(in_dir), str(out_dir)]) == 1
 
     song, same_song = read_16k(out_dir / "song.wav"), read_16k(out_dir / "same song.wav")
     np.testing.assert_array_equal(song, same_song)
-    for name in ("sub/tone.wav", "sub/call.wav"):
+    for name in ("sub/tone.wav", "sub/call.wav", "sub/phone.wav"):
         tone_16k = read_16k(out_dir / name)
         assert abs(len(tone_16k) - 16000) <= 16, name
         peak = np.abs(tone_16k[1000:-1000]).max()
         assert peak == pytest.approx(0.3 * 32768, rel=0.05), name
     summary = capsys.readouterr().out.split("summary:")[1]
-    assert "4 converted, 0 already done, 3 failed" in summary
+    assert "5 converted, 0 already done, 3 failed" in summary
     assert "cut.flac: damaged: decoding stopped at" in summary
     assert "junk.ogg: not readable audio" in summary
     assert "pack.wv: WavPack: only SoX converts this format" in summary
     assert sorted(p.name for p in out_dir.rglob("*.wav")) == [
-        "call.wav", "same song.wav", "song.wav", "tone.wav"
+        "call.wav", "phone.wav", "same song.wav", "song.wav", "tone.wav"
     ]  # fmt: skip
     assert not list(out_dir.rglob("*.part"))
 
@@ -357,7 +358,7 @@ def test_a_format_sox_was_built_without_converts_through_libsndfile(tmp_path, mo
     assert np.abs(converted[1000:-1000]).max() == pytest.approx(0.3 * 32768, rel=0.1)
 
 
-def test_fallback_converts_rounds_and_clips(tmp_path):
+def test_fallback_converts_rounds_and_clips(tmp_path, capsys):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
     full_scale = np.ones(4410, np.float32)  # float wav at +1.0 is 32768: clipped to 32767
@@ -369,6 +370,10 @@ def test_fallback_converts_rounds_and_clips(tmp_path):
 
     loud = read_16k(out_dir / "loud.wav")
     assert len(loud) == 1600 and loud[800] == 32767
+    assert "warning: loud.wav: " in capsys.readouterr().err  # as SoX warns of clipping
+    assert "samples clipped at full scale" in resample.soxr_resample(
+        in_dir / "loud.wav", tmp_path / "x.wav"
+    )
     assert not list(out_dir.rglob("*.part"))
     assert resample.to_int16(np.array([-40000.0, -1.5, 0.4, 2.5, 40000.0])).tolist() == [
         -32768, -2, 0, 2, 32767,
