@@ -367,7 +367,8 @@ def csv_rows(text: str, source: str) -> tuple[list[str], list[tuple[str, dict]]]
     rows, last_complete = [], 0
     try:
         columns = [known_column(name) for name in reader.fieldnames or []]
-        twice = sorted(name for name, count in Counter(columns).items() if count > 1)
+        counts = Counter(columns)
+        twice = sorted(name for name in CSV_COLUMNS if counts[name] > 1)
         if twice:  # DictReader would keep the last column's values only, without a word
             raise MetadataError(f"{source} line 1: column {', '.join(map(repr, twice))} twice")
         reader.fieldnames, last_complete = columns, reader.line_num

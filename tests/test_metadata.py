@@ -193,6 +193,12 @@ def test_csv_with_optional_columns(tmp_path):
     assert (three.file, three.class_id) == ("three.wav", None)  # empty label: unlabelled
 
 
+def test_csv_with_unnamed_extra_columns_reads(tmp_path):
+    """A spreadsheet's export often ends its header with empty names: not columns it reads."""
+    path = write(tmp_path / "meta.csv", "file,label,,\na.wav,owl,,\nb.wav,lark,,\n")
+    assert [r.class_id for r in read_csv(path)] == ["owl", "lark"]
+
+
 def test_csv_columns_named_in_any_case(tmp_path):
     path = write(tmp_path / "meta.csv", "File , LABEL,Media_ID,Site\na.wav,owl,m1,north\n")
     (one,) = read_csv(path)
