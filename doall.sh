@@ -114,8 +114,9 @@ if [[ -n "$url" ]]; then
     stem="$(basename "$archive")"
     stem="${stem%.zip}" stem="${stem%.tgz}" stem="${stem%.tar*}" # birds.v2.tar.gz -> birds.v2
     unpacked="$data_dir/${name:-$stem}"
+    # curl and wget append to the .part; unzip and tar write into the folder
+    refuse_links "$downloads" "$archive.part" "$unpacked" "$unpacked/.unpacked"
     mkdir -p "$downloads"
-    refuse_links "$archive.part" "$unpacked/.unpacked" # curl and wget append to the .part
     if [[ ! -f "$archive" ]]; then
         if command -v curl >/dev/null; then
             run curl --fail --location --progress-bar --continue-at - --output "$archive.part" "$url"
@@ -244,7 +245,7 @@ stage "predict $test_dir"
 run_file="$run_dir/predictions/$(basename "$(realpath "$test_dir")").csv"
 refuse_links "$run_dir/predictions" "${run_file%.csv}.report"
 # the test recordings as they are (the run file and top-5 CSV name them), resampled by
-# predict.py into its cache work/NAME/test_16k/, with the one resampler training used
+# predict.py into its cache work/NAME/test_16k/resampled/, with the resampler training used
 test_audio="$test_dir"
 [[ -d "$test_dir/wav" ]] && test_audio="$test_dir/wav"
 inputs=(--audio "$test_audio" --work-dir "$work_dir/test_16k")

@@ -816,8 +816,9 @@ def exclusive_run(lock_path: Path, output: str) -> Iterator[None]:
         if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
             raise OSError(
                 errno.EEXIST,
-                "the lock file is not a file of its own (a hard link, a device?): it is "
-                "left as it is; remove it, or choose another output",
+                "the lock file is not a file of its own (a hard link, as a folder copied "
+                "with cp -al shares; a device?): it is left as it is; remove it, or choose "
+                "another output",
                 str(lock_path),
             )
         os.ftruncate(fd, 0)

@@ -42,7 +42,7 @@ import scipy.fft
 from scipy.io import wavfile
 
 from preprocess.cli import at_least, most_workers, run_command
-from preprocess.paths import write_text_atomically
+from preprocess.paths import is_partial_of, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ HISS = (60.0, 200.0)  # range of the microphone hiss RMS, int16 scale
 COMPLETE_MARKER = ".demo_complete.json"
 README_START = "SYNTHETIC demo dataset made by preprocess/make_demo_dataset.py"
 DEMO_ENTRIES = ("TrainingSet", "TestSet", "README.txt")  # besides the marker
+OWN_FILES = ("README.txt", COMPLETE_MARKER)  # written whole (a temporary file, then renamed)
 
 
 class DemoError(Exception):
@@ -439,6 +440,14 @@ def check_may_replace(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise DemoError(f"{out} is not a folder: choose a new or empty folder for the demo")
     entries = list(out.iterdir()) if out.is_dir() else []
+    cut_short = [  # writes of this tool's that a kill stopped: removed, not counted
+        entry
+        for entry in entries
+        if is_own_file(entry) and any(is_partial_of(entry.name, own) for own in OWN_FILES)
+    ]
+    for entry in cut_short:
+        entry.unlink()
+    entries = [entry for entry in entries if entry not in cut_short]
     if not entries:
         return
     readme = out / "README.txt"

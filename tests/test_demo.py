@@ -91,8 +91,14 @@ def test_an_interrupted_demo_is_made_again(tmp_path):
     assert make_demo_dataset(out, recordings_per_species=1, test_per_species=1)
     (out / ".demo_complete.json").unlink()  # killed before its end: the README marks it
     shutil.rmtree(out / "TestSet")
+    (out / "..demo_complete.json.123-abcd1234.partial").write_text("{")  # killed mid-write
     assert make_demo_dataset(out, recordings_per_species=1, test_per_species=1)
     assert (out / "TestSet" / "ground_truth.csv").is_file()
+    assert not list(out.glob("*.partial"))
+    first = tmp_path / "first"  # killed while writing its first file
+    first.mkdir()
+    (first / ".README.txt.99-00ff00ff.partial").write_text("SYNTH")
+    assert make_demo_dataset(first, recordings_per_species=1, test_per_species=1)
 
 
 def test_command_errors_are_one_line_with_status_2(tmp_path, capsys):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import PARAMS, folder_contents
-from train import train_model
+from train import run_folder, train_model
 from train.callbacks import BACKUP_FILES, remove_backup, training_callbacks
 from train.data import TrainError
 from train.log import append_run, plot_history
@@ -121,6 +121,16 @@ def test_a_run_folder_holding_a_hard_link_is_refused(tmp_path, name):
     ):
         start_run_dir(run, resume=True)
     assert victim.read_text() == "the user's\n"
+
+
+def test_a_file_gone_while_the_run_folder_is_checked_is_no_error(tmp_path, monkeypatch):
+    """A running trainer's temporary checkpoint, listed and then renamed: the check before
+    the lock goes on, so that the lock names the running trainer."""
+    run = tmp_path / "run"
+    write_files(run, {"config.json": RUN_CONFIG})
+    listed = [(str(run), [], ["config.json", ".final.partial.keras"])]
+    monkeypatch.setattr(run_folder.os, "walk", lambda folder: iter(listed))
+    run_folder.check_no_links(run)
 
 
 @pytest.mark.parametrize(

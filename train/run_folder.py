@@ -135,7 +135,10 @@ def check_no_links(run_dir: Path) -> None:
     someone else, say, would send those writes to another file."""
     for folder, subfolders, files in os.walk(run_dir):
         for name in subfolders + files:
-            status = os.lstat(os.path.join(folder, name))
+            try:
+                status = os.lstat(os.path.join(folder, name))
+            except FileNotFoundError:  # a running trainer's temporary file, gone meanwhile
+                continue
             if stat.S_ISLNK(status.st_mode):
                 kind = "a link"
             elif stat.S_ISREG(status.st_mode) and status.st_nlink > 1:
