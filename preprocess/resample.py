@@ -104,6 +104,7 @@ from preprocess.paths import (
 )
 
 TARGET_RATE = SpectrogramParams().sample_rate
+BLOCK = 2**18  # samples resampled and written at a time without SoX
 SOX_ONLY_SUFFIXES = {".wv"}  # WavPack: libsndfile, the fallback's decoder, does not read it
 SOX_NO_HANDLER = "no handler for"  # SoX's words for a format it was built without
 PART_SUFFIX = ".part"  # a file being written; never a result
@@ -175,7 +176,8 @@ def soxr_input(source: Path) -> tuple[int, Iterator[np.ndarray]]:
             return decoded_blocks(source)
         except AudioError:
             raise error from None  # what the wav reader said: the clearer reason
-    return rate, iter([samples])
+    # in blocks too: soxr's stream takes a long recording at once at half the speed
+    return rate, (samples[start : start + BLOCK] for start in range(0, len(samples), BLOCK))
 
 
 def soxr_resample(source: Path, part: Path) -> str:
@@ -192,8 +194,9 @@ def soxr_resample(source: Path, part: Path) -> str:
         out.setframerate(TARGET_RATE)
         for samples in stream_to_sample_rate(blocks, rate, TARGET_RATE):
             rounded = np.rint(samples)
-            clipped += np.count_nonzero((rounded > 32767) | (rounded < -32768))
-            out.writeframes(to_int16(samples).astype("<i2").tobytes())
+            if len(rounded) and (rounded.max() > 32767 or rounded.min() < -32768):
+                clipped += np.count_nonzero((rounded > 32767) | (rounded < -32768))
+            out.writeframes(to_int16(rounded).astype("<i2", copy=False).tobytes())
             written += len(samples)
     if written == 0:
         raise AudioError(source, "no samples")
