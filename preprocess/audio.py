@@ -13,16 +13,21 @@ memory. The other formats (flac, ogg, mp3, aiff, ...) are SoX's to convert; with
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 import wave
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soxr
 from scipy.io import wavfile
 
 from preprocess.cli import describe
+
+if TYPE_CHECKING:
+    import soundfile
 
 INT16_FULL_SCALE = 32768.0
 
@@ -54,7 +59,11 @@ UNREADABLE_AUDIO = (
 )
 
 
-NOT_READABLE_WAV = "not a readable wav file"  # scipy's wav reader knows no such encoding
+# read_wav's reason for any wav scipy cannot parse: a damaged header, an encoding it does not
+# know (u-law, ADPCM), or another format named .wav
+NOT_READABLE_WAV = "not a readable wav file"
+TRUNCATED = "truncated: less data than its header announces"
+NO_LIBSNDFILE = "libsndfile, which decodes it, is not available"
 
 
 class AudioError(ValueError):
@@ -92,10 +101,10 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
     except (AudioError, MemoryError):
         raise
     except wavfile.WavFileWarning as warning:
-        raise AudioError(path, "truncated: less data than its header announces") from warning
+        raise AudioError(path, TRUNCATED) from warning
     except Exception as error:  # a damaged header trips scipy in many ways
         if "mmap length is greater than file size" in str(error):
-            raise AudioError(path, "truncated: less data than its header announces") from error
+            raise AudioError(path, TRUNCATED) from error
         raise AudioError(path, f"{NOT_READABLE_WAV} ({describe(error)})") from error
 
     if data.size == 0:
@@ -179,16 +188,36 @@ def read_wav_blocks(path: str | os.PathLike, block_samples: int = 2**19) -> Iter
         with wave.open(os.fspath(path)) as audio:
             audio.setpos(n_samples - 1)  # a seek: the last sample is there, or the file is cut
             if len(audio.readframes(1)) < 2:
-                raise AudioError(path, "truncated: less data than its header announces")
+                raise AudioError(path, TRUNCATED)
             audio.rewind()
             for start in range(0, n_samples, block_samples):
                 count = min(block_samples, n_samples - start)
                 data = audio.readframes(count)
                 if len(data) < 2 * count:
-                    raise AudioError(path, "truncated: less data than its header announces")
+                    raise AudioError(path, TRUNCATED)
                 yield np.frombuffer(data, dtype="<i2").astype(np.float32)
     except (wave.Error, EOFError, OSError) as error:
         raise AudioError(path, f"{NOT_READABLE_WAV} ({error})") from error
+
+
+def wav_data_cut_short(path: str | os.PathLike) -> bool:
+    """Whether a RIFF wav's data chunk announces more bytes than the file holds: a recording
+    cut short, which libsndfile reads up to the cut without a word (read_wav refuses the
+    encodings it reads). A size of 0 or 0xFFFFFFFF, which a recorder stopped while streaming
+    leaves, announces nothing."""
+    with open(path, "rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        header = file.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:] != b"WAVE":
+            return False
+        position = 12
+        while position + 8 <= size:
+            file.seek(position)
+            name, length = struct.unpack("<4sI", file.read(8))
+            if name == b"data":
+                return length not in (0, 0xFFFFFFFF) and position + 8 + length > size
+            position += 8 + length + length % 2  # chunks are padded to even sizes
+    return False
 
 
 def decoded_blocks(
@@ -206,7 +235,7 @@ def decoded_blocks(
         # here, not at the top: a platform without libsndfile still runs everything else
         import soundfile
     except (ImportError, OSError) as error:
-        reason = f"libsndfile, which decodes it, is not available ({error})"
+        reason = f"{NO_LIBSNDFILE} ({error})"
         raise AudioError(path, reason) from error
     try:
         audio = soundfile.SoundFile(os.fspath(path))
@@ -217,8 +246,10 @@ def decoded_blocks(
     return audio.samplerate, _mono_blocks(path, audio, block_frames)
 
 
-def _mono_blocks(path: str | os.PathLike, audio, block_frames: int) -> Iterator[np.ndarray]:
-    """`decoded_blocks`' blocks of the open soundfile.SoundFile audio, which it closes."""
+def _mono_blocks(
+    path: str | os.PathLike, audio: soundfile.SoundFile, block_frames: int
+) -> Iterator[np.ndarray]:
+    """`decoded_blocks`' blocks of the open file audio, which it closes."""
     import soundfile
 
     with audio:

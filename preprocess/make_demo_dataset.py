@@ -440,21 +440,17 @@ def check_may_replace(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise DemoError(f"{out} is not a folder: choose a new or empty folder for the demo")
     entries = list(out.iterdir()) if out.is_dir() else []
-    cut_short = [  # writes of this tool's that a kill stopped: removed, not counted
+    cut_short = [  # writes of this tool's that a kill stopped: not counted, then removed
         entry
         for entry in entries
         if is_own_file(entry) and any(is_partial_of(entry.name, own) for own in OWN_FILES)
     ]
-    for entry in cut_short:
-        entry.unlink()
     entries = [entry for entry in entries if entry not in cut_short]
-    if not entries:
-        return
     readme = out / "README.txt"
     made_here = is_own_file(out / COMPLETE_MARKER) or (
         is_own_file(readme) and readme.read_bytes().startswith(README_START.encode())
     )
-    if not made_here:
+    if entries and not made_here:
         raise DemoError(
             f"{out} is not empty and holds no demo dataset made by this tool: choose a new or "
             "empty folder for the demo dataset (nothing in it was changed)"
@@ -468,6 +464,8 @@ def check_may_replace(out: Path) -> None:
             f"{out} holds other files ({', '.join(sorted(leftovers)[:3])}...): choose an empty "
             "folder for the demo dataset"
         )
+    for entry in cut_short:
+        entry.unlink()
 
 
 def make_demo_dataset(

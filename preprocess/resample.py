@@ -53,10 +53,11 @@ SoX options, and why:
 - `-t wav`: the temporary name's `.part` extension tells SoX nothing.
 
 Without SoX on PATH (or with --soxr), soxr resamples instead: wavs as read_wav reads them,
-the other formats decoded by libsndfile (the soundfile package: flac, ogg vorbis and opus,
-mp3, aiff, au, caf, w64) in blocks, so that a long recording is never whole in memory;
-WavPack is reported as failed. With SoX, a file of a format this SoX was built without (it
-says "no handler for": Ogg Opus, mp3 without libsox-fmt-mp3) is converted this way too.
+and the other formats (and wavs scipy cannot parse: u-law, ADPCM) decoded by libsndfile (the
+soundfile package: flac, ogg vorbis and opus, mp3, aiff, au, caf, w64) in blocks, so that a
+long recording is never whole in memory; WavPack is reported as failed. With SoX, a file of a
+format this SoX was built without (it says "no handler for": Ogg Opus, mp3 without
+libsox-fmt-mp3) is converted this way too.
 soxr's 'HQ' quality is the engine of SoX's default `rate` effect, and samples are rounded
 without dither as `sox -D` does, so both agree within a few LSB. As with SoX, a flac that
 does not decode to its end fails, and a truncated ogg or mp3 gives the audio up to the cut.
@@ -82,7 +83,9 @@ import numpy as np
 
 from preprocess.audio import (
     AUDIO_SUFFIXES,
+    NO_LIBSNDFILE,
     NOT_READABLE_WAV,
+    TRUNCATED,
     UNREADABLE_AUDIO,
     UNREADABLE_AUDIO_SUFFIXES,
     WAV_SUFFIXES,
@@ -91,6 +94,7 @@ from preprocess.audio import (
     pcm16_mono_header,
     read_wav,
     stream_to_sample_rate,
+    wav_data_cut_short,
 )
 from preprocess.cli import at_least, command_parser, describe, most_workers, run_command
 from preprocess.dataset import RunLocked, exclusive_run
@@ -162,9 +166,11 @@ def is_float_wav(path: Path) -> bool:
 
 def soxr_input(source: Path) -> tuple[int, Iterator[np.ndarray]]:
     """(sample_rate, blocks of mono samples on the int16 scale) of source for soxr: a wav as
-    read_wav reads it (whole); any other format, and a wav in an encoding scipy does not read
-    (u-law, ADPCM), decoded by libsndfile in blocks (`decoded_blocks`). Raises AudioError
-    (a damaged wav: what read_wav says, which libsndfile would not mend)."""
+    read_wav reads it (whole, in blocks); any other format, and a wav scipy cannot parse (an
+    encoding it does not know, u-law or ADPCM; another format named .wav), decoded by
+    libsndfile in blocks (`decoded_blocks`). Raises AudioError: for a wav that neither reads,
+    what read_wav said (unless libsndfile is missing: then that); for a damaged wav scipy
+    parses (truncated, NaN samples), what read_wav said, which libsndfile would not mend."""
     if source.suffix.lower() not in WAV_SUFFIXES:
         return decoded_blocks(source)
     try:
@@ -173,9 +179,14 @@ def soxr_input(source: Path) -> tuple[int, Iterator[np.ndarray]]:
         if not error.reason.startswith(NOT_READABLE_WAV):
             raise
         try:
-            return decoded_blocks(source)
-        except AudioError:
+            rate, blocks = decoded_blocks(source)
+        except AudioError as second:
+            if second.reason.startswith(NO_LIBSNDFILE):
+                raise
             raise error from None  # what the wav reader said: the clearer reason
+        if wav_data_cut_short(source):  # refused, as read_wav refuses a PCM wav cut short
+            raise AudioError(source, TRUNCATED) from None
+        return rate, blocks
     # in blocks too: soxr's stream takes a long recording at once at half the speed
     return rate, (samples[start : start + BLOCK] for start in range(0, len(samples), BLOCK))
 
@@ -184,7 +195,7 @@ def soxr_resample(source: Path, part: Path) -> str:
     """Write source (`soxr_input`) as a 16 kHz 16-bit mono wav at part with soxr, resampled
     block by block as it comes (soxr's stream: the same samples as at once); returns a
     warning where samples were clipped (as SoX warns), else ''. Raises AudioError for a file
-    that cannot be read, or gives no samples."""
+    that cannot be read, or gives no samples (the caller removes part)."""
     rate, blocks = soxr_input(source)
     written = clipped = 0
     # created exclusively: convert() unlinked part, and a link put there since is not followed
@@ -196,10 +207,10 @@ def soxr_resample(source: Path, part: Path) -> str:
             rounded = np.rint(samples)
             if len(rounded) and (rounded.max() > 32767 or rounded.min() < -32768):
                 clipped += np.count_nonzero((rounded > 32767) | (rounded < -32768))
-            out.writeframes(to_int16(rounded).astype("<i2", copy=False).tobytes())
+            out.writeframes(np.clip(rounded, -32768, 32767).astype("<i2").tobytes())
             written += len(samples)
     if written == 0:
-        raise AudioError(source, "no samples")
+        raise AudioError(source, "contains no samples")
     return f"{clipped} samples clipped at full scale" if clipped else ""
 
 
@@ -252,13 +263,14 @@ def made_from(source: Path) -> dict:
 
 def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, str, dict]:
     """Write conversion.target, atomically, inside the output folder into: (the reason it
-    failed or None, SoX's warnings, the record of the source it was made from)."""
+    failed or None, the warnings (SoX's, or of clipping), the record of the source it was
+    made from)."""
     target = conversion.target
     part = target.with_name(target.name + PART_SUFFIX)
-    if reason := why_not_written(
-        conversion, into
-    ):  # before mkdir, which would follow the link, and
-        return reason, "", {}  # before the try, whose cleanup would remove a .part found there
+    # before mkdir, which would follow the link, and before the try, whose cleanup would
+    # remove a .part found there
+    if reason := why_not_written(conversion, into):
+        return reason, "", {}
     try:
         record = made_from(conversion.source)  # before reading: a change meanwhile is seen
         target.parent.mkdir(parents=True, exist_ok=True)  # by the next run

@@ -20,6 +20,7 @@ from preprocess.audio import (
     stream_to_sample_rate,
     to_sample_rate,
 )
+from preprocess.resample import soxr_input
 
 RAMP = np.array([-32768, -1000, 0, 1, 1000, 32767], dtype=np.int16)
 
@@ -215,6 +216,10 @@ def test_without_libsndfile_only_other_formats_fail(tmp_path, monkeypatch):
         AudioError, match=r"a\.flac: libsndfile, which decodes it, is not available"
     ):
         decoded_blocks(tmp_path / "a.flac")
+    header = b"RIFF\x24\0\0\0WAVEfmt \x10\0\0\0\x07\0\x01\0"  # u-law: scipy knows it not
+    (tmp_path / "u-law.wav").write_bytes(header + bytes(40))
+    with pytest.raises(AudioError, match=r"u-law\.wav: libsndfile, which decodes it, is not"):
+        soxr_input(tmp_path / "u-law.wav")  # what to install, not only scipy's "unknown format"
 
 
 def test_decoded_blocks_refuse_what_libsndfile_cannot_decode(tmp_path):

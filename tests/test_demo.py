@@ -53,8 +53,12 @@ def test_complete_dataset_is_skipped_and_other_sizes_rebuild(tmp_path):
 
 def test_refuses_to_write_into_a_folder_of_other_files(tmp_path):
     (tmp_path / "mine.txt").write_text("precious")
+    (tmp_path / ".README.txt.42-deadbeef.partial").write_text("named like one of its own")
     with pytest.raises(DemoError, match="holds no demo dataset made by this tool"):
         make_demo_dataset(tmp_path, recordings_per_species=1, test_per_species=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".README.txt.42-deadbeef.partial", "mine.txt"
+    ]  # fmt: skip
     assert (tmp_path / "mine.txt").read_text() == "precious"
 
 

@@ -310,6 +310,8 @@ def test_fallback_converts_other_formats_through_libsndfile(tmp_path, capsys):
     (in_dir / "junk.ogg").write_bytes(b"OggS" + bytes(200))
     (in_dir / "pack.wv").write_bytes(b"wvpk")
     soundfile.write(in_dir / "sub" / "phone.wav", tone, rate, subtype="ULAW")  # scipy: unknown
+    ulaw = (in_dir / "sub" / "phone.wav").read_bytes()
+    (in_dir / "cut phone.wav").write_bytes(ulaw[: len(ulaw) // 2])  # libsndfile reads to the cut
 
     assert resample.main(["--soxr", "--jobs", "2", str(in_dir), str(out_dir)]) == 1
 
@@ -321,7 +323,8 @@ def test_fallback_converts_other_formats_through_libsndfile(tmp_path, capsys):
         peak = np.abs(tone_16k[1000:-1000]).max()
         assert peak == pytest.approx(0.3 * 32768, rel=0.05), name
     summary = capsys.readouterr().out.split("summary:")[1]
-    assert "5 converted, 0 already done, 3 failed" in summary
+    assert "5 converted, 0 already done, 4 failed" in summary
+    assert "cut phone.wav: truncated: less data than its header announces" in summary
     assert "cut.flac: damaged: decoding stopped at" in summary
     assert "junk.ogg: not readable audio" in summary
     assert "pack.wv: WavPack: only SoX converts this format" in summary
