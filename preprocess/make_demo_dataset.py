@@ -42,7 +42,7 @@ import scipy.fft
 from scipy.io import wavfile
 
 from preprocess.cli import at_least, most_workers, run_command
-from preprocess.paths import is_partial_of, write_text_atomically
+from preprocess.paths import first_bytes, is_partial_of, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -448,7 +448,7 @@ def check_may_replace(out: Path) -> None:
     entries = [entry for entry in entries if entry not in cut_short]
     readme = out / "README.txt"
     made_here = is_own_file(out / COMPLETE_MARKER) or (
-        is_own_file(readme) and readme.read_bytes().startswith(README_START.encode())
+        is_own_file(readme) and first_bytes(readme, len(README_START)) == README_START.encode()
     )
     if entries and not made_here:
         raise DemoError(

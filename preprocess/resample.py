@@ -129,9 +129,14 @@ class Conversion:
     name: str  # how messages name it: its path in the input folder, or the file as given
 
 
-def to_int16(samples: np.ndarray) -> np.ndarray:
-    """Round float samples on the int16 scale (n,) to int16 (n,), clipping the overshoot."""
-    return np.clip(np.rint(samples), -32768, 32767).astype(np.int16)
+def to_int16(samples: np.ndarray) -> tuple[np.ndarray, int]:
+    """Round float samples on the int16 scale (n,) to int16 (n,), clipping the overshoot;
+    returns them and how many samples were clipped."""
+    rounded = np.rint(samples)
+    clipped = 0
+    if len(rounded) and (rounded.max() > 32767 or rounded.min() < -32768):
+        clipped = int(np.count_nonzero((rounded > 32767) | (rounded < -32768)))
+    return np.clip(rounded, -32768, 32767).astype(np.int16), clipped
 
 
 def sox_resample(source: Path, part: Path) -> str:
@@ -204,11 +209,10 @@ def soxr_resample(source: Path, part: Path) -> str:
         out.setsampwidth(2)
         out.setframerate(TARGET_RATE)
         for samples in stream_to_sample_rate(blocks, rate, TARGET_RATE):
-            rounded = np.rint(samples)
-            if len(rounded) and (rounded.max() > 32767 or rounded.min() < -32768):
-                clipped += np.count_nonzero((rounded > 32767) | (rounded < -32768))
-            out.writeframes(np.clip(rounded, -32768, 32767).astype("<i2").tobytes())
-            written += len(samples)
+            pcm, n_clipped = to_int16(samples)
+            out.writeframes(pcm.astype("<i2", copy=False).tobytes())
+            written += len(pcm)
+            clipped += n_clipped
     if written == 0:
         raise AudioError(source, "contains no samples")
     return f"{clipped} samples clipped at full scale" if clipped else ""

@@ -378,7 +378,7 @@ def test_fallback_converts_rounds_and_clips(tmp_path, capsys):
         in_dir / "loud.wav", tmp_path / "x.wav"
     )
     assert not list(out_dir.rglob("*.part"))
-    assert resample.to_int16(np.array([-40000.0, -1.5, 0.4, 2.5, 40000.0])).tolist() == [
+    assert resample.to_int16(np.array([-40000.0, -1.5, 0.4, 2.5, 40000.0]))[0].tolist() == [
         -32768, -2, 0, 2, 32767,
     ]  # fmt: skip
 
