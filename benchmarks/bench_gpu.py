@@ -28,7 +28,7 @@ resampled to 16 kHz wavs in parallel. Then, timed (--stages picks some):
    the model and in predict.py's worker processes for a GPU (one per core but one):
    recordings/s of the whole call and once the workers have started; and the hand-off of
    chunks alone from those workers (bench_predict.handoff_rates), through the pool's pipe and
-   through files in memory: chunks/s.
+   through slots in memory: chunks/s.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ memory does not depend on the recording): streamed as predict does it, and 1 hou
 as shorter recordings are, for comparison; beside a 10-second recording's peak (the imports).
   (d) the hand-off alone: chunks/s that --workers worker processes (counts of 2 or more) hand
 to this one, each task 32 ready chunks of 200 x 310 float32, through the pool's pipe and
-through a file in memory (preprocess/workers.py); best of 3 runs of 120 tasks, timed from the
-first task's arrival.
+through a slot in memory (preprocess/workers.py), copied into a batch; best of 3 runs of 120
+tasks, timed from the first task's arrival.
 Run it alone:
 
     flock /tmp/bench.lock python benchmarks/bench_predict.py
@@ -42,7 +42,7 @@ from preprocess.audio import read_wav  # noqa: E402
 from preprocess.make_demo_dataset import SPECIES, make_demo_dataset  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.spectrogram import extract_chunks  # noqa: E402
-from preprocess.workers import hand_over, handoff_folder, run_in_workers, take_chunks  # noqa: E402
+from preprocess.workers import hand_over, run_in_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,34 +110,38 @@ def measure_memory(temp: Path, params: SpectrogramParams) -> dict[str, tuple[flo
     }
 
 
-def ready_chunks(index: int, folder: str | None, cache: dict = {}):  # noqa: B006 (per worker)
+def ready_chunks(index: int, slot: str | None, cache: dict = {}):  # noqa: B006 (per worker)
     """(d)'s task: 32 chunks computed once per worker, handed over as prediction's are."""
     if "chunks" not in cache:
         cache["chunks"] = [np.ones((32, 200, 310), np.float32)]
-    return hand_over(cache["chunks"], folder)
+    return hand_over(cache["chunks"], slot)
 
 
 def handoff_rates(workers: int, tasks: int = 120) -> dict[str, float]:
-    """(d): {"pipe" | "file": chunks/s} that `workers` spawned processes hand over, timed
-    from the first task's arrival (the workers' start is not counted), best of 3. workers >= 2:
-    run_in_workers runs the tasks in this process for fewer, with nothing handed over."""
+    """(d): {"pipe" | "slot": chunks/s} that `workers` spawned processes hand over and this
+    one copies into a batch (as predict_pieces does), timed from the first task's arrival
+    (the workers' start is not counted), best of 3. workers >= 2: run_in_workers runs the
+    tasks in this process for fewer, with nothing handed over."""
     if workers < 2:
         raise ValueError(f"the hand-off needs 2 or more worker processes, not {workers}")
-    rates = {}
-    for way in ("pipe", "file"):
-        with handoff_folder() as memory:
-            folder = memory if way == "file" else None
-            best = 0.0
-            for _ in range(3):
-                context = multiprocessing.get_context("spawn")  # as predict's
-                arguments = ((index, folder) for index in range(tasks))
-                handed = run_in_workers(ready_chunks, arguments, workers, str, context)
-                take_chunks(next(handed))
-                start, n_chunks = time.perf_counter(), 0
-                for chunks in handed:
-                    n_chunks += sum(len(piece) for piece in take_chunks(chunks))
-                best = max(best, n_chunks / (time.perf_counter() - start))
-            rates[way] = best
+    rates, batch = {}, np.empty((32, 200, 310), np.float32)
+    for way in ("pipe", "slot"):
+        best = 0.0
+        for _ in range(3):
+            context = multiprocessing.get_context("spawn")  # as predict's
+            if way == "slot":
+                arguments, handoff = ((index,) for index in range(tasks)), True
+            else:
+                arguments, handoff = ((index, None) for index in range(tasks)), False
+            handed = run_in_workers(ready_chunks, arguments, workers, str, context, handoff)
+            next(handed)
+            start, n_chunks = time.perf_counter(), 0
+            for pieces in handed:
+                for piece in pieces:
+                    batch[: len(piece)] = piece
+                    n_chunks += len(piece)
+            best = max(best, n_chunks / (time.perf_counter() - start))
+        rates[way] = best
     return rates
 
 
@@ -223,7 +227,7 @@ def main() -> None:
     print("(d) the hand-off alone, chunks/s:")
     for workers, rates in handoff.items():
         print(
-            f"    {workers} workers: pipe {rates['pipe']:.0f}, file in memory {rates['file']:.0f}"
+            f"    {workers} workers: pipe {rates['pipe']:.0f}, slot in memory {rates['slot']:.0f}"
         )
     print(
         json.dumps(

@@ -95,7 +95,7 @@ from preprocess.paths import (  # noqa: E402
     shown_name,
 )
 from preprocess.spectrogram import STREAM_SECONDS  # noqa: E402
-from preprocess.workers import WorkerLost, run_in_workers, take_chunks  # noqa: E402
+from preprocess.workers import WorkerLost, run_in_workers  # noqa: E402
 from train.metrics import POOLINGS, POWER_EXPONENT, recording_scores  # noqa: E402
 from train.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds  # noqa: E402
 
@@ -596,9 +596,9 @@ def extracted_recordings(
     makes the file unusable.
 
     With workers > 1, recordings of up to WORKER_MAX_SECONDS are extracted whole in that many
-    worker processes, ahead of the one the model is on: memory holds the chunks of a few of
-    them per worker (`run_in_workers`; about 50 MB for 10 minutes), handed over in
-    files in memory where possible (preprocess/workers.py). Longer ones are extracted here,
+    worker processes, ahead of the one the model is on, and handed over through
+    `run_in_workers`' slots in memory where possible: two per worker, each as large as the
+    longest recording it held (about 50 MB for 10 minutes). Longer ones are extracted here,
     streamed, as with workers = 1.
     """
 
@@ -642,8 +642,8 @@ def extracted_recordings(
             if isinstance(result, str):
                 yield AudioError(item.wav, result)
             else:
-                handed, seconds = result
-                yield iter(take_chunks(handed)), seconds
+                pieces, seconds = result  # views of a slot, until the next result is asked
+                yield iter(pieces), seconds
 
 
 def extraction_workers(processes: int | None, model_on_gpu: bool) -> int:

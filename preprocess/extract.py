@@ -102,10 +102,10 @@ def whole_recording_chunks(
     params: SpectrogramParams,
     max_chunks: int,
     window_seconds: float | None = None,
-    handoff_folder: str | None = None,
+    handoff_slot: str | None = None,
 ) -> tuple[list[np.ndarray] | FileChunks, float] | str:
     """`recording_chunks`' pieces all at once, as a worker process hands them to its parent:
-    (`hand_over(pieces, handoff_folder)`, seconds), or the reason the file is unusable (an
+    (`hand_over(pieces, handoff_slot)`, seconds), or the reason the file is unusable (an
     `AudioError` would not survive the trip)."""
     try:
         source = recording_chunks(path, params, max_chunks, window_seconds=window_seconds)
@@ -114,4 +114,4 @@ def whole_recording_chunks(
         return error.reason
     except Exception as error:  # a bug or resource failure: say which file triggered it
         raise RuntimeError(f"{path}: {type(error).__name__}: {error}") from None
-    return hand_over(pieces, handoff_folder), source.seconds
+    return hand_over(pieces, handoff_slot), source.seconds

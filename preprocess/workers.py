@@ -3,10 +3,10 @@ chunks for training.
 
 `run_in_workers` runs tasks in a process pool and yields their results in order, a bounded
 number ahead; a worker that dies ends the run with `WorkerLost` instead of a wait forever,
-and a worker whose parent was killed ends too. `hand_over` and `take_chunks` move a
-recording's chunks from a worker to its parent through a file in memory (/dev/shm) where one
-can be written, else through the pool's pipe. `RowReaders` read rows of a chunk dataset
-for training in several processes, through a file in memory too.
+and a worker whose parent was killed ends too. With its `handoff`, a worker's `hand_over`
+moves a recording's chunks to the parent through a slot, a file in memory (/dev/shm) used
+again and again, where one can be written, else through the pool's pipe. `RowReaders` read
+rows of a chunk dataset for training in several processes, through files in memory too.
 """
 
 from __future__ import annotations
@@ -96,10 +96,13 @@ def run_in_workers(
     """function(*task) for every task, yielded in the tasks' order, computed by `workers`
     processes (`start_extraction_worker`; context: a multiprocessing context, None for the
     platform's default) at most IN_FLIGHT_PER_WORKER tasks per worker ahead of the one
-    consumed. With `handoff`, every task gets one more argument: a private folder in memory
-    for the workers' `hand_over` files (`handoff_folder`; None where there is none), removed
-    once the workers have ended. With fewer than 2 workers the tasks run in this process, one
-    at a time as they are consumed (with no folder: there is nothing to hand over).
+    consumed. With `handoff`, every task gets one more argument: a slot for its `hand_over`,
+    a file in a private folder in memory (`handoff_folder`; None where there is none), and
+    a result's `FileChunks` (the result itself, or an item of a result that is a tuple) come
+    out as the arrays they hold: read-only views of this process's lasting map of the slot,
+    valid until the next result is asked for, when the slot goes to a later task. The
+    folder is removed once the workers have ended. With fewer than 2 workers the tasks run
+    in this process, one at a time as they are consumed (with no slot: nothing to hand over).
 
     Memory does not grow with the number of tasks (Pool.imap keeps every finished result when
     the consumer falls behind). A worker that dies ends the run with `WorkerLost`, naming the
@@ -111,9 +114,13 @@ def run_in_workers(
             yield function(*task, None) if handoff else function(*task)
         return
     tasks, ahead = iter(tasks), IN_FLIGHT_PER_WORKER * workers
-    queued: deque = deque()
+    queued: deque = deque()  # (task, its slot, its future)
     with contextlib.ExitStack() as stack:  # on leaving: the workers end, then the folder goes
         folder = stack.enter_context(handoff_folder()) if handoff else None
+        # a slot per task in flight: the consumer is done with a result when it asks for
+        # the next one, before more tasks are given out
+        free_slots = [os.path.join(folder, f"slot-{n}") for n in range(ahead)] if folder else []
+        slot_maps = SlotMaps()
         executor = ProcessPoolExecutor(
             workers, context, initializer=start_extraction_worker, initargs=(os.getpid(),)
         )
@@ -121,30 +128,35 @@ def run_in_workers(
         while True:
             try:
                 for task in itertools.islice(tasks, max(0, ahead - len(queued))):
-                    arguments = (*task, folder) if handoff else task
-                    queued.append((task, executor.submit(function, *arguments)))
+                    slot = free_slots.pop() if free_slots else None
+                    arguments = (*task, slot) if handoff else task
+                    queued.append((task, slot, executor.submit(function, *arguments)))
                 if not queued:
                     return
-                result = queued[0][1].result()
+                result = queued[0][2].result()
             except BrokenProcessPool:  # from submit, or from the result
                 message = "a worker process ended abruptly (killed, or out of memory?)"
                 if queued:
                     message += f" while {describe(queued[0][0])} or a file after it"
                 raise WorkerLost(message) from None
-            queued.popleft()
-            yield result
+            _, slot, _ = queued.popleft()
+            yield slot_maps.received(result)
+            if slot is not None:
+                free_slots.append(slot)
 
 
 # ---------------------------------------------------------------------------------------------
 # Handing chunks from a worker to its parent
 #
 # Through the pool's pipe a recording's chunks are pickled, written, read and unpickled in
-# 64 KB pieces: 1,500-2,400 chunks/s (0.4-0.6 GB/s) on a 2-core VM. A file in memory costs the
-# worker's write and the parent's read: 4,500-5,500 chunks/s there (BENCHMARKS.md).
+# 64 KB pieces: 1,500-2,400 chunks/s (0.4-0.6 GB/s) on a 2-core VM. A new file in memory for
+# each recording cost fresh pages twice (the worker's write, the parent's read) and freeing
+# them: 6,000-7,000 chunks/s there, 3,000 from 15 workers on the H100 machine. A slot is
+# written into pages it already has and read through a map the parent keeps (BENCHMARKS.md).
 
 
 class FileChunks(NamedTuple):
-    """A recording's chunks that a worker wrote to a file for its parent (`hand_over`)."""
+    """A task's chunks that a worker wrote into its slot for its parent (`hand_over`)."""
 
     path: str
     dtype: str
@@ -154,8 +166,8 @@ class FileChunks(NamedTuple):
 
 @contextlib.contextmanager
 def handoff_folder(memory: Path = MEMORY_FOLDER) -> Iterator[str | None]:
-    """A private folder in memory for the workers' `hand_over` files, removed with what is
-    left in it at the end; None where memory has no writable folder (the pipe is used then).
+    """A private folder in memory for the workers' slots (`hand_over`), removed with what is
+    in it at the end; None where memory has no writable folder (the pipe is used then).
     Folders left by runs that were killed (kill -9) are removed first."""
     folder = make_handoff_folder(memory)
     try:
@@ -205,39 +217,62 @@ def process_exists(pid: int) -> bool:
         return True
 
 
-def hand_over(pieces: list[np.ndarray], folder: str | None) -> list[np.ndarray] | FileChunks:
-    """A worker's pieces (arrays of the same dtype and trailing shape) as its parent takes
-    them with `take_chunks`: written to a file in folder, or the pieces themselves (pickled
-    through the pipe) where no file can be written: no folder, or no room left in memory (a
-    default Docker container has 64 MB there; a failed write says so, where a full memory map
-    would kill the worker)."""
-    if folder is None or not pieces:
+def hand_over(pieces: list[np.ndarray], slot: str | None) -> list[np.ndarray] | FileChunks:
+    """A worker's pieces (arrays of one dtype and trailing shape) for its parent: written
+    into the file slot from its start, or the pieces themselves (pickled through the pipe)
+    where no slot can be written: none, or no room left in memory (a default Docker
+    container has 64 MB there; a failed write says so, where a full memory map would kill
+    the worker). The slot keeps its size for the next task given it, so its pages are not
+    allocated anew; the parent takes the chunks with `SlotMaps.received`."""
+    if slot is None or not any(len(piece) for piece in pieces):
         return pieces
-    path = None
     try:
-        descriptor, path = tempfile.mkstemp(suffix=".chunks", dir=folder)
-        with open(descriptor, "wb") as file:
-            for piece in pieces:
-                file.write(np.ascontiguousarray(piece).data)
+        descriptor = os.open(slot, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     except OSError:
-        if path:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
         return pieces
-    lengths = tuple(len(piece) for piece in pieces)
-    shape = (sum(lengths), *pieces[0].shape[1:])
-    return FileChunks(path, pieces[0].dtype.str, shape, lengths)
-
-
-def take_chunks(handed: list[np.ndarray] | FileChunks) -> list[np.ndarray]:
-    """The pieces that `hand_over` gave; its file is read and removed."""
-    if not isinstance(handed, FileChunks):
-        return handed
     try:
-        chunks = np.fromfile(handed.path, dtype=handed.dtype).reshape(handed.shape)
+        offset = 0
+        for piece in pieces:
+            data = memoryview(np.ascontiguousarray(piece).reshape(-1).view(np.uint8))
+            while data:  # a write may stop short of the whole
+                written = os.pwrite(descriptor, data, offset)
+                data, offset = data[written:], offset + written
+    except OSError:
+        return pieces
     finally:
-        os.unlink(handed.path)
-    return np.split(chunks, np.cumsum(handed.piece_lengths)[:-1])
+        os.close(descriptor)
+    lengths = tuple(len(piece) for piece in pieces)
+    return FileChunks(slot, pieces[0].dtype.str, (sum(lengths), *pieces[0].shape[1:]), lengths)
+
+
+class SlotMaps:
+    """This process's maps of the slots its workers hand chunks over in, each kept until the
+    slot grows past it: a new map per task would fault every page of it in again."""
+
+    def __init__(self):
+        self.maps: dict[str, mmap.mmap] = {}
+
+    def received(self, result):
+        """result with its FileChunks (result itself, or items of a tuple) as the pieces they
+        hold: read-only views of the slot's map, valid until a worker writes the slot again."""
+        if isinstance(result, FileChunks):
+            return self.take(result)
+        if type(result) is tuple:
+            return tuple(self.received(item) for item in result)
+        return result
+
+    def take(self, handed: FileChunks) -> list[np.ndarray]:
+        dtype = np.dtype(handed.dtype)
+        count = int(np.prod(handed.shape))
+        mapped = self.maps.get(handed.path)
+        if mapped is None or len(mapped) < count * dtype.itemsize:
+            descriptor = os.open(handed.path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:  # views of an older, shorter map keep it open until they go
+                mapped = self.maps[handed.path] = mmap.mmap(descriptor, 0, prot=mmap.PROT_READ)
+            finally:
+                os.close(descriptor)
+        chunks = np.frombuffer(mapped, dtype, count).reshape(handed.shape)
+        return np.split(chunks, np.cumsum(handed.piece_lengths)[:-1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,15 +16,17 @@ import pytest
 from preprocess import workers as workers_module
 from preprocess.workers import (
     HANDOFF_PREFIX,
+    IN_FLIGHT_PER_WORKER,
+    MEMORY_FOLDER,
     FileChunks,
     RowReaders,
+    SlotMaps,
     WorkerLost,
     hand_over,
     handoff_folder,
     make_handoff_folder,
     remove_folder_of,
     run_in_workers,
-    take_chunks,
 )
 from tests.helpers import still_running
 
@@ -53,7 +55,7 @@ def pid_and_arguments(*arguments) -> tuple:
 
 
 def test_one_worker_runs_the_tasks_here_as_they_are_consumed():
-    """No process is started for one worker; a hand-off folder is None (nothing to hand)."""
+    """No process is started for one worker; a hand-off slot is None (nothing to hand)."""
     results = run_in_workers(pid_and_arguments, [(1,), (2,)], 1, first, handoff=True)
     assert list(results) == [(os.getpid(), (1, None)), (os.getpid(), (2, None))]
     assert list(run_in_workers(pid_and_arguments, [(3,)], 1, first)) == [(os.getpid(), (3,))]
@@ -73,22 +75,57 @@ def pieces(*lengths: int) -> list[np.ndarray]:
     return [rng.standard_normal((n, 4, 6)).astype(np.float32) for n in lengths]
 
 
-def test_chunks_handed_over_in_a_file_come_back_equal_and_the_file_goes(tmp_path):
+def assert_same_pieces(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    assert len(got) == len(want)
+    for got_piece, want_piece in zip(got, want, strict=True):
+        assert got_piece.dtype == want_piece.dtype and np.array_equal(got_piece, want_piece)
+
+
+def test_chunks_handed_over_in_a_slot_come_back_equal_and_the_slot_is_kept(tmp_path):
+    """A slot keeps its size (its pages are written again, not allocated anew), and this
+    process maps it anew only when it grows."""
+    slot, maps = str(tmp_path / "slot"), SlotMaps()
     sent = pieces(3, 0, 5, 1)
-    handed = hand_over(sent, str(tmp_path))
+    handed = hand_over(sent, slot)
     assert isinstance(handed, FileChunks) and handed.shape == (9, 4, 6)
-    taken = take_chunks(handed)
-    assert len(taken) == len(sent)
-    for got, want in zip(taken, sent, strict=True):
-        assert got.dtype == want.dtype and np.array_equal(got, want)
-    assert list(tmp_path.iterdir()) == []
+    taken = maps.received(handed)
+    assert_same_pieces(taken, sent)
+    assert not taken[0].flags.writeable
+    size, first_map = os.path.getsize(slot), maps.maps[slot]
+    fewer = pieces(2)
+    assert_same_pieces(maps.received((hand_over(fewer, slot), 7.5))[0], fewer)
+    assert os.path.getsize(slot) == size and maps.maps[slot] is first_map
+    more = pieces(4, 8)
+    assert_same_pieces(maps.received(hand_over(more, slot)), more)
+    assert maps.maps[slot] is not first_map and os.path.getsize(slot) == 12 * 4 * 6 * 4
+    np.testing.assert_array_equal(taken[0], more[0][:3])  # the first views show the slot now
+    assert list(tmp_path.iterdir()) == [tmp_path / "slot"]
 
 
-def test_without_a_usable_folder_the_chunks_go_as_they_are(tmp_path):
+def test_without_a_usable_slot_the_chunks_go_as_they_are(tmp_path):
     sent = pieces(2, 3)
     assert hand_over(sent, None) is sent
-    assert hand_over(sent, str(tmp_path / "gone")) is sent  # as when memory is full: no file
-    assert take_chunks(sent) is sent
+    assert hand_over(sent, str(tmp_path / "gone" / "slot")) is sent  # as when memory is full
+    empty = pieces(0, 0)
+    assert hand_over(empty, str(tmp_path / "slot")) is empty
+    assert not (tmp_path / "slot").exists()  # nothing to write: no slot made
+    assert SlotMaps().received((sent, "why")) == (sent, "why")
+
+
+def pieces_in_slot(n: int, slot: str | None) -> tuple[FileChunks | list[np.ndarray], int]:
+    return hand_over(pieces(*range(1, n + 2)), slot), n
+
+
+def test_run_in_workers_hands_chunks_over_in_as_many_slots_as_tasks_in_flight():
+    tasks = 12
+    before = set(MEMORY_FOLDER.glob(f"{HANDOFF_PREFIX}{os.getpid()}-*"))
+    results = run_in_workers(pieces_in_slot, ((n,) for n in range(tasks)), 2, first, handoff=True)
+    for n, (got, number) in enumerate(results):
+        assert number == n
+        assert_same_pieces(got, pieces(*range(1, n + 2)))
+        (folder,) = set(MEMORY_FOLDER.glob(f"{HANDOFF_PREFIX}{os.getpid()}-*")) - before
+        assert 1 <= len(list(folder.iterdir())) <= 2 * IN_FLIGHT_PER_WORKER
+    assert set(MEMORY_FOLDER.glob(f"{HANDOFF_PREFIX}{os.getpid()}-*")) == before
 
 
 def test_the_handoff_folder_is_removed_and_killed_runs_folders_too(tmp_path):
