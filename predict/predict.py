@@ -591,9 +591,9 @@ def extracted_recordings(
     max_chunks: int,
     window_seconds: float | None,
     workers: int,
-) -> Iterator[tuple[Iterator[np.ndarray], float] | AudioError]:
-    """`recording_chunks` of each item, in order: (pieces, seconds), or the `AudioError` that
-    makes the file unusable.
+) -> Iterator[tuple[Iterator[np.ndarray], float, bool] | AudioError]:
+    """`recording_chunks` of each item, in order: (pieces, seconds, whether the first piece's
+    values vary), or the `AudioError` that makes the file unusable.
 
     With workers > 1, recordings of up to WORKER_MAX_SECONDS are extracted whole in that many
     worker processes, ahead of the one the model is on, and handed over through
@@ -602,13 +602,13 @@ def extracted_recordings(
     streamed, as with workers = 1.
     """
 
-    def extract_here(item: AudioItem) -> tuple[Iterator[np.ndarray], float] | AudioError:
+    def extract_here(item: AudioItem) -> tuple[Iterator[np.ndarray], float, bool] | AudioError:
         try:
             source = recording_chunks(item.wav, params, max_chunks, window_seconds=window_seconds)
             first = next(source.pieces)  # a streamed file is read through here, bad data found
         except AudioError as error:  # bad input; anything else is a bug and stops the run
             return error
-        return itertools.chain([first], source.pieces), source.seconds
+        return itertools.chain([first], source.pieces), source.seconds, first.min() < first.max()
 
     in_worker = [
         workers > 1 and streamable_seconds(item.wav, params.sample_rate) <= WORKER_MAX_SECONDS
@@ -642,8 +642,8 @@ def extracted_recordings(
             if isinstance(result, str):
                 yield AudioError(item.wav, result)
             else:
-                pieces, seconds = result  # views of a slot, until the next result is asked
-                yield iter(pieces), seconds
+                pieces, seconds, features_vary = result  # pieces: views of a slot, until
+                yield iter(pieces), seconds, features_vary  # the next result is asked for
 
 
 def extraction_workers(processes: int | None, model_on_gpu: bool) -> int:
@@ -681,13 +681,13 @@ def recording_pieces(
             skipped.append(f"{item.path}: {recording.reason}")  # the file as given, not the cache
             progress.update()
             continue
-        pieces, seconds = recording
-        piece = next(pieces)
-        reason = no_sound(item.wav, seconds, params, features_vary=piece.min() < piece.max())
+        pieces, seconds, features_vary = recording
+        reason = no_sound(item.wav, seconds, params, features_vary)
         if reason:  # a ranking of nothing would only look like an answer
             skipped.append(f"{item.path}: {reason}")
             progress.update()
             continue
+        piece = next(pieces)
         for following in pieces:
             yield (index, False, seconds), piece
             piece = following

@@ -103,10 +103,11 @@ def whole_recording_chunks(
     max_chunks: int,
     window_seconds: float | None = None,
     handoff_slot: str | None = None,
-) -> tuple[list[np.ndarray] | FileChunks, float] | str:
+) -> tuple[list[np.ndarray] | FileChunks, float, bool] | str:
     """`recording_chunks`' pieces all at once, as a worker process hands them to its parent:
-    (`hand_over(pieces, handoff_slot)`, seconds), or the reason the file is unusable (an
-    `AudioError` would not survive the trip)."""
+    (`hand_over(pieces, handoff_slot)`, seconds, whether the first piece's values vary, for
+    `no_sound`: a pass over it that the parent, busy feeding a GPU, is spared), or the
+    reason the file is unusable (an `AudioError` would not survive the trip)."""
     try:
         source = recording_chunks(path, params, max_chunks, window_seconds=window_seconds)
         pieces = list(source.pieces)
@@ -114,4 +115,5 @@ def whole_recording_chunks(
         return error.reason
     except Exception as error:  # a bug or resource failure: say which file triggered it
         raise RuntimeError(f"{path}: {type(error).__name__}: {error}") from None
-    return hand_over(pieces, handoff_slot), source.seconds
+    first = pieces[0]
+    return hand_over(pieces, handoff_slot), source.seconds, bool(first.min() < first.max())

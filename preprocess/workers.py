@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import itertools
+import math
 import mmap
 import multiprocessing
 import multiprocessing.connection
@@ -263,7 +264,7 @@ class SlotMaps:
 
     def take(self, handed: FileChunks) -> list[np.ndarray]:
         dtype = np.dtype(handed.dtype)
-        count = int(np.prod(handed.shape))
+        count = math.prod(handed.shape)
         mapped = self.maps.get(handed.path)
         if mapped is None or len(mapped) < count * dtype.itemsize:
             descriptor = os.open(handed.path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -272,7 +273,8 @@ class SlotMaps:
             finally:
                 os.close(descriptor)
         chunks = np.frombuffer(mapped, dtype, count).reshape(handed.shape)
-        return np.split(chunks, np.cumsum(handed.piece_lengths)[:-1])
+        ends = itertools.accumulate(handed.piece_lengths)  # not np.split: 10 times slower here
+        return [chunks[end - n : end] for n, end in zip(handed.piece_lengths, ends, strict=True)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -423,6 +423,7 @@ def test_worker_processes_extract_the_same_run_file(
         wavfile.write(audio / f"r{index}.wav", 16000, song(seconds, seed=index).astype(np.int16))
     (audio / "r1.wav").write_bytes((audio / "r1.wav").read_bytes()[:20000])  # truncated
     (audio / "r4.wav").write_bytes((audio / "r4.wav").read_bytes()[:44])  # its header only
+    wavfile.write(audio / "r8.wav", 16000, np.zeros(5 * 16000, np.int16))  # digital silence
     mode = ("--soundscape",) * soundscape
     folders_before = set(MEMORY_FOLDER.glob(f"{HANDOFF_PREFIX}{os.getpid()}-*"))  # others' own
     runs = {}
@@ -444,10 +445,11 @@ def test_worker_processes_extract_the_same_run_file(
     assert in_workers[:2] == (run_file, skips)
     assert [line.split(": ")[0] for line in skips] == [
         str(audio / f"r{index}.wav")
-        for index in (1, 4, 7)  # r7: 10 ms, shorter than a window
+        for index in (1, 4, 7, 8)  # r7: 10 ms, shorter than a window
     ]
+    assert "silent" in skips[-1]
     assert {line.split(";")[0] for line in run_file.splitlines()} == {"r0", "r2", "r3", "r5", "r6"}
-    assert extracted_here == [f"r{index}.wav" for index in range(8)]
+    assert extracted_here == [f"r{index}.wav" for index in range(9)]
     assert in_workers[2] == ["r2.wav"]  # 25 s: in this process; the others in the workers
     folders = set(MEMORY_FOLDER.glob(f"{HANDOFF_PREFIX}{os.getpid()}-*"))
     assert folders <= folders_before  # handed over, gone
