@@ -14,7 +14,6 @@ The 2016 scripts instead scored chunks with scikit-learn's micro-averaged averag
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import average_precision_score
 
 
 def ranking_average_precision(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
@@ -111,6 +110,10 @@ def top1_accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def chunk_micro_ap(chunk_probs: np.ndarray, onehot: np.ndarray) -> float:
     """The 2016 scripts' score: scikit-learn micro AP over chunks (not the official MAP)."""
+    # imported here: scikit-learn takes 0.5 s to import, which every prediction worker
+    # process (they import predict.py, and so this module) would pay for nothing
+    from sklearn.metrics import average_precision_score
+
     onehot = np.asarray(onehot)
     if onehot.sum() == 0:
         return float("nan")
