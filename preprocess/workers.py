@@ -239,6 +239,8 @@ def hand_over(pieces: list[np.ndarray], slot: str | None) -> list[np.ndarray] | 
                 written = os.pwrite(descriptor, data, offset)
                 data, offset = data[written:], offset + written
     except OSError:
+        with contextlib.suppress(OSError):
+            os.ftruncate(descriptor, 0)  # what it holds would stay in memory for the run
         return pieces
     finally:
         os.close(descriptor)

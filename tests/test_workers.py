@@ -106,6 +106,18 @@ def test_without_a_usable_slot_the_chunks_go_as_they_are(tmp_path):
     sent = pieces(2, 3)
     assert hand_over(sent, None) is sent
     assert hand_over(sent, str(tmp_path / "gone" / "slot")) is sent  # as when memory is full
+    failing_after = iter([True, False])
+
+    def pwrite_until_full(descriptor, data, offset):
+        if next(failing_after):
+            return real_pwrite(descriptor, data, offset)
+        raise OSError(28, "No space left on device")
+
+    real_pwrite = os.pwrite
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "pwrite", pwrite_until_full)
+        assert hand_over(sent, str(tmp_path / "full")) is sent
+    assert (tmp_path / "full").stat().st_size == 0  # what was written is given back
     empty = pieces(0, 0)
     assert hand_over(empty, str(tmp_path / "slot")) is empty
     assert not (tmp_path / "slot").exists()  # nothing to write: no slot made
