@@ -135,16 +135,18 @@ def handoff_rates(workers: int, tasks_per_worker: int = 20) -> dict[str, float]:
                 arguments, handoff = ((index,) for index in range(n_tasks)), True
             else:
                 arguments, handoff = ((index, None) for index in range(n_tasks)), False
-            arrivals, last_began = [], 0.0  # (time, chunks) of every result
+            arrivals, began_at = [], set()  # (time, chunks) of every result; workers' starts
             for pieces, began in run_in_workers(
                 ready_chunks, arguments, workers, str, context, handoff
             ):
                 for piece in pieces:
                     batch[: len(piece)] = piece
                 arrivals.append((time.time(), sum(len(piece) for piece in pieces)))
-                last_began = max(last_began, began)
-            after = [(at, n) for at, n in arrivals if at > last_began]
-            if len(after) > 1:
+                began_at.add(began)
+            if len(began_at) < workers:
+                print(f"  (hand-off, {way}: only {len(began_at)} of {workers} workers began)")
+            after = [(at, n) for at, n in arrivals if at > max(began_at)]
+            if len(after) > 1 and after[-1][0] > after[0][0]:
                 seconds = after[-1][0] - after[0][0]
                 best = max(best, sum(n for _, n in after[1:]) / seconds)
         rates[way] = best

@@ -118,8 +118,9 @@ def test_without_a_usable_slot_the_chunks_go_as_they_are(tmp_path):
         patch.setattr(os, "pwrite", pwrite_until_full)
         assert hand_over(sent, str(tmp_path / "full")) is sent
     assert (tmp_path / "full").stat().st_size == 0  # what was written is given back
-    empty = pieces(0, 0)
+    empty, no_bytes = pieces(0, 0), [np.zeros((3, 0, 6), np.float32)]
     assert hand_over(empty, str(tmp_path / "slot")) is empty
+    assert hand_over(no_bytes, str(tmp_path / "slot")) is no_bytes  # an empty file cannot map
     assert not (tmp_path / "slot").exists()  # nothing to write: no slot made
     assert SlotMaps().received((sent, "why")) == (sent, "why")
 
