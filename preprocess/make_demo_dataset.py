@@ -42,7 +42,7 @@ import scipy.fft
 from scipy.io import wavfile
 
 from preprocess.cli import at_least, most_workers, run_command
-from preprocess.paths import first_bytes, is_partial_of, write_text_atomically
+from preprocess.paths import first_bytes, is_own_file, is_partial_of, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -425,11 +425,6 @@ def _plan(seed: int, split: int, per_species: int, first_id: int):
             background = int((species_index + rng.integers(1, len(SPECIES))) % len(SPECIES))
         plan.append((first_id + position, species_index, background, rng))
     return plan
-
-
-def is_own_file(path: Path) -> bool:
-    """A regular file, not a link to one."""
-    return path.is_file() and not path.is_symlink()
 
 
 def check_may_replace(out: Path) -> None:

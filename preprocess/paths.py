@@ -70,6 +70,11 @@ def check_output(
         )
 
 
+def is_own_file(path: Path) -> bool:
+    """A regular file, not a link to one."""
+    return path.is_file() and not path.is_symlink()
+
+
 def first_bytes(path: Path, size: int = SNIFF_BYTES) -> bytes:
     """The first size bytes of a file; b"" when it cannot be read."""
     try:

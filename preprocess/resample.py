@@ -102,6 +102,7 @@ from preprocess.params import SpectrogramParams
 from preprocess.paths import (
     NOT_REGULAR,
     files_under,
+    is_own_file,
     is_partial_of,
     shown_name,
     write_text_atomically,
@@ -348,7 +349,7 @@ def is_done(conversion: Conversion, sources: Mapping[str, dict], into: Path) -> 
     `made_from`. An output made by an older version of this code, without a record, is made
     again."""
     target = conversion.target
-    if target.is_symlink() or not target.is_file():
+    if not is_own_file(target):
         return False
     recorded = sources.get(output_key(target, into))
     try:
