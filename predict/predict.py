@@ -76,7 +76,12 @@ from preprocess.audio import (  # noqa: E402
     streamable_seconds,
 )
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
-from preprocess.extract import no_sound, recording_chunks, whole_recording_chunks  # noqa: E402
+from preprocess.extract import (  # noqa: E402
+    no_sound,
+    recording_chunks,
+    values_vary,
+    whole_recording_chunks,
+)
 from preprocess.metadata import (  # noqa: E402
     AUDIO_SUFFIXES,
     MetadataError,
@@ -608,7 +613,7 @@ def extracted_recordings(
             first = next(source.pieces)  # a streamed file is read through here, bad data found
         except AudioError as error:  # bad input; anything else is a bug and stops the run
             return error
-        return itertools.chain([first], source.pieces), source.seconds, first.min() < first.max()
+        return itertools.chain([first], source.pieces), source.seconds, values_vary(first)
 
     in_worker = [
         workers > 1 and streamable_seconds(item.wav, params.sample_rate) <= WORKER_MAX_SECONDS

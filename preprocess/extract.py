@@ -81,6 +81,12 @@ def recording_chunks(
     return ChunkSource(chunk_slices(log_spec, params, max_chunks), seconds, rate)
 
 
+def values_vary(chunks: np.ndarray) -> bool:
+    """Whether chunks hold more than one value: `no_sound`'s features_vary, which prediction
+    asks of a recording's first piece, in the worker or here alike."""
+    return bool(chunks.min() < chunks.max())
+
+
 def no_sound(
     path: str | os.PathLike, seconds: float, params: SpectrogramParams, features_vary: bool
 ) -> str | None:
@@ -115,5 +121,4 @@ def whole_recording_chunks(
         return error.reason
     except Exception as error:  # a bug or resource failure: say which file triggered it
         raise RuntimeError(f"{path}: {type(error).__name__}: {error}") from None
-    first = pieces[0]
-    return hand_over(pieces, handoff_slot), source.seconds, bool(first.min() < first.max())
+    return hand_over(pieces, handoff_slot), source.seconds, values_vary(pieces[0])
