@@ -131,10 +131,8 @@ def handoff_rates(workers: int, tasks_per_worker: int = 20) -> dict[str, float]:
         best = 0.0
         for _ in range(3):
             context = multiprocessing.get_context("spawn")  # as predict's
-            if way == "slot":
-                arguments, handoff = ((index,) for index in range(n_tasks)), True
-            else:
-                arguments, handoff = ((index, None) for index in range(n_tasks)), False
+            handoff = way == "slot"  # run_in_workers then adds each task's slot; else None
+            arguments = ((index,) if handoff else (index, None) for index in range(n_tasks))
             arrivals, began_at = [], set()  # (time, chunks) of every result; workers' starts
             for pieces, began in run_in_workers(
                 ready_chunks, arguments, workers, str, context, handoff
