@@ -29,10 +29,11 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,11 @@ class DemoError(Exception):
 
 
 FILE_PATTERN = "SYNTHETIC_DEMO_WAV_RN{media_id}"
+DEMO_FILE_NAMES = {  # the folders of a demo set, and the names of the files in them
+    folder: re.compile(re.escape(FILE_PATTERN.format(media_id="")) + rf"\d+\.{folder}")
+    for folder in ("wav", "xml")
+}
+TRUTH_FILE = "ground_truth.csv"  # in TestSet/
 
 TRAINING_FIELDS = (
     "MediaId",
@@ -429,8 +435,9 @@ def _plan(seed: int, split: int, per_species: int, first_id: int):
 
 def check_may_replace(out: Path) -> None:
     """DemoError unless out is missing, empty, or a demo dataset this tool made (its marker,
-    or the README it writes first), holding nothing else and no link: only then are its
-    TrainingSet/ and TestSet/ deleted and written anew. A real BirdCLEF folder has the same
+    or the README it writes first), holding nothing else and no link, down to the files in
+    its folders (`foreign_entries`): only then are its TrainingSet/ and TestSet/ deleted and
+    written anew. A real BirdCLEF folder has the same
     two folders."""
     if out.exists() and not out.is_dir():
         raise DemoError(f"{out} is not a folder: choose a new or empty folder for the demo")
@@ -459,8 +466,38 @@ def check_may_replace(out: Path) -> None:
             f"{out} holds other files ({', '.join(sorted(leftovers)[:3])}...): choose an empty "
             "folder for the demo dataset"
         )
+    for part in ("TrainingSet", "TestSet"):
+        foreign = next(foreign_entries(out / part), None)
+        if foreign is not None:
+            raise DemoError(
+                f"{foreign} was not written by the demo: move it out of {out}, or choose "
+                "another folder for the demo dataset (nothing in it was changed)"
+            )
     for entry in cut_short:
         entry.unlink()
+
+
+def foreign_entries(part: Path) -> Iterator[Path]:
+    """Entries under a demo's TrainingSet/ or TestSet/ (part) that a demo run does not
+    write: anything but the folders wav/ and xml/, their SYNTHETIC_DEMO_WAV_RN files and
+    the test set's ground truth (or a temporary file of it), or a link. Rebuilding deletes
+    part whole, so a user's file put there must stop it."""
+    if not part.exists() or part.is_symlink():
+        return
+    for entry in part.iterdir():
+        if entry.name in DEMO_FILE_NAMES and entry.is_dir() and not entry.is_symlink():
+            own = DEMO_FILE_NAMES[entry.name]
+            yield from (
+                file
+                for file in entry.iterdir()
+                if not (is_own_file(file) and own.fullmatch(file.name))
+            )
+        elif not (
+            part.name == "TestSet"
+            and is_own_file(entry)
+            and (entry.name == TRUTH_FILE or is_partial_of(entry.name, TRUTH_FILE))
+        ):
+            yield entry
 
 
 def make_demo_dataset(
@@ -505,7 +542,7 @@ def make_demo_dataset(
         f"{media_id};{species.class_id};{background.class_id if background else ''}\n"
         for media_id, species, background in test
     ]
-    write_text_atomically(out / "TestSet" / "ground_truth.csv", "".join(truth))
+    write_text_atomically(out / "TestSet" / TRUTH_FILE, "".join(truth))
     write_text_atomically(marker, json.dumps(settings))
     logger.info(
         "wrote %d training and %d test recordings of %d SYNTHETIC species to %s "

@@ -90,6 +90,32 @@ def test_never_writes_through_a_link_in_its_own_folder(tmp_path, link):
     assert (victim / "notes.txt").read_text() == "the user's"
 
 
+@pytest.mark.parametrize(
+    "foreign", ["TrainingSet/wav/mine.wav", "TestSet/notes.txt", "TrainingSet/xml/sub/a.xml"]
+)
+def test_rebuilding_never_deletes_what_a_user_put_inside_the_demo(tmp_path, foreign):
+    out = tmp_path / "demo"
+    assert make_demo_dataset(out, recordings_per_species=1, test_per_species=1)
+    before = digest(out)
+    (out / foreign).parent.mkdir(exist_ok=True)
+    (out / foreign).write_text("the user's")
+    with pytest.raises(DemoError, match="was not written by the demo"):
+        make_demo_dataset(out, recordings_per_species=2, test_per_species=1)
+    assert digest(out) == {**before, foreign: hashlib.sha256(b"the user's").hexdigest()}
+
+
+def test_a_link_inside_the_demo_stops_a_rebuild(tmp_path):
+    out, victim = tmp_path / "demo", tmp_path / "victim.wav"
+    assert make_demo_dataset(out, recordings_per_species=1, test_per_species=1)
+    victim.write_text("the user's")
+    wav = next((out / "TrainingSet" / "wav").iterdir())
+    wav.unlink()
+    wav.symlink_to(victim)
+    with pytest.raises(DemoError, match=f"{wav} was not written by the demo"):
+        make_demo_dataset(out, recordings_per_species=2, test_per_species=1)
+    assert wav.is_symlink() and victim.read_text() == "the user's"
+
+
 def test_an_interrupted_demo_is_made_again(tmp_path):
     out = tmp_path / "demo"
     assert make_demo_dataset(out, recordings_per_species=1, test_per_species=1)
