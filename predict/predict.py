@@ -80,7 +80,7 @@ from preprocess.extract import (  # noqa: E402
     no_sound,
     recording_chunks,
     values_vary,
-    whole_recording_chunks,
+    whole_recordings_chunks,
 )
 from preprocess.metadata import (  # noqa: E402
     AUDIO_SUFFIXES,
@@ -100,7 +100,7 @@ from preprocess.paths import (  # noqa: E402
     shown_name,
 )
 from preprocess.spectrogram import STREAM_SECONDS  # noqa: E402
-from preprocess.workers import WorkerLost, run_in_workers  # noqa: E402
+from preprocess.workers import WorkerLost, run_in_workers, tasks_of  # noqa: E402
 from train.metrics import POOLINGS, POWER_EXPONENT, recording_scores  # noqa: E402
 from train.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds  # noqa: E402
 
@@ -113,6 +113,8 @@ HUMAN_CSV_HEADER = "file,MediaId"  # how the --human-csv file begins
 MAX_POOLING_EXPONENT = 100.0  # of the power mean: near the max already (training writes 3)
 CACHE_NAME_LENGTH = 32  # hex digits of the hash naming a file in the resampling cache
 WORKER_MAX_SECONDS = STREAM_SECONDS  # longer recordings are extracted here, streamed
+TASK_SECONDS = 60.0  # of audio per worker task at most (one recording at least): 5 MB
+RECORDINGS_PER_TASK = 16  # at most
 
 
 class PredictError(Exception):
@@ -596,59 +598,62 @@ def extracted_recordings(
     max_chunks: int,
     window_seconds: float | None,
     workers: int,
-) -> Iterator[tuple[Iterator[np.ndarray], float, bool] | AudioError]:
-    """`recording_chunks` of each item, in order: (pieces, seconds, whether the first piece's
-    values vary), or the `AudioError` that makes the file unusable.
+) -> Iterator[tuple[Iterator[np.ndarray], float] | str]:
+    """`recording_chunks` of each item, in order: (pieces, seconds), or why the file gives
+    nothing to rank: unreadable (`AudioError`), or `no_sound`.
 
     With workers > 1, recordings of up to WORKER_MAX_SECONDS are extracted whole in that many
-    worker processes, ahead of the one the model is on, and handed over through
-    `run_in_workers`' slots in memory where possible: two per worker, each as large as the
-    longest recording it held (about 50 MB for 10 minutes). Longer ones are extracted here,
-    streamed, as with workers = 1.
+    worker processes, a few at a time (`tasks_of`: up to TASK_SECONDS of audio), ahead of the
+    one the model is on, and handed over through `run_in_workers`' slots in memory where
+    possible: two per worker, each as large as the most audio it held (about 50 MB for 10
+    minutes). Longer ones are extracted here, streamed, as with workers = 1.
     """
 
-    def extract_here(item: AudioItem) -> tuple[Iterator[np.ndarray], float, bool] | AudioError:
+    def extract_here(item: AudioItem) -> tuple[Iterator[np.ndarray], float] | str:
         try:
             source = recording_chunks(item.wav, params, max_chunks, window_seconds=window_seconds)
             first = next(source.pieces)  # a streamed file is read through here, bad data found
+            reason = no_sound(item.wav, source.seconds, params, values_vary(first))
         except AudioError as error:  # bad input; anything else is a bug and stops the run
-            return error
-        return itertools.chain([first], source.pieces), source.seconds, values_vary(first)
+            return error.reason
+        return reason or (itertools.chain([first], source.pieces), source.seconds)
 
-    in_worker = [
-        workers > 1 and streamable_seconds(item.wav, params.sample_rate) <= WORKER_MAX_SECONDS
-        for item in items
-    ]
+    seconds = [streamable_seconds(item.wav, params.sample_rate) for item in items]
+    in_worker = [workers > 1 and each <= WORKER_MAX_SECONDS for each in seconds]
     if sum(in_worker) < 2:
         yield from map(extract_here, items)
         return
-    given = {item.wav: item.path for item in items}  # error messages name the file as given
     workers = min(workers, sum(in_worker))
-    tasks = (
-        (item.wav, params, max_chunks, window_seconds)
-        for item, worker in zip(items, in_worker, strict=True)
-        if worker
-    )
+    wavs = [item.wav for item, worker in zip(items, in_worker, strict=True) if worker]
+    wav_seconds = [each for each, worker in zip(seconds, in_worker, strict=True) if worker]
+    groups = tasks_of(wavs, wav_seconds, workers, TASK_SECONDS, RECORDINGS_PER_TASK)
+    given = {item.wav: item.path for item in items}  # error messages name the file as given
     # spawn, not fork: this process runs the model's threads, which a fork does not copy
     in_order = run_in_workers(
-        whole_recording_chunks,
-        tasks,
+        whole_recordings_chunks,
+        ((group, params, max_chunks, window_seconds) for group in groups),
         workers,
-        lambda task: f"extracting {given[task[0]]}",
+        lambda task: f"extracting {given[task[0][0]]}",
         multiprocessing.get_context("spawn"),
         handoff=True,
     )
+    done: deque[tuple[Iterator[np.ndarray], float] | str] = deque()  # of the last task
     with contextlib.closing(in_order):
         for item, worker in zip(items, in_worker, strict=True):
             if not worker:
                 yield extract_here(item)
                 continue
-            result = next(in_order)
-            if isinstance(result, str):
-                yield AudioError(item.wav, result)
-            else:
-                pieces, seconds, features_vary = result  # pieces: views of a slot, until
-                yield iter(pieces), seconds, features_vary  # the next result is asked for
+            if not done:
+                pieces, outcomes = next(in_order)  # pieces: views of a slot, until the next
+                start = 0  # result is asked for
+                for outcome in outcomes:
+                    if isinstance(outcome, str):
+                        done.append(outcome)
+                        continue
+                    n_pieces, recording_seconds = outcome
+                    done.append((iter(pieces[start : start + n_pieces]), recording_seconds))
+                    start += n_pieces
+            yield done.popleft()
 
 
 def extraction_workers(processes: int | None, model_on_gpu: bool) -> int:
@@ -682,16 +687,11 @@ def recording_pieces(
     window = SOUNDSCAPE_WINDOW_SECONDS if soundscape else None
     recordings = extracted_recordings(items, params, batch_size, window, workers)
     for index, (item, recording) in enumerate(zip(items, recordings, strict=True)):
-        if isinstance(recording, AudioError):
-            skipped.append(f"{item.path}: {recording.reason}")  # the file as given, not the cache
+        if isinstance(recording, str):  # a ranking of nothing would only look like an answer
+            skipped.append(f"{item.path}: {recording}")  # the file as given, not the cache
             progress.update()
             continue
-        pieces, seconds, features_vary = recording
-        reason = no_sound(item.wav, seconds, params, features_vary)
-        if reason:  # a ranking of nothing would only look like an answer
-            skipped.append(f"{item.path}: {reason}")
-            progress.update()
-            continue
+        pieces, seconds = recording
         piece = next(pieces)
         for following in pieces:
             yield (index, False, seconds), piece

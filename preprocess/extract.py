@@ -5,8 +5,8 @@ recording is read, turned into features and cut into chunks in one way only, wha
 front end (preprocess/params.py). A 16 kHz 16-bit mono wav longer than STREAM_SECONDS is
 streamed (`stream_chunks`: memory independent of its length); any other file is read whole
 and its spectrogram cut in slices of max_chunks (`chunk_slices`, equal to `extract_chunks`).
-Both commands extract in worker processes (preprocess/workers.py); `whole_recording_chunks`
-is prediction's task for one.
+Both commands extract in worker processes (preprocess/workers.py); `whole_recordings_chunks`
+is prediction's task for a few.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def recording_chunks(
 
 def values_vary(chunks: np.ndarray) -> bool:
     """Whether chunks hold more than one value: `no_sound`'s features_vary, which prediction
-    asks of a recording's first piece, in the worker or here alike."""
+    asks of a recording's first piece, in a worker or in its own process alike."""
     return bool(chunks.min() < chunks.max())
 
 
@@ -103,22 +103,32 @@ def no_sound(
     return None
 
 
-def whole_recording_chunks(
-    path: str | os.PathLike,
+def whole_recordings_chunks(
+    paths: list[str | os.PathLike],
     params: SpectrogramParams,
     max_chunks: int,
     window_seconds: float | None = None,
     handoff_slot: str | None = None,
-) -> tuple[list[np.ndarray] | FileChunks, float, bool] | str:
-    """`recording_chunks`' pieces all at once, as a worker process hands them to its parent:
-    (`hand_over(pieces, handoff_slot)`, seconds, whether the first piece's values vary, for
-    `no_sound`: a pass over it that the parent, busy feeding a GPU, is spared), or the
-    reason the file is unusable (an `AudioError` would not survive the trip)."""
-    try:
-        source = recording_chunks(path, params, max_chunks, window_seconds=window_seconds)
-        pieces = list(source.pieces)
-    except AudioError as error:
-        return error.reason
-    except Exception as error:  # a bug or resource failure: say which file triggered it
-        raise RuntimeError(f"{path}: {type(error).__name__}: {error}") from None
-    return hand_over(pieces, handoff_slot), source.seconds, values_vary(pieces[0])
+) -> tuple[list[np.ndarray] | FileChunks, list[tuple[int, float] | str]]:
+    """`recording_chunks`' pieces of a few recordings all at once, as a worker process hands
+    them to its parent: (`hand_over` of every piece of the recordings that hold sound, in
+    order; per path, its (number of pieces, seconds), or why it gives nothing to rank: an
+    unreadable file (an `AudioError` would not survive the trip) or `no_sound`, a pass over
+    its chunks that the parent, busy feeding a GPU, is spared)."""
+    pieces: list[np.ndarray] = []
+    outcomes: list[tuple[int, float] | str] = []
+    for path in paths:
+        try:
+            source = recording_chunks(path, params, max_chunks, window_seconds=window_seconds)
+            recording = list(source.pieces)
+            reason = no_sound(path, source.seconds, params, values_vary(recording[0]))
+        except AudioError as error:
+            reason = error.reason
+        except Exception as error:  # a bug or resource failure: say which file triggered it
+            raise RuntimeError(f"{path}: {type(error).__name__}: {error}") from None
+        if reason:
+            outcomes.append(reason)
+        else:
+            pieces += recording
+            outcomes.append((len(recording), source.seconds))
+    return hand_over(pieces, handoff_slot), outcomes

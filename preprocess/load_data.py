@@ -83,15 +83,14 @@ from preprocess.params import (
 )
 from preprocess.paths import OutputPathError, check_output, first_names, is_hdf5, shown_name
 from preprocess.spectrogram import check_front_end, frames_for_seconds
-from preprocess.workers import WorkerLost, keep_freed_memory, run_in_workers
+from preprocess.workers import WorkerLost, keep_freed_memory, run_in_workers, tasks_of
 
 logger = logging.getLogger("load_data")
 
 # Audio per worker task (about 17 minutes of 16 kHz wav, one file at least): short files share
 # a task, whose costs (a hand-off to a worker, a shard file of about 12 ms) would otherwise
 # weigh (BENCHMARKS.md). A kill -9 loses at most the tasks in flight.
-BATCH_BYTES = 32 * 2**20
-TASKS_PER_WORKER = 4  # at least, where there are files enough: workers finish together
+BATCH_BYTES = 32 * 2**20  # of wav files per worker task at most (one file at least)
 STREAM_PIECE_CHUNKS = 64  # chunks extracted at a time from a streamed recording (16 MB)
 XML_BATCH = 400  # BirdCLEF XML files parsed per worker task
 
@@ -193,23 +192,14 @@ def extract_into_shard(task: Task, info: DatasetInfo) -> list[Outcome]:
 
 
 def worker_batches(paths: list[Path], workers: int) -> list[list[Path]]:
-    """paths cut, in order, into tasks of up to BATCH_BYTES of files (one file at least),
-    with at most 1 / (TASKS_PER_WORKER * workers) of the files each."""
-    most_files = max(1, -(-len(paths) // (TASKS_PER_WORKER * workers)))
-    batches: list[list[Path]] = []
-    batch_bytes = 0
+    """paths cut, in order, into worker tasks of up to BATCH_BYTES of files (`tasks_of`)."""
+    sizes = []
     for path in paths:
         try:
-            size = path.stat().st_size
+            sizes.append(path.stat().st_size)
         except OSError:  # extract_recording names the problem
-            size = 0
-        if batches and batch_bytes + size <= BATCH_BYTES and len(batches[-1]) < most_files:
-            batches[-1].append(path)
-            batch_bytes += size
-        else:
-            batches.append([path])
-            batch_bytes = size
-    return batches
+            sizes.append(0)
+    return tasks_of(paths, sizes, workers, BATCH_BYTES, len(paths))
 
 
 def extract_tasks(tasks: list[Task], info: DatasetInfo, workers: int) -> Iterator[list[Outcome]]:

@@ -41,6 +41,7 @@ from preprocess.dataset import check_finite, open_dataset, read_rows
 MEMORY_FOLDER = Path("/dev/shm")  # a tmpfs on Linux: files there live in memory
 HANDOFF_PREFIX = "birdclef-handoff-"  # + the parent's pid: a folder of hand_over files
 IN_FLIGHT_PER_WORKER = 2  # tasks queued or finished per worker: keeps it busy, bounds memory
+TASKS_PER_WORKER = 4  # at least, where there are items enough: the workers finish together
 
 
 class WorkerLost(Exception):
@@ -84,6 +85,25 @@ def exit_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
     while process_exists(parent):
         time.sleep(poll_seconds)
     os._exit(1)
+
+
+def tasks_of(items: list, sizes: list[float], workers: int, most_size: float, most_items: int):
+    """items (of these sizes: bytes, seconds) cut in order into the lists that tasks of
+    `run_in_workers` take: up to most_size in all (one item at least), up to most_items, and
+    at most 1 / (TASKS_PER_WORKER * workers) of the items, so that the workers finish about
+    together. Each task costs the parent a submission and a result (some 0.3 ms): a task for
+    each short file would make that the limit."""
+    most_items = max(1, min(most_items, -(-len(items) // (TASKS_PER_WORKER * workers))))
+    tasks: list[list] = []
+    total = 0.0
+    for item, size in zip(items, sizes, strict=True):
+        if tasks and total + size <= most_size and len(tasks[-1]) < most_items:
+            tasks[-1].append(item)
+            total += size
+        else:
+            tasks.append([item])
+            total = size
+    return tasks
 
 
 def run_in_workers(

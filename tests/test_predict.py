@@ -32,6 +32,7 @@ from preprocess.spectrogram import (
     window_bounds,
     window_chunks,
 )
+import preprocess.workers as workers_module
 from preprocess.workers import HANDOFF_PREFIX, MEMORY_FOLDER
 from train.metrics import recording_scores
 
@@ -411,12 +412,15 @@ def test_extraction_workers_beside_a_gpu_model_or_as_asked():
 
 
 @pytest.mark.parametrize("soundscape", [False, True])
+@pytest.mark.parametrize("tasks_per_worker", [4, 1])  # 1 recording a task, or up to 3
 def test_worker_processes_extract_the_same_run_file(
-    run_dir, tmp_path, monkeypatch, caplog, soundscape
+    run_dir, tmp_path, monkeypatch, caplog, soundscape, tasks_per_worker
 ):
     """--workers 3 writes what --workers 1 writes, byte for byte, skips the same files with the
     same messages, and extracts a recording over WORKER_MAX_SECONDS (lowered to 20 s here) in
-    this process, the others in the workers."""
+    this process, the others in the workers, one or a few a task (unreadable and silent files
+    among them)."""
+    monkeypatch.setattr(workers_module, "TASKS_PER_WORKER", tasks_per_worker)
     audio = tmp_path / "audio"
     audio.mkdir()
     for index, seconds in enumerate([4, 12, 25, 1, 7, 9, 3, 0.01]):

@@ -27,6 +27,7 @@ from preprocess.workers import (
     make_handoff_folder,
     remove_folder_of,
     run_in_workers,
+    tasks_of,
 )
 from tests.helpers import still_running
 
@@ -39,6 +40,17 @@ def square_or_die(number: int) -> int:
 
 def first(task: tuple) -> str:
     return f"extracting {task[0]}"
+
+
+def test_tasks_group_short_items_up_to_a_size_a_count_and_a_share_of_the_items():
+    items = list("abcdefghijkl")
+    seconds = [10, 10, 10, 10, 10, 10, 100, 5, 5, 5, 5, 5]
+    tasks = tasks_of(items, seconds, workers=1, most_size=30, most_items=16)
+    assert tasks == [list("abc"), list("def"), ["g"], list("hij"), list("kl")]  # 3: 12 / 4
+    tasks = tasks_of(items, seconds, workers=1, most_size=60, most_items=2)
+    assert [len(task) for task in tasks] == [2, 2, 2, 1, 2, 2, 1]
+    assert tasks_of(items, seconds, workers=8, most_size=60, most_items=16) == [[i] for i in items]
+    assert tasks_of([], [], workers=2, most_size=60, most_items=16) == []
 
 
 @pytest.mark.parametrize("method", [None, "fork", "spawn", "forkserver"])
