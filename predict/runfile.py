@@ -66,8 +66,9 @@ def is_soundscape_line(line: str) -> bool:
     return len(fields) == 4 and SOUNDSCAPE_SPAN.fullmatch(fields[1].strip()) is not None
 
 
-def format_probability(probability: float) -> str:
-    return f"{min(max(float(probability), 0.0), 1.0):.6g}"
+def format_probabilities(probs: np.ndarray) -> list[str]:
+    """probs (n,) as the run file writes them: clipped to [0, 1], 6 significant digits."""
+    return [f"{p:.6g}" for p in np.clip(np.asarray(probs, dtype=np.float64), 0.0, 1.0).tolist()]
 
 
 def seconds_to_hms(seconds: float) -> str:
@@ -239,9 +240,14 @@ class RunFileWriter(AtomicTextWriter):
         if media_id in self._media_ids:
             raise ValueError(f"MediaId {media_id!r} written twice to {self.path}")
         self._media_ids.add(media_id)
-        for rank, column in enumerate(top_classes(probs, self.top_k), 1):
-            probability = format_probability(probs[column])
-            self.file.write(f"{media_id};{self.classes[column]};{probability};{rank}\n")
+        columns = top_classes(probs, self.top_k)
+        ranked = zip(columns.tolist(), format_probabilities(probs[columns]), strict=True)
+        self.file.write(
+            "".join(
+                f"{media_id};{self.classes[column]};{probability};{rank}\n"
+                for rank, (column, probability) in enumerate(ranked, 1)
+            )
+        )
 
 
 class SoundscapeWriter(AtomicTextWriter):
@@ -267,9 +273,14 @@ class SoundscapeWriter(AtomicTextWriter):
             last = window == len(window_probs) - 1
             start, end = window_span(window, last, self.window_seconds, duration_s)
             span = f"{seconds_to_hms(start)}-{seconds_to_hms(end)}"
-            for column in top_classes(probs, self.top_k):
-                probability = format_probability(probs[column])
-                self.file.write(f"{media_id};{span};{self.classes[column]};{probability}\n")
+            columns = top_classes(probs, self.top_k)
+            ranked = zip(columns.tolist(), format_probabilities(probs[columns]), strict=True)
+            self.file.write(
+                "".join(
+                    f"{media_id};{span};{self.classes[column]};{probability}\n"
+                    for column, probability in ranked
+                )
+            )
 
 
 @dataclass(frozen=True)
