@@ -23,7 +23,7 @@
 #                       TestSet) is used
 # Where things go (defaults inside this project)
 #   --name NAME         name of the dataset's work folder and run (default: demo, demo-tiny,
-#                       or the training folder's parent name)
+#                       the archive's name with --url, or the training folder's parent name)
 #   --data-dir DIR      demo data and downloads (default data/)
 #   --work-dir DIR      resampled wavs and HDF5 files (default work/NAME)
 #   --runs-dir DIR      training runs (default runs/); the run is RUNS_DIR/NAME
@@ -113,9 +113,10 @@ if [[ -n "$url" ]]; then
     archive="$downloads/$(basename "${url%%\?*}")"
     stem="$(basename "$archive")"
     stem="${stem%.zip}" stem="${stem%.tgz}" stem="${stem%.tar*}" # birds.v2.tar.gz -> birds.v2
-    unpacked="$data_dir/${name:-$stem}"
-    # curl and wget append to the .part; unzip and tar write into the folder
-    refuse_links "$downloads" "$archive.part" "$unpacked" "$unpacked/.unpacked"
+    name="${name:-$stem}" # never from the archive's contents: they could name another job's
+    unpacked="$data_dir/$name"
+    # curl and wget append to the .part; mv would move a download into a folder named ARCHIVE
+    refuse_links "$downloads" "$archive.part" "$archive" "$archive.unpacked"
     mkdir -p "$downloads"
     if [[ ! -f "$archive" ]]; then
         if command -v curl >/dev/null; then
@@ -127,20 +128,10 @@ if [[ -n "$url" ]]; then
             echo "$sha256  $archive.part" | sha256sum --check --quiet ||
                 die "checksum of $archive.part differs from --sha256 (delete it to download again)"
         fi
-        mv "$archive.part" "$archive" # only a whole (and checked) download gets the real name
+        mv -T "$archive.part" "$archive" # only a whole (and checked) download gets the name
     fi
-    if [[ ! -f "$unpacked/.unpacked" ]]; then
-        mkdir -p "$unpacked"
-        case "$archive" in
-        *.zip) run unzip -q -o "$archive" -d "$unpacked" || die "unzip could not unpack $archive" ;;
-        *.tar | *.tar.* | *.tgz)
-            # as root, tar would keep the archive's owners and setuid bits
-            run tar -xf "$archive" -C "$unpacked" --no-same-owner --no-same-permissions ||
-                die "tar could not unpack $archive" ;;
-        *) die "cannot unpack $archive (zip or tar archives only)" ;;
-        esac
-        touch "$unpacked/.unpacked"
-    fi
+    # into a new folder of its own; no member lands outside it, whatever its name or type
+    run python "$ROOT/preprocess/unpack.py" "$archive" "$unpacked"
     if [[ -z "$train_dir$csv$class_folders" ]]; then
         train_dir="$(find "$unpacked" -type d -name TrainingSet -print -quit)"
         [[ -n "$train_dir" ]] || die "no TrainingSet folder in $unpacked: give --train-dir"
@@ -161,6 +152,7 @@ if [[ -z "$train_dir$csv$class_folders" ]]; then
     # (used at validation and prediction) settle within minutes on a CPU.
     batch_size="${batch_size:-32}"
     stage "demo dataset (SYNTHETIC: made-up bird-like species, not real recordings)"
+    refuse_links "$data_dir/$name"
     run python "$ROOT/preprocess/make_demo_dataset.py" --out "$data_dir/$name" "${demo_args[@]}"
     train_dir="$data_dir/$name/TrainingSet"
     if [[ -z "$test_dir" ]]; then
@@ -183,8 +175,9 @@ else
     name="${name:-$(basename "$(dirname "$(realpath "$train_dir")")")}"
 fi
 [[ -d "$source_dir" ]] || die "$source_dir: no such folder"
-work_dir="${work_dir:-$ROOT/work/$name}"
+[[ -n "$work_dir" ]] || { work_dir="$ROOT/work/$name"; refuse_links "$work_dir"; }
 run_dir="$runs_dir/$name"
+refuse_links "$run_dir"
 mkdir -p "$work_dir" "$runs_dir"
 
 # ---- 2. resample to 16 kHz ------------------------------------------------------------------

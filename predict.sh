@@ -45,6 +45,7 @@ if [[ -z "$run_dir" ]]; then
     # (a glob, not ls: a folder name may hold a line break)
     for dir in "$ROOT"/runs/*/; do
         dir="${dir%/}"
+        [[ -L "$dir" ]] && continue # a link planted in runs/ would choose where outputs go
         [[ -f "$dir/training_done.json" && -f "$dir/inference.json" ]] || continue
         [[ -z "$run_dir" || "$dir" -nt "$run_dir" ]] && run_dir="$dir"
     done

@@ -152,7 +152,8 @@ def test_url_archives_unpack_each_into_a_folder_of_its_own_name(tmp_path):
         assert notes.read_text() == version
         # the archive's owner and setuid bit are not kept, even when unpacking as root
         assert notes.stat().st_uid == os.getuid() and not notes.stat().st_mode & 0o6000
-    assert "error: unzip could not unpack" in result.stderr
+    assert "broken.zip is not a zip or tar archive" in result.stderr
+    assert not (data / "broken").exists()
 
 
 @pytest.mark.parametrize("planted", ["hard link", "link"])
@@ -183,6 +184,17 @@ def test_doall_never_writes_through_a_link_planted_in_its_folders(tmp_path, plan
     result = subprocess.run([*command, *folders], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "train_16k is a link" in result.stderr
     assert not (tmp_path / "victim folder").exists()
+
+    (work / "train_16k").unlink()  # the run folder doall.sh names, RUNS_DIR/NAME
+    (tmp_path / "runs").mkdir(exist_ok=True)  # made by the run above
+    (tmp_path / "runs" / tmp_path.name).symlink_to(tmp_path / "victim run")
+    result = subprocess.run([*command, *folders], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and f"runs/{tmp_path.name} is a link" in result.stderr
+    (tmp_path / "demo-tiny").symlink_to(tmp_path / "victim data")  # the demo's folder
+    command = [str(ROOT / "doall.sh"), "--tiny", "--data-dir", str(tmp_path)]
+    result = subprocess.run([*command, *folders], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "demo-tiny is a link" in result.stderr
+    assert not (tmp_path / "victim run").exists() and not (tmp_path / "victim data").exists()
 
 
 def test_prediction_never_writes_through_a_link_planted_in_a_run_folder(finished, tmp_path):
