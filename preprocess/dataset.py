@@ -821,6 +821,15 @@ def exclusive_run(lock_path: Path, output: str) -> Iterator[None]:
                 "another output",
                 str(lock_path),
             )
+        held = os.pread(fd, 33, 0)  # the pid an earlier run wrote, or nothing
+        if len(held) > 32 or (held and not held.strip().isdigit()):
+            raise OSError(
+                errno.EEXIST,
+                "the lock file holds something other than a process id (a file of "
+                "someone's of that name?): it is left as it is; move it away, or choose "
+                "another output",
+                str(lock_path),
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 

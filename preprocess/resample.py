@@ -8,8 +8,8 @@ caf, w64, wavpack; extension in any case, any rate, bit depth and channel count;
 averaged; links are followed, as `find -L` does). Prediction resamples its own list of files
 with the same `resample_files`: the one implementation.
 - Parallel: N files at once (default: all cores).
-- Resumable: each output is written to <path>.wav.part and renamed when complete, so an
-  existing .wav is always whole. OUT_DIR/.sources.json records what each finished output was
+- Resumable: each output is written to <path>.wav.resample-part and renamed when complete,
+  so an existing .wav is always whole. OUT_DIR/.sources.json records what each finished output was
   made from (its source's resolved path, size, and modification and status-change times in
   ns), and an output is skipped only while that record matches its source as it is now: an
   input changed since, replaced by another recording even of the same size with an older or
@@ -20,10 +20,13 @@ with the same `resample_files`: the one implementation.
   older version of this code (no record, or one without ctime_ns) are converted once more.
   The record is written whole (temporary file, then rename) as the run goes, at its end, and
   when it is interrupted or fails; a damaged one is ignored with a warning naming it (every
-  output is made again). Leftover .part files of a killed run are deleted at the start.
+  output is made again). Leftover .resample-part files of a killed run are deleted at the
+  start. A file already at an output's name that this code did not make (not in the record,
+  and not a 16 kHz 16-bit mono wav) is left as it is, and its input fails, named.
 - One run per OUT_DIR at a time: a run holds OUT_DIR/.lock throughout, and a second one
   started meanwhile stops at once (`error: ...` naming the first one's pid, exit status 2)
-  instead of deleting the first one's .part files or moving them into place.
+  instead of deleting the first one's .resample-part files or moving them into place. A
+  file at OUT_DIR/.lock that holds anything but a process id stops it too, unchanged.
 - Links in OUT_DIR are never written through: a file whose output folder is a link (or lies
   under one) leading outside OUT_DIR fails, named, and nothing is written there.
 - A file that cannot be read is named with the reason and skipped; the rest still converts. So
@@ -37,7 +40,7 @@ listed at the end; run again after fixing them), 2 for a usage error or an outpu
 cannot write (`error: ...`, the traceback only with --verbose).
 
 SoX options, and why:
-  sox -D --no-glob IN -t wav -r 16000 -c 1 -b 16 -e signed-integer --no-glob OUT.part
+  sox -D --no-glob IN -t wav -r 16000 -c 1 -b 16 -e signed-integer --no-glob OUT.resample-part
 - `-r 16000` with SoX's default `rate` effect (high quality, linear phase), as the 2016
   scripts' `sox in -r 16000 out` did.
 - `-c 1` averages the channels; `-b 16 -e signed-integer` also turns 24-bit, 32-bit, float
@@ -50,7 +53,7 @@ SoX options, and why:
   so levels are kept. SoX clips the rare overshoot of the resampler and warns; the warning is
   shown with the file's name.
 - `--no-glob`: SoX would otherwise expand wildcards in names such as `song[1].wav`.
-- `-t wav`: the temporary name's `.part` extension tells SoX nothing.
+- `-t wav`: the temporary name's extension tells SoX nothing.
 
 Without SoX on PATH (or with --soxr), soxr resamples instead: wavs as read_wav reads them,
 and the other formats (and wavs scipy cannot parse: u-law, ADPCM) decoded by libsndfile (the
@@ -112,7 +115,7 @@ TARGET_RATE = SpectrogramParams().sample_rate
 BLOCK = 2**18  # samples resampled and written at a time without SoX
 SOX_ONLY_SUFFIXES = {".wv"}  # WavPack: libsndfile, the fallback's decoder, does not read it
 SOX_NO_HANDLER = "no handler for"  # SoX's words for a format it was built without
-PART_SUFFIX = ".part"  # a file being written; never a result
+PART_SUFFIX = ".resample-part"  # a file being written; never a result (nor a download's)
 SOURCES_NAME = ".sources.json"  # in the output folder: what each finished output was made from
 SOURCES_FORMAT = "preprocess/resample.py sources, version 2"
 # version 1 lacked ctime_ns: its outputs are converted again, without a warning
@@ -252,6 +255,21 @@ def why_not_written(conversion: Conversion, into: Path) -> str | None:
     return f"its output folder {target.parent} leads outside {into} (to {folder}): not written"
 
 
+def why_not_replaced(target: Path, recorded: bool) -> str | None:
+    """Why a file at target must stay: one this code did not make, as far as can be told (not
+    in the output folder's record, nor a 16 kHz 16-bit mono wav, as an output whose record a
+    kill lost is), such as a user's file in a folder of their own given as OUT_DIR. None
+    where there is none, or it may be replaced."""
+    if recorded or not (target.exists() or target.is_symlink()):
+        return None
+    try:
+        if is_own_file(target) and pcm16_mono_header(target)[0] == TARGET_RATE:
+            return None
+    except AudioError:
+        pass
+    return f"{target} exists and is not a 16 kHz wav made by resampling: not replaced"
+
+
 def made_from(source: Path) -> dict:
     """The record of an output made from source as it is now: its resolved path, size,
     modification time and status-change time (which every write, and every new file, sets
@@ -367,7 +385,9 @@ def plan(
     convert."""
     todo, failed, already_done = [], [], 0
     for conversion in conversions:
-        if reason := why_not_written(conversion, into):
+        if reason := why_not_written(conversion, into) or why_not_replaced(
+            conversion.target, output_key(conversion.target, into) in sources
+        ):
             failed.append((conversion.name, reason))
         elif not sox and conversion.source.suffix.lower() in SOX_ONLY_SUFFIXES:
             failed.append((conversion.name, "WavPack: only SoX converts this format"))
@@ -495,7 +515,7 @@ def resample_dir(in_dir: Path, out_dir: Path, jobs: int, soxr: bool = False) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_run(out_dir / LOCK_NAME, f"the output folder {out_dir}"):
         # a killed run's leftovers, never a result: only now, as no other run is writing them
-        for stale in out_dir.rglob(f"*.wav{PART_SUFFIX}"):
+        for stale in out_dir.rglob(f"*.wav{PART_SUFFIX}"):  # a name only this code gives
             if stale.is_symlink() or stale.is_file():
                 stale.unlink()
         for stale in out_dir.iterdir():

@@ -485,6 +485,19 @@ def test_exclusive_run_never_writes_a_hard_linked_lock_file(tmp_path):
         assert lock.read_text().strip() == str(os.getpid())
 
 
+def test_exclusive_run_never_truncates_a_file_that_holds_more_than_a_pid(tmp_path):
+    """A file of the user's that happens to be named as the lock (OUT_DIR/.lock)."""
+    lock = tmp_path / ".lock"
+    lock.write_text("important notes\n")
+    refused = pytest.raises(OSError, match="holds something other than a process id")
+    with refused, exclusive_run(lock, "out"):
+        pass
+    assert lock.read_text() == "important notes\n"
+    lock.write_text("12345\n")  # an earlier run's
+    with exclusive_run(lock, "out"):
+        assert lock.read_text() == f"{os.getpid()}\n"
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [

@@ -16,6 +16,7 @@ from scipy.io import wavfile
 
 import predict.predict as predict_module
 import preprocess.extract as extract_module
+import preprocess.workers as workers_module
 from predict.evaluate import main as evaluate_main
 from predict.evaluate import read_truth, score
 from predict.predict import PredictError, find_audio, load_run, main, predict_pieces
@@ -32,7 +33,6 @@ from preprocess.spectrogram import (
     window_bounds,
     window_chunks,
 )
-import preprocess.workers as workers_module
 from preprocess.workers import HANDOFF_PREFIX, MEMORY_FOLDER
 from train.metrics import recording_scores
 

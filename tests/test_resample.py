@@ -93,7 +93,7 @@ def test_script_converts_every_readable_file_and_names_the_broken_ones(inputs, t
     assert "5 converted, 0 already done, 2 failed" in summary
     assert "corrupt.wav: sox FAIL" in summary and "empty.wav: sox FAIL" in summary
     assert not (out_dir / "corrupt.wav").exists() and not (out_dir / "notes.wav").exists()
-    assert not list(out_dir.rglob("*.part"))
+    assert not list(out_dir.rglob("*part"))
 
 
 @needs_sox
@@ -105,7 +105,7 @@ def test_script_resumes_skips_done_files_and_ignores_a_stale_temp(inputs, tmp_pa
     first = {name: (out_dir / name).stat().st_mtime_ns for name in EXPECTED_SAMPLES}
     # a killed run leaves a half-written temp file, and no finished output
     (out_dir / "song.wav").unlink()
-    (out_dir / "song.wav.part").write_bytes(b"RIFF half written")
+    (out_dir / "song.wav.resample-part").write_bytes(b"RIFF half written")
     # an input edited after its conversion is converted again
     edited = inputs / "sub dir" / "low8k.wav"
     os.utime(edited, (edited.stat().st_atime, edited.stat().st_mtime + 3600))
@@ -115,7 +115,7 @@ def test_script_resumes_skips_done_files_and_ignores_a_stale_temp(inputs, tmp_pa
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 converted, 3 already done, 0 failed" in result.stdout
     assert len(read_16k(out_dir / "song.wav")) == 16000
-    assert not (out_dir / "song.wav.part").exists()
+    assert not (out_dir / "song.wav.resample-part").exists()
     for name, mtime in first.items():
         if name not in ("song.wav", "sub dir/low8k.wav"):
             assert (out_dir / name).stat().st_mtime_ns == mtime, f"{name} was redone"
@@ -331,7 +331,7 @@ def test_fallback_converts_other_formats_through_libsndfile(tmp_path, capsys):
     assert sorted(p.name for p in out_dir.rglob("*.wav")) == [
         "call.wav", "phone.wav", "same song.wav", "song.wav", "tone.wav"
     ]  # fmt: skip
-    assert not list(out_dir.rglob("*.part"))
+    assert not list(out_dir.rglob("*part"))
 
 
 def test_a_format_sox_was_built_without_converts_through_libsndfile(tmp_path, monkeypatch):
@@ -367,7 +367,7 @@ def test_fallback_converts_rounds_and_clips(tmp_path, capsys):
     full_scale = np.ones(4410, np.float32)  # float wav at +1.0 is 32768: clipped to 32767
     wavfile.write(in_dir / "loud.wav", 44100, full_scale)
     (out_dir / "sub").mkdir(parents=True)
-    (out_dir / "sub" / "stale.wav.part").write_bytes(b"half")
+    (out_dir / "sub" / "stale.wav.resample-part").write_bytes(b"half")
 
     assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]) == 0
 
@@ -377,7 +377,7 @@ def test_fallback_converts_rounds_and_clips(tmp_path, capsys):
     assert "samples clipped at full scale" in resample.soxr_resample(
         in_dir / "loud.wav", tmp_path / "x.wav"
     )
-    assert not list(out_dir.rglob("*.part"))
+    assert not list(out_dir.rglob("*part"))
     assert resample.to_int16(np.array([-40000.0, -1.5, 0.4, 2.5, 40000.0]))[0].tolist() == [
         -32768, -2, 0, 2, 32767,
     ]  # fmt: skip
@@ -443,7 +443,7 @@ def test_a_planted_part_link_is_removed_not_written_through(
     victim.write_text("precious")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    (out_dir / "a.wav.part").symlink_to(victim)
+    (out_dir / "a.wav.resample-part").symlink_to(victim)
     result = run_script(plain_inputs, out_dir, env=None if with_sox else path_without_sox)
     assert result.returncode == 0, result.stdout + result.stderr
     assert victim.read_text() == "precious"
@@ -502,19 +502,46 @@ def test_a_link_in_the_output_tree_leading_outside_is_not_written_through(
         folder.mkdir(parents=True)
     for name in ("a.wav", "sub/beta_0.wav", "sub/deeper/gamma.wav"):
         wavfile.write(in_dir / name, 8000, np.zeros(800, np.int16))
-    (victim / "beta_0.wav.part").write_text("precious")  # not a killed run's: left alone
+    (victim / "beta_0.wav.resample-part").write_text("precious")  # not a killed run's: left alone
     (out_dir / "sub").symlink_to(victim)
 
     result = run_script(in_dir, out_dir, env=None if with_sox else path_without_sox)
 
     assert result.returncode == 1, result.stdout + result.stderr
-    assert [p.name for p in victim.iterdir()] == ["beta_0.wav.part"]
-    assert (victim / "beta_0.wav.part").read_text() == "precious"
+    assert [p.name for p in victim.iterdir()] == ["beta_0.wav.resample-part"]
+    assert (victim / "beta_0.wav.resample-part").read_text() == "precious"
     assert len(read_16k(out_dir / "a.wav")) == 1600
     summary = result.stdout[result.stdout.index("summary:") :]
     assert "1 converted, 0 already done, 2 failed" in summary
     for name in ("sub/beta_0.wav", "sub/deeper/gamma.wav"):
         assert f"  {name}: its output folder" in summary and "outside" in summary
+
+
+def test_files_of_the_users_in_the_output_folder_are_left_alone(tmp_path, capsys):
+    """OUT_DIR a folder of the user's: a download in progress (song.wav.part), a file at an
+    output's name that resampling did not make, a lock file's name holding notes."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    for folder in (in_dir / "Downloads", out_dir / "Downloads"):
+        folder.mkdir(parents=True)
+    for name in ("a.wav", "b.wav", "c.wav", "Downloads/song.wav"):
+        wavfile.write(in_dir / name, 8000, np.zeros(800, np.int16))
+    users = {"a.wav": b"notes, not audio", "Downloads/song.wav.part": b"RIFF half a download"}
+    for name, data in users.items():
+        (out_dir / name).write_bytes(data)
+    wavfile.write(out_dir / "b.wav", 44100, np.zeros(10, np.int16))  # a wav, not 16 kHz
+    wavfile.write(out_dir / "c.wav", 16000, np.zeros(10, np.int16))  # its record lost in a kill
+    run = ["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]
+    assert resample.main(run) == 1
+    output = capsys.readouterr().out
+    assert "2 converted, 0 already done, 2 failed" in output
+    for name in ("a.wav", "b.wav"):
+        assert f"  {name}: {out_dir / name} exists and is not a 16 kHz wav made by" in output
+    assert {name: (out_dir / name).read_bytes() for name in users} == users
+    assert wavfile.read(out_dir / "b.wav")[0] == 44100
+    assert (
+        len(read_16k(out_dir / "c.wav")) == 1600
+        and len(read_16k(out_dir / "Downloads/song.wav")) == 1600
+    )
 
 
 def test_a_recording_replaced_by_one_with_an_older_time_is_resampled_again(tmp_path, capsys):
@@ -691,12 +718,12 @@ def test_a_second_run_into_the_same_folder_stops_and_touches_nothing(
 ):
     out_dir = tmp_path / "out"
     pid = lock_held_elsewhere(out_dir / ".lock")  # a first run, converting
-    (out_dir / "a.wav.part").write_bytes(b"RIFF being written by the first run")
+    (out_dir / "a.wav.resample-part").write_bytes(b"RIFF being written by the first run")
 
     assert resample.main(["--soxr", str(plain_inputs), str(out_dir)]) == 2
 
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.splitlines()) == 1
     assert str(out_dir) in err and f"pid {pid}" in err
-    assert sorted(p.name for p in out_dir.iterdir()) == [".lock", "a.wav.part"]
-    assert (out_dir / "a.wav.part").read_bytes() == b"RIFF being written by the first run"
+    assert sorted(p.name for p in out_dir.iterdir()) == [".lock", "a.wav.resample-part"]
+    assert (out_dir / "a.wav.resample-part").read_bytes() == b"RIFF being written by the first run"
