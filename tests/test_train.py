@@ -890,6 +890,7 @@ def test_generate_images_keeps_ids_from_the_data_inside_the_output(tmp_path, cap
 
 def test_generate_images_never_writes_through_links_planted_in_the_output(easy_data, tmp_path):
     from predict.detections import OutputError
+    from preprocess.paths import OutputPathError
     from train.generate_images import generate_images
 
     out, victim = tmp_path / "images", tmp_path / "victim"
@@ -899,8 +900,14 @@ def test_generate_images_never_writes_through_links_planted_in_the_output(easy_d
     (victim / "notes.txt").write_text("the user's")
     image.unlink()
     os.link(victim / "notes.txt", image)  # a second name of another file, where an image goes
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*.png")}
+    with pytest.raises(OutputPathError, match=rf"{image.name} exists and is not a PNG image"):
+        generate_images(easy_data, out, per_class=1)  # nor is any other image written
+    assert image.read_text() == "the user's"
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*.png")} == before
+    image.unlink()
     assert generate_images(easy_data, out, per_class=1) == len(CLASSES) + 1
-    assert image.read_bytes().startswith(b"\x89PNG")  # replaced by a new file of its own
+    assert image.read_bytes().startswith(b"\x89PNG")
     (out / "bbb").rename(tmp_path / "bbb images")
     (out / "bbb").symlink_to(victim)
 

@@ -5,8 +5,9 @@
 Each image is one chunk as the network sees it (frequency up, time right, darker = louder),
 named MediaId_chunkindex.png, in OUT/<ClassId>/ (OUT/unlabelled/ for unlabelled chunks, or
 _unlabelled/ where a class has that name). The first --per-class chunks of each class in file
-order are written. Images are written whole (a new file renamed into place), and a class
-folder that is a link is refused: nothing outside OUT is written, whatever it holds.
+order are written. Images are written whole (a new file renamed into place), a class folder
+that is a link is refused, and so is a file at an image's name that is not a PNG image:
+nothing outside OUT, nor any other file in it, is written, whatever the data holds.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from predict.detections import OutputError, inside, safe_file_names
+from predict.report import is_png
 from preprocess.cli import at_least, command_parser, run_command
 from preprocess.dataset import DatasetError, open_dataset
-from preprocess.paths import replace_atomically
+from preprocess.paths import OutputPathError, check_output, replace_atomically
 
 logger = logging.getLogger("generate_images")
 
@@ -63,13 +65,17 @@ def generate_images(data: Path, out: Path, per_class: int) -> int:
         unlabelled = "unlabelled"
         while unlabelled in folder_names.values():  # a class of that name keeps its folder
             unlabelled = f"_{unlabelled}"
+        paths = []
         for row in rows:
             folder = out / (folder_names[class_ids[row]] if class_ids[row] else unlabelled)
             if folder.is_symlink():  # planted in OUT: the images would go where it leads
                 raise OutputError(f"{folder} is a link: images go only into folders in {out}")
-            folder.mkdir(parents=True, exist_ok=True)
-            name = f"{file_names[media_ids[row]]}_{chunk_index[row]}.png"
-            save_chunk_image(dataset.X[row], inside(folder, name))
+            paths.append(inside(folder, f"{file_names[media_ids[row]]}_{chunk_index[row]}.png"))
+        for path in paths:  # before any is written
+            check_output(path, own_kind=is_png, kind="a PNG image", option="an image")
+        for row, path in zip(rows, paths, strict=True):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_chunk_image(dataset.X[row], path)
     logger.info("%d images in %s", len(rows), out)
     return len(rows)
 
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         generate_images(args.data, args.out, args.per_class)
         return 0
 
-    return run_command(run, args.verbose, (DatasetError, OutputError))
+    return run_command(run, args.verbose, (DatasetError, OutputError, OutputPathError))
 
 
 if __name__ == "__main__":
