@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import itertools
 import math
 import mmap
@@ -22,6 +23,7 @@ import os
 import pickle
 import shutil
 import signal
+import stat
 import tempfile
 import threading
 import time
@@ -40,8 +42,10 @@ from preprocess.dataset import check_finite, open_dataset, read_rows
 
 MEMORY_FOLDER = Path("/dev/shm")  # a tmpfs on Linux: files there live in memory
 HANDOFF_PREFIX = "birdclef-handoff-"  # + the parent's pid: a folder of hand_over files
+OWNER_NAME = ".owner"  # in a handoff folder: locked (flock) by the process using it
 IN_FLIGHT_PER_WORKER = 2  # tasks queued or finished per worker: keeps it busy, bounds memory
 TASKS_PER_WORKER = 4  # at least, where there are items enough: the workers finish together
+_owner_locks: dict[str, int] = {}  # handoff folder -> the descriptor holding its lock
 
 
 class WorkerLost(Exception):
@@ -195,32 +199,60 @@ def handoff_folder(memory: Path = MEMORY_FOLDER) -> Iterator[str | None]:
         yield folder
     finally:
         if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_folder_of(os.getpid(), folder)
 
 
 def make_handoff_folder(memory: Path = MEMORY_FOLDER) -> str | None:
-    """A new private folder in memory named after this process (the caller removes it), or
-    None where memory has no writable folder. Folders of processes that ended are removed."""
+    """A new private folder in memory named after this process (the caller removes it with
+    `remove_folder_of`), or None where memory has no writable folder. This process holds a
+    lock on its OWNER_NAME file until then. Folders that no process uses are removed."""
     try:
         remove_stale_handoff_folders(memory)
-        return tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-", dir=memory)
+        folder = tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-", dir=memory)
     except OSError:  # no such folder (not Linux), read-only, full
         return None
+    try:
+        owner = os.path.join(folder, OWNER_NAME)
+        descriptor = os.open(owner, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    _owner_locks[folder] = descriptor
+    return folder
 
 
 def remove_folder_of(owner_pid: int, folder: str) -> None:
-    """Remove folder if this is the process that made it (a forked reader process that
-    drops its copy of the owner must leave the folder to its parent)."""
+    """Remove folder, and let go of its lock, if this is the process that made it (a forked
+    reader process that drops its copy of the owner must leave the folder to its parent)."""
     if os.getpid() == owner_pid:
         shutil.rmtree(folder, ignore_errors=True)
+        descriptor = _owner_locks.pop(folder, None)
+        if descriptor is not None:
+            os.close(descriptor)
 
 
 def remove_stale_handoff_folders(memory: Path) -> None:
-    """Remove the handoff folders in memory whose process has ended."""
+    """Remove the handoff folders in memory that no process uses: their process has ended
+    here, and no process holds the lock on their OWNER_NAME file, as one in another container
+    that shares this memory folder (and whose pids mean nothing here) does while it runs.
+    Folders without that file (of versions before it, or not this code's) are left alone."""
     for folder in memory.glob(f"{HANDOFF_PREFIX}*"):
         pid = folder.name[len(HANDOFF_PREFIX) :].split("-")[0]
-        if pid.isdigit() and not process_exists(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
+        if not pid.isdigit() or process_exists(int(pid)):
+            continue
+        try:  # no link followed, no wait on a pipe so named
+            descriptor = os.open(folder / OWNER_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(descriptor).st_mode):
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while held
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
+        finally:
+            os.close(descriptor)
 
 
 def process_exists(pid: int) -> bool:

@@ -18,6 +18,7 @@ from preprocess.workers import (
     HANDOFF_PREFIX,
     IN_FLIGHT_PER_WORKER,
     MEMORY_FOLDER,
+    OWNER_NAME,
     FileChunks,
     RowReaders,
     SlotMaps,
@@ -149,25 +150,46 @@ def test_run_in_workers_hands_chunks_over_in_as_many_slots_as_tasks_in_flight():
         assert number == n
         assert_same_pieces(got, pieces(*range(1, n + 2)))
         (folder,) = set(MEMORY_FOLDER.glob(f"{HANDOFF_PREFIX}{os.getpid()}-*")) - before
-        assert 1 <= len(list(folder.iterdir())) <= 2 * IN_FLIGHT_PER_WORKER
+        assert 1 <= len(list(folder.glob("slot-*"))) <= 2 * IN_FLIGHT_PER_WORKER
     assert set(MEMORY_FOLDER.glob(f"{HANDOFF_PREFIX}{os.getpid()}-*")) == before
 
 
 def test_the_handoff_folder_is_removed_and_killed_runs_folders_too(tmp_path):
+    """Only folders that no process uses: a process of another container sharing /dev/shm
+    has a pid that means nothing here, but holds its folder's lock."""
     ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True, check=True)  # fmt: skip
-    killed_run = tmp_path / f"{HANDOFF_PREFIX}{ended.stdout.strip()}-abc"
+    dead = ended.stdout.strip()
+    killed_run = tmp_path / f"{HANDOFF_PREFIX}{dead}-abc"
     running = tmp_path / f"{HANDOFF_PREFIX}{os.getppid()}-def"  # pytest's parent: alive
-    for folder in (killed_run, running):
+    other_container = tmp_path / f"{HANDOFF_PREFIX}{dead}-ghi"
+    not_ours = tmp_path / f"{HANDOFF_PREFIX}{dead}-jkl"  # no lock file: left alone
+    for folder in (killed_run, running, other_container, not_ours):
         folder.mkdir()
         (folder / "x.chunks").write_bytes(b"left")
-    with handoff_folder(tmp_path) as folder:
-        assert folder is not None and os.path.basename(folder).startswith(
-            f"{HANDOFF_PREFIX}{os.getpid()}-"
-        )
-        (tmp_path / folder / "left.chunks").write_bytes(b"not taken")
-        assert not killed_run.exists() and running.exists()
-    assert sorted(path.name for path in tmp_path.iterdir()) == [running.name]
+    for folder in (killed_run, running, other_container):
+        (folder / OWNER_NAME).write_bytes(b"")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1]); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+         str(other_container / OWNER_NAME)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with handoff_folder(tmp_path) as folder:
+            assert folder is not None and os.path.basename(folder).startswith(
+                f"{HANDOFF_PREFIX}{os.getpid()}-"
+            )
+            (tmp_path / folder / "left.chunks").write_bytes(b"not taken")
+            assert not killed_run.exists() and running.exists() and other_container.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert names == sorted([running.name, other_container.name, not_ours.name])
+    with handoff_folder(tmp_path):  # the other container's run has ended now
+        assert not other_container.exists() and not_ours.exists()
 
 
 def test_no_handoff_folder_where_memory_has_none(tmp_path):
@@ -196,7 +218,7 @@ def test_row_readers_read_what_one_process_reads_with_or_without_memory_files(
     np.testing.assert_array_equal(held, x[rows[1:]])  # not overwritten
     del held
     np.testing.assert_array_equal(readers.read(rows), x[rows])
-    assert len(readers.slots) == 2 and len(list(Path(readers.folder).iterdir())) == 2
+    assert len(readers.slots) == 2 and len(list(Path(readers.folder).glob("*.rows"))) == 2
     monkeypatch.setattr(workers_module, "make_handoff_folder", lambda: None)
     piped = RowReaders(path, 2, (4, 6, 1))  # where memory has no folder: through the pipe
     np.testing.assert_array_equal(piped.read(rows), x[rows])
