@@ -38,6 +38,7 @@ import os
 import sys
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -543,46 +544,65 @@ class PendingPiece:
 
 
 def predict_pieces(
-    model, pieces: Iterable[tuple[object, np.ndarray]], batch_size: int
+    model, pieces: Iterable[tuple[object, np.ndarray]], batch_size: int, overlap: bool = False
 ) -> Iterator[tuple[object, np.ndarray]]:
     """Softmax of chunks from many sources, run through the model in shared fixed-size batches.
 
     pieces: (key, chunks (n, n_bins, frames)) in order. Yields (key, probs (n, classes)) for
     each piece, in the same order, as soon as all its chunks went through the model. The
     buffer has one fixed shape (the last batch zero-padded), so the model compiles once.
+    overlap: the model runs in a thread of its own, on one buffer while the next batch fills
+    the other, so that a GPU's time and this process's (hand-over, batching, the run file)
+    add up to the longer of the two, not their sum; on a CPU they would compete for cores.
     """
     n_classes = model.output_shape[-1]
-    buffer: np.ndarray | None = None
+    buffers: list[np.ndarray] = []  # two with overlap: the model's, and the one filling
     routes: list[tuple[PendingPiece, int]] = []  # per buffer row: its piece, row in the piece
     pending: deque[PendingPiece] = deque()  # in order
+    running: list[tuple[Future, list]] = []  # with overlap: the model's batch, its routes
 
-    def run_batch() -> None:
-        outputs = np.asarray(model.predict_on_batch(buffer))
-        for (piece, row), output in zip(routes, outputs, strict=False):
+    def deliver(outputs: np.ndarray, batch_routes: list[tuple[PendingPiece, int]]) -> None:
+        for (piece, row), output in zip(batch_routes, outputs, strict=False):
             piece.probs[row] = output
             piece.rows_left -= 1
+
+    def run_batch(model_thread: ThreadPoolExecutor) -> None:
+        batch_routes, buffer = routes.copy(), buffers[0]
         routes.clear()
+        if not overlap:
+            deliver(np.asarray(model.predict_on_batch(buffer)), batch_routes)
+            return
+        if running:  # the other buffer is free again once its outputs are in
+            future, earlier_routes = running.pop()
+            deliver(future.result(), earlier_routes)
+        future = model_thread.submit(lambda: np.asarray(model.predict_on_batch(buffer)))
+        running.append((future, batch_routes))
+        buffers.reverse()
 
     def finished() -> Iterator[tuple[object, np.ndarray]]:
         while pending and pending[0].rows_left == 0:
             piece = pending.popleft()
             yield piece.key, piece.probs
 
-    for key, chunks in pieces:
-        if buffer is None:
-            buffer = np.zeros((batch_size, *chunks.shape[1:], 1), dtype=np.float32)
-        piece = PendingPiece(key, np.empty((len(chunks), n_classes), np.float32), len(chunks))
-        pending.append(piece)
-        for row, chunk in enumerate(chunks):
-            buffer[len(routes), ..., 0] = chunk
-            routes.append((piece, row))
-            if len(routes) == batch_size:
-                run_batch()
+    with ThreadPoolExecutor(1, thread_name_prefix="model") as model_thread:
+        for key, chunks in pieces:
+            if not buffers:
+                shape = (batch_size, *chunks.shape[1:], 1)
+                buffers += [np.zeros(shape, np.float32) for _ in range(1 + overlap)]
+            piece = PendingPiece(key, np.empty((len(chunks), n_classes), np.float32), len(chunks))
+            pending.append(piece)
+            for row, chunk in enumerate(chunks):
+                buffers[0][len(routes), ..., 0] = chunk
+                routes.append((piece, row))
+                if len(routes) == batch_size:
+                    run_batch(model_thread)
+            yield from finished()
+        if routes:
+            buffers[0][len(routes) :] = 0
+            run_batch(model_thread)
+        for future, batch_routes in running:
+            deliver(future.result(), batch_routes)
         yield from finished()
-    if routes:
-        buffer[len(routes) :] = 0
-        run_batch()
-    yield from finished()
 
 
 def pooled_probs(chunk_probs: np.ndarray, run: Run) -> np.ndarray:
@@ -756,7 +776,8 @@ def predict(
             items, run.params, batch_size, soundscape, skipped, progress, workers
         )
         parts: list[np.ndarray] = []  # chunk softmax of the recording being finished
-        for (index, last, seconds), probs in predict_pieces(model, pieces, batch_size):
+        batches = predict_pieces(model, pieces, batch_size, overlap=workers > 1)
+        for (index, last, seconds), probs in batches:
             if outputs:
                 probs = outputs.piece(items[index].media_id, probs, seconds, last)
             parts.append(probs)

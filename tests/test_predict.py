@@ -102,11 +102,12 @@ class MeanModel:
         return exp / exp.sum(axis=1, keepdims=True)
 
 
-def test_predict_pieces_batches_across_pieces_in_order():
+@pytest.mark.parametrize("overlap", [False, True])
+def test_predict_pieces_batches_across_pieces_in_order(overlap):
     rng = np.random.default_rng(1)
     pieces = [(key, rng.normal(size=(n, 4, 5))) for key, n in enumerate([3, 1, 7, 2, 5])]
     model = MeanModel()
-    results = list(predict_pieces(model, pieces, batch_size=4))
+    results = list(predict_pieces(model, pieces, batch_size=4, overlap=overlap))
     assert [key for key, _ in results] == [0, 1, 2, 3, 4]
     assert set(model.batch_shapes) == {(4, 4, 5, 1)}  # one fixed shape, last one padded
     assert len(model.batch_shapes) == 5  # 18 chunks in batches of 4
@@ -114,6 +115,28 @@ def test_predict_pieces_batches_across_pieces_in_order():
         np.testing.assert_allclose(
             probs, MeanModel().predict_on_batch(chunks[..., None]), rtol=1e-6
         )
+
+
+def test_with_overlap_the_next_batch_fills_while_the_model_runs():
+    """As with a GPU: the model's call on one batch waits here until the next batch's chunks
+    have come in, which they can only do while it runs."""
+    next_batch_came = threading.Event()
+
+    class WaitingModel(MeanModel):
+        def predict_on_batch(self, batch):
+            if not self.batch_shapes:
+                self.came_meanwhile = next_batch_came.wait(timeout=10)
+            return super().predict_on_batch(batch)
+
+    def pieces():
+        for key in range(4):  # 2 chunks each: the first batch is full after piece 1
+            if key == 3:
+                next_batch_came.set()
+            yield key, np.full((2, 4, 5), float(key))
+
+    model = WaitingModel()
+    results = list(predict_pieces(model, pieces(), batch_size=4, overlap=True))
+    assert model.came_meanwhile and [key for key, _ in results] == [0, 1, 2, 3]
 
 
 def predict_cli(*args):
