@@ -7,7 +7,10 @@ Untimed setup: synthetic demo recordings (preprocess/make_demo_dataset.py's six 
 resampled to 16 kHz wavs in parallel. Then, timed (--stages picks some):
 1. load_data: load_data.py on all of them with 1 worker and with every core: recordings/s,
    of the whole command (Python's start included, as a user sees it) and by its own report;
-   then the same on the same audio joined into one-minute files (less work per file).
+   then the same on the same audio joined into one-minute files (less work per file); and
+   extraction alone (read, spectrogram, chunks) in 1 and in every process at once, each on
+   its own files, timed inside them: the speed-up the cores themselves allow (hardware
+   threads, clock, memory), to set load_data's and prediction's against.
 2. reading: rows as training reads them (read_rows of random sorted batches of --batch-size
    rows), in 1 and in --readers processes, from the file load_data wrote (the default
    format) and from a gzip copy of it (convert_dataset; the format load_data wrote before);
@@ -23,9 +26,11 @@ resampled to 16 kHz wavs in parallel. Then, timed (--stages picks some):
    train_model.py does not do):
    one warm-up epoch (compilation), then --epochs epochs each; the best epoch's samples/s.
    Each --also-train POLICY:BATCH trains the first model so once more, last.
-4. prediction: predict.predict() with an untrained BirdClef (speed does not depend on the
-   weights) on --predict-recordings of the wavs, batch --batch-size, extracting in turns with
-   the model and in predict.py's worker processes for a GPU (one per core but one):
+4. prediction: the model alone (predict_on_batch on a batch in host memory: chunks/s, and
+   the recordings/s that makes at these wavs' chunks per recording); predict.predict() with
+   an untrained BirdClef (speed does not depend on the weights) on --predict-recordings of
+   the wavs, batch --batch-size, extracting in turns with the model and in predict.py's
+   worker processes for a GPU (one per core but one, the model in a thread of its own):
    recordings/s of the whole call and once the workers have started; and the hand-off of
    chunks alone from those workers (bench_predict.handoff_rates), through the pool's pipe and
    through slots in memory: chunks/s.
@@ -58,6 +63,7 @@ from scipy.io import wavfile  # noqa: E402
 from predict.predict import Run, extraction_workers, find_audio, predict  # noqa: E402
 from preprocess.audio import read_wav, to_sample_rate  # noqa: E402
 from preprocess.dataset import DEFAULT_COMPRESSION, convert_dataset, open_dataset, read_rows  # noqa: E402
+from preprocess.extract import recording_chunks  # noqa: E402
 from preprocess.make_demo_dataset import make_demo_dataset  # noqa: E402
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.workers import RowReaders  # noqa: E402
@@ -89,6 +95,20 @@ def make_wavs(work: Path, n_recordings: int, cores: int) -> tuple[Path, Path]:
     return wav16, work / "demo" / "TrainingSet" / "xml"
 
 
+def cpu_topology() -> str:
+    """The CPU's model and its physical cores as /proc/cpuinfo tells (a VM's may be virtual):
+    with two hardware threads a core, 16 "cores" are 8 for work that fills them."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "no /proc/cpuinfo"
+    blocks = [dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
+              for block in text.strip().split("\n\n")]  # fmt: skip
+    blocks = [{key.strip(): value.strip() for key, value in block.items()} for block in blocks]
+    cores = {(block.get("physical id"), block.get("core id")) for block in blocks}
+    return f"{blocks[0].get('model name', '?')}: {len(blocks)} threads, {len(cores)} physical cores"
+
+
 def time_load_data(
     wav_dir: Path, labels: list[str], out: Path, workers: int
 ) -> tuple[float, float]:
@@ -103,6 +123,32 @@ def time_load_data(
     )  # fmt: skip
     seconds = time.perf_counter() - started
     return seconds, float(re.search(r"([\d.]+) files/s", done.stdout).group(1))
+
+
+def extract_share(wavs: list[Path], params, start: multiprocessing.Barrier) -> tuple[int, float]:
+    """(recordings, seconds) of one process extracting wavs' chunks as both commands do, timed
+    from when every process is ready."""
+    start.wait()
+    began = time.perf_counter()
+    for wav in wavs:
+        list(recording_chunks(wav, params, 256).pieces)
+    return len(wavs), time.perf_counter() - began
+
+
+def extraction_ceiling(wavs: list[Path], params, processes: int, per_process: int = 200):
+    """Recordings/s of extraction alone (read, spectrogram, chunks; no hand-off, no output) in
+    1 process and in `processes` processes at once, each on per_process wavs of its own where
+    there are enough: the speed-up the machine's cores allow load_data and prediction."""
+    rates = []
+    for n in (1, processes):
+        shares = [[wavs[(i * per_process + k) % len(wavs)] for k in range(per_process)]
+                  for i in range(n)]  # fmt: skip
+        context = multiprocessing.get_context("fork")
+        start = context.Manager().Barrier(n)
+        with context.Pool(n) as pool:
+            done = pool.starmap(extract_share, [(share, params, start) for share in shares])
+        rates.append(sum(count for count, _ in done) / max(seconds for _, seconds in done))
+    return rates
 
 
 def read_rate(path: Path, n_rows: int, batch_size: int, processes: int, seconds: float) -> float:
@@ -214,6 +260,22 @@ def train_rates(
     return rates
 
 
+def model_alone_rate(n_classes: int, batch_size: int, seconds: float) -> float:
+    """Chunks/s of an untrained BirdClef's predict_on_batch on one batch in host memory, as
+    predict() calls it (so with the copy to the device): what prediction would do if the
+    model were its only limit."""
+    from bench_training import build
+
+    model = build("BirdClef", (200, 310, 1), n_classes)
+    batch = np.random.default_rng(0).standard_normal((batch_size, 200, 310, 1), np.float32)
+    np.asarray(model.predict_on_batch(batch))  # compilation
+    calls, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        np.asarray(model.predict_on_batch(batch))
+        calls += 1
+    return calls * batch_size / (time.perf_counter() - started)
+
+
 def predict_rates(
     wav_dir: Path, n_recordings: int, n_classes: int, batch_size: int, workers: int
 ) -> tuple[float, float]:
@@ -265,7 +327,7 @@ def main() -> None:
         f"{cores} cores; Python {sys.version.split()[0]}, numpy {np.__version__}, "
         f"h5py {h5py.__version__}, hdf5plugin {hdf5plugin.version}; keras {keras.__version__} "
         f"on {backend} {importlib.import_module(backend).__version__}; "
-        f"devices: {list_devices() or 'not listed by this backend'}",
+        f"devices: {list_devices() or 'not listed by this backend'}; {cpu_topology()}",
         flush=True,
     )
     began = time.perf_counter()
@@ -298,8 +360,15 @@ def main() -> None:
                 )
                 print(f"  load_data{job}, {who}: {seconds:.1f} s", flush=True)
         with open_dataset(data) as dataset:
-            n_rows, size = len(dataset), data.stat().st_size
+            n_rows, size, params = len(dataset), data.stat().st_size, dataset.info.params
         table["chunks"] = f"{n_rows} ({size / n_rows / 1e3:.0f} KB/row, {DEFAULT_COMPRESSION})"
+        if "load_data" in args.stages or "prediction" in args.stages:
+            wavs = sorted(wav_dir.glob("*.wav"))
+            one, many = extraction_ceiling(wavs, params, cores, 20 if args.quick else 200)
+            table[f"extraction alone, 1 and {cores} processes (the cores' ceiling)"] = (
+                f"{one:.1f} and {many:.1f} recordings/s: {many / one:.1f}x"
+            )
+            print(f"  extraction alone: {one:.1f} / {many:.1f} recordings/s", flush=True)
         stage_done("load_data")
 
         if "reading" in args.stages:
@@ -333,6 +402,11 @@ def main() -> None:
             for way, rate in handoff_rates(on_gpu).items():
                 table[f"hand-off of chunks from {on_gpu} workers, {way}"] = f"{rate:.0f} chunks/s"
                 print(f"  hand-off from {on_gpu} workers, {way}: {rate:.0f} chunks/s", flush=True)
+            rate = model_alone_rate(6, args.batch_size, seconds=3)
+            table[f"prediction, BirdClef alone (predict_on_batch, batch {args.batch_size})"] = (
+                f"{rate:.0f} chunks/s, {rate * n_wavs / n_rows:.1f} recordings/s of these"
+            )
+            print(f"  the model alone: {rate:.0f} chunks/s", flush=True)
             for workers in sorted({1, on_gpu}):
                 rates = predict_rates(wav_dir, args.predict_recordings, 6, args.batch_size, workers)
                 where = f"{workers} extraction workers" if workers > 1 else "extraction in turns"

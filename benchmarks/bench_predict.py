@@ -15,19 +15,25 @@ as shorter recordings are, for comparison; beside a 10-second recording's peak (
 to this one, each task 32 ready chunks of 200 x 310 float32, through the pool's pipe and
 through a slot in memory (preprocess/workers.py), copied into a batch; best of 3 runs of 20
 tasks per worker, timed once every worker has begun.
+  (e) the CPU time this process spends per recording in (b) with --workers workers (counts of
+2 or more) and a NumPy stand-in for the model, this process pinned to core 0 and its workers
+kept off it (Linux): what feeding the model costs, which bounds prediction on a GPU.
 Run it alone:
 
     flock /tmp/bench.lock python benchmarks/bench_predict.py
 """
 
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
 import os
+import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import wave
 from pathlib import Path
@@ -151,6 +157,44 @@ def handoff_rates(workers: int, tasks_per_worker: int = 20) -> dict[str, float]:
     return rates
 
 
+def pin_children_off_core_0(expected: int, stop: threading.Event) -> None:
+    """Move this process's child processes (the workers, as they are spawned) to every core
+    but 0, until `expected` were moved or stop is set."""
+    moved: set[int] = set()
+    others = set(range(1, os.cpu_count() or 1))
+    while len(moved) < expected and not stop.wait(0.02):
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, IndexError, ValueError):  # ended meanwhile
+                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # "pid (name) S ppid"
+                pid = int(stat.parent.name)
+                if parent == os.getpid() and pid not in moved:
+                    os.sched_setaffinity(pid, others)
+                    moved.add(pid)
+
+
+def parent_cpu_per_recording(items: list, workers: int, batch_size: int) -> float:
+    """(e): CPU ms of this process (every thread) per recording of predict() with `workers`
+    extraction workers and the NumPy stand-in model, this process on core 0 and the workers
+    kept off it, so that their work does not slow it: what it costs to feed a GPU."""
+    run = Run(StandInModel(), SpectrogramParams(), [f"c{i:03d}" for i in range(50)], {})
+    everywhere = os.sched_getaffinity(0)
+    stop = threading.Event()
+    pinning = threading.Thread(target=pin_children_off_core_0, args=(workers, stop))
+    with tempfile.TemporaryDirectory() as temp:
+        os.sched_setaffinity(0, {0})
+        pinning.start()
+        try:
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            predict(run, items, Path(temp) / "run.csv", batch_size=batch_size, workers=workers)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+        finally:
+            stop.set()
+            pinning.join()
+            os.sched_setaffinity(0, everywhere)
+    seconds = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return 1000 * seconds / len(items)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recordings", type=int, default=300, help="test recordings (3-40 s)")
@@ -213,6 +257,11 @@ def main() -> None:
             elapsed[workers] = time.perf_counter() - start
         n_recordings = len({e.media_id for e in read_run_file(temp / "run.csv")})
         memory = measure_memory(temp, params)
+        parent_ms = {
+            workers: parent_cpu_per_recording(items, workers, args.batch_size)
+            for workers in args.workers
+            if workers > 1 and (os.cpu_count() or 1) > 1
+        }
     handoff = {workers: handoff_rates(workers) for workers in args.workers if workers > 1}
 
     print(f"model {args.model.name}, {args.classes} classes, batch {args.batch_size}, CPU")
@@ -230,6 +279,8 @@ def main() -> None:
     print("(c) peak memory (RSS) of predict() on one recording, NumPy stand-in model:")
     for case, (mb, process_seconds) in memory.items():
         print(f"    {case:>14}: {mb:5.0f} MB (process: {process_seconds:.1f} s)")
+    for workers, ms in parent_ms.items():
+        print(f"(e) this process's CPU per recording, {workers} workers off its core: {ms:.3f} ms")
     print("(d) the hand-off alone, chunks/s:")
     for workers, rates in handoff.items():
         print(
@@ -244,6 +295,7 @@ def main() -> None:
                     for w, d in handoff.items()
                     for way, r in d.items()
                 },
+                **{f"parent_cpu_ms_per_recording {w} workers": ms for w, ms in parent_ms.items()},
                 "model_chunks_per_s": model_rate,
                 **{f"peak_rss_mb {case}": mb for case, (mb, _) in memory.items()},
             }
