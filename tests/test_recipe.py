@@ -236,9 +236,13 @@ def test_noise_dir_goes_through_the_data_front_end(easy_data, tiny_model, tmp_pa
     wavfile.write(noise_dir / "hum.wav", 8000, rng.normal(0, 500, 8000 * 3).astype(np.int16))
     (noise_dir / "broken.wav").write_text("not audio")
     os.mkfifo(noise_dir / "pipe.wav")  # reading it would wait for a writer forever
+    (noise_dir / "rain.flac").write_bytes(b"fLaC")
+    (noise_dir / "notes.txt").write_text("where I recorded")
     chunks = recipe.noise_chunks_from_dir(noise_dir, PARAMS_NO_FILTER)
     assert chunks.shape[1:] == (16, 20, 1) and len(chunks) >= 1
     assert "broken.wav skipped" in caplog.text
+    assert "rain.flac skipped: --noise-dir reads wav files only" in caplog.text
+    assert "notes.txt" not in caplog.text
     assert "pipe.wav skipped: not a regular file" in caplog.text
     with pytest.raises(ValueError, match="no readable"):
         recipe.noise_chunks_from_dir(tmp_path / "nothing", PARAMS_NO_FILTER)

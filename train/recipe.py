@@ -30,7 +30,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from preprocess.audio import AudioError
+from preprocess.audio import AUDIO_SUFFIXES, WAV_SUFFIXES, AudioError
 from preprocess.dataset import Dataset
 from preprocess.extract import recording_chunks
 from preprocess.params import SpectrogramParams
@@ -167,12 +167,19 @@ def noise_chunks_from_dir(
 ) -> np.ndarray:
     """Background noise for the "noise" augmentation from the wavs under `directory` (any
     rate), through the data's own front end (`params`): up to per_file chunks of each file,
-    at most `most` in all. A file that cannot be read is logged by name and skipped.
+    at most `most` in all. A file that cannot be read, or audio of another format, is logged
+    by name and skipped.
     Returns (k, n_bins, chunk_frames, 1) float32 raw log chunks; ValueError if none.
     """
     chunks = []
     for path in files_under(Path(directory)):
-        if path.suffix.lower() != ".wav":
+        if path.suffix.lower() not in WAV_SUFFIXES:
+            if path.suffix.lower() in AUDIO_SUFFIXES:
+                logger.warning(
+                    "noise file %s skipped: --noise-dir reads wav files only (convert it with "
+                    "preprocess/resample_wavs_to_16k.sh)",
+                    shown_name(str(path)),
+                )
             continue
         if sum(map(len, chunks)) >= most:
             break
