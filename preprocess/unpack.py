@@ -16,6 +16,7 @@ Errors are one line on stderr, exit status 2.
 from __future__ import annotations
 
 import argparse
+import glob
 import logging
 import os
 import shutil
@@ -59,7 +60,7 @@ def unpack(archive: Path, out: Path) -> bool:
             f"{out} exists but was not unpacked from {archive} here: move it away, or choose "
             "another --name (nothing was changed)"
         )
-    for stale in out.parent.glob(f".{out.name}.unpacking-*"):
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.unpacking-*"):
         logger.warning("%s: left by an unpack that was cut short; delete it", stale)
     if not archive.is_file():
         raise UnpackError(f"{archive}: no such file")
