@@ -4,7 +4,9 @@
 
 doall.sh --url calls it. OUT must not exist: the members go into a new hidden folder beside
 it, renamed to OUT once all are out, so an unpack cut short leaves no OUT and never mixes
-with a folder that was there. Then ARCHIVE.unpacked names OUT: run again, it does nothing.
+with a folder that was there. Then ARCHIVE.unpacked names OUT (a line per folder it was
+unpacked into): run again, it does nothing. A damaged archive (a checksum that does not
+match, the end missing) is an error, and nothing is kept of it.
 No member lands outside the folder, whatever its name or type: tar members pass tarfile's
 "data" filter (no absolute or ../ paths, no links that lead out, no devices, no setuid bits,
 no owners kept), which stops the unpack at the first member it refuses; zipfile strips
@@ -18,15 +20,17 @@ from __future__ import annotations
 import argparse
 import glob
 import logging
+import lzma
 import os
 import shutil
 import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
-from preprocess.cli import run_command
+from preprocess.cli import describe, run_command
 from preprocess.paths import is_own_file, write_text_atomically
 
 logger = logging.getLogger(__name__)
@@ -38,20 +42,24 @@ class UnpackError(Exception):
     """An archive that cannot be unpacked, or a folder it cannot go into; the message says why."""
 
 
+def unpacked_folders(archive: Path) -> list[str]:
+    """The folders archive was unpacked into here: its marker's lines."""
+    marker = Path(f"{archive}{MARKER_SUFFIX}")
+    return marker.read_text(encoding="utf-8").splitlines() if is_own_file(marker) else []
+
+
 def unpacked_into(archive: Path, out: Path) -> bool:
     """Whether out is a folder that archive was unpacked into by this command (its marker, or
     the .unpacked file that doall.sh put inside before this command existed)."""
     if out.is_symlink() or not out.is_dir():
         return False
-    marker = Path(f"{archive}{MARKER_SUFFIX}")
-    if is_own_file(marker) and marker.read_text(encoding="utf-8") == str(out.resolve()):
-        return True
-    return is_own_file(out / ".unpacked")
+    return str(out.resolve()) in unpacked_folders(archive) or is_own_file(out / ".unpacked")
 
 
 def unpack(archive: Path, out: Path) -> bool:
     """Unpack archive (zip or tar, compressed or not) into the new folder out; False where it
-    is there already."""
+    is there already. Every byte of a compressed tar is checked against its checksum (gzip's
+    CRC, bzip2's, xz's): a damaged download is an error, not data."""
     if unpacked_into(archive, out):
         logger.info("%s already unpacked into %s", archive, out)
         return False
@@ -64,23 +72,33 @@ def unpack(archive: Path, out: Path) -> bool:
         logger.warning("%s: left by an unpack that was cut short; delete it", stale)
     if not archive.is_file():
         raise UnpackError(f"{archive}: no such file")
+    if not hasattr(tarfile, "data_filter"):  # added in 3.11.4, as a security fix
+        raise UnpackError(f"Python {sys.version.split()[0]} cannot unpack safely: use 3.11.4+")
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(prefix=f".{out.name}.unpacking-", dir=out.parent))
     try:
-        if zipfile.is_zipfile(archive):
+        if zipfile.is_zipfile(archive):  # zipfile checks each member's CRC as it extracts
             with zipfile.ZipFile(archive) as members:
                 members.extractall(temporary)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as members:
                 members.extractall(temporary, filter="data")
+                while members.fileobj.read(2**20):  # to the end: its checksum is checked there
+                    pass
         else:
             raise UnpackError(f"{archive} is not a zip or tar archive this can read (or damaged)")
+        umask = os.umask(0o022)  # mkdtemp's 0700 would keep the data from other users
+        os.umask(umask)
+        os.chmod(temporary, 0o777 & ~umask)
         os.rename(temporary, out)
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError) as error:
-        raise UnpackError(f"cannot unpack {archive}: {error}") from None
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as error:
+        raise UnpackError(f"cannot unpack {archive} (damaged?): {error}") from None
+    except OSError as error:  # gzip's BadGzipFile (a CRC), bz2's; a full disk
+        raise UnpackError(f"cannot unpack {archive}: {describe(error)}") from None
     finally:
         shutil.rmtree(temporary, ignore_errors=True)  # gone already where it became out
-    write_text_atomically(Path(f"{archive}{MARKER_SUFFIX}"), str(out.resolve()))
+    folders = [*unpacked_folders(archive), str(out.resolve())]
+    write_text_atomically(Path(f"{archive}{MARKER_SUFFIX}"), "".join(f"{f}\n" for f in folders))
     logger.info("unpacked %s into %s", archive, out)
     return True
 

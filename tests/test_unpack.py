@@ -2,6 +2,8 @@
 else whatever its members are named or are."""
 
 import io
+import os
+import random
 import stat
 import tarfile
 import zipfile
@@ -26,6 +28,12 @@ def tar_with(path, *members):
     return path
 
 
+def current_umask():
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 def leftovers(folder):
     return sorted(path.name for path in folder.iterdir() if ".unpacking-" in path.name)
 
@@ -35,8 +43,10 @@ def test_a_tar_goes_into_a_new_folder_once(tmp_path):
     out = tmp_path / "data" / "birds"
     assert unpack(archive, out)
     assert (out / "TrainingSet" / "wav" / "a.wav").read_text() == "RIFF"
-    assert (tmp_path / "birds.tar.gz.unpacked").read_text() == str(out.resolve())
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~current_umask()  # as mkdir makes it
     assert not unpack(archive, out)  # done: nothing to do
+    again = tmp_path / "data" / "birds-again"  # the same archive under another --name
+    assert unpack(archive, again) and not unpack(archive, out) and not unpack(archive, again)
     legacy = tmp_path / "old"  # unpacked by doall.sh before unpack.py: its marker inside
     legacy.mkdir()
     (legacy / ".unpacked").write_text("")
@@ -103,6 +113,27 @@ def test_an_existing_folder_is_never_unpacked_into(tmp_path):
         unpack(archive, link)
     assert (out / "notes.txt").read_text() == "the user's"
     assert not (tmp_path / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("damage", ["a byte in the middle", "the checksum", "the end cut"])
+def test_a_damaged_compressed_tar_is_an_error_and_leaves_nothing(tmp_path, damage):
+    """Python's tarfile stops reading after the last member; tar checks the gzip trailer."""
+    rng = random.Random(0)
+    text = "".join(rng.choice("abcdefgh") for _ in range(200_000))
+    archive = tar_with(tmp_path / "birds.tar.gz", ("TrainingSet/wav/a.wav", text))
+    data = bytearray(archive.read_bytes())
+    if damage == "a byte in the middle":
+        data[len(data) // 2] ^= 0x01
+    elif damage == "the checksum":
+        data[-8] ^= 0x01  # the CRC32 of the gzip trailer
+    else:
+        data = data[:-6]
+    archive.write_bytes(bytes(data))
+    out = tmp_path / "data" / "birds"
+    with pytest.raises(UnpackError, match=r"cannot unpack .*birds\.tar\.gz"):
+        unpack(archive, out)
+    assert not out.exists() and leftovers(tmp_path / "data") == []
+    assert not (tmp_path / "birds.tar.gz.unpacked").exists()
 
 
 def test_errors_are_one_line_and_a_cut_short_unpack_is_named(tmp_path, capsys, caplog):
