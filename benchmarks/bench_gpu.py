@@ -105,7 +105,9 @@ def cpu_topology() -> str:
     blocks = [dict(line.split(":", 1) for line in block.splitlines() if ":" in line)
               for block in text.strip().split("\n\n")]  # fmt: skip
     blocks = [{key.strip(): value.strip() for key, value in block.items()} for block in blocks]
-    cores = {(block.get("physical id"), block.get("core id")) for block in blocks}
+    if not all("core id" in block for block in blocks):  # aarch64 says nothing of cores
+        return f"{len(blocks)} processors, physical cores not listed in /proc/cpuinfo"
+    cores = {(block.get("physical id"), block["core id"]) for block in blocks}
     return f"{blocks[0].get('model name', '?')}: {len(blocks)} threads, {len(cores)} physical cores"
 
 

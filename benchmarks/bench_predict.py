@@ -157,31 +157,42 @@ def handoff_rates(workers: int, tasks_per_worker: int = 20) -> dict[str, float]:
     return rates
 
 
-def pin_children_off_core_0(expected: int, stop: threading.Event) -> None:
-    """Move this process's child processes (the workers, as they are spawned) to every core
-    but 0, until `expected` were moved or stop is set."""
+def pin_workers_elsewhere(core: int, expected: int, stop: threading.Event, spent: list) -> None:
+    """Move this process's child processes to every core but `core` until `expected` of them
+    run as spawned workers (`spawn_main` in their command line, which a child has only once
+    it has started Python; multiprocessing's resource tracker is a child too), or stop is
+    set; then append the CPU seconds this took to spent."""
     moved: set[int] = set()
-    others = set(range(1, os.cpu_count() or 1))
-    while len(moved) < expected and not stop.wait(0.02):
+    others = os.sched_getaffinity(0) - {core} or {core}
+    while not stop.wait(0.02):
+        workers = 0
         for stat in Path("/proc").glob("[0-9]*/stat"):
             with contextlib.suppress(OSError, IndexError, ValueError):  # ended meanwhile
                 parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])  # "pid (name) S ppid"
                 pid = int(stat.parent.name)
-                if parent == os.getpid() and pid not in moved:
-                    os.sched_setaffinity(pid, others)
-                    moved.add(pid)
+                if parent == os.getpid():
+                    if pid not in moved:
+                        os.sched_setaffinity(pid, others)  # kept through its exec
+                        moved.add(pid)
+                    workers += b"spawn_main" in (stat.parent / "cmdline").read_bytes()
+        if workers >= expected:
+            break
+    spent.append(time.thread_time())
 
 
 def parent_cpu_per_recording(items: list, workers: int, batch_size: int) -> float:
-    """(e): CPU ms of this process (every thread) per recording of predict() with `workers`
-    extraction workers and the NumPy stand-in model, this process on core 0 and the workers
-    kept off it, so that their work does not slow it: what it costs to feed a GPU."""
+    """(e): CPU ms of this process (every thread but the one that moves the workers) per
+    recording of predict() with `workers` extraction workers and the NumPy stand-in model,
+    this process's threads on one core and the workers kept off it, so that their work does
+    not slow it: what it costs to feed a GPU.
+    """
     run = Run(StandInModel(), SpectrogramParams(), [f"c{i:03d}" for i in range(50)], {})
     everywhere = os.sched_getaffinity(0)
-    stop = threading.Event()
-    pinning = threading.Thread(target=pin_children_off_core_0, args=(workers, stop))
+    core = min(everywhere)
+    stop, spent = threading.Event(), []
+    pinning = threading.Thread(target=pin_workers_elsewhere, args=(core, workers, stop, spent))
     with tempfile.TemporaryDirectory() as temp:
-        os.sched_setaffinity(0, {0})
+        os.sched_setaffinity(0, {core})  # this thread; those it starts (the model's) inherit it
         pinning.start()
         try:
             before = resource.getrusage(resource.RUSAGE_SELF)
@@ -191,7 +202,7 @@ def parent_cpu_per_recording(items: list, workers: int, batch_size: int) -> floa
             stop.set()
             pinning.join()
             os.sched_setaffinity(0, everywhere)
-    seconds = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    seconds = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime - sum(spent)
     return 1000 * seconds / len(items)
 
 

@@ -553,7 +553,9 @@ def predict_pieces(
     buffer has one fixed shape (the last batch zero-padded), so the model compiles once.
     overlap: the model runs in a thread of its own, on one buffer while the next batch fills
     the other, so that a GPU's time and this process's (hand-over, batching, the run file)
-    add up to the longer of the two, not their sum; on a CPU they would compete for cores.
+    add up to the longer of the two, not their sum. `predict` asks for it where workers
+    extract (a GPU's default); in turns, extraction and a model on the CPU would compete for
+    the cores.
     """
     n_classes = model.output_shape[-1]
     buffers: list[np.ndarray] = []  # two with overlap: the model's, and the one filling
@@ -638,8 +640,11 @@ def extracted_recordings(
             return error.reason
         return reason or (itertools.chain([first], source.pieces), source.seconds)
 
+    if workers < 2:
+        yield from map(extract_here, items)
+        return
     seconds = [streamable_seconds(item.wav, params.sample_rate) for item in items]
-    in_worker = [workers > 1 and each <= WORKER_MAX_SECONDS for each in seconds]
+    in_worker = [each <= WORKER_MAX_SECONDS for each in seconds]
     if sum(in_worker) < 2:
         yield from map(extract_here, items)
         return

@@ -208,15 +208,22 @@ def make_handoff_folder(memory: Path = MEMORY_FOLDER) -> str | None:
     lock on its OWNER_NAME file until then. Folders that no process uses are removed."""
     try:
         remove_stale_handoff_folders(memory)
-        folder = tempfile.mkdtemp(prefix=f"{HANDOFF_PREFIX}{os.getpid()}-", dir=memory)
+        # made under another name and renamed once locked: a scan in another container
+        # (`remove_stale_handoff_folders`) never sees it unlocked
+        made = tempfile.mkdtemp(prefix=f".{HANDOFF_PREFIX}{os.getpid()}-", dir=memory)
     except OSError:  # no such folder (not Linux), read-only, full
         return None
+    descriptor = None
     try:
-        owner = os.path.join(folder, OWNER_NAME)
+        owner = os.path.join(made, OWNER_NAME)
         descriptor = os.open(owner, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         fcntl.flock(descriptor, fcntl.LOCK_EX)
+        folder = os.path.join(memory, os.path.basename(made)[1:])
+        os.rename(made, folder)
     except OSError:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(made, ignore_errors=True)
+        if descriptor is not None:
+            os.close(descriptor)
         return None
     _owner_locks[folder] = descriptor
     return folder

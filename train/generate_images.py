@@ -6,8 +6,9 @@ Each image is one chunk as the network sees it (frequency up, time right, darker
 named MediaId_chunkindex.png, in OUT/<ClassId>/ (OUT/unlabelled/ for unlabelled chunks, or
 _unlabelled/ where a class has that name). The first --per-class chunks of each class in file
 order are written. Images are written whole (a new file renamed into place), a class folder
-that is a link is refused, and so is a file at an image's name that is not a PNG image:
-nothing outside OUT, nor any other file in it, is written, whatever the data holds.
+that is a link is refused, and so is a file at an image's name that is neither a PNG image
+nor empty: nothing outside OUT, nor any other file in it, is written, whatever the data
+holds.
 """
 
 from __future__ import annotations
