@@ -50,7 +50,7 @@ import hdf5plugin  # registers the Blosc2 filter with HDF5, for h5py and every r
 import numpy as np
 
 from preprocess.params import FORMAT_VERSION, SpectrogramParams
-from preprocess.paths import partial_name
+from preprocess.paths import is_hdf5, partial_name
 
 FORMAT = "birdclef-chunks"
 # h5py filter settings of X per --compression choice; all lossless. "blosc2-lz4" (the
@@ -244,6 +244,19 @@ def _raise_damaged_row(x: h5py.Dataset, rows: np.ndarray) -> None:
                 f"row {index} of X in {x.file.filename} is damaged: {reason}"
             ) from None
     raise DatasetError(f"rows {rows[0]}-{rows[-1]} of X in {x.file.filename} are unreadable")
+
+
+def is_chunk_dataset(path: Path) -> bool:
+    """Whether path is an HDF5 file that load_data.py wrote (its root's "format"), of any
+    version: one it may replace. Any other HDF5 file (Keras weights, another project's data)
+    is someone's."""
+    if not is_hdf5(path):
+        return False
+    try:
+        with h5py.File(path, "r") as h5:
+            return h5.attrs.get("format") == FORMAT
+    except (OSError, ValueError, RuntimeError):  # damaged beyond its signature
+        return False
 
 
 def open_dataset(path: str | os.PathLike) -> Dataset:

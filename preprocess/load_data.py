@@ -67,6 +67,7 @@ from preprocess.dataset import (
     complete_shards,
     compress_chunks,
     exclusive_run,
+    is_chunk_dataset,
     open_dataset,
     remove_parts,
     shard_path,
@@ -81,7 +82,14 @@ from preprocess.params import (
     PADDINGS,
     SpectrogramParams,
 )
-from preprocess.paths import OutputPathError, check_output, first_names, is_hdf5, shown_name
+from preprocess.paths import (
+    OutputPathError,
+    check_output,
+    first_names,
+    is_hdf5,
+    same_file,
+    shown_name,
+)
 from preprocess.spectrogram import check_front_end, frames_for_seconds
 from preprocess.workers import WorkerLost, keep_freed_memory, run_in_workers, tasks_of
 
@@ -733,16 +741,24 @@ def job_params(args, recordings: list[metadata.Recording]) -> SpectrogramParams:
     return params
 
 
-def check_working_names(out: Path) -> None:
+def check_working_names(out: Path, inputs: list[Path]) -> None:
     """Raise LoadDataError (DatasetError) unless the names the command works under beside
     OUT are absent or what it left there itself: OUT.parts/ a real folder of shard files
     only (`check_parts_folder`), OUT.tmp a file that is an HDF5 file (a write of OUT cut
-    short) or empty. Anything else, a link above all, may be the user's: it is named, never
-    written through, emptied or deleted. Checked before any work, so a refusal leaves
-    nothing half done."""
+    short) or empty; and none of them is one of the inputs (files it reads: --csv,
+    --classes-from), which their clean-up would delete. Anything else, a link above all, may
+    be the user's: it is named, never written through, emptied or deleted. Checked before
+    any work, so a refusal leaves nothing half done."""
     remedy = ", or choose another --out"
-    check_parts_folder(out.with_name(out.name + ".parts"), remedy)
+    parts = out.with_name(out.name + ".parts")
     temporary = out.with_name(out.name + ".tmp")
+    for source in inputs:
+        if same_file(source, temporary) or source.resolve().is_relative_to(parts.resolve()):
+            raise LoadDataError(
+                f"{source} is read by this command, but {out} is written under "
+                f"{temporary.name} and {parts.name}/, whose clean-up would delete it{remedy}"
+            )
+    check_parts_folder(parts, remedy)
     if temporary.is_symlink():
         raise LoadDataError(
             f"{temporary} is a link: {out} is written under that name, never through a link: "
@@ -762,7 +778,7 @@ def build(args) -> int:
     summary = Summary()
     out: Path = args.out
     parts_dir = out.with_name(out.name + ".parts")
-    check_working_names(out)
+    check_working_names(out, [path for path in (args.csv, args.classes_from) if path])
 
     recordings, source = read_metadata(args, summary)
     if not recordings:
@@ -1013,11 +1029,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:  # an existing file: even --overwrite replaces only an HDF5 file, never an input;
+    try:  # an existing file: even --overwrite replaces only a dataset of its own, no input;
         # a folder, a pipe or a device is refused before its lock is made beside it
         if args.out.exists():
             inputs = [path for path in (args.csv, args.classes_from) if path]
-            check_output(args.out, own_kind=is_hdf5, kind="an HDF5 file", inputs=inputs)
+            check_output(
+                args.out,
+                own_kind=is_chunk_dataset,
+                kind="a chunk dataset written by preprocess/load_data.py",
+                inputs=inputs,
+            )
     except OutputPathError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -314,6 +314,37 @@ def test_rerun_does_nothing_and_other_settings_need_overwrite(csv_job, tmp_path,
         assert dataset.classes == ["aaa"] and len(dataset.recordings["MediaId"]) == 2
 
 
+def test_someone_elses_hdf5_file_at_out_is_never_replaced(csv_job, tmp_path, capsys):
+    """Keras weights or another project's data: even --overwrite replaces only a dataset of
+    load_data's own."""
+    wav_dir, labels = csv_job
+    out = tmp_path / "precious.h5"
+    with h5py.File(out, "w") as h5:
+        h5["measurements"] = np.arange(5)
+    before = out.read_bytes()
+    for options in ((), ("--overwrite",)):
+        assert load(wav_dir, ["--csv", labels], out, *options) == 2
+        assert "is not a chunk dataset written by preprocess/load_data.py" in (
+            capsys.readouterr().err
+        )
+    assert out.read_bytes() == before
+
+
+def test_an_input_named_as_a_working_file_of_out_is_refused(csv_job, tmp_path, capsys):
+    """--classes-from OUT.tmp: the clean-up of a write cut short would delete it."""
+    wav_dir, labels = csv_job
+    classes = tmp_path / "classes.h5"
+    assert load(wav_dir, ["--csv", labels], classes) == 0
+    for name in ("out.h5.tmp", "out.h5.parts/shard.h5"):
+        source = tmp_path / name
+        source.parent.mkdir(exist_ok=True)
+        source.write_bytes(classes.read_bytes())
+        options = ("--classes-from", source)
+        assert load(wav_dir, ["--csv", labels], tmp_path / "out.h5", *options) == 2
+        assert "whose clean-up would delete it" in capsys.readouterr().err
+        assert source.read_bytes() == classes.read_bytes()
+
+
 def test_fatal_errors_are_one_clear_line(tmp_path):
     argv = ["--wav-dir", tmp_path / "nowhere", "--csv", tmp_path / "none.csv", "--out", "x.h5"]
     command = [sys.executable, SCRIPT, *argv]
