@@ -20,9 +20,11 @@ with the same `resample_files`: the one implementation.
   older version of this code (no record, or one without ctime_ns) are converted once more.
   The record is written whole (temporary file, then rename) as the run goes, at its end, and
   when it is interrupted or fails; a damaged one is ignored with a warning naming it (every
-  output is made again). Leftover .resample-part files of a killed run are deleted at the
-  start. A file already at an output's name that this code did not make (not in the record,
-  and not a 16 kHz 16-bit mono wav) is left as it is, and its input fails, named.
+  output is made again), and a file of that name that is not such a record (another
+  program's) stops the run, unchanged. Leftover .resample-part files of a killed run are
+  deleted at the start. A file already at an output's name that this code did not make (not
+  in the record, and not a 16 kHz 16-bit mono wav) is left as it is, and its input fails,
+  named.
 - One run per OUT_DIR at a time: a run holds OUT_DIR/.lock throughout, and a second one
   started meanwhile stops at once (`error: ...` naming the first one's pid, exit status 2)
   instead of deleting the first one's .resample-part files or moving them into place. A
@@ -104,6 +106,7 @@ from preprocess.dataset import RunLocked, exclusive_run
 from preprocess.params import SpectrogramParams
 from preprocess.paths import (
     NOT_REGULAR,
+    OutputPathError,
     files_under,
     is_own_file,
     is_partial_of,
@@ -321,8 +324,10 @@ def output_key(target: Path, into: Path) -> str:
 
 def read_sources(into: Path) -> dict[str, dict]:
     """The record of the output folder into: {output's path inside into: `made_from` of its
-    source}; empty when there is none, and, with a warning naming it, when it is damaged or
-    not this code's (every output is then made again)."""
+    source}; empty when there is none or it is of an older version, and, with a warning
+    naming it, when it is damaged (every output is then made again). A file of that name
+    that is not this code's record at all (not JSON, another program's) raises
+    OutputPathError: it is never replaced."""
     path = into / SOURCES_NAME
     if not path.exists() and not path.is_symlink():
         return {}
@@ -330,24 +335,31 @@ def read_sources(into: Path) -> dict[str, dict]:
         if not path.is_file():  # reading a pipe would wait forever
             raise ValueError(NOT_REGULAR)
         document = json.loads(path.read_text(encoding="utf-8"))
-        if isinstance(document, dict) and document.get("format") in OLDER_SOURCES_FORMATS:
-            return {}
-        if not isinstance(document, dict) or document.get("format") != SOURCES_FORMAT:
+        if not isinstance(document, dict) or document.get("format") not in (
+            SOURCES_FORMAT,
+            *OLDER_SOURCES_FORMATS,
+        ):
             raise ValueError("not a record written by preprocess/resample.py")
-        outputs = document.get("outputs")
-        if not isinstance(outputs, dict):
-            raise ValueError("no outputs")
-        for name, record in outputs.items():
-            if not (
-                isinstance(record, dict)
-                and record.keys() == RECORD_FIELDS.keys()
-                and all(type(record[key]) is kind for key, kind in RECORD_FIELDS.items())
-            ):
-                raise ValueError(f"a malformed entry for {shown_name(name)}")
     except (OSError, ValueError, RecursionError) as error:
+        raise OutputPathError(
+            f"{path} is not a record of preprocess/resample.py ({describe(error)}): it is left "
+            "as it is; move it away, or choose another output folder"
+        ) from None
+    if document["format"] in OLDER_SOURCES_FORMATS:
+        return {}
+    outputs = document.get("outputs")
+    problem = None if isinstance(outputs, dict) else "no outputs"
+    for name, record in outputs.items() if problem is None else ():
+        if not (
+            isinstance(record, dict)
+            and record.keys() == RECORD_FIELDS.keys()
+            and all(type(record[key]) is kind for key, kind in RECORD_FIELDS.items())
+        ):
+            problem = f"a malformed entry for {shown_name(name)}"
+            break
+    if problem:
         print(
-            f"warning: {path} is damaged or not this program's ({describe(error)}): ignored, "
-            "so every output is converted again",
+            f"warning: {path} is damaged ({problem}): ignored, so every output is converted again",
             file=sys.stderr,
             flush=True,
         )
@@ -551,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # an unwritable OUT_DIR, say, is one line and status 2; finished files are kept
     return run_command(
-        lambda: resample_dir(in_dir, out_dir, args.jobs, args.soxr), args.verbose, (RunLocked,)
+        lambda: resample_dir(in_dir, out_dir, args.jobs, args.soxr),
+        args.verbose,
+        (RunLocked, OutputPathError),
     )
 
 

@@ -671,15 +671,14 @@ def test_an_unchanged_rerun_converts_nothing_and_an_unrecorded_output_once(tmp_p
     assert "2 converted, 0 already done" in out and "0 converted, 2 already done" in out
 
 
-@pytest.mark.parametrize(
-    "content", ["{not json", '{"format": "other"}', "[1, 2]", '{"a.wav": {"size": 1}}']
-)
-def test_a_damaged_or_foreign_record_is_ignored_with_a_warning(tmp_path, capsys, content):
+@pytest.mark.parametrize("entry", ['{"size": 1}', "[]"])
+def test_a_damaged_record_is_ignored_with_a_warning(tmp_path, capsys, entry):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     write_task(in_dir, 800)
     run = ["--soxr", "-j", "1", str(in_dir), str(out_dir)]
     assert resample.main(run) == 0
-    (out_dir / ".sources.json").write_text(content)
+    damaged = f'{{"format": "{resample.SOURCES_FORMAT}", "outputs": {{"a.wav": {entry}}}}}'
+    (out_dir / ".sources.json").write_text(damaged)
     capsys.readouterr()
 
     assert resample.main(run) == 0
@@ -688,6 +687,24 @@ def test_a_damaged_or_foreign_record_is_ignored_with_a_warning(tmp_path, capsys,
     assert "2 converted, 0 already done" in captured.out
     assert f"warning: {out_dir / '.sources.json'} is damaged" in captured.err
     assert sorted(sources_of(out_dir)) == ["a.wav", "sub/b.wav"]
+
+
+@pytest.mark.parametrize(
+    "content", ["{not json", '{"format": "other"}', "[1, 2]", '{"a.wav": {"size": 1}}']
+)
+def test_another_programs_record_stops_the_run_and_is_kept(tmp_path, capsys, content):
+    """OUT_DIR a folder of the user's, whose .sources.json another tool wrote."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    write_task(in_dir, 800)
+    out_dir.mkdir()
+    (out_dir / ".sources.json").write_text(content)
+
+    assert resample.main(["--soxr", "-j", "1", str(in_dir), str(out_dir)]) == 2
+
+    error = capsys.readouterr().err
+    assert f"error: {out_dir / '.sources.json'} is not a record of preprocess/resample.py" in error
+    assert (out_dir / ".sources.json").read_text() == content
+    assert not list(out_dir.rglob("*.wav"))
 
 
 def test_an_interrupted_run_keeps_the_record_of_what_it_finished(tmp_path, monkeypatch, capsys):
