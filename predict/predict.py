@@ -734,10 +734,10 @@ def write_human_csv(writer, item: AudioItem, probs: np.ndarray, run: Run, top: i
 
 
 def as_text_cell(text: str) -> str:
-    """text as a spreadsheet shows it, never as a formula: a cell that begins with = + - @
-    (a file named '=HYPERLINK(...).wav', say) gets a leading apostrophe, as OWASP advises for
-    CSV files people open in a spreadsheet."""
-    return f"'{text}" if text[:1] in ("=", "+", "-", "@") else text
+    """text as a spreadsheet shows it, never as a formula: a cell that begins with = + - @, a
+    tab or a carriage return (a file named '=HYPERLINK(...).wav', say) gets a leading
+    apostrophe, as OWASP advises for CSV files people open in a spreadsheet."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def predict(

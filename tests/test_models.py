@@ -1,5 +1,6 @@
 """The model files: the paper's networks, their sizes, and how a model file is checked."""
 
+import sys
 from pathlib import Path
 
 import keras
@@ -69,6 +70,19 @@ def test_model_file_with_wrong_output_size(tmp_path):
     )
     with pytest.raises(TrainError, match=r"outputs shape \(None, 7\).*3 classes"):
         build_model_from_file(path, (16, 20, 1), 3)
+
+
+def test_a_model_file_leaves_no_bytecode_cache_beside_it(tmp_path, monkeypatch):
+    """A run folder's copy of the model file holds what training wrote, nothing more."""
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # as Python runs by default
+    path = write_model_file(
+        tmp_path,
+        "def build_model(input_shape, n_classes):\n"
+        "    return keras.Sequential([keras.Input(input_shape), layers.Flatten(),\n"
+        "                             layers.Dense(n_classes, activation='softmax')])\n",
+    )
+    assert build_model_from_file(path, (16, 20, 1), 3).output_shape == (None, 3)
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["model-Mine.py"]
 
 
 def test_model_file_that_fails(tmp_path):

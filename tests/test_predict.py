@@ -651,6 +651,12 @@ def test_the_csv_for_people_never_holds_a_formula(run_dir, tmp_path):
         "=HYPERLINK(1)", "@SUM(1)", "plain"}  # fmt: skip
 
 
+def test_a_cell_that_a_spreadsheet_would_read_as_a_formula_is_text():
+    for text in ("=1+1", "+1", "-1", "@SUM(1)", "\t=1", "\r=1"):
+        assert predict_module.as_text_cell(text) == f"'{text}"
+    assert predict_module.as_text_cell("song 1.wav") == "song 1.wav"
+
+
 def test_recordings_that_hold_no_sound_are_skipped_by_name(run_dir, tmp_path, caplog):
     audio = tmp_path / "audio"
     tone(audio / "song.wav")

@@ -29,8 +29,10 @@ def load_model_file(path: Path):
         raise TrainError(f"{path}: no such model file")
     spec = importlib.util.spec_from_file_location(path.stem.replace("-", "_"), path)
     module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
+    try:  # run as its loader would, but without leaving a __pycache__/ beside the file (in a
+        # run folder, or the repository)
+        code = compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+        exec(code, module.__dict__)
     except (Exception, SystemExit) as error:  # the user's file: report whatever it raises
         raise TrainError(
             f"{path}: cannot load model file: {type(error).__name__}: {error}"
