@@ -89,18 +89,25 @@ def safe_name(media_id: str) -> str:
 
 
 def safe_file_names(media_ids: Sequence[str]) -> dict[str, str]:
-    """MediaId -> distinct safe file name; collisions numbered in sorted MediaId order."""
+    """MediaId -> distinct safe file name; collisions numbered in sorted MediaId order. Names
+    that a file system may take for one (case apart, as on Windows and macOS; a composed and
+    a decomposed 'é', as on macOS) collide too."""
     taken: set[str] = set()
     names = {}
     for media_id in sorted(set(media_ids)):
         base = name = safe_name(media_id)
         number = 1
-        while name.casefold() in taken:
+        while same_on_disk(name) in taken:
             number += 1
             name = f"{base}~{number}"
-        taken.add(name.casefold())
+        taken.add(same_on_disk(name))
         names[media_id] = name
     return names
+
+
+def same_on_disk(name: str) -> str:
+    """name as the file systems that fold case or Unicode forms see it."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def table_paths(

@@ -119,6 +119,9 @@ def test_name_collisions_are_numbered_the_same_way_whatever_the_order():
     assert names["A:b"] == "A_b"  # first in sorted order keeps the plain name
     assert len({name.casefold() for name in names.values()}) == len(ids)
     assert names["c"] == "c"
+    composed, decomposed = "caf\u00e9", "cafe\u0301"  # one name on macOS
+    names = safe_file_names([composed, decomposed])
+    assert sorted(names.values()) == sorted([decomposed, f"{composed}~2"])
 
 
 def test_hostile_media_ids_give_tables_inside_the_folder_only(tmp_path):
