@@ -922,8 +922,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--csv",
         type=Path,
         metavar="FILE",
-        help="CSV with columns file,label (file relative "
-        "to --wav-dir; optional media_id, background ';'-separated)",
+        help="CSV with columns file,label (file relative to --wav-dir; optional media_id, "
+        "background ';'-separated); fields separated by commas, semicolons or tabs",
     )
     labels.add_argument(
         "--class-folders",

@@ -357,13 +357,26 @@ def known_column(name: str) -> str:
     return name.lower() if name.lower() in CSV_COLUMNS else name
 
 
+def csv_delimiter(text: str) -> str:
+    """The CSV text's field separator: a comma, or the semicolon or tab that a spreadsheet
+    saves with in some locales, whichever makes a header with both 'file' and 'label'
+    (a comma where none does: the error then names the columns it found)."""
+    header = text.split("\n", 1)[0]
+    for delimiter in (",", ";", "\t"):
+        columns = {known_column(name) for name in next(csv.reader([header], delimiter=delimiter))}
+        if {"file", "label"} <= columns:
+            return delimiter
+    return ","
+
+
 def csv_rows(text: str, source: str) -> tuple[list[str], list[tuple[str, dict]]]:
-    """(columns, [(where, row)]) of a CSV text, where: 'SOURCE line N' (or lines N-M).
+    """(columns, [(where, row)]) of a CSV text (`csv_delimiter`), where: 'SOURCE line N' (or
+    lines N-M).
 
     A value over csv's limit (128 KiB, a quote left open, say) raises MetadataError naming
     the line after the last complete row (blank lines between rows shift it).
     """
-    reader = csv.DictReader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=csv_delimiter(text))
     rows, last_complete = [], 0
     try:
         columns = [known_column(name) for name in reader.fieldnames or []]

@@ -193,6 +193,19 @@ def test_csv_with_optional_columns(tmp_path):
     assert (three.file, three.class_id) == ("three.wav", None)  # empty label: unlabelled
 
 
+@pytest.mark.parametrize("separator", [";", "\t"])
+def test_csv_saved_with_semicolons_or_tabs_reads_the_same(tmp_path, separator):
+    """As a spreadsheet saves CSV in locales whose decimal mark is a comma, or as TSV."""
+    rows = [["File", "Label", "notes", "background"], ["a/one.wav", "great tit", "1,5 m", "lark"]]
+    text = "\r\n".join(separator.join(row) for row in rows) + "\r\n"
+    (one,) = read_csv(write(tmp_path / "meta.csv", text))
+    assert (one.file, one.class_id, one.fields["notes"], one.background) == (
+        "a/one.wav", "great tit", "1,5 m", ["lark"]
+    )  # fmt: skip
+    commas = write(tmp_path / "commas.csv", 'file,label,background\na.wav,owl,"lark;crow"\n')
+    assert read_csv(commas)[0].background == ["lark", "crow"]  # its ';' lists background
+
+
 def test_csv_with_unnamed_extra_columns_reads(tmp_path):
     """A spreadsheet's export often ends its header with empty names: not columns it reads."""
     path = write(tmp_path / "meta.csv", "file,label,,\na.wav,owl,,\nb.wav,lark,,\n")
