@@ -640,10 +640,8 @@ def extracted_recordings(
             return error.reason
         return reason or (itertools.chain([first], source.pieces), source.seconds)
 
-    if workers < 2:
-        yield from map(extract_here, items)
-        return
-    seconds = [streamable_seconds(item.wav, params.sample_rate) for item in items]
+    # the headers are read only where workers may take recordings
+    seconds = [streamable_seconds(i.wav, params.sample_rate) for i in items] if workers > 1 else []
     in_worker = [each <= WORKER_MAX_SECONDS for each in seconds]
     if sum(in_worker) < 2:
         yield from map(extract_here, items)
