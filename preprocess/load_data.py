@@ -741,12 +741,18 @@ def job_params(args, recordings: list[metadata.Recording]) -> SpectrogramParams:
     return params
 
 
+def input_files(args) -> list[Path]:
+    """The files the command reads that an output or its clean-up must never be: --csv and
+    --classes-from, where given."""
+    return [path for path in (args.csv, args.classes_from) if path]
+
+
 def check_working_names(out: Path, inputs: list[Path]) -> None:
     """Raise LoadDataError (DatasetError) unless the names the command works under beside
     OUT are absent or what it left there itself: OUT.parts/ a real folder of shard files
     only (`check_parts_folder`), OUT.tmp a file that is an HDF5 file (a write of OUT cut
-    short) or empty; and none of them is one of the inputs (files it reads: --csv,
-    --classes-from), which their clean-up would delete. Anything else, a link above all, may
+    short) or empty; and none of them is one of the inputs (`input_files`), which their
+    clean-up would delete. Anything else, a link above all, may
     be the user's: it is named, never written through, emptied or deleted. Checked before
     any work, so a refusal leaves nothing half done."""
     remedy = ", or choose another --out"
@@ -778,7 +784,7 @@ def build(args) -> int:
     summary = Summary()
     out: Path = args.out
     parts_dir = out.with_name(out.name + ".parts")
-    check_working_names(out, [path for path in (args.csv, args.classes_from) if path])
+    check_working_names(out, input_files(args))
 
     recordings, source = read_metadata(args, summary)
     if not recordings:
@@ -1032,12 +1038,11 @@ def main(argv: list[str] | None = None) -> int:
     try:  # an existing file: even --overwrite replaces only a dataset of its own, no input;
         # a folder, a pipe or a device is refused before its lock is made beside it
         if args.out.exists():
-            inputs = [path for path in (args.csv, args.classes_from) if path]
             check_output(
                 args.out,
                 own_kind=is_chunk_dataset,
                 kind="a chunk dataset written by preprocess/load_data.py",
-                inputs=inputs,
+                inputs=input_files(args),
             )
     except OutputPathError as error:
         print(f"error: {error}", file=sys.stderr)
