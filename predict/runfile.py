@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.metadata import field_problem
-from preprocess.paths import first_line
+from preprocess.paths import current_umask, first_line
 
 MAX_RANK = 100  # the official evaluator's limit of returned species per recording
 PART_SUFFIX = ".part"  # a run file being written
@@ -88,9 +88,7 @@ def window_span(
 
 def file_mode() -> int:
     """The mode a plain open() gives a new file: 0o666 less the process's umask."""
-    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
-    os.umask(umask)
-    return 0o666 & ~umask
+    return 0o666 & ~current_umask()
 
 
 def remove_stale_parts(path: Path) -> list[Path]:

@@ -70,6 +70,13 @@ def check_output(
         )
 
 
+def current_umask() -> int:
+    """The process's umask, which decides the mode of what it creates."""
+    umask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return umask
+
+
 def is_own_file(path: Path) -> bool:
     """A regular file, not a link to one."""
     return path.is_file() and not path.is_symlink()

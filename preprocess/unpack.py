@@ -17,7 +17,6 @@ Errors are one line on stderr, exit status 2.
 
 from __future__ import annotations
 
-import argparse
 import glob
 import logging
 import lzma
@@ -30,8 +29,8 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from preprocess.cli import describe, run_command
-from preprocess.paths import is_own_file, write_text_atomically
+from preprocess.cli import command_parser, describe, run_command
+from preprocess.paths import current_umask, is_own_file, write_text_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +41,14 @@ class UnpackError(Exception):
     """An archive that cannot be unpacked, or a folder it cannot go into; the message says why."""
 
 
+def marker_of(archive: Path) -> Path:
+    """ARCHIVE.unpacked, beside the archive (never inside what it unpacks to)."""
+    return Path(f"{archive}{MARKER_SUFFIX}")
+
+
 def unpacked_folders(archive: Path) -> list[str]:
     """The folders archive was unpacked into here: its marker's lines."""
-    marker = Path(f"{archive}{MARKER_SUFFIX}")
+    marker = marker_of(archive)
     return marker.read_text(encoding="utf-8").splitlines() if is_own_file(marker) else []
 
 
@@ -87,9 +91,7 @@ def unpack(archive: Path, out: Path) -> bool:
                     pass
         else:
             raise UnpackError(f"{archive} is not a zip or tar archive this can read (or damaged)")
-        umask = os.umask(0o022)  # mkdtemp's 0700 would keep the data from other users
-        os.umask(umask)
-        os.chmod(temporary, 0o777 & ~umask)
+        os.chmod(temporary, 0o777 & ~current_umask())  # mkdir's mode, not mkdtemp's 0700
         os.rename(temporary, out)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as error:
         raise UnpackError(f"cannot unpack {archive} (damaged?): {error}") from None
@@ -98,13 +100,13 @@ def unpack(archive: Path, out: Path) -> bool:
     finally:
         shutil.rmtree(temporary, ignore_errors=True)  # gone already where it became out
     folders = [*unpacked_folders(archive), str(out.resolve())]
-    write_text_atomically(Path(f"{archive}{MARKER_SUFFIX}"), "".join(f"{f}\n" for f in folders))
+    write_text_atomically(marker_of(archive), "".join(f"{folder}\n" for folder in folders))
     logger.info("unpacked %s into %s", archive, out)
     return True
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = command_parser(__doc__)
     parser.add_argument("archive", type=Path, help="a zip or tar archive (.tar.gz, .tgz, ...)")
     parser.add_argument("out", type=Path, help="the folder to make (must not exist)")
     parser.add_argument("--verbose", action="store_true", help="tracebacks of errors")
