@@ -437,8 +437,7 @@ def check_may_replace(out: Path) -> None:
     """DemoError unless out is missing, empty, or a demo dataset this tool made (its marker,
     or the README it writes first), holding nothing else and no link, down to the files in
     its folders (`foreign_entries`): only then are its TrainingSet/ and TestSet/ deleted and
-    written anew. A real BirdCLEF folder has the same
-    two folders."""
+    written anew. A real BirdCLEF folder has the same two folders."""
     if out.exists() and not out.is_dir():
         raise DemoError(f"{out} is not a folder: choose a new or empty folder for the demo")
     entries = list(out.iterdir()) if out.is_dir() else []

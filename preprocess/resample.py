@@ -294,7 +294,7 @@ def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, 
     target = conversion.target
     part = target.with_name(target.name + PART_SUFFIX)
     # before mkdir, which would follow the link, and before the try, whose cleanup would
-    # remove a .part found there
+    # remove a file found at part
     if reason := why_not_written(conversion, into):
         return reason, "", {}
     try:
@@ -348,16 +348,7 @@ def read_sources(into: Path) -> dict[str, dict]:
     if document["format"] in OLDER_SOURCES_FORMATS:
         return {}
     outputs = document.get("outputs")
-    problem = None if isinstance(outputs, dict) else "no outputs"
-    for name, record in outputs.items() if problem is None else ():
-        if not (
-            isinstance(record, dict)
-            and record.keys() == RECORD_FIELDS.keys()
-            and all(type(record[key]) is kind for key, kind in RECORD_FIELDS.items())
-        ):
-            problem = f"a malformed entry for {shown_name(name)}"
-            break
-    if problem:
+    if problem := damage_of(outputs):
         print(
             f"warning: {path} is damaged ({problem}): ignored, so every output is converted again",
             file=sys.stderr,
@@ -365,6 +356,20 @@ def read_sources(into: Path) -> dict[str, dict]:
         )
         return {}
     return outputs
+
+
+def damage_of(outputs: object) -> str | None:
+    """What is wrong with a record's "outputs", or None: {name: `made_from` record}."""
+    if not isinstance(outputs, dict):
+        return "no outputs"
+    for name, record in outputs.items():
+        if not (
+            isinstance(record, dict)
+            and record.keys() == RECORD_FIELDS.keys()
+            and all(type(record[key]) is kind for key, kind in RECORD_FIELDS.items())
+        ):
+            return f"a malformed entry for {shown_name(name)}"
+    return None
 
 
 def write_sources(into: Path, sources: Mapping[str, dict]) -> None:
