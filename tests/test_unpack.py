@@ -2,7 +2,6 @@
 else whatever its members are named or are."""
 
 import io
-import os
 import random
 import stat
 import tarfile
@@ -10,6 +9,7 @@ import zipfile
 
 import pytest
 
+from preprocess.paths import current_umask
 from preprocess.unpack import UnpackError, main, unpack
 
 
@@ -26,12 +26,6 @@ def tar_with(path, *members):
                 member.size = len(data)
                 archive.addfile(member, io.BytesIO(data))
     return path
-
-
-def current_umask():
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return umask
 
 
 def leftovers(folder):
