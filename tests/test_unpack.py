@@ -47,27 +47,95 @@ def test_a_tar_goes_into_a_new_folder_once(tmp_path):
     assert not unpack(archive, legacy)
 
 
+def test_a_tar_member_named_outside_stops_the_unpack(tmp_path):
+    archive = tar_with(tmp_path / "evil.tar.gz", ("TrainingSet/a.txt", "a"), ("../out.txt", "x"))
+    out = tmp_path / "data" / "evil"
+    with pytest.raises(UnpackError, match=r"cannot unpack .*evil\.tar\.gz"):
+        unpack(archive, out)
+    assert not out.exists() and leftovers(tmp_path / "data") == []
+    assert not (tmp_path / "data" / "out.txt").exists()
+    assert not (tmp_path / "evil.tar.gz.unpacked").exists()
+
+
 @pytest.mark.parametrize(
     "members",
     [
-        [("../escaped.txt", "out")],
         [("TrainingSet/way", "->", "/"), ("TrainingSet/way/victim/escaped.txt", "out")],
         [("TrainingSet/up", "->", "../.."), ("TrainingSet/up/escaped.txt", "out")],
         [(".unpacked", "->", "VICTIM")],  # doall.sh touched this name once unpacked
+        [("TrainingSet/inside", "->", "a.txt")],  # even a link that stays inside
     ],
 )
-def test_no_tar_member_lands_outside_the_folder(tmp_path, members):
+def test_a_tar_link_is_skipped_and_named(tmp_path, caplog, members):
     victim = tmp_path / "victim"
     victim.mkdir()
     members = [tuple(str(victim / "x") if part == "VICTIM" else part for part in member)
                for member in members]  # fmt: skip
     archive = tar_with(tmp_path / "evil.tar.gz", ("TrainingSet/a.txt", "a"), *members)
     out = tmp_path / "data" / "evil"
-    with pytest.raises(UnpackError, match=r"cannot unpack .*evil\.tar\.gz"):
-        unpack(archive, out)
-    assert not out.exists() and leftovers(tmp_path / "data") == []
+    assert unpack(archive, out)
+    assert (out / "TrainingSet" / "a.txt").read_text() == "a"
+    assert not any(path.is_symlink() for path in out.rglob("*"))
+    assert f"{members[0][0]}: a link (to {members[0][2]}) in the archive, skipped" in caplog.text
     assert list(victim.iterdir()) == [] and not (tmp_path / "escaped.txt").exists()
-    assert not (tmp_path / "evil.tar.gz.unpacked").exists()
+
+
+def test_chained_tar_links_past_path_max_write_nothing_outside(tmp_path):
+    """CVE-2025-4517: links nested until a path is longer than PATH_MAX, where realpath stops
+    resolving, let tarfile's "data" filter pass a link out (Python before 3.11.13, 3.12.11),
+    and a hard link then wrote through it."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "flag").write_text("the user's")
+    long_name, steps, path = "d" * 247, "abcdefghijklmnop", ""
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+
+        def add(name, kind, link="", data=b""):
+            member = tarfile.TarInfo(name)
+            member.type, member.linkname, member.size = kind, link, len(data)
+            tar.addfile(member, io.BytesIO(data) if data else None)
+
+        for step in steps:
+            add(f"{path}{long_name}", tarfile.DIRTYPE)
+            add(f"{path}{step}", tarfile.SYMTYPE, long_name)
+            path += f"{long_name}/"
+        chain = "/".join([*steps, "l" * 254])
+        add(chain, tarfile.SYMTYPE, "../" * len(steps))
+        # as a string, these ../ climb back to the destination; resolved, to /
+        up = "../" * (len(steps) + 1)
+        add("escape", tarfile.SYMTYPE, chain + "/" + up + str(victim).lstrip("/"))
+        add("flaglink", tarfile.LNKTYPE, "escape/flag")
+        add("flaglink", tarfile.REGTYPE, data=b"written by the archive")
+    out = tmp_path / "data" / "evil"
+    assert unpack(archive, out)
+    assert (out / "flaglink").read_text() == "written by the archive"  # a file of its own
+    assert (victim / "flag").read_text() == "the user's"
+    assert sorted(path.name for path in victim.iterdir()) == ["flag"]
+
+
+def test_a_foreign_file_at_the_markers_name_is_left_as_it_is(tmp_path):
+    archive = tar_with(tmp_path / "birds.tar.gz", ("a.txt", "a"))
+    someone_elses = tmp_path / "birds.tar.gz.unpacked"  # a download of that name, say
+    someone_elses.write_bytes(b"\x1f\x8b\x08 a gzip of someone's")
+    with pytest.raises(UnpackError, match="not the marker this command writes"):
+        unpack(archive, tmp_path / "birds")
+    assert someone_elses.read_bytes() == b"\x1f\x8b\x08 a gzip of someone's"
+    assert not (tmp_path / "birds").exists()
+    someone_elses.write_text("notes about birds\n")  # text, but not a list of folders
+    with pytest.raises(UnpackError, match="not the marker"):
+        unpack(archive, tmp_path / "birds")
+
+
+def test_a_marker_of_the_version_before_its_header_is_read(tmp_path):
+    archive = tar_with(tmp_path / "birds.tar.gz", ("a.txt", "a"))
+    out = tmp_path / "birds"
+    out.mkdir()
+    (tmp_path / "birds.tar.gz.unpacked").write_text(f"{out.resolve()}\n")
+    assert not unpack(archive, out)  # already done
+    assert unpack(archive, tmp_path / "again")
+    lines = (tmp_path / "birds.tar.gz.unpacked").read_text().splitlines()
+    assert lines[1:] == [str(out.resolve()), str((tmp_path / "again").resolve())]
 
 
 def test_an_absolute_tar_member_lands_inside(tmp_path):
