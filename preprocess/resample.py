@@ -17,14 +17,17 @@ with the same `resample_files`: the one implementation.
   often 1980-01-01; the status-change time, which no one sets, is new), or another folder's
   file of the same name resampled into the same OUT_DIR, is converted again. Outputs keep
   the time they were written, so one converted again looks new to load_data. Outputs of an
-  older version of this code (no record, or one without ctime_ns) are converted once more.
-  The record is written whole (temporary file, then rename) as the run goes, at its end, and
-  when it is interrupted or fails; a damaged one is ignored with a warning naming it (every
-  output is made again), and a file of that name that is not such a record (another
-  program's) stops the run, unchanged. Leftover .resample-part files of a killed run are
-  deleted at the start. A file already at an output's name that this code did not make (not
-  in the record, and not a 16 kHz 16-bit mono wav) is left as it is, and its input fails,
-  named.
+  older version of this code (a record without ctime_ns) are converted once more.
+  The record is written whole (temporary file, then rename) as the run goes, at its end,
+  and when it is interrupted or fails; a damaged one is ignored with a warning naming it
+  (every output is made again), and a file of that name that is not such a record (another
+  program's) stops the run, unchanged. Each output's name also goes into OUT_DIR/
+  .sources.pending before the file is put in place, so an output a kill kept out of the
+  record is still known as this code's. Leftover .resample-part files of a killed run are
+  deleted at the start. A file already at an output's name that this code did not make
+  (named by neither; where the record cannot be read, one that is not a 16 kHz 16-bit mono
+  wav) is left as it is, and its input fails, named: a user's file in a folder of theirs
+  given as OUT_DIR stays.
 - One run per OUT_DIR at a time: a run holds OUT_DIR/.lock throughout, and a second one
   started meanwhile stops at once (`error: ...` naming the first one's pid, exit status 2)
   instead of deleting the first one's .resample-part files or moving them into place. A
@@ -42,7 +45,7 @@ listed at the end; run again after fixing them), 2 for a usage error or an outpu
 cannot write (`error: ...`, the traceback only with --verbose).
 
 SoX options, and why:
-  sox -D --no-glob IN -t wav -r 16000 -c 1 -b 16 -e signed-integer --no-glob OUT.resample-part
+  sox -D --no-glob IN -t wav -r 16000 -c 1 -b 16 -e signed-integer - >OUT.resample-part
 - `-r 16000` with SoX's default `rate` effect (high quality, linear phase), as the 2016
   scripts' `sox in -r 16000 out` did.
 - `-c 1` averages the channels; `-b 16 -e signed-integer` also turns 24-bit, 32-bit, float
@@ -55,7 +58,8 @@ SoX options, and why:
   so levels are kept. SoX clips the rare overshoot of the resampler and warns; the warning is
   shown with the file's name.
 - `--no-glob`: SoX would otherwise expand wildcards in names such as `song[1].wav`.
-- `-t wav`: the temporary name's extension tells SoX nothing.
+- `-t wav -`: to its standard output, a file this code made (never a link someone put at that
+  name); SoX seeks in it to write the header's lengths, as in a file it opens itself.
 
 Without SoX on PATH (or with --soxr), soxr resamples instead: wavs as read_wav reads them,
 and the other formats (and wavs scipy cannot parse: u-law, ADPCM) decoded by libsndfile (the
@@ -74,11 +78,12 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
 import wave
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +130,7 @@ SOURCES_FORMAT = "preprocess/resample.py sources, version 2"
 OLDER_SOURCES_FORMATS = ("preprocess/resample.py sources, version 1",)
 RECORD_FIELDS = {"source": str, "size": int, "mtime_ns": int, "ctime_ns": int}
 LOCK_NAME = ".lock"  # in the output folder, held by the run writing it
+PENDING_NAME = ".sources.pending"  # in the output folder: outputs put in place, not yet recorded
 
 
 @dataclass(frozen=True)
@@ -151,9 +157,17 @@ def sox_resample(source: Path, part: Path) -> str:
     none). Raises AudioError when the result must not be used."""
     source = source.absolute()  # a relative name may begin with '-'
     command = ["sox", "-D", "--no-glob", source, "-t", "wav", "-r", str(TARGET_RATE), "-c", "1"]
-    command += ["-b", "16", "-e", "signed-integer", "--no-glob", part]
-    sox = subprocess.run(command, capture_output=True, text=True, errors="replace")
-    message = "; ".join((sox.stderr + sox.stdout).strip().splitlines())
+    command += ["-b", "16", "-e", "signed-integer", "-"]
+    # SoX writes to its standard output, a file made here exclusively: given part's name, it
+    # would follow a link put there meanwhile by someone who can write into the folder. (A
+    # file is seekable: SoX writes the header's lengths at the end, the same bytes as by name.)
+    with open(
+        os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666), "wb"
+    ) as out:
+        sox = subprocess.run(
+            command, stdout=out, stderr=subprocess.PIPE, text=True, errors="replace"
+        )
+    message = "; ".join(sox.stderr.strip().splitlines())
     if sox.returncode != 0:
         raise AudioError(source, message or "SoX failed without a message")
     # SoX says "sox FAIL" about a damaged file (a truncated flac) yet exits 0 with a short or
@@ -258,19 +272,27 @@ def why_not_written(conversion: Conversion, into: Path) -> str | None:
     return f"its output folder {target.parent} leads outside {into} (to {folder}): not written"
 
 
-def why_not_replaced(target: Path, recorded: bool) -> str | None:
-    """Why a file at target must stay: one this code did not make, as far as can be told (not
-    in the output folder's record, nor a 16 kHz 16-bit mono wav, as an output whose record a
-    kill lost is), such as a user's file in a folder of their own given as OUT_DIR. None
-    where there is none, or it may be replaced."""
-    if recorded or not (target.exists() or target.is_symlink()):
+def why_not_replaced(target: Path, made_here: bool, record_readable: bool) -> str | None:
+    """Why a file at target must stay: one this code did not make, such as a user's file in
+    a folder of their own given as OUT_DIR. made_here: the output folder's record or its
+    journal of pending outputs (`read_pending`) names it. Where the folder's record could
+    not be read (damaged, or of an older version: record_readable False), a 16 kHz 16-bit
+    mono wav counts as made here. None where there is none, or it may be replaced."""
+    if made_here or not (target.exists() or target.is_symlink()):
         return None
     try:
-        if is_own_file(target) and pcm16_mono_header(target)[0] == TARGET_RATE:
+        if (
+            not record_readable
+            and is_own_file(target)
+            and pcm16_mono_header(target)[0] == TARGET_RATE
+        ):
             return None
     except AudioError:
         pass
-    return f"{target} exists and is not a 16 kHz wav made by resampling: not replaced"
+    return (
+        f"{target} exists and was not made by resampling into this folder (its {SOURCES_NAME} "
+        "does not name it): not replaced (delete it to convert again)"
+    )
 
 
 def made_from(source: Path) -> dict:
@@ -302,6 +324,7 @@ def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, 
         target.parent.mkdir(parents=True, exist_ok=True)  # by the next run
         part.unlink(missing_ok=True)  # a killed run's, or a planted link: never written through
         warnings = resample_one(conversion.source, part, sox)
+        note_pending(into, output_key(target, into))
         os.replace(part, target)
         return None, warnings, record
     except AudioError as error:
@@ -322,15 +345,45 @@ def output_key(target: Path, into: Path) -> str:
         return (folder / target.name).as_posix()
 
 
-def read_sources(into: Path) -> dict[str, dict]:
-    """The record of the output folder into: {output's path inside into: `made_from` of its
-    source}; empty when there is none or it is of an older version, and, with a warning
-    naming it, when it is damaged (every output is then made again). A file of that name
-    that is not this code's record at all (not JSON, another program's) raises
-    OutputPathError: it is never replaced."""
+def note_pending(into: Path, key: str) -> None:
+    """Add the output key to the journal of the output folder into (PENDING_NAME, a JSON
+    string a line) before its file is put in place: a run killed before it records the
+    output leaves it known as this code's. Raises OutputPathError for a journal that is a
+    link or a second name of another file (never written)."""
+    path = into / PENDING_NAME
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+            raise OutputPathError(f"{path} is not a file of its own (a hard link?): not written")
+        os.write(descriptor, (json.dumps(key) + "\n").encode())
+    finally:
+        os.close(descriptor)
+
+
+def read_pending(into: Path) -> set[str]:
+    """The output keys of the journal of the output folder into (`note_pending`); a line cut
+    short by a kill is left out. Empty where there is none or it is not a regular file."""
+    path = into / PENDING_NAME
+    if not is_own_file(path):
+        return set()
+    keys = set()
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            if isinstance(key := json.loads(line), str):
+                keys.add(key)
+    return keys
+
+
+def read_sources(into: Path) -> tuple[dict[str, dict], bool]:
+    """The record of the output folder into: ({output's path inside into: `made_from` of its
+    source}, whether it could be read). Empty and True when there is none; empty and False
+    when it is of an older version, or, with a warning naming it, damaged (every output is
+    then made again). A file of that name that is not this code's record at all (not JSON,
+    another program's) raises OutputPathError: it is never replaced."""
     path = into / SOURCES_NAME
     if not path.exists() and not path.is_symlink():
-        return {}
+        return {}, True
     try:
         if not path.is_file():  # reading a pipe would wait forever
             raise ValueError(NOT_REGULAR)
@@ -346,7 +399,7 @@ def read_sources(into: Path) -> dict[str, dict]:
             "as it is; move it away, or choose another output folder"
         ) from None
     if document["format"] in OLDER_SOURCES_FORMATS:
-        return {}
+        return {}, False
     outputs = document.get("outputs")
     if problem := damage_of(outputs):
         print(
@@ -354,8 +407,8 @@ def read_sources(into: Path) -> dict[str, dict]:
             file=sys.stderr,
             flush=True,
         )
-        return {}
-    return outputs
+        return {}, False
+    return outputs, True
 
 
 def damage_of(outputs: object) -> str | None:
@@ -394,16 +447,23 @@ def is_done(conversion: Conversion, sources: Mapping[str, dict], into: Path) -> 
 
 
 def plan(
-    conversions: list[Conversion], sox: bool, into: Path, sources: Mapping[str, dict]
+    conversions: list[Conversion],
+    sox: bool,
+    into: Path,
+    sources: Mapping[str, dict],
+    record_readable: bool = True,
+    pending: Set[str] = frozenset(),
 ) -> tuple[list[Conversion], int, list]:
     """(to convert, number already done, [(name, reason)] that fail here): a conversion is done
     when its target's record in sources matches its source (`is_done`); one whose target lies
-    outside into (the output folder), through a link, fails; without SoX, WavPack does not
-    convert."""
+    outside into (the output folder), through a link, or is a file this code did not make
+    (`why_not_replaced`, with record_readable and the pending keys), fails; without SoX,
+    WavPack does not convert."""
     todo, failed, already_done = [], [], 0
     for conversion in conversions:
+        key = output_key(conversion.target, into)
         if reason := why_not_written(conversion, into) or why_not_replaced(
-            conversion.target, output_key(conversion.target, into) in sources
+            conversion.target, key in sources or key in pending, record_readable
         ):
             failed.append((conversion.name, reason))
         elif not sox and conversion.source.suffix.lower() in SOX_ONLY_SUFFIXES:
@@ -438,8 +498,10 @@ def resample_files(
             file=sys.stderr,
         )
     start = time.monotonic()
-    sources = read_sources(into)
-    todo, already_done, failed = plan(conversions, sox, into, sources)
+    sources, record_readable = read_sources(into)
+    todo, already_done, failed = plan(
+        conversions, sox, into, sources, record_readable, read_pending(into)
+    )
     failed = [*refused, *failed]
     stale = [key for key in (output_key(c.target, into) for c in todo) if key in sources]
     for key in stale:  # a record is only ever of a finished output
@@ -487,6 +549,12 @@ def resample_files(
                 changed = True
         if changed:
             write_sources(into, sources)
+        if unrecorded := read_pending(into) - sources.keys():  # failed since, or a kill's
+            write_text_atomically(
+                into / PENDING_NAME, "".join(f"{json.dumps(key)}\n" for key in sorted(unrecorded))
+            )
+        else:
+            (into / PENDING_NAME).unlink(missing_ok=True)
 
     print(
         f"summary: {converted} converted, {already_done} already done, {len(failed)} failed "
@@ -536,7 +604,10 @@ def resample_dir(in_dir: Path, out_dir: Path, jobs: int, soxr: bool = False) -> 
             if stale.is_symlink() or stale.is_file():
                 stale.unlink()
         for stale in out_dir.iterdir():
-            if is_partial_of(stale.name, SOURCES_NAME) and not stale.is_dir():
+            partial = is_partial_of(stale.name, SOURCES_NAME) or is_partial_of(
+                stale.name, PENDING_NAME
+            )
+            if partial and not stale.is_dir():
                 stale.unlink()
         conversions, collisions = folder_conversions(in_dir, out_dir)
         return 1 if resample_files(conversions, jobs, out_dir, soxr, collisions) else 0

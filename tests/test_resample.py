@@ -122,6 +122,28 @@ def test_script_resumes_skips_done_files_and_ignores_a_stale_temp(inputs, tmp_pa
 
 
 @needs_sox
+def test_sox_writes_a_file_made_here_never_a_link_put_at_its_name(tmp_path):
+    """Someone who can write into the output folder puts a link at the temporary name between
+    its removal and SoX's start: SoX, given the name, wrote through it into their target."""
+    source = tmp_path / "song.wav"
+    wavfile.write(source, 44100, (np.sin(np.arange(44100 * 2) / 9) * 9000).astype(np.int16))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's")
+    part = tmp_path / "song.wav.resample-part"
+    part.symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        resample.sox_resample(source, part)
+    assert victim.read_text() == "the user's"
+    part.unlink()
+    resample.sox_resample(source, part)  # to its standard output: the bytes SoX writes by name
+    by_name = tmp_path / "by name.wav"
+    command = ["sox", "-D", source, "-t", "wav", "-r", "16000", "-c", "1", "-b", "16"]
+    subprocess.run([*command, "-e", "signed-integer", by_name], check=True)
+    assert part.read_bytes() == by_name.read_bytes()
+    assert len(read_16k(part)) == 32000
+
+
+@needs_sox
 def test_script_output_is_repeatable_to_the_bit(inputs, tmp_path):
     run_script(inputs, tmp_path / "a")
     run_script(inputs, tmp_path / "b")
@@ -271,13 +293,15 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     out_dir.mkdir()
     wavfile.write(out_dir / "c.wav", 16000, tone)  # made from its input as it is: done
     wavfile.write(out_dir / "b.wav", 16000, tone)  # from its input an hour ago: made again
-    wavfile.write(out_dir / "f.wav", 16000, tone)  # by an older version, unrecorded: again
+    wavfile.write(out_dir / "f.wav", 16000, tone)  # its record lost in a kill, pending: again
     earlier = resample.made_from(in_dir / "b.wav")
     earlier["mtime_ns"] -= 3600 * 10**9
     sources = {"c.wav": resample.made_from(in_dir / "c.wav"), "b.wav": earlier}
 
     conversions, collisions = resample.folder_conversions(in_dir, out_dir)
-    todo, already_done, failed = resample.plan(conversions, False, out_dir, sources)
+    todo, already_done, failed = resample.plan(
+        conversions, False, out_dir, sources, True, {"f.wav"}
+    )
 
     assert collisions == [
         ("a.wav", "would also become a.wav, made from a.WAV"),
@@ -529,19 +553,47 @@ def test_files_of_the_users_in_the_output_folder_are_left_alone(tmp_path, capsys
     for name, data in users.items():
         (out_dir / name).write_bytes(data)
     wavfile.write(out_dir / "b.wav", 44100, np.zeros(10, np.int16))  # a wav, not 16 kHz
-    wavfile.write(out_dir / "c.wav", 16000, np.zeros(10, np.int16))  # its record lost in a kill
-    run = ["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]
-    assert resample.main(run) == 1
-    output = capsys.readouterr().out
-    assert "2 converted, 0 already done, 2 failed" in output
-    for name in ("a.wav", "b.wav"):
-        assert f"  {name}: {out_dir / name} exists and is not a 16 kHz wav made by" in output
-    assert {name: (out_dir / name).read_bytes() for name in users} == users
-    assert wavfile.read(out_dir / "b.wav")[0] == 44100
-    assert (
-        len(read_16k(out_dir / "c.wav")) == 1600
-        and len(read_16k(out_dir / "Downloads/song.wav")) == 1600
+    wavfile.write(out_dir / "c.wav", 16000, np.zeros(10, np.int16))  # a 16 kHz wav of theirs
+    users["b.wav"], users["c.wav"] = (
+        (out_dir / "b.wav").read_bytes(),
+        (out_dir / "c.wav").read_bytes(),
     )
+    run = ["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]
+    for _ in range(2):  # and again: the record the first run left names none of them
+        assert resample.main(run) == 1
+        output = capsys.readouterr().out
+        for name in ("a.wav", "b.wav", "c.wav"):
+            assert f"  {name}: {out_dir / name} exists and was not made by resampling" in output
+        assert {name: (out_dir / name).read_bytes() for name in users} == users
+    assert "1 converted, 0 already done, 3 failed" not in output  # the second run: done
+    assert "0 converted, 1 already done, 3 failed" in output
+    assert len(read_16k(out_dir / "Downloads/song.wav")) == 1600
+    assert not (out_dir / ".sources.pending").exists()  # all it named is in the record
+
+
+def test_an_output_a_kill_kept_out_of_the_record_is_made_again(tmp_path, capsys):
+    """A kill -9 between an output's rename and the next write of the record: the next run
+    knows the output from the journal, where a user's file of that name would stay."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    out_dir.mkdir()
+    wavfile.write(in_dir / "a.wav", 8000, np.zeros(800, np.int16))
+    # what a run killed after this output's rename leaves: the output, no record
+    assert (
+        resample.convert(
+            resample.Conversion(in_dir / "a.wav", out_dir / "a.wav", "a.wav"), False, out_dir
+        )[0]
+        is None
+    )
+    assert not (out_dir / ".sources.json").exists()
+    assert (out_dir / ".sources.pending").read_text() == '"a.wav"\n'
+    run = ["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]
+    capsys.readouterr()
+    assert resample.main(run) == 0
+    assert "1 converted, 0 already done, 0 failed" in capsys.readouterr().out
+    assert not (out_dir / ".sources.pending").exists()
+    assert resample.main(run) == 0
+    assert "0 converted, 1 already done" in capsys.readouterr().out
 
 
 def test_a_recording_replaced_by_one_with_an_older_time_is_resampled_again(tmp_path, capsys):
@@ -664,7 +716,9 @@ def test_an_unchanged_rerun_converts_nothing_and_an_unrecorded_output_once(tmp_p
     assert "0 converted, 2 already done" in capsys.readouterr().out
     assert times_of(out_dir) == written  # the outputs and their record too
 
-    (out_dir / ".sources.json").unlink()  # as an older version left its outputs
+    record = json.loads((out_dir / ".sources.json").read_text())
+    record["format"] = "preprocess/resample.py sources, version 1"  # an older version's
+    (out_dir / ".sources.json").write_text(json.dumps(record))
     assert resample.main(run) == 0
     assert resample.main(run) == 0
     out = capsys.readouterr().out
