@@ -70,6 +70,11 @@ words() { # words ARRAY "TEXT": split TEXT as a shell would (quotes, backslashes
 sys.stdout.write("".join(word + "\0" for word in shlex.split(sys.argv[1])))' "$2")
 }
 
+check_name() { # a name that is one folder's: it goes into work/NAME, runs/NAME, data/NAME
+    [[ -n "$1" && "$1" != . && "$1" != .. && "$1" != */* && "$1" != *$'\n'* ]] ||
+        die "'$1' cannot name a dataset's folders (from --name, or the data's folder): give --name NAME"
+}
+
 run() { # show a stage's command, then run it
     printf '+'
     printf ' %q' "$@"
@@ -114,10 +119,19 @@ if [[ -n "$url" ]]; then
     stem="$(basename "$archive")"
     stem="${stem%.zip}" stem="${stem%.tgz}" stem="${stem%.tar*}" # birds.v2.tar.gz -> birds.v2
     name="${name:-$stem}" # never from the archive's contents: they could name another job's
+    check_name "$name"
     unpacked="$data_dir/$name"
     # curl and wget append to the .part; mv would move a download into a folder named ARCHIVE
-    refuse_links "$downloads" "$archive.part" "$archive" "$archive.unpacked"
+    refuse_links "$downloads" "$archive.part" "$archive" "$archive.unpacked" "$archive.lock"
     mkdir -p "$downloads"
+    # one run at a time downloads and unpacks an archive: two would append to one .part
+    exec {download_lock}>>"$archive.lock"
+    lock='import fcntl, sys
+fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | (0 if sys.argv[2] == "wait" else fcntl.LOCK_NB))'
+    python -c "$lock" "$download_lock" now 2>/dev/null || {
+        echo "waiting for another run that downloads or unpacks $archive"
+        python -c "$lock" "$download_lock" wait
+    }
     if [[ ! -f "$archive" ]]; then
         if command -v curl >/dev/null; then
             run curl --fail --location --progress-bar --continue-at - --output "$archive.part" "$url"
@@ -175,10 +189,23 @@ else
     name="${name:-$(basename "$(dirname "$(realpath "$train_dir")")")}"
 fi
 [[ -d "$source_dir" ]] || die "$source_dir: no such folder"
+check_name "$name"
 [[ -n "$work_dir" ]] || { work_dir="$ROOT/work/$name"; refuse_links "$work_dir"; }
 run_dir="$runs_dir/$name"
-refuse_links "$run_dir"
+refuse_links "$run_dir" "$work_dir/source.txt"
 mkdir -p "$work_dir" "$runs_dir"
+# the data a work folder was made from: another data set of the same folder name (the
+# default --name) would otherwise add its recordings to this one's
+source_path="$(realpath "$source_dir")"
+if [[ -f "$work_dir/source.txt" ]]; then
+    made_from="$(cat "$work_dir/source.txt")"
+    [[ "$made_from" == "$source_path" ]] || die "$work_dir holds the data of $made_from, not of \
+$source_path: give this data a --name (or --work-dir) of its own, or delete $work_dir to start over"
+else
+    record="$(mktemp "$work_dir/.source.txt.XXXXXX")" # made here, exclusively: no link followed
+    printf '%s\n' "$source_path" >"$record"
+    mv -T "$record" "$work_dir/source.txt"
+fi
 
 # ---- 2. resample to 16 kHz ------------------------------------------------------------------
 resample() { # exit 1 (some files failed, listed) is not fatal: those files are left out

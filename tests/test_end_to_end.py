@@ -1,11 +1,13 @@
 """The whole job on the tiny synthetic demo: every stage leaves its output, a valid run file."""
 
 import csv
+import fcntl
 import json
 import os
 import subprocess
 import sys
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -225,3 +227,60 @@ def test_prediction_never_writes_through_a_link_planted_in_a_run_folder(finished
     )
     assert result.returncode == 2 and "predictions is a link: give --out" in result.stderr
     assert list(victim.iterdir()) == []
+
+
+def test_one_run_at_a_time_downloads_and_unpacks_an_archive(tmp_path):
+    """Two runs of one --url would append to one .part, and one would move it into place
+    while the other still wrote: the second waits for the first."""
+    archive = tmp_path / "birds.zip"
+    archive.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip
+    downloads = tmp_path / "data" / "downloads"
+    downloads.mkdir(parents=True)
+    command = [
+        str(ROOT / "doall.sh"),
+        "--url",
+        archive.as_uri(),
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
+    with open(downloads / "birds.zip.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as another run downloading it
+        waiting = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for line in waiting.stdout:
+            if "waiting for another run that downloads or unpacks" in line:
+                break
+        time.sleep(1)
+        assert waiting.poll() is None and not (downloads / "birds.zip").exists()
+    _, error = waiting.communicate(timeout=120)  # released: it goes on, to the archive's end
+    assert (downloads / "birds.zip").read_bytes() == archive.read_bytes()
+    assert waiting.returncode == 2 and "no TrainingSet folder" in error
+
+
+def test_a_work_folder_holds_the_data_of_one_folder(tmp_path):
+    """Two data sets in folders of one name (clips/): the default --name is that name, and the
+    second would have added its recordings to the first one's work folder."""
+    folders = ["--work-dir", str(tmp_path / "work"), "--runs-dir", str(tmp_path / "runs")]
+    for owner in ("alice", "bob"):
+        (tmp_path / owner / "clips" / "wren").mkdir(parents=True)
+    command = [str(ROOT / "doall.sh"), "--class-folders"]
+    first = subprocess.run([*command, str(tmp_path / "alice" / "clips"), *folders],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (tmp_path / "work" / "source.txt").read_text() == f"{tmp_path / 'alice' / 'clips'}\n"
+    state = tree_state(tmp_path / "work")
+    second = subprocess.run([*command, str(tmp_path / "bob" / "clips"), *folders],
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert second.returncode == 2, first.stderr
+    assert f"holds the data of {tmp_path / 'alice' / 'clips'}, not of" in second.stderr
+    assert changes(state, tree_state(tmp_path / "work")) == []
+
+
+@pytest.mark.parametrize("name", ["..", "a/b", "."])
+def test_a_name_that_is_not_one_folders_is_refused(tmp_path, name):
+    (tmp_path / "clips" / "wren").mkdir(parents=True)
+    command = [str(ROOT / "doall.sh"), "--class-folders", str(tmp_path / "clips"), "--name", name,
+               "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "cannot name a dataset's folders" in result.stderr
+    assert not (tmp_path / "runs").exists()
