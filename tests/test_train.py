@@ -40,10 +40,11 @@ from tests.helpers import (
     write_easy_dataset,
 )
 from train import train_model
-from train.callbacks import MAPCallback, ResumableEarlyStopping
+from train.callbacks import BACKUP, MAPCallback, ResumableEarlyStopping, epochs_backed_up
 from train.data import (
     ChunkBatches,
     SplitError,
+    TrainError,
     available_memory,
     place_on_accelerator,
     predict_rows,
@@ -971,3 +972,19 @@ def test_resuming_a_run_with_a_damaged_classes_or_split_file_is_an_error_line(
     (run_dir / "split.json").write_text('{"train": ')
     assert train_model.main([*args, "--resume"]) == 2
     assert f"error: {run_dir / 'split.json'} is damaged" in capsys.readouterr().err
+
+
+def test_a_resume_after_a_kill_mid_backup_goes_on_from_the_state_before(tmp_path, caplog):
+    """Keras writes its record of the saved epoch in place: a kill then leaves it empty."""
+    backup = tmp_path / BACKUP
+    backup.mkdir()
+    (backup / "training_metadata.json").write_text("")
+    (backup / "latest.weights.h5").write_bytes(b"")
+    with pytest.raises(TrainError, match="cannot be read .* delete that folder"):
+        epochs_backed_up(tmp_path)
+    (backup / "training_metadata.json.bkp").write_text('{"epoch": 3, "batch": 0}')
+    (backup / "latest.weights.h5.bkp").write_bytes(b"weights of epoch 3")
+    assert epochs_backed_up(tmp_path) == 3
+    assert "resuming from the state before" in caplog.text
+    assert (backup / "latest.weights.h5").read_bytes() == b"weights of epoch 3"
+    assert epochs_backed_up(tmp_path) == 3

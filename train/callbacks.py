@@ -19,7 +19,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from preprocess.paths import write_text_atomically
+from preprocess.paths import replace_atomically, write_text_atomically
 from train.data import TrainError, predict_rows
 from train.log import best_epoch
 from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
@@ -321,13 +321,40 @@ def read_history(path: Path) -> dict[str, np.ndarray]:
     }
 
 
+def saved_epoch(metadata: Path) -> int | None:
+    """The epoch a BackupAndRestore metadata file records; None where it cannot be read (a
+    kill while Keras wrote it, in place, leaves it empty or cut short)."""
+    try:
+        return int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def epochs_backed_up(run_dir: Path) -> int:
-    """Epochs completed by the run whose BackupAndRestore state is in run_dir (0: none)."""
-    # BackupAndRestore's own record of the epoch it saved
-    metadata = run_dir / BACKUP / "training_metadata.json"
+    """Epochs completed by the run whose BackupAndRestore state is in run_dir (0: none). A
+    latest state whose record of its epoch cannot be read is replaced by the one before
+    (BackupAndRestore keeps two), as Keras does for weights it cannot read; with no readable
+    state, TrainError names the folder."""
+    backup = run_dir / BACKUP
+    metadata = backup / "training_metadata.json"  # BackupAndRestore's record of its epoch
     if not metadata.is_file():
         return 0
-    return int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"])
+    if (epoch := saved_epoch(metadata)) is not None:
+        return epoch
+    previous = Path(f"{metadata}.bkp")
+    weights, previous_weights = backup / "latest.weights.h5", backup / "latest.weights.h5.bkp"
+    if saved_epoch(previous) is None or not previous_weights.is_file():
+        raise TrainError(
+            f"{backup}: the training state saved there cannot be read ({metadata.name} is "
+            "damaged, and no state before it was kept); delete that folder to train the run "
+            "again from its first epoch"
+        )
+    logger.warning(
+        "%s is damaged (a kill while it was written?): resuming from the state before", metadata
+    )
+    for name, source in ((weights, previous_weights), (metadata, previous)):
+        replace_atomically(name, lambda file, source=source: file.write(source.read_bytes()), "wb")
+    return saved_epoch(metadata)
 
 
 def trim_history(path: Path, n_epochs: int) -> None:
