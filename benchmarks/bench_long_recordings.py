@@ -18,6 +18,10 @@ so no clip is both trained and tested on. It then runs, exactly as issue 9's sco
 and prints each command's wall time and the scores. It is a proxy: clips repeat across
 recordings, so its accuracy says less than its times and the pooling it chooses. Work goes to
 work/bench-long/ and runs/bench-long/ (delete them to start over).
+
+`--varied` builds another set (work/bench-long/data-varied) as field data comes: recordings of
+5 s to 5 min (log-uniform), 8 to 50 of them per class, the class heard in 20-90 % of a
+recording's pieces (at least one), test recordings of the same spread of lengths.
 """
 
 from __future__ import annotations
@@ -48,26 +52,39 @@ def read_clips(audio: Path, rows: list[dict]) -> dict[tuple[str, bool], list[np.
 
 
 def long_recording(
-    own: list[np.ndarray], others: list[list[np.ndarray]], rng: np.random.Generator
+    own: list[np.ndarray],
+    others: list[list[np.ndarray]],
+    rng: np.random.Generator,
+    pieces_count: int = PIECES,
+    target_share: float = TARGET_SHARE,
 ) -> np.ndarray:
-    """PIECES pieces: each a background clip of another class at BACKGROUND_DB, with a clip
-    of its own class on top at TARGET_SHARE probability; peak-normalised to 0.5."""
-    pieces = []
-    for _ in range(PIECES):
+    """pieces_count pieces: each a background clip of another class at BACKGROUND_DB, with a
+    clip of its own class on top at target_share probability (the first piece always, where
+    no other has one); peak-normalised to 0.5."""
+    pieces, heard = [], False
+    for number in range(pieces_count):
         background = others[rng.integers(len(others))]
         piece = background[rng.integers(len(background))] * 10 ** (BACKGROUND_DB / 20)
-        if rng.random() < TARGET_SHARE:
+        if rng.random() < target_share or (number == pieces_count - 1 and not heard):
             piece = piece + own[rng.integers(len(own))]
+            heard = True
         pieces.append(piece)
     samples = np.concatenate(pieces)
     return samples / max(1e-3, float(np.abs(samples).max())) * 0.5
 
 
-def build_set(clips: dict, out: Path) -> None:
-    """out/train/*.wav, out/train.csv (file,label,media_id), out/test/*.wav, out/truth.txt."""
+def varied_shape(rng: np.random.Generator) -> tuple[int, float]:
+    """(pieces, target share) of a --varied recording: 5 s to 5 min, log-uniform; 20-90 %."""
+    return int(round(np.exp(rng.uniform(0, np.log(60))))), float(rng.uniform(0.2, 0.9))
+
+
+def build_set(clips: dict, out: Path, varied: bool = False) -> None:
+    """out/train/*.wav, out/train.csv (file,label,media_id), out/test/*.wav, out/truth.txt;
+    varied: lengths, counts and target shares as `--varied` says (else all as PIECES,
+    TRAIN_PER_CLASS, TEST_PER_CLASS and TARGET_SHARE)."""
     if (out / "truth.txt").is_file():
         return
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(1 if varied else 0)
     labels = sorted({label for label, _ in clips})
     train_rows, truth = [], []
     number = 0
@@ -76,10 +93,13 @@ def build_set(clips: dict, out: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for label in labels:
             others = [clips[other, test] for other in labels if other != label]
+            if varied and not test:
+                count = int(rng.integers(8, 51))
             for _ in range(count):
                 number += 1
                 name = f"rec{number:04d}"
-                samples = long_recording(clips[label, test], others, rng)
+                shape = varied_shape(rng) if varied else (PIECES, TARGET_SHARE)
+                samples = long_recording(clips[label, test], others, rng, *shape)
                 wavfile.write(folder / f"{name}.wav", RATE, (samples * 32767).astype(np.int16))
                 if test:
                     truth.append(f"{name};{label};\n")
@@ -95,15 +115,18 @@ def build_set(clips: dict, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_recipe_options(parser)
+    parser.add_argument(
+        "--varied", action="store_true", help="recordings of varied lengths and counts"
+    )
     parser.set_defaults(recipes=["modern"])
     args = parser.parse_args()
     rows, audio, _ = esc10_at_16k()  # shared with bench_esc10.py
-    data = ROOT / "work" / "bench-long" / "data"
-    build_set(read_clips(audio, rows), data)
+    data = ROOT / "work" / "bench-long" / ("data-varied" if args.varied else "data")
+    build_set(read_clips(audio, rows), data, args.varied)
 
     results = {}
     for recipe in args.recipes:
-        name = f"{recipe}{args.tag}"
+        name = f"{recipe}{'-varied' if args.varied else ''}{args.tag}"
         work, runs = ROOT / "work" / "bench-long" / name, ROOT / "runs" / "bench-long"
         run_file, scores = work / "run.csv", work / "scores.json"
         doall = ["bash", str(ROOT / "doall.sh"), "--csv", str(data / "train.csv"),
@@ -118,7 +141,9 @@ def main() -> None:
         result.update(json.loads(scores.read_text(encoding="utf-8")), pooling=inference["pooling"])
         results[name] = result
 
-    print("\nlong recordings: 340 x 90 s to train (10 classes), 100 x 90 s to test")
+    train_hours = sum(path.stat().st_size for path in (data / "train").iterdir()) / 2 / RATE / 3600
+    shape = "5 s to 5 min" if args.varied else "90 s"
+    print(f"\nlong recordings of {shape}: {train_hours:.1f} h to train (10 classes)")
     print(f"  {'run':10s} {'doall s':>8s} {'predict s':>9s} {'total s':>8s} {'pooling':>8s} "
           f"{'top-1':>6s} {'MAP':>6s}")  # fmt: skip
     for name, r in results.items():
