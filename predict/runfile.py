@@ -173,13 +173,14 @@ def open_part_file(path: Path) -> tuple[int, str]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(path)
-    try:
-        handle, temp_name = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=PART_SUFFIX
-        )
+    try:  # under a name `remove_stale_parts` does not match, given the .part one once
+        # locked: another writer of path, clearing up, never sees it unlocked
+        handle, new_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
     except OSError as error:  # named after the file asked for, not the temporary one
         raise type(error)(error.errno, error.strerror, str(path)) from error
     fcntl.flock(handle, fcntl.LOCK_EX)
+    temp_name = new_name[: -len(".new")] + PART_SUFFIX
+    os.rename(new_name, temp_name)
     os.fchmod(handle, file_mode())  # mkstemp makes 0600 whatever the umask
     return handle, temp_name
 

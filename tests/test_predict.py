@@ -17,10 +17,17 @@ from scipy.io import wavfile
 import predict.predict as predict_module
 import preprocess.extract as extract_module
 import preprocess.workers as workers_module
+from predict import runfile
 from predict.evaluate import main as evaluate_main
 from predict.evaluate import read_truth, score
 from predict.predict import PredictError, find_audio, load_run, main, predict_pieces
-from predict.runfile import RunEntry, read_run_file, remove_stale_parts, top_classes
+from predict.runfile import (
+    AtomicTextWriter,
+    RunEntry,
+    read_run_file,
+    remove_stale_parts,
+    top_classes,
+)
 from preprocess.audio import AudioError, pcm16_mono_header, read_wav, read_wav_blocks
 from preprocess.make_demo_dataset import SPECIES, make_demo_dataset
 from preprocess.metadata import read_birdclef_xml_dir
@@ -853,6 +860,25 @@ def test_stale_part_names_that_are_not_regular_files_are_left_alone(tmp_path):
         pytest.fail("remove_stale_parts waited on a pipe")
     assert removed == [[stale]]
     assert pipe.exists() and link.is_symlink() and (tmp_path / "kept.txt").read_text() == "kept"
+
+
+def test_a_writer_clearing_up_never_removes_another_writers_new_file(tmp_path, monkeypatch):
+    """Two writers of one output: the second one's clean-up ran between the first one's
+    creating its temporary file and locking it, removed it, and the first one's whole output
+    was lost at the rename."""
+    out = tmp_path / "o.csv"
+    lock = runfile.fcntl.flock
+
+    def flock_after_another_writers_clean_up(handle, operation):
+        monkeypatch.setattr(runfile.fcntl, "flock", lock)
+        assert remove_stale_parts(out) == []  # as another writer, at the worst moment
+        lock(handle, operation)
+
+    monkeypatch.setattr(runfile.fcntl, "flock", flock_after_another_writers_clean_up)
+    with AtomicTextWriter(out) as writer:
+        writer.file.write("the first writer's\n")
+    assert out.read_text() == "the first writer's\n"
+    assert [path.name for path in tmp_path.iterdir()] == ["o.csv"]
 
 
 def test_audio_entries_that_are_not_regular_files_are_named(run_dir, tmp_path, caplog, capsys):
