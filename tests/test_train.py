@@ -40,7 +40,14 @@ from tests.helpers import (
     write_easy_dataset,
 )
 from train import train_model
-from train.callbacks import BACKUP, MAPCallback, ResumableEarlyStopping, epochs_backed_up
+from train.callbacks import (
+    BACKUP,
+    BACKUP_FILES,
+    MAPCallback,
+    ResumableEarlyStopping,
+    RunBackup,
+    epochs_backed_up,
+)
 from train.data import (
     ChunkBatches,
     SplitError,
@@ -988,3 +995,29 @@ def test_a_resume_after_a_kill_mid_backup_goes_on_from_the_state_before(tmp_path
     assert "resuming from the state before" in caplog.text
     assert (backup / "latest.weights.h5").read_bytes() == b"weights of epoch 3"
     assert epochs_backed_up(tmp_path) == 3
+
+
+def test_the_backup_is_never_written_through_a_link_put_in_its_folder(tmp_path):
+    """Keras writes its backup in place, by name, every epoch: a link that someone who can
+    write into the run folder put there during training was written through."""
+    victims = {name: tmp_path / f"victim {name}" for name in BACKUP_FILES}
+    for victim in victims.values():
+        victim.write_text("the user's")
+    backup = tmp_path / "run" / BACKUP
+
+    class PlantLinks(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                for name, victim in victims.items():
+                    (backup / name).unlink(missing_ok=True)
+                    (backup / name).symlink_to(victim)
+
+    inputs = keras.Input((3,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    x, y = np.zeros((8, 3), np.float32), np.eye(2, dtype=np.float32)[[0, 1] * 4]
+    model.fit(x, y, epochs=3, verbose=0, callbacks=[PlantLinks(), RunBackup(backup)])
+    assert all(victim.read_text() == "the user's" for victim in victims.values())
+    assert not any((backup / name).is_symlink() for name in BACKUP_FILES)
+    assert epochs_backed_up(tmp_path / "run") == 3
+    assert sorted(path.name for path in backup.iterdir()) == sorted(BACKUP_FILES)

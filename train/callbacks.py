@@ -8,18 +8,20 @@ its `val_map` is then in the logs that the checkpoints, EarlyStopping and CSVLog
 from __future__ import annotations
 
 import csv
+import glob
 import importlib.util
 import json
 import logging
 import os
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from preprocess.paths import replace_atomically, write_text_atomically
+from preprocess.paths import partial_name, replace_atomically, write_text_atomically
 from train.data import TrainError, predict_rows
 from train.log import best_epoch
 from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
@@ -131,20 +133,34 @@ class BestCheckpoint(keras.callbacks.Callback):
             save_model_atomically(self.model, self.path)
 
 
-def save_model_atomically(model: keras.Model, path: Path) -> None:
-    """model.save(path), written as .NAME.partial.keras beside it (Keras wants the suffix)
-    and renamed once on disk; such a file left by a kill is removed first (a link there too,
-    never what it points to)."""
-    partial = path.with_name(f".{path.stem}.partial.keras")
-    partial.unlink(missing_ok=True)
+def save_atomically(
+    save: Callable[[Path], None], path: Path, suffix: str, sync: bool = True
+) -> None:
+    """save(name) (Keras's model.save or save_weights) under a new name beside path that ends
+    with suffix (Keras wants its own), renamed to path once written (and on the disk, with
+    sync), so path is whole or as it was. The name is unique to this call (`partial_name`):
+    a link put at a name Keras would write through cannot be there in advance. Such files a
+    kill left are removed first (the run folder's lock keeps other writers out), a link
+    among them too, never what it points to."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.partial{suffix}"):
+        if leftover.is_symlink() or leftover.is_file():
+            leftover.unlink()
+    partial = partial_name(path)
+    partial = partial.with_name(partial.name + suffix)
     try:
-        model.save(partial, overwrite=True)
-        with open(partial, "rb") as written:
-            os.fsync(written.fileno())
+        save(partial)
+        if sync:
+            with open(partial, "rb") as written:
+                os.fsync(written.fileno())
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)  # a full disk gets its space back
         raise
+
+
+def save_model_atomically(model: keras.Model, path: Path) -> None:
+    """model.save(path), atomically (`save_atomically`)."""
+    save_atomically(lambda name: model.save(name, overwrite=True), path, ".keras")
 
 
 class ModelFileError(ValueError):
@@ -291,6 +307,30 @@ class RunBackup(keras.callbacks.BackupAndRestore):
 
     def __init__(self, backup_dir: Path):
         super().__init__(backup_dir, double_checkpoint=True, delete_checkpoint=False)
+
+    def _save_model(self):
+        """As BackupAndRestore's (the state before kept as .bkp, then the new one), each file
+        written whole under a new name and renamed into place, where Keras writes them in
+        place: a kill then left an empty record of the epoch, and a link put in the folder
+        meanwhile was written through."""
+        weights, metadata = Path(self._weights_path), Path(self._training_metadata_path)
+        weights.parent.mkdir(parents=True, exist_ok=True)
+        for latest, previous in ((weights, self._prev_weights_path),
+                                 (metadata, self._prev_training_metadata_path)):  # fmt: skip
+            if latest.is_file():
+                replace_atomically(
+                    Path(previous),
+                    lambda file, latest=latest: file.write(latest.read_bytes()),
+                    "wb",
+                )
+
+        def save_weights(name: Path) -> None:
+            self.model.save_weights(name, overwrite=True)
+
+        # no fsync, as Keras: a state lost to a power cut is the one before, or the first
+        save_atomically(save_weights, weights, ".weights.h5", sync=False)
+        state = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+        write_text_atomically(metadata, json.dumps(state))
 
     def on_train_begin(self, logs=None):
         """Restore the saved state (Keras falls back on the one before when the latest cannot
