@@ -633,13 +633,15 @@ def _write_recordings(h5: h5py.File, table: dict):
 
 
 @contextmanager
-def atomic_dataset(path: Path, info: DatasetInfo) -> Iterator[DatasetWriter]:
-    """A DatasetWriter filling path + '.tmp', renamed to path when the block ends, so a file
-    at path is always complete; the temporary file goes if the block raises. A leftover at
-    path + '.tmp' (a write killed midway; load_data checks first that it is one) is unlinked,
-    a link itself and not what it points to, and the temporary file is created anew
-    exclusively: a link put there is never written through."""
-    temporary = Path(f"{path}.tmp")
+def atomic_dataset(
+    path: Path, info: DatasetInfo, temporary: Path | None = None
+) -> Iterator[DatasetWriter]:
+    """A DatasetWriter filling temporary (default path + '.tmp'), renamed to path when the
+    block ends, so a file at path is always complete; the temporary file goes if the block
+    raises. A leftover at temporary (a write killed midway) is unlinked, a link itself and not
+    what it points to, and the temporary file is created anew exclusively: a link put there
+    is never written through."""
+    temporary = temporary or Path(f"{path}.tmp")
     temporary.unlink(missing_ok=True)
     writer = DatasetWriter(temporary, info, mode="x")
     try:

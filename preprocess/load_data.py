@@ -10,10 +10,11 @@ Workers extract and compress recordings in parallel, a few files per task, and w
 task's recordings to a shard file (OUT.parts/); the parent copies each shard into OUT as it
 is done, in input order, while the workers go on. OUT is complete or absent: it is written
 under a temporary name and renamed at the end. Killed at any moment (even kill -9), the same
-command run again skips the recordings already in shards. OUT.parts/ and OUT.tmp are used only
-when they are what the command leaves there (a folder of shard files, an HDF5 file cut short):
-anything else, a link above all, is refused by name before any work, never written through,
-emptied or deleted.
+command run again skips the recordings already in shards. OUT.parts/ is used only when it is
+what the command leaves there (a folder of shard files): anything else, a link above all, is
+refused by name before any work, never written through, emptied or deleted. OUT is written
+under a hidden name unique to the run (.OUT.<pid>-<random>.partial); such a file a kill left
+is deleted by the next run.
 Bad inputs (missing, empty or corrupt wavs, unusable XML) are skipped, logged and counted in
 the final summary with exit status 0; fatal errors (unreadable metadata, no usable recording,
 an OUT made with other settings without --overwrite) end with one line `error: ...` and exit
@@ -31,6 +32,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import glob
 import hashlib
 import json
 import logging
@@ -87,7 +89,8 @@ from preprocess.paths import (
     check_output,
     first_names,
     is_hdf5,
-    same_file,
+    is_own_file,
+    partial_name,
     shown_name,
 )
 from preprocess.spectrogram import check_front_end, frames_for_seconds
@@ -748,35 +751,30 @@ def input_files(args) -> list[Path]:
 
 
 def check_working_names(out: Path, inputs: list[Path]) -> None:
-    """Raise LoadDataError (DatasetError) unless the names the command works under beside
-    OUT are absent or what it left there itself: OUT.parts/ a real folder of shard files
-    only (`check_parts_folder`), OUT.tmp a file that is an HDF5 file (a write of OUT cut
-    short) or empty; and none of them is one of the inputs (`input_files`), which their
-    clean-up would delete. Anything else, a link above all, may
-    be the user's: it is named, never written through, emptied or deleted. Checked before
-    any work, so a refusal leaves nothing half done."""
+    """Raise LoadDataError (DatasetError) unless OUT.parts/, which the command works in, is
+    absent or what it left there itself, a real folder of shard files only
+    (`check_parts_folder`), and holds none of the inputs (`input_files`), which its clean-up
+    would delete. Anything else, a link above all, may be the user's: it is named, never
+    written through, emptied or deleted. Checked before any work, so a refusal leaves
+    nothing half done."""
     remedy = ", or choose another --out"
     parts = out.with_name(out.name + ".parts")
-    temporary = out.with_name(out.name + ".tmp")
     for source in inputs:
-        if same_file(source, temporary) or source.resolve().is_relative_to(parts.resolve()):
+        if source.resolve().is_relative_to(parts.resolve()):
             raise LoadDataError(
-                f"{source} is read by this command, but {out} is written under "
-                f"{temporary.name} and {parts.name}/, whose clean-up would delete it{remedy}"
+                f"{source} is read by this command, but {out} is written through "
+                f"{parts.name}/, whose clean-up would delete it{remedy}"
             )
     check_parts_folder(parts, remedy)
-    if temporary.is_symlink():
-        raise LoadDataError(
-            f"{temporary} is a link: {out} is written under that name, never through a link: "
-            f"move or remove it{remedy}"
-        )
-    if temporary.exists() and not (
-        temporary.is_file() and (temporary.stat().st_size == 0 or is_hdf5(temporary))
-    ):
-        raise LoadDataError(
-            f"{temporary} exists and is not an HDF5 file left by a write of {out} cut short: "
-            f"move or remove it{remedy}"
-        )
+
+
+def remove_cut_short_writes(out: Path) -> None:
+    """Delete what writes of out that a kill cut short left beside it: files named as
+    `partial_name` names them (unique to a run, so no other program's) that are regular
+    files, empty or HDF5 (HDF5 writes its signature first). Called under out's lock."""
+    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
+        if is_own_file(leftover) and (leftover.stat().st_size == 0 or is_hdf5(leftover)):
+            leftover.unlink()
 
 
 def build(args) -> int:
@@ -798,7 +796,7 @@ def build(args) -> int:
         info, settings_digest=settings_digest(info), inputs_digest=inputs_digest(info, keys)
     )
 
-    out.with_name(out.name + ".tmp").unlink(missing_ok=True)  # a write of OUT cut short
+    remove_cut_short_writes(out)
     earlier = {}  # an OUT whose recordings that still apply are kept: {OUT: input keys}
     if out.exists() and not args.overwrite:
         try:
@@ -852,7 +850,8 @@ def build(args) -> int:
     if stored:
         check_room(stored_bytes, out)
     try:
-        with atomic_dataset(out, info) as writer:  # the old OUT stays until this one is done
+        # the old OUT stays until this one is done
+        with atomic_dataset(out, info, partial_name(out)) as writer:
             write_in_input_order(keys, stored, tasks, info, args.workers, writer, out, summary)
             if not writer.recordings:
                 raise LoadDataError("no recording could be read: nothing written")

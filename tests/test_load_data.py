@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -331,18 +332,23 @@ def test_someone_elses_hdf5_file_at_out_is_never_replaced(csv_job, tmp_path, cap
 
 
 def test_an_input_named_as_a_working_file_of_out_is_refused(csv_job, tmp_path, capsys):
-    """--classes-from OUT.tmp: the clean-up of a write cut short would delete it."""
+    """--classes-from OUT.parts/x.h5: the clean-up of the shards would delete it; an HDF5 file
+    of the user's at OUT.tmp (the temporary name of versions before) is left alone."""
     wav_dir, labels = csv_job
     classes = tmp_path / "classes.h5"
     assert load(wav_dir, ["--csv", labels], classes) == 0
-    for name in ("out.h5.tmp", "out.h5.parts/shard.h5"):
-        source = tmp_path / name
-        source.parent.mkdir(exist_ok=True)
-        source.write_bytes(classes.read_bytes())
-        options = ("--classes-from", source)
-        assert load(wav_dir, ["--csv", labels], tmp_path / "out.h5", *options) == 2
-        assert "whose clean-up would delete it" in capsys.readouterr().err
-        assert source.read_bytes() == classes.read_bytes()
+    source = tmp_path / "out.h5.parts" / "shard.h5"
+    source.parent.mkdir()
+    source.write_bytes(classes.read_bytes())
+    options = ("--classes-from", source)
+    assert load(wav_dir, ["--csv", labels], tmp_path / "out.h5", *options) == 2
+    assert "whose clean-up would delete it" in capsys.readouterr().err
+    assert source.read_bytes() == classes.read_bytes()
+    shutil.rmtree(source.parent)
+    users = tmp_path / "out.h5.tmp"
+    users.write_bytes(classes.read_bytes())
+    assert load(wav_dir, ["--csv", labels], tmp_path / "out.h5", "--classes-from", users) == 0
+    assert users.read_bytes() == classes.read_bytes()
 
 
 def test_fatal_errors_are_one_clear_line(tmp_path):
@@ -396,10 +402,11 @@ def test_kill_9_then_rerun_gives_every_recording_once(tmp_path):
     done = len(complete_shards(parts))
     assert 2 <= done < 8  # tasks of 6 files: 48 files / (4 tasks per worker * 2 workers)
     (parts / "part-00999.h5.tmp").write_bytes(b"half a shard")  # as a kill mid-write leaves
-    (tmp_path / "out.h5.tmp").write_bytes(HDF5_SIGNATURE + b"half an output")  # cut short
+    cut_short = tmp_path / ".out.h5.999-0a1b2c3d.partial"
+    cut_short.write_bytes(HDF5_SIGNATURE + b"half an output")
 
     assert load(wav_dir, ["--csv", labels], out) == 0
-    assert not parts.exists() and not (tmp_path / "out.h5.tmp").exists()
+    assert not parts.exists() and not cut_short.exists()
     with open_dataset(out) as dataset:
         media_ids = list(dataset.recordings["MediaId"])
     assert media_ids == [f"r{index:02d}" for index in range(48)]  # each once, in order
@@ -599,7 +606,7 @@ def test_an_output_without_room_stops_and_keeps_the_shards(csv_job, tmp_path, mo
     error = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
     assert error.startswith(f"error: writing {out} needs about ") and "GB are free" in error
     assert "the extracted recordings are kept" in error
-    assert not out.exists() and not (tmp_path / "out.h5.tmp").exists()
+    assert not out.exists() and not list(tmp_path.glob(".out.h5.*"))
     assert extracted == ["tone.wav"] and len(complete_shards(parts)) == 1  # a task per file
     monkeypatch.undo()
     extracted = counting_extractions(monkeypatch)
@@ -609,11 +616,11 @@ def test_an_output_without_room_stops_and_keeps_the_shards(csv_job, tmp_path, mo
     assert_same_file(out, tmp_path / "fresh.h5")
 
 
-def shard_disk_full(path, info):
+def shard_disk_full(path, info, temporary=None):
     """atomic_dataset, but the disk is full when a worker writes a shard."""
     if path.parent.name.endswith(".parts"):
         raise OSError(errno.ENOSPC, "No space left on device", f"{path}.tmp")
-    return ATOMIC_DATASET(path, info)
+    return ATOMIC_DATASET(path, info, temporary)
 
 
 ATOMIC_DATASET = load_data_module.atomic_dataset
@@ -727,11 +734,12 @@ def test_an_update_killed_before_its_output_is_complete_leaves_the_old_one(
     for name in before:
         np.testing.assert_array_equal(after_kill[name], before[name])
     # as a kill -9 mid-write leaves it: HDF5 writes its signature when it creates the file
-    (tmp_path / "out.h5.tmp").write_bytes(HDF5_SIGNATURE + b"half an output")
+    cut_short = tmp_path / ".out.h5.999-0a1b2c3d.partial"
+    cut_short.write_bytes(HDF5_SIGNATURE + b"half an output")
     extracted = counting_extractions(monkeypatch)
     assert load(wav_dir, ["--csv", labels], out) == 0
     assert extracted == []  # tone.wav was already extracted into a shard before the kill
-    assert not (tmp_path / "out.h5.tmp").exists() and not (tmp_path / "out.h5.parts").exists()
+    assert not cut_short.exists() and not (tmp_path / "out.h5.parts").exists()
     with open_dataset(out) as dataset:
         assert list(dataset.recordings["file"]) == ["tone.wav", "short.wav", "silent.wav",
                                                     "long.wav"]  # fmt: skip
@@ -802,30 +810,27 @@ def test_a_users_folder_at_the_parts_name_is_refused_not_emptied(csv_job, tmp_pa
     assert (parts / "notes.txt").read_text() == "the user's notes"
 
 
-@pytest.mark.parametrize("planted", ["text", "link"])
-def test_a_users_file_or_a_link_at_the_temporary_name_is_refused(
-    csv_job, tmp_path, capsys, planted
-):
+@pytest.mark.parametrize("planted", ["text", "link", "link at a cut-short write's name"])
+def test_a_users_file_or_a_link_beside_out_is_left_alone(csv_job, tmp_path, planted):
+    """OUT.tmp, where versions before wrote OUT, and a link named as a write of OUT cut short
+    are left as they are: OUT is written under a name unique to the run."""
     wav_dir, labels = csv_job
-    out, temporary = tmp_path / "train.h5", tmp_path / "train.h5.tmp"
+    out = tmp_path / "train.h5"
+    planted_at = tmp_path / (
+        ".train.h5.999-0a1b2c3d.partial" if "cut" in planted else "train.h5.tmp"
+    )
     victim = tmp_path / "victim.txt"
     victim.write_text("the user's text")
     if planted == "text":
-        temporary.write_text("the user's text")
+        planted_at.write_text("the user's text")
     else:
-        temporary.symlink_to(victim)
-    assert load(wav_dir, ["--csv", labels], out) == 2
-    error = capsys.readouterr().err
-    assert error.startswith(f"error: {temporary} ") and error.count("\n") == 1
-    assert "move or remove it" in error
-    assert temporary.is_symlink() == (planted == "link")
-    assert temporary.read_text() == victim.read_text() == "the user's text"
-    assert not out.exists() and not (tmp_path / "train.h5.parts").exists()
-
-    temporary.unlink()
-    temporary.write_bytes(b"")  # an empty file is a write of OUT killed at once: replaced
+        planted_at.symlink_to(victim)
     assert load(wav_dir, ["--csv", labels], out) == 0
-    assert not temporary.exists() and victim.read_text() == "the user's text"
+    assert planted_at.is_symlink() == (planted != "text")
+    assert planted_at.read_text() == victim.read_text() == "the user's text"
+    assert sorted(path.name for path in tmp_path.glob("*train.h5*")) == sorted(
+        [planted_at.name, "train.h5", "train.h5.lock"]
+    )
 
 
 def test_recordings_that_hold_no_sound_are_skipped_by_name(tmp_path, capsys):
