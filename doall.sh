@@ -125,6 +125,8 @@ if [[ -n "$url" ]]; then
     refuse_links "$downloads" "$archive.part" "$archive" "$archive.unpacked" "$archive.lock"
     mkdir -p "$downloads"
     # one run at a time downloads and unpacks an archive: two would append to one .part
+    [[ ! -e "$archive.lock" || -f "$archive.lock" ]] ||
+        die "$archive.lock is not a file (a pipe would block): remove it"
     exec {download_lock}>>"$archive.lock"
     lock='import fcntl, sys
 fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | (0 if sys.argv[2] == "wait" else fcntl.LOCK_NB))'
@@ -146,6 +148,7 @@ fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | (0 if sys.argv[2] == "wait" else f
     fi
     # into a new folder of its own; no member lands outside it, whatever its name or type
     run python "$ROOT/preprocess/unpack.py" "$archive" "$unpacked"
+    exec {download_lock}>&- # the rest of this run does not keep another from the archive
     if [[ -z "$train_dir$csv$class_folders" ]]; then
         train_dir="$(find "$unpacked" -type d -name TrainingSet -print -quit)"
         [[ -n "$train_dir" ]] || die "no TrainingSet folder in $unpacked: give --train-dir"
