@@ -63,6 +63,20 @@ UNREADABLE_AUDIO = (
 # know (u-law, ADPCM), or another format named .wav
 NOT_READABLE_WAV = "not a readable wav file"
 TRUNCATED = "truncated: less data than its header announces"
+# below it a header's rate is damage, not audio: resampled to 16 kHz, a 1 Hz file of 400 kB
+# asked for 13 GB; at this floor a file grows at most 16 times
+LOWEST_SAMPLE_RATE = 1000
+
+
+def rate_problem(rate: int) -> str | None:
+    """Why a header's sample rate (Hz) cannot be used, or None."""
+    if rate <= 0:
+        return f"invalid sample rate {rate}"
+    if rate < LOWEST_SAMPLE_RATE:
+        return f"sample rate {rate} Hz, below {LOWEST_SAMPLE_RATE} Hz: a damaged header?"
+    return None
+
+
 NO_LIBSNDFILE = "libsndfile, which decodes it, is not available"
 
 
@@ -109,8 +123,8 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 
     if data.size == 0:
         raise AudioError(path, "contains no samples")
-    if rate <= 0:
-        raise AudioError(path, f"invalid sample rate {rate}")
+    if problem := rate_problem(rate):
+        raise AudioError(path, problem)
     offset, gain = _int16_scale(data.dtype)
     samples = data.mean(axis=1, dtype=np.float32) if data.ndim == 2 else data.astype(np.float32)
     if offset:
@@ -126,7 +140,8 @@ def pcm16_mono_header(path: str | os.PathLike) -> tuple[int, int]:
     """(sample_rate, n_samples) from the header of a 16-bit PCM mono wav.
 
     Raises `AudioError` for any other file, which `read_wav_blocks` cannot read (`read_wav`
-    reads every format, or says what is wrong with the file).
+    reads every format, or says what is wrong with the file), and for a sample rate that
+    cannot be used (`rate_problem`).
     """
     try:
         with wave.open(os.fspath(path)) as audio:
@@ -138,6 +153,8 @@ def pcm16_mono_header(path: str | os.PathLike) -> tuple[int, int]:
         raise AudioError(path, f"not a 16-bit PCM mono wav ({describe(error)})") from error
     if (channels, width) != (1, 2):
         raise AudioError(path, f"{channels} channel(s) of {8 * width} bits, not 16-bit mono")
+    if problem := rate_problem(rate):
+        raise AudioError(path, problem)
     return rate, n_samples
 
 
@@ -196,6 +213,8 @@ def read_wav_blocks(path: str | os.PathLike, block_samples: int = 2**19) -> Iter
                 if len(data) < 2 * count:
                     raise AudioError(path, TRUNCATED)
                 yield np.frombuffer(data, dtype="<i2").astype(np.float32)
+    except RuntimeError as error:  # wave's seek past its chunk: a size beyond the file's end
+        raise AudioError(path, TRUNCATED) from error
     except (wave.Error, EOFError, OSError) as error:
         raise AudioError(path, f"{NOT_READABLE_WAV} ({error})") from error
 
@@ -220,6 +239,17 @@ def wav_data_cut_short(path: str | os.PathLike) -> bool:
     return False
 
 
+def header_rate_problem(path: str | os.PathLike) -> str | None:
+    """`rate_problem` of the sample rate in a file's header as libsndfile reads it; None where
+    libsndfile cannot read the header (the decoder used then says what is wrong, if anything)."""
+    try:
+        import soundfile  # here: a platform without libsndfile still runs everything else
+
+        return rate_problem(soundfile.info(os.fspath(path)).samplerate)
+    except Exception:  # no libsndfile, a format it does not know, a damaged header
+        return None
+
+
 def decoded_blocks(
     path: str | os.PathLike, block_frames: int = 2**18
 ) -> tuple[int, Iterator[np.ndarray]]:
@@ -227,9 +257,10 @@ def decoded_blocks(
     vorbis and opus, mp3, aiff, au, caf, w64, wav): mono float32 blocks (<= block_frames,) on
     the int16 scale (integer formats exactly: x / 2**(bits-1) * 32768), channels averaged.
 
-    Raises `AudioError` for a file libsndfile cannot open, before any block; and from the
-    blocks for one it cannot decode to the end (a truncated flac) or that holds NaN or
-    infinite samples. libsndfile, like SoX, reads a truncated ogg or mp3 up to the cut.
+    Raises `AudioError` for a file libsndfile cannot open or whose sample rate cannot be used
+    (`rate_problem`), before any block; and from the blocks for one it cannot decode to the
+    end (a truncated flac) or that holds NaN or infinite samples. libsndfile, like SoX, reads
+    a truncated ogg or mp3 up to the cut.
     """
     try:
         # here, not at the top: a platform without libsndfile still runs everything else
@@ -243,6 +274,9 @@ def decoded_blocks(
         raise
     except Exception as error:  # libsndfile's "Format not recognised" and the like
         raise AudioError(path, f"not readable audio ({describe(error)})") from error
+    if problem := rate_problem(audio.samplerate):
+        audio.close()
+        raise AudioError(path, problem)
     return audio.samplerate, _mono_blocks(path, audio, block_frames)
 
 

@@ -101,6 +101,7 @@ from preprocess.audio import (
     WAV_SUFFIXES,
     AudioError,
     decoded_blocks,
+    header_rate_problem,
     pcm16_mono_header,
     read_wav,
     stream_to_sample_rate,
@@ -156,6 +157,8 @@ def sox_resample(source: Path, part: Path) -> str:
     """Write source as a 16 kHz 16-bit mono wav at part with SoX; returns SoX's warnings ('' for
     none). Raises AudioError when the result must not be used."""
     source = source.absolute()  # a relative name may begin with '-'
+    if problem := header_rate_problem(source):  # SoX would write 16,000 samples for each
+        raise AudioError(source, problem)
     command = ["sox", "-D", "--no-glob", source, "-t", "wav", "-r", str(TARGET_RATE), "-c", "1"]
     command += ["-b", "16", "-e", "signed-integer", "-"]
     # SoX writes to its standard output, a file made here exclusively: given part's name, it
@@ -175,6 +178,10 @@ def sox_resample(source: Path, part: Path) -> str:
     # word, so a float wav is read as the in-process path reads it, which refuses them.
     if "sox FAIL" in message:
         raise AudioError(source, message)
+    # a wav whose header announces more data than it holds: SoX warns and writes what is
+    # there, where read_wav (the path without SoX) refuses it
+    if source.suffix.lower() in WAV_SUFFIXES and "Premature EOF" in message:
+        raise AudioError(source, TRUNCATED)
     if pcm16_mono_header(part)[1] == 0:
         raise AudioError(source, "no samples")
     if source.suffix.lower() in WAV_SUFFIXES and is_float_wav(source):

@@ -2,6 +2,7 @@
 
 import io
 import itertools
+import re
 import struct
 import sys
 import warnings
@@ -12,11 +13,13 @@ import soundfile
 from scipy.io import wavfile
 
 from preprocess.audio import (
+    TRUNCATED,
     AudioError,
     audio_seconds,
     decoded_blocks,
     pcm16_mono_header,
     read_wav,
+    read_wav_blocks,
     stream_to_sample_rate,
     to_sample_rate,
 )
@@ -128,6 +131,40 @@ def test_any_damaged_header_byte_is_an_audio_error_or_a_reading(tmp_path):
                     reader(path)
                 except AudioError as error:
                     assert error.path == path
+
+
+def pcm16_wav(path, rate: int, samples: np.ndarray, data_size=None, riff_size=None) -> None:
+    """A 16-bit mono wav, its header's sizes as given (None: the true ones)."""
+    data = samples.astype("<i2").tobytes()
+    fmt = struct.pack("<IHHIIHH", 16, 1, 1, rate, 2 * rate, 2, 16)
+    riff = 36 + len(data) if riff_size is None else riff_size
+    size = len(data) if data_size is None else data_size
+    path.write_bytes(b"RIFF" + struct.pack("<I", riff) + b"WAVEfmt " + fmt + b"data"
+                     + struct.pack("<I", size) + data)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sizes", "rate", "reason"),
+    [
+        ({"data_size": 0xFFFFFFFF}, 16000, TRUNCATED),  # a seek past the chunk: RuntimeError
+        ({"data_size": 0xFFFFFFFF, "riff_size": 0xFFFFFFFF}, 16000, TRUNCATED),
+        ({"data_size": 0x7FFFFFFF}, 16000, TRUNCATED),
+        ({}, 0, "invalid sample rate 0"),  # audio_seconds divided by it
+        ({}, 1, "sample rate 1 Hz, below 1000 Hz"),  # 16,000 samples out for each one in
+    ],
+)
+def test_a_header_that_the_data_cannot_be_is_an_audio_error(tmp_path, sizes, rate, reason):
+    path = tmp_path / "x.wav"
+    pcm16_wav(path, rate, np.arange(3200) % 100, **sizes)
+    readers = [read_wav, lambda p: list(read_wav_blocks(p))]
+    if reason != TRUNCATED:  # a header's duration is what audio_seconds says, read or not
+        readers.append(audio_seconds)
+    for read in readers:
+        with pytest.raises(AudioError, match=re.escape(reason)):
+            read(path)
+    if reason != TRUNCATED:  # (libsndfile reads up to the cut: resample checks the size)
+        with pytest.raises(AudioError):  # libsndfile's own words for a rate of 0
+            decoded_blocks(path)
 
 
 def test_missing_and_non_finite_files(tmp_path):
