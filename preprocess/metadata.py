@@ -70,7 +70,8 @@ class Recording:
 
 
 def _text(value) -> str | None:
-    """xmltodict's value of a simple element as stripped text; None when empty."""
+    """xmltodict's value of a simple element as stripped text; None when empty (or when it
+    holds elements: `holds_elements`)."""
     if isinstance(value, dict):  # an element with attributes: its text is under '#text'
         value = value.get("#text")
     elif isinstance(value, list):  # a repeated element: its values in order
@@ -164,6 +165,13 @@ def check_class_name(field_name: str, class_id: str | None, source: str) -> None
         )
 
 
+def holds_elements(value) -> bool:
+    """Whether xmltodict's value is of an element that holds elements (not a simple value)."""
+    if isinstance(value, list):
+        return any(map(holds_elements, value))
+    return isinstance(value, dict) and any(not key.startswith(("@", "#")) for key in value)
+
+
 def parse_birdclef_xml(xml: str | bytes, source: str = "<xml>") -> Recording:
     """One BirdCLEF `<Audio>` document -> Recording. Raises MetadataError naming `source`."""
     try:
@@ -178,6 +186,10 @@ def parse_birdclef_xml(xml: str | bytes, source: str = "<xml>") -> Recording:
                 if isinstance(document[root].get(name), list)]  # fmt: skip
     if repeated:
         raise MetadataError(f"{source}: <{repeated[0]}> appears more than once")
+    nested = [name for name in ("MediaId", "FileName", "ClassId", "BackgroundSpecies", "Quality")
+              if holds_elements(document[root].get(name))]  # fmt: skip
+    if nested:  # its value would be read as empty: a label lost without a word
+        raise MetadataError(f"{source}: <{nested[0]}> holds elements, not a value")
     fields = {name: _text(value) for name, value in document[root].items()}
     missing = [name for name in ("MediaId", "FileName") if not fields.get(name)]
     if missing:
@@ -338,6 +350,7 @@ def read_birdclef_xml_dir(
             recordings.append(each)
             origins.append(str(path))
     check_unique_media_ids(recordings, origins)
+    warn_of_files_listed_again(recordings, origins, str(xml_dir))
     if skipped:
         log.warning("%s: skipped %d of %d XML files", xml_dir, len(skipped), len(named_xml))
     return recordings, skipped
@@ -421,20 +434,26 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
         raise MetadataError(f"{csv_path}: no recordings left (see the warnings above)")
     recordings = told_apart_by_path(recordings, named_by_stem)
     check_unique_media_ids(recordings, origins)
-    rows_of_file: dict[str, list[str]] = {}
+    warn_of_files_listed_again(recordings, origins, str(csv_path))
+    return recordings
+
+
+def warn_of_files_listed_again(recordings: list[Recording], origins: list[str], where: str):
+    """A warning for each audio file that several recordings (rows, XML files: origins) name,
+    each with a MediaId of its own: the same audio may then be trained on and validated on."""
+    origins_of_file: dict[str, list[str]] = {}
     for recording, origin in zip(recordings, origins, strict=True):
-        rows_of_file.setdefault(recording.file, []).append(origin)
-    for file, rows in rows_of_file.items():
-        if len(rows) > 1:
+        origins_of_file.setdefault(recording.file, []).append(origin)
+    for file, listed in origins_of_file.items():
+        if len(listed) > 1:
             log.warning(
                 "%s: %s is listed %d times (%s): the same audio, as several recordings, may "
                 "be trained on and validated on at once",
-                csv_path,
+                where,
                 shown_name(file),
-                len(rows),
-                ", ".join(rows),
+                len(listed),
+                ", ".join(listed),
             )
-    return recordings
 
 
 def once_per_wav(

@@ -128,6 +128,10 @@ def test_2017_xml_with_country_and_no_background_field():
             b'<?xml version="1.0" encoding="klingon"?><Audio><MediaId>1</MediaId></Audio>',
             "malformed XML.*unknown encoding",
         ),
+        (  # read as empty, the label was lost without a word
+            "<Audio><MediaId>1</MediaId><FileName>a</FileName><ClassId><b>x</b></ClassId></Audio>",
+            "<ClassId> holds elements, not a value",
+        ),
     ],
 )
 def test_bad_xml_is_an_error_naming_the_source(xml, message):
@@ -169,6 +173,17 @@ def test_xml_folder_duplicate_media_id_names_both_files(tmp_path):
     write(tmp_path / "two.xml", TRAIN_2014.replace("RN100", "RN101"))
     with pytest.raises(MetadataError, match=r"MediaId '100' appears twice.*one\.xml.*two\.xml"):
         read_birdclef_xml_dir(tmp_path)
+
+
+def test_xml_folder_names_a_wav_that_several_xml_files_list(tmp_path, caplog):
+    """Two MediaIds, two labels, one audio file: it may be trained and validated on at once."""
+    write(tmp_path / "one.xml", TRAIN_2014)
+    other = TRAIN_2014.replace("<MediaId>100</MediaId>", "<MediaId>101</MediaId>")
+    write(tmp_path / "two.xml", other.replace("fupfmw", "otherc"))
+    recordings, _ = read_birdclef_xml_dir(tmp_path)
+    assert [r.class_id for r in recordings] == ["fupfmw", "otherc"]
+    assert "LIFECLEF2014_BIRDAMAZON_XC_WAV_RN100.wav is listed 2 times" in caplog.text
+    assert "one.xml" in caplog.text and "two.xml" in caplog.text
 
 
 def test_xml_folder_missing_or_empty(tmp_path):
