@@ -100,7 +100,7 @@ from preprocess.paths import (  # noqa: E402
     is_zip_with,
     shown_name,
 )
-from preprocess.spectrogram import STREAM_SECONDS  # noqa: E402
+from preprocess.spectrogram import STREAM_SECONDS, check_front_end  # noqa: E402
 from preprocess.workers import WorkerLost, run_in_workers, tasks_of  # noqa: E402
 from train.metrics import POOLINGS, POWER_EXPONENT, recording_scores  # noqa: E402
 from train.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds  # noqa: E402
@@ -194,7 +194,8 @@ def read_inference(run_dir: Path) -> Inference:
                 f"pooling_exponent {exponent!r} is not a number above 0 and at most "
                 f"{MAX_POOLING_EXPONENT:g}"
             )
-    except (ValueError, TypeError) as error:  # UnicodeDecodeError is a ValueError
+    # UnicodeDecodeError is a ValueError; RecursionError: arrays nested without end
+    except (ValueError, TypeError, RecursionError) as error:
         raise PredictError(f"{path}: damaged inference.json ({error})") from None
     return Inference(model_file, pooling, float(exponent))
 
@@ -219,7 +220,7 @@ def check_training_ended(run_dir: Path) -> None:
         return
     try:
         config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # damaged: the files prediction reads are checked later
+    except (OSError, ValueError, RecursionError):  # damaged: prediction's files are checked later
         return
     chooses = isinstance(config, dict) and "inference_model" in config  # since inference.json
     if not (run_dir / "training_done.json").is_file() or (
@@ -264,7 +265,8 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
         )
     try:
         params = SpectrogramParams.from_json((run_dir / "params.json").read_text(encoding="utf-8"))
-    except (ValueError, KeyError, TypeError) as error:
+        check_front_end(params)  # values each in range, but that no recording can go through
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise PredictError(f"{run_dir / 'params.json'}: damaged params.json ({error})") from None
     try:
         classes, class_names = read_classes(run_dir / "classes.json")

@@ -150,7 +150,7 @@ def read_classes(path: Path) -> tuple[list[str], dict[str, str]]:
         for class_id, name in class_names.items():
             if not isinstance(name, str):
                 raise ValueError(f"class_names[{class_id!r}] is {name!r}, not text")
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         if isinstance(error, KeyError):
             error = f"no {error}"
         raise ValueError(f"{path}: not a run folder's classes.json ({error})") from None

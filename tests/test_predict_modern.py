@@ -159,6 +159,34 @@ def test_a_bad_inference_json_is_named(modern_run, tmp_path, content, message):
     assert str(error.value).startswith(f"{folder / 'inference.json'}: damaged inference.json (")
 
 
+NESTED = "[" * 100_000 + "]" * 100_000  # deeper than Python's JSON decoder goes
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "message"),
+    [
+        # each value in range, but no recording can go through them: said before the model
+        ("params.json", lambda p: {**p, "nfft": 2}, "damaged params.json"),
+        ("params.json", lambda p: {**p, "noise_filter": True, "n_band_edges": 65536}, "damaged"),
+        ("params.json", lambda _: NESTED, "damaged params.json"),
+        ("classes.json", lambda _: NESTED, "not a run folder's classes.json"),
+        ("inference.json", lambda _: NESTED, "damaged inference.json"),
+    ],
+)
+def test_run_files_no_recording_can_go_through_are_named(
+    modern_run, tmp_path, name, change, message
+):
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for each in ("params.json", "classes.json", "inference.json", "final.keras"):
+        (folder / each).write_bytes((modern_run / each).read_bytes())
+    changed = change(json.loads((folder / name).read_text()))
+    (folder / name).write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    with pytest.raises(PredictError, match=message) as error:
+        load_run(folder)
+    assert str(folder / name) in str(error.value)
+
+
 def test_inference_json_as_training_writes_it_is_read(modern_run, tmp_path):
     """What train/recipe.write_inference writes (every pooling, exponent 3) is accepted."""
     from train.metrics import POOLINGS, POWER_EXPONENT

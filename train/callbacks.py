@@ -366,7 +366,7 @@ def saved_epoch(metadata: Path) -> int | None:
     kill while Keras wrote it, in place, leaves it empty or cut short)."""
     try:
         return int(json.loads(metadata.read_text(encoding="utf-8"))["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
 

@@ -156,7 +156,7 @@ def is_run_config(path: Path) -> bool:
     entries it adds to the options (CONFIG_MARKS)."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):  # missing, a folder, not text, not JSON: not a run's
+    except (OSError, ValueError, RecursionError):  # missing, a folder, not text, not JSON
         return False
     return isinstance(config, dict) and all(mark in config for mark in CONFIG_MARKS)
 
@@ -215,7 +215,7 @@ def check_resumed_run(
     try:
         started_with = json.loads((run_dir / "classes.json").read_text(encoding="utf-8"))
         params = (run_dir / "params.json").read_text(encoding="utf-8")
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise TrainError(
             f"{run_dir} holds a run whose classes.json or params.json is missing or damaged "
             f"({error}): start a new run in another --out"
@@ -246,7 +246,7 @@ def load_or_make_split(
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
             named = [m for name in SPLITS for m in saved[name]]
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, RecursionError) as error:
             raise TrainError(
                 f"{path} is damaged ({type(error).__name__}: {error}): the run cannot be "
                 "resumed; start a new run in another --out"

@@ -121,7 +121,7 @@ def read_thresholds(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, str
         document = json.loads(path.read_text(encoding="utf-8"))
         by_class = document["classes"]
         values = np.array([float(by_class[c]["threshold"]) for c in classes], dtype=np.float64)
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise ThresholdsError(f"{path}: unreadable or missing a class ({error})") from None
     if not np.all((values >= 0) & (values <= 1)):
         raise ThresholdsError(f"{path}: thresholds must lie in [0, 1]")
