@@ -23,7 +23,7 @@ def write_dataset(path: str | os.PathLike, info: DatasetInfo, items: list[Record
     writer.close()
 
 
-PARAMS = SpectrogramParams(n_bins=16, chunk_frames=20)  # tiny chunks: fast tests
+PARAMS = SpectrogramParams(n_bins=16, chunk_frames=20, n_band_edges=9)  # tiny chunks: fast tests
 CLASSES = ["aaa", "bbb", "ccc", "ddd"]
 # a small CNN in a user's model file: conv, batch norm over channels, softmax
 TINY_MODEL = """
