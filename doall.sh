@@ -198,8 +198,11 @@ run_dir="$runs_dir/$name"
 refuse_links "$run_dir" "$work_dir/source.txt"
 mkdir -p "$work_dir" "$runs_dir"
 # the data a work folder was made from: another data set of the same folder name (the
-# default --name) would otherwise add its recordings to this one's
+# default --name) would otherwise add its recordings to this one's (inside this project,
+# such as the demo's, relative to it: a project moved elsewhere keeps its work)
 source_path="$(realpath "$source_dir")"
+project="$(realpath "$ROOT")"
+[[ "$source_path" == "$project"/* ]] && source_path="${source_path#"$project"/}"
 if [[ -f "$work_dir/source.txt" ]]; then
     made_from="$(cat "$work_dir/source.txt")"
     [[ "$made_from" == "$source_path" ]] || die "$work_dir holds the data of $made_from, not of \
