@@ -336,6 +336,8 @@ def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, 
         return None, warnings, record
     except AudioError as error:
         return error.reason, "", {}
+    except OutputPathError:  # the output folder's journal: every file would fail, so it stops
+        raise
     except Exception as error:  # whatever breaks on one file must not lose the whole run
         return f"{type(error).__name__}: {error}", "", {}
     finally:
@@ -352,18 +354,38 @@ def output_key(target: Path, into: Path) -> str:
         return (folder / target.name).as_posix()
 
 
-def note_pending(into: Path, key: str) -> None:
-    """Add the output key to the journal of the output folder into (PENDING_NAME, a JSON
-    string a line) before its file is put in place: a run killed before it records the
-    output leaves it known as this code's. Raises OutputPathError for a journal that is a
-    link or a second name of another file (never written)."""
+def check_journal(into: Path) -> None:
+    """OutputPathError unless the journal of the output folder into (PENDING_NAME) is absent
+    or a regular file of its own: a link, a pipe (opening it would wait) or a second name
+    of another file is never written."""
     path = into / PENDING_NAME
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        raise OutputPathError(
+            f"{path} is not a file of its own (a link, a pipe, a hard link?): it is left as it "
+            "is; move it away, or choose another output folder"
+        )
+
+
+def note_pending(into: Path, *keys: str) -> None:
+    """Add output keys to the journal of the output folder into (PENDING_NAME, a JSON string
+    a line) before their files are put in place, or their record entries dropped: a run
+    killed before it records them leaves them known as this code's. Raises OutputPathError
+    for a journal that is not a file of its own (`check_journal`), never written."""
+    path = into / PENDING_NAME
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        descriptor = os.open(path, flags, 0o666)
+    except OSError as error:  # a link (ELOOP), a pipe without a reader (ENXIO)
+        raise OutputPathError(f"{path} is not a file of its own: not written ({error})") from None
     try:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
             raise OutputPathError(f"{path} is not a file of its own (a hard link?): not written")
-        os.write(descriptor, (json.dumps(key) + "\n").encode())
+        os.write(descriptor, "".join(f"{json.dumps(key)}\n" for key in keys).encode())
     finally:
         os.close(descriptor)
 
@@ -441,7 +463,7 @@ def write_sources(into: Path, sources: Mapping[str, dict]) -> None:
 def is_done(conversion: Conversion, sources: Mapping[str, dict], into: Path) -> bool:
     """Whether conversion.target, in the output folder into, was made from its source as it
     is now: it is a regular file and its record in sources (`read_sources`) is the source's
-    `made_from`. An output made by an older version of this code, without a record, is made
+    `made_from`. An output of a record of an older version (without ctime_ns) is made
     again."""
     target = conversion.target
     if not is_own_file(target):
@@ -506,11 +528,14 @@ def resample_files(
         )
     start = time.monotonic()
     sources, record_readable = read_sources(into)
+    check_journal(into)
     todo, already_done, failed = plan(
         conversions, sox, into, sources, record_readable, read_pending(into)
     )
     failed = [*refused, *failed]
     stale = [key for key in (output_key(c.target, into) for c in todo) if key in sources]
+    if stale:  # still known as this code's should their conversion fail or be cut short
+        note_pending(into, *stale)
     for key in stale:  # a record is only ever of a finished output
         del sources[key]
     changed = bool(stale)

@@ -615,6 +615,44 @@ def test_an_output_a_kill_kept_out_of_the_record_is_made_again(tmp_path, capsys)
     assert "0 converted, 1 already done" in capsys.readouterr().out
 
 
+def test_an_output_whose_conversion_again_failed_is_still_this_codes(tmp_path, capsys):
+    """Its source replaced by a damaged file, an output's record entry was dropped and its
+    conversion failed: from then on the output was taken for a user's file, for good."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    for name in ("a.wav", "b.wav"):
+        wavfile.write(in_dir / name, 8000, np.zeros(800, np.int16))
+    run = ["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]
+    assert resample.main(run) == 0
+    good = (in_dir / "a.wav").read_bytes()
+    (in_dir / "a.wav").write_bytes(b"RIFF, damaged in a copy")
+    assert resample.main(run) == 1
+    (in_dir / "a.wav").write_bytes(good)
+    capsys.readouterr()
+    assert resample.main(run) == 0
+    assert "1 converted, 1 already done, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("kind", ["pipe", "link", "hard link"])
+def test_a_journal_that_is_not_a_file_of_its_own_stops_the_run_unchanged(tmp_path, capsys, kind):
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    out_dir.mkdir()
+    wavfile.write(in_dir / "a.wav", 8000, np.zeros(800, np.int16))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's")
+    journal = out_dir / ".sources.pending"
+    if kind == "pipe":
+        os.mkfifo(journal)  # opening it to write would wait for a reader forever
+    elif kind == "link":
+        journal.symlink_to(victim)
+    else:
+        os.link(victim, journal)
+    assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]) == 2
+    assert ".sources.pending is not a file of its own" in capsys.readouterr().err
+    assert victim.read_text() == "the user's" and not (out_dir / "a.wav").exists()
+
+
 def test_a_recording_replaced_by_one_with_an_older_time_is_resampled_again(tmp_path, capsys):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
