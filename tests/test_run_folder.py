@@ -108,8 +108,8 @@ def test_a_run_folder_holding_a_link_is_refused(tmp_path, link):
 
 @pytest.mark.parametrize("name", ["history.csv", ".lock", "backup/training_metadata.json"])
 def test_a_run_folder_holding_a_hard_link_is_refused(tmp_path, name):
-    """Training appends to history.csv and rewrites its backup in place: through a second
-    name of another file, it would change that file."""
+    """Training appends to history.csv (and Keras wrote its backup in place): through a
+    second name of another file, it would change that file."""
     victim = tmp_path / "victim.csv"
     victim.write_text("the user's\n")
     run = tmp_path / "run"

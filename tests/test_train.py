@@ -47,6 +47,8 @@ from train.callbacks import (
     ResumableEarlyStopping,
     RunBackup,
     epochs_backed_up,
+    remove_backup,
+    restore_previous_state,
 )
 from train.data import (
     ChunkBatches,
@@ -992,9 +994,15 @@ def test_a_resume_after_a_kill_mid_backup_goes_on_from_the_state_before(tmp_path
     (backup / "training_metadata.json.bkp").write_text('{"epoch": 3, "batch": 0}')
     (backup / "latest.weights.h5.bkp").write_bytes(b"weights of epoch 3")
     assert epochs_backed_up(tmp_path) == 3
+    assert (backup / "latest.weights.h5").read_bytes() == b""  # the checks write nothing
+    restore_previous_state(backup)  # as training starts
     assert "resuming from the state before" in caplog.text
     assert (backup / "latest.weights.h5").read_bytes() == b"weights of epoch 3"
     assert epochs_backed_up(tmp_path) == 3
+    (backup / ".latest.weights.h5.9-0a1b2c3d.partial.weights.h5").write_bytes(b"a kill's")
+    (backup / ".training_metadata.json.9-0a1b2c3d.partial").write_bytes(b"a kill's")
+    remove_backup(backup)
+    assert not backup.exists()
 
 
 def test_the_backup_is_never_written_through_a_link_put_in_its_folder(tmp_path):

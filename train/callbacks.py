@@ -21,7 +21,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from preprocess.paths import partial_name, replace_atomically, write_text_atomically
+from preprocess.paths import (
+    is_partial_of,
+    partial_name,
+    replace_atomically,
+    write_text_atomically,
+)
 from train.data import TrainError, predict_rows
 from train.log import best_epoch
 from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
@@ -292,6 +297,9 @@ def remove_backup(backup_dir: Path) -> None:
     write."""
     for name in BACKUP_FILES:
         (backup_dir / name).unlink(missing_ok=True)
+        for leftover in backup_dir.glob(f".{glob.escape(name)}.*"):  # of a write a kill cut short
+            if is_partial_of(leftover.name, name) or leftover.name.endswith(".partial.weights.h5"):
+                leftover.unlink()
     if backup_dir.is_dir() and not any(backup_dir.iterdir()):
         backup_dir.rmdir()
 
@@ -335,6 +343,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
     def on_train_begin(self, logs=None):
         """Restore the saved state (Keras falls back on the one before when the latest cannot
         be read); a state that cannot be read at all is a TrainError naming the folder."""
+        restore_previous_state(Path(self.backup_dir))
         try:
             super().on_train_begin(logs)
         # h5py: OSError for a file cut short, RuntimeError for damaged structures; Keras:
@@ -370,31 +379,46 @@ def saved_epoch(metadata: Path) -> int | None:
         return None
 
 
+def backup_states(backup: Path) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
+    """((weights, record of the epoch) of the latest state, (the same) of the one before) in a
+    BackupAndRestore folder."""
+    metadata = backup / "training_metadata.json"
+    weights = backup / "latest.weights.h5"
+    return (weights, metadata), (Path(f"{weights}.bkp"), Path(f"{metadata}.bkp"))
+
+
 def epochs_backed_up(run_dir: Path) -> int:
-    """Epochs completed by the run whose BackupAndRestore state is in run_dir (0: none). A
-    latest state whose record of its epoch cannot be read is replaced by the one before
-    (BackupAndRestore keeps two), as Keras does for weights it cannot read; with no readable
+    """Epochs completed by the run whose BackupAndRestore state is in run_dir (0: none),
+    writing nothing. A latest state whose record of its epoch cannot be read (a kill while
+    Keras wrote it in place, before RunBackup wrote whole files) counts as the one before,
+    which `restore_previous_state` puts in its place once training starts; with no readable
     state, TrainError names the folder."""
-    backup = run_dir / BACKUP
-    metadata = backup / "training_metadata.json"  # BackupAndRestore's record of its epoch
+    (_, metadata), (previous_weights, previous) = backup_states(run_dir / BACKUP)
     if not metadata.is_file():
         return 0
     if (epoch := saved_epoch(metadata)) is not None:
         return epoch
-    previous = Path(f"{metadata}.bkp")
-    weights, previous_weights = backup / "latest.weights.h5", backup / "latest.weights.h5.bkp"
-    if saved_epoch(previous) is None or not previous_weights.is_file():
+    if (epoch := saved_epoch(previous)) is None or not previous_weights.is_file():
         raise TrainError(
-            f"{backup}: the training state saved there cannot be read ({metadata.name} is "
-            "damaged, and no state before it was kept); delete that folder to train the run "
-            "again from its first epoch"
+            f"{run_dir / BACKUP}: the training state saved there cannot be read "
+            f"({metadata.name} is damaged, and no state before it was kept); delete that "
+            "folder to train the run again from its first epoch"
         )
-    logger.warning(
-        "%s is damaged (a kill while it was written?): resuming from the state before", metadata
-    )
-    for name, source in ((weights, previous_weights), (metadata, previous)):
+    return epoch
+
+
+def restore_previous_state(backup: Path) -> None:
+    """Where the latest state's record of its epoch cannot be read and the state before can,
+    put the one before in its place (as Keras does for weights it cannot read)."""
+    latest, previous = backup_states(backup)
+    if not latest[1].is_file() or saved_epoch(latest[1]) is not None:
+        return
+    if saved_epoch(previous[1]) is None or not previous[0].is_file():
+        return  # epochs_backed_up has said so
+    logger.warning("%s is damaged (a kill while it was written?): resuming from the state "
+                   "before", latest[1])  # fmt: skip
+    for name, source in zip(latest, previous, strict=True):
         replace_atomically(name, lambda file, source=source: file.write(source.read_bytes()), "wb")
-    return saved_epoch(metadata)
 
 
 def trim_history(path: Path, n_epochs: int) -> None:
