@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import multiprocessing
+import re
 import shutil
 import sys
 import time
@@ -772,7 +773,10 @@ def remove_cut_short_writes(out: Path) -> None:
     """Delete what writes of out that a kill cut short left beside it: files named as
     `partial_name` names them (unique to a run, so no other program's) that are regular
     files, empty or HDF5 (HDF5 writes its signature first). Called under out's lock."""
+    written_as = re.compile(rf"\.{re.escape(out.name)}\.\d+-[0-9a-f]{{8}}\.partial")
     for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
+        if not written_as.fullmatch(leftover.name):  # .OUT.old.<pid>-...: another output's
+            continue
         if is_own_file(leftover) and (leftover.stat().st_size == 0 or is_hdf5(leftover)):
             leftover.unlink()
 

@@ -810,7 +810,9 @@ def test_a_users_folder_at_the_parts_name_is_refused_not_emptied(csv_job, tmp_pa
     assert (parts / "notes.txt").read_text() == "the user's notes"
 
 
-@pytest.mark.parametrize("planted", ["text", "link", "link at a cut-short write's name"])
+@pytest.mark.parametrize(
+    "planted", ["text", "link", "link at a cut-short write's name", "train.h5.old's write"]
+)
 def test_a_users_file_or_a_link_beside_out_is_left_alone(csv_job, tmp_path, planted):
     """OUT.tmp, where versions before wrote OUT, and a link named as a write of OUT cut short
     are left as they are: OUT is written under a name unique to the run."""
@@ -819,15 +821,20 @@ def test_a_users_file_or_a_link_beside_out_is_left_alone(csv_job, tmp_path, plan
     planted_at = tmp_path / (
         ".train.h5.999-0a1b2c3d.partial" if "cut" in planted else "train.h5.tmp"
     )
+    if "old" in planted:  # another load_data's, writing --out train.h5.old meanwhile
+        planted_at = tmp_path / ".train.h5.old.999-0a1b2c3d.partial"
     victim = tmp_path / "victim.txt"
     victim.write_text("the user's text")
     if planted == "text":
         planted_at.write_text("the user's text")
+    elif "old" in planted:
+        planted_at.write_bytes(HDF5_SIGNATURE + b"half of another output")
     else:
         planted_at.symlink_to(victim)
+    before = planted_at.read_bytes()
     assert load(wav_dir, ["--csv", labels], out) == 0
-    assert planted_at.is_symlink() == (planted != "text")
-    assert planted_at.read_text() == victim.read_text() == "the user's text"
+    assert planted_at.is_symlink() == ("link" in planted)
+    assert planted_at.read_bytes() == before and victim.read_text() == "the user's text"
     assert sorted(path.name for path in tmp_path.glob("*train.h5*")) == sorted(
         [planted_at.name, "train.h5", "train.h5.lock"]
     )
