@@ -16,6 +16,7 @@ whole file is written, so a crash never leaves half a run file.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import json
@@ -178,10 +179,17 @@ def open_part_file(path: Path) -> tuple[int, str]:
         handle, new_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
     except OSError as error:  # named after the file asked for, not the temporary one
         raise type(error)(error.errno, error.strerror, str(path)) from error
-    fcntl.flock(handle, fcntl.LOCK_EX)
     temp_name = new_name[: -len(".new")] + PART_SUFFIX
-    os.rename(new_name, temp_name)
-    os.fchmod(handle, file_mode())  # mkstemp makes 0600 whatever the umask
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        os.rename(new_name, temp_name)
+        os.fchmod(handle, file_mode())  # mkstemp makes 0600 whatever the umask
+    except BaseException:
+        os.close(handle)
+        for name in (new_name, temp_name):
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        raise
     return handle, temp_name
 
 
