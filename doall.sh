@@ -104,6 +104,7 @@ done
 [[ -z "$recipe" || "$recipe" == 2016 || "$recipe" == modern ]] ||
     die "--recipe is 2016 or modern, not '$recipe'"
 [[ "${DOALL_TINY:-0}" == 1 ]] && tiny=1
+[[ -z "$name" ]] || check_name "$name" # before anything is written under it
 words load_extra "$load_args"
 words train_extra "$train_args"
 words predict_extra "$predict_args"
@@ -203,15 +204,17 @@ mkdir -p "$work_dir" "$runs_dir"
 source_path="$(realpath "$source_dir")"
 project="$(realpath "$ROOT")"
 [[ "$source_path" == "$project"/* ]] && source_path="${source_path#"$project"/}"
-if [[ -f "$work_dir/source.txt" ]]; then
-    made_from="$(cat "$work_dir/source.txt")"
-    [[ "$made_from" == "$source_path" ]] || die "$work_dir holds the data of $made_from, not of \
-$source_path: give this data a --name (or --work-dir) of its own, or delete $work_dir to start over"
-else
+[[ ! -e "$work_dir/source.txt" || -f "$work_dir/source.txt" ]] ||
+    die "$work_dir/source.txt is not a file: remove it, or choose another --work-dir"
+if [[ ! -f "$work_dir/source.txt" ]]; then
     record="$(mktemp "$work_dir/.source.txt.XXXXXX")" # made here, exclusively: no link followed
     printf '%s\n' "$source_path" >"$record"
-    mv -T "$record" "$work_dir/source.txt"
+    ln -T "$record" "$work_dir/source.txt" 2>/dev/null || true # the first of two runs wins
+    rm -f "$record"
 fi
+made_from="$(cat "$work_dir/source.txt")"
+[[ "$made_from" == "$source_path" ]] || die "$work_dir holds the data of $made_from, not of \
+$source_path: give this data a --name (or --work-dir) of its own, or delete $work_dir to start over"
 
 # ---- 2. resample to 16 kHz ------------------------------------------------------------------
 resample() { # exit 1 (some files failed, listed) is not fatal: those files are left out

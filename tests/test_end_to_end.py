@@ -277,10 +277,12 @@ def test_a_work_folder_holds_the_data_of_one_folder(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["..", "a/b", "."])
-def test_a_name_that_is_not_one_folders_is_refused(tmp_path, name):
+@pytest.mark.parametrize("data", ["--class-folders", "--tiny"])
+def test_a_name_that_is_not_one_folders_is_refused(tmp_path, name, data):
     (tmp_path / "clips" / "wren").mkdir(parents=True)
-    command = [str(ROOT / "doall.sh"), "--class-folders", str(tmp_path / "clips"), "--name", name,
-               "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
+    data = [data, str(tmp_path / "clips")] if data == "--class-folders" else [data]
+    command = [str(ROOT / "doall.sh"), *data, "--name", name, "--data-dir",
+               str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs")]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "cannot name a dataset's folders" in result.stderr
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
