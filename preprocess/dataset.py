@@ -98,6 +98,11 @@ class DatasetError(Exception):
     """A file that is not a usable chunk dataset; the message names the file and says why."""
 
 
+class DatasetNotOpened(DatasetError):
+    """An HDF5 file that HDF5 would not open: damaged, or held elsewhere (another program's
+    lock on it, too many files open); which of them, its message cannot tell."""
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """What every row of a dataset shares: the root attributes."""
@@ -271,7 +276,8 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
     try:
         h5 = h5py.File(path, "r")
     except OSError as error:
-        raise DatasetError(f"{path}: not a readable HDF5 file ({error})") from error
+        error_class = DatasetNotOpened if is_hdf5(path) else DatasetError
+        raise error_class(f"{path}: not a readable HDF5 file ({error})") from error
     try:
         _check_self_contained(h5, path)
         info = _read_info(h5, path)

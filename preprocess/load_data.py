@@ -60,6 +60,7 @@ from preprocess.dataset import (
     SHARD_TEMPORARY_PATTERN,
     DatasetError,
     DatasetInfo,
+    DatasetNotOpened,
     DatasetWriter,
     RecordingChunks,
     RunLocked,
@@ -434,9 +435,11 @@ def read_metadata(args, summary: Summary) -> tuple[list[metadata.Recording], dic
 
 def resume(parts_dir: Path, settings: str) -> dict[Path, np.ndarray]:
     """The complete shards an interrupted run left in parts_dir: {shard: its recordings'
-    input keys}. Leftovers that cannot count (shards cut short, unreadable shards) are
-    deleted; shards extracted with other settings are not: LoadDataError says what
-    --overwrite would discard. parts_dir holds nothing else (`check_working_names`)."""
+    input keys}. Leftovers that cannot count (shards cut short, shards that are not
+    datasets) are deleted; shards extracted with other settings are not: LoadDataError says
+    what --overwrite would discard; nor is a finished shard HDF5 would not open, which may be
+    held by another program: LoadDataError names it. parts_dir holds nothing else
+    (`check_working_names`)."""
     for temporary in parts_dir.glob(SHARD_TEMPORARY_PATTERN):
         temporary.unlink()  # a shard cut short: redone below
     shards, other_recordings, other_chunks = {}, 0, 0
@@ -445,6 +448,11 @@ def resume(parts_dir: Path, settings: str) -> dict[Path, np.ndarray]:
             with open_dataset(shard) as part:
                 same = part.info.settings_digest == settings
                 keys, n_chunks = part.recordings["input_key"], len(part)
+        except DatasetNotOpened as error:  # a shard written whole, so damage is unlikely
+            raise LoadDataError(
+                f"{error}: if another program has it open, close that and run again; if it is "
+                "damaged, delete it (its recordings are extracted again)"
+            ) from None
         except DatasetError as error:
             logger.warning("deleting unreadable shard (%s)", error)
             shard.unlink()

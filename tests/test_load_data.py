@@ -710,6 +710,46 @@ def test_quality_bounds_the_wrong_way_round(csv_job, tmp_path, capsys):
     assert "--min-quality 4 is above --max-quality 2" in capsys.readouterr().err
 
 
+HOLD_OPEN = """
+import fcntl, sys, time
+held = open(sys.argv[1], "rb")
+fcntl.flock(held, fcntl.LOCK_EX)  # as HDF5 locks a file another program writes
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_finished_shard_held_by_another_program_is_kept(csv_job, tmp_path, monkeypatch, capsys):
+    """HDF5 will not open a shard another program holds (errno 11): it was deleted as
+    unreadable and its recordings extracted again."""
+    wav_dir, labels = csv_job
+    out, parts = tmp_path / "out.h5", tmp_path / "out.h5.parts"
+    real_usage = load_data_module.shutil.disk_usage
+    monkeypatch.setattr(
+        load_data_module.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1000)
+    )
+    assert load(wav_dir, ["--csv", labels], out) == 2  # stops before OUT, the shard kept
+    monkeypatch.undo()
+    (shard,) = complete_shards(parts)
+    written = shard.read_bytes()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_OPEN, str(shard)],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        assert load(wav_dir, ["--csv", labels], out) == 2
+        error = capsys.readouterr().err
+        assert f"error: {shard}: not a readable HDF5 file" in error
+        assert "if another program has it open, close that and run again" in error
+        assert shard.read_bytes() == written
+    finally:
+        holder.kill()
+        holder.wait()
+    extracted = counting_extractions(monkeypatch)
+    assert load(wav_dir, ["--csv", labels], out) == 0
+    assert "tone.wav" not in extracted  # from the shard kept
+
+
 def test_an_update_killed_before_its_output_is_complete_leaves_the_old_one(
     csv_job, tmp_path, monkeypatch
 ):
