@@ -135,6 +135,19 @@ fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | (0 if sys.argv[2] == "wait" else f
         echo "waiting for another run that downloads or unpacks $archive"
         python -c "$lock" "$download_lock" wait
     }
+    # where the archive came from (its query, a signed URL's token say, left out): another
+    # URL of the same file name would otherwise get this one's data
+    source_url="${url%%\?*}"
+    refuse_links "$archive.url"
+    if [[ -f "$archive.url" ]]; then
+        from_url="$(cat "$archive.url")"
+        [[ "$from_url" == "$source_url" ]] || die "$archive was downloaded from $from_url, not \
+$source_url: give this one a --data-dir of its own, or delete $archive and $archive.url"
+    else # (an archive of a version before this record: taken to be of this URL)
+        record="$(mktemp "$downloads/.url.XXXXXX")"
+        printf '%s\n' "$source_url" >"$record"
+        mv -T "$record" "$archive.url"
+    fi
     if [[ ! -f "$archive" ]]; then
         if command -v curl >/dev/null; then
             run curl --fail --location --progress-bar --continue-at - --output "$archive.part" "$url"

@@ -258,6 +258,28 @@ def test_one_run_at_a_time_downloads_and_unpacks_an_archive(tmp_path):
     assert waiting.returncode == 2 and "no TrainingSet folder" in error
 
 
+def test_an_archive_of_one_url_is_never_taken_for_another_of_the_same_name(tmp_path):
+    for owner in ("alice", "bob"):
+        (tmp_path / owner).mkdir()
+        (tmp_path / owner / "birds.zip").write_bytes(b"PK\x05\x06" + bytes(18))  # empty zips
+    data = tmp_path / "data"
+    command = [str(ROOT / "doall.sh"), "--data-dir", str(data), "--url"]
+    alice = (tmp_path / "alice" / "birds.zip").as_uri()
+    first = subprocess.run(
+        [*command, alice + "?token=1"], capture_output=True, text=True, timeout=120
+    )
+    assert "no TrainingSet folder" in first.stderr  # downloaded and unpacked: an empty archive
+    assert (data / "downloads" / "birds.zip.url").read_text() == f"{alice}\n"
+    again = subprocess.run(
+        [*command, alice + "?token=2"], capture_output=True, text=True, timeout=120
+    )
+    assert "no TrainingSet folder" in again.stderr  # the same archive, another token
+    bob = (tmp_path / "bob" / "birds.zip").as_uri()
+    result = subprocess.run([*command, bob], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"birds.zip was downloaded from {alice}, not {bob}" in result.stderr
+
+
 def test_a_work_folder_holds_the_data_of_one_folder(tmp_path):
     """Two data sets in folders of one name (clips/): the default --name is that name, and the
     second would have added its recordings to the first one's work folder."""
