@@ -135,17 +135,18 @@ fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | (0 if sys.argv[2] == "wait" else f
         echo "waiting for another run that downloads or unpacks $archive"
         python -c "$lock" "$download_lock" wait
     }
-    # where the archive came from (its query, a signed URL's token say, left out): another
-    # URL of the same file name would otherwise get this one's data
-    source_url="${url%%\?*}"
+    # where the archive came from: another URL of the same file name would otherwise get this
+    # one's data (compared only while there is data: a download that failed at once is not)
     refuse_links "$archive.url"
-    if [[ -f "$archive.url" ]]; then
-        from_url="$(cat "$archive.url")"
-        [[ "$from_url" == "$source_url" ]] || die "$archive was downloaded from $from_url, not \
-$source_url: give this one a --data-dir of its own, or delete $archive and $archive.url"
+    [[ ! -e "$archive.url" || -f "$archive.url" ]] ||
+        die "$archive.url is not a file: remove it, or choose another --data-dir"
+    if [[ -f "$archive.url" ]] && [[ -e "$archive" || -s "$archive.part" ]]; then
+        from_url="$(cat "$archive.url")" || die "cannot read $archive.url"
+        [[ "$from_url" == "$url" ]] || die "$archive came from $from_url, not $url: give this \
+one a --data-dir of its own, or delete $archive.url if it is the same file (a new token)"
     else # (an archive of a version before this record: taken to be of this URL)
         record="$(mktemp "$downloads/.url.XXXXXX")"
-        printf '%s\n' "$source_url" >"$record"
+        printf '%s\n' "$url" >"$record"
         mv -T "$record" "$archive.url"
     fi
     if [[ ! -f "$archive" ]]; then
@@ -209,7 +210,7 @@ fi
 check_name "$name"
 [[ -n "$work_dir" ]] || { work_dir="$ROOT/work/$name"; refuse_links "$work_dir"; }
 run_dir="$runs_dir/$name"
-refuse_links "$run_dir" "$work_dir/source.txt"
+refuse_links "$run_dir"
 mkdir -p "$work_dir" "$runs_dir"
 # the data a work folder was made from: another data set of the same folder name (the
 # default --name) would otherwise add its recordings to this one's (inside this project,
@@ -219,13 +220,15 @@ project="$(realpath "$ROOT")"
 [[ "$source_path" == "$project"/* ]] && source_path="${source_path#"$project"/}"
 [[ ! -e "$work_dir/source.txt" || -f "$work_dir/source.txt" ]] ||
     die "$work_dir/source.txt is not a file: remove it, or choose another --work-dir"
-if [[ ! -f "$work_dir/source.txt" ]]; then
+if [[ ! -f "$work_dir/source.txt" ]]; then # (read, never written in place: a link is harmless)
     record="$(mktemp "$work_dir/.source.txt.XXXXXX")" # made here, exclusively: no link followed
     printf '%s\n' "$source_path" >"$record"
-    ln -T "$record" "$work_dir/source.txt" 2>/dev/null || true # the first of two runs wins
+    # the first of two runs wins; mv where the file system has no hard links (exFAT, FAT)
+    ln -T "$record" "$work_dir/source.txt" 2>/dev/null || [[ -e "$work_dir/source.txt" ]] ||
+        mv -T "$record" "$work_dir/source.txt"
     rm -f "$record"
 fi
-made_from="$(cat "$work_dir/source.txt")"
+made_from="$(cat "$work_dir/source.txt")" || die "cannot read $work_dir/source.txt"
 [[ "$made_from" == "$source_path" ]] || die "$work_dir holds the data of $made_from, not of \
 $source_path: give this data a --name (or --work-dir) of its own, or delete $work_dir to start over"
 
