@@ -50,7 +50,7 @@ import hdf5plugin  # registers the Blosc2 filter with HDF5, for h5py and every r
 import numpy as np
 
 from preprocess.params import FORMAT_VERSION, SpectrogramParams
-from preprocess.paths import is_hdf5, partial_name
+from preprocess.paths import HDF5_SIGNATURE, is_hdf5, partial_name
 
 FORMAT = "birdclef-chunks"
 # h5py filter settings of X per --compression choice; all lossless. "blosc2-lz4" (the
@@ -264,6 +264,18 @@ def is_chunk_dataset(path: Path) -> bool:
         return False
 
 
+def not_opened(path: Path) -> type[DatasetError]:
+    """The error of an HDF5 open of path that failed: DatasetError where its first bytes are
+    not HDF5's signature (not a dataset at all), else DatasetNotOpened, as where they cannot
+    even be read (too many files open, no permission)."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(len(HDF5_SIGNATURE))
+    except OSError:
+        return DatasetNotOpened
+    return DatasetNotOpened if head == HDF5_SIGNATURE else DatasetError
+
+
 def open_dataset(path: str | os.PathLike) -> Dataset:
     """Open a chunk dataset read-only after checking it is one this code can read.
 
@@ -276,8 +288,7 @@ def open_dataset(path: str | os.PathLike) -> Dataset:
     try:
         h5 = h5py.File(path, "r")
     except OSError as error:
-        error_class = DatasetNotOpened if is_hdf5(path) else DatasetError
-        raise error_class(f"{path}: not a readable HDF5 file ({error})") from error
+        raise not_opened(path)(f"{path}: not a readable HDF5 file ({error})") from error
     try:
         _check_self_contained(h5, path)
         info = _read_info(h5, path)

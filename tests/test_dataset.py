@@ -1,5 +1,6 @@
 """The HDF5 chunk dataset: schema, atomic writes, raw-chunk copies, and the checking reader."""
 
+import errno
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from preprocess.dataset import (
     remove_parts,
 )
 from preprocess.params import FORMAT_VERSION, SpectrogramParams
+from preprocess.paths import HDF5_SIGNATURE
 from tests.helpers import write_dataset
 
 PARAMS = SpectrogramParams()
@@ -528,3 +530,21 @@ def test_open_dataset_names_a_damaged_recordings_table(dataset_path, damage, mes
     with pytest.raises(DatasetError, match=re.escape(message)) as error:
         open_dataset(dataset_path)
     assert str(dataset_path) in str(error.value)
+
+
+def test_an_hdf5_file_that_would_not_open_is_told_from_one_that_is_not_hdf5(tmp_path, monkeypatch):
+    """load_data deletes a shard that is no dataset, and keeps one HDF5 would not open (held
+    by another program, too many files open): the two errors tell which."""
+    from preprocess import dataset as dataset_module
+
+    hdf5, text = tmp_path / "held.h5", tmp_path / "text.h5"
+    hdf5.write_bytes(HDF5_SIGNATURE + b"the rest of a file held elsewhere")
+    text.write_text("not HDF5")
+    assert dataset_module.not_opened(hdf5) is dataset_module.DatasetNotOpened
+    assert dataset_module.not_opened(text) is DatasetError
+
+    def too_many_files_open(*_args, **_kwargs):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(dataset_module, "open", too_many_files_open, raising=False)
+    assert dataset_module.not_opened(text) is dataset_module.DatasetNotOpened
