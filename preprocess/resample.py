@@ -75,6 +75,7 @@ does not decode to its end fails, and a truncated ogg or mp3 gives the audio up 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -379,15 +380,15 @@ def note_pending(into: Path, *keys: str) -> None:
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         descriptor = os.open(path, flags, 0o666)
-    except OSError as error:  # a link (ELOOP), a pipe without a reader (ENXIO)
-        raise OutputPathError(f"{path} is not a file of its own: not written ({error})") from None
-    try:
+    except OSError as error:
+        if error.errno in (errno.ELOOP, errno.ENXIO):  # a link; a pipe without a reader
+            raise OutputPathError(f"{path} is not a file of its own: not written") from None
+        raise OutputPathError(f"{path}: cannot be written ({describe(error)})") from None
+    with os.fdopen(descriptor, "ab") as file:  # whole lines: a short write is tried again
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
             raise OutputPathError(f"{path} is not a file of its own (a hard link?): not written")
-        os.write(descriptor, "".join(f"{json.dumps(key)}\n" for key in keys).encode())
-    finally:
-        os.close(descriptor)
+        file.write("".join(f"{json.dumps(key)}\n" for key in keys).encode())
 
 
 def read_pending(into: Path) -> set[str]:
