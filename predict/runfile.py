@@ -180,15 +180,18 @@ def open_part_file(path: Path) -> tuple[int, str]:
     except OSError as error:  # named after the file asked for, not the temporary one
         raise type(error)(error.errno, error.strerror, str(path)) from error
     temp_name = new_name[: -len(".new")] + PART_SUFFIX
+    name = new_name  # what the file is called now
     try:
         fcntl.flock(handle, fcntl.LOCK_EX)
         os.rename(new_name, temp_name)
+        name = temp_name
         os.fchmod(handle, file_mode())  # mkstemp makes 0600 whatever the umask
-    except BaseException:
+    except BaseException as error:
         os.close(handle)
-        for name in (new_name, temp_name):
-            with contextlib.suppress(OSError):
-                os.unlink(name)
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        if isinstance(error, OSError):  # named after the file asked for, as above
+            raise type(error)(error.errno, error.strerror, str(path)) from error
         raise
     return handle, temp_name
 

@@ -881,6 +881,16 @@ def test_a_writer_clearing_up_never_removes_another_writers_new_file(tmp_path, m
     assert [path.name for path in tmp_path.iterdir()] == ["o.csv"]
 
 
+def test_a_temporary_file_that_cannot_take_its_name_is_removed(tmp_path, monkeypatch):
+    def no_rename(source, target):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(runfile.os, "rename", no_rename)
+    with pytest.raises(OSError, match=re.escape(str(tmp_path / "o.csv"))):
+        AtomicTextWriter(tmp_path / "o.csv")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_audio_entries_that_are_not_regular_files_are_named(run_dir, tmp_path, caplog, capsys):
     """A pipe, a broken link and a link to a device named like audio were dropped without a
     word; given directly, a pipe was 'no such file'."""

@@ -1029,3 +1029,25 @@ def test_the_backup_is_never_written_through_a_link_put_in_its_folder(tmp_path):
     assert not any((backup / name).is_symlink() for name in BACKUP_FILES)
     assert epochs_backed_up(tmp_path / "run") == 3
     assert sorted(path.name for path in backup.iterdir()) == sorted(BACKUP_FILES)
+
+
+def test_a_resume_starts_from_the_state_before_a_damaged_latest_one(tmp_path, caplog):
+    """A kill while Keras wrote its record of the epoch in place left it empty: training goes
+    on from the state before, where Keras raised and the run stopped."""
+    backup = tmp_path / BACKUP
+
+    def tiny_model():
+        inputs = keras.Input((3,))
+        model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+        model.compile(optimizer="sgd", loss="categorical_crossentropy")
+        return model
+
+    x, y = np.zeros((8, 3), np.float32), np.eye(2, dtype=np.float32)[[0, 1] * 4]
+    tiny_model().fit(x, y, epochs=2, verbose=0, callbacks=[RunBackup(backup)])
+    (backup / "training_metadata.json").write_text("")
+    resumed = tiny_model()
+    callback = RunBackup(backup)
+    callback.set_model(resumed)
+    callback.on_train_begin()
+    assert resumed._initial_epoch == 1  # the state before: after the first epoch
+    assert "resuming from the state before" in caplog.text

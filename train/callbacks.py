@@ -298,7 +298,10 @@ def remove_backup(backup_dir: Path) -> None:
     for name in BACKUP_FILES:
         (backup_dir / name).unlink(missing_ok=True)
         for leftover in backup_dir.glob(f".{glob.escape(name)}.*"):  # of a write a kill cut short
-            if is_partial_of(leftover.name, name) or leftover.name.endswith(".partial.weights.h5"):
+            ours = is_partial_of(leftover.name, name) or leftover.name.endswith(
+                ".partial.weights.h5"
+            )
+            if ours and (leftover.is_symlink() or leftover.is_file()):
                 leftover.unlink()
     if backup_dir.is_dir() and not any(backup_dir.iterdir()):
         backup_dir.rmdir()
