@@ -8,7 +8,8 @@
 #
 # The inputs come before the options.
 # Defaults: --run is the newest run folder under runs/ whose training ended; --out is
-# RUN/predictions/<input name>.csv, with a CSV for people (top-5 species) beside it.
+# RUN/predictions/<input name>.csv, with a CSV for people (top-5 species) beside it (a run
+# file there already is replaced, with a note: give --out to keep it).
 # Every other option goes to predict/predict.py (see python predict/predict.py --help).
 set -euo pipefail
 
@@ -69,7 +70,11 @@ if [[ -z "$out" && -L "$run_dir/predictions" ]]; then # planted in a run folder 
     echo "error: $run_dir/predictions is a link: give --out, or remove the link" >&2
     exit 2
 fi
-out="${out:-$run_dir/predictions/${label%.*}.csv}"
+if [[ -z "$out" ]]; then
+    out="$run_dir/predictions/${label%.*}.csv"
+    # named after the first input only: another input of that name replaces it
+    [[ ! -e "$out" ]] || echo "note: replacing $out, made earlier (give --out to keep both)"
+fi
 
 echo "Predicting with $run_dir"
 python "$ROOT/predict/predict.py" --run "$run_dir" "${args[@]}" --out "$out" \

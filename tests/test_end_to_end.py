@@ -229,6 +229,28 @@ def test_prediction_never_writes_through_a_link_planted_in_a_run_folder(finished
     assert list(victim.iterdir()) == []
 
 
+def test_predict_sh_says_when_its_default_run_file_replaces_one(finished, tmp_path):
+    """Named after the first input only: x/rec.wav and then y/rec.wav share a run file."""
+    done, _ = finished
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("params.json", "classes.json", "inference.json", "training_done.json"):
+        (run / name).write_bytes((done / "runs" / "demo-tiny" / name).read_bytes())
+    model = json.loads((run / "inference.json").read_text())["model_file"]
+    (run / model).write_bytes((done / "runs" / "demo-tiny" / model).read_bytes())
+    recording = sorted((done / "data" / "demo-tiny" / "TestSet" / "wav").glob("*.wav"))[0]
+    outputs = []
+    for folder in ("x", "y"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "rec.wav").write_bytes(recording.read_bytes())
+        command = [str(ROOT / "predict.sh"), str(tmp_path / folder / "rec.wav"), "--run", str(run)]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    assert "note: replacing" not in outputs[0]
+    assert f"note: replacing {run / 'predictions' / 'rec.csv'}, made earlier" in outputs[1]
+
+
 def test_one_run_at_a_time_downloads_and_unpacks_an_archive(tmp_path):
     """Two runs of one --url would append to one .part, and one would move it into place
     while the other still wrote: the second waits for the first."""
