@@ -62,6 +62,15 @@ refuse_links() { # the paths this script chooses inside the folders it was given
     done
 }
 
+refuse_non_files() { # the files this script keeps its records in: absent, or plain files
+    # (a folder would fail a write without a word of why; opening a pipe waits forever)
+    local path
+    for path in "$@"; do
+        [[ ! -e "$path" || -f "$path" ]] ||
+            die "$path is not a file (a folder, a pipe?): remove it, or choose other folders"
+    done
+}
+
 words() { # words ARRAY "TEXT": split TEXT as a shell would (quotes, backslashes), expanding nothing
     local -n into="$1"
     python -c 'import shlex, sys; shlex.split(sys.argv[1])' "$2" 2>/dev/null ||
@@ -123,11 +132,11 @@ if [[ -n "$url" ]]; then
     check_name "$name"
     unpacked="$data_dir/$name"
     # curl and wget append to the .part; mv would move a download into a folder named ARCHIVE
-    refuse_links "$downloads" "$archive.part" "$archive" "$archive.unpacked" "$archive.lock"
+    refuse_links "$downloads" "$archive.part" "$archive" "$archive.unpacked" "$archive.lock" \
+        "$archive.url"
     mkdir -p "$downloads"
+    refuse_non_files "$archive.lock" "$archive.url"
     # one run at a time downloads and unpacks an archive: two would append to one .part
-    [[ ! -e "$archive.lock" || -f "$archive.lock" ]] ||
-        die "$archive.lock is not a file (a pipe would block): remove it"
     exec {download_lock}>>"$archive.lock"
     lock='import fcntl, sys
 fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | (0 if sys.argv[2] == "wait" else fcntl.LOCK_NB))'
@@ -137,9 +146,6 @@ fcntl.flock(int(sys.argv[1]), fcntl.LOCK_EX | (0 if sys.argv[2] == "wait" else f
     }
     # where the archive came from: another URL of the same file name would otherwise get this
     # one's data (compared only while there is data: a download that failed at once is not)
-    refuse_links "$archive.url"
-    [[ ! -e "$archive.url" || -f "$archive.url" ]] ||
-        die "$archive.url is not a file: remove it, or choose another --data-dir"
     if [[ -f "$archive.url" ]] && [[ -e "$archive" || -s "$archive.part" ]]; then
         from_url="$(cat "$archive.url")" || die "cannot read $archive.url"
         [[ "$from_url" == "$url" ]] || die "$archive came from $from_url, not $url: give this \
@@ -218,8 +224,7 @@ mkdir -p "$work_dir" "$runs_dir"
 source_path="$(realpath "$source_dir")"
 project="$(realpath "$ROOT")"
 [[ "$source_path" == "$project"/* ]] && source_path="${source_path#"$project"/}"
-[[ ! -e "$work_dir/source.txt" || -f "$work_dir/source.txt" ]] ||
-    die "$work_dir/source.txt is not a file: remove it, or choose another --work-dir"
+refuse_non_files "$work_dir/source.txt"
 if [[ ! -f "$work_dir/source.txt" ]]; then # (read, never written in place: a link is harmless)
     record="$(mktemp "$work_dir/.source.txt.XXXXXX")" # made here, exclusively: no link followed
     printf '%s\n' "$source_path" >"$record"

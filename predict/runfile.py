@@ -174,26 +174,24 @@ def open_part_file(path: Path) -> tuple[int, str]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(path)
+    handle = name = None  # the file, and what it is called now
     try:  # under a name `remove_stale_parts` does not match, given the .part one once
         # locked: another writer of path, clearing up, never sees it unlocked
-        handle, new_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
-    except OSError as error:  # named after the file asked for, not the temporary one
-        raise type(error)(error.errno, error.strerror, str(path)) from error
-    temp_name = new_name[: -len(".new")] + PART_SUFFIX
-    name = new_name  # what the file is called now
-    try:
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".new")
         fcntl.flock(handle, fcntl.LOCK_EX)
-        os.rename(new_name, temp_name)
+        temp_name = name[: -len(".new")] + PART_SUFFIX
+        os.rename(name, temp_name)
         name = temp_name
         os.fchmod(handle, file_mode())  # mkstemp makes 0600 whatever the umask
     except BaseException as error:
-        os.close(handle)
-        with contextlib.suppress(OSError):
-            os.unlink(name)
-        if isinstance(error, OSError):  # named after the file asked for, as above
+        if handle is not None:
+            os.close(handle)
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        if isinstance(error, OSError):  # named after the file asked for, not the temporary one
             raise type(error)(error.errno, error.strerror, str(path)) from error
         raise
-    return handle, temp_name
+    return handle, name
 
 
 class AtomicTextWriter:

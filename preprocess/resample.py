@@ -84,7 +84,7 @@ import subprocess
 import sys
 import time
 import wave
-from collections.abc import Iterator, Mapping, Sequence, Set
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -388,7 +388,13 @@ def note_pending(into: Path, *keys: str) -> None:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
             raise OutputPathError(f"{path} is not a file of its own (a hard link?): not written")
-        file.write("".join(f"{json.dumps(key)}\n" for key in keys).encode())
+        file.write(journal_text(keys).encode())
+
+
+def journal_text(keys: Iterable[str]) -> str:
+    """Output keys as the journal holds them: a JSON string a line (a name may hold any
+    character, a line break too)."""
+    return "".join(f"{json.dumps(key)}\n" for key in keys)
 
 
 def read_pending(into: Path) -> set[str]:
@@ -583,9 +589,7 @@ def resample_files(
         if changed:
             write_sources(into, sources)
         if unrecorded := read_pending(into) - sources.keys():  # failed since, or a kill's
-            write_text_atomically(
-                into / PENDING_NAME, "".join(f"{json.dumps(key)}\n" for key in sorted(unrecorded))
-            )
+            write_text_atomically(into / PENDING_NAME, journal_text(sorted(unrecorded)))
         else:
             (into / PENDING_NAME).unlink(missing_ok=True)
 

@@ -21,12 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from preprocess.paths import (
-    is_partial_of,
-    partial_name,
-    replace_atomically,
-    write_text_atomically,
-)
+from preprocess.paths import partial_name, replace_atomically, write_text_atomically
 from train.data import TrainError, predict_rows
 from train.log import best_epoch
 from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
@@ -147,9 +142,7 @@ def save_atomically(
     a link put at a name Keras would write through cannot be there in advance. Such files a
     kill left are removed first (the run folder's lock keeps other writers out), a link
     among them too, never what it points to."""
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.partial{suffix}"):
-        if leftover.is_symlink() or leftover.is_file():
-            leftover.unlink()
+    remove_cut_short_saves(path, suffix)
     partial = partial_name(path)
     partial = partial.with_name(partial.name + suffix)
     try:
@@ -161,6 +154,21 @@ def save_atomically(
     except BaseException:
         partial.unlink(missing_ok=True)  # a full disk gets its space back
         raise
+
+
+def remove_cut_short_saves(path: Path, suffix: str = "") -> None:
+    """Remove the files that writes of path a kill cut short left beside it, named
+    .NAME.<pid>-<random>.partial + suffix (`partial_name`, `save_atomically`): a link among
+    them too, never what it points to."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.partial{suffix}"):
+        if leftover.is_symlink() or leftover.is_file():
+            leftover.unlink()
+
+
+def copy_atomically(source: Path, target: Path) -> None:
+    """target made a whole copy of source, under a new name renamed into place
+    (`replace_atomically`): a link at target is replaced, never written through."""
+    replace_atomically(target, lambda file: file.write(source.read_bytes()), "wb")
 
 
 def save_model_atomically(model: keras.Model, path: Path) -> None:
@@ -297,12 +305,8 @@ def remove_backup(backup_dir: Path) -> None:
     write."""
     for name in BACKUP_FILES:
         (backup_dir / name).unlink(missing_ok=True)
-        for leftover in backup_dir.glob(f".{glob.escape(name)}.*"):  # of a write a kill cut short
-            ours = is_partial_of(leftover.name, name) or leftover.name.endswith(
-                ".partial.weights.h5"
-            )
-            if ours and (leftover.is_symlink() or leftover.is_file()):
-                leftover.unlink()
+        for suffix in ("", ".weights.h5"):  # write_text_atomically's, save_atomically's
+            remove_cut_short_saves(backup_dir / name, suffix)
     if backup_dir.is_dir() and not any(backup_dir.iterdir()):
         backup_dir.rmdir()
 
@@ -329,11 +333,7 @@ class RunBackup(keras.callbacks.BackupAndRestore):
         for latest, previous in ((weights, self._prev_weights_path),
                                  (metadata, self._prev_training_metadata_path)):  # fmt: skip
             if latest.is_file():
-                replace_atomically(
-                    Path(previous),
-                    lambda file, latest=latest: file.write(latest.read_bytes()),
-                    "wb",
-                )
+                copy_atomically(latest, Path(previous))
 
         def save_weights(name: Path) -> None:
             self.model.save_weights(name, overwrite=True)
@@ -421,7 +421,7 @@ def restore_previous_state(backup: Path) -> None:
     logger.warning("%s is damaged (a kill while it was written?): resuming from the state "
                    "before", latest[1])  # fmt: skip
     for name, source in zip(latest, previous, strict=True):
-        replace_atomically(name, lambda file, source=source: file.write(source.read_bytes()), "wb")
+        copy_atomically(source, name)
 
 
 def trim_history(path: Path, n_epochs: int) -> None:
