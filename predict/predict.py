@@ -78,6 +78,7 @@ from preprocess.audio import (  # noqa: E402
 )
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
 from preprocess.extract import (  # noqa: E402
+    STREAM_SECONDS,
     no_sound,
     recording_chunks,
     values_vary,
@@ -100,7 +101,7 @@ from preprocess.paths import (  # noqa: E402
     is_zip_with,
     shown_name,
 )
-from preprocess.spectrogram import STREAM_SECONDS, check_front_end  # noqa: E402
+from preprocess.spectrogram import check_front_end  # noqa: E402
 from preprocess.workers import WorkerLost, run_in_workers, tasks_of  # noqa: E402
 from train.metrics import POOLINGS, POWER_EXPONENT, recording_scores  # noqa: E402
 from train.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds  # noqa: E402
@@ -111,6 +112,7 @@ DEFAULT_MODEL_FILE = "best_val_map.keras"
 SOUNDSCAPE_WINDOW_SECONDS = 5.0  # the BirdCLEF 2017 soundscape run-file window
 MAX_BATCH_SIZE = 16384  # chunks per model call: a 4 GB input buffer
 HUMAN_CSV_HEADER = "file,MediaId"  # how the --human-csv file begins
+HUMAN_TOP = 5  # the classes a --human-csv row names
 MAX_POOLING_EXPONENT = 100.0  # of the power mean: near the max already (training writes 3)
 CACHE_NAME_LENGTH = 32  # hex digits of the hash naming a file in the resampling cache
 WORKER_MAX_SECONDS = STREAM_SECONDS  # longer recordings are extracted here, streamed
@@ -749,7 +751,6 @@ def predict(
     batch_size: int = 32,
     soundscape: bool = False,
     human_csv: Path | None = None,
-    human_top: int = 5,
     outputs: ChunkOutputs | None = None,
     workers: int = 1,
 ) -> tuple[int, list[str]]:
@@ -761,7 +762,7 @@ def predict(
     Returns (recordings written, skip messages). Both files appear only when complete.
     """
     skipped: list[str] = []
-    human_top = min(human_top, len(run.classes))
+    human_top = min(HUMAN_TOP, len(run.classes))
     written = 0
     with contextlib.ExitStack() as stack:
         if soundscape:
@@ -867,7 +868,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--human-csv",
         type=Path,
-        help="also write a CSV for people: file, top-5 species, probabilities",
+        help=f"also write a CSV for people: file, top-{HUMAN_TOP} species, probabilities",
     )
     parser.add_argument(
         "--work-dir", type=Path, help="cache for resampled audio (default: .resampled beside --out)"

@@ -137,7 +137,8 @@ class RecordingChunks:
     chunks: Sequence[StoredChunk]  # rows of X in time order, from `compress_chunks` (or
     # `ChunksOnDisk`: a copy holds one chunk at a time, however long the recording)
     input_key: str = ""  # what the recording was made from (load_data: its labels and its
-    # file's size and modification time), so a rerun keeps it only while that is unchanged
+    # file's size, modification and status-change times), so a rerun keeps it only while
+    # that is unchanged
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,14 +26,13 @@ from preprocess.audio import (
     to_sample_rate,
 )
 from preprocess.params import SpectrogramParams
-from preprocess.spectrogram import (
-    STREAM_SECONDS,
-    chunk_slices,
-    log_spectrogram,
-    stream_chunks,
-    window_chunks,
-)
+from preprocess.spectrogram import chunk_slices, log_spectrogram, stream_chunks, window_chunks
 from preprocess.workers import FileChunks, hand_over
+
+# Recordings longer than this are streamed by `stream_chunks` (prediction and load_data):
+# memory bounded whatever their length, for twice the STFT work. Up to it, a recording is
+# read whole and its spectrogram held, about 0.35 GB per audio hour.
+STREAM_SECONDS = 600.0
 
 
 class ChunkSource(NamedTuple):

@@ -19,9 +19,9 @@ Bad inputs (missing, empty or corrupt wavs, unusable XML) are skipped, logged an
 the final summary with exit status 0; fatal errors (unreadable metadata, no usable recording,
 an OUT made with other settings without --overwrite) end with one line `error: ...` and exit
 status 2 (preprocess/cli.py). A rerun keeps what is already extracted, in OUT or in OUT.parts/,
-and extracts what is new, changed (size or modification time) or failed before, once
-anything changed: where nothing did, OUT is complete for its inputs and the rerun does nothing
-(a file that failed and was repaired without changing, a permission say, needs --overwrite).
+and extracts what is new, changed (size, modification or status-change time: a chmod
+counts) or failed before, once anything changed: where nothing did, OUT is complete for its
+inputs and the rerun does nothing.
 
     python preprocess/load_data.py --wav-dir data/wav16k --xml-dir data/xml --out data/train.h5
 """
@@ -37,7 +37,6 @@ import hashlib
 import json
 import logging
 import multiprocessing
-import re
 import shutil
 import sys
 import time
@@ -92,6 +91,7 @@ from preprocess.paths import (
     first_names,
     is_hdf5,
     is_own_file,
+    is_partial_of,
     partial_name,
     shown_name,
 )
@@ -781,9 +781,8 @@ def remove_cut_short_writes(out: Path) -> None:
     """Delete what writes of out that a kill cut short left beside it: files named as
     `partial_name` names them (unique to a run, so no other program's) that are regular
     files, empty or HDF5 (HDF5 writes its signature first). Called under out's lock."""
-    written_as = re.compile(rf"\.{re.escape(out.name)}\.\d+-[0-9a-f]{{8}}\.partial")
     for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
-        if not written_as.fullmatch(leftover.name):  # .OUT.old.<pid>-...: another output's
+        if not is_partial_of(leftover.name, out.name):  # .OUT.old.<pid>-...: another output's
             continue
         if is_own_file(leftover) and (leftover.stat().st_size == 0 or is_hdf5(leftover)):
             leftover.unlink()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
@@ -157,10 +158,12 @@ def write_text_atomically(path: Path, text: str) -> None:
     replace_atomically(path, lambda file: file.write(text), "w")
 
 
-def is_partial_of(name: str, target: str) -> bool:
-    """Whether a file name is one of `replace_atomically`'s temporary files for `target`
-    (left behind only by a kill)."""
-    return name.startswith(f".{target}.") and name.endswith(".partial")
+def is_partial_of(name: str, target: str, suffix: str = "") -> bool:
+    """Whether a file name is one that `partial_name` gives for `target` (then suffix, as
+    Keras wants its own: `train/callbacks.save_atomically`): a temporary file of a write
+    that a kill cut short. Exactly that form, so `.OUT.old.<pid>-...` is not OUT's."""
+    form = rf"\.{re.escape(target)}\.\d+-[0-9a-f]{{8}}\.partial{re.escape(suffix)}"
+    return re.fullmatch(form, name) is not None
 
 
 def files_under(root: Path) -> list[Path]:

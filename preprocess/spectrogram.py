@@ -42,10 +42,6 @@ STREAM_BLOCK_CELLS = 64
 # frames and 200 bins are 6 MB, whatever the recording's length. The output does not depend
 # on it.
 FILTER_BLOCK_CELLS = 256
-# Recordings longer than this are streamed by `stream_chunks` (prediction and load_data):
-# memory bounded whatever their length, for twice the STFT work. Up to it, a recording is
-# read whole and its spectrogram held, about 0.35 GB per audio hour.
-STREAM_SECONDS = 600.0
 
 
 class Extraction(NamedTuple):

@@ -12,6 +12,8 @@ from preprocess.paths import (
     first_names,
     is_hdf5,
     is_json_with,
+    is_partial_of,
+    partial_name,
 )
 
 
@@ -101,3 +103,15 @@ def test_first_names_says_how_many_more_there_are():
     assert first_names(["a", "b"]) == "a, b"
     assert first_names(list("abcdefg")) == "a, b, c, d, e, ... (2 more)"
     assert first_names(list("abc"), shown=2) == "a, b, ... (1 more)"
+
+
+def test_is_partial_of_recognises_exactly_the_names_partial_name_gives(tmp_path):
+    """Leftovers of a cut-short write are removed by this test, so it must not match another
+    output's (OUT.old's) temporary files, nor a user's files named alike."""
+    made = partial_name(tmp_path / "out.h5").name
+    assert is_partial_of(made, "out.h5")
+    assert is_partial_of(made + ".keras", "out.h5", ".keras")
+    assert not is_partial_of(made, "out.h5", ".keras")
+    assert not is_partial_of(partial_name(tmp_path / "out.h5.old").name, "out.h5")
+    for other in (".out.h5.mine.partial", ".out.h5.12-xyz.partial", ".out.h5.12-0a1b2c3d.partial~"):
+        assert not is_partial_of(other, "out.h5")

@@ -20,6 +20,7 @@ import numpy as np
 from train.data import ChunkBatches
 
 AUGMENTATIONS = ("crop", "mixup", "specaugment", "noise", "gain")
+NOISE_CHUNKS = 256  # the most background-noise chunks the "noise" augmentation draws from
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def random_gain(x: np.ndarray, rng: np.random.Generator, gain_db: float) -> np.n
     return (x + gain[:, None, None, None]).astype(np.float32)
 
 
-def quietest_chunks(x: np.ndarray, share: float = 0.1, most: int = 256) -> np.ndarray:
+def quietest_chunks(x: np.ndarray, share: float = 0.1, most: int = NOISE_CHUNKS) -> np.ndarray:
     """The `share` (at most `most`, at least 1) of chunks x (n, bins, frames, 1) with the
     lowest mean log power: the data's own background noise."""
     count = int(min(most, max(1, round(share * len(x)))))

@@ -21,7 +21,12 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from preprocess.paths import partial_name, replace_atomically, write_text_atomically
+from preprocess.paths import (
+    is_partial_of,
+    partial_name,
+    replace_atomically,
+    write_text_atomically,
+)
 from train.data import TrainError, predict_rows
 from train.log import best_epoch
 from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
@@ -161,7 +166,9 @@ def remove_cut_short_saves(path: Path, suffix: str = "") -> None:
     .NAME.<pid>-<random>.partial + suffix (`partial_name`, `save_atomically`): a link among
     them too, never what it points to."""
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.partial{suffix}"):
-        if leftover.is_symlink() or leftover.is_file():
+        if is_partial_of(leftover.name, path.name, suffix) and (
+            leftover.is_symlink() or leftover.is_file()
+        ):
             leftover.unlink()
 
 
@@ -185,9 +192,10 @@ class ModelFileError(ValueError):
 MOST_UNPACKED_RATIO, MOST_UNPACKED_EXTRA = 2, 64 * 2**20
 
 
-def load_saved_model(path: Path, compile: bool = False) -> keras.Model:
-    """keras.saving.load_model of a .keras file, or ModelFileError saying the file is missing
-    or damaged (Keras itself reports a truncated file as "File not found")."""
+def load_saved_model(path: Path) -> keras.Model:
+    """keras.saving.load_model of a .keras file, uncompiled (every caller only predicts), or
+    ModelFileError saying the file is missing or damaged (Keras itself reports a truncated
+    file as "File not found")."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
@@ -207,7 +215,7 @@ def load_saved_model(path: Path, compile: bool = False) -> keras.Model:
     if bad_member is not None:
         raise ModelFileError(f"{path}: damaged model file ({bad_member} fails its checksum)")
     try:
-        return keras.saving.load_model(path, compile=compile)
+        return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many kinds on a damaged or foreign file
         raise ModelFileError(
             f"{path}: damaged model file, Keras cannot load it ({type(error).__name__}: {error})"

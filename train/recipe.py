@@ -35,7 +35,7 @@ from preprocess.dataset import Dataset
 from preprocess.extract import recording_chunks
 from preprocess.params import SpectrogramParams
 from preprocess.paths import NOT_REGULAR, files_under, shown_name, write_text_atomically
-from train.augment import AugmentedBatches, AugmentSettings, quietest_chunks
+from train.augment import NOISE_CHUNKS, AugmentedBatches, AugmentSettings, quietest_chunks
 from train.callbacks import BEST, load_saved_model, save_model_atomically
 from train.data import SplitData, TrainError, predict_rows, read_errors_reported
 from train.metrics import POOLINGS, POWER_EXPONENT, mean_average_precision, recording_scores
@@ -163,7 +163,7 @@ def normalized_model(
 
 
 def noise_chunks_from_dir(
-    directory: Path, params: SpectrogramParams, most: int = 256, per_file: int = 32
+    directory: Path, params: SpectrogramParams, most: int = NOISE_CHUNKS, per_file: int = 32
 ) -> np.ndarray:
     """Background noise for the "noise" augmentation from the wavs under `directory` (any
     rate), through the data's own front end (`params`): up to per_file chunks of each file,
