@@ -35,7 +35,6 @@ import functools
 import hashlib
 import json
 import os
-import stat
 import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -50,7 +49,7 @@ import hdf5plugin  # registers the Blosc2 filter with HDF5, for h5py and every r
 import numpy as np
 
 from preprocess.params import FORMAT_VERSION, SpectrogramParams
-from preprocess.paths import HDF5_SIGNATURE, is_hdf5, partial_name
+from preprocess.paths import HDF5_SIGNATURE, has_one_name, is_hdf5, partial_name
 
 FORMAT = "birdclef-chunks"
 # h5py filter settings of X per --compression choice; all lossless. "blosc2-lz4" (the
@@ -846,7 +845,7 @@ def exclusive_run(lock_path: Path, output: str) -> Iterator[None]:
         # filelock opens no link, but a hard link is the file it names: never write another
         # file's content (raising here releases the lock and leaves the file as it is)
         status = os.fstat(fd)
-        if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        if not has_one_name(status):
             raise OSError(
                 errno.EEXIST,
                 "the lock file is not a file of its own (a hard link, as a folder copied "

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import stat
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -79,8 +80,14 @@ def current_umask() -> int:
 
 
 def is_own_file(path: Path) -> bool:
-    """A regular file, not a link to one."""
+    """A regular file, not a symbolic link to one (a hard link counts: `has_one_name`)."""
     return path.is_file() and not path.is_symlink()
+
+
+def has_one_name(status: os.stat_result) -> bool:
+    """Whether a stat (os.lstat, os.fstat) is of a regular file with no other name: writing
+    it changes no file that another name, a hard link, stands for."""
+    return stat.S_ISREG(status.st_mode) and status.st_nlink == 1
 
 
 def first_bytes(path: Path, size: int = SNIFF_BYTES) -> bytes:

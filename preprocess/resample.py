@@ -79,7 +79,6 @@ import errno
 import json
 import os
 import shutil
-import stat
 import subprocess
 import sys
 import time
@@ -115,6 +114,7 @@ from preprocess.paths import (
     NOT_REGULAR,
     OutputPathError,
     files_under,
+    has_one_name,
     is_own_file,
     is_partial_of,
     shown_name,
@@ -364,7 +364,7 @@ def check_journal(into: Path) -> None:
         status = os.lstat(path)
     except FileNotFoundError:
         return
-    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+    if not has_one_name(status):
         raise OutputPathError(
             f"{path} is not a file of its own (a link, a pipe, a hard link?): it is left as it "
             "is; move it away, or choose another output folder"
@@ -386,7 +386,7 @@ def note_pending(into: Path, *keys: str) -> None:
         raise OutputPathError(f"{path}: cannot be written ({describe(error)})") from None
     with os.fdopen(descriptor, "ab") as file:  # whole lines: a short write is tried again
         status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        if not has_one_name(status):
             raise OutputPathError(f"{path} is not a file of its own (a hard link?): not written")
         file.write(journal_text(keys).encode())
 
