@@ -103,12 +103,12 @@ from preprocess.paths import (  # noqa: E402
 )
 from preprocess.spectrogram import check_front_end  # noqa: E402
 from preprocess.workers import WorkerLost, run_in_workers, tasks_of  # noqa: E402
+from train import run_files  # noqa: E402
 from train.metrics import POOLINGS, POWER_EXPONENT, recording_scores  # noqa: E402
-from train.thresholds import THRESHOLDS_FILE, ThresholdsError, read_thresholds  # noqa: E402
+from train.thresholds import ThresholdsError, read_thresholds  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_FILE = "best_val_map.keras"
 SOUNDSCAPE_WINDOW_SECONDS = 5.0  # the BirdCLEF 2017 soundscape run-file window
 MAX_BATCH_SIZE = 16384  # chunks per model call: a 4 GB input buffer
 HUMAN_CSV_HEADER = "file,MediaId"  # how the --human-csv file begins
@@ -142,7 +142,7 @@ class Run:
     class_names: dict[str, str]
     pooling: str = "mean"  # of a recording's chunk softmax (train.metrics.recording_scores)
     pooling_exponent: float = POWER_EXPONENT  # of the "power" pooling
-    model_file: str = DEFAULT_MODEL_FILE  # the model's file name in the run folder
+    model_file: str = run_files.BEST_VAL_MAP  # the model's file name in the run folder
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ class Inference:
     """How a run is applied: RUN/inference.json, written by train_model at the end of
     training; a run made before it existed is applied as these defaults (the 2016 recipe's) say."""
 
-    model_file: str = DEFAULT_MODEL_FILE
+    model_file: str = run_files.BEST_VAL_MAP
     pooling: str = "mean"
     pooling_exponent: float = POWER_EXPONENT
 
@@ -172,7 +172,7 @@ def read_inference(run_dir: Path) -> Inference:
     power mean's exponent a number in (0, MAX_POOLING_EXPONENT] (training writes 3): a larger
     one, or infinity, ranks every class equal. Anything else is a damaged inference.json.
     """
-    path = run_dir / "inference.json"
+    path = run_dir / run_files.INFERENCE
     if not path.is_file():
         return Inference()
     try:
@@ -218,15 +218,15 @@ def check_training_ended(run_dir: Path) -> None:
     """PredictError for a run folder of train_model.py whose training has not ended (still
     running, or stopped midway): it has not chosen its model and pooling yet (inference.json),
     and its checkpoints of the epochs so far would pass for the run's answer."""
-    if not (run_dir / "config.json").is_file():  # not a run train_model.py made (an export)
+    if not (run_dir / run_files.CONFIG).is_file():  # not a run train_model.py made (an export)
         return
     try:
-        config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        config = json.loads((run_dir / run_files.CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):  # damaged: prediction's files are checked later
         return
     chooses = isinstance(config, dict) and "inference_model" in config  # since inference.json
-    if not (run_dir / "training_done.json").is_file() or (
-        chooses and not (run_dir / "inference.json").is_file()
+    if not (run_dir / run_files.DONE).is_file() or (
+        chooses and not (run_dir / run_files.INFERENCE).is_file()
     ):
         raise PredictError(
             f"{run_dir}: its training has not ended (it is running, or was stopped before it "
@@ -247,9 +247,9 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
         )
     inference = read_inference(run_dir)
     model_file = model_file or inference.model_file
-    needed = ("params.json", "classes.json", model_file)
+    needed = (run_files.PARAMS, run_files.CLASSES, model_file)
     missing = [name for name in needed if not (run_dir / name).is_file()]
-    if len(missing) == len(needed) and not (run_dir / "config.json").exists():
+    if len(missing) == len(needed) and not (run_dir / run_files.CONFIG).exists():
         runs = sorted(config.parent.name for config in run_dir.glob("*/config.json"))
         raise PredictError(
             f"run folder {run_dir} holds no training run: "
@@ -266,12 +266,14 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
             "training run (or choose another model with --model-file)"
         )
     try:
-        params = SpectrogramParams.from_json((run_dir / "params.json").read_text(encoding="utf-8"))
+        params = SpectrogramParams.from_json(
+            (run_dir / run_files.PARAMS).read_text(encoding="utf-8")
+        )
         check_front_end(params)  # values each in range, but that no recording can go through
     except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise PredictError(f"{run_dir / 'params.json'}: damaged params.json ({error})") from None
     try:
-        classes, class_names = read_classes(run_dir / "classes.json")
+        classes, class_names = read_classes(run_dir / run_files.CLASSES)
     except ValueError as error:
         raise PredictError(str(error)) from None
 
@@ -840,7 +842,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model-file",
         help="model in the run folder (default: the run's inference.json says, else "
-        f"{DEFAULT_MODEL_FILE})",
+        f"{run_files.BEST_VAL_MAP})",
     )
     parser.add_argument(
         "--pooling",
@@ -936,7 +938,7 @@ def add_output_arguments(parser: argparse.ArgumentParser) -> None:
         "--thresholds",
         metavar="run|FILE",
         help="per-class thresholds instead of --min-conf: 'run' for the run folder's "
-        f"{THRESHOLDS_FILE} (chosen on the validation recordings), or a file like it",
+        f"{run_files.THRESHOLDS} (chosen on the validation recordings), or a file like it",
     )
     parser.add_argument(
         "--embeddings",
@@ -986,7 +988,7 @@ def thresholds_files(args: argparse.Namespace) -> list[Path]:
     """The --thresholds file (an input), when one is asked for."""
     if not args.thresholds:
         return []
-    return [args.run / THRESHOLDS_FILE if args.thresholds == "run" else Path(args.thresholds)]
+    return [args.run / run_files.THRESHOLDS if args.thresholds == "run" else Path(args.thresholds)]
 
 
 def looks_like_human_csv(path: Path) -> bool:
@@ -1035,8 +1037,8 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
     items, refused = valid_media_ids(items)
     skipped += refused
     model_file = args.model_file or read_inference(args.run).model_file
-    run_files = [args.run / name for name in ("params.json", "classes.json", model_file)]
-    inputs = [*run_files, *(item.path for item in items)]
+    read_from_run = (run_files.PARAMS, run_files.CLASSES, model_file)
+    inputs = [*(args.run / name for name in read_from_run), *(item.path for item in items)]
     check_output(args.out, own_kind=looks_like_run_file, kind="a run file", inputs=inputs)
     if args.human_csv:
         check_output(

@@ -30,6 +30,7 @@ from preprocess.paths import (
 from train.data import TrainError, predict_rows
 from train.log import best_epoch
 from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
+from train.run_files import BEST_VAL_MAP
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 BEST = {
     "val_loss": ("best_val_loss.keras", "min"),
     "val_accuracy": ("best_val_accuracy.keras", "max"),
-    "val_map": ("best_val_map.keras", "max"),
+    "val_map": (BEST_VAL_MAP, "max"),
 }
 HISTORY = "history.csv"
 BACKUP = "backup"

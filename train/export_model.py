@@ -34,12 +34,13 @@ from pathlib import Path
 from predict.predict import PredictError, check_training_ended, read_inference
 from preprocess.cli import command_parser, run_command
 from preprocess.paths import partial_name
+from train import run_files
 
 logger = logging.getLogger("export_model")
 
 MODEL_FILES = {"tf_saved_model": None, "onnx": "model.onnx", "litert": "model.tflite"}
 # copied when present
-RUN_FILES = ("params.json", "classes.json", "inference.json", "thresholds.json")
+RUN_FILES = (run_files.PARAMS, run_files.CLASSES, run_files.INFERENCE, run_files.THRESHOLDS)
 
 
 class ExportError(Exception):
@@ -75,7 +76,7 @@ def export_run(
         raise ExportError(str(error)) from None
     if model_file is None:
         model_file = inference.model_file
-    elif model_file != inference.model_file and (run_dir / "inference.json").is_file():
+    elif model_file != inference.model_file and (run_dir / run_files.INFERENCE).is_file():
         logger.warning(
             "the run predicts with %s, and its pooling and thresholds were chosen for that "
             "model: exporting %s, they are copied as they are",
@@ -88,7 +89,7 @@ def export_run(
                 f"{run_dir / name} is a link: export takes only the run's own files (replace "
                 "the link by a copy of the file)"
             )
-    for name in (model_file, "params.json", "classes.json"):
+    for name in (model_file, run_files.PARAMS, run_files.CLASSES):
         if not (run_dir / name).is_file():
             raise ExportError(f"{run_dir} has no {name}: not a finished training run")
     if out.exists() or out.is_symlink():

@@ -39,6 +39,7 @@ from train.augment import NOISE_CHUNKS, AugmentedBatches, AugmentSettings, quiet
 from train.callbacks import BEST, load_saved_model, save_model_atomically
 from train.data import SplitData, TrainError, predict_rows, read_errors_reported
 from train.metrics import POOLINGS, POWER_EXPONENT, mean_average_precision, recording_scores
+from train.run_files import BEST_VAL_MAP, FINAL, INFERENCE
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,6 @@ NORMALIZATIONS = ("none", "dataset", "chunk")
 OPTIMIZERS = ("rmsprop", "adamw")
 CLASS_BALANCES = ("none", "weights")
 EARLY_STOP_ON = ("val_loss", "val_map", "none")
-INFERENCE = "inference.json"
 
 
 def apply_recipe(args) -> None:
@@ -549,11 +549,10 @@ def write_inference(run_dir: Path, model_file: str, pooling: str, extra: dict) -
     return inference
 
 
-FINAL = "final.keras"  # the model as training left it (--inference-model final or auto)
 INFERENCE_CHOICES = {  # --inference-model -> candidate checkpoints, preferred first on ties
     "best_val_map": (BEST["val_map"][0],),
     "final": (FINAL,),
-    "auto": (FINAL, BEST["val_map"][0]),
+    "auto": (FINAL, BEST_VAL_MAP),
 }
 
 

@@ -46,7 +46,8 @@ from train.data import (
 )
 from train.log import best_epoch, history_columns, model_columns
 from train.model_file import list_devices
-from train.thresholds import THRESHOLDS_FILE, save_validation_thresholds
+from train.run_files import CLASSES, CONFIG, DONE, MODEL_SOURCE, PARAMS, SPLIT, THRESHOLDS
+from train.thresholds import save_validation_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,6 @@ SETTINGS = (
     "pooling",
     "inference_model",
 )  # columns of the runs table
-DONE = "training_done.json"  # written when fit() ends; training is then not resumed again
-CONFIG = "config.json"  # the first run file written: it marks the folder as a run's
 # what write_run_files adds to the options in config.json, so a config.json of anything else
 # is not taken for a run's
 CONFIG_MARKS = ("backend", "keras_version", "devices", "started")
@@ -213,8 +212,8 @@ def check_resumed_run(
         )
     classes = {"classes": dataset.classes, "class_names": dataset.class_names}
     try:
-        started_with = json.loads((run_dir / "classes.json").read_text(encoding="utf-8"))
-        params = (run_dir / "params.json").read_text(encoding="utf-8")
+        started_with = json.loads((run_dir / CLASSES).read_text(encoding="utf-8"))
+        params = (run_dir / PARAMS).read_text(encoding="utf-8")
     except (OSError, ValueError, RecursionError) as error:
         raise TrainError(
             f"{run_dir} holds a run whose classes.json or params.json is missing or damaged "
@@ -225,10 +224,11 @@ def check_resumed_run(
             f"{dataset.path} has other classes or preprocessing parameters than the run "
             f"in {run_dir}: resume with the data file the run started with"
         )
-    if (run_dir / "model.py").read_text(encoding="utf-8") != args.model.read_text(encoding="utf-8"):
+    started_model = (run_dir / MODEL_SOURCE).read_text(encoding="utf-8")
+    if started_model != args.model.read_text(encoding="utf-8"):
         raise TrainError(
             f"{args.model} differs from the model the run in {run_dir} started with "
-            f"({run_dir / 'model.py'}): resume with that model file"
+            f"({run_dir / MODEL_SOURCE}): resume with that model file"
         )
 
 
@@ -241,7 +241,7 @@ def load_or_make_split(
     media_ids = list(recordings["MediaId"])
     if len(set(media_ids)) != len(media_ids):
         raise TrainError(f"{dataset.path}: MediaIds are not unique; cannot split by recording")
-    path = run_dir / "split.json"
+    path = run_dir / SPLIT
     if resuming and path.is_file():
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
@@ -304,10 +304,10 @@ def write_run_files(
             "test_fraction": args.test_fraction,
             **{name: [str(media_ids[i]) for i in split[name]] for name in SPLITS},
         }
-        write_text_atomically(run_dir / "split.json", json.dumps(saved, indent=1) + "\n")
-    write_text_atomically(run_dir / "params.json", params)
-    write_text_atomically(run_dir / "classes.json", json.dumps(classes, indent=1) + "\n")
-    write_text_atomically(run_dir / "model.py", model_source)
+        write_text_atomically(run_dir / SPLIT, json.dumps(saved, indent=1) + "\n")
+    write_text_atomically(run_dir / PARAMS, params)
+    write_text_atomically(run_dir / CLASSES, json.dumps(classes, indent=1) + "\n")
+    write_text_atomically(run_dir / MODEL_SOURCE, model_source)
 
 
 def history_to_resume(run_dir: Path) -> dict[str, np.ndarray]:
@@ -381,7 +381,7 @@ def save_thresholds(run_dir: Path, val: SplitData, dataset: Dataset, inference: 
             inference["pooling"],
             inference["pooling_exponent"],
         ):
-            logger.warning("no validation chunks or model: no %s", THRESHOLDS_FILE)
+            logger.warning("no validation chunks or model: no %s", THRESHOLDS)
 
 
 def runs_table_row(

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.paths import write_text_atomically
+from train.run_files import THRESHOLDS
 
-THRESHOLDS_FILE = "thresholds.json"
 FALLBACK_THRESHOLD = 0.5  # no validation positives: a detection needs a majority probability
 RULE = (
     "max F1 per class on the validation recordings' recording-level scores, halfway to the "
@@ -158,5 +158,5 @@ def save_validation_thresholds(
     model = load_saved_model(model_path)
     ids, probs = recording_scores(predict_rows(model, batches), chunk_recording, pooling, exponent)
     chosen = choose_thresholds(probs, np.asarray(recording_labels)[ids.astype(int)], classes)
-    write_thresholds(run_dir / THRESHOLDS_FILE, chosen, model_file)
+    write_thresholds(run_dir / THRESHOLDS, chosen, model_file)
     return chosen

@@ -86,8 +86,8 @@ from train.model_file import (
     load_model_file,
     load_weights,
 )
+from train.run_files import DONE
 from train.run_folder import (
-    DONE,
     check_resumed_run,
     check_trainer_may_write,
     history_to_resume,
