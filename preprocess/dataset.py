@@ -30,7 +30,6 @@ disk copy, not a decompression and recompression.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
 import json
@@ -43,13 +42,12 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import NamedTuple
 
-import filelock
 import h5py
 import hdf5plugin  # registers the Blosc2 filter with HDF5, for h5py and every reader here
 import numpy as np
 
 from preprocess.params import FORMAT_VERSION, SpectrogramParams
-from preprocess.paths import HDF5_SIGNATURE, has_one_name, is_hdf5, partial_name
+from preprocess.paths import HDF5_SIGNATURE, is_hdf5, partial_name
 
 FORMAT = "birdclef-chunks"
 # h5py filter settings of X per --compression choice; all lossless. "blosc2-lz4" (the
@@ -823,61 +821,3 @@ def remove_parts(parts_dir: Path) -> None:
                 Path(entry.path).unlink(missing_ok=True)
     with contextlib.suppress(OSError):  # not empty: what is left is not ours to delete
         parts_dir.rmdir()
-
-
-class RunLocked(Exception):
-    """Another process is writing the same output; the message says which."""
-
-
-@contextmanager
-def exclusive_run(lock_path: Path, output: str) -> Iterator[None]:
-    """Hold an exclusive lock on lock_path while this process writes `output`.
-
-    Two runs writing the same shards or run folder would corrupt each other, so the second
-    one raises RunLocked (naming the first one's pid) instead. `filelock` takes an flock on
-    the file, released when the process ends, even by kill -9, and dropped in forked worker
-    processes. The lock file stays: removing it would race (a later run locking the removed
-    inode while a third locks a new one).
-    """
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write_pid(fd: int) -> None:
-        # filelock opens no link, but a hard link is the file it names: never write another
-        # file's content (raising here releases the lock and leaves the file as it is)
-        status = os.fstat(fd)
-        if not has_one_name(status):
-            raise OSError(
-                errno.EEXIST,
-                "the lock file is not a file of its own (a hard link, as a folder copied "
-                "with cp -al shares; a device?): it is left as it is; remove it, or choose "
-                "another output",
-                str(lock_path),
-            )
-        held = os.pread(fd, 33, 0)  # the pid an earlier run wrote, or nothing
-        if len(held) > 32 or (held and not held.strip().isdigit()):
-            raise OSError(
-                errno.EEXIST,
-                "the lock file holds something other than a process id (a file of "
-                "someone's of that name?): it is left as it is; move it away, or choose "
-                "another output",
-                str(lock_path),
-            )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-
-    lock = filelock.FileLock(lock_path, timeout=0, on_acquired=write_pid)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        try:
-            holder = lock_path.read_text(encoding="utf-8").strip() or "?"
-        except OSError:
-            holder = "?"
-        raise RunLocked(
-            f"{output} is being written by another process (pid {holder}, lock "
-            f"{lock_path}): wait for it to finish"
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()

@@ -1,6 +1,7 @@
-"""Output paths that never destroy an input: one check shared by every command, and the
-file helpers every command writes, lists and names files through (`replace_atomically`,
-`write_text_atomically`, `files_under`, `shown_name`).
+"""Output paths that never destroy an input: one check shared by every command, the file
+helpers every command writes, lists and names files through (`replace_atomically`,
+`write_text_atomically`, `files_under`, `shown_name`), and the lock of a run's output
+(`exclusive_run`).
 
 A command refuses to write to a path that is one of its inputs (or a link to one), a folder,
 or an existing file of another kind than the command writes: `predict.py --out clips/x.wav`
@@ -12,15 +13,19 @@ says what its own kind looks like with a small predicate on the file's first byt
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import secrets
 import stat
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+import filelock
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 SNIFF_BYTES = 64 * 1024  # enough for a first line or a small JSON file
@@ -197,3 +202,61 @@ def shown_name(name: str) -> str:
     """A file name to print on one line: quoted (escapes and all) when it holds a newline or
     other character that is not printable."""
     return name if name.isprintable() else repr(name)
+
+
+class RunLocked(Exception):
+    """Another process is writing the same output; the message says which."""
+
+
+@contextmanager
+def exclusive_run(lock_path: Path, output: str) -> Iterator[None]:
+    """Hold an exclusive lock on lock_path while this process writes `output`.
+
+    Two runs writing the same shards or run folder would corrupt each other, so the second
+    one raises RunLocked (naming the first one's pid) instead. `filelock` takes an flock on
+    the file, released when the process ends, even by kill -9, and dropped in forked worker
+    processes. The lock file stays: removing it would race (a later run locking the removed
+    inode while a third locks a new one).
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write_pid(fd: int) -> None:
+        # filelock opens no link, but a hard link is the file it names: never write another
+        # file's content (raising here releases the lock and leaves the file as it is)
+        status = os.fstat(fd)
+        if not has_one_name(status):
+            raise OSError(
+                errno.EEXIST,
+                "the lock file is not a file of its own (a hard link, as a folder copied "
+                "with cp -al shares; a device?): it is left as it is; remove it, or choose "
+                "another output",
+                str(lock_path),
+            )
+        held = os.pread(fd, 33, 0)  # the pid an earlier run wrote, or nothing
+        if len(held) > 32 or (held and not held.strip().isdigit()):
+            raise OSError(
+                errno.EEXIST,
+                "the lock file holds something other than a process id (a file of "
+                "someone's of that name?): it is left as it is; move it away, or choose "
+                "another output",
+                str(lock_path),
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    lock = filelock.FileLock(lock_path, timeout=0, on_acquired=write_pid)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        try:
+            holder = lock_path.read_text(encoding="utf-8").strip() or "?"
+        except OSError:
+            holder = "?"
+        raise RunLocked(
+            f"{output} is being written by another process (pid {holder}, lock "
+            f"{lock_path}): wait for it to finish"
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()

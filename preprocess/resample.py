@@ -108,11 +108,12 @@ from preprocess.audio import (
     wav_data_cut_short,
 )
 from preprocess.cli import at_least, command_parser, describe, most_workers, run_command
-from preprocess.dataset import RunLocked, exclusive_run
 from preprocess.params import SpectrogramParams
 from preprocess.paths import (
     NOT_REGULAR,
     OutputPathError,
+    RunLocked,
+    exclusive_run,
     files_under,
     has_one_name,
     is_own_file,

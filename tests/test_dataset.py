@@ -22,19 +22,17 @@ from preprocess.dataset import (
     DatasetError,
     DatasetInfo,
     RecordingChunks,
-    RunLocked,
     StoredRecordings,
     atomic_dataset,
     complete_shards,
     compress_chunks,
-    exclusive_run,
     open_dataset,
     read_rows,
     recording_rows,
     remove_parts,
 )
 from preprocess.params import FORMAT_VERSION, SpectrogramParams
-from preprocess.paths import HDF5_SIGNATURE
+from preprocess.paths import HDF5_SIGNATURE, RunLocked, exclusive_run
 from tests.helpers import write_dataset
 
 PARAMS = SpectrogramParams()

@@ -22,10 +22,10 @@ from preprocess import extract as extract_module
 from preprocess import load_data as load_data_module
 from preprocess import metadata
 from preprocess.audio import read_wav, to_sample_rate
-from preprocess.dataset import complete_shards, exclusive_run, open_dataset
+from preprocess.dataset import complete_shards, open_dataset
 from preprocess.load_data import main
 from preprocess.params import SpectrogramParams
-from preprocess.paths import HDF5_SIGNATURE
+from preprocess.paths import HDF5_SIGNATURE, exclusive_run
 from preprocess.spectrogram import extract_chunks, stream_chunks
 from tests.helpers import process_state, still_running, tree_state
 

@@ -47,8 +47,8 @@ import keras
 import numpy as np
 
 from preprocess.cli import at_least, between, command_parser, most_workers, run_command
-from preprocess.dataset import DatasetError, RunLocked, content_digest, exclusive_run, open_dataset
-from preprocess.paths import write_text_atomically
+from preprocess.dataset import DatasetError, content_digest, open_dataset
+from preprocess.paths import RunLocked, exclusive_run, write_text_atomically
 from preprocess.workers import WorkerLost
 from train import recipe
 from train.augment import AUGMENTATIONS
