@@ -343,6 +343,23 @@ def _warn(results: dict) -> None:
             logger.warning("%s: %s", what, some(results[key]))
 
 
+def write_report_for(out_dir, entries, truth: Truth, results: dict, model_classes) -> Path:
+    """predict/report.py's files for these results; classes: the model's, else all seen."""
+    classes = model_classes or sorted(
+        {e.class_id for e in entries} | set(truth.foreground.values())
+    )
+    classes = [*classes, *sorted(set(truth.foreground.values()) - set(classes))]
+    summary = {
+        "MAP (foreground)": f"{results['map_foreground']:.4f}",
+        "MAP (with background)": f"{results['map_with_background']:.4f}",
+        "top-1 accuracy": f"{results['top1_accuracy']:.4f}",
+        "recordings in the truth": results["recordings"],
+        "missing from the run file": len(results["missing_from_run"]),
+        "chance MAP (foreground)": f"{results['chance_map_foreground']:.4f}",
+    }
+    return write_report(out_dir, entries, truth.foreground, classes, summary)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Score a BirdCLEF run file (MediaId;ClassId;Probability;Rank) with the "
@@ -418,23 +435,6 @@ def main(argv: list[str] | None = None) -> None:
     status = run_command(work, args.verbose, input_errors)
     if status:
         raise SystemExit(status)
-
-
-def write_report_for(out_dir, entries, truth: Truth, results: dict, model_classes) -> Path:
-    """predict/report.py's files for these results; classes: the model's, else all seen."""
-    classes = model_classes or sorted(
-        {e.class_id for e in entries} | set(truth.foreground.values())
-    )
-    classes = [*classes, *sorted(set(truth.foreground.values()) - set(classes))]
-    summary = {
-        "MAP (foreground)": f"{results['map_foreground']:.4f}",
-        "MAP (with background)": f"{results['map_with_background']:.4f}",
-        "top-1 accuracy": f"{results['top1_accuracy']:.4f}",
-        "recordings in the truth": results["recordings"],
-        "missing from the run file": len(results["missing_from_run"]),
-        "chance MAP (foreground)": f"{results['chance_map_foreground']:.4f}",
-    }
-    return write_report(out_dir, entries, truth.foreground, classes, summary)
 
 
 if __name__ == "__main__":

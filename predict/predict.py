@@ -118,6 +118,7 @@ CACHE_NAME_LENGTH = 32  # hex digits of the hash naming a file in the resampling
 WORKER_MAX_SECONDS = STREAM_SECONDS  # longer recordings are extracted here, streamed
 TASK_SECONDS = 60.0  # of audio per worker task at most (one recording at least): 5 MB
 RECORDINGS_PER_TASK = 16  # at most
+DEFAULT_MIN_CONF = 0.1  # the lowest probability a --raven or --audacity table lists
 
 
 class PredictError(Exception):
@@ -809,109 +810,7 @@ def predict(
     return written, skipped
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The command; bad input ends it with SystemExit(2), a bug with SystemExit(1)."""
-    parser = argparse.ArgumentParser(
-        description="Predict species with a trained run folder and write a BirdCLEF run file "
-        "(MediaId;ClassId;Probability;Rank, top-k per recording). Audio of any format and "
-        "rate is resampled to the run's rate as in training.",
-        epilog="examples:\n"
-        "  python predict/predict.py --run runs/demo --audio my_recordings/ --out run.csv\n"
-        "  python predict/predict.py --run runs/demo --xml-dir data/demo/TestSet/xml "
-        "--out run.csv",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--run",
-        type=Path,
-        required=True,
-        help="training run folder (params.json, classes.json, model)",
-    )
-    parser.add_argument(
-        "--audio",
-        type=Path,
-        nargs="+",
-        help="audio files or folders (searched recursively); MediaId = file "
-        "name without extension. With --xml-dir: the folder of the test audio "
-        "(default: the xml folder's sibling wav/)",
-    )
-    parser.add_argument(
-        "--xml-dir", type=Path, help="BirdCLEF test XML folder: MediaId and FileName from the XMLs"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="run file to write")
-    parser.add_argument(
-        "--model-file",
-        help="model in the run folder (default: the run's inference.json says, else "
-        f"{run_files.BEST_VAL_MAP})",
-    )
-    parser.add_argument(
-        "--pooling",
-        choices=POOLINGS,
-        help="how a recording's chunk predictions are pooled (default: the run's "
-        "inference.json says, else mean as in 2016)",
-    )
-    parser.add_argument(
-        "--top-k",
-        type=at_least(1, MAX_RANK),
-        default=100,
-        help="species per recording (or window), 1-100 (default 100)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=at_least(1, MAX_BATCH_SIZE),
-        default=32,
-        help=f"chunks per model call, 1-{MAX_BATCH_SIZE} (default 32)",
-    )
-    parser.add_argument(
-        "--soundscape",
-        action="store_true",
-        help="rank species per 5 s window: MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability",
-    )
-    parser.add_argument(
-        "--human-csv",
-        type=Path,
-        help=f"also write a CSV for people: file, top-{HUMAN_TOP} species, probabilities",
-    )
-    parser.add_argument(
-        "--work-dir", type=Path, help="cache for resampled audio (default: .resampled beside --out)"
-    )
-    parser.add_argument(
-        "--workers",
-        type=at_least(1, most_workers()),
-        metavar="N",
-        help=f"processes: N files are resampled at once, then, with N > 2, N-1 extract the "
-        f"recordings of up to {WORKER_MAX_SECONDS / 60:g} minutes ahead of the model, which "
-        "takes the N-th core (else extraction takes turns with the model in this process). "
-        f"Default: all {os.cpu_count()} cores resample; they extract too where the model runs "
-        "on a GPU, and extraction takes turns with a model on the CPU",
-    )
-    add_output_arguments(parser)
-    parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    if not args.audio and not args.xml_dir:
-        parser.error("give --audio and/or --xml-dir")
-    check_output_arguments(parser, args)
-    if args.xml_dir and args.audio and len(args.audio) > 1:
-        parser.error("with --xml-dir, --audio is one folder")
-
-    def work() -> int:
-        written, skipped = run_predict(args)
-        if skipped:
-            logger.warning("%d file(s) skipped:\n  %s", len(skipped), "\n  ".join(skipped))
-        print(f"Run file with {written} recordings written to {args.out}")
-        if args.human_csv:
-            print(f"Top-5 species per file for people: {args.human_csv}")
-        return 0
-
-    input_errors = (PredictError, ThresholdsError, OutputError, OutputPathError, WorkerLost)
-    status = run_command(work, args.verbose, input_errors)
-    if status:
-        raise SystemExit(status)
-
-
 # ---- tables other tools open, embeddings (predict/detections.py) ------------------------------
-DEFAULT_MIN_CONF = 0.1
 
 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1094,6 +993,107 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
     except NothingRead as error:  # name the files that failed earlier too
         raise NothingRead([*skipped, *error.skipped]) from None
     return written, skipped + failed
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The command; bad input ends it with SystemExit(2), a bug with SystemExit(1)."""
+    parser = argparse.ArgumentParser(
+        description="Predict species with a trained run folder and write a BirdCLEF run file "
+        "(MediaId;ClassId;Probability;Rank, top-k per recording). Audio of any format and "
+        "rate is resampled to the run's rate as in training.",
+        epilog="examples:\n"
+        "  python predict/predict.py --run runs/demo --audio my_recordings/ --out run.csv\n"
+        "  python predict/predict.py --run runs/demo --xml-dir data/demo/TestSet/xml "
+        "--out run.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--run",
+        type=Path,
+        required=True,
+        help="training run folder (params.json, classes.json, model)",
+    )
+    parser.add_argument(
+        "--audio",
+        type=Path,
+        nargs="+",
+        help="audio files or folders (searched recursively); MediaId = file "
+        "name without extension. With --xml-dir: the folder of the test audio "
+        "(default: the xml folder's sibling wav/)",
+    )
+    parser.add_argument(
+        "--xml-dir", type=Path, help="BirdCLEF test XML folder: MediaId and FileName from the XMLs"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="run file to write")
+    parser.add_argument(
+        "--model-file",
+        help="model in the run folder (default: the run's inference.json says, else "
+        f"{run_files.BEST_VAL_MAP})",
+    )
+    parser.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        help="how a recording's chunk predictions are pooled (default: the run's "
+        "inference.json says, else mean as in 2016)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=at_least(1, MAX_RANK),
+        default=100,
+        help="species per recording (or window), 1-100 (default 100)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=at_least(1, MAX_BATCH_SIZE),
+        default=32,
+        help=f"chunks per model call, 1-{MAX_BATCH_SIZE} (default 32)",
+    )
+    parser.add_argument(
+        "--soundscape",
+        action="store_true",
+        help="rank species per 5 s window: MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability",
+    )
+    parser.add_argument(
+        "--human-csv",
+        type=Path,
+        help=f"also write a CSV for people: file, top-{HUMAN_TOP} species, probabilities",
+    )
+    parser.add_argument(
+        "--work-dir", type=Path, help="cache for resampled audio (default: .resampled beside --out)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=at_least(1, most_workers()),
+        metavar="N",
+        help=f"processes: N files are resampled at once, then, with N > 2, N-1 extract the "
+        f"recordings of up to {WORKER_MAX_SECONDS / 60:g} minutes ahead of the model, which "
+        "takes the N-th core (else extraction takes turns with the model in this process). "
+        f"Default: all {os.cpu_count()} cores resample; they extract too where the model runs "
+        "on a GPU, and extraction takes turns with a model on the CPU",
+    )
+    add_output_arguments(parser)
+    parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    if not args.audio and not args.xml_dir:
+        parser.error("give --audio and/or --xml-dir")
+    check_output_arguments(parser, args)
+    if args.xml_dir and args.audio and len(args.audio) > 1:
+        parser.error("with --xml-dir, --audio is one folder")
+
+    def work() -> int:
+        written, skipped = run_predict(args)
+        if skipped:
+            logger.warning("%d file(s) skipped:\n  %s", len(skipped), "\n  ".join(skipped))
+        print(f"Run file with {written} recordings written to {args.out}")
+        if args.human_csv:
+            print(f"Top-5 species per file for people: {args.human_csv}")
+        return 0
+
+    input_errors = (PredictError, ThresholdsError, OutputError, OutputPathError, WorkerLost)
+    status = run_command(work, args.verbose, input_errors)
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":
