@@ -201,7 +201,7 @@ def read_truth(path: Path, names_xml_dir: Path | None = None) -> Truth:
     return truth
 
 
-def run_classes(path: Path) -> list[str]:
+def model_classes_from(path: Path) -> list[str]:
     """The class ids of a run folder's classes.json; a TruthError naming the file."""
     try:
         return read_classes(path)[0]
@@ -262,9 +262,9 @@ def score(entries: list[RunEntry], truth: Truth, model_classes: list[str] | None
     """
     media_ids = sorted(truth.foreground)
     run_ids = {entry.media_id for entry in entries}
-    run_classes = {entry.class_id for entry in entries}
+    run_file_classes = {entry.class_id for entry in entries}
     truth_classes = set(truth.foreground.values()).union(*truth.background.values())
-    known = set(model_classes) if model_classes is not None else run_classes
+    known = set(model_classes) if model_classes is not None else run_file_classes
     if not run_ids & set(media_ids):
         raise TruthError("the run file and the ground truth share no MediaId: wrong test set?")
     if not known & truth_classes:
@@ -273,7 +273,7 @@ def score(entries: list[RunEntry], truth: Truth, model_classes: list[str] | None
             "dataset?"
         )
 
-    classes = sorted(run_classes | truth_classes | known)
+    classes = sorted(run_file_classes | truth_classes | known)
     column = {class_id: index for index, class_id in enumerate(classes)}
     row = {media_id: index for index, media_id in enumerate(media_ids)}
     scores = np.full((len(media_ids), len(classes)), -np.inf)
@@ -415,7 +415,7 @@ def main(argv: list[str] | None = None) -> None:
             check_report_paths(args.report, [*inputs, *([args.json] if args.json else [])])
         entries = read_run_file(args.run_file)
         truth = read_truth(args.truth, args.names_xml_dir)
-        model_classes = run_classes(args.classes) if args.classes else None
+        model_classes = model_classes_from(args.classes) if args.classes else None
         entries, truth, model_classes = same_normalisation(entries, truth, model_classes)
         results = score(entries, truth, model_classes)
         print(report(results))

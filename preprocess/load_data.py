@@ -471,7 +471,7 @@ def resume(parts_dir: Path, settings: str) -> dict[Path, np.ndarray]:
     return shards
 
 
-def stored_recordings(
+def where_stored(
     sources: dict[Path, np.ndarray], wanted: set[str]
 ) -> tuple[dict[str, tuple[Path, int]], float]:
     """Where a rerun finds the recordings already extracted into datasets (an earlier OUT,
@@ -843,7 +843,7 @@ def build(args) -> int:
         )
 
     shards = resume(parts_dir, info.settings_digest)
-    stored, stored_bytes = stored_recordings({**earlier, **shards}, set(keys))
+    stored, stored_bytes = where_stored({**earlier, **shards}, set(keys))
     todo = [(r, key) for r, key in zip(recordings, keys, strict=True) if key not in stored]
     summary.resumed = len(recordings) - len(todo)
     if summary.resumed:
