@@ -8,6 +8,7 @@ from train.metrics import (
     chunk_micro_ap,
     mean_average_precision,
     ranking_average_precision,
+    recording_map,
     recording_scores,
     top1_accuracy,
 )
@@ -84,3 +85,13 @@ def test_recording_pooling_max_and_power_mean_lie_around_the_mean():
         np.testing.assert_allclose(pooled[1], [0.6, 0.4])
     with pytest.raises(ValueError, match="pooling"):
         recording_scores(probs, ids, "median")
+
+
+def test_recording_map_pools_each_recordings_chunks_before_ranking():
+    """Recording 0 (class 1): its mean ranks class 1 first, its max ranks class 0 first (one
+    loud chunk); recording 1 (class 0) ranks class 0 first either way."""
+    chunk_probs = np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4]])
+    chunk_recording = np.array([0, 0, 0, 1])
+    labels = np.array([1, 0])
+    assert recording_map(chunk_probs, chunk_recording, labels, "mean") == pytest.approx(1.0)
+    assert recording_map(chunk_probs, chunk_recording, labels, "max") == pytest.approx(0.75)

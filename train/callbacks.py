@@ -27,7 +27,7 @@ from preprocess.paths import (
     replace_atomically,
     write_text_atomically,
 )
-from train.data import TrainError, predict_rows
+from train.data import TrainError, predict_rows, read_errors_reported
 from train.log import best_epoch
 from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
 from train.run_files import BEST_VAL_MAP
@@ -171,6 +171,14 @@ def remove_cut_short_saves(path: Path, suffix: str = "") -> None:
             leftover.is_symlink() or leftover.is_file()
         ):
             leftover.unlink()
+
+
+def saved_model_probs(path: Path, batches) -> np.ndarray:
+    """The softmax outputs (chunks, C) of the model saved at path (`load_saved_model`) for
+    the chunks of batches (a ChunkBatches), a read error naming the data file."""
+    model = load_saved_model(path)
+    with read_errors_reported(batches):
+        return predict_rows(model, batches)
 
 
 def copy_atomically(source: Path, target: Path) -> None:

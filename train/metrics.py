@@ -59,6 +59,21 @@ POOLINGS = ("mean", "max", "power")  # recording-level pooling of chunk scores; 
 POWER_EXPONENT = 3.0  # of the "power" mean: between the mean (1) and the max (infinity)
 
 
+def recording_map(
+    chunk_probs: np.ndarray,
+    chunk_recording: np.ndarray,
+    labels: np.ndarray,
+    pooling: str = "mean",
+) -> float:
+    """The official MAP of chunk predictions pooled per recording (`recording_scores`).
+
+    chunk_probs (chunks, C); chunk_recording (chunks,) recording index of each chunk; labels
+    (recordings,) the class of each recording index.
+    """
+    ids, probs = recording_scores(chunk_probs, chunk_recording, pooling)
+    return mean_average_precision(probs, np.eye(chunk_probs.shape[1], dtype=bool)[labels[ids]])
+
+
 def recording_scores(
     chunk_probs: np.ndarray,
     recording_ids: np.ndarray,

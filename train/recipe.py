@@ -36,9 +36,9 @@ from preprocess.extract import recording_chunks
 from preprocess.params import SpectrogramParams
 from preprocess.paths import NOT_REGULAR, files_under, shown_name, write_text_atomically
 from train.augment import NOISE_CHUNKS, AugmentedBatches, AugmentSettings, quietest_chunks
-from train.callbacks import BEST, load_saved_model, save_model_atomically
-from train.data import SplitData, TrainError, predict_rows, read_errors_reported
-from train.metrics import POOLINGS, POWER_EXPONENT, mean_average_precision, recording_scores
+from train.callbacks import BEST, save_model_atomically, saved_model_probs
+from train.data import SplitData, TrainError
+from train.metrics import POOLINGS, POWER_EXPONENT, recording_map
 from train.run_files import BEST_VAL_MAP, FINAL, INFERENCE
 
 logger = logging.getLogger(__name__)
@@ -528,11 +528,10 @@ def choose_pooling(
     """The recording pooling with the best validation MAP (ties: the first of POOLINGS,
     mean). chunk_probs (chunks, C); chunk_recording (chunks,) recording index; labels
     (recordings,) class of each recording index. Returns (pooling, {pooling: MAP})."""
-    scores = {}
-    for pooling in POOLINGS:
-        ids, probs = recording_scores(chunk_probs, chunk_recording, pooling, POWER_EXPONENT)
-        relevant = np.eye(chunk_probs.shape[1], dtype=bool)[labels[ids]]
-        scores[pooling] = mean_average_precision(probs, relevant)
+    scores = {
+        pooling: recording_map(chunk_probs, chunk_recording, labels, pooling)
+        for pooling in POOLINGS
+    }
     best = max(POOLINGS, key=lambda name: np.nan_to_num(scores[name], nan=-1.0))
     return best, scores
 
@@ -593,9 +592,7 @@ def choose_inference(
     if len(candidates) > 1 or args.pooling == "auto":
         best, extra["validation_map"] = -1.0, {}
         for name in candidates:
-            model = load_saved_model(run_dir / name)
-            with read_errors_reported(data["val"].batches):
-                probs = predict_rows(model, data["val"].batches)
+            probs = saved_model_probs(run_dir / name, data["val"].batches)
             chosen, maps = choose_pooling(probs, data["val"].chunk_recording, labels)
             if args.pooling != "auto":
                 chosen = args.pooling
@@ -605,11 +602,6 @@ def choose_inference(
         logger.info("prediction: %s, %s pooling (validation MAP %s)", model_file, pooling, extra)
     test = data["test"]
     if len(test):
-        model = load_saved_model(run_dir / model_file)
-        with read_errors_reported(test.batches):
-            probs = predict_rows(model, test.batches)
-        ids, pooled = recording_scores(probs, test.chunk_recording, pooling)
-        extra["test_map"] = mean_average_precision(
-            pooled, np.eye(probs.shape[1], dtype=bool)[labels[ids]]
-        )
+        probs = saved_model_probs(run_dir / model_file, test.batches)
+        extra["test_map"] = recording_map(probs, test.chunk_recording, labels, pooling)
     return write_inference(run_dir, model_file, pooling, extra)

@@ -30,9 +30,9 @@ from train.callbacks import (
     BEST,
     HISTORY,
     epochs_backed_up,
-    load_saved_model,
     read_history,
     remove_backup,
+    saved_model_probs,
     score_predictions,
     trim_history,
 )
@@ -40,7 +40,6 @@ from train.data import (
     SPLITS,
     SplitData,
     TrainError,
-    predict_rows,
     read_errors_reported,
     split_recordings,
 )
@@ -350,9 +349,7 @@ def score_best_models(
         if not path.is_file():
             logger.warning("%s missing: never saved (no finite %s)", path, monitor)
             continue
-        model = load_saved_model(path)
-        with read_errors_reported(test.batches):
-            probs = predict_rows(model, test.batches)
+        probs = saved_model_probs(path, test.batches)
         best = best_epoch(history[monitor], mode)
         scores["models"][path.stem] = {
             "epoch": best + 1,

@@ -148,15 +148,14 @@ def save_validation_thresholds(
     foreground class index. Returns the chosen thresholds, or None (with nothing written)
     when the model file or validation chunks are missing.
     """
-    from train.callbacks import load_saved_model  # imports Keras: only when training does
-    from train.data import predict_rows
+    from train.callbacks import saved_model_probs  # imports Keras: only when training does
     from train.metrics import recording_scores
 
     model_path = run_dir / model_file
     if not model_path.is_file() or len(chunk_recording) == 0:
         return None
-    model = load_saved_model(model_path)
-    ids, probs = recording_scores(predict_rows(model, batches), chunk_recording, pooling, exponent)
+    chunk_probs = saved_model_probs(model_path, batches)
+    ids, probs = recording_scores(chunk_probs, chunk_recording, pooling, exponent)
     chosen = choose_thresholds(probs, np.asarray(recording_labels)[ids.astype(int)], classes)
     write_thresholds(run_dir / THRESHOLDS, chosen, model_file)
     return chosen
