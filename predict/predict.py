@@ -133,6 +133,16 @@ class NothingRead(PredictError):
         super().__init__("no recording could be read: " + "; ".join(skipped[:5]))
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How a run is applied: RUN/inference.json, written by train_model at the end of
+    training; a run made before it existed is applied as these defaults (the 2016 recipe's) say."""
+
+    model_file: str = run_files.BEST_VAL_MAP  # the model's file name in the run folder
+    pooling: str = "mean"  # of a recording's chunk softmax (train.metrics.recording_scores)
+    pooling_exponent: float = POWER_EXPONENT  # of the "power" pooling
+
+
 @dataclass
 class Run:
     """A trained run folder, loaded."""
@@ -141,19 +151,7 @@ class Run:
     params: SpectrogramParams
     classes: list[str]
     class_names: dict[str, str]
-    pooling: str = "mean"  # of a recording's chunk softmax (train.metrics.recording_scores)
-    pooling_exponent: float = POWER_EXPONENT  # of the "power" pooling
-    model_file: str = run_files.BEST_VAL_MAP  # the model's file name in the run folder
-
-
-@dataclass(frozen=True)
-class Inference:
-    """How a run is applied: RUN/inference.json, written by train_model at the end of
-    training; a run made before it existed is applied as these defaults (the 2016 recipe's) say."""
-
-    model_file: str = run_files.BEST_VAL_MAP
-    pooling: str = "mean"
-    pooling_exponent: float = POWER_EXPONENT
+    inference: Inference = Inference()  # the model file it was loaded from, the pooling
 
 
 def is_plain_file_name(name: object) -> bool:
@@ -296,9 +294,8 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
             f"{model.output_shape[-1]} classes, but the run folder says {expected_input} and "
             f"{len(classes)} classes: model and run folder do not belong together"
         )
-    pooling = pooling or inference.pooling
-    exponent = inference.pooling_exponent
-    return Run(model, params, classes, class_names, pooling, exponent, model_file)
+    applied = Inference(model_file, pooling or inference.pooling, inference.pooling_exponent)
+    return Run(model, params, classes, class_names, applied)
 
 
 def find_audio(
@@ -618,7 +615,9 @@ def pooled_probs(chunk_probs: np.ndarray, run: Run) -> np.ndarray:
     """(chunks, classes) softmax -> (classes,) pooled as the run says (mean in 2016) and
     renormalised, as for a recording in training's validation."""
     ids = np.zeros(len(chunk_probs))
-    return recording_scores(chunk_probs, ids, run.pooling, run.pooling_exponent)[1][0]
+    return recording_scores(
+        chunk_probs, ids, run.inference.pooling, run.inference.pooling_exponent
+    )[1][0]
 
 
 def extracted_recordings(
@@ -867,8 +866,10 @@ def chunk_outputs(args: argparse.Namespace, run: Run, items: list[AudioItem]):
     )
     for path in thresholds_files(args):
         thresholds, chosen_for = read_thresholds(path, run.classes)
-        if chosen_for and chosen_for != run.model_file:
-            logger.warning("%s were chosen for %s, applied to %s", path, chosen_for, run.model_file)
+        if chosen_for and chosen_for != run.inference.model_file:
+            logger.warning(
+                "%s were chosen for %s, applied to %s", path, chosen_for, run.inference.model_file
+            )
     return ChunkOutputs(
         [item.media_id for item in items],
         run.classes,

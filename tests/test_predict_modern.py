@@ -78,7 +78,7 @@ def expected(run, wav, pooling: str) -> dict[str, float]:
 
 def test_inference_json_chooses_the_model_and_pooling(modern_run, audio, tmp_path):
     run = load_run(modern_run)
-    assert (run.pooling, run.pooling_exponent) == ("max", 3.0)
+    assert (run.inference.pooling, run.inference.pooling_exponent) == ("max", 3.0)
     assert run.model.input_shape == (None, 128, None, 1)
     out = tmp_path / "run.csv"
     main(["--run", str(modern_run), "--audio", str(audio), "--out", str(out)])
@@ -92,7 +92,7 @@ def test_inference_json_chooses_the_model_and_pooling(modern_run, audio, tmp_pat
 
 def test_pooling_option_overrides_the_run(modern_run, audio, tmp_path):
     run = load_run(modern_run, pooling="mean")
-    assert run.pooling == "mean"
+    assert run.inference.pooling == "mean"
     mean_out, max_out = tmp_path / "mean.csv", tmp_path / "max.csv"
     main(
         [
@@ -122,7 +122,7 @@ def test_a_run_without_inference_json_is_applied_as_in_2016(modern_run, tmp_path
         (folder / name).write_text((modern_run / name).read_text())
     (folder / "best_val_map.keras").write_bytes((modern_run / "final.keras").read_bytes())
     run = load_run(folder)
-    assert (run.pooling, run.pooling_exponent) == ("mean", 3.0)
+    assert (run.inference.pooling, run.inference.pooling_exponent) == ("mean", 3.0)
 
 
 @pytest.mark.parametrize(
