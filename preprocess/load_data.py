@@ -788,6 +788,34 @@ def remove_cut_short_writes(out: Path) -> None:
             leftover.unlink()
 
 
+def earlier_output(out: Path, info: DatasetInfo) -> dict[Path, np.ndarray] | None:
+    """What a rerun keeps of an existing OUT: {OUT: its recordings' input keys} where it was
+    built with the same settings ({} where there is no OUT), None where it is already
+    complete for these inputs. A LoadDataError for an OUT that cannot be read, or was built
+    with other settings (--overwrite replaces it)."""
+    if not out.exists():
+        return {}
+    try:
+        with open_dataset(out) as existing:
+            built_from, built_keys = existing.info, existing.recordings["input_key"]
+    except DatasetError as error:
+        raise LoadDataError(f"{error}; use --overwrite to replace it") from None
+    if built_from.inputs_digest == info.inputs_digest:
+        return None
+    if built_from.settings_digest != info.settings_digest:
+        raise LoadDataError(
+            f"{out} exists, built with other settings (classes, --top-n, --classes-from, "
+            "--compression or parameters) or by an older version; use --overwrite to "
+            "rebuild it, or another --out"
+        )
+    logger.info(
+        "%s exists: keeping its recordings whose wav and labels are unchanged; new, "
+        "changed and failed files are (re)tried",
+        out,
+    )
+    return {out: built_keys}
+
+
 def build(args) -> int:
     started = time.perf_counter()
     summary = Summary()
@@ -808,32 +836,14 @@ def build(args) -> int:
     )
 
     remove_cut_short_writes(out)
-    earlier = {}  # an OUT whose recordings that still apply are kept: {OUT: input keys}
-    if out.exists() and not args.overwrite:
-        try:
-            with open_dataset(out) as existing:
-                built_from, built_keys = existing.info, existing.recordings["input_key"]
-        except DatasetError as error:
-            raise LoadDataError(f"{error}; use --overwrite to replace it") from None
-        if built_from.inputs_digest == info.inputs_digest:
-            remove_parts(parts_dir)  # a run killed between the final rename and this clean-up
-            print(
-                f"{out} already complete for these inputs and settings: nothing to do "
-                "(--overwrite rebuilds it)"
-            )
-            return 0
-        if built_from.settings_digest != info.settings_digest:
-            raise LoadDataError(
-                f"{out} exists, built with other settings (classes, --top-n, --classes-from, "
-                "--compression or parameters) or by an older version; use --overwrite to "
-                "rebuild it, or another --out"
-            )
-        logger.info(
-            "%s exists: keeping its recordings whose wav and labels are unchanged; new, "
-            "changed and failed files are (re)tried",
-            out,
+    earlier = {} if args.overwrite else earlier_output(out, info)
+    if earlier is None:
+        remove_parts(parts_dir)  # a run killed between the final rename and this clean-up
+        print(
+            f"{out} already complete for these inputs and settings: nothing to do "
+            "(--overwrite rebuilds it)"
         )
-        earlier = {out: built_keys}
+        return 0
     if args.overwrite:
         remove_parts(parts_dir)  # the old OUT stays in place until the new one is complete
     if not classes:
