@@ -895,18 +895,30 @@ def looks_like_human_csv(path: Path) -> bool:
     return (first_line(path) or "").startswith(HUMAN_CSV_HEADER)
 
 
+# option -> (what says an existing file is one it writes, what the message calls such a file)
+FILE_OUTPUT_KINDS = {
+    "--out": (looks_like_run_file, "a run file"),
+    "--human-csv": (looks_like_human_csv, "a CSV written by --human-csv"),
+    "--embeddings": (
+        lambda path: is_zip_with(path, "embeddings.npy"),
+        "an embeddings file written by --embeddings",
+    ),
+}
+
+
+def file_outputs(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
+    """The files a run writes, by option (None where not asked for); the tables' folders
+    are `check_tables`'."""
+    return [("--out", args.out), ("--human-csv", args.human_csv), ("--embeddings", args.embeddings)]
+
+
 def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
     """The command's work, once its arguments are valid: (recordings written, skip messages)."""
     if args.model_file is None and args.run.is_dir():  # before the audio is listed
         check_training_ended(args.run)
     # beside the run file, where it goes: not beside a file an --out link leads to
     work_dir = args.work_dir or args.out.absolute().parent / ".resampled"
-    named = (
-        ("--out", args.out),
-        ("--human-csv", args.human_csv),
-        ("--embeddings", args.embeddings),
-    )
-    for option, path in named:
+    for option, path in file_outputs(args):
         if path and path.suffix.lower() in AUDIO_SUFFIXES:  # the next run would take it as audio
             raise OutputPathError(f"{option} {path}: named like audio, which it is not")
     # the cache's folders are this command's choice, not the user's: never where a link
@@ -939,23 +951,14 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
     model_file = args.model_file or read_inference(args.run).model_file
     read_from_run = (run_files.PARAMS, run_files.CLASSES, model_file)
     inputs = [*(args.run / name for name in read_from_run), *(item.path for item in items)]
-    check_output(args.out, own_kind=looks_like_run_file, kind="a run file", inputs=inputs)
-    if args.human_csv:
-        check_output(
-            args.human_csv,
-            own_kind=looks_like_human_csv,
-            kind="a CSV written by --human-csv",
-            inputs=[*inputs, args.out],
-            option="--human-csv",
-        )
-    if args.embeddings:
-        check_output(
-            args.embeddings,
-            own_kind=lambda path: is_zip_with(path, "embeddings.npy"),
-            kind="an embeddings file written by --embeddings",
-            inputs=[*inputs, args.out, *([args.human_csv] if args.human_csv else [])],
-            option="--embeddings",
-        )
+    claimed = []  # inputs, then the outputs already checked: no two options name one file
+    for option, path in file_outputs(args):
+        if path:
+            own_kind, kind = FILE_OUTPUT_KINDS[option]
+            check_output(
+                path, own_kind=own_kind, kind=kind, inputs=[*inputs, *claimed], option=option
+            )
+            claimed.append(path)
     if not items:
         raise PredictError("no recording has a usable MediaId: " + "; ".join(skipped[:5]))
     if args.raven or args.audacity:  # every table's path is known: all checked before any work
@@ -964,11 +967,7 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
             args.raven,
             args.audacity,
             inputs=[*inputs, *thresholds_files(args)],
-            outputs=[
-                ("--out", args.out),
-                ("--human-csv", args.human_csv),
-                ("--embeddings", args.embeddings),
-            ],
+            outputs=file_outputs(args),
         )
     run = load_run(args.run, model_file, args.pooling)
     from train.model_file import list_devices  # Keras, loaded by load_run
