@@ -264,10 +264,12 @@ def resample_one(source: Path, part: Path, sox: bool) -> str:
 
 
 def why_not_written(conversion: Conversion, into: Path) -> str | None:
-    """Why conversion must not be made: the target's folder, links followed, is not inside
-    into (the output folder), as when a link planted in the output tree leads elsewhere; or
-    the source, links followed, is inside it (a link in the input folder leading into the
-    output folder), where resampling would overwrite it. None when neither is so."""
+    """Why conversion must not be made: the target's folder, links followed, is not where
+    its path inside into (the output folder) says, as when a link planted in the output tree
+    leads elsewhere, outside or to another output's folder (whose file of the same name it
+    would replace); or the source, links followed, is inside into (a link in the input
+    folder leading into the output folder), where resampling would overwrite it. None when
+    neither is so."""
     target = conversion.target
     try:
         root, folder = into.resolve(), target.parent.resolve()  # what is missing stays as is
@@ -276,9 +278,14 @@ def why_not_written(conversion: Conversion, into: Path) -> str | None:
         return f"its output folder {target.parent} or its source cannot be resolved: {error}"
     if source.is_relative_to(root):
         return f"it is (through a link) {source}, inside the output folder {into}: not written"
-    if folder == root or folder.is_relative_to(root):
+    try:
+        expected = root / target.parent.relative_to(into)
+    except ValueError:  # a target named another way (relative, through a link): inside, at least
+        expected = folder if folder.is_relative_to(root) else None
+    if folder == expected:
         return None
-    return f"its output folder {target.parent} leads outside {into} (to {folder}): not written"
+    where = "outside" if not folder.is_relative_to(root) else "elsewhere in"
+    return f"its output folder {target.parent} leads {where} {into} (to {folder}): not written"
 
 
 def why_not_replaced(target: Path, made_here: bool, record_readable: bool) -> str | None:

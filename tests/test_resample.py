@@ -560,6 +560,27 @@ def test_a_link_in_the_output_tree_leading_outside_is_not_written_through(
         assert f"  {name}: its output folder" in summary and "outside" in summary
 
 
+def test_a_link_in_the_output_tree_leading_to_another_output_folder_is_not_written_through(
+    tmp_path,
+):
+    """out/a -> b (a work folder received from someone): a/x.wav would become b/x.wav, and
+    the second conversion would replace the first's output while both were recorded done."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    for folder in (in_dir / "a", in_dir / "b", out_dir / "b"):
+        folder.mkdir(parents=True)
+    wavfile.write(in_dir / "a" / "x.wav", 8000, np.full(800, 1000, np.int16))
+    wavfile.write(in_dir / "b" / "x.wav", 8000, np.zeros(400, np.int16))
+    (out_dir / "a").symlink_to("b")
+
+    result = run_script(in_dir, out_dir, "--jobs", "1")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert len(read_16k(out_dir / "b" / "x.wav")) == 800  # b's own audio, not a's
+    summary = result.stdout[result.stdout.index("summary:") :]
+    assert "1 converted, 0 already done, 1 failed" in summary
+    assert "  a/x.wav: its output folder" in summary and "elsewhere in" in summary
+
+
 def test_files_of_the_users_in_the_output_folder_are_left_alone(tmp_path, capsys):
     """OUT_DIR a folder of the user's: a download in progress (song.wav.part), a file at an
     output's name that resampling did not make, a lock file's name holding notes."""
