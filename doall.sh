@@ -263,7 +263,8 @@ run python "$ROOT/preprocess/load_data.py" --wav-dir "$work_dir/train_16k" "${la
 
 # ---- 4. train ---------------------------------------------------------------------------------
 stage "train ${model:+$(basename "$model") }-> $run_dir"
-if [[ -f "$run_dir/metrics.json" ]] && python - "$run_dir/config.json" "$work_dir/train.h5" <<'EOF'
+if [[ -f "$run_dir/metrics.json" && -f "$run_dir/config.json" ]] \
+    && python - "$run_dir/config.json" "$work_dir/train.h5" <<'EOF'
 import json, sys
 from preprocess.dataset import content_digest, open_dataset
 try:  # did the run train on what the data file holds? (a run of an older version: assume so)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.metadata import field_problem
-from preprocess.paths import current_umask, first_line
+from preprocess.paths import NOT_REGULAR, current_umask, first_line
 
 MAX_RANK = 100  # the official evaluator's limit of returned species per recording
 PART_SUFFIX = ".part"  # a run file being written
@@ -309,6 +309,8 @@ def read_run_file(path: str | os.PathLike) -> list[RunEntry]:
     hold no rank to score) is a RunFileError too.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():  # a pipe or a device: read without end
+        raise RunFileError(f"{path}: {NOT_REGULAR}, so not a run file")
     try:
         return _read_entries(path)
     except UnicodeDecodeError:

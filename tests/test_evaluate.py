@@ -420,6 +420,8 @@ def test_a_pipe_as_truth_duplicate_classes_and_a_file_as_report_are_refused_firs
     os.mkfifo(tmp_path / "pipe.csv")  # reading it would wait for a writer forever
     err = evaluate_error(capsys, "--run-file", run, "--truth", tmp_path / "pipe.csv")
     assert "pipe.csv: not a regular file" in err
+    err = evaluate_error(capsys, "--run-file", tmp_path / "pipe.csv", "--truth", truth)
+    assert "pipe.csv: not a regular file" in err and "so not a run file" in err
     classes = tmp_path / "classes.json"
     classes.write_text('{"classes": ["aaaaaa", "bbbbbb", "aaaaaa"]}')
     err = evaluate_error(capsys, "--run-file", run, "--truth", truth, "--classes", classes)

@@ -305,3 +305,17 @@ def test_curves_replace_a_link_put_in_their_place_never_writing_through_it(tmp_p
     assert not (run / "loss.png").is_symlink()
     assert (run / "loss.png").read_bytes().startswith(b"\x89PNG")
     assert sorted(p.name for p in run.iterdir()) == ["loss.png"]
+
+
+def test_a_pipe_in_a_run_folder_or_as_the_runs_table_is_refused_not_read(tmp_path):
+    """Reading config.json, or the runs table, from a pipe would wait for a writer forever."""
+    from train.log import RunsTableError, check_runs_table
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.mkfifo(run_dir / "config.json")
+    with pytest.raises(TrainError, match="not a file \\(a pipe"):
+        run_folder.check_trainer_may_write(run_dir)
+    os.mkfifo(tmp_path / "runs.csv")
+    with pytest.raises(RunsTableError, match="is not a file"):
+        check_runs_table(tmp_path / "runs.csv")

@@ -122,6 +122,10 @@ def check_runs_table(table: Path) -> None:
         )
     if not table.exists():
         return
+    if not table.is_file():  # a folder; a pipe, whose reading would wait for a writer forever
+        raise RunsTableError(
+            f"{table} exists and is not a file, so not a runs table: choose another --runs-table"
+        )
     try:
         with table.open(newline="", encoding="utf-8") as file:
             header = next(csv.reader(file), [])

@@ -130,7 +130,8 @@ def check_no_links(run_dir: Path) -> None:
     file with another name elsewhere (a hard link): the trainer writes, truncates and appends
     to files of fixed names there (history.csv, the checkpoints and their temporary files,
     backup/, logs/), and a link planted at one of them, in a run folder received from
-    someone else, say, would send those writes to another file."""
+    someone else, say, would send those writes to another file. Pipes and devices too:
+    reading config.json or classes.json from a pipe would wait for a writer forever."""
     for folder, subfolders, files in os.walk(run_dir):
         for name in subfolders + files:
             try:
@@ -141,6 +142,8 @@ def check_no_links(run_dir: Path) -> None:
                 kind = "a link"
             elif stat.S_ISREG(status.st_mode) and status.st_nlink > 1:
                 kind = "a file with other names (a hard link)"
+            elif not (stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode)):
+                kind = "an entry that is not a file (a pipe, a device)"
             else:
                 continue
             raise TrainError(
