@@ -309,7 +309,7 @@ def read_run_file(path: str | os.PathLike) -> list[RunEntry]:
     hold no rank to score) is a RunFileError too.
     """
     path = Path(path)
-    if path.exists() and not path.is_file():  # a pipe or a device: read without end
+    if path.exists() and not (path.is_file() or path.is_dir()):  # a pipe: read without end
         raise RunFileError(f"{path}: {NOT_REGULAR}, so not a run file")
     try:
         return _read_entries(path)
