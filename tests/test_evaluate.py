@@ -269,8 +269,13 @@ def test_cli_binary_or_wrong_files_are_one_error_line(tmp_path, capsys):
     )
     assert "Is a directory" in evaluate_error(capsys, "--run-file", tmp_path, "--truth", truth)
     # an endless file without line breaks is named, not read into memory for ever
-    assert "over 100000 characters" in evaluate_error(
+    assert "error: /dev/zero: not a regular file" in evaluate_error(
         capsys, "--run-file", "/dev/zero", "--truth", truth
+    )
+    endless = tmp_path / "endless.csv"
+    endless.write_bytes(b"\0" * 100_001)
+    assert "over 100000 characters" in evaluate_error(
+        capsys, "--run-file", endless, "--truth", truth
     )
     assert "error: /dev/zero: " in evaluate_error(capsys, "--run-file", run, "--truth", "/dev/zero")
     assert "error: /dev/zero: not a file" in evaluate_error(
