@@ -35,14 +35,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 # `python predict/evaluate.py` (how scorers run it) puts this folder first on sys.path, where
 # predict.py would pass for the package `predict`: the project root takes its place, so the file
 # also runs where env.sh's .pth names another checkout or none. `python -m predict.evaluate` needs
-# none of this.
+# none of this. Run by a Python without the requirements, it runs again with the project's .venv.
 if __name__ == "__main__" and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path[0] = str(Path(__file__).resolve().parents[1])
+if __name__ == "__main__":
+    from preprocess.cli import run_in_project_venv_when_a_requirement_is_missing
+
+    run_in_project_venv_when_a_requirement_is_missing()
+
+import numpy as np  # noqa: E402
 
 from predict.report import check_report_paths, write_report  # noqa: E402
 from predict.runfile import (  # noqa: E402

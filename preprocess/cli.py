@@ -6,7 +6,10 @@ bad arguments are argparse errors (usage, then `PROG: error: ...`, exit status 2
 found while running (a damaged file, a folder that cannot be written, ...) ends the command
 with one line `error: ...` on stderr and exit status 2; the traceback is printed only with
 --verbose. A failure that is not about the input (a bug) also ends with one line, saying so,
-and exit status 1.
+and exit status 1. A requirement missing from the Python that runs a command
+(`python predict/predict.py` by a Python other than the project's) makes the command run
+again with the project's .venv where there is one (`run_in_project_venv`), else exit
+status 2.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ import os
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
+
+PROJECT_VENV = Path(__file__).resolve().parents[1] / ".venv"
+RUN_AGAIN_MARK = "BIRDCLEF_RUN_IN_VENV"  # set in the command run again: it runs again once
 
 
 def command_parser(doc: str) -> argparse.ArgumentParser:
@@ -82,6 +89,10 @@ def run_command(work: Callable[[], int], verbose: bool, input_errors: tuple = ()
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as error:  # a requirement imported where it is needed
+        run_in_project_venv(error)
+        print(f"error: {missing_requirement(error)}", file=sys.stderr)
+        return 2
     except (*input_errors, OSError) as error:
         if verbose:
             traceback.print_exc()
@@ -107,3 +118,49 @@ def describe(error: BaseException) -> str:
     else:
         text = str(error) or type(error).__name__
     return " ".join(text.splitlines())
+
+
+def missing_requirement(error: ModuleNotFoundError) -> str:
+    return (
+        f"the module {error.name!r} is not installed for {sys.executable}: run ./doall.sh or "
+        "./test.sh once (they set up .venv), then use .venv/bin/python, or install "
+        "requirements.txt into this Python"
+    )
+
+
+def run_in_project_venv(error: ModuleNotFoundError) -> None:
+    """Run this command again, as it was called, with the project's .venv Python (which
+    doall.sh and test.sh set up) where a requirement is missing from the Python running it:
+    scorers run `python predict/predict.py ...` with whatever `python` is. Returns where that
+    cannot help: no .venv, this is its Python, or the command was run again already."""
+    python = PROJECT_VENV / "bin" / "python"
+    if (
+        not python.is_file()
+        or Path(sys.prefix).resolve() == PROJECT_VENV.resolve()
+        or os.environ.get(RUN_AGAIN_MARK)
+        or not sys.argv[0].endswith(".py")  # python -c, the interactive interpreter
+    ):
+        return
+    print(
+        f"note: the module {error.name!r} is not installed for {sys.executable}: running "
+        f"again with {python}",
+        file=sys.stderr,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.environ[RUN_AGAIN_MARK] = "1"
+    os.execv(python, [str(python), *sys.argv])
+
+
+def run_in_project_venv_when_a_requirement_is_missing() -> None:
+    """For a command run as a file: a requirement missing when its modules are imported
+    (before `run_command`) runs it again with the project's .venv too (`run_in_project_venv`);
+    anything else ends as Python ends it."""
+    previous = sys.excepthook
+
+    def hook(kind, error, trace):
+        if issubclass(kind, ModuleNotFoundError):
+            run_in_project_venv(error)
+        previous(kind, error, trace)
+
+    sys.excepthook = hook

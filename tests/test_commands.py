@@ -62,3 +62,36 @@ def test_env_sh_puts_the_project_root_on_the_import_path(tmp_path):
     assert result.stdout.strip() == str(ROOT / "preprocess" / "__init__.py")
     (pth,) = venv.glob("lib/python*/site-packages/birdclef-cnn.pth")
     assert pth.read_text() == f"{ROOT}\n"
+
+
+def test_a_missing_requirement_runs_the_command_again_with_the_project_venv(
+    tmp_path, monkeypatch, capsys
+):
+    """`python predict/predict.py` by a Python without numpy (a scorer's `python`): the
+    command runs again, once, as it was called, with the project's .venv."""
+    from preprocess import cli
+
+    venv = tmp_path / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text("")
+    ran = []
+    monkeypatch.setattr(cli, "PROJECT_VENV", venv)
+    monkeypatch.setattr(cli.os, "execv", lambda path, argv: ran.append((path, argv)))
+    monkeypatch.setattr(sys, "argv", ["predict/predict.py", "--run", "R"])
+    monkeypatch.delenv(cli.RUN_AGAIN_MARK, raising=False)
+
+    def work():
+        import numpy_is_not_installed  # noqa: F401
+
+    cli.run_command(work, verbose=False)
+    python = venv / "bin" / "python"
+    assert ran == [(python, [str(python), "predict/predict.py", "--run", "R"])]
+    assert os.environ[cli.RUN_AGAIN_MARK] == "1"  # the command run again does not loop
+    assert f"running again with {python}" in capsys.readouterr().err
+
+    ran.clear()
+    assert cli.run_command(work, verbose=False) == 2  # run again already: one line, status 2
+    assert not ran
+    err = capsys.readouterr().err
+    assert err.startswith("error: the module 'numpy_is_not_installed' is not installed for ")
+    assert err.count("\n") == 1
