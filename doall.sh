@@ -25,7 +25,8 @@
 #   --name NAME         name of the dataset's work folder and run (default: demo, demo-tiny,
 #                       the archive's name with --url, or the training folder's parent name)
 #   --data-dir DIR      demo data and downloads (default data/)
-#   --work-dir DIR      resampled wavs and HDF5 files (default work/NAME)
+#   --work-dir DIR      resampled wavs and HDF5 files (default work/); this data's are in
+#                       WORK_DIR/NAME
 #   --runs-dir DIR      training runs (default runs/); the run is RUNS_DIR/NAME
 # Recipe
 #   --recipe 2016|modern  2016 (default): the paper's method, bit for bit. modern: log-mel
@@ -92,7 +93,7 @@ run() { # show a stage's command, then run it
 }
 
 tiny=0 train_dir="" test_dir="" truth="" csv="" audio_dir="" class_folders="" url="" sha256=""
-name="" data_dir="$ROOT/data" work_dir="" runs_dir="$ROOT/runs"
+name="" data_dir="$ROOT/data" work_dir="$ROOT/work" runs_dir="$ROOT/runs"
 model="" epochs="" batch_size="" patience="" seed="" top_n=""
 top_k="" workers="" load_args="" train_args="" predict_args="" recipe=""
 while (($#)); do
@@ -214,7 +215,8 @@ else
 fi
 [[ -d "$source_dir" ]] || die "$source_dir: no such folder"
 check_name "$name"
-[[ -n "$work_dir" ]] || { work_dir="$ROOT/work/$name"; refuse_links "$work_dir"; }
+work_dir="$work_dir/$name" # each data set a work folder of its own, as each its run folder
+refuse_links "$work_dir"
 run_dir="$runs_dir/$name"
 refuse_links "$run_dir"
 mkdir -p "$work_dir" "$runs_dir"

@@ -52,7 +52,7 @@ def fold(args, recipe: str, number: str, rows: list[dict], audio: Path) -> dict:
     write_truth(truth, test)
 
     doall = ["bash", str(ROOT / "doall.sh"), "--csv", str(train_csv), "--audio-dir", str(audio),
-             "--name", name, "--work-dir", str(work), "--runs-dir", str(runs),
+             "--name", name, "--work-dir", str(work.parent), "--runs-dir", str(runs),
              *doall_recipe_options(args, recipe)]  # fmt: skip
     result = {"doall": run(doall)}
     run_file = run_dir / "predictions" / f"fold{number}.csv"

@@ -130,7 +130,7 @@ def main() -> None:
         work, runs = ROOT / "work" / "bench-long" / name, ROOT / "runs" / "bench-long"
         run_file, scores = work / "run.csv", work / "scores.json"
         doall = ["bash", str(ROOT / "doall.sh"), "--csv", str(data / "train.csv"),
-                 "--audio-dir", str(data / "train"), "--name", name, "--work-dir", str(work),
+                 "--audio-dir", str(data / "train"), "--name", name, "--work-dir", str(work.parent),
                  "--runs-dir", str(runs), *doall_recipe_options(args, recipe)]  # fmt: skip
         predict = [PYTHON, str(ROOT / "predict" / "predict.py"), "--run", str(runs / name),
                    "--audio", str(data / "test"), "--out", str(run_file)]  # fmt: skip

@@ -55,7 +55,7 @@ def test_every_stage_leaves_its_output(finished):
     tmp_path, output = finished
     demo, work, run = (
         tmp_path / "data" / "demo-tiny",
-        tmp_path / "work",
+        tmp_path / "work" / "demo-tiny",
         tmp_path / "runs" / "demo-tiny",
     )
     n_train = len(list((demo / "TrainingSet" / "wav").glob("*.wav")))
@@ -179,8 +179,8 @@ def test_doall_never_writes_through_a_link_planted_in_its_folders(tmp_path, plan
     assert "birds.zip.part is a link (or a second name of another file)" in result.stderr
     assert victim.read_text() == "the user's"
 
-    work = tmp_path / "work"
-    work.mkdir()
+    work = tmp_path / "work" / tmp_path.name  # WORK_DIR/NAME, NAME the data folder's name
+    work.mkdir(parents=True)
     (work / "train_16k").symlink_to(tmp_path / "victim folder")
     command = [str(ROOT / "doall.sh"), "--class-folders", str(tmp_path)]
     result = subprocess.run([*command, *folders], capture_output=True, text=True, timeout=120)
@@ -309,13 +309,18 @@ def test_a_work_folder_holds_the_data_of_one_folder(tmp_path):
     command = [str(ROOT / "doall.sh"), "--class-folders"]
     first = subprocess.run([*command, str(tmp_path / "alice" / "clips"), *folders],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert (tmp_path / "work" / "source.txt").read_text() == f"{tmp_path / 'alice' / 'clips'}\n"
-    state = tree_state(tmp_path / "work")
+    work = tmp_path / "work" / "clips"  # WORK_DIR/NAME, NAME the data folder's name
+    assert (work / "source.txt").read_text() == f"{tmp_path / 'alice' / 'clips'}\n"
+    state = tree_state(work)
     second = subprocess.run([*command, str(tmp_path / "bob" / "clips"), *folders],
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert second.returncode == 2, first.stderr
     assert f"holds the data of {tmp_path / 'alice' / 'clips'}, not of" in second.stderr
-    assert changes(state, tree_state(tmp_path / "work")) == []
+    assert changes(state, tree_state(work)) == []
+    third = subprocess.run([*command, str(tmp_path / "bob" / "clips"), "--name", "bob", *folders],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert "holds the data of" not in third.stderr  # a name of its own: a work folder too
+    assert (tmp_path / "work" / "bob" / "source.txt").is_file()
 
 
 @pytest.mark.parametrize("name", ["..", "a/b", "."])
