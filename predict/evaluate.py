@@ -30,10 +30,11 @@ import dataclasses
 import itertools
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 # `python predict/evaluate.py` (how scorers run it) puts this folder first on sys.path, where
 # predict.py would pass for the package `predict`: the project root takes its place, so the file
@@ -57,6 +58,7 @@ from predict.runfile import (  # noqa: E402
     read_run_file,
     text_lines,
 )
+from preprocess.audio import AUDIO_SUFFIXES  # noqa: E402
 from preprocess.cli import describe, run_command  # noqa: E402
 from preprocess.metadata import MetadataError, Recording, nfc, read_birdclef_xml_dir  # noqa: E402
 from preprocess.paths import (  # noqa: E402
@@ -121,17 +123,22 @@ def read_truth_csv(path: Path, to_class: dict[str, str] | None = None) -> Truth:
         raise TruthError(f"{path}: not UTF-8 text, so not a ground-truth file") from None
 
 
-# the first two column names of a truth file's header, as people write them
-HEADER_IDS = {"mediaid", "media_id", "file", "filename", "file_name", "id", "recording"}
-HEADER_CLASSES = {"classid", "class_id", "class", "label", "species"}
+# the first two column names of a truth file's header, as people write them, in lower case
+# without spaces, "_", "#" or other signs (`column_word`): "Media Id", "#MediaId", "media_id"
+HEADER_IDS = {"mediaid", "file", "filename", "fileid", "id", "recording", "recordingid", "clip"}
+HEADER_CLASSES = {"classid", "class", "label", "species", "speciesid", "primarylabel"}
+
+
+def column_word(name: str) -> str:
+    return re.sub(r"[^a-z]", "", name.lower())
 
 
 def looks_like_header(fields: list[str]) -> bool:
     """Whether a truth file's first line names its columns (MediaId;ClassId, or file;label as
     a spreadsheet export has it) rather than a recording."""
-    first = fields[0].lower()
+    first = column_word(fields[0])
     return first == "mediaid" or (
-        first in HEADER_IDS and len(fields) > 1 and fields[1].lower() in HEADER_CLASSES
+        first in HEADER_IDS and len(fields) > 1 and column_word(fields[1]) in HEADER_CLASSES
     )
 
 
@@ -258,14 +265,47 @@ def same_normalisation(
     return entries, normalised, classes
 
 
+def named_as_in_run_file(truth: Truth, run_ids: set[str]) -> Truth:
+    """truth, its MediaIds written as the run file names recordings where the truth names
+    them by file (`101.wav`, `test/101.wav`, where predict.py writes `101`): without the audio
+    suffix, then without the folder too, where that names more of the run file's recordings
+    and no two recordings alike. Else truth as it is."""
+    matched = len(run_ids.intersection(truth.foreground))
+    if matched == len(truth.foreground):
+        return truth
+    for strip_folder in (False, True):
+        renamed = {}
+        for media_id in truth.foreground:
+            name = PurePosixPath(media_id.replace("\\", "/"))
+            if name.suffix.lower() in AUDIO_SUFFIXES:
+                name = name.with_suffix("")
+            renamed[media_id] = name.name if strip_folder else str(name)
+        if len(set(renamed.values())) == len(renamed) and (
+            len(run_ids.intersection(renamed.values())) > matched
+        ):
+            logger.warning(
+                "the ground truth names recordings by file (%s): compared with the run file's "
+                "MediaIds as %s",
+                next(iter(truth.foreground)),
+                renamed[next(iter(truth.foreground))],
+            )
+            return Truth(
+                {renamed[key]: value for key, value in truth.foreground.items()},
+                {renamed[key]: value for key, value in truth.background.items()},
+                truth.unmapped_background,
+            )
+    return truth
+
+
 def score(entries: list[RunEntry], truth: Truth, model_classes: list[str] | None = None) -> dict:
     """Official scores of a validated run against the truth, with counts and warnings.
 
     The run's ranks become scores (-rank; -inf for a class not returned), so ties in written
     probabilities cannot change the result: the official evaluator read the ranks too.
     """
-    media_ids = sorted(truth.foreground)
     run_ids = {entry.media_id for entry in entries}
+    truth = named_as_in_run_file(truth, run_ids)
+    media_ids = sorted(truth.foreground)
     run_file_classes = {entry.class_id for entry in entries}
     truth_classes = set(truth.foreground.values()).union(*truth.background.values())
     known = set(model_classes) if model_classes is not None else run_file_classes

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import label_ranking_average_precision_score
 
-from predict.evaluate import Truth, chance_map, main, read_truth, score
+from predict.evaluate import Truth, TruthError, chance_map, main, read_truth, score
 from predict.runfile import (
     MAX_RANK,
+    RunEntry,
     RunFileError,
     RunFileWriter,
     SoundscapeWriter,
@@ -347,6 +348,9 @@ def test_writer_refuses_a_media_id_that_would_break_the_file(tmp_path, media_id)
         "\n  \nMediaId;ClassId;Background\n1;aaaaaa;\n2;bbbbbb;cccccc\n",  # header after blanks
         "file;label\n1;aaaaaa;\n2;bbbbbb;cccccc\n",  # as a spreadsheet export names them
         "media_id;species;background\n1;aaaaaa;\n2;bbbbbb;cccccc\n",
+        "Media Id;Class Id;Background\n1;aaaaaa;\n2;bbbbbb;cccccc\n",  # spaces, capitals
+        "#MediaId;ClassId;background\n1;aaaaaa;\n2;bbbbbb;cccccc\n",
+        "recording_id;species;background_species\n1;aaaaaa;\n2;bbbbbb;cccccc\n",
     ],
 )
 def test_truth_csv_byte_order_mark_and_header_are_no_recording(tmp_path, text):
@@ -437,3 +441,22 @@ def test_a_pipe_as_truth_duplicate_classes_and_a_file_as_report_are_refused_firs
     )
     assert "notes.txt exists and is not a folder" in err and "MAP" not in err
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("written", ["{}.wav", "{}.WAV", "test/{}.wav", "{}.flac"])
+def test_a_truth_naming_recordings_by_file_is_compared_by_stem(written):
+    """predict.py names a recording by its file's stem; a truth written from file names
+    (101.wav, test/101.wav) is scored as if it named them so."""
+    entries = [RunEntry("101", "aaaaaa", 0.9, 1), RunEntry("102", "bbbbbb", 0.8, 1)]
+    truth = Truth({written.format(101): "aaaaaa", written.format(102): "aaaaaa"},
+                  {written.format(101): [], written.format(102): ["bbbbbb"]})  # fmt: skip
+    results = score(entries, truth)
+    assert results["map_foreground"] == pytest.approx(0.5)
+    assert results["map_with_background"] == pytest.approx(0.75)
+
+
+def test_a_truth_whose_names_would_merge_without_their_suffix_is_left_as_it_is():
+    entries = [RunEntry("a", "aaaaaa", 0.9, 1)]
+    truth = Truth({"a.wav": "aaaaaa", "a.flac": "aaaaaa"}, {"a.wav": [], "a.flac": []})
+    with pytest.raises(TruthError, match="share no MediaId"):
+        score(entries, truth)
