@@ -319,3 +319,23 @@ def test_a_pipe_in_a_run_folder_or_as_the_runs_table_is_refused_not_read(tmp_pat
     os.mkfifo(tmp_path / "runs.csv")
     with pytest.raises(RunsTableError, match="is not a file"):
         check_runs_table(tmp_path / "runs.csv")
+
+
+def test_a_row_of_the_runs_table_is_replaced_only_by_the_same_runs(tmp_path):
+    """The same run scored again replaces its row; a run of another start in the same folder
+    (deleted and trained anew), or of another folder, adds one; a row from before the key had
+    its start is kept."""
+    table = tmp_path / "runs.csv"
+    table.write_text("run_dir,epochs\n/x/run1,3\n")  # an older version's row
+    append_run(table, {"run_dir": "/x/run1", "started": "2026-11-27 10:00:00", "epochs": 5})
+    append_run(table, {"run_dir": "/y/run1", "started": "2026-11-27 10:00:00", "epochs": 6})
+    append_run(table, {"run_dir": "/x/run1", "started": "2026-11-27 11:00:00", "epochs": 7})
+    append_run(table, {"run_dir": "/x/run1", "started": "2026-11-27 10:00:00", "epochs": 8})
+    with table.open(newline="") as file:
+        rows = [(row["run_dir"], row["started"], row["epochs"]) for row in csv.DictReader(file)]
+    assert rows == [
+        ("/x/run1", "", "3"),
+        ("/y/run1", "2026-11-27 10:00:00", "6"),
+        ("/x/run1", "2026-11-27 11:00:00", "7"),
+        ("/x/run1", "2026-11-27 10:00:00", "8"),
+    ]

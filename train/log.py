@@ -140,10 +140,15 @@ def check_runs_table(table: Path) -> None:
         )
 
 
+# a row is replaced by one of the same run: its folder and start (train/run_folder.py)
+RUN_KEY = ("run_dir", "started")
+
+
 def append_run(table: Path, row: dict) -> None:
     """Add row to the CSV runs table (created if new), extending its columns as needed,
-    and rewrite the XLSX copy beside it when openpyxl is installed. A row of the same
-    run_dir (the run scored again, e.g. resumed once finished) is replaced, not repeated.
+    and rewrite the XLSX copy beside it when openpyxl is installed. A row of the same run
+    (RUN_KEY: the run scored again, e.g. resumed once finished) is replaced, not repeated;
+    a row of another run, or of a version before RUN_KEY had all its columns, is kept.
     The table's lock is held from reading it to replacing it, so a row that another training
     adds meanwhile is never lost."""
     table.parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +160,8 @@ def append_run(table: Path, row: dict) -> None:
                 reader = csv.DictReader(file)
                 columns, rows = list(reader.fieldnames or []), list(reader)
         columns += [name for name in row if name not in columns]
-        rows = [old for old in rows if old.get("run_dir") != str(row.get("run_dir"))]
+        key = [str(row.get(name) or "") for name in RUN_KEY]
+        rows = [old for old in rows if [old.get(name) or "" for name in RUN_KEY] != key]
         rows.append({name: _cell(value) for name, value in row.items()})
 
         def write_csv(file: IO) -> None:

@@ -152,6 +152,12 @@ def check_no_links(run_dir: Path) -> None:
             )
 
 
+def started_at(run_dir: Path) -> str:
+    """When the run in run_dir started, as its config.json says."""
+    config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
+    return str(config["started"])
+
+
 def is_run_config(path: Path) -> bool:
     """Whether path is a config.json written by `write_run_files`: a JSON object with the
     entries it adds to the options (CONFIG_MARKS)."""
@@ -292,7 +298,8 @@ def write_run_files(
         "backend": keras.backend.backend(),
         "keras_version": keras.__version__,
         "devices": list_devices(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        # a resume is no new start: the runs table knows a run by its folder and its start
+        "started": started_at(run_dir) if resuming else time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomically(run_dir / CONFIG, json.dumps(config, indent=1) + "\n")
@@ -396,7 +403,10 @@ def runs_table_row(
     curves (final and best), test scores of each best model, and the model's layers."""
     return {
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "run_dir": str(args.out),
+        # with "started", the run's key (train/log.RUN_KEY): another run of the same --out,
+        # typed alike from another folder or trained anew there, gets a row of its own
+        "run_dir": str(args.out.resolve()),
+        "started": started_at(args.out),
         "data": str(args.data),
         "model_file": str(args.model),
         "classes": len(dataset.classes),
