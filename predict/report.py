@@ -23,6 +23,7 @@ temporary file beside it and moved into place once whole.
 from __future__ import annotations
 
 import csv
+import functools
 import html
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -50,6 +51,9 @@ CONFUSION_CORNER = "true \\ top-1"
 NO_PREDICTION = "(none)"
 HTML_TITLE = "<title>Evaluation report</title>"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# the "Software" text of every PNG this project writes where a PNG may already be: a user's
+# own picture at one of those names is not one, and is never replaced
+PNG_METADATA = {"Software": "birdclef-cnn"}
 WEAKEST_CLASSES = 6
 MAX_LABELLED_CLASSES = 60  # confusion matrices wider than this get no tick labels
 
@@ -148,7 +152,8 @@ def write_csv(path: Path, rows: Sequence[Sequence[str]]) -> None:
 def save_png(figure: plt.Figure, path: Path) -> None:
     """figure as a PNG at path, written whole or not at all, and closed."""
     try:
-        replace_atomically(path, lambda file: figure.savefig(file, format="png", dpi=100), "wb")
+        save = functools.partial(figure.savefig, format="png", dpi=100, metadata=PNG_METADATA)
+        replace_atomically(path, save, "wb")
     finally:
         plt.close(figure)
 
@@ -239,8 +244,12 @@ def write_html(path: Path, table: ClassTable, summary: dict[str, object]) -> Non
         out.file.write("\n".join(page))
 
 
-def is_png(path: Path) -> bool:
-    return first_bytes(path, len(PNG_SIGNATURE)) == PNG_SIGNATURE
+def is_own_png(path: Path) -> bool:
+    """Whether path is a PNG image this project wrote (PNG_METADATA, in a text chunk that
+    matplotlib writes before the pixels)."""
+    start = first_bytes(path, 4096)
+    text = b"tEXtSoftware\0" + PNG_METADATA["Software"].encode()
+    return start.startswith(PNG_SIGNATURE) and text in start
 
 
 # each report file: what a file of its own kind (one an earlier report wrote) is, and how to
@@ -254,8 +263,8 @@ REPORT_FILES: dict[str, tuple[str, Callable[[Path], bool]]] = {
         "a confusion matrix of a report",
         lambda path: (first_line(path) or "").startswith(CONFUSION_CORNER + ","),
     ),
-    "confusion_matrix.png": ("a PNG image", is_png),
-    "pr_curves.png": ("a PNG image", is_png),
+    "confusion_matrix.png": ("a PNG image a report wrote", is_own_png),
+    "pr_curves.png": ("a PNG image a report wrote", is_own_png),
     "report.html": (
         "a report page",
         lambda path: HTML_TITLE.encode() in first_bytes(path, 200),

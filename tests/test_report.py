@@ -129,3 +129,19 @@ def test_a_class_named_like_a_formula_is_text_in_the_csvs_as_is_on_the_page(tmp_
     page = PageReader()
     page.feed((tmp_path / "report" / "report.html").read_text(encoding="utf-8"))
     assert formula in [row[0] for row in page.tables[1]]
+
+
+def test_a_picture_of_the_users_at_a_report_plots_name_is_left_alone(tmp_path, capsys):
+    (tmp_path / "run.csv").write_text(RUN_FILE)
+    (tmp_path / "truth.csv").write_text(TRUTH)
+    argv = ["--run-file", str(tmp_path / "run.csv"), "--truth", str(tmp_path / "truth.csv"),
+            "--report", str(tmp_path / "report")]  # fmt: skip
+    main(argv)
+    main(argv)  # its own plots: replaced
+    picture = tmp_path / "report" / "pr_curves.png"
+    matplotlib.image.imsave(picture, [[0.0, 1.0]])  # the user's, at that name
+    before = picture.read_bytes()
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert "pr_curves.png exists and is not a PNG image a report wrote" in capsys.readouterr().err
+    assert picture.read_bytes() == before

@@ -911,13 +911,22 @@ def test_generate_images_never_writes_through_links_planted_in_the_output(easy_d
     image.unlink()
     os.link(victim / "notes.txt", image)  # a second name of another file, where an image goes
     before = {path: path.stat().st_mtime_ns for path in out.rglob("*.png")}
-    with pytest.raises(OutputPathError, match=rf"{image.name} exists and is not a PNG image"):
+    with pytest.raises(OutputPathError, match=rf"{image.name} exists and is not an image this"):
         generate_images(easy_data, out, per_class=1)  # nor is any other image written
     assert image.read_text() == "the user's"
     assert {path: path.stat().st_mtime_ns for path in out.rglob("*.png")} == before
     image.unlink()
+    import matplotlib.pyplot as plt
+
+    plt.imsave(image, np.zeros((4, 4)))  # a picture of the user's at that name
+    picture = image.read_bytes()
+    with pytest.raises(OutputPathError, match=rf"{image.name} exists and is not an image this"):
+        generate_images(easy_data, out, per_class=1)
+    assert image.read_bytes() == picture
+    image.unlink()
     assert generate_images(easy_data, out, per_class=1) == len(CLASSES) + 1
     assert image.read_bytes().startswith(b"\x89PNG")
+    assert generate_images(easy_data, out, per_class=1) == len(CLASSES) + 1  # its own: replaced
     (out / "bbb").rename(tmp_path / "bbb images")
     (out / "bbb").symlink_to(victim)
 

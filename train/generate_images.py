@@ -24,7 +24,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from predict.detections import OutputError, inside, safe_file_names
-from predict.report import is_png
+from predict.report import PNG_METADATA, is_own_png
 from preprocess.cli import at_least, command_parser, run_command
 from preprocess.dataset import DatasetError, open_dataset
 from preprocess.paths import OutputPathError, check_output, replace_atomically
@@ -49,7 +49,9 @@ def save_chunk_image(chunk: np.ndarray, path: Path) -> None:
     file replaces path: a link or a second name of another file there is never written."""
     image = np.flipud(np.squeeze(chunk, axis=-1) if chunk.ndim == 3 else chunk)
     replace_atomically(
-        path, lambda file: plt.imsave(file, image, cmap="binary", format="png"), "wb"
+        path,
+        lambda file: plt.imsave(file, image, cmap="binary", format="png", metadata=PNG_METADATA),
+        "wb",
     )
 
 
@@ -73,7 +75,9 @@ def generate_images(data: Path, out: Path, per_class: int) -> int:
                 raise OutputError(f"{folder} is a link: images go only into folders in {out}")
             paths.append(inside(folder, f"{file_names[media_ids[row]]}_{chunk_index[row]}.png"))
         for path in paths:  # before any is written
-            check_output(path, own_kind=is_png, kind="a PNG image", option="an image")
+            check_output(
+                path, own_kind=is_own_png, kind="an image this command wrote", option="an image"
+            )
         for row, path in zip(rows, paths, strict=True):
             path.parent.mkdir(parents=True, exist_ok=True)
             save_chunk_image(dataset.X[row], path)
