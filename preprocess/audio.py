@@ -114,10 +114,13 @@ def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
                 rate, data = wavfile.read(path)
     except (AudioError, MemoryError):
         raise
-    except wavfile.WavFileWarning as warning:
-        raise AudioError(path, TRUNCATED) from warning
     except Exception as error:  # a damaged header trips scipy in many ways
-        if "mmap length is greater than file size" in str(error):
+        cut_short = isinstance(error, wavfile.WavFileWarning) or (
+            "mmap length is greater than file size" in str(error)
+        )
+        if cut_short and is_streamed_wav(path):  # written to a pipe: libsndfile reads it all
+            return _decoded_whole(path)
+        if cut_short:
             raise AudioError(path, TRUNCATED) from error
         raise AudioError(path, f"{NOT_READABLE_WAV} ({describe(error)})") from error
 
@@ -147,6 +150,9 @@ def pcm16_mono_header(path: str | os.PathLike) -> tuple[int, int]:
         with wave.open(os.fspath(path)) as audio:
             channels, width = audio.getnchannels(), audio.getsampwidth()
             rate, n_samples = audio.getframerate(), audio.getnframes()
+        if is_streamed_wav(path):  # the samples the file holds, not the size announced
+            start, _, size = wav_data_chunk(path)
+            n_samples = (size - start) // 2
     except MemoryError:
         raise
     except Exception as error:  # a damaged header trips `wave` in many ways
@@ -219,24 +225,48 @@ def read_wav_blocks(path: str | os.PathLike, block_samples: int = 2**19) -> Iter
         raise AudioError(path, f"{NOT_READABLE_WAV} ({error})") from error
 
 
-def wav_data_cut_short(path: str | os.PathLike) -> bool:
-    """Whether a RIFF wav's data chunk announces more bytes than the file holds: a recording
-    cut short, which libsndfile reads up to the cut without a word (read_wav refuses the
-    encodings it reads). A size of 0 or 0xFFFFFFFF, which a recorder stopped while streaming
-    leaves, announces nothing."""
+# the data size of a wav written to a pipe (ffmpeg's, a recorder streaming): the samples run
+# to the end of the file
+STREAMED_SIZE = 0xFFFFFFFF
+
+
+def wav_data_chunk(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    """(where its samples begin, the size its header announces, the file's size) of a RIFF
+    wav's data chunk; None for a file that is not a RIFF wav or has none."""
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
         header = file.read(12)
         if len(header) < 12 or header[:4] != b"RIFF" or header[8:] != b"WAVE":
-            return False
+            return None
         position = 12
         while position + 8 <= size:
             file.seek(position)
             name, length = struct.unpack("<4sI", file.read(8))
             if name == b"data":
-                return length not in (0, 0xFFFFFFFF) and position + 8 + length > size
+                return position + 8, length, size
             position += 8 + length + length % 2  # chunks are padded to even sizes
-    return False
+    return None
+
+
+def wav_data_cut_short(path: str | os.PathLike) -> bool:
+    """Whether a RIFF wav's data chunk announces more bytes than the file holds: a recording
+    cut short, which libsndfile reads up to the cut without a word (read_wav refuses the
+    encodings it reads). A size of 0 or STREAMED_SIZE, which a recorder stopped while
+    streaming leaves, announces nothing."""
+    chunk = wav_data_chunk(path)
+    if chunk is None:
+        return False
+    start, announced, size = chunk
+    return announced not in (0, STREAMED_SIZE) and start + announced > size
+
+
+def is_streamed_wav(path: str | os.PathLike) -> bool:
+    """Whether a wav's header announces STREAMED_SIZE bytes of samples: all the file holds."""
+    try:
+        chunk = wav_data_chunk(path)
+    except OSError:
+        return False
+    return chunk is not None and chunk[1] == STREAMED_SIZE
 
 
 def header_rate_problem(path: str | os.PathLike) -> str | None:
@@ -299,6 +329,15 @@ def _mono_blocks(
             if not np.isfinite(block).all():
                 raise AudioError(path, "contains NaN or infinite samples")
             yield block
+
+
+def _decoded_whole(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """`read_wav` of a file through libsndfile (`decoded_blocks`), whole."""
+    rate, blocks = decoded_blocks(path)
+    samples = np.concatenate([np.zeros(0, np.float32), *blocks])
+    if samples.size == 0:
+        raise AudioError(path, "contains no samples")
+    return samples, rate
 
 
 def _int16_scale(dtype: np.dtype) -> tuple[float, np.float32]:

@@ -181,8 +181,10 @@ def sox_resample(source: Path, part: Path) -> str:
     if "sox FAIL" in message:
         raise AudioError(source, message)
     # a wav whose header announces more data than it holds: SoX warns and writes what is
-    # there, where read_wav (the path without SoX) refuses it
-    if source.suffix.lower() in WAV_SUFFIXES and "Premature EOF" in message:
+    # there, where read_wav (the path without SoX) refuses it; a wav written to a pipe warns
+    # too, and announces no size (all it holds is converted, as read_wav reads it)
+    premature_end = "Premature EOF" in message and source.suffix.lower() in WAV_SUFFIXES
+    if premature_end and wav_data_cut_short(source):
         raise AudioError(source, TRUNCATED)
     if pcm16_mono_header(part)[1] == 0:
         raise AudioError(source, "no samples")
