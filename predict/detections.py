@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from predict.runfile import AtomicTextWriter, open_part_file, window_span
+from predict.runfile import AtomicWriter, window_span
 from preprocess.paths import OutputPathError, first_bytes
 
 MAX_NAME_BYTES = 150  # UTF-8; + `~N`, `.selections.txt` and `.<name>.XXXXXXXX.part` <= 255
@@ -279,7 +279,7 @@ def write_raven_table(
     """A Raven Pro selection table: tab-separated, a header of RAVEN_COLUMNS, one row per
     detection (View "Spectrogram 1", Channel 1, the band the model sees: 0..high_freq_hz);
     every cell one line (`one_line`)."""
-    with AtomicTextWriter(path) as table:
+    with AtomicWriter(path) as table:
         table.file.write(RAVEN_HEADER)
         for number, found in enumerate(detections, 1):
             class_id = classes[found.column]
@@ -314,7 +314,7 @@ def write_audacity_labels(
     path: Path, detections: list[Detection], classes: Sequence[str], class_names: dict[str, str]
 ) -> None:
     """An Audacity label track: `start<TAB>end<TAB>label` per detection, seconds."""
-    with AtomicTextWriter(path) as labels:
+    with AtomicWriter(path) as labels:
         for found in detections:
             class_id = classes[found.column]
             label = audacity_label(class_id, class_names.get(class_id, ""), found.confidence)
@@ -392,15 +392,8 @@ class EmbeddingModel:
 
 def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """np.savez into a temporary file beside path, moved into place when complete."""
-    handle, temp_name = open_part_file(path)
-    with os.fdopen(handle, "wb") as file:  # closed (and unlocked) once in place or gone
-        try:
-            np.savez(file, **arrays)
-            file.flush()
-            os.replace(temp_name, path)
-        except BaseException:
-            os.unlink(temp_name)
-            raise
+    with AtomicWriter(path, binary=True) as out:
+        np.savez(out.file, **arrays)
 
 
 # ---- all of them, fed by predict.predict -----------------------------------------------------

@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 
 from predict.report import check_report_paths, write_report  # noqa: E402
 from predict.runfile import (  # noqa: E402
-    AtomicTextWriter,
+    AtomicWriter,
     RunEntry,
     RunFileError,
     read_classes,
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
         print(report(results))
         _warn(results)
         if args.json:
-            with AtomicTextWriter(args.json) as json_file:
+            with AtomicWriter(args.json) as json_file:
                 json_file.file.write(json.dumps(results, indent=2))
         if args.report:
             try:

@@ -65,7 +65,7 @@ from predict.detections import (  # noqa: E402
 )
 from predict.runfile import (  # noqa: E402
     MAX_RANK,
-    AtomicTextWriter,
+    AtomicWriter,
     RunFileWriter,
     SoundscapeWriter,
     as_text_cell,
@@ -771,7 +771,7 @@ def predict(
             run_file = RunFileWriter(out, run.classes, top_k)
         stack.enter_context(run_file)
         if human_csv:
-            human = csv.writer(stack.enter_context(AtomicTextWriter(human_csv)).file)
+            human = csv.writer(stack.enter_context(AtomicWriter(human_csv)).file)
             header = HUMAN_CSV_HEADER.split(",")
             for rank in range(1, human_top + 1):
                 header += [f"class_id_{rank}", f"name_{rank}", f"probability_{rank}"]

@@ -37,7 +37,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from predict.runfile import AtomicTextWriter, RunEntry, as_text_cell  # noqa: E402
+from predict.runfile import AtomicWriter, RunEntry, as_text_cell  # noqa: E402
 from preprocess.paths import (  # noqa: E402
     OutputPathError,
     check_output,
@@ -145,7 +145,7 @@ def confusion_rows(table: ClassTable) -> list[list[str]]:
 def write_csv(path: Path, rows: Sequence[Sequence[str]]) -> None:
     """rows as a CSV whose cells a spreadsheet shows as text, never runs as a formula (a
     class named '=HYPERLINK(...)': `as_text_cell`; no number here begins with a sign)."""
-    with AtomicTextWriter(path) as out:
+    with AtomicWriter(path) as out:
         csv.writer(out.file).writerows([[as_text_cell(cell) for cell in row] for row in rows])
 
 
@@ -240,7 +240,7 @@ def write_html(path: Path, table: ClassTable, summary: dict[str, object]) -> Non
         "<img src='pr_curves.png' alt='precision-recall curves of the weakest classes'>",
         "</body></html>\n",
     ]
-    with AtomicTextWriter(path) as out:
+    with AtomicWriter(path) as out:
         out.file.write("\n".join(page))
 
 

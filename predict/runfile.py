@@ -201,18 +201,20 @@ def as_text_cell(text: str) -> str:
     return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-class AtomicTextWriter:
-    """Text lines into a temporary file, moved onto path on a clean close, removed on error
-    (in the body, or in the move itself: a folder at path, a full disk).
+class AtomicWriter:
+    """Text lines (or bytes, with binary) into a temporary file, moved onto path on a clean
+    close, removed on error (in the body, or in the move itself: a folder at path, a full
+    disk).
 
     The file gets the mode a plain open() would give it (the umask decides); temporary files
     of killed writers of the same path are removed first (`open_part_file`).
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, binary: bool = False):
         self.path = Path(path)
         handle, self._temp_name = open_part_file(self.path)
-        self.file = os.fdopen(handle, "w", encoding="utf-8", newline="\n")
+        text = {} if binary else {"encoding": "utf-8", "newline": "\n"}
+        self.file = os.fdopen(handle, "wb" if binary else "w", **text)
 
     def __enter__(self):
         return self
@@ -232,7 +234,7 @@ class AtomicTextWriter:
                 raise
 
 
-class RunFileWriter(AtomicTextWriter):
+class RunFileWriter(AtomicWriter):
     """Writes `MediaId;ClassId;Probability;Rank` lines, top_k classes per recording.
 
     with RunFileWriter(path, classes, top_k=100) as run:
@@ -265,7 +267,7 @@ class RunFileWriter(AtomicTextWriter):
         )
 
 
-class SoundscapeWriter(AtomicTextWriter):
+class SoundscapeWriter(AtomicWriter):
     """Writes `MediaId;hh:mm:ss-hh:mm:ss;ClassId;Probability`, top_k classes per window.
 
     with SoundscapeWriter(path, classes, window_seconds=5) as run:

@@ -22,7 +22,7 @@ from predict.evaluate import main as evaluate_main
 from predict.evaluate import read_truth, score
 from predict.predict import PredictError, find_audio, load_run, main, predict_pieces
 from predict.runfile import (
-    AtomicTextWriter,
+    AtomicWriter,
     RunEntry,
     read_run_file,
     remove_stale_parts,
@@ -875,7 +875,7 @@ def test_a_writer_clearing_up_never_removes_another_writers_new_file(tmp_path, m
         lock(handle, operation)
 
     monkeypatch.setattr(runfile.fcntl, "flock", flock_after_another_writers_clean_up)
-    with AtomicTextWriter(out) as writer:
+    with AtomicWriter(out) as writer:
         writer.file.write("the first writer's\n")
     assert out.read_text() == "the first writer's\n"
     assert [path.name for path in tmp_path.iterdir()] == ["o.csv"]
@@ -887,7 +887,7 @@ def test_a_temporary_file_that_cannot_take_its_name_is_removed(tmp_path, monkeyp
 
     monkeypatch.setattr(runfile.os, "rename", no_rename)
     with pytest.raises(OSError, match=re.escape(str(tmp_path / "o.csv"))):
-        AtomicTextWriter(tmp_path / "o.csv")
+        AtomicWriter(tmp_path / "o.csv")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from predict.evaluate import main
 from predict.report import REPORT_FILES, class_table, save_png, write_html
-from predict.runfile import AtomicTextWriter, RunEntry
+from predict.runfile import AtomicWriter, RunEntry
 
 RUN_FILE = "r1;a;0.7;1\nr1;b;0.2;2\nr2;b;0.6;1\n"
 TRUTH = "r1;a;\nr2;b;\n"
@@ -91,7 +91,7 @@ def test_a_text_file_that_cannot_be_moved_into_place_leaves_no_part_file(tmp_pat
     one, and the temporary one is removed (it was left behind)."""
     path = tmp_path / "table.txt"
     path.mkdir()
-    with pytest.raises(IsADirectoryError) as error, AtomicTextWriter(path) as out:
+    with pytest.raises(IsADirectoryError) as error, AtomicWriter(path) as out:
         out.file.write("a line\n")
     assert error.value.filename == str(path)
     assert list(tmp_path.iterdir()) == [path] and not list(path.iterdir())
