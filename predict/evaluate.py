@@ -130,7 +130,8 @@ HEADER_CLASSES = {"classid", "class", "label", "species", "speciesid", "primaryl
 
 
 def column_word(name: str) -> str:
-    return re.sub(r"[^a-z]", "", name.lower())
+    """name in lower case without spaces and signs; digits stay (recording_1 is no header)."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 def looks_like_header(fields: list[str]) -> bool:
@@ -461,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
         truth = read_truth(args.truth, args.names_xml_dir)
         model_classes = model_classes_from(args.classes) if args.classes else None
         entries, truth, model_classes = same_normalisation(entries, truth, model_classes)
+        # here, not only in score: the report counts the same recordings as the scores
+        truth = named_as_in_run_file(truth, {entry.media_id for entry in entries})
         results = score(entries, truth, model_classes)
         print(report(results))
         _warn(results)

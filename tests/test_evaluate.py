@@ -460,3 +460,19 @@ def test_a_truth_whose_names_would_merge_without_their_suffix_is_left_as_it_is()
     truth = Truth({"a.wav": "aaaaaa", "a.flac": "aaaaaa"}, {"a.wav": [], "a.flac": []})
     with pytest.raises(TruthError, match="share no MediaId"):
         score(entries, truth)
+
+
+def test_a_first_recording_named_like_a_header_with_a_number_is_a_recording(tmp_path):
+    path = tmp_path / "truth.csv"
+    path.write_text("recording_1;species_1;\nrecording_2;species_2;\n")
+    assert read_truth(path).foreground == {"recording_1": "species_1", "recording_2": "species_2"}
+
+
+def test_the_report_counts_the_recordings_of_a_truth_naming_files_as_the_scores_do(tmp_path):
+    write_run(tmp_path / "run.csv", {"101": [0.7, 0.1, 0.1, 0.1], "102": [0.1, 0.7, 0.1, 0.1]})
+    (tmp_path / "truth.csv").write_text("101.wav;aaaaaa;\n102.wav;aaaaaa;\n")
+    main(["--run-file", str(tmp_path / "run.csv"), "--truth", str(tmp_path / "truth.csv"),
+          "--report", str(tmp_path / "report")])  # fmt: skip
+    rows = (tmp_path / "report" / "confusion_matrix.csv").read_text().splitlines()
+    assert rows[1].startswith("aaaaaa,1,1,")  # one right, one taken for bbbbbb; none missing
+    assert rows[1].endswith(",0")
