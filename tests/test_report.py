@@ -139,7 +139,9 @@ def test_a_picture_of_the_users_at_a_report_plots_name_is_left_alone(tmp_path, c
     main(argv)
     main(argv)  # its own plots: replaced
     picture = tmp_path / "report" / "pr_curves.png"
-    matplotlib.image.imsave(picture, [[0.0, 1.0]])  # the user's, at that name
+    matplotlib.image.imsave(picture, [[0.0, 1.0]])  # as a report before the marks wrote it
+    main(argv)  # replaced: matplotlib's, beside the report's page
+    matplotlib.image.imsave(picture, [[0.0, 1.0]], metadata={"Software": "an editor"})
     before = picture.read_bytes()
     with pytest.raises(SystemExit):
         main(argv)

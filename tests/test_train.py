@@ -900,6 +900,7 @@ def test_generate_images_keeps_ids_from_the_data_inside_the_output(tmp_path, cap
 
 def test_generate_images_never_writes_through_links_planted_in_the_output(easy_data, tmp_path):
     from predict.detections import OutputError
+    from preprocess.dataset import open_dataset
     from preprocess.paths import OutputPathError
     from train.generate_images import generate_images
 
@@ -927,6 +928,9 @@ def test_generate_images_never_writes_through_links_planted_in_the_output(easy_d
     assert generate_images(easy_data, out, per_class=1) == len(CLASSES) + 1
     assert image.read_bytes().startswith(b"\x89PNG")
     assert generate_images(easy_data, out, per_class=1) == len(CLASSES) + 1  # its own: replaced
+    with open_dataset(easy_data) as dataset:  # as the command wrote images before its marks
+        plt.imsave(image, np.flipud(dataset.X[0, :, :, 0]), cmap="binary")
+    assert generate_images(easy_data, out, per_class=1) == len(CLASSES) + 1
     (out / "bbb").rename(tmp_path / "bbb images")
     (out / "bbb").symlink_to(victim)
 
