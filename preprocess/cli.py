@@ -89,8 +89,10 @@ def run_command(work: Callable[[], int], verbose: bool, input_errors: tuple = ()
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-    except ModuleNotFoundError as error:  # a requirement imported where it is needed
-        run_in_project_venv(error)
+    except ModuleNotFoundError as error:
+        if is_project_module(error.name):  # a module of this project missing: a bug
+            return report_bug(error, verbose)
+        run_in_project_venv(error)  # a requirement, imported where it is needed
         print(f"error: {missing_requirement(error)}", file=sys.stderr)
         return 2
     except (*input_errors, OSError) as error:
@@ -99,14 +101,18 @@ def run_command(work: Callable[[], int], verbose: bool, input_errors: tuple = ()
         print(f"error: {describe(error)}", file=sys.stderr)
         return 2
     except Exception as error:
-        if verbose:
-            traceback.print_exc()
-        print(
-            f"error: unexpected {type(error).__name__}: {describe(error)} (a bug: run again "
-            "with --verbose for the traceback, and report it)",
-            file=sys.stderr,
-        )
-        return 1
+        return report_bug(error, verbose)
+
+
+def report_bug(error: Exception, verbose: bool) -> int:
+    if verbose:
+        traceback.print_exc()
+    print(
+        f"error: unexpected {type(error).__name__}: {describe(error)} (a bug: run again "
+        "with --verbose for the traceback, and report it)",
+        file=sys.stderr,
+    )
+    return 1
 
 
 def describe(error: BaseException) -> str:
@@ -118,6 +124,12 @@ def describe(error: BaseException) -> str:
     else:
         text = str(error) or type(error).__name__
     return " ".join(text.splitlines())
+
+
+def is_project_module(name: str | None) -> bool:
+    """Whether a module name is one of this project's packages' (not a requirement's)."""
+    top = (name or "").split(".")[0]
+    return bool(top) and (PROJECT_VENV.parent / top / "__init__.py").is_file()
 
 
 def missing_requirement(error: ModuleNotFoundError) -> str:
@@ -154,13 +166,18 @@ def run_in_project_venv(error: ModuleNotFoundError) -> None:
 
 def run_in_project_venv_when_a_requirement_is_missing() -> None:
     """For a command run as a file: a requirement missing when its modules are imported
-    (before `run_command`) runs it again with the project's .venv too (`run_in_project_venv`);
-    anything else ends as Python ends it."""
+    (before `run_command`) runs it again with the project's .venv too (`run_in_project_venv`),
+    or ends it as run_command would (one line, status 2); anything else ends as Python ends
+    it."""
     previous = sys.excepthook
 
     def hook(kind, error, trace):
-        if issubclass(kind, ModuleNotFoundError):
+        if issubclass(kind, ModuleNotFoundError) and not is_project_module(error.name):
             run_in_project_venv(error)
+            print(f"error: {missing_requirement(error)}", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)  # as run_command ends on it: one line, status 2
         previous(kind, error, trace)
 
     sys.excepthook = hook

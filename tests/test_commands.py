@@ -78,7 +78,8 @@ def test_a_missing_requirement_runs_the_command_again_with_the_project_venv(
     monkeypatch.setattr(cli, "PROJECT_VENV", venv)
     monkeypatch.setattr(cli.os, "execv", lambda path, argv: ran.append((path, argv)))
     monkeypatch.setattr(sys, "argv", ["predict/predict.py", "--run", "R"])
-    monkeypatch.delenv(cli.RUN_AGAIN_MARK, raising=False)
+    monkeypatch.setenv(cli.RUN_AGAIN_MARK, "")  # so that its setting is undone after
+    monkeypatch.delenv(cli.RUN_AGAIN_MARK)
 
     def work():
         import numpy_is_not_installed  # noqa: F401
@@ -95,3 +96,23 @@ def test_a_missing_requirement_runs_the_command_again_with_the_project_venv(
     err = capsys.readouterr().err
     assert err.startswith("error: the module 'numpy_is_not_installed' is not installed for ")
     assert err.count("\n") == 1
+
+
+def test_a_requirement_missing_at_import_is_one_line_and_a_project_module_a_bug(monkeypatch):
+    """A Python without the requirements (here: without site-packages), with no .venv to run
+    again in (or run again already): one line naming the module, status 2, no traceback. A
+    module of the project itself missing is a bug, not a requirement to install."""
+    from preprocess import cli
+
+    script = [sys.executable, "-S", str(ROOT / "predict" / "evaluate.py"), "--help"]
+    environment = {**os.environ, cli.RUN_AGAIN_MARK: "1"}
+    result = subprocess.run(script, capture_output=True, text=True, env=environment, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: the module 'numpy' is not installed for ")
+    assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
+
+    def work():
+        import train.no_such_module  # noqa: F401
+
+    monkeypatch.setattr(cli, "run_in_project_venv", lambda error: pytest.fail("run again"))
+    assert cli.run_command(work, verbose=False) == 1
