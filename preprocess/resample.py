@@ -33,7 +33,8 @@ with the same `resample_files`: the one implementation.
   instead of deleting the first one's .resample-part files or moving them into place. A
   file at OUT_DIR/.lock that holds anything but a process id stops it too, unchanged.
 - Links in OUT_DIR are never written through: a file whose output folder is a link (or lies
-  under one) leading outside OUT_DIR fails, named, and nothing is written there.
+  under one) leading outside OUT_DIR, or to another output's folder inside it, fails, named,
+  and nothing is written there.
 - A file that cannot be read is named with the reason and skipped; the rest still converts. So
   is a file SoX decodes only in part ("sox FAIL", e.g. a truncated flac), one that gives no
   samples, and a float wav with NaN or infinite samples (which SoX would turn into clicks).
