@@ -462,8 +462,9 @@ def once_per_wav(
     """The CSV rows, each wav once, with a warning naming each row left out: files that
     resampling makes one wav of (a.wav and a.flac: which audio it holds is not known, so all
     their rows go), and a file listed again without a media_id of its own (the first row
-    counts; more labels of one recording belong in 'background'). Rows of one file with
-    media_ids of their own are kept: they say that the file is several recordings."""
+    counts; more labels of one recording belong in 'background'), and a row that repeats an
+    earlier one word for word (a copy pasted twice). Rows of one file with media_ids of their
+    own are kept: they say that the file is several recordings."""
     rows_of_wav: dict[str, list[int]] = {}
     for index, recording in enumerate(recordings):
         rows_of_wav.setdefault(recording.file, []).append(index)
@@ -484,6 +485,20 @@ def once_per_wav(
                 shown_name(wav),
             )
             continue
+        repeated = [  # of rows with a media_id: the others are left out just below
+            i for n, i in enumerate(indices)
+            if not named_by_stem[i]
+            and any(recordings[i].fields == recordings[j].fields for j in indices[:n])
+        ]  # fmt: skip
+        if repeated:
+            dropped.update(repeated)
+            log.warning(
+                "%s %s an earlier row of %s word for word: left out",
+                ", ".join(origins[i] for i in repeated),
+                "repeats" if len(repeated) == 1 else "repeat",
+                shown_name(recordings[indices[0]].fields["file"]),
+            )
+            indices = [i for i in indices if i not in repeated]
         again = [i for i in indices if named_by_stem[i]][1:]
         dropped.update(again)
         if again:

@@ -439,3 +439,14 @@ def test_real_fsdd_metadata(shared_data):
     present, missing, unused = match_audio(recordings, fsdd)
     assert len(present) == 3000 and missing == [] and unused == []
     assert json.loads(json.dumps([r.fields for r in recordings[:3]]))  # plain JSON types
+
+
+def test_a_csv_row_with_a_media_id_repeated_word_for_word_is_left_out(tmp_path, caplog):
+    """A row pasted twice would have stopped the whole job (its MediaId twice)."""
+    text = "file,label,media_id\na.wav,x,1\nb.wav,y,2\na.wav,x,1\n"
+    recordings = read_csv(write(tmp_path / "labels.csv", text))
+    assert [(r.media_id, r.class_id) for r in recordings] == [("1", "x"), ("2", "y")]
+    assert "labels.csv line 4 repeats an earlier row of a.wav word for word" in caplog.text
+    text = "file,label,media_id\na.wav,x,1\na.wav,y,1\n"  # not word for word: still refused
+    with pytest.raises(MetadataError, match="'1' appears twice"):
+        read_csv(write(tmp_path / "other.csv", text))
