@@ -153,6 +153,8 @@ def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
             fields = [part.strip() for part in line.strip().split(";")]
             if fields == [""]:
                 continue
+            while len(fields) > 3 and not fields[-1]:  # a line ending in ";" (a spreadsheet's)
+                fields.pop()
             header = not seen_line and looks_like_header(fields)
             seen_line = True
             if header:

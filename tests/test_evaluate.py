@@ -476,3 +476,11 @@ def test_the_report_counts_the_recordings_of_a_truth_naming_files_as_the_scores_
     rows = (tmp_path / "report" / "confusion_matrix.csv").read_text().splitlines()
     assert rows[1].startswith("aaaaaa,1,1,")  # one right, one taken for bbbbbb; none missing
     assert rows[1].endswith(",0")
+
+
+def test_a_truth_line_ending_in_a_separator_is_read(tmp_path):
+    path = tmp_path / "truth.csv"
+    path.write_text("1;aaaaaa;;\n2;bbbbbb;cccccc;\n")
+    truth = read_truth(path)
+    assert truth.foreground == {"1": "aaaaaa", "2": "bbbbbb"}
+    assert truth.background == {"1": [], "2": ["cccccc"]}
