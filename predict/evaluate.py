@@ -65,6 +65,7 @@ from preprocess.paths import (  # noqa: E402
     NOT_REGULAR,
     OutputPathError,
     check_output,
+    first_names,
     is_json_with,
 )
 from train.metrics import mean_average_precision, top1_accuracy  # noqa: E402
@@ -373,9 +374,6 @@ def report(results: dict) -> str:
 
 
 def _warn(results: dict) -> None:
-    def some(items):
-        return ", ".join(items[:10]) + (f" and {len(items) - 10} more" if len(items) > 10 else "")
-
     for key, what in (
         ("missing_from_run", "recordings in the truth missing from the run file (scored 0)"),
         ("not_in_truth", "recordings in the run file not in the truth (ignored)"),
@@ -387,7 +385,7 @@ def _warn(results: dict) -> None:
         ("unmapped_background", "background species with no class id in the XMLs (not scored)"),
     ):
         if results[key]:
-            logger.warning("%s: %s", what, some(results[key]))
+            logger.warning("%s: %s", what, first_names(results[key], 10))
 
 
 def write_report_for(out_dir, entries, truth: Truth, results: dict, model_classes) -> Path:

@@ -116,7 +116,7 @@ def split_recordings(
             "%d classes have a single recording, which goes to training (none to validate "
             "or test them): %s",
             len(single),
-            ", ".join(names[:20]) + (" ..." if len(names) > 20 else ""),
+            first_names(names, 20),
         )
 
     def size(fraction: float) -> int:
