@@ -5,7 +5,8 @@ training_done.json, thresholds.json), the test scores of the best models (metric
 the run's row in the runs table.
 
 Files are written whole or not at all (`write_text_atomically`). Everything a new run checks
-comes before `write_run_files`, so a start that fails leaves the folder as it was. Training
+comes before `write_run_files`, so a start that fails leaves the folder as it was (a folder
+it made, with its lock file, it removes again). Training
 writes only into a folder that is new, empty or a run of its own (`check_trainer_may_write`),
 so it never overwrites or deletes a file it did not write.
 """

@@ -38,8 +38,10 @@ MirroredStrategy; JAX: keras.distribution).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -445,8 +447,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.out.exists() and not args.out.is_dir():
             raise TrainError(f"{args.out} is a file, not a run folder: choose another --out")
         check_trainer_may_write(args.out)  # before the lock file is made in it
-        with exclusive_run(args.out / ".lock", f"the run folder {args.out}"):
-            metrics.update(train(args))
+        made_here = not args.out.exists()
+        lock = args.out / ".lock"
+        with exclusive_run(lock, f"the run folder {args.out}"):
+            try:
+                metrics.update(train(args))
+            except BaseException:
+                # a start refused before any run file: no folder left that only holds the
+                # lock (removed while held, so no other run can hold it meanwhile)
+                if made_here and os.listdir(args.out) == [lock.name]:
+                    lock.unlink()
+                raise
+            finally:
+                if made_here and not lock.exists():
+                    with contextlib.suppress(OSError):  # another run's files came meanwhile
+                        args.out.rmdir()
         return 0
 
     errors = (TrainError, DatasetError, SplitError, RunLocked, ModelFileError, RunsTableError,
