@@ -341,3 +341,39 @@ def test_a_resumed_run_goes_on_with_its_budget_and_decay(monkeypatch):
     clock["now"] += 41.0  # 91 s in all: this epoch once more would pass the budget
     schedule.on_epoch_end(5, {})
     assert model.stop_training
+
+
+def test_a_run_its_budget_ended_resumes_into_one_step_not_a_new_decay(monkeypatch):
+    """Killed after training ended on its budget (epochs of 30 s, 90 s of 100 done: one more
+    would pass it) and before it was marked done: resumed, it stops after one step, at the
+    end of its decay, where it trained on at a tenth of the peak rate."""
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(recipe.time, "perf_counter", lambda: clock["now"])
+    optimizer = types.SimpleNamespace(learning_rate=keras.Variable(0.0))
+    model = types.SimpleNamespace(optimizer=optimizer, stop_training=False)
+    schedule = recipe.ScheduleAndBudget(30, 100, 1.0, 2, 100.0, True, past_seconds=[30.0] * 3)
+    schedule.set_model(model)
+    schedule.on_train_begin()
+    schedule.on_epoch_begin(3)
+    schedule.on_train_batch_begin(0)
+    assert model.stop_training
+    assert float(optimizer.learning_rate.numpy()) < 0.1
+
+
+def test_epoch_seconds_count_what_runs_between_epochs(monkeypatch):
+    """The checkpoints, logs and backup after an epoch count in the next one's time, and the
+    start of training in the first: the budget of a resumed run goes on from their sum."""
+    from train import callbacks
+
+    clock = {"now": 50.0}
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock["now"])
+    timer, seconds = callbacks.EpochTime(), []
+    timer.on_train_begin()
+    for epoch, (training, saving) in enumerate([(10.0, 5.0), (10.0, 5.0), (12.0, 0.0)]):
+        timer.on_epoch_begin(epoch)
+        clock["now"] += training
+        logs = {}
+        timer.on_epoch_end(epoch, logs)
+        seconds.append(logs["epoch_seconds"])
+        clock["now"] += saving  # what the callbacks after it do
+    assert seconds == [10.0, 15.0, 17.0]

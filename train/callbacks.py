@@ -232,13 +232,17 @@ def load_saved_model(path: Path) -> keras.Model:
 
 
 class EpochTime(keras.callbacks.Callback):
-    """Logs epoch_seconds, the wall time of each epoch (validation and MAP included)."""
+    """Logs epoch_seconds, the wall time of each epoch (validation and MAP included) and of
+    what ran since the epoch before ended (its checkpoints, logs and backup; before the first,
+    the start of training): together the training's wall time, from which the time budget of
+    a resumed run goes on (`train/recipe.ScheduleAndBudget`)."""
 
-    def on_epoch_begin(self, epoch, logs=None):
-        self.start = time.perf_counter()
+    def on_train_begin(self, logs=None):
+        self.last_end = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
-        logs["epoch_seconds"] = time.perf_counter() - self.start
+        now = time.perf_counter()
+        logs["epoch_seconds"], self.last_end = now - self.last_end, now
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

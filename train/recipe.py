@@ -403,7 +403,8 @@ class ScheduleAndBudget(keras.callbacks.Callback):
     mid-epoch (after a step) once the budget is spent; Keras still validates that epoch.
     budget_seconds: 0 for none. schedule: False keeps the optimizer's constant rate.
     past_seconds: the epoch_seconds of the epochs a resumed run has done ([] for a new run):
-    its budget and its decay's clock go on from them, rather than starting over.
+    its budget and its decay's clock go on from them, rather than starting over; a run whose
+    budget had ended it (its last epoch once more would pass it) stops after one step.
 
     The rate is computed before every step and set when it is RATE_TOLERANCE away from the
     one set; no work follows a step, so Keras dispatches steps without waiting for each.
@@ -425,12 +426,15 @@ class ScheduleAndBudget(keras.callbacks.Callback):
         self.budget_seconds, self.schedule = budget_seconds, schedule
         self.past_seconds = np.asarray(past_seconds, dtype=np.float64)
         self.epoch, self.decay_start, self.rate_set = 0, None, None
+        self.spent = False  # the budget had ended the run resumed: Keras runs one step
 
     def on_train_begin(self, logs=None):
         done = np.cumsum(self.past_seconds)
         self.start = time.perf_counter() - (done[-1] if len(done) else 0.0)
         if not len(done) or self.budget_seconds <= 0:
             return
+        # the decision that ended the run before its kill (`on_epoch_end`), made again
+        self.spent = done[-1] + self.past_seconds[-1] > self.budget_seconds
         # where the warm-up of the epochs done ended: with its epochs or its share of the time
         allowance = WARMUP_BUDGET_SHARE * self.budget_seconds
         by_time = int(np.searchsorted(done, allowance))  # the epoch the allowance ran out in
@@ -449,7 +453,7 @@ class ScheduleAndBudget(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         now = time.perf_counter()
-        if self.budget_seconds > 0 and now - self.start > self.budget_seconds:
+        if self.spent or (self.budget_seconds > 0 and now - self.start > self.budget_seconds):
             self.model.stop_training = True  # after this step
         if not self.schedule:
             return
