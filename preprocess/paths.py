@@ -14,6 +14,7 @@ says what its own kind looks like with a small predicate on the file's first byt
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import re
@@ -176,6 +177,34 @@ def is_partial_of(name: str, target: str, suffix: str = "") -> bool:
     that a kill cut short. Exactly that form, so `.OUT.old.<pid>-...` is not OUT's."""
     form = rf"\.{re.escape(target)}\.\d+-[0-9a-f]{{8}}\.partial{re.escape(suffix)}"
     return re.fullmatch(form, name) is not None
+
+
+def process_exists(pid: int) -> bool:
+    """Whether process pid runs: a zombie (ended, not yet reaped) does not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:  # "pid (name) state ..."
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):  # no /proc (not Linux), or gone meanwhile
+        return True
+
+
+def remove_partials(path: Path, suffix: str = "") -> None:
+    """Remove the files that writes of path a kill cut short left beside it, named as
+    `partial_name` names them (then suffix: `train/callbacks.save_atomically`): a link among
+    them too, never what it points to. One whose writer (the pid in its name) still runs is
+    another writer's, in progress, and stays."""
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.partial{suffix}"):
+        if not is_partial_of(leftover.name, path.name, suffix):
+            continue
+        writer = int(leftover.name[len(path.name) + 2 :].split("-")[0])
+        if not process_exists(writer) and (leftover.is_symlink() or leftover.is_file()):
+            leftover.unlink()
 
 
 def files_under(root: Path) -> list[Path]:

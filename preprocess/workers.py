@@ -39,6 +39,7 @@ import h5py
 import numpy as np
 
 from preprocess.dataset import check_finite, open_dataset, read_rows
+from preprocess.paths import process_exists
 
 MEMORY_FOLDER = Path("/dev/shm")  # a tmpfs on Linux: files there live in memory
 HANDOFF_PREFIX = "birdclef-handoff-"  # + the parent's pid: a folder of hand_over files
@@ -260,21 +261,6 @@ def remove_stale_handoff_folders(memory: Path) -> None:
             continue
         finally:
             os.close(descriptor)
-
-
-def process_exists(pid: int) -> bool:
-    """Whether process pid runs: a zombie (ended, not yet reaped) does not."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:  # "pid (name) state ..."
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):  # no /proc (not Linux), or gone meanwhile
-        return True
 
 
 def hand_over(pieces: list[np.ndarray], slot: str | None) -> list[np.ndarray] | FileChunks:

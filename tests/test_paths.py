@@ -115,3 +115,19 @@ def test_is_partial_of_recognises_exactly_the_names_partial_name_gives(tmp_path)
     assert not is_partial_of(partial_name(tmp_path / "out.h5.old").name, "out.h5")
     for other in (".out.h5.mine.partial", ".out.h5.12-xyz.partial", ".out.h5.12-0a1b2c3d.partial~"):
         assert not is_partial_of(other, "out.h5")
+
+
+def test_remove_partials_leaves_a_running_writers_file_and_anything_else(tmp_path):
+    from preprocess.paths import remove_partials
+
+    target = tmp_path / "metrics.json"
+    dead = tmp_path / ".metrics.json.4194305-0a1b2c3d.partial"  # above any pid: no process
+    running = tmp_path / f".metrics.json.{os.getpid()}-0a1b2c3d.partial"
+    others = [
+        tmp_path / ".metrics.json.mine.partial",
+        tmp_path / ".loss.png.4194305-0a1b2c3d.partial",
+    ]
+    for path in (dead, running, *others):
+        path.write_text("x")
+    remove_partials(target)
+    assert not dead.exists() and running.exists() and all(path.exists() for path in others)

@@ -137,7 +137,10 @@ def test_a_picture_of_the_users_at_a_report_plots_name_is_left_alone(tmp_path, c
     argv = ["--run-file", str(tmp_path / "run.csv"), "--truth", str(tmp_path / "truth.csv"),
             "--report", str(tmp_path / "report")]  # fmt: skip
     main(argv)
+    left = tmp_path / "report" / ".pr_curves.png.4194305-0a1b2c3d.partial"  # a kill's
+    left.write_bytes(b"")
     main(argv)  # its own plots: replaced
+    assert not left.exists()
     picture = tmp_path / "report" / "pr_curves.png"
     matplotlib.image.imsave(picture, [[0.0, 1.0]])  # as a report before the marks wrote it
     main(argv)  # replaced: matplotlib's, beside the report's page

@@ -526,8 +526,15 @@ def test_resume_continues_from_the_last_finished_epoch(
     assert (run_dir / "loss.png").is_file() and not (run_dir / "metrics.json").exists()
     monkeypatch.undo()
     monkeypatch.setattr(train_model, "training_callbacks", lambda *a: [second, *make_callbacks(*a)])
-    # once finished, --resume only scores the best models again, replacing the run's row
+    # once finished, --resume only scores the best models again, replacing the run's row; what
+    # a kill left of the plots', the run files' and the table's writes is removed
+    left = [run_dir / ".loss.png.4194305-0a1b2c3d.partial",
+            run_dir / ".metrics.json.4194305-0a1b2c3d.partial",
+            tmp_path / ".runs.csv.4194305-0a1b2c3d.partial"]  # fmt: skip
+    for path in left:
+        path.write_text("a kill's")
     assert train_model.main(args + ["--resume"]) == 0
+    assert not any(path.exists() for path in left)
     assert sorted(second.begin) == [2, 3, 4]
     with (tmp_path / "runs.csv").open() as file:
         assert [row["run_dir"] for row in csv.DictReader(file)] == [str(run_dir)]
@@ -1011,8 +1018,8 @@ def test_a_resume_after_a_kill_mid_backup_goes_on_from_the_state_before(tmp_path
     assert "resuming from the state before" in caplog.text
     assert (backup / "latest.weights.h5").read_bytes() == b"weights of epoch 3"
     assert epochs_backed_up(tmp_path) == 3
-    (backup / ".latest.weights.h5.9-0a1b2c3d.partial.weights.h5").write_bytes(b"a kill's")
-    (backup / ".training_metadata.json.9-0a1b2c3d.partial").write_bytes(b"a kill's")
+    (backup / ".latest.weights.h5.4194305-0a1b2c3d.partial.weights.h5").write_bytes(b"a kill's")
+    (backup / ".training_metadata.json.4194305-0a1b2c3d.partial").write_bytes(b"a kill's")
     remove_backup(backup)
     assert not backup.exists()
 

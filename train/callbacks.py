@@ -8,7 +8,6 @@ its `val_map` is then in the logs that the checkpoints, EarlyStopping and CSVLog
 from __future__ import annotations
 
 import csv
-import glob
 import importlib.util
 import json
 import logging
@@ -22,8 +21,8 @@ import keras
 import numpy as np
 
 from preprocess.paths import (
-    is_partial_of,
     partial_name,
+    remove_partials,
     replace_atomically,
     write_text_atomically,
 )
@@ -148,7 +147,7 @@ def save_atomically(
     a link put at a name Keras would write through cannot be there in advance. Such files a
     kill left are removed first (the run folder's lock keeps other writers out), a link
     among them too, never what it points to."""
-    remove_cut_short_saves(path, suffix)
+    remove_partials(path, suffix)
     partial = partial_name(path)
     partial = partial.with_name(partial.name + suffix)
     try:
@@ -160,17 +159,6 @@ def save_atomically(
     except BaseException:
         partial.unlink(missing_ok=True)  # a full disk gets its space back
         raise
-
-
-def remove_cut_short_saves(path: Path, suffix: str = "") -> None:
-    """Remove the files that writes of path a kill cut short left beside it, named
-    .NAME.<pid>-<random>.partial + suffix (`partial_name`, `save_atomically`): a link among
-    them too, never what it points to."""
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.partial{suffix}"):
-        if is_partial_of(leftover.name, path.name, suffix) and (
-            leftover.is_symlink() or leftover.is_file()
-        ):
-            leftover.unlink()
 
 
 def saved_model_probs(path: Path, batches) -> np.ndarray:
@@ -327,7 +315,7 @@ def remove_backup(backup_dir: Path) -> None:
     for name in BACKUP_FILES:
         (backup_dir / name).unlink(missing_ok=True)
         for suffix in ("", ".weights.h5"):  # write_text_atomically's, save_atomically's
-            remove_cut_short_saves(backup_dir / name, suffix)
+            remove_partials(backup_dir / name, suffix)
     if backup_dir.is_dir() and not any(backup_dir.iterdir()):
         backup_dir.rmdir()
 

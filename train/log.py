@@ -23,7 +23,7 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from preprocess.paths import replace_atomically  # noqa: E402
+from preprocess.paths import remove_partials, replace_atomically  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +154,8 @@ def append_run(table: Path, row: dict) -> None:
     table.parent.mkdir(parents=True, exist_ok=True)
     with filelock.FileLock(table_lock(table)):
         check_runs_table(table)
+        for copy in (table, table.with_suffix(".xlsx")):  # what a kill left of their writes
+            remove_partials(copy)
         rows, columns = [], []
         if table.is_file():
             with table.open(encoding="utf-8", newline="") as file:

@@ -15,3 +15,4 @@ INFERENCE = "inference.json"  # the model file and pooling that prediction uses
 THRESHOLDS = "thresholds.json"  # per-class decision thresholds (train/thresholds.py)
 BEST_VAL_MAP = "best_val_map.keras"  # the best model by validation MAP: the 2016 recipe's
 FINAL = "final.keras"  # the model as training left it: the modern recipe's
+METRICS = "metrics.json"  # the test scores; written last, so doall.sh takes it for all done

@@ -25,7 +25,7 @@ import keras
 import numpy as np
 
 from preprocess.dataset import Dataset
-from preprocess.paths import is_partial_of, write_text_atomically
+from preprocess.paths import is_partial_of, remove_partials, write_text_atomically
 from train.callbacks import (
     BACKUP,
     BEST,
@@ -44,9 +44,19 @@ from train.data import (
     read_errors_reported,
     split_recordings,
 )
-from train.log import best_epoch, history_columns, model_columns
+from train.log import PLOTS, best_epoch, history_columns, model_columns
 from train.model_file import list_devices
-from train.run_files import CLASSES, CONFIG, DONE, MODEL_SOURCE, PARAMS, SPLIT, THRESHOLDS
+from train.run_files import (
+    CLASSES,
+    CONFIG,
+    DONE,
+    INFERENCE,
+    METRICS,
+    MODEL_SOURCE,
+    PARAMS,
+    SPLIT,
+    THRESHOLDS,
+)
 from train.thresholds import save_validation_thresholds
 
 logger = logging.getLogger(__name__)
@@ -275,6 +285,11 @@ def load_or_make_split(
     )
 
 
+# the run files written whole under temporary names (`write_text_atomically`, the plots)
+REPLACED_WHOLE = (CONFIG, PARAMS, CLASSES, MODEL_SOURCE, SPLIT, DONE, INFERENCE, THRESHOLDS,
+                  METRICS, *PLOTS)  # fmt: skip
+
+
 def write_run_files(
     run_dir: Path,
     dataset: Dataset,
@@ -303,6 +318,8 @@ def write_run_files(
         "started": started_at(run_dir) if resuming else time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     run_dir.mkdir(parents=True, exist_ok=True)
+    for name in REPLACED_WHOLE:  # what a kill left of their writes (the folder is locked)
+        remove_partials(run_dir / name)
     write_text_atomically(run_dir / CONFIG, json.dumps(config, indent=1) + "\n")
     if not resuming:
         (run_dir / HISTORY).unlink(missing_ok=True)

@@ -88,7 +88,7 @@ from train.model_file import (
     load_model_file,
     load_weights,
 )
-from train.run_files import DONE
+from train.run_files import DONE, METRICS
 from train.run_folder import (
     check_resumed_run,
     check_trainer_may_write,
@@ -207,7 +207,7 @@ def train(args: argparse.Namespace) -> dict:
         save_thresholds(run_dir, data["val"], dataset, metrics["inference"])
         plot_history(history, run_dir)
         append_run(runs_table, runs_table_row(args, dataset, data, history, metrics, model))
-        write_text_atomically(run_dir / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+        write_text_atomically(run_dir / METRICS, json.dumps(metrics, indent=1) + "\n")
     return metrics
 
 
