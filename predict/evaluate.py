@@ -152,7 +152,7 @@ def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
     with open(path, encoding="utf-8-sig") as file:
         for number, line in enumerate(text_lines(file, path), 1):
             fields = [part.strip() for part in line.strip().split(";")]
-            if fields == [""]:
+            if not any(fields):  # blank, or separators only (a spreadsheet's empty row)
                 continue
             while len(fields) > 3 and not fields[-1]:  # a line ending in ";" (a spreadsheet's)
                 fields.pop()

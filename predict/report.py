@@ -315,8 +315,8 @@ def write_report(
     summary: overall scores shown at the top of the page ({name: value}).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in REPORT_FILES:  # what a kill left of an earlier report's files
-        remove_partials(out_dir / name)
+    for name in REPORT_FILES:  # what a kill left of an earlier report's files (no lock here)
+        remove_partials(out_dir / name, locked=False)
     table = class_table(entries, foreground, classes)
     write_csv(out_dir / "per_class.csv", per_class_rows(table))
     write_csv(out_dir / "confusion_matrix.csv", confusion_rows(table))

@@ -180,10 +180,13 @@ def is_partial_of(name: str, target: str, suffix: str = "") -> bool:
 
 
 def process_exists(pid: int) -> bool:
-    """Whether process pid runs: a zombie (ended, not yet reaped) does not."""
+    """Whether process pid runs: a zombie (ended, not yet reaped) does not, nor a number no
+    process can have (0 names a process group to os.kill)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # none; a number beyond any pid
         return False
     except PermissionError:  # another user's
         return True
@@ -194,16 +197,18 @@ def process_exists(pid: int) -> bool:
         return True
 
 
-def remove_partials(path: Path, suffix: str = "") -> None:
+def remove_partials(path: Path, suffix: str = "", locked: bool = True) -> None:
     """Remove the files that writes of path a kill cut short left beside it, named as
     `partial_name` names them (then suffix: `train/callbacks.save_atomically`): a link among
-    them too, never what it points to. One whose writer (the pid in its name) still runs is
-    another writer's, in progress, and stays."""
+    them too, never what it points to. locked: the caller holds the lock of path's writers,
+    so every such file is a kill's; without it, one whose writer (the pid in its name) runs,
+    and is not this process, is another writer's in progress, and stays."""
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.partial{suffix}"):
         if not is_partial_of(leftover.name, path.name, suffix):
             continue
         writer = int(leftover.name[len(path.name) + 2 :].split("-")[0])
-        if not process_exists(writer) and (leftover.is_symlink() or leftover.is_file()):
+        in_progress = not locked and writer != os.getpid() and process_exists(writer)
+        if not in_progress and (leftover.is_symlink() or leftover.is_file()):
             leftover.unlink()
 
 

@@ -480,7 +480,7 @@ def test_the_report_counts_the_recordings_of_a_truth_naming_files_as_the_scores_
 
 def test_a_truth_line_ending_in_a_separator_is_read(tmp_path):
     path = tmp_path / "truth.csv"
-    path.write_text("1;aaaaaa;;\n2;bbbbbb;cccccc;\n")
+    path.write_text("1;aaaaaa;;\n;;;\n2;bbbbbb;cccccc;\n;;\n")  # and empty rows
     truth = read_truth(path)
     assert truth.foreground == {"1": "aaaaaa", "2": "bbbbbb"}
     assert truth.background == {"1": [], "2": ["cccccc"]}

@@ -122,12 +122,17 @@ def test_remove_partials_leaves_a_running_writers_file_and_anything_else(tmp_pat
 
     target = tmp_path / "metrics.json"
     dead = tmp_path / ".metrics.json.4194305-0a1b2c3d.partial"  # above any pid: no process
-    running = tmp_path / f".metrics.json.{os.getpid()}-0a1b2c3d.partial"
+    huge = tmp_path / ".metrics.json.99999999999999999999-0a1b2c3d.partial"  # nor here
+    own = tmp_path / f".metrics.json.{os.getpid()}-0a1b2c3d.partial"  # not in progress here
+    running = tmp_path / f".metrics.json.{os.getppid()}-0a1b2c3d.partial"  # another writer's
     others = [
         tmp_path / ".metrics.json.mine.partial",
         tmp_path / ".loss.png.4194305-0a1b2c3d.partial",
     ]
-    for path in (dead, running, *others):
+    for path in (dead, huge, own, running, *others):
         path.write_text("x")
-    remove_partials(target)
-    assert not dead.exists() and running.exists() and all(path.exists() for path in others)
+    remove_partials(target, locked=False)
+    assert not dead.exists() and not huge.exists() and not own.exists()
+    assert running.exists() and all(path.exists() for path in others)
+    remove_partials(target)  # under the writers' lock: every one is a kill's
+    assert not running.exists() and all(path.exists() for path in others)

@@ -377,3 +377,47 @@ def test_epoch_seconds_count_what_runs_between_epochs(monkeypatch):
         seconds.append(logs["epoch_seconds"])
         clock["now"] += saving  # what the callbacks after it do
     assert seconds == [10.0, 15.0, 17.0]
+
+
+def test_a_resumed_run_makes_the_budget_decision_the_run_made(monkeypatch):
+    """Epochs of 30 s of steps and 6 s of checkpoints after each, a 100 s budget: the run
+    stops after its second epoch (66 s, and one more with its checkpoints would pass 100 s).
+    Killed after its first epoch it goes on (the checkpoints after the epoch before a kill are
+    not in the time it resumes from); killed after its second, it stops at once."""
+    from train import callbacks
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(recipe.time, "perf_counter", lambda: clock["now"])
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock["now"])
+
+    def run(past_seconds, first_epoch):
+        """(epoch_seconds logged, steps of each epoch) of a run until the budget stops it."""
+        optimizer = types.SimpleNamespace(learning_rate=keras.Variable(0.0))
+        model = types.SimpleNamespace(optimizer=optimizer, stop_training=False)
+        schedule = recipe.ScheduleAndBudget(10, 100, 1.0, 0, 100.0, True, past_seconds)
+        timer = callbacks.EpochTime()
+        for callback in (timer, schedule):
+            callback.set_model(model)
+            callback.on_train_begin()
+        logged, steps = [], []
+        for epoch in range(first_epoch, 10):
+            schedule.on_epoch_begin(epoch)
+            for step in range(100):
+                schedule.on_train_batch_begin(step)
+                clock["now"] += 0.3
+                if model.stop_training:
+                    break
+            steps.append(step + 1)
+            logs = {}
+            timer.on_epoch_end(epoch, logs)
+            schedule.on_epoch_end(epoch, logs)
+            logged.append(logs["epoch_seconds"])
+            clock["now"] += 6.0  # the checkpoints, logs and backup
+            if model.stop_training:
+                return logged, steps
+        return logged, steps
+
+    logged, steps = run([], 0)
+    assert steps == [100, 100] and logged == pytest.approx([30.0, 36.0])
+    assert run(logged[:1], 1)[1][0] == 100  # killed after the first epoch: goes on
+    assert run(logged, 2)[1] == [1]  # after the second: the budget had ended it

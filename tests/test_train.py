@@ -1070,3 +1070,12 @@ def test_a_resume_starts_from_the_state_before_a_damaged_latest_one(tmp_path, ca
     callback.on_train_begin()
     assert resumed._initial_epoch == 1  # the state before: after the first epoch
     assert "resuming from the state before" in caplog.text
+
+
+def test_a_refused_start_removes_the_folders_it_made_and_no_other(easy_data, tmp_path):
+    kept = tmp_path / "runs"
+    kept.mkdir()
+    out = kept / "new" / "nested" / "run"
+    argv = train_args(easy_data, tmp_path / "model-Missing.py", out, "--epochs", "1")
+    assert train_model.main(argv) == 2
+    assert kept.is_dir() and list(kept.iterdir()) == []

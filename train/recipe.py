@@ -430,7 +430,8 @@ class ScheduleAndBudget(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         done = np.cumsum(self.past_seconds)
-        self.start = time.perf_counter() - (done[-1] if len(done) else 0.0)
+        self.last_end = time.perf_counter()  # an epoch's length counts from the last's end
+        self.start = self.last_end - (done[-1] if len(done) else 0.0)
         if not len(done) or self.budget_seconds <= 0:
             return
         # the decision that ended the run before its kill (`on_epoch_end`), made again
@@ -449,7 +450,7 @@ class ScheduleAndBudget(keras.callbacks.Callback):
             )
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch, self.epoch_start = epoch, time.perf_counter()
+        self.epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
         now = time.perf_counter()
@@ -487,8 +488,11 @@ class ScheduleAndBudget(keras.callbacks.Callback):
             )
         if self.budget_seconds <= 0:
             return
+        # the epoch's length as EpochTime logs it (what ran since the last epoch ended), as
+        # on_train_begin judges a resumed run by
         now = time.perf_counter()
-        if now - self.start + (now - self.epoch_start) > self.budget_seconds:
+        length, self.last_end = now - self.last_end, now
+        if now - self.start + length > self.budget_seconds:
             logger.info(
                 "time budget of %.1f min: training ends after epoch %d",
                 self.budget_seconds / 60,

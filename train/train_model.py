@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -447,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.out.exists() and not args.out.is_dir():
             raise TrainError(f"{args.out} is a file, not a run folder: choose another --out")
         check_trainer_may_write(args.out)  # before the lock file is made in it
-        made_here = not args.out.exists()
+        # the folders this start makes, deepest first (--out a/b/c where only a exists: c, b)
+        made_here = list(
+            itertools.takewhile(lambda p: not p.exists(), (args.out, *args.out.parents))
+        )
         lock = args.out / ".lock"
         with exclusive_run(lock, f"the run folder {args.out}"):
             try:
@@ -461,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 if made_here and not lock.exists():
                     with contextlib.suppress(OSError):  # another run's files came meanwhile
-                        args.out.rmdir()
+                        for folder in made_here:
+                            folder.rmdir()
         return 0
 
     errors = (TrainError, DatasetError, SplitError, RunLocked, ModelFileError, RunsTableError,
