@@ -1085,7 +1085,7 @@ def main(argv: list[str] | None = None) -> None:
             logger.warning("%d file(s) skipped:\n  %s", len(skipped), "\n  ".join(skipped))
         print(f"Run file with {written} recordings written to {args.out}")
         if args.human_csv:
-            print(f"Top-5 species per file for people: {args.human_csv}")
+            print(f"Top-{HUMAN_TOP} species per file for people: {args.human_csv}")
         return 0
 
     input_errors = (PredictError, ThresholdsError, OutputError, OutputPathError, WorkerLost)

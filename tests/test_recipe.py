@@ -322,19 +322,28 @@ def test_crops_know_where_a_recordings_last_chunk_repeats_frames():
     assert batches.next_positions.tolist() == [1, 2, -1, 4, -1, -1]
 
 
-def test_a_resumed_run_goes_on_with_its_budget_and_decay(monkeypatch):
-    """Killed after 5 epochs of 10 s (100 steps each) of a 100 s budget whose warm-up (2
-    epochs, at most 5 s) ended half way through epoch 1: resumed, the decay goes on from
-    where the clock left it, and training ends when the 100 s are spent in all."""
+def resumed_schedule(monkeypatch, past_seconds: list[float]):
+    """A ScheduleAndBudget of 30 epochs of 100 steps, 2 of warm-up, a 100 s budget, resumed
+    after the epochs of past_seconds on a fake clock, through its first step: (the schedule,
+    its stand-in model, the clock)."""
     clock = {"now": 1000.0}
     monkeypatch.setattr(recipe.time, "perf_counter", lambda: clock["now"])
     optimizer = types.SimpleNamespace(learning_rate=keras.Variable(0.0))
     model = types.SimpleNamespace(optimizer=optimizer, stop_training=False)
-    schedule = recipe.ScheduleAndBudget(30, 100, 1.0, 2, 100.0, True, past_seconds=[10.0] * 5)
+    schedule = recipe.ScheduleAndBudget(30, 100, 1.0, 2, 100.0, True, past_seconds)
     schedule.set_model(model)
     schedule.on_train_begin()
-    schedule.on_epoch_begin(5)
+    schedule.on_epoch_begin(len(past_seconds))
     schedule.on_train_batch_begin(0)
+    return schedule, model, clock
+
+
+def test_a_resumed_run_goes_on_with_its_budget_and_decay(monkeypatch):
+    """Killed after 5 epochs of 10 s (100 steps each) of a 100 s budget whose warm-up (2
+    epochs, at most 5 s) ended half way through epoch 1: resumed, the decay goes on from
+    where the clock left it, and training ends when the 100 s are spent in all."""
+    schedule, model, clock = resumed_schedule(monkeypatch, [10.0] * 5)
+    optimizer = model.optimizer
     assert schedule.warmup_steps == 50
     expected = recipe.warmup_cosine(500, 3000, 50, 1.0, time_share=(50 - 5) / (100 - 5))
     assert float(optimizer.learning_rate.numpy()) == pytest.approx(expected)
@@ -347,17 +356,9 @@ def test_a_run_its_budget_ended_resumes_into_one_step_not_a_new_decay(monkeypatc
     """Killed after training ended on its budget (epochs of 30 s, 90 s of 100 done: one more
     would pass it) and before it was marked done: resumed, it stops after one step, at the
     end of its decay, where it trained on at a tenth of the peak rate."""
-    clock = {"now": 1000.0}
-    monkeypatch.setattr(recipe.time, "perf_counter", lambda: clock["now"])
-    optimizer = types.SimpleNamespace(learning_rate=keras.Variable(0.0))
-    model = types.SimpleNamespace(optimizer=optimizer, stop_training=False)
-    schedule = recipe.ScheduleAndBudget(30, 100, 1.0, 2, 100.0, True, past_seconds=[30.0] * 3)
-    schedule.set_model(model)
-    schedule.on_train_begin()
-    schedule.on_epoch_begin(3)
-    schedule.on_train_batch_begin(0)
+    _, model, _ = resumed_schedule(monkeypatch, [30.0] * 3)
     assert model.stop_training
-    assert float(optimizer.learning_rate.numpy()) < 0.1
+    assert float(model.optimizer.learning_rate.numpy()) < 0.1
 
 
 def test_epoch_seconds_count_what_runs_between_epochs(monkeypatch):
