@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import dataclasses
 import functools
-import glob
 import hashlib
 import json
 import logging
@@ -91,8 +90,8 @@ from preprocess.paths import (
     first_names,
     is_hdf5,
     is_own_file,
-    is_partial_of,
     partial_name,
+    partials_of,
     shown_name,
 )
 from preprocess.spectrogram import check_front_end, frames_for_seconds
@@ -781,9 +780,7 @@ def remove_cut_short_writes(out: Path) -> None:
     """Delete what writes of out that a kill cut short left beside it: files named as
     `partial_name` names them (unique to a run, so no other program's) that are regular
     files, empty or HDF5 (HDF5 writes its signature first). Called under out's lock."""
-    for leftover in out.parent.glob(f".{glob.escape(out.name)}.*.partial"):
-        if not is_partial_of(leftover.name, out.name):  # .OUT.old.<pid>-...: another output's
-            continue
+    for leftover in partials_of(out):  # not .OUT.old.<pid>-...: another output's
         if is_own_file(leftover) and (leftover.stat().st_size == 0 or is_hdf5(leftover)):
             leftover.unlink()
 

@@ -191,10 +191,19 @@ def process_exists(pid: int) -> bool:
     except PermissionError:  # another user's
         return True
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:  # "pid (name) state ..."
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+        with open(f"/proc/{pid}/stat", "rb") as status:  # "pid (name) state ..."
+            return status.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):  # no /proc (not Linux), or gone meanwhile
         return True
+
+
+def partials_of(path: Path, suffix: str = "") -> list[Path]:
+    """The files beside path that writes of it cut short by a kill leave: named as
+    `partial_name` names them (then suffix), `is_partial_of` exactly."""
+    pattern = f".{glob.escape(path.name)}.*.partial{glob.escape(suffix)}"
+    return [
+        each for each in path.parent.glob(pattern) if is_partial_of(each.name, path.name, suffix)
+    ]
 
 
 def remove_partials(path: Path, suffix: str = "", locked: bool = True) -> None:
@@ -203,9 +212,7 @@ def remove_partials(path: Path, suffix: str = "", locked: bool = True) -> None:
     them too, never what it points to. locked: the caller holds the lock of path's writers,
     so every such file is a kill's; without it, one whose writer (the pid in its name) runs,
     and is not this process, is another writer's in progress, and stays."""
-    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.partial{suffix}"):
-        if not is_partial_of(leftover.name, path.name, suffix):
-            continue
+    for leftover in partials_of(path, suffix):
         writer = int(leftover.name[len(path.name) + 2 :].split("-")[0])
         in_progress = not locked and writer != os.getpid() and process_exists(writer)
         if not in_progress and (leftover.is_symlink() or leftover.is_file()):

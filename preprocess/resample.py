@@ -118,7 +118,7 @@ from preprocess.paths import (
     files_under,
     has_one_name,
     is_own_file,
-    is_partial_of,
+    remove_partials,
     shown_name,
     write_text_atomically,
 )
@@ -651,12 +651,8 @@ def resample_dir(in_dir: Path, out_dir: Path, jobs: int, soxr: bool = False) -> 
         for stale in out_dir.rglob(f"*.wav{PART_SUFFIX}"):  # a name only this code gives
             if stale.is_symlink() or stale.is_file():
                 stale.unlink()
-        for stale in out_dir.iterdir():
-            partial = is_partial_of(stale.name, SOURCES_NAME) or is_partial_of(
-                stale.name, PENDING_NAME
-            )
-            if partial and not stale.is_dir():
-                stale.unlink()
+        for record in (SOURCES_NAME, PENDING_NAME):
+            remove_partials(out_dir / record)
         conversions, collisions = folder_conversions(in_dir, out_dir)
         return 1 if resample_files(conversions, jobs, out_dir, soxr, collisions) else 0
 
