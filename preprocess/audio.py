@@ -150,9 +150,9 @@ def pcm16_mono_header(path: str | os.PathLike) -> tuple[int, int]:
         with wave.open(os.fspath(path)) as audio:
             channels, width = audio.getnchannels(), audio.getsampwidth()
             rate, n_samples = audio.getframerate(), audio.getnframes()
-        if is_streamed_wav(path):  # the samples the file holds, not the size announced
-            start, _, size = wav_data_chunk(path)
-            n_samples = (size - start) // 2
+        if n_samples == STREAMED_SIZE // 2:  # written to a pipe: the samples the file holds
+            start, announced, size = wav_data_chunk(path)
+            n_samples = (size - start) // 2 if announced == STREAMED_SIZE else n_samples
     except MemoryError:
         raise
     except Exception as error:  # a damaged header trips `wave` in many ways
