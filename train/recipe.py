@@ -36,7 +36,7 @@ from preprocess.extract import recording_chunks
 from preprocess.params import SpectrogramParams
 from preprocess.paths import NOT_REGULAR, files_under, shown_name, write_text_atomically
 from train.augment import NOISE_CHUNKS, AugmentedBatches, AugmentSettings, quietest_chunks
-from train.callbacks import BEST, save_model_atomically, saved_model_probs
+from train.callbacks import save_model_atomically, saved_model_probs
 from train.data import SplitData, TrainError
 from train.metrics import POOLINGS, POWER_EXPONENT, recording_map
 from train.run_files import BEST_VAL_MAP, FINAL, INFERENCE
@@ -557,7 +557,7 @@ def write_inference(run_dir: Path, model_file: str, pooling: str, extra: dict) -
 
 
 INFERENCE_CHOICES = {  # --inference-model -> candidate checkpoints, preferred first on ties
-    "best_val_map": (BEST["val_map"][0],),
+    "best_val_map": (BEST_VAL_MAP,),
     "final": (FINAL,),
     "auto": (FINAL, BEST_VAL_MAP),
 }
@@ -588,7 +588,7 @@ def choose_inference(
     candidates = [
         name for name in INFERENCE_CHOICES[args.inference_model] if (run_dir / name).is_file()
     ]
-    fallback = BEST["val_map"][0]
+    fallback = BEST_VAL_MAP
     if not candidates and (run_dir / fallback).is_file():  # diverged, or killed before it
         logger.warning("%s missing: prediction uses %s", FINAL, fallback)
         candidates = [fallback]

@@ -461,12 +461,10 @@ def main(argv: list[str] | None = None) -> int:
                 # lock (removed while held, so no other run can hold it meanwhile)
                 if made_here and os.listdir(args.out) == [lock.name]:
                     lock.unlink()
-                raise
-            finally:
-                if made_here and not lock.exists():
                     with contextlib.suppress(OSError):  # another run's files came meanwhile
                         for folder in made_here:
                             folder.rmdir()
+                raise
         return 0
 
     errors = (TrainError, DatasetError, SplitError, RunLocked, ModelFileError, RunsTableError,
