@@ -308,7 +308,6 @@ def score(entries: list[RunEntry], truth: Truth, model_classes: list[str] | None
     probabilities cannot change the result: the official evaluator read the ranks too.
     """
     run_ids = {entry.media_id for entry in entries}
-    truth = named_as_in_run_file(truth, run_ids)
     media_ids = sorted(truth.foreground)
     run_file_classes = {entry.class_id for entry in entries}
     truth_classes = set(truth.foreground.values()).union(*truth.background.values())
@@ -462,7 +461,7 @@ def main(argv: list[str] | None = None) -> None:
         truth = read_truth(args.truth, args.names_xml_dir)
         model_classes = model_classes_from(args.classes) if args.classes else None
         entries, truth, model_classes = same_normalisation(entries, truth, model_classes)
-        # here, not only in score: the report counts the same recordings as the scores
+        # before the scores and the report, which count the same recordings
         truth = named_as_in_run_file(truth, {entry.media_id for entry in entries})
         results = score(entries, truth, model_classes)
         print(report(results))

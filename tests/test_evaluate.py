@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from sklearn.metrics import label_ranking_average_precision_score
 
-from predict.evaluate import Truth, TruthError, chance_map, main, read_truth, score
+from predict.evaluate import (
+    Truth,
+    TruthError,
+    chance_map,
+    main,
+    named_as_in_run_file,
+    read_truth,
+    score,
+)
 from predict.runfile import (
     MAX_RANK,
     RunEntry,
@@ -450,7 +458,7 @@ def test_a_truth_naming_recordings_by_file_is_compared_by_stem(written):
     entries = [RunEntry("101", "aaaaaa", 0.9, 1), RunEntry("102", "bbbbbb", 0.8, 1)]
     truth = Truth({written.format(101): "aaaaaa", written.format(102): "aaaaaa"},
                   {written.format(101): [], written.format(102): ["bbbbbb"]})  # fmt: skip
-    results = score(entries, truth)
+    results = score(entries, named_as_in_run_file(truth, {e.media_id for e in entries}))
     assert results["map_foreground"] == pytest.approx(0.5)
     assert results["map_with_background"] == pytest.approx(0.75)
 
@@ -459,7 +467,7 @@ def test_a_truth_whose_names_would_merge_without_their_suffix_is_left_as_it_is()
     entries = [RunEntry("a", "aaaaaa", 0.9, 1)]
     truth = Truth({"a.wav": "aaaaaa", "a.flac": "aaaaaa"}, {"a.wav": [], "a.flac": []})
     with pytest.raises(TruthError, match="share no MediaId"):
-        score(entries, truth)
+        score(entries, named_as_in_run_file(truth, {e.media_id for e in entries}))
 
 
 def test_a_first_recording_named_like_a_header_with_a_number_is_a_recording(tmp_path):
