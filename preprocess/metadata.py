@@ -582,8 +582,10 @@ def match_audio(recordings: list[Recording], wav_dir: str | Path) -> Matched:
     """The recordings whose wav exists under wav_dir, and both kinds of mismatch.
 
     An extension in another case (x.WAV) still matches, and so does a name in another Unicode
-    normalisation (a Mac writes é as e and an accent); the recording kept then names the file
-    as it is on disk.
+    normalisation (a Mac writes é as e and an accent), and a name with leading folders that
+    wav_dir does not have (train/x.wav, for a CSV beside the folder train/ that names files
+    relative to itself: the longest such tail found is the file, with a warning); the recording
+    kept then names the file as it is on disk.
     """
     wav_dir = Path(wav_dir)
     if not wav_dir.is_dir():
@@ -595,16 +597,43 @@ def match_audio(recordings: list[Recording], wav_dir: str | Path) -> Matched:
     }
     by_nfc = {nfc(name): name for name in on_disk}
     named = {recording.file for recording in recordings}  # a file named as it is matches it
-    present, missing, referenced = [], [], set()
-    for recording in recordings:
-        name = recording.file
-        if name not in on_disk:  # another spelling, of a file no other row has matched
-            spelt = by_nfc.get(nfc(name))
-            name = spelt if spelt not in named | referenced else name
+
+    def found(name: str) -> str | None:
+        """name's key in on_disk, as it is or spelt otherwise (a file no other row matched)."""
         if name in on_disk:
+            return name
+        spelt = by_nfc.get(nfc(name))
+        return spelt if spelt is not None and spelt not in named | referenced else None
+
+    def found_as_tail(name: str) -> str | None:
+        """found() of name's longest tail (train/x.wav -> x.wav) that no other row names."""
+        parts = PurePosixPath(name).parts
+        for start in range(1, len(parts)):
+            tail = found(PurePosixPath(*parts[start:]).as_posix())
+            if tail is not None:
+                return None if tail in named | referenced else tail
+        return None
+
+    present, missing, referenced, tails = [], [], set(), []
+    for recording in recordings:
+        name = found(recording.file)
+        if name is None:
+            name = found_as_tail(recording.file)
+            if name is not None:
+                tails.append((recording.file, on_disk[name]))
+        if name is not None:
             present.append(replace(recording, file=on_disk[name]))
             referenced.add(name)
         else:
             missing.append(recording)
+    if tails:
+        log.warning(
+            "%d files are named with folders that %s does not have, and found without them "
+            "(%s): their names are read as relative to another folder",
+            len(tails),
+            shown_name(str(wav_dir)),
+            ", ".join(f"{shown_name(given)} as {shown_name(on)}" for given, on in tails[:3])
+            + (", ..." if len(tails) > 3 else ""),
+        )
     unused = [on_disk[name] for name in sorted(on_disk.keys() - referenced)]
     return Matched(present, missing, unused)

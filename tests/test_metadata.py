@@ -427,6 +427,28 @@ def test_match_audio_finds_a_name_in_another_unicode_normalisation(tmp_path):
         assert [r.media_id for r in present] == [rows[0].media_id] and missing == [rows[1]]
 
 
+def test_match_audio_finds_files_named_with_folders_the_wav_folder_lacks(tmp_path, caplog):
+    """A CSV beside train/ naming train/a.wav, for the audio folder train/ itself."""
+    for name in ["a.wav", "sub/b.wav", "c.wav", "d.wav"]:
+        write(tmp_path / name, "")
+    table = [
+        Recording("a", "train/a.wav"),
+        Recording("b", "data/train/sub/b.wav"),
+        Recording("c1", "train/c.wav"),  # c.wav is another row's, as it is named
+        Recording("c2", "c.wav"),
+        Recording("e", "train/e.wav"),
+    ]
+
+    present, missing, unused = match_audio(table, tmp_path)
+
+    assert [(r.media_id, r.file) for r in present] == [
+        ("a", "a.wav"), ("b", "sub/b.wav"), ("c2", "c.wav")
+    ]  # fmt: skip
+    assert [r.media_id for r in missing] == ["c1", "e"] and unused == ["d.wav"]
+    assert "2 files are named with folders that" in caplog.text
+    assert "train/a.wav as a.wav, data/train/sub/b.wav as sub/b.wav" in caplog.text
+
+
 def test_real_fsdd_metadata(shared_data):
     fsdd = shared_data / "fsdd"
     recordings = read_csv(fsdd / "metadata.csv")
