@@ -49,6 +49,11 @@ IGNORED_FOLDER = "__MACOSX"  # a Mac zip's resource forks (`._<name>`), never re
 CSV_LINE_END = re.compile(r"\r\n|\r|\n")  # what ends a line for csv's line_num
 WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")  # C:\clips\a.wav
 CSV_COLUMNS = ("file", "label", "media_id", "background")  # what read_csv reads, any case
+COLUMN_ALIASES = {  # other data sets' names of CSV_COLUMNS, read where the column is absent
+    "file": ("filename", "file_name", "fname", "path", "filepath", "file_path", "audio"),
+    "label": ("class", "classname", "class_name", "category", "species", "primary_label"),
+    "background": ("secondary_labels", "background_species"),
+}
 
 
 class MetadataError(ValueError):
@@ -86,6 +91,13 @@ def split_names(text: str | None, separators: str = ",") -> list[str]:
     if not text:
         return []
     return [name.strip() for name in re.split(f"[{re.escape(separators)}]", text) if name.strip()]
+
+
+def background_names(text: str | None) -> list[str]:
+    """A CSV's background species: 'lark; crow' or 'lark,crow', or a Python list as BirdCLEF's
+    secondary_labels has it ("['lark', 'crow']", "[]") -> ['lark', 'crow']."""
+    names = (name.strip("[]'\" ") for name in split_names(text, separators=";,"))
+    return [name for name in names if name]
 
 
 def posix_path(file: str) -> PurePosixPath:
@@ -239,7 +251,7 @@ def parse_csv_row(row: dict[str, str | None], source: str = "<csv>") -> Recordin
         file=wav,
         class_id=label,
         species=label,
-        background=split_names(row.get("background"), separators=";,"),
+        background=background_names(row.get("background")),
         fields=dict(row),
     )
 
@@ -363,11 +375,18 @@ def row_lines(row: dict, last_line: int) -> str:
     return f"line {last_line}" if first_line == last_line else f"lines {first_line}-{last_line}"
 
 
-def known_column(name: str) -> str:
-    """A CSV header's column name, stripped; one of CSV_COLUMNS in lower case however it
-    was typed ('File', 'LABEL'), any other as it is."""
-    name = name.strip()
-    return name.lower() if name.lower() in CSV_COLUMNS else name
+def known_columns(names: list[str]) -> list[str]:
+    """A CSV header's column names, stripped: one of CSV_COLUMNS in lower case however it was
+    typed ('File', 'LABEL'), or named as another data set names it (ESC-50's filename and
+    category, BirdCLEF's primary_label: COLUMN_ALIASES) where the header has no such column
+    and one alias of it; any other as it is."""
+    columns = [name.strip() for name in names]
+    columns = [name.lower() if name.lower() in CSV_COLUMNS else name for name in columns]
+    for column, aliases in COLUMN_ALIASES.items():
+        named = [i for i, name in enumerate(columns) if name.lower() in aliases]
+        if column not in columns and len(named) == 1:
+            columns[named[0]] = column
+    return columns
 
 
 def csv_delimiter(text: str) -> str:
@@ -376,8 +395,7 @@ def csv_delimiter(text: str) -> str:
     (a comma where none does: the error then names the columns it found)."""
     header = text.split("\n", 1)[0]
     for delimiter in (",", ";", "\t"):
-        columns = {known_column(name) for name in next(csv.reader([header], delimiter=delimiter))}
-        if {"file", "label"} <= columns:
+        if {"file", "label"} <= set(known_columns(next(csv.reader([header], delimiter=delimiter)))):
             return delimiter
     return ","
 
@@ -392,7 +410,10 @@ def csv_rows(text: str, source: str) -> tuple[list[str], list[tuple[str, dict]]]
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=csv_delimiter(text))
     rows, last_complete = [], 0
     try:
-        columns = [known_column(name) for name in reader.fieldnames or []]
+        columns = known_columns(reader.fieldnames or [])
+        for given, column in zip(reader.fieldnames or [], columns, strict=True):
+            if given.strip().lower() in COLUMN_ALIASES.get(column, ()):
+                log.info("%s: column %r read as %r", source, given, column)
         counts = Counter(columns)
         twice = sorted(name for name in CSV_COLUMNS if counts[name] > 1)
         if twice:  # DictReader would keep the last column's values only, without a word
@@ -422,7 +443,8 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
     for required in ("file", "label"):
         if required not in columns:
             raise MetadataError(
-                f"{csv_path}: missing column '{required}' (it has: {', '.join(columns)})"
+                f"{csv_path}: missing column '{required}' (it has: {', '.join(columns)}; one "
+                f"of {', '.join(COLUMN_ALIASES[required])} is read as '{required}' too)"
             )
     recordings = [parse_csv_row(row, source=origin) for origin, row in rows]
     origins = [origin for origin, _ in rows]

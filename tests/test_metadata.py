@@ -1,6 +1,7 @@
 """Metadata: BirdCLEF XML variants, CSV, class folders, selections, matching wavs."""
 
 import json
+import logging
 import os
 import unicodedata
 from pathlib import Path
@@ -227,6 +228,29 @@ def test_csv_with_unnamed_extra_columns_reads(tmp_path):
     assert [r.class_id for r in read_csv(path)] == ["owl", "lark"]
 
 
+def test_csv_columns_named_as_other_data_sets_name_them(tmp_path, caplog):
+    """ESC-50's filename and category, BirdCLEF's primary_label and secondary_labels."""
+    esc50 = write(tmp_path / "esc50.csv", "filename,fold,target,category\n1-1.wav,1,0,dog\n")
+    with caplog.at_level(logging.INFO):
+        (one,) = read_csv(esc50)
+    assert (one.file, one.class_id, one.fields["target"]) == ("1-1.wav", "dog", "0")
+    assert "column 'category' read as 'label'" in caplog.text
+    birdclef = write(
+        tmp_path / "train_metadata.csv",
+        "primary_label,secondary_labels,type,filename\n"
+        "abethr1,\"['grtit1', 'eurrob1']\",song,abethr1/XC1.ogg\n"
+        "abethr1,[],call,abethr1/XC2.ogg\n",
+    )
+    first, second = read_csv(birdclef)
+    assert (first.file, first.class_id, first.background) == (
+        "abethr1/XC1.wav", "abethr1", ["grtit1", "eurrob1"]
+    )  # fmt: skip
+    assert second.background == []
+    # a column of the name itself wins over an alias, which stays a field of its own
+    (row,) = read_csv(write(tmp_path / "both.csv", "file,label,species\na.wav,x,y\n"))
+    assert (row.class_id, row.fields["species"]) == ("x", "y")
+
+
 def test_csv_columns_named_in_any_case(tmp_path):
     path = write(tmp_path / "meta.csv", "File , LABEL,Media_ID,Site\na.wav,owl,m1,north\n")
     (one,) = read_csv(path)
@@ -241,9 +265,9 @@ def test_csv_columns_named_in_any_case(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("path,label\na.wav,x\n", "missing column 'file'"),
+        ("filename,path,label\na.wav,b.wav,x\n", "missing column 'file'.*filename, file_name"),
         ("file,label,File\na.wav,x,b.wav\n", "line 1: column 'file' twice"),
-        ("file,species\na.wav,x\n", "missing column 'label'"),
+        ("file,species,category\na.wav,x,y\n", "missing column 'label'"),
         ("", "missing column 'file'"),
         ("file,label\n", "no recordings"),
         ("file,label\na.wav,x\n,y\n", "line 3: empty 'file'"),
