@@ -646,7 +646,7 @@ def extracted_recordings(
         try:
             source = recording_chunks(item.wav, params, max_chunks, window_seconds=window_seconds)
             first = next(source.pieces)  # a streamed file is read through here, bad data found
-            reason = no_sound(item.wav, source.seconds, params, values_vary(first))
+            reason = no_sound(item.wav, values_vary(first))
         except AudioError as error:  # bad input; anything else is a bug and stops the run
             return error.reason
         return reason or (itertools.chain([first], source.pieces), source.seconds)

@@ -86,17 +86,12 @@ def values_vary(chunks: np.ndarray) -> bool:
     return bool(chunks.min() < chunks.max())
 
 
-def no_sound(
-    path: str | os.PathLike, seconds: float, params: SpectrogramParams, features_vary: bool
-) -> str | None:
-    """Why a readable recording holds no sound to train on or rank, or None: audio shorter
-    than one spectrogram window, or digital silence. features_vary: whether its chunks (or
-    the first of them) hold more than one value; only where they do not is the file read
-    again to see whether every sample is zero (the 2016 noise filter can empty a recording
-    that has sound)."""
-    if seconds * params.sample_rate < params.nfft:
-        window_ms = 1000 * params.nfft / params.sample_rate
-        return f"shorter than one spectrogram window ({window_ms:.0f} ms): too short to analyse"
+def no_sound(path: str | os.PathLike, features_vary: bool) -> str | None:
+    """Why a readable recording holds no sound to train on or rank, or None: digital silence.
+    features_vary: whether its chunks (or the first of them) hold more than one value; only
+    where they do not is the file read again to see whether every sample is zero (the 2016
+    noise filter can empty a recording that has sound). Audio shorter than one spectrogram
+    window is sound: `log_spectrogram` pads it to one frame."""
     if not features_vary and is_digital_silence(path):
         return "silent: every sample is zero"
     return None
@@ -120,7 +115,7 @@ def whole_recordings_chunks(
         try:
             source = recording_chunks(path, params, max_chunks, window_seconds=window_seconds)
             recording = list(source.pieces)
-            reason = no_sound(path, source.seconds, params, values_vary(recording[0]))
+            reason = no_sound(path, values_vary(recording[0]))
         except AudioError as error:
             reason = error.reason
         except Exception as error:  # a bug or resource failure: say which file triggered it

@@ -136,9 +136,8 @@ def extract_recording(
     path: Path, params: SpectrogramParams, compression: str
 ) -> tuple[list[StoredChunk], Outcome]:
     """One wav file -> (its compressed chunks, `Outcome`); an unusable file gives no chunks
-    and the outcome's `error`, and so does one that holds no sound: digital silence (every
-    sample zero) or audio shorter than one spectrogram window, whose chunks would train a
-    label on nothing.
+    and the outcome's `error`, and so does one of digital silence (every sample zero), whose
+    chunks would train a label on nothing.
 
     `recording_chunks` (the same as prediction's) gives the chunks STREAM_PIECE_CHUNKS at a
     time, so a streamed long recording is held as compressed chunks only.
@@ -156,7 +155,7 @@ def extract_recording(
             if piece.size:
                 lowest, highest = min(lowest, piece.min()), max(highest, piece.max())
             stored += compress_chunks(piece, compression)
-        reason = no_sound(path, recording.seconds, params, features_vary=lowest < highest)
+        reason = no_sound(path, features_vary=lowest < highest)
     except AudioError as error:
         return unusable(error.reason)
     if reason:

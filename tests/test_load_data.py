@@ -896,11 +896,11 @@ def test_recordings_that_hold_no_sound_are_skipped_by_name(tmp_path, capsys):
         out = tmp_path / f"out{len(options)}.h5"
         assert load(wav_dir, ["--csv", labels], out, *options) == 0
         with open_dataset(out) as dataset:
-            assert list(dataset.recordings["file"]) == ["tone.wav", "hiss.wav", "long.wav"]
+            files = list(dataset.recordings["file"])
+        assert files == ["tone.wav", "click.wav", "hiss.wav", "long.wav"]  # a click is sound
         report = capsys.readouterr().out
         assert "zeros.wav (silent: every sample is zero)" in report
         assert "zeros2.wav (silent: every sample is zero)" in report
-        assert "click.wav (shorter than one spectrogram window" in report
 
 
 def test_labels_that_differ_only_in_case_or_normalisation_are_warned_of(tmp_path, caplog):
