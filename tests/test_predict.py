@@ -478,8 +478,7 @@ def test_worker_processes_extract_the_same_run_file(
     (run_file, skips, extracted_here), in_workers = runs[1], runs[3]
     assert in_workers[:2] == (run_file, skips)
     assert [line.split(": ")[0] for line in skips] == [
-        str(audio / f"r{index}.wav")
-        for index in (1, 4, 8)
+        str(audio / f"r{index}.wav") for index in (1, 4, 8)
     ]
     assert "silent" in skips[-1]
     ranked = {line.split(";")[0] for line in run_file.splitlines()}
