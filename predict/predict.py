@@ -282,7 +282,7 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
         raise PredictError(str(error)) from None
 
     # Keras (TensorFlow) takes seconds to load: only once the inputs are known good
-    from train.callbacks import ModelFileError, load_saved_model
+    from train.saved_model import ModelFileError, load_saved_model
 
     try:
         model = load_saved_model(run_dir / model_file)

@@ -173,7 +173,7 @@ def write_text_atomically(path: Path, text: str) -> None:
 
 def is_partial_of(name: str, target: str, suffix: str = "") -> bool:
     """Whether a file name is one that `partial_name` gives for `target` (then suffix, as
-    Keras wants its own: `train/callbacks.save_atomically`): a temporary file of a write
+    Keras wants its own: `train/saved_model.save_atomically`): a temporary file of a write
     that a kill cut short. Exactly that form, so `.OUT.old.<pid>-...` is not OUT's."""
     form = rf"\.{re.escape(target)}\.\d+-[0-9a-f]{{8}}\.partial{re.escape(suffix)}"
     return re.fullmatch(form, name) is not None
@@ -208,7 +208,7 @@ def partials_of(path: Path, suffix: str = "") -> list[Path]:
 
 def remove_partials(path: Path, suffix: str = "", locked: bool = True) -> None:
     """Remove the files that writes of path a kill cut short left beside it, named as
-    `partial_name` names them (then suffix: `train/callbacks.save_atomically`): a link among
+    `partial_name` names them (then suffix: `train/saved_model.save_atomically`): a link among
     them too, never what it points to. locked: the caller holds the lock of path's writers,
     so every such file is a kill's; without it, one whose writer (the pid in its name) runs,
     and is not this process, is another writer's in progress, and stays."""

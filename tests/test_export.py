@@ -103,7 +103,7 @@ def fake_model(monkeypatch):
     """Call with fail=True for an export that fails: load_saved_model then returns that."""
 
     def use(fail: bool = False) -> None:
-        monkeypatch.setattr("train.callbacks.load_saved_model", lambda path: FakeModel(fail))
+        monkeypatch.setattr("train.saved_model.load_saved_model", lambda path: FakeModel(fail))
 
     use()
     return use
@@ -187,7 +187,7 @@ def test_export_takes_the_model_the_run_predicts_with(run_dir, tmp_path, monkeyp
     (run / "inference.json").write_text(json.dumps(inference))
     loaded = []
     monkeypatch.setattr(
-        "train.callbacks.load_saved_model", lambda path: loaded.append(path) or FakeModel()
+        "train.saved_model.load_saved_model", lambda path: loaded.append(path) or FakeModel()
     )
 
     assert main(["--run", str(run), "--out", str(tmp_path / "unfinished")]) == 2

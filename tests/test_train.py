@@ -713,7 +713,8 @@ def test_a_run_that_never_finished_an_epoch_starts_again(
 
 
 def test_checkpoints_are_written_whole_or_not_at_all(tiny_model, tmp_path, monkeypatch):
-    from train.callbacks import BestCheckpoint, ModelFileError, load_saved_model
+    from train.callbacks import BestCheckpoint
+    from train.saved_model import ModelFileError, load_saved_model
 
     model = train_model.build_model_from_file(
         tiny_model, (PARAMS.n_bins, PARAMS.chunk_frames, 1), 4

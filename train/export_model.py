@@ -97,7 +97,7 @@ def export_run(
 
     import keras  # TensorFlow takes seconds to load: only once the inputs are known good
 
-    from train.callbacks import ModelFileError, load_saved_model
+    from train.saved_model import ModelFileError, load_saved_model
 
     logger.info("exporting %s", run_dir / model_file)
     try:

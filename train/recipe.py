@@ -36,10 +36,10 @@ from preprocess.extract import recording_chunks
 from preprocess.params import SpectrogramParams
 from preprocess.paths import NOT_REGULAR, files_under, shown_name, write_text_atomically
 from train.augment import NOISE_CHUNKS, AugmentedBatches, AugmentSettings, quietest_chunks
-from train.callbacks import save_model_atomically, saved_model_probs
 from train.data import SplitData, TrainError
 from train.metrics import POOLINGS, POWER_EXPONENT, recording_map
 from train.run_files import BEST_VAL_MAP, FINAL, INFERENCE
+from train.saved_model import save_model_atomically, saved_model_probs
 
 logger = logging.getLogger(__name__)
 

@@ -33,7 +33,6 @@ from train.callbacks import (
     epochs_backed_up,
     read_history,
     remove_backup,
-    saved_model_probs,
     score_predictions,
     trim_history,
 )
@@ -57,6 +56,7 @@ from train.run_files import (
     SPLIT,
     THRESHOLDS,
 )
+from train.saved_model import saved_model_probs
 from train.thresholds import save_validation_thresholds
 
 logger = logging.getLogger(__name__)

@@ -148,8 +148,8 @@ def save_validation_thresholds(
     foreground class index. Returns the chosen thresholds, or None (with nothing written)
     when the model file or validation chunks are missing.
     """
-    from train.callbacks import saved_model_probs  # imports Keras: only when training does
     from train.metrics import recording_scores
+    from train.saved_model import saved_model_probs  # imports Keras: only when training does
 
     model_path = run_dir / model_file
     if not model_path.is_file() or len(chunk_recording) == 0:

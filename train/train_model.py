@@ -58,7 +58,6 @@ from train.augment import AUGMENTATIONS
 from train.callbacks import (
     HISTORY,
     MAPCallback,
-    ModelFileError,
     read_history,
     training_callbacks,
 )
@@ -102,6 +101,7 @@ from train.run_folder import (
     write_run_files,
     write_training_done,
 )
+from train.saved_model import ModelFileError
 
 logger = logging.getLogger("train_model")
 
