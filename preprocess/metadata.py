@@ -604,10 +604,11 @@ def match_audio(recordings: list[Recording], wav_dir: str | Path) -> Matched:
     """The recordings whose wav exists under wav_dir, and both kinds of mismatch.
 
     An extension in another case (x.WAV) still matches, and so does a name in another Unicode
-    normalisation (a Mac writes é as e and an accent), and a name with leading folders that
-    wav_dir does not have (train/x.wav, for a CSV beside the folder train/ that names files
-    relative to itself: the longest such tail found is the file, with a warning); the recording
-    kept then names the file as it is on disk.
+    normalisation (a Mac writes é as e and an accent); so, with a warning, do a name with
+    leading folders that wav_dir does not have (train/x.wav, from a CSV beside the folder
+    train/ that names files relative to itself) and a bare file name of one file in a folder
+    (x.wav for dog/x.wav: `found_elsewhere`). The recording kept names the file as it is on
+    disk.
     """
     wav_dir = Path(wav_dir)
     if not wav_dir.is_dir():
@@ -627,35 +628,44 @@ def match_audio(recordings: list[Recording], wav_dir: str | Path) -> Matched:
         spelt = by_nfc.get(nfc(name))
         return spelt if spelt is not None and spelt not in named | referenced else None
 
-    def found_as_tail(name: str) -> str | None:
-        """found() of name's longest tail (train/x.wav -> x.wav) that no other row names."""
+    by_file_name: dict[str, list[str]] = {}
+    for name in on_disk:
+        by_file_name.setdefault(PurePosixPath(name).name, []).append(name)
+
+    def found_elsewhere(name: str) -> str | None:
+        """The file of a name that is not under wav_dir as it is: found() of its longest tail
+        (train/x.wav -> x.wav), or for a bare file name the one file of that name in a
+        folder (x.wav -> dog/x.wav); None where that file is another row's."""
         parts = PurePosixPath(name).parts
         for start in range(1, len(parts)):
             tail = found(PurePosixPath(*parts[start:]).as_posix())
             if tail is not None:
                 return None if tail in named | referenced else tail
+        if len(parts) == 1 and len(by_file_name.get(name, [])) == 1:
+            (in_folder,) = by_file_name[name]
+            return None if in_folder in named | referenced else in_folder
         return None
 
-    present, missing, referenced, tails = [], [], set(), []
+    present, missing, referenced, moved = [], [], set(), []
     for recording in recordings:
         name = found(recording.file)
         if name is None:
-            name = found_as_tail(recording.file)
+            name = found_elsewhere(recording.file)
             if name is not None:
-                tails.append((recording.file, on_disk[name]))
+                moved.append((recording.file, on_disk[name]))
         if name is not None:
             present.append(replace(recording, file=on_disk[name]))
             referenced.add(name)
         else:
             missing.append(recording)
-    if tails:
+    if moved:
         log.warning(
-            "%d files are named with folders that %s does not have, and found without them "
-            "(%s): their names are read as relative to another folder",
-            len(tails),
+            "%d files are not at the path the table gives under %s, and were found by a "
+            "shorter path or their file name alone: %s",
+            len(moved),
             shown_name(str(wav_dir)),
-            ", ".join(f"{shown_name(given)} as {shown_name(on)}" for given, on in tails[:3])
-            + (", ..." if len(tails) > 3 else ""),
+            ", ".join(f"{shown_name(given)} as {shown_name(on)}" for given, on in moved[:3])
+            + (", ..." if len(moved) > 3 else ""),
         )
     unused = [on_disk[name] for name in sorted(on_disk.keys() - referenced)]
     return Matched(present, missing, unused)

@@ -452,8 +452,9 @@ def test_match_audio_finds_a_name_in_another_unicode_normalisation(tmp_path):
 
 
 def test_match_audio_finds_files_named_with_folders_the_wav_folder_lacks(tmp_path, caplog):
-    """A CSV beside train/ naming train/a.wav, for the audio folder train/ itself."""
-    for name in ["a.wav", "sub/b.wav", "c.wav", "d.wav"]:
+    """A CSV beside train/ naming train/a.wav, for the audio folder train/ itself; a CSV of
+    bare file names, for a folder of class folders."""
+    for name in ["a.wav", "sub/b.wav", "c.wav", "d.wav", "dog/f.wav", "x/g.wav", "y/g.wav"]:
         write(tmp_path / name, "")
     table = [
         Recording("a", "train/a.wav"),
@@ -461,16 +462,21 @@ def test_match_audio_finds_files_named_with_folders_the_wav_folder_lacks(tmp_pat
         Recording("c1", "train/c.wav"),  # c.wav is another row's, as it is named
         Recording("c2", "c.wav"),
         Recording("e", "train/e.wav"),
+        Recording("f", "f.wav"),
+        Recording("g", "g.wav"),  # in two folders: which one is not known
     ]
 
     present, missing, unused = match_audio(table, tmp_path)
 
     assert [(r.media_id, r.file) for r in present] == [
-        ("a", "a.wav"), ("b", "sub/b.wav"), ("c2", "c.wav")
+        ("a", "a.wav"), ("b", "sub/b.wav"), ("c2", "c.wav"), ("f", "dog/f.wav")
     ]  # fmt: skip
-    assert [r.media_id for r in missing] == ["c1", "e"] and unused == ["d.wav"]
-    assert "2 files are named with folders that" in caplog.text
-    assert "train/a.wav as a.wav, data/train/sub/b.wav as sub/b.wav" in caplog.text
+    assert [r.media_id for r in missing] == ["c1", "e", "g"]
+    assert unused == ["d.wav", "x/g.wav", "y/g.wav"]
+    assert "3 files are not at the path the table gives" in caplog.text
+    assert "train/a.wav as a.wav, data/train/sub/b.wav as sub/b.wav, f.wav as dog/f.wav" in (
+        caplog.text
+    )
 
 
 def test_real_fsdd_metadata(shared_data):
