@@ -22,6 +22,11 @@ work/bench-long/ and runs/bench-long/ (delete them to start over).
 `--varied` builds another set (work/bench-long/data-varied) as field data comes: recordings of
 5 s to 5 min (log-uniform), 8 to 50 of them per class, the class heard in 20-90 % of a
 recording's pieces (at least one), test recordings of the same spread of lengths.
+
+`--background-labels` builds the 90 s set with named background species, as xeno-canto lists
+them (work/bench-long/data-background): each recording's background clips come from two other
+classes of its own, which train.csv's `background` column and truth.txt's third field name;
+the scores are then MAP of the foreground class and MAP with the background species.
 """
 
 from __future__ import annotations
@@ -78,13 +83,14 @@ def varied_shape(rng: np.random.Generator) -> tuple[int, float]:
     return int(round(np.exp(rng.uniform(0, np.log(60))))), float(rng.uniform(0.2, 0.9))
 
 
-def build_set(clips: dict, out: Path, varied: bool = False) -> None:
-    """out/train/*.wav, out/train.csv (file,label,media_id), out/test/*.wav, out/truth.txt;
-    varied: lengths, counts and target shares as `--varied` says (else all as PIECES,
-    TRAIN_PER_CLASS, TEST_PER_CLASS and TARGET_SHARE)."""
+def build_set(clips: dict, out: Path, varied: bool = False, named_background: bool = False):
+    """out/train/*.wav, out/train.csv (file,label,media_id[,background]), out/test/*.wav,
+    out/truth.txt; varied: lengths, counts and target shares as `--varied` says (else all as
+    PIECES, TRAIN_PER_CLASS, TEST_PER_CLASS and TARGET_SHARE); named_background: each
+    recording's background from two other classes, named in both files."""
     if (out / "truth.txt").is_file():
         return
-    rng = np.random.default_rng(1 if varied else 0)
+    rng = np.random.default_rng(2 if named_background else 1 if varied else 0)
     labels = sorted({label for label, _ in clips})
     train_rows, truth = [], []
     number = 0
@@ -99,16 +105,22 @@ def build_set(clips: dict, out: Path, varied: bool = False) -> None:
                 number += 1
                 name = f"rec{number:04d}"
                 shape = varied_shape(rng) if varied else (PIECES, TARGET_SHARE)
-                samples = long_recording(clips[label, test], others, rng, *shape)
+                heard, background = others, []
+                if named_background:
+                    picked = rng.choice(len(others), 2, replace=False)
+                    heard = [others[i] for i in picked]
+                    background = sorted(o for o in labels if o != label)
+                    background = [background[i] for i in picked]
+                samples = long_recording(clips[label, test], heard, rng, *shape)
                 wavfile.write(folder / f"{name}.wav", RATE, (samples * 32767).astype(np.int16))
                 if test:
-                    truth.append(f"{name};{label};\n")
+                    truth.append(f"{name};{label};{','.join(background)}\n")
                 else:
-                    train_rows.append((f"{name}.wav", label, name))
+                    train_rows.append((f"{name}.wav", label, name, ";".join(background)))
     with (out / "train.csv").open("w", newline="") as file:
         writer = csv.writer(file)
-        writer.writerow(["file", "label", "media_id"])
-        writer.writerows(train_rows)
+        writer.writerow(["file", "label", "media_id", "background"][: 3 + named_background])
+        writer.writerows(row[: 3 + named_background] for row in train_rows)
     (out / "truth.txt").write_text("".join(truth), encoding="utf-8")
 
 
@@ -118,15 +130,21 @@ def main() -> None:
     parser.add_argument(
         "--varied", action="store_true", help="recordings of varied lengths and counts"
     )
+    parser.add_argument(
+        "--background-labels", action="store_true", help="background species named, two each"
+    )
     parser.set_defaults(recipes=["modern"])
     args = parser.parse_args()
+    if args.varied and args.background_labels:
+        parser.error("--varied and --background-labels are two sets: give one")
     rows, audio, _ = esc10_at_16k()  # shared with bench_esc10.py
-    data = ROOT / "work" / "bench-long" / ("data-varied" if args.varied else "data")
-    build_set(read_clips(audio, rows), data, args.varied)
+    kind = "-varied" if args.varied else "-background" if args.background_labels else ""
+    data = ROOT / "work" / "bench-long" / f"data{kind}"
+    build_set(read_clips(audio, rows), data, args.varied, args.background_labels)
 
     results = {}
     for recipe in args.recipes:
-        name = f"{recipe}{'-varied' if args.varied else ''}{args.tag}"
+        name = f"{recipe}{kind}{args.tag}"
         work, runs = ROOT / "work" / "bench-long" / name, ROOT / "runs" / "bench-long"
         run_file, scores = work / "run.csv", work / "scores.json"
         doall = ["bash", str(ROOT / "doall.sh"), "--csv", str(data / "train.csv"),
@@ -145,11 +163,12 @@ def main() -> None:
     shape = "5 s to 5 min" if args.varied else "90 s"
     print(f"\nlong recordings of {shape}: {train_hours:.1f} h to train (10 classes)")
     print(f"  {'run':10s} {'doall s':>8s} {'predict s':>9s} {'total s':>8s} {'pooling':>8s} "
-          f"{'top-1':>6s} {'MAP':>6s}")  # fmt: skip
+          f"{'top-1':>6s} {'MAP':>6s} {'MAP with background':>19s}")  # fmt: skip
     for name, r in results.items():
         total, top1, mean_ap = r["doall"] + r["predict"], r["top1_accuracy"], r["map_foreground"]
+        with_background = r["map_with_background"]
         print(f"  {name:10s} {r['doall']:8.0f} {r['predict']:9.1f} {total:8.0f} "
-              f"{r['pooling']:>8s} {top1:6.3f} {mean_ap:6.3f}")  # fmt: skip
+              f"{r['pooling']:>8s} {top1:6.3f} {mean_ap:6.3f} {with_background:19.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

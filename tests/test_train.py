@@ -1,6 +1,7 @@
 """Training: the split by recording, the HDF5 batches, the MAP callback, a whole run on an
 easy problem, resuming after a kill, and clear messages for bad input."""
 
+import argparse
 import csv
 import gc
 import importlib.util
@@ -55,6 +56,7 @@ from train.data import (
     SplitError,
     TrainError,
     available_memory,
+    load_splits,
     place_on_accelerator,
     predict_rows,
     split_recordings,
@@ -146,6 +148,45 @@ def test_streamed_batches_equal_in_memory(easy_data):
         np.testing.assert_array_equal(ys, ym)
         np.testing.assert_array_equal(ys.argmax(axis=1), labels[index * 8 : index * 8 + 8])
     pickle.loads(pickle.dumps(streamed))[0]  # a worker process reopens the file itself
+
+
+def test_background_species_share_a_training_chunks_target():
+    x = np.zeros((4, 2, 3, 1), np.float32)
+    background = np.array([[0, 1, 1], [0, 0, 0], [1, 0, 0], [1, 0, 0]], bool)  # row 3: its label
+    labels = np.array([0, 1, 2, 0])
+    weighted = ChunkBatches(
+        x, np.arange(4), labels, 3, 4, background=background, background_weight=0.5
+    )
+    np.testing.assert_allclose(
+        weighted[0][1], [[0.5, 0.25, 0.25], [0, 1, 0], [1 / 3, 0, 2 / 3], [1, 0, 0]]
+    )
+    for plain in (
+        ChunkBatches(x, np.arange(4), labels, 3, 4, background=background),
+        ChunkBatches(x, np.arange(4), labels, 3, 4),
+    ):
+        np.testing.assert_array_equal(plain[0][1], np.eye(3, dtype=np.float32)[labels])
+
+
+def test_only_training_chunks_get_their_recordings_background_species(easy_data):
+    from preprocess.dataset import open_dataset
+
+    with open_dataset(easy_data) as dataset:
+        table = dataset.recordings
+        split = split_recordings(table["label"], 0.25, 0.25, seed=0)
+        for weight in (0.0, 0.3):
+            args = argparse.Namespace(
+                batch_size=1000, seed=0, workers=1, in_memory="yes", background_weight=weight
+            )
+            data = load_splits(dataset, split, args)
+            train = data["train"]
+            (_, y), positions = train.batches[0], train.batches.positions(0)
+            background = table["background"][train.chunk_recording[positions]]
+            assert background.any(axis=1).any() and not background.any(axis=1).all()
+            targets = np.eye(len(dataset.classes))[train.batches.labels[positions]]
+            targets += weight * background
+            np.testing.assert_allclose(y, targets / targets.sum(axis=1, keepdims=True), rtol=1e-6)
+            assert data["val"].batches.background is None
+            assert data["test"].batches.background is None
 
 
 def test_batches_over_several_devices_are_padded_and_predictions_trimmed(easy_data):

@@ -237,6 +237,9 @@ class ChunkBatches(keras.utils.PyDataset):
         (`keras.ops.convert_to_tensor`), whose batches are gathered there without a copy from
         the host per step.
     rows: (n,) sorted row indices of the chunks; labels: (n,) their class indices.
+    background: (n, classes) bool, the background species of each chunk's recording, which
+        y gives background_weight each beside the label's 1, the row then scaled to sum 1
+        (None: y is one-hot).
     shuffle: new random batches every epoch (each batch's rows are read in sorted order).
     readers: processes that read each batch of a streamed source together
         (preprocess/workers.py's `RowReaders`; 1: read in the asking process). They split
@@ -259,11 +262,14 @@ class ChunkBatches(keras.utils.PyDataset):
         seed: int = 0,
         readers: int = 1,
         multiple_of: int = 1,
+        background: np.ndarray | None = None,
+        background_weight: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if len(rows) != len(labels):
             raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
+        self.background, self.background_weight = background, background_weight
         self.source = Path(source) if isinstance(source, (str, os.PathLike)) else source
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = np.asarray(labels)
@@ -288,8 +294,10 @@ class ChunkBatches(keras.utils.PyDataset):
         positions = self.positions(index)
         x = self.chunks(positions)
         y = np.zeros((len(positions), self.n_classes), dtype=np.float32)
+        if self.background is not None and self.background_weight:
+            y[self.background[positions]] = self.background_weight
         y[np.arange(len(positions)), self.labels[positions]] = 1
-        return x, y
+        return x, y / y.sum(axis=1, keepdims=True)
 
     def padded(self, batch: tuple) -> tuple:
         """Each array of batch with copies of its last row up to a multiple of multiple_of."""
@@ -391,6 +399,8 @@ class SplitData:
     """The chunks of one split: their rows in the file, recording and label, and batches.
 
     which: sorted recording indices; the chunks are read into memory when in_memory.
+    background_weight: each background species' share of a chunk's target beside its label's
+    1 (`ChunkBatches`; 0: one-hot targets).
     """
 
     def __init__(
@@ -401,6 +411,7 @@ class SplitData:
         in_memory: bool,
         shuffle: bool,
         multiple_of: int = 1,
+        background_weight: float = 0.0,
     ):
         recordings = dataset.recordings
         self.recordings = which
@@ -409,6 +420,7 @@ class SplitData:
         source = read_rows(dataset.X, self.rows) if in_memory else dataset.path
         if in_memory:
             check_finite(source, self.rows, dataset.path)
+        background = recordings["background"][self.chunk_recording].astype(bool)
         self.batches = ChunkBatches(
             source,
             self.rows,
@@ -420,6 +432,8 @@ class SplitData:
             readers=args.workers,  # processes for a streamed source (h5py: one call at a time)
             workers=1 if not in_memory else args.workers,  # threads for chunks in memory
             multiple_of=multiple_of,
+            background=background if background_weight and background.any() else None,
+            background_weight=background_weight,
         )
 
     def __len__(self) -> int:
@@ -431,7 +445,8 @@ def load_splits(
 ) -> dict[str, SplitData]:
     """The chunks of each split, in memory (--in-memory yes, or auto and they fit) or
     streamed from the file; batches of --batch-size, read by --workers, shuffled by --seed
-    (train only), padded to a multiple of multiple_of (ChunkBatches)."""
+    and given --background-weight (train only), padded to a multiple of multiple_of
+    (ChunkBatches)."""
     n_chunks = {name: int(dataset.recordings["n_chunks"][split[name]].sum()) for name in SPLITS}
     row_shape = dataset.X.shape[1:]
     n_rows = sum(n_chunks.values())
@@ -440,7 +455,15 @@ def load_splits(
     )
     start = time.perf_counter()
     data = {
-        name: SplitData(dataset, split[name], args, in_memory, name == "train", multiple_of)
+        name: SplitData(
+            dataset,
+            split[name],
+            args,
+            in_memory,
+            shuffle=name == "train",
+            multiple_of=multiple_of,
+            background_weight=args.background_weight if name == "train" else 0.0,
+        )
         for name in SPLITS
     }
     for name in SPLITS:

@@ -76,6 +76,7 @@ SETTINGS = (
     "weight_decay",
     "warmup_epochs",
     "label_smoothing",
+    "background_weight",
     "normalize",
     "augment",
     "class_balance",

@@ -309,6 +309,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add_recipe_option(
         parser,
+        "--background-weight",
+        type=between(0, 1, low_open=False, high_open=False),
+        help="each background species' target beside the label's 1 in a training chunk's "
+        "target, the row then scaled to sum 1 (0: the label alone)",
+    )
+    add_recipe_option(
+        parser,
         "--normalize",
         choices=recipe.NORMALIZATIONS,
         help="normalisation layer saved in front of the model: none, dataset (per-band "
