@@ -945,7 +945,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         metavar="FILE",
         help="CSV with columns file,label (file relative to --wav-dir; optional media_id, "
-        "background ';'-separated); fields separated by commas, semicolons or tabs",
+        "background ';'-separated; or as other data sets name them: filename, category, "
+        "primary_label, secondary_labels, ...); fields separated by commas, semicolons or tabs",
     )
     labels.add_argument(
         "--class-folders",

@@ -5,12 +5,14 @@ Three sources give the same table of `Recording`s:
   label (`ClassId`), test XMLs do not (class_id None); 2017 adds `Country` and drops
   `BackgroundSpecies` and `Order`.
 - a CSV with columns `file,label`, optional `media_id`, optional `background` (secondary
-  labels separated by ';' or ','), named in any case (`File,Label` too); other columns are
-  kept in `fields`.
+  labels separated by ';' or ',', or a Python list of them), named in any case (`File,Label`
+  too) or as other data sets name them (COLUMN_ALIASES: ESC-50's `filename,category`,
+  BirdCLEF's `primary_label,secondary_labels`); other columns are kept in `fields`.
 - a folder per class: ROOT/<label>/**/<audio file>; hidden entries (names starting with '.',
   like .ipynb_checkpoints) and `__MACOSX` (a Mac zip's copies `._<name>`) are ignored.
 `file` is always relative to the folder of resampled wavs, with the extension `.wav` (the
-resampling script writes `<name>.wav` for any input format). The MediaId comes from the XML,
+resampling script writes `<name>.wav` for any input format); a CSV's name found there only
+without its leading folders, or in a subfolder, is matched with a warning (`match_audio`). The MediaId comes from the XML,
 else the `media_id` column, else the file name without extension; duplicates are an error.
 MediaIds, file names and labels must be valid UTF-8 (the dataset stores them so) without NUL
 bytes or line breaks: a CSV or XML holding one is refused, such a file in a class folder is
@@ -21,6 +23,7 @@ them, and stores the table with the chunks.
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
 import logging
@@ -94,10 +97,16 @@ def split_names(text: str | None, separators: str = ",") -> list[str]:
 
 
 def background_names(text: str | None) -> list[str]:
-    """A CSV's background species: 'lark; crow' or 'lark,crow', or a Python list as BirdCLEF's
-    secondary_labels has it ("['lark', 'crow']", "[]") -> ['lark', 'crow']."""
-    names = (name.strip("[]'\" ") for name in split_names(text, separators=";,"))
-    return [name for name in names if name]
+    """A CSV's background species: 'lark; crow' or 'lark,crow', or a Python list of strings as
+    BirdCLEF's secondary_labels has it ("['lark', 'crow']", "[]") -> ['lark', 'crow']."""
+    if text and text.strip().startswith("[") and text.strip().endswith("]"):
+        try:
+            names = ast.literal_eval(text.strip())  # literals only: nothing is run
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            names = None
+        if isinstance(names, list) and all(isinstance(name, str) for name in names):
+            return [name.strip() for name in names if name.strip()]
+    return split_names(text, separators=";,")
 
 
 def posix_path(file: str) -> PurePosixPath:
@@ -442,9 +451,14 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
     columns, rows = csv_rows(text, str(csv_path))
     for required in ("file", "label"):
         if required not in columns:
+            aliases = [name for name in columns if name.lower() in COLUMN_ALIASES[required]]
+            why = (
+                f"{' and '.join(aliases)} could each be it: rename the one that is"
+                if aliases
+                else f"one of {', '.join(COLUMN_ALIASES[required])} is read as it too"
+            )
             raise MetadataError(
-                f"{csv_path}: missing column '{required}' (it has: {', '.join(columns)}; one "
-                f"of {', '.join(COLUMN_ALIASES[required])} is read as '{required}' too)"
+                f"{csv_path}: missing column '{required}' (it has: {', '.join(columns)}; {why})"
             )
     recordings = [parse_csv_row(row, source=origin) for origin, row in rows]
     origins = [origin for origin, _ in rows]
@@ -604,11 +618,9 @@ def match_audio(recordings: list[Recording], wav_dir: str | Path) -> Matched:
     """The recordings whose wav exists under wav_dir, and both kinds of mismatch.
 
     An extension in another case (x.WAV) still matches, and so does a name in another Unicode
-    normalisation (a Mac writes é as e and an accent); so, with a warning, do a name with
-    leading folders that wav_dir does not have (train/x.wav, from a CSV beside the folder
-    train/ that names files relative to itself) and a bare file name of one file in a folder
-    (x.wav for dog/x.wav: `found_elsewhere`). The recording kept names the file as it is on
-    disk.
+    normalisation (a Mac writes é as e and an accent). The names that match no file that way
+    may then match one as it was moved (`moved_files`), with a warning. The recording kept
+    names the file as it is on disk.
     """
     wav_dir = Path(wav_dir)
     if not wav_dir.is_dir():
@@ -620,52 +632,71 @@ def match_audio(recordings: list[Recording], wav_dir: str | Path) -> Matched:
     }
     by_nfc = {nfc(name): name for name in on_disk}
     named = {recording.file for recording in recordings}  # a file named as it is matches it
-
-    def found(name: str) -> str | None:
-        """name's key in on_disk, as it is or spelt otherwise (a file no other row matched)."""
+    found: dict[int, str] = {}  # row -> its file's key in on_disk
+    referenced: set[str] = set()
+    for row, recording in enumerate(recordings):
+        name = recording.file
+        if name not in on_disk:  # another spelling, of a file no other row has matched
+            spelt = by_nfc.get(nfc(name))
+            if spelt is not None and spelt not in named and spelt not in referenced:
+                name = spelt
         if name in on_disk:
-            return name
-        spelt = by_nfc.get(nfc(name))
-        return spelt if spelt is not None and spelt not in named | referenced else None
-
-    by_file_name: dict[str, list[str]] = {}
-    for name in on_disk:
-        by_file_name.setdefault(PurePosixPath(name).name, []).append(name)
-
-    def found_elsewhere(name: str) -> str | None:
-        """The file of a name that is not under wav_dir as it is: found() of its longest tail
-        (train/x.wav -> x.wav), or for a bare file name the one file of that name in a
-        folder (x.wav -> dog/x.wav); None where that file is another row's."""
-        parts = PurePosixPath(name).parts
-        for start in range(1, len(parts)):
-            tail = found(PurePosixPath(*parts[start:]).as_posix())
-            if tail is not None:
-                return None if tail in named | referenced else tail
-        if len(parts) == 1 and len(by_file_name.get(name, [])) == 1:
-            (in_folder,) = by_file_name[name]
-            return None if in_folder in named | referenced else in_folder
-        return None
-
-    present, missing, referenced, moved = [], [], set(), []
-    for recording in recordings:
-        name = found(recording.file)
-        if name is None:
-            name = found_elsewhere(recording.file)
-            if name is not None:
-                moved.append((recording.file, on_disk[name]))
-        if name is not None:
-            present.append(replace(recording, file=on_disk[name]))
+            found[row] = name
             referenced.add(name)
-        else:
-            missing.append(recording)
+    unmatched = {row: r.file for row, r in enumerate(recordings) if row not in found}
+    moved = moved_files(unmatched, {n: key for n, key in by_nfc.items() if key not in referenced})
     if moved:
+        found.update(moved)
         log.warning(
-            "%d files are not at the path the table gives under %s, and were found by a "
-            "shorter path or their file name alone: %s",
+            "%d of the table's files are not at the path it gives under %s, and were found "
+            "moved: %s",
             len(moved),
             shown_name(str(wav_dir)),
-            ", ".join(f"{shown_name(given)} as {shown_name(on)}" for given, on in moved[:3])
+            ", ".join(
+                f"{shown_name(recordings[row].fields.get('file') or recordings[row].file)} as "
+                f"{shown_name(on_disk[key])}"
+                for row, key in sorted(moved.items())[:3]
+            )
             + (", ..." if len(moved) > 3 else ""),
         )
-    unused = [on_disk[name] for name in sorted(on_disk.keys() - referenced)]
+    present = [replace(recordings[row], file=on_disk[found[row]]) for row in sorted(found)]
+    missing = [recording for row, recording in enumerate(recordings) if row not in found]
+    unused = [on_disk[name] for name in sorted(on_disk.keys() - set(found.values()))]
     return Matched(present, missing, unused)
+
+
+def moved_files(unmatched: dict[int, str], free: dict[str, str]) -> dict[int, str]:
+    """{row: file key} for the table's names (unmatched: row -> name) that name no file of the
+    wav folder as they are, but do when moved one way, the same for all of them:
+    - without the same leading folders (train/x.wav as x.wav, from a CSV beside the folder
+      train/ that names files relative to itself);
+    - or, in a table whose unmatched names are all bare file names, each as the one file of
+      that name in a subfolder (x.wav as dog/x.wav).
+    free: the NFC spelling of each file no row matched -> its key. A file that names of two
+    spellings reach is nobody's (the tails of no/a.wav and yes/a.wav are both a.wav; rows of
+    one spelling, each with a media_id of its own, share it), and a name with '..' is never
+    moved. Names moved several ways (train/a.wav and test/b.wav) are none of them moved."""
+    by_file_name: dict[str, list[str]] = {}
+    for spelt, key in free.items():
+        by_file_name.setdefault(PurePosixPath(spelt).name, []).append(key)
+    bare_names = all(len(PurePosixPath(name).parts) == 1 for name in unmatched.values())
+    ways: dict[tuple[str, ...], dict[int, str]] = {}  # the folders dropped -> {row: file key}
+    for row, name in unmatched.items():
+        parts = PurePosixPath(nfc(name)).parts
+        if ".." in parts:
+            continue
+        for start in range(1, len(parts)):
+            tail = PurePosixPath(*parts[start:]).as_posix()
+            if tail in free:
+                ways.setdefault(parts[:start], {})[row] = free[tail]
+                break
+        else:
+            if bare_names and len(by_file_name.get(parts[0], [])) == 1:
+                ways.setdefault((), {})[row] = by_file_name[parts[0]][0]
+    if len(ways) != 1:
+        return {}
+    (moved,) = ways.values()
+    spellings: dict[str, set[str]] = {}
+    for row, key in moved.items():
+        spellings.setdefault(key, set()).add(unmatched[row])
+    return {row: key for row, key in moved.items() if len(spellings[key]) == 1}

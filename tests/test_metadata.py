@@ -11,6 +11,7 @@ import pytest
 from preprocess.metadata import (
     MetadataError,
     Recording,
+    background_names,
     match_audio,
     parse_birdclef_xml,
     read_birdclef_xml_dir,
@@ -246,6 +247,9 @@ def test_csv_columns_named_as_other_data_sets_name_them(tmp_path, caplog):
         "abethr1/XC1.wav", "abethr1", ["grtit1", "eurrob1"]
     )  # fmt: skip
     assert second.background == []
+    assert background_names('["Hawkins\' owl", "a, b"]') == ["Hawkins' owl", "a, b"]
+    assert background_names("Hawkins' owl;[x]") == ["Hawkins' owl", "[x]"]  # no list: as typed
+    assert background_names("[1, 2]") == ["[1", "2]"]
     # a column of the name itself wins over an alias, which stays a field of its own
     (row,) = read_csv(write(tmp_path / "both.csv", "file,label,species\na.wav,x,y\n"))
     assert (row.class_id, row.fields["species"]) == ("x", "y")
@@ -265,9 +269,10 @@ def test_csv_columns_named_in_any_case(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("filename,path,label\na.wav,b.wav,x\n", "missing column 'file'.*filename, file_name"),
+        ("filename,path,label\na.wav,b.wav,x\n", "missing column 'file'.*filename and path"),
+        ("name,label\na.wav,x\n", "missing column 'file'.*one of filename, file_name"),
         ("file,label,File\na.wav,x,b.wav\n", "line 1: column 'file' twice"),
-        ("file,species,category\na.wav,x,y\n", "missing column 'label'"),
+        ("file,species,category\na.wav,x,y\n", "'label'.*species and category could each be it"),
         ("", "missing column 'file'"),
         ("file,label\n", "no recordings"),
         ("file,label\na.wav,x\n,y\n", "line 3: empty 'file'"),
@@ -451,32 +456,65 @@ def test_match_audio_finds_a_name_in_another_unicode_normalisation(tmp_path):
         assert [r.media_id for r in present] == [rows[0].media_id] and missing == [rows[1]]
 
 
-def test_match_audio_finds_files_named_with_folders_the_wav_folder_lacks(tmp_path, caplog):
-    """A CSV beside train/ naming train/a.wav, for the audio folder train/ itself; a CSV of
-    bare file names, for a folder of class folders."""
-    for name in ["a.wav", "sub/b.wav", "c.wav", "d.wav", "dog/f.wav", "x/g.wav", "y/g.wav"]:
+def matched_ids(tmp_path, files: list[str], table: list[tuple[str, str]]) -> tuple[list, list]:
+    """match_audio of rows (media_id, file) in a folder of files: ([(media_id, file on disk)]
+    of the present, [media_id] of the missing)."""
+    for name in files:
         write(tmp_path / name, "")
-    table = [
-        Recording("a", "train/a.wav"),
-        Recording("b", "data/train/sub/b.wav"),
-        Recording("c1", "train/c.wav"),  # c.wav is another row's, as it is named
-        Recording("c2", "c.wav"),
-        Recording("e", "train/e.wav"),
-        Recording("f", "f.wav"),
-        Recording("g", "g.wav"),  # in two folders: which one is not known
-    ]
+    present, missing, _ = match_audio([Recording(*row) for row in table], tmp_path)
+    return [(r.media_id, r.file) for r in present], [r.media_id for r in missing]
 
-    present, missing, unused = match_audio(table, tmp_path)
 
-    assert [(r.media_id, r.file) for r in present] == [
-        ("a", "a.wav"), ("b", "sub/b.wav"), ("c2", "c.wav"), ("f", "dog/f.wav")
-    ]  # fmt: skip
-    assert [r.media_id for r in missing] == ["c1", "e", "g"]
-    assert unused == ["d.wav", "x/g.wav", "y/g.wav"]
-    assert "3 files are not at the path the table gives" in caplog.text
-    assert "train/a.wav as a.wav, data/train/sub/b.wav as sub/b.wav, f.wav as dog/f.wav" in (
+def test_match_audio_finds_files_named_with_folders_the_wav_folder_lacks(tmp_path, caplog):
+    """A CSV beside train/ naming train/a.wav, for the audio folder train/ itself."""
+    present, missing = matched_ids(
+        tmp_path,
+        ["a.wav", "sub/b.wav", "c.wav", "d.wav"],
+        [("a1", "train/a.wav"), ("a2", "train/a.wav"), ("b", "train/sub/b.wav"),
+         ("c1", "train/c.wav"), ("c2", "c.wav"), ("e", "train/e.wav")],
+    )  # fmt: skip
+    # c.wav is another row's as it is named; two rows of one name and media_ids share it
+    assert present == [("a1", "a.wav"), ("a2", "a.wav"), ("b", "sub/b.wav"), ("c2", "c.wav")]
+    assert missing == ["c1", "e"]
+    assert "3 of the table's files are not at the path it gives" in caplog.text
+    assert "train/a.wav as a.wav, train/a.wav as a.wav, train/sub/b.wav as sub/b.wav" in (
         caplog.text
     )
+
+
+@pytest.mark.parametrize(
+    ("files", "table"),
+    [
+        # a Speech Commands CSV for --audio-dir yes/: no/x.wav is not yes/x.wav
+        (["x.wav", "y.wav"], [("nx", "no/x.wav"), ("yx", "yes/x.wav"), ("yy", "yes/y.wav")]),
+        (["x.wav"], [("tx", "test/x.wav"), ("rx", "train/x.wav")]),  # one file, two names
+        (["a.wav", "b.wav"], [("a", "train/a.wav"), ("b", "test/b.wav")]),  # moved two ways
+        (["a.wav"], [("a", "../a.wav")]),  # outside the folder
+        (["sub/a.wav"], [("a", "sub/../a.wav")]),
+    ],
+)
+def test_match_audio_moves_no_name_where_the_file_could_be_another_rows(tmp_path, files, table):
+    present, missing = matched_ids(tmp_path, files, table)
+    assert present == [] and missing == [row[0] for row in table]
+
+
+def test_match_audio_finds_a_bare_name_as_the_one_file_of_that_name_in_a_subfolder(tmp_path):
+    nfd = unicodedata.normalize("NFD", "é.wav")
+    present, missing = matched_ids(
+        tmp_path,
+        ["dog/f.wav", "x/g.wav", "y/g.wav", f"cat/{nfd}"],
+        [("f", "f.wav"), ("g", "g.wav"), ("é", "é.wav")],
+    )
+    assert present == [("f", "dog/f.wav"), ("é", f"cat/{nfd}")] and missing == ["g"]
+    # only in a table of bare names: a name with its folder says where the files are
+    present, missing = matched_ids(tmp_path, [], [("f", "f.wav"), ("h", "train/h.wav")])
+    assert present == [] and missing == ["f", "h"]
+
+
+def test_a_moved_name_never_takes_a_file_another_row_finds_in_another_spelling(tmp_path):
+    nfd = unicodedata.normalize("NFD", "é.wav")
+    present, missing = matched_ids(tmp_path, [nfd], [("r1", "train/é.wav"), ("r2", "é.wav")])
+    assert present == [("r2", nfd)] and missing == ["r1"]
 
 
 def test_real_fsdd_metadata(shared_data):
