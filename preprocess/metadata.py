@@ -12,8 +12,9 @@ Three sources give the same table of `Recording`s:
   like .ipynb_checkpoints) and `__MACOSX` (a Mac zip's copies `._<name>`) are ignored.
 `file` is always relative to the folder of resampled wavs, with the extension `.wav` (the
 resampling script writes `<name>.wav` for any input format); a CSV's name found there only
-without its leading folders, or in a subfolder, is matched with a warning (`match_audio`). The MediaId comes from the XML,
-else the `media_id` column, else the file name without extension; duplicates are an error.
+without its leading folders, or in a subfolder, is matched with a warning (`match_audio`).
+The MediaId comes from the XML, else the `media_id` column, else the file name without
+extension; duplicates are an error.
 MediaIds, file names and labels must be valid UTF-8 (the dataset stores them so) without NUL
 bytes or line breaks: a CSV or XML holding one is refused, such a file in a class folder is
 named in a warning and left out. Folders are listed following links to folders (each folder
@@ -53,7 +54,7 @@ CSV_LINE_END = re.compile(r"\r\n|\r|\n")  # what ends a line for csv's line_num
 WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")  # C:\clips\a.wav
 CSV_COLUMNS = ("file", "label", "media_id", "background")  # what read_csv reads, any case
 COLUMN_ALIASES = {  # other data sets' names of CSV_COLUMNS, read where the column is absent
-    "file": ("filename", "file_name", "fname", "path", "filepath", "file_path", "audio"),
+    "file": ("filename", "file_name", "fname", "path", "filepath", "audio", "slice_file_name"),
     "label": ("class", "classname", "class_name", "category", "species", "primary_label"),
     "background": ("secondary_labels", "background_species"),
 }

@@ -247,6 +247,10 @@ def test_csv_columns_named_as_other_data_sets_name_them(tmp_path, caplog):
         "abethr1/XC1.wav", "abethr1", ["grtit1", "eurrob1"]
     )  # fmt: skip
     assert second.background == []
+    urban = write(
+        tmp_path / "UrbanSound8K.csv", "slice_file_name,fold,classID,class\n1.wav,5,3,dog_bark\n"
+    )
+    assert [(r.file, r.class_id) for r in read_csv(urban)] == [("1.wav", "dog_bark")]
     assert background_names('["Hawkins\' owl", "a, b"]') == ["Hawkins' owl", "a, b"]
     assert background_names("Hawkins' owl;[x]") == ["Hawkins' owl", "[x]"]  # no list: as typed
     assert background_names("[1, 2]") == ["[1", "2]"]
