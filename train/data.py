@@ -420,7 +420,9 @@ class SplitData:
         source = read_rows(dataset.X, self.rows) if in_memory else dataset.path
         if in_memory:
             check_finite(source, self.rows, dataset.path)
-        background = recordings["background"][self.chunk_recording].astype(bool)
+        background = None
+        if background_weight and recordings["background"][which].any():
+            background = recordings["background"][self.chunk_recording].astype(bool)
         self.batches = ChunkBatches(
             source,
             self.rows,
@@ -432,7 +434,7 @@ class SplitData:
             readers=args.workers,  # processes for a streamed source (h5py: one call at a time)
             workers=1 if not in_memory else args.workers,  # threads for chunks in memory
             multiple_of=multiple_of,
-            background=background if background_weight and background.any() else None,
+            background=background,
             background_weight=background_weight,
         )
 
