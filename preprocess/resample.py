@@ -127,6 +127,7 @@ TARGET_RATE = SpectrogramParams().sample_rate
 BLOCK = 2**18  # samples resampled and written at a time without SoX
 SOX_ONLY_SUFFIXES = {".wv"}  # WavPack: libsndfile, the fallback's decoder, does not read it
 SOX_NO_HANDLER = "no handler for"  # SoX's words for a format it was built without
+SOX_NOT_RIFF = "RIFF header not found"  # SoX's words for a .wav of another format (mp3)
 PART_SUFFIX = ".resample-part"  # a file being written; never a result (nor a download's)
 SOURCES_NAME = ".sources.json"  # in the output folder: what each finished output was made from
 SOURCES_FORMAT = "preprocess/resample.py sources, version 2"
@@ -254,13 +255,15 @@ def soxr_resample(source: Path, part: Path) -> str:
 def resample_one(source: Path, part: Path, sox: bool) -> str:
     """Write source as a 16 kHz 16-bit mono wav at part (which does not exist): with SoX when
     sox, else soxr (`soxr_resample`), and with soxr too where this SoX has no handler for the
-    format (Ogg Opus; mp3 without libsox-fmt-mp3). Returns the warnings (SoX's, of clipping)."""
+    format (Ogg Opus; mp3 without libsox-fmt-mp3) or where a .wav holds another format (an
+    mp3 saved as .wav: SoX goes by the name, libsndfile by the content). Returns the warnings
+    (SoX's, of clipping)."""
     if not sox:
         return soxr_resample(source, part)
     try:
         return sox_resample(source, part)
     except AudioError as error:
-        if SOX_NO_HANDLER not in error.reason:
+        if SOX_NO_HANDLER not in error.reason and SOX_NOT_RIFF not in error.reason:
             raise
     part.unlink(missing_ok=True)
     return soxr_resample(source, part)

@@ -420,6 +420,26 @@ def test_a_format_sox_was_built_without_converts_through_libsndfile(tmp_path, mo
     assert np.abs(converted[1000:-1000]).max() == pytest.approx(0.3 * 32768, rel=0.1)
 
 
+@needs_sox
+def test_an_mp3_saved_as_wav_is_converted_by_its_content(tmp_path):
+    """SoX goes by the name and refuses it ('RIFF header not found'); libsndfile reads it."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    tone = 0.3 * np.sin(2 * np.pi * 1000 * np.arange(44100) / 44100)
+    soundfile.write(in_dir / "call.wav", tone, 44100, format="MP3")
+    wavfile.write(in_dir / "damaged.wav", 16000, np.zeros(10, np.int16))
+    (in_dir / "damaged.wav").write_bytes(b"RIFX" + (in_dir / "damaged.wav").read_bytes()[4:])
+    conversions, _ = resample.folder_conversions(in_dir, out_dir)
+    out_dir.mkdir()
+
+    failed = resample.resample_files(conversions, 1, out_dir)
+
+    assert [name for name, _ in failed] == ["damaged.wav"]
+    converted = read_16k(out_dir / "call.wav")
+    assert abs(len(converted) - 16000) <= 1200  # an mp3 decoder's padding
+    assert np.abs(converted[2000:-2000]).max() == pytest.approx(0.3 * 32768, rel=0.1)
+
+
 def test_fallback_converts_rounds_and_clips(tmp_path, capsys):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
