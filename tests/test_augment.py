@@ -110,7 +110,9 @@ def test_quietest_chunks_are_the_lowest_mean():
     np.testing.assert_array_equal(quietest_chunks(x, share=0.1), x[[3, 7]])
 
 
-def make_batches(seed: int, use=("crop", "mixup", "specaugment", "noise", "gain")):
+def make_batches(
+    seed: int, use=("crop", "mixup", "specaugment", "noise", "gain"), background_weight=0.0
+):
     x = batch(20)
     recording = np.array([0, 0, 0, 1, 2, 2, 3, 4, 5, 5, 6, 7, 8, 9, 9, 9, 10, 11, 12, 13])
     same_next = np.append(recording[1:] == recording[:-1], False)
@@ -122,6 +124,8 @@ def make_batches(seed: int, use=("crop", "mixup", "specaugment", "noise", "gain"
         8,
         shuffle=True,
         seed=seed,
+        background=np.eye(3, dtype=bool)[(recording + 1) % 3],  # another class than the label
+        background_weight=background_weight,
         settings=AugmentSettings(use=use),
         next_positions=np.where(same_next, np.arange(20) + 1, -1),
         first_of_recording=np.insert(recording[1:] != recording[:-1], 0, True),
@@ -144,6 +148,18 @@ def test_augmented_batches_are_reproducible_with_the_seed():
     first_epoch = one[0][0]
     one.on_epoch_end()
     assert not np.array_equal(one[0][0], first_epoch)  # new draws every epoch
+
+
+def test_background_targets_leave_a_chunks_weight_to_its_label():
+    """The same draws as without background targets; only y differs, and the class weights
+    still weigh each chunk by its (mixed) label, not by its background species."""
+    for index in (0, 1, 2):
+        x, y, weights = make_batches(3)[index]
+        x_bg, y_bg, weights_bg = make_batches(3, background_weight=0.5)[index]
+        np.testing.assert_array_equal(x, x_bg)
+        np.testing.assert_array_equal(weights, weights_bg)
+        assert not np.allclose(y, y_bg)
+        np.testing.assert_allclose(y_bg.sum(axis=1), 1, rtol=1e-6)
 
 
 def test_unknown_augmentation_or_missing_noise_is_refused():

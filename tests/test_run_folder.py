@@ -289,6 +289,16 @@ def test_a_resumed_runs_paths_compare_resolved_its_settings_as_given(tmp_path, m
     ]
 
 
+def test_a_run_started_before_an_option_existed_resumes_only_as_it_trained():
+    """A modern run whose config.json predates --background-weight trained one-hot: the
+    modern default of 0.1 would change its training half way."""
+    config = {"learning_rate": 0.002}
+    before = argparse.Namespace(learning_rate=0.002, background_weight=0.0, new_thing=3)
+    assert changed_settings(config, before) == []  # an option of unknown past: not compared
+    now = argparse.Namespace(learning_rate=0.002, background_weight=0.1)
+    assert changed_settings(config, now) == ["--background-weight: started 0.0, now 0.1"]
+
+
 def test_curves_replace_a_link_put_in_their_place_never_writing_through_it(tmp_path):
     """A link planted at loss.png while training ran: the plot replaces the link, and the
     file it points to stays as it was."""

@@ -224,13 +224,19 @@ class AugmentedBatches(ChunkBatches):
             x = random_gain(x, rng, settings.gain_db)
         if "noise" in use:
             x = add_noise(x, self.noise, rng, settings.noise_share, settings.noise_db)
+        # the labels alone, mixed as y is, weigh a chunk: background species' target shares
+        # (`ChunkBatches`) are no class a chunk stands for
+        labels = np.eye(self.n_classes, dtype=np.float32)[self.labels[positions]]
         if "mixup" in use:
-            x, y = mixup(x, y, rng, settings.mixup_alpha, settings.mixup_share)
+            x, both = mixup(
+                x, np.hstack([y, labels]), rng, settings.mixup_alpha, settings.mixup_share
+            )
+            y, labels = both[:, : self.n_classes], both[:, self.n_classes :]
         if "specaugment" in use:
             x = spec_augment(x, rng, settings.time_masks, settings.freq_masks, self.band_means)
         if self.class_weights is None:
             return x, y
-        return x, y, (y @ self.class_weights).astype(np.float32)
+        return x, y, (labels @ self.class_weights).astype(np.float32)
 
     def _crop(self, x: np.ndarray, positions: np.ndarray, rng: np.random.Generator):
         frames = x.shape[2]

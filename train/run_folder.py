@@ -196,15 +196,21 @@ RESUMABLE_OPTIONS = {
 }  # fmt: skip
 
 
+# options added since runs began to be recorded -> the value a run that lacks them trained with
+BEFORE_OPTION = {"background_weight": 0.0}
+
+
 def changed_settings(config: dict, args: argparse.Namespace) -> list[str]:
     """'--option: started X, now Y' for each training setting in args that differs from the
-    run's config.json (other than RESUMABLE_OPTIONS; options a config lacks are not
-    compared): the optimizer, schedule, augmentation... of a run cannot change half way."""
+    run's config.json (other than RESUMABLE_OPTIONS; an option a config lacks is compared
+    with what runs did before it existed, BEFORE_OPTION, where that is known): the optimizer,
+    schedule, augmentation... of a run cannot change half way."""
     changes = []
     for name, value in vars(args).items():
-        if name in RESUMABLE_OPTIONS or name not in config:
+        if name in RESUMABLE_OPTIONS or (name not in config and name not in BEFORE_OPTION):
             continue
-        started, now = config[name], str(value) if isinstance(value, Path) else value
+        started = config.get(name, BEFORE_OPTION.get(name))
+        now = str(value) if isinstance(value, Path) else value
         if isinstance(value, Path) and isinstance(started, str):  # relative or not, the same
             started, now = str(Path(started).resolve()), str(value.resolve())
         if started != now:

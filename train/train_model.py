@@ -310,7 +310,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_recipe_option(
         parser,
         "--background-weight",
-        type=between(0, 1, low_open=False, high_open=False),
+        type=between(0, 1, low_open=False, high_open=True),
         help="each background species' target beside the label's 1 in a training chunk's "
         "target, the row then scaled to sum 1 (0: the label alone)",
     )
