@@ -232,17 +232,23 @@ STREAMED_SIZE = 0xFFFFFFFF
 
 def wav_data_chunk(path: str | os.PathLike) -> tuple[int, int, int] | None:
     """(where its samples begin, the size its header announces, the file's size) of a RIFF
-    wav's data chunk; None for a file that is not a RIFF wav or has none."""
+    wav's data chunk, or an RF64 wav's (whose data chunk says 0xFFFFFFFF and leaves its size
+    to the ds64 chunk before it); None for a file that is neither or has none."""
     with open(path, "rb") as file:
         size = os.fstat(file.fileno()).st_size
         header = file.read(12)
-        if len(header) < 12 or header[:4] != b"RIFF" or header[8:] != b"WAVE":
+        if len(header) < 12 or header[:4] not in (b"RIFF", b"RF64") or header[8:] != b"WAVE":
             return None
+        ds64_data_size = None
         position = 12
         while position + 8 <= size:
             file.seek(position)
             name, length = struct.unpack("<4sI", file.read(8))
+            if name == b"ds64" and header[:4] == b"RF64" and length >= 16:
+                _, ds64_data_size = struct.unpack("<QQ", file.read(16))  # RIFF size, data size
             if name == b"data":
+                if ds64_data_size is not None and length == STREAMED_SIZE:
+                    length = ds64_data_size
                 return position + 8, length, size
             position += 8 + length + length % 2  # chunks are padded to even sizes
     return None

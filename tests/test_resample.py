@@ -147,8 +147,9 @@ def test_sox_writes_a_file_made_here_never_a_link_put_at_its_name(tmp_path):
 
 @pytest.mark.parametrize("sox", [True, False], ids=["SoX", "soxr"])
 def test_a_wav_header_the_data_cannot_be_fails_by_name_with_either_resampler(tmp_path, sox):
-    """SoX wrote a truncated wav's first second with a warning, and 16,000 samples for each
-    sample of a wav whose header said 1 Hz, where the path without it refused both."""
+    """SoX wrote a truncated wav's first second with a warning (an RF64 wav's too, whose size
+    is in its ds64 chunk), and 16,000 samples for each sample of a wav whose header said 1 Hz,
+    where the path without it refused them all."""
     if sox and shutil.which("sox") is None:
         pytest.skip("SoX is not installed")
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
@@ -157,6 +158,8 @@ def test_a_wav_header_the_data_cannot_be_fails_by_name_with_either_resampler(tmp
     header = b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, 1, 16000, 32000, 2, 16) + b"data"
     riff = b"RIFF" + struct.pack("<I", 36 + len(tone))
     (in_dir / "cut.wav").write_bytes(riff + header + struct.pack("<I", 0x7FFFFFFF) + tone)
+    soundfile.write(tmp_path / "rf64.wav", np.zeros(32000, np.int16), 16000, format="RF64")
+    (in_dir / "cut rf64.wav").write_bytes((tmp_path / "rf64.wav").read_bytes()[:40000])
     wavfile.write(in_dir / "one_hz.wav", 1, np.zeros(20000, np.int16))
     wavfile.write(in_dir / "good.wav", 16000, np.zeros(1600, np.int16))
     assert resample.main([*([] if sox else ["--soxr"]), str(in_dir), str(out_dir)]) == 1
