@@ -294,10 +294,13 @@ class ChunkBatches(keras.utils.PyDataset):
         positions = self.positions(index)
         x = self.chunks(positions)
         y = np.zeros((len(positions), self.n_classes), dtype=np.float32)
-        if self.background is not None and self.background_weight:
+        weighted = self.background is not None and self.background_weight > 0
+        if weighted:
             y[self.background[positions]] = self.background_weight
         y[np.arange(len(positions)), self.labels[positions]] = 1
-        return x, y / y.sum(axis=1, keepdims=True)
+        if weighted:  # one-hot rows (the 2016 recipe's) sum to 1 already
+            y /= y.sum(axis=1, keepdims=True)
+        return x, y
 
     def padded(self, batch: tuple) -> tuple:
         """Each array of batch with copies of its last row up to a multiple of multiple_of."""
