@@ -385,6 +385,11 @@ def row_lines(row: dict, last_line: int) -> str:
     return f"line {last_line}" if first_line == last_line else f"lines {first_line}-{last_line}"
 
 
+def is_alias(name: str, column: str) -> bool:
+    """Whether a CSV header's name is another data set's name of column (COLUMN_ALIASES)."""
+    return name.strip().lower() in COLUMN_ALIASES.get(column, ())
+
+
 def known_columns(names: list[str]) -> list[str]:
     """A CSV header's column names, stripped: one of CSV_COLUMNS in lower case however it was
     typed ('File', 'LABEL'), or named as another data set names it (ESC-50's filename and
@@ -392,8 +397,8 @@ def known_columns(names: list[str]) -> list[str]:
     and one alias of it; any other as it is."""
     columns = [name.strip() for name in names]
     columns = [name.lower() if name.lower() in CSV_COLUMNS else name for name in columns]
-    for column, aliases in COLUMN_ALIASES.items():
-        named = [i for i, name in enumerate(columns) if name.lower() in aliases]
+    for column in COLUMN_ALIASES:
+        named = [i for i, name in enumerate(columns) if is_alias(name, column)]
         if column not in columns and len(named) == 1:
             columns[named[0]] = column
     return columns
@@ -422,7 +427,7 @@ def csv_rows(text: str, source: str) -> tuple[list[str], list[tuple[str, dict]]]
     try:
         columns = known_columns(reader.fieldnames or [])
         for given, column in zip(reader.fieldnames or [], columns, strict=True):
-            if given.strip().lower() in COLUMN_ALIASES.get(column, ()):
+            if is_alias(given, column):
                 log.info("%s: column %r read as %r", source, given, column)
         counts = Counter(columns)
         twice = sorted(name for name in CSV_COLUMNS if counts[name] > 1)
@@ -452,7 +457,7 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
     columns, rows = csv_rows(text, str(csv_path))
     for required in ("file", "label"):
         if required not in columns:
-            aliases = [name for name in columns if name.lower() in COLUMN_ALIASES[required]]
+            aliases = [name for name in columns if is_alias(name, required)]
             why = (
                 f"{' and '.join(aliases)} could each be it: rename the one that is"
                 if aliases
