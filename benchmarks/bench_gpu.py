@@ -288,7 +288,7 @@ def predict_rates(
 
     model = build("BirdClef", (200, 310, 1), n_classes)
     run = Run(model, SpectrogramParams(), [f"c{i}" for i in range(n_classes)], {})
-    items = find_audio(sorted(wav_dir.glob("*.wav"))[:n_recordings])
+    items, _ = find_audio(sorted(wav_dir.glob("*.wav"))[:n_recordings])
     predict(run, items[:batch_size], wav_dir.parent / "warm-up.csv", batch_size=batch_size)
     seconds = []
     for some in (items[:batch_size], items):

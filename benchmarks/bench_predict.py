@@ -84,7 +84,7 @@ def print_peak_memory(wav: Path, whole: bool) -> None:
     if whole:
         extract_module.STREAM_SECONDS = math.inf
     run = Run(StandInModel(), SpectrogramParams(), [f"c{i:03d}" for i in range(50)], {})
-    predict(run, find_audio([wav]), wav.with_suffix(".csv"))
+    predict(run, find_audio([wav])[0], wav.with_suffix(".csv"))
     # VmHWM, not getrusage's maxrss: that one keeps the forked parent's peak across exec
     status = Path("/proc/self/status").read_text(encoding="utf-8")
     print(int(status.split("VmHWM:")[1].split()[0]) / 1024)  # kB -> MB
@@ -237,7 +237,7 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        items = find_audio([temp / "16k"])
+        items, _ = find_audio([temp / "16k"])
         seconds = sum(len(read_wav(item.path)[0]) / params.sample_rate for item in items)
         n_chunks = sum(len(extract_chunks(read_wav(item.path)[0], params).chunks) for item in items)
 

@@ -36,7 +36,7 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -75,6 +75,7 @@ from predict.runfile import (  # noqa: E402
 )
 from preprocess import resample  # noqa: E402
 from preprocess.audio import (  # noqa: E402
+    AUDIO_SUFFIXES,
     UNREADABLE_AUDIO,
     UNREADABLE_AUDIO_SUFFIXES,
     AudioError,
@@ -90,10 +91,10 @@ from preprocess.extract import (  # noqa: E402
     whole_recordings_chunks,
 )
 from preprocess.metadata import (  # noqa: E402
-    AUDIO_SUFFIXES,
     MetadataError,
     field_problem,
     read_birdclef_xml_dir,
+    stem_or_path_ids,
 )
 from preprocess.params import SpectrogramParams  # noqa: E402
 from preprocess.paths import (  # noqa: E402
@@ -304,86 +305,70 @@ def load_run(run_dir: Path, model_file: str | None = None, pooling: str | None =
 
 
 def find_audio(
-    paths: Iterable[Path], exclude: Iterable[Path] = (), skipped: list[str] | None = None
-) -> list[AudioItem]:
-    """Audio files given directly or found (recursively) in folders (`audio_files`); MediaId
-    = file stem, or, for a name that files in several folders share (yes/0a7c.wav and
-    no/0a7c.wav, as Speech Commands has them), the path in its folder without its extension
-    (yes/0a7c), as training names them. skipped, when given, gets a message for each entry
-    named like audio that is not a regular file (a pipe, a device, a broken link), and for
-    each file whose MediaId an earlier one has (x.wav and x.flac): the first one counts.
-    Without it, such a file is a PredictError."""
+    paths: Iterable[Path], exclude: Iterable[Path] = ()
+) -> tuple[list[AudioItem], list[str]]:
+    """Audio files given directly or found (recursively) in folders (`audio_files`), and skip
+    messages. MediaId: `stem_or_path_ids` of each file's path in the folder given, as training
+    names them. Skipped, named: entries named like audio that are not regular files (a pipe,
+    a device, a broken link), and each file whose path without its extension an earlier one
+    has (x.wav beside x.flac, or the same path in two folders given): the first one counts."""
     irregular: list[Path] = []
     found: list[tuple[Path, PurePosixPath]] = []  # (file, its path in the folder given)
     for path in paths:
-        for file in audio_files([path], exclude, irregular):
+        for file in audio_files(path, exclude, irregular):
             inside = file.relative_to(path) if path.is_dir() else Path(file.name)
             found.append((file, PurePosixPath(inside.as_posix())))
-    if skipped is not None:
-        skipped += [f"{shown_name(str(path))}: {NOT_REGULAR}" for path in irregular]
+    skipped = [f"{shown_name(str(path))}: {NOT_REGULAR}" for path in irregular]
     # one recording per path without its extension (the first file counts), and only then
     # the names that several folders share, so a skipped file changes no other's MediaId
     first_of: dict[str, Path] = {}
-    kept: list[tuple[Path, str]] = []
+    kept: list[tuple[Path, PurePosixPath]] = []
     for file, inside in found:
         path_id = str(inside.with_suffix(""))
         if path_id in first_of:
-            if skipped is None:
-                raise PredictError(
-                    f"two files give MediaId {path_id!r}: {first_of[path_id]} and {file}; "
-                    "rename one"
-                )
             skipped.append(f"{file}: MediaId {path_id!r} is {first_of[path_id]}'s; rename it")
             continue
         first_of[path_id] = file
-        kept.append((file, path_id))
-    stems = Counter(file.stem for file, _ in kept)
-    return [
-        AudioItem(file.stem if stems[file.stem] == 1 else path_id, file) for file, path_id in kept
-    ]
+        kept.append((file, inside))
+    ids = stem_or_path_ids([inside for _, inside in kept])
+    items = [AudioItem(media_id, file) for media_id, (file, _) in zip(ids, kept, strict=True)]
+    return items, skipped
 
 
-def audio_files(
-    paths: Iterable[Path], exclude: Iterable[Path] = (), irregular: list[Path] | None = None
-) -> list[Path]:
-    """Audio files given directly or found (recursively, sorted) in folders.
+def audio_files(path: Path, exclude: Iterable[Path], irregular: list[Path]) -> list[Path]:
+    """The audio file path, or those found (recursively, sorted) in folder path.
 
     In a folder, files in an excluded folder (predict's own cache, when it lies in the audio
     folder) are not inputs, nor are hidden files and folders (a Mac's `._x.wav` copies,
     `.x.wav.part` being written) and files not named like audio (AUDIO_SUFFIXES): both are
     logged, by name, not read. Entries named like audio that are not regular files (a pipe,
-    which reading would wait on forever, a device, a broken link) are added to irregular
-    (when given), not read. A path given directly must be a regular file or a folder.
+    which reading would wait on forever, a device, a broken link) are added to irregular,
+    not read. A path given directly must be a regular file or a folder.
     """
-    excluded = [path.resolve() for path in exclude]
+    excluded = [folder.resolve() for folder in exclude]
 
     def in_cache(file: Path) -> bool:
         where = file.parent.resolve()  # not the file's: a cache may hold links to the inputs
-        return any(where == path or path in where.parents for path in excluded)
+        return any(where == folder or folder in where.parents for folder in excluded)
 
-    files = []
-    for path in paths:
-        if path.is_dir():
-            named, hidden, other = [], [], []
-            for file in files_under(path):  # linked folders too, as training's metadata finds
-                if in_cache(file):
-                    continue
-                is_audio = file.suffix.lower() in AUDIO_SUFFIXES
-                if any(part.startswith(".") for part in file.relative_to(path).parts):
-                    hidden += [file] if is_audio else []
-                else:
-                    (named if is_audio else other).append(file)
-            files += [p for p in named if p.is_file()]
-            if irregular is not None:
-                irregular += [p for p in named if not p.is_file()]
-            log_not_read(path, hidden, other)
-        elif path.is_file():
-            files.append(path)
-        elif os.path.lexists(path):
-            raise PredictError(f"{path}: {NOT_REGULAR}")
-        else:
-            raise PredictError(f"{path}: no such file or folder")
-    return files
+    if path.is_dir():
+        named, hidden, other = [], [], []
+        for file in files_under(path):  # linked folders too, as training's metadata finds
+            if in_cache(file):
+                continue
+            is_audio = file.suffix.lower() in AUDIO_SUFFIXES
+            if any(part.startswith(".") for part in file.relative_to(path).parts):
+                hidden += [file] if is_audio else []
+            else:
+                (named if is_audio else other).append(file)
+        irregular += [p for p in named if not p.is_file()]
+        log_not_read(path, hidden, other)
+        return [p for p in named if p.is_file()]
+    if path.is_file():
+        return [path]
+    if os.path.lexists(path):
+        raise PredictError(f"{path}: {NOT_REGULAR}")
+    raise PredictError(f"{path}: no such file or folder")
 
 
 def log_not_read(folder: Path, hidden: list[Path], other: list[Path]) -> None:
@@ -448,7 +433,7 @@ def xml_items(
     except MetadataError as error:
         raise PredictError(str(error)) from None
     irregular: list[Path] = []
-    files = audio_files([audio_dir], exclude, irregular)
+    files = audio_files(audio_dir, exclude, irregular)
     by_name = {file.relative_to(audio_dir).as_posix(): file for file in files}
     by_stem: dict[str, list[Path]] = {}
     for file in files:
@@ -937,8 +922,7 @@ def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
     if args.xml_dir:
         items, skipped = xml_items(args.xml_dir, audio[0], [work_dir])
     else:
-        skipped = []
-        items = find_audio(audio, [work_dir], skipped)
+        items, skipped = find_audio(audio, [work_dir])
     if not items:
         where = args.xml_dir or ", ".join(map(str, args.audio))
         raise PredictError(

@@ -266,19 +266,24 @@ def parse_csv_row(row: dict[str, str | None], source: str = "<csv>") -> Recordin
     )
 
 
+def stem_or_path_ids(paths: list[PurePosixPath]) -> list[str]:
+    """MediaIds of audio files by their paths in a folder: each file's stem (x for dog/x.wav),
+    or, for a stem that several of the paths share (yes/0a7c_0.wav, no/0a7c_0.wav, as Speech
+    Commands has them), the path without its extension (yes/0a7c_0). Training and prediction
+    (`predict.find_audio`) both name recordings by it, so their MediaIds agree."""
+    stems = Counter(path.stem for path in paths)
+    return [path.stem if stems[path.stem] == 1 else str(path.with_suffix("")) for path in paths]
+
+
 def told_apart_by_path(recordings: list[Recording], named_by_stem: list[bool]) -> list[Recording]:
-    """The recordings, those whose MediaId is their file name (named_by_stem) and shared by
-    another (yes/0a7c_0.wav, no/0a7c_0.wav, as Speech Commands has it) named by their path
-    without its extension instead (yes/0a7c_0), as prediction names them."""
-    stems = Counter(
-        r.media_id for r, by_stem in zip(recordings, named_by_stem, strict=True) if by_stem
-    )
-    return [
-        replace(r, media_id=str(PurePosixPath(r.file).with_suffix("")))
-        if by_stem and stems[r.media_id] > 1
-        else r
-        for r, by_stem in zip(recordings, named_by_stem, strict=True)
-    ]
+    """The recordings, those whose MediaId is their file name (named_by_stem) named by
+    `stem_or_path_ids` instead, where another such recording has the same file name."""
+    by_stem = [i for i, named in enumerate(named_by_stem) if named]
+    ids = stem_or_path_ids([PurePosixPath(recordings[i].file) for i in by_stem])
+    recordings = list(recordings)
+    for i, media_id in zip(by_stem, ids, strict=True):
+        recordings[i] = replace(recordings[i], media_id=media_id)
+    return recordings
 
 
 def check_unique_media_ids(recordings: list[Recording], origins: list[str]) -> None:

@@ -313,7 +313,7 @@ def test_clear_errors_for_missing_run_folder_model_and_audio(run_dir, tmp_path, 
         predict_cli("--run", run_dir, "--audio", empty, "--out", tmp_path / "r.csv")
     assert exit_info.value.code == 2
     assert "error: no audio to predict" in capsys.readouterr().err
-    assert find_audio([empty]) == []
+    assert find_audio([empty]) == ([], [])
 
 
 def test_audio_in_linked_folders_is_found_as_training_finds_it(tmp_path, caplog):
@@ -333,7 +333,7 @@ def test_audio_in_linked_folders_is_found_as_training_finds_it(tmp_path, caplog)
     (folder / "notes.txt").write_text("my notes")
     (folder / "memo.m4a").write_bytes(b"AAC from a phone")
     caplog.set_level(logging.INFO)
-    found = {item.media_id: item.path for item in find_audio([folder])}
+    found = {item.media_id: item.path for item in find_audio([folder])[0]}
     assert found == {"a": folder / "a.wav", "b": folder / "again" / "b.wav"}
     assert "2 hidden audio file(s) not read" in caplog.text and ".hidden/c.wav" in caplog.text
     assert "1 file(s) not named like audio" in caplog.text and "notes.txt" in caplog.text
@@ -344,29 +344,27 @@ def test_audio_in_linked_folders_is_found_as_training_finds_it(tmp_path, caplog)
 def test_files_of_one_name_in_two_folders_are_told_apart_by_path(tmp_path):
     """As training names them (Speech Commands: yes/0a7c.wav, no/0a7c.wav). A file whose
     MediaId an earlier one has (the same path in two folders given, x.wav beside x.flac) is
-    skipped, named, and the rest predicted (without a skip list: an error naming both)."""
+    skipped, named, and the rest predicted."""
     for name in ("yes/0a7c.wav", "no/0a7c.wav", "b.wav"):
         (tmp_path / "test" / name).parent.mkdir(parents=True, exist_ok=True)
         wavfile.write(tmp_path / "test" / name, 16000, np.zeros(1600, np.int16))
-    items = find_audio([tmp_path / "test"])
+    items, skipped = find_audio([tmp_path / "test"])
     assert sorted(item.media_id for item in items) == ["b", "no/0a7c", "yes/0a7c"]
+    assert skipped == []
     shutil.copytree(tmp_path / "test", tmp_path / "again")
-    with pytest.raises(PredictError, match="two files give MediaId 'b'"):
-        find_audio([tmp_path / "test", tmp_path / "again"])
-    skipped: list[str] = []
-    items = find_audio([tmp_path / "test", tmp_path / "again"], skipped=skipped)
+    items, skipped = find_audio([tmp_path / "test", tmp_path / "again"])
     assert [item.path.parent.name for item in items] == ["test", "no", "yes"]
     assert len(skipped) == 3 and all("again" in message for message in skipped)
     shutil.copy(tmp_path / "test" / "b.wav", tmp_path / "test" / "b.flac")
-    skipped.clear()
-    assert [i.media_id for i in find_audio([tmp_path / "test"], skipped=skipped)][0] == "b"
+    items, skipped = find_audio([tmp_path / "test"])
+    assert items[0].media_id == "b"
     assert skipped == [f"{tmp_path / 'test' / 'b.wav'}: MediaId 'b' is "
                        f"{tmp_path / 'test' / 'b.flac'}'s; rename it"]  # fmt: skip
     # the file skipped changes no other's MediaId: birds/x.flac stays x, not birds/x
     (tmp_path / "other" / "birds").mkdir(parents=True)
     for name in ("x.wav", "x.flac"):
         shutil.copy(tmp_path / "test" / "b.wav", tmp_path / "other" / "birds" / name)
-    items = find_audio([tmp_path / "other"], skipped=[])
+    items, _ = find_audio([tmp_path / "other"])
     assert [(item.media_id, item.path.name) for item in items] == [("x", "x.flac")]
 
 
