@@ -196,9 +196,7 @@ class Dataset:
         self.close()
 
 
-def read_rows(
-    x: h5py.Dataset | np.ndarray, rows: np.ndarray, out: np.ndarray | None = None
-) -> np.ndarray:
+def read_rows(x: h5py.Dataset, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """x[rows] as float32 for sorted unique rows: (len(rows), *x.shape[1:]), written into
     `out` (C-contiguous float32 of that shape) where given.
 
@@ -207,8 +205,6 @@ def read_rows(
     process, so reading scales with processes (preprocess/workers.py's RowReaders), not
     threads. A row HDF5 cannot decode raises DatasetError naming it.
     """
-    if isinstance(x, np.ndarray):
-        return x[rows]
     if out is None:
         out = np.empty((len(rows), *x.shape[1:]), dtype=np.float32)
     if not len(rows):

@@ -402,8 +402,8 @@ def read_metadata(args, summary: Summary) -> tuple[list[metadata.Recording], dic
     else:
         recordings = metadata.read_class_folders(args.wav_dir)
         kind, where = "class-folders", args.wav_dir
-    for message in messages:  # "skipped PATH: why"
-        summary.skip("unusable XML", message.removeprefix("skipped "))
+    for message in messages:  # "PATH: why"
+        summary.skip("unusable XML", message)
     present, missing, unused = metadata.match_audio(recordings, args.wav_dir)
     for recording in missing:
         reason = "XML without wav" if kind == "birdclef-xml" else "missing wav"

@@ -345,9 +345,9 @@ def parse_xml_files(paths: list[Path]) -> list[Recording | str]:
         try:
             parsed.append(parse_birdclef_xml(path.read_bytes(), source=str(path)))
         except MetadataError as error:
-            parsed.append(f"skipped {error}")
+            parsed.append(str(error))
         except OSError as error:
-            parsed.append(f"skipped {path}: cannot read ({error.strerror})")
+            parsed.append(f"{path}: cannot read ({error.strerror})")
     return parsed
 
 
@@ -369,7 +369,7 @@ def read_birdclef_xml_dir(
     if not paths:
         raise MetadataError(f"{xml_dir}: no .xml files")
     recordings, origins = [], []
-    skipped = [f"skipped {shown_name(str(p))}: {NOT_REGULAR}" for p in named_xml if not p.is_file()]
+    skipped = [f"{shown_name(str(p))}: {NOT_REGULAR}" for p in named_xml if not p.is_file()]
     for path, each in zip(paths, parse_files(paths), strict=True):
         if isinstance(each, str):
             skipped.append(each)
