@@ -79,7 +79,7 @@ from preprocess.audio import (  # noqa: E402
     UNREADABLE_AUDIO,
     UNREADABLE_AUDIO_SUFFIXES,
     AudioError,
-    pcm16_mono_header,
+    is_wav_at,
     streamable_seconds,
 )
 from preprocess.cli import at_least, most_workers, run_command  # noqa: E402
@@ -93,6 +93,7 @@ from preprocess.extract import (  # noqa: E402
 from preprocess.metadata import (  # noqa: E402
     MetadataError,
     field_problem,
+    posix_path,
     read_birdclef_xml_dir,
     stem_or_path_ids,
 )
@@ -443,7 +444,7 @@ def xml_items(
     items = []
     for recording in recordings:
         file_name = recording.fields.get("FileName") or recording.file
-        named = PurePosixPath(file_name.replace("\\", "/"))  # as metadata.wav_name reads it
+        named = posix_path(file_name)
         candidates = by_stem.get(named.stem, [])
         path = by_name.get(named.as_posix()) or (candidates[0] if len(candidates) == 1 else None)
         if path is not None:
@@ -457,14 +458,6 @@ def xml_items(
         else:
             skipped.append(f"{file_name} (MediaId {recording.media_id}): no audio in {audio_dir}")
     return items, skipped
-
-
-def is_wav_at(path: Path, sample_rate: int) -> bool:
-    """True for a 16-bit PCM mono wav at sample_rate: what the resampler would write."""
-    try:
-        return pcm16_mono_header(path)[0] == sample_rate
-    except AudioError:
-        return False
 
 
 def cache_name(path: Path) -> str:
@@ -487,7 +480,8 @@ def resample_items(
     """Bring every item to a 16-bit mono wav at sample_rate, as training did.
 
     Items already in that form are used as they are; the others are resampled by
-    preprocess/resample.py, as for training, into cache_dir/resampled/<cache_name>.wav
+    preprocess/resample.py, as for training (to its TARGET_RATE, the only sample_rate a
+    run's parameters hold), into cache_dir/resampled/<cache_name>.wav
     (resumable: a changed source gets a new name, so it is done again). Returns (items pointing at
     usable wavs, skip messages).
     """

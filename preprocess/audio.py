@@ -164,6 +164,14 @@ def pcm16_mono_header(path: str | os.PathLike) -> tuple[int, int]:
     return rate, n_samples
 
 
+def is_wav_at(path: str | os.PathLike, sample_rate: int) -> bool:
+    """True for a 16-bit PCM mono wav at sample_rate: what the resampler writes."""
+    try:
+        return pcm16_mono_header(path)[0] == sample_rate
+    except AudioError:
+        return False
+
+
 def streamable_seconds(path: str | os.PathLike, sample_rate: int) -> float:
     """Length in seconds of a 16-bit PCM mono wav at sample_rate, which `read_wav_blocks`
     can stream; 0 for any other file, which `read_wav` reads whole (or says what is wrong)."""

@@ -298,7 +298,7 @@ def check_unique_media_ids(recordings: list[Recording], origins: list[str]) -> N
         origin_of[recording.media_id] = origin
 
 
-def top_classes(recordings: list[Recording], n: int) -> list[str]:
+def most_common_classes(recordings: list[Recording], n: int) -> list[str]:
     """The n most common class ids, most common first (ties: alphabetical); unlabelled ignored."""
     counts = Counter(r.class_id for r in recordings if r.class_id is not None)
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
@@ -324,7 +324,7 @@ def select(
     if no_background:
         kept = [r for r in kept if not r.background]
     if top_n is not None:
-        classes = set(top_classes(kept, top_n))
+        classes = set(most_common_classes(kept, top_n))
         kept = [r for r in kept if r.class_id in classes]
     return kept
 

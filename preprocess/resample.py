@@ -103,6 +103,7 @@ from preprocess.audio import (
     AudioError,
     decoded_blocks,
     header_rate_problem,
+    is_wav_at,
     pcm16_mono_header,
     read_wav,
     stream_to_sample_rate,
@@ -302,15 +303,8 @@ def why_not_replaced(target: Path, made_here: bool, record_readable: bool) -> st
     mono wav counts as made here. None where there is none, or it may be replaced."""
     if made_here or not (target.exists() or target.is_symlink()):
         return None
-    try:
-        if (
-            not record_readable
-            and is_own_file(target)
-            and pcm16_mono_header(target)[0] == TARGET_RATE
-        ):
-            return None
-    except AudioError:
-        pass
+    if not record_readable and is_own_file(target) and is_wav_at(target, TARGET_RATE):
+        return None
     return (
         f"{target} exists and was not made by resampling into this folder (its {SOURCES_NAME} "
         "does not name it): not replaced (delete it to convert again)"

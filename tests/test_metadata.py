@@ -13,12 +13,12 @@ from preprocess.metadata import (
     Recording,
     background_names,
     match_audio,
+    most_common_classes,
     parse_birdclef_xml,
     read_birdclef_xml_dir,
     read_class_folders,
     read_csv,
     select,
-    top_classes,
 )
 
 TRAIN_2014 = """<Audio><MediaId>100</MediaId>
@@ -403,7 +403,8 @@ def test_selections():
     assert ids(select(table, min_quality=2, max_quality=4)) == ["2", "5", "6"]
     assert ids(select(table, max_quality=1)) == ["1"]
     assert ids(select(table, no_background=True)) == ["1", "3", "4", "5", "6"]
-    assert top_classes(table, 2) == ["a", "b"]  # ties: alphabetical; unlabelled never counts
+    # ties: alphabetical; unlabelled never counts
+    assert most_common_classes(table, 2) == ["a", "b"]
     assert ids(select(table, top_n=1)) == ["1", "2"]
     # background first, then top-N: 'b' (2 left) beats 'a' (1 left)
     assert ids(select(table, top_n=1, no_background=True)) == ["3", "4"]
