@@ -552,6 +552,7 @@ def predict_pieces(
     running: list[tuple[Future, list]] = []  # with overlap: the model's batch, its routes
 
     def deliver(outputs: np.ndarray, batch_routes: list[tuple[PendingPiece, int]]) -> None:
+        # a last batch padded to the model's batch size has more outputs than routes
         for (piece, row), output in zip(batch_routes, outputs, strict=False):
             piece.probs[row] = output
             piece.rows_left -= 1
@@ -657,8 +658,9 @@ def extracted_recordings(
                 yield extract_here(item)
                 continue
             if not done:
-                pieces, outcomes = next(in_order)  # pieces: views of a slot, until the next
-                start = 0  # result is asked for
+                # pieces: views of a slot, valid until the next result is asked for
+                pieces, outcomes = next(in_order)
+                start = 0
                 for outcome in outcomes:
                     if isinstance(outcome, str):
                         done.append(outcome)

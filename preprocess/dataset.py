@@ -746,13 +746,18 @@ def check_parts_folder(parts_dir: Path, remedy: str = "") -> None:
             if not is_shard_file(entry):
                 raise DatasetError(
                     f"{parts_dir} is not only a folder of shards: it holds {entry.name!r}, "
-                    f"which is not a shard file (part-*.h5){move}"
+                    f"which is not a shard file ({SHARD_PATTERN}){move}"
                 )
 
 
 def complete_shards(parts_dir: Path) -> list[Path]:
     """The shard files in parts_dir, sorted by name (temporary files excluded)."""
     return sorted(Path(parts_dir).glob(SHARD_PATTERN))
+
+
+def parts_folder(out: Path) -> Path:
+    """The folder beside OUT where a load_data run writes its shards: OUT.parts."""
+    return out.with_name(out.name + ".parts")
 
 
 def shard_path(parts_dir: Path, run: str, task: int) -> Path:

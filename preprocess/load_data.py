@@ -2,8 +2,9 @@
 
 Reads the metadata (BirdCLEF XML folder, CSV, or one folder per class), applies the 2016
 selections, then for every recording: read the wav (16 kHz expected; other rates are
-resampled in-process), log spectrogram, noise filter, 5 s chunks (preprocess/spectrogram.py),
-compressed and appended to the dataset (preprocess/dataset.py, which documents the layout).
+resampled in-process), the --recipe's front end (`job_params`: the 2016 log spectrogram,
+noise filter and 5 s chunks, or the modern log-mel; preprocess/spectrogram.py), compressed and
+appended to the dataset (preprocess/dataset.py, which documents the layout).
 A 16 kHz 16-bit mono wav over STREAM_SECONDS (10 minutes) is streamed instead of read whole.
 
 Workers extract and compress recordings in parallel, a few files per task, and write each
@@ -69,6 +70,7 @@ from preprocess.dataset import (
     compress_chunks,
     is_chunk_dataset,
     open_dataset,
+    parts_folder,
     remove_parts,
     shard_path,
 )
@@ -697,7 +699,7 @@ def built_chunk_frames(out: Path) -> int | None:
     """The chunk length of the dataset at out, or of the shards an interrupted run left beside
     it, which a rerun with `--chunk-seconds auto` keeps (the rerun adds recordings to them);
     None where there is no readable one."""
-    parts_dir = out.with_name(out.name + ".parts")
+    parts_dir = parts_folder(out)
     for built in [out] if out.is_file() else complete_shards(parts_dir):
         try:
             with open_dataset(built) as dataset:
@@ -765,7 +767,7 @@ def check_working_names(out: Path, inputs: list[Path]) -> None:
     written through, emptied or deleted. Checked before any work, so a refusal leaves
     nothing half done."""
     remedy = ", or choose another --out"
-    parts = out.with_name(out.name + ".parts")
+    parts = parts_folder(out)
     for source in inputs:
         if source.resolve().is_relative_to(parts.resolve()):
             raise LoadDataError(
@@ -816,7 +818,7 @@ def build(args) -> int:
     started = time.perf_counter()
     summary = Summary()
     out: Path = args.out
-    parts_dir = out.with_name(out.name + ".parts")
+    parts_dir = parts_folder(out)
     check_working_names(out, input_files(args))
 
     recordings, source = read_metadata(args, summary)

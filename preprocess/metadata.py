@@ -11,7 +11,8 @@ Three sources give the same table of `Recording`s:
 - a folder per class: ROOT/<label>/**/<audio file>; hidden entries (names starting with '.',
   like .ipynb_checkpoints) and `__MACOSX` (a Mac zip's copies `._<name>`) are ignored.
 `file` is always relative to the folder of resampled wavs, with the extension `.wav` (the
-resampling script writes `<name>.wav` for any input format); a CSV's name found there only
+resampling script writes `<name>.wav` for any input format), and after `match_audio` as the
+file is spelt on disk (`x.WAV`); a CSV's name found there only
 without its leading folders, or in a subfolder, is matched with a warning (`match_audio`).
 The MediaId comes from the XML, else the `media_id` column, else the file name without
 extension; duplicates are an error.
@@ -47,7 +48,7 @@ from preprocess.paths import (
     shown_name,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 IGNORED_FOLDER = "__MACOSX"  # a Mac zip's resource forks (`._<name>`), never recordings
 CSV_LINE_END = re.compile(r"\r\n|\r|\n")  # what ends a line for csv's line_num
@@ -67,7 +68,7 @@ class MetadataError(ValueError):
 @dataclass
 class Recording:
     media_id: str
-    file: str  # relative to the resampled wav folder, extension .wav
+    file: str  # relative to the resampled wav folder, extension .wav (as on disk: match_audio)
     class_id: str | None = None  # the label; None when unlabelled (test data)
     species: str | None = None  # scientific name "Genus species" (CSV/folders: the label)
     background: list[str] = field(default_factory=list)  # background species' names
@@ -379,7 +380,7 @@ def read_birdclef_xml_dir(
     check_unique_media_ids(recordings, origins)
     warn_of_files_listed_again(recordings, origins, str(xml_dir))
     if skipped:
-        log.warning("%s: skipped %d of %d XML files", xml_dir, len(skipped), len(named_xml))
+        logger.warning("%s: skipped %d of %d XML files", xml_dir, len(skipped), len(named_xml))
     return recordings, skipped
 
 
@@ -433,7 +434,7 @@ def csv_rows(text: str, source: str) -> tuple[list[str], list[tuple[str, dict]]]
         columns = known_columns(reader.fieldnames or [])
         for given, column in zip(reader.fieldnames or [], columns, strict=True):
             if is_alias(given, column):
-                log.info("%s: column %r read as %r", source, given, column)
+                logger.info("%s: column %r read as %r", source, given, column)
         counts = Counter(columns)
         twice = sorted(name for name in CSV_COLUMNS if counts[name] > 1)
         if twice:  # DictReader would keep the last column's values only, without a word
@@ -493,7 +494,7 @@ def warn_of_files_listed_again(recordings: list[Recording], origins: list[str], 
         origins_of_file.setdefault(recording.file, []).append(origin)
     for file, listed in origins_of_file.items():
         if len(listed) > 1:
-            log.warning(
+            logger.warning(
                 "%s: %s is listed %d times (%s): the same audio, as several recordings, may "
                 "be trained on and validated on at once",
                 where,
@@ -523,7 +524,7 @@ def once_per_wav(
         sources = {posix_path(recordings[i].fields["file"].strip()) for i in indices}
         if len(sources) > 1:
             dropped.update(indices)
-            log.warning(
+            logger.warning(
                 "%s all become %s after resampling, so which audio it holds is not known: "
                 "left out (rename one of them)",
                 " and ".join(
@@ -539,7 +540,7 @@ def once_per_wav(
         ]  # fmt: skip
         if repeated:
             dropped.update(repeated)
-            log.warning(
+            logger.warning(
                 "%s %s an earlier row of %s word for word: left out",
                 ", ".join(origins[i] for i in repeated),
                 "repeats" if len(repeated) == 1 else "repeat",
@@ -549,7 +550,7 @@ def once_per_wav(
         again = [i for i in indices if named_by_stem[i]][1:]
         dropped.update(again)
         if again:
-            log.warning(
+            logger.warning(
                 "%s lists %s again, first listed in %s: left out (a file is one recording; "
                 "more labels of it go in 'background')",
                 ", ".join(origins[i] for i in again),
@@ -581,19 +582,19 @@ def read_class_folders(root: str | Path) -> list[Recording]:
         if relative.suffix.lower() not in AUDIO_SUFFIXES or is_ignored(relative):
             continue
         if not path.is_file():
-            log.warning("%s: %s; left out", shown_name(str(path)), NOT_REGULAR)
+            logger.warning("%s: %s; left out", shown_name(str(path)), NOT_REGULAR)
             continue
         rel, label = relative.as_posix(), relative.parts[0]
         if label == rel:
-            log.warning("%s: audio file outside a class folder; left out", shown_name(str(path)))
+            logger.warning("%s: audio file outside a class folder; left out", shown_name(str(path)))
             continue
         problem = name_problem(rel)
         if problem:
-            log.warning("%s: the path %s; left out", shown_name(str(path)), problem)
+            logger.warning("%s: the path %s; left out", shown_name(str(path)), problem)
             continue
         problem = field_problem(label)
         if problem:
-            log.warning(
+            logger.warning(
                 "%s: the class folder name %r %s, which a run file cannot hold; left out",
                 shown_name(str(path)),
                 label,
@@ -658,7 +659,7 @@ def match_audio(recordings: list[Recording], wav_dir: str | Path) -> Matched:
     moved = moved_files(unmatched, {n: key for n, key in by_nfc.items() if key not in referenced})
     if moved:
         found.update(moved)
-        log.warning(
+        logger.warning(
             "%d of the table's files are not at the path it gives under %s, and were found "
             "moved: %s",
             len(moved),

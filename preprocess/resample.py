@@ -331,13 +331,16 @@ def convert(conversion: Conversion, sox: bool, into: Path) -> tuple[str | None, 
     made from)."""
     target = conversion.target
     part = target.with_name(target.name + PART_SUFFIX)
-    # before mkdir, which would follow the link, and before the try, whose cleanup would
-    # remove a file found at part
+    # `plan` checked this too, but a link may have been planted since; checked before mkdir,
+    # which would follow the link, and before the try, whose cleanup would remove a file
+    # found at part
     if reason := why_not_written(conversion, into):
         return reason, "", {}
     try:
-        record = made_from(conversion.source)  # before reading: a change meanwhile is seen
-        target.parent.mkdir(parents=True, exist_ok=True)  # by the next run
+        # the source's record, taken before reading it: a change meanwhile is seen by the
+        # next run
+        record = made_from(conversion.source)
+        target.parent.mkdir(parents=True, exist_ok=True)
         part.unlink(missing_ok=True)  # a killed run's, or a planted link: never written through
         warnings = resample_one(conversion.source, part, sox)
         note_pending(into, output_key(target, into))
