@@ -570,11 +570,11 @@ class InShard(NamedTuple):
     rows: range
 
 
-def count_outcomes(
+def places_in_shard(
     task: Task, outcomes: list[Outcome], params: SpectrogramParams, summary: Summary
 ) -> list[InShard | None]:
-    """Log and count a finished task's outcomes in summary; returns, per recording, where its
-    chunks are, or None for a file that could not be read."""
+    """Per recording of a finished task, where its chunks are in the task's shard, or None for
+    a file that could not be read; each outcome is logged and counted in summary."""
     places: list[InShard | None] = []
     row = 0
     for path, recording, outcome in zip(task.paths, task.recordings, outcomes, strict=True):
@@ -641,7 +641,7 @@ def write_in_input_order(
                 continue
             if not extracted_next:
                 task, outcomes = next(finished)
-                extracted_next.extend(count_outcomes(task, outcomes, info.params, summary))
+                extracted_next.extend(places_in_shard(task, outcomes, info.params, summary))
                 if task.shard.exists():
                     check_room(task.shard.stat().st_size, out)
                 progress.update(len(task.paths))
@@ -737,6 +737,14 @@ def job_params(args, recordings: list[metadata.Recording]) -> SpectrogramParams:
         check_front_end(params)  # said now, not by every worker
     except ValueError as error:
         raise LoadDataError(str(error)) from None
+    frames = chunk_frames(args, params, recordings)
+    return params if frames is None else dataclasses.replace(params, chunk_frames=frames)
+
+
+def chunk_frames(args, params: SpectrogramParams, recordings: list[metadata.Recording]):
+    """The chunk length in frames that --chunk-seconds (or the modern recipe's "auto") asks
+    for, None for params' own. "auto": the recordings' median duration (`median_chunk_seconds`),
+    or OUT's length where it is being added to or repaired."""
     chunk_seconds = args.chunk_seconds or ("auto" if args.recipe == "modern" else None)
     if chunk_seconds == "auto":
         kept = None if args.overwrite else built_chunk_frames(args.out)
@@ -744,13 +752,11 @@ def job_params(args, recordings: list[metadata.Recording]) -> SpectrogramParams:
             logger.info(
                 "chunk length %d frames, as %s was built (--overwrite chooses anew)", kept, args.out
             )
-            return dataclasses.replace(params, chunk_frames=kept)
+            return kept
         chunk_seconds = median_chunk_seconds([args.wav_dir / r.file for r in recordings])
-    if chunk_seconds is not None:
-        params = dataclasses.replace(
-            params, chunk_frames=frames_for_seconds(float(chunk_seconds), params)
-        )
-    return params
+    if chunk_seconds is None:
+        return None
+    return frames_for_seconds(float(chunk_seconds), params)
 
 
 def input_files(args) -> list[Path]:

@@ -161,11 +161,11 @@ def test_several_workers_write_the_same_file(csv_job, tmp_path, monkeypatch):
     assert load(wav_dir, ["--csv", labels], tmp_path / "one.h5") == 0
     argv = ["--wav-dir", str(wav_dir), "--csv", str(labels), "--out", str(tmp_path / "two.h5")]
     outcomes = []
-    count_outcomes = load_data_module.count_outcomes
+    places_in_shard = load_data_module.places_in_shard
     monkeypatch.setattr(
         load_data_module,
-        "count_outcomes",
-        lambda task, each, *args: outcomes.extend(each) or count_outcomes(task, each, *args),
+        "places_in_shard",
+        lambda task, each, *args: outcomes.extend(each) or places_in_shard(task, each, *args),
     )
     monkeypatch.setattr(load_data_module, "extract_into_shard", first_task_finishes_last)
     assert main([*argv, "--workers", "2"]) == 0
