@@ -82,6 +82,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import wave
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
@@ -137,6 +138,9 @@ OLDER_SOURCES_FORMATS = ("preprocess/resample.py sources, version 1",)
 RECORD_FIELDS = {"source": str, "size": int, "mtime_ns": int, "ctime_ns": int}
 LOCK_NAME = ".lock"  # in the output folder, held by the run writing it
 PENDING_NAME = ".sources.pending"  # in the output folder: outputs put in place, not yet recorded
+# the journal's first line: only a file that starts with it is this code's to add to or delete
+JOURNAL_MADE = threading.Lock()
+PENDING_HEADER = json.dumps({"format": "preprocess/resample.py pending outputs, version 1"}) + "\n"
 
 
 @dataclass(frozen=True)
@@ -368,8 +372,10 @@ def output_key(target: Path, into: Path) -> str:
 
 def check_journal(into: Path) -> None:
     """OutputPathError unless the journal of the output folder into (PENDING_NAME) is absent
-    or a regular file of its own: a link, a pipe (opening it would wait) or a second name
-    of another file is never written."""
+    or this code's: a regular file of its own that starts with PENDING_HEADER. A link, a pipe
+    (opening it would wait), a second name of another file, or a file of that name that
+    another program wrote (whose names would be taken for outputs made here) is never
+    written, nor trusted."""
     path = into / PENDING_NAME
     try:
         status = os.lstat(path)
@@ -380,15 +386,33 @@ def check_journal(into: Path) -> None:
             f"{path} is not a file of its own (a link, a pipe, a hard link?): it is left as it "
             "is; move it away, or choose another output folder"
         )
+    if not is_own_journal(path):
+        raise OutputPathError(
+            f"{path} is not a journal this code wrote (it lacks the first line it writes): it "
+            "is left as it is; move it away, or choose another output folder"
+        )
+
+
+def is_own_journal(path: Path) -> bool:
+    """Whether path is a regular file that starts with PENDING_HEADER."""
+    if not is_own_file(path):
+        return False
+    with contextlib.suppress(OSError), open(path, "rb") as file:
+        return file.read(len(PENDING_HEADER)) == PENDING_HEADER.encode()
+    return False
 
 
 def note_pending(into: Path, *keys: str) -> None:
     """Add output keys to the journal of the output folder into (PENDING_NAME, a JSON string
     a line) before their files are put in place, or their record entries dropped: a run
-    killed before it records them leaves them known as this code's. Raises OutputPathError
-    for a journal that is not a file of its own (`check_journal`), never written."""
+    killed before it records them leaves them known as this code's. A journal is made whole
+    with its first line (PENDING_HEADER). Raises OutputPathError for a journal that is not a
+    file of its own (`check_journal`), never written."""
     path = into / PENDING_NAME
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    with JOURNAL_MADE:  # by one of the threads converting at once
+        if not os.path.lexists(path):  # whole, with its first line: a kill leaves no other
+            write_text_atomically(path, PENDING_HEADER)
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         descriptor = os.open(path, flags, 0o666)
     except OSError as error:
@@ -410,12 +434,13 @@ def journal_text(keys: Iterable[str]) -> str:
 
 def read_pending(into: Path) -> set[str]:
     """The output keys of the journal of the output folder into (`note_pending`); a line cut
-    short by a kill is left out. Empty where there is none or it is not a regular file."""
+    short by a kill is left out. Empty where there is none or it is not this code's."""
     path = into / PENDING_NAME
-    if not is_own_file(path):
+    if not is_own_journal(path):
         return set()
     keys = set()
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for line in text.removeprefix(PENDING_HEADER).splitlines():
         with contextlib.suppress(ValueError):
             if isinstance(key := json.loads(line), str):
                 keys.add(key)
@@ -599,10 +624,12 @@ def resample_files(
                 changed = True
         if changed:
             write_sources(into, sources)
-        if unrecorded := read_pending(into) - sources.keys():  # failed since, or a kill's
-            write_text_atomically(into / PENDING_NAME, journal_text(sorted(unrecorded)))
-        else:
-            (into / PENDING_NAME).unlink(missing_ok=True)
+        journal = into / PENDING_NAME
+        if is_own_journal(journal):  # not a file put there since the run began
+            if unrecorded := read_pending(into) - sources.keys():  # failed since, or a kill's
+                write_text_atomically(journal, PENDING_HEADER + journal_text(sorted(unrecorded)))
+            else:
+                journal.unlink()
 
     print(
         f"summary: {converted} converted, {already_done} already done, {len(failed)} failed "

@@ -666,7 +666,7 @@ def test_an_output_a_kill_kept_out_of_the_record_is_made_again(tmp_path, capsys)
         is None
     )
     assert not (out_dir / ".sources.json").exists()
-    assert (out_dir / ".sources.pending").read_text() == '"a.wav"\n'
+    assert (out_dir / ".sources.pending").read_text() == resample.PENDING_HEADER + '"a.wav"\n'
     run = ["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]
     capsys.readouterr()
     assert resample.main(run) == 0
@@ -712,6 +712,29 @@ def test_a_journal_that_is_not_a_file_of_its_own_stops_the_run_unchanged(tmp_pat
     assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]) == 2
     assert ".sources.pending is not a file of its own" in capsys.readouterr().err
     assert victim.read_text() == "the user's" and not (out_dir / "a.wav").exists()
+
+
+def test_a_journal_another_program_wrote_is_neither_trusted_nor_touched(tmp_path, capsys):
+    """A file named as the journal but without its first line (a user's, another tool's) names
+    no output made here: a user's keep.wav it lists is not replaced, and the file stays as it
+    is, the run stopped before any work."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    out_dir.mkdir()
+    wavfile.write(in_dir / "keep.wav", 8000, np.zeros(800, np.int16))
+    (out_dir / "keep.wav").write_bytes(b"the user's own")
+    journal = out_dir / ".sources.pending"
+    for text in ('"keep.wav"\n', "my own notes\n", ""):
+        journal.write_text(text)
+        assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]) == 2
+        assert "is not a journal this code wrote" in capsys.readouterr().err
+        assert journal.read_text() == text
+        assert (out_dir / "keep.wav").read_bytes() == b"the user's own"
+    journal.unlink()  # without it, the user's file is refused by name, not replaced
+    assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]) == 1
+    assert "keep.wav exists and was not made by resampling" in capsys.readouterr().out
+    assert (out_dir / "keep.wav").read_bytes() == b"the user's own"
+    assert not journal.exists()
 
 
 def test_a_recording_replaced_by_one_with_an_older_time_is_resampled_again(tmp_path, capsys):
