@@ -26,7 +26,6 @@ import csv
 import functools
 import html
 import math
-import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,24 +253,6 @@ def is_own_png(path: Path) -> bool:
     return start.startswith(PNG_SIGNATURE) and text in start
 
 
-def matplotlib_png_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) of a PNG image matplotlib wrote with its own Software text, as this
-    project wrote its images before it marked them (PNG_METADATA); None for any other file."""
-    start = first_bytes(path, 4096)
-    if not start.startswith(PNG_SIGNATURE) or b"tEXtSoftware\0Matplotlib" not in start:
-        return None
-    return struct.unpack(">II", start[16:24])  # the IHDR chunk comes first
-
-
-def is_report_png(path: Path) -> bool:
-    """A report's plot: marked as this project's, or matplotlib's beside a report page (a
-    report written before the marks)."""
-    if is_own_png(path):
-        return True
-    page = first_bytes(path.parent / "report.html", 200)
-    return matplotlib_png_size(path) is not None and HTML_TITLE.encode() in page
-
-
 # each report file: what a file of its own kind (one an earlier report wrote) is, and how to
 # tell from its first bytes
 REPORT_FILES: dict[str, tuple[str, Callable[[Path], bool]]] = {
@@ -283,8 +264,10 @@ REPORT_FILES: dict[str, tuple[str, Callable[[Path], bool]]] = {
         "a confusion matrix of a report",
         lambda path: (first_line(path) or "").startswith(CONFUSION_CORNER + ","),
     ),
-    "confusion_matrix.png": ("a PNG image a report wrote", is_report_png),
-    "pr_curves.png": ("a PNG image a report wrote", is_report_png),
+    # only marked ones: an unmarked PNG, even matplotlib's beside a report page (as reports
+    # wrote them before the marks), may be the user's
+    "confusion_matrix.png": ("a PNG image a report wrote", is_own_png),
+    "pr_curves.png": ("a PNG image a report wrote", is_own_png),
     "report.html": (
         "a report page",
         lambda path: HTML_TITLE.encode() in first_bytes(path, 200),

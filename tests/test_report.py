@@ -142,11 +142,14 @@ def test_a_picture_of_the_users_at_a_report_plots_name_is_left_alone(tmp_path, c
     main(argv)  # its own plots: replaced
     assert not left.exists()
     picture = tmp_path / "report" / "pr_curves.png"
-    matplotlib.image.imsave(picture, [[0.0, 1.0]])  # as a report before the marks wrote it
-    main(argv)  # replaced: matplotlib's, beside the report's page
-    matplotlib.image.imsave(picture, [[0.0, 1.0]], metadata={"Software": "an editor"})
-    before = picture.read_bytes()
-    with pytest.raises(SystemExit):
-        main(argv)
-    assert "pr_curves.png exists and is not a PNG image a report wrote" in capsys.readouterr().err
-    assert picture.read_bytes() == before
+    # an editor's; matplotlib's own, even beside the report's page (as a report before the
+    # marks wrote it, or as the user's script does)
+    for software in ("an editor", None):
+        metadata = {"Software": software} if software else None
+        matplotlib.image.imsave(picture, [[0.0, 1.0]], metadata=metadata)
+        before = picture.read_bytes()
+        with pytest.raises(SystemExit):
+            main(argv)
+        error = capsys.readouterr().err
+        assert "pr_curves.png exists and is not a PNG image a report wrote" in error
+        assert picture.read_bytes() == before

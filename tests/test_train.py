@@ -976,9 +976,13 @@ def test_generate_images_never_writes_through_links_planted_in_the_output(easy_d
     assert generate_images(easy_data, out, per_class=1) == len(CLASSES) + 1
     assert image.read_bytes().startswith(b"\x89PNG")
     assert generate_images(easy_data, out, per_class=1) == len(CLASSES) + 1  # its own: replaced
-    with open_dataset(easy_data) as dataset:  # as the command wrote images before its marks
+    with open_dataset(easy_data) as dataset:  # matplotlib's, of a chunk's size: maybe the user's
         plt.imsave(image, np.flipud(dataset.X[0, :, :, 0]), cmap="binary")
-    assert generate_images(easy_data, out, per_class=1) == len(CLASSES) + 1
+    picture = image.read_bytes()
+    with pytest.raises(OutputPathError, match=rf"{image.name} exists and is not an image this"):
+        generate_images(easy_data, out, per_class=1)
+    assert image.read_bytes() == picture
+    image.unlink()
     (out / "bbb").rename(tmp_path / "bbb images")
     (out / "bbb").symlink_to(victim)
 

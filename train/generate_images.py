@@ -24,7 +24,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 from predict.detections import OutputError, inside, safe_file_names
-from predict.report import PNG_METADATA, is_own_png, matplotlib_png_size
+from predict.report import PNG_METADATA, is_own_png
 from preprocess.cli import at_least, command_parser, run_command
 from preprocess.dataset import DatasetError, open_dataset
 from preprocess.paths import OutputPathError, check_output, replace_atomically
@@ -74,14 +74,9 @@ def generate_images(data: Path, out: Path, per_class: int) -> int:
             if folder.is_symlink():  # planted in OUT: the images would go where it leads
                 raise OutputError(f"{folder} is a link: images go only into folders in {out}")
             paths.append(inside(folder, f"{file_names[media_ids[row]]}_{chunk_index[row]}.png"))
-        n_bins, frames = dataset.X.shape[1:3]
-
-        def own_image(path: Path) -> bool:  # marked, or as this command wrote them before
-            return is_own_png(path) or matplotlib_png_size(path) == (frames, n_bins)
-
         for path in paths:  # before any is written
             check_output(
-                path, own_kind=own_image, kind="an image this command wrote", option="an image"
+                path, own_kind=is_own_png, kind="an image this command wrote", option="an image"
             )
         for row, path in zip(rows, paths, strict=True):
             path.parent.mkdir(parents=True, exist_ok=True)
