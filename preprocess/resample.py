@@ -28,10 +28,10 @@ with the same `resample_files`: the one implementation.
   (named by neither; where the record cannot be read, one that is not a 16 kHz 16-bit mono
   wav) is left as it is, and its input fails, named: a user's file in a folder of theirs
   given as OUT_DIR stays.
-- One run per OUT_DIR at a time: a run holds OUT_DIR/.lock throughout, and a second one
+- One run per OUT_DIR at a time: a run holds OUT_DIR/.resample.lock throughout, and a second one
   started meanwhile stops at once (`error: ...` naming the first one's pid, exit status 2)
   instead of deleting the first one's .resample-part files or moving them into place. A
-  file at OUT_DIR/.lock that holds anything but a process id stops it too, unchanged.
+  file at OUT_DIR/.resample.lock that holds anything but a process id stops it too, unchanged.
 - Links in OUT_DIR are never written through: a file whose output folder is a link (or lies
   under one) leading outside OUT_DIR, or to another output's folder inside it, fails, named,
   and nothing is written there.
@@ -136,7 +136,8 @@ SOURCES_FORMAT = "preprocess/resample.py sources, version 2"
 # version 1 lacked ctime_ns: its outputs are converted again, without a warning
 OLDER_SOURCES_FORMATS = ("preprocess/resample.py sources, version 1",)
 RECORD_FIELDS = {"source": str, "size": int, "mtime_ns": int, "ctime_ns": int}
-LOCK_NAME = ".lock"  # in the output folder, held by the run writing it
+LOCK_NAME = ".resample.lock"  # in the output folder, held by the run writing it (a name of
+# its own: a folder of the user's may hold another tool's .lock)
 PENDING_NAME = ".sources.pending"  # in the output folder: outputs put in place, not yet recorded
 # the journal's first line: only a file that starts with it is this code's to add to or delete
 JOURNAL_MADE = threading.Lock()

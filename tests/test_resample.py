@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "preprocess" / "resample_wavs_to_16k.sh"
 ODD_NAME = 'it\'s "quoted" ü [1].WAV'  # quotes, unicode, a glob pattern, upper-case extension
 
-HIDDEN = [".lock", ".sources.json"]  # what a run keeps in its output folder besides the wavs
+# what a run keeps in its output folder besides the wavs
+HIDDEN = [".resample.lock", ".sources.json"]
 
 needs_sox = pytest.mark.skipif(shutil.which("sox") is None, reason="SoX is not installed")
 
@@ -267,7 +268,8 @@ def test_fallback_skips_nan_samples(tmp_path, capsys):
     nan_wav(in_dir / "nan.wav")
     assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]) == 1
     assert "nan.wav: contains NaN or infinite samples" in capsys.readouterr().out
-    assert [p.name for p in out_dir.iterdir()] == [".lock"]  # no output, so nothing recorded
+    # no output, so nothing recorded
+    assert [p.name for p in out_dir.iterdir()] == [".resample.lock"]
 
 
 def test_fallback_unwritable_output_is_one_error_line(plain_inputs, tmp_path, capsys):
@@ -832,7 +834,7 @@ def test_another_task_with_the_same_names_and_times_is_converted_again(tmp_path,
 
 def times_of(out_dir: Path) -> dict[str, int]:
     """{file in out_dir: its modification time}, the lock (which each run takes) aside."""
-    files = (p for p in out_dir.rglob("*") if p.is_file() and p.name != ".lock")
+    files = (p for p in out_dir.rglob("*") if p.is_file() and p.name != ".resample.lock")
     return {p.relative_to(out_dir).as_posix(): p.stat().st_mtime_ns for p in files}
 
 
@@ -929,7 +931,7 @@ def test_a_second_run_into_the_same_folder_stops_and_touches_nothing(
     plain_inputs, tmp_path, capsys, lock_held_elsewhere
 ):
     out_dir = tmp_path / "out"
-    pid = lock_held_elsewhere(out_dir / ".lock")  # a first run, converting
+    pid = lock_held_elsewhere(out_dir / ".resample.lock")  # a first run, converting
     (out_dir / "a.wav.resample-part").write_bytes(b"RIFF being written by the first run")
 
     assert resample.main(["--soxr", str(plain_inputs), str(out_dir)]) == 2
@@ -937,5 +939,5 @@ def test_a_second_run_into_the_same_folder_stops_and_touches_nothing(
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.splitlines()) == 1
     assert str(out_dir) in err and f"pid {pid}" in err
-    assert sorted(p.name for p in out_dir.iterdir()) == [".lock", "a.wav.resample-part"]
+    assert sorted(p.name for p in out_dir.iterdir()) == [".resample.lock", "a.wav.resample-part"]
     assert (out_dir / "a.wav.resample-part").read_bytes() == b"RIFF being written by the first run"
