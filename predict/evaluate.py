@@ -13,8 +13,12 @@ scientific names, mapped to class ids through the folder's own Genus + Species -
 Where there are XMLs (a truth folder, or --names-xml-dir), a background entry that is neither
 one of their scientific names nor one of their class ids is left out of the scores and named in
 a warning: runs name species by class id, and so does the official truth's background column,
-so a species without one was never in it. Without XMLs, a CSV's entries cannot be checked and
-are taken as the class ids that the official column holds.
+so a species without one was never in it. So is a background entry that is none of the run's
+classes (those its run file returns, or --classes names) nor a foreground class of the truth:
+a bird heard behind the species a data set is made of, which no run can return. The
+background column may also be a Python list, as BirdCLEF's secondary_labels ("['a', 'b']").
+Cells may be quoted, as spreadsheets save them. A first line that names no recording of the run
+file and a class id that neither the run nor any other line has is a header (audio_id;label).
 
 The run file is first validated as the official evaluator did (see predict/runfile.py). Each
 recording's ranked list is then scored by average precision (train/metrics.py, the same code
@@ -26,6 +30,7 @@ not return scores 0, and so does every recording of the truth missing from the r
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import itertools
 import json
@@ -60,7 +65,13 @@ from predict.runfile import (  # noqa: E402
 )
 from preprocess.audio import AUDIO_SUFFIXES  # noqa: E402
 from preprocess.cli import describe, run_command  # noqa: E402
-from preprocess.metadata import MetadataError, Recording, nfc, read_birdclef_xml_dir  # noqa: E402
+from preprocess.metadata import (  # noqa: E402
+    MetadataError,
+    Recording,
+    background_names,
+    nfc,
+    read_birdclef_xml_dir,
+)
 from preprocess.paths import (  # noqa: E402
     NOT_REGULAR,
     OutputPathError,
@@ -84,6 +95,7 @@ class Truth:
     foreground: dict[str, str] = field(default_factory=dict)  # MediaId -> ClassId
     background: dict[str, list[str]] = field(default_factory=dict)  # MediaId -> [ClassId]
     unmapped_background: set[str] = field(default_factory=set)  # names without a class id
+    header: bool = False  # a header line was read (a CSV's), not taken for a recording
 
 
 def background_to_class(recordings: list[Recording]) -> dict[str, str]:
@@ -151,7 +163,9 @@ def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
     # does), not read into the first MediaId or header
     with open(path, encoding="utf-8-sig") as file:
         for number, line in enumerate(text_lines(file, path), 1):
-            fields = [part.strip() for part in line.strip().split(";")]
+            # quoted cells, as a spreadsheet may save every cell, read as csv reads them
+            cells = next(csv.reader([line.strip()], delimiter=";", skipinitialspace=True), [])
+            fields = [cell.strip() for cell in cells]
             if not any(fields):  # blank, or separators only (a spreadsheet's empty row)
                 continue
             while len(fields) > 3 and not fields[-1]:  # a line ending in ";" (a spreadsheet's)
@@ -160,6 +174,7 @@ def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
             seen_line = True
             if header:
                 logger.info("%s line %d: a header, not a recording: %s", path, number, line.strip())
+                truth.header = True
                 continue
             if len(fields) not in (2, 3) or not fields[0] or not fields[1]:
                 raise TruthError(
@@ -169,11 +184,9 @@ def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
             media_id, class_id = fields[0], fields[1]
             if media_id in truth.foreground:
                 raise TruthError(f"{path} line {number}: MediaId {media_id} listed twice")
-            entries = fields[2].split(",") if len(fields) == 3 else []
+            entries = background_names(fields[2]) if len(fields) == 3 else []
             truth.foreground[media_id] = class_id
-            truth.background[media_id], unmapped = background_class_ids(
-                [entry.strip() for entry in entries if entry.strip()], to_class
-            )
+            truth.background[media_id], unmapped = background_class_ids(entries, to_class)
             truth.unmapped_background.update(unmapped)
     return truth
 
@@ -267,6 +280,50 @@ def same_normalisation(
     ]
     classes = [nfc(class_id) for class_id in model_classes] if model_classes else model_classes
     return entries, normalised, classes
+
+
+def without_unknown_header(truth: Truth, run_ids: set[str], run_classes: set[str]) -> Truth:
+    """truth without its first line where that is a header `looks_like_header` does not know
+    (audio_id;primary_label, Media;Class): no recording of the run file (by any spelling
+    `named_as_in_run_file` tries), a class id that no other line and no class of the run has.
+    Such a line would be scored as a recording missing from the run file."""
+    if truth.header or len(truth.foreground) < 2:
+        return truth
+    media_id, class_id = next(iter(truth.foreground.items()))
+    name = PurePosixPath(nfc(media_id).replace("\\", "/"))
+    spellings = {str(name), str(name.with_suffix("")), name.stem}
+    run_classes = {nfc(class_id) for class_id in run_classes}
+    if (
+        spellings & {nfc(media_id) for media_id in run_ids}
+        or nfc(class_id) in run_classes
+        or list(truth.foreground.values()).count(class_id) > 1
+    ):
+        return truth
+    logger.info("the ground truth's first line (%s;%s) is taken as a header", media_id, class_id)
+    return dataclasses.replace(
+        truth,
+        foreground={m: c for m, c in truth.foreground.items() if m != media_id},
+        background={m: c for m, c in truth.background.items() if m != media_id},
+        header=True,
+    )
+
+
+def scored_background(truth: Truth, classes: set[str]) -> Truth:
+    """truth with each background entry that is none of classes (the run's and the truth's
+    foreground classes) left out, and added to unmapped_background: a species outside the
+    task (a bird heard behind the 17 a set is made of, "nan" of a spreadsheet) that no run
+    can return, as the official truth, which lists class ids, never held."""
+    outside = {entry for entries in truth.background.values() for entry in entries} - classes
+    if not outside:
+        return truth
+    return dataclasses.replace(
+        truth,
+        background={
+            media_id: [entry for entry in entries if entry in classes]
+            for media_id, entries in truth.background.items()
+        },
+        unmapped_background=truth.unmapped_background | outside,
+    )
 
 
 def named_as_in_run_file(truth: Truth, run_ids: set[str]) -> Truth:
@@ -381,7 +438,11 @@ def _warn(results: dict) -> None:
             "classes in the truth that the run never returns or the model does not know "
             "(scored as not returned)",
         ),
-        ("unmapped_background", "background species with no class id in the XMLs (not scored)"),
+        (
+            "unmapped_background",
+            "background species that no run can return (none of the run's or the truth's "
+            "classes, or without a class id in the XMLs): not scored",
+        ),
     ):
         if results[key]:
             logger.warning("%s: %s", what, first_names(results[key], 10))
@@ -460,9 +521,13 @@ def main(argv: list[str] | None = None) -> None:
         entries = read_run_file(args.run_file)
         truth = read_truth(args.truth, args.names_xml_dir)
         model_classes = model_classes_from(args.classes) if args.classes else None
+        run_classes = {entry.class_id for entry in entries} | set(model_classes or [])
+        truth = without_unknown_header(truth, {entry.media_id for entry in entries}, run_classes)
         entries, truth, model_classes = same_normalisation(entries, truth, model_classes)
         # before the scores and the report, which count the same recordings
         truth = named_as_in_run_file(truth, {entry.media_id for entry in entries})
+        run_classes = {entry.class_id for entry in entries} | set(model_classes or [])
+        truth = scored_background(truth, run_classes | set(truth.foreground.values()))
         results = score(entries, truth, model_classes)
         print(report(results))
         _warn(results)

@@ -1,6 +1,7 @@
 """Run files and the official score: writer, validator and evaluator on hand-computed examples."""
 
 import json
+import logging
 import os
 import unicodedata
 from pathlib import Path
@@ -413,9 +414,45 @@ def test_background_without_a_class_id_is_left_out_from_csv_and_xml_alike(tmp_pa
     run = write_run(tmp_path / "run.csv", {"1": [0.4, 0.3, 0.2, 0.1], "2": [0.3, 0.4, 0.2, 0.1]})
     main(["--run-file", str(run), "--truth", str(csv_truth), "--names-xml-dir", str(xml)])
     assert "MAP (with background): 1.0000" in capsys.readouterr().out  # not lowered by it
-    assert "background species with no class id in the XMLs (not scored): Nonesuch bird" in (
-        caplog.text
-    )
+    assert "background species that no run can return" in caplog.text
+    assert "not scored: Nonesuch bird" in caplog.text
+
+
+def test_a_background_species_outside_every_class_is_not_scored(tmp_path, caplog, capsys):
+    """A bird heard behind the species of a set (not one of the run's classes nor of the
+    truth's), a spreadsheet's 'nan', and a Python list as BirdCLEF's secondary_labels: a
+    perfect ranking scores 1 with background too. A background class the run does not rank
+    high still counts (a relevant class ranked low)."""
+    run = write_run(tmp_path / "run.csv", {"1": [0.4, 0.3, 0.2, 0.1], "2": [0.3, 0.4, 0.2, 0.1]})
+    truth = tmp_path / "truth.csv"
+    truth.write_text("1;aaaaaa;bbbbbb,Corvus corax\n2;bbbbbb;['aaaaaa', 'Sitta europaea']\n")
+    main(["--run-file", str(run), "--truth", str(truth)])
+    assert "MAP (with background): 1.0000" in capsys.readouterr().out
+    assert "not scored: Corvus corax, Sitta europaea" in caplog.text
+    truth.write_text("1;aaaaaa;nan\n2;bbbbbb;dddddd\n")  # dddddd: a class, ranked 4th
+    main(["--run-file", str(run), "--truth", str(truth)])
+    assert "MAP (with background): 0.8750" in capsys.readouterr().out  # (1 + (1 + 2/4) / 2) / 2
+    assert "not scored: nan" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "header", ["audio_id;primary_label;secondary_labels", "Media;Class;Background", "wav;class;bg"]
+)
+def test_a_header_of_other_words_is_not_scored_as_a_recording(tmp_path, caplog, capsys, header):
+    """Column names no list knows: a first line that names no recording of the run and a
+    class id no other line and no class of the run has. Cells may be quoted."""
+    caplog.set_level(logging.INFO)
+    run = write_run(tmp_path / "run.csv", {"1": [0.4, 0.3, 0.2, 0.1], "2": [0.3, 0.4, 0.2, 0.1]})
+    truth = tmp_path / "truth.csv"
+    truth.write_text(f'{header}\n"1";"aaaaaa";""\n2;"bbbbbb";\n')
+    main(["--run-file", str(run), "--truth", str(truth)])
+    out = capsys.readouterr().out
+    assert "MAP (foreground): 1.0000" in out and "recordings: 2 in the truth" in out
+    assert "first line" in caplog.text and "taken as a header" in caplog.text
+    # a first line that is a recording missing from the run, of a class others have, counts
+    truth.write_text("3;aaaaaa;\n1;aaaaaa;\n2;bbbbbb;\n")
+    main(["--run-file", str(run), "--truth", str(truth)])
+    assert "recordings: 3 in the truth" in capsys.readouterr().out
 
 
 def test_names_xml_dir_without_labels_is_an_error(tmp_path, capsys):
