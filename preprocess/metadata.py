@@ -252,7 +252,9 @@ def parse_csv_row(row: dict[str, str | None], source: str = "<csv>") -> Recordin
             f"{source}: 'file' {file!r} is an absolute path: give the files relative to the "
             "audio folder (doall.sh --audio-dir, load_data.py --wav-dir)"
         )
-    label = (row.get("label") or "").strip() or None
+    # in NFC: one label typed on two systems (é, or e and an accent) is one class, as the
+    # scorer (evaluate.py) reads it
+    label = nfc((row.get("label") or "").strip()) or None
     media_id = (row.get("media_id") or "").strip()
     check_names({"'file'": file, "'label'": label, "'media_id'": media_id}, source)
     check_class_name("'label'", label, source)
@@ -262,7 +264,7 @@ def parse_csv_row(row: dict[str, str | None], source: str = "<csv>") -> Recordin
         file=wav,
         class_id=label,
         species=label,
-        background=background_names(row.get("background")),
+        background=[nfc(name) for name in background_names(row.get("background"))],
         fields=dict(row),
     )
 
@@ -584,8 +586,8 @@ def read_class_folders(root: str | Path) -> list[Recording]:
         if not path.is_file():
             logger.warning("%s: %s; left out", shown_name(str(path)), NOT_REGULAR)
             continue
-        rel, label = relative.as_posix(), relative.parts[0]
-        if label == rel:
+        rel, label = relative.as_posix(), nfc(relative.parts[0])  # a Mac's folder names: NFD
+        if len(relative.parts) == 1:
             logger.warning("%s: audio file outside a class folder; left out", shown_name(str(path)))
             continue
         problem = name_problem(rel)

@@ -12,9 +12,9 @@ is kept of it.
 No member lands outside the folder, whatever its name or type: a tar's links, symbolic or
 hard, are skipped, each named in a warning (a dataset needs none, and chains of them have
 led tarfile's own checks astray: CVE-2025-4517); the other members pass tarfile's "data"
-filter (no absolute or ../ paths, no devices, no setuid bits, no owners kept), which stops
-the unpack at the first member it refuses; zipfile strips leading slashes and ../ from
-names and writes a zip's link as a plain file.
+filter (an absolute name's leading / dropped, so it lands inside; no ../ paths, no devices,
+no setuid bits, no owners kept), which stops the unpack at the first member it refuses;
+zipfile strips leading slashes and ../ from names and writes a zip's link as a plain file.
 
 Errors are one line on stderr, exit status 2.
 """

@@ -545,3 +545,18 @@ def test_a_csv_row_with_a_media_id_repeated_word_for_word_is_left_out(tmp_path, 
     text = "file,label,media_id\na.wav,x,1\na.wav,y,1\n"  # not word for word: still refused
     with pytest.raises(MetadataError, match="'1' appears twice"):
         read_csv(write(tmp_path / "other.csv", text))
+
+
+def test_labels_typed_in_either_unicode_form_are_one_class(tmp_path):
+    """café typed on a Mac (e and an accent, NFD) and elsewhere (é, NFC): one class, in NFC,
+    as the scorer reads labels; in a CSV (background species too) and as class folders."""
+    nfd = unicodedata.normalize("NFD", "café")
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text(f"file,label,background\na.wav,café,\nb.wav,{nfd},{nfd}\n", "utf-8")
+    recordings = read_csv(csv_path)
+    assert [r.class_id for r in recordings] == ["café", "café"]
+    assert recordings[1].background == ["café"]
+    for folder, name in ((nfd, "a.wav"), ("café", "b.wav")):
+        (tmp_path / "clips" / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "clips" / folder / name).write_bytes(b"")
+    assert {r.class_id for r in read_class_folders(tmp_path / "clips")} == {"café"}
