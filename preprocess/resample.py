@@ -140,8 +140,8 @@ LOCK_NAME = ".resample.lock"  # in the output folder, held by the run writing it
 # its own: a folder of the user's may hold another tool's .lock)
 PENDING_NAME = ".sources.pending"  # in the output folder: outputs put in place, not yet recorded
 # the journal's first line: only a file that starts with it is this code's to add to or delete
-JOURNAL_MADE = threading.Lock()
 PENDING_HEADER = json.dumps({"format": "preprocess/resample.py pending outputs, version 1"}) + "\n"
+JOURNAL_MADE = threading.Lock()  # held while a converting thread makes the journal
 
 
 @dataclass(frozen=True)
