@@ -45,6 +45,7 @@ from preprocess.audio import AUDIO_SUFFIXES
 from preprocess.paths import (
     NOT_REGULAR,
     files_under,
+    first_names,
     shown_name,
 )
 
@@ -482,10 +483,37 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
     recordings, origins, named_by_stem = once_per_wav(recordings, origins, named_by_stem)
     if not recordings:
         raise MetadataError(f"{csv_path}: no recordings left (see the warnings above)")
+    named_by_stem = named_by_file_where_shared(recordings, named_by_stem, str(csv_path))
     recordings = told_apart_by_path(recordings, named_by_stem)
     check_unique_media_ids(recordings, origins)
     warn_of_files_listed_again(recordings, origins, str(csv_path))
     return recordings
+
+
+def named_by_file_where_shared(
+    recordings: list[Recording], named_by_stem: list[bool], where: str
+) -> list[bool]:
+    """named_by_stem, with the recordings whose media_id several files share (the source
+    recording clips were cut from, say) to be named by their file too (`told_apart_by_path`),
+    as rows without a media_id are, and a warning: a MediaId names one recording."""
+    files_of: dict[str, set[str]] = {}
+    for recording, by_stem in zip(recordings, named_by_stem, strict=True):
+        if not by_stem:
+            files_of.setdefault(recording.media_id, set()).add(recording.file)
+    shared = {media_id for media_id, files in files_of.items() if len(files) > 1}
+    if not shared:
+        return named_by_stem
+    example = sorted(shared)[0]
+    logger.warning(
+        "%s: %d media_id(s) are each given to several files (%r to %s): each file is a "
+        "recording of its own, named by its file name instead (a split may then put clips of "
+        "one source recording on both sides)",
+        where,
+        len(shared),
+        example,
+        first_names(sorted(shown_name(file) for file in files_of[example]), 3),
+    )
+    return [by or r.media_id in shared for r, by in zip(recordings, named_by_stem, strict=True)]
 
 
 def warn_of_files_listed_again(recordings: list[Recording], origins: list[str], where: str):

@@ -281,7 +281,7 @@ def test_csv_columns_named_in_any_case(tmp_path):
         ("file,label\n", "no recordings"),
         ("file,label\na.wav,x\n,y\n", "line 3: empty 'file'"),
         ("file,label\na.wav,x,extra\n", "line 2: more values"),
-        ("file,label,media_id\nd1/a.wav,x,a\nd2/b.wav,y,a\n", "'a' appears twice.*line 2.*line 3"),
+        ("file,label,media_id\na.wav,x,b\nb.wav,y,\n", "'b' appears twice.*line 2.*line 3"),
         ("file,label\na.wav,x\nb\0.wav,y\n", r"line 3: 'file' 'b\\x00\.wav' holds a NUL byte"),
         ("file,label\na.wav,o\0wl\n", "line 2: 'label' .* holds a NUL byte"),
         ("file,label,media_id\na.wav,x,\0\n", "line 2: 'media_id' .* holds a NUL byte"),
@@ -560,3 +560,20 @@ def test_labels_typed_in_either_unicode_form_are_one_class(tmp_path):
         (tmp_path / "clips" / folder).mkdir(parents=True, exist_ok=True)
         (tmp_path / "clips" / folder / name).write_bytes(b"")
     assert {r.class_id for r in read_class_folders(tmp_path / "clips")} == {"café"}
+
+
+def test_a_media_id_several_files_share_names_each_by_its_file(tmp_path, caplog):
+    """Clips cut from one source recording, its id as their media_id: each clip is a
+    recording of its own, named as without a media_id, with a warning; media_ids of one
+    file each stay, and a file listed twice under one media_id with two labels is an error."""
+    csv_path = tmp_path / "labels.csv"
+    csv_path.write_text(
+        "file,label,media_id\nsrc1_a.wav,dog,7\nsrc1_b.wav,dog,7\nx/c.wav,cat,7\n"
+        "d.wav,cat,8\nsub/e.wav,cat,\n"
+    )
+    recordings = read_csv(csv_path)
+    assert [r.media_id for r in recordings] == ["src1_a", "src1_b", "c", "8", "e"]
+    assert "1 media_id(s) are each given to several files ('7' to" in caplog.text
+    csv_path.write_text("file,label,media_id\na.wav,dog,7\na.wav,cat,7\n")
+    with pytest.raises(MetadataError, match="MediaId '7' appears twice"):
+        read_csv(csv_path)
