@@ -322,6 +322,9 @@ def write_audacity_labels(
 
 
 # ---- embeddings ------------------------------------------------------------------------------
+# Keras is imported inside these functions, not above: predict.py imports this module at its
+# top, and its extraction workers import predict.py again; Keras (TensorFlow) takes seconds to
+# load, which only the process that runs the model needs.
 
 
 def last_dense_layer(model):

@@ -14,8 +14,10 @@ the samples is the float32 spectrogram and its filtered copy (at most 0.2 GB eac
 the 2016 front end): the STFT runs in blocks of frames, and `chunk_slices` lets go of the
 spectrogram once filtered and cuts the chunks a slice at a time. `stream_chunks` gives the same
 chunks from audio read in pieces, in memory independent of its length, for a second STFT pass (none
-without the noise filter). `chunk_slices` and `window_chunks` cut a whole spectrogram for
-prediction.
+without the noise filter). `chunk_slices` cuts a whole spectrogram into its chunks for training
+and prediction alike (preprocess/extract.py), `window_chunks` into windows for prediction's
+soundscape rankings. `extract_chunks` is the whole-recording reference that tests and benchmarks
+compare both with.
 """
 
 from __future__ import annotations
@@ -619,7 +621,7 @@ def stream_chunks(
 def chunk_slices(
     log_spec: np.ndarray, params: SpectrogramParams, max_chunks: int
 ) -> Generator[np.ndarray, None, int]:
-    """A recording's training chunks from its whole spectrogram, at most max_chunks at a time.
+    """A recording's chunks from its whole spectrogram, at most max_chunks at a time.
 
     log_spec (n_bins, frames) -> arrays (<= max_chunks, n_bins, chunk_frames) which,
     concatenated, equal `extract_chunks` of the recording: the noise filter (when

@@ -73,7 +73,7 @@ def keep_freed_memory() -> None:
     mallopt(m_trim_threshold, 64 * 2**20)
 
 
-def start_extraction_worker(parent: int) -> None:
+def start_worker(parent: int) -> None:
     """Initializer of a worker process, extracting or reading (`RowReaders`); parent: the pid
     of the process that asked for it, given by that process (not os.getppid(): a spawned
     worker runs this only once its imports are done, when a parent killed meanwhile has left
@@ -120,7 +120,7 @@ def run_in_workers(
     handoff: bool = False,
 ) -> Iterator:
     """function(*task) for every task, yielded in the tasks' order, computed by `workers`
-    processes (`start_extraction_worker`; context: a multiprocessing context, None for the
+    processes (`start_worker`; context: a multiprocessing context, None for the
     platform's default) at most IN_FLIGHT_PER_WORKER tasks per worker ahead of the one
     consumed. With `handoff`, every task gets one more argument: a slot for its `hand_over`,
     a file in a private folder in memory (`handoff_folder`; None where there is none), and
@@ -148,7 +148,7 @@ def run_in_workers(
         free_slots = [os.path.join(folder, f"slot-{n}") for n in range(ahead)] if folder else []
         slot_maps = SlotMaps()
         executor = ProcessPoolExecutor(
-            workers, context, initializer=start_extraction_worker, initargs=(os.getpid(),)
+            workers, context, initializer=start_worker, initargs=(os.getpid(),)
         )
         stack.callback(executor.shutdown, cancel_futures=True)
         while True:
@@ -404,8 +404,9 @@ class RowReaders:
                     pipe.send((piece, slot_path, int(start)))
             except OSError:  # its pipe closed with it
                 self._lose(ended)
+                raise WorkerLost(ended) from None
             except BaseException:  # Ctrl-C, say: the pipes are out of step from now on
-                self._lose(f"reading a batch of {self.path} was interrupted", quiet=True)
+                self._lose(f"reading a batch of {self.path} was interrupted")
                 raise
         with self.turn:  # the answers come in the order the batches were sent
             try:
@@ -415,10 +416,11 @@ class RowReaders:
                 shares = [pipe.recv() for pipe in self.pipes]
             except (EOFError, OSError):
                 self._lose(ended)
+                raise WorkerLost(ended) from None
             except WorkerLost:
                 raise
             except BaseException:
-                self._lose(f"reading a batch of {self.path} was interrupted", quiet=True)
+                self._lose(f"reading a batch of {self.path} was interrupted")
                 raise
             self.answered += 1
             self.turn.notify_all()
@@ -436,15 +438,13 @@ class RowReaders:
                 out[start : start + len(piece)] = share
         return out
 
-    def _lose(self, why: str, quiet: bool = False) -> None:
-        """Ask the processes no more (their pipes are out of step, or one has ended), wake the
-        threads that wait for answers, and raise WorkerLost unless quiet. A slot that was
-        being read into is never freed: a process may still write into it."""
+    def _lose(self, why: str) -> None:
+        """Ask the processes no more (their pipes are out of step, or one has ended) and wake
+        the threads that wait for answers; the caller raises. A slot that was being read into
+        is never freed: a process may still write into it."""
         with self.turn:
             self.lost = self.lost or why
             self.turn.notify_all()
-        if not quiet:
-            raise WorkerLost(why) from None
 
     def _free_slot(self, n_rows: int) -> int | None:
         """A slot of at least n_rows that no array uses, made where none is free (with its
@@ -487,7 +487,7 @@ def _serve_reads(path: Path, pipe, parent_ends: list, parent: int) -> None:
     """A reader process (`RowReaders`) of the process parent: (rows, slot path, start) asked
     through pipe, answered with `_read_rows_into`'s result, or with the error met, until None
     is asked or the pipe closes."""
-    start_extraction_worker(parent)
+    start_worker(parent)
     for end in parent_ends:  # copies made by the fork: the pipe closes when RowReaders's does
         end.close()
     while True:

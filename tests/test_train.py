@@ -42,7 +42,6 @@ from tests.helpers import (
 )
 from train import train_model
 from train.callbacks import (
-    BACKUP,
     BACKUP_FILES,
     MAPCallback,
     ResumableEarlyStopping,
@@ -63,6 +62,7 @@ from train.data import (
 )
 from train.log import best_epoch
 from train.model_file import accelerator_memory
+from train.run_files import BACKUP
 
 ROOT = Path(__file__).resolve().parents[1]
 

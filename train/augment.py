@@ -209,7 +209,7 @@ class AugmentedBatches(ChunkBatches):
             if next_overlaps is None
             else np.asarray(next_overlaps, dtype=np.int64)
         )
-        self.seed, self.epoch = int(kwargs.get("seed", 0)), 0
+        self.epoch = 0
 
     def batch(self, index: int) -> tuple:
         """Batch `index` augmented, before `padded`: (x, y) or (x, y, sample weights)."""

@@ -21,19 +21,17 @@ from preprocess.paths import remove_partials, write_text_atomically
 from train.data import TrainError, predict_rows
 from train.log import best_epoch
 from train.metrics import chunk_micro_ap, mean_average_precision, recording_scores, top1_accuracy
-from train.run_files import BEST_VAL_MAP
+from train.run_files import BACKUP, BEST_VAL_ACCURACY, BEST_VAL_LOSS, BEST_VAL_MAP, HISTORY
 from train.saved_model import copy_atomically, save_atomically, save_model_atomically
 
 logger = logging.getLogger(__name__)
 
 # monitored value -> (checkpoint file, direction)
 BEST = {
-    "val_loss": ("best_val_loss.keras", "min"),
-    "val_accuracy": ("best_val_accuracy.keras", "max"),
+    "val_loss": (BEST_VAL_LOSS, "min"),
+    "val_accuracy": (BEST_VAL_ACCURACY, "max"),
     "val_map": (BEST_VAL_MAP, "max"),
 }
-HISTORY = "history.csv"
-BACKUP = "backup"
 
 
 def score_predictions(

@@ -230,7 +230,8 @@ _STARTING_READERS = threading.Lock()
 
 
 class ChunkBatches(keras.utils.PyDataset):
-    """Batches (x (b, n_bins, chunk_frames, 1) float32, y (b, classes) float32 one-hot).
+    """Batches (x (b, n_bins, chunk_frames, 1) float32, y (b, classes) float32 targets that sum
+    to 1: one-hot, but for background species).
 
     source: the HDF5 dataset path (rows are read per batch), or an array already holding
         x[rows] in order: numpy, or a backend tensor on the accelerator
@@ -274,6 +275,7 @@ class ChunkBatches(keras.utils.PyDataset):
         self.rows = np.asarray(rows, dtype=np.int64)
         self.labels = np.asarray(labels)
         self.n_classes, self.batch_size, self.shuffle = n_classes, batch_size, shuffle
+        self.seed = seed
         self.readers = readers if isinstance(self.source, Path) else 1
         self.multiple_of = multiple_of
         self.rng = np.random.default_rng(seed)
@@ -402,6 +404,8 @@ class SplitData:
     """The chunks of one split: their rows in the file, recording and label, and batches.
 
     which: sorted recording indices; the chunks are read into memory when in_memory.
+    batch_size, shuffle, seed: their batches' (`ChunkBatches`); workers: processes that read
+    a streamed source, or threads that gather batches of chunks in memory.
     background_weight: each background species' share of a chunk's target beside its label's
     1 (`ChunkBatches`; 0: one-hot targets).
     """
@@ -410,9 +414,11 @@ class SplitData:
         self,
         dataset: Dataset,
         which: np.ndarray,
-        args: argparse.Namespace,
         in_memory: bool,
+        batch_size: int,
         shuffle: bool,
+        seed: int = 0,
+        workers: int = 1,
         multiple_of: int = 1,
         background_weight: float = 0.0,
     ):
@@ -431,11 +437,11 @@ class SplitData:
             self.rows,
             recordings["label"][self.chunk_recording],
             len(dataset.classes),
-            max(1, min(args.batch_size, len(self.rows))),
+            max(1, min(batch_size, len(self.rows))),
             shuffle=shuffle,
-            seed=args.seed,
-            readers=args.workers,  # processes for a streamed source (h5py: one call at a time)
-            workers=1 if not in_memory else args.workers,  # threads for chunks in memory
+            seed=seed,
+            readers=workers,  # processes for a streamed source (h5py: one call at a time)
+            workers=1 if not in_memory else workers,  # threads for chunks in memory
             multiple_of=multiple_of,
             background=background,
             background_weight=background_weight,
@@ -463,9 +469,11 @@ def load_splits(
         name: SplitData(
             dataset,
             split[name],
-            args,
             in_memory,
+            args.batch_size,
             shuffle=name == "train",
+            seed=args.seed,
+            workers=args.workers,
             multiple_of=multiple_of,
             background_weight=args.background_weight if name == "train" else 0.0,
         )

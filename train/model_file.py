@@ -86,7 +86,7 @@ def compile_model(model: keras.Model, args: argparse.Namespace, module) -> bool:
             f"{args.model}: compile_args failed: {type(error).__name__}: {error}"
         ) from error
     model.compile(**compiled, metrics=["accuracy"])
-    return not callable(getattr(module, "compile_args", None))
+    return not recipe.defines_compile_args(module)
 
 
 def load_weights(model: keras.Model, weights: Path, model_file: Path) -> None:

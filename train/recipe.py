@@ -297,6 +297,11 @@ def augmented_batches(
 # Optimizer, loss, schedule, budget
 
 
+def defines_compile_args(model_module) -> bool:
+    """Whether a model file defines how it is compiled (a `compile_args(settings)` function)."""
+    return callable(getattr(model_module, "compile_args", None))
+
+
 def compile_args(args, model_module=None) -> dict:
     """Keyword arguments of model.compile: the model file's `compile_args(settings)` when it
     defines one (settings: {"optimizer", "learning_rate", "weight_decay",
@@ -307,9 +312,8 @@ def compile_args(args, model_module=None) -> dict:
         "weight_decay": args.weight_decay,
         "label_smoothing": args.label_smoothing,
     }
-    hook = getattr(model_module, "compile_args", None)
-    if callable(hook):
-        chosen = dict(hook(settings))
+    if defines_compile_args(model_module):
+        chosen = dict(model_module.compile_args(settings))
         missing = {"optimizer", "loss"} - set(chosen)
         if missing:
             raise ValueError(f"the model file's compile_args returned no {sorted(missing)}")

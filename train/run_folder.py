@@ -27,9 +27,7 @@ import numpy as np
 from preprocess.dataset import Dataset
 from preprocess.paths import is_partial_of, remove_partials, write_text_atomically
 from train.callbacks import (
-    BACKUP,
     BEST,
-    HISTORY,
     epochs_backed_up,
     read_history,
     remove_backup,
@@ -46,10 +44,13 @@ from train.data import (
 from train.log import PLOTS, best_epoch, history_columns, model_columns
 from train.model_file import list_devices
 from train.run_files import (
+    BACKUP,
     CLASSES,
     CONFIG,
     DONE,
+    HISTORY,
     INFERENCE,
+    LOCK,
     METRICS,
     MODEL_SOURCE,
     PARAMS,
@@ -90,7 +91,7 @@ SETTINGS = (
 CONFIG_MARKS = ("backend", "keras_version", "devices", "started")
 # what a start leaves in a folder before config.json: the run lock train_model.main takes
 # (and, after a kill, a temporary config.json: `is_partial_of`)
-BEFORE_CONFIG = {".lock"}
+BEFORE_CONFIG = {LOCK}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,6 +115,12 @@ def start_run_dir(run_dir: Path, resume: bool) -> bool:
     if resume and not started:
         logger.info("%s holds no run to resume: starting a new one", run_dir)
     return started
+
+
+def classes_json(dataset: Dataset) -> dict:
+    """What classes.json holds: the dataset's class ids in model-output order and their names
+    (written by `write_run_files`, compared on --resume)."""
+    return {"classes": dataset.classes, "class_names": dataset.class_names}
 
 
 def check_trainer_may_write(run_dir: Path) -> None:
@@ -236,7 +243,7 @@ def check_resumed_run(
             "(files added, changed or relabelled since): train a new run in another --out "
             f"(doall.sh: another --name), or delete {run_dir} to train it again"
         )
-    classes = {"classes": dataset.classes, "class_names": dataset.class_names}
+    classes = classes_json(dataset)
     try:
         started_with = json.loads((run_dir / CLASSES).read_text(encoding="utf-8"))
         params = (run_dir / PARAMS).read_text(encoding="utf-8")
@@ -309,7 +316,7 @@ def write_run_files(
     params.json, classes.json, model.py and (for a new run) split.json; a new run first clears
     what a start that never finished an epoch left. data_digest: the dataset's
     `content_digest`, what the run trains on wherever the files are."""
-    classes = {"classes": dataset.classes, "class_names": dataset.class_names}
+    classes = classes_json(dataset)
     params = dataset.file.attrs["params"]  # verbatim: prediction rebuilds the same chunks
     model_source = args.model.read_text(encoding="utf-8")
     config = {

@@ -56,7 +56,6 @@ from preprocess.workers import WorkerLost
 from train import recipe
 from train.augment import AUGMENTATIONS
 from train.callbacks import (
-    HISTORY,
     MAPCallback,
     read_history,
     training_callbacks,
@@ -88,7 +87,7 @@ from train.model_file import (
     load_model_file,
     load_weights,
 )
-from train.run_files import DONE, METRICS
+from train.run_files import DONE, HISTORY, LOCK, METRICS
 from train.run_folder import (
     check_resumed_run,
     check_trainer_may_write,
@@ -153,9 +152,7 @@ def train(args: argparse.Namespace) -> dict:
             model = build_model_from_file(
                 args.model, dataset.X.shape[1:], len(dataset.classes), model_module
             )
-            model = recipe.normalized_model(
-                model, args.normalize, stats if args.normalize == "dataset" else None
-            )
+            model = recipe.normalized_model(model, args.normalize, stats)
             options_optimizer = compile_model(model, args, model_module)
             if args.weights:
                 load_weights(model, args.weights, args.model)
@@ -459,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         made_here = list(
             itertools.takewhile(lambda p: not p.exists(), (args.out, *args.out.parents))
         )
-        lock = args.out / ".lock"
+        lock = args.out / LOCK
         with exclusive_run(lock, f"the run folder {args.out}"):
             try:
                 metrics.update(train(args))
