@@ -17,8 +17,9 @@ so a species without one was never in it. So is a background entry that is none 
 classes (those its run file returns, or --classes names) nor a foreground class of the truth:
 a bird heard behind the species a data set is made of, which no run can return. The
 background column may also be a Python list, as BirdCLEF's secondary_labels ("['a', 'b']").
-Cells may be quoted, as spreadsheets save them. A first line that names no recording of the run
-file and a class id that neither the run nor any other line has is a header (audio_id;label).
+Cells may be quoted, as spreadsheets save them. A first line that names its columns as data
+sets do (MediaId;ClassId, file;label, audio_id;primary_label) is a header. Where a run file
+lists each recording's top k classes only, --classes tells the run's classes.
 
 The run file is first validated as the official evaluator did (see predict/runfile.py). Each
 recording's ranked list is then scored by average precision (train/metrics.py, the same code
@@ -30,7 +31,6 @@ not return scores 0, and so does every recording of the truth missing from the r
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import itertools
 import json
@@ -95,7 +95,6 @@ class Truth:
     foreground: dict[str, str] = field(default_factory=dict)  # MediaId -> ClassId
     background: dict[str, list[str]] = field(default_factory=dict)  # MediaId -> [ClassId]
     unmapped_background: set[str] = field(default_factory=set)  # names without a class id
-    header: bool = False  # a header line was read (a CSV's), not taken for a recording
 
 
 def background_to_class(recordings: list[Recording]) -> dict[str, str]:
@@ -138,8 +137,22 @@ def read_truth_csv(path: Path, to_class: dict[str, str] | None = None) -> Truth:
 
 # the first two column names of a truth file's header, as people write them, in lower case
 # without spaces, "_", "#" or other signs (`column_word`): "Media Id", "#MediaId", "media_id"
-HEADER_IDS = {"mediaid", "file", "filename", "fileid", "id", "recording", "recordingid", "clip"}
-HEADER_CLASSES = {"classid", "class", "label", "species", "speciesid", "primarylabel"}
+HEADER_IDS = {
+    *("mediaid", "media", "audioid", "audio", "file", "filename", "fileid", "path", "filepath"),
+    *("wav", "name", "id", "recording", "recordingid", "clip", "clipid", "sound", "sample"),
+}
+HEADER_CLASSES = {
+    *("classid", "class", "classname", "label", "labels", "species", "speciesid", "category"),
+    *("primarylabel", "target", "bird", "ebirdcode"),
+}
+
+
+def unquoted(cell: str) -> str:
+    """A cell a spreadsheet saved in quotes ("Parus major") as it reads; any other as it is
+    (a MediaId may begin with a quote: "live" take)."""
+    if len(cell) >= 2 and cell[0] == cell[-1] == '"' and '"' not in cell[1:-1].replace('""', ""):
+        return cell[1:-1].replace('""', '"').strip()
+    return cell
 
 
 def column_word(name: str) -> str:
@@ -163,9 +176,7 @@ def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
     # does), not read into the first MediaId or header
     with open(path, encoding="utf-8-sig") as file:
         for number, line in enumerate(text_lines(file, path), 1):
-            # quoted cells, as a spreadsheet may save every cell, read as csv reads them
-            cells = next(csv.reader([line.strip()], delimiter=";", skipinitialspace=True), [])
-            fields = [cell.strip() for cell in cells]
+            fields = [unquoted(part.strip()) for part in line.strip().split(";")]
             if not any(fields):  # blank, or separators only (a spreadsheet's empty row)
                 continue
             while len(fields) > 3 and not fields[-1]:  # a line ending in ";" (a spreadsheet's)
@@ -174,7 +185,6 @@ def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
             seen_line = True
             if header:
                 logger.info("%s line %d: a header, not a recording: %s", path, number, line.strip())
-                truth.header = True
                 continue
             if len(fields) not in (2, 3) or not fields[0] or not fields[1]:
                 raise TruthError(
@@ -282,37 +292,22 @@ def same_normalisation(
     return entries, normalised, classes
 
 
-def without_unknown_header(truth: Truth, run_ids: set[str], run_classes: set[str]) -> Truth:
-    """truth without its first line where that is a header `looks_like_header` does not know
-    (audio_id;primary_label, Media;Class): no recording of the run file (by any spelling
-    `named_as_in_run_file` tries), a class id that no other line and no class of the run has.
-    Such a line would be scored as a recording missing from the run file."""
-    if truth.header or len(truth.foreground) < 2:
-        return truth
-    media_id, class_id = next(iter(truth.foreground.items()))
-    name = PurePosixPath(nfc(media_id).replace("\\", "/"))
-    spellings = {str(name), str(name.with_suffix("")), name.stem}
-    run_classes = {nfc(class_id) for class_id in run_classes}
-    if (
-        spellings & {nfc(media_id) for media_id in run_ids}
-        or nfc(class_id) in run_classes
-        or list(truth.foreground.values()).count(class_id) > 1
-    ):
-        return truth
-    logger.info("the ground truth's first line (%s;%s) is taken as a header", media_id, class_id)
-    return dataclasses.replace(
-        truth,
-        foreground={m: c for m, c in truth.foreground.items() if m != media_id},
-        background={m: c for m, c in truth.background.items() if m != media_id},
-        header=True,
-    )
+def task_classes(
+    entries: list[RunEntry], truth: Truth, model_classes: list[str] | None
+) -> set[str]:
+    """The classes of the task, as far as the inputs tell: the truth's foreground classes and
+    the run's (--classes, else every class the run file returns: all of them for a run file
+    predict.py wrote; of one that lists each recording's top k only, --classes says more)."""
+    if model_classes is not None:
+        return set(model_classes) | set(truth.foreground.values())
+    return {entry.class_id for entry in entries} | set(truth.foreground.values())
 
 
 def scored_background(truth: Truth, classes: set[str]) -> Truth:
-    """truth with each background entry that is none of classes (the run's and the truth's
-    foreground classes) left out, and added to unmapped_background: a species outside the
-    task (a bird heard behind the 17 a set is made of, "nan" of a spreadsheet) that no run
-    can return, as the official truth, which lists class ids, never held."""
+    """truth with each background entry that is none of classes (`task_classes`) left out, and
+    added to unmapped_background: a species outside the task (a bird heard behind the 17 a
+    set is made of, "nan" of a spreadsheet) that no run can return, as the official truth,
+    which lists class ids, never held."""
     outside = {entry for entries in truth.background.values() for entry in entries} - classes
     if not outside:
         return truth
@@ -521,13 +516,10 @@ def main(argv: list[str] | None = None) -> None:
         entries = read_run_file(args.run_file)
         truth = read_truth(args.truth, args.names_xml_dir)
         model_classes = model_classes_from(args.classes) if args.classes else None
-        run_classes = {entry.class_id for entry in entries} | set(model_classes or [])
-        truth = without_unknown_header(truth, {entry.media_id for entry in entries}, run_classes)
         entries, truth, model_classes = same_normalisation(entries, truth, model_classes)
         # before the scores and the report, which count the same recordings
         truth = named_as_in_run_file(truth, {entry.media_id for entry in entries})
-        run_classes = {entry.class_id for entry in entries} | set(model_classes or [])
-        truth = scored_background(truth, run_classes | set(truth.foreground.values()))
+        truth = scored_background(truth, task_classes(entries, truth, model_classes))
         results = score(entries, truth, model_classes)
         print(report(results))
         _warn(results)

@@ -433,26 +433,43 @@ def test_a_background_species_outside_every_class_is_not_scored(tmp_path, caplog
     main(["--run-file", str(run), "--truth", str(truth)])
     assert "MAP (with background): 0.8750" in capsys.readouterr().out  # (1 + (1 + 2/4) / 2) / 2
     assert "not scored: nan" in caplog.text
+    # a run file of each recording's top 2 does not name dddddd: the model's classes do
+    top_2 = write_run(
+        tmp_path / "top2.csv", {"1": [0.4, 0.3, 0.2, 0.1], "2": [0.3, 0.4, 0.2, 0.1]}, top_k=2
+    )
+    classes = tmp_path / "classes.json"  # the model's classes tell it
+    classes.write_text(json.dumps({"classes": CLASSES}))
+    main(["--run-file", str(top_2), "--truth", str(truth), "--classes", str(classes)])
+    assert "MAP (with background): 0.7500" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
     "header", ["audio_id;primary_label;secondary_labels", "Media;Class;Background", "wav;class;bg"]
 )
 def test_a_header_of_other_words_is_not_scored_as_a_recording(tmp_path, caplog, capsys, header):
-    """Column names no list knows: a first line that names no recording of the run and a
-    class id no other line and no class of the run has. Cells may be quoted."""
+    """Column names as other data sets write them. Cells may be quoted, as a spreadsheet saves
+    them; a MediaId that only begins with a quote is read as it is."""
     caplog.set_level(logging.INFO)
-    run = write_run(tmp_path / "run.csv", {"1": [0.4, 0.3, 0.2, 0.1], "2": [0.3, 0.4, 0.2, 0.1]})
+    run = write_run(
+        tmp_path / "run.csv",
+        {"1": [0.4, 0.3, 0.2, 0.1], '"live" take': [0.3, 0.4, 0.2, 0.1]},
+    )
     truth = tmp_path / "truth.csv"
-    truth.write_text(f'{header}\n"1";"aaaaaa";""\n2;"bbbbbb";\n')
+    truth.write_text(f'{header}\n"1";"aaaaaa";""\n"live" take;"bbbbbb";\n')
     main(["--run-file", str(run), "--truth", str(truth)])
     out = capsys.readouterr().out
     assert "MAP (foreground): 1.0000" in out and "recordings: 2 in the truth" in out
-    assert "first line" in caplog.text and "taken as a header" in caplog.text
-    # a first line that is a recording missing from the run, of a class others have, counts
-    truth.write_text("3;aaaaaa;\n1;aaaaaa;\n2;bbbbbb;\n")
+    assert "line 1: a header, not a recording" in caplog.text
+
+
+def test_a_first_recording_missing_from_the_run_is_scored_not_taken_for_a_header(tmp_path, capsys):
+    """Of a class the run never returns and no other line has: still a recording, scored 0."""
+    run = write_run(tmp_path / "run.csv", {"1": [0.4, 0.3, 0.2, 0.1], "2": [0.3, 0.4, 0.2, 0.1]})
+    truth = tmp_path / "truth.csv"
+    truth.write_text("3;zzzzzz;\n1;aaaaaa;\n2;bbbbbb;\n")
     main(["--run-file", str(run), "--truth", str(truth)])
-    assert "recordings: 3 in the truth" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "recordings: 3 in the truth" in out and "MAP (foreground): 0.6667" in out
 
 
 def test_names_xml_dir_without_labels_is_an_error(tmp_path, capsys):
