@@ -498,7 +498,7 @@ def resample_items(
     target.mkdir(parents=True, exist_ok=True)
     # predictions whose --out share a folder share this cache: one resamples into it at a
     # time, or each could move the other's half-written file into place
-    lock = filelock.FileLock(target / ".lock")
+    lock = filelock.FileLock(target / resample.LOCK_NAME)
     try:
         lock.acquire(timeout=0)
     except filelock.Timeout:

@@ -387,11 +387,35 @@ def check_journal(into: Path) -> None:
             f"{path} is not a file of its own (a link, a pipe, a hard link?): it is left as it "
             "is; move it away, or choose another output folder"
         )
-    if not is_own_journal(path):
-        raise OutputPathError(
-            f"{path} is not a journal this code wrote (it lacks the first line it writes): it "
-            "is left as it is; move it away, or choose another output folder"
-        )
+    if is_own_journal(path) or given_a_header(path, into):
+        return
+    raise OutputPathError(
+        f"{path} is not a journal this code wrote (it lacks the first line it writes): it "
+        "is left as it is; move it away, or choose another output folder"
+    )
+
+
+def given_a_header(path: Path, into: Path) -> bool:
+    """Whether path is a journal of this code's version before PENDING_HEADER, which is then
+    given it: every line a JSON string (the last one may be cut short by a kill), in a folder
+    whose record is this code's (`read_sources` refuses any other's). A file that names the
+    user's files in a folder without a record is never taken for one."""
+    if not (into / SOURCES_NAME).is_file():
+        return False
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    lines = text.splitlines()
+    whole = lines if text.endswith("\n") else lines[:-1]
+    for line in whole:
+        try:
+            if not isinstance(json.loads(line), str):
+                return False
+        except (ValueError, RecursionError):
+            return False
+    write_text_atomically(path, PENDING_HEADER + "".join(f"{line}\n" for line in whole))
+    return True
 
 
 def is_own_journal(path: Path) -> bool:
@@ -413,6 +437,8 @@ def note_pending(into: Path, *keys: str) -> None:
     with JOURNAL_MADE:  # by one of the threads converting at once
         if not os.path.lexists(path):  # whole, with its first line: a kill leaves no other
             write_text_atomically(path, PENDING_HEADER)
+        elif not is_own_journal(path):  # put there since `check_journal`
+            raise OutputPathError(f"{path} is not a journal this code wrote: not written")
     flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
     try:
         descriptor = os.open(path, flags, 0o666)

@@ -15,6 +15,7 @@ import soundfile
 from scipy.io import wavfile
 
 from preprocess import resample
+from preprocess.paths import OutputPathError
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "preprocess" / "resample_wavs_to_16k.sh"
@@ -737,6 +738,30 @@ def test_a_journal_another_program_wrote_is_neither_trusted_nor_touched(tmp_path
     assert "keep.wav exists and was not made by resampling" in capsys.readouterr().out
     assert (out_dir / "keep.wav").read_bytes() == b"the user's own"
     assert not journal.exists()
+
+
+def test_a_journal_of_the_version_before_its_first_line_is_taken_over(tmp_path, capsys):
+    """Beside this code's record, a journal of JSON strings (as the version before wrote it,
+    its last line cut by a kill) is given its first line and read: the output it names is
+    this code's and made again. A journal planted after the run's check is not written."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    in_dir.mkdir()
+    wavfile.write(in_dir / "a.wav", 8000, np.zeros(800, np.int16))
+    run = ["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]
+    assert resample.main(run) == 0
+    (out_dir / ".sources.json").write_text(
+        json.dumps({"format": resample.SOURCES_FORMAT, "outputs": {}})
+    )  # a.wav's entry dropped, as before its conversion again
+    journal = out_dir / ".sources.pending"
+    journal.write_text('"a.wav"\n"b.w')
+    capsys.readouterr()
+    assert resample.main(run) == 0
+    assert "1 converted, 0 already done, 0 failed" in capsys.readouterr().out
+    assert not journal.exists()
+    journal.write_text("the user's notes\n")
+    with pytest.raises(OutputPathError, match="not a journal this code wrote"):
+        resample.note_pending(out_dir, "a.wav")
+    assert journal.read_text() == "the user's notes\n"
 
 
 def test_a_recording_replaced_by_one_with_an_older_time_is_resampled_again(tmp_path, capsys):
