@@ -267,6 +267,27 @@ def class_table(
     return classes, class_names
 
 
+def labels_spelt_as(
+    recordings: list[metadata.Recording], classes: list[str]
+) -> list[metadata.Recording]:
+    """The recordings, each label (and background name) that is one of classes in another
+    Unicode form spelt as that class is: --classes-from a dataset built before labels were read
+    in NFC, whose classes a Mac's folder names spelt in NFD."""
+    known, spelling = set(classes), {metadata.nfc(class_id): class_id for class_id in classes}
+
+    def spelt(name: str) -> str:
+        return name if name in known else spelling.get(metadata.nfc(name), name)
+
+    return [
+        dataclasses.replace(
+            r,
+            class_id=None if r.class_id is None else spelt(r.class_id),
+            background=[spelt(name) for name in r.background],
+        )
+        for r in recordings
+    ]
+
+
 def class_index(classes: list[str], class_names: dict[str, str]) -> dict[str, int]:
     """{class id or class name: column}: BirdCLEF XMLs name background species by their
     scientific name, CSVs by their label."""
@@ -833,6 +854,7 @@ def build(args) -> int:
         raise LoadDataError(f"no recordings to process (skipped: {skipped or 'none'})")
     params = job_params(args, recordings)
     classes, class_names = class_table(recordings, args.classes_from)
+    recordings = labels_spelt_as(recordings, classes)
     keys = [recording_key(r, args.wav_dir / r.file) for r in recordings]
     info = DatasetInfo(params, classes, class_names, source, args.compression)
     info = dataclasses.replace(

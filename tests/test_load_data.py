@@ -24,6 +24,7 @@ from preprocess import metadata
 from preprocess.audio import read_wav, to_sample_rate
 from preprocess.dataset import complete_shards, open_dataset
 from preprocess.load_data import main
+from preprocess.metadata import Recording
 from preprocess.params import SpectrogramParams
 from preprocess.paths import HDF5_SIGNATURE, exclusive_run
 from preprocess.spectrogram import extract_chunks, stream_chunks
@@ -925,6 +926,20 @@ def test_labels_that_differ_only_in_case_are_warned_of(tmp_path, caplog):
         == 0
     )
     assert "'OWL' is not one of" in caplog.text
+
+
+def test_labels_take_the_spelling_of_classes_from_an_older_dataset():
+    """--classes-from a dataset built before labels were read in NFC, its classes spelt in NFD
+    (a Mac's folder names): a label in NFC is that class, not unlabelled; others stay."""
+    nfd = "cafe\u0301"
+    recordings = [
+        Recording("1", "1.wav", class_id="caf\u00e9", background=["caf\u00e9", "owl"]),
+        Recording("2", "2.wav", class_id="owl"),
+        Recording("3", "3.wav"),
+    ]
+    spelt = load_data_module.labels_spelt_as(recordings, [nfd, "owl"])
+    assert [r.class_id for r in spelt] == [nfd, "owl", None]
+    assert spelt[0].background == [nfd, "owl"]
 
 
 def test_when_every_recording_is_missing_the_error_names_them(tmp_path, capsys):
