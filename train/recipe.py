@@ -550,8 +550,13 @@ def choose_pooling(
         pooling: recording_map(chunk_probs, chunk_recording, labels, pooling)
         for pooling in POOLINGS
     }
-    best = max(POOLINGS, key=lambda name: np.nan_to_num(scores[name], nan=-1.0))
+    best = max(POOLINGS, key=lambda name: ranked(scores[name]))
     return best, scores
+
+
+def ranked(score: float) -> float:
+    """A validation MAP to compare: NaN (one that could not be computed) ranks lowest."""
+    return float(np.nan_to_num(score, nan=-1.0))
 
 
 def write_inference(run_dir: Path, model_file: str, pooling: str, extra: dict) -> dict:
@@ -598,10 +603,9 @@ def choose_inference(
     candidates = [
         name for name in INFERENCE_CHOICES[args.inference_model] if (run_dir / name).is_file()
     ]
-    fallback = BEST_VAL_MAP
-    if not candidates and (run_dir / fallback).is_file():  # diverged, or killed before it
-        logger.warning("%s missing: prediction uses %s", FINAL, fallback)
-        candidates = [fallback]
+    if not candidates and (run_dir / BEST_VAL_MAP).is_file():  # diverged, or killed before it
+        logger.warning("%s missing: prediction uses %s", FINAL, BEST_VAL_MAP)
+        candidates = [BEST_VAL_MAP]
     if not candidates:
         model_file = INFERENCE_CHOICES[args.inference_model][0]
         logger.warning("%s missing: inference.json names it all the same", model_file)
@@ -615,8 +619,8 @@ def choose_inference(
             if args.pooling != "auto":
                 chosen = args.pooling
             extra["validation_map"][name] = maps
-            if np.nan_to_num(maps[chosen], nan=-1.0) > best:
-                best, model_file, pooling = np.nan_to_num(maps[chosen], nan=-1.0), name, chosen
+            if ranked(maps[chosen]) > best:
+                best, model_file, pooling = ranked(maps[chosen]), name, chosen
         logger.info("prediction: %s, %s pooling (validation MAP %s)", model_file, pooling, extra)
     test = data["test"]
     if len(test):
