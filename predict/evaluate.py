@@ -66,6 +66,7 @@ from predict.runfile import (  # noqa: E402
 from preprocess.audio import AUDIO_SUFFIXES  # noqa: E402
 from preprocess.cli import describe, run_command  # noqa: E402
 from preprocess.metadata import (  # noqa: E402
+    COLUMN_ALIASES,
     MetadataError,
     Recording,
     background_names,
@@ -122,28 +123,34 @@ def background_class_ids(
     return [to_class[entry] for entry in entries if entry in to_class], unmapped
 
 
-def read_truth_csv(path: Path, to_class: dict[str, str] | None = None) -> Truth:
+def read_truth_csv(
+    path: Path, to_class: dict[str, str] | None = None, run_ids: set[str] | None = None
+) -> Truth:
     """The official format `MediaId;ClassId;background1,background2`, one line per recording.
 
     A header line (the first line that is not blank, starting with "MediaId", or naming its
-    columns as file;label, id;class and the like: `looks_like_header`) is skipped, and so is
-    a byte-order mark. Background entries go through `background_class_ids`.
+    columns as file;label, id;class and the like, unless it names a recording of run_ids:
+    `looks_like_header`) is skipped, and so is a byte-order mark. Background entries go
+    through `background_class_ids`.
     """
     try:
-        return _read_truth_lines(path, to_class)
+        return _read_truth_lines(path, to_class, run_ids)
     except UnicodeDecodeError:
         raise TruthError(f"{path}: not UTF-8 text, so not a ground-truth file") from None
 
 
 # the first two column names of a truth file's header, as people write them, in lower case
-# without spaces, "_", "#" or other signs (`column_word`): "Media Id", "#MediaId", "media_id"
+# without spaces, "_", "#" or other signs (`column_word`): "Media Id", "#MediaId", "media_id";
+# the names training's CSVs are read under too (metadata.COLUMN_ALIASES)
 HEADER_IDS = {
     *("mediaid", "media", "audioid", "audio", "file", "filename", "fileid", "path", "filepath"),
     *("wav", "name", "id", "recording", "recordingid", "clip", "clipid", "sound", "sample"),
+    *("rowid", "itemid", *(re.sub(r"[^a-z0-9]", "", name) for name in COLUMN_ALIASES["file"])),
 }
 HEADER_CLASSES = {
     *("classid", "class", "classname", "label", "labels", "species", "speciesid", "category"),
-    *("primarylabel", "target", "bird", "ebirdcode"),
+    *("primarylabel", "target", "bird", "birds", "hasbird", "ebirdcode"),
+    *(re.sub(r"[^a-z0-9]", "", name) for name in COLUMN_ALIASES["label"]),
 }
 
 
@@ -160,16 +167,29 @@ def column_word(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def looks_like_header(fields: list[str]) -> bool:
+def looks_like_header(fields: list[str], run_ids: set[str] | None = None) -> bool:
     """Whether a truth file's first line names its columns (MediaId;ClassId, or file;label as
-    a spreadsheet export has it) rather than a recording."""
+    a spreadsheet export has it) rather than a recording: never where its MediaId, as
+    `named_as_in_run_file` would compare it, is a recording of the run file (run_ids), as
+    sample;bird may be."""
     first = column_word(fields[0])
-    return first == "mediaid" or (
+    words = first == "mediaid" or (
         first in HEADER_IDS and len(fields) > 1 and column_word(fields[1]) in HEADER_CLASSES
     )
+    return words and not (run_ids and spellings(fields[0]) & {nfc(i) for i in run_ids})
 
 
-def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
+def spellings(media_id: str) -> set[str]:
+    """A truth's MediaId as `named_as_in_run_file` may compare it with a run file's: as it
+    is, without its audio suffix, and without its folder too; in NFC."""
+    name = PurePosixPath(nfc(media_id).replace("\\", "/"))
+    bare = name.with_suffix("") if name.suffix.lower() in AUDIO_SUFFIXES else name
+    return {str(name), str(bare), bare.name}
+
+
+def _read_truth_lines(
+    path: Path, to_class: dict[str, str] | None, run_ids: set[str] | None
+) -> Truth:
     truth = Truth()
     seen_line = False
     # utf-8-sig: a spreadsheet's byte-order mark is dropped (as preprocess/metadata.read_csv
@@ -181,7 +201,7 @@ def _read_truth_lines(path: Path, to_class: dict[str, str] | None) -> Truth:
                 continue
             while len(fields) > 3 and not fields[-1]:  # a line ending in ";" (a spreadsheet's)
                 fields.pop()
-            header = not seen_line and looks_like_header(fields)
+            header = not seen_line and looks_like_header(fields, run_ids)
             seen_line = True
             if header:
                 logger.info("%s line %d: a header, not a recording: %s", path, number, line.strip())
@@ -221,7 +241,9 @@ def read_truth_xml_dir(xml_dir: Path) -> Truth:
     return truth
 
 
-def read_truth(path: Path, names_xml_dir: Path | None = None) -> Truth:
+def read_truth(
+    path: Path, names_xml_dir: Path | None = None, run_ids: set[str] | None = None
+) -> Truth:
     if path.is_dir():
         return read_truth_xml_dir(path)
     if path.exists() and not path.is_file():  # a pipe or a device: read without end
@@ -233,7 +255,7 @@ def read_truth(path: Path, names_xml_dir: Path | None = None) -> Truth:
         to_class = background_to_class(read_birdclef_xml_dir(names_xml_dir)[0])
         if not to_class:  # else every background species would be left out
             raise TruthError(f"{names_xml_dir}: no labelled recording to map names with")
-    truth = read_truth_csv(path, to_class)
+    truth = read_truth_csv(path, to_class, run_ids)
     if not truth.foreground:
         raise TruthError(f"{path}: no recording in the ground truth")
     return truth
@@ -296,11 +318,10 @@ def task_classes(
     entries: list[RunEntry], truth: Truth, model_classes: list[str] | None
 ) -> set[str]:
     """The classes of the task, as far as the inputs tell: the truth's foreground classes and
-    the run's (--classes, else every class the run file returns: all of them for a run file
-    predict.py wrote; of one that lists each recording's top k only, --classes says more)."""
-    if model_classes is not None:
-        return set(model_classes) | set(truth.foreground.values())
-    return {entry.class_id for entry in entries} | set(truth.foreground.values())
+    the run's (every class the run file returns, all of them for a run file predict.py wrote,
+    and --classes, which says more of one that lists each recording's top k only)."""
+    run_classes = {entry.class_id for entry in entries} | set(model_classes or [])
+    return run_classes | set(truth.foreground.values())
 
 
 def scored_background(truth: Truth, classes: set[str]) -> Truth:
@@ -514,7 +535,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.report:
             check_report_paths(args.report, [*inputs, *([args.json] if args.json else [])])
         entries = read_run_file(args.run_file)
-        truth = read_truth(args.truth, args.names_xml_dir)
+        truth = read_truth(args.truth, args.names_xml_dir, {e.media_id for e in entries})
         model_classes = model_classes_from(args.classes) if args.classes else None
         entries, truth, model_classes = same_normalisation(entries, truth, model_classes)
         # before the scores and the report, which count the same recordings

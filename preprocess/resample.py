@@ -397,9 +397,10 @@ def check_journal(into: Path) -> None:
 
 def given_a_header(path: Path, into: Path) -> bool:
     """Whether path is a journal of this code's version before PENDING_HEADER, which is then
-    given it: every line a JSON string (the last one may be cut short by a kill), in a folder
-    whose record is this code's (`read_sources` refuses any other's). A file that names the
-    user's files in a folder without a record is never taken for one."""
+    given it: empty, or a JSON string a line, the last one maybe cut short by a kill (but
+    begun as one), in a folder whose record is this code's (`read_sources` refuses any
+    other's). Any other text, and any file in a folder without a record, is never taken for
+    one."""
     if not (into / SOURCES_NAME).is_file():
         return False
     try:
@@ -408,6 +409,8 @@ def given_a_header(path: Path, into: Path) -> bool:
         return False
     lines = text.splitlines()
     whole = lines if text.endswith("\n") else lines[:-1]
+    if len(whole) < len(lines) and not lines[-1].startswith('"'):
+        return False
     for line in whole:
         try:
             if not isinstance(json.loads(line), str):

@@ -444,7 +444,14 @@ def test_a_background_species_outside_every_class_is_not_scored(tmp_path, caplog
 
 
 @pytest.mark.parametrize(
-    "header", ["audio_id;primary_label;secondary_labels", "Media;Class;Background", "wav;class;bg"]
+    "header",
+    [
+        "audio_id;primary_label;secondary_labels",
+        "Media;Class;Background",
+        "wav;class;bg",
+        "fname;label",  # as training's CSVs may name them (metadata.COLUMN_ALIASES)
+        "slice_file_name;class",
+    ],
 )
 def test_a_header_of_other_words_is_not_scored_as_a_recording(tmp_path, caplog, capsys, header):
     """Column names as other data sets write them. Cells may be quoted, as a spreadsheet saves
@@ -460,6 +467,18 @@ def test_a_header_of_other_words_is_not_scored_as_a_recording(tmp_path, caplog, 
     out = capsys.readouterr().out
     assert "MAP (foreground): 1.0000" in out and "recordings: 2 in the truth" in out
     assert "line 1: a header, not a recording" in caplog.text
+
+
+def test_a_first_line_of_header_words_that_the_run_names_is_a_recording(tmp_path, capsys):
+    """sample;bird reads as a header's words, but the run file has a recording "sample"."""
+    probs = {"sample": [0.4, 0.3, 0.2, 0.1], "2": [0.3, 0.4, 0.2, 0.1]}
+    run = write_run(tmp_path / "run.csv", probs, classes=["bird", "noise", "rain", "wind"])
+    truth = tmp_path / "truth.csv"
+    for first in ("sample", "test/sample.wav"):
+        truth.write_text(f"{first};bird\n2;noise\n")
+        main(["--run-file", str(run), "--truth", str(truth)])
+        out = capsys.readouterr().out
+        assert "recordings: 2 in the truth" in out and "MAP (foreground): 1.0000" in out
 
 
 def test_a_first_recording_missing_from_the_run_is_scored_not_taken_for_a_header(tmp_path, capsys):

@@ -762,6 +762,11 @@ def test_a_journal_of_the_version_before_its_first_line_is_taken_over(tmp_path, 
     with pytest.raises(OutputPathError, match="not a journal this code wrote"):
         resample.note_pending(out_dir, "a.wav")
     assert journal.read_text() == "the user's notes\n"
+    for text in ("the user's notes, no line end", '"a.wav"\nnotes'):  # beside the record too
+        journal.write_text(text)
+        assert resample.main(run) == 2
+        assert "is not a journal this code wrote" in capsys.readouterr().err
+        assert journal.read_text() == text
 
 
 def test_a_recording_replaced_by_one_with_an_older_time_is_resampled_again(tmp_path, capsys):
