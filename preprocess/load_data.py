@@ -241,11 +241,14 @@ def class_table(
 ) -> tuple[list[str], dict[str, str]]:
     """(classes, {class_id: name}): from another dataset, else the sorted labels present.
     Labels that differ only in case or Unicode normalisation are warned of: they are classes
-    of their own (or, against another dataset's classes, none of them)."""
+    of their own (or, against another dataset's classes, none of them); in another Unicode
+    form only, a label is another dataset's class (`labels_spelt_as`)."""
     labels = {r.class_id: r.species or r.class_id for r in recordings if r.class_id is not None}
     if classes_from is not None:
         with open_dataset(classes_from) as other:
             classes, class_names = other.classes, other.class_names
+        spelt = labels_spelt_as(recordings, classes)
+        labels = {r.class_id: r.class_id for r in spelt if r.class_id is not None}
     else:
         classes = sorted(labels)
         class_names = {class_id: labels[class_id] for class_id in classes}

@@ -22,7 +22,7 @@ from preprocess import extract as extract_module
 from preprocess import load_data as load_data_module
 from preprocess import metadata
 from preprocess.audio import read_wav, to_sample_rate
-from preprocess.dataset import complete_shards, open_dataset
+from preprocess.dataset import DatasetInfo, complete_shards, open_dataset
 from preprocess.load_data import main
 from preprocess.metadata import Recording
 from preprocess.params import SpectrogramParams
@@ -940,6 +940,21 @@ def test_labels_take_the_spelling_of_classes_from_an_older_dataset():
     spelt = load_data_module.labels_spelt_as(recordings, [nfd, "owl"])
     assert [r.class_id for r in spelt] == [nfd, "owl", None]
     assert spelt[0].background == [nfd, "owl"]
+
+
+def test_a_label_in_another_unicode_form_of_a_class_from_another_dataset_is_not_warned_of(
+    tmp_path, caplog
+):
+    """It becomes that class (`labels_spelt_as`): no warning that it is unlabelled."""
+    from tests.helpers import write_dataset
+
+    nfd = "cafe\u0301"
+    other = tmp_path / "other.h5"
+    params = SpectrogramParams()
+    write_dataset(other, DatasetInfo(params, [nfd, "owl"], {nfd: nfd, "owl": "owl"}), [])
+    recordings = [Recording("1", "1.wav", class_id="caf\u00e9"), Recording("2", "2.wav", "owl")]
+    classes, _ = load_data_module.class_table(recordings, other)
+    assert classes == [nfd, "owl"] and "unlabelled" not in caplog.text
 
 
 def test_when_every_recording_is_missing_the_error_names_them(tmp_path, capsys):
