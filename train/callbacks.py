@@ -209,13 +209,10 @@ def training_callbacks(
     return callbacks
 
 
-# what BackupAndRestore(double_checkpoint=True) writes in its folder
-BACKUP_FILES = (
-    "latest.weights.h5",
-    "latest.weights.h5.bkp",
-    "training_metadata.json",
-    "training_metadata.json.bkp",
-)
+# what BackupAndRestore(double_checkpoint=True) writes in its folder: the latest state (its
+# weights, and its record of the epoch), and the state before it (.bkp)
+LATEST_WEIGHTS, LATEST_RECORD = "latest.weights.h5", "training_metadata.json"
+BACKUP_FILES = (LATEST_WEIGHTS, f"{LATEST_WEIGHTS}.bkp", LATEST_RECORD, f"{LATEST_RECORD}.bkp")
 
 
 def remove_backup(backup_dir: Path) -> None:
@@ -304,9 +301,15 @@ def saved_epoch(metadata: Path) -> int | None:
 def backup_states(backup: Path) -> tuple[tuple[Path, Path], tuple[Path, Path]]:
     """((weights, record of the epoch) of the latest state, (the same) of the one before) in a
     BackupAndRestore folder."""
-    metadata = backup / "training_metadata.json"
-    weights = backup / "latest.weights.h5"
-    return (weights, metadata), (Path(f"{weights}.bkp"), Path(f"{metadata}.bkp"))
+    weights, record = backup / LATEST_WEIGHTS, backup / LATEST_RECORD
+    return (weights, record), (Path(f"{weights}.bkp"), Path(f"{record}.bkp"))
+
+
+def readable_state(weights: Path, record: Path) -> int | None:
+    """The epoch of a saved state whose record can be read and whose weights exist, else
+    None."""
+    epoch = saved_epoch(record)
+    return epoch if epoch is not None and weights.is_file() else None
 
 
 def epochs_backed_up(run_dir: Path) -> int:
@@ -315,15 +318,15 @@ def epochs_backed_up(run_dir: Path) -> int:
     Keras wrote it in place, before RunBackup wrote whole files) counts as the one before,
     which `restore_previous_state` puts in its place once training starts; with no readable
     state, TrainError names the folder."""
-    (_, metadata), (previous_weights, previous) = backup_states(run_dir / BACKUP)
-    if not metadata.is_file():
+    (_, record), previous = backup_states(run_dir / BACKUP)
+    if not record.is_file():
         return 0
-    if (epoch := saved_epoch(metadata)) is not None:
+    if (epoch := saved_epoch(record)) is not None:
         return epoch
-    if (epoch := saved_epoch(previous)) is None or not previous_weights.is_file():
+    if (epoch := readable_state(*previous)) is None:
         raise TrainError(
             f"{run_dir / BACKUP}: the training state saved there cannot be read "
-            f"({metadata.name} is damaged, and no state before it was kept); delete that "
+            f"({record.name} is damaged, and no state before it was kept); delete that "
             "folder to train the run again from its first epoch"
         )
     return epoch
@@ -333,12 +336,13 @@ def restore_previous_state(backup: Path) -> None:
     """Where the latest state's record of its epoch cannot be read and the state before can,
     put the one before in its place (as Keras does for weights it cannot read)."""
     latest, previous = backup_states(backup)
-    if not latest[1].is_file() or saved_epoch(latest[1]) is not None:
+    record = latest[1]
+    if not record.is_file() or saved_epoch(record) is not None:
         return
-    if saved_epoch(previous[1]) is None or not previous[0].is_file():
+    if readable_state(*previous) is None:
         return  # epochs_backed_up has said so
     logger.warning("%s is damaged (a kill while it was written?): resuming from the state "
-                   "before", latest[1])  # fmt: skip
+                   "before", record)  # fmt: skip
     for name, source in zip(latest, previous, strict=True):
         copy_atomically(source, name)
 
