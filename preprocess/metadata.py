@@ -14,8 +14,8 @@ Three sources give the same table of `Recording`s:
 resampling script writes `<name>.wav` for any input format), and after `match_audio` as the
 file is spelt on disk (`x.WAV`); a CSV's name found there only
 without its leading folders, or in a subfolder, is matched with a warning (`match_audio`).
-The MediaId comes from the XML, else the `media_id` column, else the file name without
-extension; duplicates are an error.
+The MediaId comes from the XML, else the `media_id` column (where several files share one,
+each file's name), else the file name without extension; duplicates are an error.
 MediaIds, file names and labels must be valid UTF-8 (the dataset stores them so) without NUL
 bytes or line breaks: a CSV or XML holding one is refused, such a file in a class folder is
 named in a warning and left out. Folders are listed following links to folders (each folder
