@@ -326,7 +326,7 @@ def task_classes(
 
 def scored_background(truth: Truth, classes: set[str]) -> Truth:
     """truth with each background entry that is none of classes (`task_classes`) left out, and
-    added to unmapped_background: a species outside the task (a bird heard behind the 17 a
+    added to unmapped_background: a species outside the task (a bird heard behind the species a
     set is made of, "nan" of a spreadsheet) that no run can return, as the official truth,
     which lists class ids, never held."""
     outside = {entry for entries in truth.background.values() for entry in entries} - classes
