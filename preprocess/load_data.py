@@ -459,11 +459,11 @@ def read_metadata(args, summary: Summary) -> tuple[list[metadata.Recording], dic
 
 def resume(parts_dir: Path, settings: str) -> dict[Path, np.ndarray]:
     """The complete shards an interrupted run left in parts_dir: {shard: its recordings'
-    input keys}. Leftovers that cannot count (shards cut short, shards that are not
-    datasets) are deleted; shards extracted with other settings are not: LoadDataError says
-    what --overwrite would discard; nor is a finished shard HDF5 would not open, which may be
-    held by another program: LoadDataError names it. parts_dir holds nothing else
-    (`check_working_names`)."""
+    input keys}. Shards cut short (temporary names) are deleted; shards extracted with other
+    settings are not: LoadDataError says what --overwrite would discard; nor is a file named
+    as a shard that is not one this command wrote (another program's, or damaged: shards are
+    written whole), nor a shard HDF5 would not open, which may be held by another program:
+    LoadDataError names it. parts_dir holds nothing else (`check_working_names`)."""
     for temporary in parts_dir.glob(SHARD_TEMPORARY_PATTERN):
         temporary.unlink()  # a shard cut short: redone below
     shards, other_recordings, other_chunks = {}, 0, 0
@@ -478,9 +478,11 @@ def resume(parts_dir: Path, settings: str) -> dict[Path, np.ndarray]:
                 "damaged, delete it (its recordings are extracted again)"
             ) from None
         except DatasetError as error:
-            logger.warning("deleting unreadable shard (%s)", error)
-            shard.unlink()
-            continue
+            raise LoadDataError(
+                f"{error}: it is left as it is; if it is another program's, move it away or "
+                "give another --out; if it is a damaged shard, delete it (its recordings are "
+                "extracted again)"
+            ) from None
         if same:
             shards[shard] = keys
         else:

@@ -809,6 +809,27 @@ def victim_folder(folder: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in folder.iterdir()}
 
 
+def test_a_file_named_as_a_shard_that_is_not_one_is_refused_and_kept(csv_job, tmp_path, capsys):
+    """OUT.parts/part-x.h5 of another program's (an HDF5 file, or none): the run stops, naming
+    it, where it was deleted as an unreadable shard."""
+    import h5py
+
+    wav_dir, labels = csv_job
+    out = tmp_path / "train.h5"
+    parts = out.with_name("train.h5.parts")
+    parts.mkdir()
+    with h5py.File(parts / "part-experiment1.h5", "w") as other:
+        other["d"] = np.arange(9)
+    (parts / "part-notes.h5").write_bytes(b"notes")
+    kept = {path.name: path.read_bytes() for path in parts.iterdir()}
+    assert load(wav_dir, ["--csv", labels], out) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "part-experiment1.h5" in error
+    assert "it is left as it is" in error
+    assert {path.name: path.read_bytes() for path in parts.iterdir()} == kept
+    assert not out.exists()
+
+
 def test_a_link_as_the_parts_folder_is_refused_and_nothing_is_touched_through_it(
     csv_job, tmp_path, capsys
 ):
