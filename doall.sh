@@ -167,6 +167,9 @@ one a --data-dir of its own, or delete $archive.url if it is the same file (a ne
                 die "checksum of $archive.part differs from --sha256 (delete it to download again)"
         fi
         mv -T "$archive.part" "$archive" # only a whole (and checked) download gets the name
+    elif [[ -n "$sha256" ]]; then # an archive downloaded before: checked whenever asked
+        echo "$sha256  $archive" | sha256sum --check --quiet ||
+            die "checksum of $archive differs from --sha256 (delete it to download again)"
     fi
     # into a new folder of its own; no member lands outside it, whatever its name or type
     run python "$ROOT/preprocess/unpack.py" "$archive" "$unpacked"

@@ -2,6 +2,7 @@
 
 import csv
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
@@ -298,6 +299,14 @@ def test_an_archive_of_one_url_is_never_taken_for_another_of_the_same_name(tmp_p
     result = subprocess.run([*command, bob], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"birds.zip came from {alice}, not {bob}" in result.stderr
+    # a --sha256 given later checks the archive already downloaded too
+    wrong = subprocess.run([*command, alice, "--sha256", "0" * 64], capture_output=True,
+                           text=True, timeout=120)  # fmt: skip
+    assert wrong.returncode != 0 and "differs from --sha256" in wrong.stderr
+    right = hashlib.sha256((tmp_path / "alice" / "birds.zip").read_bytes()).hexdigest()
+    checked = subprocess.run([*command, alice, "--sha256", right], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+    assert "no TrainingSet folder" in checked.stderr
 
 
 def test_a_work_folder_holds_the_data_of_one_folder(tmp_path):
