@@ -9,7 +9,9 @@
 # The inputs come before the options.
 # Defaults: --run is the newest run folder under runs/ whose training ended; --out is
 # RUN/predictions/<input name>.csv, with a CSV for people (top-5 species) beside it (a run
-# file there already is replaced, with a note: give --out to keep it).
+# file there already is replaced, with a note: give --out to keep it). Audio that is not a
+# 16 kHz 16-bit mono wav is resampled into a cache beside the run file, .resampled/ (kept,
+# so a rerun reuses it; --work-dir DIR puts it elsewhere).
 # Every other option goes to predict/predict.py (see python predict/predict.py --help).
 set -euo pipefail
 
