@@ -300,6 +300,9 @@ fi
 stage "predict $test_dir"
 run_file="$run_dir/predictions/$(basename "$(realpath "$test_dir")").csv"
 refuse_links "$run_dir/predictions" "${run_file%.csv}.report"
+# named after the test folder: another one of the same name replaces it, as predict.sh says
+[[ ! -e "$run_file" ]] || echo "note: replacing $run_file, made earlier (of this --test-dir, or \
+of another folder of its name)"
 # the test recordings as they are (the run file and top-5 CSV name them), resampled by
 # predict.py into its cache work/NAME/test_16k/resampled/, with the resampler training used
 test_audio="$test_dir"
