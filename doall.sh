@@ -247,6 +247,7 @@ resample() { # exit 1 (some files failed, listed) is not fatal: those files are 
     local status=0
     run bash "$ROOT/preprocess/resample_wavs_to_16k.sh" "$1" "$2" ${workers:+--jobs "$workers"} ||
         status=$?
+    ((status != 130)) || exit 130 # Ctrl-C: as every stage ends on it
     ((status <= 1)) || die "resampling $1 failed (status $status)"
 }
 refuse_links "$work_dir/train_16k" "$work_dir/test_16k"
