@@ -243,10 +243,12 @@ made_from="$(cat "$work_dir/source.txt")" || die "cannot read $work_dir/source.t
 $source_path: give this data a --name (or --work-dir) of its own, or delete $work_dir to start over"
 
 # ---- 2. resample to 16 kHz ------------------------------------------------------------------
+# --prune: the work folder holds what the data holds now, so training never reads the output
+# of a recording since deleted, moved or broken
 resample() { # exit 1 (some files failed, listed) is not fatal: those files are left out
     local status=0
-    run bash "$ROOT/preprocess/resample_wavs_to_16k.sh" "$1" "$2" ${workers:+--jobs "$workers"} ||
-        status=$?
+    run bash "$ROOT/preprocess/resample_wavs_to_16k.sh" "$1" "$2" --prune \
+        ${workers:+--jobs "$workers"} || status=$?
     ((status != 130)) || exit 130 # Ctrl-C: as every stage ends on it
     ((status <= 1)) || die "resampling $1 failed (status $status)"
 }

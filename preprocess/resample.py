@@ -1,6 +1,6 @@
 """Resample audio files to 16 kHz 16-bit mono wavs: with SoX when it is installed, else soxr.
 
-    python -m preprocess.resample IN_DIR OUT_DIR [--jobs N] [--soxr]
+    python -m preprocess.resample IN_DIR OUT_DIR [--jobs N] [--soxr] [--prune]
 
 (preprocess/resample_wavs_to_16k.sh runs this). IN_DIR/<path>.<ext> becomes OUT_DIR/<path>.wav
 for every audio file of preprocess/audio.AUDIO_SUFFIXES (wav, flac, mp3, ogg, opus, aiff, au,
@@ -8,6 +8,8 @@ caf, w64, wavpack; extension in any case, any rate, bit depth and channel count;
 averaged; links are followed, as `find -L` does). Prediction resamples its own list of files
 with the same `resample_files`: the one implementation.
 - Parallel: N files at once (default: all cores).
+- --prune: then remove the outputs made here whose source is gone from IN_DIR or failed to
+  convert again (`pruned`), as doall.sh's work folder needs; without it they stay.
 - Resumable: each output is written to <path>.wav.resample-part and renamed when complete,
   so an existing .wav is always whole. OUT_DIR/.sources.json records what each finished output was
   made from (its source's resolved path, size, and modification and status-change times in
@@ -88,7 +90,7 @@ import wave
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TextIO
 
 import numpy as np
@@ -698,10 +700,48 @@ def folder_conversions(in_dir: Path, out_dir: Path) -> tuple[list[Conversion], l
     return conversions, refused
 
 
-def resample_dir(in_dir: Path, out_dir: Path, jobs: int, soxr: bool = False) -> int:
+def pruned(in_dir: Path, into: Path) -> list[str]:
+    """Remove the outputs this code made in the output folder into (its record or journal
+    names them) whose source under in_dir is gone (deleted, moved), or whose source failed to
+    convert again (named in the journal only), so that into holds what in_dir holds now, as
+    doall.sh's work folder must (resample.py --prune). Only regular files of their own inside
+    into are removed; returns their keys (`output_key`)."""
+    sources, readable = read_sources(into)
+    if not readable:  # which outputs are this code's is not known
+        return []
+    gone = [
+        key
+        for key, record in sources.items()
+        if Path(record["source"]).is_relative_to(in_dir) and not os.path.lexists(record["source"])
+    ]
+    failed = sorted(read_pending(into) - sources.keys())
+    removed = []
+    for key in [*gone, *failed]:
+        target = into / key
+        name = PurePosixPath(key)
+        inside = not name.is_absolute() and ".." not in name.parts
+        if inside and target.parent.resolve().is_relative_to(into) and is_own_file(target):
+            target.unlink()  # before its record: a kill meanwhile leaves a name to drop again
+            removed.append(key)
+    if gone:
+        write_sources(into, {key: r for key, r in sources.items() if key not in set(gone)})
+    if failed:
+        left = sorted(read_pending(into) - set(failed))
+        journal = into / PENDING_NAME
+        if left:
+            write_text_atomically(journal, PENDING_HEADER + journal_text(left))
+        else:
+            journal.unlink(missing_ok=True)
+    return removed
+
+
+def resample_dir(
+    in_dir: Path, out_dir: Path, jobs: int, soxr: bool = False, prune: bool = False
+) -> int:
     """Resample every audio file under in_dir into out_dir (both resolved, separate), holding
-    out_dir's lock throughout (RunLocked while another run holds it); the exit status: 0, or 1
-    when some failed."""
+    out_dir's lock throughout (RunLocked while another run holds it); with prune, then remove
+    the outputs of sources gone or failed (`pruned`). The exit status: 0, or 1 when some
+    failed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_run(out_dir / LOCK_NAME, f"the output folder {out_dir}"):
         # a killed run's leftovers, never a result: only now, as no other run is writing them
@@ -711,7 +751,14 @@ def resample_dir(in_dir: Path, out_dir: Path, jobs: int, soxr: bool = False) -> 
         for record in (SOURCES_NAME, PENDING_NAME):
             remove_partials(out_dir / record)
         conversions, collisions = folder_conversions(in_dir, out_dir)
-        return 1 if resample_files(conversions, jobs, out_dir, soxr, collisions) else 0
+        failed = resample_files(conversions, jobs, out_dir, soxr, collisions)
+        if prune and (removed := pruned(in_dir, out_dir)):
+            print(
+                f"pruned: {len(removed)} output(s) of sources gone or failed "
+                f"({', '.join(shown_name(key) for key in removed[:3])}"
+                f"{', ...' if len(removed) > 3 else ''})"
+            )
+        return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -730,6 +777,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="resample with soxr even when SoX is installed (no WavPack)",
     )
+    parser.add_argument(
+        "--prune",
+        action="store_true",
+        help="then remove the outputs made here whose source is gone from IN_DIR or failed to "
+        "convert again, so OUT_DIR mirrors IN_DIR (doall.sh's work folder); without it they "
+        "stay (the originals may be deleted once converted)",
+    )
     parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)
     if not args.in_dir.is_dir():
@@ -740,7 +794,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # an unwritable OUT_DIR, say, is one line and status 2; finished files are kept
     return run_command(
-        lambda: resample_dir(in_dir, out_dir, args.jobs, args.soxr),
+        lambda: resample_dir(in_dir, out_dir, args.jobs, args.soxr, args.prune),
         args.verbose,
         (RunLocked, OutputPathError),
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.io import wavfile
 
 from predict.runfile import read_run_file
 from preprocess.metadata import read_birdclef_xml_dir
@@ -330,6 +331,24 @@ def test_a_work_folder_holds_the_data_of_one_folder(tmp_path):
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     assert "holds the data of" not in third.stderr  # a name of its own: a work folder too
     assert (tmp_path / "work" / "bob" / "source.txt").is_file()
+
+
+def test_the_work_folder_drops_the_audio_of_recordings_deleted_from_the_data(tmp_path):
+    """A clip deleted from the class folders since the last run: its 16 kHz copy would have
+    been trained on again (doall resamples with --prune)."""
+    clips = tmp_path / "clips"
+    for name in ("wren/a.wav", "wren/b.wav", "robin/c.wav"):
+        (clips / name).parent.mkdir(parents=True, exist_ok=True)
+        wavfile.write(clips / name, 8000, np.zeros(800, np.int16))
+    folders = ["--work-dir", str(tmp_path / "work"), "--runs-dir", str(tmp_path / "runs")]
+    command = [str(ROOT / "doall.sh"), "--class-folders", str(clips), "--epochs", "1", *folders]
+    resampled = tmp_path / "work" / "clips" / "train_16k"
+    subprocess.run(command, capture_output=True, timeout=300)  # how far it gets does not matter
+    assert (resampled / "wren" / "b.wav").is_file()
+    (clips / "wren" / "b.wav").unlink()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert "pruned: 1 output(s)" in result.stdout
+    assert sorted(p.name for p in resampled.rglob("*.wav")) == ["a.wav", "c.wav"]
 
 
 @pytest.mark.parametrize("name", ["..", "a/b", "."])

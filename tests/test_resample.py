@@ -769,6 +769,36 @@ def test_a_journal_of_the_version_before_its_first_line_is_taken_over(tmp_path, 
         assert journal.read_text() == text
 
 
+def test_prune_removes_the_outputs_of_sources_gone_or_failed_and_nothing_else(tmp_path, capsys):
+    """--prune (doall.sh's work folder): an output whose source was deleted, moved or now
+    fails is removed with its record; a user's file, and outputs of other input folders, stay.
+    Without it every output stays (the originals may be deleted once converted)."""
+    in_dir, other_in, out_dir = tmp_path / "in", tmp_path / "other", tmp_path / "out"
+    for folder in (in_dir / "dog", in_dir / "cat", other_in):
+        folder.mkdir(parents=True)
+    for name in ("dog/a.wav", "dog/b.wav", "cat/c.wav", "cat/d.wav"):
+        wavfile.write(in_dir / name, 8000, np.zeros(800, np.int16))
+    wavfile.write(other_in / "e.wav", 8000, np.zeros(800, np.int16))
+    run = ["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]
+    assert resample.main(run) == 0
+    assert resample.main(["--soxr", "--jobs", "1", str(other_in), str(out_dir)]) == 0
+    (out_dir / "user.wav").write_bytes(b"the user's")
+    (in_dir / "dog" / "a.wav").unlink()  # deleted
+    (in_dir / "dog" / "b.wav").rename(in_dir / "cat" / "b.wav")  # moved
+    (in_dir / "cat" / "c.wav").write_bytes(b"RIFF, damaged since")  # fails now
+    assert resample.main(run) == 1  # without --prune: all stay
+    assert (out_dir / "dog" / "a.wav").is_file() and (out_dir / "cat" / "c.wav").is_file()
+    capsys.readouterr()
+    assert resample.main([*run, "--prune"]) == 1
+    assert "pruned: 3 output(s)" in capsys.readouterr().out
+    left = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.wav"))
+    assert left == ["cat/b.wav", "cat/d.wav", "e.wav", "user.wav"]
+    record = json.loads((out_dir / ".sources.json").read_text())["outputs"]
+    assert sorted(record) == ["cat/b.wav", "cat/d.wav", "e.wav"]
+    assert not (out_dir / ".sources.pending").exists()
+    assert (out_dir / "user.wav").read_bytes() == b"the user's"
+
+
 def test_a_recording_replaced_by_one_with_an_older_time_is_resampled_again(tmp_path, capsys):
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()
