@@ -700,12 +700,12 @@ def folder_conversions(in_dir: Path, out_dir: Path) -> tuple[list[Conversion], l
     return conversions, refused
 
 
-def pruned(in_dir: Path, into: Path) -> list[str]:
+def pruned(in_dir: Path, into: Path, conversions: list[Conversion]) -> list[str]:
     """Remove the outputs this code made in the output folder into (its record or journal
-    names them) whose source under in_dir is gone (deleted, moved), or whose source failed to
-    convert again (named in the journal only), so that into holds what in_dir holds now, as
-    doall.sh's work folder must (resample.py --prune). Only regular files of their own inside
-    into are removed; returns their keys (`output_key`)."""
+    names them) whose source under in_dir is gone (deleted, moved), or whose source, one of
+    conversions, failed to convert again (named in the journal only), so that into holds what
+    in_dir holds now, as doall.sh's work folder must (resample.py --prune). Only regular
+    files of their own inside into are removed; returns their keys (`output_key`)."""
     sources, readable = read_sources(into)
     if not readable:  # which outputs are this code's is not known
         return []
@@ -714,7 +714,8 @@ def pruned(in_dir: Path, into: Path) -> list[str]:
         for key, record in sources.items()
         if Path(record["source"]).is_relative_to(in_dir) and not os.path.lexists(record["source"])
     ]
-    failed = sorted(read_pending(into) - sources.keys())
+    planned = {output_key(conversion.target, into) for conversion in conversions}
+    failed = sorted((read_pending(into) - sources.keys()) & planned)
     removed = []
     for key in [*gone, *failed]:
         target = into / key
@@ -752,7 +753,7 @@ def resample_dir(
             remove_partials(out_dir / record)
         conversions, collisions = folder_conversions(in_dir, out_dir)
         failed = resample_files(conversions, jobs, out_dir, soxr, collisions)
-        if prune and (removed := pruned(in_dir, out_dir)):
+        if prune and (removed := pruned(in_dir, out_dir, conversions)):
             print(
                 f"pruned: {len(removed)} output(s) of sources gone or failed "
                 f"({', '.join(shown_name(key) for key in removed[:3])}"
