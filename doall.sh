@@ -244,7 +244,7 @@ $source_path: give this data a --name (or --work-dir) of its own, or delete $wor
 
 # ---- 2. resample to 16 kHz ------------------------------------------------------------------
 # --prune: the work folder holds what the data holds now, so training never reads the output
-# of a recording since deleted, moved or broken
+# of a recording since deleted or moved
 resample() { # exit 1 (some files failed, listed) is not fatal: those files are left out
     local status=0
     run bash "$ROOT/preprocess/resample_wavs_to_16k.sh" "$1" "$2" --prune \

@@ -8,8 +8,8 @@ caf, w64, wavpack; extension in any case, any rate, bit depth and channel count;
 averaged; links are followed, as `find -L` does). Prediction resamples its own list of files
 with the same `resample_files`: the one implementation.
 - Parallel: N files at once (default: all cores).
-- --prune: then remove the outputs made here whose source is gone from IN_DIR or failed to
-  convert again (`pruned`), as doall.sh's work folder needs; without it they stay.
+- --prune: then remove the outputs made here whose source is gone from IN_DIR (`pruned`), as
+  doall.sh's work folder needs; without it they stay.
 - Resumable: each output is written to <path>.wav.resample-part and renamed when complete,
   so an existing .wav is always whole. OUT_DIR/.sources.json records what each finished output was
   made from (its source's resolved path, size, and modification and status-change times in
@@ -701,39 +701,54 @@ def folder_conversions(in_dir: Path, out_dir: Path) -> tuple[list[Conversion], l
 
 
 def pruned(in_dir: Path, into: Path, conversions: list[Conversion]) -> list[str]:
-    """Remove the outputs this code made in the output folder into (its record or journal
-    names them) whose source under in_dir is gone (deleted, moved), or whose source, one of
-    conversions, failed to convert again (named in the journal only), so that into holds what
-    in_dir holds now, as doall.sh's work folder must (resample.py --prune). Only regular
-    files of their own inside into are removed; returns their keys (`output_key`)."""
+    """Remove the outputs this code made in the output folder into (its record names them)
+    whose source under in_dir is gone (deleted, moved), so that into holds what in_dir holds
+    now, as doall.sh's work folder must (resample.py --prune). Nothing where in_dir gave no
+    file at all (conversions empty: an unmounted disk?). A record entry is acted on only
+    where its key is a wav's path as this code writes it and its source, `os.lstat`, does
+    not exist (an unreadable folder is not gone); only a regular file of its own at that
+    path, its folder where the path says (no link on the way), is removed. Returns the keys
+    of the files removed (`output_key`)."""
     sources, readable = read_sources(into)
-    if not readable:  # which outputs are this code's is not known
+    if not readable or not conversions:
         return []
-    gone = [
-        key
-        for key, record in sources.items()
-        if Path(record["source"]).is_relative_to(in_dir) and not os.path.lexists(record["source"])
-    ]
-    planned = {output_key(conversion.target, into) for conversion in conversions}
-    failed = sorted((read_pending(into) - sources.keys()) & planned)
+    gone = [key for key, record in sources.items() if source_is_gone(record["source"], in_dir)]
     removed = []
-    for key in [*gone, *failed]:
-        target = into / key
+    for key in gone:
         name = PurePosixPath(key)
-        inside = not name.is_absolute() and ".." not in name.parts
-        if inside and target.parent.resolve().is_relative_to(into) and is_own_file(target):
+        if (
+            name.as_posix() != key
+            or name.is_absolute()
+            or ".." in name.parts
+            or name.suffix != ".wav"
+        ):
+            continue
+        target = into / name
+        try:
+            where = target.parent.resolve()
+        except (OSError, RuntimeError):  # a link loop
+            continue
+        if where == into / name.parent and is_own_file(target):
             target.unlink()  # before its record: a kill meanwhile leaves a name to drop again
             removed.append(key)
     if gone:
         write_sources(into, {key: r for key, r in sources.items() if key not in set(gone)})
-    if failed:
-        left = sorted(read_pending(into) - set(failed))
-        journal = into / PENDING_NAME
-        if left:
-            write_text_atomically(journal, PENDING_HEADER + journal_text(left))
-        else:
-            journal.unlink(missing_ok=True)
     return removed
+
+
+def source_is_gone(source: str, in_dir: Path) -> bool:
+    """Whether a recorded source path lies under in_dir (as written, `..` resolved) and is no
+    longer there: os.lstat says it does not exist, not that it cannot be read."""
+    path = Path(os.path.normpath(source))
+    if not path.is_relative_to(in_dir):
+        return False
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def resample_dir(
@@ -741,8 +756,7 @@ def resample_dir(
 ) -> int:
     """Resample every audio file under in_dir into out_dir (both resolved, separate), holding
     out_dir's lock throughout (RunLocked while another run holds it); with prune, then remove
-    the outputs of sources gone or failed (`pruned`). The exit status: 0, or 1 when some
-    failed."""
+    the outputs of sources gone (`pruned`). The exit status: 0, or 1 when some failed."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_run(out_dir / LOCK_NAME, f"the output folder {out_dir}"):
         # a killed run's leftovers, never a result: only now, as no other run is writing them
@@ -755,7 +769,7 @@ def resample_dir(
         failed = resample_files(conversions, jobs, out_dir, soxr, collisions)
         if prune and (removed := pruned(in_dir, out_dir, conversions)):
             print(
-                f"pruned: {len(removed)} output(s) of sources gone or failed "
+                f"pruned: {len(removed)} output(s) of sources gone "
                 f"({', '.join(shown_name(key) for key in removed[:3])}"
                 f"{', ...' if len(removed) > 3 else ''})"
             )
@@ -781,9 +795,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--prune",
         action="store_true",
-        help="then remove the outputs made here whose source is gone from IN_DIR or failed to "
-        "convert again, so OUT_DIR mirrors IN_DIR (doall.sh's work folder); without it they "
-        "stay (the originals may be deleted once converted)",
+        help="then remove the outputs made here whose source is gone from IN_DIR (deleted, "
+        "moved), so OUT_DIR mirrors IN_DIR (doall.sh's work folder); without it they stay (the "
+        "originals may be deleted once converted)",
     )
     parser.add_argument("--verbose", action="store_true", help="tracebacks with errors")
     args = parser.parse_args(argv)

@@ -769,34 +769,50 @@ def test_a_journal_of_the_version_before_its_first_line_is_taken_over(tmp_path, 
         assert journal.read_text() == text
 
 
-def test_prune_removes_the_outputs_of_sources_gone_or_failed_and_nothing_else(tmp_path, capsys):
-    """--prune (doall.sh's work folder): an output whose source was deleted, moved or now
-    fails is removed with its record; a user's file, and outputs of other input folders, stay.
-    Without it every output stays (the originals may be deleted once converted)."""
+def test_prune_removes_the_outputs_of_sources_gone_and_nothing_else(tmp_path, capsys):
+    """--prune (doall.sh's work folder): an output whose source was deleted or moved is
+    removed with its record; a user's file, outputs of other input folders, the output of a
+    source that now fails, one whose folder is a link (to a user's folder), and a file a
+    crafted record names that is no wav stay. Without it every output stays (the originals
+    may be deleted once converted); with no input file at all, nothing is pruned."""
     in_dir, other_in, out_dir = tmp_path / "in", tmp_path / "other", tmp_path / "out"
-    for folder in (in_dir / "dog", in_dir / "cat", other_in):
+    for folder in (in_dir / "dog", in_dir / "cat", in_dir / "owl", other_in):
         folder.mkdir(parents=True)
-    for name in ("dog/a.wav", "dog/b.wav", "cat/c.wav", "cat/d.wav"):
+    for name in ("dog/a.wav", "dog/b.wav", "cat/c.wav", "cat/d.wav", "owl/f.wav"):
         wavfile.write(in_dir / name, 8000, np.zeros(800, np.int16))
     wavfile.write(other_in / "e.wav", 8000, np.zeros(800, np.int16))
     run = ["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]
     assert resample.main(run) == 0
     assert resample.main(["--soxr", "--jobs", "1", str(other_in), str(out_dir)]) == 0
     (out_dir / "user.wav").write_bytes(b"the user's")
+    (out_dir / "mine").mkdir()
+    (out_dir / "mine" / "f.wav").write_bytes(b"the user's too")
+    shutil.rmtree(out_dir / "owl")
+    (out_dir / "owl").symlink_to("mine")  # owl/f.wav now leads to the user's mine/f.wav
+    record = json.loads((out_dir / ".sources.json").read_text())
+    (out_dir / "notes.txt").write_text("the user's notes")
+    record["outputs"]["notes.txt"] = {**record["outputs"]["dog/a.wav"], "source": str(in_dir / "x")}
+    (out_dir / ".sources.json").write_text(json.dumps(record))
     (in_dir / "dog" / "a.wav").unlink()  # deleted
     (in_dir / "dog" / "b.wav").rename(in_dir / "cat" / "b.wav")  # moved
     (in_dir / "cat" / "c.wav").write_bytes(b"RIFF, damaged since")  # fails now
+    (in_dir / "owl" / "f.wav").unlink()
     assert resample.main(run) == 1  # without --prune: all stay
-    assert (out_dir / "dog" / "a.wav").is_file() and (out_dir / "cat" / "c.wav").is_file()
+    assert (out_dir / "dog" / "a.wav").is_file()
     capsys.readouterr()
     assert resample.main([*run, "--prune"]) == 1
-    assert "pruned: 3 output(s)" in capsys.readouterr().out
+    assert "pruned: 2 output(s)" in capsys.readouterr().out
     left = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.wav"))
-    assert left == ["cat/b.wav", "cat/d.wav", "e.wav", "user.wav"]
+    assert left == ["cat/b.wav", "cat/c.wav", "cat/d.wav", "e.wav", "mine/f.wav", "user.wav"]
+    assert (out_dir / "user.wav").read_bytes() == b"the user's"
+    assert (out_dir / "mine" / "f.wav").read_bytes() == b"the user's too"
+    assert (out_dir / "notes.txt").read_text() == "the user's notes"
     record = json.loads((out_dir / ".sources.json").read_text())["outputs"]
     assert sorted(record) == ["cat/b.wav", "cat/d.wav", "e.wav"]
-    assert not (out_dir / ".sources.pending").exists()
-    assert (out_dir / "user.wav").read_bytes() == b"the user's"
+    empty = tmp_path / "empty"  # an unmounted disk, say
+    empty.mkdir()
+    assert resample.main(["--soxr", "--jobs", "1", str(empty), str(out_dir), "--prune"]) == 0
+    assert sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.wav")) == left
 
 
 def test_a_recording_replaced_by_one_with_an_older_time_is_resampled_again(tmp_path, capsys):
