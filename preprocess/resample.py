@@ -120,6 +120,7 @@ from preprocess.paths import (
     RunLocked,
     exclusive_run,
     files_under,
+    first_names,
     has_one_name,
     is_own_file,
     remove_partials,
@@ -712,9 +713,9 @@ def pruned(in_dir: Path, into: Path, conversions: list[Conversion]) -> list[str]
     sources, readable = read_sources(into)
     if not readable or not conversions:
         return []
-    gone = [key for key, record in sources.items() if source_is_gone(record["source"], in_dir)]
+    gone = {key for key, record in sources.items() if source_is_gone(record["source"], in_dir)}
     removed = []
-    for key in gone:
+    for key in sorted(gone):
         name = PurePosixPath(key)
         if (
             name.as_posix() != key
@@ -732,7 +733,7 @@ def pruned(in_dir: Path, into: Path, conversions: list[Conversion]) -> list[str]
             target.unlink()  # before its record: a kill meanwhile leaves a name to drop again
             removed.append(key)
     if gone:
-        write_sources(into, {key: r for key, r in sources.items() if key not in set(gone)})
+        write_sources(into, {key: r for key, r in sources.items() if key not in gone})
     return removed
 
 
@@ -768,11 +769,8 @@ def resample_dir(
         conversions, collisions = folder_conversions(in_dir, out_dir)
         failed = resample_files(conversions, jobs, out_dir, soxr, collisions)
         if prune and (removed := pruned(in_dir, out_dir, conversions)):
-            print(
-                f"pruned: {len(removed)} output(s) of sources gone "
-                f"({', '.join(shown_name(key) for key in removed[:3])}"
-                f"{', ...' if len(removed) > 3 else ''})"
-            )
+            shown = first_names([shown_name(key) for key in removed], 3)
+            print(f"pruned: {len(removed)} output(s) of sources gone ({shown})")
         return 1 if failed else 0
 
 
