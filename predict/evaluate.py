@@ -39,7 +39,7 @@ import re
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 # `python predict/evaluate.py` (how scorers run it) puts this folder first on sys.path, where
 # predict.py would pass for the package `predict`: the project root takes its place, so the file
@@ -71,6 +71,7 @@ from preprocess.metadata import (  # noqa: E402
     Recording,
     background_names,
     nfc,
+    posix_path,
     read_birdclef_xml_dir,
 )
 from preprocess.paths import (  # noqa: E402
@@ -139,18 +140,23 @@ def read_truth_csv(
         raise TruthError(f"{path}: not UTF-8 text, so not a ground-truth file") from None
 
 
+def column_word(name: str) -> str:
+    """name in lower case without spaces and signs; digits stay (recording_1 is no header)."""
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
 # the first two column names of a truth file's header, as people write them, in lower case
 # without spaces, "_", "#" or other signs (`column_word`): "Media Id", "#MediaId", "media_id";
 # the names training's CSVs are read under too (metadata.COLUMN_ALIASES)
 HEADER_IDS = {
     *("mediaid", "media", "audioid", "audio", "file", "filename", "fileid", "path", "filepath"),
     *("wav", "name", "id", "recording", "recordingid", "clip", "clipid", "sound", "sample"),
-    *("rowid", "itemid", *(re.sub(r"[^a-z0-9]", "", name) for name in COLUMN_ALIASES["file"])),
+    *("rowid", "itemid", *(column_word(name) for name in COLUMN_ALIASES["file"])),
 }
 HEADER_CLASSES = {
     *("classid", "class", "classname", "label", "labels", "species", "speciesid", "category"),
     *("primarylabel", "target", "bird", "birds", "hasbird", "ebirdcode"),
-    *(re.sub(r"[^a-z0-9]", "", name) for name in COLUMN_ALIASES["label"]),
+    *(column_word(name) for name in COLUMN_ALIASES["label"]),
 }
 
 
@@ -160,11 +166,6 @@ def unquoted(cell: str) -> str:
     if len(cell) >= 2 and cell[0] == cell[-1] == '"' and '"' not in cell[1:-1].replace('""', ""):
         return cell[1:-1].replace('""', '"').strip()
     return cell
-
-
-def column_word(name: str) -> str:
-    """name in lower case without spaces and signs; digits stay (recording_1 is no header)."""
-    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 def looks_like_header(fields: list[str], run_ids: set[str] | None = None) -> bool:
@@ -181,10 +182,19 @@ def looks_like_header(fields: list[str], run_ids: set[str] | None = None) -> boo
 
 def spellings(media_id: str) -> set[str]:
     """A truth's MediaId as `named_as_in_run_file` may compare it with a run file's: as it
-    is, without its audio suffix, and without its folder too; in NFC."""
-    name = PurePosixPath(nfc(media_id).replace("\\", "/"))
-    bare = name.with_suffix("") if name.suffix.lower() in AUDIO_SUFFIXES else name
-    return {str(name), str(bare), bare.name}
+    is (`/`-separated), and `as_file_name` with and without its folder; in NFC."""
+    media_id = nfc(media_id)
+    as_is = str(posix_path(media_id))
+    return {as_is, as_file_name(media_id, False), as_file_name(media_id, True)}
+
+
+def as_file_name(media_id: str, strip_folder: bool) -> str:
+    """A truth's MediaId that names a file (`test/101.wav`) as predict.py names recordings:
+    without its audio suffix (`test/101`), and, with strip_folder, its folder too (`101`)."""
+    name = posix_path(media_id)
+    if name.suffix.lower() in AUDIO_SUFFIXES:
+        name = name.with_suffix("")
+    return name.name if strip_folder else str(name)
 
 
 def _read_truth_lines(
@@ -351,12 +361,7 @@ def named_as_in_run_file(truth: Truth, run_ids: set[str]) -> Truth:
     if matched == len(truth.foreground):
         return truth
     for strip_folder in (False, True):
-        renamed = {}
-        for media_id in truth.foreground:
-            name = PurePosixPath(media_id.replace("\\", "/"))
-            if name.suffix.lower() in AUDIO_SUFFIXES:
-                name = name.with_suffix("")
-            renamed[media_id] = name.name if strip_folder else str(name)
+        renamed = {media_id: as_file_name(media_id, strip_folder) for media_id in truth.foreground}
         if len(set(renamed.values())) == len(renamed) and (
             len(run_ids.intersection(renamed.values())) > matched
         ):
