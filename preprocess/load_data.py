@@ -238,18 +238,18 @@ def extract_tasks(tasks: list[Task], info: DatasetInfo, workers: int) -> Iterato
 
 def class_table(
     recordings: list[metadata.Recording], classes_from: Path | None
-) -> tuple[list[str], dict[str, str]]:
-    """(classes, {class_id: name}): from another dataset, else the sorted labels present.
+) -> tuple[list[str], dict[str, str], list[metadata.Recording]]:
+    """(classes, {class_id: name}, the recordings): classes from another dataset, else the
+    sorted labels present. Against another dataset's classes, a label that is one of them in
+    another Unicode form only is spelt as it (`labels_spelt_as`) in the recordings returned.
     Labels that differ only in case or Unicode normalisation are warned of: they are classes
-    of their own (or, against another dataset's classes, none of them); in another Unicode
-    form only, a label is another dataset's class (`labels_spelt_as`)."""
-    labels = {r.class_id: r.species or r.class_id for r in recordings if r.class_id is not None}
+    of their own (or, against another dataset's classes, none of them)."""
     if classes_from is not None:
         with open_dataset(classes_from) as other:
             classes, class_names = other.classes, other.class_names
-        spelt = labels_spelt_as(recordings, classes)
-        labels = {r.class_id: r.class_id for r in spelt if r.class_id is not None}
-    else:
+        recordings = labels_spelt_as(recordings, classes)
+    labels = {r.class_id: r.species or r.class_id for r in recordings if r.class_id is not None}
+    if classes_from is None:
         classes = sorted(labels)
         class_names = {class_id: labels[class_id] for class_id in classes}
     look_alike: dict[str, set[str]] = {}
@@ -267,7 +267,7 @@ def class_table(
             if unknown
             else f"they are {len(same)} classes",
         )
-    return classes, class_names
+    return classes, class_names, recordings
 
 
 def labels_spelt_as(
@@ -858,8 +858,7 @@ def build(args) -> int:
         skipped = "; ".join(line.strip() for line in summary.skipped_lines())
         raise LoadDataError(f"no recordings to process (skipped: {skipped or 'none'})")
     params = job_params(args, recordings)
-    classes, class_names = class_table(recordings, args.classes_from)
-    recordings = labels_spelt_as(recordings, classes)
+    classes, class_names, recordings = class_table(recordings, args.classes_from)
     keys = [recording_key(r, args.wav_dir / r.file) for r in recordings]
     info = DatasetInfo(params, classes, class_names, source, args.compression)
     info = dataclasses.replace(

@@ -974,8 +974,9 @@ def test_a_label_in_another_unicode_form_of_a_class_from_another_dataset_is_not_
     params = SpectrogramParams()
     write_dataset(other, DatasetInfo(params, [nfd, "owl"], {nfd: nfd, "owl": "owl"}), [])
     recordings = [Recording("1", "1.wav", class_id="caf\u00e9"), Recording("2", "2.wav", "owl")]
-    classes, _ = load_data_module.class_table(recordings, other)
+    classes, _, spelt = load_data_module.class_table(recordings, other)
     assert classes == [nfd, "owl"] and "unlabelled" not in caplog.text
+    assert [r.class_id for r in spelt] == [nfd, "owl"]
 
 
 def test_when_every_recording_is_missing_the_error_names_them(tmp_path, capsys):
