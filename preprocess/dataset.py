@@ -11,7 +11,9 @@ One row per chunk (5 s in the 2016 recipe); a recording's chunks are consecutive
     recordings/  one row per recording, same order: MediaId, ClassId, file, first_row int64,
                  n_chunks int32, n_frames int32 (after the noise filter), duration_s float32,
                  label int32, background uint8 (n_rec, C), input_key utf-8 (what the
-                 recording was made from, see RecordingChunks; '' in older files)
+                 recording was made from, see RecordingChunks), group utf-8 (recordings of
+                 one audio, which a split keeps on one side; '' for a recording alone);
+                 input_key and group read as '' from older files
 
 Root attributes: format, format_version, params (SpectrogramParams JSON), classes (JSON list,
 the column order of y), class_names (JSON {class_id: name}), source (JSON), and from the
@@ -85,7 +87,7 @@ RECORDING_DATASETS = (
     "background",
 )
 # written by this code, but absent from files of older versions: read as ''
-OPTIONAL_RECORDING_DATASETS = ("input_key",)
+OPTIONAL_RECORDING_DATASETS = ("input_key", "group")
 STRING = h5py.string_dtype("utf-8")
 SHARD_PATTERN = "part-*.h5"
 SHARD_TEMPORARY_PATTERN = f"{SHARD_PATTERN}.tmp"  # a shard cut short (`atomic_dataset`)
@@ -136,6 +138,7 @@ class RecordingChunks:
     input_key: str = ""  # what the recording was made from (load_data: its labels and its
     # file's size, modification and status-change times), so a rerun keeps it only while
     # that is unchanged
+    group: str = ""  # metadata.Recording.group: recordings of one audio; '' when alone
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,7 +399,7 @@ def _check_shapes(h5: h5py.File, info: DatasetInfo, recordings: dict, path: Path
                 f"{path}: recordings/{name} has {len(values)} rows, recordings/MediaId "
                 f"{n_recordings}"
             )
-    for name in ("MediaId", "ClassId", "file", "input_key"):
+    for name in ("MediaId", "ClassId", "file", "input_key", "group"):
         if recordings[name].dtype != object:
             raise DatasetError(
                 f"{path}: recordings/{name} holds {recordings[name].dtype}, not text"
@@ -553,6 +556,7 @@ def _recordings_table(
             len(items), n_classes
         ),
         "input_key": np.array([item.input_key for item in items], dtype=object),
+        "group": np.array([item.group for item in items], dtype=object),
     }
 
 
@@ -608,6 +612,7 @@ _DTYPES = {
     "ClassId": STRING,
     "file": STRING,
     "input_key": STRING,
+    "group": STRING,
     "chunk_index": np.int32,
     "first_row": np.int64,
     "n_chunks": np.int32,
@@ -713,6 +718,7 @@ class StoredRecordings:
             float(table["duration_s"][index]),
             self.chunks(range(first, first + int(table["n_chunks"][index]))),
             table["input_key"][index],
+            table["group"][index],
         )
 
     def close(self) -> None:

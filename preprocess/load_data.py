@@ -318,7 +318,8 @@ def _digest(value) -> str:
 
 
 def recording_key(recording: metadata.Recording, path: Path) -> str:
-    """What one stored recording is made from besides the settings: its labels and its wav's
+    """What one stored recording is made from besides the settings: its labels, its group
+    (where it has one: keys of recordings alone are as older versions made them) and its wav's
     size, modification and status-change times, so a wav changed (or repaired) since gets a
     new key, and so does one replaced by a file of the same size and modification time."""
     try:
@@ -326,8 +327,9 @@ def recording_key(recording: metadata.Recording, path: Path) -> str:
         stamp = [status.st_size, status.st_mtime_ns, status.st_ctime_ns]
     except OSError:
         stamp = None
-    return _digest([recording.media_id, recording.file, recording.class_id,
-                    recording.background, stamp])[:32]  # fmt: skip
+    made_from = [recording.media_id, recording.file, recording.class_id, recording.background,
+                 stamp] + ([recording.group] if recording.group else [])  # fmt: skip
+    return _digest(made_from)[:32]
 
 
 def settings_digest(info: DatasetInfo) -> str:
@@ -554,6 +556,7 @@ def make_tasks(
                 duration_s=0.0,
                 chunks=[],
                 input_key=key,
+                group=recording.group,
             )
         )
     tasks, start, run = [], 0, uuid.uuid4().hex[:8]

@@ -16,6 +16,8 @@ file is spelt on disk (`x.WAV`); a CSV's name found there only
 without its leading folders, or in a subfolder, is matched with a warning (`match_audio`).
 The MediaId comes from the XML, else the `media_id` column (where several files share one,
 each file's name), else the file name without extension; duplicates are an error.
+Recordings that share audio (files given one media_id, a file listed twice) are given one
+`group`, which a split keeps on one side (`with_groups`).
 MediaIds, file names and labels must be valid UTF-8 (the dataset stores them so) without NUL
 bytes or line breaks: a CSV or XML holding one is refused, such a file in a class folder is
 named in a warning and left out. Folders are listed following links to folders (each folder
@@ -75,6 +77,7 @@ class Recording:
     background: list[str] = field(default_factory=list)  # background species' names
     quality: int | None = None  # 0-5 in BirdCLEF XML
     fields: dict[str, str | None] = field(default_factory=dict)  # every raw XML/CSV field
+    group: str = ""  # recordings of one audio (see `with_groups`); '' when alone
 
 
 # ---- parsing (pure) ----------------------------------------------------------------------
@@ -382,6 +385,7 @@ def read_birdclef_xml_dir(
             origins.append(str(path))
     check_unique_media_ids(recordings, origins)
     warn_of_files_listed_again(recordings, origins, str(xml_dir))
+    recordings = with_groups(recordings, [r.media_id for r in recordings])
     if skipped:
         logger.warning("%s: skipped %d of %d XML files", xml_dir, len(skipped), len(named_xml))
     return recordings, skipped
@@ -483,6 +487,10 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
     recordings, origins, named_by_stem = once_per_wav(recordings, origins, named_by_stem)
     if not recordings:
         raise MetadataError(f"{csv_path}: no recordings left (see the warnings above)")
+    given_ids = [
+        "" if by_stem else r.media_id for r, by_stem in zip(recordings, named_by_stem, strict=True)
+    ]
+    recordings = with_groups(recordings, given_ids)
     named_by_stem = named_by_file_where_shared(recordings, named_by_stem, str(csv_path))
     recordings = told_apart_by_path(recordings, named_by_stem)
     check_unique_media_ids(recordings, origins)
@@ -506,8 +514,8 @@ def named_by_file_where_shared(
     example = sorted(shared)[0]
     logger.warning(
         "%s: %d media_id(s) are each given to several files (%r to %s): each file is a "
-        "recording of its own, named by its file name instead (a split may then put clips of "
-        "one source recording on both sides)",
+        "recording of its own, named by its file name instead (a split keeps the clips of one "
+        "source recording on one side)",
         where,
         len(shared),
         example,
@@ -516,17 +524,50 @@ def named_by_file_where_shared(
     return [by or r.media_id in shared for r, by in zip(recordings, named_by_stem, strict=True)]
 
 
+def with_groups(recordings: list[Recording], given_ids: list[str]) -> list[Recording]:
+    """The recordings, those that share audio with another one given a `group`, which a split
+    keeps on one side: files given one media_id (clips cut from one source recording: given_ids
+    holds each recording's media_id as its metadata gave it, '' where none was) and rows or
+    XML files naming one file (the same audio). A chain of such links is one group, named by
+    the media_id given to its first recording (else by its first file)."""
+    parent = list(range(len(recordings)))
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = parent[parent[index]]
+            index = parent[index]
+        return index
+
+    first_with: dict[tuple[str, str], int] = {}
+    for index, (recording, given) in enumerate(zip(recordings, given_ids, strict=True)):
+        for key in [("file", recording.file)] + ([("media_id", given)] if given else []):
+            if key in first_with:
+                parent[root(index)] = root(first_with[key])
+            else:
+                first_with[key] = index
+    roots = [root(index) for index in range(len(recordings))]
+    size, first = Counter(roots), {}
+    for index, top in enumerate(roots):
+        first.setdefault(top, index)
+    return [
+        replace(recording, group=given_ids[first[top]] or recordings[first[top]].file)
+        if size[top] > 1
+        else recording
+        for recording, top in zip(recordings, roots, strict=True)
+    ]
+
+
 def warn_of_files_listed_again(recordings: list[Recording], origins: list[str], where: str):
     """A warning for each audio file that several recordings (rows, XML files: origins) name,
-    each with a MediaId of its own: the same audio may then be trained on and validated on."""
+    each with a MediaId of its own: the same audio is learnt as several recordings."""
     origins_of_file: dict[str, list[str]] = {}
     for recording, origin in zip(recordings, origins, strict=True):
         origins_of_file.setdefault(recording.file, []).append(origin)
     for file, listed in origins_of_file.items():
         if len(listed) > 1:
             logger.warning(
-                "%s: %s is listed %d times (%s): the same audio, as several recordings, may "
-                "be trained on and validated on at once",
+                "%s: %s is listed %d times (%s): the same audio is learnt as several "
+                "recordings (a split keeps them on one side)",
                 where,
                 shown_name(file),
                 len(listed),

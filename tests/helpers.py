@@ -43,11 +43,15 @@ def build_model(input_shape, n_classes):
 
 
 def write_easy_dataset(
-    path: Path, per_class: int = 10, n_unlabelled: int = 2, classes: list[str] = CLASSES
+    path: Path,
+    per_class: int = 10,
+    n_unlabelled: int = 2,
+    classes: list[str] = CLASSES,
+    clips_per_source: int = 1,
 ) -> None:
     """Chunks whose class is which of the frequency bands (one per class) holds extra energy,
     1-3 chunks per recording, every third recording with a background class; plus unlabelled
-    recordings."""
+    recordings. clips_per_source > 1: the recordings of a class in groups of that many."""
     rng = np.random.default_rng(0)
     band = PARAMS.n_bins // len(classes)
     items = []
@@ -71,6 +75,7 @@ def write_easy_dataset(
                 n_frames=len(chunks) * PARAMS.chunk_frames,
                 duration_s=1.0,
                 chunks=compress_chunks(chunks.astype(np.float32), "gzip"),
+                group=f"{class_id}-{number // clips_per_source}" if clips_per_source > 1 else "",
             )
         )
     info = DatasetInfo(PARAMS, classes, {c: c.upper() for c in classes}, {"kind": "test"}, "gzip")

@@ -50,7 +50,7 @@ def make_chunks(n: int, seed: int) -> np.ndarray:
 
 def make_recordings(compression: str) -> tuple[list[RecordingChunks], list[np.ndarray]]:
     """Four recordings of 3, 1, 2 and 1 chunks; the third unlabelled, the first with a
-    background class."""
+    background class, the first two clips of one source (a group)."""
     specs = [
         ("m1", "aaa", 0, [0, 0, 1]),
         ("m2", "bbb", 1, [0, 0, 0]),
@@ -73,6 +73,7 @@ def make_recordings(compression: str) -> tuple[list[RecordingChunks], list[np.nd
                 n_frames=n * 300,
                 duration_s=n * 4.9,
                 chunks=compress_chunks(chunks, compression),
+                group="src1" if media_id in ("m1", "m2") else "",
             )
         )
     return items, arrays
@@ -143,6 +144,16 @@ def test_rows_follow_recordings(dataset_path):
             dataset["background"][:], recordings["background"][[0, 0, 0, 1, 2, 2, 3]]
         )
         assert recordings["background"][0].tolist() == [0, 0, 1]
+        assert list(recordings["group"]) == ["src1", "src1", "", ""]
+
+
+def test_a_file_of_an_older_version_reads_as_recordings_alone(dataset_path):
+    """Files written before input_key and group read '' for both: no recording in a group."""
+    with h5py.File(dataset_path, "r+") as h5:
+        del h5["recordings/group"], h5["recordings/input_key"]
+    with open_dataset(dataset_path) as dataset:
+        assert list(dataset.recordings["group"]) == [""] * 4
+        assert list(dataset.recordings["input_key"]) == [""] * 4
 
 
 def test_recording_rows(dataset_path):

@@ -1,6 +1,7 @@
 """preprocess/load_data.py: metadata layouts, bad inputs, reruns, kill -9 resumption."""
 
 import csv
+import dataclasses
 import errno
 import functools
 import logging
@@ -550,6 +551,46 @@ def test_a_repaired_or_changed_wav_is_extracted_again_and_the_rest_kept(
     assert (wav_dir / "short.wav").stat().st_size == status.st_size
     assert load(wav_dir, ["--csv", labels], out) == 0
     assert extracted == ["short.wav"]
+
+
+def test_clips_of_one_source_are_stored_as_a_group_that_a_rerun_keeps(
+    csv_job, tmp_path, monkeypatch, capsys
+):
+    """tone.wav and long.wav given one media_id (clips of one source recording) are stored
+    with that group; a rerun keeps every recording; a CSV that no longer groups them has them
+    extracted again (their group changed) and keeps the two recordings alone."""
+    wav_dir, _ = csv_job
+    rows = [
+        {"file": "tone.wav", "label": "aaa", "media_id": "src"},
+        {"file": "short.wav", "label": "bbb", "media_id": ""},
+        {"file": "silent.wav", "label": "aaa", "media_id": "s9"},
+        {"file": "long.wav", "label": "ccc", "media_id": "src"},
+    ]
+    grouped, out = write_csv(tmp_path / "grouped.csv", rows), tmp_path / "out.h5"
+    assert load(wav_dir, ["--csv", grouped], out) == 0
+    with open_dataset(out) as dataset:
+        assert list(dataset.recordings["MediaId"]) == ["tone", "short", "s9", "long"]
+        assert list(dataset.recordings["group"]) == ["src", "", "", "src"]
+    extracted = counting_extractions(monkeypatch)
+    assert load(wav_dir, ["--csv", grouped], out) == 0
+    assert extracted == [] and "already complete" in capsys.readouterr().out
+    for row in rows:
+        row["media_id"] = {"src": row["file"][:-4]}.get(row["media_id"], row["media_id"])
+    assert load(wav_dir, ["--csv", write_csv(tmp_path / "alone.csv", rows)], out) == 0
+    assert sorted(extracted) == ["long.wav", "tone.wav"]
+    with open_dataset(out) as dataset:
+        assert list(dataset.recordings["group"]) == [""] * 4
+
+
+def test_the_key_of_a_recording_alone_is_what_older_versions_made():
+    """Outputs of versions before groups are kept by a rerun: a recording without a group
+    keeps its key."""
+    recording = Recording("m", "m.wav", "aaa", background=["bbb"])
+    stamp_free = Path("/nonexistent/m.wav")
+    older = load_data_module._digest(["m", "m.wav", "aaa", ["bbb"], None])[:32]
+    assert load_data_module.recording_key(recording, stamp_free) == older
+    grouped = dataclasses.replace(recording, group="src")
+    assert load_data_module.recording_key(grouped, stamp_free) != older
 
 
 def interrupted_run(wav_dir, labels, out, monkeypatch, after: int, *options) -> None:

@@ -14,7 +14,8 @@ import keras
 import numpy as np
 import pytest
 
-from tests.helpers import PARAMS, folder_contents
+from preprocess.dataset import open_dataset
+from tests.helpers import PARAMS, folder_contents, write_easy_dataset
 from train import run_folder, train_model
 from train.callbacks import BACKUP_FILES, remove_backup, training_callbacks
 from train.data import TrainError
@@ -65,6 +66,18 @@ def test_a_folder_of_other_files_is_refused_and_left_as_it_was(
     assert error.startswith(f"error: {out} is not empty and holds no training run")
     assert "Traceback" not in error
     assert folder_contents(tmp_path) == before  # no runs table, no run lock either
+
+
+def test_a_new_split_keeps_the_clips_of_one_source_on_one_side(tmp_path):
+    """Recordings stored with one group (clips of one source recording) are drawn together."""
+    write_easy_dataset(tmp_path / "data.h5", per_class=12, clips_per_source=3)
+    args = argparse.Namespace(val_fraction=0.25, test_fraction=0.25, seed=0)
+    with open_dataset(tmp_path / "data.h5") as dataset:
+        split = run_folder.load_or_make_split(tmp_path / "run", dataset, args, resuming=False)
+        groups, labels = dataset.recordings["group"], dataset.recordings["label"]
+    sides = [set(groups[split[name]]) for name in ("train", "val", "test")]
+    assert all(sides) and not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    assert sum(len(split[name]) for name in split) == np.count_nonzero(labels >= 0)
 
 
 def test_new_empty_and_own_folders_are_taken(tmp_path):

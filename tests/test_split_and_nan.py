@@ -83,6 +83,41 @@ def test_a_split_that_kept_every_class_is_the_plain_stratified_one():
         assert np.array_equal(split["test"], np.sort(test))
 
 
+def test_recordings_of_one_group_are_drawn_together():
+    """Clips of one source recording (a group) never sit on two sides of a split, and groups
+    are stratified by class; with a group for each recording the split is the plain one."""
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(1, 6, size=60)  # 60 source recordings of 1-5 clips
+    groups = np.repeat(np.arange(60), sizes)
+    labels = np.repeat(np.arange(60) % 4, sizes)
+    labels[groups == 7] = -1  # unlabelled clips stay out
+    for seed in range(5):
+        split = split_recordings(labels, 0.2, 0.1, seed, groups=groups.astype(str))
+        assert_a_partition(labels, split)
+        sides = {name: set(groups[split[name]].tolist()) for name in split}
+        assert not sides["train"] & sides["val"] and not sides["train"] & sides["test"]
+        assert not sides["val"] & sides["test"]
+        assert len(sides["val"]) == round(0.2 * 59) and len(sides["test"]) == round(0.1 * 59)
+        assert set(labels[split["val"]].tolist()) == {0, 1, 2, 3}  # stratified by group
+        alone = split_recordings(labels, 0.2, 0.1, seed, groups=np.arange(len(labels)))
+        plain = split_recordings(labels, 0.2, 0.1, seed)
+        assert all(np.array_equal(alone[name], plain[name]) for name in plain)
+
+
+def test_a_class_found_only_in_groups_of_other_classes_is_named_when_drawn(caplog):
+    # class 2 is one clip in a group of class 1 clips, and that group drawn for validation
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 2, 1, 1])
+    groups = np.array(["a", "b", "c", "d", "e", "e", "f", "f", "g", "h"])
+    for seed in range(20):
+        split = split_recordings(labels, 0.3, 0.0, seed, classes=["x", "y", "z"], groups=groups)
+        assert_a_partition(labels, split)
+        if 7 in split["val"]:
+            break
+    else:
+        pytest.fail("no seed drew the group of 'z' for validation")
+    assert "1 classes have no recording in training" in caplog.text and ": z" in caplog.text
+
+
 def test_fractions_that_leave_fewer_training_recordings_than_classes_are_refused():
     labels = np.repeat(np.arange(10), 2)  # 20 recordings: 18 drawn leave 2 for 10 classes
     with pytest.raises(SplitError, match="keep one recording of every class"):

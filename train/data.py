@@ -1,7 +1,8 @@
 """Training data: the split by recording, and batches of chunks streamed from the HDF5 file.
 
 A recording's chunks are never on two sides of a split (chunks of one recording are nearly
-copies of each other, so a chunk split scores memory, not generalisation). `ChunkBatches`
+copies of each other, so a chunk split scores memory, not generalisation), nor are the
+recordings of one group (clips cut from one source recording). `ChunkBatches`
 feeds `model.fit` and `model.predict` from the dataset of preprocess/dataset.py, reading only
 the rows of each batch, or from an array when the data was loaded into memory; `load_splits`
 gives each split its chunks and batches, in memory or streamed.
@@ -83,20 +84,26 @@ def split_recordings(
     test_fraction: float,
     seed: int,
     classes: list[str] | None = None,
+    groups: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Split recordings into train, val and test, stratified by class where counts allow.
 
     labels: (recordings,) int class index per recording, -1 for unlabelled (left out).
-    The fractions are of the labelled recordings; a split asked for gets at least one
-    recording. Every class keeps at least one recording in train: a class with a single
-    recording goes there (with a warning), and where a draw would take every recording of a
-    class, one of them stays (see `_draw`). The same labels and seed always give the same split.
-    Returns {"train", "val", "test"}: sorted int arrays of recording indices.
+    groups: (recordings,) a key per recording, or None; recordings of one key (clips cut
+    from one source recording) are drawn together, as one recording of the label most of them
+    have (`_grouped`). The fractions are of the labelled recordings (or groups); a split asked
+    for gets at least one. Every class keeps at least one recording in train: a class with a
+    single recording goes there (with a warning), and where a draw would take every recording
+    of a class, one of them stays (see `_draw`). The same labels and seed always give the same
+    split. Returns {"train", "val", "test"}: sorted int arrays of recording indices.
     """
-    labels = np.asarray(labels)
+    labels = given_labels = np.asarray(labels)
     labelled = np.flatnonzero(labels >= 0)
     if len(labelled) < len(labels):
         logger.warning("%d unlabelled recordings left out", len(labels) - len(labelled))
+    members = None
+    if groups is not None and len(set(np.asarray(groups, dtype=object)[labelled])) < len(labelled):
+        labelled, labels, members = _grouped(labelled, labels, np.asarray(groups, dtype=object))
     if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise SplitError(
             f"validation fraction {val_fraction} and test fraction {test_fraction} must be "
@@ -124,7 +131,44 @@ def split_recordings(
 
     rest, test = _draw(labelled, labels, size(test_fraction), seed, "test")
     train, val = _draw(rest, labels, size(val_fraction), seed, "validation")
-    return {"train": train, "val": val, "test": test}
+    split = {"train": train, "val": val, "test": test}
+    if members is not None:
+        split = {name: np.sort(np.concatenate([members[i] for i in drawn] + [drawn[:0]]))
+                 for name, drawn in split.items()}  # fmt: skip
+        given = given_labels[given_labels >= 0]
+        untrained = np.setdiff1d(given, given_labels[split["train"]])
+        if len(untrained):
+            logger.warning(
+                "%d classes have no recording in training: each is only in groups of "
+                "recordings mostly of other classes, and those were drawn: %s",
+                len(untrained),
+                first_names([classes[c] if classes else str(c) for c in untrained], 20),
+            )
+    return split
+
+
+def _grouped(
+    labelled: np.ndarray, labels: np.ndarray, groups: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray]]:
+    """The labelled recordings as groups to draw: (firsts, labels, members), where firsts
+    holds the first recording of each group, which stands for it, labels is a copy of labels
+    that gives each of them the group's most common label (the lowest class index of a tie),
+    and members maps each first recording to its group's recordings."""
+    of_group: dict[object, list[int]] = {}
+    for index in labelled:
+        of_group.setdefault(groups[index], []).append(index)
+    labels = labels.copy()
+    members = {}
+    for indices in of_group.values():
+        labels[indices[0]] = np.bincount(labels[indices]).argmax()
+        members[indices[0]] = np.array(indices, dtype=labelled.dtype)
+    logger.info(
+        "%d labelled recordings in %d groups: the recordings of a group are drawn together "
+        "(clips of one source recording, one audio listed twice)",
+        len(labelled),
+        len(of_group),
+    )
+    return np.array(sorted(members), dtype=labelled.dtype), labels, members
 
 
 def _draw(

@@ -294,8 +294,16 @@ def load_or_make_split(
         logger.info("split of %s (seed %s)", path, saved["seed"])
         return {name: np.sort([index[m] for m in saved[name]]).astype(np.int64) for name in SPLITS}
 
+    # the recordings of one audio (clips of one source: metadata.with_groups) stay together
+    groups = [f"group {group}" if group else f"recording {media_id}"
+              for group, media_id in zip(recordings["group"], media_ids, strict=True)]  # fmt: skip
     return split_recordings(
-        recordings["label"], args.val_fraction, args.test_fraction, args.seed, dataset.classes
+        recordings["label"],
+        args.val_fraction,
+        args.test_fraction,
+        args.seed,
+        classes=dataset.classes,
+        groups=groups,
     )
 
 
