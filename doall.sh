@@ -222,6 +222,10 @@ work_dir="$work_dir/$name" # each data set a work folder of its own, as each its
 refuse_links "$work_dir"
 run_dir="$runs_dir/$name"
 refuse_links "$run_dir"
+# training takes only a folder of its own files: refused now, not after the data's preparation
+[[ "$(realpath -m "$work_dir")"/ != "$(realpath -m "$run_dir")"/* ]] ||
+    die "the work folder $work_dir is the run folder $run_dir or inside it: give --work-dir \
+and --runs-dir folders of their own"
 mkdir -p "$work_dir" "$runs_dir"
 # the data a work folder was made from: another data set of the same folder name (the
 # default --name) would otherwise add its recordings to this one's (inside this project,

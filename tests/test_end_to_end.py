@@ -351,6 +351,19 @@ def test_the_work_folder_drops_the_audio_of_recordings_deleted_from_the_data(tmp
     assert sorted(p.name for p in resampled.rglob("*.wav")) == ["a.wav", "c.wav"]
 
 
+@pytest.mark.parametrize("work", ["runs", "runs/n/work"])
+def test_a_work_folder_that_is_or_is_inside_the_run_folder_is_refused_first(tmp_path, work):
+    """--work-dir X --runs-dir X gives one folder X/NAME for both, which training would refuse
+    after the data's preparation; so does a work folder inside the run folder."""
+    (tmp_path / "clips" / "wren").mkdir(parents=True)
+    folders = ["--work-dir", str(tmp_path / work), "--runs-dir", str(tmp_path / "runs")]
+    command = [str(ROOT / "doall.sh"), "--class-folders", str(tmp_path / "clips"), "--name", "n",
+               *folders]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "is the run folder" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.parametrize("name", ["..", "a/b", "."])
 @pytest.mark.parametrize("data", ["--class-folders", "--tiny"])
 def test_a_name_that_is_not_one_folders_is_refused(tmp_path, name, data):
