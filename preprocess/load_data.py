@@ -436,6 +436,14 @@ def read_metadata(args, summary: Summary) -> tuple[list[metadata.Recording], dic
     for recording in missing:
         reason = "XML without wav" if kind == "birdclef-xml" else "missing wav"
         summary.skip(reason, shown_name(str(args.wav_dir / recording.file)))
+    lost = sorted({r.class_id for r in missing if r.class_id} - {r.class_id for r in present})
+    if lost:
+        logger.warning(
+            "%d classes have no recording: the audio of each of theirs is missing from %s: %s",
+            len(lost),
+            args.wav_dir,
+            first_names(lost, 20),
+        )
     for name in unused:
         hidden = metadata.is_ignored(PurePosixPath(name))  # never a class folder's recording
         reason = "hidden file (not used)" if hidden else "wav without metadata (not used)"

@@ -230,7 +230,7 @@ def test_a_second_run_on_the_same_output_is_refused(csv_job, tmp_path, lock_held
         pass
 
 
-def test_birdclef_folders_with_bad_inputs(tmp_path, capsys):
+def test_birdclef_folders_with_bad_inputs(tmp_path, capsys, caplog):
     wav_dir, xml_dir = tmp_path / "wav", tmp_path / "xml"
     make_wavs(wav_dir)  # silent.wav gets no XML
     (wav_dir / "corrupt.wav").write_bytes(b"RIFF\x00\x01garbage that is not a wav file")
@@ -241,6 +241,8 @@ def test_birdclef_folders_with_bad_inputs(tmp_path, capsys):
     write_xml(xml_dir, 2, "long.wav", quality=2, background="", **beta)
     write_xml(xml_dir, 3, "short.wav", quality=4, background="", **alpha)
     write_xml(xml_dir, 4, "ghost.wav", quality=1, background="", **beta)  # no wav
+    gamma = {"genus": "Gamma", "species": "three", "class_id": "cccccc"}
+    write_xml(xml_dir, 8, "lost.wav", quality=1, background="", **gamma)  # its class's only
     write_xml(xml_dir, 5, "corrupt.wav", quality=1, background="", **beta)
     write_xml(xml_dir, 6, "empty.wav", quality=1, background="", **beta)
     (xml_dir / "broken.xml").write_text("<Audio><MediaId>7</MediaId>")
@@ -255,7 +257,9 @@ def test_birdclef_folders_with_bad_inputs(tmp_path, capsys):
         assert recordings["background"].tolist() == [[0, 0], [0, 0], [0, 1]]
         assert list(dataset.label[:][dataset["chunk_index"][:] == 0]) == [1, 0, 0]
     report = capsys.readouterr().out
-    assert "skipped     5 file(s)" in report
+    assert "skipped     6 file(s)" in report
+    assert "1 classes have no recording: the audio of each of theirs is missing" in caplog.text
+    assert "bbbbbb" not in caplog.text and ": cccccc" in caplog.text
     for reason, name in [
         ("XML without wav", "ghost.wav"),
         ("unusable XML", "broken.xml"),
