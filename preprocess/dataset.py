@@ -12,7 +12,7 @@ One row per chunk (5 s in the 2016 recipe); a recording's chunks are consecutive
                  n_chunks int32, n_frames int32 (after the noise filter), duration_s float32,
                  label int32, background uint8 (n_rec, C), input_key utf-8 (what the
                  recording was made from, see RecordingChunks), group utf-8 (recordings of
-                 one audio, which a split keeps on one side; '' for a recording alone);
+                 one audio, which a split keeps on one side; '' for one not grouped);
                  input_key and group read as '' from older files
 
 Root attributes: format, format_version, params (SpectrogramParams JSON), classes (JSON list,
@@ -138,7 +138,7 @@ class RecordingChunks:
     input_key: str = ""  # what the recording was made from (load_data: its labels and its
     # file's size, modification and status-change times), so a rerun keeps it only while
     # that is unchanged
-    group: str = ""  # metadata.Recording.group: recordings of one audio; '' when alone
+    group: str = ""  # metadata.Recording.group: recordings of one audio; '' when not grouped
 
 
 # ---------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ class Recording:
     background: list[str] = field(default_factory=list)  # background species' names
     quality: int | None = None  # 0-5 in BirdCLEF XML
     fields: dict[str, str | None] = field(default_factory=dict)  # every raw XML/CSV field
-    group: str = ""  # recordings of one audio (see `with_groups`); '' when alone
+    group: str = ""  # recordings of one audio (see `with_groups`); '' when not grouped
 
 
 # ---- parsing (pure) ----------------------------------------------------------------------
@@ -529,7 +529,8 @@ def with_groups(recordings: list[Recording], given_ids: list[str]) -> list[Recor
     keeps on one side: files given one media_id (clips cut from one source recording: given_ids
     holds each recording's media_id as its metadata gave it, '' where none was) and rows or
     XML files naming one file (the same audio). A chain of such links is one group, named by
-    the media_id given to its first recording (else by its first file)."""
+    the first of its files in sorted order: a name no other group has (a file shared is one
+    group), whatever the order of the rows or XML files."""
     parent = list(range(len(recordings)))
 
     def root(index: int) -> int:
@@ -546,28 +547,26 @@ def with_groups(recordings: list[Recording], given_ids: list[str]) -> list[Recor
             else:
                 first_with[key] = index
     roots = [root(index) for index in range(len(recordings))]
-    size, first = Counter(roots), {}
-    for index, top in enumerate(roots):
-        first.setdefault(top, index)
+    files_of: dict[int, list[str]] = {}
+    for recording, top in zip(recordings, roots, strict=True):
+        files_of.setdefault(top, []).append(recording.file)
     return [
-        replace(recording, group=given_ids[first[top]] or recordings[first[top]].file)
-        if size[top] > 1
-        else recording
+        replace(recording, group=min(files_of[top])) if len(files_of[top]) > 1 else recording
         for recording, top in zip(recordings, roots, strict=True)
     ]
 
 
 def warn_of_files_listed_again(recordings: list[Recording], origins: list[str], where: str):
     """A warning for each audio file that several recordings (rows, XML files: origins) name,
-    each with a MediaId of its own: the same audio is learnt as several recordings."""
+    each with a MediaId of its own: the same audio, as several recordings (`with_groups`
+    keeps them on one side of a split)."""
     origins_of_file: dict[str, list[str]] = {}
     for recording, origin in zip(recordings, origins, strict=True):
         origins_of_file.setdefault(recording.file, []).append(origin)
     for file, listed in origins_of_file.items():
         if len(listed) > 1:
             logger.warning(
-                "%s: %s is listed %d times (%s): the same audio is learnt as several "
-                "recordings (a split keeps them on one side)",
+                "%s: %s is listed %d times (%s): the same audio, as several recordings",
                 where,
                 shown_name(file),
                 len(listed),

@@ -574,7 +574,7 @@ def test_clips_of_one_source_are_stored_as_a_group_that_a_rerun_keeps(
     assert load(wav_dir, ["--csv", grouped], out) == 0
     with open_dataset(out) as dataset:
         assert list(dataset.recordings["MediaId"]) == ["tone", "short", "s9", "long"]
-        assert list(dataset.recordings["group"]) == ["src", "", "", "src"]
+        assert list(dataset.recordings["group"]) == ["long.wav", "", "", "long.wav"]
     extracted = counting_extractions(monkeypatch)
     assert load(wav_dir, ["--csv", grouped], out) == 0
     assert extracted == [] and "already complete" in capsys.readouterr().out

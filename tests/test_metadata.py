@@ -186,7 +186,8 @@ def test_xml_folder_names_a_wav_that_several_xml_files_list(tmp_path, caplog):
     write(tmp_path / "three.xml", TRAIN_2014.replace("100", "102"))
     recordings, _ = read_birdclef_xml_dir(tmp_path)
     assert [r.class_id for r in recordings] == ["fupfmw", "fupfmw", "otherc"]
-    assert [r.group for r in recordings] == ["100", "", "100"]  # kept on one side of a split
+    assert [r.group for r in recordings] == ["LIFECLEF2014_BIRDAMAZON_XC_WAV_RN100.wav", "",
+                                            "LIFECLEF2014_BIRDAMAZON_XC_WAV_RN100.wav"]  # fmt: skip
     assert "LIFECLEF2014_BIRDAMAZON_XC_WAV_RN100.wav is listed 2 times" in caplog.text
     assert "one.xml" in caplog.text and "two.xml" in caplog.text
 
@@ -308,7 +309,7 @@ def test_bad_csv_is_an_error_naming_the_file(tmp_path, text, message):
 def test_a_csv_listing_one_file_twice_warns_with_both_lines(tmp_path, caplog):
     path = write(tmp_path / "labels.csv", "file,label,media_id\na.wav,x,1\nb.wav,x,2\na.wav,y,3\n")
     assert [r.media_id for r in read_csv(path)] == ["1", "2", "3"]
-    assert [r.group for r in read_csv(path)] == ["1", "", "1"]
+    assert [r.group for r in read_csv(path)] == ["a.wav", "", "a.wav"]
     assert "a.wav is listed 2 times" in caplog.text
     assert "labels.csv line 2, " in caplog.text and "labels.csv line 4)" in caplog.text
 
@@ -567,23 +568,24 @@ def test_labels_typed_in_either_unicode_form_are_one_class(tmp_path):
 
 
 def test_links_of_shared_audio_chain_into_one_group(tmp_path):
-    """c.wav and a.wav share media_id 1, a.wav is listed again as 3: one group, named by the
-    first media_id; b.wav listed as 4 and 5 another; a file alone, with or without a media_id,
-    has none."""
-    path = write(
-        tmp_path / "labels.csv",
-        "file,label,media_id\nc.wav,x,1\na.wav,x,1\nb.wav,y,4\na.wav,x,3\nb.wav,y,5\n"
-        "d.wav,y,\ne.wav,y,9\n",
-    )
+    """c.wav and a.wav share media_id 1, a.wav is listed again as 3: one group, named by its
+    first file in sorted order, whatever the order of the rows; b.wav listed as 4 and 5
+    another; a file alone, with or without a media_id, has none."""
+    rows = ["c.wav,x,1", "a.wav,x,1", "b.wav,y,4", "a.wav,x,3", "b.wav,y,5"]
+    rows += ["d.wav,y,", "e.wav,y,9"]
+    path = write(tmp_path / "labels.csv", "\n".join(["file,label,media_id", *rows, ""]))
     recordings = read_csv(path)
     assert [r.media_id for r in recordings] == ["c", "a", "4", "3", "5", "d", "9"]
-    assert [r.group for r in recordings] == ["1", "1", "4", "1", "4", "", ""]
+    assert [r.group for r in recordings] == ["a.wav", "a.wav", "b.wav", "a.wav", "b.wav", "", ""]
+    write(path, "\n".join(["file,label,media_id", *reversed(rows), ""]))
+    reordered = {r.media_id: r.group for r in read_csv(path)}
+    assert reordered == {r.media_id: r.group for r in recordings}
 
 
 def test_a_media_id_several_files_share_names_each_by_its_file(tmp_path, caplog):
     """Clips cut from one source recording, its id as their media_id: each clip is a
     recording of its own, named as without a media_id, with a warning, and in one group, named
-    by the media_id, that a split keeps on one side; media_ids of one file each stay, and a
+    by its first file, that a split keeps on one side; media_ids of one file each stay, and a
     file listed twice under one media_id with two labels is an error."""
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text(
@@ -592,7 +594,7 @@ def test_a_media_id_several_files_share_names_each_by_its_file(tmp_path, caplog)
     )
     recordings = read_csv(csv_path)
     assert [r.media_id for r in recordings] == ["src1_a", "src1_b", "c", "8", "e"]
-    assert [r.group for r in recordings] == ["7", "7", "7", "", ""]
+    assert [r.group for r in recordings] == ["src1_a.wav"] * 3 + ["", ""]
     assert "1 media_id(s) are each given to several files ('7' to" in caplog.text
     csv_path.write_text("file,label,media_id\na.wav,dog,7\na.wav,cat,7\n")
     with pytest.raises(MetadataError, match="MediaId '7' appears twice"):

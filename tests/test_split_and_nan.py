@@ -104,13 +104,18 @@ def test_recordings_of_one_group_are_drawn_together():
         assert all(np.array_equal(alone[name], plain[name]) for name in plain)
 
 
-def test_a_class_found_only_in_groups_of_other_classes_is_named_when_drawn(caplog):
-    # class 2 is one clip in a group of class 1 clips, and that group drawn for validation
+def test_a_class_found_only_in_a_group_of_another_class_keeps_it_in_training(caplog):
+    """Class 2's only clip is in group f, mostly class 1: a draw of f goes back to training,
+    unless f is all its split holds, and then the class is named."""
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 2, 1, 1])
     groups = np.array(["a", "b", "c", "d", "e", "e", "f", "f", "g", "h"])
     for seed in range(20):
         split = split_recordings(labels, 0.3, 0.0, seed, classes=["x", "y", "z"], groups=groups)
         assert_a_partition(labels, split)
+        assert 7 in split["train"], seed
+    assert "1 groups of recordings go back to training" in caplog.text
+    for seed in range(40):  # one group for validation: f cannot go back when drawn
+        split = split_recordings(labels, 0.1, 0.0, seed, classes=["x", "y", "z"], groups=groups)
         if 7 in split["val"]:
             break
     else:
@@ -118,9 +123,19 @@ def test_a_class_found_only_in_groups_of_other_classes_is_named_when_drawn(caplo
     assert "1 classes have no recording in training" in caplog.text and ": z" in caplog.text
 
 
+def test_groups_unequal_in_size_give_a_warning_where_a_split_strays_from_its_fraction(caplog):
+    labels = np.array([0] * 18 + [0, 1, 1, 1])
+    groups = np.array(["big"] * 18 + ["s1", "s2", "s3", "s4"])
+    drawn_big = False
+    for seed in range(10):
+        split = split_recordings(labels, 0.2, 0.0, seed, groups=groups)
+        drawn_big |= 0 in split["val"]
+    assert drawn_big and "the val split holds 18 of the 22 labelled recordings" in caplog.text
+
+
 def test_fractions_that_leave_fewer_training_recordings_than_classes_are_refused():
     labels = np.repeat(np.arange(10), 2)  # 20 recordings: 18 drawn leave 2 for 10 classes
-    with pytest.raises(SplitError, match="keep one recording of every class"):
+    with pytest.raises(SplitError, match="keep one of every class"):
         split_recordings(labels, 0.45, 0.45, seed=0)
 
 

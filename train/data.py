@@ -91,19 +91,22 @@ def split_recordings(
     labels: (recordings,) int class index per recording, -1 for unlabelled (left out).
     groups: (recordings,) a key per recording, or None; recordings of one key (clips cut
     from one source recording) are drawn together, as one recording of the label most of them
-    have (`_grouped`). The fractions are of the labelled recordings (or groups); a split asked
-    for gets at least one. Every class keeps at least one recording in train: a class with a
-    single recording goes there (with a warning), and where a draw would take every recording
-    of a class, one of them stays (see `_draw`). The same labels and seed always give the same
-    split. Returns {"train", "val", "test"}: sorted int arrays of recording indices.
+    have (`_grouped`), and the fractions are then of the groups. The fractions are of the
+    labelled recordings; a split asked for gets at least one. Every class keeps at least one
+    recording in train: a class with a single recording goes there (with a warning), where a
+    draw would take every recording of a class, one of them stays (see `_draw`), and a group
+    drawn that holds a class training lacks goes back to train (`_train_every_class`) unless
+    it is the last of its split. The same labels and seed always give the same split.
+    Returns {"train", "val", "test"}: sorted int arrays of recording indices.
     """
     labels = given_labels = np.asarray(labels)
     labelled = np.flatnonzero(labels >= 0)
     if len(labelled) < len(labels):
         logger.warning("%d unlabelled recordings left out", len(labels) - len(labelled))
-    members = None
+    members, unit = None, "recordings"
     if groups is not None and len(set(np.asarray(groups, dtype=object)[labelled])) < len(labelled):
         labelled, labels, members = _grouped(labelled, labels, np.asarray(groups, dtype=object))
+        unit = "groups of recordings"
     if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise SplitError(
             f"validation fraction {val_fraction} and test fraction {test_fraction} must be "
@@ -112,37 +115,44 @@ def split_recordings(
     counts = np.bincount(labels[labelled], minlength=len(classes or []))
     if len(labelled) and counts.max() < 2:  # no fraction helps
         raise SplitError(
-            f"each of the {len(labelled)} labelled recordings is of a class of its own: a "
+            f"each of the {len(labelled)} labelled {unit} is of a class of its own: a "
             "validation recording must be of a class that has another, as every class keeps "
-            "one for training; add recordings (a long one cut in two will do)"
+            "one for training; add recordings"
+            + (" (a long one cut in two will do)" if members is None else " of other sources")
         )
     single = np.flatnonzero(counts == 1)
     if len(single):
         names = [classes[c] if classes else str(c) for c in single]
         logger.warning(
-            "%d classes have a single recording, which goes to training (none to validate "
-            "or test them): %s",
+            "%d classes have a single %s, which goes to training: %s",
             len(single),
+            unit[:-1],
             first_names(names, 20),
         )
 
     def size(fraction: float) -> int:
         return max(1, round(fraction * len(labelled))) if fraction > 0 else 0
 
-    rest, test = _draw(labelled, labels, size(test_fraction), seed, "test")
-    train, val = _draw(rest, labels, size(val_fraction), seed, "validation")
+    rest, test = _draw(labelled, labels, size(test_fraction), seed, "test", unit)
+    train, val = _draw(rest, labels, size(val_fraction), seed, "validation", unit)
     split = {"train": train, "val": val, "test": test}
-    if members is not None:
-        split = {name: np.sort(np.concatenate([members[i] for i in drawn] + [drawn[:0]]))
-                 for name, drawn in split.items()}  # fmt: skip
-        given = given_labels[given_labels >= 0]
-        untrained = np.setdiff1d(given, given_labels[split["train"]])
-        if len(untrained):
+    if members is None:
+        return split
+    split = _train_every_class(split, members, given_labels, classes)
+    split = {name: np.sort(np.concatenate([members[i] for i in drawn] + [drawn[:0]]))
+             for name, drawn in split.items()}  # fmt: skip
+    n_labelled = np.count_nonzero(given_labels >= 0)
+    for name, fraction in (("val", val_fraction), ("test", test_fraction)):
+        share = len(split[name]) / n_labelled
+        if fraction and not fraction / 2 <= share <= fraction * 2:
             logger.warning(
-                "%d classes have no recording in training: each is only in groups of "
-                "recordings mostly of other classes, and those were drawn: %s",
-                len(untrained),
-                first_names([classes[c] if classes else str(c) for c in untrained], 20),
+                "the %s split holds %d of the %d labelled recordings (%.0f %%, asked %.0f %%): "
+                "groups of recordings are drawn whole, and these are of unequal sizes",
+                name,
+                len(split[name]),
+                n_labelled,
+                100 * share,
+                100 * fraction,
             )
     return split
 
@@ -171,11 +181,49 @@ def _grouped(
     return np.array(sorted(members), dtype=labelled.dtype), labels, members
 
 
+def _train_every_class(
+    split: dict[str, np.ndarray],
+    members: dict[int, np.ndarray],
+    labels: np.ndarray,
+    classes: list[str] | None,
+) -> dict[str, np.ndarray]:
+    """The split of groups (each named by its first recording, members: its recordings), with
+    the groups drawn for validation or test that hold a class no training recording has moved
+    to train, in order, where their split keeps another group; a warning names the classes
+    still without a training recording. A group drawn under its most common label can hold
+    the only recordings of another class, which the draw does not see."""
+    trained = set(labels[np.concatenate([members[i] for i in split["train"]])].tolist())
+    split = dict(split)
+    moved = 0
+    for name in ("val", "test"):
+        for first in split[name]:
+            if set(labels[members[first]].tolist()) - trained and len(split[name]) > 1:
+                split[name] = split[name][split[name] != first]
+                split["train"] = np.sort(np.append(split["train"], first))
+                trained |= set(labels[members[first]].tolist())
+                moved += 1
+    if moved:
+        logger.warning(
+            "%d groups of recordings go back to training from validation or test: each holds "
+            "recordings of a class that training had none of",
+            moved,
+        )
+    untrained = sorted(set(labels[labels >= 0].tolist()) - trained)
+    if untrained:
+        logger.warning(
+            "%d classes have no recording in training: their recordings are all in a group of "
+            "mostly other classes, the last of its split: %s",
+            len(untrained),
+            first_names([classes[c] if classes else str(c) for c in untrained], 20),
+        )
+    return split
+
+
 def _draw(
-    indices: np.ndarray, labels: np.ndarray, size: int, seed: int, name: str
+    indices: np.ndarray, labels: np.ndarray, size: int, seed: int, name: str, unit: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw `size` of `indices` (recordings) for the split `name`, stratified by label when
-    sklearn can.
+    """Draw `size` of `indices` (recordings, or groups: as `unit` says in messages) for the
+    split `name`, stratified by label when sklearn can.
 
     Every class keeps at least one recording undrawn: the last of its class among `indices`
     is never drawn, and where a draw took every recording of a class, one goes back in
@@ -189,9 +237,9 @@ def _draw(
     spare_classes = np.count_nonzero(counts >= 2)
     if size > len(spare) - spare_classes:
         raise SplitError(
-            f"{len(indices)} recordings ({len(spare)} of {spare_classes} classes with two or "
-            f"more) are too few to draw a {name} split of {size} recordings and keep one "
-            "recording of every class for training: ask for a smaller fraction"
+            f"{len(indices)} {unit} ({len(spare)} of {spare_classes} classes with two or "
+            f"more) are too few to draw a {name} split of {size} {unit} and keep one of every "
+            "class for training: ask for a smaller fraction"
             + (
                 " (the test split drew first: --test-fraction 0 leaves it all)"
                 if name == "validation"
@@ -204,11 +252,12 @@ def _draw(
         )
     except ValueError as reason:  # e.g. fewer recordings drawn than there are classes
         logger.warning(
-            "the %s split of %d recordings is NOT stratified (scikit-learn: %s, counting the "
-            "classes with two or more recordings): some classes may be missing from it (each "
-            "keeps a recording for training)",
+            "the %s split of %d %s is NOT stratified (scikit-learn: %s, counting the "
+            "classes with two or more): some classes may be missing from it (each keeps a "
+            "recording for training)",
             name,
             size,
+            unit,
             reason,
         )
         kept, drawn = train_test_split(spare, test_size=size, random_state=seed)

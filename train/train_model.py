@@ -377,14 +377,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser,
         "--val-fraction",
         type=between(0, 1, low_open=True, high_open=True),
-        help="share of the labelled recordings for validation; the original's: 0.05",
+        help="share of the labelled recordings (of their groups, where clips share a source) "
+        "for validation; the original's: 0.05",
     )
     add_recipe_option(
         parser,
         "--test-fraction",
         type=between(0, 1, low_open=False, high_open=True),
-        help="share of the labelled recordings for the final test, 0 for none: score on "
-        "recordings of your own; the original's: 0.01",
+        help="share of the labelled recordings (or groups) for the final test, 0 for none: "
+        "score on recordings of your own; the original's: 0.01",
     )
     parser.add_argument(
         "--weights", type=Path, help="start from these weights (.keras or .weights.h5)"
