@@ -123,6 +123,19 @@ def test_a_class_found_only_in_a_group_of_another_class_keeps_it_in_training(cap
     assert "1 classes have no recording in training" in caplog.text and ": z" in caplog.text
 
 
+@pytest.mark.parametrize("groups", ["by class", "one"])
+def test_groups_that_cannot_be_split_are_split_by_recording_with_a_warning(caplog, groups):
+    """Every class's clips of one source (or every clip of one): no group can be validated
+    while each class keeps one for training, so the split is by recording, as without groups."""
+    labels = np.repeat(np.arange(4), 10)
+    keys = labels.astype(str) if groups == "by class" else np.full(len(labels), "one")
+    split = split_recordings(labels, 0.2, 0.1, seed=0, groups=keys)
+    plain = split_recordings(labels, 0.2, 0.1, seed=0)
+    assert all(np.array_equal(split[name], plain[name]) for name in plain)
+    assert "cannot be split with each group on one side" in caplog.text
+    assert "is of a class of its own" in caplog.text
+
+
 def test_groups_unequal_in_size_give_a_warning_where_a_split_strays_from_its_fraction(caplog):
     labels = np.array([0] * 18 + [0, 1, 1, 1])
     groups = np.array(["big"] * 18 + ["s1", "s2", "s3", "s4"])

@@ -96,22 +96,48 @@ def split_recordings(
     recording in train: a class with a single recording goes there (with a warning), where a
     draw would take every recording of a class, one of them stays (see `_draw`), and a group
     drawn that holds a class training lacks goes back to train (`_train_every_class`) unless
-    it is the last of its split. The same labels and seed always give the same split.
-    Returns {"train", "val", "test"}: sorted int arrays of recording indices.
+    it is the last of its split. Groups that cannot be split so (every class of one source,
+    say) are split by recording instead, with a warning. The same labels and seed always give
+    the same split. Returns {"train", "val", "test"}: sorted int arrays of recording indices.
     """
-    labels = given_labels = np.asarray(labels)
+    labels = np.asarray(labels)
     labelled = np.flatnonzero(labels >= 0)
     if len(labelled) < len(labels):
         logger.warning("%d unlabelled recordings left out", len(labels) - len(labelled))
-    members, unit = None, "recordings"
-    if groups is not None and len(set(np.asarray(groups, dtype=object)[labelled])) < len(labelled):
-        labelled, labels, members = _grouped(labelled, labels, np.asarray(groups, dtype=object))
-        unit = "groups of recordings"
     if not (0 < val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise SplitError(
             f"validation fraction {val_fraction} and test fraction {test_fraction} must be "
             "in (0, 1) and [0, 1) and add up to less than 1"
         )
+    fractions = (val_fraction, test_fraction, seed, classes)
+    if groups is not None and len(set(np.asarray(groups, dtype=object)[labelled])) < len(labelled):
+        try:
+            return _split(labels, *fractions, np.asarray(groups, dtype=object))
+        except SplitError as error:
+            logger.warning(
+                "the recordings cannot be split with each group on one side (%s): they are "
+                "split by recording, so clips of one source recording may be both trained "
+                "and validated on",
+                error,
+            )
+    return _split(labels, *fractions, None)
+
+
+def _split(
+    labels: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    classes: list[str] | None,
+    groups: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """`split_recordings` of valid fractions, by group where groups are given."""
+    given_labels = labels
+    labelled = np.flatnonzero(labels >= 0)
+    members, unit = None, "recordings"
+    if groups is not None:
+        labelled, labels, members = _grouped(labelled, labels, groups)
+        unit = "groups of recordings"
     counts = np.bincount(labels[labelled], minlength=len(classes or []))
     if len(labelled) and counts.max() < 2:  # no fraction helps
         raise SplitError(
