@@ -577,16 +577,18 @@ def warn_of_files_listed_again(recordings: list[Recording], origins: list[str], 
 def once_per_wav(
     recordings: list[Recording], origins: list[str], named_by_stem: list[bool]
 ) -> tuple[list[Recording], list[str], list[bool]]:
-    """The CSV rows, each wav once, with a warning naming each row left out: files that
-    resampling makes one wav of (a.wav and a.flac: which audio it holds is not known, so all
-    their rows go), and a file listed again without a media_id of its own (the first row
-    counts; more labels of one recording belong in 'background'), and a row that repeats an
-    earlier one word for word (a copy pasted twice). Rows of one file with media_ids of their
-    own are kept: they say that the file is several recordings."""
+    """The CSV rows, each wav once, with a warning naming each row left out or merged: files
+    that resampling makes one wav of (a.wav and a.flac: which audio it holds is not known, so
+    all their rows go); a row that repeats an earlier one word for word (a copy pasted twice):
+    left out; a file listed again without a media_id, or under the media_id of an earlier row
+    of it: one recording with that row (`merged`), whose background species the labels of
+    the rows after it join (as tables that list each species heard in a recording on a row
+    of its own have it). Rows of one file with media_ids of their own stay several
+    recordings (one group: `with_groups`)."""
     rows_of_wav: dict[str, list[int]] = {}
     for index, recording in enumerate(recordings):
         rows_of_wav.setdefault(recording.file, []).append(index)
-    dropped = set()
+    recordings, dropped = list(recordings), set()
     for wav, indices in rows_of_wav.items():
         if len(indices) < 2:
             continue
@@ -603,10 +605,9 @@ def once_per_wav(
                 shown_name(wav),
             )
             continue
-        repeated = [  # of rows with a media_id: the others are left out just below
+        repeated = [
             i for n, i in enumerate(indices)
-            if not named_by_stem[i]
-            and any(recordings[i].fields == recordings[j].fields for j in indices[:n])
+            if any(recordings[i].fields == recordings[j].fields for j in indices[:n])
         ]  # fmt: skip
         if repeated:
             dropped.update(repeated)
@@ -616,16 +617,21 @@ def once_per_wav(
                 "repeats" if len(repeated) == 1 else "repeat",
                 shown_name(recordings[indices[0]].fields["file"]),
             )
-            indices = [i for i in indices if i not in repeated]
-        again = [i for i in indices if named_by_stem[i]][1:]
-        dropped.update(again)
-        if again:
+        first_of_id = {}  # given media_id ('' for none) -> the first row of the file with it
+        for i in (i for i in indices if i not in repeated):
+            given = "" if named_by_stem[i] else recordings[i].media_id
+            into = indices[0] if not given else first_of_id.setdefault(given, i)
+            if into == i:
+                continue
+            dropped.add(i)
+            recordings[into] = merged(recordings[into], recordings[i])
             logger.warning(
-                "%s lists %s again, first listed in %s: left out (a file is one recording; "
-                "more labels of it go in 'background')",
-                ", ".join(origins[i] for i in again),
-                shown_name(recordings[indices[0]].fields["file"]),
-                origins[indices[0]],
+                "%s lists %s again, first listed in %s: one recording, whose background "
+                "species the row's labels join (now: %s)",
+                origins[i],
+                shown_name(recordings[i].fields["file"]),
+                origins[into],
+                "; ".join(recordings[into].background) or "none",
             )
     kept = [i for i in range(len(recordings)) if i not in dropped]
     return (
@@ -633,6 +639,20 @@ def once_per_wav(
         [origins[i] for i in kept],
         [named_by_stem[i] for i in kept],
     )
+
+
+def merged(recording: Recording, again: Recording) -> Recording:
+    """recording, with the label and background species of `again` (a later row of its file)
+    among its background species, each once; the label of `again` is its label where it had
+    none."""
+    if recording.class_id is None and again.class_id is not None:
+        recording = replace(recording, class_id=again.class_id, species=again.species)
+    heard = [again.class_id] if again.class_id else []
+    background = list(recording.background)
+    for name in heard + again.background:
+        if name != recording.class_id and name not in background:
+            background.append(name)
+    return replace(recording, background=background)
 
 
 def read_class_folders(root: str | Path) -> list[Recording]:

@@ -586,6 +586,22 @@ def test_clips_of_one_source_are_stored_as_a_group_that_a_rerun_keeps(
         assert list(dataset.recordings["group"]) == [""] * 4
 
 
+def test_a_file_on_two_rows_of_one_media_id_is_one_recording_with_a_background(csv_job, tmp_path):
+    """Background birds listed as rows of their own (file, other label, same media_id), as
+    a table of the species heard per recording has them: one recording, not an error."""
+    wav_dir, _ = csv_job
+    rows = [
+        {"file": "tone.wav", "label": "aaa", "media_id": "XC1"},
+        {"file": "tone.wav", "label": "bbb", "media_id": "XC1"},
+        {"file": "long.wav", "label": "bbb", "media_id": "XC2"},
+    ]
+    out = tmp_path / "out.h5"
+    assert load(wav_dir, ["--csv", write_csv(tmp_path / "rows.csv", rows)], out) == 0
+    with open_dataset(out) as dataset:
+        assert list(dataset.recordings["MediaId"]) == ["XC1", "XC2"]
+        assert dataset.recordings["background"].tolist() == [[0, 1], [0, 0]]
+
+
 def test_the_key_of_a_recording_alone_is_what_older_versions_made():
     """Outputs of versions before groups are kept by a rerun: a recording without a group
     keeps its key."""

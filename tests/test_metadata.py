@@ -424,14 +424,16 @@ def test_csv_files_of_one_name_in_two_folders_are_told_apart_by_path(tmp_path):
     assert [r.media_id for r in read_csv(path)] == ["yes/0a7c", "no/0a7c", "b"]
 
 
-def test_a_csv_row_listing_a_wav_again_is_left_out_with_a_warning(tmp_path, caplog):
-    """A repeated row, the same file with a second label, and two files that resampling makes
-    one wav of: the run goes on without them, each named."""
+def test_a_csv_row_listing_a_wav_again_is_merged_or_left_out_with_a_warning(tmp_path, caplog):
+    """A repeated row: left out; the same file with a second label: one recording, the second
+    label a background species (a table with a row for each species heard); two files that
+    resampling makes one wav of: left out. Each named."""
     text = "file,label\na.wav,x\nb.wav,y\na.wav,x\nb.wav,z\nc.wav,x\nc.flac,y\nd.wav,y\n"
     recordings = read_csv(write(tmp_path / "labels.csv", text))
     assert [(r.media_id, r.class_id) for r in recordings] == [("a", "x"), ("b", "y"), ("d", "y")]
-    assert "line 4 lists a.wav again, first listed in" in caplog.text
-    assert "line 5 lists b.wav again" in caplog.text
+    assert [r.background for r in recordings] == [[], ["z"], []]
+    assert "line 4 repeats an earlier row of a.wav word for word" in caplog.text
+    assert "line 5 lists b.wav again, first listed in" in caplog.text and "(now: z)" in caplog.text
     assert "(c.wav) and" in caplog.text and "(c.flac) all become c.wav" in caplog.text
     # one file spelt two ways is one file; a media_id row's file is checked too
     text = "file,label,media_id\n./a.wav,x,\na.wav,y,\nb.wav,x,m1\nb.flac,y,\nc.wav,z,\n"
@@ -547,9 +549,10 @@ def test_a_csv_row_with_a_media_id_repeated_word_for_word_is_left_out(tmp_path, 
     recordings = read_csv(write(tmp_path / "labels.csv", text))
     assert [(r.media_id, r.class_id) for r in recordings] == [("1", "x"), ("2", "y")]
     assert "labels.csv line 4 repeats an earlier row of a.wav word for word" in caplog.text
-    text = "file,label,media_id\na.wav,x,1\na.wav,y,1\n"  # not word for word: still refused
-    with pytest.raises(MetadataError, match="'1' appears twice"):
-        read_csv(write(tmp_path / "other.csv", text))
+    # not word for word: one recording, the other labels background species, each once
+    text = "file,label,media_id,background\na.wav,x,1,\na.wav,y,1,w\na.wav,w,,x\n"
+    recordings = read_csv(write(tmp_path / "other.csv", text))
+    assert [(r.media_id, r.class_id, r.background) for r in recordings] == [("1", "x", ["y", "w"])]
 
 
 def test_labels_typed_in_either_unicode_form_are_one_class(tmp_path):
@@ -586,7 +589,7 @@ def test_a_media_id_several_files_share_names_each_by_its_file(tmp_path, caplog)
     """Clips cut from one source recording, its id as their media_id: each clip is a
     recording of its own, named as without a media_id, with a warning, and in one group, named
     by its first file, that a split keeps on one side; media_ids of one file each stay, and a
-    file listed twice under one media_id with two labels is an error."""
+    file listed twice under one media_id with two labels is one recording."""
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text(
         "file,label,media_id\nsrc1_a.wav,dog,7\nsrc1_b.wav,dog,7\nx/c.wav,cat,7\n"
@@ -596,6 +599,5 @@ def test_a_media_id_several_files_share_names_each_by_its_file(tmp_path, caplog)
     assert [r.media_id for r in recordings] == ["src1_a", "src1_b", "c", "8", "e"]
     assert [r.group for r in recordings] == ["src1_a.wav"] * 3 + ["", ""]
     assert "1 media_id(s) are each given to several files ('7' to" in caplog.text
-    csv_path.write_text("file,label,media_id\na.wav,dog,7\na.wav,cat,7\n")
-    with pytest.raises(MetadataError, match="MediaId '7' appears twice"):
-        read_csv(csv_path)
+    csv_path.write_text("file,label,media_id\na.wav,dog,7\na.wav,cat,7\n")  # one recording
+    assert [(r.media_id, r.background) for r in read_csv(csv_path)] == [("7", ["cat"])]
