@@ -275,25 +275,21 @@ run python "$ROOT/preprocess/load_data.py" --wav-dir "$work_dir/train_16k" "${la
 
 # ---- 4. train ---------------------------------------------------------------------------------
 stage "train ${model:+$(basename "$model") }-> $run_dir"
-if [[ -f "$run_dir/metrics.json" && -f "$run_dir/config.json" ]] \
-    && python - "$run_dir/config.json" "$work_dir/train.h5" <<'EOF'
-import json, sys
-from preprocess.dataset import content_digest, open_dataset
-try:  # did the run train on what the data file holds? (a run of an older version: assume so)
-    with open(sys.argv[1], encoding="utf-8") as file, open_dataset(sys.argv[2]) as dataset:
-        trained_on = json.load(file).get("data_digest")
-        sys.exit(bool(trained_on) and trained_on != content_digest(dataset))
-except Exception:  # a file unreadable or damaged: train_model.py --resume says which
-    sys.exit(1)
+# --resume: continues a run killed mid-way, starts a new one in an empty folder
+train_args=(--data "$work_dir/train.h5" ${model:+--model "$model"} --out "$run_dir" --resume
+    ${recipe:+--recipe "$recipe"} ${epochs:+--epochs "$epochs"}
+    ${batch_size:+--batch-size "$batch_size"} ${patience:+--patience "$patience"}
+    ${seed:+--seed "$seed"} "${train_extra[@]}")
+if [[ -f "$run_dir/metrics.json" ]] && python - "${train_args[@]}" <<'EOF' 2>/dev/null
+import sys
+from train.run_folder import finished_as_asked
+from train.train_model import parse_args
+sys.exit(0 if finished_as_asked(parse_args(sys.argv[1:])) else 1)
 EOF
 then
     echo "training already complete in $run_dir (delete it to train again)"
-else # new, killed midway, or trained on other recordings (train_model.py then says so)
-    # --resume: continues a run killed mid-way, starts a new one in an empty folder
-    run python "$ROOT/train/train_model.py" --data "$work_dir/train.h5" ${model:+--model "$model"} \
-        --out "$run_dir" --resume ${recipe:+--recipe "$recipe"} ${epochs:+--epochs "$epochs"} \
-        ${batch_size:+--batch-size "$batch_size"} ${patience:+--patience "$patience"} \
-        ${seed:+--seed "$seed"} "${train_extra[@]}"
+else # new, killed midway, or asked with other data or settings (train_model.py then says so)
+    run python "$ROOT/train/train_model.py" "${train_args[@]}"
 fi
 
 # ---- 5. predict and 6. evaluate ---------------------------------------------------------------

@@ -108,6 +108,25 @@ def test_the_scorer_commands_write_only_what_they_were_given(scored):
     assert not left_in_memory
 
 
+def test_a_rerun_keeps_the_finished_run_and_other_epochs_are_refused_not_ignored(scored):
+    """The same command again: the finished run is kept, not trained again; with --epochs 3
+    the run of 2 epochs must not pass for one of 3, nor be rescored as if it were."""
+    sandbox = scored[0]
+    inputs, run = sandbox / "inputs", sandbox / "R" / "N"
+    command = [str(ROOT / "doall.sh"), "--csv", str(inputs / "train.csv"), "--audio-dir",
+               str(inputs / "train"), "--recipe", "modern", "--name", "N", "--work-dir",
+               str(sandbox / "W"), "--runs-dir", str(sandbox / "R"), "--epochs"]  # fmt: skip
+    state = tree_state(run)
+    again = subprocess.run([*command, "2"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "training already complete" in again.stdout
+    more = subprocess.run([*command, "3"], capture_output=True, text=True, timeout=900)
+    assert more.returncode == 2, more.stdout[-2000:] + more.stderr[-2000:]
+    assert "holds a finished run trained with other settings" in more.stderr
+    assert "--epochs: started 2, now 3" in more.stderr
+    assert changes(state, tree_state(run)) in ([], [".lock"])  # the run's lock, taken
+
+
 def test_another_task_in_the_same_folders_is_refused_not_scored_with_the_old_model(scored):
     """The same --name, --work-dir and --runs-dir for other recordings: the run folder holds a
     model of the first task, which must not pass for the second's."""

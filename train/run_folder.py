@@ -24,7 +24,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from preprocess.dataset import Dataset
+from preprocess.dataset import Dataset, DatasetError, content_digest, open_dataset
 from preprocess.paths import is_partial_of, remove_partials, write_text_atomically
 from train.callbacks import (
     BEST,
@@ -203,18 +203,23 @@ RESUMABLE_OPTIONS = {
 }  # fmt: skip
 
 
+# resumable options a finished run has no other value of: it trained with its own
+FINISHED_WITH = {"epochs", "patience", "weights"}
+
 # options added since runs began to be recorded -> the value a run that lacks them trained with
 BEFORE_OPTION = {"background_weight": 0.0}
 
 
-def changed_settings(config: dict, args: argparse.Namespace) -> list[str]:
+def changed_settings(
+    config: dict, args: argparse.Namespace, resumable: set[str] = RESUMABLE_OPTIONS
+) -> list[str]:
     """'--option: started X, now Y' for each training setting in args that differs from the
-    run's config.json (other than RESUMABLE_OPTIONS; an option a config lacks is compared
-    with what runs did before it existed, BEFORE_OPTION, where that is known): the optimizer,
-    schedule, augmentation... of a run cannot change half way."""
+    run's config.json (other than the `resumable` options; an option a config lacks is
+    compared with what runs did before it existed, BEFORE_OPTION, where that is known): the
+    optimizer, schedule, augmentation... of a run cannot change half way."""
     changes = []
     for name, value in vars(args).items():
-        if name in RESUMABLE_OPTIONS or (name not in config and name not in BEFORE_OPTION):
+        if name in resumable or (name not in config and name not in BEFORE_OPTION):
             continue
         started = config.get(name, BEFORE_OPTION.get(name))
         now = str(value) if isinstance(value, Path) else value
@@ -229,8 +234,17 @@ def check_resumed_run(
     run_dir: Path, dataset: Dataset, data_digest: str, args: argparse.Namespace
 ) -> None:
     """Check the data (data_digest: its `content_digest`), model file and training settings of
-    a resumed run are the ones it started with."""
+    a resumed run are the ones it started with; those of a finished run include the epochs,
+    patience and starting weights (FINISHED_WITH)."""
     config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
+    if (run_dir / DONE).is_file():
+        changes = changed_settings(config, args, RESUMABLE_OPTIONS - FINISHED_WITH)
+        if changes:
+            raise TrainError(
+                f"{run_dir} holds a finished run trained with other settings "
+                f"({'; '.join(changes)}): train a new run in another --out (doall.sh: another "
+                f"--name), or delete {run_dir} to train it again"
+            )
     changes = changed_settings(config, args)
     if changes:
         raise TrainError(
@@ -263,6 +277,21 @@ def check_resumed_run(
             f"{args.model} differs from the model the run in {run_dir} started with "
             f"({run_dir / MODEL_SOURCE}): resume with that model file"
         )
+
+
+def finished_as_asked(args: argparse.Namespace) -> bool:
+    """Whether args.out holds a finished, scored run of the data, model file and settings that
+    args (train_model.py's) ask for: doall.sh then leaves it as it is. False where anything
+    differs or cannot be read: train_model.py then says what."""
+    run_dir = args.out
+    if not ((run_dir / DONE).is_file() and (run_dir / METRICS).is_file()):
+        return False
+    try:
+        with open_dataset(args.data) as dataset:
+            check_resumed_run(run_dir, dataset, content_digest(dataset), args)
+    except (TrainError, DatasetError, OSError, ValueError, RecursionError):
+        return False
+    return True
 
 
 def load_or_make_split(
