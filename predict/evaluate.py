@@ -80,6 +80,8 @@ from preprocess.paths import (  # noqa: E402
     check_output,
     first_names,
     is_json_with,
+    not_utf8,
+    text_encoding,
 )
 from train.metrics import mean_average_precision, top1_accuracy  # noqa: E402
 
@@ -136,8 +138,8 @@ def read_truth_csv(
     """
     try:
         return _read_truth_lines(path, to_class, run_ids)
-    except UnicodeDecodeError:
-        raise TruthError(f"{path}: not UTF-8 text, so not a ground-truth file") from None
+    except UnicodeDecodeError as error:
+        raise TruthError(f"{path}: {not_utf8(error)}") from None
 
 
 def column_word(name: str) -> str:
@@ -202,9 +204,9 @@ def _read_truth_lines(
 ) -> Truth:
     truth = Truth()
     seen_line = False
-    # utf-8-sig: a spreadsheet's byte-order mark is dropped (as preprocess/metadata.read_csv
-    # does), not read into the first MediaId or header
-    with open(path, encoding="utf-8-sig") as file:
+    # a byte-order mark is dropped (as preprocess/metadata.read_csv does), not read into the
+    # first MediaId or header; UTF-16 and UTF-32 are read where such a mark says so
+    with open(path, encoding=text_encoding(path)) as file:
         for number, line in enumerate(text_lines(file, path), 1):
             fields = [unquoted(part.strip()) for part in line.strip().split(";")]
             if not any(fields):  # blank, or separators only (a spreadsheet's empty row)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.metadata import field_problem
-from preprocess.paths import NOT_REGULAR, current_umask, first_line
+from preprocess.paths import NOT_REGULAR, current_umask, first_line, not_utf8, text_encoding
 
 MAX_RANK = 100  # the official evaluator's limit of returned species per recording
 PART_SUFFIX = ".part"  # a run file being written
@@ -322,8 +322,8 @@ def read_run_file(path: str | os.PathLike) -> list[RunEntry]:
         raise RunFileError(f"{path}: {NOT_REGULAR}, so not a run file")
     try:
         return _read_entries(path)
-    except UnicodeDecodeError:
-        raise RunFileError(f"{path}: not UTF-8 text, so not a run file") from None
+    except UnicodeDecodeError as error:
+        raise RunFileError(f"{path}: {not_utf8(error)}, or not a run file") from None
 
 
 def text_lines(file, path: Path, max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
@@ -339,9 +339,9 @@ def _read_entries(path: Path) -> list[RunEntry]:
     entries: list[RunEntry] = []
     last_rank: dict[str, int] = {}
     pairs: set[tuple[str, str]] = set()
-    # utf-8-sig: a spreadsheet's byte-order mark is dropped (as preprocess/metadata.read_csv
-    # does), not read into the first MediaId
-    with open(path, encoding="utf-8-sig") as file:
+    # a byte-order mark is dropped (as preprocess/metadata.read_csv does), not read into the
+    # first MediaId; UTF-16 and UTF-32 are read where such a mark says so
+    with open(path, encoding=text_encoding(path)) as file:
         for number, line in enumerate(text_lines(file, path), 1):
             line = line.strip()
             if not line:

@@ -48,7 +48,9 @@ from preprocess.paths import (
     NOT_REGULAR,
     files_under,
     first_names,
+    not_utf8,
     shown_name,
+    text_encoding,
 )
 
 logger = logging.getLogger(__name__)
@@ -463,9 +465,11 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
     csv_path = Path(csv_path)
     if csv_path.exists() and not csv_path.is_file():  # a folder, a pipe or a device
         raise MetadataError(f"{csv_path}: {NOT_REGULAR}")
-    try:
-        text = csv_path.read_text("utf-8-sig")  # a spreadsheet's byte-order mark is dropped
-    except (OSError, UnicodeDecodeError) as error:
+    try:  # UTF-8 (a spreadsheet's byte-order mark dropped), or UTF-16 or -32 with their mark
+        text = csv_path.read_text(text_encoding(csv_path))
+    except UnicodeDecodeError as error:
+        raise MetadataError(f"{csv_path}: {not_utf8(error)}") from None
+    except OSError as error:
         raise MetadataError(f"{csv_path}: cannot read the CSV file ({error})") from error
     columns, rows = csv_rows(text, str(csv_path))
     for required in ("file", "label"):

@@ -13,6 +13,7 @@ says what its own kind looks like with a small predicate on the file's first byt
 
 from __future__ import annotations
 
+import codecs
 import errno
 import glob
 import json
@@ -103,6 +104,35 @@ def first_bytes(path: Path, size: int = SNIFF_BYTES) -> bytes:
             return file.read(size)
     except OSError:
         return b""
+
+
+# byte-order marks of the Unicode encodings other than UTF-8 that editors and spreadsheets
+# save text in (Windows "Unicode", Excel's "Unicode Text"); UTF-32's before UTF-16's, whose
+# little-endian mark starts UTF-32's
+BYTE_ORDER_MARKS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def text_encoding(path: Path) -> str:
+    """The encoding to read a text file with: UTF-16 or UTF-32 where it starts with their
+    byte-order mark, else UTF-8 without a byte-order mark it may start with ('utf-8-sig')."""
+    head = first_bytes(path, 4)
+    return next((name for mark, name in BYTE_ORDER_MARKS if head.startswith(mark)), "utf-8-sig")
+
+
+def not_utf8(error: UnicodeDecodeError) -> str:
+    """What to say of a text file that `text_encoding` could not read."""
+    if error.encoding.startswith("utf-8"):
+        byte = error.object[error.start]
+        return (
+            f"not UTF-8 text (it holds byte 0x{byte:02x} where UTF-8 cannot, as text saved as "
+            "Windows-1252 or Latin-1 does): save it as UTF-8"
+        )
+    return f"not {error.encoding.upper()} text, though it starts as such ({error.reason})"
 
 
 def first_line(path: Path) -> str | None:

@@ -370,10 +370,14 @@ def test_truth_csv_byte_order_mark_and_header_are_no_recording(tmp_path, text):
     assert truth.background == {"1": [], "2": ["cccccc"]}
 
 
-def test_run_file_with_a_byte_order_mark_is_read(tmp_path):
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
+def test_run_file_and_truth_with_a_byte_order_mark_are_read(tmp_path, encoding):
+    bom = "\ufeff" if encoding == "utf-8" else ""  # the UTF-16 codec writes its mark itself
     path = tmp_path / "run.csv"
-    path.write_text("\ufeff1;aaaaaa;0.5;1\n1;bbbbbb;0.4;2\n", encoding="utf-8")
+    path.write_text(bom + "1;aaaaaa;0.5;1\n1;bbbbbb;0.4;2\n", encoding=encoding)
     assert [(e.media_id, e.rank) for e in read_run_file(path)] == [("1", 1), ("1", 2)]
+    (tmp_path / "truth.txt").write_text(bom + "é;aaaaaa;bbbbbb\n", encoding=encoding)
+    assert read_truth(tmp_path / "truth.txt").background == {"é": ["bbbbbb"]}
 
 
 def test_cli_names_a_soundscape_run_file_as_one_it_cannot_score(tmp_path, capsys):

@@ -214,6 +214,22 @@ def test_csv_with_optional_columns(tmp_path):
     assert (three.file, three.class_id) == ("three.wav", None)  # empty label: unlabelled
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_a_csv_saved_as_utf16_or_utf32_with_a_byte_order_mark_is_read(tmp_path, encoding):
+    """Windows' "Unicode" and Excel's "Unicode Text" (UTF-16 with its mark, tab-separated)."""
+    text = "file\tlabel\r\nä/one.wav\tmésange\r\n"
+    bom = "\ufeff" if encoding == "utf-16-be" else ""  # the BE codec writes no mark itself
+    (tmp_path / "meta.csv").write_bytes((bom + text).encode(encoding))
+    (one,) = read_csv(tmp_path / "meta.csv")
+    assert (one.file, one.class_id) == ("ä/one.wav", "mésange")
+
+
+def test_a_csv_in_windows_1252_is_named_with_what_to_do(tmp_path):
+    (tmp_path / "meta.csv").write_bytes("file,label\none.wav,mésange\n".encode("cp1252"))
+    with pytest.raises(MetadataError, match=r"meta.csv: not UTF-8 text \(it holds byte 0xe9"):
+        read_csv(tmp_path / "meta.csv")
+
+
 @pytest.mark.parametrize("separator", [";", "\t"])
 def test_csv_saved_with_semicolons_or_tabs_reads_the_same(tmp_path, separator):
     """As a spreadsheet saves CSV in locales whose decimal mark is a comma, or as TSV."""
