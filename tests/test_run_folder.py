@@ -260,19 +260,42 @@ def test_text_of_the_runs_table_is_text_in_its_xlsx_never_a_formula(tmp_path):
 
 
 def test_a_resumed_run_keeps_its_training_settings(easy_data, tiny_model, tmp_path, capsys):
-    """More epochs may be asked of a run; another learning rate or augmentation may not: the
-    history, checkpoints and schedule so far were made with the settings it started with."""
+    """Another learning rate or augmentation may not be asked of a run: the history,
+    checkpoints and schedule so far were made with the settings it started with; nor other
+    epochs of a finished run (more epochs of an unfinished one: `test_train`'s resumes).
+    Other workers may."""
     run_dir = tmp_path / "run"
     assert train_model.main(train_args(easy_data, tiny_model, run_dir, "--epochs", "1")) == 0
     config = (run_dir / "config.json").read_text()
     capsys.readouterr()
-    other = train_args(easy_data, tiny_model, run_dir, "--epochs", "2", "--learning-rate", "0.01")
-    assert train_model.main([*other, "--resume"]) == 2
-    error = capsys.readouterr().err
-    assert "--learning-rate: started 0.001, now 0.01" in error and "--epochs" not in error
-    assert (run_dir / "config.json").read_text() == config  # nothing written
-    more = train_args(easy_data, tiny_model, run_dir, "--epochs", "2", "--workers", "2")
+    for change, named in ((["--learning-rate", "0.01"], "--learning-rate: started 0.001, now 0.01"),
+                          (["--epochs", "2"], "--epochs: started 1, now 2")):  # fmt: skip
+        other = train_args(easy_data, tiny_model, run_dir, "--epochs", "1", *change)
+        assert train_model.main([*other, "--resume"]) == 2
+        error = capsys.readouterr().err
+        assert "holds a finished run trained with other settings" in error and named in error
+        assert (run_dir / "config.json").read_text() == config  # nothing written
+    more = train_args(easy_data, tiny_model, run_dir, "--epochs", "1", "--workers", "2")
     assert train_model.main([*more, "--resume"]) == 0
+
+
+def test_a_finished_run_is_as_asked_only_for_its_settings_pooling_and_model(
+    easy_data, tiny_model, tmp_path
+):
+    """What doall.sh asks before training: the same command finds the run finished; another
+    pooling or inference model has it scored anew, other epochs refused (train_model.py)."""
+    run_dir = tmp_path / "run"
+    assert train_model.main(train_args(easy_data, tiny_model, run_dir, "--epochs", "1")) == 0
+
+    def asked(*extra: str) -> bool:
+        argv = train_args(easy_data, tiny_model, run_dir, "--epochs", "1", "--resume", *extra)
+        return run_folder.finished_as_asked(train_model.parse_args(argv))
+
+    assert asked() and asked("--workers", "2")
+    assert not asked("--pooling", "max") and not asked("--inference-model", "final")
+    assert not asked("--epochs", "2") and not asked("--learning-rate", "0.01")
+    (run_dir / "metrics.json").unlink()  # not scored: finished as asked only once it is
+    assert not asked()
 
 
 def test_a_run_trains_and_resumes_in_an_ascii_locale(easy_data, tiny_model, tmp_path):

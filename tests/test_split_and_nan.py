@@ -136,6 +136,17 @@ def test_groups_that_cannot_be_split_are_split_by_recording_with_a_warning(caplo
     assert "is of a class of its own" in caplog.text
 
 
+def test_a_fraction_too_large_for_the_groups_is_refused_not_split_by_recording(caplog):
+    """Only data that no fraction could split by group is split by recording: a fraction too
+    large is the user's to lower, and the error counts groups."""
+    labels, groups = np.repeat([0, 1], 10), np.repeat(["s0", "s1", "s2", "s3"], 5)
+    with pytest.raises(SplitError, match="4 groups of recordings .* too few to draw a valid"):
+        split_recordings(labels, 0.7, 0.0, seed=0, groups=groups)
+    assert "split by recording" not in caplog.text and "test split drew first" not in caplog.text
+    split = split_recordings(labels, 0.5, 0.0, seed=0, groups=groups)
+    assert not set(groups[split["train"]]) & set(groups[split["val"]])
+
+
 def test_groups_unequal_in_size_give_a_warning_where_a_split_strays_from_its_fraction(caplog):
     labels = np.array([0] * 18 + [0, 1, 1, 1])
     groups = np.array(["big"] * 18 + ["s1", "s2", "s3", "s4"])

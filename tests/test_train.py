@@ -112,7 +112,7 @@ def test_split_with_too_few_recordings():
         split_recordings(np.array([0, 1]), 0.3, 0.0, seed=0)
     with pytest.raises(SplitError, match="too few to draw a test split of 2 recordings"):
         split_recordings(np.array([0, 0, 1]), 0.2, 0.5, seed=0)
-    with pytest.raises(SplitError, match="validation split.*--test-fraction 0 leaves it all"):
+    with pytest.raises(SplitError, match="validation split.*--test-fraction 0 leaves all"):
         split_recordings(np.array([0, 0, 1]), 0.3, 0.3, seed=0)
     assert len(split_recordings(np.array([0, 0, 1]), 0.3, 0.0, seed=0)["val"]) == 1
     with pytest.raises(SplitError, match="fraction"):
@@ -589,11 +589,11 @@ def test_a_run_resumed_on_other_recordings_is_refused(easy_data, tiny_model, tmp
     shutil.copy(easy_data, moved)
     with h5py.File(moved, "a") as h5:
         h5.attrs["inputs_digest"] = "other paths and file times"
-    argv = train_args(moved, tiny_model, run_dir, "--epochs", "2", "--resume")
+    argv = train_args(moved, tiny_model, run_dir, "--epochs", "1", "--resume")
     assert train_model.main(argv) == 0
     other = tmp_path / "other.h5"  # another task's recordings, of the same classes
     write_easy_dataset(other, per_class=11)
-    argv = train_args(other, tiny_model, run_dir, "--epochs", "2", "--resume")
+    argv = train_args(other, tiny_model, run_dir, "--epochs", "1", "--resume")
     assert train_model.main(argv) == 2
     error = capsys.readouterr().err
     assert f"{other} holds other recordings than the run in {run_dir} was trained on" in error

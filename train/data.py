@@ -43,6 +43,10 @@ class SplitError(ValueError):
     """The recordings cannot be split as asked; the message says why."""
 
 
+class NoClassToValidate(SplitError):
+    """No class has two recordings (or groups): no fraction gives a validation split."""
+
+
 class TrainError(Exception):
     """Input or a run folder that training cannot work with; the message says why."""
 
@@ -96,9 +100,10 @@ def split_recordings(
     recording in train: a class with a single recording goes there (with a warning), where a
     draw would take every recording of a class, one of them stays (see `_draw`), and a group
     drawn that holds a class training lacks goes back to train (`_train_every_class`) unless
-    it is the last of its split. Groups that cannot be split so (every class of one source,
-    say) are split by recording instead, with a warning. The same labels and seed always give
-    the same split. Returns {"train", "val", "test"}: sorted int arrays of recording indices.
+    it is the last of its split. Groups that no fraction could split so (every class of one
+    source, say) are split by recording instead, with a warning. The same labels and seed
+    always give the same split. Returns {"train", "val", "test"}: sorted int arrays of
+    recording indices.
     """
     labels = np.asarray(labels)
     labelled = np.flatnonzero(labels >= 0)
@@ -113,7 +118,7 @@ def split_recordings(
     if groups is not None and len(set(np.asarray(groups, dtype=object)[labelled])) < len(labelled):
         try:
             return _split(labels, *fractions, np.asarray(groups, dtype=object))
-        except SplitError as error:
+        except NoClassToValidate as error:
             logger.warning(
                 "the recordings cannot be split with each group on one side (%s): they are "
                 "split by recording, so clips of one source recording may be both trained "
@@ -134,13 +139,13 @@ def _split(
     """`split_recordings` of valid fractions, by group where groups are given."""
     given_labels = labels
     labelled = np.flatnonzero(labels >= 0)
-    members, unit = None, "recordings"
+    members, unit, one = None, "recordings", "recording"
     if groups is not None:
         labelled, labels, members = _grouped(labelled, labels, groups)
-        unit = "groups of recordings"
+        unit, one = "groups of recordings", "group of recordings"
     counts = np.bincount(labels[labelled], minlength=len(classes or []))
     if len(labelled) and counts.max() < 2:  # no fraction helps
-        raise SplitError(
+        raise NoClassToValidate(
             f"each of the {len(labelled)} labelled {unit} is of a class of its own: a "
             "validation recording must be of a class that has another, as every class keeps "
             "one for training; add recordings"
@@ -152,7 +157,7 @@ def _split(
         logger.warning(
             "%d classes have a single %s, which goes to training: %s",
             len(single),
-            unit[:-1],
+            one,
             first_names(names, 20),
         )
 
@@ -160,7 +165,8 @@ def _split(
         return max(1, round(fraction * len(labelled))) if fraction > 0 else 0
 
     rest, test = _draw(labelled, labels, size(test_fraction), seed, "test", unit)
-    train, val = _draw(rest, labels, size(val_fraction), seed, "validation", unit)
+    after_test = len(test) > 0  # the test split drew first
+    train, val = _draw(rest, labels, size(val_fraction), seed, "validation", unit, after_test)
     split = {"train": train, "val": val, "test": test}
     if members is None:
         return split
@@ -246,10 +252,17 @@ def _train_every_class(
 
 
 def _draw(
-    indices: np.ndarray, labels: np.ndarray, size: int, seed: int, name: str, unit: str
+    indices: np.ndarray,
+    labels: np.ndarray,
+    size: int,
+    seed: int,
+    name: str,
+    unit: str,
+    after_test: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw `size` of `indices` (recordings, or groups: as `unit` says in messages) for the
-    split `name`, stratified by label when sklearn can.
+    split `name`, stratified by label when sklearn can; after_test: the test split drew from
+    them first.
 
     Every class keeps at least one recording undrawn: the last of its class among `indices`
     is never drawn, and where a draw took every recording of a class, one goes back in
@@ -266,11 +279,7 @@ def _draw(
             f"{len(indices)} {unit} ({len(spare)} of {spare_classes} classes with two or "
             f"more) are too few to draw a {name} split of {size} {unit} and keep one of every "
             "class for training: ask for a smaller fraction"
-            + (
-                " (the test split drew first: --test-fraction 0 leaves it all)"
-                if name == "validation"
-                else ""
-            )
+            + (" (the test split drew first: --test-fraction 0 leaves all)" if after_test else "")
         )
     try:
         kept, drawn = train_test_split(

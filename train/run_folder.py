@@ -203,8 +203,11 @@ RESUMABLE_OPTIONS = {
 }  # fmt: skip
 
 
-# resumable options a finished run has no other value of: it trained with its own
-FINISHED_WITH = {"epochs", "patience", "weights"}
+# resumable options a finished run has no other value of: it trained (and split) with its own
+FINISHED_WITH = {"epochs", "patience", "val_fraction", "test_fraction"}
+
+# resumable options that a finished run resumed is scored anew with
+RESCORED_WITH = ("pooling", "inference_model")
 
 # options added since runs began to be recorded -> the value a run that lacks them trained with
 BEFORE_OPTION = {"background_weight": 0.0}
@@ -235,7 +238,7 @@ def check_resumed_run(
 ) -> None:
     """Check the data (data_digest: its `content_digest`), model file and training settings of
     a resumed run are the ones it started with; those of a finished run include the epochs,
-    patience and starting weights (FINISHED_WITH)."""
+    patience and split fractions (FINISHED_WITH)."""
     config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
     if (run_dir / DONE).is_file():
         changes = changed_settings(config, args, RESUMABLE_OPTIONS - FINISHED_WITH)
@@ -281,12 +284,16 @@ def check_resumed_run(
 
 def finished_as_asked(args: argparse.Namespace) -> bool:
     """Whether args.out holds a finished, scored run of the data, model file and settings that
-    args (train_model.py's) ask for: doall.sh then leaves it as it is. False where anything
-    differs or cannot be read: train_model.py then says what."""
+    args (train_model.py's) ask for, the pooling and model it predicts with included: doall.sh
+    then leaves it as it is. False where anything differs or cannot be read: train_model.py
+    then says what, or scores the run anew for another pooling or model."""
     run_dir = args.out
     if not ((run_dir / DONE).is_file() and (run_dir / METRICS).is_file()):
         return False
     try:
+        config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
+        if any(config.get(name) != getattr(args, name) for name in RESCORED_WITH):
+            return False
         with open_dataset(args.data) as dataset:
             check_resumed_run(run_dir, dataset, content_digest(dataset), args)
     except (TrainError, DatasetError, OSError, ValueError, RecursionError):
