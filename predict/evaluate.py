@@ -76,6 +76,7 @@ from preprocess.metadata import (  # noqa: E402
 )
 from preprocess.paths import (  # noqa: E402
     NOT_REGULAR,
+    NotText,
     OutputPathError,
     check_output,
     first_names,
@@ -140,6 +141,8 @@ def read_truth_csv(
         return _read_truth_lines(path, to_class, run_ids)
     except UnicodeDecodeError as error:
         raise TruthError(f"{path}: {not_utf8(error)}") from None
+    except NotText as error:
+        raise TruthError(str(error)) from None
 
 
 def column_word(name: str) -> str:

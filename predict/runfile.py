@@ -31,7 +31,14 @@ from pathlib import Path
 import numpy as np
 
 from preprocess.metadata import field_problem
-from preprocess.paths import NOT_REGULAR, current_umask, first_line, not_utf8, text_encoding
+from preprocess.paths import (
+    NOT_REGULAR,
+    NotText,
+    current_umask,
+    first_line,
+    not_utf8,
+    text_encoding,
+)
 
 MAX_RANK = 100  # the official evaluator's limit of returned species per recording
 PART_SUFFIX = ".part"  # a run file being written
@@ -324,6 +331,8 @@ def read_run_file(path: str | os.PathLike) -> list[RunEntry]:
         return _read_entries(path)
     except UnicodeDecodeError as error:
         raise RunFileError(f"{path}: {not_utf8(error)}, or not a run file") from None
+    except NotText as error:
+        raise RunFileError(str(error)) from None
 
 
 def text_lines(file, path: Path, max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:

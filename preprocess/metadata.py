@@ -15,9 +15,11 @@ resampling script writes `<name>.wav` for any input format), and after `match_au
 file is spelt on disk (`x.WAV`); a CSV's name found there only
 without its leading folders, or in a subfolder, is matched with a warning (`match_audio`).
 The MediaId comes from the XML, else the `media_id` column (where several files share one,
-each file's name), else the file name without extension; duplicates are an error.
-Recordings that share audio (files given one media_id, a file listed twice) are given one
-`group`, which a split keeps on one side (`with_groups`).
+each file's name), else the file name without extension; duplicates are an error. A file on
+several CSV rows is one recording, the other rows' labels its background species, unless the
+rows give it media_ids of their own (`once_per_wav`). Recordings that share audio (files
+given one media_id, a file several XML files or rows of their own media_ids list) are given
+one `group`, which a split keeps on one side (`with_groups`).
 MediaIds, file names and labels must be valid UTF-8 (the dataset stores them so) without NUL
 bytes or line breaks: a CSV or XML holding one is refused, such a file in a class folder is
 named in a warning and left out. Folders are listed following links to folders (each folder
@@ -46,6 +48,7 @@ import xmltodict
 from preprocess.audio import AUDIO_SUFFIXES
 from preprocess.paths import (
     NOT_REGULAR,
+    NotText,
     files_under,
     first_names,
     not_utf8,
@@ -469,6 +472,8 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
         text = csv_path.read_text(text_encoding(csv_path))
     except UnicodeDecodeError as error:
         raise MetadataError(f"{csv_path}: {not_utf8(error)}") from None
+    except NotText as error:
+        raise MetadataError(str(error)) from None
     except OSError as error:
         raise MetadataError(f"{csv_path}: cannot read the CSV file ({error})") from error
     columns, rows = csv_rows(text, str(csv_path))
@@ -584,11 +589,12 @@ def once_per_wav(
     """The CSV rows, each wav once, with a warning naming each row left out or merged: files
     that resampling makes one wav of (a.wav and a.flac: which audio it holds is not known, so
     all their rows go); a row that repeats an earlier one word for word (a copy pasted twice):
-    left out; a file listed again without a media_id, or under the media_id of an earlier row
-    of it: one recording with that row (`merged`), whose background species the labels of
-    the rows after it join (as tables that list each species heard in a recording on a row
-    of its own have it). Rows of one file with media_ids of their own stay several
-    recordings (one group: `with_groups`)."""
+    left out; rows of one file under one media_id, or without one: one recording, that of
+    the first row giving a media_id (else the first row), whose background species the other
+    rows' labels join (`merged`; as tables that list each species heard in a recording on a
+    row of its own have it), in file order. Rows of one file with media_ids of their own stay
+    several recordings (one group: `with_groups`); a row without a media_id joins the first
+    of them."""
     rows_of_wav: dict[str, list[int]] = {}
     for index, recording in enumerate(recordings):
         rows_of_wav.setdefault(recording.file, []).append(index)
@@ -621,20 +627,25 @@ def once_per_wav(
                 "repeats" if len(repeated) == 1 else "repeat",
                 shown_name(recordings[indices[0]].fields["file"]),
             )
-        first_of_id = {}  # given media_id ('' for none) -> the first row of the file with it
-        for i in (i for i in indices if i not in repeated):
-            given = "" if named_by_stem[i] else recordings[i].media_id
-            into = indices[0] if not given else first_of_id.setdefault(given, i)
+        rows = [i for i in indices if i not in repeated]
+        first_of_id: dict[str, int] = {}  # given media_id -> the file's first row with it
+        for i in rows:
+            if not named_by_stem[i]:
+                first_of_id.setdefault(recordings[i].media_id, i)
+        # rows without a media_id join the first row that gives one, wherever it is
+        unnamed_into = min(first_of_id.values(), default=rows[0])
+        for i in rows:
+            into = unnamed_into if named_by_stem[i] else first_of_id[recordings[i].media_id]
             if into == i:
                 continue
             dropped.add(i)
             recordings[into] = merged(recordings[into], recordings[i])
             logger.warning(
-                "%s lists %s again, first listed in %s: one recording, whose background "
-                "species the row's labels join (now: %s)",
+                "%s lists %s again, with %s: one recording (label %s; background species: %s)",
                 origins[i],
                 shown_name(recordings[i].fields["file"]),
                 origins[into],
+                recordings[into].class_id,
                 "; ".join(recordings[into].background) or "none",
             )
     kept = [i for i in range(len(recordings)) if i not in dropped]

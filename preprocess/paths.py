@@ -117,11 +117,23 @@ BYTE_ORDER_MARKS = (
 )
 
 
+class NotText(ValueError):
+    """A file given as text that holds NUL bytes; the message names it and says what to do."""
+
+
 def text_encoding(path: Path) -> str:
     """The encoding to read a text file with: UTF-16 or UTF-32 where it starts with their
-    byte-order mark, else UTF-8 without a byte-order mark it may start with ('utf-8-sig')."""
-    head = first_bytes(path, 4)
-    return next((name for mark, name in BYTE_ORDER_MARKS if head.startswith(mark)), "utf-8-sig")
+    byte-order mark, else UTF-8 without a byte-order mark it may start with ('utf-8-sig').
+    NotText for a file whose start is a tenth or more NUL bytes, as UTF-16 without its mark
+    (half of ASCII's bytes) or no text is (a stray NUL is left to the reader to name)."""
+    head = first_bytes(path)
+    encoding = next((name for mark, name in BYTE_ORDER_MARKS if head.startswith(mark)), None)
+    if encoding is None and head.count(0) * 10 >= len(head) > 0:
+        raise NotText(
+            f"{path}: not UTF-8 text (it holds NUL bytes, as UTF-16 text without a byte-order "
+            "mark or a file that is no text does): save it as UTF-8"
+        )
+    return encoding or "utf-8-sig"
 
 
 def not_utf8(error: UnicodeDecodeError) -> str:
@@ -130,7 +142,7 @@ def not_utf8(error: UnicodeDecodeError) -> str:
         byte = error.object[error.start]
         return (
             f"not UTF-8 text (it holds byte 0x{byte:02x} where UTF-8 cannot, as text saved as "
-            "Windows-1252 or Latin-1 does): save it as UTF-8"
+            "Windows-1252 or Latin-1 does, or a file that is no text): save text as UTF-8"
         )
     return f"not {error.encoding.upper()} text, though it starts as such ({error.reason})"
 

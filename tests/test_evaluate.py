@@ -283,9 +283,13 @@ def test_cli_binary_or_wrong_files_are_one_error_line(tmp_path, capsys):
         capsys, "--run-file", "/dev/zero", "--truth", truth
     )
     endless = tmp_path / "endless.csv"
-    endless.write_bytes(b"\0" * 100_001)
+    endless.write_bytes(b"7" * 100_001)
     assert "over 100000 characters" in evaluate_error(
         capsys, "--run-file", endless, "--truth", truth
+    )
+    endless.write_bytes(b"\0" * 100_001)  # no text: named from its first bytes
+    assert "not UTF-8 text (it holds NUL bytes" in evaluate_error(
+        capsys, "--run-file", run, "--truth", endless
     )
     assert "error: /dev/zero: " in evaluate_error(capsys, "--run-file", run, "--truth", "/dev/zero")
     assert "error: /dev/zero: not a file" in evaluate_error(

@@ -230,6 +230,16 @@ def test_a_csv_in_windows_1252_is_named_with_what_to_do(tmp_path):
         read_csv(tmp_path / "meta.csv")
 
 
+@pytest.mark.parametrize("content", ["utf-16 without its mark", "a wav file"])
+def test_a_csv_holding_nul_bytes_is_named_as_no_utf8_text(tmp_path, content):
+    data = "file,label\none.wav,x\n".encode("utf-16-le")
+    if content == "a wav file":
+        data = b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00"
+    (tmp_path / "meta.csv").write_bytes(data)
+    with pytest.raises(MetadataError, match="meta.csv: not UTF-8 text .it holds NUL bytes"):
+        read_csv(tmp_path / "meta.csv")
+
+
 @pytest.mark.parametrize("separator", [";", "\t"])
 def test_csv_saved_with_semicolons_or_tabs_reads_the_same(tmp_path, separator):
     """As a spreadsheet saves CSV in locales whose decimal mark is a comma, or as TSV."""
@@ -449,7 +459,8 @@ def test_a_csv_row_listing_a_wav_again_is_merged_or_left_out_with_a_warning(tmp_
     assert [(r.media_id, r.class_id) for r in recordings] == [("a", "x"), ("b", "y"), ("d", "y")]
     assert [r.background for r in recordings] == [[], ["z"], []]
     assert "line 4 repeats an earlier row of a.wav word for word" in caplog.text
-    assert "line 5 lists b.wav again, first listed in" in caplog.text and "(now: z)" in caplog.text
+    assert "line 5 lists b.wav again, with" in caplog.text
+    assert "line 3: one recording (label y; background species: z)" in caplog.text
     assert "(c.wav) and" in caplog.text and "(c.flac) all become c.wav" in caplog.text
     # one file spelt two ways is one file; a media_id row's file is checked too
     text = "file,label,media_id\n./a.wav,x,\na.wav,y,\nb.wav,x,m1\nb.flac,y,\nc.wav,z,\n"
@@ -569,6 +580,18 @@ def test_a_csv_row_with_a_media_id_repeated_word_for_word_is_left_out(tmp_path, 
     text = "file,label,media_id,background\na.wav,x,1,\na.wav,y,1,w\na.wav,w,,x\n"
     recordings = read_csv(write(tmp_path / "other.csv", text))
     assert [(r.media_id, r.class_id, r.background) for r in recordings] == [("1", "x", ["y", "w"])]
+
+
+@pytest.mark.parametrize("order", [[0, 1, 2], [2, 1, 0], [1, 2, 0]])
+def test_rows_of_one_file_make_the_same_recordings_in_any_order(tmp_path, order):
+    """A row without a media_id joins the file's row that gives one, wherever it sits; here
+    a.wav's media_id 7 is b.wav's too: both named by their files, in one group."""
+    rows = ["a.wav,dog,", "b.wav,dog,7", "a.wav,cat,7"]
+    text = "file,label,media_id\n" + "".join(rows[i] + "\n" for i in order)
+    recordings = {r.media_id: r for r in read_csv(write(tmp_path / "labels.csv", text))}
+    assert sorted(recordings) == ["a", "b"]
+    assert (recordings["a"].class_id, recordings["a"].background) == ("cat", ["dog"])
+    assert recordings["a"].group == recordings["b"].group == "a.wav"
 
 
 def test_labels_typed_in_either_unicode_form_are_one_class(tmp_path):
