@@ -657,7 +657,7 @@ def once_per_wav(
 
 
 def merged(recording: Recording, again: Recording) -> Recording:
-    """recording, with the label and background species of `again` (a later row of its file)
+    """recording, with the label and background species of `again` (another row of its file)
     among its background species, each once; the label of `again` is its label where it had
     none."""
     if recording.class_id is None and again.class_id is not None:
