@@ -31,6 +31,7 @@ not return scores 0, and so does every recording of the truth missing from the r
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import itertools
 import json
@@ -130,7 +131,9 @@ def background_class_ids(
 def read_truth_csv(
     path: Path, to_class: dict[str, str] | None = None, run_ids: set[str] | None = None
 ) -> Truth:
-    """The official format `MediaId;ClassId;background1,background2`, one line per recording.
+    """The official format `MediaId;ClassId;background1,background2`, one line per recording,
+    or the same fields as CSV with commas or tabs (as the first line separates them), the
+    background species in the third field or in those after it.
 
     A header line (the first line that is not blank, starting with "MediaId", or naming its
     columns as file;label, id;class and the like, unless it names a recording of run_ids:
@@ -202,17 +205,32 @@ def as_file_name(media_id: str, strip_folder: bool) -> str:
     return name.name if strip_folder else str(name)
 
 
+def truth_fields(line: str, separator: str) -> list[str]:
+    """A truth line's fields: split at ';' (the official format), or read as CSV with the tab
+    or comma a spreadsheet saves (quotes around a field of several background species)."""
+    if separator == ";":
+        parts = line.strip().split(";")
+    else:
+        parts = next(csv.reader([line.strip()], delimiter=separator), [])
+    return [unquoted(part.strip()) for part in parts]
+
+
 def _read_truth_lines(
     path: Path, to_class: dict[str, str] | None, run_ids: set[str] | None
 ) -> Truth:
     truth = Truth()
+    separator = None  # ';' (the official format), or as the first line has it: tab, comma
     seen_line = False
     # a byte-order mark is dropped (as preprocess/metadata.read_csv does), not read into the
     # first MediaId or header; UTF-16 and UTF-32 are read where such a mark says so
     with open(path, encoding=text_encoding(path)) as file:
         for number, line in enumerate(text_lines(file, path), 1):
-            fields = [unquoted(part.strip()) for part in line.strip().split(";")]
-            if not any(fields):  # blank, or separators only (a spreadsheet's empty row)
+            if not line.strip():
+                continue
+            if separator is None:
+                separator = next((sep for sep in ";\t," if sep in line), ";")
+            fields = truth_fields(line, separator)
+            if not any(fields):  # separators only (a spreadsheet's empty row)
                 continue
             while len(fields) > 3 and not fields[-1]:  # a line ending in ";" (a spreadsheet's)
                 fields.pop()
@@ -221,15 +239,16 @@ def _read_truth_lines(
             if header:
                 logger.info("%s line %d: a header, not a recording: %s", path, number, line.strip())
                 continue
-            if len(fields) not in (2, 3) or not fields[0] or not fields[1]:
+            official = separator == ";"
+            if len(fields) < 2 or (official and len(fields) > 3) or not all(fields[:2]):
                 raise TruthError(
-                    f"{path} line {number}: expected MediaId;ClassId;background1,background2, "
-                    f"got {line.strip()!r}"
+                    f"{path} line {number}: expected MediaId;ClassId;background1,background2 "
+                    f"(or MediaId,ClassId,background... as CSV), got {line.strip()!r}"
                 )
             media_id, class_id = fields[0], fields[1]
             if media_id in truth.foreground:
                 raise TruthError(f"{path} line {number}: MediaId {media_id} listed twice")
-            entries = background_names(fields[2]) if len(fields) == 3 else []
+            entries = [name for field in fields[2:] for name in background_names(field)]
             truth.foreground[media_id] = class_id
             truth.background[media_id], unmapped = background_class_ids(entries, to_class)
             truth.unmapped_background.update(unmapped)

@@ -374,6 +374,24 @@ def test_truth_csv_byte_order_mark_and_header_are_no_recording(tmp_path, text):
     assert truth.background == {"1": [], "2": ["cccccc"]}
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "file,label\n1,aaaaaa\n2,bbbbbb,cccccc,dddddd\n",  # as the training CSV is written
+        'media_id,label,background\n1,aaaaaa,\n2,bbbbbb,"cccccc,dddddd"\n',
+        "1\taaaaaa\t\n2\tbbbbbb\tcccccc;dddddd\n",  # a spreadsheet's tab-separated text
+    ],
+)
+def test_truth_as_comma_or_tab_separated_values_is_read_as_the_official_format(tmp_path, text):
+    """A truth written as CSV with commas (or tabs) is no reason to fail the scoring: fields
+    MediaId, ClassId, then background species in one quoted field or several."""
+    truth_path = tmp_path / "truth.txt"
+    truth_path.write_text(text, encoding="utf-8")
+    truth = read_truth(truth_path)
+    assert truth.foreground == {"1": "aaaaaa", "2": "bbbbbb"}
+    assert truth.background == {"1": [], "2": ["cccccc", "dddddd"]}
+
+
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
 def test_run_file_and_truth_with_a_byte_order_mark_are_read(tmp_path, encoding):
     bom = "\ufeff" if encoding == "utf-8" else ""  # the UTF-16 codec writes its mark itself
