@@ -85,6 +85,13 @@ check_name() { # a name that is one folder's: it goes into work/NAME, runs/NAME,
         die "'$1' cannot name a dataset's folders (from --name, or the data's folder): give --name NAME"
 }
 
+check_number() { # OPTION VALUE LOWEST [HIGHEST]: an option's value, when given, a whole number
+    # in range (checked now: the stage that reads it may start after hours of the others)
+    [[ -z "$2" ]] && return
+    [[ "$2" =~ ^[0-9]{1,9}$ ]] && ((10#$2 >= $3)) && (($# < 4 || 10#$2 <= $4)) ||
+        die "--$1 takes a whole number from $3${4:+ to $4}, not '$2'"
+}
+
 run() { # show a stage's command, then run it
     printf '+'
     printf ' %q' "$@"
@@ -115,6 +122,23 @@ done
     die "--recipe is 2016 or modern, not '$recipe'"
 [[ "${DOALL_TINY:-0}" == 1 ]] && tiny=1
 [[ -z "$name" ]] || check_name "$name" # before anything is written under it
+check_number epochs "$epochs" 1
+check_number batch-size "$batch_size" 1
+check_number patience "$patience" 0
+check_number seed "$seed" 0
+check_number top-n "$top_n" 1
+check_number top-k "$top_k" 1 100
+# the most workers preprocess/cli.most_workers allows
+check_number workers "$workers" 1 $((4 * $(getconf _NPROCESSORS_ONLN)))
+if [[ -z "$url" ]]; then # (an archive's folders appear only once it is unpacked)
+    for given in "$test_dir" "$truth"; do
+        [[ -z "$given" || -e "$given" ]] || die "$given: no such file or folder"
+    done
+    [[ -z "$truth" || -n "$test_dir" || -z "$train_dir$csv$class_folders" ]] ||
+        die "--truth needs --test-dir: the recordings to predict and score against it"
+fi
+[[ -z "$top_k" || -n "$test_dir$url" || -z "$train_dir$csv$class_folders" ]] ||
+    echo "note: --top-k is for the prediction of a --test-dir, and none is given" >&2
 words load_extra "$load_args"
 words train_extra "$train_args"
 words predict_extra "$predict_args"

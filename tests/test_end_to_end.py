@@ -351,6 +351,27 @@ def test_the_work_folder_drops_the_audio_of_recordings_deleted_from_the_data(tmp
     assert sorted(p.name for p in resampled.rglob("*.wav")) == ["a.wav", "c.wav"]
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--epochs", "0"], "--epochs takes a whole number from 1, not '0'"),
+        (["--batch-size", "x"], "--batch-size takes a whole number from 1, not 'x'"),
+        (["--top-k", "500"], "--top-k takes a whole number from 1 to 100, not '500'"),
+        (["--test-dir", "nowhere"], "nowhere: no such file or folder"),
+        (["--truth", "GT.csv"], "--truth needs --test-dir"),
+    ],
+)
+def test_a_bad_option_value_is_refused_before_any_stage(tmp_path, options, message):
+    """Not after hours of resampling and training, when the stage that reads it starts."""
+    (tmp_path / "clips" / "wren").mkdir(parents=True)
+    (tmp_path / "GT.csv").write_text("1;wren\n")
+    folders = ["--work-dir", "work", "--runs-dir", "runs", "--data-dir", "data"]
+    command = [str(ROOT / "doall.sh"), "--class-folders", "clips", *folders, *options]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and f"error: {message}" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["GT.csv", "clips"]
+
+
 @pytest.mark.parametrize("work", ["runs", "runs/n/work"])
 def test_a_work_folder_that_is_or_is_inside_the_run_folder_is_refused_first(tmp_path, work):
     """--work-dir X --runs-dir X gives one folder X/NAME for both, which training would refuse
