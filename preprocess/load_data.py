@@ -437,9 +437,8 @@ def read_metadata(args, summary: Summary) -> tuple[list[metadata.Recording], dic
         reason = "XML without wav" if kind == "birdclef-xml" else "missing wav"
         wav = shown_name(str(args.wav_dir / recording.file))
         given = (recording.fields.get("file") or recording.fields.get("FileName") or "").strip()
-        # the name as the metadata gives it, where resampling made another of it (x.mp3)
-        named = wav if not given or wav.endswith(given) else f"{shown_name(given)} (no {wav})"
-        summary.skip(reason, named)
+        # the name as the metadata gives it (x.mp3, train/x.wav), beside the wav it lacks
+        summary.skip(reason, f"{shown_name(given)} (no {wav})" if given else wav)
     lost = sorted({r.class_id for r in missing if r.class_id} - {r.class_id for r in present})
     if lost:
         logger.warning(

@@ -603,14 +603,15 @@ def test_a_file_on_two_rows_of_one_media_id_is_one_recording_with_a_background(c
 
 
 def test_a_missing_file_is_named_as_the_csv_gives_it(csv_job, tmp_path, capsys):
-    """sub/gone.mp3, whose 16 kHz copy sub/gone.wav never came: named as the user typed it."""
+    """sub/gone.mp3, whose 16 kHz copy sub/gone.wav never came: named as the user typed it,
+    beside the wav it lacks."""
     wav_dir, _ = csv_job
     rows = [{"file": "tone.wav", "label": "aaa"}, {"file": "sub/gone.mp3", "label": "bbb"},
             {"file": "lost.wav", "label": "bbb"}, {"file": "long.wav", "label": "bbb"}]  # fmt: skip
     assert load(wav_dir, ["--csv", write_csv(tmp_path / "rows.csv", rows)], tmp_path / "o.h5") == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if "missing wav" in line)
     assert f"sub/gone.mp3 (no {wav_dir / 'sub' / 'gone.wav'})" in line
-    assert f", {wav_dir / 'lost.wav'}" in line
+    assert f", lost.wav (no {wav_dir / 'lost.wav'})" in line
 
 
 def test_the_key_of_a_recording_alone_is_what_older_versions_made():
