@@ -441,11 +441,12 @@ def xml_items(
         by_stem.setdefault(file.stem, []).append(file)
     unusable = {file.relative_to(audio_dir).as_posix(): file for file in irregular}
     unusable_stems = {file.stem: file for file in irregular}
-    items = []
+    items, named_files = [], set()
     for recording in recordings:
         file_name = recording.fields.get("FileName") or recording.file
         named = posix_path(file_name)
         candidates = by_stem.get(named.stem, [])
+        named_files.update(candidates)
         path = by_name.get(named.as_posix()) or (candidates[0] if len(candidates) == 1 else None)
         if path is not None:
             items.append(AudioItem(recording.media_id, path))
@@ -457,6 +458,16 @@ def xml_items(
             skipped.append(f"{shown_name(str(path))} (MediaId {recording.media_id}): {NOT_REGULAR}")
         else:
             skipped.append(f"{file_name} (MediaId {recording.media_id}): no audio in {audio_dir}")
+    named_files.update(item.path for item in items)
+    without_xml = [str(file.relative_to(audio_dir)) for file in files if file not in named_files]
+    if without_xml:  # no MediaId to give them in a run file
+        logger.warning(
+            "%d audio files in %s have no XML in %s, so no MediaId: not predicted: %s",
+            len(without_xml),
+            audio_dir,
+            xml_dir,
+            first_names([shown_name(name) for name in without_xml]),
+        )
     return items, skipped
 
 

@@ -506,11 +506,13 @@ def write_xml(path, media_id: str, file_name: str) -> None:
     path.write_text(f"<Audio><MediaId>{media_id}</MediaId><FileName>{file_name}</FileName></Audio>")
 
 
-def test_xml_items_take_the_file_named_then_the_one_with_its_stem(tmp_path):
+def test_xml_items_take_the_file_named_then_the_one_with_its_stem(tmp_path, caplog):
     """x.wav beside x.flac (a resampled copy beside its source) is no error: FileName picks
-    one; a stem alone picks only where it is the only file with it."""
+    one; a stem alone picks only where it is the only file with it; audio no XML names is
+    named in a warning."""
     audio = tmp_path / "wav"
-    for name in ("x.wav", "x.flac", "y.wav", "sub/z.wav", "w.wav", "w.flac", "a/v.wav", "b/v.wav"):
+    names = ("x.wav", "x.flac", "y.wav", "sub/z.wav", "w.wav", "w.flac", "a/v.wav", "b/v.wav")
+    for name in (*names, "sub/u.ogg"):
         tone(audio / name)
     named = [("1", "x.flac"), ("2", "y.mp3"), ("3", "z.wav"), ("4", "w.mp3"), ("5", "b\\v.wav")]
     for media_id, file_name in named:
@@ -523,6 +525,7 @@ def test_xml_items_take_the_file_named_then_the_one_with_its_stem(tmp_path):
         ("5", "b/v.wav"),  # a Windows path in the XML names it too
     ]
     assert len(skipped) == 1 and skipped[0].startswith("w.mp3 (MediaId 4): which one?")
+    assert "1 audio files in" in caplog.text and "not predicted: sub/u.ogg" in caplog.text
 
 
 @pytest.mark.parametrize("media_id", ["../../../v/target", "/ABSOLUTE/v/target", "a\\..\\b"])
