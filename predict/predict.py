@@ -105,6 +105,7 @@ from preprocess.paths import (  # noqa: E402
     files_under,
     first_line,
     first_names,
+    is_ignored,
     is_zip_with,
     shown_name,
 )
@@ -358,7 +359,7 @@ def audio_files(path: Path, exclude: Iterable[Path], irregular: list[Path]) -> l
             if in_cache(file):
                 continue
             is_audio = file.suffix.lower() in AUDIO_SUFFIXES
-            if any(part.startswith(".") for part in file.relative_to(path).parts):
+            if is_ignored(PurePosixPath(file.relative_to(path).as_posix())):
                 hidden += [file] if is_audio else []
             else:
                 (named if is_audio else other).append(file)
@@ -383,7 +384,7 @@ def log_not_read(folder: Path, hidden: list[Path], other: list[Path]) -> None:
     if hidden:
         logger.warning(
             "%s: %d hidden audio file(s) not read (names starting with '.': a Mac's ._ copies, "
-            "files being written): %s",
+            "files being written; or under __MACOSX): %s",
             folder,
             len(hidden),
             names(hidden),

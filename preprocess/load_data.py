@@ -91,6 +91,7 @@ from preprocess.paths import (
     exclusive_run,
     first_names,
     is_hdf5,
+    is_ignored,
     is_own_file,
     partial_name,
     partials_of,
@@ -448,7 +449,7 @@ def read_metadata(args, summary: Summary) -> tuple[list[metadata.Recording], dic
             first_names(lost, 20),
         )
     for name in unused:
-        hidden = metadata.is_ignored(PurePosixPath(name))  # never a class folder's recording
+        hidden = is_ignored(PurePosixPath(name))  # never a class folder's recording
         reason = "hidden file (not used)" if hidden else "wav without metadata (not used)"
         summary.skip(reason, shown_name(str(args.wav_dir / name)))
 

@@ -51,6 +51,7 @@ from preprocess.paths import (
     NotText,
     files_under,
     first_names,
+    is_ignored,
     not_utf8,
     shown_name,
     text_encoding,
@@ -58,7 +59,6 @@ from preprocess.paths import (
 
 logger = logging.getLogger(__name__)
 
-IGNORED_FOLDER = "__MACOSX"  # a Mac zip's resource forks (`._<name>`), never recordings
 CSV_LINE_END = re.compile(r"\r\n|\r|\n")  # what ends a line for csv's line_num
 WINDOWS_DRIVE = re.compile(r"[A-Za-z]:[\\/]")  # C:\clips\a.wav
 CSV_COLUMNS = ("file", "label", "media_id", "background")  # what read_csv reads, any case
@@ -342,11 +342,6 @@ def select(
 
 
 # ---- reading and writing (I/O) ---------------------------------------------------------
-
-
-def is_ignored(relative: PurePosixPath) -> bool:
-    """True for a path through a hidden entry or a Mac zip's __MACOSX: not class folders."""
-    return any(part.startswith(".") or part == IGNORED_FOLDER for part in relative.parts)
 
 
 def parse_xml_files(paths: list[Path]) -> list[Recording | str]:

@@ -24,7 +24,7 @@ import stat
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import IO
 
 import filelock
@@ -145,6 +145,15 @@ def not_utf8(error: UnicodeDecodeError) -> str:
             "Windows-1252 or Latin-1 does, or a file that is no text): save text as UTF-8"
         )
     return f"not {error.encoding.upper()} text, though it starts as such ({error.reason})"
+
+
+IGNORED_FOLDER = "__MACOSX"  # a Mac zip's resource forks (`._<name>`), never recordings
+
+
+def is_ignored(relative: PurePosixPath) -> bool:
+    """True for a path (relative to a data folder) through a hidden entry (`.x`, a Mac's `._x`
+    copy, a `.x.part` being written) or a Mac zip's __MACOSX: never a recording to read."""
+    return any(part.startswith(".") or part == IGNORED_FOLDER for part in relative.parts)
 
 
 def first_line(path: Path) -> str | None:

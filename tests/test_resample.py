@@ -340,7 +340,7 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     earlier["mtime_ns"] -= 3600 * 10**9
     sources = {"c.wav": resample.made_from(in_dir / "c.wav"), "b.wav": earlier}
 
-    conversions, collisions = resample.folder_conversions(in_dir, out_dir)
+    conversions, collisions, _ = resample.folder_conversions(in_dir, out_dir)
     todo, already_done, failed = resample.plan(
         conversions, False, out_dir, sources, True, {"f.wav"}
     )
@@ -357,6 +357,19 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     ]
     assert already_done == 1
     assert failed == [("d.wv", "WavPack: only SoX converts this format")]
+
+
+def test_hidden_files_and_a_mac_zips_copies_are_no_recordings_to_convert(tmp_path, capsys):
+    """`.x/` folders, `.y.wav` and `__MACOSX/._z.wav` (a Mac zip's resource fork, not audio)
+    are left alone and named, as training and prediction leave them, not failed on."""
+    in_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    for name in ("a.wav", ".x/b.wav", ".y.wav", "__MACOSX/._a.wav"):
+        (in_dir / name).parent.mkdir(parents=True, exist_ok=True)
+        wavfile.write(in_dir / name, 8000, np.zeros(800, np.int16))
+    (in_dir / "__MACOSX" / "._a.wav").write_bytes(b"\0\5\26\7 resource fork")
+    assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]) == 0
+    assert sorted(p.name for p in out_dir.rglob("*.wav")) == ["a.wav"]
+    assert "not converted: 3 hidden file(s), no recordings" in capsys.readouterr().out
 
 
 def test_fallback_converts_other_formats_through_libsndfile(tmp_path, capsys):
@@ -417,7 +430,7 @@ def test_a_format_sox_was_built_without_converts_through_libsndfile(tmp_path, mo
 
     monkeypatch.setattr(resample, "sox_resample", sox_without_handlers)
     monkeypatch.setattr(resample.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-    conversions, _ = resample.folder_conversions(in_dir, out_dir)
+    conversions, _, _ = resample.folder_conversions(in_dir, out_dir)
     out_dir.mkdir()
     failed = resample.resample_files(conversions, 1, out_dir)
 
@@ -436,7 +449,7 @@ def test_an_mp3_saved_as_wav_is_converted_by_its_content(tmp_path):
     soundfile.write(in_dir / "call.wav", tone, 44100, format="MP3")
     wavfile.write(in_dir / "damaged.wav", 16000, np.zeros(10, np.int16))
     (in_dir / "damaged.wav").write_bytes(b"RIFX" + (in_dir / "damaged.wav").read_bytes()[4:])
-    conversions, _ = resample.folder_conversions(in_dir, out_dir)
+    conversions, _, _ = resample.folder_conversions(in_dir, out_dir)
     out_dir.mkdir()
 
     failed = resample.resample_files(conversions, 1, out_dir)
@@ -572,7 +585,7 @@ def test_linked_folders_are_followed_once(tmp_path):
     (in_dir / "linked").symlink_to(elsewhere)
     (elsewhere / "loop").symlink_to(in_dir)  # walked once, not forever
 
-    conversions, collisions = resample.folder_conversions(in_dir, tmp_path / "out")
+    conversions, collisions, _ = resample.folder_conversions(in_dir, tmp_path / "out")
 
     assert [c.name for c in conversions] == ["linked/far.wav"] and collisions == []
 
