@@ -4,6 +4,7 @@ Keras model's outputs on chunks of real bird song; the run's parameters travel w
 import importlib.util
 import json
 import shutil
+import types
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +89,13 @@ class FakeModel:
     """Exports as TensorFlow does (into the folder, made when absent), in no time, on any
     backend; or fails, as a missing converter package does."""
 
+    inputs = [types.SimpleNamespace(shape=(None, 4, 4, 1))]
+
     def __init__(self, fail: bool = False):
         self.fail = fail
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.zeros((len(batch), len(CLASSES)))
 
     def export(self, path, format, verbose):  # noqa: A002 (Keras's name)
         if self.fail:
@@ -173,6 +179,20 @@ def test_a_failed_export_leaves_nothing_and_a_dangling_link_is_refused(
     assert main(["--run", str(run_dir), "--out", str(exports / "link")]) == 2
     assert "exists" in capsys.readouterr().err
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_an_onnx_export_is_not_refused_for_a_model_never_called(run_dir, tmp_path, capsys):
+    """Keras exports to ONNX only a model that has been called, which a model loaded from its
+    file has not: the export calls it first. Without the converter packages installed the
+    export fails naming them instead."""
+    out = tmp_path / "onnx"
+    argv = ["--run", str(run_dir), "--out", str(out), "--format", "onnx",
+            "--model-file", "best_val_map.keras"]  # fmt: skip
+    if main(argv) == 0:
+        assert (out / "model.onnx").stat().st_size > 0
+    else:
+        error = capsys.readouterr().err
+        assert "never called" not in error and "onnx" in error.lower()
 
 
 def test_export_takes_the_model_the_run_predicts_with(run_dir, tmp_path, monkeypatch, caplog):

@@ -31,6 +31,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from predict.predict import PredictError, check_training_ended, read_inference
 from preprocess.cli import command_parser, run_command
 from preprocess.paths import partial_name
@@ -104,6 +106,8 @@ def export_run(
         model = load_saved_model(run_dir / model_file)
     except ModelFileError as error:
         raise ExportError(str(error)) from error
+    # a model loaded from its file has not been called yet, which the ONNX export requires
+    model(np.zeros((1, *model.inputs[0].shape[1:]), dtype="float32"))
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = new_partial_folder(out)
     try:
