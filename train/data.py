@@ -146,10 +146,13 @@ def _split(
     counts = np.bincount(labels[labelled], minlength=len(classes or []))
     if len(labelled) and counts.max() < 2:  # no fraction helps
         raise NoClassToValidate(
-            f"each of the {len(labelled)} labelled {unit} is of a class of its own: a "
+            f"each of the {len(labelled)} labelled recordings is of a class of its own: a "
             "validation recording must be of a class that has another, as every class keeps "
-            "one for training; add recordings"
-            + (" (a long one cut in two will do)" if members is None else " of other sources")
+            "one for training; add recordings (a long one cut in two will do)"
+            if members is None
+            else f"no class has two of the {len(labelled)} groups of recordings (each counted "
+            "as the class most of its recordings are of), and every class keeps one for "
+            "training"
         )
     single = np.flatnonzero(counts == 1)
     if len(single):
