@@ -67,8 +67,14 @@ def test_read_thresholds_in_class_order_and_clear_errors(tmp_path):
     )
     values, model_file = read_thresholds(path, ["b", "a"])
     assert values.tolist() == [0.7, 0.2] and model_file == "m.keras"
-    with pytest.raises(ThresholdsError, match="missing a class"):
+    with pytest.raises(ThresholdsError, match="no threshold of class 'z' .KeyError"):
         read_thresholds(path, ["a", "z"])
+    path.write_text(json.dumps({"classes": {"a": {"threshold": 0.2}, "b": {"threshold": "x"}}}))
+    with pytest.raises(ThresholdsError, match="no threshold of class 'b' .ValueError"):
+        read_thresholds(path, ["a", "b"])
+    path.write_text("[1, 2]")
+    with pytest.raises(ThresholdsError, match="unreadable .TypeError"):
+        read_thresholds(path, ["a"])
 
 
 @pytest.fixture(scope="module")

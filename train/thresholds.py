@@ -120,9 +120,16 @@ def read_thresholds(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, str
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
         by_class = document["classes"]
-        values = np.array([float(by_class[c]["threshold"]) for c in classes], dtype=np.float64)
     except (ValueError, KeyError, TypeError, RecursionError) as error:
-        raise ThresholdsError(f"{path}: unreadable or missing a class ({error})") from None
+        raise ThresholdsError(f"{path}: unreadable ({type(error).__name__}: {error})") from None
+    values = np.zeros(len(classes), dtype=np.float64)
+    for index, class_id in enumerate(classes):
+        try:
+            values[index] = float(by_class[class_id]["threshold"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ThresholdsError(
+                f"{path}: no threshold of class {class_id!r} ({type(error).__name__}: {error})"
+            ) from None
     if not np.all((values >= 0) & (values <= 1)):
         raise ThresholdsError(f"{path}: thresholds must lie in [0, 1]")
     return values, str(document.get("model_file", ""))
