@@ -296,6 +296,8 @@ class SoundscapeWriter(AtomicWriter):
         for window, probs in enumerate(window_probs):
             last = window == len(window_probs) - 1
             start, end = window_span(window, last, self.window_seconds, duration_s)
+            # in whole seconds, a window at least one long (a clip under half a second is one)
+            end = max(round(end), round(start) + 1)
             span = f"{seconds_to_hms(start)}-{seconds_to_hms(end)}"
             columns = top_classes(probs, self.top_k)
             ranked = zip(columns.tolist(), format_probabilities(probs[columns]), strict=True)

@@ -79,6 +79,14 @@ def test_soundscape_writer_names_each_5s_window_the_last_to_the_end(tmp_path, se
     ]
 
 
+def test_a_soundscape_window_of_a_clip_under_half_a_second_lasts_a_second(tmp_path):
+    """Windows are written in whole seconds: a 0.4 s click is 00:00:00-00:00:01, not empty."""
+    path = tmp_path / "soundscape.csv"
+    with SoundscapeWriter(path, CLASSES, top_k=1) as run:
+        run.write("S1", np.array([[0.7, 0.1, 0.1, 0.1]]), 0.4)
+    assert path.read_text().splitlines() == ["S1;00:00:00-00:00:01;aaaaaa;0.7"]
+
+
 @pytest.mark.parametrize(
     "lines, message",
     [
