@@ -171,6 +171,17 @@ def is_plain_file_name(name: object) -> bool:
     )
 
 
+def check_model_file_name(model_file: str | None) -> None:
+    """PredictError for a --model-file that is not the name of a file in the run folder: a
+    model of another run would be labelled with this run's classes."""
+    if model_file is not None and not is_plain_file_name(model_file):
+        raise PredictError(
+            f"--model-file {model_file!r}: give the name of a model in the run folder "
+            "(final.keras, best_val_map.keras, ...); a model of another run predicts with its "
+            "own run's classes: give that run as --run"
+        )
+
+
 def read_inference(run_dir: Path) -> Inference:
     """RUN/inference.json as `Inference`; the defaults (2016) when the file is absent. Other
     keys (training's validation scores of each pooling, ...) are for people and ignored.
@@ -905,6 +916,7 @@ def file_outputs(args: argparse.Namespace) -> list[tuple[str, Path | None]]:
 
 def run_predict(args: argparse.Namespace) -> tuple[int, list[str]]:
     """The command's work, once its arguments are valid: (recordings written, skip messages)."""
+    check_model_file_name(args.model_file)
     if args.model_file is None and args.run.is_dir():  # before the audio is listed
         check_training_ended(args.run)
     # beside the run file, where it goes: not beside a file an --out link leads to

@@ -83,6 +83,9 @@ def test_export_refuses_an_existing_target_and_a_missing_run(run_dir, tmp_path, 
     assert main(["--run", str(tmp_path / "nothing"), "--out", str(tmp_path / "new")]) == 2
     assert "not a finished training run" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+    other = str(run_dir / "best_val_map.keras")  # a path: another run's model would pass too
+    argv = ["--run", str(run_dir), "--out", str(tmp_path / "new"), "--model-file", other]
+    assert main(argv) == 2 and "name of a model in the run folder" in capsys.readouterr().err
 
 
 class FakeModel:

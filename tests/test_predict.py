@@ -719,6 +719,9 @@ def test_bad_run_folders_and_outputs_are_one_error_line(run_dir, tmp_path, capsy
     base = ("--audio", tmp_path / "audio", "--out", tmp_path / "r.csv")
     err = cli_error(capsys, "--run", run_dir, *base, "--model-file", "missing.keras")
     assert "has no missing.keras" in err
+    elsewhere = str(run_dir / "best_val_map.keras")  # a path, if to a model of this very run
+    err = cli_error(capsys, "--run", run_dir, *base, "--model-file", elsewhere)
+    assert "give the name of a model in the run folder" in err
     damaged = tmp_path / "damaged"
     shutil.copytree(run_dir, damaged)
     (damaged / "best_val_map.keras").write_bytes(b"PK\x03\x04 not really a zip")

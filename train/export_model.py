@@ -33,7 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from predict.predict import PredictError, check_training_ended, read_inference
+from predict.predict import (
+    PredictError,
+    check_model_file_name,
+    check_training_ended,
+    read_inference,
+)
 from preprocess.cli import command_parser, run_command
 from preprocess.paths import partial_name
 from train import run_files
@@ -71,6 +76,7 @@ def export_run(
     if fmt not in MODEL_FILES:
         raise ExportError(f"unknown format {fmt!r}: one of {', '.join(MODEL_FILES)}")
     try:
+        check_model_file_name(model_file)
         if model_file is None:
             check_training_ended(run_dir)
         inference = read_inference(run_dir)
