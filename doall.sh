@@ -87,9 +87,11 @@ check_name() { # a name that is one folder's: it goes into work/NAME, runs/NAME,
 
 check_number() { # OPTION VALUE LOWEST [HIGHEST]: an option's value, when given, a whole number
     # in range (checked now: the stage that reads it may start after hours of the others)
-    [[ -z "$2" ]] && return
-    [[ "$2" =~ ^[0-9]{1,9}$ ]] && ((10#$2 >= $3)) && (($# < 4 || 10#$2 <= $4)) ||
-        die "--$1 takes a whole number from $3${4:+ to $4}, not '$2'"
+    local option="$1" value="$2" lowest="$3" highest="${4:-}"
+    [[ -z "$value" ]] && return
+    [[ "$value" =~ ^[0-9]{1,9}$ ]] && ((10#$value >= lowest)) &&
+        { [[ -z "$highest" ]] || ((10#$value <= highest)); } ||
+        die "--$option takes a whole number from $lowest${highest:+ to $highest}, not '$value'"
 }
 
 run() { # show a stage's command, then run it

@@ -357,7 +357,10 @@ def test_the_work_folder_drops_the_audio_of_recordings_deleted_from_the_data(tmp
         (["--epochs", "0"], "--epochs takes a whole number from 1, not '0'"),
         (["--batch-size", "x"], "--batch-size takes a whole number from 1, not 'x'"),
         (["--top-k", "500"], "--top-k takes a whole number from 1 to 100, not '500'"),
-        (["--test-dir", "nowhere"], "nowhere: no such file or folder"),
+        (
+            ["--epochs", "2", "--top-k", "05", "--workers", "1", "--test-dir", "nowhere"],
+            "nowhere: no such file or folder",
+        ),  # good numbers pass on to the next check
         (["--truth", "GT.csv"], "--truth needs --test-dir"),
     ],
 )
