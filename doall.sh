@@ -89,7 +89,7 @@ check_number() { # OPTION VALUE LOWEST [HIGHEST]: an option's value, when given,
     # in range (checked now: the stage that reads it may start after hours of the others)
     local option="$1" value="$2" lowest="$3" highest="${4:-}"
     [[ -z "$value" ]] && return
-    [[ "$value" =~ ^[0-9]{1,9}$ ]] && ((10#$value >= lowest)) &&
+    [[ "$value" =~ ^[0-9]{1,18}$ ]] && ((10#$value >= lowest)) &&
         { [[ -z "$highest" ]] || ((10#$value <= highest)); } ||
         die "--$option takes a whole number from $lowest${highest:+ to $highest}, not '$value'"
 }
@@ -131,11 +131,10 @@ check_number seed "$seed" 0
 check_number top-n "$top_n" 1
 check_number top-k "$top_k" 1 100
 # the most workers preprocess/cli.most_workers allows
-check_number workers "$workers" 1 $((4 * $(getconf _NPROCESSORS_ONLN)))
+check_number workers "$workers" 1 $((4 * $(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)))
 if [[ -z "$url" ]]; then # (an archive's folders appear only once it is unpacked)
-    for given in "$test_dir" "$truth"; do
-        [[ -z "$given" || -e "$given" ]] || die "$given: no such file or folder"
-    done
+    [[ -z "$test_dir" || -e "$test_dir" ]] || die "--test-dir $test_dir: no such file or folder"
+    [[ -z "$truth" || -e "$truth" ]] || die "--truth $truth: no such file or folder"
     [[ -z "$truth" || -n "$test_dir" || -z "$train_dir$csv$class_folders" ]] ||
         die "--truth needs --test-dir: the recordings to predict and score against it"
 fi

@@ -359,7 +359,7 @@ def test_the_work_folder_drops_the_audio_of_recordings_deleted_from_the_data(tmp
         (["--top-k", "500"], "--top-k takes a whole number from 1 to 100, not '500'"),
         (
             ["--epochs", "2", "--top-k", "05", "--workers", "1", "--test-dir", "nowhere"],
-            "nowhere: no such file or folder",
+            "--test-dir nowhere: no such file or folder",
         ),  # good numbers pass on to the next check
         (["--truth", "GT.csv"], "--truth needs --test-dir"),
     ],
