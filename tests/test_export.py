@@ -198,6 +198,22 @@ def test_an_onnx_export_is_not_refused_for_a_model_never_called(run_dir, tmp_pat
         assert "never called" not in error and "onnx" in error.lower()
 
 
+def test_a_model_that_leaves_the_chunk_width_open_is_exported(run_dir, tmp_path):
+    """Input (n_bins, None, 1), as predict.py accepts: called on a chunk of the run's width."""
+    import keras
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    inputs = keras.Input((PARAMS.n_bins, None, 1))
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 5, strides=4)(inputs))
+    keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation="softmax")(pooled)).save(
+        run / "best_val_map.keras"
+    )
+    out = tmp_path / "exported"
+    argv = ["--run", str(run), "--out", str(out), "--model-file", "best_val_map.keras"]
+    assert main(argv) == 0 and (out / "saved_model.pb").is_file()
+
+
 def test_export_takes_the_model_the_run_predicts_with(run_dir, tmp_path, monkeypatch, caplog):
     """A modern run predicts with final.keras (inference.json): that is what is exported, with
     inference.json beside it; a run whose training has not ended is refused unless a model

@@ -40,6 +40,7 @@ from predict.predict import (
     read_inference,
 )
 from preprocess.cli import command_parser, run_command
+from preprocess.params import SpectrogramParams
 from preprocess.paths import partial_name
 from train import run_files
 
@@ -102,6 +103,10 @@ def export_run(
             raise ExportError(f"{run_dir} has no {name}: not a finished training run")
     if out.exists() or out.is_symlink():
         raise ExportError(f"{out} exists: choose another --out, or delete it first")
+    try:
+        params = SpectrogramParams.from_json((run_dir / run_files.PARAMS).read_text("utf-8"))
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as error:
+        raise ExportError(f"{run_dir / run_files.PARAMS} is damaged ({error})") from None
 
     import keras  # TensorFlow takes seconds to load: only once the inputs are known good
 
@@ -112,8 +117,17 @@ def export_run(
         model = load_saved_model(run_dir / model_file)
     except ModelFileError as error:
         raise ExportError(str(error)) from error
-    # a model loaded from its file has not been called yet, which the ONNX export requires
-    model(np.zeros((1, *model.inputs[0].shape[1:]), dtype="float32"))
+    # a model loaded from its file has not been called yet, which the ONNX export requires:
+    # once on a chunk of the run's shape (where the model leaves a size open, None)
+    chunk = (params.n_bins, params.chunk_frames, 1)
+    shape = [given or size for given, size in zip(model.inputs[0].shape[1:], chunk, strict=False)]
+    try:
+        model(np.zeros((1, *shape), dtype="float32"))
+    except Exception as error:  # a model that fails on its own input cannot be exported
+        raise ExportError(
+            f"{run_dir / model_file} fails on a chunk of shape {tuple(shape)}: "
+            f"{type(error).__name__}: {error}"
+        ) from error
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = new_partial_folder(out)
     try:
