@@ -156,6 +156,12 @@ def is_ignored(relative: PurePosixPath) -> bool:
     return any(part.startswith(".") or part == IGNORED_FOLDER for part in relative.parts)
 
 
+def is_mac_copy(relative: PurePosixPath) -> bool:
+    """True for a path (relative to a data folder) under a Mac zip's __MACOSX or named `._x`:
+    the resource fork a Mac writes beside a file, never audio, whatever its name says."""
+    return relative.name.startswith("._") or IGNORED_FOLDER in relative.parts
+
+
 def first_line(path: Path) -> str | None:
     """The first non-blank line of a text file, stripped; None for a binary or unreadable file."""
     head = first_bytes(path)

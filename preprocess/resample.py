@@ -122,7 +122,7 @@ from preprocess.paths import (
     files_under,
     first_names,
     has_one_name,
-    is_ignored,
+    is_mac_copy,
     is_own_file,
     remove_partials,
     shown_name,
@@ -684,15 +684,16 @@ def folder_conversions(
     folder once) to the same path under out_dir with the extension .wav, named by its path in
     in_dir; [(name, reason)] for the audio names that cannot convert: a second input that
     would give the same output (a.wav and a.WAV), one that is not a regular file, and audio of
-    a format no decoder here reads (m4a, say); and the names of audio files left alone as no
-    recordings: hidden ones and a Mac zip's __MACOSX copies (`is_ignored`)."""
+    a format no decoder here reads (m4a, say); and the names of the files named like audio
+    that a Mac writes beside files (`._x.wav`, a zip's __MACOSX copies: `is_mac_copy`), left
+    alone. (Other hidden files convert: metadata may name them; class folders skip them.)"""
     suffixes = AUDIO_SUFFIXES | UNREADABLE_AUDIO_SUFFIXES
     found = [path for path in files_under(in_dir) if path.suffix.lower() in suffixes]
     named = sorted((path.relative_to(in_dir).as_posix(), path) for path in found)
-    hidden = [name for name, _ in named if is_ignored(PurePosixPath(name))]
+    mac_copies = [name for name, _ in named if is_mac_copy(PurePosixPath(name))]
     conversions, refused, source_of = [], [], {}
     for name, path in named:
-        if is_ignored(PurePosixPath(name)):
+        if is_mac_copy(PurePosixPath(name)):
             continue
         if path.suffix.lower() in UNREADABLE_AUDIO_SUFFIXES:
             refused.append((name, UNREADABLE_AUDIO))
@@ -706,7 +707,7 @@ def folder_conversions(
         else:
             source_of[output] = name
             conversions.append(Conversion(path, out_dir / output, name))
-    return conversions, refused, hidden
+    return conversions, refused, mac_copies
 
 
 def pruned(in_dir: Path, into: Path, conversions: list[Conversion]) -> list[str]:
@@ -774,10 +775,10 @@ def resample_dir(
                 stale.unlink()
         for record in (SOURCES_NAME, PENDING_NAME):
             remove_partials(out_dir / record)
-        conversions, collisions, hidden = folder_conversions(in_dir, out_dir)
-        if hidden:
-            shown = first_names([shown_name(name) for name in hidden], 3)
-            print(f"not converted: {len(hidden)} hidden file(s), no recordings ({shown})")
+        conversions, collisions, mac_copies = folder_conversions(in_dir, out_dir)
+        if mac_copies:
+            shown = first_names([shown_name(name) for name in mac_copies], 3)
+            print(f"not converted: {len(mac_copies)} Mac resource fork(s), no audio ({shown})")
         failed = resample_files(conversions, jobs, out_dir, soxr, collisions)
         if prune and (removed := pruned(in_dir, out_dir, conversions)):
             shown = first_names([shown_name(key) for key in removed], 3)

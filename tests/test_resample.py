@@ -359,17 +359,19 @@ def test_fallback_plan_reports_collisions_and_non_wav(tmp_path):
     assert failed == [("d.wv", "WavPack: only SoX converts this format")]
 
 
-def test_hidden_files_and_a_mac_zips_copies_are_no_recordings_to_convert(tmp_path, capsys):
-    """`.x/` folders, `.y.wav` and `__MACOSX/._z.wav` (a Mac zip's resource fork, not audio)
-    are left alone and named, as training and prediction leave them, not failed on."""
+def test_a_macs_resource_forks_are_left_alone_and_hidden_audio_converted(tmp_path, capsys):
+    """`__MACOSX/._a.wav` and `._c.wav` (a Mac's resource forks: no audio) are named, not
+    failed on; `.x/b.wav` and `.y.wav` are audio a CSV may name: converted."""
     in_dir, out_dir = tmp_path / "in", tmp_path / "out"
-    for name in ("a.wav", ".x/b.wav", ".y.wav", "__MACOSX/._a.wav"):
+    for name in ("a.wav", ".x/b.wav", ".y.wav", "__MACOSX/._a.wav", "._c.wav"):
         (in_dir / name).parent.mkdir(parents=True, exist_ok=True)
         wavfile.write(in_dir / name, 8000, np.zeros(800, np.int16))
-    (in_dir / "__MACOSX" / "._a.wav").write_bytes(b"\0\5\26\7 resource fork")
+    for fork in ("__MACOSX/._a.wav", "._c.wav"):
+        (in_dir / fork).write_bytes(b"\0\5\26\7 resource fork")
     assert resample.main(["--soxr", "--jobs", "1", str(in_dir), str(out_dir)]) == 0
-    assert sorted(p.name for p in out_dir.rglob("*.wav")) == ["a.wav"]
-    assert "not converted: 3 hidden file(s), no recordings" in capsys.readouterr().out
+    made = sorted(p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*.wav"))
+    assert made == [".x/b.wav", ".y.wav", "a.wav"]
+    assert "not converted: 2 Mac resource fork(s), no audio" in capsys.readouterr().out
 
 
 def test_fallback_converts_other_formats_through_libsndfile(tmp_path, capsys):
