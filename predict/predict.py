@@ -458,11 +458,13 @@ def xml_items(
         file_name = recording.fields.get("FileName") or recording.file
         named = posix_path(file_name)
         candidates = by_stem.get(named.stem, [])
-        named_files.update(candidates)
         path = by_name.get(named.as_posix()) or (candidates[0] if len(candidates) == 1 else None)
         if path is not None:
             items.append(AudioItem(recording.media_id, path))
+            # and its copies in other formats beside it (x.wav made from x.flac)
+            named_files.update(c for c in candidates if c.parent == path.parent)
         elif candidates:
+            named_files.update(candidates)  # named, but which one is not known
             listed = ", ".join(str(c) for c in candidates)
             skipped.append(f"{file_name} (MediaId {recording.media_id}): which one? {listed}")
         elif named.as_posix() in unusable or named.stem in unusable_stems:
@@ -470,7 +472,6 @@ def xml_items(
             skipped.append(f"{shown_name(str(path))} (MediaId {recording.media_id}): {NOT_REGULAR}")
         else:
             skipped.append(f"{file_name} (MediaId {recording.media_id}): no audio in {audio_dir}")
-    named_files.update(item.path for item in items)
     without_xml = [str(file.relative_to(audio_dir)) for file in files if file not in named_files]
     if without_xml:  # no MediaId to give them in a run file
         logger.warning(

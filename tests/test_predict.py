@@ -525,7 +525,8 @@ def test_xml_items_take_the_file_named_then_the_one_with_its_stem(tmp_path, capl
         ("5", "b/v.wav"),  # a Windows path in the XML names it too
     ]
     assert len(skipped) == 1 and skipped[0].startswith("w.mp3 (MediaId 4): which one?")
-    assert "1 audio files in" in caplog.text and "not predicted: sub/u.ogg" in caplog.text
+    assert "2 audio files in" in caplog.text  # a/v.wav: v.wav of another folder than b/v.wav
+    assert "not predicted: a/v.wav, sub/u.ogg" in caplog.text
 
 
 @pytest.mark.parametrize("media_id", ["../../../v/target", "/ABSOLUTE/v/target", "a\\..\\b"])
