@@ -132,8 +132,8 @@ def read_truth_csv(
     path: Path, to_class: dict[str, str] | None = None, run_ids: set[str] | None = None
 ) -> Truth:
     """The official format `MediaId;ClassId;background1,background2`, one line per recording,
-    or the same fields as CSV with commas or tabs (as the first line separates them), the
-    background species in the third field or in those after it.
+    or the same fields as CSV with commas or tabs (`truth_separator`), the background species
+    in the third field (later columns are ignored).
 
     A header line (the first line that is not blank, starting with "MediaId", or naming its
     columns as file;label, id;class and the like, unless it names a recording of run_ids:
@@ -205,53 +205,63 @@ def as_file_name(media_id: str, strip_folder: bool) -> str:
     return name.name if strip_folder else str(name)
 
 
+SEPARATORS = {";": "semicolons", "\t": "tabs", ",": "commas"}  # in the order tried
+
+
+def truth_separator(lines: list[str]) -> str:
+    """';' (the official format), or the tab or comma a spreadsheet saves CSV with: the first
+    of them that more than half of the lines hold (a title or header line apart); else ';'."""
+    filled = [line.strip() for line in lines if line.strip()]
+    for separator in SEPARATORS:
+        if 2 * sum(separator in line for line in filled) > len(filled):
+            return separator
+    return ";"
+
+
 def truth_fields(line: str, separator: str) -> list[str]:
-    """A truth line's fields: split at ';' (the official format), or read as CSV with the tab
-    or comma a spreadsheet saves (quotes around a field of several background species)."""
+    """A truth line's fields: split at ';' (the official format; cells may be quoted), or
+    read as CSV with the tab or comma (quotes around a field of several background species)."""
     if separator == ";":
-        parts = line.strip().split(";")
-    else:
-        parts = next(csv.reader([line.strip()], delimiter=separator), [])
-    return [unquoted(part.strip()) for part in parts]
+        return [unquoted(part.strip()) for part in line.strip().split(";")]
+    return [part.strip() for part in next(csv.reader([line.strip()], delimiter=separator), [])]
 
 
 def _read_truth_lines(
     path: Path, to_class: dict[str, str] | None, run_ids: set[str] | None
 ) -> Truth:
     truth = Truth()
-    separator = None  # ';' (the official format), or as the first line has it: tab, comma
-    seen_line = False
     # a byte-order mark is dropped (as preprocess/metadata.read_csv does), not read into the
     # first MediaId or header; UTF-16 and UTF-32 are read where such a mark says so
     with open(path, encoding=text_encoding(path)) as file:
-        for number, line in enumerate(text_lines(file, path), 1):
-            if not line.strip():
-                continue
-            if separator is None:
-                separator = next((sep for sep in ";\t," if sep in line), ";")
-            fields = truth_fields(line, separator)
-            if not any(fields):  # separators only (a spreadsheet's empty row)
-                continue
-            while len(fields) > 3 and not fields[-1]:  # a line ending in ";" (a spreadsheet's)
-                fields.pop()
-            header = not seen_line and looks_like_header(fields, run_ids)
-            seen_line = True
-            if header:
-                logger.info("%s line %d: a header, not a recording: %s", path, number, line.strip())
-                continue
-            official = separator == ";"
-            if len(fields) < 2 or (official and len(fields) > 3) or not all(fields[:2]):
-                raise TruthError(
-                    f"{path} line {number}: expected MediaId;ClassId;background1,background2 "
-                    f"(or MediaId,ClassId,background... as CSV), got {line.strip()!r}"
-                )
-            media_id, class_id = fields[0], fields[1]
-            if media_id in truth.foreground:
-                raise TruthError(f"{path} line {number}: MediaId {media_id} listed twice")
-            entries = [name for field in fields[2:] for name in background_names(field)]
-            truth.foreground[media_id] = class_id
-            truth.background[media_id], unmapped = background_class_ids(entries, to_class)
-            truth.unmapped_background.update(unmapped)
+        lines = list(text_lines(file, path))
+    separator = truth_separator(lines)
+    seen_line = False
+    for number, line in enumerate(lines, 1):
+        fields = truth_fields(line, separator)
+        if not any(fields):  # blank, or separators only (a spreadsheet's empty row)
+            continue
+        while len(fields) > 3 and not fields[-1]:  # a line ending in ";" (a spreadsheet's)
+            fields.pop()
+        header = not seen_line and looks_like_header(fields, run_ids)
+        seen_line = True
+        if header:
+            logger.info("%s line %d: a header, not a recording: %s", path, number, line.strip())
+            continue
+        official = separator == ";"
+        if len(fields) < 2 or (official and len(fields) > 3) or not all(fields[:2]):
+            raise TruthError(
+                f"{path} line {number}: expected MediaId;ClassId;background1,background2 (read "
+                f"as separated by {SEPARATORS[separator]}, as most of its lines are), got "
+                f"{line.strip()!r}"
+            )
+        media_id, class_id = fields[0], fields[1]
+        if media_id in truth.foreground:
+            raise TruthError(f"{path} line {number}: MediaId {media_id} listed twice")
+        # the third field: columns after it (a spreadsheet's type, rating...) are no species
+        entries = background_names(fields[2]) if len(fields) > 2 else []
+        truth.foreground[media_id] = class_id
+        truth.background[media_id], unmapped = background_class_ids(entries, to_class)
+        truth.unmapped_background.update(unmapped)
     return truth
 
 

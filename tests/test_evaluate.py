@@ -385,19 +385,29 @@ def test_truth_csv_byte_order_mark_and_header_are_no_recording(tmp_path, text):
 @pytest.mark.parametrize(
     "text",
     [
-        "file,label\n1,aaaaaa\n2,bbbbbb,cccccc,dddddd\n",  # as the training CSV is written
-        'media_id,label,background\n1,aaaaaa,\n2,bbbbbb,"cccccc,dddddd"\n',
-        "1\taaaaaa\t\n2\tbbbbbb\tcccccc;dddddd\n",  # a spreadsheet's tab-separated text
+        "file,label,background\n1,aaaaaa\n2,bbbbbb,cccccc;dddddd\n",  # as the training CSV
+        'media_id,label,background,type\n1,aaaaaa,,song\n2,bbbbbb,"cccccc,dddddd",call\n',
+        "1,aaaaaa,\"['x;y']\"\n2,bbbbbb,\"['cccccc', 'dddddd']\"\n",  # a ';' in a quoted field
+        "1\taaaaaa\t\n2\tbbbbbb\tcccccc;dddddd\t\n",  # a spreadsheet's tab-separated text
     ],
 )
 def test_truth_as_comma_or_tab_separated_values_is_read_as_the_official_format(tmp_path, text):
     """A truth written as CSV with commas (or tabs) is no reason to fail the scoring: fields
-    MediaId, ClassId, then background species in one quoted field or several."""
+    MediaId, ClassId, background species (one field; columns after it are none)."""
     truth_path = tmp_path / "truth.txt"
     truth_path.write_text(text, encoding="utf-8")
     truth = read_truth(truth_path)
     assert truth.foreground == {"1": "aaaaaa", "2": "bbbbbb"}
-    assert truth.background == {"1": [], "2": ["cccccc", "dddddd"]}
+    assert truth.background["2"] == ["cccccc", "dddddd"]
+
+
+def test_an_official_truth_under_a_title_with_a_comma_is_refused_naming_the_title(tmp_path):
+    """Most lines decide the separator: a title line with a comma does not make the
+    semicolon lines CSV (which would read 1;0001;0002 as one MediaId)."""
+    truth_path = tmp_path / "truth.txt"
+    truth_path.write_text("BirdCLEF 2016, ground truth\n1;aaaaaa;bbbbbb,cccccc\n2;bbbbbb;\n")
+    with pytest.raises(TruthError, match="line 1: expected .*read as separated by semicolons"):
+        read_truth(truth_path)
 
 
 @pytest.mark.parametrize("encoding", ["utf-8", "utf-16"])
