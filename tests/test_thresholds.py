@@ -75,6 +75,11 @@ def test_read_thresholds_in_class_order_and_clear_errors(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(ThresholdsError, match="unreadable .TypeError"):
         read_thresholds(path, ["a"])
+    for value in ("1.5", "NaN", "1" * 400):
+        entries = f'"a": {{"threshold": 0.2}}, "b": {{"threshold": {value}}}'
+        path.write_text(f'{{"classes": {{{entries}}}}}')
+        with pytest.raises(ThresholdsError, match="class 'b'"):
+            read_thresholds(path, ["a", "b"])
 
 
 @pytest.fixture(scope="module")

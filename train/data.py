@@ -152,7 +152,7 @@ def _split(
             if members is None
             else f"no class has two of the {len(labelled)} groups of recordings (each counted "
             "as the class most of its recordings are of), and every class keeps one for "
-            "training"
+            "training; add recordings of other sources"
         )
     single = np.flatnonzero(counts == 1)
     if len(single):

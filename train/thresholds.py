@@ -126,12 +126,14 @@ def read_thresholds(path: Path, classes: Sequence[str]) -> tuple[np.ndarray, str
     for index, class_id in enumerate(classes):
         try:
             values[index] = float(by_class[class_id]["threshold"])
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, OverflowError) as error:
             raise ThresholdsError(
                 f"{path}: no threshold of class {class_id!r} ({type(error).__name__}: {error})"
             ) from None
-    if not np.all((values >= 0) & (values <= 1)):
-        raise ThresholdsError(f"{path}: thresholds must lie in [0, 1]")
+        if not 0 <= values[index] <= 1:  # NaN too
+            raise ThresholdsError(
+                f"{path}: the threshold of class {class_id!r} is {values[index]}, not in [0, 1]"
+            )
     return values, str(document.get("model_file", ""))
 
 
