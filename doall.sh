@@ -301,11 +301,11 @@ run python "$ROOT/preprocess/load_data.py" --wav-dir "$work_dir/train_16k" "${la
 # ---- 4. train ---------------------------------------------------------------------------------
 stage "train ${model:+$(basename "$model") }-> $run_dir"
 # --resume: continues a run killed mid-way, starts a new one in an empty folder
-train_args=(--data "$work_dir/train.h5" ${model:+--model "$model"} --out "$run_dir" --resume
+train_options=(--data "$work_dir/train.h5" ${model:+--model "$model"} --out "$run_dir" --resume
     ${recipe:+--recipe "$recipe"} ${epochs:+--epochs "$epochs"}
     ${batch_size:+--batch-size "$batch_size"} ${patience:+--patience "$patience"}
     ${seed:+--seed "$seed"} "${train_extra[@]}")
-if [[ -f "$run_dir/metrics.json" ]] && python - "${train_args[@]}" <<'EOF' 2>/dev/null
+if [[ -f "$run_dir/metrics.json" ]] && python - "${train_options[@]}" <<'EOF' 2>/dev/null
 import sys
 from train.run_folder import finished_as_asked
 from train.train_model import parse_args
@@ -314,7 +314,7 @@ EOF
 then
     echo "training already complete in $run_dir (delete it to train again)"
 else # new, killed midway, or asked with other data or settings (train_model.py then says so)
-    run python "$ROOT/train/train_model.py" "${train_args[@]}"
+    run python "$ROOT/train/train_model.py" "${train_options[@]}"
 fi
 
 # ---- 5. predict and 6. evaluate ---------------------------------------------------------------
