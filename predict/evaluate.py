@@ -82,8 +82,7 @@ from preprocess.paths import (  # noqa: E402
     check_output,
     first_names,
     is_json_with,
-    not_utf8,
-    text_encoding,
+    text_file,
 )
 from train.metrics import mean_average_precision, top1_accuracy  # noqa: E402
 
@@ -142,8 +141,6 @@ def read_truth_csv(
     """
     try:
         return _read_truth_lines(path, to_class, run_ids)
-    except UnicodeDecodeError as error:
-        raise TruthError(f"{path}: {not_utf8(error)}") from None
     except NotText as error:
         raise TruthError(str(error)) from None
 
@@ -232,7 +229,7 @@ def _read_truth_lines(
     truth = Truth()
     # a byte-order mark is dropped (as preprocess/metadata.read_csv does), not read into the
     # first MediaId or header; UTF-16 and UTF-32 are read where such a mark says so
-    with open(path, encoding=text_encoding(path)) as file:
+    with text_file(path) as file:
         lines = list(text_lines(file, path))
     separator = truth_separator(lines)
     seen_line = False

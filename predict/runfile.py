@@ -36,8 +36,7 @@ from preprocess.paths import (
     NotText,
     current_umask,
     first_line,
-    not_utf8,
-    text_encoding,
+    text_file,
 )
 
 MAX_RANK = 100  # the official evaluator's limit of returned species per recording
@@ -331,10 +330,8 @@ def read_run_file(path: str | os.PathLike) -> list[RunEntry]:
         raise RunFileError(f"{path}: {NOT_REGULAR}, so not a run file")
     try:
         return _read_entries(path)
-    except UnicodeDecodeError as error:
-        raise RunFileError(f"{path}: {not_utf8(error)}, or not a run file") from None
     except NotText as error:
-        raise RunFileError(str(error)) from None
+        raise RunFileError(f"{error}, or not a run file") from None
 
 
 def text_lines(file, path: Path, max_chars: int = MAX_LINE_CHARS) -> Iterator[str]:
@@ -352,7 +349,7 @@ def _read_entries(path: Path) -> list[RunEntry]:
     pairs: set[tuple[str, str]] = set()
     # a byte-order mark is dropped (as preprocess/metadata.read_csv does), not read into the
     # first MediaId; UTF-16 and UTF-32 are read where such a mark says so
-    with open(path, encoding=text_encoding(path)) as file:
+    with text_file(path) as file:
         for number, line in enumerate(text_lines(file, path), 1):
             line = line.strip()
             if not line:

@@ -52,9 +52,8 @@ from preprocess.paths import (
     files_under,
     first_names,
     is_ignored,
-    not_utf8,
     shown_name,
-    text_encoding,
+    text_file,
 )
 
 logger = logging.getLogger(__name__)
@@ -464,9 +463,8 @@ def read_csv(csv_path: str | Path) -> list[Recording]:
     if csv_path.exists() and not csv_path.is_file():  # a folder, a pipe or a device
         raise MetadataError(f"{csv_path}: {NOT_REGULAR}")
     try:  # UTF-8 (a spreadsheet's byte-order mark dropped), or UTF-16 or -32 with their mark
-        text = csv_path.read_text(text_encoding(csv_path))
-    except UnicodeDecodeError as error:
-        raise MetadataError(f"{csv_path}: {not_utf8(error)}") from None
+        with text_file(csv_path) as file:
+            text = file.read()
     except NotText as error:
         raise MetadataError(str(error)) from None
     except OSError as error:

@@ -118,7 +118,8 @@ BYTE_ORDER_MARKS = (
 
 
 class NotText(ValueError):
-    """A file given as text that holds NUL bytes; the message names it and says what to do."""
+    """A file given as text that is none this code reads (`text_file`): NUL bytes, or bytes
+    its encoding cannot hold; the message names it and says what to do."""
 
 
 def text_encoding(path: Path) -> str:
@@ -137,7 +138,7 @@ def text_encoding(path: Path) -> str:
 
 
 def not_utf8(error: UnicodeDecodeError) -> str:
-    """What to say of a text file that `text_encoding` could not read."""
+    """What to say of a text file that the encoding `text_encoding` chose could not read."""
     if error.encoding.startswith("utf-8"):
         byte = error.object[error.start]
         return (
@@ -145,6 +146,19 @@ def not_utf8(error: UnicodeDecodeError) -> str:
             "Windows-1252 or Latin-1 does, or a file that is no text): save text as UTF-8"
         )
     return f"not {error.encoding.upper()} text, though it starts as such ({error.reason})"
+
+
+@contextmanager
+def text_file(path: Path) -> Iterator[IO[str]]:
+    """path open for reading as text in the encoding `text_encoding` finds (UTF-8 without a
+    byte-order mark it may start with, or UTF-16 or UTF-32 with theirs). NotText, saying what
+    to do, for a file that is mostly NUL bytes, or that the block finds undecodable."""
+    encoding = text_encoding(path)
+    try:
+        with open(path, encoding=encoding) as file:
+            yield file
+    except UnicodeDecodeError as error:
+        raise NotText(f"{path}: {not_utf8(error)}") from None
 
 
 IGNORED_FOLDER = "__MACOSX"  # a Mac zip's resource forks (`._<name>`), never recordings
