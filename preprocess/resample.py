@@ -689,11 +689,10 @@ def folder_conversions(
     alone. (Other hidden files convert: metadata may name them; class folders skip them.)"""
     suffixes = AUDIO_SUFFIXES | UNREADABLE_AUDIO_SUFFIXES
     found = [path for path in files_under(in_dir) if path.suffix.lower() in suffixes]
-    named = sorted((path.relative_to(in_dir).as_posix(), path) for path in found)
-    mac_copies = [name for name, _ in named if is_mac_copy(PurePosixPath(name))]
-    conversions, refused, source_of = [], [], {}
-    for name, path in named:
+    conversions, refused, mac_copies, source_of = [], [], [], {}
+    for name, path in sorted((path.relative_to(in_dir).as_posix(), path) for path in found):
         if is_mac_copy(PurePosixPath(name)):
+            mac_copies.append(name)
             continue
         if path.suffix.lower() in UNREADABLE_AUDIO_SUFFIXES:
             refused.append((name, UNREADABLE_AUDIO))

@@ -240,15 +240,16 @@ def check_resumed_run(
     a resumed run are the ones it started with; those of a finished run include the epochs,
     patience and split fractions (FINISHED_WITH)."""
     config = json.loads((run_dir / CONFIG).read_text(encoding="utf-8"))
-    if (run_dir / DONE).is_file():
-        changes = changed_settings(config, args, RESUMABLE_OPTIONS - FINISHED_WITH)
-        if changes:
-            raise TrainError(
-                f"{run_dir} holds a finished run trained with other settings "
-                f"({'; '.join(changes)}): train a new run in another --out (doall.sh: another "
-                f"--name), or delete {run_dir} to train it again"
-            )
-    changes = changed_settings(config, args)
+    finished = (run_dir / DONE).is_file()
+    changes = changed_settings(
+        config, args, RESUMABLE_OPTIONS - FINISHED_WITH if finished else RESUMABLE_OPTIONS
+    )
+    if changes and finished:
+        raise TrainError(
+            f"{run_dir} holds a finished run trained with other settings "
+            f"({'; '.join(changes)}): train a new run in another --out (doall.sh: another "
+            f"--name), or delete {run_dir} to train it again"
+        )
     if changes:
         raise TrainError(
             f"{run_dir} holds a run started with other settings ({'; '.join(changes)}): "
